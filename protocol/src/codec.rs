@@ -1,0 +1,96 @@
+//! Versioned binary encoding for everything stored on disk or sent between nodes.
+//!
+//! Every value is `[format_version: u8][bincode body]`. Decoding checks the version, applies a
+//! size limit (bincode's standard config has none) and checks that the whole input was consumed.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest value we ever decode (a Raft entry holding a full ingest batch is the biggest).
+pub const DECODE_LIMIT_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CodecError {
+    #[error("empty input: no format version byte")]
+    Empty,
+    #[error("format version {found} is not supported (this build reads version {expected})")]
+    UnsupportedVersion { found: u8, expected: u8 },
+    #[error("decoding failed: {0}")]
+    Decode(String),
+    #[error("{trailing} trailing bytes after the value")]
+    TrailingBytes { trailing: usize },
+    #[error("encoding failed: {0}")]
+    Encode(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT_BYTES>()
+}
+
+pub fn encode<T: Serialize>(format_version: u8, value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    out.push(format_version);
+    let body = bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+pub fn decode<T: DeserializeOwned>(format_version: u8, bytes: &[u8]) -> Result<T, CodecError> {
+    let (&found, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if found != format_version {
+        return Err(CodecError::UnsupportedVersion { found, expected: format_version });
+    }
+    let (value, consumed) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Decode(e.to_string()))?;
+    if consumed != body.len() {
+        return Err(CodecError::TrailingBytes { trailing: body.len() - consumed });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Sample {
+        a: u64,
+        b: String,
+        c: Option<Vec<f32>>,
+    }
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let value = Sample { a: 7, b: "joey".into(), c: Some(vec![0.5, -1.0]) };
+        let bytes = encode(3, &value).unwrap();
+        assert_eq!(bytes[0], 3);
+        assert_eq!(decode::<Sample>(3, &bytes).unwrap(), value);
+        assert_eq!(
+            decode::<Sample>(4, &bytes),
+            Err(CodecError::UnsupportedVersion { found: 3, expected: 4 })
+        );
+        assert_eq!(decode::<Sample>(3, &[]), Err(CodecError::Empty));
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = encode(1, &Sample { a: 1, b: String::new(), c: None }).unwrap();
+        bytes.push(0);
+        assert!(matches!(decode::<Sample>(1, &bytes), Err(CodecError::TrailingBytes { trailing: 1 })));
+    }
+
+    #[test]
+    fn truncated_input_is_an_error_not_a_panic() {
+        let bytes = encode(1, &Sample { a: 1 << 40, b: "x".repeat(100), c: None }).unwrap();
+        for cut in 1..bytes.len() {
+            assert!(decode::<Sample>(1, &bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate() {
+        // A string length of ~2^60: must fail on the limit, not try to allocate.
+        let bytes = [1u8, 0, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode::<Sample>(1, &bytes).is_err());
+    }
+}

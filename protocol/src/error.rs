@@ -1,0 +1,169 @@
+//! One small set of error codes, shared by HTTP and the wire. Every crate maps its own typed
+//! errors onto an [`ErrorCode`]; the HTTP layer turns the code into a status and the JSON body
+//! `{"error": {"code", "message", "item"?, "field"?}}` documented in API.md.
+
+use serde::{Deserialize, Serialize};
+
+/// The stable error codes. Their snake_case names are part of the API contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not well-formed JSON / NDJSON, or not UTF-8.
+    InvalidJson,
+    /// A field has the wrong type, is missing, or its value is out of range.
+    InvalidField,
+    /// The body, a batch or a string is larger than the configured limit.
+    TooLarge,
+    /// The Content-Type is not one this endpoint accepts.
+    UnsupportedMediaType,
+    /// An annotation id already exists with different content.
+    Conflict,
+    /// The asset or resource does not exist.
+    NotFound,
+    /// A queue is full; retry after the advertised delay.
+    Overloaded,
+    /// No leader, no quorum, or the node is starting or stopping; retry later.
+    Unavailable,
+    /// The request did not complete in time; it is safe to retry (ids are idempotent).
+    Timeout,
+    /// A bug or an I/O failure on the node.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidJson => 400,
+            ErrorCode::InvalidField => 422,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::Conflict => 409,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Overloaded => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Timeout => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// Whether a client may retry the same request unchanged.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::Timeout)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error as it crosses the HTTP API or the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Index of the offending item in a batch.
+    pub item: Option<usize>,
+    /// Name of the offending field (dotted path for nested fields).
+    pub field: Option<String>,
+    /// For retryable errors: how long the client should wait.
+    pub retry_after_s: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), item: None, field: None, retry_after_s: None }
+    }
+
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::InvalidField, message).with_field(field)
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn with_item(mut self, item: usize) -> Self {
+        self.item = Some(item);
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Internal, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Unavailable, message).with_retry_after(1)
+    }
+
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Overloaded, message).with_retry_after(1)
+    }
+
+    /// The JSON body documented in API.md.
+    pub fn to_body(&self) -> serde_json::Value {
+        let mut error = serde_json::json!({
+            "code": self.code.as_str(),
+            "message": self.message,
+        });
+        if let Some(item) = self.item {
+            error["item"] = serde_json::json!(item);
+        }
+        if let Some(field) = &self.field {
+            error["field"] = serde_json::json!(field);
+        }
+        if let Some(retry) = self.retry_after_s {
+            error["retry_after_s"] = serde_json::json!(retry);
+        }
+        serde_json::json!({ "error": error })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_documented_snake_case() {
+        for code in [
+            ErrorCode::InvalidJson,
+            ErrorCode::InvalidField,
+            ErrorCode::TooLarge,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::Conflict,
+            ErrorCode::NotFound,
+            ErrorCode::Overloaded,
+            ErrorCode::Unavailable,
+            ErrorCode::Timeout,
+            ErrorCode::Internal,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn body_carries_item_and_field() {
+        let body = ApiError::field("end_ms", "must be greater than start_ms").with_item(3).to_body();
+        assert_eq!(body["error"]["code"], "invalid_field");
+        assert_eq!(body["error"]["item"], 3);
+        assert_eq!(body["error"]["field"], "end_ms");
+    }
+}

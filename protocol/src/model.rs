@@ -1,0 +1,187 @@
+//! Stored and replicated forms: the Raft command, the compact annotation that fusion reads, and
+//! the fused bucket. Each is encoded with [`crate::codec`] under its own format version.
+
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+
+use crate::api::{Annotation, AssetRecord};
+
+pub const SHARD_COMMAND_FORMAT: u8 = 1;
+pub const STORED_ANNOTATION_FORMAT: u8 = 1;
+pub const BUCKET_FORMAT: u8 = 1;
+pub const ASSET_FORMAT: u8 = 1;
+
+/// One annotation of an ingest command: the exact bytes the client sent plus the validated,
+/// parsed form (so replicas do not re-parse and every replica applies the same values).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestItem {
+    pub raw_json: Vec<u8>,
+    pub annotation: StoredAnnotation,
+    pub vector: Option<Vec<f32>>,
+}
+
+/// The payload of one Raft log entry of a shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ShardCommand {
+    /// Store these annotations, all or none (a conflicting id rejects the whole command).
+    Ingest { items: Vec<IngestItem> },
+    /// Create or replace an asset record.
+    UpsertAsset { asset_id: String, record: StoredAsset },
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StoredAsset {
+    pub title: Option<String>,
+    pub series: Option<String>,
+    pub season: Option<u32>,
+    pub episode: Option<u32>,
+    pub duration_ms: Option<u64>,
+    pub fps: Option<f64>,
+}
+
+impl From<AssetRecord> for StoredAsset {
+    fn from(r: AssetRecord) -> Self {
+        StoredAsset {
+            title: r.title,
+            series: r.series,
+            season: r.season,
+            episode: r.episode,
+            duration_ms: r.duration_ms,
+            fps: r.fps,
+        }
+    }
+}
+
+impl From<StoredAsset> for AssetRecord {
+    fn from(r: StoredAsset) -> Self {
+        AssetRecord {
+            title: r.title,
+            series: r.series,
+            season: r.season,
+            episode: r.episode,
+            duration_ms: r.duration_ms,
+            fps: r.fps,
+        }
+    }
+}
+
+/// The parsed annotation without its vector: what fusion scans.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredAnnotation {
+    pub id: String,
+    pub asset_id: String,
+    pub model: String,
+    pub model_version: String,
+    pub track: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub confidence: f64,
+    pub label: Option<String>,
+    pub text: Option<String>,
+    pub language: Option<String>,
+    pub vector_space: Option<String>,
+}
+
+impl StoredAnnotation {
+    /// Splits a validated API annotation into its stored form and its vector.
+    pub fn from_validated(a: Annotation) -> (StoredAnnotation, Option<Vec<f32>>) {
+        let vector = a.vector.map(|v| v.into_iter().map(|x| x as f32).collect());
+        let stored = StoredAnnotation {
+            id: a.id,
+            asset_id: a.asset_id,
+            model: a.model,
+            model_version: a.model_version,
+            track: a.track,
+            start_ms: a.start_ms,
+            end_ms: a.end_ms,
+            confidence: a.confidence.unwrap_or(1.0),
+            label: a.label,
+            text: a.text,
+            language: a.language,
+            vector_space: a.vector_space,
+        };
+        (stored, vector)
+    }
+}
+
+/// One annotation's share of one bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketEntry {
+    pub annotation_id: String,
+    pub track: String,
+    pub model: String,
+    pub label: Option<String>,
+    pub text: Option<String>,
+    pub language: Option<String>,
+    pub vector_space: Option<String>,
+    pub confidence: f64,
+    /// Fraction of the bucket the annotation covers, in (0, 1].
+    pub coverage: f64,
+}
+
+/// The fused view of one bucket of one asset. Entries are sorted by (track, annotation_id) so
+/// that fusion is deterministic and replicas hold identical bytes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Bucket {
+    pub entries: Vec<BucketEntry>,
+}
+
+/// Lower-cases, trims and collapses white space: the form labels are matched in.
+pub fn normalize_label(label: &str) -> String {
+    let mut out = String::with_capacity(label.len());
+    for word in label.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+/// Orders model versions: dot/dash-separated parts, numeric parts compared as numbers, other
+/// parts as text ("2.10" > "2.9" > "2"). The highest version of a model on an asset is the one
+/// fusion uses; this makes replacement independent of arrival order.
+pub fn compare_model_versions(a: &str, b: &str) -> Ordering {
+    let mut pa = a.split(['.', '-', '_']);
+    let mut pb = b.split(['.', '-', '_']);
+    loop {
+        match (pa.next(), pb.next()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(nx), Ok(ny)) => nx.cmp(&ny),
+                    (Ok(_), Err(_)) => Ordering::Greater,
+                    (Err(_), Ok(_)) => Ordering::Less,
+                    (Err(_), Err(_)) => x.cmp(y),
+                };
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_numerically() {
+        assert_eq!(compare_model_versions("2.10", "2.9"), Ordering::Greater);
+        assert_eq!(compare_model_versions("2", "2.0"), Ordering::Less);
+        assert_eq!(compare_model_versions("1.0", "1.0"), Ordering::Equal);
+        assert_eq!(compare_model_versions("3", "10"), Ordering::Less);
+        assert_eq!(compare_model_versions("1.0-beta", "1.0-rc"), Ordering::Less);
+    }
+
+    #[test]
+    fn labels_normalize() {
+        assert_eq!(normalize_label("  Central   Perk "), "central perk");
+        assert_eq!(normalize_label("JOEY"), "joey");
+    }
+}
