@@ -26,7 +26,10 @@ pub enum ShardCommand {
     /// Store these annotations, all or none (a conflicting id rejects the whole command).
     Ingest { items: Vec<IngestItem> },
     /// Create or replace an asset record.
-    UpsertAsset { asset_id: String, record: StoredAsset },
+    UpsertAsset {
+        asset_id: String,
+        record: StoredAsset,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -1,0 +1,397 @@
+//! The commented example configuration: every key, its default and what is allowed. Values are
+//! taken from `Config::default()` and ranges from `validate::ranges`, so the example cannot go
+//! stale; a test checks that it loads back to the defaults.
+
+use std::fmt::Write as _;
+
+use crate::load::ENVIRONMENT_PREFIX;
+use crate::validate::ranges::*;
+use crate::validate::{describe_range, human_bytes, IntegerRange};
+use crate::{Config, LogFormat, LogLevel, Metric, Quantization};
+
+struct ExampleWriter {
+    text: String,
+}
+
+impl ExampleWriter {
+    fn comment(&mut self, line: &str) {
+        // `writeln!` into a String cannot fail.
+        let _ = writeln!(self.text, "# {line}");
+    }
+
+    fn section(&mut self, header: &str, description: &str) {
+        let _ = writeln!(self.text, "\n# {description}\n{header}");
+    }
+
+    /// Writes `name = value` preceded by its explanation and allowed values.
+    fn key(&mut self, name: &str, value: impl Into<String>, explanation: &str, allowed: &str) {
+        let _ = writeln!(self.text, "\n# {explanation}");
+        if !allowed.is_empty() {
+            let _ = writeln!(self.text, "# Allowed: {allowed}.");
+        }
+        let _ = writeln!(self.text, "{name} = {}", value.into());
+    }
+
+    /// An integer key with its range; byte sizes also get a human-readable comment.
+    fn integer(
+        &mut self,
+        name: &str,
+        value: impl TryInto<u64> + Copy + ToString,
+        explanation: &str,
+        range: IntegerRange,
+    ) {
+        let mut rendered = value.to_string();
+        let widened: Option<u64> = value.try_into().ok();
+        if name.ends_with("_bytes") {
+            if let Some(human) = widened.and_then(human_bytes) {
+                rendered = format!("{rendered}  # {human}");
+            }
+        }
+        self.key(name, rendered, explanation, &describe_range(name, range));
+    }
+}
+
+fn quoted(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+fn one_of(names: &[&str]) -> String {
+    let quoted_names: Vec<String> = names.iter().map(|name| quoted(name)).collect();
+    format!("one of {}", quoted_names.join(", "))
+}
+
+impl Config {
+    /// A commented TOML file listing every key with its default value and allowed values; used
+    /// for `docs/config.md` and `rushes serve --print-config`. Loading it yields
+    /// `Config::default()`.
+    pub fn example_toml() -> String {
+        let defaults = Config::default();
+        let mut example = ExampleWriter {
+            text: String::new(),
+        };
+
+        example.comment(
+            "Rushes node configuration. Every key is optional; the values shown are the defaults.",
+        );
+        example.comment("Precedence, lowest first: defaults < this file < environment < command-line overrides.");
+        example.comment(&format!(
+            "Environment: {ENVIRONMENT_PREFIX}<SECTION>_<KEY>, e.g. {ENVIRONMENT_PREFIX}NODE_LISTEN=0.0.0.0:9000 sets node.listen,"
+        ));
+        example.comment(&format!(
+            "{ENVIRONMENT_PREFIX}VECTOR_SPACES_0_DIMENSIONS=768 sets vector_spaces[0].dimensions. Unknown {ENVIRONMENT_PREFIX}* variables are"
+        ));
+        example.comment(&format!(
+            "errors, except {ENVIRONMENT_PREFIX}LOG (tracing filter) and {ENVIRONMENT_PREFIX}CONFIG (path of this file)."
+        ));
+        example.comment(
+            "Overrides: dotted keys such as fusion.bucket_ms=500 or vector_spaces[0].metric=ip.",
+        );
+        example.comment(
+            "Unknown keys are errors, so a misspelt key never silently leaves a default in force.",
+        );
+
+        let node = &defaults.node;
+        example.section("[node]", "This process.");
+        example.integer(
+            "id",
+            node.id,
+            "Raft id of this node; must appear in cluster.nodes when that list is not empty.",
+            NODE_ID,
+        );
+        example.key(
+            "data_dir",
+            quoted(&node.data_dir.to_string_lossy()),
+            "Directory for Raft logs, the raw store and the indexes (relative to the working directory).",
+            "a non-empty UTF-8 path",
+        );
+        example.key(
+            "listen",
+            quoted(&node.listen.to_string()),
+            "Address of the HTTP API.",
+            "an IP address and port, e.g. \"0.0.0.0:7700\" or \"[::1]:7700\"",
+        );
+
+        let cluster = &defaults.cluster;
+        example.section("[cluster]", "Sharding and cluster membership.");
+        example.key(
+            "cluster_id",
+            quoted(&cluster.cluster_id),
+            "Name of the cluster; peers with a different one are refused.",
+            &format!("lower-case letters a-z, digits and '-', 1 to {CLUSTER_ID_MAX_BYTES} bytes"),
+        );
+        example.integer(
+            "shards",
+            cluster.shards,
+            "Number of shards (Raft groups). Fixed once data exists.",
+            CLUSTER_SHARDS,
+        );
+        example.integer(
+            "replication_factor",
+            cluster.replication_factor,
+            "Replicas per shard; at most the number of nodes.",
+            CLUSTER_REPLICATION_FACTOR,
+        );
+        example.key(
+            "nodes",
+            "[]",
+            "All members including this one; empty means a single-node cluster. Ids and addresses must be unique.\n\
+             # Every entry needs id, raft_addr and http_addr (\"host:port\"; host names allowed), e.g.\n\
+             # nodes = [\n\
+             #   { id = 1, raft_addr = \"rushes-1.internal:7800\", http_addr = \"rushes-1.internal:7700\" },\n\
+             #   { id = 2, raft_addr = \"rushes-2.internal:7800\", http_addr = \"rushes-2.internal:7700\" },\n\
+             #   { id = 3, raft_addr = \"rushes-3.internal:7800\", http_addr = \"rushes-3.internal:7700\" },\n\
+             # ]",
+            "",
+        );
+
+        let fusion = &defaults.fusion;
+        example.section("[fusion]", "Fusing annotations into time buckets.");
+        example.integer(
+            "bucket_ms",
+            fusion.bucket_ms,
+            "Width of one fusion bucket, in milliseconds.",
+            FUSION_BUCKET_MS,
+        );
+        example.integer(
+            "batch_entries_max",
+            fusion.batch_entries_max,
+            "Most log entries fused in one pass.",
+            FUSION_BATCH_ENTRIES_MAX,
+        );
+
+        let index = &defaults.index;
+        example.section("[index]", "Full-text index (Tantivy).");
+        example.integer(
+            "commit_interval_ms",
+            index.commit_interval_ms,
+            "How often new documents are committed and become searchable.",
+            INDEX_COMMIT_INTERVAL_MS,
+        );
+        example.integer(
+            "writer_heap_bytes",
+            index.writer_heap_bytes,
+            "Memory budget of the index writer.",
+            INDEX_WRITER_HEAP_BYTES,
+        );
+
+        example.text.push('\n');
+        example.comment(&format!(
+            "Vector spaces (usearch HNSW indexes), one [[vector_spaces]] entry each, at most {VECTOR_SPACES_MAX_COUNT}."
+        ));
+        example.comment(
+            "Listing any replaces the default list; \"vector_spaces = []\" disables vector search.",
+        );
+        example.comment(
+            "Only name is required in an entry; the other keys default to the values shown.",
+        );
+        for space in &defaults.vector_spaces {
+            example.section("[[vector_spaces]]", "One vector space.");
+            example.key(
+                "name",
+                quoted(&space.name),
+                "Name annotations refer to in \"vector_space\"; unique.",
+                &format!("lower-case letters a-z, digits, '_' and '-', 1 to {VECTOR_SPACE_NAME_MAX_BYTES} bytes"),
+            );
+            example.integer(
+                "dimensions",
+                space.dimensions,
+                "Length of every vector in this space.",
+                VECTOR_DIMENSIONS,
+            );
+            example.key(
+                "metric",
+                quoted(space.metric.as_str()),
+                "Distance metric.",
+                &one_of(Metric::NAMES),
+            );
+            example.key(
+                "quantization",
+                quoted(space.quantization.as_str()),
+                "Scalar type vectors are stored as.",
+                &one_of(Quantization::NAMES),
+            );
+            example.integer(
+                "connectivity",
+                space.connectivity,
+                "HNSW graph degree (M).",
+                VECTOR_CONNECTIVITY,
+            );
+            example.integer(
+                "expansion_add",
+                space.expansion_add,
+                "HNSW candidate list size when inserting.",
+                VECTOR_EXPANSION_ADD,
+            );
+            example.integer(
+                "expansion_search",
+                space.expansion_search,
+                "HNSW candidate list size when searching.",
+                VECTOR_EXPANSION_SEARCH,
+            );
+        }
+
+        let limits = &defaults.limits;
+        example.section(
+            "[limits]",
+            "Bounds on requests and queues. Byte limits count UTF-8 bytes.",
+        );
+        example.integer(
+            "max_body_bytes",
+            limits.max_body_bytes,
+            "Largest HTTP request body.",
+            LIMITS_MAX_BODY_BYTES,
+        );
+        example.integer(
+            "max_batch_items",
+            limits.max_batch_items,
+            "Most annotations in one ingest batch.",
+            LIMITS_MAX_BATCH_ITEMS,
+        );
+        example.integer(
+            "max_id_bytes",
+            limits.max_id_bytes,
+            "Longest annotation id.",
+            LIMITS_MAX_ID_BYTES,
+        );
+        example.integer(
+            "max_asset_id_bytes",
+            limits.max_asset_id_bytes,
+            "Longest asset id.",
+            LIMITS_MAX_ASSET_ID_BYTES,
+        );
+        example.integer(
+            "max_name_bytes",
+            limits.max_name_bytes,
+            "Longest model, model version, track or vector space name.",
+            LIMITS_MAX_NAME_BYTES,
+        );
+        example.integer(
+            "max_label_bytes",
+            limits.max_label_bytes,
+            "Longest label.",
+            LIMITS_MAX_LABEL_BYTES,
+        );
+        example.integer(
+            "max_text_bytes",
+            limits.max_text_bytes,
+            "Longest text.",
+            LIMITS_MAX_TEXT_BYTES,
+        );
+        example.integer(
+            "max_interval_ms",
+            limits.max_interval_ms,
+            "Longest single annotation (end_ms - start_ms); at most max_time_ms.",
+            LIMITS_MAX_INTERVAL_MS,
+        );
+        example.integer(
+            "max_time_ms",
+            limits.max_time_ms,
+            "Largest timestamp within an asset.",
+            LIMITS_MAX_TIME_MS,
+        );
+        example.integer(
+            "ingest_queue_depth",
+            limits.ingest_queue_depth,
+            "Proposals waiting per shard before ingest answers \"busy\".",
+            LIMITS_INGEST_QUEUE_DEPTH,
+        );
+        example.integer(
+            "request_timeout_ms",
+            limits.request_timeout_ms,
+            "Time limit of one HTTP request.",
+            LIMITS_REQUEST_TIMEOUT_MS,
+        );
+        example.integer(
+            "search_queue_depth",
+            limits.search_queue_depth,
+            "Searches waiting before search answers \"busy\".",
+            LIMITS_SEARCH_QUEUE_DEPTH,
+        );
+        example.integer(
+            "max_clauses",
+            limits.max_clauses,
+            "Most clauses in one search query.",
+            LIMITS_MAX_CLAUSES,
+        );
+        example.integer(
+            "max_per_asset",
+            limits.max_per_asset,
+            "Most hits returned per asset.",
+            LIMITS_MAX_PER_ASSET,
+        );
+        example.integer(
+            "max_limit",
+            limits.max_limit,
+            "Largest \"limit\" a search may ask for.",
+            LIMITS_MAX_LIMIT,
+        );
+        example.integer(
+            "max_query_bytes",
+            limits.max_query_bytes,
+            "Longest query text.",
+            LIMITS_MAX_QUERY_BYTES,
+        );
+        example.integer(
+            "max_vector_k",
+            limits.max_vector_k,
+            "Most nearest neighbours fetched from a vector index.",
+            LIMITS_MAX_VECTOR_K,
+        );
+
+        let raft = &defaults.raft;
+        example.section("[raft]", "Consensus timing and flow control.");
+        example.integer(
+            "tick_interval_ms",
+            raft.tick_interval_ms,
+            "Length of one Raft tick.",
+            RAFT_TICK_INTERVAL_MS,
+        );
+        example.integer(
+            "election_ticks",
+            raft.election_ticks,
+            "Ticks without a heartbeat before a follower calls an election.",
+            RAFT_ELECTION_TICKS,
+        );
+        example.integer(
+            "heartbeat_ticks",
+            raft.heartbeat_ticks,
+            "Ticks between leader heartbeats; must be less than election_ticks.",
+            RAFT_HEARTBEAT_TICKS,
+        );
+        example.integer(
+            "max_size_per_msg_bytes",
+            raft.max_size_per_msg_bytes,
+            "Largest batch of log entries in one append message.",
+            RAFT_MAX_SIZE_PER_MSG_BYTES,
+        );
+        example.integer(
+            "max_inflight_msgs",
+            raft.max_inflight_msgs,
+            "Append messages in flight per follower.",
+            RAFT_MAX_INFLIGHT_MSGS,
+        );
+        example.integer(
+            "group_commit_max_requests",
+            raft.group_commit_max_requests,
+            "Most client requests batched into one proposal.",
+            RAFT_GROUP_COMMIT_MAX_REQUESTS,
+        );
+
+        let log = &defaults.log;
+        example.section("[log]", &format!("Logging. {ENVIRONMENT_PREFIX}LOG, if set, is a tracing filter that overrides level."));
+        example.key(
+            "level",
+            quoted(log.level.as_str()),
+            "Least severe level logged.",
+            &one_of(LogLevel::NAMES),
+        );
+        example.key(
+            "format",
+            quoted(log.format.as_str()),
+            "\"text\" for people, \"json\" for log collectors.",
+            &one_of(LogFormat::NAMES),
+        );
+
+        example.text
+    }
+}

@@ -1,0 +1,495 @@
+//! Configuration of a Rushes node.
+//!
+//! A [`Config`] is assembled from four sources, lowest precedence first:
+//!
+//! 1. built-in defaults ([`Config::default`]; every key has one, so an empty file is valid);
+//! 2. a TOML file (see [`Config::example_toml`] for every key, its default and its allowed values);
+//! 3. environment variables starting with `RUSHES_` ([`ENVIRONMENT_PREFIX`]);
+//! 4. overrides from the command line, as `("section.key", "value")` pairs.
+//!
+//! All sources are merged into one TOML table which is checked against the schema of known keys,
+//! deserialized once and then validated ([`Config::validate`]). Every error names the key (with
+//! its array index, e.g. `vector_spaces[1].metric`), the offending value, the allowed values or
+//! range, and where the value came from. Unknown keys are errors everywhere, because a silently
+//! ignored typo (`comit_interval_ms`) would leave the default in force without anyone noticing.
+//!
+//! # Environment variables
+//!
+//! `RUSHES_<SECTION>_<KEY>` sets `section.key`: the first segment after `RUSHES_` is the section
+//! (lower-cased), the rest is the key, e.g. `RUSHES_NODE_LISTEN=0.0.0.0:9000` sets `node.listen`
+//! and `RUSHES_INDEX_COMMIT_INTERVAL_MS=500` sets `index.commit_interval_ms`. Arrays of tables
+//! are set whole with a TOML inline array (`RUSHES_VECTOR_SPACES='[{ name = "clip", dimensions
+//! = 768 }]'`, `RUSHES_CLUSTER_NODES='[{ id = 1, raft_addr = "a:7800", http_addr = "a:7700" }]'`)
+//! or one entry's key at a time (`RUSHES_VECTOR_SPACES_0_DIMENSIONS=768`,
+//! `RUSHES_CLUSTER_NODES_1_RAFT_ADDR=b:7800`); an index equal to the current length appends an
+//! entry. A `RUSHES_` variable that maps to no known key is an error naming the variable, except
+//! the ones in [`IGNORED_ENVIRONMENT_VARIABLES`] (`RUSHES_LOG`, a tracing filter directive, and
+//! `RUSHES_CONFIG`, the path of the config file), which belong to the binary.
+//!
+//! # Command-line overrides
+//!
+//! Dotted keys: `fusion.bucket_ms`, `node.data_dir`, `vector_spaces[0].dimensions`,
+//! `cluster.nodes[2].http_addr`, or a whole array (`vector_spaces`, `cluster.nodes`) as a TOML
+//! inline array. Later overrides win over earlier ones.
+//!
+//! # How string values are typed
+//!
+//! Values from the environment and overrides arrive as strings. For keys that hold numbers or
+//! arrays the string is parsed as a TOML value (`500`, `64_000`, `[{ ... }]`), falling back to the
+//! raw string so a typo is reported as a type error on that key. For keys that hold strings
+//! (paths, addresses, names, enum values) the raw string is used as is — so a cluster id `123`
+//! or a directory named `2024-01-01` stays a string instead of becoming a TOML integer or date —
+//! unless it is itself a quoted TOML string (`"info"`), which is unquoted.
+
+mod error;
+mod example;
+mod load;
+mod schema;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, Origin};
+pub use load::{ENVIRONMENT_PREFIX, IGNORED_ENVIRONMENT_VARIABLES};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+/// The whole configuration of one node. Field names match the TOML sections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub cluster: ClusterConfig,
+    pub fusion: FusionConfig,
+    pub index: IndexConfig,
+    /// Named embedding spaces, each with its own usearch index. May be empty (text search only).
+    pub vector_spaces: Vec<VectorSpaceConfig>,
+    pub limits: LimitsConfig,
+    pub raft: RaftConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            cluster: ClusterConfig::default(),
+            fusion: FusionConfig::default(),
+            index: IndexConfig::default(),
+            vector_spaces: vec![VectorSpaceConfig::default()],
+            limits: LimitsConfig::default(),
+            raft: RaftConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The vector space called `name`, if configured.
+    pub fn vector_space(&self, name: &str) -> Option<&VectorSpaceConfig> {
+        self.vector_spaces.iter().find(|space| space.name == name)
+    }
+}
+
+/// `[node]`: identity and local resources of this process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft node id of this process, at least 1 (raft-rs reserves 0 for "no node").
+    pub id: u64,
+    /// Directory holding the Raft logs, the raw store and the indexes. Relative paths are
+    /// resolved against the working directory of the process, not the config file.
+    pub data_dir: PathBuf,
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 1,
+            data_dir: PathBuf::from("./rushes-data"),
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7700),
+        }
+    }
+}
+
+/// `[cluster]`: sharding and the static list of cluster members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Name of the cluster; nodes refuse to talk to a peer with a different one.
+    pub cluster_id: String,
+    /// Number of shards (Raft groups) assets are hashed onto. Fixed for the life of the data.
+    pub shards: u32,
+    /// Replicas per shard; cannot exceed the number of nodes.
+    pub replication_factor: usize,
+    /// All members, including this node. Empty means a single-node cluster made of `node`.
+    pub nodes: Vec<ClusterNodeConfig>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            cluster_id: "rushes-local".to_string(),
+            shards: 4,
+            replication_factor: 1,
+            nodes: Vec::new(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Number of nodes in the cluster: the length of `nodes`, or 1 when the list is empty
+    /// (single-node mode).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len().max(1)
+    }
+}
+
+/// One entry of `[[cluster.nodes]]`. Every key is required: a member without an address is
+/// unreachable, and there is no sensible default for either.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNodeConfig {
+    pub id: u64,
+    /// `host:port` peers use for Raft traffic. Host names are allowed (resolved at connect time).
+    pub raft_addr: String,
+    /// `host:port` of the node's HTTP API, used to forward requests.
+    pub http_addr: String,
+}
+
+/// `[fusion]`: how annotations are fused into time buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FusionConfig {
+    /// Width of one fusion bucket.
+    pub bucket_ms: u64,
+    /// Most log entries fused in one pass.
+    pub batch_entries_max: usize,
+}
+
+impl Default for FusionConfig {
+    fn default() -> Self {
+        FusionConfig {
+            bucket_ms: 1000,
+            batch_entries_max: 256,
+        }
+    }
+}
+
+impl FusionConfig {
+    pub fn bucket(&self) -> Duration {
+        Duration::from_millis(self.bucket_ms)
+    }
+}
+
+/// `[index]`: Tantivy full-text index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// How often indexed documents are committed (and become searchable).
+    pub commit_interval_ms: u64,
+    /// Memory budget of the Tantivy index writer (Tantivy needs at least 15 MiB).
+    pub writer_heap_bytes: usize,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            commit_interval_ms: 1000,
+            writer_heap_bytes: 64 * MIB,
+        }
+    }
+}
+
+impl IndexConfig {
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_interval_ms)
+    }
+}
+
+/// One `[[vector_spaces]]` entry: a usearch HNSW index for one embedding model. `name` is
+/// required; every other key has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorSpaceConfig {
+    /// Name annotations use in `vector_space`; lower-case letters, digits, `_` and `-`.
+    pub name: String,
+    #[serde(default = "VectorSpaceConfig::default_dimensions")]
+    pub dimensions: usize,
+    #[serde(default)]
+    pub metric: Metric,
+    #[serde(default)]
+    pub quantization: Quantization,
+    /// HNSW graph degree (M).
+    #[serde(default = "VectorSpaceConfig::default_connectivity")]
+    pub connectivity: usize,
+    /// HNSW candidate list size while inserting (efConstruction).
+    #[serde(default = "VectorSpaceConfig::default_expansion_add")]
+    pub expansion_add: usize,
+    /// HNSW candidate list size while searching (ef).
+    #[serde(default = "VectorSpaceConfig::default_expansion_search")]
+    pub expansion_search: usize,
+}
+
+impl VectorSpaceConfig {
+    fn default_dimensions() -> usize {
+        512
+    }
+    fn default_connectivity() -> usize {
+        16
+    }
+    fn default_expansion_add() -> usize {
+        128
+    }
+    fn default_expansion_search() -> usize {
+        64
+    }
+
+    /// A space called `name` with every other key at its default.
+    pub fn named(name: impl Into<String>) -> Self {
+        VectorSpaceConfig {
+            name: name.into(),
+            dimensions: Self::default_dimensions(),
+            metric: Metric::default(),
+            quantization: Quantization::default(),
+            connectivity: Self::default_connectivity(),
+            expansion_add: Self::default_expansion_add(),
+            expansion_search: Self::default_expansion_search(),
+        }
+    }
+}
+
+impl Default for VectorSpaceConfig {
+    /// The default space: `scene`, 512 dimensions, cosine, f32.
+    fn default() -> Self {
+        VectorSpaceConfig::named("scene")
+    }
+}
+
+/// Distance metric of a vector space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    #[default]
+    Cosine,
+    L2,
+    /// Inner product.
+    Ip,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 3] = [Metric::Cosine, Metric::L2, Metric::Ip];
+    /// The spellings accepted in TOML, in the order of [`Metric::ALL`].
+    pub const NAMES: &'static [&'static str] = &["cosine", "l2", "ip"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::L2 => "l2",
+            Metric::Ip => "ip",
+        }
+    }
+}
+
+/// Scalar type vectors are stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    #[default]
+    F32,
+    F16,
+    I8,
+}
+
+impl Quantization {
+    pub const ALL: [Quantization; 3] = [Quantization::F32, Quantization::F16, Quantization::I8];
+    pub const NAMES: &'static [&'static str] = &["f32", "f16", "i8"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantization::F32 => "f32",
+            Quantization::F16 => "f16",
+            Quantization::I8 => "i8",
+        }
+    }
+}
+
+/// `[limits]`: bounds on requests and queues. Byte limits are on UTF-8 encoded sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest HTTP request body accepted.
+    pub max_body_bytes: usize,
+    /// Most annotations in one ingest batch.
+    pub max_batch_items: usize,
+    pub max_id_bytes: usize,
+    pub max_asset_id_bytes: usize,
+    /// Model, model version, track and vector space names.
+    pub max_name_bytes: usize,
+    pub max_label_bytes: usize,
+    pub max_text_bytes: usize,
+    /// Longest single annotation interval (`end_ms - start_ms`).
+    pub max_interval_ms: u64,
+    /// Largest timestamp within an asset.
+    pub max_time_ms: u64,
+    /// Proposals waiting per shard before ingest answers "busy".
+    pub ingest_queue_depth: usize,
+    pub request_timeout_ms: u64,
+    /// Searches waiting before search answers "busy".
+    pub search_queue_depth: usize,
+    /// Most clauses in one search query.
+    pub max_clauses: usize,
+    /// Most hits returned per asset.
+    pub max_per_asset: usize,
+    /// Largest `limit` a search may ask for.
+    pub max_limit: usize,
+    pub max_query_bytes: usize,
+    /// Largest number of nearest neighbours fetched from a vector index.
+    pub max_vector_k: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 64 * MIB,
+            max_batch_items: 10_000,
+            max_id_bytes: 256,
+            max_asset_id_bytes: 128,
+            max_name_bytes: 64,
+            max_label_bytes: 256,
+            max_text_bytes: 8 * KIB,
+            max_interval_ms: 86_400_000,
+            max_time_ms: 604_800_000,
+            ingest_queue_depth: 1024,
+            request_timeout_ms: 10_000,
+            search_queue_depth: 256,
+            max_clauses: 16,
+            max_per_asset: 100,
+            max_limit: 1000,
+            max_query_bytes: 4096,
+            max_vector_k: 10_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// `[raft]`: consensus timing and flow control (see raft-rs `Config`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    /// Duration of one Raft tick; election and heartbeat timeouts are counted in ticks.
+    pub tick_interval_ms: u64,
+    pub election_ticks: usize,
+    /// Must be less than `election_ticks`, or followers start elections against a live leader.
+    pub heartbeat_ticks: usize,
+    pub max_size_per_msg_bytes: u64,
+    pub max_inflight_msgs: usize,
+    /// Most client requests batched into one Raft proposal.
+    pub group_commit_max_requests: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            tick_interval_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_size_per_msg_bytes: MIB as u64,
+            max_inflight_msgs: 256,
+            group_commit_max_requests: 256,
+        }
+    }
+}
+
+impl RaftConfig {
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.tick_interval_ms)
+    }
+}
+
+/// `[log]`: logging. `RUSHES_LOG`, if set, is a tracing filter that takes precedence over
+/// `level` (it is read by the binary, not by this crate).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub const ALL: [LogLevel; 5] = [
+        LogLevel::Trace,
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Warn,
+        LogLevel::Error,
+    ];
+    pub const NAMES: &'static [&'static str] = &["trace", "debug", "info", "warn", "error"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    pub const ALL: [LogFormat; 2] = [LogFormat::Text, LogFormat::Json];
+    pub const NAMES: &'static [&'static str] = &["text", "json"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($enum_type:ty),*) => {$(
+        impl fmt::Display for $enum_type {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(Metric, Quantization, LogLevel, LogFormat);

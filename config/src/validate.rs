@@ -1,0 +1,624 @@
+//! Semantic checks on a typed [`Config`]: numeric ranges, name syntax, uniqueness and the rules
+//! that tie keys together (heartbeat shorter than election timeout, replication within the node
+//! count). Types and key names were already checked by the loader; this works on any `Config`,
+//! including one built in code.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv6Addr;
+
+use crate::error::ConfigError;
+use crate::{Config, KIB, MIB};
+
+/// An inclusive range of allowed values for one numeric key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IntegerRange {
+    pub min: u64,
+    pub max: u64,
+}
+
+/// The largest integer TOML can hold. Used as the upper bound of otherwise unbounded keys so a
+/// validated config can always be written back out.
+const TOML_INTEGER_MAX: u64 = i64::MAX as u64;
+const GIB: u64 = 1024 * MIB as u64;
+
+impl IntegerRange {
+    const fn new(min: u64, max: u64) -> IntegerRange {
+        IntegerRange { min, max }
+    }
+    const fn at_least(min: u64) -> IntegerRange {
+        IntegerRange {
+            min,
+            max: TOML_INTEGER_MAX,
+        }
+    }
+    const fn bytes(min: usize, max: u64) -> IntegerRange {
+        IntegerRange {
+            min: min as u64,
+            max,
+        }
+    }
+    fn contains(&self, value: u64) -> bool {
+        self.min <= value && value <= self.max
+    }
+}
+
+impl fmt::Display for IntegerRange {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.max == TOML_INTEGER_MAX {
+            write!(formatter, "at least {}", self.min)
+        } else {
+            write!(formatter, "{}..={}", self.min, self.max)
+        }
+    }
+}
+
+/// Allowed ranges, one per numeric key. The example file quotes them, so they are the single
+/// source of truth for both the documentation and the checks.
+pub(crate) mod ranges {
+    use super::*;
+
+    pub const NODE_ID: IntegerRange = IntegerRange::at_least(1);
+
+    pub const CLUSTER_SHARDS: IntegerRange = IntegerRange::new(1, 1024);
+    pub const CLUSTER_REPLICATION_FACTOR: IntegerRange = IntegerRange::new(1, 7);
+    pub const CLUSTER_NODE_ID: IntegerRange = IntegerRange::at_least(1);
+    pub const CLUSTER_ID_MAX_BYTES: usize = 64;
+
+    pub const FUSION_BUCKET_MS: IntegerRange = IntegerRange::new(100, 60_000);
+    pub const FUSION_BATCH_ENTRIES_MAX: IntegerRange = IntegerRange::new(1, 100_000);
+
+    pub const INDEX_COMMIT_INTERVAL_MS: IntegerRange = IntegerRange::new(50, 600_000);
+    /// Tantivy refuses a writer heap below 15 MB per thread.
+    pub const INDEX_WRITER_HEAP_BYTES: IntegerRange = IntegerRange::bytes(15 * MIB, 4 * GIB);
+
+    pub const VECTOR_SPACES_MAX_COUNT: usize = 64;
+    pub const VECTOR_SPACE_NAME_MAX_BYTES: usize = 64;
+    pub const VECTOR_DIMENSIONS: IntegerRange = IntegerRange::new(1, 4096);
+    pub const VECTOR_CONNECTIVITY: IntegerRange = IntegerRange::new(4, 128);
+    pub const VECTOR_EXPANSION_ADD: IntegerRange = IntegerRange::new(1, 4096);
+    pub const VECTOR_EXPANSION_SEARCH: IntegerRange = IntegerRange::new(1, 4096);
+
+    pub const LIMITS_MAX_BODY_BYTES: IntegerRange = IntegerRange::bytes(KIB, GIB);
+    pub const LIMITS_MAX_BATCH_ITEMS: IntegerRange = IntegerRange::new(1, 1_000_000);
+    pub const LIMITS_MAX_ID_BYTES: IntegerRange = IntegerRange::new(1, 4096);
+    pub const LIMITS_MAX_ASSET_ID_BYTES: IntegerRange = IntegerRange::new(1, 4096);
+    pub const LIMITS_MAX_NAME_BYTES: IntegerRange = IntegerRange::new(1, 1024);
+    pub const LIMITS_MAX_LABEL_BYTES: IntegerRange = IntegerRange::new(1, 65_536);
+    pub const LIMITS_MAX_TEXT_BYTES: IntegerRange = IntegerRange::bytes(1, MIB as u64);
+    /// One year; also capped by `limits.max_time_ms`.
+    pub const LIMITS_MAX_INTERVAL_MS: IntegerRange = IntegerRange::new(1, 31_536_000_000);
+    /// One second to one year.
+    pub const LIMITS_MAX_TIME_MS: IntegerRange = IntegerRange::new(1000, 31_536_000_000);
+    pub const LIMITS_INGEST_QUEUE_DEPTH: IntegerRange = IntegerRange::new(1, 1_000_000);
+    pub const LIMITS_REQUEST_TIMEOUT_MS: IntegerRange = IntegerRange::new(100, 600_000);
+    pub const LIMITS_SEARCH_QUEUE_DEPTH: IntegerRange = IntegerRange::new(1, 1_000_000);
+    pub const LIMITS_MAX_CLAUSES: IntegerRange = IntegerRange::new(1, 1024);
+    pub const LIMITS_MAX_PER_ASSET: IntegerRange = IntegerRange::new(1, 100_000);
+    pub const LIMITS_MAX_LIMIT: IntegerRange = IntegerRange::new(1, 100_000);
+    pub const LIMITS_MAX_QUERY_BYTES: IntegerRange = IntegerRange::bytes(1, MIB as u64);
+    pub const LIMITS_MAX_VECTOR_K: IntegerRange = IntegerRange::new(1, 1_000_000);
+
+    pub const RAFT_TICK_INTERVAL_MS: IntegerRange = IntegerRange::new(10, 10_000);
+    pub const RAFT_ELECTION_TICKS: IntegerRange = IntegerRange::new(2, 1000);
+    /// Also strictly below `raft.election_ticks`.
+    pub const RAFT_HEARTBEAT_TICKS: IntegerRange = IntegerRange::new(1, 999);
+    pub const RAFT_MAX_SIZE_PER_MSG_BYTES: IntegerRange =
+        IntegerRange::bytes(KIB, 256 * MIB as u64);
+    pub const RAFT_MAX_INFLIGHT_MSGS: IntegerRange = IntegerRange::new(1, 65_536);
+    pub const RAFT_GROUP_COMMIT_MAX_REQUESTS: IntegerRange = IntegerRange::new(1, 100_000);
+}
+
+use ranges::*;
+
+/// Renders a byte count as "64 MiB" when it is a whole number of KiB/MiB/GiB.
+pub(crate) fn human_bytes(bytes: u64) -> Option<String> {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    UNITS
+        .iter()
+        // The units are powers of two, so a whole multiple has the low bits clear.
+        .find(|(unit, _)| bytes >= *unit && bytes & (unit - 1) == 0)
+        .map(|(unit, name)| format!("{} {name}", bytes / unit))
+}
+
+/// The allowed text for a range, with binary units spelled out for `_bytes` keys.
+pub(crate) fn describe_range(key: &str, range: IntegerRange) -> String {
+    match (
+        key.ends_with("_bytes"),
+        human_bytes(range.min),
+        human_bytes(range.max),
+    ) {
+        (true, Some(min), Some(max)) if range.max != TOML_INTEGER_MAX => {
+            format!("{range} ({min}..={max})")
+        }
+        _ => range.to_string(),
+    }
+}
+
+fn check_range<Number>(key: &str, value: Number, range: IntegerRange) -> Result<(), ConfigError>
+where
+    Number: TryInto<u64> + Copy + fmt::Display,
+{
+    // A usize that does not fit in u64 cannot exist on supported platforms; treat it as too big.
+    let widened: u64 = value.try_into().unwrap_or(u64::MAX);
+    if range.contains(widened) {
+        Ok(())
+    } else {
+        Err(ConfigError::out_of_range(
+            key,
+            value.to_string(),
+            describe_range(key, range),
+        ))
+    }
+}
+
+fn quoted(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+/// Names that end up in URLs, file names and metric labels: non-empty ASCII, a restricted
+/// character set, bounded length.
+fn check_name(
+    key: &str,
+    name: &str,
+    extra_allowed: &[char],
+    max_bytes: usize,
+    description: &str,
+) -> Result<(), ConfigError> {
+    let well_formed = !name.is_empty()
+        && name.len() <= max_bytes
+        && name.chars().all(|character| {
+            character.is_ascii_lowercase()
+                || character.is_ascii_digit()
+                || extra_allowed.contains(&character)
+        });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid_value(
+            key,
+            quoted(name),
+            format!("use {description}, 1 to {max_bytes} bytes"),
+        ))
+    }
+}
+
+/// Accepts `host:port` where host is a DNS name, an IPv4 address or a bracketed IPv6 address,
+/// and port is 1..=65535. Host names are allowed because peers are often addressed by DNS.
+fn is_host_and_port(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let port_is_valid = matches!(port.parse::<u16>(), Ok(port) if port != 0);
+    let host_is_valid = match host
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+    {
+        Some(ipv6) => ipv6.parse::<Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label
+                            .chars()
+                            .all(|character| character.is_ascii_alphanumeric() || character == '-')
+                })
+        }
+    };
+    port_is_valid && host_is_valid
+}
+
+/// Reports the second occurrence of a value that must be unique within a list.
+fn check_unique<'item>(
+    values: impl Iterator<Item = (String, &'item str)>,
+    list_key: &str,
+    render_value: impl Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    let mut first_seen_at: BTreeMap<&str, String> = BTreeMap::new();
+    for (key, value) in values {
+        if let Some(first_key) = first_seen_at.get(value) {
+            return Err(ConfigError::invalid_value(
+                key,
+                render_value(value),
+                format!("values must be unique within {list_key}; {first_key} already uses it"),
+            ));
+        }
+        first_seen_at.insert(value, key);
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Checks every range and cross-key rule; the first violation is returned. [`Config::load`]
+    /// calls this; call it yourself on a `Config` built or modified in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_node()?;
+        self.validate_cluster()?;
+        self.validate_fusion_and_index()?;
+        self.validate_vector_spaces()?;
+        self.validate_limits()?;
+        self.validate_raft()?;
+        Ok(())
+    }
+
+    fn validate_node(&self) -> Result<(), ConfigError> {
+        let node = &self.node;
+        check_range("node.id", node.id, NODE_ID)?;
+        // An empty path would silently mean the working directory; a non-UTF-8 one could not be
+        // written back by to_toml_string.
+        match node.data_dir.to_str() {
+            Some(text) if !text.is_empty() => {}
+            Some(_) => {
+                return Err(ConfigError::invalid_value(
+                    "node.data_dir",
+                    "\"\"",
+                    "expected a directory path such as \"./rushes-data\"",
+                ))
+            }
+            None => {
+                return Err(ConfigError::invalid_value(
+                    "node.data_dir",
+                    format!("{:?}", node.data_dir),
+                    "the path must be valid UTF-8",
+                ))
+            }
+        }
+        // node.listen is a SocketAddr: parsing it already validated it.
+        Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        check_name(
+            "cluster.cluster_id",
+            &cluster.cluster_id,
+            &['-'],
+            CLUSTER_ID_MAX_BYTES,
+            "lower-case letters a-z, digits and '-'",
+        )?;
+        check_range("cluster.shards", cluster.shards, CLUSTER_SHARDS)?;
+        check_range(
+            "cluster.replication_factor",
+            cluster.replication_factor,
+            CLUSTER_REPLICATION_FACTOR,
+        )?;
+
+        let address_help = "expected \"host:port\" such as \"10.0.0.2:7800\", \"rushes-2.internal:7800\" or \"[::1]:7800\"";
+        for (position, member) in cluster.nodes.iter().enumerate() {
+            let member_key = format!("cluster.nodes[{position}]");
+            check_range(&format!("{member_key}.id"), member.id, CLUSTER_NODE_ID)?;
+            if !is_host_and_port(&member.raft_addr) {
+                return Err(ConfigError::invalid_value(
+                    format!("{member_key}.raft_addr"),
+                    quoted(&member.raft_addr),
+                    address_help,
+                ));
+            }
+            if !is_host_and_port(&member.http_addr) {
+                return Err(ConfigError::invalid_value(
+                    format!("{member_key}.http_addr"),
+                    quoted(&member.http_addr),
+                    address_help,
+                ));
+            }
+        }
+        let member_ids: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|member| member.id.to_string())
+            .collect();
+        check_unique(
+            member_ids
+                .iter()
+                .enumerate()
+                .map(|(position, id)| (format!("cluster.nodes[{position}].id"), id.as_str())),
+            "cluster.nodes",
+            |id| id.to_string(),
+        )?;
+        check_unique(
+            cluster.nodes.iter().enumerate().map(|(position, member)| {
+                (
+                    format!("cluster.nodes[{position}].raft_addr"),
+                    member.raft_addr.as_str(),
+                )
+            }),
+            "cluster.nodes",
+            quoted,
+        )?;
+        check_unique(
+            cluster.nodes.iter().enumerate().map(|(position, member)| {
+                (
+                    format!("cluster.nodes[{position}].http_addr"),
+                    member.http_addr.as_str(),
+                )
+            }),
+            "cluster.nodes",
+            quoted,
+        )?;
+
+        if !cluster.nodes.is_empty()
+            && !cluster.nodes.iter().any(|member| member.id == self.node.id)
+        {
+            return Err(ConfigError::invalid_value(
+                "node.id",
+                self.node.id.to_string(),
+                format!(
+                    "cluster.nodes lists ids {}; node.id must be one of them",
+                    member_ids.join(", ")
+                ),
+            ));
+        }
+
+        let node_count = cluster.node_count();
+        if cluster.replication_factor > node_count {
+            let allowed_max = (node_count as u64).min(CLUSTER_REPLICATION_FACTOR.max);
+            return Err(ConfigError::out_of_range(
+                "cluster.replication_factor",
+                cluster.replication_factor.to_string(),
+                format!(
+                    "{}..={allowed_max} (cannot exceed the number of nodes: {node_count}, from cluster.nodes; an empty list means one node)",
+                    CLUSTER_REPLICATION_FACTOR.min
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_fusion_and_index(&self) -> Result<(), ConfigError> {
+        check_range("fusion.bucket_ms", self.fusion.bucket_ms, FUSION_BUCKET_MS)?;
+        check_range(
+            "fusion.batch_entries_max",
+            self.fusion.batch_entries_max,
+            FUSION_BATCH_ENTRIES_MAX,
+        )?;
+        check_range(
+            "index.commit_interval_ms",
+            self.index.commit_interval_ms,
+            INDEX_COMMIT_INTERVAL_MS,
+        )?;
+        check_range(
+            "index.writer_heap_bytes",
+            self.index.writer_heap_bytes,
+            INDEX_WRITER_HEAP_BYTES,
+        )?;
+        Ok(())
+    }
+
+    fn validate_vector_spaces(&self) -> Result<(), ConfigError> {
+        if self.vector_spaces.len() > VECTOR_SPACES_MAX_COUNT {
+            return Err(ConfigError::out_of_range(
+                "vector_spaces",
+                format!("{} entries", self.vector_spaces.len()),
+                format!("at most {VECTOR_SPACES_MAX_COUNT} entries"),
+            ));
+        }
+        for (position, space) in self.vector_spaces.iter().enumerate() {
+            let space_key = format!("vector_spaces[{position}]");
+            check_name(
+                &format!("{space_key}.name"),
+                &space.name,
+                &['_', '-'],
+                VECTOR_SPACE_NAME_MAX_BYTES,
+                "lower-case letters a-z, digits, '_' and '-'",
+            )?;
+            check_range(
+                &format!("{space_key}.dimensions"),
+                space.dimensions,
+                VECTOR_DIMENSIONS,
+            )?;
+            check_range(
+                &format!("{space_key}.connectivity"),
+                space.connectivity,
+                VECTOR_CONNECTIVITY,
+            )?;
+            check_range(
+                &format!("{space_key}.expansion_add"),
+                space.expansion_add,
+                VECTOR_EXPANSION_ADD,
+            )?;
+            check_range(
+                &format!("{space_key}.expansion_search"),
+                space.expansion_search,
+                VECTOR_EXPANSION_SEARCH,
+            )?;
+        }
+        check_unique(
+            self.vector_spaces
+                .iter()
+                .enumerate()
+                .map(|(position, space)| {
+                    (
+                        format!("vector_spaces[{position}].name"),
+                        space.name.as_str(),
+                    )
+                }),
+            "vector_spaces",
+            quoted,
+        )
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        check_range(
+            "limits.max_body_bytes",
+            limits.max_body_bytes,
+            LIMITS_MAX_BODY_BYTES,
+        )?;
+        check_range(
+            "limits.max_batch_items",
+            limits.max_batch_items,
+            LIMITS_MAX_BATCH_ITEMS,
+        )?;
+        check_range(
+            "limits.max_id_bytes",
+            limits.max_id_bytes,
+            LIMITS_MAX_ID_BYTES,
+        )?;
+        check_range(
+            "limits.max_asset_id_bytes",
+            limits.max_asset_id_bytes,
+            LIMITS_MAX_ASSET_ID_BYTES,
+        )?;
+        check_range(
+            "limits.max_name_bytes",
+            limits.max_name_bytes,
+            LIMITS_MAX_NAME_BYTES,
+        )?;
+        check_range(
+            "limits.max_label_bytes",
+            limits.max_label_bytes,
+            LIMITS_MAX_LABEL_BYTES,
+        )?;
+        check_range(
+            "limits.max_text_bytes",
+            limits.max_text_bytes,
+            LIMITS_MAX_TEXT_BYTES,
+        )?;
+        check_range("limits.max_time_ms", limits.max_time_ms, LIMITS_MAX_TIME_MS)?;
+        check_range(
+            "limits.max_interval_ms",
+            limits.max_interval_ms,
+            LIMITS_MAX_INTERVAL_MS,
+        )?;
+        // An annotation interval can never be longer than the timeline it lives on.
+        if limits.max_interval_ms > limits.max_time_ms {
+            return Err(ConfigError::out_of_range(
+                "limits.max_interval_ms",
+                limits.max_interval_ms.to_string(),
+                format!(
+                    "{}..={} (cannot exceed limits.max_time_ms = {})",
+                    LIMITS_MAX_INTERVAL_MS.min, limits.max_time_ms, limits.max_time_ms
+                ),
+            ));
+        }
+        check_range(
+            "limits.ingest_queue_depth",
+            limits.ingest_queue_depth,
+            LIMITS_INGEST_QUEUE_DEPTH,
+        )?;
+        check_range(
+            "limits.request_timeout_ms",
+            limits.request_timeout_ms,
+            LIMITS_REQUEST_TIMEOUT_MS,
+        )?;
+        check_range(
+            "limits.search_queue_depth",
+            limits.search_queue_depth,
+            LIMITS_SEARCH_QUEUE_DEPTH,
+        )?;
+        check_range("limits.max_clauses", limits.max_clauses, LIMITS_MAX_CLAUSES)?;
+        check_range(
+            "limits.max_per_asset",
+            limits.max_per_asset,
+            LIMITS_MAX_PER_ASSET,
+        )?;
+        check_range("limits.max_limit", limits.max_limit, LIMITS_MAX_LIMIT)?;
+        check_range(
+            "limits.max_query_bytes",
+            limits.max_query_bytes,
+            LIMITS_MAX_QUERY_BYTES,
+        )?;
+        check_range(
+            "limits.max_vector_k",
+            limits.max_vector_k,
+            LIMITS_MAX_VECTOR_K,
+        )?;
+        Ok(())
+    }
+
+    fn validate_raft(&self) -> Result<(), ConfigError> {
+        let raft = &self.raft;
+        check_range(
+            "raft.tick_interval_ms",
+            raft.tick_interval_ms,
+            RAFT_TICK_INTERVAL_MS,
+        )?;
+        check_range(
+            "raft.election_ticks",
+            raft.election_ticks,
+            RAFT_ELECTION_TICKS,
+        )?;
+        check_range(
+            "raft.heartbeat_ticks",
+            raft.heartbeat_ticks,
+            RAFT_HEARTBEAT_TICKS,
+        )?;
+        // raft-rs requires heartbeat < election: otherwise followers time out between heartbeats
+        // and keep electing new leaders.
+        if raft.heartbeat_ticks >= raft.election_ticks {
+            return Err(ConfigError::out_of_range(
+                "raft.heartbeat_ticks",
+                raft.heartbeat_ticks.to_string(),
+                format!(
+                    "{}..={} (must be less than raft.election_ticks = {})",
+                    RAFT_HEARTBEAT_TICKS.min,
+                    raft.election_ticks.saturating_sub(1),
+                    raft.election_ticks
+                ),
+            ));
+        }
+        check_range(
+            "raft.max_size_per_msg_bytes",
+            raft.max_size_per_msg_bytes,
+            RAFT_MAX_SIZE_PER_MSG_BYTES,
+        )?;
+        check_range(
+            "raft.max_inflight_msgs",
+            raft.max_inflight_msgs,
+            RAFT_MAX_INFLIGHT_MSGS,
+        )?;
+        check_range(
+            "raft.group_commit_max_requests",
+            raft.group_commit_max_requests,
+            RAFT_GROUP_COMMIT_MAX_REQUESTS,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_forms() {
+        for good in [
+            "10.0.0.2:7800",
+            "rushes-2.internal:7800",
+            "[::1]:7800",
+            "localhost:1",
+        ] {
+            assert!(is_host_and_port(good), "{good}");
+        }
+        for bad in [
+            "",
+            "10.0.0.2",
+            ":7800",
+            "host:0",
+            "host:70000",
+            "::1:7800",
+            "[::1:7800",
+            "bad host:1",
+            "-a:1",
+            "a..b:1",
+        ] {
+            assert!(!is_host_and_port(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges_describe_byte_units() {
+        assert_eq!(
+            describe_range("index.writer_heap_bytes", INDEX_WRITER_HEAP_BYTES),
+            "15728640..=4294967296 (15 MiB..=4 GiB)"
+        );
+        assert_eq!(
+            describe_range("fusion.bucket_ms", FUSION_BUCKET_MS),
+            "100..=60000"
+        );
+        assert_eq!(describe_range("node.id", NODE_ID), "at least 1");
+    }
+}

@@ -1,0 +1,761 @@
+//! Behaviour of `Config::load` and `Config::validate` as an operator sees it: precedence of the
+//! sources and the exact wording of errors.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use rushes_config::{
+    ClusterNodeConfig, Config, ConfigError, LogFormat, LogLevel, Metric, Origin, Quantization,
+    VectorSpaceConfig,
+};
+
+fn write_file(contents: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    file.write_all(contents.as_bytes())
+        .expect("write temp file");
+    file
+}
+
+fn strings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+fn load_file(contents: &str) -> Result<Config, ConfigError> {
+    let file = write_file(contents);
+    Config::load(Some(file.path()), Vec::new(), &[])
+}
+
+fn load_env(variables: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::load(None, strings(variables), &[])
+}
+
+fn load_overrides(overrides: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::load(None, Vec::new(), &strings(overrides))
+}
+
+fn error_text(result: Result<Config, ConfigError>) -> String {
+    match result {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn defaults_validate_and_load_without_sources() {
+    let defaults = Config::default();
+    defaults.validate().expect("defaults are valid");
+    assert_eq!(
+        Config::load(None, Vec::new(), &[]).expect("loads"),
+        defaults
+    );
+    assert_eq!(defaults.node.id, 1);
+    assert_eq!(defaults.node.listen.to_string(), "127.0.0.1:7700");
+    assert_eq!(defaults.cluster.cluster_id, "rushes-local");
+    assert_eq!(defaults.index.writer_heap_bytes, 64 * 1024 * 1024);
+    assert_eq!(
+        defaults.vector_spaces,
+        vec![VectorSpaceConfig::named("scene")]
+    );
+    assert_eq!(defaults.vector_spaces[0].metric, Metric::Cosine);
+    assert_eq!(defaults.vector_spaces[0].quantization, Quantization::F32);
+    assert_eq!(defaults.log.level, LogLevel::Info);
+    assert_eq!(defaults.log.format, LogFormat::Text);
+    assert_eq!(defaults.limits.max_time_ms, 604_800_000);
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    assert_eq!(load_file("").expect("loads"), Config::default());
+}
+
+#[test]
+fn precedence_is_defaults_then_file_then_environment_then_overrides() {
+    let file = write_file(
+        r#"
+        [node]
+        listen = "0.0.0.0:7000"
+        data_dir = "/from/file"
+        [fusion]
+        bucket_ms = 2000
+        [index]
+        commit_interval_ms = 2000
+        "#,
+    );
+    let environment = strings(&[
+        ("RUSHES_FUSION_BUCKET_MS", "3000"),
+        ("RUSHES_INDEX_COMMIT_INTERVAL_MS", "3000"),
+        ("PATH", "/usr/bin"),
+        ("RUSHES_LOG", "debug,tantivy=warn"),
+        ("RUSHES_CONFIG", "/etc/rushes.toml"),
+    ]);
+    let overrides = strings(&[
+        ("fusion.bucket_ms", "4000"),
+        ("node.data_dir", "/tmp/x"),
+        ("fusion.bucket_ms", "5000"),
+    ]);
+    let config = Config::load(Some(file.path()), environment, &overrides).expect("loads");
+
+    assert_eq!(
+        config.node.listen.to_string(),
+        "0.0.0.0:7000",
+        "file beats defaults"
+    );
+    assert_eq!(
+        config.index.commit_interval_ms, 3000,
+        "environment beats file"
+    );
+    assert_eq!(
+        config.fusion.bucket_ms, 5000,
+        "overrides beat environment; the last override wins"
+    );
+    assert_eq!(
+        config.node.data_dir,
+        Path::new("/tmp/x"),
+        "overrides beat file"
+    );
+    assert_eq!(
+        config.fusion.batch_entries_max, 256,
+        "untouched keys keep their defaults"
+    );
+}
+
+#[test]
+fn environment_sets_string_keys_verbatim() {
+    let config = load_env(&[
+        ("RUSHES_NODE_LISTEN", "0.0.0.0:9000"),
+        ("RUSHES_CLUSTER_CLUSTER_ID", "123"),
+        ("RUSHES_NODE_DATA_DIR", "2024-01-01"),
+        ("RUSHES_LOG_LEVEL", "debug"),
+        ("RUSHES_LOG_FORMAT", "\"json\""),
+    ])
+    .expect("loads");
+    assert_eq!(config.node.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(config.cluster.cluster_id, "123");
+    assert_eq!(config.node.data_dir, Path::new("2024-01-01"));
+    assert_eq!(config.log.level, LogLevel::Debug);
+    assert_eq!(config.log.format, LogFormat::Json);
+}
+
+#[test]
+fn arrays_of_tables_can_be_set_whole_or_per_entry() {
+    let config = load_env(&[
+        ("RUSHES_VECTOR_SPACES", r#"[{ name = "scene" }, { name = "clip", dimensions = 768, metric = "ip" }]"#),
+        ("RUSHES_VECTOR_SPACES_1_QUANTIZATION", "f16"),
+        (
+            "RUSHES_CLUSTER_NODES",
+            r#"[{ id = 1, raft_addr = "a:7800", http_addr = "a:7700" }, { id = 2, raft_addr = "b:7800", http_addr = "b:7700" }]"#,
+        ),
+        ("RUSHES_CLUSTER_NODES_1_RAFT_ADDR", "b.internal:7801"),
+        ("RUSHES_CLUSTER_REPLICATION_FACTOR", "2"),
+    ])
+    .expect("loads");
+    assert_eq!(config.vector_spaces.len(), 2);
+    assert_eq!(config.vector_spaces[1].name, "clip");
+    assert_eq!(config.vector_spaces[1].dimensions, 768);
+    assert_eq!(config.vector_spaces[1].metric, Metric::Ip);
+    assert_eq!(config.vector_spaces[1].quantization, Quantization::F16);
+    assert_eq!(
+        config.vector_spaces[1].connectivity, 16,
+        "per-entry defaults apply"
+    );
+    assert_eq!(config.cluster.nodes[1].raft_addr, "b.internal:7801");
+    assert_eq!(config.cluster.replication_factor, 2);
+
+    let appended = load_overrides(&[
+        ("vector_spaces[1].name", "clip"),
+        ("vector_spaces[0].dimensions", "256"),
+    ])
+    .expect("loads");
+    assert_eq!(
+        appended.vector_spaces,
+        vec![
+            VectorSpaceConfig {
+                dimensions: 256,
+                ..VectorSpaceConfig::named("scene")
+            },
+            VectorSpaceConfig::named("clip")
+        ]
+    );
+
+    let text = error_text(load_overrides(&[("vector_spaces", "[{ name = ")]));
+    assert!(text.starts_with("cannot parse command-line override vector_spaces: expected a TOML array of inline tables"), "{text}");
+    assert!(
+        text.ends_with("incomplete value at byte 10 of \"[{ name = \""),
+        "{text}"
+    );
+
+    let text = error_text(load_overrides(&[("vector_spaces[3].name", "far")]));
+    assert!(text.contains("vector_spaces[3] is past the end"), "{text}");
+}
+
+#[test]
+fn file_vector_spaces_replace_the_default_list() {
+    let config =
+        load_file("[[vector_spaces]]\nname = \"clip\"\ndimensions = 768\n").expect("loads");
+    assert_eq!(config.vector_spaces.len(), 1);
+    assert_eq!(config.vector_spaces[0].name, "clip");
+    let none = load_file("vector_spaces = []\n").expect("loads");
+    assert!(none.vector_spaces.is_empty());
+}
+
+#[test]
+fn every_range_violation_names_its_key_and_range() {
+    // (key, a value below the range or None, a value above the range or None, allowed text)
+    let cases: &[(&str, Option<&str>, Option<&str>, &str)] = &[
+        ("node.id", Some("0"), None, "at least 1"),
+        ("cluster.shards", Some("0"), Some("1025"), "1..=1024"),
+        ("cluster.replication_factor", Some("0"), Some("8"), "1..=7"),
+        ("fusion.bucket_ms", Some("50"), Some("60001"), "100..=60000"),
+        (
+            "fusion.batch_entries_max",
+            Some("0"),
+            Some("100001"),
+            "1..=100000",
+        ),
+        (
+            "index.commit_interval_ms",
+            Some("49"),
+            Some("600001"),
+            "50..=600000",
+        ),
+        (
+            "index.writer_heap_bytes",
+            Some("1048576"),
+            Some("4294967297"),
+            "15728640..=4294967296 (15 MiB..=4 GiB)",
+        ),
+        (
+            "vector_spaces[0].dimensions",
+            Some("0"),
+            Some("4097"),
+            "1..=4096",
+        ),
+        (
+            "vector_spaces[0].connectivity",
+            Some("3"),
+            Some("129"),
+            "4..=128",
+        ),
+        (
+            "vector_spaces[0].expansion_add",
+            Some("0"),
+            Some("4097"),
+            "1..=4096",
+        ),
+        (
+            "vector_spaces[0].expansion_search",
+            Some("0"),
+            Some("4097"),
+            "1..=4096",
+        ),
+        (
+            "limits.max_body_bytes",
+            Some("1023"),
+            Some("1073741825"),
+            "1024..=1073741824 (1 KiB..=1 GiB)",
+        ),
+        (
+            "limits.max_batch_items",
+            Some("0"),
+            Some("1000001"),
+            "1..=1000000",
+        ),
+        ("limits.max_id_bytes", Some("0"), Some("4097"), "1..=4096"),
+        (
+            "limits.max_asset_id_bytes",
+            Some("0"),
+            Some("4097"),
+            "1..=4096",
+        ),
+        ("limits.max_name_bytes", Some("0"), Some("1025"), "1..=1024"),
+        (
+            "limits.max_label_bytes",
+            Some("0"),
+            Some("65537"),
+            "1..=65536",
+        ),
+        (
+            "limits.max_text_bytes",
+            Some("0"),
+            Some("1048577"),
+            "1..=1048576",
+        ),
+        ("limits.max_interval_ms", Some("0"), None, "1..=31536000000"),
+        (
+            "limits.max_time_ms",
+            Some("999"),
+            Some("31536000001"),
+            "1000..=31536000000",
+        ),
+        (
+            "limits.ingest_queue_depth",
+            Some("0"),
+            Some("1000001"),
+            "1..=1000000",
+        ),
+        (
+            "limits.request_timeout_ms",
+            Some("99"),
+            Some("600001"),
+            "100..=600000",
+        ),
+        (
+            "limits.search_queue_depth",
+            Some("0"),
+            Some("1000001"),
+            "1..=1000000",
+        ),
+        ("limits.max_clauses", Some("0"), Some("1025"), "1..=1024"),
+        (
+            "limits.max_per_asset",
+            Some("0"),
+            Some("100001"),
+            "1..=100000",
+        ),
+        ("limits.max_limit", Some("0"), Some("100001"), "1..=100000"),
+        (
+            "limits.max_query_bytes",
+            Some("0"),
+            Some("1048577"),
+            "1..=1048576",
+        ),
+        (
+            "limits.max_vector_k",
+            Some("0"),
+            Some("1000001"),
+            "1..=1000000",
+        ),
+        (
+            "raft.tick_interval_ms",
+            Some("9"),
+            Some("10001"),
+            "10..=10000",
+        ),
+        ("raft.election_ticks", Some("1"), Some("1001"), "2..=1000"),
+        ("raft.heartbeat_ticks", Some("0"), None, "1..=999"),
+        (
+            "raft.max_size_per_msg_bytes",
+            Some("1023"),
+            Some("268435457"),
+            "1024..=268435456 (1 KiB..=256 MiB)",
+        ),
+        (
+            "raft.max_inflight_msgs",
+            Some("0"),
+            Some("65537"),
+            "1..=65536",
+        ),
+        (
+            "raft.group_commit_max_requests",
+            Some("0"),
+            Some("100001"),
+            "1..=100000",
+        ),
+    ];
+    for (key, too_low, too_high, allowed) in cases {
+        for bad_value in [too_low, too_high].into_iter().flatten() {
+            let text = error_text(load_overrides(&[(key, bad_value)]));
+            let expected = format!("{key} = {bad_value} is out of range: allowed {allowed} (from command-line override {key})");
+            assert_eq!(text, expected);
+        }
+    }
+}
+
+#[test]
+fn range_error_message_matches_the_documented_form() {
+    let mut config = Config::default();
+    config.fusion.bucket_ms = 50;
+    let error = config.validate().expect_err("out of range");
+    assert_eq!(
+        error.to_string(),
+        "fusion.bucket_ms = 50 is out of range: allowed 100..=60000"
+    );
+    assert_eq!(error.key(), Some("fusion.bucket_ms"));
+}
+
+#[test]
+fn errors_say_which_source_set_the_value() {
+    let file = write_file("[fusion]\nbucket_ms = 50\n");
+    let text = error_text(Config::load(Some(file.path()), Vec::new(), &[]));
+    assert_eq!(
+        text,
+        format!(
+            "fusion.bucket_ms = 50 is out of range: allowed 100..=60000 (from file {})",
+            file.path().display()
+        )
+    );
+
+    let text = error_text(load_env(&[("RUSHES_FUSION_BUCKET_MS", "50")]));
+    assert_eq!(text, "fusion.bucket_ms = 50 is out of range: allowed 100..=60000 (from environment variable RUSHES_FUSION_BUCKET_MS)");
+}
+
+#[test]
+fn unknown_key_in_file_is_named_with_the_allowed_keys() {
+    let text = error_text(load_file("[index]\ncomit_interval_ms = 500\n"));
+    assert!(
+        text.starts_with("unknown key \"index.comit_interval_ms\" (from file "),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(": allowed keys in [index] are commit_interval_ms, writer_heap_bytes"),
+        "{text}"
+    );
+
+    let text = error_text(load_file("[indx]\ncommit_interval_ms = 500\n"));
+    assert!(text.starts_with("unknown key \"indx\""), "{text}");
+    assert!(text.ends_with("allowed keys in the top level are node, cluster, fusion, index, vector_spaces, limits, raft, log"), "{text}");
+
+    let text = error_text(load_file(
+        "[[vector_spaces]]\nname = \"scene\"\ndimension = 3\n",
+    ));
+    assert!(
+        text.starts_with("unknown key \"vector_spaces[0].dimension\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("allowed keys in [[vector_spaces]] are name, dimensions, metric"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_environment_variable_is_named() {
+    let error = load_env(&[("RUSHES_INDEX_COMIT_INTERVAL_MS", "500")]).expect_err("unknown");
+    assert_eq!(
+        error.to_string(),
+        "unknown key \"index.comit_interval_ms\" (from environment variable RUSHES_INDEX_COMIT_INTERVAL_MS): \
+         allowed keys in [index] are commit_interval_ms, writer_heap_bytes"
+    );
+    assert_eq!(
+        error.origin(),
+        Some(&Origin::EnvironmentVariable(
+            "RUSHES_INDEX_COMIT_INTERVAL_MS".to_string()
+        ))
+    );
+
+    let text = error_text(load_env(&[("RUSHES_INDX_COMMIT_INTERVAL_MS", "500")]));
+    assert!(text.contains("RUSHES_INDX_COMMIT_INTERVAL_MS"), "{text}");
+    assert!(
+        text.contains("allowed keys in the top level are node, cluster"),
+        "{text}"
+    );
+
+    let text = error_text(load_env(&[("RUSHES_VECTOR_SPACES_ZERO_NAME", "x")]));
+    assert!(
+        text.contains("RUSHES_VECTOR_SPACES_<index>_<key>"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_override_key_is_named() {
+    let error = load_overrides(&[("index.comit_interval_ms", "500")]).expect_err("unknown");
+    assert_eq!(
+        error.to_string(),
+        "unknown key \"index.comit_interval_ms\" (from command-line override index.comit_interval_ms): \
+         allowed keys in [index] are commit_interval_ms, writer_heap_bytes"
+    );
+    let text = error_text(load_overrides(&[("vector_spaces[0].metrik", "ip")]));
+    assert!(
+        text.starts_with("unknown key \"vector_spaces[0].metrik\""),
+        "{text}"
+    );
+    let text = error_text(load_overrides(&[("node", "1")]));
+    assert!(
+        text.contains("allowed keys in [node] are id, data_dir, listen"),
+        "{text}"
+    );
+    let text = error_text(load_overrides(&[("fusion..bucket_ms", "1")]));
+    assert!(text.contains("empty key segment"), "{text}");
+}
+
+#[test]
+fn bad_enum_value_names_the_allowed_values() {
+    let text = error_text(load_file(
+        "[[vector_spaces]]\nname = \"scene\"\nmetric = \"dot\"\n",
+    ));
+    assert!(text.starts_with("vector_spaces[0].metric = \"dot\" is not allowed: use one of \"cosine\", \"l2\", \"ip\""), "{text}");
+
+    let text = error_text(load_env(&[("RUSHES_LOG_LEVEL", "verbose")]));
+    assert_eq!(
+        text,
+        "log.level = \"verbose\" is not allowed: use one of \"trace\", \"debug\", \"info\", \"warn\", \"error\" \
+         (from environment variable RUSHES_LOG_LEVEL)"
+    );
+    let text = error_text(load_overrides(&[("vector_spaces[0].quantization", "f64")]));
+    assert!(
+        text.contains("use one of \"f32\", \"f16\", \"i8\""),
+        "{text}"
+    );
+    let text = error_text(load_overrides(&[("log.format", "yaml")]));
+    assert!(text.contains("use one of \"text\", \"json\""), "{text}");
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let text = error_text(load_env(&[("RUSHES_FUSION_BUCKET_MS", "1s")]));
+    assert!(
+        text.starts_with(
+            "fusion.bucket_ms = \"1s\" is not allowed: expected a non-negative integer"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("(from environment variable RUSHES_FUSION_BUCKET_MS)"),
+        "{text}"
+    );
+
+    let text = error_text(load_file("[fusion]\nbucket_ms = -5\n"));
+    assert!(
+        text.starts_with("fusion.bucket_ms = -5 is not allowed"),
+        "{text}"
+    );
+    let text = error_text(load_file("[cluster]\ncluster_id = 7\n"));
+    assert!(
+        text.starts_with("cluster.cluster_id = 7 is not allowed: expected a string"),
+        "{text}"
+    );
+    let text = error_text(load_file("node = 3\n"));
+    assert!(
+        text.starts_with("node = 3 is not allowed: expected a table"),
+        "{text}"
+    );
+}
+
+#[test]
+fn invalid_listen_address_is_rejected() {
+    for bad in ["localhost:7700", "127.0.0.1", "127.0.0.1:99999", ""] {
+        let text = error_text(load_overrides(&[("node.listen", bad)]));
+        assert!(
+            text.starts_with(&format!(
+                "node.listen = \"{bad}\" is not allowed: expected an IP address and port"
+            )),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        load_overrides(&[("node.listen", "[::1]:8000")])
+            .expect("loads")
+            .node
+            .listen
+            .to_string(),
+        "[::1]:8000"
+    );
+}
+
+#[test]
+fn duplicate_vector_space_names_are_rejected() {
+    let text = error_text(load_file(
+        "[[vector_spaces]]\nname = \"scene\"\n[[vector_spaces]]\nname = \"clip\"\n[[vector_spaces]]\nname = \"scene\"\n",
+    ));
+    assert!(
+        text.starts_with("vector_spaces[2].name = \"scene\" is not allowed: values must be unique within vector_spaces; vector_spaces[0].name already uses it"),
+        "{text}"
+    );
+}
+
+#[test]
+fn vector_space_names_are_checked() {
+    let text = error_text(load_overrides(&[("vector_spaces[0].name", "Scene")]));
+    assert!(
+        text.starts_with("vector_spaces[0].name = \"Scene\" is not allowed: use lower-case letters a-z, digits, '_' and '-'"),
+        "{text}"
+    );
+    let text = error_text(load_file("[[vector_spaces]]\ndimensions = 3\n"));
+    assert!(
+        text.starts_with("missing key \"vector_spaces[0].name\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn heartbeat_must_be_shorter_than_election() {
+    let text = error_text(load_overrides(&[
+        ("raft.election_ticks", "5"),
+        ("raft.heartbeat_ticks", "5"),
+    ]));
+    assert!(
+        text.starts_with("raft.heartbeat_ticks = 5 is out of range: allowed 1..=4 (must be less than raft.election_ticks = 5)"),
+        "{text}"
+    );
+    // Blamed on the key even when it kept its default and only election_ticks was changed.
+    let text = error_text(load_overrides(&[
+        ("raft.election_ticks", "2"),
+        ("raft.heartbeat_ticks", "2"),
+    ]));
+    assert!(
+        text.starts_with("raft.heartbeat_ticks = 2 is out of range"),
+        "{text}"
+    );
+    load_overrides(&[("raft.election_ticks", "3"), ("raft.heartbeat_ticks", "2")])
+        .expect("2 < 3 is fine");
+}
+
+#[test]
+fn cluster_membership_rules() {
+    let three_nodes = r#"
+        [node]
+        id = 2
+        [cluster]
+        replication_factor = 3
+        [[cluster.nodes]]
+        id = 1
+        raft_addr = "rushes-1:7800"
+        http_addr = "rushes-1:7700"
+        [[cluster.nodes]]
+        id = 2
+        raft_addr = "rushes-2:7800"
+        http_addr = "rushes-2:7700"
+        [[cluster.nodes]]
+        id = 3
+        raft_addr = "[fd00::3]:7800"
+        http_addr = "10.0.0.3:7700"
+    "#;
+    let config = load_file(three_nodes).expect("loads");
+    assert_eq!(config.cluster.node_count(), 3);
+    assert_eq!(
+        config.cluster.nodes[2],
+        ClusterNodeConfig {
+            id: 3,
+            raft_addr: "[fd00::3]:7800".into(),
+            http_addr: "10.0.0.3:7700".into()
+        }
+    );
+
+    let file = write_file(three_nodes);
+    let load_with = |overrides: &[(&str, &str)]| {
+        Config::load(Some(file.path()), Vec::new(), &strings(overrides))
+    };
+
+    let text = error_text(load_with(&[("node.id", "4")]));
+    assert!(text.starts_with("node.id = 4 is not allowed: cluster.nodes lists ids 1, 2, 3; node.id must be one of them"), "{text}");
+    let text = error_text(load_with(&[("cluster.nodes[2].id", "1")]));
+    assert!(
+        text.starts_with(
+            "cluster.nodes[2].id = 1 is not allowed: values must be unique within cluster.nodes"
+        ),
+        "{text}"
+    );
+    let text = error_text(load_with(&[("cluster.nodes[1].raft_addr", "rushes-2")]));
+    assert!(
+        text.starts_with(
+            "cluster.nodes[1].raft_addr = \"rushes-2\" is not allowed: expected \"host:port\""
+        ),
+        "{text}"
+    );
+    let text = error_text(load_with(&[("cluster.nodes[3].id", "4")]));
+    assert!(
+        text.starts_with("missing key \"cluster.nodes[3].raft_addr\""),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("every entry of [[cluster.nodes]] must set id, raft_addr, http_addr"),
+        "{text}"
+    );
+
+    let text = error_text(load_overrides(&[("cluster.replication_factor", "2")]));
+    assert!(
+        text.starts_with("cluster.replication_factor = 2 is out of range: allowed 1..=1 (cannot exceed the number of nodes: 1"),
+        "{text}"
+    );
+    let text = error_text(load_overrides(&[("cluster.cluster_id", "Rushes_Prod")]));
+    assert!(text.starts_with("cluster.cluster_id = \"Rushes_Prod\" is not allowed: use lower-case letters a-z, digits and '-'"), "{text}");
+}
+
+#[test]
+fn interval_cannot_exceed_timeline() {
+    let text = error_text(load_overrides(&[
+        ("limits.max_time_ms", "60000"),
+        ("limits.max_interval_ms", "60001"),
+    ]));
+    assert!(
+        text.starts_with("limits.max_interval_ms = 60001 is out of range: allowed 1..=60000 (cannot exceed limits.max_time_ms = 60000)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn syntax_errors_carry_line_information() {
+    let file = write_file("[node]\nid = 1\nlisten = \"127.0.0.1:7700\n");
+    let error = Config::load(Some(file.path()), Vec::new(), &[]).expect_err("bad TOML");
+    assert!(matches!(error, ConfigError::Parse { .. }));
+    let text = error.to_string();
+    assert!(text.contains("line 3"), "{text}");
+    assert!(text.contains(&file.path().display().to_string()), "{text}");
+}
+
+#[test]
+fn missing_file_is_an_io_error_naming_the_path() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("absent.toml");
+    let error = Config::load(Some(&path), Vec::new(), &[]).expect_err("missing");
+    assert!(matches!(error, ConfigError::Io { .. }));
+    assert!(error.to_string().contains("absent.toml"), "{error}");
+}
+
+#[test]
+fn example_toml_parses_to_the_defaults() {
+    let example = Config::example_toml();
+    let parsed: Config = toml::from_str(&example).expect("example is valid TOML for Config");
+    assert_eq!(parsed, Config::default());
+    assert_eq!(
+        load_file(&example).expect("example loads"),
+        Config::default()
+    );
+    // Every key is documented: each one appears as an assignment in the example.
+    let serialized = Config::default().to_toml_string();
+    for line in serialized.lines() {
+        if let Some((key, _)) = line.split_once(" = ") {
+            assert!(
+                example.contains(&format!("\n{key} = ")),
+                "example lacks {key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn to_toml_string_round_trips_through_load() {
+    let mut config = Config::default();
+    config.node.id = 2;
+    config.node.data_dir = "/var/lib/rushes".into();
+    config.node.listen = "[::]:7701".parse().expect("address");
+    config.cluster.cluster_id = "prod-eu".into();
+    config.cluster.replication_factor = 2;
+    config.cluster.nodes = vec![
+        ClusterNodeConfig {
+            id: 1,
+            raft_addr: "a:7800".into(),
+            http_addr: "a:7700".into(),
+        },
+        ClusterNodeConfig {
+            id: 2,
+            raft_addr: "b:7800".into(),
+            http_addr: "b:7700".into(),
+        },
+    ];
+    config.vector_spaces.push(VectorSpaceConfig {
+        dimensions: 768,
+        metric: Metric::L2,
+        quantization: Quantization::I8,
+        ..VectorSpaceConfig::named("clip_v2")
+    });
+    config.raft.heartbeat_ticks = 3;
+    config.log.format = LogFormat::Json;
+    config.validate().expect("valid");
+
+    for original in [Config::default(), config] {
+        let text = original.to_toml_string();
+        assert_eq!(
+            load_file(&text).expect("round trip loads"),
+            original,
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! `rushes demo`: one node on an embedded data dir, a generated sample season ingested through
+//! the real ingest path, example queries printed, serving until Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rushes_config::Config;
+use rushes_protocol::validate::{parse_batch, BodyFormat};
+use rushes_protocol::AssetRecord;
+
+use crate::engine::Engine;
+use crate::gen::{self, GenConfig};
+
+pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Lines of NDJSON per ingest request when loading a sample.
+pub const LOAD_BATCH_LINES: usize = 2_000;
+/// Batches in flight at once while loading (they group-commit together).
+const LOAD_IN_FLIGHT: usize = 8;
+
+pub fn sample_dir(data_dir: &Path, config: &GenConfig) -> PathBuf {
+    data_dir.join(format!("sample-{}h-seed{}", config.hours, config.seed))
+}
+
+/// Generates the sample season once; later runs reuse it.
+pub fn ensure_sample(dir: &Path, config: &GenConfig, quiet: bool) -> Result<(), DemoError> {
+    if dir.join("complete").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let bar = progress_bar(0, "generating sample season", quiet);
+    let summary = gen::write_season(config, dir, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    std::fs::write(
+        dir.join("complete"),
+        format!(
+            "{} episodes, {} annotations\n",
+            summary.episodes, summary.annotations
+        ),
+    )?;
+    if !quiet {
+        eprintln!(
+            "generated {} episodes ({:.1} hours), {} annotations in {}",
+            summary.episodes,
+            summary.hours,
+            summary.annotations,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn progress_bar(length: u64, message: &'static str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:28} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+/// Loads a generated sample into the engine through the normal parse + ingest path.
+pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Result<u64, DemoError> {
+    for line in BufReader::new(std::fs::File::open(dir.join("assets.ndjson"))?).lines() {
+        let mut value: serde_json::Value = serde_json::from_str(&line?)?;
+        let asset_id = value["asset_id"]
+            .as_str()
+            .ok_or("assets.ndjson line without asset_id")?
+            .to_string();
+        if let Some(object) = value.as_object_mut() {
+            object.remove("asset_id");
+        }
+        let record: AssetRecord = serde_json::from_value(value)?;
+        engine
+            .upsert_asset(&asset_id, record)
+            .await
+            .map_err(|e| e.message)?;
+    }
+    let total_lines = BufReader::new(std::fs::File::open(dir.join("annotations.ndjson"))?)
+        .lines()
+        .count() as u64;
+    let bar = progress_bar(total_lines, "ingesting annotations", quiet);
+    let mut reader = BufReader::new(std::fs::File::open(dir.join("annotations.ndjson"))?);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut loaded = 0u64;
+    loop {
+        let mut chunk = Vec::with_capacity(LOAD_BATCH_LINES * 200);
+        let mut lines = 0;
+        while lines < LOAD_BATCH_LINES {
+            let before = chunk.len();
+            if reader.read_until(b'\n', &mut chunk)? == 0 {
+                break;
+            }
+            if chunk.len() > before {
+                lines += 1;
+            }
+        }
+        if lines == 0 {
+            break;
+        }
+        while in_flight.len() >= LOAD_IN_FLIGHT {
+            if let Some(done) = in_flight.join_next().await {
+                loaded += done??;
+                bar.set_position(loaded);
+            }
+        }
+        let engine = engine.clone();
+        let limits = engine.ingest_limits.clone();
+        in_flight.spawn(async move {
+            let items = tokio::task::spawn_blocking(move || {
+                parse_batch(&chunk, BodyFormat::Ndjson, &limits)
+            })
+            .await?
+            .map_err(|e| e.message)?;
+            let count = items.len() as u64;
+            // Retry on back-pressure, as any client would.
+            loop {
+                match engine.ingest(items.clone()).await {
+                    Ok(_) => return Ok::<u64, DemoError>(count),
+                    Err(e) if e.code.is_retryable() => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => return Err(e.message.into()),
+                }
+            }
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        loaded += done??;
+        bar.set_position(loaded);
+    }
+    bar.finish_and_clear();
+    Ok(loaded)
+}
+
+/// Waits until every shard has indexed all it applied; returns how long that took.
+pub async fn wait_caught_up(engine: &Engine, timeout: Duration) -> Result<Duration, DemoError> {
+    let started = Instant::now();
+    let mut watches: Vec<_> = engine
+        .shards
+        .iter()
+        .map(|s| (s.progress.clone(), s.indexed_watch()))
+        .collect();
+    for (progress, watch) in &mut watches {
+        let target = progress.applied.load(std::sync::atomic::Ordering::Acquire);
+        let remaining = timeout.saturating_sub(started.elapsed());
+        tokio::time::timeout(remaining, watch.wait_for(|&indexed| indexed >= target))
+            .await
+            .map_err(|_| format!("not searchable after {timeout:?}"))?
+            .map_err(|_| "a shard stopped while indexing")?;
+    }
+    Ok(started.elapsed())
+}
+
+pub struct DemoOptions {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub hours: f64,
+    pub seed: u64,
+    pub config: Config,
+}
+
+pub fn run_demo(options: DemoOptions) -> Result<(), DemoError> {
+    let gen_config = GenConfig {
+        hours: options.hours,
+        seed: options.seed,
+        ..GenConfig::default()
+    };
+    let sample = sample_dir(&options.data_dir, &gen_config);
+    ensure_sample(&sample, &gen_config, false)?;
+    let mut config = options.config;
+    config.node.data_dir = options.data_dir.join("node");
+    let listener = TcpListener::bind(&options.listen)
+        .map_err(|e| format!("cannot listen on {}: {e} (use --listen)", options.listen))?;
+    let address = listener.local_addr()?;
+    config.node.listen = address;
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let engine = Engine::open(config)?;
+        let server = crate::http::server(engine.clone(), listener)?;
+        let handle = server.handle();
+        let server_task = actix_web::rt::spawn(server);
+        let marker = options.data_dir.join("node").join(format!("loaded-{}", sample.file_name().and_then(|n| n.to_str()).unwrap_or("sample")));
+        if !marker.exists() {
+            let started = Instant::now();
+            let loaded = load_sample(&engine, &sample, false).await?;
+            let ingest_time = started.elapsed();
+            let searchable = wait_caught_up(&engine, Duration::from_secs(600)).await?;
+            eprintln!(
+                "ingested {loaded} annotations in {:.1}s ({:.0}/s); searchable {:.1}s after the last acknowledgement",
+                ingest_time.as_secs_f64(),
+                loaded as f64 / ingest_time.as_secs_f64().max(1e-9),
+                searchable.as_secs_f64()
+            );
+            std::fs::write(&marker, format!("{loaded}\n"))?;
+        } else {
+            wait_caught_up(&engine, Duration::from_secs(600)).await?;
+            eprintln!("sample already loaded ({} annotations stored)", engine.total_raw_annotations());
+        }
+        print_examples(&format!("http://{address}"));
+        tokio::signal::ctrl_c().await?;
+        eprintln!("stopping");
+        handle.stop(true).await;
+        let _ = server_task.await;
+        let engine_for_shutdown = engine.clone();
+        tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown()).await?;
+        Ok(())
+    })
+}
+
+fn print_examples(base: &str) {
+    println!("\nRushes is serving on {base}. Try:\n");
+    let examples = [
+        (
+            "Joey in the kitchen",
+            format!(
+                r#"curl -s {base}/v1/search -H 'content-type: application/json' -d '{{"q": "Joey in the kitchen"}}'"#
+            ),
+        ),
+        (
+            "a line of dialogue",
+            format!(
+                r#"curl -s {base}/v1/search -H 'content-type: application/json' -d '{{"q": "\"we were on a break\""}}'"#
+            ),
+        ),
+        (
+            "structured: Monica and a frying pan, anywhere",
+            format!(
+                r#"curl -s {base}/v1/search -H 'content-type: application/json' -d '{{"clauses": [{{"type": "label", "track": "character", "label": "Monica"}}, {{"type": "label", "track": "object", "label": "frying pan"}}], "mode": "union", "per_asset": 3}}'"#
+            ),
+        ),
+        (
+            "what a query becomes",
+            format!(
+                r#"curl -s {base}/v1/search/explain -H 'content-type: application/json' -d '{{"q": "Rachel at the coffee shop"}}'"#
+            ),
+        ),
+        ("as you type", format!("curl -s '{base}/v1/suggest?q=Zeb'")),
+        (
+            "the fused timeline",
+            format!("curl -s '{base}/v1/assets/s01e01/buckets?from_ms=0&to_ms=10000'"),
+        ),
+        ("an asset", format!("curl -s {base}/v1/assets/s01e01")),
+        (
+            "shards and watermarks",
+            format!("curl -s {base}/v1/cluster"),
+        ),
+    ];
+    for (what, command) in examples {
+        println!("# {what}\n{command}\n");
+    }
+    println!("Press Ctrl-C to stop.");
+}

@@ -1,0 +1,580 @@
+//! The node's engine: its shards, ingest routing and the search coordinator. HTTP handlers and
+//! the CLI call into this; it knows nothing about HTTP.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rushes_cluster::{shard_for_asset, RaftSettings};
+use rushes_config::{Config, Metric, Quantization};
+use rushes_protocol::model::{IngestItem, ShardCommand, StoredAnnotation, StoredAsset};
+use rushes_protocol::validate::{
+    validate_asset_id, IngestLimits, ParsedItem, VectorSpaceSpec as SpaceLimit,
+};
+use rushes_protocol::{
+    ApiError, AssetRecord, BucketAnnotationView, BucketView, BucketsReply, ErrorCode, IngestReply,
+    SearchRequest, SearchResponse, ShardCounts,
+};
+use serde_json::json;
+
+use crate::index::{VectorMetric, VectorQuantization, VectorSpaceSpec};
+use crate::metrics::Metrics;
+use crate::search::{self, Plan, SearchLimits};
+use crate::shard::{Shard, ShardError, ShardOptions};
+use crate::store::ApplyOutcome;
+
+/// Most buckets one `/buckets` request returns (one hour at the default bucket size).
+pub const MAX_BUCKETS_PER_REQUEST: u64 = 3600;
+
+pub struct Engine {
+    pub config: Config,
+    pub shards: Vec<Arc<Shard>>,
+    pub metrics: Arc<Metrics>,
+    pub ingest_limits: IngestLimits,
+    pub search_limits: SearchLimits,
+    search_slots: Arc<tokio::sync::Semaphore>,
+    pub started: Instant,
+}
+
+pub fn shard_options(config: &Config) -> ShardOptions {
+    ShardOptions {
+        node_id: config.node.id,
+        voters: vec![config.node.id],
+        raft: RaftSettings {
+            election_ticks: config.raft.election_ticks,
+            heartbeat_ticks: config.raft.heartbeat_ticks,
+            max_size_per_msg_bytes: config.raft.max_size_per_msg_bytes,
+            max_inflight_msgs: config.raft.max_inflight_msgs,
+        },
+        tick_interval_ms: config.raft.tick_interval_ms,
+        proposal_queue_depth: config.limits.ingest_queue_depth,
+        group_commit_max_requests: config.raft.group_commit_max_requests,
+        bucket_ms: config.fusion.bucket_ms,
+        fusion_batch_entries_max: config.fusion.batch_entries_max as u64,
+        commit_interval_ms: config.index.commit_interval_ms,
+        writer_heap_bytes: config.index.writer_heap_bytes,
+        vector_spaces: config
+            .vector_spaces
+            .iter()
+            .map(|s| VectorSpaceSpec {
+                name: s.name.clone(),
+                dimensions: s.dimensions,
+                metric: match s.metric {
+                    Metric::Cosine => VectorMetric::Cosine,
+                    Metric::L2 => VectorMetric::L2,
+                    Metric::Ip => VectorMetric::InnerProduct,
+                },
+                quantization: match s.quantization {
+                    Quantization::F32 => VectorQuantization::F32,
+                    Quantization::F16 => VectorQuantization::F16,
+                    Quantization::I8 => VectorQuantization::I8,
+                },
+                connectivity: s.connectivity,
+                expansion_add: s.expansion_add,
+                expansion_search: s.expansion_search,
+            })
+            .collect(),
+    }
+}
+
+impl Engine {
+    pub fn open(config: Config) -> Result<Arc<Engine>, ShardError> {
+        let metrics = Arc::new(Metrics::new());
+        let options = shard_options(&config);
+        let mut shards = Vec::with_capacity(config.cluster.shards as usize);
+        for id in 0..config.cluster.shards {
+            shards.push(Shard::open(
+                &config.node.data_dir,
+                id,
+                &options,
+                metrics.clone(),
+            )?);
+        }
+        let limits = &config.limits;
+        let ingest_limits = IngestLimits {
+            max_batch_items: limits.max_batch_items,
+            max_id_bytes: limits.max_id_bytes,
+            max_asset_id_bytes: limits.max_asset_id_bytes,
+            max_name_bytes: limits.max_name_bytes,
+            max_label_bytes: limits.max_label_bytes,
+            max_text_bytes: limits.max_text_bytes,
+            max_interval_ms: limits.max_interval_ms,
+            max_time_ms: limits.max_time_ms,
+            vector_spaces: config
+                .vector_spaces
+                .iter()
+                .map(|s| SpaceLimit {
+                    name: s.name.clone(),
+                    dimensions: s.dimensions,
+                })
+                .collect(),
+        };
+        let search_limits = SearchLimits {
+            max_clauses: limits.max_clauses,
+            max_per_asset: limits.max_per_asset,
+            max_limit: limits.max_limit,
+            max_query_bytes: limits.max_query_bytes,
+            max_vector_k: limits.max_vector_k,
+            vector_spaces: config
+                .vector_spaces
+                .iter()
+                .map(|s| (s.name.clone(), s.dimensions))
+                .collect(),
+        };
+        let search_slots = Arc::new(tokio::sync::Semaphore::new(limits.search_queue_depth));
+        Ok(Arc::new(Engine {
+            config,
+            shards,
+            metrics,
+            ingest_limits,
+            search_limits,
+            search_slots,
+            started: Instant::now(),
+        }))
+    }
+
+    pub fn shard_of(&self, asset_id: &str) -> &Arc<Shard> {
+        &self.shards[shard_for_asset(asset_id, self.shards.len() as u32) as usize]
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.limits.request_timeout_ms)
+    }
+
+    /// Stores a validated batch: replies once every annotation is committed and durable.
+    pub async fn ingest(&self, items: Vec<ParsedItem>) -> Result<IngestReply, ApiError> {
+        let started = Instant::now();
+        let total = items.len();
+        // In-batch duplicates: identical ones collapse, different content under one id is a conflict.
+        let mut first_seen: HashMap<(String, String), usize> = HashMap::with_capacity(items.len());
+        let mut by_shard: BTreeMap<usize, (Vec<IngestItem>, Vec<usize>)> = BTreeMap::new();
+        let mut batch_duplicates = 0;
+        let mut kept: Vec<(usize, IngestItem)> = Vec::with_capacity(items.len());
+        for (position, item) in items.into_iter().enumerate() {
+            let key = (item.annotation.asset_id.clone(), item.annotation.id.clone());
+            let (annotation, vector) = StoredAnnotation::from_validated(item.annotation);
+            let ingest_item = IngestItem {
+                raw_json: item.raw_json,
+                annotation,
+                vector,
+            };
+            if let Some(&earlier) = first_seen.get(&key) {
+                let (_, previous) = kept
+                    .iter()
+                    .find(|(p, _)| *p == earlier)
+                    .ok_or_else(|| ApiError::internal("batch bookkeeping"))?;
+                if previous.annotation != ingest_item.annotation
+                    || previous.vector != ingest_item.vector
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("id {:?} appears twice in this batch with different content (items {earlier} and {position})", key.1),
+                    )
+                    .with_item(position)
+                    .with_field("id"));
+                }
+                batch_duplicates += 1;
+                continue;
+            }
+            first_seen.insert(key, position);
+            kept.push((position, ingest_item));
+        }
+        // Check stored ids before proposing, so a conflict normally stores nothing anywhere.
+        // The shard re-checks when applying (authoritative, for concurrent writers).
+        for (position, item) in &kept {
+            let shard = self.shard_of(&item.annotation.asset_id);
+            if let Some(existing) = shard
+                .store
+                .annotation(&item.annotation.asset_id, &item.annotation.id)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+            {
+                let same_vector = shard
+                    .store
+                    .vector(&item.annotation.asset_id, &item.annotation.id)
+                    .ok()
+                    .flatten()
+                    == item.vector;
+                if existing != item.annotation || !same_vector {
+                    return Err(conflict(*position, &item.annotation.id));
+                }
+            }
+        }
+        for (position, item) in kept {
+            let shard_index =
+                shard_for_asset(&item.annotation.asset_id, self.shards.len() as u32) as usize;
+            let entry = by_shard.entry(shard_index).or_default();
+            entry.0.push(item);
+            entry.1.push(position);
+        }
+        let mut pending = Vec::with_capacity(by_shard.len());
+        for (shard_index, (items, positions)) in by_shard {
+            let receiver = self.shards[shard_index].propose(&ShardCommand::Ingest { items })?;
+            pending.push((receiver, positions));
+        }
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let mut created = 0;
+        let mut duplicates = batch_duplicates;
+        let mut first_error: Option<ApiError> = None;
+        for (receiver, positions) in pending {
+            let outcome = match tokio::time::timeout_at(deadline, receiver).await {
+                Err(_) => Err(ApiError::new(ErrorCode::Timeout, "the write was not confirmed in time; retry the same batch (ids are idempotent)").with_retry_after(1)),
+                Ok(Err(_)) => Err(ApiError::unavailable("the shard stopped before confirming the write; retry the same batch")),
+                Ok(Ok(result)) => result,
+            };
+            match outcome {
+                Ok(ApplyOutcome::Applied {
+                    created: c,
+                    duplicates: d,
+                }) => {
+                    created += c;
+                    duplicates += d;
+                }
+                Ok(ApplyOutcome::Conflict {
+                    item,
+                    annotation_id,
+                }) => {
+                    first_error.get_or_insert(conflict(
+                        positions.get(item).copied().unwrap_or(item),
+                        &annotation_id,
+                    ));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            self.metrics
+                .ingest_requests
+                .with_label_values(&[error.code.as_str()])
+                .inc();
+            return Err(error);
+        }
+        self.metrics
+            .ingest_requests
+            .with_label_values(&["ok"])
+            .inc();
+        self.metrics.ingest_annotations.inc_by(total as u64);
+        Ok(IngestReply {
+            accepted: total,
+            created,
+            duplicates,
+            took_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    pub async fn upsert_asset(&self, asset_id: &str, record: AssetRecord) -> Result<(), ApiError> {
+        validate_asset_id(asset_id, self.ingest_limits.max_asset_id_bytes)
+            .map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))?;
+        validate_asset_record(&record, self.config.limits.max_time_ms)?;
+        let shard = self.shard_of(asset_id);
+        let receiver = shard.propose(&ShardCommand::UpsertAsset {
+            asset_id: asset_id.to_string(),
+            record: StoredAsset::from(record),
+        })?;
+        match tokio::time::timeout(self.request_timeout(), receiver).await {
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Timeout,
+                "the write was not confirmed in time; retry",
+            )
+            .with_retry_after(1)),
+            Ok(Err(_)) => Err(ApiError::unavailable(
+                "the shard stopped before confirming the write; retry",
+            )),
+            Ok(Ok(result)) => result.map(|_| ()),
+        }
+    }
+
+    pub fn asset_view(&self, asset_id: &str) -> Result<serde_json::Value, ApiError> {
+        let store = &self.shard_of(asset_id).store;
+        let internal = |e: crate::store::StoreError| ApiError::internal(e.to_string());
+        let record = store.asset_record(asset_id).map_err(internal)?;
+        let counts = store.track_counts(asset_id).map_err(internal)?;
+        if record.is_none() && counts.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("asset {asset_id:?} has no record and no annotations"),
+            ));
+        }
+        let record = AssetRecord::from(record.unwrap_or_default());
+        let mut body =
+            serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))?;
+        body["asset_id"] = json!(asset_id);
+        body["annotations"] = json!({ "total": counts.values().sum::<u64>(), "by_track": counts });
+        Ok(body)
+    }
+
+    pub fn raw_annotation(&self, asset_id: &str, annotation_id: &str) -> Result<Vec<u8>, ApiError> {
+        self.shard_of(asset_id)
+            .store
+            .raw_annotation(asset_id, annotation_id)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no annotation {annotation_id:?} on asset {asset_id:?}"),
+                )
+            })
+    }
+
+    pub fn buckets(
+        &self,
+        asset_id: &str,
+        from_ms: Option<u64>,
+        to_ms: Option<u64>,
+    ) -> Result<BucketsReply, ApiError> {
+        let bucket_ms = self.config.fusion.bucket_ms;
+        let from_ms = from_ms.unwrap_or(0);
+        let to_ms = to_ms.unwrap_or(from_ms.saturating_add(MAX_BUCKETS_PER_REQUEST * bucket_ms));
+        if to_ms <= from_ms {
+            return Err(ApiError::field(
+                "to_ms",
+                format!("to_ms ({to_ms}) must be greater than from_ms ({from_ms})"),
+            ));
+        }
+        let (first, end) = (from_ms / bucket_ms, to_ms.div_ceil(bucket_ms));
+        if end - first > MAX_BUCKETS_PER_REQUEST {
+            return Err(ApiError::field(
+                "to_ms",
+                format!("the range covers {} buckets; ask for at most {MAX_BUCKETS_PER_REQUEST} per request (page with from_ms)", end - first),
+            ));
+        }
+        let buckets = self
+            .shard_of(asset_id)
+            .store
+            .bucket_range(asset_id, first, end)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(BucketsReply {
+            asset_id: asset_id.to_string(),
+            bucket_ms,
+            buckets: buckets
+                .into_iter()
+                .map(|(second, bucket)| BucketView {
+                    second,
+                    annotations: bucket
+                        .entries
+                        .into_iter()
+                        .map(|e| BucketAnnotationView {
+                            annotation_id: e.annotation_id,
+                            track: e.track,
+                            model: e.model,
+                            label: e.label,
+                            text: e.text,
+                            language: e.language,
+                            confidence: e.confidence,
+                            coverage: e.coverage,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Normalized label → tracks, over every shard.
+    pub fn vocabulary(&self) -> BTreeMap<String, Vec<String>> {
+        let mut merged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for shard in &self.shards {
+            for (label, tracks) in shard.store.vocabulary() {
+                let entry = merged.entry(label).or_default();
+                for track in tracks {
+                    if !entry.contains(&track) {
+                        entry.push(track);
+                    }
+                }
+            }
+        }
+        merged
+    }
+
+    pub fn plan(&self, request: &SearchRequest) -> Result<Plan, ApiError> {
+        search::plan(request, &self.vocabulary(), &self.search_limits)
+    }
+
+    pub async fn search(
+        self: &Arc<Self>,
+        request: SearchRequest,
+    ) -> Result<SearchResponse, ApiError> {
+        let started = Instant::now();
+        let plan = Arc::new(self.plan(&request)?);
+        let _permit = self
+            .search_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded("too many searches in flight; retry shortly"))?;
+        if request.consistency == Some(rushes_protocol::Consistency::Strong) {
+            for shard in &self.shards {
+                if !shard.wait_searchable(self.request_timeout()).await {
+                    return Err(ApiError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "shard {} did not index the latest writes in time; retry",
+                            shard.id
+                        ),
+                    )
+                    .with_retry_after(1));
+                }
+            }
+        }
+        let mut tasks = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let shard = shard.clone();
+            let plan = plan.clone();
+            tasks.push(tokio::task::spawn_blocking(move || {
+                search::search_shard(&shard, &plan)
+            }));
+        }
+        let mut assets = Vec::new();
+        let mut counts = ShardCounts {
+            total: self.shards.len(),
+            ok: 0,
+            failed: 0,
+        };
+        for (shard, task) in self.shards.iter().zip(tasks) {
+            match tokio::time::timeout(self.request_timeout(), task).await {
+                Ok(Ok(Ok(mut shard_assets))) => {
+                    counts.ok += 1;
+                    assets.append(&mut shard_assets);
+                }
+                Ok(Ok(Err(e))) => {
+                    tracing::error!(shard = shard.id, error = %e, "shard search failed");
+                    counts.failed += 1;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(shard = shard.id, error = %e, "shard search panicked");
+                    counts.failed += 1;
+                }
+                Err(_) => {
+                    tracing::warn!(shard = shard.id, "shard search timed out");
+                    counts.failed += 1;
+                }
+            }
+        }
+        let took = started.elapsed();
+        self.metrics
+            .query_seconds
+            .with_label_values(&["search"])
+            .observe(took.as_secs_f64());
+        Ok(search::merge(
+            assets,
+            plan.limit,
+            counts,
+            took.as_millis() as u64,
+        ))
+    }
+
+    pub fn cluster_status(&self) -> serde_json::Value {
+        let shards: Vec<serde_json::Value> = self
+            .shards
+            .iter()
+            .map(|s| {
+                let p = &s.progress;
+                let commit = p.commit.load(Ordering::Acquire);
+                let applied = p.applied.load(Ordering::Acquire);
+                let fused = p.fused.load(Ordering::Acquire);
+                let indexed = p.indexed.load(Ordering::Acquire);
+                for (stage, value) in [("commit", commit), ("applied", applied), ("fused", fused), ("indexed", indexed)] {
+                    self.metrics.stage_index.with_label_values(&[&s.id.to_string(), stage]).set(value as i64);
+                    self.metrics.stage_lag_entries.with_label_values(&[&s.id.to_string(), stage]).set(commit.saturating_sub(value) as i64);
+                }
+                json!({
+                    "shard": s.id,
+                    "replicas": [{
+                        "node": self.config.node.id,
+                        "leader": p.is_leader.load(Ordering::Acquire),
+                        "term": p.term.load(Ordering::Acquire),
+                        "commit_index": commit,
+                        "applied_index": applied,
+                        "fused_index": fused,
+                        "indexed_index": indexed,
+                        "lag": { "fusion": applied.saturating_sub(fused), "index": fused.saturating_sub(indexed) },
+                        "failed": p.failed.load(Ordering::Acquire),
+                        "proposal_queue": s.queue_depth(),
+                    }],
+                    "raw_annotations": s.store.raw_count(),
+                    "buckets": s.store.bucket_count(),
+                    "index_docs": s.index.num_docs(),
+                    "vectors": s.index.vectors.iter().map(|v| json!({"space": v.spec.name, "count": v.len()})).collect::<Vec<_>>(),
+                    "disk_bytes": s.store.disk_bytes(),
+                })
+            })
+            .collect();
+        json!({
+            "cluster_id": self.config.cluster.cluster_id,
+            "nodes": [{ "id": self.config.node.id, "http_addr": self.config.node.listen.to_string(), "up": true }],
+            "replication_factor": 1,
+            "shards": shards,
+            "uptime_s": self.started.elapsed().as_secs(),
+        })
+    }
+
+    /// True when every shard has indexed everything it applied.
+    pub fn is_caught_up(&self) -> bool {
+        self.shards.iter().all(|s| {
+            s.progress.indexed.load(Ordering::Acquire) >= s.progress.applied.load(Ordering::Acquire)
+        })
+    }
+
+    pub fn total_raw_annotations(&self) -> usize {
+        self.shards.iter().map(|s| s.store.raw_count()).sum()
+    }
+
+    pub fn shutdown(&self) {
+        for shard in &self.shards {
+            shard.shutdown();
+        }
+        for shard in &self.shards {
+            if let Err(e) = shard.store.flush() {
+                tracing::error!(shard = shard.id, error = %e, "final flush failed");
+            }
+        }
+    }
+}
+
+fn conflict(item: usize, annotation_id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        format!("annotation id {annotation_id:?} already exists with different content; annotations are immutable, use a new id (or a new model_version to replace a model's output)"),
+    )
+    .with_item(item)
+    .with_field("id")
+}
+
+fn validate_asset_record(record: &AssetRecord, max_time_ms: u64) -> Result<(), ApiError> {
+    for (field, value, max) in [
+        ("title", &record.title, 512usize),
+        ("series", &record.series, 128),
+    ] {
+        if let Some(text) = value {
+            if text.len() > max {
+                return Err(ApiError::field(
+                    field,
+                    format!("{field} is {} bytes; the limit is {max}", text.len()),
+                ));
+            }
+            if text.chars().any(char::is_control) {
+                return Err(ApiError::field(
+                    field,
+                    format!("{field} must not contain control characters"),
+                ));
+            }
+        }
+    }
+    if let Some(fps) = record.fps {
+        if !fps.is_finite() || fps <= 0.0 || fps > 1000.0 {
+            return Err(ApiError::field(
+                "fps",
+                format!("fps is {fps}; it must be a number in (0, 1000]"),
+            ));
+        }
+    }
+    if let Some(duration) = record.duration_ms {
+        if duration == 0 || duration > max_time_ms {
+            return Err(ApiError::field(
+                "duration_ms",
+                format!("duration_ms is {duration}; allowed 1..={max_time_ms}"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,688 @@
+//! A shard's search indexes: one Tantivy index of bucket documents and one usearch index per
+//! vector space.
+//!
+//! Tantivy: one document per non-empty bucket, keyed `asset\0second`. Labels are exact keywords
+//! `track\x1flabel\x1fpercent` (and `*\x1flabel\x1fpercent` for any track), where `percent` is the
+//! annotation's confidence in hundredths, so `min_confidence` is a term set over the bands.
+//! Dialogue text goes through a lower-casing, ASCII-folding analyzer with positions for phrases.
+//!
+//! usearch: one vector per annotation (not per second: a scene annotation covers tens of
+//! seconds, so this is ~30x fewer vectors); a hit maps back to the seconds it covers.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use parking_lot::{Mutex, RwLock};
+use rushes_protocol::codec;
+use rushes_protocol::model::{normalize_label, Bucket};
+use serde::{Deserialize, Serialize};
+use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::columnar::Column;
+use tantivy::query::Query;
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING,
+};
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
+};
+use tantivy::{
+    DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentReader, TantivyDocument,
+    Term,
+};
+
+use crate::store::{ShardStore, StoreError};
+
+pub const TEXT_ANALYZER: &str = "rushes_text";
+const VECTOR_META_FORMAT: u8 = 1;
+const VECTOR_KEY_FORMAT: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("tantivy: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("usearch ({space}): {message}")]
+    Vector { space: String, message: String },
+    #[error("index i/o at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("codec: {0}")]
+    Codec(#[from] codec::CodecError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VectorMetric {
+    Cosine,
+    L2,
+    InnerProduct,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VectorQuantization {
+    F32,
+    F16,
+    I8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorSpaceSpec {
+    pub name: String,
+    pub dimensions: usize,
+    pub metric: VectorMetric,
+    pub quantization: VectorQuantization,
+    pub connectivity: usize,
+    pub expansion_add: usize,
+    pub expansion_search: usize,
+}
+
+#[derive(Clone, Copy)]
+pub struct Fields {
+    pub key: Field,
+    pub asset_ordinal: Field,
+    pub second: Field,
+    pub series: Field,
+    pub season: Field,
+    pub episode: Field,
+    pub labels: Field,
+    pub tracks: Field,
+    pub dialogue: Field,
+}
+
+fn build_schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(TEXT_ANALYZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        key: builder.add_text_field("key", STRING),
+        asset_ordinal: builder.add_u64_field("asset_ordinal", INDEXED | FAST),
+        second: builder.add_u64_field("second", INDEXED | FAST),
+        series: builder.add_text_field("series", STRING | FAST),
+        season: builder.add_u64_field("season", INDEXED | FAST),
+        episode: builder.add_u64_field("episode", INDEXED | FAST),
+        labels: builder.add_text_field("labels", STRING),
+        tracks: builder.add_text_field("tracks", STRING),
+        dialogue: builder.add_text_field("dialogue", text),
+    };
+    (builder.build(), fields)
+}
+
+pub fn text_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .build()
+}
+
+/// Splits text into the index's dialogue tokens.
+pub fn tokenize(text: &str) -> Vec<String> {
+    let mut analyzer = text_analyzer();
+    let mut stream = analyzer.token_stream(text);
+    let mut out = Vec::new();
+    while stream.advance() {
+        out.push(stream.token().text.clone());
+    }
+    out
+}
+
+pub fn label_term_text(track: Option<&str>, label: &str, percent: u64) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{percent}",
+        track.unwrap_or("*"),
+        normalize_label(label)
+    )
+}
+
+pub fn bucket_key_text(asset_id: &str, second: u64) -> String {
+    format!("{asset_id}\u{0}{second}")
+}
+
+/// Where a vector hit lands on the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VectorTarget {
+    pub asset_id: String,
+    pub annotation_id: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+pub fn vector_key(asset_id: &str, annotation_id: &str) -> u64 {
+    // usearch reserves u64::MAX as "no key".
+    xxhash_rust::xxh3::xxh3_64(&crate::store::annotation_key(asset_id, annotation_id))
+        & (u64::MAX >> 1)
+}
+
+pub struct VectorIndex {
+    pub spec: VectorSpaceSpec,
+    index: RwLock<usearch::Index>,
+    path: PathBuf,
+    /// Log index through which this file on disk is complete.
+    saved_watermark: Mutex<u64>,
+    dirty: Mutex<bool>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VectorMeta {
+    watermark: u64,
+    size: u64,
+}
+
+impl VectorIndex {
+    fn options(spec: &VectorSpaceSpec) -> usearch::IndexOptions {
+        usearch::IndexOptions {
+            dimensions: spec.dimensions,
+            metric: match spec.metric {
+                VectorMetric::Cosine => usearch::MetricKind::Cos,
+                VectorMetric::L2 => usearch::MetricKind::L2sq,
+                VectorMetric::InnerProduct => usearch::MetricKind::IP,
+            },
+            quantization: match spec.quantization {
+                VectorQuantization::F32 => usearch::ScalarKind::F32,
+                VectorQuantization::F16 => usearch::ScalarKind::F16,
+                VectorQuantization::I8 => usearch::ScalarKind::I8,
+            },
+            connectivity: spec.connectivity,
+            expansion_add: spec.expansion_add,
+            expansion_search: spec.expansion_search,
+            multi: false,
+        }
+    }
+
+    fn vector_error(spec: &VectorSpaceSpec, e: impl std::fmt::Display) -> IndexError {
+        IndexError::Vector {
+            space: spec.name.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    pub fn open(dir: &Path, spec: VectorSpaceSpec) -> Result<VectorIndex, IndexError> {
+        let path = dir.join(format!("{}.usearch", spec.name));
+        let meta_path = dir.join(format!("{}.meta", spec.name));
+        let index =
+            usearch::Index::new(&Self::options(&spec)).map_err(|e| Self::vector_error(&spec, e))?;
+        let mut watermark = 0;
+        if path.exists() && meta_path.exists() {
+            let meta_bytes = fs::read(&meta_path).map_err(|source| IndexError::Io {
+                path: meta_path.clone(),
+                source,
+            })?;
+            let meta: VectorMeta = codec::decode(VECTOR_META_FORMAT, &meta_bytes)?;
+            let path_text = path.to_string_lossy();
+            index
+                .load(&path_text)
+                .map_err(|e| Self::vector_error(&spec, e))?;
+            watermark = meta.watermark;
+        }
+        if index.capacity() < 1024 {
+            index
+                .reserve(1024)
+                .map_err(|e| Self::vector_error(&spec, e))?;
+        }
+        Ok(VectorIndex {
+            spec,
+            index: RwLock::new(index),
+            path,
+            saved_watermark: Mutex::new(watermark),
+            dirty: Mutex::new(false),
+        })
+    }
+
+    pub fn saved_watermark(&self) -> u64 {
+        *self.saved_watermark.lock()
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.read().size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, key: u64) -> bool {
+        self.index.read().contains(key)
+    }
+
+    pub fn add(&self, key: u64, vector: &[f32]) -> Result<(), IndexError> {
+        let index = self.index.write();
+        if index.contains(key) {
+            return Ok(());
+        }
+        if index.size() + 1 > index.capacity() {
+            let grown = (index.capacity() * 2).max(1024);
+            index
+                .reserve(grown)
+                .map_err(|e| Self::vector_error(&self.spec, e))?;
+        }
+        index
+            .add(key, vector)
+            .map_err(|e| Self::vector_error(&self.spec, e))?;
+        *self.dirty.lock() = true;
+        Ok(())
+    }
+
+    pub fn remove(&self, key: u64) -> Result<(), IndexError> {
+        let index = self.index.write();
+        if index.contains(key) {
+            index
+                .remove(key)
+                .map_err(|e| Self::vector_error(&self.spec, e))?;
+            *self.dirty.lock() = true;
+        }
+        Ok(())
+    }
+
+    /// Nearest keys with their distance (metric-specific; smaller is closer).
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        exact: bool,
+        filter: Option<&dyn Fn(u64) -> bool>,
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
+        let index = self.index.read();
+        let k = k.min(index.size());
+        if k == 0 {
+            return Ok(vec![]);
+        }
+        let matches = match (filter, exact) {
+            (Some(predicate), _) => index.filtered_search(query, k, predicate),
+            (None, true) => index.exact_search(query, k),
+            (None, false) => index.search(query, k),
+        }
+        .map_err(|e| Self::vector_error(&self.spec, e))?;
+        Ok(matches.keys.into_iter().zip(matches.distances).collect())
+    }
+
+    /// Similarity in "bigger is better" form: 1 - distance for cosine and inner product,
+    /// -distance (squared L2) for l2.
+    pub fn similarity(&self, distance: f32) -> f64 {
+        match self.spec.metric {
+            VectorMetric::Cosine | VectorMetric::InnerProduct => 1.0 - f64::from(distance),
+            VectorMetric::L2 => -f64::from(distance),
+        }
+    }
+
+    /// Saves to a temporary file, fsyncs and renames (usearch's save is not atomic), then
+    /// records the watermark the file is complete through.
+    pub fn save(&self, watermark: u64) -> Result<(), IndexError> {
+        if !*self.dirty.lock() {
+            *self.saved_watermark.lock() = watermark;
+            return Ok(());
+        }
+        let temp = self.path.with_extension("usearch.tmp");
+        let index = self.index.read();
+        index
+            .save(&temp.to_string_lossy())
+            .map_err(|e| Self::vector_error(&self.spec, e))?;
+        let size = index.size() as u64;
+        drop(index);
+        fsync_file(&temp)?;
+        fs::rename(&temp, &self.path).map_err(|source| IndexError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let meta_path = self.path.with_extension("meta");
+        write_atomically(
+            &meta_path,
+            &codec::encode(VECTOR_META_FORMAT, &VectorMeta { watermark, size })?,
+        )?;
+        *self.dirty.lock() = false;
+        *self.saved_watermark.lock() = watermark;
+        Ok(())
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.index.read().memory_usage()
+    }
+}
+
+fn fsync_file(path: &Path) -> Result<(), IndexError> {
+    let file = fs::File::open(path).map_err(|source| IndexError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    file.sync_all().map_err(|source| IndexError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), IndexError> {
+    let temp = path.with_extension("tmp");
+    let io = |source| IndexError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = fs::File::create(&temp).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&temp, path).map_err(io)?;
+    if let Some(parent) = path.parent() {
+        if let Ok(dir) = fs::File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// The shard's indexes. Writes come from the index stage thread only; reads from queries.
+pub struct ShardIndex {
+    pub index: Index,
+    pub fields: Fields,
+    pub reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    pub vectors: Vec<VectorIndex>,
+    /// Watermark of the last Tantivy commit (what queries see).
+    committed_watermark: Mutex<u64>,
+}
+
+impl ShardIndex {
+    pub fn open(
+        dir: &Path,
+        spaces: &[VectorSpaceSpec],
+        writer_heap_bytes: usize,
+    ) -> Result<ShardIndex, IndexError> {
+        let text_dir = dir.join("tantivy");
+        let vector_dir = dir.join("vectors");
+        for d in [&text_dir, &vector_dir] {
+            fs::create_dir_all(d).map_err(|source| IndexError::Io {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        let (schema, fields) = build_schema();
+        let directory = tantivy::directory::MmapDirectory::open(&text_dir)
+            .map_err(|e| IndexError::Tantivy(e.into()))?;
+        let index = Index::open_or_create(directory, schema)?;
+        index.tokenizers().register(TEXT_ANALYZER, text_analyzer());
+        let committed_watermark = index
+            .load_metas()?
+            .payload
+            .as_deref()
+            .and_then(|p| p.parse::<u64>().ok())
+            .unwrap_or(0);
+        let writer = index.writer_with_num_threads(1, writer_heap_bytes.max(15_000_000))?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let vectors = spaces
+            .iter()
+            .map(|spec| VectorIndex::open(&vector_dir, spec.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ShardIndex {
+            index,
+            fields,
+            reader,
+            writer: Mutex::new(writer),
+            vectors,
+            committed_watermark: Mutex::new(committed_watermark),
+        })
+    }
+
+    pub fn committed_watermark(&self) -> u64 {
+        *self.committed_watermark.lock()
+    }
+
+    /// Where a restart must resume indexing from: the oldest of Tantivy's and the vector files'.
+    pub fn durable_watermark(&self) -> u64 {
+        self.vectors
+            .iter()
+            .map(|v| v.saved_watermark())
+            .fold(self.committed_watermark(), u64::min)
+    }
+
+    pub fn vector_space(&self, name: &str) -> Option<&VectorIndex> {
+        self.vectors.iter().find(|v| v.spec.name == name)
+    }
+
+    /// Replaces the documents of `seconds` of one asset with its current buckets.
+    pub fn reindex_seconds(
+        &self,
+        store: &ShardStore,
+        asset_id: &str,
+        seconds: &[u64],
+        bucket_ms: u64,
+    ) -> Result<usize, IndexError> {
+        let writer = self.writer.lock();
+        let context = DocContext::load(store, asset_id)?;
+        let mut written = 0;
+        for &second in seconds {
+            writer.delete_term(Term::from_field_text(
+                self.fields.key,
+                &bucket_key_text(asset_id, second),
+            ));
+            if let Some(bucket) = store.bucket(asset_id, second)? {
+                writer.add_document(self.document(&context, second, &bucket, bucket_ms))?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Replaces every document of one asset.
+    pub fn reindex_asset(
+        &self,
+        store: &ShardStore,
+        asset_id: &str,
+        bucket_ms: u64,
+    ) -> Result<usize, IndexError> {
+        let writer = self.writer.lock();
+        let context = DocContext::load(store, asset_id)?;
+        writer.delete_term(Term::from_field_u64(
+            self.fields.asset_ordinal,
+            context.ordinal,
+        ));
+        let mut written = 0;
+        for (second, bucket) in store.bucket_range(asset_id, 0, u64::MAX)? {
+            writer.add_document(self.document(&context, second, &bucket, bucket_ms))?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    fn document(
+        &self,
+        context: &DocContext,
+        second: u64,
+        bucket: &Bucket,
+        _bucket_ms: u64,
+    ) -> TantivyDocument {
+        let f = &self.fields;
+        let mut doc = TantivyDocument::new();
+        doc.add_text(f.key, bucket_key_text(&context.asset_id, second));
+        doc.add_u64(f.asset_ordinal, context.ordinal);
+        doc.add_u64(f.second, second);
+        if let Some(series) = &context.series {
+            doc.add_text(f.series, series);
+        }
+        if let Some(season) = context.season {
+            doc.add_u64(f.season, u64::from(season));
+        }
+        if let Some(episode) = context.episode {
+            doc.add_u64(f.episode, u64::from(episode));
+        }
+        let mut seen_tracks = HashSet::new();
+        let mut dialogue = String::new();
+        for entry in &bucket.entries {
+            if seen_tracks.insert(entry.track.as_str()) {
+                doc.add_text(f.tracks, &entry.track);
+            }
+            if let Some(label) = &entry.label {
+                let percent = (entry.confidence * 100.0).floor().clamp(0.0, 100.0) as u64;
+                doc.add_text(
+                    f.labels,
+                    label_term_text(Some(&entry.track), label, percent),
+                );
+                doc.add_text(f.labels, label_term_text(None, label, percent));
+            }
+            if let Some(text) = &entry.text {
+                if !dialogue.is_empty() {
+                    dialogue.push_str(" \n ");
+                }
+                dialogue.push_str(text);
+            }
+        }
+        if !dialogue.is_empty() {
+            doc.add_text(f.dialogue, dialogue);
+        }
+        doc
+    }
+
+    /// Commits Tantivy with the watermark as payload, saves dirty vector files when asked, and
+    /// makes the commit visible to queries.
+    pub fn commit(&self, watermark: u64, save_vectors: bool) -> Result<(), IndexError> {
+        {
+            let mut writer = self.writer.lock();
+            let mut prepared = writer.prepare_commit()?;
+            prepared.set_payload(&watermark.to_string());
+            prepared.commit()?;
+        }
+        if save_vectors {
+            for space in &self.vectors {
+                space.save(watermark)?;
+            }
+        }
+        self.reader.reload()?;
+        *self.committed_watermark.lock() = watermark;
+        Ok(())
+    }
+
+    /// Drops every document and vector (for `rebuild`).
+    pub fn clear(&self) -> Result<(), IndexError> {
+        let writer = self.writer.lock();
+        writer.delete_all_documents()?;
+        for space in &self.vectors {
+            let index = space.index.write();
+            index
+                .reset()
+                .map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
+            index
+                .reserve(1024)
+                .map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
+            *space.dirty.lock() = true;
+        }
+        Ok(())
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+}
+
+struct DocContext {
+    asset_id: String,
+    ordinal: u64,
+    series: Option<String>,
+    season: Option<u32>,
+    episode: Option<u32>,
+}
+
+impl DocContext {
+    fn load(store: &ShardStore, asset_id: &str) -> Result<DocContext, IndexError> {
+        let ordinal = store.asset_ordinal(asset_id)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("asset {asset_id} has buckets but no ordinal"))
+        })?;
+        let record = store.asset_record(asset_id)?.unwrap_or_default();
+        Ok(DocContext {
+            asset_id: asset_id.to_string(),
+            ordinal,
+            series: record.series,
+            season: record.season,
+            episode: record.episode,
+        })
+    }
+}
+
+/// Stores where a vector key points (sled tree `vector_keys`).
+pub fn put_vector_target(
+    store: &ShardStore,
+    key: u64,
+    target: &VectorTarget,
+) -> Result<(), IndexError> {
+    store
+        .vector_keys
+        .insert(key.to_be_bytes(), codec::encode(VECTOR_KEY_FORMAT, target)?)
+        .map_err(StoreError::from)?;
+    Ok(())
+}
+
+pub fn vector_target(store: &ShardStore, key: u64) -> Result<Option<VectorTarget>, IndexError> {
+    match store
+        .vector_keys
+        .get(key.to_be_bytes())
+        .map_err(StoreError::from)?
+    {
+        Some(bytes) => Ok(Some(codec::decode(VECTOR_KEY_FORMAT, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Collects every matching (asset ordinal, second, score).
+pub struct SecondsCollector;
+
+pub struct SecondsSegmentCollector {
+    asset: Column<u64>,
+    second: Column<u64>,
+    hits: Vec<(u64, u64, f32)>,
+}
+
+impl Collector for SecondsCollector {
+    type Fruit = Vec<(u64, u64, f32)>;
+    type Child = SecondsSegmentCollector;
+
+    fn for_segment(
+        &self,
+        _segment_local_id: u32,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<SecondsSegmentCollector> {
+        Ok(SecondsSegmentCollector {
+            asset: segment.fast_fields().u64("asset_ordinal")?,
+            second: segment.fast_fields().u64("second")?,
+            hits: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        true
+    }
+
+    fn merge_fruits(
+        &self,
+        fruits: Vec<Vec<(u64, u64, f32)>>,
+    ) -> tantivy::Result<Vec<(u64, u64, f32)>> {
+        Ok(fruits.concat())
+    }
+}
+
+impl SegmentCollector for SecondsSegmentCollector {
+    type Fruit = Vec<(u64, u64, f32)>;
+
+    fn collect(&mut self, doc: DocId, score: Score) {
+        if let (Some(asset), Some(second)) = (self.asset.first(doc), self.second.first(doc)) {
+            self.hits.push((asset, second, score));
+        }
+    }
+
+    fn harvest(self) -> Vec<(u64, u64, f32)> {
+        self.hits
+    }
+}
+
+/// Runs a query and returns every matching (asset ordinal, second, score).
+pub fn collect_seconds(
+    index: &ShardIndex,
+    query: &dyn Query,
+) -> Result<Vec<(u64, u64, f32)>, IndexError> {
+    let searcher = index.reader.searcher();
+    Ok(searcher.search(query, &SecondsCollector)?)
+}

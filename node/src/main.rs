@@ -1,0 +1,411 @@
+//! The `rushes` binary.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rushes_config::Config;
+use rushes_node::client::Client;
+use rushes_node::demo::{self, DemoOptions};
+use rushes_node::engine::{shard_options, Engine};
+use rushes_node::gen::{self, GenConfig};
+use rushes_node::{bench, init_logging};
+use rushes_protocol::{SearchMode, SearchRequest};
+
+#[derive(Parser)]
+#[command(
+    name = "rushes",
+    version,
+    about = "Search engine for raw production footage annotations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArgs {
+    /// TOML config file (every key has a default; see docs/config.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override any config key, e.g. --set fusion.bucket_ms=500 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// HTTP listen address (node.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (node.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print the effective configuration and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// One node on an embedded data dir with a generated sample season, serving search.
+    Demo {
+        #[arg(long, default_value = "./rushes-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: String,
+        /// Hours of sample footage to generate.
+        #[arg(long, default_value_t = 3.0)]
+        hours: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Write a deterministic sample season (assets, annotations, ground truth) as NDJSON.
+    Gen {
+        #[arg(long, default_value_t = 3.0)]
+        hours: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value = "./rushes-sample")]
+        out: PathBuf,
+    },
+    /// Send annotations (NDJSON, one per line) to a running node in batches.
+    Import {
+        /// NDJSON file of annotations ("-" for standard input).
+        file: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:7700")]
+        server: String,
+        #[arg(long, default_value_t = 2000)]
+        batch: usize,
+    },
+    /// Search a running node and print the clips.
+    Search {
+        /// Free-text query, e.g. 'Joey in the kitchen' or '"we were on a break"'.
+        q: String,
+        #[arg(long, default_value = "http://127.0.0.1:7700")]
+        server: String,
+        #[arg(long, value_parser = ["intersection", "union"], default_value = "intersection")]
+        mode: String,
+        #[arg(long, default_value_t = 5)]
+        per_asset: usize,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Print the raw JSON reply.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recreate buckets and indexes from the raw store (the node must be stopped).
+    Rebuild {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Measure ingest, time to searchable, query latency, memory and disk on a generated corpus.
+    Bench {
+        #[arg(long, default_value_t = 50.0)]
+        hours: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value = "./rushes-bench")]
+        work_dir: PathBuf,
+        /// Concurrent ingest clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+fn load_config(args: &ConfigArgs, extra: Vec<(String, String)>) -> Result<Config, CliError> {
+    let mut overrides = Vec::new();
+    for item in &args.overrides {
+        let (key, value) = item.split_once('=').ok_or_else(|| {
+            format!("--set {item:?}: expected KEY=VALUE, e.g. fusion.bucket_ms=500")
+        })?;
+        overrides.push((key.trim().to_string(), value.trim().to_string()));
+    }
+    overrides.extend(extra);
+    Ok(Config::load(
+        args.config.as_deref(),
+        std::env::vars(),
+        &overrides,
+    )?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            print_config,
+        } => {
+            let mut extra = Vec::new();
+            if let Some(listen) = listen {
+                extra.push(("node.listen".to_string(), listen));
+            }
+            if let Some(dir) = data_dir {
+                extra.push(("node.data_dir".to_string(), dir.display().to_string()));
+            }
+            let config = load_config(&config, extra)?;
+            if print_config {
+                print!("{}", config.to_toml_string());
+                return Ok(());
+            }
+            init_logging(
+                config.log.level.as_str(),
+                config.log.format == rushes_config::LogFormat::Json,
+            );
+            serve(config)
+        }
+        Command::Demo {
+            data_dir,
+            listen,
+            hours,
+            seed,
+            config,
+        } => {
+            let config = load_config(&config, vec![])?;
+            init_logging(config.log.level.as_str(), false);
+            demo::run_demo(DemoOptions {
+                data_dir,
+                listen,
+                hours,
+                seed,
+                config,
+            })
+        }
+        Command::Gen { hours, seed, out } => {
+            if !(hours.is_finite() && hours > 0.0 && hours <= 10_000.0) {
+                return Err("--hours must be in (0, 10000]".into());
+            }
+            std::fs::create_dir_all(&out)?;
+            let bar = demo::progress_bar(0, "generating", false);
+            let summary = gen::write_season(
+                &GenConfig {
+                    hours,
+                    seed,
+                    ..GenConfig::default()
+                },
+                &out,
+                &mut |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )?;
+            bar.finish_and_clear();
+            println!(
+                "wrote {} episodes ({:.1} h), {} annotations, {:.1} MiB to {}",
+                summary.episodes,
+                summary.hours,
+                summary.annotations,
+                summary.bytes as f64 / 1048576.0,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Import {
+            file,
+            server,
+            batch,
+        } => import(&file, &server, batch),
+        Command::Search {
+            q,
+            server,
+            mode,
+            per_asset,
+            limit,
+            json,
+        } => {
+            let client = Client::new(&server);
+            let mode = if mode == "union" {
+                SearchMode::Union
+            } else {
+                SearchMode::Intersection
+            };
+            let request = SearchRequest {
+                q: Some(q),
+                mode: Some(mode),
+                per_asset: Some(per_asset),
+                limit: Some(limit),
+                ..Default::default()
+            };
+            let response = client.search(&request)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&response)?);
+                return Ok(());
+            }
+            println!(
+                "{} assets in {} ms (shards {}/{} ok)",
+                response.total_assets, response.took_ms, response.shards.ok, response.shards.total
+            );
+            for asset in &response.assets {
+                println!(
+                    "{}  {}  score {:.3}",
+                    asset.asset_id,
+                    asset.title.as_deref().unwrap_or(""),
+                    asset.score
+                );
+                for clip in &asset.clips {
+                    let evidence: Vec<String> = clip
+                        .matches
+                        .iter()
+                        .take(4)
+                        .map(|m| {
+                            format!(
+                                "{}={}",
+                                m.track,
+                                m.label.as_deref().or(m.text.as_deref()).unwrap_or("vector")
+                            )
+                        })
+                        .collect();
+                    println!(
+                        "  {} - {}  {:.3}  {}",
+                        fmt_ms(clip.start_ms),
+                        fmt_ms(clip.end_ms),
+                        clip.score,
+                        evidence.join(", ")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Rebuild { config, data_dir } => {
+            let mut extra = Vec::new();
+            if let Some(dir) = data_dir {
+                extra.push(("node.data_dir".to_string(), dir.display().to_string()));
+            }
+            let config = load_config(&config, extra)?;
+            init_logging(config.log.level.as_str(), false);
+            let options = shard_options(&config);
+            for shard in 0..config.cluster.shards {
+                let started = std::time::Instant::now();
+                let (assets, docs) =
+                    rushes_node::shard::rebuild_shard(&config.node.data_dir, shard, &options)?;
+                println!(
+                    "shard {shard}: rebuilt {assets} assets, {docs} bucket documents in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        Command::Bench {
+            hours,
+            seed,
+            work_dir,
+            clients,
+            queries,
+            json_out,
+            config,
+        } => {
+            let config = load_config(&config, vec![])?;
+            init_logging("warn", false);
+            let report = bench::run_bench(bench::BenchOptions {
+                hours,
+                seed,
+                work_dir,
+                clients: clients.max(1),
+                queries_per_kind: queries.max(1),
+                config,
+            })?;
+            bench::print_report(&report);
+            if let Some(path) = json_out {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn fmt_ms(ms: u64) -> String {
+    format!(
+        "{:02}:{:02}:{:02}",
+        ms / 3_600_000,
+        (ms / 60_000) % 60,
+        (ms / 1000) % 60
+    )
+}
+
+fn serve(config: Config) -> Result<(), CliError> {
+    let listener = TcpListener::bind(config.node.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.node.listen))?;
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let engine = Engine::open(config)?;
+        tracing::info!(listen = %engine.config.node.listen, shards = engine.shards.len(), data_dir = %engine.config.node.data_dir.display(), "serving");
+        let server = rushes_node::http::server(engine.clone(), listener)?;
+        let handle = server.handle();
+        let server_task = actix_web::rt::spawn(server);
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("stopping");
+        handle.stop(true).await;
+        let _ = server_task.await;
+        tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+        Ok(())
+    })
+}
+
+fn import(file: &std::path::Path, server: &str, batch: usize) -> Result<(), CliError> {
+    let client = Client::new(server);
+    let reader: Box<dyn Read> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(file)?)
+    };
+    let total_lines = if file.as_os_str() == "-" {
+        0
+    } else {
+        BufReader::new(std::fs::File::open(file)?).lines().count() as u64
+    };
+    let bar = demo::progress_bar(total_lines, "importing", false);
+    let mut reader = BufReader::new(reader);
+    let batch = batch.clamp(1, 10_000);
+    let (mut sent, mut created) = (0u64, 0u64);
+    loop {
+        let mut chunk = Vec::new();
+        let mut lines = 0;
+        while lines < batch && reader.read_until(b'\n', &mut chunk)? > 0 {
+            lines += 1;
+        }
+        if lines == 0 {
+            break;
+        }
+        let reply = client
+            .post_ndjson_retrying(&chunk, 10)
+            .map_err(|e| format!("batch starting at line {}: {e}", sent + 1))?;
+        sent += lines as u64;
+        created += reply.created as u64;
+        bar.set_position(sent);
+    }
+    bar.finish_and_clear();
+    println!("imported {sent} annotations ({created} new) into {server}");
+    Ok(())
+}

@@ -1,0 +1,1039 @@
+//! Search: plan on the coordinator, execute on each shard, merge.
+//!
+//! 1. `plan`: validate the request; turn `q` into clauses (quoted text → phrases, names found in
+//!    the label vocabulary → exact label clauses, remaining words → one dialogue clause).
+//! 2. `search_shard`: each clause becomes a set of (asset, second) hits with a score (Tantivy for
+//!    labels, words and phrases; usearch for vectors, mapped from annotations to the seconds they
+//!    cover); `intersection` keeps seconds every clause hit, `union` any; consecutive seconds
+//!    become clips; the best `per_asset` clips per asset get their evidence from the buckets.
+//! 3. `merge`: assets live on exactly one shard, so merging is a sort by score.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
+
+use rushes_protocol::model::{normalize_label, Bucket, BucketEntry};
+use rushes_protocol::{
+    ApiError, AssetHits, BoolOperator, Clause, Clip, ErrorCode, Filters, Match, SearchMode,
+    SearchRequest, SearchResponse, ShardCounts,
+};
+use serde::Serialize;
+use tantivy::query::{
+    BooleanQuery, BoostQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery,
+};
+use tantivy::schema::IndexRecordOption;
+use tantivy::Term;
+
+use crate::index::{collect_seconds, label_term_text, tokenize, vector_target, IndexError};
+use crate::shard::Shard;
+use crate::store::StoreError;
+
+pub const DEFAULT_PER_ASSET: usize = 5;
+pub const DEFAULT_LIMIT: usize = 20;
+/// Label matches below this confidence are noise from detectors unless asked for.
+pub const DEFAULT_MIN_CONFIDENCE: f64 = 0.5;
+pub const DEFAULT_VECTOR_K: usize = 100;
+const MAX_SLOP: u32 = 50;
+const MAX_MATCHES_PER_CLIP: usize = 50;
+
+/// Words that carry no meaning in a free-text query.
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "the", "in", "on", "at", "of", "with", "and", "or", "to", "is", "are", "was",
+    "were", "be", "by", "for", "from", "into", "scene", "scenes", "shot", "shots", "every", "all",
+    "when", "where", "while", "who", "someone", "says", "say", "said", "saying", "about", "show",
+    "find", "me", "time", "times", "moment", "moments",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PlannedClause {
+    Label {
+        track: Option<String>,
+        label: String,
+        min_confidence: f64,
+        source: ClauseSource,
+    },
+    Dialogue {
+        tokens: Vec<String>,
+        operator: BoolOperator,
+        source: ClauseSource,
+    },
+    Phrase {
+        tokens: Vec<String>,
+        slop: u32,
+        source: ClauseSource,
+    },
+    Vector {
+        space: String,
+        dimensions: usize,
+        k: usize,
+        min_similarity: Option<f64>,
+        #[serde(skip)]
+        vector: Vec<f32>,
+        source: ClauseSource,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClauseSource {
+    Clauses,
+    Query,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub clauses: Vec<PlannedClause>,
+    pub mode: SearchMode,
+    pub per_asset: usize,
+    pub limit: usize,
+    pub filters: Filters,
+    pub gap_ms: u64,
+    pub min_score: Option<f64>,
+    pub evidence: bool,
+    /// Words of `q` that became nothing (stop words), for `explain`.
+    pub ignored_words: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchLimits {
+    pub max_clauses: usize,
+    pub max_per_asset: usize,
+    pub max_limit: usize,
+    pub max_query_bytes: usize,
+    pub max_vector_k: usize,
+    pub vector_spaces: Vec<(String, usize)>,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::field(field, format!("{field} {}", message.into()))
+}
+
+/// Validates a request and compiles it into a plan. `vocabulary`: normalized label → tracks.
+pub fn plan(
+    request: &SearchRequest,
+    vocabulary: &BTreeMap<String, Vec<String>>,
+    limits: &SearchLimits,
+) -> Result<Plan, ApiError> {
+    let per_asset = request.per_asset.unwrap_or(DEFAULT_PER_ASSET);
+    if per_asset == 0 || per_asset > limits.max_per_asset {
+        return Err(invalid(
+            "per_asset",
+            format!("is {per_asset}; allowed 1..={}", limits.max_per_asset),
+        ));
+    }
+    let limit = request.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > limits.max_limit {
+        return Err(invalid(
+            "limit",
+            format!("is {limit}; allowed 1..={}", limits.max_limit),
+        ));
+    }
+    let filters = request.filters.clone().unwrap_or_default();
+    if let (Some(from), Some(to)) = (filters.from_ms, filters.to_ms) {
+        if to <= from {
+            return Err(invalid(
+                "filters.to_ms",
+                format!("({to}) must be greater than filters.from_ms ({from})"),
+            ));
+        }
+    }
+    if let Some(min_score) = request.min_score {
+        if !min_score.is_finite() {
+            return Err(invalid("min_score", "must be a finite number"));
+        }
+    }
+    let mut clauses = Vec::new();
+    let mut ignored_words = Vec::new();
+    for (i, clause) in request.clauses.iter().flatten().enumerate() {
+        clauses.push(plan_clause(clause, i, limits)?);
+    }
+    if let Some(q) = &request.q {
+        if q.len() > limits.max_query_bytes {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "q is {} bytes; the limit is {}",
+                    q.len(),
+                    limits.max_query_bytes
+                ),
+            )
+            .with_field("q"));
+        }
+        let (from_q, ignored) = understand_query(q, vocabulary);
+        clauses.extend(from_q);
+        ignored_words = ignored;
+    }
+    if clauses.is_empty() {
+        return Err(invalid(
+            "q",
+            "found nothing to search for: give `q` with a name, a place or words (quote a line for a phrase), or structured `clauses`",
+        ));
+    }
+    if clauses.len() > limits.max_clauses {
+        return Err(invalid(
+            "clauses",
+            format!(
+                "has {} clauses after understanding q; the limit is {}",
+                clauses.len(),
+                limits.max_clauses
+            ),
+        ));
+    }
+    Ok(Plan {
+        clauses,
+        mode: request.mode.unwrap_or_default(),
+        per_asset,
+        limit,
+        filters,
+        gap_ms: request.gap_ms.unwrap_or(0),
+        min_score: request.min_score,
+        evidence: request.evidence.unwrap_or(true),
+        ignored_words,
+    })
+}
+
+fn plan_clause(
+    clause: &Clause,
+    i: usize,
+    limits: &SearchLimits,
+) -> Result<PlannedClause, ApiError> {
+    let field = |name: &str| format!("clauses[{i}].{name}");
+    match clause {
+        Clause::Label {
+            label,
+            track,
+            min_confidence,
+        } => {
+            let normalized = normalize_label(label);
+            if normalized.is_empty() || normalized.len() > 256 {
+                return Err(invalid(&field("label"), "must be 1 to 256 bytes of text"));
+            }
+            let min_confidence = min_confidence.unwrap_or(DEFAULT_MIN_CONFIDENCE);
+            if !(0.0..=1.0).contains(&min_confidence) {
+                return Err(invalid(
+                    &field("min_confidence"),
+                    format!("is {min_confidence}; allowed 0..=1"),
+                ));
+            }
+            Ok(PlannedClause::Label {
+                track: track.clone(),
+                label: normalized,
+                min_confidence,
+                source: ClauseSource::Clauses,
+            })
+        }
+        Clause::Dialogue { text, operator } => {
+            let tokens = tokenize(text);
+            if tokens.is_empty() || text.len() > limits.max_query_bytes {
+                return Err(invalid(
+                    &field("text"),
+                    format!(
+                        "must hold at least one word and at most {} bytes",
+                        limits.max_query_bytes
+                    ),
+                ));
+            }
+            Ok(PlannedClause::Dialogue {
+                tokens,
+                operator: operator.unwrap_or(BoolOperator::And),
+                source: ClauseSource::Clauses,
+            })
+        }
+        Clause::Phrase { text, slop } => {
+            let tokens = tokenize(text);
+            if tokens.is_empty() || text.len() > limits.max_query_bytes {
+                return Err(invalid(
+                    &field("text"),
+                    format!(
+                        "must hold at least one word and at most {} bytes",
+                        limits.max_query_bytes
+                    ),
+                ));
+            }
+            let slop = slop.unwrap_or(0);
+            if slop > MAX_SLOP {
+                return Err(invalid(
+                    &field("slop"),
+                    format!("is {slop}; allowed 0..={MAX_SLOP}"),
+                ));
+            }
+            Ok(PlannedClause::Phrase {
+                tokens,
+                slop,
+                source: ClauseSource::Clauses,
+            })
+        }
+        Clause::Vector {
+            space,
+            vector,
+            k,
+            min_similarity,
+        } => {
+            let Some((_, dimensions)) = limits.vector_spaces.iter().find(|(name, _)| name == space)
+            else {
+                let known: Vec<&str> = limits
+                    .vector_spaces
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                return Err(invalid(
+                    &field("space"),
+                    format!("{space:?} is not a configured vector space; configured: {known:?}"),
+                ));
+            };
+            if vector.len() != *dimensions {
+                return Err(invalid(
+                    &field("vector"),
+                    format!(
+                        "has {} dimensions; space {space:?} has {dimensions}",
+                        vector.len()
+                    ),
+                ));
+            }
+            if vector
+                .iter()
+                .any(|x| !x.is_finite() || !(*x as f32).is_finite())
+            {
+                return Err(invalid(&field("vector"), "must hold finite 32-bit numbers"));
+            }
+            let k = k.unwrap_or(DEFAULT_VECTOR_K);
+            if k == 0 || k > limits.max_vector_k {
+                return Err(invalid(
+                    &field("k"),
+                    format!("is {k}; allowed 1..={}", limits.max_vector_k),
+                ));
+            }
+            if min_similarity.is_some_and(|s| !s.is_finite()) {
+                return Err(invalid(&field("min_similarity"), "must be a finite number"));
+            }
+            Ok(PlannedClause::Vector {
+                space: space.clone(),
+                dimensions: *dimensions,
+                k,
+                min_similarity: *min_similarity,
+                vector: vector.iter().map(|x| *x as f32).collect(),
+                source: ClauseSource::Clauses,
+            })
+        }
+    }
+}
+
+/// Free text → clauses: quoted spans are phrases; the longest word sequences (up to 4 words)
+/// that are known labels become label clauses; other non-stop words form one dialogue clause
+/// matching any of them.
+pub fn understand_query(
+    q: &str,
+    vocabulary: &BTreeMap<String, Vec<String>>,
+) -> (Vec<PlannedClause>, Vec<String>) {
+    let mut clauses = Vec::new();
+    let mut ignored = Vec::new();
+    let mut free_text = String::new();
+    for (i, part) in q.split('"').enumerate() {
+        if i % 2 == 1 {
+            let tokens = tokenize(part);
+            if !tokens.is_empty() {
+                clauses.push(PlannedClause::Phrase {
+                    tokens,
+                    slop: 0,
+                    source: ClauseSource::Query,
+                });
+            }
+        } else {
+            free_text.push(' ');
+            free_text.push_str(part);
+        }
+    }
+    let words: Vec<String> = free_text
+        .split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '-'))
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase().trim_matches('\'').to_string())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut leftover = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let mut matched = false;
+        for n in (1..=4.min(words.len() - i)).rev() {
+            let candidate = words[i..i + n].join(" ");
+            let singular = candidate
+                .strip_suffix('s')
+                .unwrap_or(&candidate)
+                .to_string();
+            let found = vocabulary
+                .get(&candidate)
+                .map(|t| (candidate.clone(), t))
+                .or_else(|| vocabulary.get(&singular).map(|t| (singular.clone(), t)));
+            if let Some((label, tracks)) = found {
+                if n == 1 && STOP_WORDS.contains(&label.as_str()) {
+                    continue;
+                }
+                let track = (tracks.len() == 1).then(|| tracks[0].clone());
+                clauses.push(PlannedClause::Label {
+                    track,
+                    label,
+                    min_confidence: DEFAULT_MIN_CONFIDENCE,
+                    source: ClauseSource::Query,
+                });
+                i += n;
+                matched = true;
+                break;
+            }
+        }
+        if !matched {
+            if STOP_WORDS.contains(&words[i].as_str()) {
+                ignored.push(words[i].clone());
+            } else {
+                leftover.extend(tokenize(&words[i]));
+            }
+            i += 1;
+        }
+    }
+    if !leftover.is_empty() {
+        clauses.push(PlannedClause::Dialogue {
+            tokens: leftover,
+            operator: BoolOperator::Or,
+            source: ClauseSource::Query,
+        });
+    }
+    (clauses, ignored)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("tantivy: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("usearch: {0}")]
+    Vector(String),
+}
+
+/// Per clause: asset ordinal → second → score. Vector clauses also keep the annotation ids
+/// that hit, with their similarity, for the evidence.
+struct ClauseHits {
+    seconds: HashMap<u64, HashMap<u64, f32>>,
+    vector_hits: HashMap<String, f64>,
+}
+
+/// Runs a plan on one shard and returns its best clips per asset.
+pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, SearchError> {
+    let bucket_ms = shard.bucket_ms;
+    let allowed = allowed_assets(shard, &plan.filters)?;
+    if allowed.as_ref().is_some_and(|a| a.is_empty()) {
+        return Ok(vec![]);
+    }
+    let from_bucket = plan.filters.from_ms.map(|ms| ms / bucket_ms).unwrap_or(0);
+    let to_bucket = plan
+        .filters
+        .to_ms
+        .map(|ms| ms.div_ceil(bucket_ms))
+        .unwrap_or(u64::MAX);
+    let mut per_clause = Vec::with_capacity(plan.clauses.len());
+    for clause in &plan.clauses {
+        let hits = match clause {
+            PlannedClause::Vector {
+                space,
+                k,
+                min_similarity,
+                vector,
+                ..
+            } => vector_clause_hits(
+                shard,
+                space,
+                vector,
+                *k,
+                *min_similarity,
+                allowed.as_ref(),
+                from_bucket,
+                to_bucket,
+            )?,
+            _ => {
+                let query = text_query(
+                    shard,
+                    clause,
+                    allowed.as_ref(),
+                    plan.filters.from_ms.is_some() || plan.filters.to_ms.is_some(),
+                    from_bucket,
+                    to_bucket,
+                );
+                let mut seconds: HashMap<u64, HashMap<u64, f32>> = HashMap::new();
+                let label_clause = matches!(clause, PlannedClause::Label { .. });
+                for (asset, second, score) in collect_seconds(&shard.index, query.as_ref())? {
+                    // Labels are exact matches (score 1, refined by confidence in the evidence);
+                    // BM25 is squashed into [0, 1) so clauses weigh alike.
+                    let normalized = if label_clause {
+                        1.0
+                    } else {
+                        score / (score + 2.0)
+                    };
+                    seconds.entry(asset).or_default().insert(second, normalized);
+                }
+                ClauseHits {
+                    seconds,
+                    vector_hits: HashMap::new(),
+                }
+            }
+        };
+        per_clause.push(hits);
+    }
+    let mut assets = Vec::new();
+    for asset in candidate_assets(&per_clause, plan.mode) {
+        let seconds = combine_seconds(&per_clause, asset, plan.mode);
+        if seconds.is_empty() {
+            continue;
+        }
+        let Some(asset_id) = shard.store.asset_of_ordinal(asset) else {
+            continue;
+        };
+        let mut clips = build_clips(&seconds, plan.gap_ms / bucket_ms, bucket_ms);
+        clips.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.start_ms.cmp(&b.start_ms))
+        });
+        // Evidence for a few more than needed, so confidence can reorder the top.
+        clips.truncate(plan.per_asset * 2);
+        let mut finished = Vec::with_capacity(clips.len());
+        for mut clip in clips {
+            let evidence = clip_evidence(shard, &asset_id, &clip, plan, &per_clause)?;
+            if !evidence.is_empty() {
+                let mean_confidence =
+                    evidence.iter().map(|m| m.confidence).sum::<f64>() / evidence.len() as f64;
+                clip.score *= mean_confidence;
+            }
+            if plan.evidence {
+                clip.matches = evidence;
+            }
+            if plan.min_score.is_some_and(|min| clip.score < min) {
+                continue;
+            }
+            finished.push(clip);
+        }
+        finished.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.start_ms.cmp(&b.start_ms))
+        });
+        finished.truncate(plan.per_asset);
+        if finished.is_empty() {
+            continue;
+        }
+        let record = shard.store.asset_record(&asset_id)?.unwrap_or_default();
+        assets.push(AssetHits {
+            asset_id,
+            title: record.title,
+            series: record.series,
+            season: record.season,
+            episode: record.episode,
+            score: finished[0].score,
+            clips: finished,
+        });
+    }
+    Ok(assets)
+}
+
+fn allowed_assets(shard: &Shard, filters: &Filters) -> Result<Option<HashSet<u64>>, SearchError> {
+    let by_metadata =
+        filters.series.is_some() || filters.season.is_some() || filters.episode.is_some();
+    if filters.asset_ids.is_none() && !by_metadata {
+        return Ok(None);
+    }
+    let wanted_ids: Option<HashSet<&str>> = filters
+        .asset_ids
+        .as_ref()
+        .map(|ids| ids.iter().map(String::as_str).collect());
+    let mut allowed = HashSet::new();
+    for (ordinal, asset_id) in shard.store.all_assets() {
+        if wanted_ids
+            .as_ref()
+            .is_some_and(|ids| !ids.contains(asset_id.as_str()))
+        {
+            continue;
+        }
+        if by_metadata {
+            let record = shard.store.asset_record(&asset_id)?.unwrap_or_default();
+            if let Some(series) = &filters.series {
+                if !record.series.as_ref().is_some_and(|s| series.contains(s)) {
+                    continue;
+                }
+            }
+            if filters.season.is_some() && record.season != filters.season {
+                continue;
+            }
+            if filters.episode.is_some() && record.episode != filters.episode {
+                continue;
+            }
+        }
+        allowed.insert(ordinal);
+    }
+    Ok(Some(allowed))
+}
+
+fn text_query(
+    shard: &Shard,
+    clause: &PlannedClause,
+    allowed: Option<&HashSet<u64>>,
+    has_time_range: bool,
+    from_bucket: u64,
+    to_bucket: u64,
+) -> Box<dyn Query> {
+    let fields = shard.index.fields;
+    let main: Box<dyn Query> = match clause {
+        PlannedClause::Label {
+            track,
+            label,
+            min_confidence,
+            ..
+        } => {
+            let lowest_percent = (min_confidence * 100.0 - 1e-9).ceil().max(0.0) as u64;
+            let terms = (lowest_percent..=100).map(|p| {
+                Term::from_field_text(fields.labels, &label_term_text(track.as_deref(), label, p))
+            });
+            Box::new(TermSetQuery::new(terms))
+        }
+        PlannedClause::Dialogue {
+            tokens, operator, ..
+        } => {
+            let occur = if *operator == BoolOperator::And {
+                Occur::Must
+            } else {
+                Occur::Should
+            };
+            let parts: Vec<(Occur, Box<dyn Query>)> = tokens
+                .iter()
+                .map(|t| {
+                    (
+                        occur,
+                        Box::new(TermQuery::new(
+                            Term::from_field_text(fields.dialogue, t),
+                            IndexRecordOption::WithFreqs,
+                        )) as Box<dyn Query>,
+                    )
+                })
+                .collect();
+            Box::new(BooleanQuery::new(parts))
+        }
+        PlannedClause::Phrase { tokens, slop, .. } => {
+            if tokens.len() == 1 {
+                Box::new(TermQuery::new(
+                    Term::from_field_text(fields.dialogue, &tokens[0]),
+                    IndexRecordOption::WithFreqs,
+                ))
+            } else {
+                let mut phrase = PhraseQuery::new(
+                    tokens
+                        .iter()
+                        .map(|t| Term::from_field_text(fields.dialogue, t))
+                        .collect(),
+                );
+                phrase.set_slop(*slop);
+                Box::new(phrase)
+            }
+        }
+        PlannedClause::Vector { .. } => unreachable!("vector clauses do not run on Tantivy"),
+    };
+    let mut filters: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    if let Some(allowed) = allowed {
+        let terms = allowed
+            .iter()
+            .map(|&o| Term::from_field_u64(fields.asset_ordinal, o));
+        filters.push((
+            Occur::Must,
+            Box::new(BoostQuery::new(Box::new(TermSetQuery::new(terms)), 0.0)),
+        ));
+    }
+    if has_time_range {
+        let upper = if to_bucket == u64::MAX {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(Term::from_field_u64(fields.second, to_bucket))
+        };
+        let range = RangeQuery::new(
+            Bound::Included(Term::from_field_u64(fields.second, from_bucket)),
+            upper,
+        );
+        filters.push((Occur::Must, Box::new(BoostQuery::new(Box::new(range), 0.0))));
+    }
+    if filters.is_empty() {
+        return main;
+    }
+    filters.insert(0, (Occur::Must, main));
+    Box::new(BooleanQuery::new(filters))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn vector_clause_hits(
+    shard: &Shard,
+    space_name: &str,
+    vector: &[f32],
+    k: usize,
+    min_similarity: Option<f64>,
+    allowed: Option<&HashSet<u64>>,
+    from_bucket: u64,
+    to_bucket: u64,
+) -> Result<ClauseHits, SearchError> {
+    let mut seconds: HashMap<u64, HashMap<u64, f32>> = HashMap::new();
+    let mut vector_hits = HashMap::new();
+    let Some(space) = shard.index.vector_space(space_name) else {
+        return Ok(ClauseHits {
+            seconds,
+            vector_hits,
+        });
+    };
+    let store = &shard.store;
+    let predicate = |key: u64| -> bool {
+        let Some(allowed) = allowed else { return true };
+        match vector_target(store, key) {
+            Ok(Some(target)) => store
+                .asset_ordinal(&target.asset_id)
+                .ok()
+                .flatten()
+                .is_some_and(|o| allowed.contains(&o)),
+            _ => false,
+        }
+    };
+    let hits = if allowed.is_some() {
+        space.search(vector, k, false, Some(&predicate))?
+    } else {
+        space.search(vector, k, false, None)?
+    };
+    for (key, distance) in hits {
+        let similarity = space.similarity(distance);
+        if min_similarity.is_some_and(|min| similarity < min) {
+            continue;
+        }
+        let Some(target) = vector_target(store, key)? else {
+            continue;
+        };
+        let Some(ordinal) = store.asset_ordinal(&target.asset_id)? else {
+            continue;
+        };
+        let first = (target.start_ms / shard.bucket_ms).max(from_bucket);
+        let last = ((target.end_ms - 1) / shard.bucket_ms).min(to_bucket.saturating_sub(1));
+        let score = similarity.max(0.0) as f32;
+        let asset_seconds = seconds.entry(ordinal).or_default();
+        for second in first..=last {
+            let slot = asset_seconds.entry(second).or_insert(0.0);
+            *slot = slot.max(score);
+        }
+        vector_hits.insert(target.annotation_id, similarity);
+    }
+    Ok(ClauseHits {
+        seconds,
+        vector_hits,
+    })
+}
+
+fn candidate_assets(per_clause: &[ClauseHits], mode: SearchMode) -> BTreeSet<u64> {
+    let mut sets = per_clause
+        .iter()
+        .map(|c| c.seconds.keys().copied().collect::<BTreeSet<u64>>());
+    let Some(first) = sets.next() else {
+        return BTreeSet::new();
+    };
+    match mode {
+        SearchMode::Intersection => {
+            sets.fold(first, |acc, s| acc.intersection(&s).copied().collect())
+        }
+        SearchMode::Union => sets.fold(first, |acc, s| acc.union(&s).copied().collect()),
+    }
+}
+
+/// Second → summed clause score, for the seconds the mode keeps.
+fn combine_seconds(per_clause: &[ClauseHits], asset: u64, mode: SearchMode) -> BTreeMap<u64, f32> {
+    let maps: Vec<Option<&HashMap<u64, f32>>> =
+        per_clause.iter().map(|c| c.seconds.get(&asset)).collect();
+    let mut out = BTreeMap::new();
+    match mode {
+        SearchMode::Intersection => {
+            let Some(smallest) = maps.iter().flatten().min_by_key(|m| m.len()) else {
+                return out;
+            };
+            for &second in smallest.keys() {
+                let mut total = 0.0;
+                let mut everywhere = true;
+                for map in &maps {
+                    match map.and_then(|m| m.get(&second)) {
+                        Some(score) => total += score,
+                        None => {
+                            everywhere = false;
+                            break;
+                        }
+                    }
+                }
+                if everywhere {
+                    out.insert(second, total);
+                }
+            }
+        }
+        SearchMode::Union => {
+            for map in maps.into_iter().flatten() {
+                for (&second, &score) in map {
+                    *out.entry(second).or_insert(0.0) += score;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Merges seconds whose gap is at most `gap_buckets` into clips. Score: mean second score,
+/// slightly favouring longer clips.
+pub fn build_clips(seconds: &BTreeMap<u64, f32>, gap_buckets: u64, bucket_ms: u64) -> Vec<Clip> {
+    let mut clips = Vec::new();
+    let mut current: Option<(u64, u64, f64, u64)> = None; // first, last, score sum, count
+    let finish = |(first, last, sum, count): (u64, u64, f64, u64), clips: &mut Vec<Clip>| {
+        let length = (last - first + 1) as f64;
+        let mean = sum / count as f64;
+        clips.push(Clip {
+            start_ms: first * bucket_ms,
+            end_ms: (last + 1) * bucket_ms,
+            score: mean * (1.0 + 0.1 * length.ln()),
+            matches: vec![],
+        });
+    };
+    for (&second, &score) in seconds {
+        current = match current {
+            Some((first, last, sum, count)) if second - last - 1 <= gap_buckets => {
+                Some((first, second, sum + f64::from(score), count + 1))
+            }
+            Some(done) => {
+                finish(done, &mut clips);
+                Some((second, second, f64::from(score), 1))
+            }
+            None => Some((second, second, f64::from(score), 1)),
+        };
+    }
+    if let Some(done) = current {
+        finish(done, &mut clips);
+    }
+    clips
+}
+
+fn entry_matches(
+    entry: &BucketEntry,
+    clause: &PlannedClause,
+    hits: &ClauseHits,
+) -> Option<Option<f64>> {
+    match clause {
+        PlannedClause::Label {
+            track,
+            label,
+            min_confidence,
+            ..
+        } => {
+            let label_ok = entry
+                .label
+                .as_deref()
+                .is_some_and(|l| normalize_label(l) == *label);
+            let track_ok = track.as_ref().is_none_or(|t| *t == entry.track);
+            (label_ok && track_ok && entry.confidence >= *min_confidence).then_some(None)
+        }
+        PlannedClause::Dialogue {
+            tokens, operator, ..
+        } => {
+            let text = entry.text.as_deref()?;
+            let words: HashSet<String> = tokenize(text).into_iter().collect();
+            let ok = match operator {
+                BoolOperator::And => tokens.iter().all(|t| words.contains(t)),
+                BoolOperator::Or => tokens.iter().any(|t| words.contains(t)),
+            };
+            ok.then_some(None)
+        }
+        PlannedClause::Phrase { tokens, .. } => {
+            let text = entry.text.as_deref()?;
+            let words: HashSet<String> = tokenize(text).into_iter().collect();
+            tokens.iter().all(|t| words.contains(t)).then_some(None)
+        }
+        PlannedClause::Vector { .. } => {
+            hits.vector_hits.get(&entry.annotation_id).map(|s| Some(*s))
+        }
+    }
+}
+
+fn clip_evidence(
+    shard: &Shard,
+    asset_id: &str,
+    clip: &Clip,
+    plan: &Plan,
+    per_clause: &[ClauseHits],
+) -> Result<Vec<Match>, SearchError> {
+    let buckets: Vec<(u64, Bucket)> = shard.store.bucket_range(
+        asset_id,
+        clip.start_ms / shard.bucket_ms,
+        clip.end_ms / shard.bucket_ms,
+    )?;
+    let mut seen: HashSet<(usize, &str)> = HashSet::new();
+    let mut matches = Vec::new();
+    for (_, bucket) in &buckets {
+        for entry in &bucket.entries {
+            for (i, clause) in plan.clauses.iter().enumerate() {
+                if matches.len() >= MAX_MATCHES_PER_CLIP {
+                    return Ok(matches);
+                }
+                let Some(similarity) = entry_matches(entry, clause, &per_clause[i]) else {
+                    continue;
+                };
+                if !seen.insert((i, entry.annotation_id.as_str())) {
+                    continue;
+                }
+                matches.push(Match {
+                    track: entry.track.clone(),
+                    label: entry.label.clone(),
+                    text: entry.text.clone(),
+                    annotation_id: entry.annotation_id.clone(),
+                    confidence: entry.confidence,
+                    clause: i,
+                    similarity,
+                });
+            }
+        }
+    }
+    Ok(matches)
+}
+
+/// Merges shard results. Each asset lives on one shard, so this is a ranking, not a join.
+pub fn merge(
+    mut assets: Vec<AssetHits>,
+    limit: usize,
+    shards: ShardCounts,
+    took_ms: u64,
+) -> SearchResponse {
+    assets.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.asset_id.cmp(&b.asset_id))
+    });
+    let total_assets = assets.len();
+    assets.truncate(limit);
+    SearchResponse {
+        took_ms,
+        shards,
+        total_assets,
+        assets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocabulary() -> BTreeMap<String, Vec<String>> {
+        let mut v = BTreeMap::new();
+        v.insert("joey".to_string(), vec!["character".to_string()]);
+        v.insert("kitchen".to_string(), vec!["scene".to_string()]);
+        v.insert("coffee shop".to_string(), vec!["scene".to_string()]);
+        v.insert("coffee mug".to_string(), vec!["object".to_string()]);
+        v
+    }
+
+    #[test]
+    fn query_understanding_finds_labels_phrases_and_words() {
+        let (clauses, ignored) = understand_query("Joey in the kitchen", &vocabulary());
+        assert_eq!(clauses.len(), 2);
+        assert!(
+            matches!(&clauses[0], PlannedClause::Label { label, track: Some(t), .. } if label == "joey" && t == "character")
+        );
+        assert!(matches!(&clauses[1], PlannedClause::Label { label, .. } if label == "kitchen"));
+        assert_eq!(ignored, vec!["in", "the"]);
+        let (clauses, _) = understand_query(
+            "Joey at the coffee shop says \"we were on a break\" pizza",
+            &vocabulary(),
+        );
+        assert!(
+            matches!(&clauses[0], PlannedClause::Phrase { tokens, .. } if tokens.join(" ") == "we were on a break")
+        );
+        assert!(
+            matches!(&clauses[2], PlannedClause::Label { label, .. } if label == "coffee shop")
+        );
+        assert!(
+            matches!(&clauses[3], PlannedClause::Dialogue { tokens, .. } if tokens == &vec!["pizza".to_string()])
+        );
+        let (clauses, _) = understand_query("kitchens", &vocabulary());
+        assert!(matches!(&clauses[0], PlannedClause::Label { label, .. } if label == "kitchen"));
+    }
+
+    #[test]
+    fn clips_merge_consecutive_seconds_with_gap_tolerance() {
+        let seconds: BTreeMap<u64, f32> =
+            [(4, 1.0), (5, 1.0), (6, 1.0), (7, 1.0), (10, 1.0), (12, 1.0)]
+                .into_iter()
+                .collect();
+        let clips = build_clips(&seconds, 0, 1000);
+        assert_eq!(
+            clips
+                .iter()
+                .map(|c| (c.start_ms, c.end_ms))
+                .collect::<Vec<_>>(),
+            vec![(4000, 8000), (10000, 11000), (12000, 13000)]
+        );
+        let clips = build_clips(&seconds, 1, 1000);
+        assert_eq!(
+            clips
+                .iter()
+                .map(|c| (c.start_ms, c.end_ms))
+                .collect::<Vec<_>>(),
+            vec![(4000, 8000), (10000, 13000)]
+        );
+        assert!(
+            clips[0].score > clips[1].score * 0.99,
+            "longer clip of equal density scores at least as high"
+        );
+    }
+
+    #[test]
+    fn plan_rejects_bad_requests_with_field_names() {
+        let limits = SearchLimits {
+            max_clauses: 4,
+            max_per_asset: 100,
+            max_limit: 1000,
+            max_query_bytes: 100,
+            max_vector_k: 1000,
+            vector_spaces: vec![("scene".into(), 3)],
+        };
+        let vocab = vocabulary();
+        let request =
+            |json: serde_json::Value| -> SearchRequest { serde_json::from_value(json).unwrap() };
+        let cases = [
+            (
+                serde_json::json!({"q": "Joey", "per_asset": 0}),
+                "per_asset",
+            ),
+            (serde_json::json!({"q": "Joey", "limit": 5000}), "limit"),
+            (serde_json::json!({"q": "the in"}), "q"),
+            (serde_json::json!({"q": "x".repeat(200)}), "q"),
+            (
+                serde_json::json!({"clauses": [{"type": "vector", "space": "scene", "vector": [1, 2]}]}),
+                "clauses[0].vector",
+            ),
+            (
+                serde_json::json!({"clauses": [{"type": "vector", "space": "faces", "vector": [1, 2, 3]}]}),
+                "clauses[0].space",
+            ),
+            (
+                serde_json::json!({"clauses": [{"type": "label", "label": "Joey", "min_confidence": 2}]}),
+                "clauses[0].min_confidence",
+            ),
+            (
+                serde_json::json!({"clauses": [{"type": "phrase", "text": "a b", "slop": 99}]}),
+                "clauses[0].slop",
+            ),
+            (
+                serde_json::json!({"q": "Joey", "filters": {"from_ms": 10, "to_ms": 5}}),
+                "filters.to_ms",
+            ),
+        ];
+        for (json, field) in cases {
+            let err = plan(&request(json.clone()), &vocab, &limits).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{json}: {err:?}");
+        }
+        assert!(plan(
+            &request(serde_json::json!({"q": "Joey kitchen"})),
+            &vocab,
+            &limits
+        )
+        .is_ok());
+    }
+}

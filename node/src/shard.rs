@@ -1,0 +1,775 @@
+//! One shard replica at run time: three stages on their own OS threads (they do blocking disk
+//! work, so they stay off the async executor), connected by watermarks and doorbells.
+//!
+//! ```text
+//! proposals (bounded) ─► raft thread: propose, persist log + group-commit flush, apply to raw
+//!                          │ applied index (doorbell)
+//!                          ▼
+//!                        fusion thread: log entries (fused, applied] ─► affected buckets ─► sled
+//!                          │ fused index (doorbell)
+//!                          ▼
+//!                        index thread: entries (indexed, fused] ─► Tantivy docs + usearch
+//!                          │ commit every commit_interval_ms with the watermark as payload
+//!                          ▼ indexed index (watch channel: queries and lag metrics)
+//! ```
+//! Each stage persists its watermark after its writes, and derives its work from the Raft log,
+//! so a crash at any point resumes with no loss and no duplicates (re-applying is idempotent).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use parking_lot::Mutex;
+use rushes_cluster::log_store::{RaftLogStore, SledLogStore};
+use rushes_cluster::{NodeId, RaftDriver, RaftSettings, ShardId};
+use rushes_protocol::codec;
+use rushes_protocol::model::{ShardCommand, SHARD_COMMAND_FORMAT};
+use rushes_protocol::ApiError;
+
+use crate::fusion::{active_versions, affected_by_command, refuse_asset, AffectedBuckets};
+use crate::index::{
+    put_vector_target, vector_key, IndexError, ShardIndex, VectorSpaceSpec, VectorTarget,
+};
+use crate::metrics::Metrics;
+use crate::store::{ApplyOutcome, ShardStore, StoreError, Watermark};
+
+/// Vector files are large; they are saved less often than Tantivy commits. Replay from the log
+/// covers the gap after a crash (the log is kept until both are durable).
+const VECTOR_SAVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Keep at least this many applied entries before compacting the log.
+const LOG_RETAIN_ENTRIES: u64 = 1_000;
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    pub node_id: NodeId,
+    pub voters: Vec<NodeId>,
+    pub raft: RaftSettings,
+    pub tick_interval_ms: u64,
+    pub proposal_queue_depth: usize,
+    pub group_commit_max_requests: usize,
+    pub bucket_ms: u64,
+    pub fusion_batch_entries_max: u64,
+    pub commit_interval_ms: u64,
+    pub writer_heap_bytes: usize,
+    pub vector_spaces: Vec<VectorSpaceSpec>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Log(#[from] rushes_cluster::log_store::LogStoreError),
+    #[error(transparent)]
+    Raft(#[from] rushes_cluster::DriverError),
+    #[error("codec: {0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("log entry {0} is missing (compacted before every stage consumed it)")]
+    MissingEntry(u64),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type ProposalReply = tokio::sync::oneshot::Sender<Result<ApplyOutcome, ApiError>>;
+
+struct Proposal {
+    command: Vec<u8>,
+    reply: ProposalReply,
+}
+
+/// Stage watermarks, readable from anywhere without locks.
+#[derive(Default)]
+pub struct Progress {
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    pub fused: AtomicU64,
+    pub indexed: AtomicU64,
+    pub is_leader: AtomicBool,
+    pub term: AtomicU64,
+    pub failed: AtomicBool,
+    /// (log index, when it was applied) for the ingest → searchable lag; bounded.
+    apply_times: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+const APPLY_TIMES_MAX: usize = 4096;
+
+impl Progress {
+    fn record_applied(&self, index: u64) {
+        let mut times = self.apply_times.lock();
+        if times.len() >= APPLY_TIMES_MAX {
+            times.pop_front();
+        }
+        times.push_back((index, Instant::now()));
+    }
+
+    /// Seconds from apply to searchable for entries now covered by `indexed`.
+    fn drain_searchable(&self, indexed: u64) -> Vec<f64> {
+        let mut times = self.apply_times.lock();
+        let mut lags = Vec::new();
+        while let Some(&(index, at)) = times.front() {
+            if index > indexed {
+                break;
+            }
+            lags.push(at.elapsed().as_secs_f64());
+            times.pop_front();
+        }
+        lags
+    }
+}
+
+pub struct Shard {
+    pub id: ShardId,
+    pub store: Arc<ShardStore>,
+    pub index: Arc<ShardIndex>,
+    pub log: SledLogStore,
+    pub progress: Arc<Progress>,
+    pub bucket_ms: u64,
+    proposals: Sender<Proposal>,
+    indexed_watch: tokio::sync::watch::Receiver<u64>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub fn shard_dir(data_dir: &Path, shard: ShardId) -> PathBuf {
+    data_dir.join("shards").join(format!("{shard:04}"))
+}
+
+impl Shard {
+    pub fn open(
+        data_dir: &Path,
+        id: ShardId,
+        options: &ShardOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Shard>, ShardError> {
+        let dir = shard_dir(data_dir, id);
+        std::fs::create_dir_all(&dir)?;
+        let store = Arc::new(ShardStore::open(&dir.join("store"))?);
+        let log = SledLogStore::open(&store.db, &options.voters)?;
+        let index = Arc::new(ShardIndex::open(
+            &dir.join("index"),
+            &options.vector_spaces,
+            options.writer_heap_bytes,
+        )?);
+        let progress = Arc::new(Progress::default());
+        let applied = store.watermark(Watermark::Applied)?;
+        let fused = store.watermark(Watermark::Fused)?.min(applied);
+        let indexed = index.committed_watermark().min(fused);
+        progress.applied.store(applied, Ordering::Release);
+        progress.fused.store(fused, Ordering::Release);
+        progress.indexed.store(indexed, Ordering::Release);
+        progress
+            .commit
+            .store(log.hard_state().commit, Ordering::Release);
+
+        let (proposal_tx, proposal_rx) = bounded(options.proposal_queue_depth);
+        let (fusion_bell_tx, fusion_bell_rx) = bounded::<()>(1);
+        let (index_bell_tx, index_bell_rx) = bounded::<()>(1);
+        let (indexed_tx, indexed_rx) = tokio::sync::watch::channel(indexed);
+        let stop = Arc::new(AtomicBool::new(false));
+        let driver = RaftDriver::new(options.node_id, id, &options.raft, log.clone(), applied)?;
+
+        let shard = Arc::new(Shard {
+            id,
+            store: store.clone(),
+            index: index.clone(),
+            log: log.clone(),
+            progress: progress.clone(),
+            bucket_ms: options.bucket_ms,
+            proposals: proposal_tx,
+            indexed_watch: indexed_rx,
+            stop: stop.clone(),
+            threads: Mutex::new(Vec::new()),
+        });
+
+        let raft_stage = RaftStage {
+            shard: id,
+            driver,
+            store: store.clone(),
+            progress: progress.clone(),
+            metrics: metrics.clone(),
+            proposals: proposal_rx,
+            fusion_bell: fusion_bell_tx,
+            stop: stop.clone(),
+            tick_interval: Duration::from_millis(options.tick_interval_ms),
+            group_commit_max_requests: options.group_commit_max_requests,
+            single_voter: options.voters.len() == 1,
+            index: index.clone(),
+        };
+        let fusion_stage = FusionStage {
+            shard: id,
+            store: store.clone(),
+            log: log.clone(),
+            progress: progress.clone(),
+            metrics: metrics.clone(),
+            bell: fusion_bell_rx,
+            index_bell: index_bell_tx,
+            stop: stop.clone(),
+            bucket_ms: options.bucket_ms,
+            batch_entries_max: options.fusion_batch_entries_max,
+        };
+        let index_stage = IndexStage {
+            shard: id,
+            store,
+            log,
+            index,
+            progress,
+            metrics,
+            bell: index_bell_rx,
+            indexed_tx,
+            stop,
+            bucket_ms: options.bucket_ms,
+            batch_entries_max: options.fusion_batch_entries_max,
+            commit_interval: Duration::from_millis(options.commit_interval_ms),
+        };
+        let mut threads = shard.threads.lock();
+        threads.push(spawn_stage(format!("raft-{id}"), move || raft_stage.run()));
+        threads.push(spawn_stage(format!("fusion-{id}"), move || {
+            fusion_stage.run()
+        }));
+        threads.push(spawn_stage(format!("index-{id}"), move || {
+            index_stage.run()
+        }));
+        drop(threads);
+        Ok(shard)
+    }
+
+    /// Queues a command for the Raft group. Never blocks: a full queue is `Overloaded`.
+    pub fn propose(
+        &self,
+        command: &ShardCommand,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<ApplyOutcome, ApiError>>, ApiError> {
+        if self.progress.failed.load(Ordering::Acquire) {
+            return Err(ApiError::unavailable(format!(
+                "shard {} stopped after a storage failure; see the node log",
+                self.id
+            )));
+        }
+        let bytes = codec::encode(SHARD_COMMAND_FORMAT, command)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        match self.proposals.try_send(Proposal {
+            command: bytes,
+            reply,
+        }) {
+            Ok(()) => Ok(receiver),
+            Err(TrySendError::Full(_)) => Err(ApiError::overloaded(format!(
+                "shard {} has too many writes waiting; retry after the advertised delay",
+                self.id
+            ))),
+            Err(TrySendError::Disconnected(_)) => Err(ApiError::unavailable(format!(
+                "shard {} is stopping",
+                self.id
+            ))),
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.proposals.len()
+    }
+
+    /// Waits until everything committed before the call is searchable, or the deadline passes.
+    pub async fn wait_searchable(&self, timeout: Duration) -> bool {
+        let target = self
+            .progress
+            .commit
+            .load(Ordering::Acquire)
+            .max(self.progress.applied.load(Ordering::Acquire));
+        let mut watch = self.indexed_watch.clone();
+        tokio::time::timeout(timeout, watch.wait_for(|&indexed| indexed >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub fn indexed_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.indexed_watch.clone()
+    }
+
+    /// Stops the stages after they finish what is in hand (the index stage commits first).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        let threads: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn_stage(name: String, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(body)
+        .unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
+}
+
+struct RaftStage {
+    shard: ShardId,
+    driver: RaftDriver<SledLogStore>,
+    store: Arc<ShardStore>,
+    index: Arc<ShardIndex>,
+    progress: Arc<Progress>,
+    metrics: Arc<Metrics>,
+    proposals: Receiver<Proposal>,
+    fusion_bell: Sender<()>,
+    stop: Arc<AtomicBool>,
+    tick_interval: Duration,
+    group_commit_max_requests: usize,
+    single_voter: bool,
+}
+
+struct Waiter {
+    reply: ProposalReply,
+    proposed_at: Instant,
+}
+
+impl RaftStage {
+    fn run(mut self) {
+        if let Err(e) = self.run_loop() {
+            tracing::error!(shard = self.shard, error = %e, "raft stage stopped");
+            self.progress.failed.store(true, Ordering::Release);
+        }
+    }
+
+    fn run_loop(&mut self) -> Result<(), ShardError> {
+        if self.single_voter {
+            self.driver.campaign()?;
+        }
+        let mut waiters: HashMap<u64, Waiter> = HashMap::new();
+        let mut next_proposal_id: u64 = 1;
+        let mut last_tick = Instant::now();
+        let mut last_compaction = Instant::now();
+        let mut batch: Vec<Proposal> = Vec::with_capacity(self.group_commit_max_requests);
+        while !self.stop.load(Ordering::Acquire) {
+            let wait = self
+                .tick_interval
+                .saturating_sub(last_tick.elapsed())
+                .max(Duration::from_millis(1));
+            match self.proposals.recv_timeout(wait) {
+                Ok(proposal) => batch.push(proposal),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Group commit: everything queued now shares one log flush.
+            while batch.len() < self.group_commit_max_requests {
+                match self.proposals.try_recv() {
+                    Ok(proposal) => batch.push(proposal),
+                    Err(_) => break,
+                }
+            }
+            for proposal in batch.drain(..) {
+                let id = next_proposal_id;
+                next_proposal_id += 1;
+                match self
+                    .driver
+                    .propose(id.to_be_bytes().to_vec(), proposal.command)
+                {
+                    Ok(()) => {
+                        waiters.insert(
+                            id,
+                            Waiter {
+                                reply: proposal.reply,
+                                proposed_at: Instant::now(),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = proposal.reply.send(Err(ApiError::unavailable(format!(
+                            "shard {}: {e}; retry",
+                            self.shard
+                        ))));
+                    }
+                }
+            }
+            if last_tick.elapsed() >= self.tick_interval {
+                self.driver.tick();
+                last_tick = Instant::now();
+            }
+            self.process_ready(&mut waiters)?;
+            if last_compaction.elapsed() >= COMPACTION_INTERVAL {
+                self.compact_log()?;
+                last_compaction = Instant::now();
+            }
+            self.metrics
+                .set_queue_depth(self.shard, "proposals", self.proposals.len());
+        }
+        for (_, waiter) in waiters.drain() {
+            let _ = waiter.reply.send(Err(ApiError::unavailable(
+                "the node is shutting down; retry (ids are idempotent)",
+            )));
+        }
+        Ok(())
+    }
+
+    fn process_ready(&mut self, waiters: &mut HashMap<u64, Waiter>) -> Result<(), ShardError> {
+        while self.driver.has_ready() {
+            let started = Instant::now();
+            let store = &self.store;
+            let progress = &self.progress;
+            let metrics = &self.metrics;
+            let outcome = self.driver.run_ready(&mut |entry| {
+                let command: ShardCommand =
+                    codec::decode(SHARD_COMMAND_FORMAT, &entry.data).map_err(|e| e.to_string())?;
+                let result = match &command {
+                    ShardCommand::Ingest { items } => {
+                        store.apply_ingest(items).map_err(|e| e.to_string())?
+                    }
+                    ShardCommand::UpsertAsset { asset_id, record } => {
+                        store
+                            .apply_asset(asset_id, record)
+                            .map_err(|e| e.to_string())?;
+                        ApplyOutcome::Applied {
+                            created: 1,
+                            duplicates: 0,
+                        }
+                    }
+                };
+                progress.record_applied(entry.index);
+                if let Ok(bytes) = <[u8; 8]>::try_from(entry.context.as_ref()) {
+                    if let Some(waiter) = waiters.remove(&u64::from_be_bytes(bytes)) {
+                        metrics
+                            .commit_seconds
+                            .observe(waiter.proposed_at.elapsed().as_secs_f64());
+                        let _ = waiter.reply.send(Ok(result));
+                    }
+                }
+                Ok(())
+            });
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    for (_, waiter) in waiters.drain() {
+                        let _ = waiter.reply.send(Err(ApiError::internal(format!(
+                            "shard {} failed to persist: {e}",
+                            self.shard
+                        ))));
+                    }
+                    return Err(e.into());
+                }
+            };
+            self.metrics
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.progress
+                .is_leader
+                .store(self.driver.is_leader(), Ordering::Release);
+            self.progress
+                .term
+                .store(self.driver.term(), Ordering::Release);
+            self.progress
+                .commit
+                .store(self.driver.commit_index(), Ordering::Release);
+            if let Some(applied) = outcome.applied_index {
+                self.store.set_watermark(Watermark::Applied, applied)?;
+                self.progress.applied.store(applied, Ordering::Release);
+                let _ = self.fusion_bell.try_send(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops log entries that every local stage has durably consumed.
+    fn compact_log(&mut self) -> Result<(), ShardError> {
+        let fused = self.progress.fused.load(Ordering::Acquire);
+        let durable = fused
+            .min(self.index.durable_watermark())
+            .min(self.driver.applied_index());
+        let keep_from = durable.saturating_sub(LOG_RETAIN_ENTRIES) + 1;
+        if keep_from > self.driver.store().first_log_index() + LOG_RETAIN_ENTRIES {
+            self.driver.store().compact(keep_from)?;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes committed commands in `(from, to]`, skipping empty (leader no-op) entries.
+fn read_commands(
+    log: &SledLogStore,
+    from_exclusive: u64,
+    to_inclusive: u64,
+) -> Result<Vec<ShardCommand>, ShardError> {
+    let mut commands = Vec::new();
+    for index in (from_exclusive + 1)..=to_inclusive {
+        let entry = log.entry(index)?.ok_or(ShardError::MissingEntry(index))?;
+        if entry.data.is_empty() || entry.get_entry_type() != raft::eraftpb::EntryType::EntryNormal
+        {
+            continue;
+        }
+        commands.push(codec::decode(SHARD_COMMAND_FORMAT, &entry.data)?);
+    }
+    Ok(commands)
+}
+
+struct FusionStage {
+    shard: ShardId,
+    store: Arc<ShardStore>,
+    log: SledLogStore,
+    progress: Arc<Progress>,
+    metrics: Arc<Metrics>,
+    bell: Receiver<()>,
+    index_bell: Sender<()>,
+    stop: Arc<AtomicBool>,
+    bucket_ms: u64,
+    batch_entries_max: u64,
+}
+
+impl FusionStage {
+    fn run(self) {
+        while !self.stop.load(Ordering::Acquire) {
+            let _ = self.bell.recv_timeout(Duration::from_millis(200));
+            if let Err(e) = self.catch_up() {
+                tracing::error!(shard = self.shard, error = %e, "fusion failed; retrying");
+                std::thread::park_timeout(Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn catch_up(&self) -> Result<(), ShardError> {
+        loop {
+            let applied = self.progress.applied.load(Ordering::Acquire);
+            let fused = self.progress.fused.load(Ordering::Acquire);
+            if fused >= applied || self.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let upto = applied.min(fused + self.batch_entries_max);
+            let mut affected: BTreeMap<String, AffectedBuckets> = BTreeMap::new();
+            for command in read_commands(&self.log, fused, upto)? {
+                affected_by_command(&command, self.bucket_ms, &self.store, &mut affected, false)?;
+            }
+            let mut buckets_written = 0;
+            for (asset_id, buckets) in &affected {
+                buckets_written += refuse_asset(&self.store, asset_id, buckets, self.bucket_ms)?;
+            }
+            self.store.set_watermark(Watermark::Fused, upto)?;
+            self.progress.fused.store(upto, Ordering::Release);
+            self.metrics.buckets_written.inc_by(buckets_written as u64);
+            let _ = self.index_bell.try_send(());
+        }
+    }
+}
+
+struct IndexStage {
+    shard: ShardId,
+    store: Arc<ShardStore>,
+    log: SledLogStore,
+    index: Arc<ShardIndex>,
+    progress: Arc<Progress>,
+    metrics: Arc<Metrics>,
+    bell: Receiver<()>,
+    indexed_tx: tokio::sync::watch::Sender<u64>,
+    stop: Arc<AtomicBool>,
+    bucket_ms: u64,
+    batch_entries_max: u64,
+    commit_interval: Duration,
+}
+
+impl IndexStage {
+    fn run(self) {
+        // Resume from what is durable in both Tantivy and the vector files.
+        let mut processed = self
+            .index
+            .durable_watermark()
+            .min(self.progress.fused.load(Ordering::Acquire));
+        let mut last_commit = Instant::now();
+        let mut last_vector_save = Instant::now();
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            let wait = self
+                .commit_interval
+                .saturating_sub(last_commit.elapsed())
+                .max(Duration::from_millis(5));
+            if !stopping {
+                let _ = self.bell.recv_timeout(wait);
+            }
+            match self.catch_up(processed, stopping) {
+                Ok(done) => processed = done,
+                Err(e) => {
+                    tracing::error!(shard = self.shard, error = %e, "indexing failed; retrying");
+                    std::thread::park_timeout(Duration::from_secs(1));
+                    continue;
+                }
+            }
+            let commit_due = stopping || last_commit.elapsed() >= self.commit_interval;
+            let vectors_due = stopping || last_vector_save.elapsed() >= VECTOR_SAVE_INTERVAL;
+            let needs_commit = processed > self.index.committed_watermark()
+                || (vectors_due
+                    && self
+                        .index
+                        .vectors
+                        .iter()
+                        .any(|v| v.saved_watermark() < processed));
+            if commit_due && needs_commit {
+                let started = Instant::now();
+                match self
+                    .index
+                    .commit(processed, vectors_due)
+                    .and_then(|()| Ok(self.store.set_watermark(Watermark::Indexed, processed)?))
+                {
+                    Ok(()) => {
+                        self.metrics
+                            .index_commit_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        self.progress.indexed.store(processed, Ordering::Release);
+                        self.indexed_tx.send_replace(processed);
+                        for lag in self.progress.drain_searchable(processed) {
+                            self.metrics.searchable_lag_seconds.observe(lag);
+                        }
+                        if vectors_due {
+                            last_vector_save = Instant::now();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(shard = self.shard, error = %e, "index commit failed; retrying")
+                    }
+                }
+                last_commit = Instant::now();
+            } else if commit_due {
+                last_commit = Instant::now();
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    fn catch_up(&self, mut processed: u64, stopping: bool) -> Result<u64, ShardError> {
+        loop {
+            let fused = self.progress.fused.load(Ordering::Acquire);
+            if processed >= fused || (self.stop.load(Ordering::Acquire) && !stopping) {
+                return Ok(processed);
+            }
+            let upto = fused.min(processed + self.batch_entries_max);
+            let commands = read_commands(&self.log, processed, upto)?;
+            let mut affected: BTreeMap<String, AffectedBuckets> = BTreeMap::new();
+            for command in &commands {
+                affected_by_command(command, self.bucket_ms, &self.store, &mut affected, true)?;
+            }
+            let mut docs = 0;
+            for (asset_id, buckets) in &affected {
+                docs += match buckets {
+                    AffectedBuckets::All => {
+                        sync_asset_vectors(&self.store, &self.index, asset_id)?;
+                        self.index
+                            .reindex_asset(&self.store, asset_id, self.bucket_ms)?
+                    }
+                    AffectedBuckets::Some(seconds) => {
+                        let seconds: Vec<u64> = seconds.iter().copied().collect();
+                        self.index.reindex_seconds(
+                            &self.store,
+                            asset_id,
+                            &seconds,
+                            self.bucket_ms,
+                        )?
+                    }
+                };
+            }
+            for command in &commands {
+                let ShardCommand::Ingest { items } = command else {
+                    continue;
+                };
+                for item in items {
+                    let (Some(vector), Some(space_name)) =
+                        (&item.vector, &item.annotation.vector_space)
+                    else {
+                        continue;
+                    };
+                    if matches!(
+                        affected.get(&item.annotation.asset_id),
+                        Some(AffectedBuckets::All)
+                    ) {
+                        continue; // handled whole by sync_asset_vectors
+                    }
+                    // A command rejected as a conflict stored nothing: index only what is stored.
+                    let stored = self
+                        .store
+                        .annotation(&item.annotation.asset_id, &item.annotation.id)?;
+                    if stored.as_ref() != Some(&item.annotation) {
+                        continue;
+                    }
+                    if let Some(space) = self.index.vector_space(space_name) {
+                        let key = vector_key(&item.annotation.asset_id, &item.annotation.id);
+                        put_vector_target(&self.store, key, &target_of(&item.annotation))?;
+                        space.add(key, vector)?;
+                    }
+                }
+            }
+            self.metrics.index_docs_written.inc_by(docs as u64);
+            processed = upto;
+        }
+    }
+}
+
+fn target_of(a: &rushes_protocol::model::StoredAnnotation) -> VectorTarget {
+    VectorTarget {
+        asset_id: a.asset_id.clone(),
+        annotation_id: a.id.clone(),
+        start_ms: a.start_ms,
+        end_ms: a.end_ms,
+    }
+}
+
+/// Makes the vector indexes hold exactly the active-version vectors of one asset.
+pub fn sync_asset_vectors(
+    store: &ShardStore,
+    index: &ShardIndex,
+    asset_id: &str,
+) -> Result<(), ShardError> {
+    let annotations = store.asset_annotations(asset_id)?;
+    let active = active_versions(&annotations);
+    for a in &annotations {
+        let Some(space_name) = &a.vector_space else {
+            continue;
+        };
+        let Some(space) = index.vector_space(space_name) else {
+            continue;
+        };
+        let key = vector_key(&a.asset_id, &a.id);
+        if active.get(a.model.as_str()) == Some(&a.model_version.as_str()) {
+            if !space.contains(key) {
+                if let Some(vector) = store.vector(&a.asset_id, &a.id)? {
+                    put_vector_target(store, key, &target_of(a))?;
+                    space.add(key, &vector)?;
+                }
+            }
+        } else {
+            space.remove(key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Recreates buckets and indexes of a closed shard from its raw store (`rushes rebuild`).
+pub fn rebuild_shard(
+    data_dir: &Path,
+    id: ShardId,
+    options: &ShardOptions,
+) -> Result<(usize, usize), ShardError> {
+    let dir = shard_dir(data_dir, id);
+    let store = ShardStore::open(&dir.join("store"))?;
+    let index = ShardIndex::open(
+        &dir.join("index"),
+        &options.vector_spaces,
+        options.writer_heap_bytes,
+    )?;
+    let applied = store.watermark(Watermark::Applied)?;
+    store.clear_derived()?;
+    index.clear()?;
+    let mut assets = 0;
+    let mut docs = 0;
+    for (_, asset_id) in store.all_assets() {
+        refuse_asset(&store, &asset_id, &AffectedBuckets::All, options.bucket_ms)?;
+        sync_asset_vectors(&store, &index, &asset_id)?;
+        docs += index.reindex_asset(&store, &asset_id, options.bucket_ms)?;
+        assets += 1;
+    }
+    index.commit(applied, true)?;
+    store.set_watermark(Watermark::Fused, applied)?;
+    store.set_watermark(Watermark::Indexed, applied)?;
+    store.flush()?;
+    Ok((assets, docs))
+}

@@ -1,0 +1,635 @@
+//! A shard's durable state in one sled database: the Raft log (in `rushes_cluster`), the raw
+//! store (annotations exactly as received), the parsed annotations fusion reads, asset records,
+//! fused buckets, and the watermarks of each stage.
+//!
+//! Keys are `asset_id 0x00 rest`: asset ids never contain 0x00 (validated alphabet), so a prefix
+//! scan of `asset_id 0x00` is exactly one asset. Integers in keys are big-endian.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use parking_lot::RwLock;
+use rushes_protocol::codec;
+use rushes_protocol::model::{
+    normalize_label, Bucket, IngestItem, StoredAnnotation, StoredAsset, ASSET_FORMAT,
+    BUCKET_FORMAT, STORED_ANNOTATION_FORMAT,
+};
+
+const VECTOR_FORMAT: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage i/o: {0}")]
+    Io(#[from] sled::Error),
+    #[error("stored value is unreadable: {0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Result of applying one ingest command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApplyOutcome {
+    Applied {
+        created: usize,
+        duplicates: usize,
+    },
+    /// Item `item` reuses an existing id with different content: nothing was stored.
+    Conflict {
+        item: usize,
+        annotation_id: String,
+    },
+}
+
+/// Watermark names in the `state` tree.
+#[derive(Debug, Clone, Copy)]
+pub enum Watermark {
+    Applied,
+    Fused,
+    Indexed,
+}
+
+impl Watermark {
+    fn key(self) -> &'static [u8] {
+        match self {
+            Watermark::Applied => b"applied_index",
+            Watermark::Fused => b"fused_index",
+            Watermark::Indexed => b"indexed_index",
+        }
+    }
+}
+
+pub fn asset_prefix(asset_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(asset_id.len() + 1);
+    key.extend_from_slice(asset_id.as_bytes());
+    key.push(0);
+    key
+}
+
+pub fn annotation_key(asset_id: &str, annotation_id: &str) -> Vec<u8> {
+    let mut key = asset_prefix(asset_id);
+    key.extend_from_slice(annotation_id.as_bytes());
+    key
+}
+
+pub fn bucket_key(asset_id: &str, bucket: u64) -> Vec<u8> {
+    let mut key = asset_prefix(asset_id);
+    key.extend_from_slice(&bucket.to_be_bytes());
+    key
+}
+
+fn split_bucket_key(key: &[u8]) -> Result<(String, u64), StoreError> {
+    let split = key
+        .len()
+        .checked_sub(9)
+        .filter(|&i| key[i] == 0)
+        .ok_or_else(|| StoreError::Corrupt("bucket key".into()))?;
+    let asset = std::str::from_utf8(&key[..split])
+        .map_err(|_| StoreError::Corrupt("bucket key asset".into()))?;
+    let mut second = [0u8; 8];
+    second.copy_from_slice(&key[split + 1..]);
+    Ok((asset.to_string(), u64::from_be_bytes(second)))
+}
+
+fn model_key(asset_id: &str, model: &str, version: &str) -> Vec<u8> {
+    let mut key = asset_prefix(asset_id);
+    key.extend_from_slice(model.as_bytes());
+    key.push(0);
+    key.extend_from_slice(version.as_bytes());
+    key
+}
+
+/// Vocabulary key: `track 0x1f normalized label`.
+fn vocab_key(track: &str, label: &str) -> Vec<u8> {
+    format!("{track}\u{1f}{}", normalize_label(label)).into_bytes()
+}
+
+pub struct ShardStore {
+    pub db: sled::Db,
+    raw: sled::Tree,
+    annotations: sled::Tree,
+    vectors: sled::Tree,
+    asset_models: sled::Tree,
+    assets: sled::Tree,
+    asset_ordinals: sled::Tree,
+    ordinal_assets: sled::Tree,
+    buckets: sled::Tree,
+    state: sled::Tree,
+    vocab: sled::Tree,
+    pub vector_keys: sled::Tree,
+    /// In memory: ordinal → asset id, and the label vocabulary (normalized label → tracks).
+    ordinal_cache: RwLock<HashMap<u64, String>>,
+    vocab_cache: RwLock<BTreeMap<String, Vec<String>>>,
+}
+
+impl ShardStore {
+    pub fn open(path: &Path) -> Result<ShardStore, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(256 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        Self::from_db(db)
+    }
+
+    pub fn from_db(db: sled::Db) -> Result<ShardStore, StoreError> {
+        let store = ShardStore {
+            raw: db.open_tree("raw")?,
+            annotations: db.open_tree("annotations")?,
+            vectors: db.open_tree("vectors")?,
+            asset_models: db.open_tree("asset_models")?,
+            assets: db.open_tree("assets")?,
+            asset_ordinals: db.open_tree("asset_ordinals")?,
+            ordinal_assets: db.open_tree("ordinal_assets")?,
+            buckets: db.open_tree("buckets")?,
+            state: db.open_tree("state")?,
+            vocab: db.open_tree("vocab")?,
+            vector_keys: db.open_tree("vector_keys")?,
+            ordinal_cache: RwLock::new(HashMap::new()),
+            vocab_cache: RwLock::new(BTreeMap::new()),
+            db,
+        };
+        {
+            let mut cache = store.ordinal_cache.write();
+            for item in store.ordinal_assets.iter() {
+                let (key, value) = item?;
+                cache.insert(be_u64(&key)?, String::from_utf8_lossy(&value).into_owned());
+            }
+        }
+        {
+            let mut vocab = store.vocab_cache.write();
+            for key in store.vocab.iter().keys() {
+                let key = key?;
+                let text = String::from_utf8_lossy(&key);
+                if let Some((track, label)) = text.split_once('\u{1f}') {
+                    vocab
+                        .entry(label.to_string())
+                        .or_default()
+                        .push(track.to_string());
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn watermark(&self, which: Watermark) -> Result<u64, StoreError> {
+        match self.state.get(which.key())? {
+            Some(bytes) => be_u64(&bytes),
+            None => Ok(0),
+        }
+    }
+
+    pub fn set_watermark(&self, which: Watermark, index: u64) -> Result<(), StoreError> {
+        self.state.insert(which.key(), &index.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Applies an ingest command, all or nothing. Deterministic: every replica gets the same
+    /// outcome from the same store and command.
+    pub fn apply_ingest(&self, items: &[IngestItem]) -> Result<ApplyOutcome, StoreError> {
+        let mut duplicates = 0;
+        let mut fresh = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let key = annotation_key(&item.annotation.asset_id, &item.annotation.id);
+            match self.annotations.get(&key)? {
+                None => fresh.push((key, item)),
+                Some(existing) => {
+                    let existing: StoredAnnotation =
+                        codec::decode(STORED_ANNOTATION_FORMAT, &existing)?;
+                    let same_vector = match &item.vector {
+                        None => !self.vectors.contains_key(&key)?,
+                        Some(v) => {
+                            self.vector(&item.annotation.asset_id, &item.annotation.id)?
+                                .as_deref()
+                                == Some(v.as_slice())
+                        }
+                    };
+                    if existing != item.annotation || !same_vector {
+                        return Ok(ApplyOutcome::Conflict {
+                            item: index,
+                            annotation_id: item.annotation.id.clone(),
+                        });
+                    }
+                    duplicates += 1;
+                }
+            }
+        }
+        let mut raw_batch = sled::Batch::default();
+        let mut annotation_batch = sled::Batch::default();
+        let mut vector_batch = sled::Batch::default();
+        let mut model_batch = sled::Batch::default();
+        let mut new_assets: HashSet<&str> = HashSet::new();
+        let mut new_vocab: Vec<(String, String)> = Vec::new();
+        for (key, item) in &fresh {
+            let a = &item.annotation;
+            raw_batch.insert(key.as_slice(), item.raw_json.as_slice());
+            annotation_batch.insert(key.as_slice(), codec::encode(STORED_ANNOTATION_FORMAT, a)?);
+            if let Some(vector) = &item.vector {
+                vector_batch.insert(key.as_slice(), encode_vector(vector));
+            }
+            model_batch.insert(model_key(&a.asset_id, &a.model, &a.model_version), &[]);
+            new_assets.insert(a.asset_id.as_str());
+            if let Some(label) = &a.label {
+                new_vocab.push((a.track.clone(), label.clone()));
+            }
+        }
+        // Parsed and derived-input trees first, raw last: a crash in between is repaired by
+        // re-applying the entry (the applied watermark has not moved).
+        self.annotations.apply_batch(annotation_batch)?;
+        self.vectors.apply_batch(vector_batch)?;
+        self.asset_models.apply_batch(model_batch)?;
+        self.raw.apply_batch(raw_batch)?;
+        for asset in new_assets {
+            self.ensure_ordinal(asset)?;
+        }
+        self.add_vocab(&new_vocab)?;
+        Ok(ApplyOutcome::Applied {
+            created: fresh.len(),
+            duplicates,
+        })
+    }
+
+    fn add_vocab(&self, entries: &[(String, String)]) -> Result<(), StoreError> {
+        let mut unseen = Vec::new();
+        {
+            let vocab = self.vocab_cache.read();
+            for (track, label) in entries {
+                let normalized = normalize_label(label);
+                if !vocab
+                    .get(&normalized)
+                    .is_some_and(|tracks| tracks.contains(track))
+                {
+                    unseen.push((track, normalized));
+                }
+            }
+        }
+        if unseen.is_empty() {
+            return Ok(());
+        }
+        let mut vocab = self.vocab_cache.write();
+        for (track, normalized) in unseen {
+            self.vocab.insert(vocab_key(track, &normalized), &[])?;
+            let tracks = vocab.entry(normalized).or_default();
+            if !tracks.contains(track) {
+                tracks.push(track.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Normalized label → tracks it occurs on, for query understanding.
+    pub fn vocabulary(&self) -> BTreeMap<String, Vec<String>> {
+        self.vocab_cache.read().clone()
+    }
+
+    pub fn apply_asset(&self, asset_id: &str, record: &StoredAsset) -> Result<(), StoreError> {
+        self.assets
+            .insert(asset_id.as_bytes(), codec::encode(ASSET_FORMAT, record)?)?;
+        self.ensure_ordinal(asset_id)?;
+        Ok(())
+    }
+
+    /// Dense per-shard asset numbers for the index's fast fields. Assigned in log order, so
+    /// every replica assigns the same ones.
+    fn ensure_ordinal(&self, asset_id: &str) -> Result<u64, StoreError> {
+        if let Some(ord) = self.asset_ordinals.get(asset_id.as_bytes())? {
+            return be_u64(&ord);
+        }
+        let ordinal = self.ordinal_cache.read().len() as u64 + 1;
+        self.ordinal_assets
+            .insert(ordinal.to_be_bytes(), asset_id.as_bytes())?;
+        self.asset_ordinals
+            .insert(asset_id.as_bytes(), &ordinal.to_be_bytes())?;
+        self.ordinal_cache
+            .write()
+            .insert(ordinal, asset_id.to_string());
+        Ok(ordinal)
+    }
+
+    pub fn asset_ordinal(&self, asset_id: &str) -> Result<Option<u64>, StoreError> {
+        match self.asset_ordinals.get(asset_id.as_bytes())? {
+            Some(bytes) => Ok(Some(be_u64(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn asset_of_ordinal(&self, ordinal: u64) -> Option<String> {
+        self.ordinal_cache.read().get(&ordinal).cloned()
+    }
+
+    pub fn asset_record(&self, asset_id: &str) -> Result<Option<StoredAsset>, StoreError> {
+        match self.assets.get(asset_id.as_bytes())? {
+            Some(bytes) => Ok(Some(codec::decode(ASSET_FORMAT, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every asset this shard knows (from annotations or records), with its ordinal.
+    pub fn all_assets(&self) -> Vec<(u64, String)> {
+        let mut all: Vec<(u64, String)> = self
+            .ordinal_cache
+            .read()
+            .iter()
+            .map(|(o, a)| (*o, a.clone()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Annotations of one asset, in id order (parsed form, without vectors).
+    pub fn asset_annotations(&self, asset_id: &str) -> Result<Vec<StoredAnnotation>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.annotations.scan_prefix(asset_prefix(asset_id)) {
+            let (_, value) = item?;
+            out.push(codec::decode(STORED_ANNOTATION_FORMAT, &value)?);
+        }
+        Ok(out)
+    }
+
+    pub fn annotation(
+        &self,
+        asset_id: &str,
+        annotation_id: &str,
+    ) -> Result<Option<StoredAnnotation>, StoreError> {
+        match self
+            .annotations
+            .get(annotation_key(asset_id, annotation_id))?
+        {
+            Some(bytes) => Ok(Some(codec::decode(STORED_ANNOTATION_FORMAT, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The exact bytes the model sent.
+    pub fn raw_annotation(
+        &self,
+        asset_id: &str,
+        annotation_id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .raw
+            .get(annotation_key(asset_id, annotation_id))?
+            .map(|v| v.to_vec()))
+    }
+
+    pub fn vector(
+        &self,
+        asset_id: &str,
+        annotation_id: &str,
+    ) -> Result<Option<Vec<f32>>, StoreError> {
+        match self.vectors.get(annotation_key(asset_id, annotation_id))? {
+            Some(bytes) => Ok(Some(decode_vector(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Raw annotations of an asset counted per track.
+    pub fn track_counts(&self, asset_id: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut counts = BTreeMap::new();
+        for annotation in self.asset_annotations(asset_id)? {
+            *counts.entry(annotation.track).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    pub fn raw_count(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether more than one version of `model` exists on `asset_id` (replacement in play).
+    pub fn has_several_versions(&self, asset_id: &str, model: &str) -> Result<bool, StoreError> {
+        let mut prefix = asset_prefix(asset_id);
+        prefix.extend_from_slice(model.as_bytes());
+        prefix.push(0);
+        Ok(self.asset_models.scan_prefix(prefix).take(2).count() > 1)
+    }
+
+    pub fn bucket(&self, asset_id: &str, second: u64) -> Result<Option<Bucket>, StoreError> {
+        match self.buckets.get(bucket_key(asset_id, second))? {
+            Some(bytes) => Ok(Some(codec::decode(BUCKET_FORMAT, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Buckets of an asset in `[from_bucket, to_bucket)`.
+    pub fn bucket_range(
+        &self,
+        asset_id: &str,
+        from_bucket: u64,
+        to_bucket: u64,
+    ) -> Result<Vec<(u64, Bucket)>, StoreError> {
+        let mut out = Vec::new();
+        if from_bucket >= to_bucket {
+            return Ok(out);
+        }
+        for item in self
+            .buckets
+            .range(bucket_key(asset_id, from_bucket)..bucket_key(asset_id, to_bucket))
+        {
+            let (key, value) = item?;
+            let (_, second) = split_bucket_key(&key)?;
+            out.push((second, codec::decode(BUCKET_FORMAT, &value)?));
+        }
+        Ok(out)
+    }
+
+    /// Writes fused buckets of one asset; an empty bucket is removed.
+    pub fn write_buckets(
+        &self,
+        asset_id: &str,
+        buckets: &BTreeMap<u64, Bucket>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (second, bucket) in buckets {
+            let key = bucket_key(asset_id, *second);
+            if bucket.entries.is_empty() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, codec::encode(BUCKET_FORMAT, bucket)?);
+            }
+        }
+        self.buckets.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Seconds of an asset that currently hold a bucket.
+    pub fn bucket_seconds(&self, asset_id: &str) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.buckets.scan_prefix(asset_prefix(asset_id)).keys() {
+            out.push(split_bucket_key(&key?)?.1);
+        }
+        Ok(out)
+    }
+
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Drops all derived state (buckets, vector key map, watermarks of derived stages).
+    pub fn clear_derived(&self) -> Result<(), StoreError> {
+        self.buckets.clear()?;
+        self.vector_keys.clear()?;
+        self.set_watermark(Watermark::Fused, 0)?;
+        self.set_watermark(Watermark::Indexed, 0)?;
+        Ok(())
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn be_u64(bytes: &[u8]) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("expected 8 bytes, found {}", bytes.len())))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+fn encode_vector(vector: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + vector.len() * 4);
+    out.push(VECTOR_FORMAT);
+    for x in vector {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+fn decode_vector(bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| StoreError::Corrupt("empty vector".into()))?;
+    if version != VECTOR_FORMAT || body.len() % 4 != 0 {
+        return Err(StoreError::Corrupt(format!(
+            "vector format {version}, {} bytes",
+            body.len()
+        )));
+    }
+    Ok(body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn item(
+        id: &str,
+        asset: &str,
+        start_ms: u64,
+        end_ms: u64,
+        label: &str,
+    ) -> IngestItem {
+        IngestItem {
+            raw_json: format!("{{\"id\":\"{id}\"}}").into_bytes(),
+            annotation: StoredAnnotation {
+                id: id.into(),
+                asset_id: asset.into(),
+                model: "faces".into(),
+                model_version: "1".into(),
+                track: "character".into(),
+                start_ms,
+                end_ms,
+                confidence: 0.9,
+                label: Some(label.into()),
+                text: None,
+                language: None,
+                vector_space: None,
+            },
+            vector: None,
+        }
+    }
+
+    #[test]
+    fn ingest_is_idempotent_and_conflicts_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let batch = vec![
+            item("a", "e1", 0, 1000, "Joey"),
+            item("b", "e1", 500, 2000, "Monica"),
+        ];
+        assert_eq!(
+            store.apply_ingest(&batch).unwrap(),
+            ApplyOutcome::Applied {
+                created: 2,
+                duplicates: 0
+            }
+        );
+        assert_eq!(
+            store.apply_ingest(&batch).unwrap(),
+            ApplyOutcome::Applied {
+                created: 0,
+                duplicates: 2
+            }
+        );
+        let conflicting = vec![
+            item("c", "e1", 0, 10, "Ross"),
+            item("a", "e1", 0, 1000, "Rachel"),
+        ];
+        assert_eq!(
+            store.apply_ingest(&conflicting).unwrap(),
+            ApplyOutcome::Conflict {
+                item: 1,
+                annotation_id: "a".into()
+            }
+        );
+        assert!(
+            store.annotation("e1", "c").unwrap().is_none(),
+            "nothing of a conflicting batch is stored"
+        );
+        assert_eq!(
+            store.raw_annotation("e1", "a").unwrap().unwrap(),
+            b"{\"id\":\"a\"}"
+        );
+        assert_eq!(store.track_counts("e1").unwrap().get("character"), Some(&2));
+        assert_eq!(
+            store.vocabulary().get("joey"),
+            Some(&vec!["character".to_string()])
+        );
+        assert_eq!(store.asset_ordinal("e1").unwrap(), Some(1));
+    }
+
+    #[test]
+    fn bucket_keys_round_trip_and_ranges_stay_within_asset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let mut buckets = BTreeMap::new();
+        for second in [0u64, 1, 255, 256, 70_000] {
+            buckets.insert(second, Bucket { entries: vec![] });
+        }
+        let full = Bucket {
+            entries: vec![rushes_protocol::model::BucketEntry {
+                annotation_id: "x".into(),
+                track: "object".into(),
+                model: "m".into(),
+                label: Some("cup".into()),
+                text: None,
+                language: None,
+                vector_space: None,
+                confidence: 1.0,
+                coverage: 1.0,
+            }],
+        };
+        for second in [0u64, 1, 255, 256, 70_000] {
+            buckets.insert(second, full.clone());
+        }
+        store.write_buckets("a", &buckets).unwrap();
+        store.write_buckets("ab", &buckets).unwrap();
+        assert_eq!(
+            store.bucket_seconds("a").unwrap(),
+            vec![0, 1, 255, 256, 70_000]
+        );
+        assert_eq!(store.bucket_range("a", 1, 257).unwrap().len(), 3);
+        assert_eq!(
+            split_bucket_key(&bucket_key("s01e01", 42)).unwrap(),
+            ("s01e01".to_string(), 42)
+        );
+    }
+}
