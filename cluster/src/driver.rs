@@ -23,12 +23,7 @@ pub struct RaftSettings {
 
 impl Default for RaftSettings {
     fn default() -> Self {
-        RaftSettings {
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            max_size_per_msg_bytes: 1 << 20,
-            max_inflight_msgs: 256,
-        }
+        RaftSettings { election_ticks: 10, heartbeat_ticks: 2, max_size_per_msg_bytes: 1 << 20, max_inflight_msgs: 256 }
     }
 }
 
@@ -36,10 +31,7 @@ impl Default for RaftSettings {
 pub enum DriverError {
     /// This replica is not the leader (or there is none): the proposal was not accepted.
     #[error("not the leader of shard {shard} (leader: {leader:?})")]
-    NotLeader {
-        shard: ShardId,
-        leader: Option<NodeId>,
-    },
+    NotLeader { shard: ShardId, leader: Option<NodeId> },
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
     #[error(transparent)]
@@ -69,13 +61,7 @@ pub struct RaftDriver<S: RaftLogStore> {
 impl<S: RaftLogStore> RaftDriver<S> {
     /// `applied_index` is how far the caller's state machine had durably applied; it is clamped
     /// to the persisted commit index (re-applying is idempotent, skipping is not).
-    pub fn new(
-        node_id: NodeId,
-        shard: ShardId,
-        settings: &RaftSettings,
-        store: S,
-        applied_index: u64,
-    ) -> Result<Self, DriverError> {
+    pub fn new(node_id: NodeId, shard: ShardId, settings: &RaftSettings, store: S, applied_index: u64) -> Result<Self, DriverError> {
         let commit = store.hard_state().commit;
         let applied_index = applied_index.min(commit);
         let config = raft::Config {
@@ -91,11 +77,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
         };
         config.validate()?;
         let node = RawNode::new(&config, store, &raft_logger(shard, node_id))?;
-        Ok(RaftDriver {
-            shard,
-            node,
-            applied_index,
-        })
+        Ok(RaftDriver { shard, node, applied_index })
     }
 
     pub fn shard(&self) -> ShardId {
@@ -144,17 +126,11 @@ impl<S: RaftLogStore> RaftDriver<S> {
     /// there to find the waiting client).
     pub fn propose(&mut self, context: Vec<u8>, data: Vec<u8>) -> Result<(), DriverError> {
         if !self.is_leader() {
-            return Err(DriverError::NotLeader {
-                shard: self.shard,
-                leader: self.leader_id(),
-            });
+            return Err(DriverError::NotLeader { shard: self.shard, leader: self.leader_id() });
         }
         match self.node.propose(context, data) {
             Ok(()) => Ok(()),
-            Err(raft::Error::ProposalDropped) => Err(DriverError::NotLeader {
-                shard: self.shard,
-                leader: self.leader_id(),
-            }),
+            Err(raft::Error::ProposalDropped) => Err(DriverError::NotLeader { shard: self.shard, leader: self.leader_id() }),
             Err(e) => Err(e.into()),
         }
     }
@@ -173,10 +149,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
 
     /// One Ready cycle. `apply` receives every committed normal entry with data, in log order,
     /// after it is durable; it must be deterministic (every replica applies the same entries).
-    pub fn run_ready(
-        &mut self,
-        apply: &mut dyn FnMut(&Entry) -> Result<(), String>,
-    ) -> Result<ReadyOutcome, DriverError> {
+    pub fn run_ready(&mut self, apply: &mut dyn FnMut(&Entry) -> Result<(), String>) -> Result<ReadyOutcome, DriverError> {
         let mut outcome = ReadyOutcome::default();
         if !self.node.has_ready() {
             return Ok(outcome);
@@ -226,20 +199,14 @@ impl<S: RaftLogStore> RaftDriver<S> {
         outcome: &mut ReadyOutcome,
     ) -> Result<(), DriverError> {
         for entry in entries {
-            debug_assert!(
-                entry.index == self.applied_index + 1 || entry.index <= self.applied_index,
-                "entries apply in order"
-            );
+            debug_assert!(entry.index == self.applied_index + 1 || entry.index <= self.applied_index, "entries apply in order");
             if entry.index <= self.applied_index {
                 continue;
             }
             // Empty entries are the leader's no-op of a new term; conf changes come with
             // membership changes (not used while groups are fixed at bootstrap).
             if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
-                apply(entry).map_err(|message| DriverError::Apply {
-                    index: entry.index,
-                    message,
-                })?;
+                apply(entry).map_err(|message| DriverError::Apply { index: entry.index, message })?;
             }
             self.applied_index = entry.index;
             outcome.applied_index = Some(entry.index);
@@ -326,11 +293,7 @@ mod tests {
         }
 
         fn leaders(&self) -> Vec<(NodeId, u64)> {
-            self.drivers
-                .iter()
-                .filter(|(_, d)| d.is_leader())
-                .map(|(&id, d)| (id, d.term()))
-                .collect()
+            self.drivers.iter().filter(|(_, d)| d.is_leader()).map(|(&id, d)| (id, d.term())).collect()
         }
 
         /// Runs until `condition` holds, at most `max_ticks` ticks (deterministic time).
@@ -364,18 +327,9 @@ mod tests {
         }
 
         fn propose_to_leader(&mut self, data: Vec<u8>) -> bool {
-            let leader = self
-                .leaders()
-                .into_iter()
-                .filter(|(id, _)| !self.isolated.contains(id))
-                .max_by_key(|(_, term)| *term);
+            let leader = self.leaders().into_iter().filter(|(id, _)| !self.isolated.contains(id)).max_by_key(|(_, term)| *term);
             match leader {
-                Some((id, _)) => self
-                    .drivers
-                    .get_mut(&id)
-                    .unwrap()
-                    .propose(vec![], data)
-                    .is_ok(),
+                Some((id, _)) => self.drivers.get_mut(&id).unwrap().propose(vec![], data).is_ok(),
                 None => false,
             }
         }
@@ -385,10 +339,7 @@ mod tests {
     fn single_voter_becomes_leader_and_applies_in_order() {
         let store = MemLogStore::new(&[1]);
         let mut driver = RaftDriver::new(1, 7, &RaftSettings::default(), store, 0).unwrap();
-        assert!(matches!(
-            driver.propose(vec![], b"x".to_vec()),
-            Err(DriverError::NotLeader { shard: 7, .. })
-        ));
+        assert!(matches!(driver.propose(vec![], b"x".to_vec()), Err(DriverError::NotLeader { shard: 7, .. })));
         driver.campaign().unwrap();
         let mut applied = vec![];
         driver
@@ -412,20 +363,13 @@ mod tests {
         }
         assert_eq!(applied, (0..5u8).map(|i| vec![i]).collect::<Vec<_>>());
         assert_eq!(driver.applied_index(), driver.commit_index());
-        assert_eq!(
-            driver.store().hard_state().commit,
-            driver.commit_index(),
-            "commit persisted"
-        );
+        assert_eq!(driver.store().hard_state().commit, driver.commit_index(), "commit persisted");
     }
 
     #[test]
     fn three_replicas_elect_one_leader_and_replicate() {
         let mut cluster = SimCluster::new(&[1, 2, 3], 1);
-        assert!(
-            cluster.run_until(200, |c| c.leaders().len() == 1),
-            "no leader elected"
-        );
+        assert!(cluster.run_until(200, |c| c.leaders().len() == 1), "no leader elected");
         for i in 0..20u8 {
             assert!(cluster.propose_to_leader(vec![i]));
             cluster.step_all();
@@ -446,27 +390,16 @@ mod tests {
             let old_leader = cluster.leaders()[0].0;
             cluster.isolated.push(old_leader);
             // With check_quorum the isolated leader steps down; the majority elects another.
-            assert!(cluster.run_until(300, |c| c
-                .leaders()
-                .iter()
-                .any(|(id, _)| *id != old_leader)
-                && c.drivers[&old_leader].is_leader() == false));
-            // Proposals to the isolated node fail fast instead of hanging.
             assert!(cluster
-                .drivers
-                .get_mut(&old_leader)
-                .unwrap()
-                .propose(vec![], vec![99])
-                .is_err());
+                .run_until(300, |c| c.leaders().iter().any(|(id, _)| *id != old_leader) && c.drivers[&old_leader].is_leader() == false));
+            // Proposals to the isolated node fail fast instead of hanging.
+            assert!(cluster.drivers.get_mut(&old_leader).unwrap().propose(vec![], vec![99]).is_err());
             for i in 10..20u8 {
                 assert!(cluster.propose_to_leader(vec![i]));
                 cluster.step_all();
             }
             cluster.isolated.clear();
-            assert!(
-                cluster.run_until(300, |c| c.applied.values().all(|a| a.len() == 20)),
-                "did not heal (seed {seed})"
-            );
+            assert!(cluster.run_until(300, |c| c.applied.values().all(|a| a.len() == 20)), "did not heal (seed {seed})");
             let expected: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i]).collect();
             for applied in cluster.applied.values() {
                 assert_eq!(applied, &expected);

@@ -39,9 +39,7 @@ pub trait RaftLogStore: Storage + Clone {
 }
 
 fn store_error(e: impl std::fmt::Display) -> raft::Error {
-    raft::Error::Store(StorageError::Other(Box::new(std::io::Error::other(
-        e.to_string(),
-    ))))
+    raft::Error::Store(StorageError::Other(Box::new(std::io::Error::other(e.to_string()))))
 }
 
 const KEY_HARD_STATE: &[u8] = b"hard_state";
@@ -74,30 +72,20 @@ impl SledLogStore {
         let log = db.open_tree("raft_log")?;
         let meta = db.open_tree("raft_meta")?;
         let hard_state = match meta.get(KEY_HARD_STATE)? {
-            Some(bytes) => {
-                HardState::parse_from_bytes(&bytes).map_err(|e| corrupt("hard_state", e))?
-            }
+            Some(bytes) => HardState::parse_from_bytes(&bytes).map_err(|e| corrupt("hard_state", e))?,
             None => HardState::default(),
         };
         let conf_state = match meta.get(KEY_CONF_STATE)? {
-            Some(bytes) => {
-                ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt("conf_state", e))?
-            }
+            Some(bytes) => ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt("conf_state", e))?,
             None => {
                 let mut conf_state = ConfState::default();
                 conf_state.set_voters(initial_voters.to_vec());
-                meta.insert(
-                    KEY_CONF_STATE,
-                    conf_state
-                        .write_to_bytes()
-                        .map_err(|e| corrupt("conf_state", e))?,
-                )?;
+                meta.insert(KEY_CONF_STATE, conf_state.write_to_bytes().map_err(|e| corrupt("conf_state", e))?)?;
                 conf_state
             }
         };
         let snapshot_meta = match meta.get(KEY_SNAPSHOT_META)? {
-            Some(bytes) => SnapshotMetadata::parse_from_bytes(&bytes)
-                .map_err(|e| corrupt("snapshot_meta", e))?,
+            Some(bytes) => SnapshotMetadata::parse_from_bytes(&bytes).map_err(|e| corrupt("snapshot_meta", e))?,
             None => SnapshotMetadata::default(),
         };
         let first_index = match log.first()? {
@@ -129,10 +117,7 @@ impl SledLogStore {
     /// Reads one entry's data (for replaying committed entries into derived stages).
     pub fn entry(&self, index: u64) -> Result<Option<Entry>, LogStoreError> {
         match self.inner.log.get(index.to_be_bytes())? {
-            Some(bytes) => Ok(Some(
-                Entry::parse_from_bytes(&bytes)
-                    .map_err(|e| corrupt(&format!("entry {index}"), e))?,
-            )),
+            Some(bytes) => Ok(Some(Entry::parse_from_bytes(&bytes).map_err(|e| corrupt(&format!("entry {index}"), e))?)),
             None => Ok(None),
         }
     }
@@ -147,34 +132,20 @@ impl SledLogStore {
 }
 
 fn corrupt(key: &str, e: impl std::fmt::Display) -> LogStoreError {
-    LogStoreError::Corrupt {
-        key: key.to_string(),
-        message: e.to_string(),
-    }
+    LogStoreError::Corrupt { key: key.to_string(), message: e.to_string() }
 }
 
 fn decode_index(key: &[u8]) -> Result<u64, LogStoreError> {
-    let bytes: [u8; 8] = key
-        .try_into()
-        .map_err(|_| corrupt("raft_log key", format!("{} bytes, expected 8", key.len())))?;
+    let bytes: [u8; 8] = key.try_into().map_err(|_| corrupt("raft_log key", format!("{} bytes, expected 8", key.len())))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
 impl Storage for SledLogStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(
-            self.inner.hard_state.lock().clone(),
-            self.inner.conf_state.lock().clone(),
-        ))
+        Ok(RaftState::new(self.inner.hard_state.lock().clone(), self.inner.conf_state.lock().clone()))
     }
 
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _context: GetEntriesContext) -> raft::Result<Vec<Entry>> {
         let max_size = max_size.into();
         if low < self.first_log_index() {
             return Err(raft::Error::Store(StorageError::Compacted));
@@ -230,9 +201,7 @@ impl Storage for SledLogStore {
         // Snapshots that carry the shard's raw store are built by the shard, not the log: with
         // one voter per shard no follower ever asks. Until a replica can be sent one, raft
         // retries later instead of receiving an empty state machine.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
     }
 }
 
@@ -248,10 +217,7 @@ impl RaftLogStore for SledLogStore {
             batch.remove(&index.to_be_bytes());
         }
         for entry in entries {
-            batch.insert(
-                &entry.index.to_be_bytes(),
-                entry.write_to_bytes().map_err(|e| corrupt("entry", e))?,
-            );
+            batch.insert(&entry.index.to_be_bytes(), entry.write_to_bytes().map_err(|e| corrupt("entry", e))?);
         }
         self.inner.log.apply_batch(batch)?;
         if first.index < self.first_log_index() {
@@ -262,12 +228,7 @@ impl RaftLogStore for SledLogStore {
     }
 
     fn set_hard_state(&self, hard_state: &HardState) -> Result<(), LogStoreError> {
-        self.inner.meta.insert(
-            KEY_HARD_STATE,
-            hard_state
-                .write_to_bytes()
-                .map_err(|e| corrupt("hard_state", e))?,
-        )?;
+        self.inner.meta.insert(KEY_HARD_STATE, hard_state.write_to_bytes().map_err(|e| corrupt("hard_state", e))?)?;
         *self.inner.hard_state.lock() = hard_state.clone();
         Ok(())
     }
@@ -282,12 +243,7 @@ impl RaftLogStore for SledLogStore {
     }
 
     fn set_conf_state(&self, conf_state: &ConfState) -> Result<(), LogStoreError> {
-        self.inner.meta.insert(
-            KEY_CONF_STATE,
-            conf_state
-                .write_to_bytes()
-                .map_err(|e| corrupt("conf_state", e))?,
-        )?;
+        self.inner.meta.insert(KEY_CONF_STATE, conf_state.write_to_bytes().map_err(|e| corrupt("conf_state", e))?)?;
         *self.inner.conf_state.lock() = conf_state.clone();
         Ok(())
     }
@@ -298,20 +254,11 @@ impl RaftLogStore for SledLogStore {
             batch.remove(item?);
         }
         self.inner.log.apply_batch(batch)?;
-        self.inner.meta.insert(
-            KEY_SNAPSHOT_META,
-            metadata
-                .write_to_bytes()
-                .map_err(|e| corrupt("snapshot_meta", e))?,
-        )?;
+        self.inner.meta.insert(KEY_SNAPSHOT_META, metadata.write_to_bytes().map_err(|e| corrupt("snapshot_meta", e))?)?;
         self.set_conf_state(metadata.get_conf_state())?;
         *self.inner.snapshot_meta.lock() = metadata.clone();
-        self.inner
-            .first_index
-            .store(metadata.index + 1, Ordering::Release);
-        self.inner
-            .last_index
-            .store(metadata.index, Ordering::Release);
+        self.inner.first_index.store(metadata.index + 1, Ordering::Release);
+        self.inner.last_index.store(metadata.index, Ordering::Release);
         let mut hard_state = self.hard_state();
         hard_state.commit = hard_state.commit.max(metadata.index);
         hard_state.term = hard_state.term.max(metadata.term);
@@ -331,12 +278,7 @@ impl RaftLogStore for SledLogStore {
         metadata.set_conf_state(self.conf_state());
         // Record the new start first: after a crash between the two writes, the extra
         // entries are merely kept longer.
-        self.inner.meta.insert(
-            KEY_SNAPSHOT_META,
-            metadata
-                .write_to_bytes()
-                .map_err(|e| corrupt("snapshot_meta", e))?,
-        )?;
+        self.inner.meta.insert(KEY_SNAPSHOT_META, metadata.write_to_bytes().map_err(|e| corrupt("snapshot_meta", e))?)?;
         *self.inner.snapshot_meta.lock() = metadata;
         self.inner.first_index.store(compact_to, Ordering::Release);
         let mut batch = sled::Batch::default();
@@ -375,13 +317,7 @@ impl Storage for MemLogStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
         self.storage.initial_state()
     }
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        context: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, context: GetEntriesContext) -> raft::Result<Vec<Entry>> {
         self.storage.entries(low, high, max_size, context)
     }
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -451,36 +387,20 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let store = SledLogStore::open(&db, &[1]).unwrap();
         assert_eq!((store.first_log_index(), store.last_log_index()), (1, 0));
-        store
-            .append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
-            .unwrap();
+        store.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
         // A conflicting suffix from a new term replaces 6..=10 with 6..=7.
         store.append(&[entry(6, 2), entry(7, 2)]).unwrap();
         assert_eq!(store.last_log_index(), 7);
         assert_eq!(store.term(7).unwrap(), 2);
         assert!(store.term(8).is_err());
-        let got = store
-            .entries(2, 8, None, GetEntriesContext::empty(false))
-            .unwrap();
-        assert_eq!(
-            got.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![2, 3, 4, 5, 6, 7]
-        );
-        let limited = store
-            .entries(2, 8, Some(1), GetEntriesContext::empty(false))
-            .unwrap();
+        let got = store.entries(2, 8, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6, 7]);
+        let limited = store.entries(2, 8, Some(1), GetEntriesContext::empty(false)).unwrap();
         assert_eq!(limited.len(), 1, "max_size still returns one entry");
         store.compact(4).unwrap();
         assert_eq!(store.first_log_index(), 4);
-        assert_eq!(
-            store.term(3).unwrap(),
-            1,
-            "term of first_index - 1 stays readable"
-        );
-        assert!(matches!(
-            store.entries(2, 5, None, GetEntriesContext::empty(false)),
-            Err(raft::Error::Store(StorageError::Compacted))
-        ));
+        assert_eq!(store.term(3).unwrap(), 1, "term of first_index - 1 stays readable");
+        assert!(matches!(store.entries(2, 5, None, GetEntriesContext::empty(false)), Err(raft::Error::Store(StorageError::Compacted))));
         let mut hs = HardState::default();
         hs.term = 2;
         hs.vote = 1;
@@ -489,10 +409,7 @@ mod tests {
         store.sync().unwrap();
         drop(store);
         let reopened = SledLogStore::open(&db, &[1]).unwrap();
-        assert_eq!(
-            (reopened.first_log_index(), reopened.last_log_index()),
-            (4, 7)
-        );
+        assert_eq!((reopened.first_log_index(), reopened.last_log_index()), (4, 7));
         assert_eq!(reopened.hard_state(), hs);
         assert_eq!(reopened.term(3).unwrap(), 1);
         assert_eq!(reopened.conf_state().voters, vec![1]);

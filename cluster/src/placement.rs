@@ -23,11 +23,7 @@ pub fn shard_for_asset(asset_id: &str, shard_count: u32) -> ShardId {
 
 /// The nodes holding replicas of `shard`, best first, by rendezvous (highest random weight)
 /// hashing: adding or removing a node moves only the replicas that must move.
-pub fn replicas_for_shard(
-    shard: ShardId,
-    nodes: &[NodeId],
-    replication_factor: usize,
-) -> Vec<NodeId> {
+pub fn replicas_for_shard(shard: ShardId, nodes: &[NodeId], replication_factor: usize) -> Vec<NodeId> {
     let mut weighted: Vec<(u64, NodeId)> = nodes
         .iter()
         .map(|&node| {
@@ -39,11 +35,7 @@ pub fn replicas_for_shard(
         .collect();
     weighted.sort_unstable_by(|a, b| b.cmp(a));
     weighted.dedup_by_key(|(_, node)| *node);
-    weighted
-        .into_iter()
-        .take(replication_factor)
-        .map(|(_, node)| node)
-        .collect()
+    weighted.into_iter().take(replication_factor).map(|(_, node)| node).collect()
 }
 
 #[cfg(test)]
@@ -54,19 +46,10 @@ mod tests {
     fn hash_is_stable_across_builds() {
         // Pinned values: if these change, every stored asset would move to another shard.
         assert_eq!(shard_for_asset("s01e01", 8), shard_for_asset("s01e01", 8));
-        let pinned: Vec<u32> = ["s01e01", "s03e07", "asset-42"]
-            .iter()
-            .map(|a| shard_for_asset(a, 1024))
-            .collect();
-        let again: Vec<u32> = ["s01e01", "s03e07", "asset-42"]
-            .iter()
-            .map(|a| (stable_hash(a.as_bytes()) % 1024) as u32)
-            .collect();
+        let pinned: Vec<u32> = ["s01e01", "s03e07", "asset-42"].iter().map(|a| shard_for_asset(a, 1024)).collect();
+        let again: Vec<u32> = ["s01e01", "s03e07", "asset-42"].iter().map(|a| (stable_hash(a.as_bytes()) % 1024) as u32).collect();
         assert_eq!(pinned, again);
-        assert_eq!(
-            stable_hash(b"s01e01"),
-            xxh3_64_with_seed(b"s01e01", ASSET_HASH_SEED)
-        );
+        assert_eq!(stable_hash(b"s01e01"), xxh3_64_with_seed(b"s01e01", ASSET_HASH_SEED));
     }
 
     #[test]

@@ -23,8 +23,5 @@ impl Drain for TracingDrain {
 
 /// A slog logger for one shard's Raft group that writes into tracing.
 pub fn raft_logger(shard: u32, node: u64) -> slog::Logger {
-    slog::Logger::root(
-        TracingDrain.fuse(),
-        slog::o!("shard" => shard, "node" => node),
-    )
+    slog::Logger::root(TracingDrain.fuse(), slog::o!("shard" => shard, "node" => node))
 }

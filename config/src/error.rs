@@ -60,40 +60,20 @@ pub enum ConfigError {
     /// A key that does not exist. `scope` is the table it was looked up in (`[index]`,
     /// `[[vector_spaces]]`, `the top level`) and `allowed` lists the keys that exist there.
     #[error("unknown key \"{key}\"{}: allowed keys in {scope} are {}", from_origin(.origin), .allowed.join(", "))]
-    UnknownKey {
-        key: String,
-        scope: String,
-        allowed: Vec<&'static str>,
-        origin: Option<Origin>,
-    },
+    UnknownKey { key: String, scope: String, allowed: Vec<&'static str>, origin: Option<Origin> },
 
     /// An entry of an array of tables lacks a key that has no default.
     #[error("missing key \"{key}\"{}: every entry of {scope} must set {}", from_origin(.origin), .required.join(", "))]
-    MissingKey {
-        key: String,
-        scope: String,
-        required: Vec<&'static str>,
-        origin: Option<Origin>,
-    },
+    MissingKey { key: String, scope: String, required: Vec<&'static str>, origin: Option<Origin> },
 
     /// A number outside its allowed range. `allowed` is e.g. `100..=60000`.
     #[error("{key} = {value} is out of range: allowed {allowed}{}", from_origin(.origin))]
-    OutOfRange {
-        key: String,
-        value: String,
-        allowed: String,
-        origin: Option<Origin>,
-    },
+    OutOfRange { key: String, value: String, allowed: String, origin: Option<Origin> },
 
     /// A value of the wrong type or not among the allowed ones. `allowed` says what is accepted,
     /// e.g. `use one of "cosine", "l2", "ip"`. `value` is rendered as TOML (strings quoted).
     #[error("{key} = {value} is not allowed: {allowed}{}", from_origin(.origin))]
-    InvalidValue {
-        key: String,
-        value: String,
-        allowed: String,
-        origin: Option<Origin>,
-    },
+    InvalidValue { key: String, value: String, allowed: String, origin: Option<Origin> },
 }
 
 impl ConfigError {
@@ -138,29 +118,11 @@ impl ConfigError {
         self
     }
 
-    pub(crate) fn invalid_value(
-        key: impl Into<String>,
-        value: impl Into<String>,
-        allowed: impl Into<String>,
-    ) -> Self {
-        ConfigError::InvalidValue {
-            key: key.into(),
-            value: value.into(),
-            allowed: allowed.into(),
-            origin: None,
-        }
+    pub(crate) fn invalid_value(key: impl Into<String>, value: impl Into<String>, allowed: impl Into<String>) -> Self {
+        ConfigError::InvalidValue { key: key.into(), value: value.into(), allowed: allowed.into(), origin: None }
     }
 
-    pub(crate) fn out_of_range(
-        key: impl Into<String>,
-        value: impl Into<String>,
-        allowed: impl Into<String>,
-    ) -> Self {
-        ConfigError::OutOfRange {
-            key: key.into(),
-            value: value.into(),
-            allowed: allowed.into(),
-            origin: None,
-        }
+    pub(crate) fn out_of_range(key: impl Into<String>, value: impl Into<String>, allowed: impl Into<String>) -> Self {
+        ConfigError::OutOfRange { key: key.into(), value: value.into(), allowed: allowed.into(), origin: None }
     }
 }

@@ -33,13 +33,7 @@ impl ExampleWriter {
     }
 
     /// An integer key with its range; byte sizes also get a human-readable comment.
-    fn integer(
-        &mut self,
-        name: &str,
-        value: impl TryInto<u64> + Copy + ToString,
-        explanation: &str,
-        range: IntegerRange,
-    ) {
+    fn integer(&mut self, name: &str, value: impl TryInto<u64> + Copy + ToString, explanation: &str, range: IntegerRange) {
         let mut rendered = value.to_string();
         let widened: Option<u64> = value.try_into().ok();
         if name.ends_with("_bytes") {
@@ -66,13 +60,9 @@ impl Config {
     /// `Config::default()`.
     pub fn example_toml() -> String {
         let defaults = Config::default();
-        let mut example = ExampleWriter {
-            text: String::new(),
-        };
+        let mut example = ExampleWriter { text: String::new() };
 
-        example.comment(
-            "Rushes node configuration. Every key is optional; the values shown are the defaults.",
-        );
+        example.comment("Rushes node configuration. Every key is optional; the values shown are the defaults.");
         example.comment("Precedence, lowest first: defaults < this file < environment < command-line overrides.");
         example.comment(&format!(
             "Environment: {ENVIRONMENT_PREFIX}<SECTION>_<KEY>, e.g. {ENVIRONMENT_PREFIX}NODE_LISTEN=0.0.0.0:9000 sets node.listen,"
@@ -83,21 +73,12 @@ impl Config {
         example.comment(&format!(
             "errors, except {ENVIRONMENT_PREFIX}LOG (tracing filter) and {ENVIRONMENT_PREFIX}CONFIG (path of this file)."
         ));
-        example.comment(
-            "Overrides: dotted keys such as fusion.bucket_ms=500 or vector_spaces[0].metric=ip.",
-        );
-        example.comment(
-            "Unknown keys are errors, so a misspelt key never silently leaves a default in force.",
-        );
+        example.comment("Overrides: dotted keys such as fusion.bucket_ms=500 or vector_spaces[0].metric=ip.");
+        example.comment("Unknown keys are errors, so a misspelt key never silently leaves a default in force.");
 
         let node = &defaults.node;
         example.section("[node]", "This process.");
-        example.integer(
-            "id",
-            node.id,
-            "Raft id of this node; must appear in cluster.nodes when that list is not empty.",
-            NODE_ID,
-        );
+        example.integer("id", node.id, "Raft id of this node; must appear in cluster.nodes when that list is not empty.", NODE_ID);
         example.key(
             "data_dir",
             quoted(&node.data_dir.to_string_lossy()),
@@ -119,12 +100,7 @@ impl Config {
             "Name of the cluster; peers with a different one are refused.",
             &format!("lower-case letters a-z, digits and '-', 1 to {CLUSTER_ID_MAX_BYTES} bytes"),
         );
-        example.integer(
-            "shards",
-            cluster.shards,
-            "Number of shards (Raft groups). Fixed once data exists.",
-            CLUSTER_SHARDS,
-        );
+        example.integer("shards", cluster.shards, "Number of shards (Raft groups). Fixed once data exists.", CLUSTER_SHARDS);
         example.integer(
             "replication_factor",
             cluster.replication_factor,
@@ -146,18 +122,8 @@ impl Config {
 
         let fusion = &defaults.fusion;
         example.section("[fusion]", "Fusing annotations into time buckets.");
-        example.integer(
-            "bucket_ms",
-            fusion.bucket_ms,
-            "Width of one fusion bucket, in milliseconds.",
-            FUSION_BUCKET_MS,
-        );
-        example.integer(
-            "batch_entries_max",
-            fusion.batch_entries_max,
-            "Most log entries fused in one pass.",
-            FUSION_BATCH_ENTRIES_MAX,
-        );
+        example.integer("bucket_ms", fusion.bucket_ms, "Width of one fusion bucket, in milliseconds.", FUSION_BUCKET_MS);
+        example.integer("batch_entries_max", fusion.batch_entries_max, "Most log entries fused in one pass.", FUSION_BATCH_ENTRIES_MAX);
 
         let index = &defaults.index;
         example.section("[index]", "Full-text index (Tantivy).");
@@ -167,23 +133,14 @@ impl Config {
             "How often new documents are committed and become searchable.",
             INDEX_COMMIT_INTERVAL_MS,
         );
-        example.integer(
-            "writer_heap_bytes",
-            index.writer_heap_bytes,
-            "Memory budget of the index writer.",
-            INDEX_WRITER_HEAP_BYTES,
-        );
+        example.integer("writer_heap_bytes", index.writer_heap_bytes, "Memory budget of the index writer.", INDEX_WRITER_HEAP_BYTES);
 
         example.text.push('\n');
         example.comment(&format!(
             "Vector spaces (usearch HNSW indexes), one [[vector_spaces]] entry each, at most {VECTOR_SPACES_MAX_COUNT}."
         ));
-        example.comment(
-            "Listing any replaces the default list; \"vector_spaces = []\" disables vector search.",
-        );
-        example.comment(
-            "Only name is required in an entry; the other keys default to the values shown.",
-        );
+        example.comment("Listing any replaces the default list; \"vector_spaces = []\" disables vector search.");
+        example.comment("Only name is required in an entry; the other keys default to the values shown.");
         for space in &defaults.vector_spaces {
             example.section("[[vector_spaces]]", "One vector space.");
             example.key(
@@ -192,36 +149,16 @@ impl Config {
                 "Name annotations refer to in \"vector_space\"; unique.",
                 &format!("lower-case letters a-z, digits, '_' and '-', 1 to {VECTOR_SPACE_NAME_MAX_BYTES} bytes"),
             );
-            example.integer(
-                "dimensions",
-                space.dimensions,
-                "Length of every vector in this space.",
-                VECTOR_DIMENSIONS,
-            );
-            example.key(
-                "metric",
-                quoted(space.metric.as_str()),
-                "Distance metric.",
-                &one_of(Metric::NAMES),
-            );
+            example.integer("dimensions", space.dimensions, "Length of every vector in this space.", VECTOR_DIMENSIONS);
+            example.key("metric", quoted(space.metric.as_str()), "Distance metric.", &one_of(Metric::NAMES));
             example.key(
                 "quantization",
                 quoted(space.quantization.as_str()),
                 "Scalar type vectors are stored as.",
                 &one_of(Quantization::NAMES),
             );
-            example.integer(
-                "connectivity",
-                space.connectivity,
-                "HNSW graph degree (M).",
-                VECTOR_CONNECTIVITY,
-            );
-            example.integer(
-                "expansion_add",
-                space.expansion_add,
-                "HNSW candidate list size when inserting.",
-                VECTOR_EXPANSION_ADD,
-            );
+            example.integer("connectivity", space.connectivity, "HNSW graph degree (M).", VECTOR_CONNECTIVITY);
+            example.integer("expansion_add", space.expansion_add, "HNSW candidate list size when inserting.", VECTOR_EXPANSION_ADD);
             example.integer(
                 "expansion_search",
                 space.expansion_search,
@@ -231,121 +168,48 @@ impl Config {
         }
 
         let limits = &defaults.limits;
-        example.section(
-            "[limits]",
-            "Bounds on requests and queues. Byte limits count UTF-8 bytes.",
-        );
-        example.integer(
-            "max_body_bytes",
-            limits.max_body_bytes,
-            "Largest HTTP request body.",
-            LIMITS_MAX_BODY_BYTES,
-        );
-        example.integer(
-            "max_batch_items",
-            limits.max_batch_items,
-            "Most annotations in one ingest batch.",
-            LIMITS_MAX_BATCH_ITEMS,
-        );
-        example.integer(
-            "max_id_bytes",
-            limits.max_id_bytes,
-            "Longest annotation id.",
-            LIMITS_MAX_ID_BYTES,
-        );
-        example.integer(
-            "max_asset_id_bytes",
-            limits.max_asset_id_bytes,
-            "Longest asset id.",
-            LIMITS_MAX_ASSET_ID_BYTES,
-        );
+        example.section("[limits]", "Bounds on requests and queues. Byte limits count UTF-8 bytes.");
+        example.integer("max_body_bytes", limits.max_body_bytes, "Largest HTTP request body.", LIMITS_MAX_BODY_BYTES);
+        example.integer("max_batch_items", limits.max_batch_items, "Most annotations in one ingest batch.", LIMITS_MAX_BATCH_ITEMS);
+        example.integer("max_id_bytes", limits.max_id_bytes, "Longest annotation id.", LIMITS_MAX_ID_BYTES);
+        example.integer("max_asset_id_bytes", limits.max_asset_id_bytes, "Longest asset id.", LIMITS_MAX_ASSET_ID_BYTES);
         example.integer(
             "max_name_bytes",
             limits.max_name_bytes,
             "Longest model, model version, track or vector space name.",
             LIMITS_MAX_NAME_BYTES,
         );
-        example.integer(
-            "max_label_bytes",
-            limits.max_label_bytes,
-            "Longest label.",
-            LIMITS_MAX_LABEL_BYTES,
-        );
-        example.integer(
-            "max_text_bytes",
-            limits.max_text_bytes,
-            "Longest text.",
-            LIMITS_MAX_TEXT_BYTES,
-        );
+        example.integer("max_label_bytes", limits.max_label_bytes, "Longest label.", LIMITS_MAX_LABEL_BYTES);
+        example.integer("max_text_bytes", limits.max_text_bytes, "Longest text.", LIMITS_MAX_TEXT_BYTES);
         example.integer(
             "max_interval_ms",
             limits.max_interval_ms,
             "Longest single annotation (end_ms - start_ms); at most max_time_ms.",
             LIMITS_MAX_INTERVAL_MS,
         );
-        example.integer(
-            "max_time_ms",
-            limits.max_time_ms,
-            "Largest timestamp within an asset.",
-            LIMITS_MAX_TIME_MS,
-        );
+        example.integer("max_time_ms", limits.max_time_ms, "Largest timestamp within an asset.", LIMITS_MAX_TIME_MS);
         example.integer(
             "ingest_queue_depth",
             limits.ingest_queue_depth,
             "Proposals waiting per shard before ingest answers \"busy\".",
             LIMITS_INGEST_QUEUE_DEPTH,
         );
-        example.integer(
-            "request_timeout_ms",
-            limits.request_timeout_ms,
-            "Time limit of one HTTP request.",
-            LIMITS_REQUEST_TIMEOUT_MS,
-        );
+        example.integer("request_timeout_ms", limits.request_timeout_ms, "Time limit of one HTTP request.", LIMITS_REQUEST_TIMEOUT_MS);
         example.integer(
             "search_queue_depth",
             limits.search_queue_depth,
             "Searches waiting before search answers \"busy\".",
             LIMITS_SEARCH_QUEUE_DEPTH,
         );
-        example.integer(
-            "max_clauses",
-            limits.max_clauses,
-            "Most clauses in one search query.",
-            LIMITS_MAX_CLAUSES,
-        );
-        example.integer(
-            "max_per_asset",
-            limits.max_per_asset,
-            "Most hits returned per asset.",
-            LIMITS_MAX_PER_ASSET,
-        );
-        example.integer(
-            "max_limit",
-            limits.max_limit,
-            "Largest \"limit\" a search may ask for.",
-            LIMITS_MAX_LIMIT,
-        );
-        example.integer(
-            "max_query_bytes",
-            limits.max_query_bytes,
-            "Longest query text.",
-            LIMITS_MAX_QUERY_BYTES,
-        );
-        example.integer(
-            "max_vector_k",
-            limits.max_vector_k,
-            "Most nearest neighbours fetched from a vector index.",
-            LIMITS_MAX_VECTOR_K,
-        );
+        example.integer("max_clauses", limits.max_clauses, "Most clauses in one search query.", LIMITS_MAX_CLAUSES);
+        example.integer("max_per_asset", limits.max_per_asset, "Most hits returned per asset.", LIMITS_MAX_PER_ASSET);
+        example.integer("max_limit", limits.max_limit, "Largest \"limit\" a search may ask for.", LIMITS_MAX_LIMIT);
+        example.integer("max_query_bytes", limits.max_query_bytes, "Longest query text.", LIMITS_MAX_QUERY_BYTES);
+        example.integer("max_vector_k", limits.max_vector_k, "Most nearest neighbours fetched from a vector index.", LIMITS_MAX_VECTOR_K);
 
         let raft = &defaults.raft;
         example.section("[raft]", "Consensus timing and flow control.");
-        example.integer(
-            "tick_interval_ms",
-            raft.tick_interval_ms,
-            "Length of one Raft tick.",
-            RAFT_TICK_INTERVAL_MS,
-        );
+        example.integer("tick_interval_ms", raft.tick_interval_ms, "Length of one Raft tick.", RAFT_TICK_INTERVAL_MS);
         example.integer(
             "election_ticks",
             raft.election_ticks,
@@ -364,12 +228,7 @@ impl Config {
             "Largest batch of log entries in one append message.",
             RAFT_MAX_SIZE_PER_MSG_BYTES,
         );
-        example.integer(
-            "max_inflight_msgs",
-            raft.max_inflight_msgs,
-            "Append messages in flight per follower.",
-            RAFT_MAX_INFLIGHT_MSGS,
-        );
+        example.integer("max_inflight_msgs", raft.max_inflight_msgs, "Append messages in flight per follower.", RAFT_MAX_INFLIGHT_MSGS);
         example.integer(
             "group_commit_max_requests",
             raft.group_commit_max_requests,
@@ -379,18 +238,8 @@ impl Config {
 
         let log = &defaults.log;
         example.section("[log]", &format!("Logging. {ENVIRONMENT_PREFIX}LOG, if set, is a tracing filter that overrides level."));
-        example.key(
-            "level",
-            quoted(log.level.as_str()),
-            "Least severe level logged.",
-            &one_of(LogLevel::NAMES),
-        );
-        example.key(
-            "format",
-            quoted(log.format.as_str()),
-            "\"text\" for people, \"json\" for log collectors.",
-            &one_of(LogFormat::NAMES),
-        );
+        example.key("level", quoted(log.level.as_str()), "Least severe level logged.", &one_of(LogLevel::NAMES));
+        example.key("format", quoted(log.format.as_str()), "\"text\" for people, \"json\" for log collectors.", &one_of(LogFormat::NAMES));
 
         example.text
     }

@@ -112,11 +112,7 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig {
-            id: 1,
-            data_dir: PathBuf::from("./rushes-data"),
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7700),
-        }
+        NodeConfig { id: 1, data_dir: PathBuf::from("./rushes-data"), listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7700) }
     }
 }
 
@@ -136,12 +132,7 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig {
-            cluster_id: "rushes-local".to_string(),
-            shards: 4,
-            replication_factor: 1,
-            nodes: Vec::new(),
-        }
+        ClusterConfig { cluster_id: "rushes-local".to_string(), shards: 4, replication_factor: 1, nodes: Vec::new() }
     }
 }
 
@@ -177,10 +168,7 @@ pub struct FusionConfig {
 
 impl Default for FusionConfig {
     fn default() -> Self {
-        FusionConfig {
-            bucket_ms: 1000,
-            batch_entries_max: 256,
-        }
+        FusionConfig { bucket_ms: 1000, batch_entries_max: 256 }
     }
 }
 
@@ -202,10 +190,7 @@ pub struct IndexConfig {
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig {
-            commit_interval_ms: 1000,
-            writer_heap_bytes: 64 * MIB,
-        }
+        IndexConfig { commit_interval_ms: 1000, writer_heap_bytes: 64 * MIB }
     }
 }
 
@@ -441,13 +426,7 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    pub const ALL: [LogLevel; 5] = [
-        LogLevel::Trace,
-        LogLevel::Debug,
-        LogLevel::Info,
-        LogLevel::Warn,
-        LogLevel::Error,
-    ];
+    pub const ALL: [LogLevel; 5] = [LogLevel::Trace, LogLevel::Debug, LogLevel::Info, LogLevel::Warn, LogLevel::Error];
     pub const NAMES: &'static [&'static str] = &["trace", "debug", "info", "warn", "error"];
 
     pub fn as_str(self) -> &'static str {

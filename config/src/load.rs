@@ -51,10 +51,7 @@ impl Config {
 
         let mut variables: Vec<(String, String)> = environment
             .into_iter()
-            .filter(|(name, _)| {
-                name.starts_with(ENVIRONMENT_PREFIX)
-                    && !IGNORED_ENVIRONMENT_VARIABLES.contains(&name.as_str())
-            })
+            .filter(|(name, _)| name.starts_with(ENVIRONMENT_PREFIX) && !IGNORED_ENVIRONMENT_VARIABLES.contains(&name.as_str()))
             .collect();
         // Name order makes the result independent of the platform's ordering and applies a
         // whole array (RUSHES_VECTOR_SPACES) before edits of its entries (RUSHES_VECTOR_SPACES_0_...).
@@ -72,33 +69,23 @@ impl Config {
         }
 
         let origin_of = |key: &str| provenance.origin_of(key);
-        check_table(TOP_LEVEL, &merged, &KeyPath::root(), "the top level")
-            .map_err(|error| error.with_origin_from(origin_of))?;
+        check_table(TOP_LEVEL, &merged, &KeyPath::root(), "the top level").map_err(|error| error.with_origin_from(origin_of))?;
         // The schema check above catches everything serde would reject, so this error is a
         // safety net; toml's message still names the offending field.
-        let config = Config::deserialize(merged).map_err(|error| ConfigError::Parse {
-            origin: Origin::Combined,
-            message: error.to_string().trim_end().to_string(),
-        })?;
-        config
-            .validate()
-            .map_err(|error| error.with_origin_from(origin_of))?;
+        let config = Config::deserialize(merged)
+            .map_err(|error| ConfigError::Parse { origin: Origin::Combined, message: error.to_string().trim_end().to_string() })?;
+        config.validate().map_err(|error| error.with_origin_from(origin_of))?;
         Ok(config)
     }
 
     /// [`Config::load`] with the environment of this process. Unlike `std::env::vars()`, a
     /// variable that is not valid UTF-8 does not panic: it is ignored unless it starts with
     /// `RUSHES_`, in which case it is an error naming it.
-    pub fn load_with_process_environment(
-        file: Option<&Path>,
-        overrides: &[(String, String)],
-    ) -> Result<Config, ConfigError> {
+    pub fn load_with_process_environment(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Config, ConfigError> {
         let mut variables = Vec::new();
         for (name, value) in std::env::vars_os() {
             let readable_name = name.to_string_lossy().into_owned();
-            if !readable_name.starts_with(ENVIRONMENT_PREFIX)
-                || IGNORED_ENVIRONMENT_VARIABLES.contains(&readable_name.as_str())
-            {
+            if !readable_name.starts_with(ENVIRONMENT_PREFIX) || IGNORED_ENVIRONMENT_VARIABLES.contains(&readable_name.as_str()) {
                 continue;
             }
             match (name.into_string(), value.into_string()) {
@@ -127,22 +114,14 @@ impl Config {
 }
 
 fn defaults_table() -> Result<Table, ConfigError> {
-    Table::try_from(Config::default()).map_err(|error| ConfigError::Parse {
-        origin: Origin::Defaults,
-        message: error.to_string(),
-    })
+    Table::try_from(Config::default()).map_err(|error| ConfigError::Parse { origin: Origin::Defaults, message: error.to_string() })
 }
 
 fn read_file_table(path: &Path) -> Result<Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
     // toml's Display includes "TOML parse error at line L, column C" and the offending line.
-    toml::from_str::<Table>(&text).map_err(|error| ConfigError::Parse {
-        origin: Origin::File(path.to_path_buf()),
-        message: error.to_string().trim_end().to_string(),
-    })
+    toml::from_str::<Table>(&text)
+        .map_err(|error| ConfigError::Parse { origin: Origin::File(path.to_path_buf()), message: error.to_string().trim_end().to_string() })
 }
 
 /// Overlays `overlay` on `base`: tables merge key by key, anything else (including arrays of
@@ -151,9 +130,7 @@ fn read_file_table(path: &Path) -> Result<Table, ConfigError> {
 fn merge_tables(base: &mut Table, overlay: Table) {
     for (key, overlay_value) in overlay {
         match (base.get_mut(&key), overlay_value) {
-            (Some(Value::Table(base_table)), Value::Table(overlay_table)) => {
-                merge_tables(base_table, overlay_table)
-            }
+            (Some(Value::Table(base_table)), Value::Table(overlay_table)) => merge_tables(base_table, overlay_table),
             (_, overlay_value) => {
                 base.insert(key, overlay_value);
             }
@@ -209,44 +186,29 @@ impl fmt::Display for KeyPath {
 }
 
 fn parse_error(origin: &Origin, message: impl Into<String>) -> ConfigError {
-    ConfigError::Parse {
-        origin: origin.clone(),
-        message: message.into(),
-    }
+    ConfigError::Parse { origin: origin.clone(), message: message.into() }
 }
 
 /// Parses a dotted override key: `fusion.bucket_ms`, `vector_spaces[1].name`, `cluster.nodes`.
 fn parse_override_key(key: &str, origin: &Origin) -> Result<KeyPath, ConfigError> {
-    let syntax_help =
-        "expected a dotted key such as fusion.bucket_ms or vector_spaces[0].dimensions";
+    let syntax_help = "expected a dotted key such as fusion.bucket_ms or vector_spaces[0].dimensions";
     let mut path = KeyPath::root();
     for part in key.trim().split('.') {
         let (name, index_text) = match part.split_once('[') {
             Some((name, bracketed)) => match bracketed.strip_suffix(']') {
                 Some(index_text) => (name, Some(index_text)),
-                None => {
-                    return Err(parse_error(
-                        origin,
-                        format!("unbalanced '[' in {key:?}: {syntax_help}"),
-                    ))
-                }
+                None => return Err(parse_error(origin, format!("unbalanced '[' in {key:?}: {syntax_help}"))),
             },
             None => (part, None),
         };
         if name.is_empty() {
-            return Err(parse_error(
-                origin,
-                format!("empty key segment in {key:?}: {syntax_help}"),
-            ));
+            return Err(parse_error(origin, format!("empty key segment in {key:?}: {syntax_help}")));
         }
         path = path.child(name);
         if let Some(index_text) = index_text {
-            let index = index_text.parse::<usize>().map_err(|_| {
-                parse_error(
-                    origin,
-                    format!("array index {index_text:?} in {key:?} is not a number: {syntax_help}"),
-                )
-            })?;
+            let index = index_text
+                .parse::<usize>()
+                .map_err(|_| parse_error(origin, format!("array index {index_text:?} in {key:?} is not a number: {syntax_help}")))?;
             path = path.index(index);
         }
     }
@@ -257,33 +219,24 @@ fn parse_override_key(key: &str, origin: &Origin) -> Result<KeyPath, ConfigError
 /// but also occur inside names (`vector_spaces`, `commit_interval_ms`), so the split is found
 /// by matching known names, longest first, rather than by splitting on `_`.
 fn environment_variable_path(name: &str, origin: &Origin) -> Result<KeyPath, ConfigError> {
-    let rest = name
-        .strip_prefix(ENVIRONMENT_PREFIX)
-        .unwrap_or(name)
-        .to_ascii_lowercase();
+    let rest = name.strip_prefix(ENVIRONMENT_PREFIX).unwrap_or(name).to_ascii_lowercase();
     let unknown_at_top = || ConfigError::UnknownKey {
         key: rest.clone(),
         scope: "the top level".to_string(),
         allowed: field_names(TOP_LEVEL),
         origin: Some(origin.clone()),
     };
-    let (section, after_section) =
-        match_field_prefix(TOP_LEVEL, &rest).ok_or_else(unknown_at_top)?;
+    let (section, after_section) = match_field_prefix(TOP_LEVEL, &rest).ok_or_else(unknown_at_top)?;
     let section_path = KeyPath::root().child(section.name);
     match section.kind {
         Kind::Table(fields) => {
             let unknown_in_section = || ConfigError::UnknownKey {
-                key: if after_section.is_empty() {
-                    section.name.to_string()
-                } else {
-                    format!("{}.{after_section}", section.name)
-                },
+                key: if after_section.is_empty() { section.name.to_string() } else { format!("{}.{after_section}", section.name) },
                 scope: format!("[{}]", section.name),
                 allowed: field_names(fields),
                 origin: Some(origin.clone()),
             };
-            let (field, after_field) =
-                match_field_prefix(fields, after_section).ok_or_else(unknown_in_section)?;
+            let (field, after_field) = match_field_prefix(fields, after_section).ok_or_else(unknown_in_section)?;
             let field_path = section_path.child(field.name);
             match field.kind {
                 Kind::TableArray(entry_fields) if !after_field.is_empty() => {
@@ -302,10 +255,7 @@ fn environment_variable_path(name: &str, origin: &Origin) -> Result<KeyPath, Con
 
 /// Finds the field whose name is `text` or, for arrays of tables, a prefix of `text` followed by
 /// `_`. Returns the field and what follows the name (without the separating `_`).
-fn match_field_prefix<'text>(
-    fields: &'static [Field],
-    text: &'text str,
-) -> Option<(&'static Field, &'text str)> {
+fn match_field_prefix<'text>(fields: &'static [Field], text: &'text str) -> Option<(&'static Field, &'text str)> {
     fields
         .iter()
         .filter_map(|field| {
@@ -330,15 +280,9 @@ fn array_entry_path(
 ) -> Result<KeyPath, ConfigError> {
     // `text` is the tail of the variable name after `<ARRAY>_`; `get` keeps this panic-free.
     let array_variable_length = variable_name.len().saturating_sub(text.len() + 1);
-    let array_variable = variable_name
-        .get(..array_variable_length)
-        .unwrap_or(variable_name);
-    let example_key = entry_fields
-        .first()
-        .map_or("NAME".to_string(), |field| field.name.to_ascii_uppercase());
-    let index_and_key = text
-        .split_once('_')
-        .and_then(|(index_text, key)| Some((index_text.parse::<usize>().ok()?, key)));
+    let array_variable = variable_name.get(..array_variable_length).unwrap_or(variable_name);
+    let example_key = entry_fields.first().map_or("NAME".to_string(), |field| field.name.to_ascii_uppercase());
+    let index_and_key = text.split_once('_').and_then(|(index_text, key)| Some((index_text.parse::<usize>().ok()?, key)));
     let Some((index, key)) = index_and_key else {
         return Err(parse_error(
             origin,
@@ -414,10 +358,7 @@ fn resolve_kind(path: &KeyPath, origin: &Origin) -> Result<Kind, ConfigError> {
             }
             (kind, None) => return Ok(kind),
             (_, Some(_)) => {
-                return Err(parse_error(
-                    origin,
-                    format!("{walked} holds a value, not a table; nothing can be nested under it"),
-                ))
+                return Err(parse_error(origin, format!("{walked} holds a value, not a table; nothing can be nested under it")))
             }
         }
     }
@@ -436,8 +377,7 @@ fn apply_string_value(
 ) -> Result<(), ConfigError> {
     let kind = resolve_kind(path, &origin)?;
     let value = typed_value(raw_value, kind, &origin)?;
-    insert_value(merged, path, value, &origin)
-        .map_err(|error| error.with_origin_from(|key| provenance.origin_of(key)))?;
+    insert_value(merged, path, value, &origin).map_err(|error| error.with_origin_from(|key| provenance.origin_of(key)))?;
     provenance.record(path.to_string(), origin);
     Ok(())
 }
@@ -465,16 +405,9 @@ fn parse_toml_value(raw_value: &str) -> Result<Value, String> {
     let mut table = toml::from_str::<Table>(&document).map_err(|error| {
         // toml's own message describes the synthetic document; restate it relative to the value.
         let message = error.message().trim().replace('\n', "; ");
-        let message = if message.is_empty() {
-            "incomplete value".to_string()
-        } else {
-            message
-        };
+        let message = if message.is_empty() { "incomplete value".to_string() } else { message };
         match error.span() {
-            Some(span) => format!(
-                "{message} at byte {} of {raw_value:?}",
-                span.start.saturating_sub(ASSIGNMENT.len())
-            ),
+            Some(span) => format!("{message} at byte {} of {raw_value:?}", span.start.saturating_sub(ASSIGNMENT.len())),
             None => format!("{message} in {raw_value:?}"),
         }
     })?;
@@ -484,12 +417,7 @@ fn parse_toml_value(raw_value: &str) -> Result<Value, String> {
     }
 }
 
-fn insert_value(
-    merged: &mut Table,
-    path: &KeyPath,
-    value: Value,
-    origin: &Origin,
-) -> Result<(), ConfigError> {
+fn insert_value(merged: &mut Table, path: &KeyPath, value: Value, origin: &Origin) -> Result<(), ConfigError> {
     insert_into_table(merged, &mut KeyPath::root(), &path.segments, value, origin)
 }
 
@@ -501,10 +429,7 @@ fn insert_into_table(
     origin: &Origin,
 ) -> Result<(), ConfigError> {
     let Some((Segment::Key(name), rest)) = segments.split_first() else {
-        return Err(parse_error(
-            origin,
-            format!("expected a key after {walked}"),
-        ));
+        return Err(parse_error(origin, format!("expected a key after {walked}")));
     };
     walked.segments.push(Segment::Key(name.clone()));
     match rest.first() {
@@ -531,9 +456,7 @@ fn insert_into_value(
     origin: &Origin,
 ) -> Result<(), ConfigError> {
     match (segments.first(), current) {
-        (Some(Segment::Key(_)), Value::Table(table)) => {
-            insert_into_table(table, walked, segments, value, origin)
-        }
+        (Some(Segment::Key(_)), Value::Table(table)) => insert_into_table(table, walked, segments, value, origin),
         (Some(Segment::Index(index)), Value::Array(entries)) => {
             let index = *index;
             if index > entries.len() {
@@ -552,20 +475,11 @@ fn insert_into_value(
             walked.segments.push(Segment::Index(index));
             insert_into_value(&mut entries[index], walked, &segments[1..], value, origin)
         }
-        (Some(Segment::Key(_)), other) => Err(ConfigError::invalid_value(
-            walked.to_string(),
-            render(other),
-            "expected a table",
-        )),
-        (Some(Segment::Index(_)), other) => Err(ConfigError::invalid_value(
-            walked.to_string(),
-            render(other),
-            "expected an array of tables",
-        )),
-        (None, _) => Err(parse_error(
-            origin,
-            format!("expected a key after {walked}"),
-        )),
+        (Some(Segment::Key(_)), other) => Err(ConfigError::invalid_value(walked.to_string(), render(other), "expected a table")),
+        (Some(Segment::Index(_)), other) => {
+            Err(ConfigError::invalid_value(walked.to_string(), render(other), "expected an array of tables"))
+        }
+        (None, _) => Err(parse_error(origin, format!("expected a key after {walked}"))),
     }
 }
 
@@ -583,8 +497,7 @@ struct Provenance {
 impl Provenance {
     fn record(&mut self, key: String, origin: Origin) {
         // Setting a key replaces everything below it, so forget where the old parts came from.
-        self.origins
-            .retain(|recorded, _| !is_same_or_below(recorded, &key));
+        self.origins.retain(|recorded, _| !is_same_or_below(recorded, &key));
         self.origins.insert(key, origin);
     }
 
@@ -592,11 +505,7 @@ impl Provenance {
     /// whole when merged.
     fn record_table_leaves(&mut self, prefix: &str, table: &Table, origin: &Origin) {
         for (key, value) in table {
-            let path = if prefix.is_empty() {
-                key.clone()
-            } else {
-                format!("{prefix}.{key}")
-            };
+            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
             match value {
                 Value::Table(inner) => self.record_table_leaves(&path, inner, origin),
                 _ => self.record(path, origin.clone()),
@@ -632,19 +541,10 @@ fn render(value: &Value) -> String {
 }
 
 fn quoted_list(names: &[&str]) -> String {
-    names
-        .iter()
-        .map(|name| format!("{name:?}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ")
 }
 
-fn check_table(
-    fields: &'static [Field],
-    table: &Table,
-    path: &KeyPath,
-    scope: &str,
-) -> Result<(), ConfigError> {
+fn check_table(fields: &'static [Field], table: &Table, path: &KeyPath, scope: &str) -> Result<(), ConfigError> {
     // Unknown keys first: a misspelt key is the likeliest explanation for anything else.
     for key in table.keys() {
         if find_field(fields, key).is_none() {
@@ -663,11 +563,7 @@ fn check_table(
                 return Err(ConfigError::MissingKey {
                     key: path.child(field.name).to_string(),
                     scope: scope.to_string(),
-                    required: fields
-                        .iter()
-                        .filter(|field| field.required)
-                        .map(|field| field.name)
-                        .collect(),
+                    required: fields.iter().filter(|field| field.required).map(|field| field.name).collect(),
                     origin: None,
                 });
             }
@@ -678,13 +574,7 @@ fn check_table(
 }
 
 fn check_value(field: &Field, value: &Value, path: &KeyPath) -> Result<(), ConfigError> {
-    let reject = |allowed: String| {
-        Err(ConfigError::invalid_value(
-            path.to_string(),
-            render(value),
-            allowed,
-        ))
-    };
+    let reject = |allowed: String| Err(ConfigError::invalid_value(path.to_string(), render(value), allowed));
     match (field.kind, value) {
         (Kind::Integer, Value::Integer(number)) if *number >= 0 => Ok(()),
         (Kind::Integer, _) => reject("expected a non-negative integer such as 1000 (no quotes, no unit suffix)".to_string()),
@@ -725,27 +615,17 @@ mod tests {
     use super::*;
 
     fn env_path(name: &str) -> Result<String, ConfigError> {
-        environment_variable_path(name, &Origin::EnvironmentVariable(name.to_string()))
-            .map(|path| path.to_string())
+        environment_variable_path(name, &Origin::EnvironmentVariable(name.to_string())).map(|path| path.to_string())
     }
 
     #[test]
     fn environment_names_map_to_keys() {
         assert_eq!(env_path("RUSHES_NODE_LISTEN").unwrap(), "node.listen");
-        assert_eq!(
-            env_path("RUSHES_INDEX_COMMIT_INTERVAL_MS").unwrap(),
-            "index.commit_interval_ms"
-        );
+        assert_eq!(env_path("RUSHES_INDEX_COMMIT_INTERVAL_MS").unwrap(), "index.commit_interval_ms");
         assert_eq!(env_path("RUSHES_VECTOR_SPACES").unwrap(), "vector_spaces");
-        assert_eq!(
-            env_path("RUSHES_VECTOR_SPACES_1_EXPANSION_SEARCH").unwrap(),
-            "vector_spaces[1].expansion_search"
-        );
+        assert_eq!(env_path("RUSHES_VECTOR_SPACES_1_EXPANSION_SEARCH").unwrap(), "vector_spaces[1].expansion_search");
         assert_eq!(env_path("RUSHES_CLUSTER_NODES").unwrap(), "cluster.nodes");
-        assert_eq!(
-            env_path("RUSHES_CLUSTER_NODES_0_RAFT_ADDR").unwrap(),
-            "cluster.nodes[0].raft_addr"
-        );
+        assert_eq!(env_path("RUSHES_CLUSTER_NODES_0_RAFT_ADDR").unwrap(), "cluster.nodes[0].raft_addr");
         assert_eq!(env_path("RUSHES_LOG_LEVEL").unwrap(), "log.level");
         assert!(env_path("RUSHES_NODE_LISTEN_X").is_err());
         assert!(env_path("RUSHES_VECTOR_SPACES_X_NAME").is_err());
@@ -754,18 +634,8 @@ mod tests {
     #[test]
     fn override_keys_parse() {
         let origin = Origin::Override("test".into());
-        assert_eq!(
-            parse_override_key("vector_spaces[2].name", &origin)
-                .unwrap()
-                .to_string(),
-            "vector_spaces[2].name"
-        );
-        assert_eq!(
-            parse_override_key("fusion.bucket_ms", &origin)
-                .unwrap()
-                .to_string(),
-            "fusion.bucket_ms"
-        );
+        assert_eq!(parse_override_key("vector_spaces[2].name", &origin).unwrap().to_string(), "vector_spaces[2].name");
+        assert_eq!(parse_override_key("fusion.bucket_ms", &origin).unwrap().to_string(), "fusion.bucket_ms");
         assert!(parse_override_key("fusion..bucket_ms", &origin).is_err());
         assert!(parse_override_key("vector_spaces[x].name", &origin).is_err());
         assert!(parse_override_key("vector_spaces[0.name", &origin).is_err());
@@ -778,14 +648,8 @@ mod tests {
         let variable = Origin::EnvironmentVariable("RUSHES_VECTOR_SPACES_0_METRIC".into());
         provenance.record("vector_spaces".into(), file.clone());
         provenance.record("vector_spaces[0].metric".into(), variable.clone());
-        assert_eq!(
-            provenance.origin_of("vector_spaces[0].metric"),
-            Some(variable)
-        );
-        assert_eq!(
-            provenance.origin_of("vector_spaces[0].name"),
-            Some(file.clone())
-        );
+        assert_eq!(provenance.origin_of("vector_spaces[0].metric"), Some(variable));
+        assert_eq!(provenance.origin_of("vector_spaces[0].name"), Some(file.clone()));
         assert_eq!(provenance.origin_of("node.id"), None);
         // Replacing the whole array forgets the entry-level record.
         provenance.record("vector_spaces".into(), file.clone());
@@ -795,34 +659,13 @@ mod tests {
     #[test]
     fn string_values_are_typed_by_kind() {
         let origin = Origin::Override("test".into());
-        assert_eq!(
-            typed_value("500", Kind::Integer, &origin).unwrap(),
-            Value::Integer(500)
-        );
-        assert_eq!(
-            typed_value("1_000", Kind::Integer, &origin).unwrap(),
-            Value::Integer(1000)
-        );
-        assert_eq!(
-            typed_value("abc", Kind::Integer, &origin).unwrap(),
-            Value::String("abc".into())
-        );
-        assert_eq!(
-            typed_value("123", Kind::Text, &origin).unwrap(),
-            Value::String("123".into())
-        );
-        assert_eq!(
-            typed_value("2024-01-01", Kind::Text, &origin).unwrap(),
-            Value::String("2024-01-01".into())
-        );
-        assert_eq!(
-            typed_value("\"quoted\"", Kind::Text, &origin).unwrap(),
-            Value::String("quoted".into())
-        );
-        assert_eq!(
-            typed_value("1\nother = 2", Kind::Integer, &origin).unwrap(),
-            Value::String("1\nother = 2".into())
-        );
+        assert_eq!(typed_value("500", Kind::Integer, &origin).unwrap(), Value::Integer(500));
+        assert_eq!(typed_value("1_000", Kind::Integer, &origin).unwrap(), Value::Integer(1000));
+        assert_eq!(typed_value("abc", Kind::Integer, &origin).unwrap(), Value::String("abc".into()));
+        assert_eq!(typed_value("123", Kind::Text, &origin).unwrap(), Value::String("123".into()));
+        assert_eq!(typed_value("2024-01-01", Kind::Text, &origin).unwrap(), Value::String("2024-01-01".into()));
+        assert_eq!(typed_value("\"quoted\"", Kind::Text, &origin).unwrap(), Value::String("quoted".into()));
+        assert_eq!(typed_value("1\nother = 2", Kind::Integer, &origin).unwrap(), Value::String("1\nother = 2".into()));
         assert!(typed_value("[{ name = ", Kind::TableArray(&[]), &origin).is_err());
     }
 }

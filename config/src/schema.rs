@@ -32,18 +32,10 @@ pub(crate) struct Field {
 
 impl Field {
     const fn optional(name: &'static str, kind: Kind) -> Field {
-        Field {
-            name,
-            kind,
-            required: false,
-        }
+        Field { name, kind, required: false }
     }
     const fn required(name: &'static str, kind: Kind) -> Field {
-        Field {
-            name,
-            kind,
-            required: true,
-        }
+        Field { name, kind, required: true }
     }
 }
 
@@ -68,11 +60,8 @@ pub(crate) const TOP_LEVEL: &[Field] = &[
     Field::optional("log", Kind::Table(LOG)),
 ];
 
-const NODE: &[Field] = &[
-    Field::optional("id", Kind::Integer),
-    Field::optional("data_dir", Kind::Text),
-    Field::optional("listen", Kind::SocketAddress),
-];
+const NODE: &[Field] =
+    &[Field::optional("id", Kind::Integer), Field::optional("data_dir", Kind::Text), Field::optional("listen", Kind::SocketAddress)];
 
 const CLUSTER: &[Field] = &[
     Field::optional("cluster_id", Kind::Text),
@@ -81,21 +70,12 @@ const CLUSTER: &[Field] = &[
     Field::optional("nodes", Kind::TableArray(CLUSTER_NODE)),
 ];
 
-const CLUSTER_NODE: &[Field] = &[
-    Field::required("id", Kind::Integer),
-    Field::required("raft_addr", Kind::Text),
-    Field::required("http_addr", Kind::Text),
-];
+const CLUSTER_NODE: &[Field] =
+    &[Field::required("id", Kind::Integer), Field::required("raft_addr", Kind::Text), Field::required("http_addr", Kind::Text)];
 
-const FUSION: &[Field] = &[
-    Field::optional("bucket_ms", Kind::Integer),
-    Field::optional("batch_entries_max", Kind::Integer),
-];
+const FUSION: &[Field] = &[Field::optional("bucket_ms", Kind::Integer), Field::optional("batch_entries_max", Kind::Integer)];
 
-const INDEX: &[Field] = &[
-    Field::optional("commit_interval_ms", Kind::Integer),
-    Field::optional("writer_heap_bytes", Kind::Integer),
-];
+const INDEX: &[Field] = &[Field::optional("commit_interval_ms", Kind::Integer), Field::optional("writer_heap_bytes", Kind::Integer)];
 
 const VECTOR_SPACE: &[Field] = &[
     Field::required("name", Kind::Text),
@@ -136,10 +116,7 @@ const RAFT: &[Field] = &[
     Field::optional("group_commit_max_requests", Kind::Integer),
 ];
 
-const LOG: &[Field] = &[
-    Field::optional("level", Kind::Choice(LogLevel::NAMES)),
-    Field::optional("format", Kind::Choice(LogFormat::NAMES)),
-];
+const LOG: &[Field] = &[Field::optional("level", Kind::Choice(LogLevel::NAMES)), Field::optional("format", Kind::Choice(LogFormat::NAMES))];
 
 #[cfg(test)]
 mod tests {
@@ -165,9 +142,7 @@ mod tests {
                 Kind::Choice(names) => {
                     assert!(names.contains(&value.as_str().unwrap_or_default()), "{key}")
                 }
-                Kind::Table(inner) => {
-                    assert_table_matches(inner, value.as_table().expect("table"), &key)
-                }
+                Kind::Table(inner) => assert_table_matches(inner, value.as_table().expect("table"), &key),
                 Kind::TableArray(inner) => {
                     let entries = value.as_array().expect("array");
                     assert!(!entries.is_empty(), "{key} needs an entry for this test");
@@ -182,11 +157,7 @@ mod tests {
     #[test]
     fn schema_matches_serialized_structs() {
         let mut config = Config::default();
-        config.cluster.nodes.push(ClusterNodeConfig {
-            id: 1,
-            raft_addr: "a:1".into(),
-            http_addr: "a:2".into(),
-        });
+        config.cluster.nodes.push(ClusterNodeConfig { id: 1, raft_addr: "a:1".into(), http_addr: "a:2".into() });
         let table = toml::Table::try_from(&config).expect("serializes");
         assert_table_matches(TOP_LEVEL, &table, "config");
     }
@@ -194,11 +165,7 @@ mod tests {
     #[test]
     fn enum_names_match_serde_spellings() {
         fn spelling<T: serde::Serialize>(value: T) -> String {
-            toml::Value::try_from(value)
-                .expect("serializes")
-                .as_str()
-                .expect("string")
-                .to_string()
+            toml::Value::try_from(value).expect("serializes").as_str().expect("string").to_string()
         }
         for (index, metric) in Metric::ALL.iter().enumerate() {
             assert_eq!(spelling(metric), Metric::NAMES[index]);

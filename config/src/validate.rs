@@ -27,16 +27,10 @@ impl IntegerRange {
         IntegerRange { min, max }
     }
     const fn at_least(min: u64) -> IntegerRange {
-        IntegerRange {
-            min,
-            max: TOML_INTEGER_MAX,
-        }
+        IntegerRange { min, max: TOML_INTEGER_MAX }
     }
     const fn bytes(min: usize, max: u64) -> IntegerRange {
-        IntegerRange {
-            min: min as u64,
-            max,
-        }
+        IntegerRange { min: min as u64, max }
     }
     fn contains(&self, value: u64) -> bool {
         self.min <= value && value <= self.max
@@ -103,8 +97,7 @@ pub(crate) mod ranges {
     pub const RAFT_ELECTION_TICKS: IntegerRange = IntegerRange::new(2, 1000);
     /// Also strictly below `raft.election_ticks`.
     pub const RAFT_HEARTBEAT_TICKS: IntegerRange = IntegerRange::new(1, 999);
-    pub const RAFT_MAX_SIZE_PER_MSG_BYTES: IntegerRange =
-        IntegerRange::bytes(KIB, 256 * MIB as u64);
+    pub const RAFT_MAX_SIZE_PER_MSG_BYTES: IntegerRange = IntegerRange::bytes(KIB, 256 * MIB as u64);
     pub const RAFT_MAX_INFLIGHT_MSGS: IntegerRange = IntegerRange::new(1, 65_536);
     pub const RAFT_GROUP_COMMIT_MAX_REQUESTS: IntegerRange = IntegerRange::new(1, 100_000);
 }
@@ -123,11 +116,7 @@ pub(crate) fn human_bytes(bytes: u64) -> Option<String> {
 
 /// The allowed text for a range, with binary units spelled out for `_bytes` keys.
 pub(crate) fn describe_range(key: &str, range: IntegerRange) -> String {
-    match (
-        key.ends_with("_bytes"),
-        human_bytes(range.min),
-        human_bytes(range.max),
-    ) {
+    match (key.ends_with("_bytes"), human_bytes(range.min), human_bytes(range.max)) {
         (true, Some(min), Some(max)) if range.max != TOML_INTEGER_MAX => {
             format!("{range} ({min}..={max})")
         }
@@ -144,11 +133,7 @@ where
     if range.contains(widened) {
         Ok(())
     } else {
-        Err(ConfigError::out_of_range(
-            key,
-            value.to_string(),
-            describe_range(key, range),
-        ))
+        Err(ConfigError::out_of_range(key, value.to_string(), describe_range(key, range)))
     }
 }
 
@@ -158,28 +143,14 @@ fn quoted(text: &str) -> String {
 
 /// Names that end up in URLs, file names and metric labels: non-empty ASCII, a restricted
 /// character set, bounded length.
-fn check_name(
-    key: &str,
-    name: &str,
-    extra_allowed: &[char],
-    max_bytes: usize,
-    description: &str,
-) -> Result<(), ConfigError> {
+fn check_name(key: &str, name: &str, extra_allowed: &[char], max_bytes: usize, description: &str) -> Result<(), ConfigError> {
     let well_formed = !name.is_empty()
         && name.len() <= max_bytes
-        && name.chars().all(|character| {
-            character.is_ascii_lowercase()
-                || character.is_ascii_digit()
-                || extra_allowed.contains(&character)
-        });
+        && name.chars().all(|character| character.is_ascii_lowercase() || character.is_ascii_digit() || extra_allowed.contains(&character));
     if well_formed {
         Ok(())
     } else {
-        Err(ConfigError::invalid_value(
-            key,
-            quoted(name),
-            format!("use {description}, 1 to {max_bytes} bytes"),
-        ))
+        Err(ConfigError::invalid_value(key, quoted(name), format!("use {description}, 1 to {max_bytes} bytes")))
     }
 }
 
@@ -190,10 +161,7 @@ fn is_host_and_port(address: &str) -> bool {
         return false;
     };
     let port_is_valid = matches!(port.parse::<u16>(), Ok(port) if port != 0);
-    let host_is_valid = match host
-        .strip_prefix('[')
-        .and_then(|inner| inner.strip_suffix(']'))
-    {
+    let host_is_valid = match host.strip_prefix('[').and_then(|inner| inner.strip_suffix(']')) {
         Some(ipv6) => ipv6.parse::<Ipv6Addr>().is_ok(),
         None => {
             !host.is_empty()
@@ -202,9 +170,7 @@ fn is_host_and_port(address: &str) -> bool {
                     !label.is_empty()
                         && !label.starts_with('-')
                         && !label.ends_with('-')
-                        && label
-                            .chars()
-                            .all(|character| character.is_ascii_alphanumeric() || character == '-')
+                        && label.chars().all(|character| character.is_ascii_alphanumeric() || character == '-')
                 })
         }
     };
@@ -252,18 +218,10 @@ impl Config {
         match node.data_dir.to_str() {
             Some(text) if !text.is_empty() => {}
             Some(_) => {
-                return Err(ConfigError::invalid_value(
-                    "node.data_dir",
-                    "\"\"",
-                    "expected a directory path such as \"./rushes-data\"",
-                ))
+                return Err(ConfigError::invalid_value("node.data_dir", "\"\"", "expected a directory path such as \"./rushes-data\""))
             }
             None => {
-                return Err(ConfigError::invalid_value(
-                    "node.data_dir",
-                    format!("{:?}", node.data_dir),
-                    "the path must be valid UTF-8",
-                ))
+                return Err(ConfigError::invalid_value("node.data_dir", format!("{:?}", node.data_dir), "the path must be valid UTF-8"))
             }
         }
         // node.listen is a SocketAddr: parsing it already validated it.
@@ -272,83 +230,51 @@ impl Config {
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let cluster = &self.cluster;
-        check_name(
-            "cluster.cluster_id",
-            &cluster.cluster_id,
-            &['-'],
-            CLUSTER_ID_MAX_BYTES,
-            "lower-case letters a-z, digits and '-'",
-        )?;
+        check_name("cluster.cluster_id", &cluster.cluster_id, &['-'], CLUSTER_ID_MAX_BYTES, "lower-case letters a-z, digits and '-'")?;
         check_range("cluster.shards", cluster.shards, CLUSTER_SHARDS)?;
-        check_range(
-            "cluster.replication_factor",
-            cluster.replication_factor,
-            CLUSTER_REPLICATION_FACTOR,
-        )?;
+        check_range("cluster.replication_factor", cluster.replication_factor, CLUSTER_REPLICATION_FACTOR)?;
 
         let address_help = "expected \"host:port\" such as \"10.0.0.2:7800\", \"rushes-2.internal:7800\" or \"[::1]:7800\"";
         for (position, member) in cluster.nodes.iter().enumerate() {
             let member_key = format!("cluster.nodes[{position}]");
             check_range(&format!("{member_key}.id"), member.id, CLUSTER_NODE_ID)?;
             if !is_host_and_port(&member.raft_addr) {
-                return Err(ConfigError::invalid_value(
-                    format!("{member_key}.raft_addr"),
-                    quoted(&member.raft_addr),
-                    address_help,
-                ));
+                return Err(ConfigError::invalid_value(format!("{member_key}.raft_addr"), quoted(&member.raft_addr), address_help));
             }
             if !is_host_and_port(&member.http_addr) {
-                return Err(ConfigError::invalid_value(
-                    format!("{member_key}.http_addr"),
-                    quoted(&member.http_addr),
-                    address_help,
-                ));
+                return Err(ConfigError::invalid_value(format!("{member_key}.http_addr"), quoted(&member.http_addr), address_help));
             }
         }
-        let member_ids: Vec<String> = cluster
-            .nodes
-            .iter()
-            .map(|member| member.id.to_string())
-            .collect();
+        let member_ids: Vec<String> = cluster.nodes.iter().map(|member| member.id.to_string()).collect();
         check_unique(
-            member_ids
-                .iter()
-                .enumerate()
-                .map(|(position, id)| (format!("cluster.nodes[{position}].id"), id.as_str())),
+            member_ids.iter().enumerate().map(|(position, id)| (format!("cluster.nodes[{position}].id"), id.as_str())),
             "cluster.nodes",
             |id| id.to_string(),
         )?;
         check_unique(
-            cluster.nodes.iter().enumerate().map(|(position, member)| {
-                (
-                    format!("cluster.nodes[{position}].raft_addr"),
-                    member.raft_addr.as_str(),
-                )
-            }),
+            cluster
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(position, member)| (format!("cluster.nodes[{position}].raft_addr"), member.raft_addr.as_str())),
             "cluster.nodes",
             quoted,
         )?;
         check_unique(
-            cluster.nodes.iter().enumerate().map(|(position, member)| {
-                (
-                    format!("cluster.nodes[{position}].http_addr"),
-                    member.http_addr.as_str(),
-                )
-            }),
+            cluster
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(position, member)| (format!("cluster.nodes[{position}].http_addr"), member.http_addr.as_str())),
             "cluster.nodes",
             quoted,
         )?;
 
-        if !cluster.nodes.is_empty()
-            && !cluster.nodes.iter().any(|member| member.id == self.node.id)
-        {
+        if !cluster.nodes.is_empty() && !cluster.nodes.iter().any(|member| member.id == self.node.id) {
             return Err(ConfigError::invalid_value(
                 "node.id",
                 self.node.id.to_string(),
-                format!(
-                    "cluster.nodes lists ids {}; node.id must be one of them",
-                    member_ids.join(", ")
-                ),
+                format!("cluster.nodes lists ids {}; node.id must be one of them", member_ids.join(", ")),
             ));
         }
 
@@ -369,21 +295,9 @@ impl Config {
 
     fn validate_fusion_and_index(&self) -> Result<(), ConfigError> {
         check_range("fusion.bucket_ms", self.fusion.bucket_ms, FUSION_BUCKET_MS)?;
-        check_range(
-            "fusion.batch_entries_max",
-            self.fusion.batch_entries_max,
-            FUSION_BATCH_ENTRIES_MAX,
-        )?;
-        check_range(
-            "index.commit_interval_ms",
-            self.index.commit_interval_ms,
-            INDEX_COMMIT_INTERVAL_MS,
-        )?;
-        check_range(
-            "index.writer_heap_bytes",
-            self.index.writer_heap_bytes,
-            INDEX_WRITER_HEAP_BYTES,
-        )?;
+        check_range("fusion.batch_entries_max", self.fusion.batch_entries_max, FUSION_BATCH_ENTRIES_MAX)?;
+        check_range("index.commit_interval_ms", self.index.commit_interval_ms, INDEX_COMMIT_INTERVAL_MS)?;
+        check_range("index.writer_heap_bytes", self.index.writer_heap_bytes, INDEX_WRITER_HEAP_BYTES)?;
         Ok(())
     }
 
@@ -404,37 +318,13 @@ impl Config {
                 VECTOR_SPACE_NAME_MAX_BYTES,
                 "lower-case letters a-z, digits, '_' and '-'",
             )?;
-            check_range(
-                &format!("{space_key}.dimensions"),
-                space.dimensions,
-                VECTOR_DIMENSIONS,
-            )?;
-            check_range(
-                &format!("{space_key}.connectivity"),
-                space.connectivity,
-                VECTOR_CONNECTIVITY,
-            )?;
-            check_range(
-                &format!("{space_key}.expansion_add"),
-                space.expansion_add,
-                VECTOR_EXPANSION_ADD,
-            )?;
-            check_range(
-                &format!("{space_key}.expansion_search"),
-                space.expansion_search,
-                VECTOR_EXPANSION_SEARCH,
-            )?;
+            check_range(&format!("{space_key}.dimensions"), space.dimensions, VECTOR_DIMENSIONS)?;
+            check_range(&format!("{space_key}.connectivity"), space.connectivity, VECTOR_CONNECTIVITY)?;
+            check_range(&format!("{space_key}.expansion_add"), space.expansion_add, VECTOR_EXPANSION_ADD)?;
+            check_range(&format!("{space_key}.expansion_search"), space.expansion_search, VECTOR_EXPANSION_SEARCH)?;
         }
         check_unique(
-            self.vector_spaces
-                .iter()
-                .enumerate()
-                .map(|(position, space)| {
-                    (
-                        format!("vector_spaces[{position}].name"),
-                        space.name.as_str(),
-                    )
-                }),
+            self.vector_spaces.iter().enumerate().map(|(position, space)| (format!("vector_spaces[{position}].name"), space.name.as_str())),
             "vector_spaces",
             quoted,
         )
@@ -442,47 +332,15 @@ impl Config {
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let limits = &self.limits;
-        check_range(
-            "limits.max_body_bytes",
-            limits.max_body_bytes,
-            LIMITS_MAX_BODY_BYTES,
-        )?;
-        check_range(
-            "limits.max_batch_items",
-            limits.max_batch_items,
-            LIMITS_MAX_BATCH_ITEMS,
-        )?;
-        check_range(
-            "limits.max_id_bytes",
-            limits.max_id_bytes,
-            LIMITS_MAX_ID_BYTES,
-        )?;
-        check_range(
-            "limits.max_asset_id_bytes",
-            limits.max_asset_id_bytes,
-            LIMITS_MAX_ASSET_ID_BYTES,
-        )?;
-        check_range(
-            "limits.max_name_bytes",
-            limits.max_name_bytes,
-            LIMITS_MAX_NAME_BYTES,
-        )?;
-        check_range(
-            "limits.max_label_bytes",
-            limits.max_label_bytes,
-            LIMITS_MAX_LABEL_BYTES,
-        )?;
-        check_range(
-            "limits.max_text_bytes",
-            limits.max_text_bytes,
-            LIMITS_MAX_TEXT_BYTES,
-        )?;
+        check_range("limits.max_body_bytes", limits.max_body_bytes, LIMITS_MAX_BODY_BYTES)?;
+        check_range("limits.max_batch_items", limits.max_batch_items, LIMITS_MAX_BATCH_ITEMS)?;
+        check_range("limits.max_id_bytes", limits.max_id_bytes, LIMITS_MAX_ID_BYTES)?;
+        check_range("limits.max_asset_id_bytes", limits.max_asset_id_bytes, LIMITS_MAX_ASSET_ID_BYTES)?;
+        check_range("limits.max_name_bytes", limits.max_name_bytes, LIMITS_MAX_NAME_BYTES)?;
+        check_range("limits.max_label_bytes", limits.max_label_bytes, LIMITS_MAX_LABEL_BYTES)?;
+        check_range("limits.max_text_bytes", limits.max_text_bytes, LIMITS_MAX_TEXT_BYTES)?;
         check_range("limits.max_time_ms", limits.max_time_ms, LIMITS_MAX_TIME_MS)?;
-        check_range(
-            "limits.max_interval_ms",
-            limits.max_interval_ms,
-            LIMITS_MAX_INTERVAL_MS,
-        )?;
+        check_range("limits.max_interval_ms", limits.max_interval_ms, LIMITS_MAX_INTERVAL_MS)?;
         // An annotation interval can never be longer than the timeline it lives on.
         if limits.max_interval_ms > limits.max_time_ms {
             return Err(ConfigError::out_of_range(
@@ -494,58 +352,22 @@ impl Config {
                 ),
             ));
         }
-        check_range(
-            "limits.ingest_queue_depth",
-            limits.ingest_queue_depth,
-            LIMITS_INGEST_QUEUE_DEPTH,
-        )?;
-        check_range(
-            "limits.request_timeout_ms",
-            limits.request_timeout_ms,
-            LIMITS_REQUEST_TIMEOUT_MS,
-        )?;
-        check_range(
-            "limits.search_queue_depth",
-            limits.search_queue_depth,
-            LIMITS_SEARCH_QUEUE_DEPTH,
-        )?;
+        check_range("limits.ingest_queue_depth", limits.ingest_queue_depth, LIMITS_INGEST_QUEUE_DEPTH)?;
+        check_range("limits.request_timeout_ms", limits.request_timeout_ms, LIMITS_REQUEST_TIMEOUT_MS)?;
+        check_range("limits.search_queue_depth", limits.search_queue_depth, LIMITS_SEARCH_QUEUE_DEPTH)?;
         check_range("limits.max_clauses", limits.max_clauses, LIMITS_MAX_CLAUSES)?;
-        check_range(
-            "limits.max_per_asset",
-            limits.max_per_asset,
-            LIMITS_MAX_PER_ASSET,
-        )?;
+        check_range("limits.max_per_asset", limits.max_per_asset, LIMITS_MAX_PER_ASSET)?;
         check_range("limits.max_limit", limits.max_limit, LIMITS_MAX_LIMIT)?;
-        check_range(
-            "limits.max_query_bytes",
-            limits.max_query_bytes,
-            LIMITS_MAX_QUERY_BYTES,
-        )?;
-        check_range(
-            "limits.max_vector_k",
-            limits.max_vector_k,
-            LIMITS_MAX_VECTOR_K,
-        )?;
+        check_range("limits.max_query_bytes", limits.max_query_bytes, LIMITS_MAX_QUERY_BYTES)?;
+        check_range("limits.max_vector_k", limits.max_vector_k, LIMITS_MAX_VECTOR_K)?;
         Ok(())
     }
 
     fn validate_raft(&self) -> Result<(), ConfigError> {
         let raft = &self.raft;
-        check_range(
-            "raft.tick_interval_ms",
-            raft.tick_interval_ms,
-            RAFT_TICK_INTERVAL_MS,
-        )?;
-        check_range(
-            "raft.election_ticks",
-            raft.election_ticks,
-            RAFT_ELECTION_TICKS,
-        )?;
-        check_range(
-            "raft.heartbeat_ticks",
-            raft.heartbeat_ticks,
-            RAFT_HEARTBEAT_TICKS,
-        )?;
+        check_range("raft.tick_interval_ms", raft.tick_interval_ms, RAFT_TICK_INTERVAL_MS)?;
+        check_range("raft.election_ticks", raft.election_ticks, RAFT_ELECTION_TICKS)?;
+        check_range("raft.heartbeat_ticks", raft.heartbeat_ticks, RAFT_HEARTBEAT_TICKS)?;
         // raft-rs requires heartbeat < election: otherwise followers time out between heartbeats
         // and keep electing new leaders.
         if raft.heartbeat_ticks >= raft.election_ticks {
@@ -560,21 +382,9 @@ impl Config {
                 ),
             ));
         }
-        check_range(
-            "raft.max_size_per_msg_bytes",
-            raft.max_size_per_msg_bytes,
-            RAFT_MAX_SIZE_PER_MSG_BYTES,
-        )?;
-        check_range(
-            "raft.max_inflight_msgs",
-            raft.max_inflight_msgs,
-            RAFT_MAX_INFLIGHT_MSGS,
-        )?;
-        check_range(
-            "raft.group_commit_max_requests",
-            raft.group_commit_max_requests,
-            RAFT_GROUP_COMMIT_MAX_REQUESTS,
-        )?;
+        check_range("raft.max_size_per_msg_bytes", raft.max_size_per_msg_bytes, RAFT_MAX_SIZE_PER_MSG_BYTES)?;
+        check_range("raft.max_inflight_msgs", raft.max_inflight_msgs, RAFT_MAX_INFLIGHT_MSGS)?;
+        check_range("raft.group_commit_max_requests", raft.group_commit_max_requests, RAFT_GROUP_COMMIT_MAX_REQUESTS)?;
         Ok(())
     }
 }
@@ -585,40 +395,18 @@ mod tests {
 
     #[test]
     fn host_and_port_forms() {
-        for good in [
-            "10.0.0.2:7800",
-            "rushes-2.internal:7800",
-            "[::1]:7800",
-            "localhost:1",
-        ] {
+        for good in ["10.0.0.2:7800", "rushes-2.internal:7800", "[::1]:7800", "localhost:1"] {
             assert!(is_host_and_port(good), "{good}");
         }
-        for bad in [
-            "",
-            "10.0.0.2",
-            ":7800",
-            "host:0",
-            "host:70000",
-            "::1:7800",
-            "[::1:7800",
-            "bad host:1",
-            "-a:1",
-            "a..b:1",
-        ] {
+        for bad in ["", "10.0.0.2", ":7800", "host:0", "host:70000", "::1:7800", "[::1:7800", "bad host:1", "-a:1", "a..b:1"] {
             assert!(!is_host_and_port(bad), "{bad}");
         }
     }
 
     #[test]
     fn ranges_describe_byte_units() {
-        assert_eq!(
-            describe_range("index.writer_heap_bytes", INDEX_WRITER_HEAP_BYTES),
-            "15728640..=4294967296 (15 MiB..=4 GiB)"
-        );
-        assert_eq!(
-            describe_range("fusion.bucket_ms", FUSION_BUCKET_MS),
-            "100..=60000"
-        );
+        assert_eq!(describe_range("index.writer_heap_bytes", INDEX_WRITER_HEAP_BYTES), "15728640..=4294967296 (15 MiB..=4 GiB)");
+        assert_eq!(describe_range("fusion.bucket_ms", FUSION_BUCKET_MS), "100..=60000");
         assert_eq!(describe_range("node.id", NODE_ID), "at least 1");
     }
 }

@@ -4,26 +4,16 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use rushes_config::{
-    ClusterNodeConfig, Config, ConfigError, LogFormat, LogLevel, Metric, Origin, Quantization,
-    VectorSpaceConfig,
-};
+use rushes_config::{ClusterNodeConfig, Config, ConfigError, LogFormat, LogLevel, Metric, Origin, Quantization, VectorSpaceConfig};
 
 fn write_file(contents: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::Builder::new()
-        .suffix(".toml")
-        .tempfile()
-        .expect("temp file");
-    file.write_all(contents.as_bytes())
-        .expect("write temp file");
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
+    file.write_all(contents.as_bytes()).expect("write temp file");
     file
 }
 
 fn strings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(key, value)| (key.to_string(), value.to_string()))
-        .collect()
+    pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
 }
 
 fn load_file(contents: &str) -> Result<Config, ConfigError> {
@@ -50,18 +40,12 @@ fn error_text(result: Result<Config, ConfigError>) -> String {
 fn defaults_validate_and_load_without_sources() {
     let defaults = Config::default();
     defaults.validate().expect("defaults are valid");
-    assert_eq!(
-        Config::load(None, Vec::new(), &[]).expect("loads"),
-        defaults
-    );
+    assert_eq!(Config::load(None, Vec::new(), &[]).expect("loads"), defaults);
     assert_eq!(defaults.node.id, 1);
     assert_eq!(defaults.node.listen.to_string(), "127.0.0.1:7700");
     assert_eq!(defaults.cluster.cluster_id, "rushes-local");
     assert_eq!(defaults.index.writer_heap_bytes, 64 * 1024 * 1024);
-    assert_eq!(
-        defaults.vector_spaces,
-        vec![VectorSpaceConfig::named("scene")]
-    );
+    assert_eq!(defaults.vector_spaces, vec![VectorSpaceConfig::named("scene")]);
     assert_eq!(defaults.vector_spaces[0].metric, Metric::Cosine);
     assert_eq!(defaults.vector_spaces[0].quantization, Quantization::F32);
     assert_eq!(defaults.log.level, LogLevel::Info);
@@ -94,35 +78,14 @@ fn precedence_is_defaults_then_file_then_environment_then_overrides() {
         ("RUSHES_LOG", "debug,tantivy=warn"),
         ("RUSHES_CONFIG", "/etc/rushes.toml"),
     ]);
-    let overrides = strings(&[
-        ("fusion.bucket_ms", "4000"),
-        ("node.data_dir", "/tmp/x"),
-        ("fusion.bucket_ms", "5000"),
-    ]);
+    let overrides = strings(&[("fusion.bucket_ms", "4000"), ("node.data_dir", "/tmp/x"), ("fusion.bucket_ms", "5000")]);
     let config = Config::load(Some(file.path()), environment, &overrides).expect("loads");
 
-    assert_eq!(
-        config.node.listen.to_string(),
-        "0.0.0.0:7000",
-        "file beats defaults"
-    );
-    assert_eq!(
-        config.index.commit_interval_ms, 3000,
-        "environment beats file"
-    );
-    assert_eq!(
-        config.fusion.bucket_ms, 5000,
-        "overrides beat environment; the last override wins"
-    );
-    assert_eq!(
-        config.node.data_dir,
-        Path::new("/tmp/x"),
-        "overrides beat file"
-    );
-    assert_eq!(
-        config.fusion.batch_entries_max, 256,
-        "untouched keys keep their defaults"
-    );
+    assert_eq!(config.node.listen.to_string(), "0.0.0.0:7000", "file beats defaults");
+    assert_eq!(config.index.commit_interval_ms, 3000, "environment beats file");
+    assert_eq!(config.fusion.bucket_ms, 5000, "overrides beat environment; the last override wins");
+    assert_eq!(config.node.data_dir, Path::new("/tmp/x"), "overrides beat file");
+    assert_eq!(config.fusion.batch_entries_max, 256, "untouched keys keep their defaults");
 }
 
 #[test]
@@ -160,35 +123,19 @@ fn arrays_of_tables_can_be_set_whole_or_per_entry() {
     assert_eq!(config.vector_spaces[1].dimensions, 768);
     assert_eq!(config.vector_spaces[1].metric, Metric::Ip);
     assert_eq!(config.vector_spaces[1].quantization, Quantization::F16);
-    assert_eq!(
-        config.vector_spaces[1].connectivity, 16,
-        "per-entry defaults apply"
-    );
+    assert_eq!(config.vector_spaces[1].connectivity, 16, "per-entry defaults apply");
     assert_eq!(config.cluster.nodes[1].raft_addr, "b.internal:7801");
     assert_eq!(config.cluster.replication_factor, 2);
 
-    let appended = load_overrides(&[
-        ("vector_spaces[1].name", "clip"),
-        ("vector_spaces[0].dimensions", "256"),
-    ])
-    .expect("loads");
+    let appended = load_overrides(&[("vector_spaces[1].name", "clip"), ("vector_spaces[0].dimensions", "256")]).expect("loads");
     assert_eq!(
         appended.vector_spaces,
-        vec![
-            VectorSpaceConfig {
-                dimensions: 256,
-                ..VectorSpaceConfig::named("scene")
-            },
-            VectorSpaceConfig::named("clip")
-        ]
+        vec![VectorSpaceConfig { dimensions: 256, ..VectorSpaceConfig::named("scene") }, VectorSpaceConfig::named("clip")]
     );
 
     let text = error_text(load_overrides(&[("vector_spaces", "[{ name = ")]));
     assert!(text.starts_with("cannot parse command-line override vector_spaces: expected a TOML array of inline tables"), "{text}");
-    assert!(
-        text.ends_with("incomplete value at byte 10 of \"[{ name = \""),
-        "{text}"
-    );
+    assert!(text.ends_with("incomplete value at byte 10 of \"[{ name = \""), "{text}");
 
     let text = error_text(load_overrides(&[("vector_spaces[3].name", "far")]));
     assert!(text.contains("vector_spaces[3] is past the end"), "{text}");
@@ -196,8 +143,7 @@ fn arrays_of_tables_can_be_set_whole_or_per_entry() {
 
 #[test]
 fn file_vector_spaces_replace_the_default_list() {
-    let config =
-        load_file("[[vector_spaces]]\nname = \"clip\"\ndimensions = 768\n").expect("loads");
+    let config = load_file("[[vector_spaces]]\nname = \"clip\"\ndimensions = 768\n").expect("loads");
     assert_eq!(config.vector_spaces.len(), 1);
     assert_eq!(config.vector_spaces[0].name, "clip");
     let none = load_file("vector_spaces = []\n").expect("loads");
@@ -212,151 +158,36 @@ fn every_range_violation_names_its_key_and_range() {
         ("cluster.shards", Some("0"), Some("1025"), "1..=1024"),
         ("cluster.replication_factor", Some("0"), Some("8"), "1..=7"),
         ("fusion.bucket_ms", Some("50"), Some("60001"), "100..=60000"),
-        (
-            "fusion.batch_entries_max",
-            Some("0"),
-            Some("100001"),
-            "1..=100000",
-        ),
-        (
-            "index.commit_interval_ms",
-            Some("49"),
-            Some("600001"),
-            "50..=600000",
-        ),
-        (
-            "index.writer_heap_bytes",
-            Some("1048576"),
-            Some("4294967297"),
-            "15728640..=4294967296 (15 MiB..=4 GiB)",
-        ),
-        (
-            "vector_spaces[0].dimensions",
-            Some("0"),
-            Some("4097"),
-            "1..=4096",
-        ),
-        (
-            "vector_spaces[0].connectivity",
-            Some("3"),
-            Some("129"),
-            "4..=128",
-        ),
-        (
-            "vector_spaces[0].expansion_add",
-            Some("0"),
-            Some("4097"),
-            "1..=4096",
-        ),
-        (
-            "vector_spaces[0].expansion_search",
-            Some("0"),
-            Some("4097"),
-            "1..=4096",
-        ),
-        (
-            "limits.max_body_bytes",
-            Some("1023"),
-            Some("1073741825"),
-            "1024..=1073741824 (1 KiB..=1 GiB)",
-        ),
-        (
-            "limits.max_batch_items",
-            Some("0"),
-            Some("1000001"),
-            "1..=1000000",
-        ),
+        ("fusion.batch_entries_max", Some("0"), Some("100001"), "1..=100000"),
+        ("index.commit_interval_ms", Some("49"), Some("600001"), "50..=600000"),
+        ("index.writer_heap_bytes", Some("1048576"), Some("4294967297"), "15728640..=4294967296 (15 MiB..=4 GiB)"),
+        ("vector_spaces[0].dimensions", Some("0"), Some("4097"), "1..=4096"),
+        ("vector_spaces[0].connectivity", Some("3"), Some("129"), "4..=128"),
+        ("vector_spaces[0].expansion_add", Some("0"), Some("4097"), "1..=4096"),
+        ("vector_spaces[0].expansion_search", Some("0"), Some("4097"), "1..=4096"),
+        ("limits.max_body_bytes", Some("1023"), Some("1073741825"), "1024..=1073741824 (1 KiB..=1 GiB)"),
+        ("limits.max_batch_items", Some("0"), Some("1000001"), "1..=1000000"),
         ("limits.max_id_bytes", Some("0"), Some("4097"), "1..=4096"),
-        (
-            "limits.max_asset_id_bytes",
-            Some("0"),
-            Some("4097"),
-            "1..=4096",
-        ),
+        ("limits.max_asset_id_bytes", Some("0"), Some("4097"), "1..=4096"),
         ("limits.max_name_bytes", Some("0"), Some("1025"), "1..=1024"),
-        (
-            "limits.max_label_bytes",
-            Some("0"),
-            Some("65537"),
-            "1..=65536",
-        ),
-        (
-            "limits.max_text_bytes",
-            Some("0"),
-            Some("1048577"),
-            "1..=1048576",
-        ),
+        ("limits.max_label_bytes", Some("0"), Some("65537"), "1..=65536"),
+        ("limits.max_text_bytes", Some("0"), Some("1048577"), "1..=1048576"),
         ("limits.max_interval_ms", Some("0"), None, "1..=31536000000"),
-        (
-            "limits.max_time_ms",
-            Some("999"),
-            Some("31536000001"),
-            "1000..=31536000000",
-        ),
-        (
-            "limits.ingest_queue_depth",
-            Some("0"),
-            Some("1000001"),
-            "1..=1000000",
-        ),
-        (
-            "limits.request_timeout_ms",
-            Some("99"),
-            Some("600001"),
-            "100..=600000",
-        ),
-        (
-            "limits.search_queue_depth",
-            Some("0"),
-            Some("1000001"),
-            "1..=1000000",
-        ),
+        ("limits.max_time_ms", Some("999"), Some("31536000001"), "1000..=31536000000"),
+        ("limits.ingest_queue_depth", Some("0"), Some("1000001"), "1..=1000000"),
+        ("limits.request_timeout_ms", Some("99"), Some("600001"), "100..=600000"),
+        ("limits.search_queue_depth", Some("0"), Some("1000001"), "1..=1000000"),
         ("limits.max_clauses", Some("0"), Some("1025"), "1..=1024"),
-        (
-            "limits.max_per_asset",
-            Some("0"),
-            Some("100001"),
-            "1..=100000",
-        ),
+        ("limits.max_per_asset", Some("0"), Some("100001"), "1..=100000"),
         ("limits.max_limit", Some("0"), Some("100001"), "1..=100000"),
-        (
-            "limits.max_query_bytes",
-            Some("0"),
-            Some("1048577"),
-            "1..=1048576",
-        ),
-        (
-            "limits.max_vector_k",
-            Some("0"),
-            Some("1000001"),
-            "1..=1000000",
-        ),
-        (
-            "raft.tick_interval_ms",
-            Some("9"),
-            Some("10001"),
-            "10..=10000",
-        ),
+        ("limits.max_query_bytes", Some("0"), Some("1048577"), "1..=1048576"),
+        ("limits.max_vector_k", Some("0"), Some("1000001"), "1..=1000000"),
+        ("raft.tick_interval_ms", Some("9"), Some("10001"), "10..=10000"),
         ("raft.election_ticks", Some("1"), Some("1001"), "2..=1000"),
         ("raft.heartbeat_ticks", Some("0"), None, "1..=999"),
-        (
-            "raft.max_size_per_msg_bytes",
-            Some("1023"),
-            Some("268435457"),
-            "1024..=268435456 (1 KiB..=256 MiB)",
-        ),
-        (
-            "raft.max_inflight_msgs",
-            Some("0"),
-            Some("65537"),
-            "1..=65536",
-        ),
-        (
-            "raft.group_commit_max_requests",
-            Some("0"),
-            Some("100001"),
-            "1..=100000",
-        ),
+        ("raft.max_size_per_msg_bytes", Some("1023"), Some("268435457"), "1024..=268435456 (1 KiB..=256 MiB)"),
+        ("raft.max_inflight_msgs", Some("0"), Some("65537"), "1..=65536"),
+        ("raft.group_commit_max_requests", Some("0"), Some("100001"), "1..=100000"),
     ];
     for (key, too_low, too_high, allowed) in cases {
         for bad_value in [too_low, too_high].into_iter().flatten() {
@@ -372,10 +203,7 @@ fn range_error_message_matches_the_documented_form() {
     let mut config = Config::default();
     config.fusion.bucket_ms = 50;
     let error = config.validate().expect_err("out of range");
-    assert_eq!(
-        error.to_string(),
-        "fusion.bucket_ms = 50 is out of range: allowed 100..=60000"
-    );
+    assert_eq!(error.to_string(), "fusion.bucket_ms = 50 is out of range: allowed 100..=60000");
     assert_eq!(error.key(), Some("fusion.bucket_ms"));
 }
 
@@ -383,13 +211,7 @@ fn range_error_message_matches_the_documented_form() {
 fn errors_say_which_source_set_the_value() {
     let file = write_file("[fusion]\nbucket_ms = 50\n");
     let text = error_text(Config::load(Some(file.path()), Vec::new(), &[]));
-    assert_eq!(
-        text,
-        format!(
-            "fusion.bucket_ms = 50 is out of range: allowed 100..=60000 (from file {})",
-            file.path().display()
-        )
-    );
+    assert_eq!(text, format!("fusion.bucket_ms = 50 is out of range: allowed 100..=60000 (from file {})", file.path().display()));
 
     let text = error_text(load_env(&[("RUSHES_FUSION_BUCKET_MS", "50")]));
     assert_eq!(text, "fusion.bucket_ms = 50 is out of range: allowed 100..=60000 (from environment variable RUSHES_FUSION_BUCKET_MS)");
@@ -398,30 +220,16 @@ fn errors_say_which_source_set_the_value() {
 #[test]
 fn unknown_key_in_file_is_named_with_the_allowed_keys() {
     let text = error_text(load_file("[index]\ncomit_interval_ms = 500\n"));
-    assert!(
-        text.starts_with("unknown key \"index.comit_interval_ms\" (from file "),
-        "{text}"
-    );
-    assert!(
-        text.ends_with(": allowed keys in [index] are commit_interval_ms, writer_heap_bytes"),
-        "{text}"
-    );
+    assert!(text.starts_with("unknown key \"index.comit_interval_ms\" (from file "), "{text}");
+    assert!(text.ends_with(": allowed keys in [index] are commit_interval_ms, writer_heap_bytes"), "{text}");
 
     let text = error_text(load_file("[indx]\ncommit_interval_ms = 500\n"));
     assert!(text.starts_with("unknown key \"indx\""), "{text}");
     assert!(text.ends_with("allowed keys in the top level are node, cluster, fusion, index, vector_spaces, limits, raft, log"), "{text}");
 
-    let text = error_text(load_file(
-        "[[vector_spaces]]\nname = \"scene\"\ndimension = 3\n",
-    ));
-    assert!(
-        text.starts_with("unknown key \"vector_spaces[0].dimension\""),
-        "{text}"
-    );
-    assert!(
-        text.contains("allowed keys in [[vector_spaces]] are name, dimensions, metric"),
-        "{text}"
-    );
+    let text = error_text(load_file("[[vector_spaces]]\nname = \"scene\"\ndimension = 3\n"));
+    assert!(text.starts_with("unknown key \"vector_spaces[0].dimension\""), "{text}");
+    assert!(text.contains("allowed keys in [[vector_spaces]] are name, dimensions, metric"), "{text}");
 }
 
 #[test]
@@ -432,25 +240,14 @@ fn unknown_environment_variable_is_named() {
         "unknown key \"index.comit_interval_ms\" (from environment variable RUSHES_INDEX_COMIT_INTERVAL_MS): \
          allowed keys in [index] are commit_interval_ms, writer_heap_bytes"
     );
-    assert_eq!(
-        error.origin(),
-        Some(&Origin::EnvironmentVariable(
-            "RUSHES_INDEX_COMIT_INTERVAL_MS".to_string()
-        ))
-    );
+    assert_eq!(error.origin(), Some(&Origin::EnvironmentVariable("RUSHES_INDEX_COMIT_INTERVAL_MS".to_string())));
 
     let text = error_text(load_env(&[("RUSHES_INDX_COMMIT_INTERVAL_MS", "500")]));
     assert!(text.contains("RUSHES_INDX_COMMIT_INTERVAL_MS"), "{text}");
-    assert!(
-        text.contains("allowed keys in the top level are node, cluster"),
-        "{text}"
-    );
+    assert!(text.contains("allowed keys in the top level are node, cluster"), "{text}");
 
     let text = error_text(load_env(&[("RUSHES_VECTOR_SPACES_ZERO_NAME", "x")]));
-    assert!(
-        text.contains("RUSHES_VECTOR_SPACES_<index>_<key>"),
-        "{text}"
-    );
+    assert!(text.contains("RUSHES_VECTOR_SPACES_<index>_<key>"), "{text}");
 }
 
 #[test]
@@ -462,24 +259,16 @@ fn unknown_override_key_is_named() {
          allowed keys in [index] are commit_interval_ms, writer_heap_bytes"
     );
     let text = error_text(load_overrides(&[("vector_spaces[0].metrik", "ip")]));
-    assert!(
-        text.starts_with("unknown key \"vector_spaces[0].metrik\""),
-        "{text}"
-    );
+    assert!(text.starts_with("unknown key \"vector_spaces[0].metrik\""), "{text}");
     let text = error_text(load_overrides(&[("node", "1")]));
-    assert!(
-        text.contains("allowed keys in [node] are id, data_dir, listen"),
-        "{text}"
-    );
+    assert!(text.contains("allowed keys in [node] are id, data_dir, listen"), "{text}");
     let text = error_text(load_overrides(&[("fusion..bucket_ms", "1")]));
     assert!(text.contains("empty key segment"), "{text}");
 }
 
 #[test]
 fn bad_enum_value_names_the_allowed_values() {
-    let text = error_text(load_file(
-        "[[vector_spaces]]\nname = \"scene\"\nmetric = \"dot\"\n",
-    ));
+    let text = error_text(load_file("[[vector_spaces]]\nname = \"scene\"\nmetric = \"dot\"\n"));
     assert!(text.starts_with("vector_spaces[0].metric = \"dot\" is not allowed: use one of \"cosine\", \"l2\", \"ip\""), "{text}");
 
     let text = error_text(load_env(&[("RUSHES_LOG_LEVEL", "verbose")]));
@@ -489,10 +278,7 @@ fn bad_enum_value_names_the_allowed_values() {
          (from environment variable RUSHES_LOG_LEVEL)"
     );
     let text = error_text(load_overrides(&[("vector_spaces[0].quantization", "f64")]));
-    assert!(
-        text.contains("use one of \"f32\", \"f16\", \"i8\""),
-        "{text}"
-    );
+    assert!(text.contains("use one of \"f32\", \"f16\", \"i8\""), "{text}");
     let text = error_text(load_overrides(&[("log.format", "yaml")]));
     assert!(text.contains("use one of \"text\", \"json\""), "{text}");
 }
@@ -500,53 +286,24 @@ fn bad_enum_value_names_the_allowed_values() {
 #[test]
 fn wrong_types_name_the_key() {
     let text = error_text(load_env(&[("RUSHES_FUSION_BUCKET_MS", "1s")]));
-    assert!(
-        text.starts_with(
-            "fusion.bucket_ms = \"1s\" is not allowed: expected a non-negative integer"
-        ),
-        "{text}"
-    );
-    assert!(
-        text.ends_with("(from environment variable RUSHES_FUSION_BUCKET_MS)"),
-        "{text}"
-    );
+    assert!(text.starts_with("fusion.bucket_ms = \"1s\" is not allowed: expected a non-negative integer"), "{text}");
+    assert!(text.ends_with("(from environment variable RUSHES_FUSION_BUCKET_MS)"), "{text}");
 
     let text = error_text(load_file("[fusion]\nbucket_ms = -5\n"));
-    assert!(
-        text.starts_with("fusion.bucket_ms = -5 is not allowed"),
-        "{text}"
-    );
+    assert!(text.starts_with("fusion.bucket_ms = -5 is not allowed"), "{text}");
     let text = error_text(load_file("[cluster]\ncluster_id = 7\n"));
-    assert!(
-        text.starts_with("cluster.cluster_id = 7 is not allowed: expected a string"),
-        "{text}"
-    );
+    assert!(text.starts_with("cluster.cluster_id = 7 is not allowed: expected a string"), "{text}");
     let text = error_text(load_file("node = 3\n"));
-    assert!(
-        text.starts_with("node = 3 is not allowed: expected a table"),
-        "{text}"
-    );
+    assert!(text.starts_with("node = 3 is not allowed: expected a table"), "{text}");
 }
 
 #[test]
 fn invalid_listen_address_is_rejected() {
     for bad in ["localhost:7700", "127.0.0.1", "127.0.0.1:99999", ""] {
         let text = error_text(load_overrides(&[("node.listen", bad)]));
-        assert!(
-            text.starts_with(&format!(
-                "node.listen = \"{bad}\" is not allowed: expected an IP address and port"
-            )),
-            "{text}"
-        );
+        assert!(text.starts_with(&format!("node.listen = \"{bad}\" is not allowed: expected an IP address and port")), "{text}");
     }
-    assert_eq!(
-        load_overrides(&[("node.listen", "[::1]:8000")])
-            .expect("loads")
-            .node
-            .listen
-            .to_string(),
-        "[::1]:8000"
-    );
+    assert_eq!(load_overrides(&[("node.listen", "[::1]:8000")]).expect("loads").node.listen.to_string(), "[::1]:8000");
 }
 
 #[test]
@@ -568,33 +325,20 @@ fn vector_space_names_are_checked() {
         "{text}"
     );
     let text = error_text(load_file("[[vector_spaces]]\ndimensions = 3\n"));
-    assert!(
-        text.starts_with("missing key \"vector_spaces[0].name\""),
-        "{text}"
-    );
+    assert!(text.starts_with("missing key \"vector_spaces[0].name\""), "{text}");
 }
 
 #[test]
 fn heartbeat_must_be_shorter_than_election() {
-    let text = error_text(load_overrides(&[
-        ("raft.election_ticks", "5"),
-        ("raft.heartbeat_ticks", "5"),
-    ]));
+    let text = error_text(load_overrides(&[("raft.election_ticks", "5"), ("raft.heartbeat_ticks", "5")]));
     assert!(
         text.starts_with("raft.heartbeat_ticks = 5 is out of range: allowed 1..=4 (must be less than raft.election_ticks = 5)"),
         "{text}"
     );
     // Blamed on the key even when it kept its default and only election_ticks was changed.
-    let text = error_text(load_overrides(&[
-        ("raft.election_ticks", "2"),
-        ("raft.heartbeat_ticks", "2"),
-    ]));
-    assert!(
-        text.starts_with("raft.heartbeat_ticks = 2 is out of range"),
-        "{text}"
-    );
-    load_overrides(&[("raft.election_ticks", "3"), ("raft.heartbeat_ticks", "2")])
-        .expect("2 < 3 is fine");
+    let text = error_text(load_overrides(&[("raft.election_ticks", "2"), ("raft.heartbeat_ticks", "2")]));
+    assert!(text.starts_with("raft.heartbeat_ticks = 2 is out of range"), "{text}");
+    load_overrides(&[("raft.election_ticks", "3"), ("raft.heartbeat_ticks", "2")]).expect("2 < 3 is fine");
 }
 
 #[test]
@@ -619,45 +363,20 @@ fn cluster_membership_rules() {
     "#;
     let config = load_file(three_nodes).expect("loads");
     assert_eq!(config.cluster.node_count(), 3);
-    assert_eq!(
-        config.cluster.nodes[2],
-        ClusterNodeConfig {
-            id: 3,
-            raft_addr: "[fd00::3]:7800".into(),
-            http_addr: "10.0.0.3:7700".into()
-        }
-    );
+    assert_eq!(config.cluster.nodes[2], ClusterNodeConfig { id: 3, raft_addr: "[fd00::3]:7800".into(), http_addr: "10.0.0.3:7700".into() });
 
     let file = write_file(three_nodes);
-    let load_with = |overrides: &[(&str, &str)]| {
-        Config::load(Some(file.path()), Vec::new(), &strings(overrides))
-    };
+    let load_with = |overrides: &[(&str, &str)]| Config::load(Some(file.path()), Vec::new(), &strings(overrides));
 
     let text = error_text(load_with(&[("node.id", "4")]));
     assert!(text.starts_with("node.id = 4 is not allowed: cluster.nodes lists ids 1, 2, 3; node.id must be one of them"), "{text}");
     let text = error_text(load_with(&[("cluster.nodes[2].id", "1")]));
-    assert!(
-        text.starts_with(
-            "cluster.nodes[2].id = 1 is not allowed: values must be unique within cluster.nodes"
-        ),
-        "{text}"
-    );
+    assert!(text.starts_with("cluster.nodes[2].id = 1 is not allowed: values must be unique within cluster.nodes"), "{text}");
     let text = error_text(load_with(&[("cluster.nodes[1].raft_addr", "rushes-2")]));
-    assert!(
-        text.starts_with(
-            "cluster.nodes[1].raft_addr = \"rushes-2\" is not allowed: expected \"host:port\""
-        ),
-        "{text}"
-    );
+    assert!(text.starts_with("cluster.nodes[1].raft_addr = \"rushes-2\" is not allowed: expected \"host:port\""), "{text}");
     let text = error_text(load_with(&[("cluster.nodes[3].id", "4")]));
-    assert!(
-        text.starts_with("missing key \"cluster.nodes[3].raft_addr\""),
-        "{text}"
-    );
-    assert!(
-        text.ends_with("every entry of [[cluster.nodes]] must set id, raft_addr, http_addr"),
-        "{text}"
-    );
+    assert!(text.starts_with("missing key \"cluster.nodes[3].raft_addr\""), "{text}");
+    assert!(text.ends_with("every entry of [[cluster.nodes]] must set id, raft_addr, http_addr"), "{text}");
 
     let text = error_text(load_overrides(&[("cluster.replication_factor", "2")]));
     assert!(
@@ -670,10 +389,7 @@ fn cluster_membership_rules() {
 
 #[test]
 fn interval_cannot_exceed_timeline() {
-    let text = error_text(load_overrides(&[
-        ("limits.max_time_ms", "60000"),
-        ("limits.max_interval_ms", "60001"),
-    ]));
+    let text = error_text(load_overrides(&[("limits.max_time_ms", "60000"), ("limits.max_interval_ms", "60001")]));
     assert!(
         text.starts_with("limits.max_interval_ms = 60001 is out of range: allowed 1..=60000 (cannot exceed limits.max_time_ms = 60000)"),
         "{text}"
@@ -704,18 +420,12 @@ fn example_toml_parses_to_the_defaults() {
     let example = Config::example_toml();
     let parsed: Config = toml::from_str(&example).expect("example is valid TOML for Config");
     assert_eq!(parsed, Config::default());
-    assert_eq!(
-        load_file(&example).expect("example loads"),
-        Config::default()
-    );
+    assert_eq!(load_file(&example).expect("example loads"), Config::default());
     // Every key is documented: each one appears as an assignment in the example.
     let serialized = Config::default().to_toml_string();
     for line in serialized.lines() {
         if let Some((key, _)) = line.split_once(" = ") {
-            assert!(
-                example.contains(&format!("\n{key} = ")),
-                "example lacks {key}"
-            );
+            assert!(example.contains(&format!("\n{key} = ")), "example lacks {key}");
         }
     }
 }
@@ -729,16 +439,8 @@ fn to_toml_string_round_trips_through_load() {
     config.cluster.cluster_id = "prod-eu".into();
     config.cluster.replication_factor = 2;
     config.cluster.nodes = vec![
-        ClusterNodeConfig {
-            id: 1,
-            raft_addr: "a:7800".into(),
-            http_addr: "a:7700".into(),
-        },
-        ClusterNodeConfig {
-            id: 2,
-            raft_addr: "b:7800".into(),
-            http_addr: "b:7700".into(),
-        },
+        ClusterNodeConfig { id: 1, raft_addr: "a:7800".into(), http_addr: "a:7700".into() },
+        ClusterNodeConfig { id: 2, raft_addr: "b:7800".into(), http_addr: "b:7700".into() },
     ];
     config.vector_spaces.push(VectorSpaceConfig {
         dimensions: 768,
@@ -752,10 +454,6 @@ fn to_toml_string_round_trips_through_load() {
 
     for original in [Config::default(), config] {
         let text = original.to_toml_string();
-        assert_eq!(
-            load_file(&text).expect("round trip loads"),
-            original,
-            "{text}"
-        );
+        assert_eq!(load_file(&text).expect("round trip loads"), original, "{text}");
     }
 }

@@ -63,39 +63,22 @@ fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
 fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
+        .and_then(|text| text.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
         .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|t| {
-            t.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
+        .and_then(|t| t.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     format!("{cores} cores ({cpu}), {memory_gib:.0} GiB")
 }
 
 pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
-    let gen_config = GenConfig {
-        hours: options.hours,
-        seed: options.seed,
-        ..GenConfig::default()
-    };
+    let gen_config = GenConfig { hours: options.hours, seed: options.seed, ..GenConfig::default() };
     let sample = sample_dir(&options.work_dir, &gen_config);
     ensure_sample(&sample, &gen_config, false)?;
-    let node_dir = options
-        .work_dir
-        .join(format!("bench-node-{}", std::process::id()));
+    let node_dir = options.work_dir.join(format!("bench-node-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&node_dir);
     let mut config = options.config;
     config.node.data_dir = node_dir.clone();
@@ -112,24 +95,13 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         let client = Client::new(&base);
         for line in BufReader::new(std::fs::File::open(sample.join("assets.ndjson"))?).lines() {
             let mut value: serde_json::Value = serde_json::from_str(&line?)?;
-            let asset_id = value["asset_id"]
-                .as_str()
-                .ok_or("asset line without asset_id")?
-                .to_string();
+            let asset_id = value["asset_id"].as_str().ok_or("asset line without asset_id")?.to_string();
             if let Some(o) = value.as_object_mut() {
                 o.remove("asset_id");
             }
             let body = serde_json::to_vec(&value)?;
             let client = client.clone();
-            tokio::task::spawn_blocking(move || {
-                client.send(
-                    "PUT",
-                    &format!("/v1/assets/{asset_id}"),
-                    "application/json",
-                    &body,
-                )
-            })
-            .await??;
+            tokio::task::spawn_blocking(move || client.send("PUT", &format!("/v1/assets/{asset_id}"), "application/json", &body)).await??;
         }
 
         // Ingest: client threads posting NDJSON batches over loopback.
@@ -143,9 +115,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             let acknowledged = acknowledged.clone();
             workers.push(std::thread::spawn(move || -> Result<(), String> {
                 for body in rx {
-                    let reply = client
-                        .post_ndjson_retrying(&body, 20)
-                        .map_err(|e| e.to_string())?;
+                    let reply = client.post_ndjson_retrying(&body, 20).map_err(|e| e.to_string())?;
                     acknowledged.fetch_add(reply.accepted as u64, Ordering::Relaxed);
                 }
                 Ok(())
@@ -153,18 +123,13 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         }
         let annotations_path = sample.join("annotations.ndjson");
         let reader_thread = std::thread::spawn(move || -> Result<u64, String> {
-            let mut reader =
-                BufReader::new(std::fs::File::open(annotations_path).map_err(|e| e.to_string())?);
+            let mut reader = BufReader::new(std::fs::File::open(annotations_path).map_err(|e| e.to_string())?);
             let mut lines_total = 0;
             loop {
                 let mut chunk = Vec::with_capacity(LOAD_BATCH_LINES * 300);
                 let mut lines = 0;
                 while lines < LOAD_BATCH_LINES {
-                    if reader
-                        .read_until(b'\n', &mut chunk)
-                        .map_err(|e| e.to_string())?
-                        == 0
-                    {
+                    if reader.read_until(b'\n', &mut chunk).map_err(|e| e.to_string())? == 0 {
                         break;
                     }
                     lines += 1;
@@ -176,13 +141,9 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
                 batch_tx.send(chunk).map_err(|e| e.to_string())?;
             }
         });
-        let lines_total = tokio::task::spawn_blocking(move || reader_thread.join())
-            .await?
-            .map_err(|_| "reader panicked")??;
+        let lines_total = tokio::task::spawn_blocking(move || reader_thread.join()).await?.map_err(|_| "reader panicked")??;
         for worker in workers {
-            tokio::task::spawn_blocking(move || worker.join())
-                .await?
-                .map_err(|_| "ingest worker panicked")??;
+            tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| "ingest worker panicked")??;
         }
         let ingest_time = started.elapsed();
         let annotations = acknowledged.load(Ordering::Relaxed);
@@ -240,11 +201,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             machine: machine_description(),
         })
     })?;
-    let _ = std::fs::remove_dir_all(
-        options
-            .work_dir
-            .join(format!("bench-node-{}", std::process::id())),
-    );
+    let _ = std::fs::remove_dir_all(options.work_dir.join(format!("bench-node-{}", std::process::id())));
     Ok(report)
 }
 
@@ -256,25 +213,14 @@ pub fn load_truths(sample: &std::path::Path) -> Result<Vec<EpisodeTruth>, DemoEr
     Ok(truths)
 }
 
-fn query_mix(
-    season: &gen::Season,
-    truths: &[EpisodeTruth],
-    per_kind: usize,
-    seed: u64,
-) -> Vec<(&'static str, Vec<SearchRequest>)> {
+fn query_mix(season: &gen::Season, truths: &[EpisodeTruth], per_kind: usize, seed: u64) -> Vec<(&'static str, Vec<SearchRequest>)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xbe7c);
     let names: Vec<String> = season.cast.iter().map(|c| c.name.clone()).collect();
     let places: Vec<String> = season.locations.iter().map(|l| l.name.clone()).collect();
-    let lines: Vec<&str> = truths
-        .iter()
-        .flat_map(|t| t.dialogue.iter().map(|l| l.text.as_str()))
-        .collect();
+    let lines: Vec<&str> = truths.iter().flat_map(|t| t.dialogue.iter().map(|l| l.text.as_str())).collect();
     let dims = season.config.vector_dimensions;
     let vector_for = |rng: &mut rand_chacha::ChaCha8Rng, place: &str| -> Vec<f64> {
-        gen::location_centroid(season.config.seed, place, dims)
-            .into_iter()
-            .map(|x| f64::from(x) + rng.gen_range(-0.01..0.01))
-            .collect()
+        gen::location_centroid(season.config.seed, place, dims).into_iter().map(|x| f64::from(x) + rng.gen_range(-0.01..0.01)).collect()
     };
     let mut label = Vec::new();
     let mut label_and_scene = Vec::new();
@@ -284,26 +230,14 @@ fn query_mix(
     for _ in 0..per_kind {
         let name = &names[rng.gen_range(0..names.len())];
         let place = &places[rng.gen_range(0..places.len())];
-        label.push(SearchRequest {
-            q: Some(name.clone()),
-            ..Default::default()
-        });
-        label_and_scene.push(SearchRequest {
-            q: Some(format!("{name} in the {place}")),
-            ..Default::default()
-        });
-        let line = lines
-            .get(rng.gen_range(0..lines.len().max(1)))
-            .copied()
-            .unwrap_or("we were on a break");
+        label.push(SearchRequest { q: Some(name.clone()), ..Default::default() });
+        label_and_scene.push(SearchRequest { q: Some(format!("{name} in the {place}")), ..Default::default() });
+        let line = lines.get(rng.gen_range(0..lines.len().max(1))).copied().unwrap_or("we were on a break");
         let words: Vec<&str> = line.split_whitespace().collect();
         let take = words.len().min(4);
         let start = rng.gen_range(0..=words.len() - take);
         phrase.push(SearchRequest {
-            clauses: Some(vec![Clause::Phrase {
-                text: words[start..start + take].join(" "),
-                slop: None,
-            }]),
+            clauses: Some(vec![Clause::Phrase { text: words[start..start + take].join(" "), slop: None }]),
             ..Default::default()
         });
         vector.push(SearchRequest {
@@ -317,17 +251,8 @@ fn query_mix(
         });
         mixed.push(SearchRequest {
             clauses: Some(vec![
-                Clause::Label {
-                    label: name.clone(),
-                    track: Some("character".into()),
-                    min_confidence: None,
-                },
-                Clause::Vector {
-                    space: "scene".into(),
-                    vector: vector_for(&mut rng, place),
-                    k: Some(200),
-                    min_similarity: None,
-                },
+                Clause::Label { label: name.clone(), track: Some("character".into()), min_confidence: None },
+                Clause::Vector { space: "scene".into(), vector: vector_for(&mut rng, place), k: Some(200), min_similarity: None },
             ]),
             mode: Some(SearchMode::Intersection),
             ..Default::default()
@@ -343,32 +268,14 @@ fn query_mix(
 }
 
 pub fn print_report(report: &BenchReport) {
-    println!(
-        "## Rushes bench: {} hours, {} annotations, {} shards",
-        report.hours, report.annotations, report.shards
-    );
+    println!("## Rushes bench: {} hours, {} annotations, {} shards", report.hours, report.annotations, report.shards);
     println!("machine: {}\n", report.machine);
     println!("| metric | value |\n|---|---|");
-    println!(
-        "| ingest (acknowledged, durable) | {:.0} annotations/s ({:.1} s) |",
-        report.ingest_annotations_per_s, report.ingest_seconds
-    );
-    println!(
-        "| searchable after last ack | {:.1} s |",
-        report.searchable_after_last_ack_s
-    );
-    println!(
-        "| peak RSS | {:.0} MiB |",
-        report.peak_rss_bytes as f64 / 1048576.0
-    );
-    println!(
-        "| disk | {:.0} MiB ({:.0} bytes/annotation) |",
-        report.disk_bytes as f64 / 1048576.0,
-        report.disk_bytes_per_annotation
-    );
-    println!(
-        "\n| query | n | p50 ms | p99 ms | mean ms | assets/query |\n|---|---|---|---|---|---|"
-    );
+    println!("| ingest (acknowledged, durable) | {:.0} annotations/s ({:.1} s) |", report.ingest_annotations_per_s, report.ingest_seconds);
+    println!("| searchable after last ack | {:.1} s |", report.searchable_after_last_ack_s);
+    println!("| peak RSS | {:.0} MiB |", report.peak_rss_bytes as f64 / 1048576.0);
+    println!("| disk | {:.0} MiB ({:.0} bytes/annotation) |", report.disk_bytes as f64 / 1048576.0, report.disk_bytes_per_annotation);
+    println!("\n| query | n | p50 ms | p99 ms | mean ms | assets/query |\n|---|---|---|---|---|---|");
     for row in &report.queries {
         println!(
             "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",

@@ -7,12 +7,7 @@ use rushes_protocol::{IngestReply, SearchRequest, SearchResponse};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{status} from {url}: {body}")]
-    Status {
-        url: String,
-        status: u16,
-        body: String,
-        retry_after_s: Option<u64>,
-    },
+    Status { url: String, status: u16, body: String, retry_after_s: Option<u64> },
     #[error("cannot reach {url}: {message}")]
     Transport { url: String, message: String },
     #[error("unreadable reply from {url}: {message}")]
@@ -37,43 +32,23 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str) -> Client {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(120))
-            .max_idle_connections_per_host(64)
-            .build();
-        Client {
-            base: base.trim_end_matches('/').to_string(),
-            agent,
-        }
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).max_idle_connections_per_host(64).build();
+        Client { base: base.trim_end_matches('/').to_string(), agent }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn handle(
-        url: &str,
-        result: Result<ureq::Response, ureq::Error>,
-    ) -> Result<String, ClientError> {
+    fn handle(url: &str, result: Result<ureq::Response, ureq::Error>) -> Result<String, ClientError> {
         match result {
-            Ok(response) => response.into_string().map_err(|e| ClientError::Decode {
-                url: url.into(),
-                message: e.to_string(),
-            }),
+            Ok(response) => response.into_string().map_err(|e| ClientError::Decode { url: url.into(), message: e.to_string() }),
             Err(ureq::Error::Status(status, response)) => {
                 let retry_after_s = response.header("Retry-After").and_then(|v| v.parse().ok());
                 let body = response.into_string().unwrap_or_default();
-                Err(ClientError::Status {
-                    url: url.into(),
-                    status,
-                    body,
-                    retry_after_s,
-                })
+                Err(ClientError::Status { url: url.into(), status, body, retry_after_s })
             }
-            Err(e) => Err(ClientError::Transport {
-                url: url.into(),
-                message: e.to_string(),
-            }),
+            Err(e) => Err(ClientError::Transport { url: url.into(), message: e.to_string() }),
         }
     }
 
@@ -85,44 +60,22 @@ impl Client {
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         let url = self.url(path);
         let text = self.get(path)?;
-        serde_json::from_str(&text).map_err(|e| ClientError::Decode {
-            url,
-            message: e.to_string(),
-        })
+        serde_json::from_str(&text).map_err(|e| ClientError::Decode { url, message: e.to_string() })
     }
 
-    pub fn send(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        body: &[u8],
-    ) -> Result<String, ClientError> {
+    pub fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Result<String, ClientError> {
         let url = self.url(path);
-        Self::handle(
-            &url,
-            self.agent
-                .request(method, &url)
-                .set("Content-Type", content_type)
-                .send_bytes(body),
-        )
+        Self::handle(&url, self.agent.request(method, &url).set("Content-Type", content_type).send_bytes(body))
     }
 
     pub fn post_ndjson(&self, body: &[u8]) -> Result<IngestReply, ClientError> {
         let url = self.url("/v1/annotations");
         let text = self.send("POST", "/v1/annotations", "application/x-ndjson", body)?;
-        serde_json::from_str(&text).map_err(|e| ClientError::Decode {
-            url,
-            message: e.to_string(),
-        })
+        serde_json::from_str(&text).map_err(|e| ClientError::Decode { url, message: e.to_string() })
     }
 
     /// Posts with retries on 429/503 and transport errors (safe: ids are idempotent).
-    pub fn post_ndjson_retrying(
-        &self,
-        body: &[u8],
-        attempts: u32,
-    ) -> Result<IngestReply, ClientError> {
+    pub fn post_ndjson_retrying(&self, body: &[u8], attempts: u32) -> Result<IngestReply, ClientError> {
         let mut attempt = 0;
         loop {
             match self.post_ndjson(body) {
@@ -138,14 +91,8 @@ impl Client {
 
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse, ClientError> {
         let url = self.url("/v1/search");
-        let body = serde_json::to_vec(request).map_err(|e| ClientError::Decode {
-            url: url.clone(),
-            message: e.to_string(),
-        })?;
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Decode { url: url.clone(), message: e.to_string() })?;
         let text = self.send("POST", "/v1/search", "application/json", &body)?;
-        serde_json::from_str(&text).map_err(|e| ClientError::Decode {
-            url,
-            message: e.to_string(),
-        })
+        serde_json::from_str(&text).map_err(|e| ClientError::Decode { url, message: e.to_string() })
     }
 }

@@ -38,13 +38,7 @@ pub fn ensure_sample(dir: &Path, config: &GenConfig, quiet: bool) -> Result<(), 
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    std::fs::write(
-        dir.join("complete"),
-        format!(
-            "{} episodes, {} annotations\n",
-            summary.episodes, summary.annotations
-        ),
-    )?;
+    std::fs::write(dir.join("complete"), format!("{} episodes, {} annotations\n", summary.episodes, summary.annotations))?;
     if !quiet {
         eprintln!(
             "generated {} episodes ({:.1} hours), {} annotations in {}",
@@ -75,22 +69,14 @@ pub fn progress_bar(length: u64, message: &'static str, quiet: bool) -> Progress
 pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Result<u64, DemoError> {
     for line in BufReader::new(std::fs::File::open(dir.join("assets.ndjson"))?).lines() {
         let mut value: serde_json::Value = serde_json::from_str(&line?)?;
-        let asset_id = value["asset_id"]
-            .as_str()
-            .ok_or("assets.ndjson line without asset_id")?
-            .to_string();
+        let asset_id = value["asset_id"].as_str().ok_or("assets.ndjson line without asset_id")?.to_string();
         if let Some(object) = value.as_object_mut() {
             object.remove("asset_id");
         }
         let record: AssetRecord = serde_json::from_value(value)?;
-        engine
-            .upsert_asset(&asset_id, record)
-            .await
-            .map_err(|e| e.message)?;
+        engine.upsert_asset(&asset_id, record).await.map_err(|e| e.message)?;
     }
-    let total_lines = BufReader::new(std::fs::File::open(dir.join("annotations.ndjson"))?)
-        .lines()
-        .count() as u64;
+    let total_lines = BufReader::new(std::fs::File::open(dir.join("annotations.ndjson"))?).lines().count() as u64;
     let bar = progress_bar(total_lines, "ingesting annotations", quiet);
     let mut reader = BufReader::new(std::fs::File::open(dir.join("annotations.ndjson"))?);
     let mut in_flight = tokio::task::JoinSet::new();
@@ -119,19 +105,14 @@ pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Resul
         let engine = engine.clone();
         let limits = engine.ingest_limits.clone();
         in_flight.spawn(async move {
-            let items = tokio::task::spawn_blocking(move || {
-                parse_batch(&chunk, BodyFormat::Ndjson, &limits)
-            })
-            .await?
-            .map_err(|e| e.message)?;
+            let items =
+                tokio::task::spawn_blocking(move || parse_batch(&chunk, BodyFormat::Ndjson, &limits)).await?.map_err(|e| e.message)?;
             let count = items.len() as u64;
             // Retry on back-pressure, as any client would.
             loop {
                 match engine.ingest(items.clone()).await {
                     Ok(_) => return Ok::<u64, DemoError>(count),
-                    Err(e) if e.code.is_retryable() => {
-                        tokio::time::sleep(Duration::from_millis(50)).await
-                    }
+                    Err(e) if e.code.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
                     Err(e) => return Err(e.message.into()),
                 }
             }
@@ -148,11 +129,7 @@ pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Resul
 /// Waits until every shard has indexed all it applied; returns how long that took.
 pub async fn wait_caught_up(engine: &Engine, timeout: Duration) -> Result<Duration, DemoError> {
     let started = Instant::now();
-    let mut watches: Vec<_> = engine
-        .shards
-        .iter()
-        .map(|s| (s.progress.clone(), s.indexed_watch()))
-        .collect();
+    let mut watches: Vec<_> = engine.shards.iter().map(|s| (s.progress.clone(), s.indexed_watch())).collect();
     for (progress, watch) in &mut watches {
         let target = progress.applied.load(std::sync::atomic::Ordering::Acquire);
         let remaining = timeout.saturating_sub(started.elapsed());
@@ -173,17 +150,12 @@ pub struct DemoOptions {
 }
 
 pub fn run_demo(options: DemoOptions) -> Result<(), DemoError> {
-    let gen_config = GenConfig {
-        hours: options.hours,
-        seed: options.seed,
-        ..GenConfig::default()
-    };
+    let gen_config = GenConfig { hours: options.hours, seed: options.seed, ..GenConfig::default() };
     let sample = sample_dir(&options.data_dir, &gen_config);
     ensure_sample(&sample, &gen_config, false)?;
     let mut config = options.config;
     config.node.data_dir = options.data_dir.join("node");
-    let listener = TcpListener::bind(&options.listen)
-        .map_err(|e| format!("cannot listen on {}: {e} (use --listen)", options.listen))?;
+    let listener = TcpListener::bind(&options.listen).map_err(|e| format!("cannot listen on {}: {e} (use --listen)", options.listen))?;
     let address = listener.local_addr()?;
     config.node.listen = address;
     let system = actix_web::rt::System::new();
@@ -192,7 +164,8 @@ pub fn run_demo(options: DemoOptions) -> Result<(), DemoError> {
         let server = crate::http::server(engine.clone(), listener)?;
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);
-        let marker = options.data_dir.join("node").join(format!("loaded-{}", sample.file_name().and_then(|n| n.to_str()).unwrap_or("sample")));
+        let marker =
+            options.data_dir.join("node").join(format!("loaded-{}", sample.file_name().and_then(|n| n.to_str()).unwrap_or("sample")));
         if !marker.exists() {
             let started = Instant::now();
             let loaded = load_sample(&engine, &sample, false).await?;
@@ -225,15 +198,11 @@ fn print_examples(base: &str) {
     let examples = [
         (
             "Joey in the kitchen",
-            format!(
-                r#"curl -s {base}/v1/search -H 'content-type: application/json' -d '{{"q": "Joey in the kitchen"}}'"#
-            ),
+            format!(r#"curl -s {base}/v1/search -H 'content-type: application/json' -d '{{"q": "Joey in the kitchen"}}'"#),
         ),
         (
             "a line of dialogue",
-            format!(
-                r#"curl -s {base}/v1/search -H 'content-type: application/json' -d '{{"q": "\"we were on a break\""}}'"#
-            ),
+            format!(r#"curl -s {base}/v1/search -H 'content-type: application/json' -d '{{"q": "\"we were on a break\""}}'"#),
         ),
         (
             "structured: Monica and a frying pan, anywhere",
@@ -243,20 +212,12 @@ fn print_examples(base: &str) {
         ),
         (
             "what a query becomes",
-            format!(
-                r#"curl -s {base}/v1/search/explain -H 'content-type: application/json' -d '{{"q": "Rachel at the coffee shop"}}'"#
-            ),
+            format!(r#"curl -s {base}/v1/search/explain -H 'content-type: application/json' -d '{{"q": "Rachel at the coffee shop"}}'"#),
         ),
         ("as you type", format!("curl -s '{base}/v1/suggest?q=Zeb'")),
-        (
-            "the fused timeline",
-            format!("curl -s '{base}/v1/assets/s01e01/buckets?from_ms=0&to_ms=10000'"),
-        ),
+        ("the fused timeline", format!("curl -s '{base}/v1/assets/s01e01/buckets?from_ms=0&to_ms=10000'")),
         ("an asset", format!("curl -s {base}/v1/assets/s01e01")),
-        (
-            "shards and watermarks",
-            format!("curl -s {base}/v1/cluster"),
-        ),
+        ("shards and watermarks", format!("curl -s {base}/v1/cluster")),
     ];
     for (what, command) in examples {
         println!("# {what}\n{command}\n");

@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 use rushes_cluster::{shard_for_asset, RaftSettings};
 use rushes_config::{Config, Metric, Quantization};
 use rushes_protocol::model::{IngestItem, ShardCommand, StoredAnnotation, StoredAsset};
-use rushes_protocol::validate::{
-    validate_asset_id, IngestLimits, ParsedItem, VectorSpaceSpec as SpaceLimit,
-};
+use rushes_protocol::validate::{validate_asset_id, IngestLimits, ParsedItem, VectorSpaceSpec as SpaceLimit};
 use rushes_protocol::{
-    ApiError, AssetRecord, BucketAnnotationView, BucketView, BucketsReply, ErrorCode, IngestReply,
-    SearchRequest, SearchResponse, ShardCounts,
+    ApiError, AssetRecord, BucketAnnotationView, BucketView, BucketsReply, ErrorCode, IngestReply, SearchRequest, SearchResponse,
+    ShardCounts,
 };
 use serde_json::json;
 
@@ -84,12 +82,7 @@ impl Engine {
         let options = shard_options(&config);
         let mut shards = Vec::with_capacity(config.cluster.shards as usize);
         for id in 0..config.cluster.shards {
-            shards.push(Shard::open(
-                &config.node.data_dir,
-                id,
-                &options,
-                metrics.clone(),
-            )?);
+            shards.push(Shard::open(&config.node.data_dir, id, &options, metrics.clone())?);
         }
         let limits = &config.limits;
         let ingest_limits = IngestLimits {
@@ -101,14 +94,7 @@ impl Engine {
             max_text_bytes: limits.max_text_bytes,
             max_interval_ms: limits.max_interval_ms,
             max_time_ms: limits.max_time_ms,
-            vector_spaces: config
-                .vector_spaces
-                .iter()
-                .map(|s| SpaceLimit {
-                    name: s.name.clone(),
-                    dimensions: s.dimensions,
-                })
-                .collect(),
+            vector_spaces: config.vector_spaces.iter().map(|s| SpaceLimit { name: s.name.clone(), dimensions: s.dimensions }).collect(),
         };
         let search_limits = SearchLimits {
             max_clauses: limits.max_clauses,
@@ -116,22 +102,10 @@ impl Engine {
             max_limit: limits.max_limit,
             max_query_bytes: limits.max_query_bytes,
             max_vector_k: limits.max_vector_k,
-            vector_spaces: config
-                .vector_spaces
-                .iter()
-                .map(|s| (s.name.clone(), s.dimensions))
-                .collect(),
+            vector_spaces: config.vector_spaces.iter().map(|s| (s.name.clone(), s.dimensions)).collect(),
         };
         let search_slots = Arc::new(tokio::sync::Semaphore::new(limits.search_queue_depth));
-        Ok(Arc::new(Engine {
-            config,
-            shards,
-            metrics,
-            ingest_limits,
-            search_limits,
-            search_slots,
-            started: Instant::now(),
-        }))
+        Ok(Arc::new(Engine { config, shards, metrics, ingest_limits, search_limits, search_slots, started: Instant::now() }))
     }
 
     pub fn shard_of(&self, asset_id: &str) -> &Arc<Shard> {
@@ -154,19 +128,10 @@ impl Engine {
         for (position, item) in items.into_iter().enumerate() {
             let key = (item.annotation.asset_id.clone(), item.annotation.id.clone());
             let (annotation, vector) = StoredAnnotation::from_validated(item.annotation);
-            let ingest_item = IngestItem {
-                raw_json: item.raw_json,
-                annotation,
-                vector,
-            };
+            let ingest_item = IngestItem { raw_json: item.raw_json, annotation, vector };
             if let Some(&earlier) = first_seen.get(&key) {
-                let (_, previous) = kept
-                    .iter()
-                    .find(|(p, _)| *p == earlier)
-                    .ok_or_else(|| ApiError::internal("batch bookkeeping"))?;
-                if previous.annotation != ingest_item.annotation
-                    || previous.vector != ingest_item.vector
-                {
+                let (_, previous) = kept.iter().find(|(p, _)| *p == earlier).ok_or_else(|| ApiError::internal("batch bookkeeping"))?;
+                if previous.annotation != ingest_item.annotation || previous.vector != ingest_item.vector {
                     return Err(ApiError::new(
                         ErrorCode::Conflict,
                         format!("id {:?} appears twice in this batch with different content (items {earlier} and {position})", key.1),
@@ -184,25 +149,17 @@ impl Engine {
         // The shard re-checks when applying (authoritative, for concurrent writers).
         for (position, item) in &kept {
             let shard = self.shard_of(&item.annotation.asset_id);
-            if let Some(existing) = shard
-                .store
-                .annotation(&item.annotation.asset_id, &item.annotation.id)
-                .map_err(|e| ApiError::internal(e.to_string()))?
+            if let Some(existing) =
+                shard.store.annotation(&item.annotation.asset_id, &item.annotation.id).map_err(|e| ApiError::internal(e.to_string()))?
             {
-                let same_vector = shard
-                    .store
-                    .vector(&item.annotation.asset_id, &item.annotation.id)
-                    .ok()
-                    .flatten()
-                    == item.vector;
+                let same_vector = shard.store.vector(&item.annotation.asset_id, &item.annotation.id).ok().flatten() == item.vector;
                 if existing != item.annotation || !same_vector {
                     return Err(conflict(*position, &item.annotation.id));
                 }
             }
         }
         for (position, item) in kept {
-            let shard_index =
-                shard_for_asset(&item.annotation.asset_id, self.shards.len() as u32) as usize;
+            let shard_index = shard_for_asset(&item.annotation.asset_id, self.shards.len() as u32) as usize;
             let entry = by_shard.entry(shard_index).or_default();
             entry.0.push(item);
             entry.1.push(position);
@@ -218,26 +175,20 @@ impl Engine {
         let mut first_error: Option<ApiError> = None;
         for (receiver, positions) in pending {
             let outcome = match tokio::time::timeout_at(deadline, receiver).await {
-                Err(_) => Err(ApiError::new(ErrorCode::Timeout, "the write was not confirmed in time; retry the same batch (ids are idempotent)").with_retry_after(1)),
+                Err(_) => {
+                    Err(ApiError::new(ErrorCode::Timeout, "the write was not confirmed in time; retry the same batch (ids are idempotent)")
+                        .with_retry_after(1))
+                }
                 Ok(Err(_)) => Err(ApiError::unavailable("the shard stopped before confirming the write; retry the same batch")),
                 Ok(Ok(result)) => result,
             };
             match outcome {
-                Ok(ApplyOutcome::Applied {
-                    created: c,
-                    duplicates: d,
-                }) => {
+                Ok(ApplyOutcome::Applied { created: c, duplicates: d }) => {
                     created += c;
                     duplicates += d;
                 }
-                Ok(ApplyOutcome::Conflict {
-                    item,
-                    annotation_id,
-                }) => {
-                    first_error.get_or_insert(conflict(
-                        positions.get(item).copied().unwrap_or(item),
-                        &annotation_id,
-                    ));
+                Ok(ApplyOutcome::Conflict { item, annotation_id }) => {
+                    first_error.get_or_insert(conflict(positions.get(item).copied().unwrap_or(item), &annotation_id));
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -245,23 +196,12 @@ impl Engine {
             }
         }
         if let Some(error) = first_error {
-            self.metrics
-                .ingest_requests
-                .with_label_values(&[error.code.as_str()])
-                .inc();
+            self.metrics.ingest_requests.with_label_values(&[error.code.as_str()]).inc();
             return Err(error);
         }
-        self.metrics
-            .ingest_requests
-            .with_label_values(&["ok"])
-            .inc();
+        self.metrics.ingest_requests.with_label_values(&["ok"]).inc();
         self.metrics.ingest_annotations.inc_by(total as u64);
-        Ok(IngestReply {
-            accepted: total,
-            created,
-            duplicates,
-            took_ms: started.elapsed().as_millis() as u64,
-        })
+        Ok(IngestReply { accepted: total, created, duplicates, took_ms: started.elapsed().as_millis() as u64 })
     }
 
     pub async fn upsert_asset(&self, asset_id: &str, record: AssetRecord) -> Result<(), ApiError> {
@@ -269,19 +209,10 @@ impl Engine {
             .map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))?;
         validate_asset_record(&record, self.config.limits.max_time_ms)?;
         let shard = self.shard_of(asset_id);
-        let receiver = shard.propose(&ShardCommand::UpsertAsset {
-            asset_id: asset_id.to_string(),
-            record: StoredAsset::from(record),
-        })?;
+        let receiver = shard.propose(&ShardCommand::UpsertAsset { asset_id: asset_id.to_string(), record: StoredAsset::from(record) })?;
         match tokio::time::timeout(self.request_timeout(), receiver).await {
-            Err(_) => Err(ApiError::new(
-                ErrorCode::Timeout,
-                "the write was not confirmed in time; retry",
-            )
-            .with_retry_after(1)),
-            Ok(Err(_)) => Err(ApiError::unavailable(
-                "the shard stopped before confirming the write; retry",
-            )),
+            Err(_) => Err(ApiError::new(ErrorCode::Timeout, "the write was not confirmed in time; retry").with_retry_after(1)),
+            Ok(Err(_)) => Err(ApiError::unavailable("the shard stopped before confirming the write; retry")),
             Ok(Ok(result)) => result.map(|_| ()),
         }
     }
@@ -292,14 +223,10 @@ impl Engine {
         let record = store.asset_record(asset_id).map_err(internal)?;
         let counts = store.track_counts(asset_id).map_err(internal)?;
         if record.is_none() && counts.is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("asset {asset_id:?} has no record and no annotations"),
-            ));
+            return Err(ApiError::new(ErrorCode::NotFound, format!("asset {asset_id:?} has no record and no annotations")));
         }
         let record = AssetRecord::from(record.unwrap_or_default());
-        let mut body =
-            serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut body = serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))?;
         body["asset_id"] = json!(asset_id);
         body["annotations"] = json!({ "total": counts.values().sum::<u64>(), "by_track": counts });
         Ok(body)
@@ -310,41 +237,27 @@ impl Engine {
             .store
             .raw_annotation(asset_id, annotation_id)
             .map_err(|e| ApiError::internal(e.to_string()))?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("no annotation {annotation_id:?} on asset {asset_id:?}"),
-                )
-            })
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no annotation {annotation_id:?} on asset {asset_id:?}")))
     }
 
-    pub fn buckets(
-        &self,
-        asset_id: &str,
-        from_ms: Option<u64>,
-        to_ms: Option<u64>,
-    ) -> Result<BucketsReply, ApiError> {
+    pub fn buckets(&self, asset_id: &str, from_ms: Option<u64>, to_ms: Option<u64>) -> Result<BucketsReply, ApiError> {
         let bucket_ms = self.config.fusion.bucket_ms;
         let from_ms = from_ms.unwrap_or(0);
         let to_ms = to_ms.unwrap_or(from_ms.saturating_add(MAX_BUCKETS_PER_REQUEST * bucket_ms));
         if to_ms <= from_ms {
-            return Err(ApiError::field(
-                "to_ms",
-                format!("to_ms ({to_ms}) must be greater than from_ms ({from_ms})"),
-            ));
+            return Err(ApiError::field("to_ms", format!("to_ms ({to_ms}) must be greater than from_ms ({from_ms})")));
         }
         let (first, end) = (from_ms / bucket_ms, to_ms.div_ceil(bucket_ms));
         if end - first > MAX_BUCKETS_PER_REQUEST {
             return Err(ApiError::field(
                 "to_ms",
-                format!("the range covers {} buckets; ask for at most {MAX_BUCKETS_PER_REQUEST} per request (page with from_ms)", end - first),
+                format!(
+                    "the range covers {} buckets; ask for at most {MAX_BUCKETS_PER_REQUEST} per request (page with from_ms)",
+                    end - first
+                ),
             ));
         }
-        let buckets = self
-            .shard_of(asset_id)
-            .store
-            .bucket_range(asset_id, first, end)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let buckets = self.shard_of(asset_id).store.bucket_range(asset_id, first, end).map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(BucketsReply {
             asset_id: asset_id.to_string(),
             bucket_ms,
@@ -391,12 +304,9 @@ impl Engine {
         search::plan(request, &self.vocabulary(), &self.search_limits)
     }
 
-    pub async fn search(
-        self: &Arc<Self>,
-        request: SearchRequest,
-    ) -> Result<SearchResponse, ApiError> {
+    pub async fn search(self: &Arc<Self>, request: SearchRequest) -> Result<SearchResponse, ApiError> {
         let started = Instant::now();
-        let plan = Arc::new(self.plan(&request)?);
+        let mut plan = self.plan(&request)?;
         let _permit = self
             .search_slots
             .clone()
@@ -407,29 +317,41 @@ impl Engine {
                 if !shard.wait_searchable(self.request_timeout()).await {
                     return Err(ApiError::new(
                         ErrorCode::Timeout,
-                        format!(
-                            "shard {} did not index the latest writes in time; retry",
-                            shard.id
-                        ),
+                        format!("shard {} did not index the latest writes in time; retry", shard.id),
                     )
                     .with_retry_after(1));
                 }
             }
         }
+        // Phase one for vector clauses: k means the k nearest over the whole cluster.
+        let vector_clauses: Vec<usize> =
+            plan.clauses.iter().enumerate().filter(|(_, c)| matches!(c, search::PlannedClause::Vector { .. })).map(|(i, _)| i).collect();
+        if !vector_clauses.is_empty() {
+            let shards = self.shards.clone();
+            let phase_plan = plan.clone();
+            let similarities = tokio::task::spawn_blocking(move || -> Result<BTreeMap<usize, Vec<f64>>, search::SearchError> {
+                let mut all: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+                for &clause in &vector_clauses {
+                    for shard in &shards {
+                        all.entry(clause).or_default().extend(search::shard_vector_similarities(shard, &phase_plan, clause)?);
+                    }
+                }
+                Ok(all)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("vector phase failed: {e}")))?
+            .map_err(|e| ApiError::internal(format!("vector phase failed: {e}")))?;
+            search::apply_global_k(&mut plan, &similarities);
+        }
+        let plan = Arc::new(plan);
         let mut tasks = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
             let shard = shard.clone();
             let plan = plan.clone();
-            tasks.push(tokio::task::spawn_blocking(move || {
-                search::search_shard(&shard, &plan)
-            }));
+            tasks.push(tokio::task::spawn_blocking(move || search::search_shard(&shard, &plan)));
         }
         let mut assets = Vec::new();
-        let mut counts = ShardCounts {
-            total: self.shards.len(),
-            ok: 0,
-            failed: 0,
-        };
+        let mut counts = ShardCounts { total: self.shards.len(), ok: 0, failed: 0 };
         for (shard, task) in self.shards.iter().zip(tasks) {
             match tokio::time::timeout(self.request_timeout(), task).await {
                 Ok(Ok(Ok(mut shard_assets))) => {
@@ -451,16 +373,8 @@ impl Engine {
             }
         }
         let took = started.elapsed();
-        self.metrics
-            .query_seconds
-            .with_label_values(&["search"])
-            .observe(took.as_secs_f64());
-        Ok(search::merge(
-            assets,
-            plan.limit,
-            counts,
-            took.as_millis() as u64,
-        ))
+        self.metrics.query_seconds.with_label_values(&["search"]).observe(took.as_secs_f64());
+        Ok(search::merge(assets, plan.limit, counts, took.as_millis() as u64))
     }
 
     pub fn cluster_status(&self) -> serde_json::Value {
@@ -510,9 +424,7 @@ impl Engine {
 
     /// True when every shard has indexed everything it applied.
     pub fn is_caught_up(&self) -> bool {
-        self.shards.iter().all(|s| {
-            s.progress.indexed.load(Ordering::Acquire) >= s.progress.applied.load(Ordering::Acquire)
-        })
+        self.shards.iter().all(|s| s.progress.indexed.load(Ordering::Acquire) >= s.progress.applied.load(Ordering::Acquire))
     }
 
     pub fn total_raw_annotations(&self) -> usize {
@@ -541,39 +453,24 @@ fn conflict(item: usize, annotation_id: &str) -> ApiError {
 }
 
 fn validate_asset_record(record: &AssetRecord, max_time_ms: u64) -> Result<(), ApiError> {
-    for (field, value, max) in [
-        ("title", &record.title, 512usize),
-        ("series", &record.series, 128),
-    ] {
+    for (field, value, max) in [("title", &record.title, 512usize), ("series", &record.series, 128)] {
         if let Some(text) = value {
             if text.len() > max {
-                return Err(ApiError::field(
-                    field,
-                    format!("{field} is {} bytes; the limit is {max}", text.len()),
-                ));
+                return Err(ApiError::field(field, format!("{field} is {} bytes; the limit is {max}", text.len())));
             }
             if text.chars().any(char::is_control) {
-                return Err(ApiError::field(
-                    field,
-                    format!("{field} must not contain control characters"),
-                ));
+                return Err(ApiError::field(field, format!("{field} must not contain control characters")));
             }
         }
     }
     if let Some(fps) = record.fps {
         if !fps.is_finite() || fps <= 0.0 || fps > 1000.0 {
-            return Err(ApiError::field(
-                "fps",
-                format!("fps is {fps}; it must be a number in (0, 1000]"),
-            ));
+            return Err(ApiError::field("fps", format!("fps is {fps}; it must be a number in (0, 1000]")));
         }
     }
     if let Some(duration) = record.duration_ms {
         if duration == 0 || duration > max_time_ms {
-            return Err(ApiError::field(
-                "duration_ms",
-                format!("duration_ms is {duration}; allowed 1..={max_time_ms}"),
-            ));
+            return Err(ApiError::field("duration_ms", format!("duration_ms is {duration}; allowed 1..={max_time_ms}")));
         }
     }
     Ok(())

@@ -8,9 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use rushes_protocol::model::{
-    compare_model_versions, Bucket, BucketEntry, ShardCommand, StoredAnnotation,
-};
+use rushes_protocol::model::{compare_model_versions, Bucket, BucketEntry, ShardCommand, StoredAnnotation};
 
 use crate::store::{ShardStore, StoreError};
 
@@ -48,9 +46,7 @@ pub fn bucket_span(start_ms: u64, end_ms: u64, bucket_ms: u64) -> (u64, u64) {
 pub fn coverage(start_ms: u64, end_ms: u64, bucket: u64, bucket_ms: u64) -> f64 {
     let bucket_start = bucket * bucket_ms;
     let bucket_end = bucket_start + bucket_ms;
-    let overlap = end_ms
-        .min(bucket_end)
-        .saturating_sub(start_ms.max(bucket_start));
+    let overlap = end_ms.min(bucket_end).saturating_sub(start_ms.max(bucket_start));
     overlap as f64 / bucket_ms as f64
 }
 
@@ -58,9 +54,7 @@ pub fn coverage(start_ms: u64, end_ms: u64, bucket: u64, bucket_ms: u64) -> f64 
 pub fn active_versions(annotations: &[StoredAnnotation]) -> HashMap<&str, &str> {
     let mut active: HashMap<&str, &str> = HashMap::new();
     for a in annotations {
-        let entry = active
-            .entry(a.model.as_str())
-            .or_insert(a.model_version.as_str());
+        let entry = active.entry(a.model.as_str()).or_insert(a.model_version.as_str());
         if compare_model_versions(&a.model_version, entry).is_gt() {
             *entry = a.model_version.as_str();
         }
@@ -70,11 +64,7 @@ pub fn active_versions(annotations: &[StoredAnnotation]) -> HashMap<&str, &str> 
 
 /// Computes the buckets in `affected` from all annotations of one asset. Every affected bucket
 /// is in the result; an empty one means "delete".
-pub fn fuse_asset(
-    annotations: &[StoredAnnotation],
-    affected: &AffectedBuckets,
-    bucket_ms: u64,
-) -> BTreeMap<u64, Bucket> {
+pub fn fuse_asset(annotations: &[StoredAnnotation], affected: &AffectedBuckets, bucket_ms: u64) -> BTreeMap<u64, Bucket> {
     let active = active_versions(annotations);
     let mut buckets: BTreeMap<u64, Bucket> = match affected {
         AffectedBuckets::All => BTreeMap::new(),
@@ -90,33 +80,25 @@ pub fn fuse_asset(
             if share <= 0.0 {
                 return;
             }
-            buckets
-                .entry(bucket)
-                .or_default()
-                .entries
-                .push(BucketEntry {
-                    annotation_id: a.id.clone(),
-                    track: a.track.clone(),
-                    model: a.model.clone(),
-                    label: a.label.clone(),
-                    text: a.text.clone(),
-                    language: a.language.clone(),
-                    vector_space: a.vector_space.clone(),
-                    confidence: a.confidence,
-                    coverage: share,
-                });
+            buckets.entry(bucket).or_default().entries.push(BucketEntry {
+                annotation_id: a.id.clone(),
+                track: a.track.clone(),
+                model: a.model.clone(),
+                label: a.label.clone(),
+                text: a.text.clone(),
+                language: a.language.clone(),
+                vector_space: a.vector_space.clone(),
+                confidence: a.confidence,
+                coverage: share,
+            });
         };
         match affected {
             AffectedBuckets::All => (first..=last).for_each(|b| visit(b, &mut buckets)),
-            AffectedBuckets::Some(set) => set
-                .range(first..=last)
-                .for_each(|&b| visit(b, &mut buckets)),
+            AffectedBuckets::Some(set) => set.range(first..=last).for_each(|&b| visit(b, &mut buckets)),
         }
     }
     for bucket in buckets.values_mut() {
-        bucket
-            .entries
-            .sort_by(|x, y| (&x.track, &x.annotation_id).cmp(&(&y.track, &y.annotation_id)));
+        bucket.entries.sort_by(|x, y| (&x.track, &x.annotation_id).cmp(&(&y.track, &y.annotation_id)));
     }
     buckets
 }
@@ -160,12 +142,7 @@ pub fn affected_by_command(
 
 /// Recomputes and writes the affected buckets of one asset. With `All`, buckets that no longer
 /// hold anything are deleted too.
-pub fn refuse_asset(
-    store: &ShardStore,
-    asset_id: &str,
-    affected: &AffectedBuckets,
-    bucket_ms: u64,
-) -> Result<usize, StoreError> {
+pub fn refuse_asset(store: &ShardStore, asset_id: &str, affected: &AffectedBuckets, bucket_ms: u64) -> Result<usize, StoreError> {
     let annotations = store.asset_annotations(asset_id)?;
     let mut buckets = fuse_asset(&annotations, affected, bucket_ms);
     if matches!(affected, AffectedBuckets::All) {
@@ -182,15 +159,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn annotation(
-        id: &str,
-        model: &str,
-        version: &str,
-        start_ms: u64,
-        end_ms: u64,
-        label: &str,
-        confidence: f64,
-    ) -> StoredAnnotation {
+    fn annotation(id: &str, model: &str, version: &str, start_ms: u64, end_ms: u64, label: &str, confidence: f64) -> StoredAnnotation {
         StoredAnnotation {
             id: id.into(),
             asset_id: "e1".into(),
@@ -224,22 +193,13 @@ mod tests {
 
     #[test]
     fn overlapping_annotations_share_buckets_with_their_coverage() {
-        let annotations = vec![
-            annotation("a", "faces", "1", 500, 2500, "Joey", 0.9),
-            annotation("b", "faces", "1", 2000, 3000, "Monica", 0.8),
-        ];
+        let annotations =
+            vec![annotation("a", "faces", "1", 500, 2500, "Joey", 0.9), annotation("b", "faces", "1", 2000, 3000, "Monica", 0.8)];
         let buckets = fuse_asset(&annotations, &AffectedBuckets::All, 1000);
         assert_eq!(buckets.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(buckets[&0].entries.len(), 1);
         assert_eq!(buckets[&0].entries[0].coverage, 0.5);
-        assert_eq!(
-            buckets[&2]
-                .entries
-                .iter()
-                .map(|e| e.annotation_id.as_str())
-                .collect::<Vec<_>>(),
-            vec!["a", "b"]
-        );
+        assert_eq!(buckets[&2].entries.iter().map(|e| e.annotation_id.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
         assert_eq!(buckets[&2].entries[0].coverage, 0.5);
         assert_eq!(buckets[&2].entries[1].coverage, 1.0);
     }
@@ -252,19 +212,9 @@ mod tests {
             annotation("other", "places", "1", 0, 2000, "kitchen", 0.8),
         ];
         let buckets = fuse_asset(&annotations, &AffectedBuckets::All, 1000);
-        let ids: Vec<(u64, Vec<&str>)> = buckets
-            .iter()
-            .map(|(s, b)| {
-                (
-                    *s,
-                    b.entries.iter().map(|e| e.annotation_id.as_str()).collect(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            ids,
-            vec![(0, vec!["other"]), (1, vec!["other"]), (3, vec!["v2"])]
-        );
+        let ids: Vec<(u64, Vec<&str>)> =
+            buckets.iter().map(|(s, b)| (*s, b.entries.iter().map(|e| e.annotation_id.as_str()).collect())).collect();
+        assert_eq!(ids, vec![(0, vec!["other"]), (1, vec!["other"]), (3, vec!["v2"])]);
         // Arrival order does not matter: the same set gives the same buckets.
         let mut reversed = annotations.clone();
         reversed.reverse();
@@ -282,22 +232,20 @@ mod tests {
     }
 
     fn arbitrary_annotation() -> impl Strategy<Value = StoredAnnotation> {
-        (0u64..20_000, 1u64..6_000, 0usize..3, 0usize..3, 0usize..4).prop_map(
-            |(start, length, model, version, label)| {
-                let models = ["faces", "places", "objects"];
-                let versions = ["1", "2", "1.5"];
-                let labels = ["Joey", "Monica", "kitchen", "cup"];
-                annotation(
-                    &format!("{}-{}-{start}-{length}", models[model], versions[version]),
-                    models[model],
-                    versions[version],
-                    start,
-                    start + length,
-                    labels[label],
-                    0.5,
-                )
-            },
-        )
+        (0u64..20_000, 1u64..6_000, 0usize..3, 0usize..3, 0usize..4).prop_map(|(start, length, model, version, label)| {
+            let models = ["faces", "places", "objects"];
+            let versions = ["1", "2", "1.5"];
+            let labels = ["Joey", "Monica", "kitchen", "cup"];
+            annotation(
+                &format!("{}-{}-{start}-{length}", models[model], versions[version]),
+                models[model],
+                versions[version],
+                start,
+                start + length,
+                labels[label],
+                0.5,
+            )
+        })
     }
 
     proptest! {
@@ -331,9 +279,7 @@ mod tests {
     fn naive_fusion(annotations: &[StoredAnnotation], bucket_ms: u64) -> BTreeMap<u64, Bucket> {
         let mut best: HashMap<&str, &str> = HashMap::new();
         for a in annotations {
-            let keep = best.get(a.model.as_str()).map_or(true, |v| {
-                compare_model_versions(&a.model_version, v).is_gt()
-            });
+            let keep = best.get(a.model.as_str()).map_or(true, |v| compare_model_versions(&a.model_version, v).is_gt());
             if keep {
                 best.insert(&a.model, &a.model_version);
             }
@@ -345,9 +291,7 @@ mod tests {
             let (lo, hi) = (bucket * bucket_ms, (bucket + 1) * bucket_ms);
             let mut entries: Vec<BucketEntry> = annotations
                 .iter()
-                .filter(|a| {
-                    best[a.model.as_str()] == a.model_version && a.start_ms < hi && a.end_ms > lo
-                })
+                .filter(|a| best[a.model.as_str()] == a.model_version && a.start_ms < hi && a.end_ms > lo)
                 .map(|a| BucketEntry {
                     annotation_id: a.id.clone(),
                     track: a.track.clone(),

@@ -33,14 +33,11 @@ pub const EPISODE_FPS: f64 = 23.976;
 pub const SCENE_VECTOR_SPACE: &str = "scene";
 /// Recurring phrases planted in the dialogue with realistic rarity, normalized the way
 /// [`EpisodeTruth::lines_containing`] compares them. Handy as benchmark queries.
-pub const CATCHPHRASES: &[&str] = &[
-    "we were on a break",
-    "how you doin",
-    "pivot",
-    "they don't know that we know",
-    "smelly cat",
-    "oh my god",
-];
+pub const CATCHPHRASES: &[&str] =
+    &["we were on a break", "how you doin", "pivot", "they don't know that we know", "smelly cat", "oh my god"];
+
+/// Upper bound on a planned season (about 470,000 hours), so an absurd `hours` cannot exhaust memory.
+pub const MAX_EPISODES: usize = 1_000_000;
 
 const MS_PER_SECOND: u64 = 1_000;
 const MS_PER_MINUTE: u64 = 60 * MS_PER_SECOND;
@@ -117,7 +114,8 @@ enum Stream {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenConfig {
-    /// Footage to generate; episodes are added until their total reaches this (at least one).
+    /// Footage to generate; whole episodes are added until their total reaches this (at least
+    /// one episode, at most MAX_EPISODES).
     pub hours: f64,
     pub seed: u64,
     /// Length of the scene embedding vectors; 0 leaves scene annotations without a vector.
@@ -126,11 +124,7 @@ pub struct GenConfig {
 
 impl Default for GenConfig {
     fn default() -> Self {
-        GenConfig {
-            hours: 3.0,
-            seed: 42,
-            vector_dimensions: 512,
-        }
+        GenConfig { hours: 3.0, seed: 42, vector_dimensions: 512 }
     }
 }
 
@@ -236,12 +230,7 @@ impl EpisodeTruth {
             "character" => intervals_labelled(&self.characters, label),
             "scene" => intervals_labelled(&self.scenes, label),
             "object" => intervals_labelled(&self.objects, label),
-            "dialogue" => self
-                .dialogue
-                .iter()
-                .filter(|line| line.speaker == label)
-                .map(|line| (line.start_ms, line.end_ms))
-                .collect(),
+            "dialogue" => self.dialogue.iter().filter(|line| line.speaker == label).map(|line| (line.start_ms, line.end_ms)).collect(),
             _ => return BTreeSet::new(),
         };
         let merged = merge_spans(&mut spans);
@@ -251,16 +240,11 @@ impl EpisodeTruth {
             let last_bucket = (end_ms - 1) / bucket_ms;
             for bucket in first_bucket..=last_bucket {
                 let bucket_start_ms = bucket * bucket_ms;
-                let overlap_ms =
-                    end_ms.min(bucket_start_ms + bucket_ms) - start_ms.max(bucket_start_ms);
+                let overlap_ms = end_ms.min(bucket_start_ms + bucket_ms) - start_ms.max(bucket_start_ms);
                 *covered_ms_by_bucket.entry(bucket).or_insert(0) += overlap_ms;
             }
         }
-        covered_ms_by_bucket
-            .into_iter()
-            .filter(|&(_, covered_ms)| covered_ms * 2 >= bucket_ms)
-            .map(|(bucket, _)| bucket)
-            .collect()
+        covered_ms_by_bucket.into_iter().filter(|&(_, covered_ms)| covered_ms * 2 >= bucket_ms).map(|(bucket, _)| bucket).collect()
     }
 
     /// Lines whose words contain `phrase`'s words in order and adjacent. Case and punctuation
@@ -275,20 +259,14 @@ impl EpisodeTruth {
             .iter()
             .filter(|line| {
                 let line_words = normalized_words(&line.text);
-                line_words
-                    .windows(phrase_words.len())
-                    .any(|window| window == phrase_words.as_slice())
+                line_words.windows(phrase_words.len()).any(|window| window == phrase_words.as_slice())
             })
             .collect()
     }
 }
 
 fn intervals_labelled(intervals: &[TruthInterval], label: &str) -> Vec<(u64, u64)> {
-    intervals
-        .iter()
-        .filter(|i| i.label == label)
-        .map(|i| (i.start_ms, i.end_ms))
-        .collect()
+    intervals.iter().filter(|i| i.label == label).map(|i| (i.start_ms, i.end_ms)).collect()
 }
 
 /// Sorts and merges overlapping or touching spans; drops empty ones.
@@ -339,96 +317,26 @@ struct CastSpec {
 }
 
 const CAST_SPECS: &[CastSpec] = &[
-    CastSpec {
-        name: "Joey",
-        base_share: 0.36,
-        appearance_probability: 1.0,
-        locations: &[],
-    },
-    CastSpec {
-        name: "Monica",
-        base_share: 0.38,
-        appearance_probability: 1.0,
-        locations: &[],
-    },
-    CastSpec {
-        name: "Rachel",
-        base_share: 0.40,
-        appearance_probability: 1.0,
-        locations: &[],
-    },
-    CastSpec {
-        name: "Ross",
-        base_share: 0.39,
-        appearance_probability: 1.0,
-        locations: &[],
-    },
-    CastSpec {
-        name: "Chandler",
-        base_share: 0.37,
-        appearance_probability: 1.0,
-        locations: &[],
-    },
-    CastSpec {
-        name: "Phoebe",
-        base_share: 0.34,
-        appearance_probability: 1.0,
-        locations: &[],
-    },
-    CastSpec {
-        name: "Gunther",
-        base_share: 0.03,
-        appearance_probability: 0.45,
-        locations: &["coffee shop"],
-    },
-    CastSpec {
-        name: "Janice",
-        base_share: 0.06,
-        appearance_probability: 0.18,
-        locations: &[],
-    },
-    CastSpec {
-        name: "Zeb",
-        base_share: 0.05,
-        appearance_probability: 0.2,
-        locations: &[],
-    },
-    CastSpec {
-        name: "Mike",
-        base_share: 0.05,
-        appearance_probability: 0.12,
-        locations: &[],
-    },
+    CastSpec { name: "Joey", base_share: 0.36, appearance_probability: 1.0, locations: &[] },
+    CastSpec { name: "Monica", base_share: 0.38, appearance_probability: 1.0, locations: &[] },
+    CastSpec { name: "Rachel", base_share: 0.40, appearance_probability: 1.0, locations: &[] },
+    CastSpec { name: "Ross", base_share: 0.39, appearance_probability: 1.0, locations: &[] },
+    CastSpec { name: "Chandler", base_share: 0.37, appearance_probability: 1.0, locations: &[] },
+    CastSpec { name: "Phoebe", base_share: 0.34, appearance_probability: 1.0, locations: &[] },
+    CastSpec { name: "Gunther", base_share: 0.03, appearance_probability: 0.45, locations: &["coffee shop"] },
+    CastSpec { name: "Janice", base_share: 0.06, appearance_probability: 0.18, locations: &[] },
+    CastSpec { name: "Zeb", base_share: 0.05, appearance_probability: 0.2, locations: &[] },
+    CastSpec { name: "Mike", base_share: 0.05, appearance_probability: 0.12, locations: &[] },
     CastSpec {
         name: "Richard",
         base_share: 0.06,
         appearance_probability: 0.1,
         locations: &["restaurant", "living room", "kitchen", "street"],
     },
-    CastSpec {
-        name: "Ursula",
-        base_share: 0.03,
-        appearance_probability: 0.08,
-        locations: &["coffee shop", "street"],
-    },
-    CastSpec {
-        name: "Heckles",
-        base_share: 0.02,
-        appearance_probability: 0.1,
-        locations: &["hallway"],
-    },
-    CastSpec {
-        name: "Estelle",
-        base_share: 0.02,
-        appearance_probability: 0.08,
-        locations: &["office"],
-    },
-    CastSpec {
-        name: "Emily",
-        base_share: 0.05,
-        appearance_probability: 0.08,
-        locations: &[],
-    },
+    CastSpec { name: "Ursula", base_share: 0.03, appearance_probability: 0.08, locations: &["coffee shop", "street"] },
+    CastSpec { name: "Heckles", base_share: 0.02, appearance_probability: 0.1, locations: &["hallway"] },
+    CastSpec { name: "Estelle", base_share: 0.02, appearance_probability: 0.08, locations: &["office"] },
+    CastSpec { name: "Emily", base_share: 0.05, appearance_probability: 0.08, locations: &[] },
 ];
 
 /// Characters whose typical share is at least this are main cast (always appear, anchor scenes).
@@ -447,157 +355,49 @@ const LOCATION_SPECS: &[LocationSpec] = &[
     LocationSpec {
         name: "kitchen",
         weight: 0.15,
-        description_words: &[
-            "cooking",
-            "stove",
-            "fridge",
-            "counter",
-            "sink",
-            "oven",
-            "breakfast",
-            "dishes",
-        ],
-        objects: &[
-            "coffee mug",
-            "fridge",
-            "frying pan",
-            "kettle",
-            "cereal box",
-            "kitchen knife",
-        ],
+        description_words: &["cooking", "stove", "fridge", "counter", "sink", "oven", "breakfast", "dishes"],
+        objects: &["coffee mug", "fridge", "frying pan", "kettle", "cereal box", "kitchen knife"],
     },
     LocationSpec {
         name: "coffee shop",
         weight: 0.22,
-        description_words: &[
-            "cafe",
-            "barista",
-            "espresso",
-            "cappuccino",
-            "pastries",
-            "armchairs",
-            "chatting",
-        ],
-        objects: &[
-            "sofa",
-            "espresso machine",
-            "coffee mug",
-            "muffin",
-            "cash register",
-            "guitar",
-        ],
+        description_words: &["cafe", "barista", "espresso", "cappuccino", "pastries", "armchairs", "chatting"],
+        objects: &["sofa", "espresso machine", "coffee mug", "muffin", "cash register", "guitar"],
     },
     LocationSpec {
         name: "living room",
         weight: 0.2,
-        description_words: &[
-            "television",
-            "couch",
-            "recliner",
-            "rug",
-            "bookshelf",
-            "relaxing",
-            "window",
-        ],
-        objects: &[
-            "sofa",
-            "television",
-            "armchair",
-            "foosball table",
-            "lamp",
-            "pizza box",
-        ],
+        description_words: &["television", "couch", "recliner", "rug", "bookshelf", "relaxing", "window"],
+        objects: &["sofa", "television", "armchair", "foosball table", "lamp", "pizza box"],
     },
     LocationSpec {
         name: "hallway",
         weight: 0.09,
-        description_words: &[
-            "corridor",
-            "doors",
-            "stairs",
-            "landing",
-            "doorway",
-            "neighbors",
-        ],
+        description_words: &["corridor", "doors", "stairs", "landing", "doorway", "neighbors"],
         objects: &["door", "staircase", "keys", "shopping bag", "coat rack"],
     },
     LocationSpec {
         name: "street",
         weight: 0.08,
-        description_words: &[
-            "sidewalk",
-            "traffic",
-            "crosswalk",
-            "pedestrians",
-            "storefronts",
-            "city",
-            "outdoors",
-        ],
-        objects: &[
-            "taxi",
-            "umbrella",
-            "bicycle",
-            "traffic light",
-            "hot dog cart",
-            "newspaper",
-        ],
+        description_words: &["sidewalk", "traffic", "crosswalk", "pedestrians", "storefronts", "city", "outdoors"],
+        objects: &["taxi", "umbrella", "bicycle", "traffic light", "hot dog cart", "newspaper"],
     },
     LocationSpec {
         name: "office",
         weight: 0.08,
-        description_words: &[
-            "desk",
-            "computer",
-            "meeting",
-            "cubicle",
-            "paperwork",
-            "boss",
-            "work",
-        ],
-        objects: &[
-            "laptop",
-            "desk phone",
-            "filing cabinet",
-            "stapler",
-            "whiteboard",
-            "coffee mug",
-        ],
+        description_words: &["desk", "computer", "meeting", "cubicle", "paperwork", "boss", "work"],
+        objects: &["laptop", "desk phone", "filing cabinet", "stapler", "whiteboard", "coffee mug"],
     },
     LocationSpec {
         name: "restaurant",
         weight: 0.08,
-        description_words: &[
-            "dinner",
-            "waiter",
-            "tables",
-            "wine",
-            "menu",
-            "candles",
-            "dining",
-            "reservation",
-        ],
-        objects: &[
-            "wine glass",
-            "menu",
-            "candle",
-            "plate",
-            "bread basket",
-            "champagne bottle",
-        ],
+        description_words: &["dinner", "waiter", "tables", "wine", "menu", "candles", "dining", "reservation"],
+        objects: &["wine glass", "menu", "candle", "plate", "bread basket", "champagne bottle"],
     },
     LocationSpec {
         name: "bedroom",
         weight: 0.1,
-        description_words: &[
-            "bed",
-            "pillows",
-            "sleeping",
-            "closet",
-            "nightstand",
-            "blanket",
-            "dresser",
-            "morning",
-        ],
+        description_words: &["bed", "pillows", "sleeping", "closet", "nightstand", "blanket", "dresser", "morning"],
         objects: &["bed", "pillow", "alarm clock", "wardrobe", "lamp", "book"],
     },
 ];
@@ -644,8 +444,8 @@ const TITLE_NOUNS: &[&str] = &[
     "Fire Drill",
 ];
 const TITLE_ADJECTIVES: &[&str] = &[
-    "Giant", "Secret", "Stolen", "Broken", "Last", "Second", "Big", "Empty", "Purple", "Lucky",
-    "Terrible", "Missing", "Fake", "Tiny", "Haunted",
+    "Giant", "Secret", "Stolen", "Broken", "Last", "Second", "Big", "Empty", "Purple", "Lucky", "Terrible", "Missing", "Fake", "Tiny",
+    "Haunted",
 ];
 const TITLE_VERB_PHRASES: &[&str] = &[
     "Gets a New Job",
@@ -669,9 +469,7 @@ const TITLE_VERB_PHRASES: &[&str] = &[
     "Adopts a Cat",
     "Takes a Cooking Class",
 ];
-const TITLE_NAMES: &[&str] = &[
-    "Joey", "Monica", "Rachel", "Ross", "Chandler", "Phoebe", "Gunther", "Janice",
-];
+const TITLE_NAMES: &[&str] = &["Joey", "Monica", "Rachel", "Ross", "Chandler", "Phoebe", "Gunther", "Janice"];
 
 const TOPICS: &[&str] = &[
     "the wedding",
@@ -1019,33 +817,21 @@ const CATCHPHRASE_SPECS: &[CatchphraseSpec] = &[
         speakers: &["Ross"],
         speaker_probability: 0.005,
         other_probability: 0.0,
-        speaker_variants: &[
-            "We were on a break!",
-            "We were on a break, {other}!",
-            "For the last time, we were on a break!",
-        ],
+        speaker_variants: &["We were on a break!", "We were on a break, {other}!", "For the last time, we were on a break!"],
         other_variants: &[],
     },
     CatchphraseSpec {
         speakers: &["Joey"],
         speaker_probability: 0.012,
         other_probability: 0.0,
-        speaker_variants: &[
-            "How you doin'?",
-            "Hey. How you doin'?",
-            "Well, hello there. How you doin'?",
-        ],
+        speaker_variants: &["How you doin'?", "Hey. How you doin'?", "Well, hello there. How you doin'?"],
         other_variants: &[],
     },
     CatchphraseSpec {
         speakers: &["Ross"],
         speaker_probability: 0.003,
         other_probability: 0.0002,
-        speaker_variants: &[
-            "Pivot! Pivot! Pivot!",
-            "Okay, pivot. Pivot!",
-            "Pivot, {other}, pivot!",
-        ],
+        speaker_variants: &["Pivot! Pivot! Pivot!", "Okay, pivot. Pivot!", "Pivot, {other}, pivot!"],
         other_variants: &["Pivot!", "Okay, pivot!"],
     },
     CatchphraseSpec {
@@ -1134,17 +920,8 @@ fn speaker_templates(speaker: &str) -> &'static [&'static str] {
             "We close in ten minutes.",
             "That couch is reserved.",
         ],
-        "Janice" => &[
-            "Chandler Bing!",
-            "That is so funny!",
-            "Oh, you're such a sweetie.",
-            "Guess who's back?",
-        ],
-        "Zeb" => &[
-            "I'm just here for the {food}.",
-            "Does anybody need help with {topic}?",
-            "I fixed the {object}, by the way.",
-        ],
+        "Janice" => &["Chandler Bing!", "That is so funny!", "Oh, you're such a sweetie.", "Guess who's back?"],
+        "Zeb" => &["I'm just here for the {food}.", "Does anybody need help with {topic}?", "I fixed the {object}, by the way."],
         _ => &[],
     }
 }
@@ -1171,9 +948,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 fn episode_seed(season_seed: u64, episode_index: u64) -> u64 {
-    splitmix64(
-        splitmix64(season_seed) ^ splitmix64(episode_index.wrapping_mul(0xD1B5_4A32_D192_ED03)),
-    )
+    splitmix64(splitmix64(season_seed) ^ splitmix64(episode_index.wrapping_mul(0xD1B5_4A32_D192_ED03)))
 }
 
 fn stream_rng(seed: u64, stream: Stream) -> ChaCha8Rng {
@@ -1238,13 +1013,7 @@ fn random_confidence(rng: &mut ChaCha8Rng, low: f64, high: f64) -> f64 {
 }
 
 /// `time_ms` moved by up to ±`max_jitter_ms`, kept within `[low_ms, high_ms]`.
-fn jitter_ms(
-    rng: &mut ChaCha8Rng,
-    time_ms: u64,
-    max_jitter_ms: u64,
-    low_ms: u64,
-    high_ms: u64,
-) -> u64 {
+fn jitter_ms(rng: &mut ChaCha8Rng, time_ms: u64, max_jitter_ms: u64, low_ms: u64, high_ms: u64) -> u64 {
     let max_jitter = max_jitter_ms as i64;
     let moved = time_ms as i64 + rng.gen_range(-max_jitter..=max_jitter);
     moved.clamp(low_ms as i64, high_ms as i64) as u64
@@ -1252,13 +1021,7 @@ fn jitter_ms(
 
 /// Cuts `total_ms` into consecutive pieces of `[min_ms, min(typical_max_ms, max_ms)]`; the last
 /// piece takes the remainder. Needs `total_ms >= min_ms` and `typical_max_ms >= 2 * min_ms`.
-fn partition_ms(
-    rng: &mut ChaCha8Rng,
-    total_ms: u64,
-    min_ms: u64,
-    max_ms: u64,
-    typical_max_ms: u64,
-) -> Vec<u64> {
+fn partition_ms(rng: &mut ChaCha8Rng, total_ms: u64, min_ms: u64, max_ms: u64, typical_max_ms: u64) -> Vec<u64> {
     debug_assert!(total_ms >= min_ms && max_ms.min(typical_max_ms) >= 2 * min_ms);
     let mut pieces = Vec::new();
     let mut remaining_ms = total_ms;
@@ -1278,11 +1041,7 @@ fn partition_ms(
 // ---------------------------------------------------------------------------------------------
 
 pub fn plan_season(config: &GenConfig) -> Season {
-    let target_ms = if config.hours.is_finite() && config.hours > 0.0 {
-        config.hours * MS_PER_HOUR
-    } else {
-        0.0
-    };
+    let target_ms = if config.hours.is_finite() && config.hours > 0.0 { config.hours * MS_PER_HOUR } else { 0.0 };
     let mut episodes = Vec::new();
     let mut total_duration_ms: u64 = 0;
     // Whole episodes until the requested footage is reached; episode k never depends on hours.
@@ -1290,35 +1049,19 @@ pub fn plan_season(config: &GenConfig) -> Season {
         let spec = plan_episode(config.seed, episodes.len() as u64);
         total_duration_ms += spec.duration_ms;
         episodes.push(spec);
-        if total_duration_ms as f64 >= target_ms {
+        if total_duration_ms as f64 >= target_ms || episodes.len() >= MAX_EPISODES {
             break;
         }
     }
-    let cast = CAST_SPECS
-        .iter()
-        .map(|spec| CastMember {
-            name: spec.name.to_string(),
-            screen_share: spec.base_share,
-        })
-        .collect();
+    let cast = CAST_SPECS.iter().map(|spec| CastMember { name: spec.name.to_string(), screen_share: spec.base_share }).collect();
     let locations = LOCATION_SPECS
         .iter()
         .map(|spec| Location {
             name: spec.name.to_string(),
-            description_words: spec
-                .description_words
-                .iter()
-                .map(|w| w.to_string())
-                .collect(),
+            description_words: spec.description_words.iter().map(|w| w.to_string()).collect(),
         })
         .collect();
-    Season {
-        config: config.clone(),
-        episodes,
-        cast,
-        locations,
-        total_duration_ms,
-    }
+    Season { config: config.clone(), episodes, cast, locations, total_duration_ms }
 }
 
 fn plan_episode(season_seed: u64, episode_index: u64) -> EpisodeSpec {
@@ -1396,17 +1139,10 @@ fn noisy_unit_vector(rng: &mut ChaCha8Rng, centroid: &[f64], cosine: f64) -> Vec
     }
     let noise_norm = noise.iter().map(|x| x * x).sum::<f64>().sqrt();
     if noise_norm == 0.0 {
-        return centroid
-            .iter()
-            .map(|c| round_to_decimals(*c, VECTOR_DECIMALS))
-            .collect();
+        return centroid.iter().map(|c| round_to_decimals(*c, VECTOR_DECIMALS)).collect();
     }
     let sine = (1.0 - cosine * cosine).max(0.0).sqrt();
-    centroid
-        .iter()
-        .zip(&noise)
-        .map(|(c, n)| round_to_decimals(cosine * c + sine * n / noise_norm, VECTOR_DECIMALS))
-        .collect()
+    centroid.iter().zip(&noise).map(|(c, n)| round_to_decimals(cosine * c + sine * n / noise_norm, VECTOR_DECIMALS)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1522,24 +1258,14 @@ pub fn generate_episode(season: &Season, episode: &EpisodeSpec) -> Episode {
     let duration_ms = episode.duration_ms;
     let scenes = lay_out_scenes(season, episode);
     let shots = cut_shots(episode.seed, &scenes);
-    let cast_names: Vec<&str> = season
-        .cast
-        .iter()
-        .map(|member| member.name.as_str())
-        .collect();
+    let cast_names: Vec<&str> = season.cast.iter().map(|member| member.name.as_str()).collect();
 
     let mut drafts: Vec<DraftAnnotation> = Vec::new();
     let mut shot_confidence_rng = stream_rng(episode.seed, Stream::ShotConfidence);
     for &(start_ms, end_ms) in &shots {
         // Cut detection is nearly perfect on clean edits, so shots carry the true boundaries.
         let confidence = random_confidence(&mut shot_confidence_rng, 0.9, 0.99);
-        drafts.push(DraftAnnotation::labelled(
-            ModelKind::Shots,
-            start_ms,
-            end_ms,
-            confidence,
-            "shot",
-        ));
+        drafts.push(DraftAnnotation::labelled(ModelKind::Shots, start_ms, end_ms, confidence, "shot"));
     }
     push_scene_drafts(season, episode, &scenes, &mut drafts);
     push_face_drafts(episode, &scenes, &shots, &cast_names, &mut drafts);
@@ -1588,8 +1314,7 @@ pub fn generate_episode(season: &Season, episode: &EpisodeSpec) -> Episode {
             end_ms: presence.end_ms,
         })
         .collect();
-    characters
-        .sort_by(|a, b| (a.start_ms, a.end_ms, &a.label).cmp(&(b.start_ms, b.end_ms, &b.label)));
+    characters.sort_by(|a, b| (a.start_ms, a.end_ms, &a.label).cmp(&(b.start_ms, b.end_ms, &b.label)));
     let truth_scenes = scenes
         .iter()
         .map(|scene| TruthInterval {
@@ -1616,29 +1341,16 @@ pub fn generate_episode(season: &Season, episode: &EpisodeSpec) -> Episode {
 fn lay_out_scenes(season: &Season, episode: &EpisodeSpec) -> Vec<SceneLayout> {
     let mut rng = stream_rng(episode.seed, Stream::Layout);
     let is_long_episode = episode.duration_ms >= LONG_EPISODE_MIN_MS;
-    let typical_scene_max_ms = if is_long_episode {
-        SCENE_MAX_MS
-    } else {
-        SHORT_EPISODE_SCENE_TYPICAL_MAX_MS
-    };
+    let typical_scene_max_ms = if is_long_episode { SCENE_MAX_MS } else { SHORT_EPISODE_SCENE_TYPICAL_MAX_MS };
     let scene_lengths_ms = if episode.duration_ms >= SCENE_MIN_MS {
-        partition_ms(
-            &mut rng,
-            episode.duration_ms,
-            SCENE_MIN_MS,
-            SCENE_MAX_MS,
-            typical_scene_max_ms,
-        )
+        partition_ms(&mut rng, episode.duration_ms, SCENE_MIN_MS, SCENE_MAX_MS, typical_scene_max_ms)
     } else {
         vec![episode.duration_ms]
     };
 
     let targets = episode_cast_targets(season, &mut rng);
-    let location_weights: Vec<f64> = season
-        .locations
-        .iter()
-        .map(|location| location_spec(&location.name).map_or(0.1, |spec| spec.weight))
-        .collect();
+    let location_weights: Vec<f64> =
+        season.locations.iter().map(|location| location_spec(&location.name).map_or(0.1, |spec| spec.weight)).collect();
 
     let mut on_screen_ms = vec![0u64; targets.len()];
     let mut scenes: Vec<SceneLayout> = Vec::with_capacity(scene_lengths_ms.len());
@@ -1649,13 +1361,7 @@ fn lay_out_scenes(season: &Season, episode: &EpisodeSpec) -> Vec<SceneLayout> {
         let weights: Vec<f64> = location_weights
             .iter()
             .enumerate()
-            .map(|(index, weight)| {
-                if Some(index) == previous_location && location_weights.len() > 1 {
-                    0.0
-                } else {
-                    *weight
-                }
-            })
+            .map(|(index, weight)| if Some(index) == previous_location && location_weights.len() > 1 { 0.0 } else { *weight })
             .collect();
         let location_index = pick_weighted(&mut rng, &weights);
         let scene_end_ms = scene_start_ms + scene_ms;
@@ -1668,12 +1374,7 @@ fn lay_out_scenes(season: &Season, episode: &EpisodeSpec) -> Vec<SceneLayout> {
             &targets,
             &mut on_screen_ms,
         );
-        scenes.push(SceneLayout {
-            location_index,
-            start_ms: scene_start_ms,
-            end_ms: scene_end_ms,
-            presences,
-        });
+        scenes.push(SceneLayout { location_index, start_ms: scene_start_ms, end_ms: scene_end_ms, presences });
         scene_start_ms = scene_end_ms;
     }
     scenes
@@ -1685,9 +1386,7 @@ fn episode_cast_targets(season: &Season, rng: &mut ChaCha8Rng) -> Vec<EpisodeCas
     for (cast_index, member) in season.cast.iter().enumerate() {
         let spec = cast_spec(&member.name);
         let is_main = member.screen_share >= MAIN_CAST_MIN_SHARE;
-        let appearance_probability = spec.map_or(if is_main { 1.0 } else { 0.15 }, |s| {
-            s.appearance_probability
-        });
+        let appearance_probability = spec.map_or(if is_main { 1.0 } else { 0.15 }, |s| s.appearance_probability);
         // Always draw, so one character's presence does not shift everyone else's randomness.
         let appears = chance(rng, appearance_probability);
         let variation = uniform(rng, -1.0, 1.0);
@@ -1699,12 +1398,7 @@ fn episode_cast_targets(season: &Season, rng: &mut ChaCha8Rng) -> Vec<EpisodeCas
         } else {
             (member.screen_share * (1.0 + 0.4 * variation)).clamp(0.02, 0.08)
         };
-        targets.push(EpisodeCastTarget {
-            cast_index,
-            share,
-            is_main,
-            allowed_locations: spec.map_or(&[], |s| s.locations),
-        });
+        targets.push(EpisodeCastTarget { cast_index, share, is_main, allowed_locations: spec.map_or(&[], |s| s.locations) });
     }
     targets
 }
@@ -1727,18 +1421,13 @@ fn cast_scene(
     let mut ranked: Vec<(f64, usize, f64)> = Vec::with_capacity(targets.len());
     for (target_index, target) in targets.iter().enumerate() {
         let noise = uniform(rng, -0.15, 0.15) * scene_ms_f;
-        let allowed = target.allowed_locations.is_empty()
-            || target.allowed_locations.contains(&location_name);
+        let allowed = target.allowed_locations.is_empty() || target.allowed_locations.contains(&location_name);
         if !allowed {
             continue;
         }
         // Characters tied to a few places catch up on their whole share whenever they are there;
         // everyone else is paced through the episode.
-        let due_by_ms = if target.allowed_locations.is_empty() {
-            scene_end_ms
-        } else {
-            episode_duration_ms
-        };
+        let due_by_ms = if target.allowed_locations.is_empty() { scene_end_ms } else { episode_duration_ms };
         let deficit_ms = target.share * due_by_ms as f64 - on_screen_ms[target_index] as f64;
         ranked.push((deficit_ms + noise, target_index, deficit_ms));
     }
@@ -1757,11 +1446,7 @@ fn cast_scene(
             continue;
         }
         let forced = target.is_main && mains_still_needed > 0;
-        let join_threshold_ms = if target.is_main {
-            0.35 * scene_ms_f
-        } else {
-            (0.35 * scene_ms_f).min(GUEST_JOIN_DEFICIT_MAX_MS)
-        };
+        let join_threshold_ms = if target.is_main { 0.35 * scene_ms_f } else { (0.35 * scene_ms_f).min(GUEST_JOIN_DEFICIT_MAX_MS) };
         if !forced && deficit_ms <= join_threshold_ms {
             continue;
         }
@@ -1771,19 +1456,14 @@ fn cast_scene(
 
     // The anchor (first main) stays as long as they are behind; if that is not the whole scene,
     // the relief (second main) covers the rest, overlapping long enough for any line.
-    let mut mains = cast
-        .iter()
-        .filter(|(target_index, _)| targets[*target_index].is_main);
+    let mut mains = cast.iter().filter(|(target_index, _)| targets[*target_index].is_main);
     let anchor = mains.next().copied();
     let relief = mains.next().copied();
     let mut anchor_span = (scene_start_ms, scene_end_ms);
     let mut relief_span: Option<(u64, u64)> = None;
     if let (Some((_, anchor_deficit_ms)), Some(_)) = (anchor, relief) {
-        let shortest_anchor_ms = (0.4 * scene_ms_f)
-            .max(RELAY_OVERLAP_MS as f64)
-            .min(scene_ms_f);
-        let anchor_ms = (anchor_deficit_ms * uniform(rng, 0.8, 1.2))
-            .clamp(shortest_anchor_ms, scene_ms_f) as u64;
+        let shortest_anchor_ms = (0.4 * scene_ms_f).max(RELAY_OVERLAP_MS as f64).min(scene_ms_f);
+        let anchor_ms = (anchor_deficit_ms * uniform(rng, 0.8, 1.2)).clamp(shortest_anchor_ms, scene_ms_f) as u64;
         if anchor_ms + RELAY_OVERLAP_MS < scene_ms {
             let handover_ms = if chance(rng, 0.5) {
                 anchor_span = (scene_start_ms, scene_start_ms + anchor_ms); // anchor leaves early
@@ -1803,24 +1483,14 @@ fn cast_scene(
     for (target_index, deficit_ms) in cast {
         let span = if Some(target_index) == anchor.map(|(index, _)| index) {
             anchor_span
-        } else if let (Some(span), true) = (
-            relief_span,
-            Some(target_index) == relief.map(|(index, _)| index),
-        ) {
+        } else if let (Some(span), true) = (relief_span, Some(target_index) == relief.map(|(index, _)| index)) {
             span
         } else {
             // Stay about as long as it takes to catch up: a cameo for someone forced in while
             // ahead. Guests' short shares are not blurred further.
-            let wanted_ms = if targets[target_index].is_main {
-                deficit_ms * uniform(rng, 0.8, 1.2)
-            } else {
-                deficit_ms
-            };
-            let length_ms = if deficit_ms >= 0.9 * scene_ms_f {
-                scene_ms
-            } else {
-                wanted_ms.clamp(min_presence_ms as f64, scene_ms_f) as u64
-            };
+            let wanted_ms = if targets[target_index].is_main { deficit_ms * uniform(rng, 0.8, 1.2) } else { deficit_ms };
+            let length_ms =
+                if deficit_ms >= 0.9 * scene_ms_f { scene_ms } else { wanted_ms.clamp(min_presence_ms as f64, scene_ms_f) as u64 };
             let slack_ms = scene_ms - length_ms;
             let offset_ms = if slack_ms == 0 {
                 0
@@ -1831,16 +1501,9 @@ fn cast_scene(
                     _ => uniform_ms(rng, 0, slack_ms),
                 }
             };
-            (
-                scene_start_ms + offset_ms,
-                scene_start_ms + offset_ms + length_ms,
-            )
+            (scene_start_ms + offset_ms, scene_start_ms + offset_ms + length_ms)
         };
-        presences.push(Presence {
-            cast_index: targets[target_index].cast_index,
-            start_ms: span.0,
-            end_ms: span.1,
-        });
+        presences.push(Presence { cast_index: targets[target_index].cast_index, start_ms: span.0, end_ms: span.1 });
         on_screen_ms[target_index] += span.1 - span.0;
     }
     presences
@@ -1852,11 +1515,8 @@ fn cut_shots(episode_seed: u64, scenes: &[SceneLayout]) -> Vec<(u64, u64)> {
     let mut shots = Vec::new();
     for scene in scenes {
         let scene_ms = scene.end_ms - scene.start_ms;
-        let lengths_ms = if scene_ms >= SHOT_MIN_MS {
-            partition_ms(&mut rng, scene_ms, SHOT_MIN_MS, SHOT_MAX_MS, SHOT_MAX_MS)
-        } else {
-            vec![scene_ms]
-        };
+        let lengths_ms =
+            if scene_ms >= SHOT_MIN_MS { partition_ms(&mut rng, scene_ms, SHOT_MIN_MS, SHOT_MAX_MS, SHOT_MAX_MS) } else { vec![scene_ms] };
         let mut start_ms = scene.start_ms;
         for length_ms in lengths_ms {
             shots.push((start_ms, start_ms + length_ms));
@@ -1868,52 +1528,27 @@ fn cut_shots(episode_seed: u64, scenes: &[SceneLayout]) -> Vec<(u64, u64)> {
 
 /// One `places` annotation per scene. Boundaries move together (a segmenter never leaves gaps),
 /// so the scene annotations stay contiguous.
-fn push_scene_drafts(
-    season: &Season,
-    episode: &EpisodeSpec,
-    scenes: &[SceneLayout],
-    drafts: &mut Vec<DraftAnnotation>,
-) {
+fn push_scene_drafts(season: &Season, episode: &EpisodeSpec, scenes: &[SceneLayout], drafts: &mut Vec<DraftAnnotation>) {
     let mut rng = stream_rng(episode.seed, Stream::Scenes);
     let dims = season.config.vector_dimensions;
     let centroids: Vec<Vec<f64>> = season
         .locations
         .iter()
-        .map(|location| {
-            location_centroid(season.config.seed, &location.name, dims)
-                .into_iter()
-                .map(f64::from)
-                .collect()
-        })
+        .map(|location| location_centroid(season.config.seed, &location.name, dims).into_iter().map(f64::from).collect())
         .collect();
     let mut boundaries_ms: Vec<u64> = Vec::with_capacity(scenes.len() + 1);
     boundaries_ms.push(0);
     for scene in &scenes[..scenes.len().saturating_sub(1)] {
-        boundaries_ms.push(jitter_ms(
-            &mut rng,
-            scene.end_ms,
-            SCENE_JITTER_MS,
-            0,
-            episode.duration_ms,
-        ));
+        boundaries_ms.push(jitter_ms(&mut rng, scene.end_ms, SCENE_JITTER_MS, 0, episode.duration_ms));
     }
     boundaries_ms.push(episode.duration_ms);
     for (scene, bounds) in scenes.iter().zip(boundaries_ms.windows(2)) {
         let confidence = random_confidence(&mut rng, 0.7, 0.95);
         let cosine = uniform(&mut rng, 0.86, 0.94);
-        let mut draft = DraftAnnotation::labelled(
-            ModelKind::Places,
-            bounds[0],
-            bounds[1],
-            confidence,
-            &season.locations[scene.location_index].name,
-        );
+        let mut draft =
+            DraftAnnotation::labelled(ModelKind::Places, bounds[0], bounds[1], confidence, &season.locations[scene.location_index].name);
         if dims > 0 {
-            draft.vector = Some(noisy_unit_vector(
-                &mut rng,
-                &centroids[scene.location_index],
-                cosine,
-            ));
+            draft.vector = Some(noisy_unit_vector(&mut rng, &centroids[scene.location_index], cosine));
         }
         drafts.push(draft);
     }
@@ -1931,24 +1566,17 @@ fn push_face_drafts(
 ) {
     let mut rng = stream_rng(episode.seed, Stream::Faces);
     let duration_ms = episode.duration_ms;
-    let cut_times_ms: Vec<u64> = shots
-        .iter()
-        .skip(1)
-        .map(|&(start_ms, _)| start_ms)
-        .collect();
+    let cut_times_ms: Vec<u64> = shots.iter().skip(1).map(|&(start_ms, _)| start_ms).collect();
     let mut pieces: Vec<(u64, u64)> = Vec::new();
     for presence in scenes.iter().flat_map(|scene| &scene.presences) {
         pieces.clear();
         let mut piece_start_ms = presence.start_ms;
-        let first_cut = cut_times_ms
-            .partition_point(|&cut_ms| cut_ms < presence.start_ms + FACE_SEGMENT_MIN_MS);
+        let first_cut = cut_times_ms.partition_point(|&cut_ms| cut_ms < presence.start_ms + FACE_SEGMENT_MIN_MS);
         for &cut_ms in &cut_times_ms[first_cut..] {
             if cut_ms + FACE_SEGMENT_MIN_MS > presence.end_ms {
                 break;
             }
-            if cut_ms - piece_start_ms >= FACE_SEGMENT_MIN_MS
-                && chance(&mut rng, FACE_SPLIT_AT_CUT_PROBABILITY)
-            {
+            if cut_ms - piece_start_ms >= FACE_SEGMENT_MIN_MS && chance(&mut rng, FACE_SPLIT_AT_CUT_PROBABILITY) {
                 pieces.push((piece_start_ms, cut_ms));
                 piece_start_ms = cut_ms;
             }
@@ -1968,13 +1596,7 @@ fn push_face_drafts(
                 (end_ms + uniform_ms(&mut rng, 0, FACE_JITTER_MS)).min(duration_ms)
             };
             let confidence = random_confidence(&mut rng, 0.75, 0.99);
-            drafts.push(DraftAnnotation::labelled(
-                ModelKind::Faces,
-                detection_start_ms,
-                detection_end_ms,
-                confidence,
-                name,
-            ));
+            drafts.push(DraftAnnotation::labelled(ModelKind::Faces, detection_start_ms, detection_end_ms, confidence, name));
 
             if chance(&mut rng, FACE_FALSE_POSITIVE_PROBABILITY) && cast_names.len() > 1 {
                 let mut wrong_index = rng.gen_range(0..cast_names.len() as u64 - 1) as usize;
@@ -1982,8 +1604,7 @@ fn push_face_drafts(
                     wrong_index += 1;
                 }
                 let false_start_ms = uniform_ms(&mut rng, detection_start_ms, detection_end_ms - 1);
-                let false_end_ms =
-                    (false_start_ms + uniform_ms(&mut rng, 500, 2_000)).min(duration_ms);
+                let false_end_ms = (false_start_ms + uniform_ms(&mut rng, 500, 2_000)).min(duration_ms);
                 let false_confidence = random_confidence(&mut rng, 0.05, 0.35);
                 if false_end_ms > false_start_ms {
                     drafts.push(DraftAnnotation::labelled(
@@ -2012,15 +1633,10 @@ fn push_object_drafts(
     let mut rng = stream_rng(episode.seed, Stream::Objects);
     let mut truth = Vec::new();
     for scene in scenes {
-        let objects = location_spec(&season.locations[scene.location_index].name)
-            .map_or(GENERIC_OBJECTS, |s| s.objects);
+        let objects = location_spec(&season.locations[scene.location_index].name).map_or(GENERIC_OBJECTS, |s| s.objects);
         for (rank, label) in objects.iter().enumerate() {
             let on_set = chance(&mut rng, (0.95 - 0.1 * rank as f64).max(0.3));
-            let visible_fraction = uniform(
-                &mut rng,
-                OBJECT_VISIBLE_FRACTION_MIN,
-                OBJECT_VISIBLE_FRACTION_MAX,
-            );
+            let visible_fraction = uniform(&mut rng, OBJECT_VISIBLE_FRACTION_MIN, OBJECT_VISIBLE_FRACTION_MAX);
             if !on_set {
                 continue;
             }
@@ -2028,45 +1644,20 @@ fn push_object_drafts(
             loop {
                 // Mostly brief glimpses, sometimes a long hold.
                 let shape = rng.gen::<f64>();
-                let visible_ms = (OBJECT_VISIBLE_MIN_MS as f64
-                    + (OBJECT_VISIBLE_MAX_MS - OBJECT_VISIBLE_MIN_MS) as f64 * shape * shape)
-                    as u64;
+                let visible_ms =
+                    (OBJECT_VISIBLE_MIN_MS as f64 + (OBJECT_VISIBLE_MAX_MS - OBJECT_VISIBLE_MIN_MS) as f64 * shape * shape) as u64;
                 let end_ms = cursor_ms + visible_ms;
                 if end_ms > scene.end_ms {
                     break;
                 }
-                truth.push(TruthInterval {
-                    label: label.to_string(),
-                    start_ms: cursor_ms,
-                    end_ms,
-                });
-                let detection_start_ms = jitter_ms(
-                    &mut rng,
-                    cursor_ms,
-                    OBJECT_JITTER_MS,
-                    scene.start_ms,
-                    scene.end_ms,
-                );
-                let detection_end_ms = jitter_ms(
-                    &mut rng,
-                    end_ms,
-                    OBJECT_JITTER_MS,
-                    scene.start_ms,
-                    scene.end_ms,
-                );
+                truth.push(TruthInterval { label: label.to_string(), start_ms: cursor_ms, end_ms });
+                let detection_start_ms = jitter_ms(&mut rng, cursor_ms, OBJECT_JITTER_MS, scene.start_ms, scene.end_ms);
+                let detection_end_ms = jitter_ms(&mut rng, end_ms, OBJECT_JITTER_MS, scene.start_ms, scene.end_ms);
                 let confidence = random_confidence(&mut rng, 0.5, 0.95);
-                drafts.push(DraftAnnotation::labelled(
-                    ModelKind::Objects,
-                    detection_start_ms,
-                    detection_end_ms,
-                    confidence,
-                    label,
-                ));
+                drafts.push(DraftAnnotation::labelled(ModelKind::Objects, detection_start_ms, detection_end_ms, confidence, label));
                 let mean_gap_ms = visible_ms as f64 * (1.0 - visible_fraction) / visible_fraction;
                 // The gap exceeds twice the jitter, so detections of one object never overlap.
-                cursor_ms = end_ms
-                    + ((mean_gap_ms * uniform(&mut rng, 0.5, 1.5)) as u64)
-                        .max(2 * OBJECT_JITTER_MS + 100);
+                cursor_ms = end_ms + ((mean_gap_ms * uniform(&mut rng, 0.5, 1.5)) as u64).max(2 * OBJECT_JITTER_MS + 100);
             }
         }
     }
@@ -2084,12 +1675,8 @@ fn push_dialogue_drafts(
     drafts: &mut Vec<DraftAnnotation>,
 ) -> Vec<TruthLine> {
     let mut rng = stream_rng(episode.seed, Stream::Dialogue);
-    let main_names: Vec<&str> = season
-        .cast
-        .iter()
-        .filter(|member| member.screen_share >= MAIN_CAST_MIN_SHARE)
-        .map(|member| member.name.as_str())
-        .collect();
+    let main_names: Vec<&str> =
+        season.cast.iter().filter(|member| member.screen_share >= MAIN_CAST_MIN_SHARE).map(|member| member.name.as_str()).collect();
     let mut lines: Vec<TruthLine> = Vec::new();
     for scene in scenes {
         let location_name = season.locations[scene.location_index].name.as_str();
@@ -2100,11 +1687,8 @@ fn push_dialogue_drafts(
         loop {
             // Candidates stay on screen for the longest possible line (or to the scene's end).
             let needed_until_ms = (cursor_ms + LINE_MAX_MS).min(scene.end_ms);
-            let candidates: Vec<&Presence> = scene
-                .presences
-                .iter()
-                .filter(|p| p.start_ms <= cursor_ms && p.end_ms >= needed_until_ms)
-                .collect();
+            let candidates: Vec<&Presence> =
+                scene.presences.iter().filter(|p| p.start_ms <= cursor_ms && p.end_ms >= needed_until_ms).collect();
             if candidates.is_empty() {
                 break;
             }
@@ -2112,17 +1696,8 @@ fn push_dialogue_drafts(
             let weights: Vec<f64> = candidates
                 .iter()
                 .map(|p| {
-                    let turn_weight =
-                        if Some(p.cast_index) == previous_speaker && candidates.len() > 1 {
-                            0.2
-                        } else {
-                            1.0
-                        };
-                    let role_weight = if main_names.contains(&cast_names[p.cast_index]) {
-                        1.0
-                    } else {
-                        0.6
-                    };
+                    let turn_weight = if Some(p.cast_index) == previous_speaker && candidates.len() > 1 { 0.2 } else { 1.0 };
+                    let role_weight = if main_names.contains(&cast_names[p.cast_index]) { 1.0 } else { 0.6 };
                     turn_weight * role_weight
                 })
                 .collect();
@@ -2130,9 +1705,7 @@ fn push_dialogue_drafts(
             let others_present: Vec<&str> = scene
                 .presences
                 .iter()
-                .filter(|p| {
-                    p.cast_index != speaker_index && p.start_ms <= cursor_ms && p.end_ms > cursor_ms
-                })
+                .filter(|p| p.cast_index != speaker_index && p.start_ms <= cursor_ms && p.end_ms > cursor_ms)
                 .map(|p| cast_names[p.cast_index])
                 .collect();
             let context = LineContext {
@@ -2144,30 +1717,14 @@ fn push_dialogue_drafts(
             };
             let text = dialogue_text(&mut rng, &context);
             let word_count = text.split_whitespace().count() as f64;
-            let words_per_second = uniform(
-                &mut rng,
-                SPEECH_WORDS_PER_SECOND_MIN,
-                SPEECH_WORDS_PER_SECOND_MAX,
-            );
+            let words_per_second = uniform(&mut rng, SPEECH_WORDS_PER_SECOND_MIN, SPEECH_WORDS_PER_SECOND_MAX);
             let line_ms = ((word_count / words_per_second * 1_000.0) as u64 + 200).max(500);
             let line_end_ms = cursor_ms + line_ms;
             if line_end_ms + 100 > scene.end_ms {
                 break;
             }
-            let annotation_start_ms = jitter_ms(
-                &mut rng,
-                cursor_ms,
-                ASR_JITTER_MS,
-                scene.start_ms,
-                cursor_ms + line_ms / 2,
-            );
-            let annotation_end_ms = jitter_ms(
-                &mut rng,
-                line_end_ms,
-                ASR_JITTER_MS,
-                annotation_start_ms + 1,
-                episode.duration_ms,
-            );
+            let annotation_start_ms = jitter_ms(&mut rng, cursor_ms, ASR_JITTER_MS, scene.start_ms, cursor_ms + line_ms / 2);
+            let annotation_end_ms = jitter_ms(&mut rng, line_end_ms, ASR_JITTER_MS, annotation_start_ms + 1, episode.duration_ms);
             let confidence = random_confidence(&mut rng, 0.8, 0.99);
             drafts.push(DraftAnnotation {
                 kind: ModelKind::Asr,
@@ -2214,11 +1771,8 @@ struct LineContext<'a> {
 fn dialogue_text(rng: &mut ChaCha8Rng, context: &LineContext) -> String {
     for spec in CATCHPHRASE_SPECS {
         let is_speaker = spec.speakers.contains(&context.speaker);
-        let (probability, variants) = if is_speaker {
-            (spec.speaker_probability, spec.speaker_variants)
-        } else {
-            (spec.other_probability, spec.other_variants)
-        };
+        let (probability, variants) =
+            if is_speaker { (spec.speaker_probability, spec.speaker_variants) } else { (spec.other_probability, spec.other_variants) };
         // Draw even when the probability is 0 so the stream does not depend on who speaks.
         if chance(rng, probability) && !variants.is_empty() {
             let variant = pick_str(rng, variants);
@@ -2296,12 +1850,7 @@ fn other_character<'a>(rng: &mut ChaCha8Rng, context: &LineContext<'a>) -> &'a s
     if !context.others_present.is_empty() && chance(rng, 0.7) {
         return pick_str(rng, context.others_present);
     }
-    let others: Vec<&'a str> = context
-        .main_names
-        .iter()
-        .copied()
-        .filter(|name| *name != context.speaker)
-        .collect();
+    let others: Vec<&'a str> = context.main_names.iter().copied().filter(|name| *name != context.speaker).collect();
     if others.is_empty() {
         return context.speaker;
     }
@@ -2389,10 +1938,7 @@ impl<W: Write> Write for CountingWriter<W> {
 
 fn create_ndjson(path: &Path) -> io::Result<CountingWriter<BufWriter<File>>> {
     let file = File::create(path)?;
-    Ok(CountingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        bytes: 0,
-    })
+    Ok(CountingWriter { inner: BufWriter::with_capacity(1 << 20, file), bytes: 0 })
 }
 
 fn write_json_line<W: Write, T: Serialize + ?Sized>(writer: &mut W, value: &T) -> io::Result<()> {
@@ -2402,11 +1948,7 @@ fn write_json_line<W: Write, T: Serialize + ?Sized>(writer: &mut W, value: &T) -
 
 /// Writes `assets.ndjson`, `annotations.ndjson` and `truth.ndjson` into `out_dir` (created if
 /// missing), one episode at a time so memory stays flat however many hours are asked for.
-pub fn write_season(
-    config: &GenConfig,
-    out_dir: &Path,
-    progress: &mut dyn FnMut(usize, usize),
-) -> io::Result<GenSummary> {
+pub fn write_season(config: &GenConfig, out_dir: &Path, progress: &mut dyn FnMut(usize, usize)) -> io::Result<GenSummary> {
     std::fs::create_dir_all(out_dir)?;
     let season = plan_season(config);
     let mut assets = create_ndjson(&out_dir.join("assets.ndjson"))?;
@@ -2416,13 +1958,7 @@ pub fn write_season(
     let mut annotation_count: u64 = 0;
     for (done, spec) in season.episodes.iter().enumerate() {
         let episode = generate_episode(&season, spec);
-        write_json_line(
-            &mut assets,
-            &AssetLine {
-                asset_id: &spec.asset_id,
-                record: asset_record(spec),
-            },
-        )?;
+        write_json_line(&mut assets, &AssetLine { asset_id: &spec.asset_id, record: asset_record(spec) })?;
         for annotation in &episode.annotations {
             write_json_line(&mut annotations, &WireAnnotation::from(annotation))?;
         }
@@ -2450,23 +1986,15 @@ mod tests {
     const MAIN_NAMES: [&str; 6] = ["Joey", "Monica", "Rachel", "Ross", "Chandler", "Phoebe"];
 
     fn season_of(hours: f64) -> Season {
-        plan_season(&GenConfig {
-            hours,
-            ..GenConfig::default()
-        })
+        plan_season(&GenConfig { hours, ..GenConfig::default() })
     }
 
     fn generate_all(season: &Season) -> Vec<Episode> {
-        season
-            .episodes
-            .iter()
-            .map(|spec| generate_episode(season, spec))
-            .collect()
+        season.episodes.iter().map(|spec| generate_episode(season, spec)).collect()
     }
 
     fn scratch_dir(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("rushes-gen-test-{}-{name}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("rushes-gen-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -2485,29 +2013,18 @@ mod tests {
     fn shares_by_name(truth: &EpisodeTruth) -> HashMap<String, f64> {
         let mut on_screen_ms: HashMap<String, u64> = HashMap::new();
         for interval in &truth.characters {
-            *on_screen_ms.entry(interval.label.clone()).or_insert(0) +=
-                interval.end_ms - interval.start_ms;
+            *on_screen_ms.entry(interval.label.clone()).or_insert(0) += interval.end_ms - interval.start_ms;
         }
-        on_screen_ms
-            .into_iter()
-            .map(|(name, ms)| (name, ms as f64 / truth.duration_ms as f64))
-            .collect()
+        on_screen_ms.into_iter().map(|(name, ms)| (name, ms as f64 / truth.duration_ms as f64)).collect()
     }
 
     #[test]
     fn same_config_writes_identical_files() {
-        let config = GenConfig {
-            hours: 0.8,
-            seed: 7,
-            vector_dimensions: 64,
-        };
+        let config = GenConfig { hours: 0.8, seed: 7, vector_dimensions: 64 };
         let first_dir = scratch_dir("first");
         let second_dir = scratch_dir("second");
         let mut calls = Vec::new();
-        let first = write_season(&config, &first_dir, &mut |done, total| {
-            calls.push((done, total))
-        })
-        .unwrap();
+        let first = write_season(&config, &first_dir, &mut |done, total| calls.push((done, total))).unwrap();
         let second = write_season(&config, &second_dir, &mut |_, _| {}).unwrap();
         assert_eq!(first, second);
         assert!(first.episodes >= 2, "{first:?}");
@@ -2526,21 +2043,16 @@ mod tests {
         assert_eq!(annotations.lines().count() as u64, first.annotations);
         let assets = std::fs::read_to_string(first_dir.join("assets.ndjson")).unwrap();
         assert_eq!(assets.lines().count(), first.episodes);
-        let asset: serde_json::Value =
-            serde_json::from_str(assets.lines().next().unwrap()).unwrap();
+        let asset: serde_json::Value = serde_json::from_str(assets.lines().next().unwrap()).unwrap();
         assert_eq!(asset["asset_id"], "s01e01");
         assert_eq!(asset["series"], SERIES_NAME);
         // The rest of the line is a valid AssetRecord (which rejects unknown fields).
         let mut record = asset.as_object().unwrap().clone();
         record.remove("asset_id");
-        let record: AssetRecord =
-            serde_json::from_value(serde_json::Value::Object(record)).unwrap();
+        let record: AssetRecord = serde_json::from_value(serde_json::Value::Object(record)).unwrap();
         assert_eq!(record.fps, Some(EPISODE_FPS));
         let truth = std::fs::read_to_string(first_dir.join("truth.ndjson")).unwrap();
-        let truths: Vec<EpisodeTruth> = truth
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect();
+        let truths: Vec<EpisodeTruth> = truth.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
         assert_eq!(truths.len(), first.episodes);
         assert_eq!(truths[1].asset_id, "s01e02");
         // Annotations are in episode order, each episode sorted by start.
@@ -2567,10 +2079,7 @@ mod tests {
         let b = generate_episode(&season, &season.episodes[0]);
         assert_eq!(a.annotations, b.annotations);
         assert_eq!(a.truth, b.truth);
-        let other_seed = plan_season(&GenConfig {
-            seed: 43,
-            ..season.config.clone()
-        });
+        let other_seed = plan_season(&GenConfig { seed: 43, ..season.config.clone() });
         let c = generate_episode(&other_seed, &other_seed.episodes[0]);
         assert_ne!(a.truth, c.truth);
     }
@@ -2597,52 +2106,28 @@ mod tests {
         for episode in generate_all(&season) {
             let mut truth_by_name: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
             for t in &episode.truth.characters {
-                truth_by_name
-                    .entry(t.label.as_str())
-                    .or_default()
-                    .push((t.start_ms, t.end_ms));
+                truth_by_name.entry(t.label.as_str()).or_default().push((t.start_ms, t.end_ms));
             }
             let mut confident_by_name: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
-            for a in episode
-                .annotations
-                .iter()
-                .filter(|a| a.track == "character")
-            {
-                assert_eq!(
-                    (a.model.as_str(), a.model_version.as_str()),
-                    ("faces", "2.1")
-                );
+            for a in episode.annotations.iter().filter(|a| a.track == "character") {
+                assert_eq!((a.model.as_str(), a.model_version.as_str()), ("faces", "2.1"));
                 let confidence = a.confidence.unwrap();
                 let name = a.label.as_deref().unwrap();
                 detections += 1;
                 if confidence < 0.5 {
                     false_positives += 1;
                     assert!((0.05..=0.35).contains(&confidence));
-                    assert!(
-                        (500..=2_000).contains(&(a.end_ms - a.start_ms))
-                            || a.end_ms == episode.truth.duration_ms
-                    );
+                    assert!((500..=2_000).contains(&(a.end_ms - a.start_ms)) || a.end_ms == episode.truth.duration_ms);
                     continue;
                 }
                 assert!((0.75..=0.99).contains(&confidence));
-                let spans = truth_by_name
-                    .get(name)
-                    .unwrap_or_else(|| panic!("{name} detected but never on screen"));
+                let spans = truth_by_name.get(name).unwrap_or_else(|| panic!("{name} detected but never on screen"));
+                assert!(spans.iter().any(|&(s, e)| overlaps(a.start_ms, a.end_ms, s, e)), "{a:?} matches no presence of {name}");
                 assert!(
-                    spans
-                        .iter()
-                        .any(|&(s, e)| overlaps(a.start_ms, a.end_ms, s, e)),
-                    "{a:?} matches no presence of {name}"
-                );
-                assert!(
-                    spans.iter().any(|&(s, e)| a.start_ms + FACE_JITTER_MS >= s
-                        && a.end_ms <= e + FACE_JITTER_MS),
+                    spans.iter().any(|&(s, e)| a.start_ms + FACE_JITTER_MS >= s && a.end_ms <= e + FACE_JITTER_MS),
                     "{a:?} strays more than the jitter from every presence"
                 );
-                confident_by_name
-                    .entry(name)
-                    .or_default()
-                    .push((a.start_ms, a.end_ms));
+                confident_by_name.entry(name).or_default().push((a.start_ms, a.end_ms));
             }
             // No holes: the detections of a presence cover it, give or take the jitter at its ends.
             for (name, spans) in &truth_by_name {
@@ -2651,9 +2136,7 @@ mod tests {
                 for &(s, e) in spans {
                     let (inner_start, inner_end) = (s + FACE_JITTER_MS, e - FACE_JITTER_MS);
                     assert!(
-                        merged
-                            .iter()
-                            .any(|&(ms, me)| ms <= inner_start && me >= inner_end),
+                        merged.iter().any(|&(ms, me)| ms <= inner_start && me >= inner_end),
                         "{name} [{s}, {e}) has a hole in {}",
                         episode.truth.asset_id
                     );
@@ -2661,58 +2144,31 @@ mod tests {
             }
         }
         let false_positive_rate = false_positives as f64 / detections as f64;
-        assert!(
-            (0.01..=0.03).contains(&false_positive_rate),
-            "false positive rate {false_positive_rate}"
-        );
+        assert!((0.01..=0.03).contains(&false_positive_rate), "false positive rate {false_positive_rate}");
     }
 
     #[test]
     fn dialogue_truth_matches_annotations() {
         let season = season_of(6.0);
         for episode in generate_all(&season) {
-            let by_id: HashMap<&str, &Annotation> = episode
-                .annotations
-                .iter()
-                .map(|a| (a.id.as_str(), a))
-                .collect();
-            let asr_count = episode
-                .annotations
-                .iter()
-                .filter(|a| a.model == "asr")
-                .count();
+            let by_id: HashMap<&str, &Annotation> = episode.annotations.iter().map(|a| (a.id.as_str(), a)).collect();
+            let asr_count = episode.annotations.iter().filter(|a| a.model == "asr").count();
             assert_eq!(asr_count, episode.truth.dialogue.len());
             let mut speech_ms = 0;
             let mut words = 0usize;
             for line in &episode.truth.dialogue {
-                let a = by_id
-                    .get(line.annotation_id.as_str())
-                    .unwrap_or_else(|| panic!("no annotation {}", line.annotation_id));
-                assert!(line
-                    .annotation_id
-                    .starts_with(&format!("asr-{}-", episode.truth.asset_id)));
+                let a = by_id.get(line.annotation_id.as_str()).unwrap_or_else(|| panic!("no annotation {}", line.annotation_id));
+                assert!(line.annotation_id.starts_with(&format!("asr-{}-", episode.truth.asset_id)));
                 assert_eq!(a.text.as_deref(), Some(line.text.as_str()));
-                assert_eq!(
-                    (
-                        a.track.as_str(),
-                        a.language.as_deref(),
-                        a.model_version.as_str()
-                    ),
-                    ("dialogue", Some("en"), "3")
-                );
+                assert_eq!((a.track.as_str(), a.language.as_deref(), a.model_version.as_str()), ("dialogue", Some("en"), "3"));
                 assert!((0.8..=0.99).contains(&a.confidence.unwrap()));
-                assert!(
-                    a.start_ms.abs_diff(line.start_ms) <= ASR_JITTER_MS
-                        && a.end_ms.abs_diff(line.end_ms) <= ASR_JITTER_MS
-                );
+                assert!(a.start_ms.abs_diff(line.start_ms) <= ASR_JITTER_MS && a.end_ms.abs_diff(line.end_ms) <= ASR_JITTER_MS);
                 assert!(
                     episode
                         .truth
                         .characters
                         .iter()
-                        .any(|c| c.label == line.speaker
-                            && c.start_ms <= line.start_ms
-                            && c.end_ms >= line.end_ms),
+                        .any(|c| c.label == line.speaker && c.start_ms <= line.start_ms && c.end_ms >= line.end_ms),
                     "{} speaks while off screen: {line:?}",
                     line.speaker
                 );
@@ -2720,23 +2176,11 @@ mod tests {
                 words += line.text.split_whitespace().count();
             }
             let coverage = speech_ms as f64 / episode.truth.duration_ms as f64;
-            assert!(
-                (0.6..=0.9).contains(&coverage),
-                "speech covers {coverage} of {}",
-                episode.truth.asset_id
-            );
+            assert!((0.6..=0.9).contains(&coverage), "speech covers {coverage} of {}", episode.truth.asset_id);
             let words_per_second = words as f64 / (speech_ms as f64 / 1000.0);
-            assert!(
-                (2.0..=2.8).contains(&words_per_second),
-                "{words_per_second} words/s"
-            );
+            assert!((2.0..=2.8).contains(&words_per_second), "{words_per_second} words/s");
             // Lines run one after another, with the odd interruption.
-            let overlapping = episode
-                .truth
-                .dialogue
-                .windows(2)
-                .filter(|w| w[1].start_ms < w[0].end_ms)
-                .count();
+            let overlapping = episode.truth.dialogue.windows(2).filter(|w| w[1].start_ms < w[0].end_ms).count();
             assert!(overlapping as f64 <= 0.08 * episode.truth.dialogue.len() as f64);
             for scene in &episode.truth.scenes {
                 let spoken_ms: u64 = episode
@@ -2750,10 +2194,7 @@ mod tests {
                     })
                     .sum();
                 let scene_coverage = spoken_ms as f64 / (scene.end_ms - scene.start_ms) as f64;
-                assert!(
-                    (0.4..=1.0).contains(&scene_coverage),
-                    "scene coverage {scene_coverage}"
-                );
+                assert!((0.4..=1.0).contains(&scene_coverage), "scene coverage {scene_coverage}");
             }
         }
     }
@@ -2763,30 +2204,15 @@ mod tests {
         let started = Instant::now();
         let season = season_of(2000.0);
         let elapsed = started.elapsed();
-        eprintln!(
-            "planned {} episodes for 2000 h in {:?}",
-            season.episodes.len(),
-            elapsed
-        );
+        eprintln!("planned {} episodes for 2000 h in {:?}", season.episodes.len(), elapsed);
         assert!(elapsed.as_secs_f64() < 1.0, "planning took {elapsed:?}");
-        assert!(
-            (3_500..=5_000).contains(&season.episodes.len()),
-            "{} episodes",
-            season.episodes.len()
-        );
+        assert!((3_500..=5_000).contains(&season.episodes.len()), "{} episodes", season.episodes.len());
         let hours = season.total_duration_ms as f64 / MS_PER_HOUR;
         assert!((2000.0..2001.0).contains(&hours), "{hours} hours");
-        let ids: HashSet<&str> = season
-            .episodes
-            .iter()
-            .map(|e| e.asset_id.as_str())
-            .collect();
+        let ids: HashSet<&str> = season.episodes.iter().map(|e| e.asset_id.as_str()).collect();
         assert_eq!(ids.len(), season.episodes.len());
         let last = season.episodes.last().unwrap();
-        assert_eq!(
-            last.season,
-            (season.episodes.len() as u32 - 1) / EPISODES_PER_SEASON + 1
-        );
+        assert_eq!(last.season, (season.episodes.len() as u32 - 1) / EPISODES_PER_SEASON + 1);
     }
 
     #[test]
@@ -2796,14 +2222,7 @@ mod tests {
         assert_eq!(season_of(f64::NAN).episodes.len(), 1);
         assert_eq!(season.episodes[0].asset_id, "s01e01");
         assert_eq!(season.episodes[23].asset_id, "s01e24");
-        assert_eq!(
-            (
-                season.episodes[24].asset_id.as_str(),
-                season.episodes[24].season,
-                season.episodes[24].episode
-            ),
-            ("s02e01", 2, 1)
-        );
+        assert_eq!((season.episodes[24].asset_id.as_str(), season.episodes[24].season, season.episodes[24].episode), ("s02e01", 2, 1));
         let mut long = 0;
         for spec in &season.episodes {
             assert!((SHORT_EPISODE_MIN_MS..=LONG_EPISODE_MAX_MS).contains(&spec.duration_ms));
@@ -2816,10 +2235,7 @@ mod tests {
         }
         assert!(long > 0 && long < season.episodes.len());
         let titles: HashSet<&str> = season.episodes.iter().map(|e| e.title.as_str()).collect();
-        assert!(
-            titles.len() * 10 >= season.episodes.len() * 8,
-            "titles repeat too often"
-        );
+        assert!(titles.len() * 10 >= season.episodes.len() * 8, "titles repeat too often");
         let record = asset_record(&season.episodes[3]);
         assert_eq!(record.episode, Some(4));
         assert_eq!(record.duration_ms, Some(season.episodes[3].duration_ms));
@@ -2834,22 +2250,14 @@ mod tests {
             let shares = shares_by_name(&episode.truth);
             for name in MAIN_NAMES {
                 let share = shares.get(name).copied().unwrap_or(0.0);
-                assert!(
-                    (0.25..=0.50).contains(&share),
-                    "{name} on screen {share} of {}",
-                    episode.truth.asset_id
-                );
+                assert!((0.25..=0.50).contains(&share), "{name} on screen {share} of {}", episode.truth.asset_id);
             }
             for (name, share) in &shares {
                 if MAIN_NAMES.contains(&name.as_str()) {
                     continue;
                 }
                 *guest_episodes.entry(name.clone()).or_insert(0) += 1;
-                assert!(
-                    (0.01..=0.09).contains(share),
-                    "guest {name} on screen {share} of {}",
-                    episode.truth.asset_id
-                );
+                assert!((0.01..=0.09).contains(share), "guest {name} on screen {share} of {}", episode.truth.asset_id);
             }
             for scene in &episode.truth.scenes {
                 let in_scene: HashSet<&str> = episode
@@ -2875,10 +2283,7 @@ mod tests {
         }
         for guest in ["Gunther", "Janice", "Zeb"] {
             let count = guest_episodes.get(guest).copied().unwrap_or(0);
-            assert!(
-                count > 0 && count < season.episodes.len(),
-                "{guest} appears in {count} episodes"
-            );
+            assert!(count > 0 && count < season.episodes.len(), "{guest} appears in {count} episodes");
         }
     }
 
@@ -2890,15 +2295,7 @@ mod tests {
         let centroids: HashMap<&str, Vec<f64>> = season
             .locations
             .iter()
-            .map(|l| {
-                (
-                    l.name.as_str(),
-                    location_centroid(season.config.seed, &l.name, 512)
-                        .into_iter()
-                        .map(f64::from)
-                        .collect(),
-                )
-            })
+            .map(|l| (l.name.as_str(), location_centroid(season.config.seed, &l.name, 512).into_iter().map(f64::from).collect()))
             .collect();
         for (spec, episode) in season.episodes.iter().zip(generate_all(&season)) {
             let truth = &episode.truth;
@@ -2908,24 +2305,17 @@ mod tests {
                 assert!(ids.insert(a.id.as_str()), "duplicate id {}", a.id);
                 assert!(a.id.starts_with(&format!("{}-{}-", a.model, spec.asset_id)));
                 assert_eq!(a.asset_id, spec.asset_id);
-                assert!(
-                    a.start_ms < a.end_ms && a.end_ms <= spec.duration_ms,
-                    "{a:?}"
-                );
+                assert!(a.start_ms < a.end_ms && a.end_ms <= spec.duration_ms, "{a:?}");
                 assert!(a.start_ms >= previous_start_ms, "not sorted by start");
                 previous_start_ms = a.start_ms;
                 let confidence = a.confidence.unwrap();
                 assert!(confidence.is_finite() && (0.0..=1.0).contains(&confidence));
                 let parsed =
-                    rushes_protocol::validate::parse_annotation(&annotation_json(a), &limits)
-                        .unwrap_or_else(|e| panic!("{e:?} for {a:?}"));
+                    rushes_protocol::validate::parse_annotation(&annotation_json(a), &limits).unwrap_or_else(|e| panic!("{e:?} for {a:?}"));
                 assert_eq!(&parsed, a);
                 match a.track.as_str() {
                     "scene" => {
-                        assert_eq!(
-                            (a.model.as_str(), a.model_version.as_str()),
-                            ("places", "1.0")
-                        );
+                        assert_eq!((a.model.as_str(), a.model_version.as_str()), ("places", "1.0"));
                         assert!((0.7..=0.95).contains(&confidence));
                         assert_eq!(a.vector_space.as_deref(), Some("scene"));
                         let vector = a.vector.as_ref().unwrap();
@@ -2934,33 +2324,19 @@ mod tests {
                         let norm = vector.iter().map(|x| x * x).sum::<f64>().sqrt();
                         assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
                         let similarity = cosine(vector, &centroids[a.label.as_deref().unwrap()]);
-                        assert!(
-                            (0.85..=0.95).contains(&similarity),
-                            "similarity {similarity}"
-                        );
+                        assert!((0.85..=0.95).contains(&similarity), "similarity {similarity}");
                     }
                     "object" => {
-                        assert_eq!(
-                            (a.model.as_str(), a.model_version.as_str()),
-                            ("objects", "5")
-                        );
+                        assert_eq!((a.model.as_str(), a.model_version.as_str()), ("objects", "5"));
                         assert!((0.5..=0.95).contains(&confidence));
                         assert!((1_000..=10_000).contains(&(a.end_ms - a.start_ms)), "{a:?}");
-                        let scene = truth
-                            .scenes
-                            .iter()
-                            .find(|s| s.start_ms <= a.start_ms && a.end_ms <= s.end_ms);
-                        let scene = scene.unwrap_or_else(|| {
-                            panic!("object detection {a:?} crosses a scene cut")
-                        });
+                        let scene = truth.scenes.iter().find(|s| s.start_ms <= a.start_ms && a.end_ms <= s.end_ms);
+                        let scene = scene.unwrap_or_else(|| panic!("object detection {a:?} crosses a scene cut"));
                         let objects = location_spec(&scene.label).unwrap().objects;
                         assert!(objects.contains(&a.label.as_deref().unwrap()));
                     }
                     "shot" => {
-                        assert_eq!(
-                            (a.model.as_str(), a.label.as_deref()),
-                            ("shots", Some("shot"))
-                        );
+                        assert_eq!((a.model.as_str(), a.label.as_deref()), ("shots", Some("shot")));
                     }
                     "character" | "dialogue" => {}
                     other => panic!("unexpected track {other}"),
@@ -2971,15 +2347,9 @@ mod tests {
             // Every presence lies inside one scene and lasts at least 8 s.
             for presence in &truth.characters {
                 assert!(presence.start_ms < presence.end_ms);
+                assert!(presence.end_ms - presence.start_ms >= MIN_PRESENCE_MS, "{presence:?}");
                 assert!(
-                    presence.end_ms - presence.start_ms >= MIN_PRESENCE_MS,
-                    "{presence:?}"
-                );
-                assert!(
-                    truth
-                        .scenes
-                        .iter()
-                        .any(|s| s.start_ms <= presence.start_ms && presence.end_ms <= s.end_ms),
+                    truth.scenes.iter().any(|s| s.start_ms <= presence.start_ms && presence.end_ms <= s.end_ms),
                     "{presence:?} crosses a scene cut"
                 );
             }
@@ -3001,47 +2371,25 @@ mod tests {
             for &(s, e) in &truth.shots {
                 assert!((SHOT_MIN_MS..=SHOT_MAX_MS).contains(&(e - s)));
             }
-            let shot_annotations: Vec<(u64, u64)> = episode
-                .annotations
-                .iter()
-                .filter(|a| a.track == "shot")
-                .map(|a| (a.start_ms, a.end_ms))
-                .collect();
+            let shot_annotations: Vec<(u64, u64)> =
+                episode.annotations.iter().filter(|a| a.track == "shot").map(|a| (a.start_ms, a.end_ms)).collect();
             assert_eq!(shot_annotations, truth.shots);
             // Scene annotations are contiguous, each boundary within the jitter of the true cut.
-            let scene_annotations: Vec<&Annotation> = episode
-                .annotations
-                .iter()
-                .filter(|a| a.track == "scene")
-                .collect();
+            let scene_annotations: Vec<&Annotation> = episode.annotations.iter().filter(|a| a.track == "scene").collect();
             assert_eq!(scene_annotations.len(), truth.scenes.len());
             for (a, t) in scene_annotations.iter().zip(&truth.scenes) {
                 assert_eq!(a.label.as_ref(), Some(&t.label));
-                assert!(
-                    a.start_ms.abs_diff(t.start_ms) <= SCENE_JITTER_MS
-                        && a.end_ms.abs_diff(t.end_ms) <= SCENE_JITTER_MS
-                );
+                assert!(a.start_ms.abs_diff(t.start_ms) <= SCENE_JITTER_MS && a.end_ms.abs_diff(t.end_ms) <= SCENE_JITTER_MS);
             }
             for pair in scene_annotations.windows(2) {
                 assert_eq!(pair[0].end_ms, pair[1].start_ms);
             }
             // Objects: truth matches detections one to one, glimpses of one object never overlap.
-            assert_eq!(
-                truth.objects.len(),
-                episode
-                    .annotations
-                    .iter()
-                    .filter(|a| a.track == "object")
-                    .count()
-            );
+            assert_eq!(truth.objects.len(), episode.annotations.iter().filter(|a| a.track == "object").count());
             let mut last_end_by_label: HashMap<&str, u64> = HashMap::new();
             for object in &truth.objects {
                 if let Some(&last_end_ms) = last_end_by_label.get(object.label.as_str()) {
-                    assert!(
-                        object.start_ms >= last_end_ms,
-                        "{} overlaps itself",
-                        object.label
-                    );
+                    assert!(object.start_ms >= last_end_ms, "{} overlaps itself", object.label);
                 }
                 last_end_by_label.insert(object.label.as_str(), object.end_ms);
             }
@@ -3058,47 +2406,27 @@ mod tests {
         let hours = season.total_duration_ms as f64 / MS_PER_HOUR;
         let per_hour = count as f64 / hours;
         eprintln!("{per_hour:.0} annotations per hour, {per_episode:?} per episode");
-        assert!(
-            (4_000.0..=7_000.0).contains(&per_hour),
-            "{per_hour} annotations per hour"
-        );
+        assert!((4_000.0..=7_000.0).contains(&per_hour), "{per_hour} annotations per hour");
         let mut by_track: HashMap<&str, usize> = HashMap::new();
         for a in episodes.iter().flat_map(|e| &e.annotations) {
             *by_track.entry(a.track.as_str()).or_insert(0) += 1;
         }
         for track in ["character", "scene", "object", "dialogue", "shot"] {
-            assert!(
-                by_track.get(track).copied().unwrap_or(0) > 0,
-                "no {track} annotations"
-            );
+            assert!(by_track.get(track).copied().unwrap_or(0) > 0, "no {track} annotations");
         }
     }
 
     #[test]
     fn zero_dimensions_leaves_scenes_without_vectors() {
-        let season = plan_season(&GenConfig {
-            hours: 0.1,
-            seed: 1,
-            vector_dimensions: 0,
-        });
+        let season = plan_season(&GenConfig { hours: 0.1, seed: 1, vector_dimensions: 0 });
         let episode = generate_episode(&season, &season.episodes[0]);
-        let scenes: Vec<&Annotation> = episode
-            .annotations
-            .iter()
-            .filter(|a| a.track == "scene")
-            .collect();
+        let scenes: Vec<&Annotation> = episode.annotations.iter().filter(|a| a.track == "scene").collect();
         assert!(!scenes.is_empty());
-        assert!(scenes
-            .iter()
-            .all(|a| a.vector.is_none() && a.vector_space.is_none() && a.label.is_some()));
+        assert!(scenes.iter().all(|a| a.vector.is_none() && a.vector_space.is_none() && a.label.is_some()));
     }
 
     fn handmade_truth() -> EpisodeTruth {
-        let interval = |label: &str, start_ms, end_ms| TruthInterval {
-            label: label.to_string(),
-            start_ms,
-            end_ms,
-        };
+        let interval = |label: &str, start_ms, end_ms| TruthInterval { label: label.to_string(), start_ms, end_ms };
         let line = |speaker: &str, text: &str, start_ms| TruthLine {
             speaker: speaker.to_string(),
             text: text.to_string(),
@@ -3115,10 +2443,7 @@ mod tests {
                 interval("Ross", 4_600, 5_400), // bucket 4 400 ms, bucket 5 400 ms: neither counts
                 interval("Ross", 7_000, 7_500), // exactly half of bucket 7
             ],
-            scenes: vec![
-                interval("kitchen", 0, 6_000),
-                interval("street", 6_000, 10_000),
-            ],
+            scenes: vec![interval("kitchen", 0, 6_000), interval("street", 6_000, 10_000)],
             objects: vec![interval("taxi", 6_500, 9_000)],
             dialogue: vec![
                 line("Joey", "Hey. How you doin'?", 0),
@@ -3133,35 +2458,14 @@ mod tests {
     #[test]
     fn seconds_where_counts_buckets_at_least_half_covered() {
         let truth = handmade_truth();
-        assert_eq!(
-            truth.seconds_where("character", "Joey", 1_000),
-            BTreeSet::from([0, 1, 2])
-        );
-        assert_eq!(
-            truth.seconds_where("character", "Ross", 1_000),
-            BTreeSet::from([7])
-        );
-        assert_eq!(
-            truth.seconds_where("character", "Joey", 2_000),
-            BTreeSet::from([0])
-        );
+        assert_eq!(truth.seconds_where("character", "Joey", 1_000), BTreeSet::from([0, 1, 2]));
+        assert_eq!(truth.seconds_where("character", "Ross", 1_000), BTreeSet::from([7]));
+        assert_eq!(truth.seconds_where("character", "Joey", 2_000), BTreeSet::from([0]));
         assert!(truth.seconds_where("character", "Ross", 2_000).is_empty());
-        assert_eq!(
-            truth.seconds_where("scene", "kitchen", 1_000),
-            (0..6).collect()
-        );
-        assert_eq!(
-            truth.seconds_where("scene", "street", 1_000),
-            (6..10).collect()
-        );
-        assert_eq!(
-            truth.seconds_where("object", "taxi", 1_000),
-            BTreeSet::from([6, 7, 8])
-        );
-        assert_eq!(
-            truth.seconds_where("dialogue", "Ross", 1_000),
-            BTreeSet::from([3, 4])
-        );
+        assert_eq!(truth.seconds_where("scene", "kitchen", 1_000), (0..6).collect());
+        assert_eq!(truth.seconds_where("scene", "street", 1_000), (6..10).collect());
+        assert_eq!(truth.seconds_where("object", "taxi", 1_000), BTreeSet::from([6, 7, 8]));
+        assert_eq!(truth.seconds_where("dialogue", "Ross", 1_000), BTreeSet::from([3, 4]));
         assert!(truth.seconds_where("character", "Phoebe", 1_000).is_empty());
         assert!(truth.seconds_where("weather", "rain", 1_000).is_empty());
         assert!(truth.seconds_where("character", "Joey", 0).is_empty());
@@ -3170,13 +2474,7 @@ mod tests {
     #[test]
     fn lines_containing_ignores_case_and_punctuation() {
         let truth = handmade_truth();
-        let speakers = |phrase: &str| {
-            truth
-                .lines_containing(phrase)
-                .iter()
-                .map(|l| l.speaker.clone())
-                .collect::<Vec<_>>()
-        };
+        let speakers = |phrase: &str| truth.lines_containing(phrase).iter().map(|l| l.speaker.clone()).collect::<Vec<_>>();
         assert_eq!(speakers("how you doin"), ["Joey"]);
         assert_eq!(speakers("HOW YOU DOIN'"), ["Joey"]);
         assert_eq!(speakers("we were on a break"), ["Ross"]);
@@ -3208,42 +2506,23 @@ mod tests {
                         "we were on a break" => &["Ross"],
                         "how you doin" => &["Joey"],
                         "smelly cat" => &["Phoebe"],
-                        "they don't know that we know" => {
-                            &["Phoebe", "Chandler", "Monica", "Rachel"]
-                        }
+                        "they don't know that we know" => &["Phoebe", "Chandler", "Monica", "Rachel"],
                         _ => &[],
                     };
-                    assert!(
-                        expected.is_empty() || expected.contains(&line.speaker.as_str()),
-                        "{line:?}"
-                    );
+                    assert!(expected.is_empty() || expected.contains(&line.speaker.as_str()), "{line:?}");
                     if sample_text.len() < 2_000 {
                         sample_text.push_str(&format!("{}: {}\n", line.speaker, line.text));
                     }
                 }
             }
         }
-        eprintln!(
-            "{total_lines} lines, {} distinct words, catchphrases {counts:?}",
-            vocabulary.len()
-        );
+        eprintln!("{total_lines} lines, {} distinct words, catchphrases {counts:?}", vocabulary.len());
         for phrase in CATCHPHRASES {
             let count = counts[phrase];
-            assert!(
-                count >= 2,
-                "{phrase:?} said {count} times in {} episodes",
-                season.episodes.len()
-            );
-            assert!(
-                (count as f64) < 0.01 * total_lines as f64,
-                "{phrase:?} is too common: {count} of {total_lines}"
-            );
+            assert!(count >= 2, "{phrase:?} said {count} times in {} episodes", season.episodes.len());
+            assert!((count as f64) < 0.01 * total_lines as f64, "{phrase:?} is too common: {count} of {total_lines}");
         }
-        assert!(
-            vocabulary.len() >= 600,
-            "only {} distinct words",
-            vocabulary.len()
-        );
+        assert!(vocabulary.len() >= 600, "only {} distinct words", vocabulary.len());
     }
 
     /// Diagnostics for humans: `cargo test --release -- --ignored --nocapture print_statistics`.
@@ -3272,18 +2551,11 @@ mod tests {
         let dir = scratch_dir("statistics");
         let started = Instant::now();
         let summary = write_season(&season.config, &dir, &mut |_, _| {}).unwrap();
-        eprintln!(
-            "write_season: {summary:?} in {:?}, {:.1} MB per hour",
-            started.elapsed(),
-            summary.bytes as f64 / summary.hours / 1e6
-        );
+        eprintln!("write_season: {summary:?} in {:?}, {:.1} MB per hour", started.elapsed(), summary.bytes as f64 / summary.hours / 1e6);
         let _ = std::fs::remove_dir_all(&dir);
         let episode = generate_episode(&season, &season.episodes[0]);
         for line in episode.truth.dialogue.iter().take(25) {
-            eprintln!(
-                "  [{:>7}-{:>7}] {:>8}: {}",
-                line.start_ms, line.end_ms, line.speaker, line.text
-            );
+            eprintln!("  [{:>7}-{:>7}] {:>8}: {}", line.start_ms, line.end_ms, line.speaker, line.text);
         }
     }
 
@@ -3303,10 +2575,7 @@ mod tests {
             }
         }
         for (name, (low, high, sum, n)) in spread {
-            eprintln!(
-                "{name:>10}: min {low:.3} max {high:.3} mean {:.3} in {n} episodes",
-                sum / n as f64
-            );
+            eprintln!("{name:>10}: min {low:.3} max {high:.3} mean {:.3} in {n} episodes", sum / n as f64);
         }
     }
 
@@ -3325,28 +2594,13 @@ mod tests {
             }
         }
         let mut seen_words = HashSet::new();
-        for required in [
-            "kitchen",
-            "coffee shop",
-            "living room",
-            "hallway",
-            "street",
-            "office",
-            "restaurant",
-            "bedroom",
-        ] {
-            assert!(
-                season.locations.iter().any(|l| l.name == required),
-                "{required} missing"
-            );
+        for required in ["kitchen", "coffee shop", "living room", "hallway", "street", "office", "restaurant", "bedroom"] {
+            assert!(season.locations.iter().any(|l| l.name == required), "{required} missing");
         }
         for location in &season.locations {
             assert!((5..=10).contains(&location.description_words.len()));
             for word in &location.description_words {
-                assert!(
-                    seen_words.insert(word.clone()),
-                    "{word} describes two locations"
-                );
+                assert!(seen_words.insert(word.clone()), "{word} describes two locations");
             }
         }
     }
@@ -3360,15 +2614,7 @@ mod tests {
         let kitchen = as_f64(kitchen);
         let norm = kitchen.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5);
-        for other in [
-            "coffee shop",
-            "living room",
-            "hallway",
-            "street",
-            "office",
-            "restaurant",
-            "bedroom",
-        ] {
+        for other in ["coffee shop", "living room", "hallway", "street", "office", "restaurant", "bedroom"] {
             let similarity = cosine(&kitchen, &as_f64(location_centroid(42, other, 512)));
             assert!(similarity.abs() < 0.3, "kitchen vs {other}: {similarity}");
         }

@@ -53,22 +53,11 @@ fn engine_of(request: &HttpRequest) -> Result<Arc<Engine>, HttpError> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with a JSON 413.
-async fn read_body(
-    request: &HttpRequest,
-    payload: web::Payload,
-    limit: usize,
-) -> Result<web::Bytes, HttpError> {
+async fn read_body(request: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, HttpError> {
     let too_large = |size: String| {
-        HttpError(ApiError::new(
-            ErrorCode::TooLarge,
-            format!("the body is {size} bytes; the limit is {limit}: split the batch"),
-        ))
+        HttpError(ApiError::new(ErrorCode::TooLarge, format!("the body is {size} bytes; the limit is {limit}: split the batch")))
     };
-    if let Some(length) = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
+    if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
     {
         if length > limit {
             return Err(too_large(length.to_string()));
@@ -76,10 +65,7 @@ async fn read_body(
     }
     match payload.to_bytes_limited(limit).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => Err(HttpError(ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("the body could not be read: {e}"),
-        ))),
+        Ok(Err(e)) => Err(HttpError(ApiError::new(ErrorCode::InvalidJson, format!("the body could not be read: {e}")))),
         Err(_) => Err(too_large(format!("more than {limit}"))),
     }
 }
@@ -87,10 +73,7 @@ async fn read_body(
 /// Parses a JSON body into `T`, naming the offending field path on type errors.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        HttpError(ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("the body is not valid UTF-8 (offset {})", e.valid_up_to()),
-        ))
+        HttpError(ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid UTF-8 (offset {})", e.valid_up_to())))
     })?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
@@ -99,48 +82,28 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
         if inner.is_syntax() || inner.is_eof() || inner.is_io() {
             HttpError(ApiError::new(
                 ErrorCode::InvalidJson,
-                format!(
-                    "invalid JSON at line {} column {}: {inner}",
-                    inner.line(),
-                    inner.column()
-                ),
+                format!("invalid JSON at line {} column {}: {inner}", inner.line(), inner.column()),
             ))
         } else {
-            let field = if path == "." {
-                "body".to_string()
-            } else {
-                path
-            };
+            let field = if path == "." { "body".to_string() } else { path };
             HttpError(ApiError::field(field.clone(), format!("{field}: {inner}")))
         }
     })?;
-    deserializer.end().map_err(|e| {
-        HttpError(ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("trailing data after the JSON value: {e}"),
-        ))
-    })?;
+    deserializer.end().map_err(|e| HttpError(ApiError::new(ErrorCode::InvalidJson, format!("trailing data after the JSON value: {e}"))))?;
     Ok(value)
 }
 
 fn body_format(request: &HttpRequest) -> Result<BodyFormat, HttpError> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         "application/json" | "" => Ok(BodyFormat::JsonArray),
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/jsonlines" => Ok(BodyFormat::Ndjson),
         other => Err(HttpError(ApiError::new(
             ErrorCode::UnsupportedMediaType,
-            format!("Content-Type {other:?} is not accepted: send application/json (an array) or application/x-ndjson (one annotation a line)"),
+            format!(
+                "Content-Type {other:?} is not accepted: send application/json (an array) or application/x-ndjson (one annotation a line)"
+            ),
         ))),
     }
 }
@@ -159,11 +122,7 @@ async fn post_annotations(request: HttpRequest, payload: web::Payload) -> HttpRe
 }
 
 fn asset_id_from(request: &HttpRequest) -> Result<String, HttpError> {
-    let asset_id = request
-        .match_info()
-        .get("asset_id")
-        .unwrap_or("")
-        .to_string();
+    let asset_id = request.match_info().get("asset_id").unwrap_or("").to_string();
     rushes_protocol::validate::validate_asset_id(&asset_id, 128)
         .map_err(|m| HttpError(ApiError::field("asset_id", format!("asset_id {m}"))))?;
     Ok(asset_id)
@@ -175,8 +134,7 @@ async fn put_asset(request: HttpRequest, payload: web::Payload) -> HttpResult {
     let body = read_body(&request, payload, 64 * 1024).await?;
     let record: AssetRecord = parse_json(&body)?;
     engine.upsert_asset(&asset_id, record.clone()).await?;
-    let mut reply =
-        serde_json::to_value(&record).map_err(|e| HttpError(ApiError::internal(e.to_string())))?;
+    let mut reply = serde_json::to_value(&record).map_err(|e| HttpError(ApiError::internal(e.to_string())))?;
     reply["asset_id"] = serde_json::json!(asset_id);
     Ok(HttpResponse::Ok().json(reply))
 }
@@ -190,15 +148,9 @@ async fn get_asset(request: HttpRequest) -> HttpResult {
 async fn get_raw_annotation(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
     let asset_id = asset_id_from(&request)?;
-    let annotation_id = request
-        .match_info()
-        .get("annotation_id")
-        .unwrap_or("")
-        .to_string();
+    let annotation_id = request.match_info().get("annotation_id").unwrap_or("").to_string();
     let raw = engine.raw_annotation(&asset_id, &annotation_id)?;
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(raw))
+    Ok(HttpResponse::Ok().content_type("application/json").body(raw))
 }
 
 #[derive(Deserialize)]
@@ -209,12 +161,8 @@ struct RangeQuery {
 }
 
 fn query_params<T: DeserializeOwned>(request: &HttpRequest) -> Result<T, HttpError> {
-    serde_urlencoded::from_str(request.query_string()).map_err(|e| {
-        HttpError(ApiError::field(
-            "query",
-            format!("query string: {e}; allowed parameters are documented in API.md"),
-        ))
-    })
+    serde_urlencoded::from_str(request.query_string())
+        .map_err(|e| HttpError(ApiError::field("query", format!("query string: {e}; allowed parameters are documented in API.md"))))
 }
 
 async fn get_buckets(request: HttpRequest) -> HttpResult {
@@ -251,9 +199,7 @@ async fn get_suggest(request: HttpRequest) -> HttpResult {
     let params: SuggestQuery = query_params(&request)?;
     let limit = params.limit.unwrap_or(8).clamp(1, 50);
     if params.q.len() > engine.config.limits.max_query_bytes {
-        return Err(HttpError(
-            ApiError::new(ErrorCode::TooLarge, "q is too long").with_field("q"),
-        ));
+        return Err(HttpError(ApiError::new(ErrorCode::TooLarge, "q is too long").with_field("q")));
     }
     let engine_for_task = engine.clone();
     let q = params.q.clone();
@@ -262,18 +208,8 @@ async fn get_suggest(request: HttpRequest) -> HttpResult {
         .map_err(|e| HttpError(ApiError::internal(format!("suggest task failed: {e}"))))??;
     let moments = match suggestions.completions.first() {
         Some(best) => {
-            let search = SearchRequest {
-                q: Some(best.query.clone()),
-                per_asset: Some(1),
-                limit: Some(5),
-                ..Default::default()
-            };
-            engine
-                .search(search)
-                .await
-                .ok()
-                .map(|r| r.assets)
-                .unwrap_or_default()
+            let search = SearchRequest { q: Some(best.query.clone()), per_asset: Some(1), limit: Some(5), ..Default::default() };
+            engine.search(search).await.ok().map(|r| r.assets).unwrap_or_default()
         }
         None => vec![],
     };
@@ -287,14 +223,11 @@ async fn get_cluster(request: HttpRequest) -> HttpResult {
 
 async fn health(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
-    let failed: Vec<u32> = engine
-        .shards
-        .iter()
-        .filter(|s| s.progress.failed.load(std::sync::atomic::Ordering::Acquire))
-        .map(|s| s.id)
-        .collect();
+    let failed: Vec<u32> =
+        engine.shards.iter().filter(|s| s.progress.failed.load(std::sync::atomic::Ordering::Acquire)).map(|s| s.id).collect();
     if failed.is_empty() {
-        Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ok", "shards": engine.shards.len(), "caught_up": engine.is_caught_up() })))
+        Ok(HttpResponse::Ok()
+            .json(serde_json::json!({ "status": "ok", "shards": engine.shards.len(), "caught_up": engine.is_caught_up() })))
     } else {
         Ok(HttpResponse::ServiceUnavailable()
             .insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")))
@@ -306,21 +239,12 @@ async fn metrics(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
     // Refresh the stage gauges.
     let _ = engine.cluster_status();
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(engine.metrics.render()))
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(engine.metrics.render()))
 }
 
 async fn not_found(request: HttpRequest) -> HttpResponse {
-    HttpError(ApiError::new(
-        ErrorCode::NotFound,
-        format!(
-            "no endpoint {} {}; see API.md",
-            request.method(),
-            request.path()
-        ),
-    ))
-    .error_response()
+    HttpError(ApiError::new(ErrorCode::NotFound, format!("no endpoint {} {}; see API.md", request.method(), request.path())))
+        .error_response()
 }
 
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -331,10 +255,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/v1/assets/{asset_id}", web::put().to(put_asset))
         .route("/v1/assets/{asset_id}", web::get().to(get_asset))
         .route("/v1/assets/{asset_id}/buckets", web::get().to(get_buckets))
-        .route(
-            "/v1/assets/{asset_id}/annotations/{annotation_id}",
-            web::get().to(get_raw_annotation),
-        )
+        .route("/v1/assets/{asset_id}/annotations/{annotation_id}", web::get().to(get_raw_annotation))
         .route("/v1/search", web::post().to(post_search))
         .route("/v1/search/explain", web::post().to(post_explain))
         .route("/v1/suggest", web::get().to(get_suggest))
@@ -342,22 +263,14 @@ pub fn configure(config: &mut web::ServiceConfig) {
 }
 
 /// Builds the HTTP server (not yet running).
-pub fn server(
-    engine: Arc<Engine>,
-    listener: std::net::TcpListener,
-) -> std::io::Result<actix_web::dev::Server> {
+pub fn server(engine: Arc<Engine>, listener: std::net::TcpListener) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(engine);
-    Ok(HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .configure(configure)
-            .default_service(web::to(not_found))
-    })
-    .workers(2)
-    .max_connections(4096)
-    .client_request_timeout(std::time::Duration::from_secs(30))
-    .shutdown_timeout(5)
-    .disable_signals()
-    .listen(listener)?
-    .run())
+    Ok(HttpServer::new(move || App::new().app_data(data.clone()).configure(configure).default_service(web::to(not_found)))
+        .workers(2)
+        .max_connections(4096)
+        .client_request_timeout(std::time::Duration::from_secs(30))
+        .shutdown_timeout(5)
+        .disable_signals()
+        .listen(listener)?
+        .run())
 }

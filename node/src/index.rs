@@ -21,16 +21,9 @@ use serde::{Deserialize, Serialize};
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
 use tantivy::query::Query;
-use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING,
-};
-use tantivy::tokenizer::{
-    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
-};
-use tantivy::{
-    DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentReader, TantivyDocument,
-    Term,
-};
+use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING};
+use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
+use tantivy::{DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentReader, TantivyDocument, Term};
 
 use crate::store::{ShardStore, StoreError};
 
@@ -45,10 +38,7 @@ pub enum IndexError {
     #[error("usearch ({space}): {message}")]
     Vector { space: String, message: String },
     #[error("index i/o at {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("codec: {0}")]
@@ -96,9 +86,7 @@ pub struct Fields {
 fn build_schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
     let text = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default()
-            .set_tokenizer(TEXT_ANALYZER)
-            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        TextFieldIndexing::default().set_tokenizer(TEXT_ANALYZER).set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let fields = Fields {
         key: builder.add_text_field("key", STRING),
@@ -134,11 +122,7 @@ pub fn tokenize(text: &str) -> Vec<String> {
 }
 
 pub fn label_term_text(track: Option<&str>, label: &str, percent: u64) -> String {
-    format!(
-        "{}\u{1f}{}\u{1f}{percent}",
-        track.unwrap_or("*"),
-        normalize_label(label)
-    )
+    format!("{}\u{1f}{}\u{1f}{percent}", track.unwrap_or("*"), normalize_label(label))
 }
 
 pub fn bucket_key_text(asset_id: &str, second: u64) -> String {
@@ -156,8 +140,7 @@ pub struct VectorTarget {
 
 pub fn vector_key(asset_id: &str, annotation_id: &str) -> u64 {
     // usearch reserves u64::MAX as "no key".
-    xxhash_rust::xxh3::xxh3_64(&crate::store::annotation_key(asset_id, annotation_id))
-        & (u64::MAX >> 1)
+    xxhash_rust::xxh3::xxh3_64(&crate::store::annotation_key(asset_id, annotation_id)) & (u64::MAX >> 1)
 }
 
 pub struct VectorIndex {
@@ -197,42 +180,25 @@ impl VectorIndex {
     }
 
     fn vector_error(spec: &VectorSpaceSpec, e: impl std::fmt::Display) -> IndexError {
-        IndexError::Vector {
-            space: spec.name.clone(),
-            message: e.to_string(),
-        }
+        IndexError::Vector { space: spec.name.clone(), message: e.to_string() }
     }
 
     pub fn open(dir: &Path, spec: VectorSpaceSpec) -> Result<VectorIndex, IndexError> {
         let path = dir.join(format!("{}.usearch", spec.name));
         let meta_path = dir.join(format!("{}.meta", spec.name));
-        let index =
-            usearch::Index::new(&Self::options(&spec)).map_err(|e| Self::vector_error(&spec, e))?;
+        let index = usearch::Index::new(&Self::options(&spec)).map_err(|e| Self::vector_error(&spec, e))?;
         let mut watermark = 0;
         if path.exists() && meta_path.exists() {
-            let meta_bytes = fs::read(&meta_path).map_err(|source| IndexError::Io {
-                path: meta_path.clone(),
-                source,
-            })?;
+            let meta_bytes = fs::read(&meta_path).map_err(|source| IndexError::Io { path: meta_path.clone(), source })?;
             let meta: VectorMeta = codec::decode(VECTOR_META_FORMAT, &meta_bytes)?;
             let path_text = path.to_string_lossy();
-            index
-                .load(&path_text)
-                .map_err(|e| Self::vector_error(&spec, e))?;
+            index.load(&path_text).map_err(|e| Self::vector_error(&spec, e))?;
             watermark = meta.watermark;
         }
         if index.capacity() < 1024 {
-            index
-                .reserve(1024)
-                .map_err(|e| Self::vector_error(&spec, e))?;
+            index.reserve(1024).map_err(|e| Self::vector_error(&spec, e))?;
         }
-        Ok(VectorIndex {
-            spec,
-            index: RwLock::new(index),
-            path,
-            saved_watermark: Mutex::new(watermark),
-            dirty: Mutex::new(false),
-        })
+        Ok(VectorIndex { spec, index: RwLock::new(index), path, saved_watermark: Mutex::new(watermark), dirty: Mutex::new(false) })
     }
 
     pub fn saved_watermark(&self) -> u64 {
@@ -258,13 +224,9 @@ impl VectorIndex {
         }
         if index.size() + 1 > index.capacity() {
             let grown = (index.capacity() * 2).max(1024);
-            index
-                .reserve(grown)
-                .map_err(|e| Self::vector_error(&self.spec, e))?;
+            index.reserve(grown).map_err(|e| Self::vector_error(&self.spec, e))?;
         }
-        index
-            .add(key, vector)
-            .map_err(|e| Self::vector_error(&self.spec, e))?;
+        index.add(key, vector).map_err(|e| Self::vector_error(&self.spec, e))?;
         *self.dirty.lock() = true;
         Ok(())
     }
@@ -272,9 +234,7 @@ impl VectorIndex {
     pub fn remove(&self, key: u64) -> Result<(), IndexError> {
         let index = self.index.write();
         if index.contains(key) {
-            index
-                .remove(key)
-                .map_err(|e| Self::vector_error(&self.spec, e))?;
+            index.remove(key).map_err(|e| Self::vector_error(&self.spec, e))?;
             *self.dirty.lock() = true;
         }
         Ok(())
@@ -320,21 +280,13 @@ impl VectorIndex {
         }
         let temp = self.path.with_extension("usearch.tmp");
         let index = self.index.read();
-        index
-            .save(&temp.to_string_lossy())
-            .map_err(|e| Self::vector_error(&self.spec, e))?;
+        index.save(&temp.to_string_lossy()).map_err(|e| Self::vector_error(&self.spec, e))?;
         let size = index.size() as u64;
         drop(index);
         fsync_file(&temp)?;
-        fs::rename(&temp, &self.path).map_err(|source| IndexError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        fs::rename(&temp, &self.path).map_err(|source| IndexError::Io { path: self.path.clone(), source })?;
         let meta_path = self.path.with_extension("meta");
-        write_atomically(
-            &meta_path,
-            &codec::encode(VECTOR_META_FORMAT, &VectorMeta { watermark, size })?,
-        )?;
+        write_atomically(&meta_path, &codec::encode(VECTOR_META_FORMAT, &VectorMeta { watermark, size })?)?;
         *self.dirty.lock() = false;
         *self.saved_watermark.lock() = watermark;
         Ok(())
@@ -346,22 +298,13 @@ impl VectorIndex {
 }
 
 fn fsync_file(path: &Path) -> Result<(), IndexError> {
-    let file = fs::File::open(path).map_err(|source| IndexError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    file.sync_all().map_err(|source| IndexError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    let file = fs::File::open(path).map_err(|source| IndexError::Io { path: path.to_path_buf(), source })?;
+    file.sync_all().map_err(|source| IndexError::Io { path: path.to_path_buf(), source })
 }
 
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), IndexError> {
     let temp = path.with_extension("tmp");
-    let io = |source| IndexError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| IndexError::Io { path: path.to_path_buf(), source };
     let mut file = fs::File::create(&temp).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
@@ -386,47 +329,21 @@ pub struct ShardIndex {
 }
 
 impl ShardIndex {
-    pub fn open(
-        dir: &Path,
-        spaces: &[VectorSpaceSpec],
-        writer_heap_bytes: usize,
-    ) -> Result<ShardIndex, IndexError> {
+    pub fn open(dir: &Path, spaces: &[VectorSpaceSpec], writer_heap_bytes: usize) -> Result<ShardIndex, IndexError> {
         let text_dir = dir.join("tantivy");
         let vector_dir = dir.join("vectors");
         for d in [&text_dir, &vector_dir] {
-            fs::create_dir_all(d).map_err(|source| IndexError::Io {
-                path: d.clone(),
-                source,
-            })?;
+            fs::create_dir_all(d).map_err(|source| IndexError::Io { path: d.clone(), source })?;
         }
         let (schema, fields) = build_schema();
-        let directory = tantivy::directory::MmapDirectory::open(&text_dir)
-            .map_err(|e| IndexError::Tantivy(e.into()))?;
+        let directory = tantivy::directory::MmapDirectory::open(&text_dir).map_err(|e| IndexError::Tantivy(e.into()))?;
         let index = Index::open_or_create(directory, schema)?;
         index.tokenizers().register(TEXT_ANALYZER, text_analyzer());
-        let committed_watermark = index
-            .load_metas()?
-            .payload
-            .as_deref()
-            .and_then(|p| p.parse::<u64>().ok())
-            .unwrap_or(0);
+        let committed_watermark = index.load_metas()?.payload.as_deref().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
         let writer = index.writer_with_num_threads(1, writer_heap_bytes.max(15_000_000))?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
-        let vectors = spaces
-            .iter()
-            .map(|spec| VectorIndex::open(&vector_dir, spec.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ShardIndex {
-            index,
-            fields,
-            reader,
-            writer: Mutex::new(writer),
-            vectors,
-            committed_watermark: Mutex::new(committed_watermark),
-        })
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let vectors = spaces.iter().map(|spec| VectorIndex::open(&vector_dir, spec.clone())).collect::<Result<Vec<_>, _>>()?;
+        Ok(ShardIndex { index, fields, reader, writer: Mutex::new(writer), vectors, committed_watermark: Mutex::new(committed_watermark) })
     }
 
     pub fn committed_watermark(&self) -> u64 {
@@ -435,10 +352,7 @@ impl ShardIndex {
 
     /// Where a restart must resume indexing from: the oldest of Tantivy's and the vector files'.
     pub fn durable_watermark(&self) -> u64 {
-        self.vectors
-            .iter()
-            .map(|v| v.saved_watermark())
-            .fold(self.committed_watermark(), u64::min)
+        self.vectors.iter().map(|v| v.saved_watermark()).fold(self.committed_watermark(), u64::min)
     }
 
     pub fn vector_space(&self, name: &str) -> Option<&VectorIndex> {
@@ -446,21 +360,12 @@ impl ShardIndex {
     }
 
     /// Replaces the documents of `seconds` of one asset with its current buckets.
-    pub fn reindex_seconds(
-        &self,
-        store: &ShardStore,
-        asset_id: &str,
-        seconds: &[u64],
-        bucket_ms: u64,
-    ) -> Result<usize, IndexError> {
+    pub fn reindex_seconds(&self, store: &ShardStore, asset_id: &str, seconds: &[u64], bucket_ms: u64) -> Result<usize, IndexError> {
         let writer = self.writer.lock();
         let context = DocContext::load(store, asset_id)?;
         let mut written = 0;
         for &second in seconds {
-            writer.delete_term(Term::from_field_text(
-                self.fields.key,
-                &bucket_key_text(asset_id, second),
-            ));
+            writer.delete_term(Term::from_field_text(self.fields.key, &bucket_key_text(asset_id, second)));
             if let Some(bucket) = store.bucket(asset_id, second)? {
                 writer.add_document(self.document(&context, second, &bucket, bucket_ms))?;
                 written += 1;
@@ -470,18 +375,10 @@ impl ShardIndex {
     }
 
     /// Replaces every document of one asset.
-    pub fn reindex_asset(
-        &self,
-        store: &ShardStore,
-        asset_id: &str,
-        bucket_ms: u64,
-    ) -> Result<usize, IndexError> {
+    pub fn reindex_asset(&self, store: &ShardStore, asset_id: &str, bucket_ms: u64) -> Result<usize, IndexError> {
         let writer = self.writer.lock();
         let context = DocContext::load(store, asset_id)?;
-        writer.delete_term(Term::from_field_u64(
-            self.fields.asset_ordinal,
-            context.ordinal,
-        ));
+        writer.delete_term(Term::from_field_u64(self.fields.asset_ordinal, context.ordinal));
         let mut written = 0;
         for (second, bucket) in store.bucket_range(asset_id, 0, u64::MAX)? {
             writer.add_document(self.document(&context, second, &bucket, bucket_ms))?;
@@ -490,13 +387,7 @@ impl ShardIndex {
         Ok(written)
     }
 
-    fn document(
-        &self,
-        context: &DocContext,
-        second: u64,
-        bucket: &Bucket,
-        _bucket_ms: u64,
-    ) -> TantivyDocument {
+    fn document(&self, context: &DocContext, second: u64, bucket: &Bucket, _bucket_ms: u64) -> TantivyDocument {
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
         doc.add_text(f.key, bucket_key_text(&context.asset_id, second));
@@ -519,10 +410,7 @@ impl ShardIndex {
             }
             if let Some(label) = &entry.label {
                 let percent = (entry.confidence * 100.0).floor().clamp(0.0, 100.0) as u64;
-                doc.add_text(
-                    f.labels,
-                    label_term_text(Some(&entry.track), label, percent),
-                );
+                doc.add_text(f.labels, label_term_text(Some(&entry.track), label, percent));
                 doc.add_text(f.labels, label_term_text(None, label, percent));
             }
             if let Some(text) = &entry.text {
@@ -563,12 +451,8 @@ impl ShardIndex {
         writer.delete_all_documents()?;
         for space in &self.vectors {
             let index = space.index.write();
-            index
-                .reset()
-                .map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
-            index
-                .reserve(1024)
-                .map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
+            index.reset().map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
+            index.reserve(1024).map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
             *space.dirty.lock() = true;
         }
         Ok(())
@@ -589,39 +473,21 @@ struct DocContext {
 
 impl DocContext {
     fn load(store: &ShardStore, asset_id: &str) -> Result<DocContext, IndexError> {
-        let ordinal = store.asset_ordinal(asset_id)?.ok_or_else(|| {
-            StoreError::Corrupt(format!("asset {asset_id} has buckets but no ordinal"))
-        })?;
+        let ordinal =
+            store.asset_ordinal(asset_id)?.ok_or_else(|| StoreError::Corrupt(format!("asset {asset_id} has buckets but no ordinal")))?;
         let record = store.asset_record(asset_id)?.unwrap_or_default();
-        Ok(DocContext {
-            asset_id: asset_id.to_string(),
-            ordinal,
-            series: record.series,
-            season: record.season,
-            episode: record.episode,
-        })
+        Ok(DocContext { asset_id: asset_id.to_string(), ordinal, series: record.series, season: record.season, episode: record.episode })
     }
 }
 
 /// Stores where a vector key points (sled tree `vector_keys`).
-pub fn put_vector_target(
-    store: &ShardStore,
-    key: u64,
-    target: &VectorTarget,
-) -> Result<(), IndexError> {
-    store
-        .vector_keys
-        .insert(key.to_be_bytes(), codec::encode(VECTOR_KEY_FORMAT, target)?)
-        .map_err(StoreError::from)?;
+pub fn put_vector_target(store: &ShardStore, key: u64, target: &VectorTarget) -> Result<(), IndexError> {
+    store.vector_keys.insert(key.to_be_bytes(), codec::encode(VECTOR_KEY_FORMAT, target)?).map_err(StoreError::from)?;
     Ok(())
 }
 
 pub fn vector_target(store: &ShardStore, key: u64) -> Result<Option<VectorTarget>, IndexError> {
-    match store
-        .vector_keys
-        .get(key.to_be_bytes())
-        .map_err(StoreError::from)?
-    {
+    match store.vector_keys.get(key.to_be_bytes()).map_err(StoreError::from)? {
         Some(bytes) => Ok(Some(codec::decode(VECTOR_KEY_FORMAT, &bytes)?)),
         None => Ok(None),
     }
@@ -640,11 +506,7 @@ impl Collector for SecondsCollector {
     type Fruit = Vec<(u64, u64, f32)>;
     type Child = SecondsSegmentCollector;
 
-    fn for_segment(
-        &self,
-        _segment_local_id: u32,
-        segment: &SegmentReader,
-    ) -> tantivy::Result<SecondsSegmentCollector> {
+    fn for_segment(&self, _segment_local_id: u32, segment: &SegmentReader) -> tantivy::Result<SecondsSegmentCollector> {
         Ok(SecondsSegmentCollector {
             asset: segment.fast_fields().u64("asset_ordinal")?,
             second: segment.fast_fields().u64("second")?,
@@ -656,10 +518,7 @@ impl Collector for SecondsCollector {
         true
     }
 
-    fn merge_fruits(
-        &self,
-        fruits: Vec<Vec<(u64, u64, f32)>>,
-    ) -> tantivy::Result<Vec<(u64, u64, f32)>> {
+    fn merge_fruits(&self, fruits: Vec<Vec<(u64, u64, f32)>>) -> tantivy::Result<Vec<(u64, u64, f32)>> {
         Ok(fruits.concat())
     }
 }
@@ -679,10 +538,7 @@ impl SegmentCollector for SecondsSegmentCollector {
 }
 
 /// Runs a query and returns every matching (asset ordinal, second, score).
-pub fn collect_seconds(
-    index: &ShardIndex,
-    query: &dyn Query,
-) -> Result<Vec<(u64, u64, f32)>, IndexError> {
+pub fn collect_seconds(index: &ShardIndex, query: &dyn Query) -> Result<Vec<(u64, u64, f32)>, IndexError> {
     let searcher = index.reader.searcher();
     Ok(searcher.search(query, &SecondsCollector)?)
 }

@@ -15,11 +15,7 @@ use rushes_node::{bench, init_logging};
 use rushes_protocol::{SearchMode, SearchRequest};
 
 #[derive(Parser)]
-#[command(
-    name = "rushes",
-    version,
-    about = "Search engine for raw production footage annotations"
-)]
+#[command(name = "rushes", version, about = "Search engine for raw production footage annotations")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -132,17 +128,11 @@ type CliError = Box<dyn std::error::Error + Send + Sync>;
 fn load_config(args: &ConfigArgs, extra: Vec<(String, String)>) -> Result<Config, CliError> {
     let mut overrides = Vec::new();
     for item in &args.overrides {
-        let (key, value) = item.split_once('=').ok_or_else(|| {
-            format!("--set {item:?}: expected KEY=VALUE, e.g. fusion.bucket_ms=500")
-        })?;
+        let (key, value) = item.split_once('=').ok_or_else(|| format!("--set {item:?}: expected KEY=VALUE, e.g. fusion.bucket_ms=500"))?;
         overrides.push((key.trim().to_string(), value.trim().to_string()));
     }
     overrides.extend(extra);
-    Ok(Config::load(
-        args.config.as_deref(),
-        std::env::vars(),
-        &overrides,
-    )?)
+    Ok(Config::load(args.config.as_deref(), std::env::vars(), &overrides)?)
 }
 
 fn main() -> ExitCode {
@@ -158,12 +148,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            data_dir,
-            print_config,
-        } => {
+        Command::Serve { config, listen, data_dir, print_config } => {
             let mut extra = Vec::new();
             if let Some(listen) = listen {
                 extra.push(("node.listen".to_string(), listen));
@@ -176,28 +161,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 print!("{}", config.to_toml_string());
                 return Ok(());
             }
-            init_logging(
-                config.log.level.as_str(),
-                config.log.format == rushes_config::LogFormat::Json,
-            );
+            init_logging(config.log.level.as_str(), config.log.format == rushes_config::LogFormat::Json);
             serve(config)
         }
-        Command::Demo {
-            data_dir,
-            listen,
-            hours,
-            seed,
-            config,
-        } => {
+        Command::Demo { data_dir, listen, hours, seed, config } => {
             let config = load_config(&config, vec![])?;
             init_logging(config.log.level.as_str(), false);
-            demo::run_demo(DemoOptions {
-                data_dir,
-                listen,
-                hours,
-                seed,
-                config,
-            })
+            demo::run_demo(DemoOptions { data_dir, listen, hours, seed, config })
         }
         Command::Gen { hours, seed, out } => {
             if !(hours.is_finite() && hours > 0.0 && hours <= 10_000.0) {
@@ -205,18 +175,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             std::fs::create_dir_all(&out)?;
             let bar = demo::progress_bar(0, "generating", false);
-            let summary = gen::write_season(
-                &GenConfig {
-                    hours,
-                    seed,
-                    ..GenConfig::default()
-                },
-                &out,
-                &mut |done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                },
-            )?;
+            let summary = gen::write_season(&GenConfig { hours, seed, ..GenConfig::default() }, &out, &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
             bar.finish_and_clear();
             println!(
                 "wrote {} episodes ({:.1} h), {} annotations, {:.1} MiB to {}",
@@ -228,32 +190,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Import {
-            file,
-            server,
-            batch,
-        } => import(&file, &server, batch),
-        Command::Search {
-            q,
-            server,
-            mode,
-            per_asset,
-            limit,
-            json,
-        } => {
+        Command::Import { file, server, batch } => import(&file, &server, batch),
+        Command::Search { q, server, mode, per_asset, limit, json } => {
             let client = Client::new(&server);
-            let mode = if mode == "union" {
-                SearchMode::Union
-            } else {
-                SearchMode::Intersection
-            };
-            let request = SearchRequest {
-                q: Some(q),
-                mode: Some(mode),
-                per_asset: Some(per_asset),
-                limit: Some(limit),
-                ..Default::default()
-            };
+            let mode = if mode == "union" { SearchMode::Union } else { SearchMode::Intersection };
+            let request =
+                SearchRequest { q: Some(q), mode: Some(mode), per_asset: Some(per_asset), limit: Some(limit), ..Default::default() };
             let response = client.search(&request)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&response)?);
@@ -264,32 +206,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 response.total_assets, response.took_ms, response.shards.ok, response.shards.total
             );
             for asset in &response.assets {
-                println!(
-                    "{}  {}  score {:.3}",
-                    asset.asset_id,
-                    asset.title.as_deref().unwrap_or(""),
-                    asset.score
-                );
+                println!("{}  {}  score {:.3}", asset.asset_id, asset.title.as_deref().unwrap_or(""), asset.score);
                 for clip in &asset.clips {
                     let evidence: Vec<String> = clip
                         .matches
                         .iter()
                         .take(4)
-                        .map(|m| {
-                            format!(
-                                "{}={}",
-                                m.track,
-                                m.label.as_deref().or(m.text.as_deref()).unwrap_or("vector")
-                            )
-                        })
+                        .map(|m| format!("{}={}", m.track, m.label.as_deref().or(m.text.as_deref()).unwrap_or("vector")))
                         .collect();
-                    println!(
-                        "  {} - {}  {:.3}  {}",
-                        fmt_ms(clip.start_ms),
-                        fmt_ms(clip.end_ms),
-                        clip.score,
-                        evidence.join(", ")
-                    );
+                    println!("  {} - {}  {:.3}  {}", fmt_ms(clip.start_ms), fmt_ms(clip.end_ms), clip.score, evidence.join(", "));
                 }
             }
             Ok(())
@@ -304,24 +229,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let options = shard_options(&config);
             for shard in 0..config.cluster.shards {
                 let started = std::time::Instant::now();
-                let (assets, docs) =
-                    rushes_node::shard::rebuild_shard(&config.node.data_dir, shard, &options)?;
-                println!(
-                    "shard {shard}: rebuilt {assets} assets, {docs} bucket documents in {:.1}s",
-                    started.elapsed().as_secs_f64()
-                );
+                let (assets, docs) = rushes_node::shard::rebuild_shard(&config.node.data_dir, shard, &options)?;
+                println!("shard {shard}: rebuilt {assets} assets, {docs} bucket documents in {:.1}s", started.elapsed().as_secs_f64());
             }
             Ok(())
         }
-        Command::Bench {
-            hours,
-            seed,
-            work_dir,
-            clients,
-            queries,
-            json_out,
-            config,
-        } => {
+        Command::Bench { hours, seed, work_dir, clients, queries, json_out, config } => {
             let config = load_config(&config, vec![])?;
             init_logging("warn", false);
             let report = bench::run_bench(bench::BenchOptions {
@@ -342,17 +255,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn fmt_ms(ms: u64) -> String {
-    format!(
-        "{:02}:{:02}:{:02}",
-        ms / 3_600_000,
-        (ms / 60_000) % 60,
-        (ms / 1000) % 60
-    )
+    format!("{:02}:{:02}:{:02}", ms / 3_600_000, (ms / 60_000) % 60, (ms / 1000) % 60)
 }
 
 fn serve(config: Config) -> Result<(), CliError> {
-    let listener = TcpListener::bind(config.node.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.node.listen))?;
+    let listener = TcpListener::bind(config.node.listen).map_err(|e| format!("cannot listen on {}: {e}", config.node.listen))?;
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let engine = Engine::open(config)?;
@@ -375,16 +282,8 @@ fn serve(config: Config) -> Result<(), CliError> {
 
 fn import(file: &std::path::Path, server: &str, batch: usize) -> Result<(), CliError> {
     let client = Client::new(server);
-    let reader: Box<dyn Read> = if file.as_os_str() == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(std::fs::File::open(file)?)
-    };
-    let total_lines = if file.as_os_str() == "-" {
-        0
-    } else {
-        BufReader::new(std::fs::File::open(file)?).lines().count() as u64
-    };
+    let reader: Box<dyn Read> = if file.as_os_str() == "-" { Box::new(std::io::stdin()) } else { Box::new(std::fs::File::open(file)?) };
+    let total_lines = if file.as_os_str() == "-" { 0 } else { BufReader::new(std::fs::File::open(file)?).lines().count() as u64 };
     let bar = demo::progress_bar(total_lines, "importing", false);
     let mut reader = BufReader::new(reader);
     let batch = batch.clamp(1, 10_000);
@@ -398,9 +297,7 @@ fn import(file: &std::path::Path, server: &str, batch: usize) -> Result<(), CliE
         if lines == 0 {
             break;
         }
-        let reply = client
-            .post_ndjson_retrying(&chunk, 10)
-            .map_err(|e| format!("batch starting at line {}: {e}", sent + 1))?;
+        let reply = client.post_ndjson_retrying(&chunk, 10).map_err(|e| format!("batch starting at line {}: {e}", sent + 1))?;
         sent += lines as u64;
         created += reply.created as u64;
         bar.set_position(sent);

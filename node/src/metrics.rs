@@ -1,9 +1,6 @@
 //! Prometheus metrics of one node. Names carry their unit last.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -22,10 +19,7 @@ pub struct Metrics {
 }
 
 fn latency_buckets() -> Vec<f64> {
-    vec![
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        60.0, 120.0,
-    ]
+    vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 }
 
 impl Metrics {
@@ -35,66 +29,31 @@ impl Metrics {
         macro_rules! register {
             ($metric:expr) => {{
                 let metric = $metric.expect("metric definition is valid");
-                registry
-                    .register(Box::new(metric.clone()))
-                    .expect("metric names are unique");
+                registry.register(Box::new(metric.clone())).expect("metric names are unique");
                 metric
             }};
         }
-        let histogram = |name: &str, help: &str| {
-            Histogram::with_opts(HistogramOpts::new(name, help).buckets(latency_buckets()))
-        };
+        let histogram = |name: &str, help: &str| Histogram::with_opts(HistogramOpts::new(name, help).buckets(latency_buckets()));
         Metrics {
-            ingest_annotations: register!(IntCounter::new(
-                "ingest_annotations_total",
-                "Annotations acknowledged (committed and durable)"
-            )),
-            ingest_requests: register!(IntCounterVec::new(
-                Opts::new("ingest_requests_total", "Ingest requests by outcome"),
-                &["outcome"]
-            )),
-            commit_seconds: register!(histogram(
-                "raft_commit_seconds",
-                "Proposal to committed, durable and applied"
-            )),
-            flush_seconds: register!(histogram(
-                "raft_ready_seconds",
-                "One Raft ready cycle including the log flush"
-            )),
-            index_commit_seconds: register!(histogram(
-                "index_commit_seconds",
-                "Tantivy commit (and vector save) duration"
-            )),
-            searchable_lag_seconds: register!(histogram(
-                "searchable_lag_seconds",
-                "Applied (acknowledged) to searchable"
-            )),
+            ingest_annotations: register!(IntCounter::new("ingest_annotations_total", "Annotations acknowledged (committed and durable)")),
+            ingest_requests: register!(IntCounterVec::new(Opts::new("ingest_requests_total", "Ingest requests by outcome"), &["outcome"])),
+            commit_seconds: register!(histogram("raft_commit_seconds", "Proposal to committed, durable and applied")),
+            flush_seconds: register!(histogram("raft_ready_seconds", "One Raft ready cycle including the log flush")),
+            index_commit_seconds: register!(histogram("index_commit_seconds", "Tantivy commit (and vector save) duration")),
+            searchable_lag_seconds: register!(histogram("searchable_lag_seconds", "Applied (acknowledged) to searchable")),
             query_seconds: register!(HistogramVec::new(
-                HistogramOpts::new("query_seconds", "Query latency by endpoint")
-                    .buckets(latency_buckets()),
+                HistogramOpts::new("query_seconds", "Query latency by endpoint").buckets(latency_buckets()),
                 &["endpoint"]
             )),
-            buckets_written: register!(IntCounter::new(
-                "fusion_buckets_written_total",
-                "Buckets recomputed by fusion"
-            )),
-            index_docs_written: register!(IntCounter::new(
-                "index_docs_written_total",
-                "Bucket documents written to Tantivy"
-            )),
-            queue_depth: register!(IntGaugeVec::new(
-                Opts::new("queue_depth", "Items waiting in a bounded queue"),
-                &["shard", "queue"]
-            )),
+            buckets_written: register!(IntCounter::new("fusion_buckets_written_total", "Buckets recomputed by fusion")),
+            index_docs_written: register!(IntCounter::new("index_docs_written_total", "Bucket documents written to Tantivy")),
+            queue_depth: register!(IntGaugeVec::new(Opts::new("queue_depth", "Items waiting in a bounded queue"), &["shard", "queue"])),
             stage_index: register!(IntGaugeVec::new(
                 Opts::new("stage_log_index", "Last log index each stage has processed"),
                 &["shard", "stage"]
             )),
             stage_lag_entries: register!(IntGaugeVec::new(
-                Opts::new(
-                    "stage_lag_entries",
-                    "Log entries a stage is behind the commit index"
-                ),
+                Opts::new("stage_lag_entries", "Log entries a stage is behind the commit index"),
                 &["shard", "stage"]
             )),
             registry,
@@ -102,9 +61,7 @@ impl Metrics {
     }
 
     pub fn set_queue_depth(&self, shard: u32, queue: &str, depth: usize) {
-        self.queue_depth
-            .with_label_values(&[&shard.to_string(), queue])
-            .set(depth as i64);
+        self.queue_depth.with_label_values(&[&shard.to_string(), queue]).set(depth as i64);
     }
 
     pub fn render(&self) -> String {

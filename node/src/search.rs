@@ -13,13 +13,10 @@ use std::ops::Bound;
 
 use rushes_protocol::model::{normalize_label, Bucket, BucketEntry};
 use rushes_protocol::{
-    ApiError, AssetHits, BoolOperator, Clause, Clip, ErrorCode, Filters, Match, SearchMode,
-    SearchRequest, SearchResponse, ShardCounts,
+    ApiError, AssetHits, BoolOperator, Clause, Clip, ErrorCode, Filters, Match, SearchMode, SearchRequest, SearchResponse, ShardCounts,
 };
 use serde::Serialize;
-use tantivy::query::{
-    BooleanQuery, BoostQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery,
-};
+use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::Term;
 
@@ -37,10 +34,9 @@ const MAX_MATCHES_PER_CLIP: usize = 50;
 
 /// Words that carry no meaning in a free-text query.
 const STOP_WORDS: &[&str] = &[
-    "a", "an", "the", "in", "on", "at", "of", "with", "and", "or", "to", "is", "are", "was",
-    "were", "be", "by", "for", "from", "into", "scene", "scenes", "shot", "shots", "every", "all",
-    "when", "where", "while", "who", "someone", "says", "say", "said", "saying", "about", "show",
-    "find", "me", "time", "times", "moment", "moments",
+    "a", "an", "the", "in", "on", "at", "of", "with", "and", "or", "to", "is", "are", "was", "were", "be", "by", "for", "from", "into",
+    "scene", "scenes", "shot", "shots", "every", "all", "when", "where", "while", "who", "someone", "says", "say", "said", "saying",
+    "about", "show", "find", "me", "time", "times", "moment", "moments",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -109,32 +105,19 @@ fn invalid(field: &str, message: impl Into<String>) -> ApiError {
 }
 
 /// Validates a request and compiles it into a plan. `vocabulary`: normalized label → tracks.
-pub fn plan(
-    request: &SearchRequest,
-    vocabulary: &BTreeMap<String, Vec<String>>,
-    limits: &SearchLimits,
-) -> Result<Plan, ApiError> {
+pub fn plan(request: &SearchRequest, vocabulary: &BTreeMap<String, Vec<String>>, limits: &SearchLimits) -> Result<Plan, ApiError> {
     let per_asset = request.per_asset.unwrap_or(DEFAULT_PER_ASSET);
     if per_asset == 0 || per_asset > limits.max_per_asset {
-        return Err(invalid(
-            "per_asset",
-            format!("is {per_asset}; allowed 1..={}", limits.max_per_asset),
-        ));
+        return Err(invalid("per_asset", format!("is {per_asset}; allowed 1..={}", limits.max_per_asset)));
     }
     let limit = request.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > limits.max_limit {
-        return Err(invalid(
-            "limit",
-            format!("is {limit}; allowed 1..={}", limits.max_limit),
-        ));
+        return Err(invalid("limit", format!("is {limit}; allowed 1..={}", limits.max_limit)));
     }
     let filters = request.filters.clone().unwrap_or_default();
     if let (Some(from), Some(to)) = (filters.from_ms, filters.to_ms) {
         if to <= from {
-            return Err(invalid(
-                "filters.to_ms",
-                format!("({to}) must be greater than filters.from_ms ({from})"),
-            ));
+            return Err(invalid("filters.to_ms", format!("({to}) must be greater than filters.from_ms ({from})")));
         }
     }
     if let Some(min_score) = request.min_score {
@@ -149,15 +132,8 @@ pub fn plan(
     }
     if let Some(q) = &request.q {
         if q.len() > limits.max_query_bytes {
-            return Err(ApiError::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "q is {} bytes; the limit is {}",
-                    q.len(),
-                    limits.max_query_bytes
-                ),
-            )
-            .with_field("q"));
+            return Err(ApiError::new(ErrorCode::TooLarge, format!("q is {} bytes; the limit is {}", q.len(), limits.max_query_bytes))
+                .with_field("q"));
         }
         let (from_q, ignored) = understand_query(q, vocabulary);
         clauses.extend(from_q);
@@ -172,11 +148,7 @@ pub fn plan(
     if clauses.len() > limits.max_clauses {
         return Err(invalid(
             "clauses",
-            format!(
-                "has {} clauses after understanding q; the limit is {}",
-                clauses.len(),
-                limits.max_clauses
-            ),
+            format!("has {} clauses after understanding q; the limit is {}", clauses.len(), limits.max_clauses),
         ));
     }
     Ok(Plan {
@@ -192,116 +164,52 @@ pub fn plan(
     })
 }
 
-fn plan_clause(
-    clause: &Clause,
-    i: usize,
-    limits: &SearchLimits,
-) -> Result<PlannedClause, ApiError> {
+fn plan_clause(clause: &Clause, i: usize, limits: &SearchLimits) -> Result<PlannedClause, ApiError> {
     let field = |name: &str| format!("clauses[{i}].{name}");
     match clause {
-        Clause::Label {
-            label,
-            track,
-            min_confidence,
-        } => {
+        Clause::Label { label, track, min_confidence } => {
             let normalized = normalize_label(label);
             if normalized.is_empty() || normalized.len() > 256 {
                 return Err(invalid(&field("label"), "must be 1 to 256 bytes of text"));
             }
             let min_confidence = min_confidence.unwrap_or(DEFAULT_MIN_CONFIDENCE);
             if !(0.0..=1.0).contains(&min_confidence) {
-                return Err(invalid(
-                    &field("min_confidence"),
-                    format!("is {min_confidence}; allowed 0..=1"),
-                ));
+                return Err(invalid(&field("min_confidence"), format!("is {min_confidence}; allowed 0..=1")));
             }
-            Ok(PlannedClause::Label {
-                track: track.clone(),
-                label: normalized,
-                min_confidence,
-                source: ClauseSource::Clauses,
-            })
+            Ok(PlannedClause::Label { track: track.clone(), label: normalized, min_confidence, source: ClauseSource::Clauses })
         }
         Clause::Dialogue { text, operator } => {
             let tokens = tokenize(text);
             if tokens.is_empty() || text.len() > limits.max_query_bytes {
-                return Err(invalid(
-                    &field("text"),
-                    format!(
-                        "must hold at least one word and at most {} bytes",
-                        limits.max_query_bytes
-                    ),
-                ));
+                return Err(invalid(&field("text"), format!("must hold at least one word and at most {} bytes", limits.max_query_bytes)));
             }
-            Ok(PlannedClause::Dialogue {
-                tokens,
-                operator: operator.unwrap_or(BoolOperator::And),
-                source: ClauseSource::Clauses,
-            })
+            Ok(PlannedClause::Dialogue { tokens, operator: operator.unwrap_or(BoolOperator::And), source: ClauseSource::Clauses })
         }
         Clause::Phrase { text, slop } => {
             let tokens = tokenize(text);
             if tokens.is_empty() || text.len() > limits.max_query_bytes {
-                return Err(invalid(
-                    &field("text"),
-                    format!(
-                        "must hold at least one word and at most {} bytes",
-                        limits.max_query_bytes
-                    ),
-                ));
+                return Err(invalid(&field("text"), format!("must hold at least one word and at most {} bytes", limits.max_query_bytes)));
             }
             let slop = slop.unwrap_or(0);
             if slop > MAX_SLOP {
-                return Err(invalid(
-                    &field("slop"),
-                    format!("is {slop}; allowed 0..={MAX_SLOP}"),
-                ));
+                return Err(invalid(&field("slop"), format!("is {slop}; allowed 0..={MAX_SLOP}")));
             }
-            Ok(PlannedClause::Phrase {
-                tokens,
-                slop,
-                source: ClauseSource::Clauses,
-            })
+            Ok(PlannedClause::Phrase { tokens, slop, source: ClauseSource::Clauses })
         }
-        Clause::Vector {
-            space,
-            vector,
-            k,
-            min_similarity,
-        } => {
-            let Some((_, dimensions)) = limits.vector_spaces.iter().find(|(name, _)| name == space)
-            else {
-                let known: Vec<&str> = limits
-                    .vector_spaces
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect();
-                return Err(invalid(
-                    &field("space"),
-                    format!("{space:?} is not a configured vector space; configured: {known:?}"),
-                ));
+        Clause::Vector { space, vector, k, min_similarity } => {
+            let Some((_, dimensions)) = limits.vector_spaces.iter().find(|(name, _)| name == space) else {
+                let known: Vec<&str> = limits.vector_spaces.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(invalid(&field("space"), format!("{space:?} is not a configured vector space; configured: {known:?}")));
             };
             if vector.len() != *dimensions {
-                return Err(invalid(
-                    &field("vector"),
-                    format!(
-                        "has {} dimensions; space {space:?} has {dimensions}",
-                        vector.len()
-                    ),
-                ));
+                return Err(invalid(&field("vector"), format!("has {} dimensions; space {space:?} has {dimensions}", vector.len())));
             }
-            if vector
-                .iter()
-                .any(|x| !x.is_finite() || !(*x as f32).is_finite())
-            {
+            if vector.iter().any(|x| !x.is_finite() || !(*x as f32).is_finite()) {
                 return Err(invalid(&field("vector"), "must hold finite 32-bit numbers"));
             }
             let k = k.unwrap_or(DEFAULT_VECTOR_K);
             if k == 0 || k > limits.max_vector_k {
-                return Err(invalid(
-                    &field("k"),
-                    format!("is {k}; allowed 1..={}", limits.max_vector_k),
-                ));
+                return Err(invalid(&field("k"), format!("is {k}; allowed 1..={}", limits.max_vector_k)));
             }
             if min_similarity.is_some_and(|s| !s.is_finite()) {
                 return Err(invalid(&field("min_similarity"), "must be a finite number"));
@@ -321,10 +229,7 @@ fn plan_clause(
 /// Free text → clauses: quoted spans are phrases; the longest word sequences (up to 4 words)
 /// that are known labels become label clauses; other non-stop words form one dialogue clause
 /// matching any of them.
-pub fn understand_query(
-    q: &str,
-    vocabulary: &BTreeMap<String, Vec<String>>,
-) -> (Vec<PlannedClause>, Vec<String>) {
+pub fn understand_query(q: &str, vocabulary: &BTreeMap<String, Vec<String>>) -> (Vec<PlannedClause>, Vec<String>) {
     let mut clauses = Vec::new();
     let mut ignored = Vec::new();
     let mut free_text = String::new();
@@ -332,11 +237,7 @@ pub fn understand_query(
         if i % 2 == 1 {
             let tokens = tokenize(part);
             if !tokens.is_empty() {
-                clauses.push(PlannedClause::Phrase {
-                    tokens,
-                    slop: 0,
-                    source: ClauseSource::Query,
-                });
+                clauses.push(PlannedClause::Phrase { tokens, slop: 0, source: ClauseSource::Query });
             }
         } else {
             free_text.push(' ');
@@ -355,10 +256,7 @@ pub fn understand_query(
         let mut matched = false;
         for n in (1..=4.min(words.len() - i)).rev() {
             let candidate = words[i..i + n].join(" ");
-            let singular = candidate
-                .strip_suffix('s')
-                .unwrap_or(&candidate)
-                .to_string();
+            let singular = candidate.strip_suffix('s').unwrap_or(&candidate).to_string();
             let found = vocabulary
                 .get(&candidate)
                 .map(|t| (candidate.clone(), t))
@@ -368,12 +266,7 @@ pub fn understand_query(
                     continue;
                 }
                 let track = (tracks.len() == 1).then(|| tracks[0].clone());
-                clauses.push(PlannedClause::Label {
-                    track,
-                    label,
-                    min_confidence: DEFAULT_MIN_CONFIDENCE,
-                    source: ClauseSource::Query,
-                });
+                clauses.push(PlannedClause::Label { track, label, min_confidence: DEFAULT_MIN_CONFIDENCE, source: ClauseSource::Query });
                 i += n;
                 matched = true;
                 break;
@@ -389,11 +282,7 @@ pub fn understand_query(
         }
     }
     if !leftover.is_empty() {
-        clauses.push(PlannedClause::Dialogue {
-            tokens: leftover,
-            operator: BoolOperator::Or,
-            source: ClauseSource::Query,
-        });
+        clauses.push(PlannedClause::Dialogue { tokens: leftover, operator: BoolOperator::Or, source: ClauseSource::Query });
     }
     (clauses, ignored)
 }
@@ -425,30 +314,13 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, Search
         return Ok(vec![]);
     }
     let from_bucket = plan.filters.from_ms.map(|ms| ms / bucket_ms).unwrap_or(0);
-    let to_bucket = plan
-        .filters
-        .to_ms
-        .map(|ms| ms.div_ceil(bucket_ms))
-        .unwrap_or(u64::MAX);
+    let to_bucket = plan.filters.to_ms.map(|ms| ms.div_ceil(bucket_ms)).unwrap_or(u64::MAX);
     let mut per_clause = Vec::with_capacity(plan.clauses.len());
     for clause in &plan.clauses {
         let hits = match clause {
-            PlannedClause::Vector {
-                space,
-                k,
-                min_similarity,
-                vector,
-                ..
-            } => vector_clause_hits(
-                shard,
-                space,
-                vector,
-                *k,
-                *min_similarity,
-                allowed.as_ref(),
-                from_bucket,
-                to_bucket,
-            )?,
+            PlannedClause::Vector { space, k, min_similarity, vector, .. } => {
+                vector_clause_hits(shard, space, vector, *k, *min_similarity, allowed.as_ref(), from_bucket, to_bucket)?
+            }
             _ => {
                 let query = text_query(
                     shard,
@@ -462,18 +334,11 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, Search
                 let label_clause = matches!(clause, PlannedClause::Label { .. });
                 for (asset, second, score) in collect_seconds(&shard.index, query.as_ref())? {
                     // Labels are exact matches (score 1, refined by confidence in the evidence);
-                    // BM25 is squashed into [0, 1) so clauses weigh alike.
-                    let normalized = if label_clause {
-                        1.0
-                    } else {
-                        score / (score + 2.0)
-                    };
+                    // dialogue scores are already in (0, 1] (see `text_query`).
+                    let normalized = if label_clause { 1.0 } else { score.min(1.0) };
                     seconds.entry(asset).or_default().insert(second, normalized);
                 }
-                ClauseHits {
-                    seconds,
-                    vector_hits: HashMap::new(),
-                }
+                ClauseHits { seconds, vector_hits: HashMap::new() }
             }
         };
         per_clause.push(hits);
@@ -488,19 +353,14 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, Search
             continue;
         };
         let mut clips = build_clips(&seconds, plan.gap_ms / bucket_ms, bucket_ms);
-        clips.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(a.start_ms.cmp(&b.start_ms))
-        });
+        clips.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
         // Evidence for a few more than needed, so confidence can reorder the top.
         clips.truncate(plan.per_asset * 2);
         let mut finished = Vec::with_capacity(clips.len());
         for mut clip in clips {
             let evidence = clip_evidence(shard, &asset_id, &clip, plan, &per_clause)?;
             if !evidence.is_empty() {
-                let mean_confidence =
-                    evidence.iter().map(|m| m.confidence).sum::<f64>() / evidence.len() as f64;
+                let mean_confidence = evidence.iter().map(|m| m.confidence).sum::<f64>() / evidence.len() as f64;
                 clip.score *= mean_confidence;
             }
             if plan.evidence {
@@ -511,11 +371,7 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, Search
             }
             finished.push(clip);
         }
-        finished.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(a.start_ms.cmp(&b.start_ms))
-        });
+        finished.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
         finished.truncate(plan.per_asset);
         if finished.is_empty() {
             continue;
@@ -535,21 +391,14 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, Search
 }
 
 fn allowed_assets(shard: &Shard, filters: &Filters) -> Result<Option<HashSet<u64>>, SearchError> {
-    let by_metadata =
-        filters.series.is_some() || filters.season.is_some() || filters.episode.is_some();
+    let by_metadata = filters.series.is_some() || filters.season.is_some() || filters.episode.is_some();
     if filters.asset_ids.is_none() && !by_metadata {
         return Ok(None);
     }
-    let wanted_ids: Option<HashSet<&str>> = filters
-        .asset_ids
-        .as_ref()
-        .map(|ids| ids.iter().map(String::as_str).collect());
+    let wanted_ids: Option<HashSet<&str>> = filters.asset_ids.as_ref().map(|ids| ids.iter().map(String::as_str).collect());
     let mut allowed = HashSet::new();
     for (ordinal, asset_id) in shard.store.all_assets() {
-        if wanted_ids
-            .as_ref()
-            .is_some_and(|ids| !ids.contains(asset_id.as_str()))
-        {
+        if wanted_ids.as_ref().is_some_and(|ids| !ids.contains(asset_id.as_str())) {
             continue;
         }
         if by_metadata {
@@ -581,79 +430,47 @@ fn text_query(
 ) -> Box<dyn Query> {
     let fields = shard.index.fields;
     let main: Box<dyn Query> = match clause {
-        PlannedClause::Label {
-            track,
-            label,
-            min_confidence,
-            ..
-        } => {
+        PlannedClause::Label { track, label, min_confidence, .. } => {
             let lowest_percent = (min_confidence * 100.0 - 1e-9).ceil().max(0.0) as u64;
-            let terms = (lowest_percent..=100).map(|p| {
-                Term::from_field_text(fields.labels, &label_term_text(track.as_deref(), label, p))
-            });
+            let terms = (lowest_percent..=100).map(|p| Term::from_field_text(fields.labels, &label_term_text(track.as_deref(), label, p)));
             Box::new(TermSetQuery::new(terms))
         }
-        PlannedClause::Dialogue {
-            tokens, operator, ..
-        } => {
-            let occur = if *operator == BoolOperator::And {
-                Occur::Must
-            } else {
-                Occur::Should
-            };
+        PlannedClause::Dialogue { tokens, operator, .. } => {
+            // Each word adds a constant share, so a second scores the fraction of the words it
+            // holds. Scores then depend on the bucket alone, not on index statistics that change
+            // with segment history (BM25 counts deleted documents until a merge): a rebuild from
+            // raw gives identical results.
+            let occur = if *operator == BoolOperator::And { Occur::Must } else { Occur::Should };
+            let share = 1.0 / tokens.len() as f32;
             let parts: Vec<(Occur, Box<dyn Query>)> = tokens
                 .iter()
                 .map(|t| {
-                    (
-                        occur,
-                        Box::new(TermQuery::new(
-                            Term::from_field_text(fields.dialogue, t),
-                            IndexRecordOption::WithFreqs,
-                        )) as Box<dyn Query>,
-                    )
+                    let term = TermQuery::new(Term::from_field_text(fields.dialogue, t), IndexRecordOption::Basic);
+                    (occur, Box::new(ConstScoreQuery::new(Box::new(term), share)) as Box<dyn Query>)
                 })
                 .collect();
             Box::new(BooleanQuery::new(parts))
         }
         PlannedClause::Phrase { tokens, slop, .. } => {
-            if tokens.len() == 1 {
-                Box::new(TermQuery::new(
-                    Term::from_field_text(fields.dialogue, &tokens[0]),
-                    IndexRecordOption::WithFreqs,
-                ))
+            let query: Box<dyn Query> = if tokens.len() == 1 {
+                Box::new(TermQuery::new(Term::from_field_text(fields.dialogue, &tokens[0]), IndexRecordOption::Basic))
             } else {
-                let mut phrase = PhraseQuery::new(
-                    tokens
-                        .iter()
-                        .map(|t| Term::from_field_text(fields.dialogue, t))
-                        .collect(),
-                );
+                let mut phrase = PhraseQuery::new(tokens.iter().map(|t| Term::from_field_text(fields.dialogue, t)).collect());
                 phrase.set_slop(*slop);
                 Box::new(phrase)
-            }
+            };
+            Box::new(ConstScoreQuery::new(query, 1.0))
         }
         PlannedClause::Vector { .. } => unreachable!("vector clauses do not run on Tantivy"),
     };
     let mut filters: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     if let Some(allowed) = allowed {
-        let terms = allowed
-            .iter()
-            .map(|&o| Term::from_field_u64(fields.asset_ordinal, o));
-        filters.push((
-            Occur::Must,
-            Box::new(BoostQuery::new(Box::new(TermSetQuery::new(terms)), 0.0)),
-        ));
+        let terms = allowed.iter().map(|&o| Term::from_field_u64(fields.asset_ordinal, o));
+        filters.push((Occur::Must, Box::new(BoostQuery::new(Box::new(TermSetQuery::new(terms)), 0.0))));
     }
     if has_time_range {
-        let upper = if to_bucket == u64::MAX {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(Term::from_field_u64(fields.second, to_bucket))
-        };
-        let range = RangeQuery::new(
-            Bound::Included(Term::from_field_u64(fields.second, from_bucket)),
-            upper,
-        );
+        let upper = if to_bucket == u64::MAX { Bound::Unbounded } else { Bound::Excluded(Term::from_field_u64(fields.second, to_bucket)) };
+        let range = RangeQuery::new(Bound::Included(Term::from_field_u64(fields.second, from_bucket)), upper);
         filters.push((Occur::Must, Box::new(BoostQuery::new(Box::new(range), 0.0))));
     }
     if filters.is_empty() {
@@ -677,28 +494,17 @@ fn vector_clause_hits(
     let mut seconds: HashMap<u64, HashMap<u64, f32>> = HashMap::new();
     let mut vector_hits = HashMap::new();
     let Some(space) = shard.index.vector_space(space_name) else {
-        return Ok(ClauseHits {
-            seconds,
-            vector_hits,
-        });
+        return Ok(ClauseHits { seconds, vector_hits });
     };
     let store = &shard.store;
     let predicate = |key: u64| -> bool {
         let Some(allowed) = allowed else { return true };
         match vector_target(store, key) {
-            Ok(Some(target)) => store
-                .asset_ordinal(&target.asset_id)
-                .ok()
-                .flatten()
-                .is_some_and(|o| allowed.contains(&o)),
+            Ok(Some(target)) => store.asset_ordinal(&target.asset_id).ok().flatten().is_some_and(|o| allowed.contains(&o)),
             _ => false,
         }
     };
-    let hits = if allowed.is_some() {
-        space.search(vector, k, false, Some(&predicate))?
-    } else {
-        space.search(vector, k, false, None)?
-    };
+    let hits = if allowed.is_some() { space.search(vector, k, false, Some(&predicate))? } else { space.search(vector, k, false, None)? };
     for (key, distance) in hits {
         let similarity = space.similarity(distance);
         if min_similarity.is_some_and(|min| similarity < min) {
@@ -720,31 +526,55 @@ fn vector_clause_hits(
         }
         vector_hits.insert(target.annotation_id, similarity);
     }
-    Ok(ClauseHits {
-        seconds,
-        vector_hits,
-    })
+    Ok(ClauseHits { seconds, vector_hits })
+}
+
+/// Similarities of this shard's `k` nearest annotations for a vector clause (the
+/// coordinator's first phase, so `k` means the k nearest over the whole cluster).
+pub fn shard_vector_similarities(shard: &Shard, plan: &Plan, clause_index: usize) -> Result<Vec<f64>, SearchError> {
+    let Some(PlannedClause::Vector { space, k, vector, .. }) = plan.clauses.get(clause_index) else { return Ok(vec![]) };
+    let Some(index) = shard.index.vector_space(space) else { return Ok(vec![]) };
+    let allowed = allowed_assets(shard, &plan.filters)?;
+    let store = &shard.store;
+    let predicate = |key: u64| -> bool {
+        let Some(allowed) = allowed.as_ref() else { return true };
+        match vector_target(store, key) {
+            Ok(Some(target)) => store.asset_ordinal(&target.asset_id).ok().flatten().is_some_and(|o| allowed.contains(&o)),
+            _ => false,
+        }
+    };
+    let hits =
+        if allowed.is_some() { index.search(vector, *k, false, Some(&predicate))? } else { index.search(vector, *k, false, None)? };
+    Ok(hits.into_iter().map(|(_, distance)| index.similarity(distance)).collect())
+}
+
+/// Raises each vector clause's `min_similarity` to the k-th best similarity over all shards.
+pub fn apply_global_k(plan: &mut Plan, similarities_per_clause: &BTreeMap<usize, Vec<f64>>) {
+    for (&clause_index, similarities) in similarities_per_clause {
+        let Some(PlannedClause::Vector { k, min_similarity, .. }) = plan.clauses.get_mut(clause_index) else { continue };
+        let mut sorted = similarities.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        if sorted.len() >= *k {
+            let kth = sorted[*k - 1];
+            *min_similarity = Some(min_similarity.map_or(kth, |m| m.max(kth)));
+        }
+    }
 }
 
 fn candidate_assets(per_clause: &[ClauseHits], mode: SearchMode) -> BTreeSet<u64> {
-    let mut sets = per_clause
-        .iter()
-        .map(|c| c.seconds.keys().copied().collect::<BTreeSet<u64>>());
+    let mut sets = per_clause.iter().map(|c| c.seconds.keys().copied().collect::<BTreeSet<u64>>());
     let Some(first) = sets.next() else {
         return BTreeSet::new();
     };
     match mode {
-        SearchMode::Intersection => {
-            sets.fold(first, |acc, s| acc.intersection(&s).copied().collect())
-        }
+        SearchMode::Intersection => sets.fold(first, |acc, s| acc.intersection(&s).copied().collect()),
         SearchMode::Union => sets.fold(first, |acc, s| acc.union(&s).copied().collect()),
     }
 }
 
 /// Second → summed clause score, for the seconds the mode keeps.
 fn combine_seconds(per_clause: &[ClauseHits], asset: u64, mode: SearchMode) -> BTreeMap<u64, f32> {
-    let maps: Vec<Option<&HashMap<u64, f32>>> =
-        per_clause.iter().map(|c| c.seconds.get(&asset)).collect();
+    let maps: Vec<Option<&HashMap<u64, f32>>> = per_clause.iter().map(|c| c.seconds.get(&asset)).collect();
     let mut out = BTreeMap::new();
     match mode {
         SearchMode::Intersection => {
@@ -796,9 +626,7 @@ pub fn build_clips(seconds: &BTreeMap<u64, f32>, gap_buckets: u64, bucket_ms: u6
     };
     for (&second, &score) in seconds {
         current = match current {
-            Some((first, last, sum, count)) if second - last - 1 <= gap_buckets => {
-                Some((first, second, sum + f64::from(score), count + 1))
-            }
+            Some((first, last, sum, count)) if second - last - 1 <= gap_buckets => Some((first, second, sum + f64::from(score), count + 1)),
             Some(done) => {
                 finish(done, &mut clips);
                 Some((second, second, f64::from(score), 1))
@@ -812,28 +640,14 @@ pub fn build_clips(seconds: &BTreeMap<u64, f32>, gap_buckets: u64, bucket_ms: u6
     clips
 }
 
-fn entry_matches(
-    entry: &BucketEntry,
-    clause: &PlannedClause,
-    hits: &ClauseHits,
-) -> Option<Option<f64>> {
+fn entry_matches(entry: &BucketEntry, clause: &PlannedClause, hits: &ClauseHits) -> Option<Option<f64>> {
     match clause {
-        PlannedClause::Label {
-            track,
-            label,
-            min_confidence,
-            ..
-        } => {
-            let label_ok = entry
-                .label
-                .as_deref()
-                .is_some_and(|l| normalize_label(l) == *label);
+        PlannedClause::Label { track, label, min_confidence, .. } => {
+            let label_ok = entry.label.as_deref().is_some_and(|l| normalize_label(l) == *label);
             let track_ok = track.as_ref().is_none_or(|t| *t == entry.track);
             (label_ok && track_ok && entry.confidence >= *min_confidence).then_some(None)
         }
-        PlannedClause::Dialogue {
-            tokens, operator, ..
-        } => {
+        PlannedClause::Dialogue { tokens, operator, .. } => {
             let text = entry.text.as_deref()?;
             let words: HashSet<String> = tokenize(text).into_iter().collect();
             let ok = match operator {
@@ -847,24 +661,12 @@ fn entry_matches(
             let words: HashSet<String> = tokenize(text).into_iter().collect();
             tokens.iter().all(|t| words.contains(t)).then_some(None)
         }
-        PlannedClause::Vector { .. } => {
-            hits.vector_hits.get(&entry.annotation_id).map(|s| Some(*s))
-        }
+        PlannedClause::Vector { .. } => hits.vector_hits.get(&entry.annotation_id).map(|s| Some(*s)),
     }
 }
 
-fn clip_evidence(
-    shard: &Shard,
-    asset_id: &str,
-    clip: &Clip,
-    plan: &Plan,
-    per_clause: &[ClauseHits],
-) -> Result<Vec<Match>, SearchError> {
-    let buckets: Vec<(u64, Bucket)> = shard.store.bucket_range(
-        asset_id,
-        clip.start_ms / shard.bucket_ms,
-        clip.end_ms / shard.bucket_ms,
-    )?;
+fn clip_evidence(shard: &Shard, asset_id: &str, clip: &Clip, plan: &Plan, per_clause: &[ClauseHits]) -> Result<Vec<Match>, SearchError> {
+    let buckets: Vec<(u64, Bucket)> = shard.store.bucket_range(asset_id, clip.start_ms / shard.bucket_ms, clip.end_ms / shard.bucket_ms)?;
     let mut seen: HashSet<(usize, &str)> = HashSet::new();
     let mut matches = Vec::new();
     for (_, bucket) in &buckets {
@@ -895,25 +697,11 @@ fn clip_evidence(
 }
 
 /// Merges shard results. Each asset lives on one shard, so this is a ranking, not a join.
-pub fn merge(
-    mut assets: Vec<AssetHits>,
-    limit: usize,
-    shards: ShardCounts,
-    took_ms: u64,
-) -> SearchResponse {
-    assets.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.asset_id.cmp(&b.asset_id))
-    });
+pub fn merge(mut assets: Vec<AssetHits>, limit: usize, shards: ShardCounts, took_ms: u64) -> SearchResponse {
+    assets.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.asset_id.cmp(&b.asset_id)));
     let total_assets = assets.len();
     assets.truncate(limit);
-    SearchResponse {
-        took_ms,
-        shards,
-        total_assets,
-        assets,
-    }
+    SearchResponse { took_ms, shards, total_assets, assets }
 }
 
 #[cfg(test)]
@@ -933,54 +721,25 @@ mod tests {
     fn query_understanding_finds_labels_phrases_and_words() {
         let (clauses, ignored) = understand_query("Joey in the kitchen", &vocabulary());
         assert_eq!(clauses.len(), 2);
-        assert!(
-            matches!(&clauses[0], PlannedClause::Label { label, track: Some(t), .. } if label == "joey" && t == "character")
-        );
+        assert!(matches!(&clauses[0], PlannedClause::Label { label, track: Some(t), .. } if label == "joey" && t == "character"));
         assert!(matches!(&clauses[1], PlannedClause::Label { label, .. } if label == "kitchen"));
         assert_eq!(ignored, vec!["in", "the"]);
-        let (clauses, _) = understand_query(
-            "Joey at the coffee shop says \"we were on a break\" pizza",
-            &vocabulary(),
-        );
-        assert!(
-            matches!(&clauses[0], PlannedClause::Phrase { tokens, .. } if tokens.join(" ") == "we were on a break")
-        );
-        assert!(
-            matches!(&clauses[2], PlannedClause::Label { label, .. } if label == "coffee shop")
-        );
-        assert!(
-            matches!(&clauses[3], PlannedClause::Dialogue { tokens, .. } if tokens == &vec!["pizza".to_string()])
-        );
+        let (clauses, _) = understand_query("Joey at the coffee shop says \"we were on a break\" pizza", &vocabulary());
+        assert!(matches!(&clauses[0], PlannedClause::Phrase { tokens, .. } if tokens.join(" ") == "we were on a break"));
+        assert!(matches!(&clauses[2], PlannedClause::Label { label, .. } if label == "coffee shop"));
+        assert!(matches!(&clauses[3], PlannedClause::Dialogue { tokens, .. } if tokens == &vec!["pizza".to_string()]));
         let (clauses, _) = understand_query("kitchens", &vocabulary());
         assert!(matches!(&clauses[0], PlannedClause::Label { label, .. } if label == "kitchen"));
     }
 
     #[test]
     fn clips_merge_consecutive_seconds_with_gap_tolerance() {
-        let seconds: BTreeMap<u64, f32> =
-            [(4, 1.0), (5, 1.0), (6, 1.0), (7, 1.0), (10, 1.0), (12, 1.0)]
-                .into_iter()
-                .collect();
+        let seconds: BTreeMap<u64, f32> = [(4, 1.0), (5, 1.0), (6, 1.0), (7, 1.0), (10, 1.0), (12, 1.0)].into_iter().collect();
         let clips = build_clips(&seconds, 0, 1000);
-        assert_eq!(
-            clips
-                .iter()
-                .map(|c| (c.start_ms, c.end_ms))
-                .collect::<Vec<_>>(),
-            vec![(4000, 8000), (10000, 11000), (12000, 13000)]
-        );
+        assert_eq!(clips.iter().map(|c| (c.start_ms, c.end_ms)).collect::<Vec<_>>(), vec![(4000, 8000), (10000, 11000), (12000, 13000)]);
         let clips = build_clips(&seconds, 1, 1000);
-        assert_eq!(
-            clips
-                .iter()
-                .map(|c| (c.start_ms, c.end_ms))
-                .collect::<Vec<_>>(),
-            vec![(4000, 8000), (10000, 13000)]
-        );
-        assert!(
-            clips[0].score > clips[1].score * 0.99,
-            "longer clip of equal density scores at least as high"
-        );
+        assert_eq!(clips.iter().map(|c| (c.start_ms, c.end_ms)).collect::<Vec<_>>(), vec![(4000, 8000), (10000, 13000)]);
+        assert!(clips[0].score > clips[1].score * 0.99, "longer clip of equal density scores at least as high");
     }
 
     #[test]
@@ -994,46 +753,22 @@ mod tests {
             vector_spaces: vec![("scene".into(), 3)],
         };
         let vocab = vocabulary();
-        let request =
-            |json: serde_json::Value| -> SearchRequest { serde_json::from_value(json).unwrap() };
+        let request = |json: serde_json::Value| -> SearchRequest { serde_json::from_value(json).unwrap() };
         let cases = [
-            (
-                serde_json::json!({"q": "Joey", "per_asset": 0}),
-                "per_asset",
-            ),
+            (serde_json::json!({"q": "Joey", "per_asset": 0}), "per_asset"),
             (serde_json::json!({"q": "Joey", "limit": 5000}), "limit"),
             (serde_json::json!({"q": "the in"}), "q"),
             (serde_json::json!({"q": "x".repeat(200)}), "q"),
-            (
-                serde_json::json!({"clauses": [{"type": "vector", "space": "scene", "vector": [1, 2]}]}),
-                "clauses[0].vector",
-            ),
-            (
-                serde_json::json!({"clauses": [{"type": "vector", "space": "faces", "vector": [1, 2, 3]}]}),
-                "clauses[0].space",
-            ),
-            (
-                serde_json::json!({"clauses": [{"type": "label", "label": "Joey", "min_confidence": 2}]}),
-                "clauses[0].min_confidence",
-            ),
-            (
-                serde_json::json!({"clauses": [{"type": "phrase", "text": "a b", "slop": 99}]}),
-                "clauses[0].slop",
-            ),
-            (
-                serde_json::json!({"q": "Joey", "filters": {"from_ms": 10, "to_ms": 5}}),
-                "filters.to_ms",
-            ),
+            (serde_json::json!({"clauses": [{"type": "vector", "space": "scene", "vector": [1, 2]}]}), "clauses[0].vector"),
+            (serde_json::json!({"clauses": [{"type": "vector", "space": "faces", "vector": [1, 2, 3]}]}), "clauses[0].space"),
+            (serde_json::json!({"clauses": [{"type": "label", "label": "Joey", "min_confidence": 2}]}), "clauses[0].min_confidence"),
+            (serde_json::json!({"clauses": [{"type": "phrase", "text": "a b", "slop": 99}]}), "clauses[0].slop"),
+            (serde_json::json!({"q": "Joey", "filters": {"from_ms": 10, "to_ms": 5}}), "filters.to_ms"),
         ];
         for (json, field) in cases {
             let err = plan(&request(json.clone()), &vocab, &limits).unwrap_err();
             assert_eq!(err.field.as_deref(), Some(field), "{json}: {err:?}");
         }
-        assert!(plan(
-            &request(serde_json::json!({"q": "Joey kitchen"})),
-            &vocab,
-            &limits
-        )
-        .is_ok());
+        assert!(plan(&request(serde_json::json!({"q": "Joey kitchen"})), &vocab, &limits).is_ok());
     }
 }

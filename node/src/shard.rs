@@ -31,9 +31,7 @@ use rushes_protocol::model::{ShardCommand, SHARD_COMMAND_FORMAT};
 use rushes_protocol::ApiError;
 
 use crate::fusion::{active_versions, affected_by_command, refuse_asset, AffectedBuckets};
-use crate::index::{
-    put_vector_target, vector_key, IndexError, ShardIndex, VectorSpaceSpec, VectorTarget,
-};
+use crate::index::{put_vector_target, vector_key, IndexError, ShardIndex, VectorSpaceSpec, VectorTarget};
 use crate::metrics::Metrics;
 use crate::store::{ApplyOutcome, ShardStore, StoreError, Watermark};
 
@@ -142,21 +140,12 @@ pub fn shard_dir(data_dir: &Path, shard: ShardId) -> PathBuf {
 }
 
 impl Shard {
-    pub fn open(
-        data_dir: &Path,
-        id: ShardId,
-        options: &ShardOptions,
-        metrics: Arc<Metrics>,
-    ) -> Result<Arc<Shard>, ShardError> {
+    pub fn open(data_dir: &Path, id: ShardId, options: &ShardOptions, metrics: Arc<Metrics>) -> Result<Arc<Shard>, ShardError> {
         let dir = shard_dir(data_dir, id);
         std::fs::create_dir_all(&dir)?;
         let store = Arc::new(ShardStore::open(&dir.join("store"))?);
         let log = SledLogStore::open(&store.db, &options.voters)?;
-        let index = Arc::new(ShardIndex::open(
-            &dir.join("index"),
-            &options.vector_spaces,
-            options.writer_heap_bytes,
-        )?);
+        let index = Arc::new(ShardIndex::open(&dir.join("index"), &options.vector_spaces, options.writer_heap_bytes)?);
         let progress = Arc::new(Progress::default());
         let applied = store.watermark(Watermark::Applied)?;
         let fused = store.watermark(Watermark::Fused)?.min(applied);
@@ -164,9 +153,7 @@ impl Shard {
         progress.applied.store(applied, Ordering::Release);
         progress.fused.store(fused, Ordering::Release);
         progress.indexed.store(indexed, Ordering::Release);
-        progress
-            .commit
-            .store(log.hard_state().commit, Ordering::Release);
+        progress.commit.store(log.hard_state().commit, Ordering::Release);
 
         let (proposal_tx, proposal_rx) = bounded(options.proposal_queue_depth);
         let (fusion_bell_tx, fusion_bell_rx) = bounded::<()>(1);
@@ -230,43 +217,25 @@ impl Shard {
         };
         let mut threads = shard.threads.lock();
         threads.push(spawn_stage(format!("raft-{id}"), move || raft_stage.run()));
-        threads.push(spawn_stage(format!("fusion-{id}"), move || {
-            fusion_stage.run()
-        }));
-        threads.push(spawn_stage(format!("index-{id}"), move || {
-            index_stage.run()
-        }));
+        threads.push(spawn_stage(format!("fusion-{id}"), move || fusion_stage.run()));
+        threads.push(spawn_stage(format!("index-{id}"), move || index_stage.run()));
         drop(threads);
         Ok(shard)
     }
 
     /// Queues a command for the Raft group. Never blocks: a full queue is `Overloaded`.
-    pub fn propose(
-        &self,
-        command: &ShardCommand,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<ApplyOutcome, ApiError>>, ApiError> {
+    pub fn propose(&self, command: &ShardCommand) -> Result<tokio::sync::oneshot::Receiver<Result<ApplyOutcome, ApiError>>, ApiError> {
         if self.progress.failed.load(Ordering::Acquire) {
-            return Err(ApiError::unavailable(format!(
-                "shard {} stopped after a storage failure; see the node log",
-                self.id
-            )));
+            return Err(ApiError::unavailable(format!("shard {} stopped after a storage failure; see the node log", self.id)));
         }
-        let bytes = codec::encode(SHARD_COMMAND_FORMAT, command)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let bytes = codec::encode(SHARD_COMMAND_FORMAT, command).map_err(|e| ApiError::internal(e.to_string()))?;
         let (reply, receiver) = tokio::sync::oneshot::channel();
-        match self.proposals.try_send(Proposal {
-            command: bytes,
-            reply,
-        }) {
+        match self.proposals.try_send(Proposal { command: bytes, reply }) {
             Ok(()) => Ok(receiver),
-            Err(TrySendError::Full(_)) => Err(ApiError::overloaded(format!(
-                "shard {} has too many writes waiting; retry after the advertised delay",
-                self.id
-            ))),
-            Err(TrySendError::Disconnected(_)) => Err(ApiError::unavailable(format!(
-                "shard {} is stopping",
-                self.id
-            ))),
+            Err(TrySendError::Full(_)) => {
+                Err(ApiError::overloaded(format!("shard {} has too many writes waiting; retry after the advertised delay", self.id)))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(ApiError::unavailable(format!("shard {} is stopping", self.id))),
         }
     }
 
@@ -276,15 +245,9 @@ impl Shard {
 
     /// Waits until everything committed before the call is searchable, or the deadline passes.
     pub async fn wait_searchable(&self, timeout: Duration) -> bool {
-        let target = self
-            .progress
-            .commit
-            .load(Ordering::Acquire)
-            .max(self.progress.applied.load(Ordering::Acquire));
+        let target = self.progress.commit.load(Ordering::Acquire).max(self.progress.applied.load(Ordering::Acquire));
         let mut watch = self.indexed_watch.clone();
-        tokio::time::timeout(timeout, watch.wait_for(|&indexed| indexed >= target))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, watch.wait_for(|&indexed| indexed >= target)).await.is_ok_and(|r| r.is_ok())
     }
 
     pub fn indexed_watch(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -302,10 +265,7 @@ impl Shard {
 }
 
 fn spawn_stage(name: String, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(body)
-        .unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
+    std::thread::Builder::new().name(name.clone()).spawn(body).unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
 }
 
 struct RaftStage {
@@ -346,10 +306,7 @@ impl RaftStage {
         let mut last_compaction = Instant::now();
         let mut batch: Vec<Proposal> = Vec::with_capacity(self.group_commit_max_requests);
         while !self.stop.load(Ordering::Acquire) {
-            let wait = self
-                .tick_interval
-                .saturating_sub(last_tick.elapsed())
-                .max(Duration::from_millis(1));
+            let wait = self.tick_interval.saturating_sub(last_tick.elapsed()).max(Duration::from_millis(1));
             match self.proposals.recv_timeout(wait) {
                 Ok(proposal) => batch.push(proposal),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -365,24 +322,12 @@ impl RaftStage {
             for proposal in batch.drain(..) {
                 let id = next_proposal_id;
                 next_proposal_id += 1;
-                match self
-                    .driver
-                    .propose(id.to_be_bytes().to_vec(), proposal.command)
-                {
+                match self.driver.propose(id.to_be_bytes().to_vec(), proposal.command) {
                     Ok(()) => {
-                        waiters.insert(
-                            id,
-                            Waiter {
-                                reply: proposal.reply,
-                                proposed_at: Instant::now(),
-                            },
-                        );
+                        waiters.insert(id, Waiter { reply: proposal.reply, proposed_at: Instant::now() });
                     }
                     Err(e) => {
-                        let _ = proposal.reply.send(Err(ApiError::unavailable(format!(
-                            "shard {}: {e}; retry",
-                            self.shard
-                        ))));
+                        let _ = proposal.reply.send(Err(ApiError::unavailable(format!("shard {}: {e}; retry", self.shard))));
                     }
                 }
             }
@@ -395,13 +340,10 @@ impl RaftStage {
                 self.compact_log()?;
                 last_compaction = Instant::now();
             }
-            self.metrics
-                .set_queue_depth(self.shard, "proposals", self.proposals.len());
+            self.metrics.set_queue_depth(self.shard, "proposals", self.proposals.len());
         }
         for (_, waiter) in waiters.drain() {
-            let _ = waiter.reply.send(Err(ApiError::unavailable(
-                "the node is shutting down; retry (ids are idempotent)",
-            )));
+            let _ = waiter.reply.send(Err(ApiError::unavailable("the node is shutting down; retry (ids are idempotent)")));
         }
         Ok(())
     }
@@ -413,28 +355,18 @@ impl RaftStage {
             let progress = &self.progress;
             let metrics = &self.metrics;
             let outcome = self.driver.run_ready(&mut |entry| {
-                let command: ShardCommand =
-                    codec::decode(SHARD_COMMAND_FORMAT, &entry.data).map_err(|e| e.to_string())?;
+                let command: ShardCommand = codec::decode(SHARD_COMMAND_FORMAT, &entry.data).map_err(|e| e.to_string())?;
                 let result = match &command {
-                    ShardCommand::Ingest { items } => {
-                        store.apply_ingest(items).map_err(|e| e.to_string())?
-                    }
+                    ShardCommand::Ingest { items } => store.apply_ingest(items).map_err(|e| e.to_string())?,
                     ShardCommand::UpsertAsset { asset_id, record } => {
-                        store
-                            .apply_asset(asset_id, record)
-                            .map_err(|e| e.to_string())?;
-                        ApplyOutcome::Applied {
-                            created: 1,
-                            duplicates: 0,
-                        }
+                        store.apply_asset(asset_id, record).map_err(|e| e.to_string())?;
+                        ApplyOutcome::Applied { created: 1, duplicates: 0 }
                     }
                 };
                 progress.record_applied(entry.index);
                 if let Ok(bytes) = <[u8; 8]>::try_from(entry.context.as_ref()) {
                     if let Some(waiter) = waiters.remove(&u64::from_be_bytes(bytes)) {
-                        metrics
-                            .commit_seconds
-                            .observe(waiter.proposed_at.elapsed().as_secs_f64());
+                        metrics.commit_seconds.observe(waiter.proposed_at.elapsed().as_secs_f64());
                         let _ = waiter.reply.send(Ok(result));
                     }
                 }
@@ -444,26 +376,15 @@ impl RaftStage {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     for (_, waiter) in waiters.drain() {
-                        let _ = waiter.reply.send(Err(ApiError::internal(format!(
-                            "shard {} failed to persist: {e}",
-                            self.shard
-                        ))));
+                        let _ = waiter.reply.send(Err(ApiError::internal(format!("shard {} failed to persist: {e}", self.shard))));
                     }
                     return Err(e.into());
                 }
             };
-            self.metrics
-                .flush_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.progress
-                .is_leader
-                .store(self.driver.is_leader(), Ordering::Release);
-            self.progress
-                .term
-                .store(self.driver.term(), Ordering::Release);
-            self.progress
-                .commit
-                .store(self.driver.commit_index(), Ordering::Release);
+            self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+            self.progress.is_leader.store(self.driver.is_leader(), Ordering::Release);
+            self.progress.term.store(self.driver.term(), Ordering::Release);
+            self.progress.commit.store(self.driver.commit_index(), Ordering::Release);
             if let Some(applied) = outcome.applied_index {
                 self.store.set_watermark(Watermark::Applied, applied)?;
                 self.progress.applied.store(applied, Ordering::Release);
@@ -476,9 +397,7 @@ impl RaftStage {
     /// Drops log entries that every local stage has durably consumed.
     fn compact_log(&mut self) -> Result<(), ShardError> {
         let fused = self.progress.fused.load(Ordering::Acquire);
-        let durable = fused
-            .min(self.index.durable_watermark())
-            .min(self.driver.applied_index());
+        let durable = fused.min(self.index.durable_watermark()).min(self.driver.applied_index());
         let keep_from = durable.saturating_sub(LOG_RETAIN_ENTRIES) + 1;
         if keep_from > self.driver.store().first_log_index() + LOG_RETAIN_ENTRIES {
             self.driver.store().compact(keep_from)?;
@@ -488,16 +407,11 @@ impl RaftStage {
 }
 
 /// Decodes committed commands in `(from, to]`, skipping empty (leader no-op) entries.
-fn read_commands(
-    log: &SledLogStore,
-    from_exclusive: u64,
-    to_inclusive: u64,
-) -> Result<Vec<ShardCommand>, ShardError> {
+fn read_commands(log: &SledLogStore, from_exclusive: u64, to_inclusive: u64) -> Result<Vec<ShardCommand>, ShardError> {
     let mut commands = Vec::new();
     for index in (from_exclusive + 1)..=to_inclusive {
         let entry = log.entry(index)?.ok_or(ShardError::MissingEntry(index))?;
-        if entry.data.is_empty() || entry.get_entry_type() != raft::eraftpb::EntryType::EntryNormal
-        {
+        if entry.data.is_empty() || entry.get_entry_type() != raft::eraftpb::EntryType::EntryNormal {
             continue;
         }
         commands.push(codec::decode(SHARD_COMMAND_FORMAT, &entry.data)?);
@@ -571,18 +485,12 @@ struct IndexStage {
 impl IndexStage {
     fn run(self) {
         // Resume from what is durable in both Tantivy and the vector files.
-        let mut processed = self
-            .index
-            .durable_watermark()
-            .min(self.progress.fused.load(Ordering::Acquire));
+        let mut processed = self.index.durable_watermark().min(self.progress.fused.load(Ordering::Acquire));
         let mut last_commit = Instant::now();
         let mut last_vector_save = Instant::now();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
-            let wait = self
-                .commit_interval
-                .saturating_sub(last_commit.elapsed())
-                .max(Duration::from_millis(5));
+            let wait = self.commit_interval.saturating_sub(last_commit.elapsed()).max(Duration::from_millis(5));
             if !stopping {
                 let _ = self.bell.recv_timeout(wait);
             }
@@ -597,12 +505,7 @@ impl IndexStage {
             let commit_due = stopping || last_commit.elapsed() >= self.commit_interval;
             let vectors_due = stopping || last_vector_save.elapsed() >= VECTOR_SAVE_INTERVAL;
             let needs_commit = processed > self.index.committed_watermark()
-                || (vectors_due
-                    && self
-                        .index
-                        .vectors
-                        .iter()
-                        .any(|v| v.saved_watermark() < processed));
+                || (vectors_due && self.index.vectors.iter().any(|v| v.saved_watermark() < processed));
             if commit_due && needs_commit {
                 let started = Instant::now();
                 match self
@@ -611,9 +514,7 @@ impl IndexStage {
                     .and_then(|()| Ok(self.store.set_watermark(Watermark::Indexed, processed)?))
                 {
                     Ok(()) => {
-                        self.metrics
-                            .index_commit_seconds
-                            .observe(started.elapsed().as_secs_f64());
+                        self.metrics.index_commit_seconds.observe(started.elapsed().as_secs_f64());
                         self.progress.indexed.store(processed, Ordering::Release);
                         self.indexed_tx.send_replace(processed);
                         for lag in self.progress.drain_searchable(processed) {
@@ -654,17 +555,11 @@ impl IndexStage {
                 docs += match buckets {
                     AffectedBuckets::All => {
                         sync_asset_vectors(&self.store, &self.index, asset_id)?;
-                        self.index
-                            .reindex_asset(&self.store, asset_id, self.bucket_ms)?
+                        self.index.reindex_asset(&self.store, asset_id, self.bucket_ms)?
                     }
                     AffectedBuckets::Some(seconds) => {
                         let seconds: Vec<u64> = seconds.iter().copied().collect();
-                        self.index.reindex_seconds(
-                            &self.store,
-                            asset_id,
-                            &seconds,
-                            self.bucket_ms,
-                        )?
+                        self.index.reindex_seconds(&self.store, asset_id, &seconds, self.bucket_ms)?
                     }
                 };
             }
@@ -673,21 +568,14 @@ impl IndexStage {
                     continue;
                 };
                 for item in items {
-                    let (Some(vector), Some(space_name)) =
-                        (&item.vector, &item.annotation.vector_space)
-                    else {
+                    let (Some(vector), Some(space_name)) = (&item.vector, &item.annotation.vector_space) else {
                         continue;
                     };
-                    if matches!(
-                        affected.get(&item.annotation.asset_id),
-                        Some(AffectedBuckets::All)
-                    ) {
+                    if matches!(affected.get(&item.annotation.asset_id), Some(AffectedBuckets::All)) {
                         continue; // handled whole by sync_asset_vectors
                     }
                     // A command rejected as a conflict stored nothing: index only what is stored.
-                    let stored = self
-                        .store
-                        .annotation(&item.annotation.asset_id, &item.annotation.id)?;
+                    let stored = self.store.annotation(&item.annotation.asset_id, &item.annotation.id)?;
                     if stored.as_ref() != Some(&item.annotation) {
                         continue;
                     }
@@ -705,20 +593,11 @@ impl IndexStage {
 }
 
 fn target_of(a: &rushes_protocol::model::StoredAnnotation) -> VectorTarget {
-    VectorTarget {
-        asset_id: a.asset_id.clone(),
-        annotation_id: a.id.clone(),
-        start_ms: a.start_ms,
-        end_ms: a.end_ms,
-    }
+    VectorTarget { asset_id: a.asset_id.clone(), annotation_id: a.id.clone(), start_ms: a.start_ms, end_ms: a.end_ms }
 }
 
 /// Makes the vector indexes hold exactly the active-version vectors of one asset.
-pub fn sync_asset_vectors(
-    store: &ShardStore,
-    index: &ShardIndex,
-    asset_id: &str,
-) -> Result<(), ShardError> {
+pub fn sync_asset_vectors(store: &ShardStore, index: &ShardIndex, asset_id: &str) -> Result<(), ShardError> {
     let annotations = store.asset_annotations(asset_id)?;
     let active = active_versions(&annotations);
     for a in &annotations {
@@ -744,18 +623,10 @@ pub fn sync_asset_vectors(
 }
 
 /// Recreates buckets and indexes of a closed shard from its raw store (`rushes rebuild`).
-pub fn rebuild_shard(
-    data_dir: &Path,
-    id: ShardId,
-    options: &ShardOptions,
-) -> Result<(usize, usize), ShardError> {
+pub fn rebuild_shard(data_dir: &Path, id: ShardId, options: &ShardOptions) -> Result<(usize, usize), ShardError> {
     let dir = shard_dir(data_dir, id);
     let store = ShardStore::open(&dir.join("store"))?;
-    let index = ShardIndex::open(
-        &dir.join("index"),
-        &options.vector_spaces,
-        options.writer_heap_bytes,
-    )?;
+    let index = ShardIndex::open(&dir.join("index"), &options.vector_spaces, options.writer_heap_bytes)?;
     let applied = store.watermark(Watermark::Applied)?;
     store.clear_derived()?;
     index.clear()?;

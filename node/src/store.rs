@@ -11,8 +11,7 @@ use std::path::Path;
 use parking_lot::RwLock;
 use rushes_protocol::codec;
 use rushes_protocol::model::{
-    normalize_label, Bucket, IngestItem, StoredAnnotation, StoredAsset, ASSET_FORMAT,
-    BUCKET_FORMAT, STORED_ANNOTATION_FORMAT,
+    normalize_label, Bucket, IngestItem, StoredAnnotation, StoredAsset, ASSET_FORMAT, BUCKET_FORMAT, STORED_ANNOTATION_FORMAT,
 };
 
 const VECTOR_FORMAT: u8 = 1;
@@ -79,13 +78,8 @@ pub fn bucket_key(asset_id: &str, bucket: u64) -> Vec<u8> {
 }
 
 fn split_bucket_key(key: &[u8]) -> Result<(String, u64), StoreError> {
-    let split = key
-        .len()
-        .checked_sub(9)
-        .filter(|&i| key[i] == 0)
-        .ok_or_else(|| StoreError::Corrupt("bucket key".into()))?;
-    let asset = std::str::from_utf8(&key[..split])
-        .map_err(|_| StoreError::Corrupt("bucket key asset".into()))?;
+    let split = key.len().checked_sub(9).filter(|&i| key[i] == 0).ok_or_else(|| StoreError::Corrupt("bucket key".into()))?;
+    let asset = std::str::from_utf8(&key[..split]).map_err(|_| StoreError::Corrupt("bucket key asset".into()))?;
     let mut second = [0u8; 8];
     second.copy_from_slice(&key[split + 1..]);
     Ok((asset.to_string(), u64::from_be_bytes(second)))
@@ -124,11 +118,7 @@ pub struct ShardStore {
 
 impl ShardStore {
     pub fn open(path: &Path) -> Result<ShardStore, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(256 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = sled::Config::new().path(path).cache_capacity(256 * 1024 * 1024).mode(sled::Mode::HighThroughput).open()?;
         Self::from_db(db)
     }
 
@@ -162,10 +152,7 @@ impl ShardStore {
                 let key = key?;
                 let text = String::from_utf8_lossy(&key);
                 if let Some((track, label)) = text.split_once('\u{1f}') {
-                    vocab
-                        .entry(label.to_string())
-                        .or_default()
-                        .push(track.to_string());
+                    vocab.entry(label.to_string()).or_default().push(track.to_string());
                 }
             }
         }
@@ -199,21 +186,13 @@ impl ShardStore {
             match self.annotations.get(&key)? {
                 None => fresh.push((key, item)),
                 Some(existing) => {
-                    let existing: StoredAnnotation =
-                        codec::decode(STORED_ANNOTATION_FORMAT, &existing)?;
+                    let existing: StoredAnnotation = codec::decode(STORED_ANNOTATION_FORMAT, &existing)?;
                     let same_vector = match &item.vector {
                         None => !self.vectors.contains_key(&key)?,
-                        Some(v) => {
-                            self.vector(&item.annotation.asset_id, &item.annotation.id)?
-                                .as_deref()
-                                == Some(v.as_slice())
-                        }
+                        Some(v) => self.vector(&item.annotation.asset_id, &item.annotation.id)?.as_deref() == Some(v.as_slice()),
                     };
                     if existing != item.annotation || !same_vector {
-                        return Ok(ApplyOutcome::Conflict {
-                            item: index,
-                            annotation_id: item.annotation.id.clone(),
-                        });
+                        return Ok(ApplyOutcome::Conflict { item: index, annotation_id: item.annotation.id.clone() });
                     }
                     duplicates += 1;
                 }
@@ -248,10 +227,7 @@ impl ShardStore {
             self.ensure_ordinal(asset)?;
         }
         self.add_vocab(&new_vocab)?;
-        Ok(ApplyOutcome::Applied {
-            created: fresh.len(),
-            duplicates,
-        })
+        Ok(ApplyOutcome::Applied { created: fresh.len(), duplicates })
     }
 
     fn add_vocab(&self, entries: &[(String, String)]) -> Result<(), StoreError> {
@@ -260,10 +236,7 @@ impl ShardStore {
             let vocab = self.vocab_cache.read();
             for (track, label) in entries {
                 let normalized = normalize_label(label);
-                if !vocab
-                    .get(&normalized)
-                    .is_some_and(|tracks| tracks.contains(track))
-                {
+                if !vocab.get(&normalized).is_some_and(|tracks| tracks.contains(track)) {
                     unseen.push((track, normalized));
                 }
             }
@@ -288,8 +261,7 @@ impl ShardStore {
     }
 
     pub fn apply_asset(&self, asset_id: &str, record: &StoredAsset) -> Result<(), StoreError> {
-        self.assets
-            .insert(asset_id.as_bytes(), codec::encode(ASSET_FORMAT, record)?)?;
+        self.assets.insert(asset_id.as_bytes(), codec::encode(ASSET_FORMAT, record)?)?;
         self.ensure_ordinal(asset_id)?;
         Ok(())
     }
@@ -301,13 +273,9 @@ impl ShardStore {
             return be_u64(&ord);
         }
         let ordinal = self.ordinal_cache.read().len() as u64 + 1;
-        self.ordinal_assets
-            .insert(ordinal.to_be_bytes(), asset_id.as_bytes())?;
-        self.asset_ordinals
-            .insert(asset_id.as_bytes(), &ordinal.to_be_bytes())?;
-        self.ordinal_cache
-            .write()
-            .insert(ordinal, asset_id.to_string());
+        self.ordinal_assets.insert(ordinal.to_be_bytes(), asset_id.as_bytes())?;
+        self.asset_ordinals.insert(asset_id.as_bytes(), &ordinal.to_be_bytes())?;
+        self.ordinal_cache.write().insert(ordinal, asset_id.to_string());
         Ok(ordinal)
     }
 
@@ -331,12 +299,7 @@ impl ShardStore {
 
     /// Every asset this shard knows (from annotations or records), with its ordinal.
     pub fn all_assets(&self) -> Vec<(u64, String)> {
-        let mut all: Vec<(u64, String)> = self
-            .ordinal_cache
-            .read()
-            .iter()
-            .map(|(o, a)| (*o, a.clone()))
-            .collect();
+        let mut all: Vec<(u64, String)> = self.ordinal_cache.read().iter().map(|(o, a)| (*o, a.clone())).collect();
         all.sort();
         all
     }
@@ -351,37 +314,19 @@ impl ShardStore {
         Ok(out)
     }
 
-    pub fn annotation(
-        &self,
-        asset_id: &str,
-        annotation_id: &str,
-    ) -> Result<Option<StoredAnnotation>, StoreError> {
-        match self
-            .annotations
-            .get(annotation_key(asset_id, annotation_id))?
-        {
+    pub fn annotation(&self, asset_id: &str, annotation_id: &str) -> Result<Option<StoredAnnotation>, StoreError> {
+        match self.annotations.get(annotation_key(asset_id, annotation_id))? {
             Some(bytes) => Ok(Some(codec::decode(STORED_ANNOTATION_FORMAT, &bytes)?)),
             None => Ok(None),
         }
     }
 
     /// The exact bytes the model sent.
-    pub fn raw_annotation(
-        &self,
-        asset_id: &str,
-        annotation_id: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .raw
-            .get(annotation_key(asset_id, annotation_id))?
-            .map(|v| v.to_vec()))
+    pub fn raw_annotation(&self, asset_id: &str, annotation_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.raw.get(annotation_key(asset_id, annotation_id))?.map(|v| v.to_vec()))
     }
 
-    pub fn vector(
-        &self,
-        asset_id: &str,
-        annotation_id: &str,
-    ) -> Result<Option<Vec<f32>>, StoreError> {
+    pub fn vector(&self, asset_id: &str, annotation_id: &str) -> Result<Option<Vec<f32>>, StoreError> {
         match self.vectors.get(annotation_key(asset_id, annotation_id))? {
             Some(bytes) => Ok(Some(decode_vector(&bytes)?)),
             None => Ok(None),
@@ -417,20 +362,12 @@ impl ShardStore {
     }
 
     /// Buckets of an asset in `[from_bucket, to_bucket)`.
-    pub fn bucket_range(
-        &self,
-        asset_id: &str,
-        from_bucket: u64,
-        to_bucket: u64,
-    ) -> Result<Vec<(u64, Bucket)>, StoreError> {
+    pub fn bucket_range(&self, asset_id: &str, from_bucket: u64, to_bucket: u64) -> Result<Vec<(u64, Bucket)>, StoreError> {
         let mut out = Vec::new();
         if from_bucket >= to_bucket {
             return Ok(out);
         }
-        for item in self
-            .buckets
-            .range(bucket_key(asset_id, from_bucket)..bucket_key(asset_id, to_bucket))
-        {
+        for item in self.buckets.range(bucket_key(asset_id, from_bucket)..bucket_key(asset_id, to_bucket)) {
             let (key, value) = item?;
             let (_, second) = split_bucket_key(&key)?;
             out.push((second, codec::decode(BUCKET_FORMAT, &value)?));
@@ -439,11 +376,7 @@ impl ShardStore {
     }
 
     /// Writes fused buckets of one asset; an empty bucket is removed.
-    pub fn write_buckets(
-        &self,
-        asset_id: &str,
-        buckets: &BTreeMap<u64, Bucket>,
-    ) -> Result<(), StoreError> {
+    pub fn write_buckets(&self, asset_id: &str, buckets: &BTreeMap<u64, Bucket>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (second, bucket) in buckets {
             let key = bucket_key(asset_id, *second);
@@ -485,9 +418,7 @@ impl ShardStore {
 }
 
 fn be_u64(bytes: &[u8]) -> Result<u64, StoreError> {
-    let array: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("expected 8 bytes, found {}", bytes.len())))?;
+    let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt(format!("expected 8 bytes, found {}", bytes.len())))?;
     Ok(u64::from_be_bytes(array))
 }
 
@@ -501,32 +432,18 @@ fn encode_vector(vector: &[f32]) -> Vec<u8> {
 }
 
 fn decode_vector(bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
-    let (&version, body) = bytes
-        .split_first()
-        .ok_or_else(|| StoreError::Corrupt("empty vector".into()))?;
+    let (&version, body) = bytes.split_first().ok_or_else(|| StoreError::Corrupt("empty vector".into()))?;
     if version != VECTOR_FORMAT || body.len() % 4 != 0 {
-        return Err(StoreError::Corrupt(format!(
-            "vector format {version}, {} bytes",
-            body.len()
-        )));
+        return Err(StoreError::Corrupt(format!("vector format {version}, {} bytes", body.len())));
     }
-    Ok(body
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    Ok(body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    pub(crate) fn item(
-        id: &str,
-        asset: &str,
-        start_ms: u64,
-        end_ms: u64,
-        label: &str,
-    ) -> IngestItem {
+    pub(crate) fn item(id: &str, asset: &str, start_ms: u64, end_ms: u64, label: &str) -> IngestItem {
         IngestItem {
             raw_json: format!("{{\"id\":\"{id}\"}}").into_bytes(),
             annotation: StoredAnnotation {
@@ -551,48 +468,15 @@ mod tests {
     fn ingest_is_idempotent_and_conflicts_store_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = ShardStore::open(dir.path()).unwrap();
-        let batch = vec![
-            item("a", "e1", 0, 1000, "Joey"),
-            item("b", "e1", 500, 2000, "Monica"),
-        ];
-        assert_eq!(
-            store.apply_ingest(&batch).unwrap(),
-            ApplyOutcome::Applied {
-                created: 2,
-                duplicates: 0
-            }
-        );
-        assert_eq!(
-            store.apply_ingest(&batch).unwrap(),
-            ApplyOutcome::Applied {
-                created: 0,
-                duplicates: 2
-            }
-        );
-        let conflicting = vec![
-            item("c", "e1", 0, 10, "Ross"),
-            item("a", "e1", 0, 1000, "Rachel"),
-        ];
-        assert_eq!(
-            store.apply_ingest(&conflicting).unwrap(),
-            ApplyOutcome::Conflict {
-                item: 1,
-                annotation_id: "a".into()
-            }
-        );
-        assert!(
-            store.annotation("e1", "c").unwrap().is_none(),
-            "nothing of a conflicting batch is stored"
-        );
-        assert_eq!(
-            store.raw_annotation("e1", "a").unwrap().unwrap(),
-            b"{\"id\":\"a\"}"
-        );
+        let batch = vec![item("a", "e1", 0, 1000, "Joey"), item("b", "e1", 500, 2000, "Monica")];
+        assert_eq!(store.apply_ingest(&batch).unwrap(), ApplyOutcome::Applied { created: 2, duplicates: 0 });
+        assert_eq!(store.apply_ingest(&batch).unwrap(), ApplyOutcome::Applied { created: 0, duplicates: 2 });
+        let conflicting = vec![item("c", "e1", 0, 10, "Ross"), item("a", "e1", 0, 1000, "Rachel")];
+        assert_eq!(store.apply_ingest(&conflicting).unwrap(), ApplyOutcome::Conflict { item: 1, annotation_id: "a".into() });
+        assert!(store.annotation("e1", "c").unwrap().is_none(), "nothing of a conflicting batch is stored");
+        assert_eq!(store.raw_annotation("e1", "a").unwrap().unwrap(), b"{\"id\":\"a\"}");
         assert_eq!(store.track_counts("e1").unwrap().get("character"), Some(&2));
-        assert_eq!(
-            store.vocabulary().get("joey"),
-            Some(&vec!["character".to_string()])
-        );
+        assert_eq!(store.vocabulary().get("joey"), Some(&vec!["character".to_string()]));
         assert_eq!(store.asset_ordinal("e1").unwrap(), Some(1));
     }
 
@@ -622,14 +506,8 @@ mod tests {
         }
         store.write_buckets("a", &buckets).unwrap();
         store.write_buckets("ab", &buckets).unwrap();
-        assert_eq!(
-            store.bucket_seconds("a").unwrap(),
-            vec![0, 1, 255, 256, 70_000]
-        );
+        assert_eq!(store.bucket_seconds("a").unwrap(), vec![0, 1, 255, 256, 70_000]);
         assert_eq!(store.bucket_range("a", 1, 257).unwrap().len(), 3);
-        assert_eq!(
-            split_bucket_key(&bucket_key("s01e01", 42)).unwrap(),
-            ("s01e01".to_string(), 42)
-        );
+        assert_eq!(split_bucket_key(&bucket_key("s01e01", 42)).unwrap(), ("s01e01".to_string(), 42));
     }
 }

@@ -34,9 +34,7 @@ pub fn suggest(engine: &Engine, q: &str, limit: usize) -> Result<Suggestions, Ap
     let lowered = q.to_lowercase();
     let trimmed = lowered.trim_start();
     if trimmed.trim().is_empty() {
-        return Ok(Suggestions {
-            completions: vec![],
-        });
+        return Ok(Suggestions { completions: vec![] });
     }
     let (head, prefix) = match trimmed.rfind(char::is_whitespace) {
         Some(split) => (&trimmed[..=split], &trimmed[split + 1..]),
@@ -47,22 +45,15 @@ pub fn suggest(engine: &Engine, q: &str, limit: usize) -> Result<Suggestions, Ap
     // Labels first: a name completes on the whole typed text too ("coffee s" → "coffee shop").
     for (label, tracks) in engine.vocabulary() {
         let whole = trimmed.trim_end();
-        let (matches, query) =
-            if !head.is_empty() && label.starts_with(whole) && label.contains(' ') {
-                (true, label.clone())
-            } else if !prefix.is_empty() && label.starts_with(prefix) {
-                (true, format!("{head}{label}"))
-            } else {
-                (false, String::new())
-            };
+        let (matches, query) = if !head.is_empty() && label.starts_with(whole) && label.contains(' ') {
+            (true, label.clone())
+        } else if !prefix.is_empty() && label.starts_with(prefix) {
+            (true, format!("{head}{label}"))
+        } else {
+            (false, String::new())
+        };
         if matches {
-            completions.push(Completion {
-                text: label,
-                kind: "label",
-                tracks,
-                query,
-                frequency: 0,
-            });
+            completions.push(Completion { text: label, kind: "label", tracks, query, frequency: 0 });
         }
         if completions.len() >= limit {
             break;
@@ -73,9 +64,7 @@ pub fn suggest(engine: &Engine, q: &str, limit: usize) -> Result<Suggestions, Ap
         for shard in &engine.shards {
             let searcher = shard.index.reader.searcher();
             for segment in searcher.segment_readers() {
-                let inverted = segment
-                    .inverted_index(shard.index.fields.dialogue)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let inverted = segment.inverted_index(shard.index.fields.dialogue).map_err(|e| ApiError::internal(e.to_string()))?;
                 let mut upper = prefix.as_bytes().to_vec();
                 upper.push(0xff);
                 let mut stream = inverted
@@ -96,13 +85,7 @@ pub fn suggest(engine: &Engine, q: &str, limit: usize) -> Result<Suggestions, Ap
         let mut ranked: Vec<(String, u64)> = words.into_iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         for (word, frequency) in ranked.into_iter().take(limit - completions.len()) {
-            completions.push(Completion {
-                query: format!("{head_original}{word}"),
-                text: word,
-                kind: "word",
-                tracks: vec![],
-                frequency,
-            });
+            completions.push(Completion { query: format!("{head_original}{word}"), text: word, kind: "word", tracks: vec![], frequency });
         }
     }
     Ok(Suggestions { completions })

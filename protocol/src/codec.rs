@@ -29,8 +29,7 @@ fn config() -> impl bincode::config::Config {
 pub fn encode<T: Serialize>(format_version: u8, value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(64);
     out.push(format_version);
-    let body = bincode::serde::encode_to_vec(value, config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let body = bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -38,17 +37,11 @@ pub fn encode<T: Serialize>(format_version: u8, value: &T) -> Result<Vec<u8>, Co
 pub fn decode<T: DeserializeOwned>(format_version: u8, bytes: &[u8]) -> Result<T, CodecError> {
     let (&found, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if found != format_version {
-        return Err(CodecError::UnsupportedVersion {
-            found,
-            expected: format_version,
-        });
+        return Err(CodecError::UnsupportedVersion { found, expected: format_version });
     }
-    let (value, consumed) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    let (value, consumed) = bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Decode(e.to_string()))?;
     if consumed != body.len() {
-        return Err(CodecError::TrailingBytes {
-            trailing: body.len() - consumed,
-        });
+        return Err(CodecError::TrailingBytes { trailing: body.len() - consumed });
     }
     Ok(value)
 }
@@ -67,53 +60,24 @@ mod tests {
 
     #[test]
     fn round_trip_and_version_check() {
-        let value = Sample {
-            a: 7,
-            b: "joey".into(),
-            c: Some(vec![0.5, -1.0]),
-        };
+        let value = Sample { a: 7, b: "joey".into(), c: Some(vec![0.5, -1.0]) };
         let bytes = encode(3, &value).unwrap();
         assert_eq!(bytes[0], 3);
         assert_eq!(decode::<Sample>(3, &bytes).unwrap(), value);
-        assert_eq!(
-            decode::<Sample>(4, &bytes),
-            Err(CodecError::UnsupportedVersion {
-                found: 3,
-                expected: 4
-            })
-        );
+        assert_eq!(decode::<Sample>(4, &bytes), Err(CodecError::UnsupportedVersion { found: 3, expected: 4 }));
         assert_eq!(decode::<Sample>(3, &[]), Err(CodecError::Empty));
     }
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        let mut bytes = encode(
-            1,
-            &Sample {
-                a: 1,
-                b: String::new(),
-                c: None,
-            },
-        )
-        .unwrap();
+        let mut bytes = encode(1, &Sample { a: 1, b: String::new(), c: None }).unwrap();
         bytes.push(0);
-        assert!(matches!(
-            decode::<Sample>(1, &bytes),
-            Err(CodecError::TrailingBytes { trailing: 1 })
-        ));
+        assert!(matches!(decode::<Sample>(1, &bytes), Err(CodecError::TrailingBytes { trailing: 1 })));
     }
 
     #[test]
     fn truncated_input_is_an_error_not_a_panic() {
-        let bytes = encode(
-            1,
-            &Sample {
-                a: 1 << 40,
-                b: "x".repeat(100),
-                c: None,
-            },
-        )
-        .unwrap();
+        let bytes = encode(1, &Sample { a: 1 << 40, b: "x".repeat(100), c: None }).unwrap();
         for cut in 1..bytes.len() {
             assert!(decode::<Sample>(1, &bytes[..cut]).is_err());
         }
@@ -122,9 +86,7 @@ mod tests {
     #[test]
     fn huge_length_prefix_does_not_allocate() {
         // A string length of ~2^60: must fail on the limit, not try to allocate.
-        let bytes = [
-            1u8, 0, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f,
-        ];
+        let bytes = [1u8, 0, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f];
         assert!(decode::<Sample>(1, &bytes).is_err());
     }
 }

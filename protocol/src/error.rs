@@ -48,10 +48,7 @@ impl ErrorCode {
 
     /// Whether a client may retry the same request unchanged.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::Timeout
-        )
+        matches!(self, ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::Timeout)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -86,13 +83,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-            item: None,
-            field: None,
-            retry_after_s: None,
-        }
+        ApiError { code, message: message.into(), item: None, field: None, retry_after_s: None }
     }
 
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -170,9 +161,7 @@ mod tests {
 
     #[test]
     fn body_carries_item_and_field() {
-        let body = ApiError::field("end_ms", "must be greater than start_ms")
-            .with_item(3)
-            .to_body();
+        let body = ApiError::field("end_ms", "must be greater than start_ms").with_item(3).to_body();
         assert_eq!(body["error"]["code"], "invalid_field");
         assert_eq!(body["error"]["item"], 3);
         assert_eq!(body["error"]["field"], "end_ms");

@@ -26,10 +26,7 @@ pub enum ShardCommand {
     /// Store these annotations, all or none (a conflicting id rejects the whole command).
     Ingest { items: Vec<IngestItem> },
     /// Create or replace an asset record.
-    UpsertAsset {
-        asset_id: String,
-        record: StoredAsset,
-    },
+    UpsertAsset { asset_id: String, record: StoredAsset },
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -44,27 +41,13 @@ pub struct StoredAsset {
 
 impl From<AssetRecord> for StoredAsset {
     fn from(r: AssetRecord) -> Self {
-        StoredAsset {
-            title: r.title,
-            series: r.series,
-            season: r.season,
-            episode: r.episode,
-            duration_ms: r.duration_ms,
-            fps: r.fps,
-        }
+        StoredAsset { title: r.title, series: r.series, season: r.season, episode: r.episode, duration_ms: r.duration_ms, fps: r.fps }
     }
 }
 
 impl From<StoredAsset> for AssetRecord {
     fn from(r: StoredAsset) -> Self {
-        AssetRecord {
-            title: r.title,
-            series: r.series,
-            season: r.season,
-            episode: r.episode,
-            duration_ms: r.duration_ms,
-            fps: r.fps,
-        }
+        AssetRecord { title: r.title, series: r.series, season: r.season, episode: r.episode, duration_ms: r.duration_ms, fps: r.fps }
     }
 }
 

@@ -37,10 +37,7 @@ impl Default for IngestLimits {
             max_text_bytes: 8 * 1024,
             max_interval_ms: 24 * 3600 * 1000,
             max_time_ms: 7 * 24 * 3600 * 1000,
-            vector_spaces: vec![VectorSpaceSpec {
-                name: "scene".into(),
-                dimensions: 512,
-            }],
+            vector_spaces: vec![VectorSpaceSpec { name: "scene".into(), dimensions: 512 }],
         }
     }
 }
@@ -83,44 +80,25 @@ pub fn validate_asset_id(asset_id: &str, max_bytes: usize) -> Result<(), String>
         return Err("must not be empty".into());
     }
     if asset_id.len() > max_bytes {
-        return Err(format!(
-            "is {} bytes; the limit is {max_bytes}",
-            asset_id.len()
-        ));
+        return Err(format!("is {} bytes; the limit is {max_bytes}", asset_id.len()));
     }
-    if let Some(bad) = asset_id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
-    {
-        return Err(format!(
-            "contains {bad:?}; use letters, digits, '-', '_', '.' or ':'"
-        ));
+    if let Some(bad) = asset_id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))) {
+        return Err(format!("contains {bad:?}; use letters, digits, '-', '_', '.' or ':'"));
     }
     Ok(())
 }
 
-pub fn parse_batch(
-    body: &[u8],
-    format: BodyFormat,
-    limits: &IngestLimits,
-) -> Result<Vec<ParsedItem>, ApiError> {
+pub fn parse_batch(body: &[u8], format: BodyFormat, limits: &IngestLimits) -> Result<Vec<ParsedItem>, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,
-            format!(
-                "the body is not valid UTF-8 (first bad byte at offset {}); send UTF-8 JSON",
-                e.valid_up_to()
-            ),
+            format!("the body is not valid UTF-8 (first bad byte at offset {}); send UTF-8 JSON", e.valid_up_to()),
         )
     })?;
     let raw_items: Vec<&str> = match format {
         BodyFormat::JsonArray => split_json_array(text, limits)?,
         BodyFormat::Ndjson => {
-            let lines: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
+            let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
             if lines.len() > limits.max_batch_items {
                 return Err(batch_too_large(lines.len(), limits));
             }
@@ -128,18 +106,12 @@ pub fn parse_batch(
         }
     };
     if raw_items.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            "the batch is empty; send at least one annotation",
-        ));
+        return Err(ApiError::new(ErrorCode::InvalidField, "the batch is empty; send at least one annotation"));
     }
     let mut parsed = Vec::with_capacity(raw_items.len());
     for (index, raw) in raw_items.iter().enumerate() {
         let annotation = parse_annotation(raw, limits).map_err(|e| e.with_item(index))?;
-        parsed.push(ParsedItem {
-            raw_json: raw.as_bytes().to_vec(),
-            annotation,
-        });
+        parsed.push(ParsedItem { raw_json: raw.as_bytes().to_vec(), annotation });
     }
     Ok(parsed)
 }
@@ -147,10 +119,7 @@ pub fn parse_batch(
 fn batch_too_large(count: usize, limits: &IngestLimits) -> ApiError {
     ApiError::new(
         ErrorCode::TooLarge,
-        format!(
-            "the batch has {count} annotations; the limit is {}: split it into smaller batches",
-            limits.max_batch_items
-        ),
+        format!("the batch has {count} annotations; the limit is {}: split it into smaller batches", limits.max_batch_items),
     )
 }
 
@@ -173,22 +142,14 @@ fn field_error(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::field(field, format!("{field} {}", message.into()))
 }
 
-fn required_string(
-    obj: &Map<String, Value>,
-    field: &str,
-    max_bytes: usize,
-) -> Result<String, ApiError> {
+fn required_string(obj: &Map<String, Value>, field: &str, max_bytes: usize) -> Result<String, ApiError> {
     match obj.get(field) {
         None | Some(Value::Null) => Err(field_error(field, "is required")),
         Some(value) => string_value(value, field, max_bytes),
     }
 }
 
-fn optional_string(
-    obj: &Map<String, Value>,
-    field: &str,
-    max_bytes: usize,
-) -> Result<Option<String>, ApiError> {
+fn optional_string(obj: &Map<String, Value>, field: &str, max_bytes: usize) -> Result<Option<String>, ApiError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => string_value(value, field, max_bytes).map(Some),
@@ -197,20 +158,13 @@ fn optional_string(
 
 fn string_value(value: &Value, field: &str, max_bytes: usize) -> Result<String, ApiError> {
     let Value::String(s) = value else {
-        return Err(field_error(
-            field,
-            format!("must be a string, got {}", type_name(value)),
-        ));
+        return Err(field_error(field, format!("must be a string, got {}", type_name(value))));
     };
     if s.trim().is_empty() {
         return Err(field_error(field, "must not be empty"));
     }
     if s.len() > max_bytes {
-        return Err(ApiError::new(
-            ErrorCode::TooLarge,
-            format!("{field} is {} bytes; the limit is {max_bytes}", s.len()),
-        )
-        .with_field(field));
+        return Err(ApiError::new(ErrorCode::TooLarge, format!("{field} is {} bytes; the limit is {max_bytes}", s.len())).with_field(field));
     }
     if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(field_error(field, "must not contain control characters"));
@@ -219,25 +173,17 @@ fn string_value(value: &Value, field: &str, max_bytes: usize) -> Result<String, 
 }
 
 fn required_millis(obj: &Map<String, Value>, field: &str, max: u64) -> Result<u64, ApiError> {
-    let value = obj
-        .get(field)
-        .ok_or_else(|| field_error(field, "is required (integer milliseconds)"))?;
+    let value = obj.get(field).ok_or_else(|| field_error(field, "is required (integer milliseconds)"))?;
     let Some(ms) = value.as_u64() else {
         let what = match value {
             Value::Number(n) if n.is_f64() => "a fraction".to_string(),
             Value::Number(_) => "negative".to_string(),
             other => type_name(other).to_string(),
         };
-        return Err(field_error(
-            field,
-            format!("must be a non-negative integer number of milliseconds, got {what}"),
-        ));
+        return Err(field_error(field, format!("must be a non-negative integer number of milliseconds, got {what}")));
     };
     if ms > max {
-        return Err(field_error(
-            field,
-            format!("is {ms}; the limit is {max} ms"),
-        ));
+        return Err(field_error(field, format!("is {ms}; the limit is {max} ms")));
     }
     Ok(ms)
 }
@@ -259,9 +205,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -270,106 +214,59 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Parses and validates one annotation object.
 pub fn parse_annotation(raw: &str, limits: &IngestLimits) -> Result<Annotation, ApiError> {
-    let value: Value = serde_json::from_str(raw).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidJson,
-            format!(
-                "invalid JSON at line {} column {}: {e}",
-                e.line(),
-                e.column()
-            ),
-        )
-    })?;
+    let value: Value = serde_json::from_str(raw)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON at line {} column {}: {e}", e.line(), e.column())))?;
     let Value::Object(obj) = value else {
-        return Err(ApiError::new(
-            ErrorCode::InvalidField,
-            format!(
-                "each annotation must be a JSON object, got {}",
-                type_name(&value)
-            ),
-        ));
+        return Err(ApiError::new(ErrorCode::InvalidField, format!("each annotation must be a JSON object, got {}", type_name(&value))));
     };
     for key in obj.keys() {
         if ANNOTATION_FIELDS.contains(&key.as_str()) {
             continue;
         }
-        if let Some(known) = ANNOTATION_FIELDS
-            .iter()
-            .find(|known| edit_distance(key, known) <= 2 && key.len() > 3)
-        {
-            return Err(field_error(
-                key,
-                format!("is not a known field; did you mean {known:?}?"),
-            ));
+        if let Some(known) = ANNOTATION_FIELDS.iter().find(|known| edit_distance(key, known) <= 2 && key.len() > 3) {
+            return Err(field_error(key, format!("is not a known field; did you mean {known:?}?")));
         }
     }
     let id = required_string(&obj, "id", limits.max_id_bytes)?;
     let asset_id = required_string(&obj, "asset_id", limits.max_asset_id_bytes)?;
-    validate_asset_id(&asset_id, limits.max_asset_id_bytes)
-        .map_err(|m| field_error("asset_id", m))?;
+    validate_asset_id(&asset_id, limits.max_asset_id_bytes).map_err(|m| field_error("asset_id", m))?;
     let model = required_string(&obj, "model", limits.max_name_bytes)?;
     let model_version = required_string(&obj, "model_version", limits.max_name_bytes)?;
     let track = required_string(&obj, "track", limits.max_name_bytes)?;
-    if let Some(bad) = track
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')))
-    {
-        return Err(field_error(
-            "track",
-            format!(
-                "contains {bad:?}; use lower-case letters, digits, '_' or '-' (e.g. \"character\")"
-            ),
-        ));
+    if let Some(bad) = track.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))) {
+        return Err(field_error("track", format!("contains {bad:?}; use lower-case letters, digits, '_' or '-' (e.g. \"character\")")));
     }
     let start_ms = required_millis(&obj, "start_ms", limits.max_time_ms)?;
     let end_ms = required_millis(&obj, "end_ms", limits.max_time_ms)?;
     if end_ms <= start_ms {
-        return Err(field_error("end_ms", format!("({end_ms}) must be greater than start_ms ({start_ms}); intervals are half-open [start_ms, end_ms)")));
+        return Err(field_error(
+            "end_ms",
+            format!("({end_ms}) must be greater than start_ms ({start_ms}); intervals are half-open [start_ms, end_ms)"),
+        ));
     }
     if end_ms - start_ms > limits.max_interval_ms {
         return Err(field_error(
             "end_ms",
-            format!(
-                "spans {} ms; the limit is {} ms per annotation",
-                end_ms - start_ms,
-                limits.max_interval_ms
-            ),
+            format!("spans {} ms; the limit is {} ms per annotation", end_ms - start_ms, limits.max_interval_ms),
         ));
     }
     let confidence = match obj.get("confidence") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => {
-            let c = n
-                .as_f64()
-                .filter(|c| c.is_finite())
-                .ok_or_else(|| field_error("confidence", "must be a finite number"))?;
+            let c = n.as_f64().filter(|c| c.is_finite()).ok_or_else(|| field_error("confidence", "must be a finite number"))?;
             if !(0.0..=1.0).contains(&c) {
-                return Err(field_error(
-                    "confidence",
-                    format!("is {c}; it must be between 0 and 1"),
-                ));
+                return Err(field_error("confidence", format!("is {c}; it must be between 0 and 1")));
             }
             Some(c)
         }
-        Some(other) => {
-            return Err(field_error(
-                "confidence",
-                format!("must be a number between 0 and 1, got {}", type_name(other)),
-            ))
-        }
+        Some(other) => return Err(field_error("confidence", format!("must be a number between 0 and 1, got {}", type_name(other)))),
     };
     let label = optional_string(&obj, "label", limits.max_label_bytes)?;
     let text = optional_string(&obj, "text", limits.max_text_bytes)?;
     let language = optional_string(&obj, "language", 16)?;
     if let Some(lang) = &language {
-        if !lang
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(field_error(
-                "language",
-                "must be a language tag such as \"en\" or \"pt-BR\"",
-            ));
+        if !lang.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(field_error("language", "must be a language tag such as \"en\" or \"pt-BR\""));
         }
     }
     let vector_space = optional_string(&obj, "vector_space", limits.max_name_bytes)?;
@@ -378,94 +275,37 @@ pub fn parse_annotation(raw: &str, limits: &IngestLimits) -> Result<Annotation, 
         Some(Value::Array(values)) => {
             let mut out = Vec::with_capacity(values.len());
             for (i, v) in values.iter().enumerate() {
-                let x = v.as_f64().ok_or_else(|| {
-                    field_error(
-                        "vector",
-                        format!("element {i} must be a number, got {}", type_name(v)),
-                    )
-                })?;
+                let x = v.as_f64().ok_or_else(|| field_error("vector", format!("element {i} must be a number, got {}", type_name(v))))?;
                 if !x.is_finite() || !(x as f32).is_finite() {
-                    return Err(field_error(
-                        "vector",
-                        format!("element {i} must be a finite 32-bit float"),
-                    ));
+                    return Err(field_error("vector", format!("element {i} must be a finite 32-bit float")));
                 }
                 out.push(x);
             }
             Some(out)
         }
-        Some(other) => {
-            return Err(field_error(
-                "vector",
-                format!("must be an array of numbers, got {}", type_name(other)),
-            ))
-        }
+        Some(other) => return Err(field_error("vector", format!("must be an array of numbers, got {}", type_name(other)))),
     };
     match (&vector, &vector_space) {
-        (Some(_), None) => {
-            return Err(field_error(
-                "vector_space",
-                "is required when vector is given",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(field_error(
-                "vector",
-                "is required when vector_space is given",
-            ))
-        }
+        (Some(_), None) => return Err(field_error("vector_space", "is required when vector is given")),
+        (None, Some(_)) => return Err(field_error("vector", "is required when vector_space is given")),
         (Some(v), Some(space)) => {
             let Some(spec) = limits.vector_spaces.iter().find(|s| &s.name == space) else {
-                let known: Vec<&str> = limits
-                    .vector_spaces
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect();
-                return Err(field_error(
-                    "vector_space",
-                    format!("{space:?} is not a configured vector space; configured: {known:?}"),
-                ));
+                let known: Vec<&str> = limits.vector_spaces.iter().map(|s| s.name.as_str()).collect();
+                return Err(field_error("vector_space", format!("{space:?} is not a configured vector space; configured: {known:?}")));
             };
             if v.len() != spec.dimensions {
-                return Err(field_error(
-                    "vector",
-                    format!(
-                        "has {} dimensions; space {space:?} has {}",
-                        v.len(),
-                        spec.dimensions
-                    ),
-                ));
+                return Err(field_error("vector", format!("has {} dimensions; space {space:?} has {}", v.len(), spec.dimensions)));
             }
             if v.iter().all(|x| *x == 0.0) {
-                return Err(field_error(
-                    "vector",
-                    "is all zeros; it has no direction to compare",
-                ));
+                return Err(field_error("vector", "is all zeros; it has no direction to compare"));
             }
         }
         (None, None) => {}
     }
     if label.is_none() && text.is_none() && vector.is_none() {
-        return Err(ApiError::field(
-            "label",
-            "an annotation needs a payload: label, text, or vector with vector_space",
-        ));
+        return Err(ApiError::field("label", "an annotation needs a payload: label, text, or vector with vector_space"));
     }
-    Ok(Annotation {
-        id,
-        asset_id,
-        model,
-        model_version,
-        track,
-        start_ms,
-        end_ms,
-        confidence,
-        label,
-        text,
-        language,
-        vector_space,
-        vector,
-    })
+    Ok(Annotation { id, asset_id, model, model_version, track, start_ms, end_ms, confidence, label, text, language, vector_space, vector })
 }
 
 #[cfg(test)]
@@ -514,10 +354,7 @@ mod tests {
         let mut v = good();
         v["vector_space"] = "scene".into();
         v["vector"] = serde_json::json!([0.1, 0.2]);
-        assert_eq!(
-            check(v.clone()).unwrap_err().field.as_deref(),
-            Some("vector")
-        );
+        assert_eq!(check(v.clone()).unwrap_err().field.as_deref(), Some("vector"));
         v["vector"] = serde_json::json!(vec![0.01; 512]);
         assert!(check(v.clone()).is_ok());
         v["vector_space"] = "faces".into();
@@ -536,36 +373,17 @@ mod tests {
         let mut bad = good();
         bad["end_ms"] = 0.into();
         let body = serde_json::json!([good(), bad]).to_string();
-        let err = parse_batch(
-            body.as_bytes(),
-            BodyFormat::JsonArray,
-            &IngestLimits::default(),
-        )
-        .unwrap_err();
+        let err = parse_batch(body.as_bytes(), BodyFormat::JsonArray, &IngestLimits::default()).unwrap_err();
         assert_eq!(err.item, Some(1));
         let ndjson = format!("{}\n{}\n", good(), good());
-        assert_eq!(
-            parse_batch(
-                ndjson.as_bytes(),
-                BodyFormat::Ndjson,
-                &IngestLimits::default()
-            )
-            .unwrap()
-            .len(),
-            2
-        );
+        assert_eq!(parse_batch(ndjson.as_bytes(), BodyFormat::Ndjson, &IngestLimits::default()).unwrap().len(), 2);
     }
 
     #[test]
     fn raw_bytes_are_kept_exactly() {
         let item = r#"{"id":"x",  "asset_id":"a","model":"m","model_version":"1","track":"object","start_ms":0,"end_ms":10,"label":"cup","extra_field":{"k":[1,2]}}"#;
         let body = format!("[{item}]");
-        let parsed = parse_batch(
-            body.as_bytes(),
-            BodyFormat::JsonArray,
-            &IngestLimits::default(),
-        )
-        .unwrap();
+        let parsed = parse_batch(body.as_bytes(), BodyFormat::JsonArray, &IngestLimits::default()).unwrap();
         assert_eq!(parsed[0].raw_json, item.as_bytes());
     }
 }

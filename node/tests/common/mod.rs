@@ -1,0 +1,183 @@
+//! Test harness: runs the real `rushes serve` binary on loopback, waits for conditions with
+//! deadlines (never bare sleeps), and can kill it with SIGKILL and restart it on the same data.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rushes_node::client::Client;
+
+pub struct TestNode {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `condition` until it holds or `timeout` passes; the pause between polls is a short
+/// back-off, and the deadline is what bounds the wait.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+impl TestNode {
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> TestNode {
+        let mut node = TestNode {
+            data_dir: data_dir.to_path_buf(),
+            port: free_port(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log_path: data_dir.join("node.log"),
+        };
+        node.spawn();
+        node
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.base_url())
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.data_dir).expect("create data dir");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open node log");
+        let child = Command::new(env!("CARGO_BIN_EXE_rushes"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start rushes serve");
+        self.child = Some(child);
+        let client = self.client();
+        let log_path = self.log_path.clone();
+        wait_until("the node to answer /health", Duration::from_secs(60), || {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("node exited early with {status}; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+                }
+            }
+            client.get("/health").is_ok()
+        });
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("node did not stop on SIGTERM within 30 s");
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the node first");
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits until every shard has fused and indexed everything it applied.
+    pub fn wait_searchable(&self, timeout: Duration) {
+        let client = self.client();
+        wait_until("every shard to index all applied entries", timeout, || {
+            let Ok(status) = client.get_json("/v1/cluster") else { return false };
+            status["shards"].as_array().is_some_and(|shards| {
+                shards.iter().all(|s| {
+                    let r = &s["replicas"][0];
+                    r["indexed_index"] == r["applied_index"] && r["fused_index"] == r["applied_index"]
+                })
+            })
+        });
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Generates a small deterministic season into `dir` and returns its path.
+pub fn sample(dir: &Path, hours: f64, seed: u64) -> PathBuf {
+    let out = dir.join(format!("sample-{hours}-{seed}"));
+    std::fs::create_dir_all(&out).expect("sample dir");
+    rushes_node::gen::write_season(&rushes_node::gen::GenConfig { hours, seed, ..Default::default() }, &out, &mut |_, _| {})
+        .expect("generate sample");
+    out
+}
+
+/// Sends the sample's assets and annotations (NDJSON batches) to the node.
+pub fn load_sample(node: &TestNode, sample: &Path, batch_lines: usize) -> usize {
+    let client = node.client();
+    for line in std::fs::read_to_string(sample.join("assets.ndjson")).expect("assets").lines() {
+        let mut value: serde_json::Value = serde_json::from_str(line).expect("asset json");
+        let asset_id = value["asset_id"].as_str().expect("asset_id").to_string();
+        value.as_object_mut().expect("object").remove("asset_id");
+        client.send("PUT", &format!("/v1/assets/{asset_id}"), "application/json", value.to_string().as_bytes()).expect("put asset");
+    }
+    let text = std::fs::read_to_string(sample.join("annotations.ndjson")).expect("annotations");
+    let lines: Vec<&str> = text.lines().collect();
+    for chunk in lines.chunks(batch_lines) {
+        let body = chunk.join("\n");
+        client.post_ndjson_retrying(body.as_bytes(), 20).expect("ingest batch");
+    }
+    lines.len()
+}
