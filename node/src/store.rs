@@ -98,12 +98,31 @@ fn vocab_key(track: &str, label: &str) -> Vec<u8> {
     format!("{track}\u{1f}{}", normalize_label(label)).into_bytes()
 }
 
+/// Kinds of record in the `records` tree; the first key byte.
+#[derive(Debug, Clone, Copy)]
+enum RecordKind {
+    Raw = b'r' as isize,
+    Annotation = b'a' as isize,
+    Vector = b'v' as isize,
+    ModelVersion = b'm' as isize,
+}
+
+/// Number of raw annotations, kept in the same batch as the annotations themselves.
+const RAW_COUNT_KEY: &[u8] = b"#raw_count";
+
+fn record_key(kind: RecordKind, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(kind as u8);
+    out.extend_from_slice(key);
+    out
+}
+
 pub struct ShardStore {
     pub db: sled::Db,
-    raw: sled::Tree,
-    annotations: sled::Tree,
-    vectors: sled::Tree,
-    asset_models: sled::Tree,
+    /// Raw annotations, parsed annotations, vectors and model versions, under the key kinds
+    /// below, in ONE tree: an ingest command is one `apply_batch`, which sled applies
+    /// atomically, so a crash never leaves half an annotation behind.
+    records: sled::Tree,
     assets: sled::Tree,
     asset_ordinals: sled::Tree,
     ordinal_assets: sled::Tree,
@@ -124,10 +143,7 @@ impl ShardStore {
 
     pub fn from_db(db: sled::Db) -> Result<ShardStore, StoreError> {
         let store = ShardStore {
-            raw: db.open_tree("raw")?,
-            annotations: db.open_tree("annotations")?,
-            vectors: db.open_tree("vectors")?,
-            asset_models: db.open_tree("asset_models")?,
+            records: db.open_tree("records")?,
             assets: db.open_tree("assets")?,
             asset_ordinals: db.open_tree("asset_ordinals")?,
             ordinal_assets: db.open_tree("ordinal_assets")?,
@@ -179,55 +195,56 @@ impl ShardStore {
     /// Applies an ingest command, all or nothing. Deterministic: every replica gets the same
     /// outcome from the same store and command.
     pub fn apply_ingest(&self, items: &[IngestItem]) -> Result<ApplyOutcome, StoreError> {
-        let mut duplicates = 0;
         let mut fresh = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
             let key = annotation_key(&item.annotation.asset_id, &item.annotation.id);
-            match self.annotations.get(&key)? {
+            match self.records.get(record_key(RecordKind::Annotation, &key))? {
                 None => fresh.push((key, item)),
                 Some(existing) => {
                     let existing: StoredAnnotation = codec::decode(STORED_ANNOTATION_FORMAT, &existing)?;
-                    let same_vector = match &item.vector {
-                        None => !self.vectors.contains_key(&key)?,
-                        Some(v) => self.vector(&item.annotation.asset_id, &item.annotation.id)?.as_deref() == Some(v.as_slice()),
-                    };
-                    if existing != item.annotation || !same_vector {
+                    let stored_vector = self.vector(&item.annotation.asset_id, &item.annotation.id)?;
+                    if existing != item.annotation || stored_vector != item.vector {
                         return Ok(ApplyOutcome::Conflict { item: index, annotation_id: item.annotation.id.clone() });
                     }
-                    duplicates += 1;
                 }
             }
         }
-        let mut raw_batch = sled::Batch::default();
-        let mut annotation_batch = sled::Batch::default();
-        let mut vector_batch = sled::Batch::default();
-        let mut model_batch = sled::Batch::default();
+        let mut batch = sled::Batch::default();
         let mut new_assets: HashSet<&str> = HashSet::new();
         let mut new_vocab: Vec<(String, String)> = Vec::new();
+        let mut seen_in_batch: HashSet<&[u8]> = HashSet::new();
+        let mut created = 0u64;
         for (key, item) in &fresh {
-            let a = &item.annotation;
-            raw_batch.insert(key.as_slice(), item.raw_json.as_slice());
-            annotation_batch.insert(key.as_slice(), codec::encode(STORED_ANNOTATION_FORMAT, a)?);
-            if let Some(vector) = &item.vector {
-                vector_batch.insert(key.as_slice(), encode_vector(vector));
+            if !seen_in_batch.insert(key.as_slice()) {
+                continue;
             }
-            model_batch.insert(model_key(&a.asset_id, &a.model, &a.model_version), &[]);
-            new_assets.insert(a.asset_id.as_str());
-            if let Some(label) = &a.label {
-                new_vocab.push((a.track.clone(), label.clone()));
+            created += 1;
+            let a = &item.annotation;
+            batch.insert(record_key(RecordKind::Raw, key), item.raw_json.as_slice());
+            batch.insert(record_key(RecordKind::Annotation, key), codec::encode(STORED_ANNOTATION_FORMAT, a)?);
+            if let Some(vector) = &item.vector {
+                batch.insert(record_key(RecordKind::Vector, key), encode_vector(vector));
+            }
+            batch.insert(record_key(RecordKind::ModelVersion, &model_key(&a.asset_id, &a.model, &a.model_version)), &[]);
+        }
+        if created > 0 {
+            let count = self.raw_count() as u64 + created;
+            batch.insert(RAW_COUNT_KEY, &count.to_be_bytes());
+            self.records.apply_batch(batch)?;
+        }
+        // Ordinals and vocabulary come from every item, not only new ones: after a crash between
+        // the batch and these writes, the replayed entry finds its items already stored.
+        for item in items {
+            new_assets.insert(item.annotation.asset_id.as_str());
+            if let Some(label) = &item.annotation.label {
+                new_vocab.push((item.annotation.track.clone(), label.clone()));
             }
         }
-        // Parsed and derived-input trees first, raw last: a crash in between is repaired by
-        // re-applying the entry (the applied watermark has not moved).
-        self.annotations.apply_batch(annotation_batch)?;
-        self.vectors.apply_batch(vector_batch)?;
-        self.asset_models.apply_batch(model_batch)?;
-        self.raw.apply_batch(raw_batch)?;
         for asset in new_assets {
             self.ensure_ordinal(asset)?;
         }
         self.add_vocab(&new_vocab)?;
-        Ok(ApplyOutcome::Applied { created: fresh.len(), duplicates })
+        Ok(ApplyOutcome::Applied { created: created as usize, duplicates: items.len() - created as usize })
     }
 
     fn add_vocab(&self, entries: &[(String, String)]) -> Result<(), StoreError> {
@@ -307,7 +324,7 @@ impl ShardStore {
     /// Annotations of one asset, in id order (parsed form, without vectors).
     pub fn asset_annotations(&self, asset_id: &str) -> Result<Vec<StoredAnnotation>, StoreError> {
         let mut out = Vec::new();
-        for item in self.annotations.scan_prefix(asset_prefix(asset_id)) {
+        for item in self.records.scan_prefix(record_key(RecordKind::Annotation, &asset_prefix(asset_id))) {
             let (_, value) = item?;
             out.push(codec::decode(STORED_ANNOTATION_FORMAT, &value)?);
         }
@@ -315,7 +332,7 @@ impl ShardStore {
     }
 
     pub fn annotation(&self, asset_id: &str, annotation_id: &str) -> Result<Option<StoredAnnotation>, StoreError> {
-        match self.annotations.get(annotation_key(asset_id, annotation_id))? {
+        match self.records.get(record_key(RecordKind::Annotation, &annotation_key(asset_id, annotation_id)))? {
             Some(bytes) => Ok(Some(codec::decode(STORED_ANNOTATION_FORMAT, &bytes)?)),
             None => Ok(None),
         }
@@ -323,11 +340,11 @@ impl ShardStore {
 
     /// The exact bytes the model sent.
     pub fn raw_annotation(&self, asset_id: &str, annotation_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.raw.get(annotation_key(asset_id, annotation_id))?.map(|v| v.to_vec()))
+        Ok(self.records.get(record_key(RecordKind::Raw, &annotation_key(asset_id, annotation_id)))?.map(|v| v.to_vec()))
     }
 
     pub fn vector(&self, asset_id: &str, annotation_id: &str) -> Result<Option<Vec<f32>>, StoreError> {
-        match self.vectors.get(annotation_key(asset_id, annotation_id))? {
+        match self.records.get(record_key(RecordKind::Vector, &annotation_key(asset_id, annotation_id)))? {
             Some(bytes) => Ok(Some(decode_vector(&bytes)?)),
             None => Ok(None),
         }
@@ -343,7 +360,10 @@ impl ShardStore {
     }
 
     pub fn raw_count(&self) -> usize {
-        self.raw.len()
+        match self.records.get(RAW_COUNT_KEY) {
+            Ok(Some(bytes)) => be_u64(&bytes).unwrap_or(0) as usize,
+            _ => 0,
+        }
     }
 
     /// Whether more than one version of `model` exists on `asset_id` (replacement in play).
@@ -351,7 +371,7 @@ impl ShardStore {
         let mut prefix = asset_prefix(asset_id);
         prefix.extend_from_slice(model.as_bytes());
         prefix.push(0);
-        Ok(self.asset_models.scan_prefix(prefix).take(2).count() > 1)
+        Ok(self.records.scan_prefix(record_key(RecordKind::ModelVersion, &prefix)).take(2).count() > 1)
     }
 
     pub fn bucket(&self, asset_id: &str, second: u64) -> Result<Option<Bucket>, StoreError> {
