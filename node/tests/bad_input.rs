@@ -24,6 +24,9 @@ const MAX_TEXT_BYTES: usize = 8 * 1024;
 const MAX_TIME_MS: u64 = 604_800_000;
 const MAX_LIMIT: usize = 1000;
 const MAX_QUERY_BYTES: usize = 4096;
+/// Fixed body limits of `POST /v1/search` and `PUT /v1/assets/{id}` (node/src/http.rs).
+const SEARCH_BODY_BYTES: usize = 1024 * 1024;
+const ASSET_BODY_BYTES: usize = 64 * 1024;
 /// The default vector space "scene" (not configurable from the command line).
 const SCENE_DIMENSIONS: usize = 512;
 /// Far deeper than serde_json's recursion limit (128).
@@ -489,6 +492,12 @@ fn cases() -> Vec<Case> {
             .rejects(422, "invalid_field")
             .field("filters.to_ms"),
         Case::search("search: unknown mode", r#"{"q": "Joey", "mode": "both"}"#).rejects(422, "invalid_field").field("mode"),
+        Case::search("search: unknown clause type", r#"{"clauses": [{"type": "labl", "label": "Joey"}]}"#)
+            .rejects(422, "invalid_field")
+            .field("clauses[0].type"),
+        Case::search("search: limit 0", r#"{"q": "Joey", "limit": 0}"#).rejects(422, "invalid_field").field("limit"),
+        Case::search("search: body over its 1 MiB limit", json!({"q": "j".repeat(SEARCH_BODY_BYTES + 1)}).to_string())
+            .rejects(413, "too_large"),
         Case::search("search: broken JSON", r#"{"q": "Joey", "#).rejects(400, "invalid_json"),
         Case::search("search: trailing garbage", r#"{"q": "Joey"} {"q": "Ross"}"#).rejects(400, "invalid_json"),
         Case::request("explain: unknown field", "POST", "/v1/search/explain", JSON, r#"{"q": "Joey", "per_aset": 3}"#)
@@ -507,6 +516,8 @@ fn cases() -> Vec<Case> {
         Case::put_asset("put asset: asset id with '!'", "s03!e07", r#"{"title": "The One with the Kitchen"}"#)
             .rejects(422, "invalid_field")
             .field("asset_id"),
+        Case::put_asset("put asset: body over its 64 KiB limit", "s03e07", json!({"title": "t".repeat(ASSET_BODY_BYTES + 1)}).to_string())
+            .rejects(413, "too_large"),
         Case::put_asset("put asset: broken JSON", "s03e07", r#"{"title": "The One"#).rejects(400, "invalid_json"),
         // --- Reads.
         Case::get("buckets: to_ms before from_ms", "/v1/assets/s03e07/buckets?from_ms=5000&to_ms=1000")
@@ -517,7 +528,11 @@ fn cases() -> Vec<Case> {
             .field("to_ms"),
         Case::get("buckets: unknown query parameter", "/v1/assets/s03e07/buckets?frm_ms=0").rejects(422, "invalid_field").field("query"),
         Case::get("suggest: no q", "/v1/suggest").rejects(422, "invalid_field").field("query"),
-        Case::get("unknown route", "/v1/nope").rejects(404, "not_foundX"),
+        Case::get("buckets: negative from_ms", "/v1/assets/s03e07/buckets?from_ms=-1").rejects(422, "invalid_field").field("query"),
+        Case::get("asset id one byte over 128 in the path", format!("/v1/assets/{}", "a".repeat(129)))
+            .rejects(422, "invalid_field")
+            .field("asset_id"),
+        Case::get("unknown route", "/v1/nope").rejects(404, "not_found"),
         Case::get("asset that does not exist", "/v1/assets/no-such-asset").rejects(404, "not_found"),
         Case::get("raw annotation that does not exist", "/v1/assets/s03e07/annotations/no-such-annotation").rejects(404, "not_found"),
     ]
