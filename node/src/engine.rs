@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rushes_cluster::{shard_for_asset, RaftSettings};
 use rushes_config::{Config, Metric, Quantization};
-use rushes_protocol::model::{IngestItem, ShardCommand, StoredAnnotation, StoredAsset};
+use rushes_protocol::model::{same_raw_content, IngestItem, ShardCommand, StoredAnnotation, StoredAsset};
 use rushes_protocol::validate::{validate_asset_id, IngestLimits, ParsedItem, VectorSpaceSpec as SpaceLimit};
 use rushes_protocol::{
     ApiError, AssetRecord, BucketAnnotationView, BucketView, BucketsReply, ErrorCode, IngestReply, SearchRequest, SearchResponse,
@@ -129,9 +129,10 @@ impl Engine {
             let key = (item.annotation.asset_id.clone(), item.annotation.id.clone());
             let (annotation, vector) = StoredAnnotation::from_validated(item.annotation);
             let ingest_item = IngestItem { raw_json: item.raw_json, annotation, vector };
-            if let Some(&earlier) = first_seen.get(&key) {
-                let (_, previous) = kept.iter().find(|(p, _)| *p == earlier).ok_or_else(|| ApiError::internal("batch bookkeeping"))?;
-                if previous.annotation != ingest_item.annotation || previous.vector != ingest_item.vector {
+            if let Some(&kept_index) = first_seen.get(&key) {
+                let (earlier, previous) = &kept[kept_index];
+                let earlier = *earlier;
+                if !same_raw_content(&previous.raw_json, &ingest_item.raw_json) {
                     return Err(ApiError::new(
                         ErrorCode::Conflict,
                         format!("id {:?} appears twice in this batch with different content (items {earlier} and {position})", key.1),
@@ -142,18 +143,17 @@ impl Engine {
                 batch_duplicates += 1;
                 continue;
             }
-            first_seen.insert(key, position);
+            first_seen.insert(key, kept.len());
             kept.push((position, ingest_item));
         }
         // Check stored ids before proposing, so a conflict normally stores nothing anywhere.
         // The shard re-checks when applying (authoritative, for concurrent writers).
         for (position, item) in &kept {
             let shard = self.shard_of(&item.annotation.asset_id);
-            if let Some(existing) =
-                shard.store.annotation(&item.annotation.asset_id, &item.annotation.id).map_err(|e| ApiError::internal(e.to_string()))?
+            if let Some(existing_raw) =
+                shard.store.raw_annotation(&item.annotation.asset_id, &item.annotation.id).map_err(|e| ApiError::internal(e.to_string()))?
             {
-                let same_vector = shard.store.vector(&item.annotation.asset_id, &item.annotation.id).ok().flatten() == item.vector;
-                if existing != item.annotation || !same_vector {
+                if !same_raw_content(&existing_raw, &item.raw_json) {
                     return Err(conflict(*position, &item.annotation.id));
                 }
             }
@@ -351,12 +351,14 @@ impl Engine {
             tasks.push(tokio::task::spawn_blocking(move || search::search_shard(&shard, &plan)));
         }
         let mut assets = Vec::new();
+        let mut total_assets = 0;
         let mut counts = ShardCounts { total: self.shards.len(), ok: 0, failed: 0 };
         for (shard, task) in self.shards.iter().zip(tasks) {
             match tokio::time::timeout(self.request_timeout(), task).await {
-                Ok(Ok(Ok(mut shard_assets))) => {
+                Ok(Ok(Ok(mut shard_hits))) => {
                     counts.ok += 1;
-                    assets.append(&mut shard_assets);
+                    total_assets += shard_hits.total_assets;
+                    assets.append(&mut shard_hits.assets);
                 }
                 Ok(Ok(Err(e))) => {
                     tracing::error!(shard = shard.id, error = %e, "shard search failed");
@@ -374,7 +376,7 @@ impl Engine {
         }
         let took = started.elapsed();
         self.metrics.query_seconds.with_label_values(&["search"]).observe(took.as_secs_f64());
-        Ok(search::merge(assets, plan.limit, counts, took.as_millis() as u64))
+        Ok(search::merge(assets, total_assets, plan.limit, counts, took.as_millis() as u64))
     }
 
     pub fn cluster_status(&self) -> serde_json::Value {
@@ -456,7 +458,9 @@ fn validate_asset_record(record: &AssetRecord, max_time_ms: u64) -> Result<(), A
     for (field, value, max) in [("title", &record.title, 512usize), ("series", &record.series, 128)] {
         if let Some(text) = value {
             if text.len() > max {
-                return Err(ApiError::field(field, format!("{field} is {} bytes; the limit is {max}", text.len())));
+                return Err(
+                    ApiError::new(ErrorCode::TooLarge, format!("{field} is {} bytes; the limit is {max}", text.len())).with_field(field)
+                );
             }
             if text.chars().any(char::is_control) {
                 return Err(ApiError::field(field, format!("{field} must not contain control characters")));

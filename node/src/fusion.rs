@@ -260,7 +260,7 @@ mod tests {
             let store = ShardStore::open(dir.path()).unwrap();
             for batch in &batches {
                 let items: Vec<_> = batch.iter().map(|a| rushes_protocol::model::IngestItem {
-                    raw_json: b"{}".to_vec(), annotation: a.clone(), vector: None }).collect();
+                    raw_json: serde_json::to_vec(a).unwrap(), annotation: a.clone(), vector: None }).collect();
                 store.apply_ingest(&items).unwrap();
                 let mut affected = BTreeMap::new();
                 affected_by_command(&ShardCommand::Ingest { items }, bucket_ms, &store, &mut affected, false).unwrap();

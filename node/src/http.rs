@@ -75,6 +75,11 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         HttpError(ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid UTF-8 (offset {})", e.valid_up_to())))
     })?;
+    // Structs also deserialize from arrays (positional fields), which would bypass the
+    // unknown-field checks: bodies must be objects.
+    if text.trim_start().starts_with('[') {
+        return Err(HttpError(ApiError::field("body", "the body must be a JSON object, not an array")));
+    }
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -121,16 +126,16 @@ async fn post_annotations(request: HttpRequest, payload: web::Payload) -> HttpRe
     Ok(HttpResponse::Ok().json(reply))
 }
 
-fn asset_id_from(request: &HttpRequest) -> Result<String, HttpError> {
+fn asset_id_from(request: &HttpRequest, engine: &Engine) -> Result<String, HttpError> {
     let asset_id = request.match_info().get("asset_id").unwrap_or("").to_string();
-    rushes_protocol::validate::validate_asset_id(&asset_id, 128)
+    rushes_protocol::validate::validate_asset_id(&asset_id, engine.ingest_limits.max_asset_id_bytes)
         .map_err(|m| HttpError(ApiError::field("asset_id", format!("asset_id {m}"))))?;
     Ok(asset_id)
 }
 
 async fn put_asset(request: HttpRequest, payload: web::Payload) -> HttpResult {
     let engine = engine_of(&request)?;
-    let asset_id = asset_id_from(&request)?;
+    let asset_id = asset_id_from(&request, &engine)?;
     let body = read_body(&request, payload, 64 * 1024).await?;
     let record: AssetRecord = parse_json(&body)?;
     engine.upsert_asset(&asset_id, record.clone()).await?;
@@ -141,13 +146,13 @@ async fn put_asset(request: HttpRequest, payload: web::Payload) -> HttpResult {
 
 async fn get_asset(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
-    let asset_id = asset_id_from(&request)?;
+    let asset_id = asset_id_from(&request, &engine)?;
     Ok(HttpResponse::Ok().json(engine.asset_view(&asset_id)?))
 }
 
 async fn get_raw_annotation(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
-    let asset_id = asset_id_from(&request)?;
+    let asset_id = asset_id_from(&request, &engine)?;
     let annotation_id = request.match_info().get("annotation_id").unwrap_or("").to_string();
     let raw = engine.raw_annotation(&asset_id, &annotation_id)?;
     Ok(HttpResponse::Ok().content_type("application/json").body(raw))
@@ -167,7 +172,7 @@ fn query_params<T: DeserializeOwned>(request: &HttpRequest) -> Result<T, HttpErr
 
 async fn get_buckets(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
-    let asset_id = asset_id_from(&request)?;
+    let asset_id = asset_id_from(&request, &engine)?;
     let range: RangeQuery = query_params(&request)?;
     Ok(HttpResponse::Ok().json(engine.buckets(&asset_id, range.from_ms, range.to_ms)?))
 }
@@ -247,19 +252,28 @@ async fn not_found(request: HttpRequest) -> HttpResponse {
         .error_response()
 }
 
+async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
+    HttpError(ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed on {}; see API.md for the methods of each endpoint", request.method(), request.path()),
+    ))
+    .error_response()
+}
+
 pub fn configure(config: &mut web::ServiceConfig) {
+    // Each path is one resource, so a known path with the wrong method answers 405, not 404.
+    let resource = |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
     config
-        .route("/health", web::get().to(health))
-        .route("/metrics", web::get().to(metrics))
-        .route("/v1/annotations", web::post().to(post_annotations))
-        .route("/v1/assets/{asset_id}", web::put().to(put_asset))
-        .route("/v1/assets/{asset_id}", web::get().to(get_asset))
-        .route("/v1/assets/{asset_id}/buckets", web::get().to(get_buckets))
-        .route("/v1/assets/{asset_id}/annotations/{annotation_id}", web::get().to(get_raw_annotation))
-        .route("/v1/search", web::post().to(post_search))
-        .route("/v1/search/explain", web::post().to(post_explain))
-        .route("/v1/suggest", web::get().to(get_suggest))
-        .route("/v1/cluster", web::get().to(get_cluster));
+        .service(resource("/health").route(web::get().to(health)))
+        .service(resource("/metrics").route(web::get().to(metrics)))
+        .service(resource("/v1/annotations").route(web::post().to(post_annotations)))
+        .service(resource("/v1/assets/{asset_id}").route(web::put().to(put_asset)).route(web::get().to(get_asset)))
+        .service(resource("/v1/assets/{asset_id}/buckets").route(web::get().to(get_buckets)))
+        .service(resource("/v1/assets/{asset_id}/annotations/{annotation_id}").route(web::get().to(get_raw_annotation)))
+        .service(resource("/v1/search").route(web::post().to(post_search)))
+        .service(resource("/v1/search/explain").route(web::post().to(post_explain)))
+        .service(resource("/v1/suggest").route(web::get().to(get_suggest)))
+        .service(resource("/v1/cluster").route(web::get().to(get_cluster)));
 }
 
 /// Builds the HTTP server (not yet running).

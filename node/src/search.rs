@@ -307,11 +307,17 @@ struct ClauseHits {
 }
 
 /// Runs a plan on one shard and returns its best clips per asset.
-pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, SearchError> {
+/// One shard's answer: its best `limit` assets, and how many assets had any clip.
+pub struct ShardHits {
+    pub assets: Vec<AssetHits>,
+    pub total_assets: usize,
+}
+
+pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> {
     let bucket_ms = shard.bucket_ms;
     let allowed = allowed_assets(shard, &plan.filters)?;
     if allowed.as_ref().is_some_and(|a| a.is_empty()) {
-        return Ok(vec![]);
+        return Ok(ShardHits { assets: vec![], total_assets: 0 });
     }
     let from_bucket = plan.filters.from_ms.map(|ms| ms / bucket_ms).unwrap_or(0);
     let to_bucket = plan.filters.to_ms.map(|ms| ms.div_ceil(bucket_ms)).unwrap_or(u64::MAX);
@@ -343,7 +349,9 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, Search
         };
         per_clause.push(hits);
     }
-    let mut assets = Vec::new();
+    // Rank assets on index scores, then load evidence (bucket reads) only for the `limit`
+    // best: the merge keeps at most `limit` assets in all, so no shard needs more.
+    let mut ranked: Vec<(f64, String, Vec<Clip>)> = Vec::new();
     for asset in candidate_assets(&per_clause, plan.mode) {
         let seconds = combine_seconds(&per_clause, asset, plan.mode);
         if seconds.is_empty() {
@@ -354,10 +362,17 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, Search
         };
         let mut clips = build_clips(&seconds, plan.gap_ms / bucket_ms, bucket_ms);
         clips.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
-        // Evidence for a few more than needed, so confidence can reorder the top.
-        clips.truncate(plan.per_asset * 2);
+        clips.truncate(plan.per_asset);
+        ranked.push((clips[0].score, asset_id, clips));
+    }
+    let total_assets = ranked.len();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    ranked.truncate(plan.limit);
+    let mut assets = Vec::with_capacity(ranked.len());
+    for (_, asset_id, clips) in ranked {
         let mut finished = Vec::with_capacity(clips.len());
         for mut clip in clips {
+            // The clip's score is weighted by the mean confidence of its evidence.
             let evidence = clip_evidence(shard, &asset_id, &clip, plan, &per_clause)?;
             if !evidence.is_empty() {
                 let mean_confidence = evidence.iter().map(|m| m.confidence).sum::<f64>() / evidence.len() as f64;
@@ -372,7 +387,6 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, Search
             finished.push(clip);
         }
         finished.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
-        finished.truncate(plan.per_asset);
         if finished.is_empty() {
             continue;
         }
@@ -387,7 +401,7 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<Vec<AssetHits>, Search
             clips: finished,
         });
     }
-    Ok(assets)
+    Ok(ShardHits { assets, total_assets })
 }
 
 fn allowed_assets(shard: &Shard, filters: &Filters) -> Result<Option<HashSet<u64>>, SearchError> {
@@ -697,9 +711,8 @@ fn clip_evidence(shard: &Shard, asset_id: &str, clip: &Clip, plan: &Plan, per_cl
 }
 
 /// Merges shard results. Each asset lives on one shard, so this is a ranking, not a join.
-pub fn merge(mut assets: Vec<AssetHits>, limit: usize, shards: ShardCounts, took_ms: u64) -> SearchResponse {
+pub fn merge(mut assets: Vec<AssetHits>, total_assets: usize, limit: usize, shards: ShardCounts, took_ms: u64) -> SearchResponse {
     assets.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.asset_id.cmp(&b.asset_id)));
-    let total_assets = assets.len();
     assets.truncate(limit);
     SearchResponse { took_ms, shards, total_assets, assets }
 }

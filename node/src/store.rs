@@ -11,7 +11,8 @@ use std::path::Path;
 use parking_lot::RwLock;
 use rushes_protocol::codec;
 use rushes_protocol::model::{
-    normalize_label, Bucket, IngestItem, StoredAnnotation, StoredAsset, ASSET_FORMAT, BUCKET_FORMAT, STORED_ANNOTATION_FORMAT,
+    normalize_label, same_raw_content, Bucket, IngestItem, StoredAnnotation, StoredAsset, ASSET_FORMAT, BUCKET_FORMAT,
+    STORED_ANNOTATION_FORMAT,
 };
 
 const VECTOR_FORMAT: u8 = 1;
@@ -200,10 +201,9 @@ impl ShardStore {
             let key = annotation_key(&item.annotation.asset_id, &item.annotation.id);
             match self.records.get(record_key(RecordKind::Annotation, &key))? {
                 None => fresh.push((key, item)),
-                Some(existing) => {
-                    let existing: StoredAnnotation = codec::decode(STORED_ANNOTATION_FORMAT, &existing)?;
-                    let stored_vector = self.vector(&item.annotation.asset_id, &item.annotation.id)?;
-                    if existing != item.annotation || stored_vector != item.vector {
+                Some(_) => {
+                    let existing_raw = self.records.get(record_key(RecordKind::Raw, &key))?;
+                    if !existing_raw.is_some_and(|raw| same_raw_content(&raw, &item.raw_json)) {
                         return Ok(ApplyOutcome::Conflict { item: index, annotation_id: item.annotation.id.clone() });
                     }
                 }
@@ -464,24 +464,22 @@ mod tests {
     use super::*;
 
     pub(crate) fn item(id: &str, asset: &str, start_ms: u64, end_ms: u64, label: &str) -> IngestItem {
-        IngestItem {
-            raw_json: format!("{{\"id\":\"{id}\"}}").into_bytes(),
-            annotation: StoredAnnotation {
-                id: id.into(),
-                asset_id: asset.into(),
-                model: "faces".into(),
-                model_version: "1".into(),
-                track: "character".into(),
-                start_ms,
-                end_ms,
-                confidence: 0.9,
-                label: Some(label.into()),
-                text: None,
-                language: None,
-                vector_space: None,
-            },
-            vector: None,
-        }
+        let annotation = StoredAnnotation {
+            id: id.into(),
+            asset_id: asset.into(),
+            model: "faces".into(),
+            model_version: "1".into(),
+            track: "character".into(),
+            start_ms,
+            end_ms,
+            confidence: 0.9,
+            label: Some(label.into()),
+            text: None,
+            language: None,
+            vector_space: None,
+        };
+        // The raw bytes carry the content, as they do from a real client.
+        IngestItem { raw_json: serde_json::to_vec(&annotation).unwrap(), annotation, vector: None }
     }
 
     #[test]
@@ -494,7 +492,7 @@ mod tests {
         let conflicting = vec![item("c", "e1", 0, 10, "Ross"), item("a", "e1", 0, 1000, "Rachel")];
         assert_eq!(store.apply_ingest(&conflicting).unwrap(), ApplyOutcome::Conflict { item: 1, annotation_id: "a".into() });
         assert!(store.annotation("e1", "c").unwrap().is_none(), "nothing of a conflicting batch is stored");
-        assert_eq!(store.raw_annotation("e1", "a").unwrap().unwrap(), b"{\"id\":\"a\"}");
+        assert_eq!(store.raw_annotation("e1", "a").unwrap().unwrap(), batch[0].raw_json);
         assert_eq!(store.track_counts("e1").unwrap().get("character"), Some(&2));
         assert_eq!(store.vocabulary().get("joey"), Some(&vec!["character".to_string()]));
         assert_eq!(store.asset_ordinal("e1").unwrap(), Some(1));

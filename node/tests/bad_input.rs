@@ -533,6 +533,11 @@ fn cases() -> Vec<Case> {
             .rejects(422, "invalid_field")
             .field("asset_id"),
         Case::get("unknown route", "/v1/nope").rejects(404, "not_found"),
+        Case::request("wrong method on a known route", "DELETE", "/v1/annotations", JSON, Vec::new()).rejects(405, "method_not_allowed"),
+        Case::search("search: body is an array", r#"["Joey"]"#).rejects(422, "invalid_field").field("body"),
+        Case::put_asset("put asset: title over 512 bytes", "s03e07", json!({"title": "t".repeat(513)}).to_string())
+            .rejects(413, "too_large")
+            .field("title"),
         Case::get("asset that does not exist", "/v1/assets/no-such-asset").rejects(404, "not_found"),
         Case::get("raw annotation that does not exist", "/v1/assets/s03e07/annotations/no-such-annotation").rejects(404, "not_found"),
     ]
@@ -701,7 +706,18 @@ fn malformed_requests_are_refused_and_store_nothing() {
         .field("id")
         .item(0);
     check(&client, &changed).unwrap_or_else(|problem| panic!("[{}]: {problem}", changed.name));
+    // Extra fields are content too (the raw store keeps them): changing one is a conflict,
+    // while reordering keys or respacing is the same content.
+    let with_extra = with(good("final-1"), "bbox", json!([1, 2, 3, 4]));
+    assert_eq!(ingest_ok(&client, &[with_extra.clone()]), (1, 1), "an annotation with an extra field");
+    let reordered: serde_json::Map<String, Value> = with_extra.as_object().expect("object").clone().into_iter().rev().collect();
+    assert_eq!(ingest_ok(&client, &[Value::Object(reordered)]), (1, 0), "the same content with keys in another order");
+    let changed_extra = Case::ingest("same id, different extra field", JSON, array(&[with(with_extra, "bbox", json!([9, 9, 9, 9]))]))
+        .rejects(409, "conflict")
+        .field("id")
+        .item(0);
+    check(&client, &changed_extra).unwrap_or_else(|problem| panic!("[{}]: {problem}", changed_extra.name));
     let counts = raw_counts(&client);
-    assert_eq!(counts.iter().sum::<u64>(), 1, "exactly the one valid annotation is stored: per shard {counts:?}");
+    assert_eq!(counts.iter().sum::<u64>(), 2, "exactly the two valid annotations are stored: per shard {counts:?}");
     assert!(node.is_running(), "the node exited; log:\n{}", node.log());
 }

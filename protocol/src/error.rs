@@ -20,6 +20,8 @@ pub enum ErrorCode {
     Conflict,
     /// The asset or resource does not exist.
     NotFound,
+    /// The endpoint exists but not with this HTTP method.
+    MethodNotAllowed,
     /// A queue is full; retry after the advertised delay.
     Overloaded,
     /// No leader, no quorum, or the node is starting or stopping; retry later.
@@ -39,6 +41,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Conflict => 409,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Overloaded => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 503,
@@ -59,6 +62,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Conflict => "conflict",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
@@ -149,6 +153,7 @@ mod tests {
             ErrorCode::UnsupportedMediaType,
             ErrorCode::Conflict,
             ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
             ErrorCode::Overloaded,
             ErrorCode::Unavailable,
             ErrorCode::Timeout,

@@ -112,6 +112,18 @@ pub struct Bucket {
     pub entries: Vec<BucketEntry>,
 }
 
+/// Whether two raw annotations carry the same content: equal as JSON values, so key order,
+/// spacing and number spelling do not matter, but every field (extra ones too) does.
+pub fn same_raw_content(a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
+    match (serde_json::from_slice::<serde_json::Value>(a), serde_json::from_slice::<serde_json::Value>(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// Lower-cases, trims and collapses white space: the form labels are matched in.
 pub fn normalize_label(label: &str) -> String {
     let mut out = String::with_capacity(label.len());
