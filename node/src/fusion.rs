@@ -114,9 +114,19 @@ pub fn affected_by_command(
 ) -> Result<(), StoreError> {
     match command {
         ShardCommand::Ingest { items } => {
+            // Items of one command share few (asset, model) pairs: look each up once.
+            let mut several_versions: HashMap<(&str, &str), bool> = HashMap::new();
             for item in items {
                 let a = &item.annotation;
-                let affected = if store.has_several_versions(&a.asset_id, &a.model)? {
+                let several = match several_versions.get(&(a.asset_id.as_str(), a.model.as_str())) {
+                    Some(&known) => known,
+                    None => {
+                        let known = store.has_several_versions(&a.asset_id, &a.model)?;
+                        several_versions.insert((a.asset_id.as_str(), a.model.as_str()), known);
+                        known
+                    }
+                };
+                let affected = if several {
                     // A version change can remove the previous version's buckets anywhere.
                     AffectedBuckets::All
                 } else {

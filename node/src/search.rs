@@ -654,10 +654,26 @@ pub fn build_clips(seconds: &BTreeMap<u64, f32>, gap_buckets: u64, bucket_ms: u6
     clips
 }
 
+/// `normalize_label(raw) == normalized`, without allocating.
+fn normalized_equals(raw: &str, normalized: &str) -> bool {
+    let mut expected = normalized.chars();
+    for (i, word) in raw.split_whitespace().enumerate() {
+        if i > 0 && expected.next() != Some(' ') {
+            return false;
+        }
+        for c in word.chars().flat_map(char::to_lowercase) {
+            if expected.next() != Some(c) {
+                return false;
+            }
+        }
+    }
+    expected.next().is_none()
+}
+
 fn entry_matches(entry: &BucketEntry, clause: &PlannedClause, hits: &ClauseHits) -> Option<Option<f64>> {
     match clause {
         PlannedClause::Label { track, label, min_confidence, .. } => {
-            let label_ok = entry.label.as_deref().is_some_and(|l| normalize_label(l) == *label);
+            let label_ok = entry.label.as_deref().is_some_and(|l| normalized_equals(l, label));
             let track_ok = track.as_ref().is_none_or(|t| *t == entry.track);
             (label_ok && track_ok && entry.confidence >= *min_confidence).then_some(None)
         }
@@ -679,22 +695,54 @@ fn entry_matches(entry: &BucketEntry, clause: &PlannedClause, hits: &ClauseHits)
     }
 }
 
+/// Buckets read per clip for its evidence before falling back to every bucket.
+const EVIDENCE_BUCKETS_SAMPLED: u64 = 16;
+
 fn clip_evidence(shard: &Shard, asset_id: &str, clip: &Clip, plan: &Plan, per_clause: &[ClauseHits]) -> Result<Vec<Match>, SearchError> {
-    let buckets: Vec<(u64, Bucket)> = shard.store.bucket_range(asset_id, clip.start_ms / shard.bucket_ms, clip.end_ms / shard.bucket_ms)?;
-    let mut seen: HashSet<(usize, &str)> = HashSet::new();
+    let (first, end) = (clip.start_ms / shard.bucket_ms, clip.end_ms / shard.bucket_ms);
+    // A long clip repeats the same annotations in most of its buckets, and evidence is capped:
+    // read evenly spaced buckets (first and last included), then everything only if a clause
+    // is still without evidence.
+    let stride = ((end - first) / EVIDENCE_BUCKETS_SAMPLED).max(1);
+    let mut sampled = Vec::new();
+    let mut second = first;
+    while second < end {
+        if let Some(bucket) = shard.store.bucket(asset_id, second)? {
+            sampled.push(bucket);
+        }
+        second += stride;
+    }
+    if stride > 1 && end > first {
+        if let Some(bucket) = shard.store.bucket(asset_id, end - 1)? {
+            sampled.push(bucket);
+        }
+    }
+    let matches = evidence_from(&sampled, plan, per_clause);
+    let covered: HashSet<usize> = matches.iter().map(|m| m.clause).collect();
+    let complete = matches.len() >= MAX_MATCHES_PER_CLIP || (0..plan.clauses.len()).all(|i| covered.contains(&i));
+    if stride == 1 || complete || plan.mode == SearchMode::Union && !covered.is_empty() {
+        return Ok(matches);
+    }
+    let all: Vec<Bucket> = shard.store.bucket_range(asset_id, first, end)?.into_iter().map(|(_, b)| b).collect();
+    Ok(evidence_from(&all, plan, per_clause))
+}
+
+fn evidence_from(buckets: &[Bucket], plan: &Plan, per_clause: &[ClauseHits]) -> Vec<Match> {
+    // An annotation repeats in every bucket it covers: match it against the clauses once.
+    let mut seen: HashSet<&str> = HashSet::new();
     let mut matches = Vec::new();
-    for (_, bucket) in &buckets {
+    for bucket in buckets {
         for entry in &bucket.entries {
+            if !seen.insert(entry.annotation_id.as_str()) {
+                continue;
+            }
             for (i, clause) in plan.clauses.iter().enumerate() {
                 if matches.len() >= MAX_MATCHES_PER_CLIP {
-                    return Ok(matches);
+                    return matches;
                 }
                 let Some(similarity) = entry_matches(entry, clause, &per_clause[i]) else {
                     continue;
                 };
-                if !seen.insert((i, entry.annotation_id.as_str())) {
-                    continue;
-                }
                 matches.push(Match {
                     track: entry.track.clone(),
                     label: entry.label.clone(),
@@ -707,7 +755,7 @@ fn clip_evidence(shard: &Shard, asset_id: &str, clip: &Clip, plan: &Plan, per_cl
             }
         }
     }
-    Ok(matches)
+    matches
 }
 
 /// Merges shard results. Each asset lives on one shard, so this is a ranking, not a join.
@@ -743,6 +791,13 @@ mod tests {
         assert!(matches!(&clauses[3], PlannedClause::Dialogue { tokens, .. } if tokens == &vec!["pizza".to_string()]));
         let (clauses, _) = understand_query("kitchens", &vocabulary());
         assert!(matches!(&clauses[0], PlannedClause::Label { label, .. } if label == "kitchen"));
+    }
+
+    #[test]
+    fn normalized_comparison_matches_normalize_label() {
+        for (raw, normalized) in [("  Central   Perk ", "central perk"), ("JOEY", "joey"), ("Joey", "joe"), ("Jo ey", "joey"), ("", "")] {
+            assert_eq!(normalized_equals(raw, normalized), normalize_label(raw) == normalized, "{raw:?} vs {normalized:?}");
+        }
     }
 
     #[test]

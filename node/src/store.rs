@@ -213,6 +213,7 @@ impl ShardStore {
         let mut new_assets: HashSet<&str> = HashSet::new();
         let mut new_vocab: Vec<(String, String)> = Vec::new();
         let mut seen_in_batch: HashSet<&[u8]> = HashSet::new();
+        let mut seen_versions: HashSet<Vec<u8>> = HashSet::new();
         let mut created = 0u64;
         for (key, item) in &fresh {
             if !seen_in_batch.insert(key.as_slice()) {
@@ -225,7 +226,11 @@ impl ShardStore {
             if let Some(vector) = &item.vector {
                 batch.insert(record_key(RecordKind::Vector, key), encode_vector(vector));
             }
-            batch.insert(record_key(RecordKind::ModelVersion, &model_key(&a.asset_id, &a.model, &a.model_version)), &[]);
+            // A batch holds few distinct (asset, model, version): write each once.
+            let version_key = record_key(RecordKind::ModelVersion, &model_key(&a.asset_id, &a.model, &a.model_version));
+            if seen_versions.insert(version_key.clone()) {
+                batch.insert(version_key, &[]);
+            }
         }
         if created > 0 {
             let count = self.raw_count() as u64 + created;
