@@ -15,9 +15,11 @@ pub mod shard;
 pub mod store;
 pub mod suggest;
 
-/// Sets up `tracing` from the config's log level and format (`RUST_LOG` overrides the level).
+/// Sets up `tracing` from the config's log level and format (`RUSHES_LOG`, else `RUST_LOG`,
+/// overrides it with a tracing filter such as `info,rushes_node::shard=debug`).
 pub fn init_logging(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUSHES_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},raft=warn,tantivy=warn,sled=warn,actix_server=warn")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct ConfigArgs {
     /// TOML config file (every key has a default; see docs/config.md).
-    #[arg(long)]
+    #[arg(long, env = "RUSHES_CONFIG")]
     config: Option<PathBuf>,
     /// Override any config key, e.g. --set fusion.bucket_ms=500 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -46,6 +46,9 @@ enum Command {
         /// Print the effective configuration and exit.
         #[arg(long)]
         print_config: bool,
+        /// Print a commented example of every key with its default and exit.
+        #[arg(long)]
+        print_example_config: bool,
     },
     /// One node on an embedded data dir with a generated sample season, serving search.
     Demo {
@@ -148,7 +151,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve { config, listen, data_dir, print_config } => {
+        Command::Serve { config, listen, data_dir, print_config, print_example_config } => {
+            if print_example_config {
+                print!("{}", Config::example_toml());
+                return Ok(());
+            }
             let mut extra = Vec::new();
             if let Some(listen) = listen {
                 extra.push(("node.listen".to_string(), listen));
