@@ -28,6 +28,9 @@ use tantivy::{DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Segme
 use crate::store::{ShardStore, StoreError};
 
 pub const TEXT_ANALYZER: &str = "rushes_text";
+/// Version of the index layout (schema, terms, vector keys). Bump it when documents change:
+/// nodes then rebuild their indexes from the bucket store at start.
+pub const INDEX_FORMAT_VERSION: u32 = 2;
 const VECTOR_META_FORMAT: u8 = 1;
 const VECTOR_KEY_FORMAT: u8 = 1;
 
@@ -123,6 +126,15 @@ pub fn tokenize(text: &str) -> Vec<String> {
 
 pub fn label_term_text(track: Option<&str>, label: &str, percent: u64) -> String {
     format!("{}\u{1f}{}\u{1f}{percent}", track.unwrap_or("*"), normalize_label(label))
+}
+
+/// The confidence (in hundredths) that gets its own "at least" term, so the default
+/// `min_confidence` is one term lookup instead of a set of 51 bands.
+pub const DEFAULT_THRESHOLD_PERCENT: u64 = 50;
+
+/// Term for "this label with confidence >= DEFAULT_THRESHOLD_PERCENT".
+pub fn label_threshold_term_text(track: Option<&str>, label: &str) -> String {
+    format!("{}\u{1f}{}\u{1f}>={DEFAULT_THRESHOLD_PERCENT}", track.unwrap_or("*"), normalize_label(label))
 }
 
 pub fn bucket_key_text(asset_id: &str, second: u64) -> String {
@@ -326,12 +338,27 @@ pub struct ShardIndex {
     pub vectors: Vec<VectorIndex>,
     /// Watermark of the last Tantivy commit (what queries see).
     committed_watermark: Mutex<u64>,
+    format_path: PathBuf,
+    /// The index was created empty (new shard, or an old format was discarded): it must be
+    /// filled from the bucket store before the index stage resumes from the log.
+    pub needs_full_reindex: bool,
 }
 
 impl ShardIndex {
     pub fn open(dir: &Path, spaces: &[VectorSpaceSpec], writer_heap_bytes: usize) -> Result<ShardIndex, IndexError> {
         let text_dir = dir.join("tantivy");
         let vector_dir = dir.join("vectors");
+        let format_path = dir.join("FORMAT");
+        let current = fs::read_to_string(&format_path).ok().is_some_and(|v| v.trim() == INDEX_FORMAT_VERSION.to_string());
+        if !current {
+            // Indexes are derived data: one of another format (or half-built) is discarded and
+            // rebuilt from the bucket store by the caller (see `needs_full_reindex`).
+            for d in [&text_dir, &vector_dir] {
+                if d.exists() {
+                    fs::remove_dir_all(d).map_err(|source| IndexError::Io { path: d.clone(), source })?;
+                }
+            }
+        }
         for d in [&text_dir, &vector_dir] {
             fs::create_dir_all(d).map_err(|source| IndexError::Io { path: d.clone(), source })?;
         }
@@ -343,7 +370,21 @@ impl ShardIndex {
         let writer = index.writer_with_num_threads(1, writer_heap_bytes.max(15_000_000))?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let vectors = spaces.iter().map(|spec| VectorIndex::open(&vector_dir, spec.clone())).collect::<Result<Vec<_>, _>>()?;
-        Ok(ShardIndex { index, fields, reader, writer: Mutex::new(writer), vectors, committed_watermark: Mutex::new(committed_watermark) })
+        Ok(ShardIndex {
+            index,
+            fields,
+            reader,
+            writer: Mutex::new(writer),
+            vectors,
+            committed_watermark: Mutex::new(committed_watermark),
+            format_path,
+            needs_full_reindex: !current,
+        })
+    }
+
+    /// Records that the index on disk is complete in the current format (after a full reindex).
+    pub fn mark_format_current(&self) -> Result<(), IndexError> {
+        write_atomically(&self.format_path, INDEX_FORMAT_VERSION.to_string().as_bytes())
     }
 
     pub fn committed_watermark(&self) -> u64 {
@@ -412,6 +453,10 @@ impl ShardIndex {
                 let percent = (entry.confidence * 100.0).floor().clamp(0.0, 100.0) as u64;
                 doc.add_text(f.labels, label_term_text(Some(&entry.track), label, percent));
                 doc.add_text(f.labels, label_term_text(None, label, percent));
+                if percent >= DEFAULT_THRESHOLD_PERCENT {
+                    doc.add_text(f.labels, label_threshold_term_text(Some(&entry.track), label));
+                    doc.add_text(f.labels, label_threshold_term_text(None, label));
+                }
             }
             if let Some(text) = &entry.text {
                 if !dialogue.is_empty() {

@@ -8,10 +8,11 @@
 //!    become clips; the best `per_asset` clips per asset get their evidence from the buckets.
 //! 3. `merge`: assets live on exactly one shard, so merging is a sort by score.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 
-use rushes_protocol::model::{normalize_label, Bucket, BucketEntry};
+use rushes_protocol::codec;
+use rushes_protocol::model::{normalize_label, BucketEntryRef, BucketRef, BUCKET_FORMAT};
 use rushes_protocol::{
     ApiError, AssetHits, BoolOperator, Clause, Clip, ErrorCode, Filters, Match, SearchMode, SearchRequest, SearchResponse, ShardCounts,
 };
@@ -20,7 +21,9 @@ use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, PhraseQue
 use tantivy::schema::IndexRecordOption;
 use tantivy::Term;
 
-use crate::index::{collect_seconds, label_term_text, tokenize, vector_target, IndexError};
+use crate::index::{
+    collect_seconds, label_term_text, label_threshold_term_text, tokenize, vector_target, IndexError, DEFAULT_THRESHOLD_PERCENT,
+};
 use crate::shard::Shard;
 use crate::store::StoreError;
 
@@ -302,8 +305,37 @@ pub enum SearchError {
 /// Per clause: asset ordinal → second → score. Vector clauses also keep the annotation ids
 /// that hit, with their similarity, for the evidence.
 struct ClauseHits {
-    seconds: HashMap<u64, HashMap<u64, f32>>,
+    /// (hit key, score), sorted by key, one entry per key; see [`hit_key`].
+    hits: Vec<(u64, f32)>,
     vector_hits: HashMap<String, f64>,
+}
+
+/// One key per (asset ordinal, bucket) that sorts by asset, then time: per-asset runs and
+/// merge-joins of sorted vectors replace maps of maps (which were most of a query's time).
+fn hit_key(asset: u64, second: u64) -> u64 {
+    debug_assert!(asset < 1 << 32 && second < 1 << 32);
+    (asset << 32) | (second & 0xffff_ffff)
+}
+
+fn hit_asset(key: u64) -> u64 {
+    key >> 32
+}
+
+fn hit_second(key: u64) -> u64 {
+    key & 0xffff_ffff
+}
+
+/// Sorts hits by key and keeps the best score of each key.
+fn sorted_unique(mut hits: Vec<(u64, f32)>) -> Vec<(u64, f32)> {
+    hits.sort_unstable_by_key(|h| h.0);
+    hits.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 = kept.1.max(later.1);
+        }
+        same
+    });
+    hits
 }
 
 /// Runs a plan on one shard and returns its best clips per asset.
@@ -336,15 +368,14 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError
                     from_bucket,
                     to_bucket,
                 );
-                let mut seconds: HashMap<u64, HashMap<u64, f32>> = HashMap::new();
                 let label_clause = matches!(clause, PlannedClause::Label { .. });
-                for (asset, second, score) in collect_seconds(&shard.index, query.as_ref())? {
+                let hits = collect_seconds(&shard.index, query.as_ref())?
+                    .into_iter()
                     // Labels are exact matches (score 1, refined by confidence in the evidence);
                     // dialogue scores are already in (0, 1] (see `text_query`).
-                    let normalized = if label_clause { 1.0 } else { score.min(1.0) };
-                    seconds.entry(asset).or_default().insert(second, normalized);
-                }
-                ClauseHits { seconds, vector_hits: HashMap::new() }
+                    .map(|(asset, second, score)| (hit_key(asset, second), if label_clause { 1.0 } else { score.min(1.0) }))
+                    .collect();
+                ClauseHits { hits: sorted_unique(hits), vector_hits: HashMap::new() }
             }
         };
         per_clause.push(hits);
@@ -352,14 +383,12 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError
     // Rank assets on index scores, then load evidence (bucket reads) only for the `limit`
     // best: the merge keeps at most `limit` assets in all, so no shard needs more.
     let mut ranked: Vec<(f64, String, Vec<Clip>)> = Vec::new();
-    for asset in candidate_assets(&per_clause, plan.mode) {
-        let seconds = combine_seconds(&per_clause, asset, plan.mode);
-        if seconds.is_empty() {
-            continue;
-        }
-        let Some(asset_id) = shard.store.asset_of_ordinal(asset) else {
+    let combined = combine_hits(&per_clause, plan.mode);
+    for run in combined.chunk_by(|a, b| hit_asset(a.0) == hit_asset(b.0)) {
+        let Some(asset_id) = shard.store.asset_of_ordinal(hit_asset(run[0].0)) else {
             continue;
         };
+        let seconds: Vec<(u64, f32)> = run.iter().map(|&(key, score)| (hit_second(key), score)).collect();
         let mut clips = build_clips(&seconds, plan.gap_ms / bucket_ms, bucket_ms);
         clips.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
         clips.truncate(plan.per_asset);
@@ -446,8 +475,14 @@ fn text_query(
     let main: Box<dyn Query> = match clause {
         PlannedClause::Label { track, label, min_confidence, .. } => {
             let lowest_percent = (min_confidence * 100.0 - 1e-9).ceil().max(0.0) as u64;
-            let terms = (lowest_percent..=100).map(|p| Term::from_field_text(fields.labels, &label_term_text(track.as_deref(), label, p)));
-            Box::new(TermSetQuery::new(terms))
+            if lowest_percent == DEFAULT_THRESHOLD_PERCENT {
+                let term = Term::from_field_text(fields.labels, &label_threshold_term_text(track.as_deref(), label));
+                Box::new(ConstScoreQuery::new(Box::new(TermQuery::new(term, IndexRecordOption::Basic)), 1.0))
+            } else {
+                let terms =
+                    (lowest_percent..=100).map(|p| Term::from_field_text(fields.labels, &label_term_text(track.as_deref(), label, p)));
+                Box::new(TermSetQuery::new(terms))
+            }
         }
         PlannedClause::Dialogue { tokens, operator, .. } => {
             // Each word adds a constant share, so a second scores the fraction of the words it
@@ -505,10 +540,10 @@ fn vector_clause_hits(
     from_bucket: u64,
     to_bucket: u64,
 ) -> Result<ClauseHits, SearchError> {
-    let mut seconds: HashMap<u64, HashMap<u64, f32>> = HashMap::new();
+    let mut second_hits: Vec<(u64, f32)> = Vec::new();
     let mut vector_hits = HashMap::new();
     let Some(space) = shard.index.vector_space(space_name) else {
-        return Ok(ClauseHits { seconds, vector_hits });
+        return Ok(ClauseHits { hits: second_hits, vector_hits });
     };
     let store = &shard.store;
     let predicate = |key: u64| -> bool {
@@ -533,14 +568,10 @@ fn vector_clause_hits(
         let first = (target.start_ms / shard.bucket_ms).max(from_bucket);
         let last = ((target.end_ms - 1) / shard.bucket_ms).min(to_bucket.saturating_sub(1));
         let score = similarity.max(0.0) as f32;
-        let asset_seconds = seconds.entry(ordinal).or_default();
-        for second in first..=last {
-            let slot = asset_seconds.entry(second).or_insert(0.0);
-            *slot = slot.max(score);
-        }
+        second_hits.extend((first..=last).map(|second| (hit_key(ordinal, second), score)));
         vector_hits.insert(target.annotation_id, similarity);
     }
-    Ok(ClauseHits { seconds, vector_hits })
+    Ok(ClauseHits { hits: sorted_unique(second_hits), vector_hits })
 }
 
 /// Similarities of this shard's `k` nearest annotations for a vector clause (the
@@ -575,57 +606,49 @@ pub fn apply_global_k(plan: &mut Plan, similarities_per_clause: &BTreeMap<usize,
     }
 }
 
-fn candidate_assets(per_clause: &[ClauseHits], mode: SearchMode) -> BTreeSet<u64> {
-    let mut sets = per_clause.iter().map(|c| c.seconds.keys().copied().collect::<BTreeSet<u64>>());
-    let Some(first) = sets.next() else {
-        return BTreeSet::new();
-    };
-    match mode {
-        SearchMode::Intersection => sets.fold(first, |acc, s| acc.intersection(&s).copied().collect()),
-        SearchMode::Union => sets.fold(first, |acc, s| acc.union(&s).copied().collect()),
-    }
-}
-
-/// Second → summed clause score, for the seconds the mode keeps.
-fn combine_seconds(per_clause: &[ClauseHits], asset: u64, mode: SearchMode) -> BTreeMap<u64, f32> {
-    let maps: Vec<Option<&HashMap<u64, f32>>> = per_clause.iter().map(|c| c.seconds.get(&asset)).collect();
-    let mut out = BTreeMap::new();
+/// (hit key, summed clause score) for the keys the mode keeps, sorted by key.
+fn combine_hits(per_clause: &[ClauseHits], mode: SearchMode) -> Vec<(u64, f32)> {
+    let mut lists: Vec<&[(u64, f32)]> = per_clause.iter().map(|c| c.hits.as_slice()).collect();
     match mode {
         SearchMode::Intersection => {
-            let Some(smallest) = maps.iter().flatten().min_by_key(|m| m.len()) else {
-                return out;
-            };
-            for &second in smallest.keys() {
-                let mut total = 0.0;
-                let mut everywhere = true;
-                for map in &maps {
-                    match map.and_then(|m| m.get(&second)) {
-                        Some(score) => total += score,
-                        None => {
-                            everywhere = false;
-                            break;
-                        }
+            lists.sort_by_key(|l| l.len());
+            let Some((first, rest)) = lists.split_first() else { return vec![] };
+            let mut out: Vec<(u64, f32)> = first.to_vec();
+            for list in rest {
+                // Two-pointer intersection of sorted keys, summing scores.
+                let mut kept = Vec::with_capacity(out.len());
+                let mut j = 0;
+                for &(key, score) in &out {
+                    while j < list.len() && list[j].0 < key {
+                        j += 1;
+                    }
+                    if j < list.len() && list[j].0 == key {
+                        kept.push((key, score + list[j].1));
                     }
                 }
-                if everywhere {
-                    out.insert(second, total);
-                }
+                out = kept;
             }
+            out
         }
         SearchMode::Union => {
-            for map in maps.into_iter().flatten() {
-                for (&second, &score) in map {
-                    *out.entry(second).or_insert(0.0) += score;
+            let mut all: Vec<(u64, f32)> = lists.iter().flat_map(|l| l.iter().copied()).collect();
+            all.sort_unstable_by_key(|h| h.0);
+            let mut out: Vec<(u64, f32)> = Vec::with_capacity(all.len());
+            for (key, score) in all {
+                match out.last_mut() {
+                    Some(last) if last.0 == key => last.1 += score,
+                    _ => out.push((key, score)),
                 }
             }
+            out
         }
     }
-    out
 }
 
 /// Merges seconds whose gap is at most `gap_buckets` into clips. Score: mean second score,
 /// slightly favouring longer clips.
-pub fn build_clips(seconds: &BTreeMap<u64, f32>, gap_buckets: u64, bucket_ms: u64) -> Vec<Clip> {
+/// `seconds` is sorted by second.
+pub fn build_clips(seconds: &[(u64, f32)], gap_buckets: u64, bucket_ms: u64) -> Vec<Clip> {
     let mut clips = Vec::new();
     let mut current: Option<(u64, u64, f64, u64)> = None; // first, last, score sum, count
     let finish = |(first, last, sum, count): (u64, u64, f64, u64), clips: &mut Vec<Clip>| {
@@ -638,7 +661,7 @@ pub fn build_clips(seconds: &BTreeMap<u64, f32>, gap_buckets: u64, bucket_ms: u6
             matches: vec![],
         });
     };
-    for (&second, &score) in seconds {
+    for &(second, score) in seconds {
         current = match current {
             Some((first, last, sum, count)) if second - last - 1 <= gap_buckets => Some((first, second, sum + f64::from(score), count + 1)),
             Some(done) => {
@@ -670,15 +693,15 @@ fn normalized_equals(raw: &str, normalized: &str) -> bool {
     expected.next().is_none()
 }
 
-fn entry_matches(entry: &BucketEntry, clause: &PlannedClause, hits: &ClauseHits) -> Option<Option<f64>> {
+fn entry_matches(entry: &BucketEntryRef, clause: &PlannedClause, hits: &ClauseHits) -> Option<Option<f64>> {
     match clause {
         PlannedClause::Label { track, label, min_confidence, .. } => {
-            let label_ok = entry.label.as_deref().is_some_and(|l| normalized_equals(l, label));
-            let track_ok = track.as_ref().is_none_or(|t| *t == entry.track);
+            let label_ok = entry.label.is_some_and(|l| normalized_equals(l, label));
+            let track_ok = track.as_ref().is_none_or(|t| t == entry.track);
             (label_ok && track_ok && entry.confidence >= *min_confidence).then_some(None)
         }
         PlannedClause::Dialogue { tokens, operator, .. } => {
-            let text = entry.text.as_deref()?;
+            let text = entry.text?;
             let words: HashSet<String> = tokenize(text).into_iter().collect();
             let ok = match operator {
                 BoolOperator::And => tokens.iter().all(|t| words.contains(t)),
@@ -687,11 +710,11 @@ fn entry_matches(entry: &BucketEntry, clause: &PlannedClause, hits: &ClauseHits)
             ok.then_some(None)
         }
         PlannedClause::Phrase { tokens, .. } => {
-            let text = entry.text.as_deref()?;
+            let text = entry.text?;
             let words: HashSet<String> = tokenize(text).into_iter().collect();
             tokens.iter().all(|t| words.contains(t)).then_some(None)
         }
-        PlannedClause::Vector { .. } => hits.vector_hits.get(&entry.annotation_id).map(|s| Some(*s)),
+        PlannedClause::Vector { .. } => hits.vector_hits.get(entry.annotation_id).map(|s| Some(*s)),
     }
 }
 
@@ -707,47 +730,50 @@ fn clip_evidence(shard: &Shard, asset_id: &str, clip: &Clip, plan: &Plan, per_cl
     let mut sampled = Vec::new();
     let mut second = first;
     while second < end {
-        if let Some(bucket) = shard.store.bucket(asset_id, second)? {
-            sampled.push(bucket);
+        if let Some(bytes) = shard.store.bucket_bytes(asset_id, second)? {
+            sampled.push(bytes);
         }
         second += stride;
     }
     if stride > 1 && end > first {
-        if let Some(bucket) = shard.store.bucket(asset_id, end - 1)? {
-            sampled.push(bucket);
+        if let Some(bytes) = shard.store.bucket_bytes(asset_id, end - 1)? {
+            sampled.push(bytes);
         }
     }
-    let matches = evidence_from(&sampled, plan, per_clause);
+    let matches = evidence_from(&sampled, plan, per_clause)?;
     let covered: HashSet<usize> = matches.iter().map(|m| m.clause).collect();
     let complete = matches.len() >= MAX_MATCHES_PER_CLIP || (0..plan.clauses.len()).all(|i| covered.contains(&i));
     if stride == 1 || complete || plan.mode == SearchMode::Union && !covered.is_empty() {
         return Ok(matches);
     }
-    let all: Vec<Bucket> = shard.store.bucket_range(asset_id, first, end)?.into_iter().map(|(_, b)| b).collect();
-    Ok(evidence_from(&all, plan, per_clause))
+    evidence_from(&shard.store.bucket_range_bytes(asset_id, first, end)?, plan, per_clause)
 }
 
-fn evidence_from(buckets: &[Bucket], plan: &Plan, per_clause: &[ClauseHits]) -> Vec<Match> {
+/// Matches of encoded buckets against the plan's clauses; strings are borrowed from the
+/// buckets and copied only for the annotations that match.
+fn evidence_from(buckets: &[sled::IVec], plan: &Plan, per_clause: &[ClauseHits]) -> Result<Vec<Match>, SearchError> {
+    let decoded: Vec<BucketRef> =
+        buckets.iter().map(|bytes| codec::decode_borrowed(BUCKET_FORMAT, bytes)).collect::<Result<_, _>>().map_err(StoreError::from)?;
     // An annotation repeats in every bucket it covers: match it against the clauses once.
     let mut seen: HashSet<&str> = HashSet::new();
     let mut matches = Vec::new();
-    for bucket in buckets {
+    for bucket in &decoded {
         for entry in &bucket.entries {
-            if !seen.insert(entry.annotation_id.as_str()) {
+            if !seen.insert(entry.annotation_id) {
                 continue;
             }
             for (i, clause) in plan.clauses.iter().enumerate() {
                 if matches.len() >= MAX_MATCHES_PER_CLIP {
-                    return matches;
+                    return Ok(matches);
                 }
                 let Some(similarity) = entry_matches(entry, clause, &per_clause[i]) else {
                     continue;
                 };
                 matches.push(Match {
-                    track: entry.track.clone(),
-                    label: entry.label.clone(),
-                    text: entry.text.clone(),
-                    annotation_id: entry.annotation_id.clone(),
+                    track: entry.track.to_string(),
+                    label: entry.label.map(str::to_string),
+                    text: entry.text.map(str::to_string),
+                    annotation_id: entry.annotation_id.to_string(),
                     confidence: entry.confidence,
                     clause: i,
                     similarity,
@@ -755,7 +781,7 @@ fn evidence_from(buckets: &[Bucket], plan: &Plan, per_clause: &[ClauseHits]) -> 
             }
         }
     }
-    matches
+    Ok(matches)
 }
 
 /// Merges shard results. Each asset lives on one shard, so this is a ranking, not a join.
@@ -802,7 +828,7 @@ mod tests {
 
     #[test]
     fn clips_merge_consecutive_seconds_with_gap_tolerance() {
-        let seconds: BTreeMap<u64, f32> = [(4, 1.0), (5, 1.0), (6, 1.0), (7, 1.0), (10, 1.0), (12, 1.0)].into_iter().collect();
+        let seconds: Vec<(u64, f32)> = vec![(4, 1.0), (5, 1.0), (6, 1.0), (7, 1.0), (10, 1.0), (12, 1.0)];
         let clips = build_clips(&seconds, 0, 1000);
         assert_eq!(clips.iter().map(|c| (c.start_ms, c.end_ms)).collect::<Vec<_>>(), vec![(4000, 8000), (10000, 11000), (12000, 13000)]);
         let clips = build_clips(&seconds, 1, 1000);

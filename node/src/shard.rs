@@ -149,6 +149,19 @@ impl Shard {
         let progress = Arc::new(Progress::default());
         let applied = store.watermark(Watermark::Applied)?;
         let fused = store.watermark(Watermark::Fused)?.min(applied);
+        if index.needs_full_reindex {
+            let started = Instant::now();
+            let docs = reindex_everything(&store, &index, options.bucket_ms, fused)?;
+            index.mark_format_current()?;
+            if docs > 0 {
+                tracing::info!(
+                    shard = id,
+                    docs,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "rebuilt the index from buckets (new index format)"
+                );
+            }
+        }
         let indexed = index.committed_watermark().min(fused);
         progress.applied.store(applied, Ordering::Release);
         progress.fused.store(fused, Ordering::Release);
@@ -622,6 +635,18 @@ pub fn sync_asset_vectors(store: &ShardStore, index: &ShardIndex, asset_id: &str
     Ok(())
 }
 
+/// Fills an empty index from the bucket store, complete through log index `fused`.
+fn reindex_everything(store: &ShardStore, index: &ShardIndex, bucket_ms: u64, fused: u64) -> Result<usize, ShardError> {
+    let mut docs = 0;
+    for (_, asset_id) in store.all_assets() {
+        sync_asset_vectors(store, index, &asset_id)?;
+        docs += index.reindex_asset(store, &asset_id, bucket_ms)?;
+    }
+    index.commit(fused, true)?;
+    store.set_watermark(Watermark::Indexed, fused)?;
+    Ok(docs)
+}
+
 /// Recreates buckets and indexes of a closed shard from its raw store (`rushes rebuild`).
 pub fn rebuild_shard(data_dir: &Path, id: ShardId, options: &ShardOptions) -> Result<(usize, usize), ShardError> {
     let dir = shard_dir(data_dir, id);
@@ -639,6 +664,7 @@ pub fn rebuild_shard(data_dir: &Path, id: ShardId, options: &ShardOptions) -> Re
         assets += 1;
     }
     index.commit(applied, true)?;
+    index.mark_format_current()?;
     store.set_watermark(Watermark::Fused, applied)?;
     store.set_watermark(Watermark::Indexed, applied)?;
     store.flush()?;

@@ -386,6 +386,23 @@ impl ShardStore {
         }
     }
 
+    /// The encoded bucket, for zero-copy decoding with `BucketRef` on the query path.
+    pub fn bucket_bytes(&self, asset_id: &str, second: u64) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.buckets.get(bucket_key(asset_id, second))?)
+    }
+
+    /// Encoded buckets of an asset in `[from_bucket, to_bucket)`.
+    pub fn bucket_range_bytes(&self, asset_id: &str, from_bucket: u64, to_bucket: u64) -> Result<Vec<sled::IVec>, StoreError> {
+        if from_bucket >= to_bucket {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::new();
+        for item in self.buckets.range(bucket_key(asset_id, from_bucket)..bucket_key(asset_id, to_bucket)) {
+            out.push(item?.1);
+        }
+        Ok(out)
+    }
+
     /// Buckets of an asset in `[from_bucket, to_bucket)`.
     pub fn bucket_range(&self, asset_id: &str, from_bucket: u64, to_bucket: u64) -> Result<Vec<(u64, Bucket)>, StoreError> {
         let mut out = Vec::new();

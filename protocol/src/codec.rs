@@ -46,6 +46,19 @@ pub fn decode<T: DeserializeOwned>(format_version: u8, bytes: &[u8]) -> Result<T
     Ok(value)
 }
 
+/// Like [`decode`], but borrows strings from `bytes` instead of allocating them.
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(format_version: u8, bytes: &'a [u8]) -> Result<T, CodecError> {
+    let (&found, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if found != format_version {
+        return Err(CodecError::UnsupportedVersion { found, expected: format_version });
+    }
+    let (value, consumed) = bincode::serde::borrow_decode_from_slice(body, config()).map_err(|e| CodecError::Decode(e.to_string()))?;
+    if consumed != body.len() {
+        return Err(CodecError::TrailingBytes { trailing: body.len() - consumed });
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

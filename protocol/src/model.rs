@@ -124,6 +124,34 @@ pub fn same_raw_content(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// A bucket entry decoded without copying its strings (the query path reads many buckets).
+/// Field order and types match [`BucketEntry`], so both decode the same bytes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BucketEntryRef<'a> {
+    #[serde(borrow)]
+    pub annotation_id: &'a str,
+    #[serde(borrow)]
+    pub track: &'a str,
+    #[serde(borrow)]
+    pub model: &'a str,
+    #[serde(borrow)]
+    pub label: Option<&'a str>,
+    #[serde(borrow)]
+    pub text: Option<&'a str>,
+    #[serde(borrow)]
+    pub language: Option<&'a str>,
+    #[serde(borrow)]
+    pub vector_space: Option<&'a str>,
+    pub confidence: f64,
+    pub coverage: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BucketRef<'a> {
+    #[serde(borrow)]
+    pub entries: Vec<BucketEntryRef<'a>>,
+}
+
 /// Lower-cases, trims and collapses white space: the form labels are matched in.
 pub fn normalize_label(label: &str) -> String {
     let mut out = String::with_capacity(label.len());
@@ -175,6 +203,27 @@ mod tests {
         assert_eq!(compare_model_versions("1.0", "1.0"), Ordering::Equal);
         assert_eq!(compare_model_versions("3", "10"), Ordering::Less);
         assert_eq!(compare_model_versions("1.0-beta", "1.0-rc"), Ordering::Less);
+    }
+
+    #[test]
+    fn borrowed_bucket_decodes_the_same_bytes() {
+        let bucket = Bucket {
+            entries: vec![BucketEntry {
+                annotation_id: "a1".into(),
+                track: "dialogue".into(),
+                model: "asr".into(),
+                label: None,
+                text: Some("we were on a break".into()),
+                language: Some("en".into()),
+                vector_space: None,
+                confidence: 0.9,
+                coverage: 0.5,
+            }],
+        };
+        let bytes = crate::codec::encode(BUCKET_FORMAT, &bucket).unwrap();
+        let borrowed: BucketRef = crate::codec::decode_borrowed(BUCKET_FORMAT, &bytes).unwrap();
+        let e = &borrowed.entries[0];
+        assert_eq!((e.annotation_id, e.text, e.label, e.coverage), ("a1", Some("we were on a break"), None, 0.5));
     }
 
     #[test]
