@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use rushes_cluster::{shard_for_asset, RaftSettings};
 use rushes_config::{Config, Metric, Quantization};
-use rushes_protocol::model::{same_raw_content, IngestItem, ShardCommand, StoredAnnotation, StoredAsset};
+use rushes_protocol::codec;
+use rushes_protocol::model::{same_raw_content, IngestItem, ShardCommand, StoredAnnotation, StoredAsset, SHARD_COMMAND_FORMAT};
 use rushes_protocol::validate::{validate_asset_id, IngestLimits, ParsedItem, VectorSpaceSpec as SpaceLimit};
 use rushes_protocol::{
     ApiError, AssetRecord, BucketAnnotationView, BucketView, BucketsReply, ErrorCode, IngestReply, SearchRequest, SearchResponse,
@@ -116,10 +117,9 @@ impl Engine {
         Duration::from_millis(self.config.limits.request_timeout_ms)
     }
 
-    /// Stores a validated batch: replies once every annotation is committed and durable.
-    pub async fn ingest(&self, items: Vec<ParsedItem>) -> Result<IngestReply, ApiError> {
-        let started = Instant::now();
-        let total = items.len();
+    /// Splits a batch into one encoded command per shard, after removing identical repeats
+    /// and refusing ids that already exist with other content.
+    fn prepare_ingest(&self, items: Vec<ParsedItem>) -> Result<PreparedIngest, ApiError> {
         // In-batch duplicates: identical ones collapse, different content under one id is a conflict.
         let mut first_seen: HashMap<(String, String), usize> = HashMap::with_capacity(items.len());
         let mut by_shard: BTreeMap<usize, (Vec<IngestItem>, Vec<usize>)> = BTreeMap::new();
@@ -164,9 +164,28 @@ impl Engine {
             entry.0.push(item);
             entry.1.push(position);
         }
-        let mut pending = Vec::with_capacity(by_shard.len());
+        let mut commands = Vec::with_capacity(by_shard.len());
         for (shard_index, (items, positions)) in by_shard {
-            let receiver = self.shards[shard_index].propose(&ShardCommand::Ingest { items })?;
+            let bytes =
+                codec::encode(SHARD_COMMAND_FORMAT, &ShardCommand::Ingest { items }).map_err(|e| ApiError::internal(e.to_string()))?;
+            commands.push((shard_index, bytes, positions));
+        }
+        Ok(PreparedIngest { commands, batch_duplicates })
+    }
+
+    /// Stores a validated batch: replies once every annotation is committed and durable.
+    pub async fn ingest(self: &Arc<Self>, items: Vec<ParsedItem>) -> Result<IngestReply, ApiError> {
+        let started = Instant::now();
+        let total = items.len();
+        // Deduplication, conflict pre-checks (sled reads) and encoding are blocking work.
+        let engine = self.clone();
+        let prepared = tokio::task::spawn_blocking(move || engine.prepare_ingest(items))
+            .await
+            .map_err(|e| ApiError::internal(format!("ingest preparation failed: {e}")))??;
+        let batch_duplicates = prepared.batch_duplicates;
+        let mut pending = Vec::with_capacity(prepared.commands.len());
+        for (shard_index, command, positions) in prepared.commands {
+            let receiver = self.shards[shard_index].propose_encoded(command)?;
             pending.push((receiver, positions));
         }
         let deadline = tokio::time::Instant::now() + self.request_timeout();
@@ -307,14 +326,20 @@ impl Engine {
     pub async fn search(self: &Arc<Self>, request: SearchRequest) -> Result<SearchResponse, ApiError> {
         let started = Instant::now();
         let mut plan = self.plan(&request)?;
-        let _permit = self
-            .search_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::overloaded("too many searches in flight; retry shortly"))?;
+        // The permit travels into every blocking task, so work that outlives a timed-out
+        // request still counts against the limit until it really ends.
+        let permit = Arc::new(
+            self.search_slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ApiError::overloaded("too many searches in flight; retry shortly"))?,
+        );
+        // One deadline for the whole request, whatever the number of shards and phases.
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let too_slow = || ApiError::new(ErrorCode::Timeout, "the search did not finish in time; retry or narrow it").with_retry_after(1);
         if request.consistency == Some(rushes_protocol::Consistency::Strong) {
             for shard in &self.shards {
-                if !shard.wait_searchable(self.request_timeout()).await {
+                if !shard.wait_searchable(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
                     return Err(ApiError::new(
                         ErrorCode::Timeout,
                         format!("shard {} did not index the latest writes in time; retry", shard.id),
@@ -329,7 +354,9 @@ impl Engine {
         if !vector_clauses.is_empty() {
             let shards = self.shards.clone();
             let phase_plan = plan.clone();
-            let similarities = tokio::task::spawn_blocking(move || -> Result<BTreeMap<usize, Vec<f64>>, search::SearchError> {
+            let phase_permit = permit.clone();
+            let phase = tokio::task::spawn_blocking(move || -> Result<BTreeMap<usize, Vec<f64>>, search::SearchError> {
+                let _permit = phase_permit;
                 let mut all: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
                 for &clause in &vector_clauses {
                     for shard in &shards {
@@ -337,10 +364,12 @@ impl Engine {
                     }
                 }
                 Ok(all)
-            })
-            .await
-            .map_err(|e| ApiError::internal(format!("vector phase failed: {e}")))?
-            .map_err(|e| ApiError::internal(format!("vector phase failed: {e}")))?;
+            });
+            let similarities = tokio::time::timeout_at(deadline, phase)
+                .await
+                .map_err(|_| too_slow())?
+                .map_err(|e| ApiError::internal(format!("vector phase failed: {e}")))?
+                .map_err(|e| ApiError::internal(format!("vector phase failed: {e}")))?;
             search::apply_global_k(&mut plan, &similarities);
         }
         let plan = Arc::new(plan);
@@ -348,13 +377,17 @@ impl Engine {
         for shard in &self.shards {
             let shard = shard.clone();
             let plan = plan.clone();
-            tasks.push(tokio::task::spawn_blocking(move || search::search_shard(&shard, &plan)));
+            let task_permit = permit.clone();
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let _permit = task_permit;
+                search::search_shard(&shard, &plan)
+            }));
         }
         let mut assets = Vec::new();
         let mut total_assets = 0;
         let mut counts = ShardCounts { total: self.shards.len(), ok: 0, failed: 0 };
         for (shard, task) in self.shards.iter().zip(tasks) {
-            match tokio::time::timeout(self.request_timeout(), task).await {
+            match tokio::time::timeout_at(deadline, task).await {
                 Ok(Ok(Ok(mut shard_hits))) => {
                     counts.ok += 1;
                     total_assets += shard_hits.total_assets;
@@ -379,7 +412,26 @@ impl Engine {
         Ok(search::merge(assets, total_assets, plan.limit, counts, took.as_millis() as u64))
     }
 
+    /// Sets the per-stage watermark and lag gauges (cheap: atomics only).
+    pub fn refresh_stage_gauges(&self) {
+        for s in &self.shards {
+            let p = &s.progress;
+            let commit = p.commit.load(Ordering::Acquire);
+            for (stage, value) in [
+                ("commit", commit),
+                ("applied", p.applied.load(Ordering::Acquire)),
+                ("fused", p.fused.load(Ordering::Acquire)),
+                ("indexed", p.indexed.load(Ordering::Acquire)),
+            ] {
+                self.metrics.stage_index.with_label_values(&[&s.id.to_string(), stage]).set(value as i64);
+                self.metrics.stage_lag_entries.with_label_values(&[&s.id.to_string(), stage]).set(commit.saturating_sub(value) as i64);
+            }
+            self.metrics.set_queue_depth(s.id, "proposals", s.queue_depth());
+        }
+    }
+
     pub fn cluster_status(&self) -> serde_json::Value {
+        self.refresh_stage_gauges();
         let shards: Vec<serde_json::Value> = self
             .shards
             .iter()
@@ -389,10 +441,6 @@ impl Engine {
                 let applied = p.applied.load(Ordering::Acquire);
                 let fused = p.fused.load(Ordering::Acquire);
                 let indexed = p.indexed.load(Ordering::Acquire);
-                for (stage, value) in [("commit", commit), ("applied", applied), ("fused", fused), ("indexed", indexed)] {
-                    self.metrics.stage_index.with_label_values(&[&s.id.to_string(), stage]).set(value as i64);
-                    self.metrics.stage_lag_entries.with_label_values(&[&s.id.to_string(), stage]).set(commit.saturating_sub(value) as i64);
-                }
                 json!({
                     "shard": s.id,
                     "replicas": [{
@@ -443,6 +491,12 @@ impl Engine {
             }
         }
     }
+}
+
+/// One encoded ingest command per shard, with the batch positions of its items.
+struct PreparedIngest {
+    commands: Vec<(usize, Vec<u8>, Vec<usize>)>,
+    batch_duplicates: usize,
 }
 
 fn conflict(item: usize, annotation_id: &str) -> ApiError {

@@ -147,7 +147,9 @@ async fn put_asset(request: HttpRequest, payload: web::Payload) -> HttpResult {
 async fn get_asset(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
     let asset_id = asset_id_from(&request, &engine)?;
-    Ok(HttpResponse::Ok().json(engine.asset_view(&asset_id)?))
+    // Decodes every annotation of the asset: blocking work.
+    let view = web::block(move || engine.asset_view(&asset_id)).await.map_err(|e| HttpError(ApiError::internal(e.to_string())))??;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 async fn get_raw_annotation(request: HttpRequest) -> HttpResult {
@@ -223,7 +225,9 @@ async fn get_suggest(request: HttpRequest) -> HttpResult {
 
 async fn get_cluster(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
-    Ok(HttpResponse::Ok().json(engine.cluster_status()))
+    // Counts buckets and documents (sled counts by scanning): blocking work.
+    let status = web::block(move || engine.cluster_status()).await.map_err(|e| HttpError(ApiError::internal(e.to_string())))?;
+    Ok(HttpResponse::Ok().json(status))
 }
 
 async fn health(request: HttpRequest) -> HttpResult {
@@ -242,8 +246,7 @@ async fn health(request: HttpRequest) -> HttpResult {
 
 async fn metrics(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
-    // Refresh the stage gauges.
-    let _ = engine.cluster_status();
+    engine.refresh_stage_gauges();
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(engine.metrics.render()))
 }
 

@@ -162,6 +162,22 @@ pub struct VectorIndex {
     /// Log index through which this file on disk is complete.
     saved_watermark: Mutex<u64>,
     dirty: Mutex<bool>,
+    /// Permits for concurrent searches (a bounded channel holding one token per slot).
+    slot_acquire: crossbeam_channel::Receiver<()>,
+    slot_release: crossbeam_channel::Sender<()>,
+}
+
+/// Concurrent searches per vector index; more wait for a permit (bounded by a deadline).
+const VECTOR_SEARCH_SLOTS: usize = 8;
+const VECTOR_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Returns the search permit when dropped.
+struct SearchSlot<'a>(&'a crossbeam_channel::Sender<()>);
+
+impl Drop for SearchSlot<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -207,10 +223,22 @@ impl VectorIndex {
             index.load(&path_text).map_err(|e| Self::vector_error(&spec, e))?;
             watermark = meta.watermark;
         }
-        if index.capacity() < 1024 {
-            index.reserve(1024).map_err(|e| Self::vector_error(&spec, e))?;
+        // Also reserves the per-thread search contexts: usearch refuses more concurrent
+        // searches than reserved, so `search` takes one of `VECTOR_SEARCH_SLOTS` permits.
+        index.reserve_capacity_and_threads(index.capacity().max(1024), VECTOR_SEARCH_SLOTS).map_err(|e| Self::vector_error(&spec, e))?;
+        let (slot_release, slot_acquire) = crossbeam_channel::bounded(VECTOR_SEARCH_SLOTS);
+        for _ in 0..VECTOR_SEARCH_SLOTS {
+            let _ = slot_release.try_send(());
         }
-        Ok(VectorIndex { spec, index: RwLock::new(index), path, saved_watermark: Mutex::new(watermark), dirty: Mutex::new(false) })
+        Ok(VectorIndex {
+            spec,
+            index: RwLock::new(index),
+            path,
+            saved_watermark: Mutex::new(watermark),
+            dirty: Mutex::new(false),
+            slot_acquire,
+            slot_release,
+        })
     }
 
     pub fn saved_watermark(&self) -> u64 {
@@ -236,7 +264,7 @@ impl VectorIndex {
         }
         if index.size() + 1 > index.capacity() {
             let grown = (index.capacity() * 2).max(1024);
-            index.reserve(grown).map_err(|e| Self::vector_error(&self.spec, e))?;
+            index.reserve_capacity_and_threads(grown, VECTOR_SEARCH_SLOTS).map_err(|e| Self::vector_error(&self.spec, e))?;
         }
         index.add(key, vector).map_err(|e| Self::vector_error(&self.spec, e))?;
         *self.dirty.lock() = true;
@@ -260,6 +288,10 @@ impl VectorIndex {
         exact: bool,
         filter: Option<&dyn Fn(u64) -> bool>,
     ) -> Result<Vec<(u64, f32)>, IndexError> {
+        self.slot_acquire
+            .recv_timeout(VECTOR_SLOT_WAIT)
+            .map_err(|_| Self::vector_error(&self.spec, "all search slots stayed busy; retry"))?;
+        let _slot = SearchSlot(&self.slot_release);
         let index = self.index.read();
         let k = k.min(index.size());
         if k == 0 {
@@ -286,7 +318,12 @@ impl VectorIndex {
     /// Saves to a temporary file, fsyncs and renames (usearch's save is not atomic), then
     /// records the watermark the file is complete through.
     pub fn save(&self, watermark: u64) -> Result<(), IndexError> {
-        if !*self.dirty.lock() {
+        // Unchanged vectors need no new file, but the watermark on disk must still move: a
+        // restart resumes from it, and the log below it may be compacted.
+        let meta_path = self.path.with_extension("meta");
+        if !*self.dirty.lock() && self.path.exists() {
+            let size = self.index.read().size() as u64;
+            write_atomically(&meta_path, &codec::encode(VECTOR_META_FORMAT, &VectorMeta { watermark, size })?)?;
             *self.saved_watermark.lock() = watermark;
             return Ok(());
         }
@@ -297,7 +334,6 @@ impl VectorIndex {
         drop(index);
         fsync_file(&temp)?;
         fs::rename(&temp, &self.path).map_err(|source| IndexError::Io { path: self.path.clone(), source })?;
-        let meta_path = self.path.with_extension("meta");
         write_atomically(&meta_path, &codec::encode(VECTOR_META_FORMAT, &VectorMeta { watermark, size })?)?;
         *self.dirty.lock() = false;
         *self.saved_watermark.lock() = watermark;
@@ -497,7 +533,7 @@ impl ShardIndex {
         for space in &self.vectors {
             let index = space.index.write();
             index.reset().map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
-            index.reserve(1024).map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
+            index.reserve_capacity_and_threads(1024, VECTOR_SEARCH_SLOTS).map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
             *space.dirty.lock() = true;
         }
         Ok(())
@@ -586,4 +622,55 @@ impl SegmentCollector for SecondsSegmentCollector {
 pub fn collect_seconds(index: &ShardIndex, query: &dyn Query) -> Result<Vec<(u64, u64, f32)>, IndexError> {
     let searcher = index.reader.searcher();
     Ok(searcher.search(query, &SecondsCollector)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dimensions: usize) -> VectorSpaceSpec {
+        VectorSpaceSpec {
+            name: "scene".into(),
+            dimensions,
+            metric: VectorMetric::Cosine,
+            quantization: VectorQuantization::F32,
+            connectivity: 16,
+            expansion_add: 64,
+            expansion_search: 32,
+        }
+    }
+
+    #[test]
+    fn saving_without_new_vectors_still_moves_the_watermark_on_disk() {
+        // A restart resumes from the watermark on disk and the log below it may be compacted:
+        // an unchanged (or never used) space must still record how far it is complete.
+        let dir = tempfile::tempdir().unwrap();
+        let index = VectorIndex::open(dir.path(), spec(4)).unwrap();
+        index.save(7).unwrap();
+        index.save(9).unwrap();
+        drop(index);
+        assert_eq!(VectorIndex::open(dir.path(), spec(4)).unwrap().saved_watermark(), 9);
+    }
+
+    #[test]
+    fn more_concurrent_searches_than_cores_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = VectorIndex::open(dir.path(), spec(8)).unwrap();
+        for key in 0..200u64 {
+            let vector: Vec<f32> = (0..8).map(|i| ((key * 7 + i) % 13) as f32 + 1.0).collect();
+            index.add(key, &vector).unwrap();
+        }
+        std::thread::scope(|scope| {
+            for thread in 0..16u64 {
+                let index = &index;
+                scope.spawn(move || {
+                    for round in 0..50u64 {
+                        let query: Vec<f32> = (0..8).map(|i| ((thread + round + i) % 5) as f32 + 1.0).collect();
+                        let hits = index.search(&query, 10, false, None).expect("search under concurrency");
+                        assert_eq!(hits.len(), 10);
+                    }
+                });
+            }
+        });
+    }
 }

@@ -33,6 +33,8 @@ pub const DEFAULT_LIMIT: usize = 20;
 pub const DEFAULT_MIN_CONFIDENCE: f64 = 0.5;
 pub const DEFAULT_VECTOR_K: usize = 100;
 const MAX_SLOP: u32 = 50;
+/// Longest silence a clip may span (10 minutes).
+pub const MAX_GAP_MS: u64 = 600_000;
 const MAX_MATCHES_PER_CLIP: usize = 50;
 
 /// Words that carry no meaning in a free-text query.
@@ -122,6 +124,9 @@ pub fn plan(request: &SearchRequest, vocabulary: &BTreeMap<String, Vec<String>>,
         if to <= from {
             return Err(invalid("filters.to_ms", format!("({to}) must be greater than filters.from_ms ({from})")));
         }
+    }
+    if request.gap_ms.is_some_and(|gap| gap > MAX_GAP_MS) {
+        return Err(invalid("gap_ms", format!("is {}; allowed 0..={MAX_GAP_MS}", request.gap_ms.unwrap_or(0))));
     }
     if let Some(min_score) = request.min_score {
         if !min_score.is_finite() {
@@ -307,7 +312,8 @@ pub enum SearchError {
 struct ClauseHits {
     /// (hit key, score), sorted by key, one entry per key; see [`hit_key`].
     hits: Vec<(u64, f32)>,
-    vector_hits: HashMap<String, f64>,
+    /// asset id → annotation id → similarity (annotation ids are unique within an asset).
+    vector_hits: HashMap<String, HashMap<String, f64>>,
 }
 
 /// One key per (asset ordinal, bucket) that sorts by asset, then time: per-asset runs and
@@ -357,7 +363,7 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError
     for clause in &plan.clauses {
         let hits = match clause {
             PlannedClause::Vector { space, k, min_similarity, vector, .. } => {
-                vector_clause_hits(shard, space, vector, *k, *min_similarity, allowed.as_ref(), from_bucket, to_bucket)?
+                vector_clause_hits(shard, space, vector, *k, *min_similarity, allowed.as_ref(), &plan.filters, from_bucket, to_bucket)?
             }
             _ => {
                 let query = text_query(
@@ -391,7 +397,8 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError
         let seconds: Vec<(u64, f32)> = run.iter().map(|&(key, score)| (hit_second(key), score)).collect();
         let mut clips = build_clips(&seconds, plan.gap_ms / bucket_ms, bucket_ms);
         clips.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
-        clips.truncate(plan.per_asset);
+        // Twice as many as returned: confidence weighting and min_score can reorder the top.
+        clips.truncate(plan.per_asset * 2);
         ranked.push((clips[0].score, asset_id, clips));
     }
     let total_assets = ranked.len();
@@ -416,6 +423,7 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError
             finished.push(clip);
         }
         finished.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
+        finished.truncate(plan.per_asset);
         if finished.is_empty() {
             continue;
         }
@@ -529,6 +537,35 @@ fn text_query(
     Box::new(BooleanQuery::new(filters))
 }
 
+/// Most (asset, bucket) hits one vector clause may expand to (k annotations of up to 24 h).
+const VECTOR_HITS_MAX: usize = 2_000_000;
+
+/// The `k` nearest vectors of a space on this shard, restricted to the allowed assets and to
+/// annotations overlapping the time filter (inside the ANN search, so k is not spent on hits
+/// that would be dropped).
+fn nearest_vectors(
+    shard: &Shard,
+    index: &crate::index::VectorIndex,
+    vector: &[f32],
+    k: usize,
+    allowed: Option<&HashSet<u64>>,
+    filters: &Filters,
+) -> Result<Vec<(u64, f32)>, SearchError> {
+    let store = &shard.store;
+    let (from_ms, to_ms) = (filters.from_ms, filters.to_ms);
+    let restricted = allowed.is_some() || from_ms.is_some() || to_ms.is_some();
+    let predicate = |key: u64| -> bool {
+        match vector_target(store, key) {
+            Ok(Some(target)) => {
+                let in_time = from_ms.is_none_or(|from| target.end_ms > from) && to_ms.is_none_or(|to| target.start_ms < to);
+                in_time && allowed.is_none_or(|a| store.asset_ordinal(&target.asset_id).ok().flatten().is_some_and(|o| a.contains(&o)))
+            }
+            _ => false,
+        }
+    };
+    Ok(if restricted { index.search(vector, k, false, Some(&predicate))? } else { index.search(vector, k, false, None)? })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn vector_clause_hits(
     shard: &Shard,
@@ -537,39 +574,34 @@ fn vector_clause_hits(
     k: usize,
     min_similarity: Option<f64>,
     allowed: Option<&HashSet<u64>>,
+    filters: &Filters,
     from_bucket: u64,
     to_bucket: u64,
 ) -> Result<ClauseHits, SearchError> {
     let mut second_hits: Vec<(u64, f32)> = Vec::new();
-    let mut vector_hits = HashMap::new();
+    let mut vector_hits: HashMap<String, HashMap<String, f64>> = HashMap::new();
     let Some(space) = shard.index.vector_space(space_name) else {
         return Ok(ClauseHits { hits: second_hits, vector_hits });
     };
-    let store = &shard.store;
-    let predicate = |key: u64| -> bool {
-        let Some(allowed) = allowed else { return true };
-        match vector_target(store, key) {
-            Ok(Some(target)) => store.asset_ordinal(&target.asset_id).ok().flatten().is_some_and(|o| allowed.contains(&o)),
-            _ => false,
-        }
-    };
-    let hits = if allowed.is_some() { space.search(vector, k, false, Some(&predicate))? } else { space.search(vector, k, false, None)? };
-    for (key, distance) in hits {
+    for (key, distance) in nearest_vectors(shard, space, vector, k, allowed, filters)? {
         let similarity = space.similarity(distance);
         if min_similarity.is_some_and(|min| similarity < min) {
             continue;
         }
-        let Some(target) = vector_target(store, key)? else {
+        let Some(target) = vector_target(&shard.store, key)? else {
             continue;
         };
-        let Some(ordinal) = store.asset_ordinal(&target.asset_id)? else {
+        let Some(ordinal) = shard.store.asset_ordinal(&target.asset_id)? else {
             continue;
         };
         let first = (target.start_ms / shard.bucket_ms).max(from_bucket);
         let last = ((target.end_ms - 1) / shard.bucket_ms).min(to_bucket.saturating_sub(1));
+        if first > last || second_hits.len() + (last - first + 1) as usize > VECTOR_HITS_MAX {
+            continue;
+        }
         let score = similarity.max(0.0) as f32;
         second_hits.extend((first..=last).map(|second| (hit_key(ordinal, second), score)));
-        vector_hits.insert(target.annotation_id, similarity);
+        vector_hits.entry(target.asset_id).or_default().insert(target.annotation_id, similarity);
     }
     Ok(ClauseHits { hits: sorted_unique(second_hits), vector_hits })
 }
@@ -580,16 +612,10 @@ pub fn shard_vector_similarities(shard: &Shard, plan: &Plan, clause_index: usize
     let Some(PlannedClause::Vector { space, k, vector, .. }) = plan.clauses.get(clause_index) else { return Ok(vec![]) };
     let Some(index) = shard.index.vector_space(space) else { return Ok(vec![]) };
     let allowed = allowed_assets(shard, &plan.filters)?;
-    let store = &shard.store;
-    let predicate = |key: u64| -> bool {
-        let Some(allowed) = allowed.as_ref() else { return true };
-        match vector_target(store, key) {
-            Ok(Some(target)) => store.asset_ordinal(&target.asset_id).ok().flatten().is_some_and(|o| allowed.contains(&o)),
-            _ => false,
-        }
-    };
-    let hits =
-        if allowed.is_some() { index.search(vector, *k, false, Some(&predicate))? } else { index.search(vector, *k, false, None)? };
+    if allowed.as_ref().is_some_and(|a| a.is_empty()) {
+        return Ok(vec![]);
+    }
+    let hits = nearest_vectors(shard, index, vector, *k, allowed.as_ref(), &plan.filters)?;
     Ok(hits.into_iter().map(|(_, distance)| index.similarity(distance)).collect())
 }
 
@@ -693,7 +719,7 @@ fn normalized_equals(raw: &str, normalized: &str) -> bool {
     expected.next().is_none()
 }
 
-fn entry_matches(entry: &BucketEntryRef, clause: &PlannedClause, hits: &ClauseHits) -> Option<Option<f64>> {
+fn entry_matches(asset_id: &str, entry: &BucketEntryRef, clause: &PlannedClause, hits: &ClauseHits) -> Option<Option<f64>> {
     match clause {
         PlannedClause::Label { track, label, min_confidence, .. } => {
             let label_ok = entry.label.is_some_and(|l| normalized_equals(l, label));
@@ -714,7 +740,7 @@ fn entry_matches(entry: &BucketEntryRef, clause: &PlannedClause, hits: &ClauseHi
             let words: HashSet<String> = tokenize(text).into_iter().collect();
             tokens.iter().all(|t| words.contains(t)).then_some(None)
         }
-        PlannedClause::Vector { .. } => hits.vector_hits.get(entry.annotation_id).map(|s| Some(*s)),
+        PlannedClause::Vector { .. } => hits.vector_hits.get(asset_id).and_then(|ids| ids.get(entry.annotation_id)).map(|s| Some(*s)),
     }
 }
 
@@ -740,18 +766,18 @@ fn clip_evidence(shard: &Shard, asset_id: &str, clip: &Clip, plan: &Plan, per_cl
             sampled.push(bytes);
         }
     }
-    let matches = evidence_from(&sampled, plan, per_clause)?;
+    let matches = evidence_from(asset_id, &sampled, plan, per_clause)?;
     let covered: HashSet<usize> = matches.iter().map(|m| m.clause).collect();
     let complete = matches.len() >= MAX_MATCHES_PER_CLIP || (0..plan.clauses.len()).all(|i| covered.contains(&i));
     if stride == 1 || complete || plan.mode == SearchMode::Union && !covered.is_empty() {
         return Ok(matches);
     }
-    evidence_from(&shard.store.bucket_range_bytes(asset_id, first, end)?, plan, per_clause)
+    evidence_from(asset_id, &shard.store.bucket_range_bytes(asset_id, first, end)?, plan, per_clause)
 }
 
 /// Matches of encoded buckets against the plan's clauses; strings are borrowed from the
 /// buckets and copied only for the annotations that match.
-fn evidence_from(buckets: &[sled::IVec], plan: &Plan, per_clause: &[ClauseHits]) -> Result<Vec<Match>, SearchError> {
+fn evidence_from(asset_id: &str, buckets: &[sled::IVec], plan: &Plan, per_clause: &[ClauseHits]) -> Result<Vec<Match>, SearchError> {
     let decoded: Vec<BucketRef> =
         buckets.iter().map(|bytes| codec::decode_borrowed(BUCKET_FORMAT, bytes)).collect::<Result<_, _>>().map_err(StoreError::from)?;
     // An annotation repeats in every bucket it covers: match it against the clauses once.
@@ -766,7 +792,7 @@ fn evidence_from(buckets: &[sled::IVec], plan: &Plan, per_clause: &[ClauseHits])
                 if matches.len() >= MAX_MATCHES_PER_CLIP {
                     return Ok(matches);
                 }
-                let Some(similarity) = entry_matches(entry, clause, &per_clause[i]) else {
+                let Some(similarity) = entry_matches(asset_id, entry, clause, &per_clause[i]) else {
                     continue;
                 };
                 matches.push(Match {

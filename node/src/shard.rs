@@ -189,6 +189,8 @@ impl Shard {
         });
 
         let raft_stage = RaftStage {
+            node_id: options.node_id,
+            boot_nonce: rand::random(),
             shard: id,
             driver,
             store: store.clone(),
@@ -238,10 +240,15 @@ impl Shard {
 
     /// Queues a command for the Raft group. Never blocks: a full queue is `Overloaded`.
     pub fn propose(&self, command: &ShardCommand) -> Result<tokio::sync::oneshot::Receiver<Result<ApplyOutcome, ApiError>>, ApiError> {
+        let bytes = codec::encode(SHARD_COMMAND_FORMAT, command).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.propose_encoded(bytes)
+    }
+
+    /// Like [`Shard::propose`] for a command already encoded (off the async threads).
+    pub fn propose_encoded(&self, bytes: Vec<u8>) -> Result<tokio::sync::oneshot::Receiver<Result<ApplyOutcome, ApiError>>, ApiError> {
         if self.progress.failed.load(Ordering::Acquire) {
             return Err(ApiError::unavailable(format!("shard {} stopped after a storage failure; see the node log", self.id)));
         }
-        let bytes = codec::encode(SHARD_COMMAND_FORMAT, command).map_err(|e| ApiError::internal(e.to_string()))?;
         let (reply, receiver) = tokio::sync::oneshot::channel();
         match self.proposals.try_send(Proposal { command: bytes, reply }) {
             Ok(()) => Ok(receiver),
@@ -281,7 +288,35 @@ fn spawn_stage(name: String, body: impl FnOnce() + Send + 'static) -> JoinHandle
     std::thread::Builder::new().name(name.clone()).spawn(body).unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
 }
 
+/// Proposal context: (node id, boot nonce, counter). A committed entry answers a waiter only
+/// if this very process proposed it: entries replayed from an earlier run, or proposed by
+/// another node, carry another node id or nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProposalTag {
+    node: NodeId,
+    boot_nonce: u64,
+    counter: u64,
+}
+
+impl ProposalTag {
+    fn encode(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        out.extend_from_slice(&self.node.to_be_bytes());
+        out.extend_from_slice(&self.boot_nonce.to_be_bytes());
+        out.extend_from_slice(&self.counter.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<ProposalTag> {
+        let word = |i: usize| bytes.get(i * 8..i * 8 + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+        (bytes.len() == 24).then_some(())?;
+        Some(ProposalTag { node: word(0)?, boot_nonce: word(1)?, counter: word(2)? })
+    }
+}
+
 struct RaftStage {
+    node_id: NodeId,
+    boot_nonce: u64,
     shard: ShardId,
     driver: RaftDriver<SledLogStore>,
     store: Arc<ShardStore>,
@@ -335,7 +370,8 @@ impl RaftStage {
             for proposal in batch.drain(..) {
                 let id = next_proposal_id;
                 next_proposal_id += 1;
-                match self.driver.propose(id.to_be_bytes().to_vec(), proposal.command) {
+                let tag = ProposalTag { node: self.node_id, boot_nonce: self.boot_nonce, counter: id };
+                match self.driver.propose(tag.encode(), proposal.command) {
                     Ok(()) => {
                         waiters.insert(id, Waiter { reply: proposal.reply, proposed_at: Instant::now() });
                     }
@@ -367,6 +403,7 @@ impl RaftStage {
             let store = &self.store;
             let progress = &self.progress;
             let metrics = &self.metrics;
+            let (node_id, boot_nonce) = (self.node_id, self.boot_nonce);
             let outcome = self.driver.run_ready(&mut |entry| {
                 let command: ShardCommand = codec::decode(SHARD_COMMAND_FORMAT, &entry.data).map_err(|e| e.to_string())?;
                 let result = match &command {
@@ -377,8 +414,8 @@ impl RaftStage {
                     }
                 };
                 progress.record_applied(entry.index);
-                if let Ok(bytes) = <[u8; 8]>::try_from(entry.context.as_ref()) {
-                    if let Some(waiter) = waiters.remove(&u64::from_be_bytes(bytes)) {
+                if let Some(tag) = ProposalTag::decode(&entry.context).filter(|t| t.node == node_id && t.boot_nonce == boot_nonce) {
+                    if let Some(waiter) = waiters.remove(&tag.counter) {
                         metrics.commit_seconds.observe(waiter.proposed_at.elapsed().as_secs_f64());
                         let _ = waiter.reply.send(Ok(result));
                     }
@@ -449,11 +486,30 @@ impl FusionStage {
     fn run(self) {
         while !self.stop.load(Ordering::Acquire) {
             let _ = self.bell.recv_timeout(Duration::from_millis(200));
-            if let Err(e) = self.catch_up() {
+            let result = match self.catch_up() {
+                Err(ShardError::MissingEntry(index)) => {
+                    // Heal from the raw store, of which fusion is a pure function.
+                    tracing::warn!(shard = self.shard, missing = index, "log entry missing; re-fusing the shard from its raw store");
+                    self.refuse_everything()
+                }
+                other => other,
+            };
+            if let Err(e) = result {
                 tracing::error!(shard = self.shard, error = %e, "fusion failed; retrying");
                 std::thread::park_timeout(Duration::from_secs(1));
             }
         }
+    }
+
+    fn refuse_everything(&self) -> Result<(), ShardError> {
+        let applied = self.progress.applied.load(Ordering::Acquire);
+        for (_, asset_id) in self.store.all_assets() {
+            refuse_asset(&self.store, &asset_id, &AffectedBuckets::All, self.bucket_ms)?;
+        }
+        self.store.set_watermark(Watermark::Fused, applied)?;
+        self.progress.fused.store(applied, Ordering::Release);
+        let _ = self.index_bell.try_send(());
+        Ok(())
     }
 
     fn catch_up(&self) -> Result<(), ShardError> {
@@ -509,6 +565,25 @@ impl IndexStage {
             }
             match self.catch_up(processed, stopping) {
                 Ok(done) => processed = done,
+                Err(ShardError::MissingEntry(index)) => {
+                    // The log no longer holds what this stage needs (compaction waits for the
+                    // durable watermarks, so this is a bug or a damaged disk): heal from the
+                    // bucket store instead of stalling.
+                    let fused = self.progress.fused.load(Ordering::Acquire);
+                    tracing::warn!(shard = self.shard, missing = index, fused, "log entry missing; reindexing the shard from its buckets");
+                    match reindex_everything(&self.store, &self.index, self.bucket_ms, fused) {
+                        Ok(_) => {
+                            processed = fused;
+                            self.progress.indexed.store(fused, Ordering::Release);
+                            self.indexed_tx.send_replace(fused);
+                        }
+                        Err(e) => {
+                            tracing::error!(shard = self.shard, error = %e, "reindexing failed; retrying");
+                            std::thread::park_timeout(Duration::from_secs(1));
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(shard = self.shard, error = %e, "indexing failed; retrying");
                     std::thread::park_timeout(Duration::from_secs(1));
@@ -521,11 +596,15 @@ impl IndexStage {
                 || (vectors_due && self.index.vectors.iter().any(|v| v.saved_watermark() < processed));
             if commit_due && needs_commit {
                 let started = Instant::now();
-                match self
-                    .index
-                    .commit(processed, vectors_due)
-                    .and_then(|()| Ok(self.store.set_watermark(Watermark::Indexed, processed)?))
-                {
+                // Vector targets live in sled: make them durable before the vector files that
+                // point at them, or a crash could keep a vector whose target is gone.
+                let committed = self
+                    .store
+                    .flush()
+                    .map_err(IndexError::from)
+                    .and_then(|()| self.index.commit(processed, vectors_due))
+                    .and_then(|()| Ok(self.store.set_watermark(Watermark::Indexed, processed)?));
+                match committed {
                     Ok(()) => {
                         self.metrics.index_commit_seconds.observe(started.elapsed().as_secs_f64());
                         self.progress.indexed.store(processed, Ordering::Release);
@@ -669,4 +748,17 @@ pub fn rebuild_shard(data_dir: &Path, id: ShardId, options: &ShardOptions) -> Re
     store.set_watermark(Watermark::Indexed, applied)?;
     store.flush()?;
     Ok((assets, docs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proposal_tags_round_trip_and_reject_other_shapes() {
+        let tag = ProposalTag { node: 3, boot_nonce: 0xfeed, counter: 42 };
+        assert_eq!(ProposalTag::decode(&tag.encode()), Some(tag));
+        assert_eq!(ProposalTag::decode(&42u64.to_be_bytes()), None, "an 8-byte context from an older format is not ours");
+        assert_eq!(ProposalTag::decode(&[]), None);
+    }
 }

@@ -14,6 +14,7 @@ use rushes_protocol::model::{
     normalize_label, same_raw_content, Bucket, IngestItem, StoredAnnotation, StoredAsset, ASSET_FORMAT, BUCKET_FORMAT,
     STORED_ANNOTATION_FORMAT,
 };
+use sled::Transactional;
 
 const VECTOR_FORMAT: u8 = 1;
 
@@ -295,8 +296,18 @@ impl ShardStore {
             return be_u64(&ord);
         }
         let ordinal = self.ordinal_cache.read().len() as u64 + 1;
-        self.ordinal_assets.insert(ordinal.to_be_bytes(), asset_id.as_bytes())?;
-        self.asset_ordinals.insert(asset_id.as_bytes(), &ordinal.to_be_bytes())?;
+        // Both directions in one transaction: a crash between them would leave an ordinal
+        // that a replay assigns a second time.
+        (&self.ordinal_assets, &self.asset_ordinals)
+            .transaction(|(by_ordinal, by_asset)| {
+                by_ordinal.insert(&ordinal.to_be_bytes(), asset_id.as_bytes())?;
+                by_asset.insert(asset_id.as_bytes(), &ordinal.to_be_bytes())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Io(e),
+                sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt("ordinal transaction aborted".into()),
+            })?;
         self.ordinal_cache.write().insert(ordinal, asset_id.to_string());
         Ok(ordinal)
     }
