@@ -373,40 +373,65 @@ impl Engine {
             search::apply_global_k(&mut plan, &similarities);
         }
         let plan = Arc::new(plan);
+        // Phase one on every shard: candidates ranked from the index alone.
         let mut tasks = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
-            let shard = shard.clone();
-            let plan = plan.clone();
-            let task_permit = permit.clone();
+            let (shard, plan, task_permit) = (shard.clone(), plan.clone(), permit.clone());
             tasks.push(tokio::task::spawn_blocking(move || {
                 let _permit = task_permit;
-                search::search_shard(&shard, &plan)
+                search::shard_candidates(&shard, &plan)
             }));
         }
-        let mut assets = Vec::new();
+        let mut failed = vec![false; self.shards.len()];
+        let mut candidates: Vec<Option<Arc<search::ShardCandidates>>> = Vec::with_capacity(self.shards.len());
         let mut total_assets = 0;
-        let mut counts = ShardCounts { total: self.shards.len(), ok: 0, failed: 0 };
-        for (shard, task) in self.shards.iter().zip(tasks) {
+        for (position, task) in tasks.into_iter().enumerate() {
+            let shard_id = self.shards[position].id;
             match tokio::time::timeout_at(deadline, task).await {
-                Ok(Ok(Ok(mut shard_hits))) => {
-                    counts.ok += 1;
-                    total_assets += shard_hits.total_assets;
-                    assets.append(&mut shard_hits.assets);
+                Ok(Ok(Ok(shard_candidates))) => {
+                    total_assets += shard_candidates.total_assets;
+                    candidates.push(Some(Arc::new(shard_candidates)));
+                    continue;
                 }
-                Ok(Ok(Err(e))) => {
-                    tracing::error!(shard = shard.id, error = %e, "shard search failed");
-                    counts.failed += 1;
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(shard = shard.id, error = %e, "shard search panicked");
-                    counts.failed += 1;
-                }
-                Err(_) => {
-                    tracing::warn!(shard = shard.id, "shard search timed out");
-                    counts.failed += 1;
-                }
+                Ok(Ok(Err(e))) => tracing::error!(shard = shard_id, error = %e, "shard search failed"),
+                Ok(Err(e)) => tracing::error!(shard = shard_id, error = %e, "shard search panicked"),
+                Err(_) => tracing::warn!(shard = shard_id, "shard search timed out"),
             }
+            failed[position] = true;
+            candidates.push(None);
         }
+        // Phase two only for the assets that make the global top `limit`: evidence costs bucket
+        // reads, and each shard would otherwise pay for `limit` assets of its own.
+        let keep = search::choose_assets(&candidates, plan.limit);
+        let mut finishing = Vec::new();
+        for (position, keep) in keep.into_iter().enumerate() {
+            let Some(shard_candidates) = candidates[position].clone() else { continue };
+            if keep.is_empty() {
+                continue;
+            }
+            let (shard, plan, task_permit) = (self.shards[position].clone(), plan.clone(), permit.clone());
+            let task = tokio::task::spawn_blocking(move || {
+                let _permit = task_permit;
+                search::finish_assets(&shard, &plan, &shard_candidates, &keep)
+            });
+            finishing.push((position, task));
+        }
+        let mut assets = Vec::new();
+        for (position, task) in finishing {
+            let shard_id = self.shards[position].id;
+            match tokio::time::timeout_at(deadline, task).await {
+                Ok(Ok(Ok(mut shard_assets))) => {
+                    assets.append(&mut shard_assets);
+                    continue;
+                }
+                Ok(Ok(Err(e))) => tracing::error!(shard = shard_id, error = %e, "shard evidence failed"),
+                Ok(Err(e)) => tracing::error!(shard = shard_id, error = %e, "shard evidence panicked"),
+                Err(_) => tracing::warn!(shard = shard_id, "shard evidence timed out"),
+            }
+            failed[position] = true;
+        }
+        let failed_count = failed.iter().filter(|f| **f).count();
+        let counts = ShardCounts { total: self.shards.len(), ok: self.shards.len() - failed_count, failed: failed_count };
         let took = started.elapsed();
         self.metrics.query_seconds.with_label_values(&["search"]).observe(took.as_secs_f64());
         Ok(search::merge(assets, total_assets, plan.limit, counts, took.as_millis() as u64))

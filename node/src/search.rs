@@ -346,16 +346,21 @@ fn sorted_unique(mut hits: Vec<(u64, f32)>) -> Vec<(u64, f32)> {
 
 /// Runs a plan on one shard and returns its best clips per asset.
 /// One shard's answer: its best `limit` assets, and how many assets had any clip.
-pub struct ShardHits {
-    pub assets: Vec<AssetHits>,
+/// Phase one of a shard's search: its best `limit` assets with candidate clips scored from
+/// the index alone, and the clause hits needed to attach evidence later.
+pub struct ShardCandidates {
+    /// (index score, asset id, candidate clips best first), best asset first.
+    pub ranked: Vec<(f64, String, Vec<Clip>)>,
+    /// Assets with any clip on this shard, before `limit`.
     pub total_assets: usize,
+    per_clause: Vec<ClauseHits>,
 }
 
-pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> {
+pub fn shard_candidates(shard: &Shard, plan: &Plan) -> Result<ShardCandidates, SearchError> {
     let bucket_ms = shard.bucket_ms;
     let allowed = allowed_assets(shard, &plan.filters)?;
     if allowed.as_ref().is_some_and(|a| a.is_empty()) {
-        return Ok(ShardHits { assets: vec![], total_assets: 0 });
+        return Ok(ShardCandidates { ranked: vec![], total_assets: 0, per_clause: vec![] });
     }
     let from_bucket = plan.filters.from_ms.map(|ms| ms / bucket_ms).unwrap_or(0);
     let to_bucket = plan.filters.to_ms.map(|ms| ms.div_ceil(bucket_ms)).unwrap_or(u64::MAX);
@@ -404,12 +409,26 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError
     let total_assets = ranked.len();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     ranked.truncate(plan.limit);
-    let mut assets = Vec::with_capacity(ranked.len());
-    for (_, asset_id, clips) in ranked {
+    Ok(ShardCandidates { ranked, total_assets, per_clause })
+}
+
+/// Phase two, for the assets the coordinator kept: evidence (bucket reads), confidence
+/// weighting, `min_score` and `per_asset`. Only the globally best `limit` assets pay for it.
+pub fn finish_assets(
+    shard: &Shard,
+    plan: &Plan,
+    candidates: &ShardCandidates,
+    keep: &HashSet<String>,
+) -> Result<Vec<AssetHits>, SearchError> {
+    let per_clause = &candidates.per_clause;
+    let mut assets = Vec::with_capacity(keep.len());
+    for (_, asset_id, clips) in candidates.ranked.iter().filter(|(_, id, _)| keep.contains(id)) {
+        let asset_id = asset_id.clone();
         let mut finished = Vec::with_capacity(clips.len());
-        for mut clip in clips {
+        for clip in clips {
+            let mut clip = clip.clone();
             // The clip's score is weighted by the mean confidence of its evidence.
-            let evidence = clip_evidence(shard, &asset_id, &clip, plan, &per_clause)?;
+            let evidence = clip_evidence(shard, &asset_id, &clip, plan, per_clause)?;
             if !evidence.is_empty() {
                 let mean_confidence = evidence.iter().map(|m| m.confidence).sum::<f64>() / evidence.len() as f64;
                 clip.score *= mean_confidence;
@@ -438,7 +457,24 @@ pub fn search_shard(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError
             clips: finished,
         });
     }
-    Ok(ShardHits { assets, total_assets })
+    Ok(assets)
+}
+
+/// The coordinator's choice between phases: the `limit` best assets over all shards, by
+/// index score (ties by asset id), as (shard position, asset ids to finish).
+pub fn choose_assets(candidates: &[Option<std::sync::Arc<ShardCandidates>>], limit: usize) -> Vec<HashSet<String>> {
+    let mut all: Vec<(f64, &str, usize)> = Vec::new();
+    for (position, shard) in candidates.iter().enumerate() {
+        for (score, asset_id, _) in shard.iter().flat_map(|c| c.ranked.iter()) {
+            all.push((*score, asset_id.as_str(), position));
+        }
+    }
+    all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let mut keep: Vec<HashSet<String>> = vec![HashSet::new(); candidates.len()];
+    for (_, asset_id, position) in all.into_iter().take(limit) {
+        keep[position].insert(asset_id.to_string());
+    }
+    keep
 }
 
 fn allowed_assets(shard: &Shard, filters: &Filters) -> Result<Option<HashSet<u64>>, SearchError> {
@@ -843,6 +879,26 @@ mod tests {
         assert!(matches!(&clauses[3], PlannedClause::Dialogue { tokens, .. } if tokens == &vec!["pizza".to_string()]));
         let (clauses, _) = understand_query("kitchens", &vocabulary());
         assert!(matches!(&clauses[0], PlannedClause::Label { label, .. } if label == "kitchen"));
+    }
+
+    #[test]
+    fn coordinator_keeps_the_global_best_assets_only() {
+        let shard = |assets: &[(f64, &str)]| {
+            Some(std::sync::Arc::new(ShardCandidates {
+                ranked: assets.iter().map(|(score, id)| (*score, id.to_string(), vec![])).collect(),
+                total_assets: assets.len(),
+                per_clause: vec![],
+            }))
+        };
+        let candidates = vec![shard(&[(0.9, "a1"), (0.5, "a2")]), None, shard(&[(0.9, "b1"), (0.8, "b2"), (0.1, "b3")])];
+        let keep = choose_assets(&candidates, 3);
+        let names = |i: usize| {
+            let mut v: Vec<&str> = keep[i].iter().map(String::as_str).collect();
+            v.sort();
+            v
+        };
+        // Ties on score go to the smaller asset id: a1 before b1.
+        assert_eq!((names(0), names(1), names(2)), (vec!["a1"], vec![], vec!["b1", "b2"]));
     }
 
     #[test]
