@@ -21,6 +21,8 @@ pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
 pub const LOAD_BATCH_LINES: usize = 2_000;
 /// Batches in flight at once while loading (they group-commit together).
 const LOAD_IN_FLIGHT: usize = 8;
+/// Attempts per batch on back-pressure (backoff up to 1 s: about a minute in all).
+const LOAD_ATTEMPTS_MAX: u32 = 64;
 
 pub fn sample_dir(data_dir: &Path, config: &GenConfig) -> PathBuf {
     data_dir.join(format!("sample-{}h-seed{}", config.hours, config.seed))
@@ -52,15 +54,20 @@ pub fn ensure_sample(dir: &Path, config: &GenConfig, quiet: bool) -> Result<(), 
 }
 
 pub fn progress_bar(length: u64, message: &'static str, quiet: bool) -> ProgressBar {
+    styled_bar(length, message, quiet, "{msg:28} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+}
+
+/// A bar counting bytes of a file: its length comes from metadata, with no pass to count lines.
+pub fn byte_progress_bar(length: u64, message: &'static str, quiet: bool) -> ProgressBar {
+    styled_bar(length, message, quiet, "{msg:28} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
+}
+
+fn styled_bar(length: u64, message: &'static str, quiet: bool, template: &str) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(length);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:28} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
     bar.set_message(message);
     bar
 }
@@ -76,9 +83,9 @@ pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Resul
         let record: AssetRecord = serde_json::from_value(value)?;
         engine.upsert_asset(&asset_id, record).await.map_err(|e| e.message)?;
     }
-    let total_lines = BufReader::new(std::fs::File::open(dir.join("annotations.ndjson"))?).lines().count() as u64;
-    let bar = progress_bar(total_lines, "ingesting annotations", quiet);
-    let mut reader = BufReader::new(std::fs::File::open(dir.join("annotations.ndjson"))?);
+    let annotations_path = dir.join("annotations.ndjson");
+    let bar = byte_progress_bar(std::fs::metadata(&annotations_path)?.len(), "ingesting annotations", quiet);
+    let mut reader = BufReader::new(std::fs::File::open(&annotations_path)?);
     let mut in_flight = tokio::task::JoinSet::new();
     let mut loaded = 0u64;
     loop {
@@ -98,29 +105,37 @@ pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Resul
         }
         while in_flight.len() >= LOAD_IN_FLIGHT {
             if let Some(done) = in_flight.join_next().await {
-                loaded += done??;
-                bar.set_position(loaded);
+                let (count, bytes) = done??;
+                loaded += count;
+                bar.inc(bytes);
             }
         }
         let engine = engine.clone();
         let limits = engine.ingest_limits.clone();
+        let bytes = chunk.len() as u64;
         in_flight.spawn(async move {
             let items =
                 tokio::task::spawn_blocking(move || parse_batch(&chunk, BodyFormat::Ndjson, &limits)).await?.map_err(|e| e.message)?;
             let count = items.len() as u64;
-            // Retry on back-pressure, as any client would.
-            loop {
+            // Retry on back-pressure, as any client would, with backoff and a bounded count.
+            let mut pause = Duration::from_millis(20);
+            for _ in 0..LOAD_ATTEMPTS_MAX {
                 match engine.ingest(items.clone()).await {
-                    Ok(_) => return Ok::<u64, DemoError>(count),
-                    Err(e) if e.code.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Ok(_) => return Ok::<(u64, u64), DemoError>((count, bytes)),
+                    Err(e) if e.code.is_retryable() => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
                     Err(e) => return Err(e.message.into()),
                 }
             }
+            Err(format!("a batch was still refused after {LOAD_ATTEMPTS_MAX} attempts; the node is overloaded").into())
         });
     }
     while let Some(done) = in_flight.join_next().await {
-        loaded += done??;
-        bar.set_position(loaded);
+        let (count, bytes) = done??;
+        loaded += count;
+        bar.inc(bytes);
     }
     bar.finish_and_clear();
     Ok(loaded)

@@ -148,18 +148,15 @@ impl Engine {
         }
         // Check stored ids before proposing, so a conflict normally stores nothing anywhere.
         // The shard re-checks when applying (authoritative, for concurrent writers).
-        for (position, item) in &kept {
-            let shard = self.shard_of(&item.annotation.asset_id);
-            if let Some(existing_raw) =
-                shard.store.raw_annotation(&item.annotation.asset_id, &item.annotation.id).map_err(|e| ApiError::internal(e.to_string()))?
-            {
-                if !same_raw_content(&existing_raw, &item.raw_json) {
-                    return Err(conflict(*position, &item.annotation.id));
-                }
-            }
-        }
         for (position, item) in kept {
             let shard_index = shard_for_asset(&item.annotation.asset_id, self.shards.len() as u32) as usize;
+            let existing_raw = self.shards[shard_index]
+                .store
+                .raw_annotation(&item.annotation.asset_id, &item.annotation.id)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            if existing_raw.is_some_and(|raw| !same_raw_content(&raw, &item.raw_json)) {
+                return Err(conflict(position, &item.annotation.id));
+            }
             let entry = by_shard.entry(shard_index).or_default();
             entry.0.push(item);
             entry.1.push(position);

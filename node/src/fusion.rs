@@ -27,13 +27,6 @@ impl AffectedBuckets {
             (AffectedBuckets::Some(mine), AffectedBuckets::Some(theirs)) => mine.extend(theirs),
         }
     }
-
-    pub fn contains(&self, bucket: u64) -> bool {
-        match self {
-            AffectedBuckets::All => true,
-            AffectedBuckets::Some(set) => set.contains(&bucket),
-        }
-    }
 }
 
 /// Buckets `[first, last]` that the half-open interval `[start_ms, end_ms)` touches.

@@ -339,10 +339,6 @@ impl VectorIndex {
         *self.saved_watermark.lock() = watermark;
         Ok(())
     }
-
-    pub fn memory_bytes(&self) -> usize {
-        self.index.read().memory_usage()
-    }
 }
 
 fn fsync_file(path: &Path) -> Result<(), IndexError> {
@@ -437,14 +433,14 @@ impl ShardIndex {
     }
 
     /// Replaces the documents of `seconds` of one asset with its current buckets.
-    pub fn reindex_seconds(&self, store: &ShardStore, asset_id: &str, seconds: &[u64], bucket_ms: u64) -> Result<usize, IndexError> {
+    pub fn reindex_seconds(&self, store: &ShardStore, asset_id: &str, seconds: &[u64]) -> Result<usize, IndexError> {
         let writer = self.writer.lock();
         let context = DocContext::load(store, asset_id)?;
         let mut written = 0;
         for &second in seconds {
             writer.delete_term(Term::from_field_text(self.fields.key, &bucket_key_text(asset_id, second)));
             if let Some(bucket) = store.bucket(asset_id, second)? {
-                writer.add_document(self.document(&context, second, &bucket, bucket_ms))?;
+                writer.add_document(self.document(&context, second, &bucket))?;
                 written += 1;
             }
         }
@@ -452,19 +448,19 @@ impl ShardIndex {
     }
 
     /// Replaces every document of one asset.
-    pub fn reindex_asset(&self, store: &ShardStore, asset_id: &str, bucket_ms: u64) -> Result<usize, IndexError> {
+    pub fn reindex_asset(&self, store: &ShardStore, asset_id: &str) -> Result<usize, IndexError> {
         let writer = self.writer.lock();
         let context = DocContext::load(store, asset_id)?;
         writer.delete_term(Term::from_field_u64(self.fields.asset_ordinal, context.ordinal));
         let mut written = 0;
         for (second, bucket) in store.bucket_range(asset_id, 0, u64::MAX)? {
-            writer.add_document(self.document(&context, second, &bucket, bucket_ms))?;
+            writer.add_document(self.document(&context, second, &bucket))?;
             written += 1;
         }
         Ok(written)
     }
 
-    fn document(&self, context: &DocContext, second: u64, bucket: &Bucket, _bucket_ms: u64) -> TantivyDocument {
+    fn document(&self, context: &DocContext, second: u64, bucket: &Bucket) -> TantivyDocument {
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
         doc.add_text(f.key, bucket_key_text(&context.asset_id, second));

@@ -290,8 +290,8 @@ fn serve(config: Config) -> Result<(), CliError> {
 fn import(file: &std::path::Path, server: &str, batch: usize) -> Result<(), CliError> {
     let client = Client::new(server);
     let reader: Box<dyn Read> = if file.as_os_str() == "-" { Box::new(std::io::stdin()) } else { Box::new(std::fs::File::open(file)?) };
-    let total_lines = if file.as_os_str() == "-" { 0 } else { BufReader::new(std::fs::File::open(file)?).lines().count() as u64 };
-    let bar = demo::progress_bar(total_lines, "importing", false);
+    let total_bytes = if file.as_os_str() == "-" { 0 } else { std::fs::metadata(file)?.len() };
+    let bar = demo::byte_progress_bar(total_bytes, "importing", false);
     let mut reader = BufReader::new(reader);
     let batch = batch.clamp(1, 10_000);
     let (mut sent, mut created) = (0u64, 0u64);
@@ -307,7 +307,7 @@ fn import(file: &std::path::Path, server: &str, batch: usize) -> Result<(), CliE
         let reply = client.post_ndjson_retrying(&chunk, 10).map_err(|e| format!("batch starting at line {}: {e}", sent + 1))?;
         sent += lines as u64;
         created += reply.created as u64;
-        bar.set_position(sent);
+        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     println!("imported {sent} annotations ({created} new) into {server}");

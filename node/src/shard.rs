@@ -151,7 +151,7 @@ impl Shard {
         let fused = store.watermark(Watermark::Fused)?.min(applied);
         if index.needs_full_reindex {
             let started = Instant::now();
-            let docs = reindex_everything(&store, &index, options.bucket_ms, fused)?;
+            let docs = reindex_everything(&store, &index, fused)?;
             index.mark_format_current()?;
             if docs > 0 {
                 tracing::info!(
@@ -571,7 +571,7 @@ impl IndexStage {
                     // bucket store instead of stalling.
                     let fused = self.progress.fused.load(Ordering::Acquire);
                     tracing::warn!(shard = self.shard, missing = index, fused, "log entry missing; reindexing the shard from its buckets");
-                    match reindex_everything(&self.store, &self.index, self.bucket_ms, fused) {
+                    match reindex_everything(&self.store, &self.index, fused) {
                         Ok(_) => {
                             processed = fused;
                             self.progress.indexed.store(fused, Ordering::Release);
@@ -647,11 +647,11 @@ impl IndexStage {
                 docs += match buckets {
                     AffectedBuckets::All => {
                         sync_asset_vectors(&self.store, &self.index, asset_id)?;
-                        self.index.reindex_asset(&self.store, asset_id, self.bucket_ms)?
+                        self.index.reindex_asset(&self.store, asset_id)?
                     }
                     AffectedBuckets::Some(seconds) => {
                         let seconds: Vec<u64> = seconds.iter().copied().collect();
-                        self.index.reindex_seconds(&self.store, asset_id, &seconds, self.bucket_ms)?
+                        self.index.reindex_seconds(&self.store, asset_id, &seconds)?
                     }
                 };
             }
@@ -715,11 +715,11 @@ pub fn sync_asset_vectors(store: &ShardStore, index: &ShardIndex, asset_id: &str
 }
 
 /// Fills an empty index from the bucket store, complete through log index `fused`.
-fn reindex_everything(store: &ShardStore, index: &ShardIndex, bucket_ms: u64, fused: u64) -> Result<usize, ShardError> {
+fn reindex_everything(store: &ShardStore, index: &ShardIndex, fused: u64) -> Result<usize, ShardError> {
     let mut docs = 0;
     for (_, asset_id) in store.all_assets() {
         sync_asset_vectors(store, index, &asset_id)?;
-        docs += index.reindex_asset(store, &asset_id, bucket_ms)?;
+        docs += index.reindex_asset(store, &asset_id)?;
     }
     index.commit(fused, true)?;
     store.set_watermark(Watermark::Indexed, fused)?;
@@ -739,7 +739,7 @@ pub fn rebuild_shard(data_dir: &Path, id: ShardId, options: &ShardOptions) -> Re
     for (_, asset_id) in store.all_assets() {
         refuse_asset(&store, &asset_id, &AffectedBuckets::All, options.bucket_ms)?;
         sync_asset_vectors(&store, &index, &asset_id)?;
-        docs += index.reindex_asset(&store, &asset_id, options.bucket_ms)?;
+        docs += index.reindex_asset(&store, &asset_id)?;
         assets += 1;
     }
     index.commit(applied, true)?;

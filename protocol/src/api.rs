@@ -1,11 +1,12 @@
-//! HTTP API types (see ../shared/API.md). Input types are strict where a typo would silently
-//! change meaning (search requests, asset records) and tolerant where models add their own
-//! fields (annotations: extra fields are kept byte-for-byte in the raw store, and ignored here).
+//! HTTP API types (see ../shared/API.md). Input types are strict: a typo must not silently
+//! change meaning. Annotations may still carry extra fields: `validate::parse_annotation`
+//! keeps them in the raw store and builds this type without them.
 
 use serde::{Deserialize, Serialize};
 
-/// One model output as received on `POST /v1/annotations`.
+/// One model output as received on `POST /v1/annotations` (its known fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Annotation {
     pub id: String,
     pub asset_id: String,
