@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use crate::load::ENVIRONMENT_PREFIX;
 use crate::validate::ranges::*;
 use crate::validate::{describe_range, human_bytes, IntegerRange};
-use crate::{Config, LogFormat, LogLevel, Metric, Quantization};
+use crate::{Config, EmbedderConfig, FusionMethod, LogFormat, LogLevel, Metric, Quantization};
 
 struct ExampleWriter {
     text: String,
@@ -166,6 +166,91 @@ impl Config {
                 VECTOR_EXPANSION_SEARCH,
             );
         }
+
+        let embedder = &defaults.embedder;
+        example.section(
+            "[embedder]",
+            "Turns query text into a vector of one vector space, so searches match footage by meaning, not only by label.",
+        );
+        example.key(
+            "url",
+            quoted(&embedder.url),
+            &format!(
+                "\"\" for no embedder; \"{demo}\" for the built-in offline embedder that knows the generated demo season's words;\n\
+                 # otherwise the endpoint of an OpenAI-compatible embeddings API, sent POST {{\"model\": ..., \"input\": [texts]}}\n\
+                 # and expected to answer {{\"data\": [{{\"embedding\": [...], \"index\": 0}}, ...]}}.",
+                demo = EmbedderConfig::DEMO_URL
+            ),
+            &format!(
+                "\"\", \"{}\", or an http:// or https:// URL such as \"http://127.0.0.1:8080/v1/embeddings\", \
+                 at most {EMBEDDER_URL_MAX_BYTES} bytes",
+                EmbedderConfig::DEMO_URL
+            ),
+        );
+        example.key(
+            "model",
+            quoted(&embedder.model),
+            "Sent as \"model\" in each request; \"\" leaves it out.",
+            &format!("at most {EMBEDDER_MODEL_MAX_BYTES} bytes"),
+        );
+        example.key(
+            "api_key_env",
+            quoted(&embedder.api_key_env),
+            "Name of the environment variable holding the bearer token for the endpoint (never the token itself); \"\" sends none.",
+            &format!(
+                "\"\" or a variable name of letters, digits and '_' not starting with a digit or {ENVIRONMENT_PREFIX}, \
+                 e.g. \"OPENAI_API_KEY\""
+            ),
+        );
+        example.key(
+            "space",
+            quoted(&embedder.space),
+            "Vector space query text is embedded into; the embedder must produce vectors of its dimensions.",
+            "the name of a [[vector_spaces]] entry (checked when url is set)",
+        );
+        example.integer("timeout_ms", embedder.timeout_ms, "Time limit of one embedding request.", EMBEDDER_TIMEOUT_MS);
+        example.integer(
+            "max_text_bytes",
+            embedder.max_text_bytes,
+            "Longest text embedded; longer query text is refused, not truncated.",
+            EMBEDDER_MAX_TEXT_BYTES,
+        );
+        example.integer(
+            "cache_entries",
+            embedder.cache_entries,
+            "Embeddings remembered by text, least recently used evicted first; 0 disables the cache.",
+            EMBEDDER_CACHE_ENTRIES,
+        );
+
+        let search = &defaults.search;
+        example.section("[search]", "Scoring and combining query clauses.");
+        example.key(
+            "fusion",
+            quoted(search.fusion.as_str()),
+            "How keyword and vector scores of one second combine: \"weighted\" by score value, \"rrf\" by reciprocal rank\n\
+             # (each clause adds 1 / (rank_constant + rank), so only the order within a clause counts).",
+            &one_of(FusionMethod::NAMES),
+        );
+        example.integer(
+            "rank_constant",
+            search.rank_constant,
+            "RRF's k; larger values flatten the difference between the first ranks.",
+            SEARCH_RANK_CONSTANT,
+        );
+        example.integer(
+            "rank_window",
+            search.rank_window,
+            "Ranks beyond this count as absent from a clause when fusing by rank (like Elasticsearch's rank_window_size).",
+            SEARCH_RANK_WINDOW,
+        );
+        example.integer(
+            "exact_vector_max_candidates",
+            search.exact_vector_max_candidates,
+            "A filtered vector search whose filter leaves at most this many vectors is answered exactly (brute force)\n\
+             # instead of by the HNSW graph, which can miss neighbours a filter mostly rejects; 0 always uses the graph.",
+            SEARCH_EXACT_VECTOR_MAX_CANDIDATES,
+        );
+        example.integer("suggest_limit", search.suggest_limit, "Most suggestions returned for a query prefix.", SEARCH_SUGGEST_LIMIT);
 
         let limits = &defaults.limits;
         example.section("[limits]", "Bounds on requests and queues. Byte limits count UTF-8 bytes.");

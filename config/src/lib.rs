@@ -70,6 +70,8 @@ pub struct Config {
     pub index: IndexConfig,
     /// Named embedding spaces, each with its own usearch index. May be empty (text search only).
     pub vector_spaces: Vec<VectorSpaceConfig>,
+    pub embedder: EmbedderConfig,
+    pub search: SearchConfig,
     pub limits: LimitsConfig,
     pub raft: RaftConfig,
     pub log: LogConfig,
@@ -83,6 +85,8 @@ impl Default for Config {
             fusion: FusionConfig::default(),
             index: IndexConfig::default(),
             vector_spaces: vec![VectorSpaceConfig::default()],
+            embedder: EmbedderConfig::default(),
+            search: SearchConfig::default(),
             limits: LimitsConfig::default(),
             raft: RaftConfig::default(),
             log: LogConfig::default(),
@@ -307,6 +311,120 @@ impl Quantization {
     }
 }
 
+/// `[embedder]`: turns query text into a vector of one vector space, so a search can match
+/// footage by meaning rather than by label. Off by default (`url = ""`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedderConfig {
+    /// `""` (no embedder), [`EmbedderConfig::DEMO_URL`] (the built-in offline embedder for the
+    /// generated demo season), or the `http://` / `https://` URL of an endpoint speaking the
+    /// OpenAI-compatible `POST /v1/embeddings` JSON format.
+    pub url: String,
+    /// Sent as `model` in the request body; omitted when empty.
+    pub model: String,
+    /// Name of the environment variable holding the bearer token sent as `Authorization`; empty
+    /// sends none. The token itself never goes in the configuration, which is printed and logged.
+    pub api_key_env: String,
+    /// The vector space query text is embedded into; must be a configured `vector_spaces` entry
+    /// when `url` is set, and the embedder must produce vectors of that space's `dimensions`.
+    pub space: String,
+    /// Time limit of one embedding request (connect and response).
+    pub timeout_ms: u64,
+    /// Longest text embedded, in UTF-8 bytes; longer query text is refused rather than truncated.
+    pub max_text_bytes: usize,
+    /// Embeddings remembered by text (least recently used evicted first); 0 disables the cache.
+    pub cache_entries: usize,
+}
+
+impl EmbedderConfig {
+    /// The `url` that selects the built-in offline demo embedder.
+    pub const DEMO_URL: &'static str = "demo";
+
+    /// Whether an embedder is configured at all.
+    pub fn is_enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// Whether `url` selects the built-in demo embedder.
+    pub fn is_demo(&self) -> bool {
+        self.url == Self::DEMO_URL
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl Default for EmbedderConfig {
+    fn default() -> Self {
+        EmbedderConfig {
+            url: String::new(),
+            model: String::new(),
+            api_key_env: String::new(),
+            space: "scene".to_string(),
+            timeout_ms: 2000,
+            max_text_bytes: 2 * KIB,
+            cache_entries: 1024,
+        }
+    }
+}
+
+/// `[search]`: how query clauses are scored and combined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// How keyword and vector scores of one second are combined.
+    pub fusion: FusionMethod,
+    /// RRF's k: a hit at rank r contributes 1 / (k + r). Larger values flatten the difference
+    /// between the first ranks.
+    pub rank_constant: u32,
+    /// Ranks beyond this count as absent from a clause's list (Elasticsearch's
+    /// `rank_window_size`), which bounds the work of reciprocal rank fusion.
+    pub rank_window: usize,
+    /// A filtered vector search whose filter leaves at most this many vectors is answered by
+    /// exact (brute-force) search instead of the HNSW graph, which can miss neighbours when a
+    /// filter rejects most of them. 0 always uses the graph.
+    pub exact_vector_max_candidates: usize,
+    /// Most suggestions returned for a query prefix.
+    pub suggest_limit: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            fusion: FusionMethod::default(),
+            rank_constant: 60,
+            rank_window: 1000,
+            exact_vector_max_candidates: 20_000,
+            suggest_limit: 8,
+        }
+    }
+}
+
+/// How keyword and vector scores of one second combine into its score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionMethod {
+    /// Scores are combined by value (each clause scores in 0..=1).
+    #[default]
+    Weighted,
+    /// Reciprocal rank fusion: each clause contributes 1 / (rank_constant + rank), so only the
+    /// order within a clause matters, not the scale of its scores.
+    Rrf,
+}
+
+impl FusionMethod {
+    pub const ALL: [FusionMethod; 2] = [FusionMethod::Weighted, FusionMethod::Rrf];
+    pub const NAMES: &'static [&'static str] = &["weighted", "rrf"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FusionMethod::Weighted => "weighted",
+            FusionMethod::Rrf => "rrf",
+        }
+    }
+}
+
 /// `[limits]`: bounds on requests and queues. Byte limits are on UTF-8 encoded sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -471,4 +589,4 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(Metric, Quantization, LogLevel, LogFormat);
+display_as_str!(Metric, Quantization, FusionMethod, LogLevel, LogFormat);

@@ -627,6 +627,10 @@ mod tests {
         assert_eq!(env_path("RUSHES_CLUSTER_NODES").unwrap(), "cluster.nodes");
         assert_eq!(env_path("RUSHES_CLUSTER_NODES_0_RAFT_ADDR").unwrap(), "cluster.nodes[0].raft_addr");
         assert_eq!(env_path("RUSHES_LOG_LEVEL").unwrap(), "log.level");
+        assert_eq!(env_path("RUSHES_EMBEDDER_URL").unwrap(), "embedder.url");
+        assert_eq!(env_path("RUSHES_EMBEDDER_API_KEY_ENV").unwrap(), "embedder.api_key_env");
+        assert_eq!(env_path("RUSHES_SEARCH_RANK_CONSTANT").unwrap(), "search.rank_constant");
+        assert_eq!(env_path("RUSHES_SEARCH_EXACT_VECTOR_MAX_CANDIDATES").unwrap(), "search.exact_vector_max_candidates");
         assert!(env_path("RUSHES_NODE_LISTEN_X").is_err());
         assert!(env_path("RUSHES_VECTOR_SPACES_X_NAME").is_err());
     }

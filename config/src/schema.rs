@@ -3,7 +3,7 @@
 //! keys, wrong types and bad enum values are reported with the full key path and the allowed
 //! values rather than as a bare serde message. A unit test keeps it in step with the structs.
 
-use crate::{LogFormat, LogLevel, Metric, Quantization};
+use crate::{FusionMethod, LogFormat, LogLevel, Metric, Quantization};
 
 /// The TOML type a key holds.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +55,8 @@ pub(crate) const TOP_LEVEL: &[Field] = &[
     Field::optional("fusion", Kind::Table(FUSION)),
     Field::optional("index", Kind::Table(INDEX)),
     Field::optional("vector_spaces", Kind::TableArray(VECTOR_SPACE)),
+    Field::optional("embedder", Kind::Table(EMBEDDER)),
+    Field::optional("search", Kind::Table(SEARCH)),
     Field::optional("limits", Kind::Table(LIMITS)),
     Field::optional("raft", Kind::Table(RAFT)),
     Field::optional("log", Kind::Table(LOG)),
@@ -85,6 +87,24 @@ const VECTOR_SPACE: &[Field] = &[
     Field::optional("connectivity", Kind::Integer),
     Field::optional("expansion_add", Kind::Integer),
     Field::optional("expansion_search", Kind::Integer),
+];
+
+const EMBEDDER: &[Field] = &[
+    Field::optional("url", Kind::Text),
+    Field::optional("model", Kind::Text),
+    Field::optional("api_key_env", Kind::Text),
+    Field::optional("space", Kind::Text),
+    Field::optional("timeout_ms", Kind::Integer),
+    Field::optional("max_text_bytes", Kind::Integer),
+    Field::optional("cache_entries", Kind::Integer),
+];
+
+const SEARCH: &[Field] = &[
+    Field::optional("fusion", Kind::Choice(FusionMethod::NAMES)),
+    Field::optional("rank_constant", Kind::Integer),
+    Field::optional("rank_window", Kind::Integer),
+    Field::optional("exact_vector_max_candidates", Kind::Integer),
+    Field::optional("suggest_limit", Kind::Integer),
 ];
 
 const LIMITS: &[Field] = &[
@@ -175,6 +195,10 @@ mod tests {
             assert_eq!(spelling(quantization), Quantization::NAMES[index]);
             assert_eq!(quantization.as_str(), Quantization::NAMES[index]);
         }
+        for (index, method) in FusionMethod::ALL.iter().enumerate() {
+            assert_eq!(spelling(method), FusionMethod::NAMES[index]);
+            assert_eq!(method.as_str(), FusionMethod::NAMES[index]);
+        }
         for (index, level) in LogLevel::ALL.iter().enumerate() {
             assert_eq!(spelling(level), LogLevel::NAMES[index]);
             assert_eq!(level.as_str(), LogLevel::NAMES[index]);
@@ -185,6 +209,7 @@ mod tests {
         }
         assert_eq!(Metric::ALL.len(), Metric::NAMES.len());
         assert_eq!(Quantization::ALL.len(), Quantization::NAMES.len());
+        assert_eq!(FusionMethod::ALL.len(), FusionMethod::NAMES.len());
         assert_eq!(LogLevel::ALL.len(), LogLevel::NAMES.len());
         assert_eq!(LogFormat::ALL.len(), LogFormat::NAMES.len());
     }

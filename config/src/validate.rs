@@ -8,7 +8,8 @@ use std::fmt;
 use std::net::Ipv6Addr;
 
 use crate::error::ConfigError;
-use crate::{Config, KIB, MIB};
+use crate::load::ENVIRONMENT_PREFIX;
+use crate::{Config, EmbedderConfig, KIB, MIB};
 
 /// An inclusive range of allowed values for one numeric key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,20 @@ pub(crate) mod ranges {
     pub const VECTOR_CONNECTIVITY: IntegerRange = IntegerRange::new(4, 128);
     pub const VECTOR_EXPANSION_ADD: IntegerRange = IntegerRange::new(1, 4096);
     pub const VECTOR_EXPANSION_SEARCH: IntegerRange = IntegerRange::new(1, 4096);
+
+    pub const EMBEDDER_URL_MAX_BYTES: usize = 2048;
+    pub const EMBEDDER_MODEL_MAX_BYTES: usize = 256;
+    pub const EMBEDDER_API_KEY_ENV_MAX_BYTES: usize = 256;
+    pub const EMBEDDER_TIMEOUT_MS: IntegerRange = IntegerRange::new(1, 60_000);
+    pub const EMBEDDER_MAX_TEXT_BYTES: IntegerRange = IntegerRange::bytes(1, MIB as u64);
+    /// An entry holds a query text and its vector (4 KiB with the default text limit and 512
+    /// dimensions), so the maximum stays in the hundreds of MiB for typical queries.
+    pub const EMBEDDER_CACHE_ENTRIES: IntegerRange = IntegerRange::new(0, 100_000);
+
+    pub const SEARCH_RANK_CONSTANT: IntegerRange = IntegerRange::new(1, 10_000);
+    pub const SEARCH_RANK_WINDOW: IntegerRange = IntegerRange::new(1, 100_000);
+    pub const SEARCH_EXACT_VECTOR_MAX_CANDIDATES: IntegerRange = IntegerRange::new(0, 10_000_000);
+    pub const SEARCH_SUGGEST_LIMIT: IntegerRange = IntegerRange::new(1, 50);
 
     pub const LIMITS_MAX_BODY_BYTES: IntegerRange = IntegerRange::bytes(KIB, GIB);
     pub const LIMITS_MAX_BATCH_ITEMS: IntegerRange = IntegerRange::new(1, 1_000_000);
@@ -177,6 +192,59 @@ fn is_host_and_port(address: &str) -> bool {
     port_is_valid && host_is_valid
 }
 
+/// `""`, the demo marker, or an http(s) URL with something after the scheme. Whitespace and
+/// control characters are refused because they cannot be part of a URL and usually mean a
+/// pasting mistake; everything else (host, port, path) is left to the HTTP client to judge.
+fn is_embedder_url(url: &str) -> bool {
+    if url.is_empty() || url == EmbedderConfig::DEMO_URL {
+        return true;
+    }
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(rest) => {
+            url.len() <= EMBEDDER_URL_MAX_BYTES
+                && !rest.is_empty()
+                && !rest.starts_with('/')
+                && !url.chars().any(|character| character.is_whitespace() || character.is_control())
+        }
+        None => false,
+    }
+}
+
+/// `""` or a portable environment variable name. A `RUSHES_` name is refused: the loader treats
+/// every `RUSHES_` variable as a configuration key and would reject the one holding the token.
+fn check_api_key_env(name: &str) -> Result<(), ConfigError> {
+    let key = "embedder.api_key_env";
+    if name.is_empty() {
+        return Ok(());
+    }
+    let well_formed = name.len() <= EMBEDDER_API_KEY_ENV_MAX_BYTES
+        && !name.starts_with(|character: char| character.is_ascii_digit())
+        && name.chars().all(|character| character.is_ascii_alphanumeric() || character == '_');
+    if !well_formed {
+        return Err(ConfigError::invalid_value(
+            key,
+            quoted(name),
+            format!(
+                "use \"\" (no token) or the name of an environment variable holding the token, such as \"OPENAI_API_KEY\": \
+                 letters, digits and '_', not starting with a digit, 1 to {EMBEDDER_API_KEY_ENV_MAX_BYTES} bytes (the token itself \
+                 never goes in the configuration)"
+            ),
+        ));
+    }
+    if name.to_ascii_uppercase().starts_with(ENVIRONMENT_PREFIX) {
+        return Err(ConfigError::invalid_value(
+            key,
+            quoted(name),
+            format!(
+                "use a name that does not start with {ENVIRONMENT_PREFIX}, such as \"EMBEDDER_API_KEY\": {ENVIRONMENT_PREFIX}* variables \
+                 are read as configuration keys"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reports the second occurrence of a value that must be unique within a list.
 fn check_unique<'item>(
     values: impl Iterator<Item = (String, &'item str)>,
@@ -205,6 +273,8 @@ impl Config {
         self.validate_cluster()?;
         self.validate_fusion_and_index()?;
         self.validate_vector_spaces()?;
+        self.validate_embedder()?;
+        self.validate_search()?;
         self.validate_limits()?;
         self.validate_raft()?;
         Ok(())
@@ -330,6 +400,55 @@ impl Config {
         )
     }
 
+    fn validate_embedder(&self) -> Result<(), ConfigError> {
+        let embedder = &self.embedder;
+        if !is_embedder_url(&embedder.url) {
+            return Err(ConfigError::invalid_value(
+                "embedder.url",
+                quoted(&embedder.url),
+                format!(
+                    "use \"\" (no embedder), \"{}\" (the built-in offline demo embedder) or the http:// or https:// URL of an \
+                     OpenAI-compatible embeddings endpoint such as \"http://127.0.0.1:8080/v1/embeddings\", at most \
+                     {EMBEDDER_URL_MAX_BYTES} bytes without spaces",
+                    EmbedderConfig::DEMO_URL
+                ),
+            ));
+        }
+        if embedder.model.len() > EMBEDDER_MODEL_MAX_BYTES || embedder.model.chars().any(char::is_control) {
+            return Err(ConfigError::invalid_value(
+                "embedder.model",
+                quoted(&embedder.model),
+                format!("use a model name of at most {EMBEDDER_MODEL_MAX_BYTES} bytes without control characters, or \"\" to send none"),
+            ));
+        }
+        check_api_key_env(&embedder.api_key_env)?;
+        // The space only matters when there is an embedder: with url = "" nothing is embedded,
+        // and a config that drops its vector spaces need not also touch [embedder].
+        if embedder.is_enabled() && self.vector_space(&embedder.space).is_none() {
+            let allowed = if self.vector_spaces.is_empty() {
+                "no vector_spaces are configured; add one, or set embedder.url = \"\" to turn the embedder off".to_string()
+            } else {
+                let names: Vec<String> = self.vector_spaces.iter().map(|space| quoted(&space.name)).collect();
+                format!("use the name of a configured vector space: {}", names.join(", "))
+            };
+            return Err(ConfigError::invalid_value("embedder.space", quoted(&embedder.space), allowed));
+        }
+        check_range("embedder.timeout_ms", embedder.timeout_ms, EMBEDDER_TIMEOUT_MS)?;
+        check_range("embedder.max_text_bytes", embedder.max_text_bytes, EMBEDDER_MAX_TEXT_BYTES)?;
+        check_range("embedder.cache_entries", embedder.cache_entries, EMBEDDER_CACHE_ENTRIES)?;
+        Ok(())
+    }
+
+    fn validate_search(&self) -> Result<(), ConfigError> {
+        let search = &self.search;
+        // search.fusion is an enum: parsing it already validated it.
+        check_range("search.rank_constant", search.rank_constant, SEARCH_RANK_CONSTANT)?;
+        check_range("search.rank_window", search.rank_window, SEARCH_RANK_WINDOW)?;
+        check_range("search.exact_vector_max_candidates", search.exact_vector_max_candidates, SEARCH_EXACT_VECTOR_MAX_CANDIDATES)?;
+        check_range("search.suggest_limit", search.suggest_limit, SEARCH_SUGGEST_LIMIT)?;
+        Ok(())
+    }
+
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let limits = &self.limits;
         check_range("limits.max_body_bytes", limits.max_body_bytes, LIMITS_MAX_BODY_BYTES)?;
@@ -408,5 +527,27 @@ mod tests {
         assert_eq!(describe_range("index.writer_heap_bytes", INDEX_WRITER_HEAP_BYTES), "15728640..=4294967296 (15 MiB..=4 GiB)");
         assert_eq!(describe_range("fusion.bucket_ms", FUSION_BUCKET_MS), "100..=60000");
         assert_eq!(describe_range("node.id", NODE_ID), "at least 1");
+    }
+
+    #[test]
+    fn embedder_url_forms() {
+        for good in ["", "demo", "http://127.0.0.1:8080/v1/embeddings", "https://api.example.com/v1/embeddings", "http://e:1"] {
+            assert!(is_embedder_url(good), "{good}");
+        }
+        let too_long = format!("http://{}", "a".repeat(EMBEDDER_URL_MAX_BYTES));
+        for bad in ["Demo", "ftp://x", "http://", "https:///path", "127.0.0.1:8080", "http://a b", "http://a\n", " demo", too_long.as_str()]
+        {
+            assert!(!is_embedder_url(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn api_key_env_names() {
+        for good in ["", "OPENAI_API_KEY", "_KEY", "key2"] {
+            assert!(check_api_key_env(good).is_ok(), "{good}");
+        }
+        for bad in ["2KEY", "MY-KEY", "MY KEY", "sk-abc123", "RUSHES_EMBEDDER_KEY", "rushes_key"] {
+            assert!(check_api_key_env(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -4,7 +4,10 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use rushes_config::{ClusterNodeConfig, Config, ConfigError, LogFormat, LogLevel, Metric, Origin, Quantization, VectorSpaceConfig};
+use rushes_config::{
+    ClusterNodeConfig, Config, ConfigError, EmbedderConfig, FusionMethod, LogFormat, LogLevel, Metric, Origin, Quantization, SearchConfig,
+    VectorSpaceConfig,
+};
 
 fn write_file(contents: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
@@ -51,6 +54,30 @@ fn defaults_validate_and_load_without_sources() {
     assert_eq!(defaults.log.level, LogLevel::Info);
     assert_eq!(defaults.log.format, LogFormat::Text);
     assert_eq!(defaults.limits.max_time_ms, 604_800_000);
+    assert_eq!(
+        defaults.embedder,
+        EmbedderConfig {
+            url: String::new(),
+            model: String::new(),
+            api_key_env: String::new(),
+            space: "scene".into(),
+            timeout_ms: 2000,
+            max_text_bytes: 2048,
+            cache_entries: 1024,
+        }
+    );
+    assert!(!defaults.embedder.is_enabled());
+    assert_eq!(defaults.embedder.timeout(), std::time::Duration::from_secs(2));
+    assert_eq!(
+        defaults.search,
+        SearchConfig {
+            fusion: FusionMethod::Weighted,
+            rank_constant: 60,
+            rank_window: 1000,
+            exact_vector_max_candidates: 20_000,
+            suggest_limit: 8
+        }
+    );
 }
 
 #[test]
@@ -165,6 +192,13 @@ fn every_range_violation_names_its_key_and_range() {
         ("vector_spaces[0].connectivity", Some("3"), Some("129"), "4..=128"),
         ("vector_spaces[0].expansion_add", Some("0"), Some("4097"), "1..=4096"),
         ("vector_spaces[0].expansion_search", Some("0"), Some("4097"), "1..=4096"),
+        ("embedder.timeout_ms", Some("0"), Some("60001"), "1..=60000"),
+        ("embedder.max_text_bytes", Some("0"), Some("1048577"), "1..=1048576"),
+        ("embedder.cache_entries", None, Some("100001"), "0..=100000"),
+        ("search.rank_constant", Some("0"), Some("10001"), "1..=10000"),
+        ("search.rank_window", Some("0"), Some("100001"), "1..=100000"),
+        ("search.exact_vector_max_candidates", None, Some("10000001"), "0..=10000000"),
+        ("search.suggest_limit", Some("0"), Some("51"), "1..=50"),
         ("limits.max_body_bytes", Some("1023"), Some("1073741825"), "1024..=1073741824 (1 KiB..=1 GiB)"),
         ("limits.max_batch_items", Some("0"), Some("1000001"), "1..=1000000"),
         ("limits.max_id_bytes", Some("0"), Some("4097"), "1..=4096"),
@@ -225,7 +259,12 @@ fn unknown_key_in_file_is_named_with_the_allowed_keys() {
 
     let text = error_text(load_file("[indx]\ncommit_interval_ms = 500\n"));
     assert!(text.starts_with("unknown key \"indx\""), "{text}");
-    assert!(text.ends_with("allowed keys in the top level are node, cluster, fusion, index, vector_spaces, limits, raft, log"), "{text}");
+    assert!(
+        text.ends_with(
+            "allowed keys in the top level are node, cluster, fusion, index, vector_spaces, embedder, search, limits, raft, log"
+        ),
+        "{text}"
+    );
 
     let text = error_text(load_file("[[vector_spaces]]\nname = \"scene\"\ndimension = 3\n"));
     assert!(text.starts_with("unknown key \"vector_spaces[0].dimension\""), "{text}");
@@ -450,10 +489,153 @@ fn to_toml_string_round_trips_through_load() {
     });
     config.raft.heartbeat_ticks = 3;
     config.log.format = LogFormat::Json;
+    config.embedder = EmbedderConfig {
+        url: "https://embed.internal:8443/v1/embeddings".into(),
+        model: "clip-vit-b-32".into(),
+        api_key_env: "EMBEDDER_TOKEN".into(),
+        space: "clip_v2".into(),
+        timeout_ms: 500,
+        max_text_bytes: 512,
+        cache_entries: 0,
+    };
+    config.search =
+        SearchConfig { fusion: FusionMethod::Rrf, rank_constant: 20, rank_window: 50, exact_vector_max_candidates: 0, suggest_limit: 50 };
     config.validate().expect("valid");
 
     for original in [Config::default(), config] {
         let text = original.to_toml_string();
         assert_eq!(load_file(&text).expect("round trip loads"), original, "{text}");
     }
+}
+
+#[test]
+fn embedder_and_search_keys_come_from_every_source() {
+    let config = load_env(&[
+        ("RUSHES_EMBEDDER_URL", "http://127.0.0.1:8080/v1/embeddings"),
+        ("RUSHES_EMBEDDER_MODEL", "nomic-embed-text"),
+        ("RUSHES_EMBEDDER_API_KEY_ENV", "EMBEDDER_TOKEN"),
+        ("RUSHES_EMBEDDER_SPACE", "scene"),
+        ("RUSHES_EMBEDDER_TIMEOUT_MS", "750"),
+        ("RUSHES_EMBEDDER_MAX_TEXT_BYTES", "1024"),
+        ("RUSHES_EMBEDDER_CACHE_ENTRIES", "0"),
+        ("RUSHES_SEARCH_FUSION", "rrf"),
+        ("RUSHES_SEARCH_RANK_CONSTANT", "10"),
+        ("RUSHES_SEARCH_RANK_WINDOW", "200"),
+        ("RUSHES_SEARCH_EXACT_VECTOR_MAX_CANDIDATES", "0"),
+        ("RUSHES_SEARCH_SUGGEST_LIMIT", "12"),
+    ])
+    .expect("loads");
+    assert_eq!(
+        config.embedder,
+        EmbedderConfig {
+            url: "http://127.0.0.1:8080/v1/embeddings".into(),
+            model: "nomic-embed-text".into(),
+            api_key_env: "EMBEDDER_TOKEN".into(),
+            space: "scene".into(),
+            timeout_ms: 750,
+            max_text_bytes: 1024,
+            cache_entries: 0,
+        }
+    );
+    assert_eq!(
+        config.search,
+        SearchConfig { fusion: FusionMethod::Rrf, rank_constant: 10, rank_window: 200, exact_vector_max_candidates: 0, suggest_limit: 12 }
+    );
+
+    let demo = load_file("[embedder]\nurl = \"demo\"\n[search]\nfusion = \"weighted\"\nsuggest_limit = 3\n").expect("loads");
+    assert!(demo.embedder.is_enabled() && demo.embedder.is_demo());
+    assert_eq!(demo.search.suggest_limit, 3);
+    let overridden = load_overrides(&[("embedder.url", "demo"), ("search.fusion", "rrf")]).expect("loads");
+    assert!(overridden.embedder.is_demo());
+    assert_eq!(overridden.search.fusion, FusionMethod::Rrf);
+    assert_eq!(overridden.search.fusion.to_string(), "rrf");
+}
+
+#[test]
+fn embedder_url_must_be_empty_demo_or_http() {
+    for bad in ["ftp://models.internal/embed", "127.0.0.1:8080/v1/embeddings", "Demo", "http://", "http://host name/v1"] {
+        let text = error_text(load_overrides(&[("embedder.url", bad)]));
+        let expected = format!(
+            "embedder.url = \"{bad}\" is not allowed: use \"\" (no embedder), \"demo\" (the built-in offline demo embedder) or the \
+             http:// or https:// URL of an OpenAI-compatible embeddings endpoint"
+        );
+        assert!(text.starts_with(&expected), "{text}");
+        assert!(text.ends_with("(from command-line override embedder.url)"), "{text}");
+    }
+    for good in ["", "demo", "https://api.openai.com/v1/embeddings", "http://[::1]:11434/v1/embeddings"] {
+        load_overrides(&[("embedder.url", good)]).unwrap_or_else(|error| panic!("{good}: {error}"));
+    }
+    let text = error_text(load_env(&[("RUSHES_EMBEDDER_URL", "localhost:8080")]));
+    assert!(text.ends_with("(from environment variable RUSHES_EMBEDDER_URL)"), "{text}");
+}
+
+#[test]
+fn embedder_space_must_be_a_configured_vector_space_when_enabled() {
+    let text = error_text(load_overrides(&[("embedder.url", "demo"), ("embedder.space", "clip")]));
+    assert_eq!(
+        text,
+        "embedder.space = \"clip\" is not allowed: use the name of a configured vector space: \"scene\" \
+         (from command-line override embedder.space)"
+    );
+    let text = error_text(load_file("vector_spaces = []\n[embedder]\nurl = \"demo\"\n"));
+    assert!(
+        text.starts_with(
+            "embedder.space = \"scene\" is not allowed: no vector_spaces are configured; add one, or set embedder.url = \"\" to turn the \
+             embedder off"
+        ),
+        "{text}"
+    );
+    // Blamed on the key that holds the bad value, and its origin is the defaults (none recorded).
+    let error = load_overrides(&[("vector_spaces[0].name", "clip"), ("embedder.url", "demo")]).expect_err("scene is gone");
+    assert_eq!(error.key(), Some("embedder.space"));
+    // Without an embedder the space is not looked at, so dropping vector spaces needs no [embedder] edit.
+    load_file("vector_spaces = []\n").expect("no embedder, no space needed");
+    load_overrides(&[("embedder.space", "anything")]).expect("not checked while url is empty");
+    let config = load_overrides(&[("vector_spaces[1].name", "clip"), ("embedder.url", "demo"), ("embedder.space", "clip")]).expect("loads");
+    assert_eq!(config.vector_space(&config.embedder.space).map(|space| space.dimensions), Some(512));
+}
+
+#[test]
+fn embedder_api_key_env_is_a_variable_name_not_a_token() {
+    let text = error_text(load_overrides(&[("embedder.api_key_env", "sk-proj-abc123")]));
+    assert!(
+        text.starts_with(
+            "embedder.api_key_env = \"sk-proj-abc123\" is not allowed: use \"\" (no token) or the name of an environment variable"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("the token itself never goes in the configuration"), "{text}");
+    let text = error_text(load_file("[embedder]\napi_key_env = \"RUSHES_EMBEDDER_TOKEN\"\n"));
+    assert!(text.contains("use a name that does not start with RUSHES_"), "{text}");
+    let config = load_overrides(&[("embedder.api_key_env", "OPENAI_API_KEY")]).expect("loads");
+    assert_eq!(config.embedder.api_key_env, "OPENAI_API_KEY");
+}
+
+#[test]
+fn embedder_model_is_bounded() {
+    let long = "m".repeat(257);
+    let text = error_text(load_overrides(&[("embedder.model", long.as_str())]));
+    assert!(text.starts_with(&format!("embedder.model = \"{long}\" is not allowed: use a model name of at most 256 bytes")), "{text}");
+    load_overrides(&[("embedder.model", "sentence-transformers/all-MiniLM-L6-v2")]).expect("loads");
+}
+
+#[test]
+fn search_fusion_names_the_allowed_methods() {
+    let text = error_text(load_env(&[("RUSHES_SEARCH_FUSION", "linear")]));
+    assert_eq!(
+        text,
+        "search.fusion = \"linear\" is not allowed: use one of \"weighted\", \"rrf\" (from environment variable RUSHES_SEARCH_FUSION)"
+    );
+    let text = error_text(load_file("[search]\nrank_constant = \"60\"\n"));
+    assert!(text.starts_with("search.rank_constant = \"60\" is not allowed: expected a non-negative integer"), "{text}");
+    let text = error_text(load_file("[search]\nrank_kontant = 60\n"));
+    assert!(
+        text.ends_with("allowed keys in [search] are fusion, rank_constant, rank_window, exact_vector_max_candidates, suggest_limit"),
+        "{text}"
+    );
+    let text = error_text(load_env(&[("RUSHES_EMBEDDER_TIMEOUT", "5")]));
+    assert!(
+        text.ends_with("allowed keys in [embedder] are url, model, api_key_env, space, timeout_ms, max_text_bytes, cache_entries"),
+        "{text}"
+    );
 }

@@ -75,7 +75,8 @@ pub enum Consistency {
     Strong,
 }
 
-/// A structured search clause.
+/// A structured search clause. Leaves match seconds (`label`, `dialogue`, `phrase`, `vector`);
+/// `while`, `any` and `sequence` combine other clauses (nested at most [`MAX_CLAUSE_DEPTH`] deep).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Clause {
@@ -86,31 +87,126 @@ pub enum Clause {
         track: Option<String>,
         #[serde(default)]
         min_confidence: Option<f64>,
+        /// Weight of this clause in the fused score (default 1).
+        #[serde(default)]
+        weight: Option<f64>,
     },
     /// Dialogue words; all words must occur in the same second (`operator: "and"`, default)
-    /// or any of them (`"or"`).
+    /// or any of them (`"or"`). Scored with BM25; words also match their stems (in the
+    /// annotation's language) and, with `fuzziness`, words within that edit distance.
     Dialogue {
         text: String,
         #[serde(default)]
         operator: Option<BoolOperator>,
+        /// `"auto"` (default: 0 edits up to 2 letters, 1 up to 5, else 2), `0`, `1` or `2`.
+        #[serde(default)]
+        fuzziness: Option<Fuzziness>,
+        /// Stem with this language only (`en`, `fr`, `de`, `es`, `it`, `pt`, `nl`, ...);
+        /// default: every supported language.
+        #[serde(default)]
+        language: Option<String>,
+        #[serde(default)]
+        weight: Option<f64>,
     },
-    /// A dialogue phrase: the words in this order, with up to `slop` words between them.
+    /// A dialogue phrase: the words in this order, with up to `slop` words between them. A
+    /// phrase may run across two consecutive lines.
     Phrase {
         text: String,
         #[serde(default)]
         slop: Option<u32>,
+        #[serde(default)]
+        language: Option<String>,
+        #[serde(default)]
+        weight: Option<f64>,
     },
-    /// Vector similarity in a configured vector space with a client-supplied query vector.
+    /// Vector similarity in a configured vector space, with a query `vector`, or with `text`
+    /// that the configured embedder turns into one.
     Vector {
         space: String,
-        vector: Vec<f64>,
-        /// Nearest annotations to consider (default 100).
+        #[serde(default)]
+        vector: Option<Vec<f64>>,
+        #[serde(default)]
+        text: Option<String>,
+        /// Nearest annotations to consider, over the whole cluster (default 100).
         #[serde(default)]
         k: Option<usize>,
         /// Drop hits less similar than this (cosine / ip similarity, or -l2 distance).
         #[serde(default)]
         min_similarity: Option<f64>,
+        /// Exact (brute-force) search instead of the approximate index (default false).
+        #[serde(default)]
+        exact: Option<bool>,
+        /// Candidate list size of the approximate search (default: the space's `expansion_search`).
+        #[serde(default)]
+        ef: Option<usize>,
+        /// Metric for exact search (default: the space's). Approximate search always uses the
+        /// space's index metric.
+        #[serde(default)]
+        metric: Option<VectorMetricName>,
+        #[serde(default)]
+        weight: Option<f64>,
     },
+    /// Seconds where all of `clauses` hold at once ("A while B").
+    While { clauses: Vec<Clause> },
+    /// Seconds where any of `clauses` holds.
+    Any { clauses: Vec<Clause> },
+    /// "`first` then `then` within `within_ms`": `then` starts after `first` starts, at most
+    /// `within_ms` (default 30000) after `first` ends; the clip spans both.
+    Sequence {
+        first: Box<Clause>,
+        then: Box<Clause>,
+        #[serde(default)]
+        within_ms: Option<u64>,
+    },
+}
+
+/// Deepest nesting of `while`/`any`/`sequence` clauses.
+pub const MAX_CLAUSE_DEPTH: usize = 4;
+
+/// Edit distance for fuzzy word matching: `"auto"` or a number of edits (0 to 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Fuzziness {
+    Edits(u32),
+    Named(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VectorMetricName {
+    Cosine,
+    L2,
+    Ip,
+}
+
+/// How per-clause scores become one score per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionMethod {
+    /// Each clause's scores min-max normalized over all hits (into [0.1, 1]), times its weight, summed.
+    Weighted,
+    /// Reciprocal rank fusion: weight / (rank_constant + rank) per clause, summed.
+    Rrf,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FusionOptions {
+    #[serde(default)]
+    pub method: Option<FusionMethod>,
+    #[serde(default)]
+    pub rank_constant: Option<u32>,
+    #[serde(default)]
+    pub rank_window: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    #[default]
+    Asset,
+    Season,
+    Series,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +260,29 @@ pub struct SearchRequest {
     /// Include the per-clause evidence in every clip (default true).
     #[serde(default)]
     pub evidence: Option<bool>,
+    /// How clause scores fuse (default: the server's `search.fusion`).
+    #[serde(default)]
+    pub fusion: Option<FusionOptions>,
+    /// Stemming language for words of `q` (default: every supported language).
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Extend clips to the shot boundaries around them, where shot annotations exist (default
+    /// false: clips then hold exactly the matching seconds).
+    #[serde(default)]
+    pub snap_to_shots: Option<bool>,
+    /// Added before and after every clip (after snapping).
+    #[serde(default)]
+    pub padding_ms: Option<u64>,
+    #[serde(default)]
+    pub min_length_ms: Option<u64>,
+    #[serde(default)]
+    pub max_length_ms: Option<u64>,
+    /// `asset` (default), `season` or `series`: also return `groups` of assets.
+    #[serde(default)]
+    pub group_by: Option<GroupBy>,
+    /// `next_cursor` of the previous page: continue after its last asset.
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +306,9 @@ pub struct Match {
     pub clause: usize,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub similarity: Option<f64>,
+    /// Byte ranges `[start, end)` of `text` that matched the clause's words.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub highlights: Vec<[usize; 2]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +341,22 @@ pub struct SearchResponse {
     /// Assets with at least one clip, before `limit` was applied.
     pub total_assets: usize,
     pub assets: Vec<AssetHits>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_cursor: Option<String>,
+    /// With `group_by` season or series: the page's assets grouped, best group first.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub groups: Option<Vec<AssetGroup>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssetGroup {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub series: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub season: Option<u32>,
+    pub score: f64,
+    pub asset_ids: Vec<String>,
 }
 
 /// One annotation inside a fused bucket, as shown by `GET /v1/assets/{id}/buckets`.
