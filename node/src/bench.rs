@@ -46,6 +46,9 @@ pub struct BenchReport {
     pub ingest_annotations_per_s: f64,
     pub searchable_after_last_ack_s: f64,
     pub queries: Vec<LatencyRow>,
+    /// Mean recall@10 of the approximate vector search against exact search, over all shards.
+    pub ann_recall_at_10: f64,
+    pub ann_recall_queries: usize,
     pub peak_rss_bytes: u64,
     pub disk_bytes: u64,
     pub disk_bytes_per_annotation: f64,
@@ -82,11 +85,15 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
     let _ = std::fs::remove_dir_all(&node_dir);
     let mut config = options.config;
     config.node.data_dir = node_dir.clone();
+    if config.embedder.url.is_empty() {
+        // Hybrid queries embed their semantic words with the season's offline embedder.
+        config.embedder.url = rushes_config::EmbedderConfig::DEMO_URL.to_string();
+    }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://{}", listener.local_addr()?);
     let system = actix_web::rt::System::new();
     let report = system.block_on(async move {
-        let engine = Engine::open(config)?;
+        let engine = Engine::open_with_demo_seed(config, options.seed)?;
         let server = crate::http::server(engine.clone(), listener)?;
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);
@@ -157,6 +164,37 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         let season = gen::plan_season(&gen_config);
         let queries = query_mix(&season, &truths, options.queries_per_kind, options.seed);
         let mut rows = Vec::new();
+        // Search-as-you-type: every prefix of names and words, one request per keystroke.
+        let prefixes = suggest_prefixes(&season, &truths, options.queries_per_kind, options.seed);
+        let client = Client::new(&base);
+        rows.push(
+            tokio::task::spawn_blocking(move || -> Result<LatencyRow, String> {
+                let mut latencies = Vec::with_capacity(prefixes.len());
+                let mut moments = 0usize;
+                for prefix in &prefixes {
+                    let t = Instant::now();
+                    let reply = client.get_json(&format!("/v1/suggest?q={}", url_encode(prefix))).map_err(|e| e.to_string())?;
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    moments += reply["moments"].as_array().map_or(0, Vec::len);
+                }
+                Ok(latency_row("suggest (per keystroke)", latencies, moments))
+            })
+            .await??,
+        );
+        let (recall, recall_queries) = {
+            let engine = engine.clone();
+            let vectors: Vec<Vec<f32>> = (0..options.queries_per_kind.max(20))
+                .map(|i| {
+                    let place = &season.locations[i % season.locations.len()].name;
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed ^ i as u64);
+                    gen::location_centroid(season.config.seed, place, season.config.vector_dimensions)
+                        .into_iter()
+                        .map(|x| x + rng.gen_range(-0.05..0.05))
+                        .collect()
+                })
+                .collect();
+            tokio::task::spawn_blocking(move || ann_recall_at_10(&engine, "scene", &vectors)).await??
+        };
         for (kind, requests) in queries {
             let client = Client::new(&base);
             let row = tokio::task::spawn_blocking(move || -> Result<LatencyRow, String> {
@@ -168,15 +206,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                     assets += response.assets.len();
                 }
-                latencies.sort_by(f64::total_cmp);
-                Ok(LatencyRow {
-                    kind: kind.to_string(),
-                    queries: latencies.len(),
-                    p50_ms: percentile(&latencies, 50.0),
-                    p99_ms: percentile(&latencies, 99.0),
-                    mean_ms: latencies.iter().sum::<f64>() / latencies.len().max(1) as f64,
-                    mean_assets: assets as f64 / latencies.len().max(1) as f64,
-                })
+                Ok(latency_row(kind, latencies, assets))
             })
             .await??;
             rows.push(row);
@@ -195,6 +225,8 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             ingest_annotations_per_s: annotations as f64 / ingest_time.as_secs_f64(),
             searchable_after_last_ack_s: searchable.as_secs_f64(),
             queries: rows,
+            ann_recall_at_10: recall,
+            ann_recall_queries: recall_queries,
             peak_rss_bytes: crate::peak_rss_bytes().unwrap_or(0),
             disk_bytes,
             disk_bytes_per_annotation: disk_bytes as f64 / annotations.max(1) as f64,
@@ -203,6 +235,68 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
     })?;
     let _ = std::fs::remove_dir_all(options.work_dir.join(format!("bench-node-{}", std::process::id())));
     Ok(report)
+}
+
+fn latency_row(kind: &str, mut latencies: Vec<f64>, assets: usize) -> LatencyRow {
+    latencies.sort_by(f64::total_cmp);
+    LatencyRow {
+        kind: kind.to_string(),
+        queries: latencies.len(),
+        p50_ms: percentile(&latencies, 50.0),
+        p99_ms: percentile(&latencies, 99.0),
+        mean_ms: latencies.iter().sum::<f64>() / latencies.len().max(1) as f64,
+        mean_assets: assets as f64 / latencies.len().max(1) as f64,
+    }
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Recall@10 of the approximate index against exact search: the 10 nearest over all shards
+/// each way (usearch exact search uses the same metric and quantization as the index).
+pub fn ann_recall_at_10(engine: &Engine, space: &str, queries: &[Vec<f32>]) -> Result<(f64, usize), String> {
+    let mut total = 0.0;
+    for query in queries {
+        let mut approximate: Vec<(f32, u64)> = Vec::new();
+        let mut exact: Vec<(f32, u64)> = Vec::new();
+        for shard in &engine.shards {
+            let Some(index) = shard.index.vector_space(space) else { continue };
+            approximate.extend(index.search(query, 10, false, None).map_err(|e| e.to_string())?.into_iter().map(|(k, d)| (d, k)));
+            exact.extend(index.search(query, 10, true, None).map_err(|e| e.to_string())?.into_iter().map(|(k, d)| (d, k)));
+        }
+        approximate.sort_by(|a, b| a.0.total_cmp(&b.0));
+        exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let truth: std::collections::HashSet<u64> = exact.iter().take(10).map(|h| h.1).collect();
+        if truth.is_empty() {
+            continue;
+        }
+        let found = approximate.iter().take(10).filter(|h| truth.contains(&h.1)).count();
+        total += found as f64 / truth.len() as f64;
+    }
+    Ok((total / queries.len().max(1) as f64, queries.len()))
+}
+
+/// Keystroke prefixes of cast names and dialogue words ("J", "Jo", "Joe", ..., "we were o").
+fn suggest_prefixes(season: &gen::Season, truths: &[EpisodeTruth], count: usize, seed: u64) -> Vec<String> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5u64);
+    let lines: Vec<&str> = truths.iter().flat_map(|t| t.dialogue.iter().map(|l| l.text.as_str())).collect();
+    let mut out = Vec::new();
+    while out.len() < count {
+        let source = if rng.gen_bool(0.5) || lines.is_empty() {
+            season.cast[rng.gen_range(0..season.cast.len())].name.clone()
+        } else {
+            lines[rng.gen_range(0..lines.len())].split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        };
+        let chars: Vec<char> = source.chars().collect();
+        for end in 1..=chars.len() {
+            out.push(chars[..end].iter().collect());
+        }
+    }
+    out.truncate(count.max(1) * 4);
+    out
 }
 
 pub fn load_truths(sample: &std::path::Path) -> Result<Vec<EpisodeTruth>, DemoError> {
@@ -227,6 +321,13 @@ fn query_mix(season: &gen::Season, truths: &[EpisodeTruth], per_kind: usize, see
     let mut phrase = Vec::new();
     let mut vector = Vec::new();
     let mut mixed = Vec::new();
+    let mut hybrid = Vec::new();
+    let mut hybrid_rrf = Vec::new();
+    let mut fuzzy = Vec::new();
+    let mut phrase_slop = Vec::new();
+    let mut filtered_vector = Vec::new();
+    let meanings = ["somewhere they cook", "cafe", "sofa", "street outside", "bedroom", "office desk"];
+    let asset_ids: Vec<&str> = truths.iter().map(|t| t.asset_id.as_str()).collect();
     for _ in 0..per_kind {
         let name = &names[rng.gen_range(0..names.len())];
         let place = &places[rng.gen_range(0..places.len())];
@@ -237,29 +338,68 @@ fn query_mix(season: &gen::Season, truths: &[EpisodeTruth], per_kind: usize, see
         let take = words.len().min(4);
         let start = rng.gen_range(0..=words.len() - take);
         phrase.push(SearchRequest {
-            clauses: Some(vec![Clause::Phrase { text: words[start..start + take].join(" "), slop: None }]),
+            clauses: Some(vec![Clause::Phrase { text: words[start..start + take].join(" "), slop: None, language: None, weight: None }]),
             ..Default::default()
         });
-        vector.push(SearchRequest {
-            clauses: Some(vec![Clause::Vector {
-                space: "scene".into(),
-                vector: vector_for(&mut rng, place),
-                k: Some(100),
-                min_similarity: None,
-            }]),
-            ..Default::default()
-        });
+        vector.push(SearchRequest { clauses: Some(vec![vector_clause(vector_for(&mut rng, place), 100)]), ..Default::default() });
         mixed.push(SearchRequest {
             clauses: Some(vec![
-                Clause::Label { label: name.clone(), track: Some("character".into()), min_confidence: None },
-                Clause::Vector { space: "scene".into(), vector: vector_for(&mut rng, place), k: Some(200), min_similarity: None },
+                Clause::Label { label: name.clone(), track: Some("character".into()), min_confidence: None, weight: None },
+                vector_clause(vector_for(&mut rng, place), 200),
             ]),
             mode: Some(SearchMode::Intersection),
+            ..Default::default()
+        });
+        let meaning = meanings[rng.gen_range(0..meanings.len())];
+        hybrid.push(SearchRequest { q: Some(format!("{name} {meaning}")), ..Default::default() });
+        let some_words = words.iter().take(3).copied().collect::<Vec<_>>().join(" ");
+        hybrid_rrf.push(SearchRequest {
+            clauses: Some(vec![Clause::Any {
+                clauses: vec![
+                    Clause::Dialogue { text: some_words.clone(), operator: None, fuzziness: None, language: None, weight: None },
+                    vector_clause(vector_for(&mut rng, place), 200),
+                ],
+            }]),
+            fusion: Some(rushes_protocol::FusionOptions { method: Some(rushes_protocol::FusionMethod::Rrf), ..Default::default() }),
+            ..Default::default()
+        });
+        // One typo per word of three words of a real line.
+        let typo: Vec<String> = words
+            .iter()
+            .take(3)
+            .map(|w| {
+                let mut chars: Vec<char> = w.chars().collect();
+                if chars.len() > 3 {
+                    let i = rng.gen_range(1..chars.len());
+                    chars.remove(i);
+                }
+                chars.into_iter().collect()
+            })
+            .collect();
+        fuzzy.push(SearchRequest {
+            clauses: Some(vec![Clause::Dialogue { text: typo.join(" "), operator: None, fuzziness: None, language: None, weight: None }]),
+            ..Default::default()
+        });
+        // Every other word of a line, with slop 2.
+        let skipping: Vec<&str> = words.iter().step_by(2).take(3).copied().collect();
+        phrase_slop.push(SearchRequest {
+            clauses: Some(vec![Clause::Phrase { text: skipping.join(" "), slop: Some(2), language: None, weight: None }]),
+            ..Default::default()
+        });
+        let asset = asset_ids[rng.gen_range(0..asset_ids.len().max(1)).min(asset_ids.len().saturating_sub(1))];
+        filtered_vector.push(SearchRequest {
+            clauses: Some(vec![vector_clause(vector_for(&mut rng, place), 20)]),
+            filters: Some(rushes_protocol::Filters { asset_ids: Some(vec![asset.to_string()]), ..Default::default() }),
             ..Default::default()
         });
     }
     vec![
         ("label", label),
+        ("hybrid (q: name + meaning, weighted)", hybrid),
+        ("hybrid (dialogue | vector, rrf)", hybrid_rrf),
+        ("fuzzy dialogue", fuzzy),
+        ("phrase with slop 2", phrase_slop),
+        ("filtered vector (one asset)", filtered_vector),
         ("label + scene (q)", label_and_scene),
         ("dialogue phrase", phrase),
         ("vector", vector),
@@ -273,6 +413,7 @@ pub fn print_report(report: &BenchReport) {
     println!("| metric | value |\n|---|---|");
     println!("| ingest (acknowledged, durable) | {:.0} annotations/s ({:.1} s) |", report.ingest_annotations_per_s, report.ingest_seconds);
     println!("| searchable after last ack | {:.1} s |", report.searchable_after_last_ack_s);
+    println!("| ANN recall@10 vs exact | {:.3} ({} queries) |", report.ann_recall_at_10, report.ann_recall_queries);
     println!("| peak RSS | {:.0} MiB |", report.peak_rss_bytes as f64 / 1048576.0);
     println!("| disk | {:.0} MiB ({:.0} bytes/annotation) |", report.disk_bytes as f64 / 1048576.0, report.disk_bytes_per_annotation);
     println!("\n| query | n | p50 ms | p99 ms | mean ms | assets/query |\n|---|---|---|---|---|---|");
@@ -281,5 +422,20 @@ pub fn print_report(report: &BenchReport) {
             "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
             row.kind, row.queries, row.p50_ms, row.p99_ms, row.mean_ms, row.mean_assets
         );
+    }
+}
+
+/// A scene vector clause with the server's defaults for everything else.
+pub fn vector_clause(vector: Vec<f64>, k: usize) -> Clause {
+    Clause::Vector {
+        space: "scene".into(),
+        vector: Some(vector),
+        text: None,
+        k: Some(k),
+        min_similarity: None,
+        exact: None,
+        ef: None,
+        metric: None,
+        weight: None,
     }
 }

@@ -173,9 +173,13 @@ pub fn run_demo(options: DemoOptions) -> Result<(), DemoError> {
     let listener = TcpListener::bind(&options.listen).map_err(|e| format!("cannot listen on {}: {e} (use --listen)", options.listen))?;
     let address = listener.local_addr()?;
     config.node.listen = address;
+    if config.embedder.url.is_empty() {
+        // The demo season's own offline embedder: "somewhere they cook" finds kitchen scenes.
+        config.embedder.url = rushes_config::EmbedderConfig::DEMO_URL.to_string();
+    }
     let system = actix_web::rt::System::new();
     system.block_on(async move {
-        let engine = Engine::open(config)?;
+        let engine = Engine::open_with_demo_seed(config, options.seed)?;
         let server = crate::http::server(engine.clone(), listener)?;
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);

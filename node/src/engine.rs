@@ -17,9 +17,10 @@ use rushes_protocol::{
 };
 use serde_json::json;
 
+use crate::embedder::Embedder;
 use crate::index::{VectorMetric, VectorQuantization, VectorSpaceSpec};
 use crate::metrics::Metrics;
-use crate::search::{self, Plan, SearchLimits};
+use crate::search::{self, Plan, SearchLimits, SpaceInfo};
 use crate::shard::{Shard, ShardError, ShardOptions};
 use crate::store::ApplyOutcome;
 
@@ -33,6 +34,9 @@ pub struct Engine {
     pub ingest_limits: IngestLimits,
     pub search_limits: SearchLimits,
     search_slots: Arc<tokio::sync::Semaphore>,
+    pub search_defaults: search::SearchDefaults,
+    pub embedder: Option<Box<dyn Embedder>>,
+    series_cache: parking_lot::Mutex<(Option<Instant>, Vec<String>)>,
     pub started: Instant,
 }
 
@@ -79,6 +83,11 @@ pub fn shard_options(config: &Config) -> ShardOptions {
 
 impl Engine {
     pub fn open(config: Config) -> Result<Arc<Engine>, ShardError> {
+        Engine::open_with_demo_seed(config, crate::gen::GenConfig::default().seed)
+    }
+
+    /// `demo_seed`: the generated season the demo embedder (`[embedder] url = "demo"`) knows.
+    pub fn open_with_demo_seed(config: Config, demo_seed: u64) -> Result<Arc<Engine>, ShardError> {
         let metrics = Arc::new(Metrics::new());
         let options = shard_options(&config);
         let mut shards = Vec::with_capacity(config.cluster.shards as usize);
@@ -103,10 +112,39 @@ impl Engine {
             max_limit: limits.max_limit,
             max_query_bytes: limits.max_query_bytes,
             max_vector_k: limits.max_vector_k,
-            vector_spaces: config.vector_spaces.iter().map(|s| (s.name.clone(), s.dimensions)).collect(),
+            vector_spaces: options
+                .vector_spaces
+                .iter()
+                .map(|s| SpaceInfo { name: s.name.clone(), dimensions: s.dimensions, metric: s.metric })
+                .collect(),
         };
         let search_slots = Arc::new(tokio::sync::Semaphore::new(limits.search_queue_depth));
-        Ok(Arc::new(Engine { config, shards, metrics, ingest_limits, search_limits, search_slots, started: Instant::now() }))
+        let search_defaults = search::SearchDefaults {
+            fusion: match config.search.fusion {
+                rushes_config::FusionMethod::Weighted => rushes_protocol::FusionMethod::Weighted,
+                rushes_config::FusionMethod::Rrf => rushes_protocol::FusionMethod::Rrf,
+            },
+            rank_constant: config.search.rank_constant,
+            rank_window: config.search.rank_window,
+            exact_vector_max_candidates: config.search.exact_vector_max_candidates,
+        };
+        let embedder = match config.vector_spaces.iter().find(|s| s.name == config.embedder.space) {
+            Some(space) => crate::embedder::from_config(&config.embedder, space.dimensions, demo_seed)
+                .map_err(|e| ShardError::Config(format!("embedder: {e}")))?,
+            None => None,
+        };
+        Ok(Arc::new(Engine {
+            config,
+            shards,
+            metrics,
+            ingest_limits,
+            search_limits,
+            search_slots,
+            search_defaults,
+            embedder,
+            series_cache: parking_lot::Mutex::new((None, Vec::new())),
+            started: Instant::now(),
+        }))
     }
 
     pub fn shard_of(&self, asset_id: &str) -> &Arc<Shard> {
@@ -316,13 +354,79 @@ impl Engine {
         merged
     }
 
-    pub fn plan(&self, request: &SearchRequest) -> Result<Plan, ApiError> {
-        search::plan(request, &self.vocabulary(), &self.search_limits)
+    /// Series names of every asset, refreshed at most every few seconds (planning reads them
+    /// per query to recognise "friends season 3").
+    pub fn series_names(&self) -> Vec<String> {
+        const REFRESH: Duration = Duration::from_secs(5);
+        {
+            let cached = self.series_cache.lock();
+            if cached.0.is_some_and(|at| at.elapsed() < REFRESH) {
+                return cached.1.clone();
+            }
+        }
+        let mut names: Vec<String> = Vec::new();
+        for shard in &self.shards {
+            for (_, asset_id) in shard.store.all_assets() {
+                if let Ok(Some(record)) = shard.store.asset_record(&asset_id) {
+                    if let Some(series) = record.series {
+                        if !names.contains(&series) {
+                            names.push(series);
+                        }
+                    }
+                }
+            }
+        }
+        names.sort();
+        *self.series_cache.lock() = (Some(Instant::now()), names.clone());
+        names
+    }
+
+    /// Whether any shard's dialogue holds `word` (one term lookup per segment).
+    pub fn is_dialogue_word(&self, word: &str) -> bool {
+        let folded = crate::index::tokenize(word);
+        let [token] = folded.as_slice() else { return false };
+        self.shards.iter().any(|shard| {
+            let searcher = shard.index.reader.searcher();
+            let term = tantivy::Term::from_field_text(shard.index.fields.dialogue, token);
+            searcher.doc_freq(&term).is_ok_and(|n| n > 0)
+        })
+    }
+
+    /// Compiles a request (blocking: the embedder may call out over HTTP).
+    pub fn plan_blocking(&self, request: &SearchRequest) -> Result<Plan, ApiError> {
+        let vocabulary = self.vocabulary();
+        let series = self.series_names();
+        let known_word = |word: &str| self.is_dialogue_word(word);
+        let context = search::PlanContext {
+            vocabulary: &vocabulary,
+            series: &series,
+            limits: &self.search_limits,
+            defaults: self.search_defaults,
+            embedder: self.embedder.as_deref(),
+            known_word: &known_word,
+        };
+        search::plan(request, &context)
+    }
+
+    pub async fn plan(self: &Arc<Self>, request: SearchRequest) -> Result<Plan, ApiError> {
+        let engine = self.clone();
+        let deadline = self.request_timeout();
+        let task = tokio::task::spawn_blocking(move || engine.plan_blocking(&request));
+        tokio::time::timeout(deadline, task)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Timeout, "planning the search did not finish in time; retry").with_retry_after(1))?
+            .map_err(|e| ApiError::internal(format!("planning failed: {e}")))?
     }
 
     pub async fn search(self: &Arc<Self>, request: SearchRequest) -> Result<SearchResponse, ApiError> {
         let started = Instant::now();
-        let mut plan = self.plan(&request)?;
+        let strong = request.consistency == Some(rushes_protocol::Consistency::Strong);
+        let plan = self.plan(request).await?;
+        self.run_plan(plan, strong, started).await
+    }
+
+    /// Runs a compiled plan over every shard: hits, global statistics, candidates, evidence.
+    pub async fn run_plan(self: &Arc<Self>, plan: Plan, strong: bool, started: Instant) -> Result<SearchResponse, ApiError> {
         // The permit travels into every blocking task, so work that outlives a timed-out
         // request still counts against the limit until it really ends.
         let permit = Arc::new(
@@ -333,8 +437,7 @@ impl Engine {
         );
         // One deadline for the whole request, whatever the number of shards and phases.
         let deadline = tokio::time::Instant::now() + self.request_timeout();
-        let too_slow = || ApiError::new(ErrorCode::Timeout, "the search did not finish in time; retry or narrow it").with_retry_after(1);
-        if request.consistency == Some(rushes_protocol::Consistency::Strong) {
+        if strong {
             for shard in &self.shards {
                 if !shard.wait_searchable(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
                     return Err(ApiError::new(
@@ -345,60 +448,61 @@ impl Engine {
                 }
             }
         }
-        // Phase one for vector clauses: k means the k nearest over the whole cluster.
-        let vector_clauses: Vec<usize> =
-            plan.clauses.iter().enumerate().filter(|(_, c)| matches!(c, search::PlannedClause::Vector { .. })).map(|(i, _)| i).collect();
-        if !vector_clauses.is_empty() {
-            let shards = self.shards.clone();
-            let phase_plan = plan.clone();
-            let phase_permit = permit.clone();
-            let phase = tokio::task::spawn_blocking(move || -> Result<BTreeMap<usize, Vec<f64>>, search::SearchError> {
-                let _permit = phase_permit;
-                let mut all: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
-                for &clause in &vector_clauses {
-                    for shard in &shards {
-                        all.entry(clause).or_default().extend(search::shard_vector_similarities(shard, &phase_plan, clause)?);
-                    }
-                }
-                Ok(all)
-            });
-            let similarities = tokio::time::timeout_at(deadline, phase)
-                .await
-                .map_err(|_| too_slow())?
-                .map_err(|e| ApiError::internal(format!("vector phase failed: {e}")))?
-                .map_err(|e| ApiError::internal(format!("vector phase failed: {e}")))?;
-            search::apply_global_k(&mut plan, &similarities);
-        }
         let plan = Arc::new(plan);
-        // Phase one on every shard: candidates ranked from the index alone.
+        let mut failed = vec![false; self.shards.len()];
+        // Phase one on every shard: each leaf's hits, summarized for global statistics.
         let mut tasks = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
             let (shard, plan, task_permit) = (shard.clone(), plan.clone(), permit.clone());
             tasks.push(tokio::task::spawn_blocking(move || {
                 let _permit = task_permit;
-                search::shard_candidates(&shard, &plan)
+                let hits = search::shard_hits(&shard, &plan)?;
+                let summary = search::summarize(&hits, &plan);
+                Ok::<_, search::SearchError>((hits, summary))
             }));
         }
-        let mut failed = vec![false; self.shards.len()];
-        let mut candidates: Vec<Option<Arc<search::ShardCandidates>>> = Vec::with_capacity(self.shards.len());
-        let mut total_assets = 0;
+        let mut shard_hits: Vec<Option<search::ShardHits>> = Vec::with_capacity(self.shards.len());
+        let mut summaries = Vec::new();
         for (position, task) in tasks.into_iter().enumerate() {
-            let shard_id = self.shards[position].id;
-            match tokio::time::timeout_at(deadline, task).await {
-                Ok(Ok(Ok(shard_candidates))) => {
-                    total_assets += shard_candidates.total_assets;
-                    candidates.push(Some(Arc::new(shard_candidates)));
-                    continue;
+            match self.await_shard(position, "hits", deadline, task).await {
+                Some((hits, summary)) => {
+                    shard_hits.push(Some(hits));
+                    summaries.push(summary);
                 }
-                Ok(Ok(Err(e))) => tracing::error!(shard = shard_id, error = %e, "shard search failed"),
-                Ok(Err(e)) => tracing::error!(shard = shard_id, error = %e, "shard search panicked"),
-                Err(_) => tracing::warn!(shard = shard_id, "shard search timed out"),
+                None => {
+                    failed[position] = true;
+                    shard_hits.push(None);
+                }
             }
-            failed[position] = true;
-            candidates.push(None);
         }
-        // Phase two only for the assets that make the global top `limit`: evidence costs bucket
-        // reads, and each shard would otherwise pay for `limit` assets of its own.
+        let stats = Arc::new(search::global_stats(&plan, &summaries));
+        // Phase two: fused scores, clips, the shard's best assets.
+        let mut tasks = Vec::with_capacity(self.shards.len());
+        for (position, hits) in shard_hits.into_iter().enumerate() {
+            let Some(hits) = hits else { continue };
+            let (shard, plan, stats, task_permit) = (self.shards[position].clone(), plan.clone(), stats.clone(), permit.clone());
+            tasks.push((
+                position,
+                tokio::task::spawn_blocking(move || {
+                    let _permit = task_permit;
+                    search::shard_candidates(&shard, &plan, hits, &stats)
+                }),
+            ));
+        }
+        let mut candidates: Vec<Option<Arc<search::ShardCandidates>>> = vec![None; self.shards.len()];
+        let (mut total_assets, mut remaining_assets) = (0, 0);
+        for (position, task) in tasks {
+            match self.await_shard(position, "candidates", deadline, task).await {
+                Some(shard_candidates) => {
+                    total_assets += shard_candidates.total_assets;
+                    remaining_assets += shard_candidates.remaining_assets;
+                    candidates[position] = Some(Arc::new(shard_candidates));
+                }
+                None => failed[position] = true,
+            }
+        }
+        // Phase three only for the assets that make the global top `limit`: evidence costs
+        // bucket reads, and each shard would otherwise pay for `limit` assets of its own.
         let keep = search::choose_assets(&candidates, plan.limit);
         let mut finishing = Vec::new();
         for (position, keep) in keep.into_iter().enumerate() {
@@ -415,23 +519,34 @@ impl Engine {
         }
         let mut assets = Vec::new();
         for (position, task) in finishing {
-            let shard_id = self.shards[position].id;
-            match tokio::time::timeout_at(deadline, task).await {
-                Ok(Ok(Ok(mut shard_assets))) => {
-                    assets.append(&mut shard_assets);
-                    continue;
-                }
-                Ok(Ok(Err(e))) => tracing::error!(shard = shard_id, error = %e, "shard evidence failed"),
-                Ok(Err(e)) => tracing::error!(shard = shard_id, error = %e, "shard evidence panicked"),
-                Err(_) => tracing::warn!(shard = shard_id, "shard evidence timed out"),
+            match self.await_shard(position, "evidence", deadline, task).await {
+                Some(mut shard_assets) => assets.append(&mut shard_assets),
+                None => failed[position] = true,
             }
-            failed[position] = true;
         }
         let failed_count = failed.iter().filter(|f| **f).count();
         let counts = ShardCounts { total: self.shards.len(), ok: self.shards.len() - failed_count, failed: failed_count };
         let took = started.elapsed();
         self.metrics.query_seconds.with_label_values(&["search"]).observe(took.as_secs_f64());
-        Ok(search::merge(assets, total_assets, plan.limit, counts, took.as_millis() as u64))
+        Ok(search::merge(assets, (total_assets, remaining_assets), &plan, counts, took.as_millis() as u64))
+    }
+
+    /// One shard's task of a search phase; `None` (logged) when it failed or ran out of time.
+    async fn await_shard<T>(
+        &self,
+        position: usize,
+        phase: &str,
+        deadline: tokio::time::Instant,
+        task: tokio::task::JoinHandle<Result<T, search::SearchError>>,
+    ) -> Option<T> {
+        let shard_id = self.shards[position].id;
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Ok(value))) => return Some(value),
+            Ok(Ok(Err(e))) => tracing::error!(shard = shard_id, phase, error = %e, "shard search failed"),
+            Ok(Err(e)) => tracing::error!(shard = shard_id, phase, error = %e, "shard search panicked"),
+            Err(_) => tracing::warn!(shard = shard_id, phase, "shard search timed out"),
+        }
+        None
     }
 
     /// Sets the per-stage watermark and lag gauges (cheap: atomics only).

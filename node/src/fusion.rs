@@ -124,7 +124,18 @@ pub fn affected_by_command(
                     AffectedBuckets::All
                 } else {
                     let (first, last) = bucket_span(a.start_ms, a.end_ms, bucket_ms);
-                    AffectedBuckets::Some((first..=last).collect())
+                    let mut seconds: std::collections::BTreeSet<u64> = (first..=last).collect();
+                    if for_index && a.text.is_some() {
+                        // The next line's first second indexes this line with it (a bridge):
+                        // the first bucket after this line that holds dialogue.
+                        for second in last.saturating_add(1)..=last.saturating_add(crate::index::BRIDGE_WINDOW_BUCKETS) {
+                            if store.bucket(&a.asset_id, second)?.is_some_and(|b| b.entries.iter().any(|e| e.text.is_some())) {
+                                seconds.insert(second);
+                                break;
+                            }
+                        }
+                    }
+                    AffectedBuckets::Some(seconds)
                 };
                 match out.get_mut(&a.asset_id) {
                     Some(existing) => existing.merge(affected),

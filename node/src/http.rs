@@ -11,6 +11,7 @@ use rushes_protocol::{ApiError, AssetRecord, ErrorCode, SearchRequest};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::captions;
 use crate::engine::Engine;
 
 /// An [`ApiError`] as an HTTP response.
@@ -126,6 +127,63 @@ async fn post_annotations(request: HttpRequest, payload: web::Payload) -> HttpRe
     Ok(HttpResponse::Ok().json(reply))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubtitleParams {
+    language: String,
+    model_version: Option<String>,
+}
+
+/// `POST /v1/assets/{asset_id}/subtitles?language=fr`: the raw `.srt`/`.vtt` file as the body.
+async fn post_subtitles(request: HttpRequest, payload: web::Payload) -> HttpResult {
+    let started = std::time::Instant::now();
+    let engine = engine_of(&request)?;
+    let asset_id = asset_id_from(&request, &engine)?;
+    let params: SubtitleParams = query_params(&request)?;
+    captions::validate_language(&params.language).map_err(|m| HttpError(ApiError::field("language", m)))?;
+    let version = params.model_version.unwrap_or_else(|| captions::DEFAULT_SUBTITLE_VERSION.to_string());
+    captions::validate_version(&version).map_err(|m| HttpError(ApiError::field("model_version", m)))?;
+    let body = read_body(&request, payload, crate::subtitles::MAX_SUBTITLE_BYTES).await?;
+    let limits = engine.ingest_limits.clone();
+    let (language, asset) = (params.language.clone(), asset_id.clone());
+    // Decoding, parsing and validating a large file is CPU work: keep it off the async threads.
+    let (parsed, batches) = web::block(move || -> Result<_, ApiError> {
+        let parsed =
+            crate::subtitles::parse_subtitles(&body, &mut |_, _| {}).map_err(|e| ApiError::field("body", format!("subtitle file: {e}")))?;
+        let lines = captions::cue_annotations(&parsed, &asset, &language, &version);
+        let mut batches = Vec::new();
+        for chunk in lines.chunks(limits.max_batch_items.max(1)) {
+            batches.push(parse_batch(&chunk.concat(), BodyFormat::Ndjson, &limits)?);
+        }
+        Ok((parsed, (batches, version)))
+    })
+    .await
+    .map_err(|e| HttpError(ApiError::internal(format!("subtitle parser task failed: {e}"))))??;
+    let (batches, version) = batches;
+    let (mut imported, mut created, mut duplicates) = (0, 0, 0);
+    // Files with more cues than one batch allows go in several batches; each is atomic and a
+    // retry of the whole file is a no-op for the batches already stored.
+    for items in batches {
+        let reply = engine.ingest(items).await?;
+        imported += reply.accepted;
+        created += reply.created;
+        duplicates += reply.duplicates;
+    }
+    Ok(HttpResponse::Ok().json(captions::SubtitleImportReply {
+        asset_id,
+        model: format!("subtitles-{}", params.language.to_ascii_lowercase()),
+        language: params.language,
+        model_version: version,
+        format: captions::format_name(parsed.format),
+        encoding: format!("{:?}", parsed.encoding),
+        imported,
+        created,
+        duplicates,
+        warnings: parsed.warnings,
+        took_ms: started.elapsed().as_millis() as u64,
+    }))
+}
+
 fn asset_id_from(request: &HttpRequest, engine: &Engine) -> Result<String, HttpError> {
     let asset_id = request.match_info().get("asset_id").unwrap_or("").to_string();
     rushes_protocol::validate::validate_asset_id(&asset_id, engine.ingest_limits.max_asset_id_bytes)
@@ -190,7 +248,7 @@ async fn post_explain(request: HttpRequest, payload: web::Payload) -> HttpResult
     let engine = engine_of(&request)?;
     let body = read_body(&request, payload, 1024 * 1024).await?;
     let search: SearchRequest = parse_json(&body)?;
-    let plan = engine.plan(&search)?;
+    let plan = engine.plan(search).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "plan": plan, "shards": engine.shards.len() })))
 }
 
@@ -272,6 +330,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/v1/annotations").route(web::post().to(post_annotations)))
         .service(resource("/v1/assets/{asset_id}").route(web::put().to(put_asset)).route(web::get().to(get_asset)))
         .service(resource("/v1/assets/{asset_id}/buckets").route(web::get().to(get_buckets)))
+        .service(resource("/v1/assets/{asset_id}/subtitles").route(web::post().to(post_subtitles)))
         .service(resource("/v1/assets/{asset_id}/annotations/{annotation_id}").route(web::get().to(get_raw_annotation)))
         .service(resource("/v1/search").route(web::post().to(post_search)))
         .service(resource("/v1/search/explain").route(web::post().to(post_explain)))

@@ -3,13 +3,17 @@
 //!
 //! Tantivy: one document per non-empty bucket, keyed `asset\0second`. Labels are exact keywords
 //! `track\x1flabel\x1fpercent` (and `*\x1flabel\x1fpercent` for any track), where `percent` is the
-//! annotation's confidence in hundredths, so `min_confidence` is a term set over the bands.
-//! Dialogue text goes through a lower-casing, ASCII-folding analyzer with positions for phrases.
+//! annotation's confidence in hundredths, plus one `~decile` term per label, so `min_confidence`
+//! is a small term set and the score can follow confidence.
+//! Dialogue text goes through a lower-casing, ASCII-folding analyzer with positions for phrases
+//! (`dialogue`), through the stemmer of the annotation's language (`dialogue_<lang>`), and, at
+//! the first second of a line, together with the line before it (`dialogue_bridge`, and the line
+//! before alone in `dialogue_before`), so a phrase can run across two lines.
 //!
 //! usearch: one vector per annotation (not per second: a scene annotation covers tens of
 //! seconds, so this is ~30x fewer vectors); a hit maps back to the seconds it covers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,17 +24,78 @@ use rushes_protocol::model::{normalize_label, Bucket};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
+use tantivy::query::Bm25StatisticsProvider;
 use tantivy::query::Query;
 use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING};
-use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
-use tantivy::{DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentReader, TantivyDocument, Term};
+use tantivy::tokenizer::{AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer};
+use tantivy::{
+    DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader, TantivyDocument, Term, TERMINATED,
+};
 
 use crate::store::{ShardStore, StoreError};
 
 pub const TEXT_ANALYZER: &str = "rushes_text";
 /// Version of the index layout (schema, terms, vector keys). Bump it when documents change:
 /// nodes then rebuild their indexes from the bucket store at start.
-pub const INDEX_FORMAT_VERSION: u32 = 2;
+pub const INDEX_FORMAT_VERSION: u32 = 4;
+/// A line starting within this many buckets after the previous one ends continues it: a
+/// phrase may run across the two.
+pub const BRIDGE_WINDOW_BUCKETS: u64 = 10;
+
+/// Languages with a stemmed dialogue field: (ISO 639-1 code, stemmer). Annotations in other
+/// languages are still searchable through the unstemmed field.
+pub const STEM_LANGUAGES: &[(&str, Language)] = &[
+    ("en", Language::English),
+    ("fr", Language::French),
+    ("de", Language::German),
+    ("es", Language::Spanish),
+    ("it", Language::Italian),
+    ("pt", Language::Portuguese),
+    ("nl", Language::Dutch),
+    ("da", Language::Danish),
+    ("sv", Language::Swedish),
+    ("no", Language::Norwegian),
+    ("fi", Language::Finnish),
+    ("ru", Language::Russian),
+    ("ro", Language::Romanian),
+    ("hu", Language::Hungarian),
+    ("tr", Language::Turkish),
+    ("el", Language::Greek),
+    ("ar", Language::Arabic),
+    ("ta", Language::Tamil),
+];
+
+/// Maps a language tag (`en`, `en-US`, `eng`, `English`, `fr_CA`, ...) to a stemmed language's
+/// position in [`STEM_LANGUAGES`].
+pub fn stem_language(tag: &str) -> Option<usize> {
+    let primary = tag.trim().split(['-', '_']).next().unwrap_or("").to_ascii_lowercase();
+    let code = match primary.as_str() {
+        "eng" | "english" => "en",
+        "fra" | "fre" | "french" | "francais" | "français" => "fr",
+        "deu" | "ger" | "german" | "deutsch" => "de",
+        "spa" | "spanish" | "espanol" | "español" => "es",
+        "ita" | "italian" | "italiano" => "it",
+        "por" | "portuguese" | "portugues" | "português" => "pt",
+        "nld" | "dut" | "dutch" | "nederlands" => "nl",
+        "dan" | "danish" => "da",
+        "swe" | "swedish" => "sv",
+        "nor" | "nob" | "nb" | "nn" | "norwegian" => "no",
+        "fin" | "finnish" => "fi",
+        "rus" | "russian" => "ru",
+        "ron" | "rum" | "romanian" => "ro",
+        "hun" | "hungarian" => "hu",
+        "tur" | "turkish" => "tr",
+        "ell" | "gre" | "greek" => "el",
+        "ara" | "arabic" => "ar",
+        "tam" | "tamil" => "ta",
+        other => other,
+    };
+    STEM_LANGUAGES.iter().position(|(c, _)| *c == code)
+}
+
+fn stem_analyzer_name(code: &str) -> String {
+    format!("rushes_stem_{code}")
+}
 const VECTOR_META_FORMAT: u8 = 1;
 const VECTOR_KEY_FORMAT: u8 = 1;
 
@@ -84,6 +149,13 @@ pub struct Fields {
     pub labels: Field,
     pub tracks: Field,
     pub dialogue: Field,
+    /// Previous line + this line, at the first second of a line.
+    pub dialogue_bridge: Field,
+    /// The previous line alone, where `dialogue_bridge` is set: a bridge match counts only when
+    /// the phrase does not already match the previous line by itself (it must cross the break).
+    pub dialogue_before: Field,
+    /// One stemmed field per entry of [`STEM_LANGUAGES`], same order.
+    pub dialogue_stemmed: [Field; STEM_LANGUAGES.len()],
 }
 
 fn build_schema() -> (Schema, Fields) {
@@ -100,7 +172,18 @@ fn build_schema() -> (Schema, Fields) {
         episode: builder.add_u64_field("episode", INDEXED | FAST),
         labels: builder.add_text_field("labels", STRING),
         tracks: builder.add_text_field("tracks", STRING),
-        dialogue: builder.add_text_field("dialogue", text),
+        dialogue: builder.add_text_field("dialogue", text.clone()),
+        dialogue_bridge: builder.add_text_field("dialogue_bridge", text.clone()),
+        dialogue_before: builder.add_text_field("dialogue_before", text),
+        dialogue_stemmed: std::array::from_fn(|i| {
+            let (code, _) = STEM_LANGUAGES[i];
+            let options = TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(&stem_analyzer_name(code))
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            );
+            builder.add_text_field(&format!("dialogue_{code}"), options)
+        }),
     };
     (builder.build(), fields)
 }
@@ -113,28 +196,46 @@ pub fn text_analyzer() -> TextAnalyzer {
         .build()
 }
 
+/// Lower-cases, stems (before folding accents: stemmers expect them), then folds.
+pub fn stem_analyzer(language: Language) -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(Stemmer::new(language))
+        .filter(AsciiFoldingFilter)
+        .build()
+}
+
 /// Splits text into the index's dialogue tokens.
 pub fn tokenize(text: &str) -> Vec<String> {
-    let mut analyzer = text_analyzer();
+    tokens_with(&mut text_analyzer(), text).into_iter().map(|(t, _)| t).collect()
+}
+
+/// Tokens with their byte ranges in `text`.
+pub fn tokens_with(analyzer: &mut TextAnalyzer, text: &str) -> Vec<(String, [usize; 2])> {
     let mut stream = analyzer.token_stream(text);
     let mut out = Vec::new();
     while stream.advance() {
-        out.push(stream.token().text.clone());
+        let token = stream.token();
+        out.push((token.text.clone(), [token.offset_from, token.offset_to]));
     }
     out
+}
+
+/// Stemmed tokens of `text` in the language at `position` of [`STEM_LANGUAGES`].
+pub fn stem_tokens(position: usize, text: &str) -> Vec<String> {
+    tokens_with(&mut stem_analyzer(STEM_LANGUAGES[position].1), text).into_iter().map(|(t, _)| t).collect()
 }
 
 pub fn label_term_text(track: Option<&str>, label: &str, percent: u64) -> String {
     format!("{}\u{1f}{}\u{1f}{percent}", track.unwrap_or("*"), normalize_label(label))
 }
 
-/// The confidence (in hundredths) that gets its own "at least" term, so the default
-/// `min_confidence` is one term lookup instead of a set of 51 bands.
-pub const DEFAULT_THRESHOLD_PERCENT: u64 = 50;
-
-/// Term for "this label with confidence >= DEFAULT_THRESHOLD_PERCENT".
-pub fn label_threshold_term_text(track: Option<&str>, label: &str) -> String {
-    format!("{}\u{1f}{}\u{1f}>={DEFAULT_THRESHOLD_PERCENT}", track.unwrap_or("*"), normalize_label(label))
+/// Term for "this label with a confidence in decile `decile`" (0 = [0, 0.1), ..., 9 = [0.9, 1]):
+/// a `min_confidence` on a decile boundary is a handful of terms, and each decile scores
+/// differently.
+pub fn label_decile_term_text(track: Option<&str>, label: &str, decile: u64) -> String {
+    format!("{}\u{1f}{}\u{1f}~{decile}", track.unwrap_or("*"), normalize_label(label))
 }
 
 pub fn bucket_key_text(asset_id: &str, second: u64) -> String {
@@ -368,6 +469,7 @@ pub struct ShardIndex {
     pub reader: IndexReader,
     writer: Mutex<IndexWriter>,
     pub vectors: Vec<VectorIndex>,
+    pub statistics: StatisticsCache,
     /// Watermark of the last Tantivy commit (what queries see).
     committed_watermark: Mutex<u64>,
     format_path: PathBuf,
@@ -398,6 +500,9 @@ impl ShardIndex {
         let directory = tantivy::directory::MmapDirectory::open(&text_dir).map_err(|e| IndexError::Tantivy(e.into()))?;
         let index = Index::open_or_create(directory, schema)?;
         index.tokenizers().register(TEXT_ANALYZER, text_analyzer());
+        for (code, language) in STEM_LANGUAGES {
+            index.tokenizers().register(&stem_analyzer_name(code), stem_analyzer(*language));
+        }
         let committed_watermark = index.load_metas()?.payload.as_deref().and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
         let writer = index.writer_with_num_threads(1, writer_heap_bytes.max(15_000_000))?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
@@ -408,6 +513,7 @@ impl ShardIndex {
             reader,
             writer: Mutex::new(writer),
             vectors,
+            statistics: StatisticsCache::default(),
             committed_watermark: Mutex::new(committed_watermark),
             format_path,
             needs_full_reindex: !current,
@@ -436,11 +542,13 @@ impl ShardIndex {
     pub fn reindex_seconds(&self, store: &ShardStore, asset_id: &str, seconds: &[u64]) -> Result<usize, IndexError> {
         let writer = self.writer.lock();
         let context = DocContext::load(store, asset_id)?;
+        let mut cache = BucketCache::new(store, asset_id);
         let mut written = 0;
         for &second in seconds {
             writer.delete_term(Term::from_field_text(self.fields.key, &bucket_key_text(asset_id, second)));
-            if let Some(bucket) = store.bucket(asset_id, second)? {
-                writer.add_document(self.document(&context, second, &bucket))?;
+            if let Some(bucket) = cache.get(second)? {
+                let doc = self.document(&context, second, &bucket, &mut |s| cache.get(s).ok().flatten());
+                writer.add_document(doc)?;
                 written += 1;
             }
         }
@@ -453,14 +561,24 @@ impl ShardIndex {
         let context = DocContext::load(store, asset_id)?;
         writer.delete_term(Term::from_field_u64(self.fields.asset_ordinal, context.ordinal));
         let mut written = 0;
-        for (second, bucket) in store.bucket_range(asset_id, 0, u64::MAX)? {
-            writer.add_document(self.document(&context, second, &bucket))?;
+        let all: HashMap<u64, Bucket> = store.bucket_range(asset_id, 0, u64::MAX)?.into_iter().collect();
+        let mut seconds: Vec<&u64> = all.keys().collect();
+        seconds.sort_unstable();
+        for &second in seconds {
+            let doc = self.document(&context, second, &all[&second], &mut |s| all.get(&s).cloned());
+            writer.add_document(doc)?;
             written += 1;
         }
         Ok(written)
     }
 
-    fn document(&self, context: &DocContext, second: u64, bucket: &Bucket) -> TantivyDocument {
+    fn document(
+        &self,
+        context: &DocContext,
+        second: u64,
+        bucket: &Bucket,
+        previous: &mut dyn FnMut(u64) -> Option<Bucket>,
+    ) -> TantivyDocument {
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
         doc.add_text(f.key, bucket_key_text(&context.asset_id, second));
@@ -477,6 +595,9 @@ impl ShardIndex {
         }
         let mut seen_tracks = HashSet::new();
         let mut dialogue = String::new();
+        let mut stemmed: Vec<String> = vec![String::new(); STEM_LANGUAGES.len()];
+        let mut bridge: Vec<String> = Vec::new();
+        let mut before: Vec<String> = Vec::new();
         for entry in &bucket.entries {
             if seen_tracks.insert(entry.track.as_str()) {
                 doc.add_text(f.tracks, &entry.track);
@@ -485,20 +606,45 @@ impl ShardIndex {
                 let percent = (entry.confidence * 100.0).floor().clamp(0.0, 100.0) as u64;
                 doc.add_text(f.labels, label_term_text(Some(&entry.track), label, percent));
                 doc.add_text(f.labels, label_term_text(None, label, percent));
-                if percent >= DEFAULT_THRESHOLD_PERCENT {
-                    doc.add_text(f.labels, label_threshold_term_text(Some(&entry.track), label));
-                    doc.add_text(f.labels, label_threshold_term_text(None, label));
-                }
+                let decile = (percent / 10).min(9);
+                doc.add_text(f.labels, label_decile_term_text(Some(&entry.track), label, decile));
+                doc.add_text(f.labels, label_decile_term_text(None, label, decile));
             }
             if let Some(text) = &entry.text {
                 if !dialogue.is_empty() {
                     dialogue.push_str(" \n ");
                 }
                 dialogue.push_str(text);
+                if let Some(position) = entry.language.as_deref().and_then(stem_language) {
+                    let stemmed = &mut stemmed[position];
+                    if !stemmed.is_empty() {
+                        stemmed.push_str(" \n ");
+                    }
+                    stemmed.push_str(text);
+                }
+                let starts_here = previous(second.wrapping_sub(1))
+                    .is_none_or(|before| !before.entries.iter().any(|e| e.annotation_id == entry.annotation_id));
+                if second > 0 && starts_here {
+                    if let Some(line_before) = line_before(second, &entry.annotation_id, previous) {
+                        // Punctuation is dropped by the tokenizer: the two lines read as one.
+                        bridge.push(format!("{line_before} {text}"));
+                        before.push(line_before);
+                    }
+                }
             }
         }
         if !dialogue.is_empty() {
             doc.add_text(f.dialogue, dialogue);
+        }
+        for (position, text) in stemmed.into_iter().enumerate() {
+            if !text.is_empty() {
+                doc.add_text(f.dialogue_stemmed[position], text);
+            }
+        }
+        // Bridges are separate values; positions restart in a way that no phrase spans two.
+        if !bridge.is_empty() {
+            doc.add_text(f.dialogue_bridge, bridge.join(" \n \n \n \n "));
+            doc.add_text(f.dialogue_before, before.join(" \n \n \n \n "));
         }
         doc
     }
@@ -537,6 +683,46 @@ impl ShardIndex {
 
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
+    }
+}
+
+/// The text of the line that ends closest before `second` (within [`BRIDGE_WINDOW_BUCKETS`]),
+/// other than `annotation_id`.
+fn line_before(second: u64, annotation_id: &str, previous: &mut dyn FnMut(u64) -> Option<Bucket>) -> Option<String> {
+    let lowest = second.saturating_sub(BRIDGE_WINDOW_BUCKETS);
+    let mut t = second;
+    while t > lowest {
+        t -= 1;
+        if let Some(bucket) = previous(t) {
+            // Entries are sorted by (track, id); of several lines take the last one listed.
+            if let Some(text) = bucket.entries.iter().rev().filter(|e| e.annotation_id != annotation_id).find_map(|e| e.text.clone()) {
+                return Some(text);
+            }
+        }
+    }
+    None
+}
+
+/// Buckets of one asset read once per reindex call (a document also looks at the buckets
+/// before it, for bridges).
+struct BucketCache<'a> {
+    store: &'a ShardStore,
+    asset_id: &'a str,
+    loaded: HashMap<u64, Option<Bucket>>,
+}
+
+impl<'a> BucketCache<'a> {
+    fn new(store: &'a ShardStore, asset_id: &'a str) -> Self {
+        BucketCache { store, asset_id, loaded: HashMap::new() }
+    }
+
+    fn get(&mut self, second: u64) -> Result<Option<Bucket>, StoreError> {
+        if let Some(found) = self.loaded.get(&second) {
+            return Ok(found.clone());
+        }
+        let bucket = self.store.bucket(self.asset_id, second)?;
+        self.loaded.insert(second, bucket.clone());
+        Ok(bucket)
     }
 }
 
@@ -614,10 +800,111 @@ impl SegmentCollector for SecondsSegmentCollector {
     }
 }
 
-/// Runs a query and returns every matching (asset ordinal, second, score).
+/// Runs a query and returns every matching (asset ordinal, second, score). BM25 uses
+/// [`LiveStatistics`], so scores depend only on the live documents.
 pub fn collect_seconds(index: &ShardIndex, query: &dyn Query) -> Result<Vec<(u64, u64, f32)>, IndexError> {
     let searcher = index.reader.searcher();
-    Ok(searcher.search(query, &SecondsCollector)?)
+    let statistics = LiveStatistics { searcher: &searcher, cache: &index.statistics };
+    Ok(searcher.search_with_statistics_provider(query, &SecondsCollector, &statistics)?)
+}
+
+/// BM25 statistics cached for one searcher generation.
+#[derive(Default)]
+pub struct StatisticsCache {
+    inner: Mutex<(u64, HashMap<Term, u64>, HashMap<Field, u64>)>,
+}
+
+/// Most terms whose live document frequency is cached per generation.
+const STATISTICS_CACHE_TERMS_MAX: usize = 50_000;
+
+/// BM25 statistics over live documents only. Tantivy's own count deleted documents until
+/// segments merge, so the same data would score differently depending on its update history;
+/// these make a rebuilt index (or another replica) score exactly the same.
+pub struct LiveStatistics<'a> {
+    pub searcher: &'a Searcher,
+    pub cache: &'a StatisticsCache,
+}
+
+impl LiveStatistics<'_> {
+    fn generation(&self) -> u64 {
+        self.searcher.generation().generation_id()
+    }
+
+    fn cached<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        key: &K,
+        pick: impl Fn(&mut (u64, HashMap<Term, u64>, HashMap<Field, u64>)) -> &mut HashMap<K, u64>,
+        compute: impl FnOnce() -> tantivy::Result<u64>,
+    ) -> tantivy::Result<u64> {
+        let generation = self.generation();
+        {
+            let mut inner = self.cache.inner.lock();
+            if inner.0 != generation {
+                *inner = (generation, HashMap::new(), HashMap::new());
+            }
+            if let Some(value) = pick(&mut inner).get(key) {
+                return Ok(*value);
+            }
+        }
+        let value = compute()?;
+        let mut inner = self.cache.inner.lock();
+        if inner.0 == generation {
+            let map = pick(&mut inner);
+            if map.len() < STATISTICS_CACHE_TERMS_MAX {
+                map.insert(key.clone(), value);
+            }
+        }
+        Ok(value)
+    }
+}
+
+impl Bm25StatisticsProvider for LiveStatistics<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        self.cached(
+            &field,
+            |inner| &mut inner.2,
+            || {
+                let mut total = 0u64;
+                for segment in self.searcher.segment_readers() {
+                    let norms = segment.get_fieldnorms_reader(field)?;
+                    let alive = segment.alive_bitset();
+                    for doc in 0..segment.max_doc() {
+                        if alive.is_none_or(|a| a.is_alive(doc)) {
+                            total += u64::from(norms.fieldnorm(doc));
+                        }
+                    }
+                }
+                Ok(total)
+            },
+        )
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(self.searcher.num_docs())
+    }
+
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        self.cached(
+            term,
+            |inner| &mut inner.1,
+            || {
+                let mut total = 0u64;
+                for segment in self.searcher.segment_readers() {
+                    let inverted = segment.inverted_index(term.field())?;
+                    let Some(mut postings) = inverted.read_postings(term, IndexRecordOption::Basic)? else { continue };
+                    let alive = segment.alive_bitset();
+                    let mut doc = postings.doc();
+                    while doc != TERMINATED {
+                        if alive.is_none_or(|a| a.is_alive(doc)) {
+                            total += 1;
+                        }
+                        doc = postings.advance();
+                    }
+                }
+                Ok(total)
+            },
+        )
+    }
 }
 
 #[cfg(test)]

@@ -2,18 +2,24 @@
 //! command-line tools (demo, generator, import, search, rebuild, bench).
 
 pub mod bench;
+pub mod captions;
 pub mod client;
+pub mod curate;
 pub mod demo;
+pub mod embedder;
 pub mod engine;
 pub mod fusion;
 pub mod gen;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod plan;
 pub mod search;
 pub mod shard;
 pub mod store;
+pub mod subtitles;
 pub mod suggest;
+pub mod understand;
 
 /// Sets up `tracing` from the config's log level and format (`RUSHES_LOG`, else `RUST_LOG`,
 /// overrides it with a tracing filter such as `info,rushes_node::shard=debug`).

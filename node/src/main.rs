@@ -73,14 +73,24 @@ enum Command {
         #[arg(long, default_value = "./rushes-sample")]
         out: PathBuf,
     },
-    /// Send annotations (NDJSON, one per line) to a running node in batches.
+    /// Send annotations (NDJSON, one per line) to a running node in batches, or a subtitle
+    /// file (.srt / .vtt, with --asset and --language) as dialogue annotations.
     Import {
-        /// NDJSON file of annotations ("-" for standard input).
+        /// NDJSON file of annotations ("-" for standard input), or a .srt / .vtt file.
         file: PathBuf,
         #[arg(long, default_value = "http://127.0.0.1:7700")]
         server: String,
         #[arg(long, default_value_t = 2000)]
         batch: usize,
+        /// Subtitles: the asset the file belongs to.
+        #[arg(long)]
+        asset: Option<String>,
+        /// Subtitles: the language of the file (`en`, `fr`, `pt-BR`, ...).
+        #[arg(long)]
+        language: Option<String>,
+        /// Subtitles: the version of this file; a higher one replaces earlier imports in search.
+        #[arg(long, default_value = "1")]
+        model_version: String,
     },
     /// Search a running node and print the clips.
     Search {
@@ -197,7 +207,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Import { file, server, batch } => import(&file, &server, batch),
+        Command::Import { file, server, batch, asset, language, model_version } => {
+            let extension = file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+            let is_subtitle = matches!(extension.as_deref(), Some("srt" | "vtt"));
+            match (asset, language) {
+                (Some(asset), Some(language)) => import_subtitles(&file, &server, batch, &asset, &language, &model_version),
+                (None, None) if !is_subtitle => import(&file, &server, batch),
+                _ => Err("a subtitle import needs both --asset ID and --language LANG (e.g. --asset s01e01 --language en)".into()),
+            }
+        }
         Command::Search { q, server, mode, per_asset, limit, json } => {
             let client = Client::new(&server);
             let mode = if mode == "union" { SearchMode::Union } else { SearchMode::Intersection };
@@ -285,6 +303,48 @@ fn serve(config: Config) -> Result<(), CliError> {
         tokio::task::spawn_blocking(move || engine.shutdown()).await?;
         Ok(())
     })
+}
+
+/// Parses a subtitle file locally (errors name the line before anything is sent), then sends
+/// its cues as dialogue annotations in batches.
+fn import_subtitles(
+    file: &std::path::Path,
+    server: &str,
+    batch: usize,
+    asset: &str,
+    language: &str,
+    version: &str,
+) -> Result<(), CliError> {
+    rushes_node::captions::validate_language(language)?;
+    rushes_node::captions::validate_version(version)?;
+    rushes_protocol::validate::validate_asset_id(asset, 256).map_err(|m| format!("--asset {m}"))?;
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let parse_bar = demo::byte_progress_bar(bytes.len() as u64, "reading subtitles", false);
+    let parsed = rushes_node::subtitles::parse_subtitles(&bytes, &mut |done, _| parse_bar.set_position(done as u64))
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    parse_bar.finish_and_clear();
+    for warning in &parsed.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let lines = rushes_node::captions::cue_annotations(&parsed, asset, language, version);
+    let bar = demo::progress_bar(lines.len() as u64, "importing cues", false);
+    let client = Client::new(server);
+    let (mut sent, mut created) = (0usize, 0usize);
+    for chunk in lines.chunks(batch.clamp(1, 10_000)) {
+        let reply =
+            client.post_ndjson_retrying(&chunk.concat(), 10).map_err(|e| format!("cues {}..{}: {e}", sent + 1, sent + chunk.len()))?;
+        sent += chunk.len();
+        created += reply.created;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    println!(
+        "imported {sent} cues ({created} new) from {} ({}, {:?}) into asset {asset} on {server}",
+        file.display(),
+        rushes_node::captions::format_name(parsed.format),
+        parsed.encoding
+    );
+    Ok(())
 }
 
 fn import(file: &std::path::Path, server: &str, batch: usize) -> Result<(), CliError> {

@@ -1,299 +1,53 @@
-//! Search: plan on the coordinator, execute on each shard, merge.
+//! Search execution: leaves on each shard, statistics gathered by the coordinator, fusion per
+//! second, curation into clips, evidence for the global top assets.
 //!
-//! 1. `plan`: validate the request; turn `q` into clauses (quoted text → phrases, names found in
-//!    the label vocabulary → exact label clauses, remaining words → one dialogue clause).
-//! 2. `search_shard`: each clause becomes a set of (asset, second) hits with a score (Tantivy for
-//!    labels, words and phrases; usearch for vectors, mapped from annotations to the seconds they
-//!    cover); `intersection` keeps seconds every clause hit, `union` any; consecutive seconds
-//!    become clips; the best `per_asset` clips per asset get their evidence from the buckets.
-//! 3. `merge`: assets live on exactly one shard, so merging is a sort by score.
+//! 1. `shard_hits` (every shard): each leaf of the plan becomes (asset, second) hits with a raw
+//!    score: label confidence, BM25 for dialogue words and phrases (over live documents only, so
+//!    a rebuilt index or another replica scores the same), similarity for vectors (approximate,
+//!    or exact over the filtered set when the filter leaves too few).
+//! 2. `global_stats` (coordinator): per leaf the min and max raw score and the top
+//!    `rank_window` scores over all shards, and the k-th best similarity of vector leaves, so
+//!    normalization, ranks and k are global, not per shard.
+//! 3. `shard_candidates` (every shard): raw scores become fused scores (min-max × weight, or
+//!    RRF), the plan's tree combines them per second (`while` = all at once, `any`, `sequence`),
+//!    consecutive seconds become clips, assets rank by their best clip.
+//! 4. `finish_assets` (only shards holding the global top `limit`): clips snap to shots, get
+//!    padding and length bounds, overlaps are suppressed, evidence with highlights is attached.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use rushes_protocol::codec;
-use rushes_protocol::model::{normalize_label, BucketEntryRef, BucketRef, BUCKET_FORMAT};
-use rushes_protocol::{
-    ApiError, AssetHits, BoolOperator, Clause, Clip, ErrorCode, Filters, Match, SearchMode, SearchRequest, SearchResponse, ShardCounts,
+use rushes_protocol::model::{BucketEntryRef, BucketRef, BUCKET_FORMAT};
+use rushes_protocol::{AssetGroup, AssetHits, BoolOperator, Clip, Filters, FusionMethod, GroupBy, Match, SearchResponse, ShardCounts};
+use tantivy::query::{
+    BooleanQuery, BoostQuery, ConstScoreQuery, DisjunctionMaxQuery, FuzzyTermQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery,
+    TermSetQuery,
 };
-use serde::Serialize;
-use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::Term;
 
+use crate::curate::{self, CurationOptions, RawClip, ScoredSecond};
 use crate::index::{
-    collect_seconds, label_term_text, label_threshold_term_text, tokenize, vector_target, IndexError, DEFAULT_THRESHOLD_PERCENT,
+    collect_seconds, label_decile_term_text, label_term_text, stem_language, stem_tokens, text_analyzer, tokens_with, vector_key,
+    vector_target, IndexError, VectorMetric,
 };
+pub use crate::plan::*;
 use crate::shard::Shard;
 use crate::store::StoreError;
+use crate::understand::edit_distance_within;
 
-pub const DEFAULT_PER_ASSET: usize = 5;
-pub const DEFAULT_LIMIT: usize = 20;
-/// Label matches below this confidence are noise from detectors unless asked for.
-pub const DEFAULT_MIN_CONFIDENCE: f64 = 0.5;
-pub const DEFAULT_VECTOR_K: usize = 100;
-const MAX_SLOP: u32 = 50;
-/// Longest silence a clip may span (10 minutes).
-pub const MAX_GAP_MS: u64 = 600_000;
 const MAX_MATCHES_PER_CLIP: usize = 50;
-
-/// Words that carry no meaning in a free-text query.
-const STOP_WORDS: &[&str] = &[
-    "a", "an", "the", "in", "on", "at", "of", "with", "and", "or", "to", "is", "are", "was", "were", "be", "by", "for", "from", "into",
-    "scene", "scenes", "shot", "shots", "every", "all", "when", "where", "while", "who", "someone", "says", "say", "said", "saying",
-    "about", "show", "find", "me", "time", "times", "moment", "moments",
-];
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum PlannedClause {
-    Label {
-        track: Option<String>,
-        label: String,
-        min_confidence: f64,
-        source: ClauseSource,
-    },
-    Dialogue {
-        tokens: Vec<String>,
-        operator: BoolOperator,
-        source: ClauseSource,
-    },
-    Phrase {
-        tokens: Vec<String>,
-        slop: u32,
-        source: ClauseSource,
-    },
-    Vector {
-        space: String,
-        dimensions: usize,
-        k: usize,
-        min_similarity: Option<f64>,
-        #[serde(skip)]
-        vector: Vec<f32>,
-        source: ClauseSource,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClauseSource {
-    Clauses,
-    Query,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    pub clauses: Vec<PlannedClause>,
-    pub mode: SearchMode,
-    pub per_asset: usize,
-    pub limit: usize,
-    pub filters: Filters,
-    pub gap_ms: u64,
-    pub min_score: Option<f64>,
-    pub evidence: bool,
-    /// Words of `q` that became nothing (stop words), for `explain`.
-    pub ignored_words: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct SearchLimits {
-    pub max_clauses: usize,
-    pub max_per_asset: usize,
-    pub max_limit: usize,
-    pub max_query_bytes: usize,
-    pub max_vector_k: usize,
-    pub vector_spaces: Vec<(String, usize)>,
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::field(field, format!("{field} {}", message.into()))
-}
-
-/// Validates a request and compiles it into a plan. `vocabulary`: normalized label → tracks.
-pub fn plan(request: &SearchRequest, vocabulary: &BTreeMap<String, Vec<String>>, limits: &SearchLimits) -> Result<Plan, ApiError> {
-    let per_asset = request.per_asset.unwrap_or(DEFAULT_PER_ASSET);
-    if per_asset == 0 || per_asset > limits.max_per_asset {
-        return Err(invalid("per_asset", format!("is {per_asset}; allowed 1..={}", limits.max_per_asset)));
-    }
-    let limit = request.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > limits.max_limit {
-        return Err(invalid("limit", format!("is {limit}; allowed 1..={}", limits.max_limit)));
-    }
-    let filters = request.filters.clone().unwrap_or_default();
-    if let (Some(from), Some(to)) = (filters.from_ms, filters.to_ms) {
-        if to <= from {
-            return Err(invalid("filters.to_ms", format!("({to}) must be greater than filters.from_ms ({from})")));
-        }
-    }
-    if request.gap_ms.is_some_and(|gap| gap > MAX_GAP_MS) {
-        return Err(invalid("gap_ms", format!("is {}; allowed 0..={MAX_GAP_MS}", request.gap_ms.unwrap_or(0))));
-    }
-    if let Some(min_score) = request.min_score {
-        if !min_score.is_finite() {
-            return Err(invalid("min_score", "must be a finite number"));
-        }
-    }
-    let mut clauses = Vec::new();
-    let mut ignored_words = Vec::new();
-    for (i, clause) in request.clauses.iter().flatten().enumerate() {
-        clauses.push(plan_clause(clause, i, limits)?);
-    }
-    if let Some(q) = &request.q {
-        if q.len() > limits.max_query_bytes {
-            return Err(ApiError::new(ErrorCode::TooLarge, format!("q is {} bytes; the limit is {}", q.len(), limits.max_query_bytes))
-                .with_field("q"));
-        }
-        let (from_q, ignored) = understand_query(q, vocabulary);
-        clauses.extend(from_q);
-        ignored_words = ignored;
-    }
-    if clauses.is_empty() {
-        return Err(invalid(
-            "q",
-            "found nothing to search for: give `q` with a name, a place or words (quote a line for a phrase), or structured `clauses`",
-        ));
-    }
-    if clauses.len() > limits.max_clauses {
-        return Err(invalid(
-            "clauses",
-            format!("has {} clauses after understanding q; the limit is {}", clauses.len(), limits.max_clauses),
-        ));
-    }
-    Ok(Plan {
-        clauses,
-        mode: request.mode.unwrap_or_default(),
-        per_asset,
-        limit,
-        filters,
-        gap_ms: request.gap_ms.unwrap_or(0),
-        min_score: request.min_score,
-        evidence: request.evidence.unwrap_or(true),
-        ignored_words,
-    })
-}
-
-fn plan_clause(clause: &Clause, i: usize, limits: &SearchLimits) -> Result<PlannedClause, ApiError> {
-    let field = |name: &str| format!("clauses[{i}].{name}");
-    match clause {
-        Clause::Label { label, track, min_confidence } => {
-            let normalized = normalize_label(label);
-            if normalized.is_empty() || normalized.len() > 256 {
-                return Err(invalid(&field("label"), "must be 1 to 256 bytes of text"));
-            }
-            let min_confidence = min_confidence.unwrap_or(DEFAULT_MIN_CONFIDENCE);
-            if !(0.0..=1.0).contains(&min_confidence) {
-                return Err(invalid(&field("min_confidence"), format!("is {min_confidence}; allowed 0..=1")));
-            }
-            Ok(PlannedClause::Label { track: track.clone(), label: normalized, min_confidence, source: ClauseSource::Clauses })
-        }
-        Clause::Dialogue { text, operator } => {
-            let tokens = tokenize(text);
-            if tokens.is_empty() || text.len() > limits.max_query_bytes {
-                return Err(invalid(&field("text"), format!("must hold at least one word and at most {} bytes", limits.max_query_bytes)));
-            }
-            Ok(PlannedClause::Dialogue { tokens, operator: operator.unwrap_or(BoolOperator::And), source: ClauseSource::Clauses })
-        }
-        Clause::Phrase { text, slop } => {
-            let tokens = tokenize(text);
-            if tokens.is_empty() || text.len() > limits.max_query_bytes {
-                return Err(invalid(&field("text"), format!("must hold at least one word and at most {} bytes", limits.max_query_bytes)));
-            }
-            let slop = slop.unwrap_or(0);
-            if slop > MAX_SLOP {
-                return Err(invalid(&field("slop"), format!("is {slop}; allowed 0..={MAX_SLOP}")));
-            }
-            Ok(PlannedClause::Phrase { tokens, slop, source: ClauseSource::Clauses })
-        }
-        Clause::Vector { space, vector, k, min_similarity } => {
-            let Some((_, dimensions)) = limits.vector_spaces.iter().find(|(name, _)| name == space) else {
-                let known: Vec<&str> = limits.vector_spaces.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(invalid(&field("space"), format!("{space:?} is not a configured vector space; configured: {known:?}")));
-            };
-            if vector.len() != *dimensions {
-                return Err(invalid(&field("vector"), format!("has {} dimensions; space {space:?} has {dimensions}", vector.len())));
-            }
-            if vector.iter().any(|x| !x.is_finite() || !(*x as f32).is_finite()) {
-                return Err(invalid(&field("vector"), "must hold finite 32-bit numbers"));
-            }
-            let k = k.unwrap_or(DEFAULT_VECTOR_K);
-            if k == 0 || k > limits.max_vector_k {
-                return Err(invalid(&field("k"), format!("is {k}; allowed 1..={}", limits.max_vector_k)));
-            }
-            if min_similarity.is_some_and(|s| !s.is_finite()) {
-                return Err(invalid(&field("min_similarity"), "must be a finite number"));
-            }
-            Ok(PlannedClause::Vector {
-                space: space.clone(),
-                dimensions: *dimensions,
-                k,
-                min_similarity: *min_similarity,
-                vector: vector.iter().map(|x| *x as f32).collect(),
-                source: ClauseSource::Clauses,
-            })
-        }
-    }
-}
-
-/// Free text → clauses: quoted spans are phrases; the longest word sequences (up to 4 words)
-/// that are known labels become label clauses; other non-stop words form one dialogue clause
-/// matching any of them.
-pub fn understand_query(q: &str, vocabulary: &BTreeMap<String, Vec<String>>) -> (Vec<PlannedClause>, Vec<String>) {
-    let mut clauses = Vec::new();
-    let mut ignored = Vec::new();
-    let mut free_text = String::new();
-    for (i, part) in q.split('"').enumerate() {
-        if i % 2 == 1 {
-            let tokens = tokenize(part);
-            if !tokens.is_empty() {
-                clauses.push(PlannedClause::Phrase { tokens, slop: 0, source: ClauseSource::Query });
-            }
-        } else {
-            free_text.push(' ');
-            free_text.push_str(part);
-        }
-    }
-    let words: Vec<String> = free_text
-        .split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '-'))
-        .filter(|w| !w.is_empty())
-        .map(|w| w.to_lowercase().trim_matches('\'').to_string())
-        .filter(|w| !w.is_empty())
-        .collect();
-    let mut leftover = Vec::new();
-    let mut i = 0;
-    while i < words.len() {
-        let mut matched = false;
-        for n in (1..=4.min(words.len() - i)).rev() {
-            let candidate = words[i..i + n].join(" ");
-            let singular = candidate.strip_suffix('s').unwrap_or(&candidate).to_string();
-            let found = vocabulary
-                .get(&candidate)
-                .map(|t| (candidate.clone(), t))
-                .or_else(|| vocabulary.get(&singular).map(|t| (singular.clone(), t)));
-            if let Some((label, tracks)) = found {
-                if n == 1 && STOP_WORDS.contains(&label.as_str()) {
-                    continue;
-                }
-                let track = (tracks.len() == 1).then(|| tracks[0].clone());
-                clauses.push(PlannedClause::Label { track, label, min_confidence: DEFAULT_MIN_CONFIDENCE, source: ClauseSource::Query });
-                i += n;
-                matched = true;
-                break;
-            }
-        }
-        if !matched {
-            if STOP_WORDS.contains(&words[i].as_str()) {
-                ignored.push(words[i].clone());
-            } else {
-                leftover.extend(tokenize(&words[i]));
-            }
-            i += 1;
-        }
-    }
-    if !leftover.is_empty() {
-        clauses.push(PlannedClause::Dialogue { tokens: leftover, operator: BoolOperator::Or, source: ClauseSource::Query });
-    }
-    (clauses, ignored)
-}
+/// A stem or fuzzy match counts less than the word itself.
+const STEM_BOOST: f32 = 0.8;
+const FUZZY_BOOST: f32 = 0.5;
+/// A phrase found across two lines counts a little less than within one.
+const BRIDGE_BOOST: f32 = 0.9;
+/// Min-max normalization maps into [FLOOR, 1]: the weakest hit is still a hit.
+const NORMALIZED_FLOOR: f32 = 0.1;
+/// Most (asset, bucket) hits one vector leaf may expand to (k annotations of up to 24 h).
+const VECTOR_HITS_MAX: usize = 2_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -307,17 +61,8 @@ pub enum SearchError {
     Vector(String),
 }
 
-/// Per clause: asset ordinal → second → score. Vector clauses also keep the annotation ids
-/// that hit, with their similarity, for the evidence.
-struct ClauseHits {
-    /// (hit key, score), sorted by key, one entry per key; see [`hit_key`].
-    hits: Vec<(u64, f32)>,
-    /// asset id → annotation id → similarity (annotation ids are unique within an asset).
-    vector_hits: HashMap<String, HashMap<String, f64>>,
-}
-
 /// One key per (asset ordinal, bucket) that sorts by asset, then time: per-asset runs and
-/// merge-joins of sorted vectors replace maps of maps (which were most of a query's time).
+/// merge-joins of sorted vectors replace maps of maps.
 fn hit_key(asset: u64, second: u64) -> u64 {
     debug_assert!(asset < 1 << 32 && second < 1 << 32);
     (asset << 32) | (second & 0xffff_ffff)
@@ -344,125 +89,369 @@ fn sorted_unique(mut hits: Vec<(u64, f32)>) -> Vec<(u64, f32)> {
     hits
 }
 
-/// Runs a plan on one shard and returns its best clips per asset.
-/// One shard's answer: its best `limit` assets, and how many assets had any clip.
-/// Phase one of a shard's search: its best `limit` assets with candidate clips scored from
-/// the index alone, and the clause hits needed to attach evidence later.
-pub struct ShardCandidates {
-    /// (index score, asset id, candidate clips best first), best asset first.
-    pub ranked: Vec<(f64, String, Vec<Clip>)>,
-    /// Assets with any clip on this shard, before `limit`.
-    pub total_assets: usize,
-    per_clause: Vec<ClauseHits>,
+/// One leaf's hits on one shard.
+#[derive(Default)]
+pub struct LeafHits {
+    /// (hit key, raw score), sorted by key, one entry per key.
+    hits: Vec<(u64, f32)>,
+    /// Vector leaves: asset id → annotation id → similarity.
+    vector_hits: HashMap<String, HashMap<String, f64>>,
 }
 
-pub fn shard_candidates(shard: &Shard, plan: &Plan) -> Result<ShardCandidates, SearchError> {
+/// Phase one of a shard: every leaf's hits.
+pub struct ShardHits {
+    leaves: Vec<LeafHits>,
+}
+
+/// What the coordinator needs of one leaf on one shard.
+#[derive(Debug, Clone, Default)]
+pub struct LeafSummary {
+    min: Option<f32>,
+    max: Option<f32>,
+    /// Best raw scores, descending, at most `rank_window` (RRF only).
+    top: Vec<f32>,
+    /// Vector leaves: best similarities, descending, at most k.
+    similarities: Vec<f64>,
+}
+
+/// Statistics of each leaf over all shards.
+#[derive(Debug, Clone, Default)]
+pub struct GlobalStats {
+    leaves: Vec<LeafStats>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct LeafStats {
+    min: f32,
+    max: f32,
+    top: Vec<f32>,
+    /// Vector leaves: hits below this similarity are dropped (the global k-th, or min_similarity).
+    min_similarity: Option<f64>,
+}
+
+pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> {
     let bucket_ms = shard.bucket_ms;
     let allowed = allowed_assets(shard, &plan.filters)?;
     if allowed.as_ref().is_some_and(|a| a.is_empty()) {
-        return Ok(ShardCandidates { ranked: vec![], total_assets: 0, per_clause: vec![] });
+        return Ok(ShardHits { leaves: plan.leaves.iter().map(|_| LeafHits::default()).collect() });
     }
     let from_bucket = plan.filters.from_ms.map(|ms| ms / bucket_ms).unwrap_or(0);
     let to_bucket = plan.filters.to_ms.map(|ms| ms.div_ceil(bucket_ms)).unwrap_or(u64::MAX);
-    let mut per_clause = Vec::with_capacity(plan.clauses.len());
-    for clause in &plan.clauses {
-        let hits = match clause {
-            PlannedClause::Vector { space, k, min_similarity, vector, .. } => {
-                vector_clause_hits(shard, space, vector, *k, *min_similarity, allowed.as_ref(), &plan.filters, from_bucket, to_bucket)?
-            }
+    let has_time_range = plan.filters.from_ms.is_some() || plan.filters.to_ms.is_some();
+    let mut leaves = Vec::with_capacity(plan.leaves.len());
+    for leaf in &plan.leaves {
+        let hits = match leaf {
+            Leaf::Vector { .. } => vector_leaf_hits(shard, leaf, plan, allowed.as_ref(), from_bucket, to_bucket)?,
             _ => {
-                let query = text_query(
-                    shard,
-                    clause,
-                    allowed.as_ref(),
-                    plan.filters.from_ms.is_some() || plan.filters.to_ms.is_some(),
-                    from_bucket,
-                    to_bucket,
-                );
-                let label_clause = matches!(clause, PlannedClause::Label { .. });
+                let query = text_query(shard, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket);
                 let hits = collect_seconds(&shard.index, query.as_ref())?
                     .into_iter()
-                    // Labels are exact matches (score 1, refined by confidence in the evidence);
-                    // dialogue scores are already in (0, 1] (see `text_query`).
-                    .map(|(asset, second, score)| (hit_key(asset, second), if label_clause { 1.0 } else { score.min(1.0) }))
+                    .filter(|(_, _, score)| score.is_finite() && *score > 0.0)
+                    .map(|(asset, second, score)| (hit_key(asset, second), score))
                     .collect();
-                ClauseHits { hits: sorted_unique(hits), vector_hits: HashMap::new() }
+                LeafHits { hits: sorted_unique(hits), vector_hits: HashMap::new() }
             }
         };
-        per_clause.push(hits);
+        leaves.push(hits);
     }
-    // Rank assets on index scores, then load evidence (bucket reads) only for the `limit`
-    // best: the merge keeps at most `limit` assets in all, so no shard needs more.
-    let mut ranked: Vec<(f64, String, Vec<Clip>)> = Vec::new();
-    let combined = combine_hits(&per_clause, plan.mode);
-    for run in combined.chunk_by(|a, b| hit_asset(a.0) == hit_asset(b.0)) {
-        let Some(asset_id) = shard.store.asset_of_ordinal(hit_asset(run[0].0)) else {
-            continue;
-        };
-        let seconds: Vec<(u64, f32)> = run.iter().map(|&(key, score)| (hit_second(key), score)).collect();
-        let mut clips = build_clips(&seconds, plan.gap_ms / bucket_ms, bucket_ms);
-        clips.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
-        // Twice as many as returned: confidence weighting and min_score can reorder the top.
-        clips.truncate(plan.per_asset * 2);
-        ranked.push((clips[0].score, asset_id, clips));
-    }
-    let total_assets = ranked.len();
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    ranked.truncate(plan.limit);
-    Ok(ShardCandidates { ranked, total_assets, per_clause })
+    Ok(ShardHits { leaves })
 }
 
-/// Phase two, for the assets the coordinator kept: evidence (bucket reads), confidence
-/// weighting, `min_score` and `per_asset`. Only the globally best `limit` assets pay for it.
+pub fn summarize(hits: &ShardHits, plan: &Plan) -> Vec<LeafSummary> {
+    hits.leaves
+        .iter()
+        .zip(&plan.leaves)
+        .map(|(leaf_hits, leaf)| {
+            let mut summary = LeafSummary::default();
+            for &(_, score) in &leaf_hits.hits {
+                summary.min = Some(summary.min.map_or(score, |m| m.min(score)));
+                summary.max = Some(summary.max.map_or(score, |m| m.max(score)));
+            }
+            if plan.fusion.method == FusionMethod::Rrf {
+                summary.top = top_descending(leaf_hits.hits.iter().map(|h| h.1).collect(), plan.fusion.rank_window);
+            }
+            if let Leaf::Vector { k, .. } = leaf {
+                let all: Vec<f64> = leaf_hits.vector_hits.values().flat_map(|m| m.values().copied()).collect();
+                let mut all = all;
+                all.sort_by(|a, b| b.total_cmp(a));
+                all.truncate(*k);
+                summary.similarities = all;
+            }
+            summary
+        })
+        .collect()
+}
+
+fn top_descending(mut scores: Vec<f32>, window: usize) -> Vec<f32> {
+    if scores.len() > window {
+        scores.select_nth_unstable_by(window - 1, |a, b| b.total_cmp(a));
+        scores.truncate(window);
+    }
+    scores.sort_by(|a, b| b.total_cmp(a));
+    scores
+}
+
+/// Merges the shards' summaries (a failed shard's is simply missing).
+pub fn global_stats(plan: &Plan, summaries: &[Vec<LeafSummary>]) -> GlobalStats {
+    let leaves = plan
+        .leaves
+        .iter()
+        .enumerate()
+        .map(|(i, leaf)| {
+            let parts: Vec<&LeafSummary> = summaries.iter().filter_map(|s| s.get(i)).collect();
+            let mut min_similarity = None;
+            if let Leaf::Vector { k, min_similarity: wanted, .. } = leaf {
+                let mut all: Vec<f64> = parts.iter().flat_map(|p| p.similarities.iter().copied()).collect();
+                all.sort_by(|a, b| b.total_cmp(a));
+                // k means the k nearest over the whole cluster.
+                let kth = (all.len() >= *k).then(|| all[*k - 1]);
+                min_similarity = match (kth, wanted) {
+                    (Some(kth), Some(wanted)) => Some(kth.max(*wanted)),
+                    (kth, wanted) => kth.or(*wanted),
+                };
+            }
+            let mut min = parts.iter().filter_map(|p| p.min).fold(f32::INFINITY, f32::min);
+            let max = parts.iter().filter_map(|p| p.max).fold(f32::NEG_INFINITY, f32::max);
+            if let Some(floor) = min_similarity {
+                min = min.max(floor as f32);
+            }
+            let top = top_descending(parts.iter().flat_map(|p| p.top.iter().copied()).collect(), plan.fusion.rank_window);
+            LeafStats { min, max, top, min_similarity }
+        })
+        .collect();
+    GlobalStats { leaves }
+}
+
+/// Phase two of a shard: its best `limit` assets (after the cursor) with candidate clips.
+pub struct ShardCandidates {
+    /// (score, asset id, candidate clips best first), best asset first.
+    pub ranked: Vec<(f64, String, Vec<RawClip>)>,
+    /// Assets with any clip on this shard (whatever the cursor).
+    pub total_assets: usize,
+    /// Assets after the cursor, before `limit`.
+    pub remaining_assets: usize,
+    /// Matched seconds of the ranked assets (for max_length windows).
+    seconds: HashMap<String, Vec<ScoredSecond>>,
+    /// The hits that survived the global statistics, per leaf (for evidence).
+    leaf_hits: Vec<LeafHits>,
+    min_similarity: Vec<Option<f64>>,
+}
+
+pub fn shard_candidates(shard: &Shard, plan: &Plan, hits: ShardHits, stats: &GlobalStats) -> Result<ShardCandidates, SearchError> {
+    let bucket_ms = shard.bucket_ms;
+    let mut fused: Vec<Vec<(u64, f32)>> = Vec::with_capacity(plan.leaves.len());
+    let mut leaf_hits = hits.leaves;
+    for (i, leaf) in plan.leaves.iter().enumerate() {
+        let stat = stats.leaves.get(i).cloned().unwrap_or_default();
+        let weight = leaf.weight() as f32;
+        let raw = &mut leaf_hits[i];
+        if let Some(floor) = stat.min_similarity {
+            raw.hits.retain(|h| reaches_similarity(f64::from(h.1), floor));
+            for annotations in raw.vector_hits.values_mut() {
+                annotations.retain(|_, s| reaches_similarity(*s, floor));
+            }
+        }
+        let scores = raw
+            .hits
+            .iter()
+            .map(|&(key, score)| {
+                let fused = match plan.fusion.method {
+                    FusionMethod::Weighted => {
+                        let normalized = if stat.max > stat.min {
+                            NORMALIZED_FLOOR + (1.0 - NORMALIZED_FLOOR) * ((score - stat.min) / (stat.max - stat.min)).clamp(0.0, 1.0)
+                        } else {
+                            1.0
+                        };
+                        normalized * weight
+                    }
+                    FusionMethod::Rrf => {
+                        let rank = stat.top.partition_point(|&t| t > score) + 1;
+                        if rank > plan.fusion.rank_window {
+                            0.0
+                        } else {
+                            weight / (plan.fusion.rank_constant as f32 + rank as f32)
+                        }
+                    }
+                };
+                (key, fused)
+            })
+            .collect();
+        fused.push(scores);
+    }
+    let options = curation_options(plan, bucket_ms, None);
+    let combined = evaluate(&plan.root, &fused, &options);
+    let mut ranked: Vec<(f64, String, Vec<RawClip>)> = Vec::new();
+    let mut seconds_of: HashMap<String, Vec<ScoredSecond>> = HashMap::new();
+    let mut total_assets = 0;
+    for run in combined.chunk_by(|a, b| hit_asset(a.0) == hit_asset(b.0)) {
+        let Some(asset_id) = shard.store.asset_of_ordinal(hit_asset(run[0].0)) else { continue };
+        let seconds: Vec<ScoredSecond> = run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score }).collect();
+        let mut clips = curate::build_clips(&seconds, &options);
+        if let Some(min) = plan.min_score {
+            clips.retain(|c| c.score >= min);
+        }
+        if clips.is_empty() {
+            continue;
+        }
+        clips.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
+        total_assets += 1;
+        let score = clips[0].score;
+        if plan.cursor.as_ref().is_some_and(|c| !c.is_before(score, &asset_id)) {
+            continue;
+        }
+        // Snapping can merge neighbours into one clip: keep spares for overlap suppression.
+        clips.truncate(plan.per_asset * 3);
+        seconds_of.insert(asset_id.clone(), seconds);
+        ranked.push((score, asset_id, clips));
+    }
+    let remaining_assets = ranked.len();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    ranked.truncate(plan.limit);
+    seconds_of.retain(|id, _| ranked.iter().any(|r| &r.1 == id));
+    let min_similarity = stats.leaves.iter().map(|s| s.min_similarity).collect();
+    Ok(ShardCandidates { ranked, total_assets, remaining_assets, seconds: seconds_of, leaf_hits, min_similarity })
+}
+
+fn curation_options(plan: &Plan, bucket_ms: u64, asset_duration_ms: Option<u64>) -> CurationOptions {
+    CurationOptions {
+        bucket_ms,
+        gap_ms: plan.curation.gap_ms,
+        padding_ms: plan.curation.padding_ms,
+        min_length_ms: plan.curation.min_length_ms,
+        max_length_ms: plan.curation.max_length_ms,
+        snap_to_shots: plan.curation.snap_to_shots,
+        asset_duration_ms,
+    }
+}
+
+/// Combines the fused leaf scores along the plan's tree, per second.
+fn evaluate(node: &PlanNode, leaves: &[Vec<(u64, f32)>], options: &CurationOptions) -> Vec<(u64, f32)> {
+    match node {
+        PlanNode::Leaf { leaf } => leaves.get(*leaf).cloned().unwrap_or_default(),
+        PlanNode::While { nodes } => {
+            let mut lists: Vec<Vec<(u64, f32)>> = nodes.iter().map(|n| evaluate(n, leaves, options)).collect();
+            lists.sort_by_key(|l| l.len());
+            let mut lists = lists.into_iter();
+            let Some(mut out) = lists.next() else { return vec![] };
+            for list in lists {
+                // Two-pointer intersection of sorted keys, summing scores.
+                let mut kept = Vec::with_capacity(out.len());
+                let mut j = 0;
+                for &(key, score) in &out {
+                    while j < list.len() && list[j].0 < key {
+                        j += 1;
+                    }
+                    if j < list.len() && list[j].0 == key {
+                        kept.push((key, score + list[j].1));
+                    }
+                }
+                out = kept;
+            }
+            out
+        }
+        PlanNode::Any { nodes } => {
+            let mut all: Vec<(u64, f32)> = nodes.iter().flat_map(|n| evaluate(n, leaves, options)).collect();
+            all.sort_unstable_by_key(|h| h.0);
+            let mut out: Vec<(u64, f32)> = Vec::with_capacity(all.len());
+            for (key, score) in all {
+                match out.last_mut() {
+                    Some(last) if last.0 == key => last.1 += score,
+                    _ => out.push((key, score)),
+                }
+            }
+            out
+        }
+        PlanNode::Sequence { first, then, within_ms } => {
+            let a = evaluate(first, leaves, options);
+            let b = evaluate(then, leaves, options);
+            let mut out = Vec::new();
+            let mut b_runs = b.chunk_by(|x, y| hit_asset(x.0) == hit_asset(y.0)).peekable();
+            for a_run in a.chunk_by(|x, y| hit_asset(x.0) == hit_asset(y.0)) {
+                let asset = hit_asset(a_run[0].0);
+                while b_runs.peek().is_some_and(|r| hit_asset(r[0].0) < asset) {
+                    b_runs.next();
+                }
+                let Some(b_run) = b_runs.peek().filter(|r| hit_asset(r[0].0) == asset) else { continue };
+                let to_seconds = |run: &[(u64, f32)]| -> Vec<ScoredSecond> {
+                    run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score }).collect()
+                };
+                let seconds = curate::sequence_seconds(&to_seconds(a_run), &to_seconds(b_run), *within_ms, options);
+                out.extend(seconds.into_iter().map(|s| (hit_key(asset, s.second), s.score)));
+            }
+            out
+        }
+    }
+}
+
+/// Phase three, for the assets the coordinator kept: clip shaping (shots, padding, length),
+/// overlap suppression, `per_asset`, evidence.
 pub fn finish_assets(
     shard: &Shard,
     plan: &Plan,
     candidates: &ShardCandidates,
     keep: &HashSet<String>,
 ) -> Result<Vec<AssetHits>, SearchError> {
-    let per_clause = &candidates.per_clause;
     let mut assets = Vec::with_capacity(keep.len());
-    for (_, asset_id, clips) in candidates.ranked.iter().filter(|(_, id, _)| keep.contains(id)) {
-        let asset_id = asset_id.clone();
-        let mut finished = Vec::with_capacity(clips.len());
+    for (score, asset_id, clips) in candidates.ranked.iter().filter(|(_, id, _)| keep.contains(id)) {
+        let record = shard.store.asset_record(asset_id)?.unwrap_or_default();
+        let options = curation_options(plan, shard.bucket_ms, record.duration_ms);
+        let seconds = candidates.seconds.get(asset_id).map(Vec::as_slice).unwrap_or(&[]);
+        let mut shaped = Vec::with_capacity(clips.len());
         for clip in clips {
             let mut clip = clip.clone();
-            // The clip's score is weighted by the mean confidence of its evidence.
-            let evidence = clip_evidence(shard, &asset_id, &clip, plan, per_clause)?;
-            if !evidence.is_empty() {
-                let mean_confidence = evidence.iter().map(|m| m.confidence).sum::<f64>() / evidence.len() as f64;
-                clip.score *= mean_confidence;
+            let matched_score = clip.score;
+            if plan.curation.snap_to_shots {
+                let shots = shots_around(shard, asset_id, &clip)?;
+                curate::snap_to_shots(&mut clip, &shots);
             }
-            if plan.evidence {
-                clip.matches = evidence;
-            }
-            if plan.min_score.is_some_and(|min| clip.score < min) {
-                continue;
-            }
-            finished.push(clip);
+            curate::shape(&mut clip, seconds, &options);
+            // The score is the matched seconds' (stable across pages), whatever the shape.
+            clip.score = matched_score;
+            shaped.push(clip);
         }
-        finished.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
-        finished.truncate(plan.per_asset);
+        let mut kept = curate::suppress_overlaps(shaped);
+        kept.truncate(plan.per_asset);
+        let mut finished = Vec::with_capacity(kept.len());
+        for clip in kept {
+            let matches = if plan.evidence { clip_evidence(shard, asset_id, &clip, plan, candidates)? } else { vec![] };
+            finished.push(Clip { start_ms: clip.start_ms, end_ms: clip.end_ms, score: clip.score, matches });
+        }
         if finished.is_empty() {
             continue;
         }
-        let record = shard.store.asset_record(&asset_id)?.unwrap_or_default();
         assets.push(AssetHits {
-            asset_id,
+            asset_id: asset_id.clone(),
             title: record.title,
             series: record.series,
             season: record.season,
             episode: record.episode,
-            score: finished[0].score,
+            score: *score,
             clips: finished,
         });
     }
     Ok(assets)
 }
 
-/// The coordinator's choice between phases: the `limit` best assets over all shards, by
-/// index score (ties by asset id), as (shard position, asset ids to finish).
-pub fn choose_assets(candidates: &[Option<std::sync::Arc<ShardCandidates>>], limit: usize) -> Vec<HashSet<String>> {
+/// Shot annotations covering the first and last matched second of a clip.
+fn shots_around(shard: &Shard, asset_id: &str, clip: &RawClip) -> Result<Vec<(u64, u64)>, SearchError> {
+    let mut shots = Vec::new();
+    for second in [clip.first_second, clip.last_second] {
+        let Some(bytes) = shard.store.bucket_bytes(asset_id, second)? else { continue };
+        let bucket: BucketRef = codec::decode_borrowed(BUCKET_FORMAT, &bytes).map_err(StoreError::from)?;
+        for entry in bucket.entries.iter().filter(|e| e.track == "shot") {
+            if let Some(shot) = shard.store.annotation(asset_id, entry.annotation_id)? {
+                shots.push((shot.start_ms, shot.end_ms));
+            }
+        }
+    }
+    shots.sort_unstable();
+    shots.dedup();
+    Ok(shots)
+}
+
+/// The coordinator's choice between phases: the `limit` best assets over all shards (ties by
+/// asset id), as the asset ids to finish per shard position.
+pub fn choose_assets(candidates: &[Option<Arc<ShardCandidates>>], limit: usize) -> Vec<HashSet<String>> {
     let mut all: Vec<(f64, &str, usize)> = Vec::new();
     for (position, shard) in candidates.iter().enumerate() {
         for (score, asset_id, _) in shard.iter().flat_map(|c| c.ranked.iter()) {
@@ -491,7 +480,8 @@ fn allowed_assets(shard: &Shard, filters: &Filters) -> Result<Option<HashSet<u64
         if by_metadata {
             let record = shard.store.asset_record(&asset_id)?.unwrap_or_default();
             if let Some(series) = &filters.series {
-                if !record.series.as_ref().is_some_and(|s| series.contains(s)) {
+                let lowered: Option<String> = record.series.as_ref().map(|s| s.to_lowercase());
+                if !lowered.is_some_and(|s| series.iter().any(|wanted| wanted.to_lowercase() == s)) {
                     continue;
                 }
             }
@@ -507,54 +497,96 @@ fn allowed_assets(shard: &Shard, filters: &Filters) -> Result<Option<HashSet<u64
     Ok(Some(allowed))
 }
 
+/// One word of a dialogue clause: the word, its stems, and words within `edits`.
+fn word_query(shard: &Shard, word: &str, stems: &[(usize, &str)], edits: u32) -> Box<dyn Query> {
+    let fields = shard.index.fields;
+    let mut alternatives: Vec<Box<dyn Query>> =
+        vec![Box::new(TermQuery::new(Term::from_field_text(fields.dialogue, word), IndexRecordOption::WithFreqs))];
+    for &(position, stem) in stems {
+        let term = TermQuery::new(Term::from_field_text(fields.dialogue_stemmed[position], stem), IndexRecordOption::WithFreqs);
+        alternatives.push(Box::new(BoostQuery::new(Box::new(term), STEM_BOOST)));
+    }
+    if edits > 0 {
+        let fuzzy = FuzzyTermQuery::new(Term::from_field_text(fields.dialogue, word), edits.min(2) as u8, true);
+        alternatives.push(Box::new(BoostQuery::new(Box::new(fuzzy), FUZZY_BOOST)));
+    }
+    Box::new(DisjunctionMaxQuery::new(alternatives))
+}
+
+fn phrase_query(field: tantivy::schema::Field, words: &[String], slop: u32) -> Box<dyn Query> {
+    if words.len() == 1 {
+        return Box::new(TermQuery::new(Term::from_field_text(field, &words[0]), IndexRecordOption::WithFreqs));
+    }
+    let mut phrase = PhraseQuery::new(words.iter().map(|t| Term::from_field_text(field, t)).collect());
+    phrase.set_slop(slop);
+    Box::new(phrase)
+}
+
 fn text_query(
     shard: &Shard,
-    clause: &PlannedClause,
+    leaf: &Leaf,
     allowed: Option<&HashSet<u64>>,
     has_time_range: bool,
     from_bucket: u64,
     to_bucket: u64,
 ) -> Box<dyn Query> {
     let fields = shard.index.fields;
-    let main: Box<dyn Query> = match clause {
-        PlannedClause::Label { track, label, min_confidence, .. } => {
-            let lowest_percent = (min_confidence * 100.0 - 1e-9).ceil().max(0.0) as u64;
-            if lowest_percent == DEFAULT_THRESHOLD_PERCENT {
-                let term = Term::from_field_text(fields.labels, &label_threshold_term_text(track.as_deref(), label));
-                Box::new(ConstScoreQuery::new(Box::new(TermQuery::new(term, IndexRecordOption::Basic)), 1.0))
-            } else {
-                let terms =
-                    (lowest_percent..=100).map(|p| Term::from_field_text(fields.labels, &label_term_text(track.as_deref(), label, p)));
-                Box::new(TermSetQuery::new(terms))
+    let main: Box<dyn Query> = match leaf {
+        Leaf::Label { track, label, min_confidence, .. } => {
+            // Score = confidence: exact percents up to the next decile, then one term per decile.
+            let lowest_percent = (min_confidence * 100.0 - 1e-9).ceil().clamp(0.0, 100.0) as u64;
+            let first_decile = lowest_percent.div_ceil(10);
+            let mut alternatives: Vec<Box<dyn Query>> = Vec::new();
+            for percent in lowest_percent..(first_decile * 10).min(101) {
+                let term = Term::from_field_text(fields.labels, &label_term_text(track.as_deref(), label, percent));
+                let score = percent as f32 / 100.0;
+                alternatives
+                    .push(Box::new(ConstScoreQuery::new(Box::new(TermQuery::new(term, IndexRecordOption::Basic)), score.max(0.01))));
             }
+            for decile in first_decile..=9 {
+                let term = Term::from_field_text(fields.labels, &label_decile_term_text(track.as_deref(), label, decile));
+                let score = (decile as f32 * 10.0 + 5.0) / 100.0;
+                alternatives.push(Box::new(ConstScoreQuery::new(Box::new(TermQuery::new(term, IndexRecordOption::Basic)), score)));
+            }
+            if lowest_percent == 100 {
+                // 100 % lives in decile 9 together with 90..99: only the exact term.
+                alternatives.truncate(1);
+            }
+            Box::new(DisjunctionMaxQuery::new(alternatives))
         }
-        PlannedClause::Dialogue { tokens, operator, .. } => {
-            // Each word adds a constant share, so a second scores the fraction of the words it
-            // holds. Scores then depend on the bucket alone, not on index statistics that change
-            // with segment history (BM25 counts deleted documents until a merge): a rebuild from
-            // raw gives identical results.
+        Leaf::Words { words, fuzziness, operator, stems, minimum_should_match, .. } => {
             let occur = if *operator == BoolOperator::And { Occur::Must } else { Occur::Should };
-            let share = 1.0 / tokens.len() as f32;
-            let parts: Vec<(Occur, Box<dyn Query>)> = tokens
+            let parts: Vec<(Occur, Box<dyn Query>)> = words
                 .iter()
-                .map(|t| {
-                    let term = TermQuery::new(Term::from_field_text(fields.dialogue, t), IndexRecordOption::Basic);
-                    (occur, Box::new(ConstScoreQuery::new(Box::new(term), share)) as Box<dyn Query>)
+                .enumerate()
+                .map(|(i, word)| {
+                    let word_stems: Vec<(usize, &str)> = stems.iter().map(|(p, s)| (*p, s[i].as_str())).collect();
+                    (occur, word_query(shard, word, &word_stems, fuzziness.get(i).copied().unwrap_or(0)))
                 })
                 .collect();
-            Box::new(BooleanQuery::new(parts))
-        }
-        PlannedClause::Phrase { tokens, slop, .. } => {
-            let query: Box<dyn Query> = if tokens.len() == 1 {
-                Box::new(TermQuery::new(Term::from_field_text(fields.dialogue, &tokens[0]), IndexRecordOption::Basic))
+            if occur == Occur::Should && *minimum_should_match > 1 {
+                Box::new(BooleanQuery::with_minimum_required_clauses(parts, *minimum_should_match))
             } else {
-                let mut phrase = PhraseQuery::new(tokens.iter().map(|t| Term::from_field_text(fields.dialogue, t)).collect());
-                phrase.set_slop(*slop);
-                Box::new(phrase)
-            };
-            Box::new(ConstScoreQuery::new(query, 1.0))
+                Box::new(BooleanQuery::new(parts))
+            }
         }
-        PlannedClause::Vector { .. } => unreachable!("vector clauses do not run on Tantivy"),
+        Leaf::Phrase { words, slop, stems, .. } => {
+            let mut alternatives: Vec<Box<dyn Query>> = vec![phrase_query(fields.dialogue, words, *slop)];
+            for (position, stemmed) in stems {
+                alternatives.push(Box::new(BoostQuery::new(phrase_query(fields.dialogue_stemmed[*position], stemmed, *slop), STEM_BOOST)));
+            }
+            if words.len() > 1 {
+                // Only phrases that cross the line break: a phrase inside the previous line
+                // already matches that line's own seconds.
+                let crossing = BooleanQuery::new(vec![
+                    (Occur::Must, phrase_query(fields.dialogue_bridge, words, *slop)),
+                    (Occur::MustNot, phrase_query(fields.dialogue_before, words, *slop)),
+                ]);
+                alternatives.push(Box::new(BoostQuery::new(Box::new(crossing), BRIDGE_BOOST)));
+            }
+            Box::new(DisjunctionMaxQuery::new(alternatives))
+        }
+        Leaf::Vector { .. } => Box::new(tantivy::query::EmptyQuery),
     };
     let mut filters: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     if let Some(allowed) = allowed {
@@ -573,20 +605,79 @@ fn text_query(
     Box::new(BooleanQuery::new(filters))
 }
 
-/// Most (asset, bucket) hits one vector clause may expand to (k annotations of up to 24 h).
-const VECTOR_HITS_MAX: usize = 2_000_000;
+/// Similarity in "bigger is better" form, as usearch's distance would give: cosine and inner
+/// product similarity, or minus the squared L2 distance.
+pub fn exact_similarity(metric: VectorMetric, a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    match metric {
+        VectorMetric::InnerProduct => dot,
+        VectorMetric::Cosine => {
+            let norm_a: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            let norm_b: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            if norm_a == 0.0 || norm_b == 0.0 {
+                0.0
+            } else {
+                dot / (norm_a * norm_b)
+            }
+        }
+        VectorMetric::L2 => -a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum::<f64>(),
+    }
+}
 
-/// The `k` nearest vectors of a space on this shard, restricted to the allowed assets and to
-/// annotations overlapping the time filter (inside the ANN search, so k is not spent on hits
-/// that would be dropped).
-fn nearest_vectors(
+/// (asset id, annotation id, similarity, start_ms, end_ms) of one vector hit.
+type VectorHit = (String, String, f64, u64, u64);
+
+/// Brute force over the vectors of the allowed assets (all assets when unrestricted), in any
+/// metric. `None` when more than `max_candidates` vectors would be scanned.
+fn exact_vector_search(
     shard: &Shard,
-    index: &crate::index::VectorIndex,
-    vector: &[f32],
+    space: &str,
+    query: &[f32],
+    metric: VectorMetric,
     k: usize,
     allowed: Option<&HashSet<u64>>,
     filters: &Filters,
-) -> Result<Vec<(u64, f32)>, SearchError> {
+    max_candidates: Option<usize>,
+) -> Result<Option<Vec<VectorHit>>, SearchError> {
+    let mut scanned = 0usize;
+    let mut hits: Vec<VectorHit> = Vec::new();
+    for (ordinal, asset_id) in shard.store.all_assets() {
+        if allowed.is_some_and(|a| !a.contains(&ordinal)) {
+            continue;
+        }
+        for (annotation_id, vector) in shard.store.asset_vectors(&asset_id)? {
+            scanned += 1;
+            if max_candidates.is_some_and(|max| scanned > max) {
+                return Ok(None);
+            }
+            let Some(annotation) = shard.store.annotation(&asset_id, &annotation_id)? else { continue };
+            if annotation.vector_space.as_deref() != Some(space) || vector.len() != query.len() {
+                continue;
+            }
+            let in_time =
+                filters.from_ms.is_none_or(|from| annotation.end_ms > from) && filters.to_ms.is_none_or(|to| annotation.start_ms < to);
+            if !in_time {
+                continue;
+            }
+            let similarity = exact_similarity(metric, query, &vector);
+            hits.push((asset_id.clone(), annotation_id, similarity, annotation.start_ms, annotation.end_ms));
+        }
+    }
+    hits.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+    hits.truncate(k);
+    Ok(Some(hits))
+}
+
+/// The `k` nearest vectors of a leaf on this shard: approximate (filters inside the ANN
+/// search), or exact when asked, when the metric differs from the index's, or when a
+/// restrictive filter left the ANN search with fewer than k.
+fn nearest_vectors(shard: &Shard, leaf: &Leaf, plan: &Plan, allowed: Option<&HashSet<u64>>) -> Result<Vec<VectorHit>, SearchError> {
+    let Leaf::Vector { space, k, exact, ef, metric, vector, .. } = leaf else { return Ok(vec![]) };
+    let Some(index) = shard.index.vector_space(space) else { return Ok(vec![]) };
+    let filters = &plan.filters;
+    if *exact || *metric != index.spec.metric {
+        return Ok(exact_vector_search(shard, space, vector, *metric, *k, allowed, filters, None)?.unwrap_or_default());
+    }
     let store = &shard.store;
     let (from_ms, to_ms) = (filters.from_ms, filters.to_ms);
     let restricted = allowed.is_some() || from_ms.is_some() || to_ms.is_some();
@@ -599,144 +690,115 @@ fn nearest_vectors(
             _ => false,
         }
     };
-    Ok(if restricted { index.search(vector, k, false, Some(&predicate))? } else { index.search(vector, k, false, None)? })
+    // HNSW explores max(ef, count) candidates: asking for more results widens the search.
+    let count = ef.map_or(*k, |ef| ef.max(*k));
+    let mut found =
+        if restricted { index.search(vector, count, false, Some(&predicate))? } else { index.search(vector, count, false, None)? };
+    found.truncate(*k);
+    if restricted && found.len() < *k.min(&index.len()) {
+        if let Some(hits) =
+            exact_vector_search(shard, space, vector, *metric, *k, allowed, filters, Some(plan.exact_vector_max_candidates))?
+        {
+            return Ok(hits);
+        }
+    }
+    let mut hits = Vec::with_capacity(found.len());
+    for (key, distance) in found {
+        let Some(target) = vector_target(store, key)? else { continue };
+        hits.push((target.asset_id, target.annotation_id, index.similarity(distance), target.start_ms, target.end_ms));
+    }
+    Ok(hits)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn vector_clause_hits(
+fn vector_leaf_hits(
     shard: &Shard,
-    space_name: &str,
-    vector: &[f32],
-    k: usize,
-    min_similarity: Option<f64>,
+    leaf: &Leaf,
+    plan: &Plan,
     allowed: Option<&HashSet<u64>>,
-    filters: &Filters,
     from_bucket: u64,
     to_bucket: u64,
-) -> Result<ClauseHits, SearchError> {
+) -> Result<LeafHits, SearchError> {
+    let Leaf::Vector { min_similarity, .. } = leaf else { return Ok(LeafHits::default()) };
     let mut second_hits: Vec<(u64, f32)> = Vec::new();
     let mut vector_hits: HashMap<String, HashMap<String, f64>> = HashMap::new();
-    let Some(space) = shard.index.vector_space(space_name) else {
-        return Ok(ClauseHits { hits: second_hits, vector_hits });
-    };
-    for (key, distance) in nearest_vectors(shard, space, vector, k, allowed, filters)? {
-        let similarity = space.similarity(distance);
+    for (asset_id, annotation_id, similarity, start_ms, end_ms) in nearest_vectors(shard, leaf, plan, allowed)? {
         if min_similarity.is_some_and(|min| similarity < min) {
             continue;
         }
-        let Some(target) = vector_target(&shard.store, key)? else {
-            continue;
-        };
-        let Some(ordinal) = shard.store.asset_ordinal(&target.asset_id)? else {
-            continue;
-        };
-        let first = (target.start_ms / shard.bucket_ms).max(from_bucket);
-        let last = ((target.end_ms - 1) / shard.bucket_ms).min(to_bucket.saturating_sub(1));
+        let Some(ordinal) = shard.store.asset_ordinal(&asset_id)? else { continue };
+        let first = (start_ms / shard.bucket_ms).max(from_bucket);
+        let last = (end_ms.saturating_sub(1) / shard.bucket_ms).min(to_bucket.saturating_sub(1));
         if first > last || second_hits.len() + (last - first + 1) as usize > VECTOR_HITS_MAX {
             continue;
         }
-        let score = similarity.max(0.0) as f32;
+        // Raw scores must be positive hits; shift l2 (negative) similarities by nothing here:
+        // normalization and ranks only compare them.
+        let score = similarity as f32;
         second_hits.extend((first..=last).map(|second| (hit_key(ordinal, second), score)));
-        vector_hits.entry(target.asset_id).or_default().insert(target.annotation_id, similarity);
+        vector_hits.entry(asset_id).or_default().insert(annotation_id, similarity);
     }
-    Ok(ClauseHits { hits: sorted_unique(second_hits), vector_hits })
+    Ok(LeafHits { hits: sorted_unique(second_hits), vector_hits })
 }
 
-/// Similarities of this shard's `k` nearest annotations for a vector clause (the
-/// coordinator's first phase, so `k` means the k nearest over the whole cluster).
-pub fn shard_vector_similarities(shard: &Shard, plan: &Plan, clause_index: usize) -> Result<Vec<f64>, SearchError> {
-    let Some(PlannedClause::Vector { space, k, vector, .. }) = plan.clauses.get(clause_index) else { return Ok(vec![]) };
-    let Some(index) = shard.index.vector_space(space) else { return Ok(vec![]) };
-    let allowed = allowed_assets(shard, &plan.filters)?;
-    if allowed.as_ref().is_some_and(|a| a.is_empty()) {
-        return Ok(vec![]);
-    }
-    let hits = nearest_vectors(shard, index, vector, *k, allowed.as_ref(), &plan.filters)?;
-    Ok(hits.into_iter().map(|(_, distance)| index.similarity(distance)).collect())
+/// Second scores are stored as f32, annotation similarities as f64: compare both at f32
+/// precision so the k-th nearest itself is never dropped by rounding.
+fn reaches_similarity(similarity: f64, floor: f64) -> bool {
+    similarity as f32 >= floor as f32
 }
 
-/// Raises each vector clause's `min_similarity` to the k-th best similarity over all shards.
-pub fn apply_global_k(plan: &mut Plan, similarities_per_clause: &BTreeMap<usize, Vec<f64>>) {
-    for (&clause_index, similarities) in similarities_per_clause {
-        let Some(PlannedClause::Vector { k, min_similarity, .. }) = plan.clauses.get_mut(clause_index) else { continue };
-        let mut sorted = similarities.clone();
-        sorted.sort_by(|a, b| b.total_cmp(a));
-        if sorted.len() >= *k {
-            let kth = sorted[*k - 1];
-            *min_similarity = Some(min_similarity.map_or(kth, |m| m.max(kth)));
-        }
-    }
-}
-
-/// (hit key, summed clause score) for the keys the mode keeps, sorted by key.
-fn combine_hits(per_clause: &[ClauseHits], mode: SearchMode) -> Vec<(u64, f32)> {
-    let mut lists: Vec<&[(u64, f32)]> = per_clause.iter().map(|c| c.hits.as_slice()).collect();
-    match mode {
-        SearchMode::Intersection => {
-            lists.sort_by_key(|l| l.len());
-            let Some((first, rest)) = lists.split_first() else { return vec![] };
-            let mut out: Vec<(u64, f32)> = first.to_vec();
-            for list in rest {
-                // Two-pointer intersection of sorted keys, summing scores.
-                let mut kept = Vec::with_capacity(out.len());
-                let mut j = 0;
-                for &(key, score) in &out {
-                    while j < list.len() && list[j].0 < key {
-                        j += 1;
-                    }
-                    if j < list.len() && list[j].0 == key {
-                        kept.push((key, score + list[j].1));
-                    }
-                }
-                out = kept;
-            }
-            out
-        }
-        SearchMode::Union => {
-            let mut all: Vec<(u64, f32)> = lists.iter().flat_map(|l| l.iter().copied()).collect();
-            all.sort_unstable_by_key(|h| h.0);
-            let mut out: Vec<(u64, f32)> = Vec::with_capacity(all.len());
-            for (key, score) in all {
-                match out.last_mut() {
-                    Some(last) if last.0 == key => last.1 += score,
-                    _ => out.push((key, score)),
-                }
-            }
-            out
-        }
-    }
-}
-
-/// Merges seconds whose gap is at most `gap_buckets` into clips. Score: mean second score,
-/// slightly favouring longer clips.
-/// `seconds` is sorted by second.
-pub fn build_clips(seconds: &[(u64, f32)], gap_buckets: u64, bucket_ms: u64) -> Vec<Clip> {
-    let mut clips = Vec::new();
-    let mut current: Option<(u64, u64, f64, u64)> = None; // first, last, score sum, count
-    let finish = |(first, last, sum, count): (u64, u64, f64, u64), clips: &mut Vec<Clip>| {
-        let length = (last - first + 1) as f64;
-        let mean = sum / count as f64;
-        clips.push(Clip {
-            start_ms: first * bucket_ms,
-            end_ms: (last + 1) * bucket_ms,
-            score: mean * (1.0 + 0.1 * length.ln()),
-            matches: vec![],
-        });
+/// Folded tokens of `text` that match a dialogue leaf, as byte ranges; empty when none.
+fn highlight(text: &str, language: Option<&str>, leaf: &Leaf) -> Vec<[usize; 2]> {
+    let (words, fuzziness, stems): (&[String], Option<&[u32]>, &[(usize, Vec<String>)]) = match leaf {
+        Leaf::Words { words, fuzziness, stems, .. } => (words, Some(fuzziness), stems),
+        Leaf::Phrase { words, stems, .. } => (words, None, stems),
+        _ => return vec![],
     };
-    for &(second, score) in seconds {
-        current = match current {
-            Some((first, last, sum, count)) if second - last - 1 <= gap_buckets => Some((first, second, sum + f64::from(score), count + 1)),
-            Some(done) => {
-                finish(done, &mut clips);
-                Some((second, second, f64::from(score), 1))
+    let position = language.and_then(stem_language);
+    let query_stems: Option<&Vec<String>> = position.and_then(|p| stems.iter().find(|(q, _)| *q == p).map(|(_, s)| s));
+    let text_stems: Option<Vec<String>> = position.map(|p| stem_tokens(p, text));
+    let mut out = Vec::new();
+    for (i, (token, range)) in tokens_with(&mut text_analyzer(), text).into_iter().enumerate() {
+        let matched = words.iter().enumerate().any(|(w, word)| {
+            if token == *word {
+                return true;
             }
-            None => Some((second, second, f64::from(score), 1)),
-        };
+            let stem_match = match (query_stems, &text_stems) {
+                (Some(q), Some(t)) => t.get(i).is_some_and(|s| q.get(w) == Some(s)),
+                _ => false,
+            };
+            let edits = fuzziness.and_then(|f| f.get(w)).copied().unwrap_or(0);
+            stem_match || (edits > 0 && edit_distance_within(&token, word, edits).is_some())
+        });
+        if matched {
+            out.push(range);
+        }
     }
-    if let Some(done) = current {
-        finish(done, &mut clips);
+    out
+}
+
+/// Whether a bucket entry satisfies a leaf: Some(similarity for vectors) when it does.
+fn entry_matches(
+    asset_id: &str,
+    entry: &BucketEntryRef,
+    leaf: &Leaf,
+    hits: &LeafHits,
+    min_similarity: Option<f64>,
+) -> Option<(Option<f64>, Vec<[usize; 2]>)> {
+    match leaf {
+        Leaf::Label { track, label, min_confidence, .. } => {
+            let label_ok = entry.label.is_some_and(|l| normalized_equals(l, label));
+            let track_ok = track.as_ref().is_none_or(|t| t == entry.track);
+            (label_ok && track_ok && entry.confidence >= *min_confidence).then_some((None, vec![]))
+        }
+        Leaf::Words { .. } | Leaf::Phrase { .. } => {
+            let highlights = highlight(entry.text?, entry.language, leaf);
+            (!highlights.is_empty()).then_some((None, highlights))
+        }
+        Leaf::Vector { .. } => {
+            let similarity = *hits.vector_hits.get(asset_id)?.get(entry.annotation_id)?;
+            (min_similarity.is_none_or(|m| reaches_similarity(similarity, m))).then_some((Some(similarity), vec![]))
+        }
     }
-    clips
 }
 
 /// `normalize_label(raw) == normalized`, without allocating.
@@ -755,38 +817,20 @@ fn normalized_equals(raw: &str, normalized: &str) -> bool {
     expected.next().is_none()
 }
 
-fn entry_matches(asset_id: &str, entry: &BucketEntryRef, clause: &PlannedClause, hits: &ClauseHits) -> Option<Option<f64>> {
-    match clause {
-        PlannedClause::Label { track, label, min_confidence, .. } => {
-            let label_ok = entry.label.is_some_and(|l| normalized_equals(l, label));
-            let track_ok = track.as_ref().is_none_or(|t| t == entry.track);
-            (label_ok && track_ok && entry.confidence >= *min_confidence).then_some(None)
-        }
-        PlannedClause::Dialogue { tokens, operator, .. } => {
-            let text = entry.text?;
-            let words: HashSet<String> = tokenize(text).into_iter().collect();
-            let ok = match operator {
-                BoolOperator::And => tokens.iter().all(|t| words.contains(t)),
-                BoolOperator::Or => tokens.iter().any(|t| words.contains(t)),
-            };
-            ok.then_some(None)
-        }
-        PlannedClause::Phrase { tokens, .. } => {
-            let text = entry.text?;
-            let words: HashSet<String> = tokenize(text).into_iter().collect();
-            tokens.iter().all(|t| words.contains(t)).then_some(None)
-        }
-        PlannedClause::Vector { .. } => hits.vector_hits.get(asset_id).and_then(|ids| ids.get(entry.annotation_id)).map(|s| Some(*s)),
-    }
-}
-
 /// Buckets read per clip for its evidence before falling back to every bucket.
 const EVIDENCE_BUCKETS_SAMPLED: u64 = 16;
 
-fn clip_evidence(shard: &Shard, asset_id: &str, clip: &Clip, plan: &Plan, per_clause: &[ClauseHits]) -> Result<Vec<Match>, SearchError> {
-    let (first, end) = (clip.start_ms / shard.bucket_ms, clip.end_ms / shard.bucket_ms);
+fn clip_evidence(
+    shard: &Shard,
+    asset_id: &str,
+    clip: &RawClip,
+    plan: &Plan,
+    candidates: &ShardCandidates,
+) -> Result<Vec<Match>, SearchError> {
+    // Evidence comes from the matched seconds, not from padding or snapped shot edges.
+    let (first, end) = (clip.first_second, clip.last_second + 1);
     // A long clip repeats the same annotations in most of its buckets, and evidence is capped:
-    // read evenly spaced buckets (first and last included), then everything only if a clause
+    // read evenly spaced buckets (first and last included), then everything only if a leaf
     // is still without evidence.
     let stride = ((end - first) / EVIDENCE_BUCKETS_SAMPLED).max(1);
     let mut sampled = Vec::new();
@@ -797,40 +841,41 @@ fn clip_evidence(shard: &Shard, asset_id: &str, clip: &Clip, plan: &Plan, per_cl
         }
         second += stride;
     }
-    if stride > 1 && end > first {
+    if stride > 1 {
         if let Some(bytes) = shard.store.bucket_bytes(asset_id, end - 1)? {
             sampled.push(bytes);
         }
     }
-    let matches = evidence_from(asset_id, &sampled, plan, per_clause)?;
+    let matches = evidence_from(asset_id, &sampled, plan, candidates)?;
     let covered: HashSet<usize> = matches.iter().map(|m| m.clause).collect();
-    let complete = matches.len() >= MAX_MATCHES_PER_CLIP || (0..plan.clauses.len()).all(|i| covered.contains(&i));
-    if stride == 1 || complete || plan.mode == SearchMode::Union && !covered.is_empty() {
+    let complete = matches.len() >= MAX_MATCHES_PER_CLIP || (0..plan.leaves.len()).all(|i| covered.contains(&i));
+    if stride == 1 || complete || !matches!(plan.root, PlanNode::While { .. }) && !covered.is_empty() {
         return Ok(matches);
     }
-    evidence_from(asset_id, &shard.store.bucket_range_bytes(asset_id, first, end)?, plan, per_clause)
+    evidence_from(asset_id, &shard.store.bucket_range_bytes(asset_id, first, end)?, plan, candidates)
 }
 
-/// Matches of encoded buckets against the plan's clauses; strings are borrowed from the
+/// Matches of encoded buckets against the plan's leaves; strings are borrowed from the
 /// buckets and copied only for the annotations that match.
-fn evidence_from(asset_id: &str, buckets: &[sled::IVec], plan: &Plan, per_clause: &[ClauseHits]) -> Result<Vec<Match>, SearchError> {
+fn evidence_from(asset_id: &str, buckets: &[sled::IVec], plan: &Plan, candidates: &ShardCandidates) -> Result<Vec<Match>, SearchError> {
     let decoded: Vec<BucketRef> =
         buckets.iter().map(|bytes| codec::decode_borrowed(BUCKET_FORMAT, bytes)).collect::<Result<_, _>>().map_err(StoreError::from)?;
-    // An annotation repeats in every bucket it covers: match it against the clauses once.
+    // An annotation repeats in every bucket it covers: match it against the leaves once.
     let mut seen: HashSet<&str> = HashSet::new();
     let mut matches = Vec::new();
+    let empty = LeafHits::default();
     for bucket in &decoded {
         for entry in &bucket.entries {
             if !seen.insert(entry.annotation_id) {
                 continue;
             }
-            for (i, clause) in plan.clauses.iter().enumerate() {
+            for (i, leaf) in plan.leaves.iter().enumerate() {
                 if matches.len() >= MAX_MATCHES_PER_CLIP {
                     return Ok(matches);
                 }
-                let Some(similarity) = entry_matches(asset_id, entry, clause, &per_clause[i]) else {
-                    continue;
-                };
+                let hits = candidates.leaf_hits.get(i).unwrap_or(&empty);
+                let min_similarity = candidates.min_similarity.get(i).copied().flatten();
+                let Some((similarity, highlights)) = entry_matches(asset_id, entry, leaf, hits, min_similarity) else { continue };
                 matches.push(Match {
                     track: entry.track.to_string(),
                     label: entry.label.map(str::to_string),
@@ -839,6 +884,7 @@ fn evidence_from(asset_id: &str, buckets: &[sled::IVec], plan: &Plan, per_clause
                     confidence: entry.confidence,
                     clause: i,
                     similarity,
+                    highlights,
                 });
             }
         }
@@ -846,48 +892,57 @@ fn evidence_from(asset_id: &str, buckets: &[sled::IVec], plan: &Plan, per_clause
     Ok(matches)
 }
 
-/// Merges shard results. Each asset lives on one shard, so this is a ranking, not a join.
-pub fn merge(mut assets: Vec<AssetHits>, total_assets: usize, limit: usize, shards: ShardCounts, took_ms: u64) -> SearchResponse {
+/// Merges shard results into one page: assets rank by score, then asset id; `next_cursor`
+/// when more assets follow; groups when asked.
+pub fn merge(mut assets: Vec<AssetHits>, totals: (usize, usize), plan: &Plan, shards: ShardCounts, took_ms: u64) -> SearchResponse {
+    let (total_assets, remaining_assets) = totals;
     assets.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.asset_id.cmp(&b.asset_id)));
-    assets.truncate(limit);
-    SearchResponse { took_ms, shards, total_assets, assets }
+    assets.truncate(plan.limit);
+    let next_cursor = (remaining_assets > plan.limit)
+        .then(|| assets.last().map(|last| Cursor { score: last.score, asset_id: last.asset_id.clone() }.encode()))
+        .flatten();
+    let groups = match plan.group_by {
+        GroupBy::Asset => None,
+        by => {
+            let mut groups: BTreeMap<(Option<String>, Option<u32>), AssetGroup> = BTreeMap::new();
+            for asset in &assets {
+                let key = (asset.series.clone(), if by == GroupBy::Season { asset.season } else { None });
+                let group = groups.entry(key.clone()).or_insert_with(|| AssetGroup {
+                    series: key.0,
+                    season: key.1,
+                    score: asset.score,
+                    asset_ids: vec![],
+                });
+                group.score = group.score.max(asset.score);
+                group.asset_ids.push(asset.asset_id.clone());
+            }
+            let mut groups: Vec<AssetGroup> = groups.into_values().collect();
+            groups.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| (&a.series, a.season).cmp(&(&b.series, b.season))));
+            Some(groups)
+        }
+    };
+    SearchResponse { took_ms, shards, total_assets, assets, next_cursor, groups }
+}
+
+/// Vector key of an annotation (re-exported for tests of the exact path).
+pub fn annotation_vector_key(asset_id: &str, annotation_id: &str) -> u64 {
+    vector_key(asset_id, annotation_id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn vocabulary() -> BTreeMap<String, Vec<String>> {
-        let mut v = BTreeMap::new();
-        v.insert("joey".to_string(), vec!["character".to_string()]);
-        v.insert("kitchen".to_string(), vec!["scene".to_string()]);
-        v.insert("coffee shop".to_string(), vec!["scene".to_string()]);
-        v.insert("coffee mug".to_string(), vec!["object".to_string()]);
-        v
-    }
-
-    #[test]
-    fn query_understanding_finds_labels_phrases_and_words() {
-        let (clauses, ignored) = understand_query("Joey in the kitchen", &vocabulary());
-        assert_eq!(clauses.len(), 2);
-        assert!(matches!(&clauses[0], PlannedClause::Label { label, track: Some(t), .. } if label == "joey" && t == "character"));
-        assert!(matches!(&clauses[1], PlannedClause::Label { label, .. } if label == "kitchen"));
-        assert_eq!(ignored, vec!["in", "the"]);
-        let (clauses, _) = understand_query("Joey at the coffee shop says \"we were on a break\" pizza", &vocabulary());
-        assert!(matches!(&clauses[0], PlannedClause::Phrase { tokens, .. } if tokens.join(" ") == "we were on a break"));
-        assert!(matches!(&clauses[2], PlannedClause::Label { label, .. } if label == "coffee shop"));
-        assert!(matches!(&clauses[3], PlannedClause::Dialogue { tokens, .. } if tokens == &vec!["pizza".to_string()]));
-        let (clauses, _) = understand_query("kitchens", &vocabulary());
-        assert!(matches!(&clauses[0], PlannedClause::Label { label, .. } if label == "kitchen"));
-    }
-
     #[test]
     fn coordinator_keeps_the_global_best_assets_only() {
         let shard = |assets: &[(f64, &str)]| {
-            Some(std::sync::Arc::new(ShardCandidates {
+            Some(Arc::new(ShardCandidates {
                 ranked: assets.iter().map(|(score, id)| (*score, id.to_string(), vec![])).collect(),
                 total_assets: assets.len(),
-                per_clause: vec![],
+                remaining_assets: assets.len(),
+                seconds: HashMap::new(),
+                leaf_hits: vec![],
+                min_similarity: vec![],
             }))
         };
         let candidates = vec![shard(&[(0.9, "a1"), (0.5, "a2")]), None, shard(&[(0.9, "b1"), (0.8, "b2"), (0.1, "b3")])];
@@ -903,48 +958,68 @@ mod tests {
 
     #[test]
     fn normalized_comparison_matches_normalize_label() {
+        use rushes_protocol::model::normalize_label;
         for (raw, normalized) in [("  Central   Perk ", "central perk"), ("JOEY", "joey"), ("Joey", "joe"), ("Jo ey", "joey"), ("", "")] {
             assert_eq!(normalized_equals(raw, normalized), normalize_label(raw) == normalized, "{raw:?} vs {normalized:?}");
         }
     }
 
     #[test]
-    fn clips_merge_consecutive_seconds_with_gap_tolerance() {
-        let seconds: Vec<(u64, f32)> = vec![(4, 1.0), (5, 1.0), (6, 1.0), (7, 1.0), (10, 1.0), (12, 1.0)];
-        let clips = build_clips(&seconds, 0, 1000);
-        assert_eq!(clips.iter().map(|c| (c.start_ms, c.end_ms)).collect::<Vec<_>>(), vec![(4000, 8000), (10000, 11000), (12000, 13000)]);
-        let clips = build_clips(&seconds, 1, 1000);
-        assert_eq!(clips.iter().map(|c| (c.start_ms, c.end_ms)).collect::<Vec<_>>(), vec![(4000, 8000), (10000, 13000)]);
-        assert!(clips[0].score > clips[1].score * 0.99, "longer clip of equal density scores at least as high");
+    fn exact_similarity_follows_each_metric() {
+        let (a, b) = ([1.0f32, 0.0], [0.0f32, 2.0]);
+        assert_eq!(exact_similarity(VectorMetric::Cosine, &a, &b), 0.0);
+        assert_eq!(exact_similarity(VectorMetric::Cosine, &a, &[3.0, 0.0]), 1.0);
+        assert_eq!(exact_similarity(VectorMetric::InnerProduct, &[1.0, 2.0], &[3.0, 4.0]), 11.0);
+        assert_eq!(exact_similarity(VectorMetric::L2, &a, &b), -5.0);
     }
 
     #[test]
-    fn plan_rejects_bad_requests_with_field_names() {
-        let limits = SearchLimits {
-            max_clauses: 4,
-            max_per_asset: 100,
-            max_limit: 1000,
-            max_query_bytes: 100,
-            max_vector_k: 1000,
-            vector_spaces: vec![("scene".into(), 3)],
+    fn rrf_ranks_come_from_the_global_top_list() {
+        let top = top_descending(vec![0.1, 0.9, 0.5, 0.5, 0.7], 3);
+        assert_eq!(top, vec![0.9, 0.7, 0.5]);
+        // Rank = 1 + scores strictly better.
+        assert_eq!(top.partition_point(|&t| t > 0.9) + 1, 1);
+        assert_eq!(top.partition_point(|&t| t > 0.5) + 1, 3);
+        assert_eq!(top.partition_point(|&t| t > 0.1) + 1, 4);
+    }
+
+    #[test]
+    fn sequences_and_co_occurrence_combine_per_asset() {
+        let options = CurationOptions { bucket_ms: 1000, ..Default::default() };
+        let a = vec![(hit_key(1, 10), 1.0), (hit_key(1, 11), 1.0), (hit_key(2, 5), 1.0)];
+        let b = vec![(hit_key(1, 15), 1.0), (hit_key(2, 1), 1.0)];
+        let c = vec![(hit_key(1, 11), 1.0), (hit_key(2, 9), 1.0)];
+        let leaves = vec![a, b, c];
+        let both = evaluate(&PlanNode::While { nodes: vec![PlanNode::Leaf { leaf: 0 }, PlanNode::Leaf { leaf: 2 }] }, &leaves, &options);
+        assert_eq!(both, vec![(hit_key(1, 11), 2.0)]);
+        let sequence =
+            PlanNode::Sequence { first: Box::new(PlanNode::Leaf { leaf: 0 }), then: Box::new(PlanNode::Leaf { leaf: 1 }), within_ms: 5000 };
+        let seconds: Vec<(u64, u64)> = evaluate(&sequence, &leaves, &options).iter().map(|&(k, _)| (hit_asset(k), hit_second(k))).collect();
+        // Asset 1: A at 10-11, B at 15 (4 s later) → 10..=15. Asset 2: B before A → nothing.
+        assert_eq!(seconds, (10..=15).map(|s| (1, s)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn highlights_cover_exact_stemmed_and_fuzzy_words() {
+        let leaf = |text: &str| {
+            let words = crate::index::tokenize(text);
+            let stems = vec![(0usize, stem_tokens(0, text))];
+            Leaf::Words {
+                text: text.into(),
+                fuzziness: words.iter().map(|w| crate::understand::auto_fuzziness(w)).collect(),
+                words,
+                operator: BoolOperator::Or,
+                minimum_should_match: 1,
+                languages: vec!["en"],
+                stems,
+                weight: 1.0,
+                source: ClauseSource::Query,
+            }
         };
-        let vocab = vocabulary();
-        let request = |json: serde_json::Value| -> SearchRequest { serde_json::from_value(json).unwrap() };
-        let cases = [
-            (serde_json::json!({"q": "Joey", "per_asset": 0}), "per_asset"),
-            (serde_json::json!({"q": "Joey", "limit": 5000}), "limit"),
-            (serde_json::json!({"q": "the in"}), "q"),
-            (serde_json::json!({"q": "x".repeat(200)}), "q"),
-            (serde_json::json!({"clauses": [{"type": "vector", "space": "scene", "vector": [1, 2]}]}), "clauses[0].vector"),
-            (serde_json::json!({"clauses": [{"type": "vector", "space": "faces", "vector": [1, 2, 3]}]}), "clauses[0].space"),
-            (serde_json::json!({"clauses": [{"type": "label", "label": "Joey", "min_confidence": 2}]}), "clauses[0].min_confidence"),
-            (serde_json::json!({"clauses": [{"type": "phrase", "text": "a b", "slop": 99}]}), "clauses[0].slop"),
-            (serde_json::json!({"q": "Joey", "filters": {"from_ms": 10, "to_ms": 5}}), "filters.to_ms"),
-        ];
-        for (json, field) in cases {
-            let err = plan(&request(json.clone()), &vocab, &limits).unwrap_err();
-            assert_eq!(err.field.as_deref(), Some(field), "{json}: {err:?}");
-        }
-        assert!(plan(&request(serde_json::json!({"q": "Joey kitchen"})), &vocab, &limits).is_ok());
+        let text = "We were running to the cafe, Rachel!";
+        let ranges = highlight(text, Some("en"), &leaf("run rachael"));
+        let words: Vec<&str> = ranges.iter().map(|[a, b]| &text[*a..*b]).collect();
+        assert_eq!(words, vec!["running", "Rachel"]);
+        assert!(crate::index::STEM_LANGUAGES.len() >= 7);
     }
 }

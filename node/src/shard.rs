@@ -73,6 +73,8 @@ pub enum ShardError {
     MissingEntry(u64),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 pub type ProposalReply = tokio::sync::oneshot::Sender<Result<ApplyOutcome, ApiError>>;

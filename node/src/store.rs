@@ -366,6 +366,18 @@ impl ShardStore {
         }
     }
 
+    /// Every stored vector of an asset, with its annotation id (for exact vector search).
+    pub fn asset_vectors(&self, asset_id: &str) -> Result<Vec<(String, Vec<f32>)>, StoreError> {
+        let prefix = record_key(RecordKind::Vector, &asset_prefix(asset_id));
+        let mut out = Vec::new();
+        for item in self.records.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let annotation_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            out.push((annotation_id, decode_vector(&value)?));
+        }
+        Ok(out)
+    }
+
     /// Raw annotations of an asset counted per track.
     pub fn track_counts(&self, asset_id: &str) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut counts = BTreeMap::new();
