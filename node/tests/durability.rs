@@ -152,7 +152,12 @@ fn acknowledged_annotations_survive_sigkill_at_random_points() {
     // Searchable: every label query returns exactly the seconds whose buckets hold the label.
     for ((asset, track, label), seconds) in &label_seconds {
         let request = SearchRequest {
-            clauses: Some(vec![Clause::Label { label: label.clone(), track: Some(track.clone()), min_confidence: Some(0.0) }]),
+            clauses: Some(vec![Clause::Label {
+                label: label.clone(),
+                track: Some(track.clone()),
+                min_confidence: Some(0.0),
+                weight: None,
+            }]),
             filters: Some(Filters { asset_ids: Some(vec![asset.clone()]), ..Default::default() }),
             per_asset: Some(100),
             ..Default::default()

@@ -31,7 +31,7 @@ fn post(node: &TestNode, items: &[serde_json::Value]) {
 
 fn labels_found(node: &TestNode, asset: &str, label: &str) -> usize {
     let request = SearchRequest {
-        clauses: Some(vec![Clause::Label { label: label.into(), track: None, min_confidence: None }]),
+        clauses: Some(vec![Clause::Label { label: label.into(), track: None, min_confidence: None, weight: None }]),
         filters: Some(Filters { asset_ids: Some(vec![asset.into()]), ..Default::default() }),
         ..Default::default()
     };

@@ -225,7 +225,17 @@ fn ingest_search_and_rebuild_against_ground_truth() {
     let response = search(
         &node,
         &wide(SearchRequest {
-            clauses: Some(vec![Clause::Vector { space: "scene".into(), vector: centroid, k: Some(20), min_similarity: Some(0.5) }]),
+            clauses: Some(vec![Clause::Vector {
+                space: "scene".into(),
+                vector: Some(centroid),
+                text: None,
+                k: Some(20),
+                min_similarity: Some(0.5),
+                exact: None,
+                ef: None,
+                metric: None,
+                weight: None,
+            }]),
             ..Default::default()
         }),
     );
