@@ -12,8 +12,8 @@ use rushes_protocol::codec;
 use rushes_protocol::model::{same_raw_content, IngestItem, ShardCommand, StoredAnnotation, StoredAsset, SHARD_COMMAND_FORMAT};
 use rushes_protocol::validate::{validate_asset_id, IngestLimits, ParsedItem, VectorSpaceSpec as SpaceLimit};
 use rushes_protocol::{
-    ApiError, AssetRecord, BucketAnnotationView, BucketView, BucketsReply, ErrorCode, IngestReply, SearchRequest, SearchResponse,
-    ShardCounts,
+    ApiError, AssetHits, AssetRecord, BucketAnnotationView, BucketView, BucketsReply, ErrorCode, IngestReply, SearchRequest,
+    SearchResponse, ShardCounts,
 };
 use serde_json::json;
 
@@ -37,8 +37,14 @@ pub struct Engine {
     pub search_defaults: search::SearchDefaults,
     pub embedder: Option<Box<dyn Embedder>>,
     series_cache: parking_lot::Mutex<(Option<Instant>, Vec<String>)>,
+    /// Suggest's top moments per completed query, with the data version they were computed at.
+    /// Every keystroke of "J", "Jo", "Joe" completes to the same query: search it once.
+    suggest_moments: parking_lot::Mutex<HashMap<String, (u64, Vec<AssetHits>)>>,
     pub started: Instant,
 }
+
+/// Most completed queries whose moments are kept (the map is emptied when full).
+const SUGGEST_MOMENTS_CACHE_ENTRIES: usize = 1024;
 
 pub fn shard_options(config: &Config) -> ShardOptions {
     ShardOptions {
@@ -143,6 +149,7 @@ impl Engine {
             search_defaults,
             embedder,
             series_cache: parking_lot::Mutex::new((None, Vec::new())),
+            suggest_moments: parking_lot::Mutex::new(HashMap::new()),
             started: Instant::now(),
         }))
     }
@@ -610,6 +617,32 @@ impl Engine {
     }
 
     /// True when every shard has indexed everything it applied.
+    /// Changes whenever anything is applied or indexed on any shard (both only grow).
+    pub fn data_version(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.progress.applied.load(Ordering::Acquire).wrapping_add(s.progress.indexed.load(Ordering::Acquire)))
+            .fold(0u64, u64::wrapping_add)
+    }
+
+    /// The top moments for a completed suggestion, from the cache while the data is unchanged.
+    pub async fn suggest_moments(self: &Arc<Self>, query: &str) -> Vec<AssetHits> {
+        let version = self.data_version();
+        if let Some((cached_version, assets)) = self.suggest_moments.lock().get(query) {
+            if *cached_version == version {
+                return assets.clone();
+            }
+        }
+        let search = SearchRequest { q: Some(query.to_string()), per_asset: Some(1), limit: Some(5), ..Default::default() };
+        let Ok(reply) = self.search(search).await else { return vec![] };
+        let mut cache = self.suggest_moments.lock();
+        if cache.len() >= SUGGEST_MOMENTS_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(query.to_string(), (version, reply.assets.clone()));
+        reply.assets
+    }
+
     pub fn is_caught_up(&self) -> bool {
         self.shards.iter().all(|s| s.progress.indexed.load(Ordering::Acquire) >= s.progress.applied.load(Ordering::Acquire))
     }

@@ -272,10 +272,7 @@ async fn get_suggest(request: HttpRequest) -> HttpResult {
         .await
         .map_err(|e| HttpError(ApiError::internal(format!("suggest task failed: {e}"))))??;
     let moments = match suggestions.completions.first() {
-        Some(best) => {
-            let search = SearchRequest { q: Some(best.query.clone()), per_asset: Some(1), limit: Some(5), ..Default::default() };
-            engine.search(search).await.ok().map(|r| r.assets).unwrap_or_default()
-        }
+        Some(best) => engine.suggest_moments(&best.query).await,
         None => vec![],
     };
     Ok(HttpResponse::Ok().json(serde_json::json!({ "q": params.q, "completions": suggestions.completions, "moments": moments })))

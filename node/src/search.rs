@@ -672,7 +672,7 @@ fn exact_vector_search(
 /// search), or exact when asked, when the metric differs from the index's, or when a
 /// restrictive filter left the ANN search with fewer than k.
 fn nearest_vectors(shard: &Shard, leaf: &Leaf, plan: &Plan, allowed: Option<&HashSet<u64>>) -> Result<Vec<VectorHit>, SearchError> {
-    let Leaf::Vector { space, k, exact, ef, metric, vector, .. } = leaf else { return Ok(vec![]) };
+    let Leaf::Vector { space, k, exact, ef, metric, vector, min_similarity, .. } = leaf else { return Ok(vec![]) };
     let Some(index) = shard.index.vector_space(space) else { return Ok(vec![]) };
     let filters = &plan.filters;
     if *exact || *metric != index.spec.metric {
@@ -704,8 +704,14 @@ fn nearest_vectors(shard: &Shard, leaf: &Leaf, plan: &Plan, allowed: Option<&Has
     }
     let mut hits = Vec::with_capacity(found.len());
     for (key, distance) in found {
+        let similarity = index.similarity(distance);
+        // Below the clause's floor the hit would be dropped anyway: skip its store lookup
+        // (most of a large k is usually below it).
+        if min_similarity.is_some_and(|min| similarity < min) {
+            continue;
+        }
         let Some(target) = vector_target(store, key)? else { continue };
-        hits.push((target.asset_id, target.annotation_id, index.similarity(distance), target.start_ms, target.end_ms));
+        hits.push((target.asset_id, target.annotation_id, similarity, target.start_ms, target.end_ms));
     }
     Ok(hits)
 }

@@ -695,6 +695,17 @@ fn sequences_co_occurrence_explain_and_suggest() {
     let mut moments = ids(&json!({"assets": reply["moments"].clone()}));
     moments.sort();
     h.check_eq("suggest Jo: moments", moments, vec!["joey-s1".to_string(), "joey-s2".to_string()]);
+    // Moments are cached per completion; new data must show up at the next keystroke.
+    h.ingest(&[label_annotation("s3-joey", "joey-s3", "character", "Joey", 1000, 4000, 0.95)]);
+    h.searchable();
+    let (_, reply) = h.get("/v1/suggest?q=Joe");
+    let mut moments = ids(&json!({"assets": reply["moments"].clone()}));
+    moments.sort();
+    h.check_eq(
+        "suggest Joe after new data: moments include it",
+        moments,
+        vec!["joey-s1".to_string(), "joey-s2".to_string(), "joey-s3".to_string()],
+    );
     h.finish();
 }
 
