@@ -6,6 +6,7 @@ pub mod driver;
 pub mod log_store;
 pub mod placement;
 pub mod slog_bridge;
+pub mod transport;
 
 pub use driver::{DriverError, RaftDriver, RaftSettings};
 pub use placement::{replicas_for_shard, shard_for_asset, stable_hash, NodeId, ShardId};

@@ -1,0 +1,141 @@
+//! Connection handshake: both sides send [`Hello`] first, then check the other's.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::frame::{self, FrameError, WIRE_VERSION};
+use super::{Envelope, TransportConfig};
+use crate::placement::NodeId;
+
+/// A hello is tiny; reading it with a small maximum means an unauthenticated connection cannot
+/// make us allocate a full-size frame.
+const HELLO_MAX_FRAME_BYTES: usize = 4 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub wire_version: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("peer belongs to cluster {theirs:?}, this node to {ours:?}")]
+    ClusterMismatch { ours: String, theirs: String },
+    #[error("peer speaks wire version {found}, this build speaks {supported}")]
+    UnsupportedWireVersion { found: u8, supported: u8 },
+    #[error("expected node {expected} at this address, found node {found}")]
+    UnexpectedNodeId { expected: NodeId, found: NodeId },
+    #[error("peer claims this node's own id {node_id}")]
+    SameNodeId { node_id: NodeId },
+    #[error("first frame was not a hello")]
+    NotHello,
+    #[error("peer closed the connection during the handshake")]
+    Closed,
+    #[error("no hello within {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    #[error("handshake frame: {0}")]
+    Frame(FrameError),
+}
+
+impl From<FrameError> for HandshakeError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            // The version byte of the hello frame is the first place a version mismatch shows.
+            FrameError::UnsupportedVersion { found, .. } => HandshakeError::UnsupportedWireVersion { found, supported: WIRE_VERSION },
+            other => HandshakeError::Frame(other),
+        }
+    }
+}
+
+impl From<std::io::Error> for HandshakeError {
+    fn from(e: std::io::Error) -> Self {
+        HandshakeError::Frame(e.into())
+    }
+}
+
+/// Checks a peer's hello. `expected_peer` is the node id we dialed, `None` when accepting.
+pub(crate) fn check_hello(config: &TransportConfig, hello: &Hello, expected_peer: Option<NodeId>) -> Result<(), HandshakeError> {
+    if hello.wire_version != WIRE_VERSION {
+        return Err(HandshakeError::UnsupportedWireVersion { found: hello.wire_version, supported: WIRE_VERSION });
+    }
+    if hello.cluster_id != config.cluster_id {
+        return Err(HandshakeError::ClusterMismatch { ours: config.cluster_id.clone(), theirs: hello.cluster_id.clone() });
+    }
+    if hello.node_id == config.node_id {
+        return Err(HandshakeError::SameNodeId { node_id: hello.node_id });
+    }
+    if let Some(expected) = expected_peer {
+        if expected != hello.node_id {
+            return Err(HandshakeError::UnexpectedNodeId { expected, found: hello.node_id });
+        }
+    }
+    Ok(())
+}
+
+/// Sends our hello, reads and checks the peer's, within the configured handshake timeout.
+/// Reads exactly one frame, so the stream can be split and buffered afterwards.
+pub(crate) async fn exchange(
+    stream: &mut TcpStream,
+    config: &TransportConfig,
+    expected_peer: Option<NodeId>,
+) -> Result<Hello, HandshakeError> {
+    let ours = Envelope::Hello(Hello { cluster_id: config.cluster_id.clone(), node_id: config.node_id, wire_version: WIRE_VERSION });
+    let frame = frame::encode_frame(&ours, HELLO_MAX_FRAME_BYTES)?;
+    let timeout_ms = config.handshake_timeout_ms;
+    let work = async {
+        stream.write_all(&frame).await?;
+        let mut scratch = Vec::new();
+        match frame::read_frame::<_, Envelope>(stream, HELLO_MAX_FRAME_BYTES, &mut scratch).await? {
+            None => Err(HandshakeError::Closed),
+            Some(Envelope::Hello(hello)) => {
+                check_hello(config, &hello, expected_peer)?;
+                Ok(hello)
+            }
+            Some(_) => Err(HandshakeError::NotHello),
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(timeout_ms), work).await.map_err(|_| HandshakeError::Timeout { timeout_ms })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TransportConfig {
+        TransportConfig::new("prod", 1, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    fn hello(cluster_id: &str, node_id: NodeId, wire_version: u8) -> Hello {
+        Hello { cluster_id: cluster_id.into(), node_id, wire_version }
+    }
+
+    #[test]
+    fn check_hello_accepts_and_refuses() {
+        let config = config();
+        assert_eq!(check_hello(&config, &hello("prod", 2, WIRE_VERSION), None), Ok(()));
+        assert_eq!(check_hello(&config, &hello("prod", 2, WIRE_VERSION), Some(2)), Ok(()));
+        assert_eq!(
+            check_hello(&config, &hello("staging", 2, WIRE_VERSION), None),
+            Err(HandshakeError::ClusterMismatch { ours: "prod".into(), theirs: "staging".into() })
+        );
+        assert_eq!(
+            check_hello(&config, &hello("prod", 2, WIRE_VERSION + 1), None),
+            Err(HandshakeError::UnsupportedWireVersion { found: WIRE_VERSION + 1, supported: WIRE_VERSION })
+        );
+        assert_eq!(check_hello(&config, &hello("prod", 1, WIRE_VERSION), None), Err(HandshakeError::SameNodeId { node_id: 1 }));
+        assert_eq!(
+            check_hello(&config, &hello("prod", 3, WIRE_VERSION), Some(2)),
+            Err(HandshakeError::UnexpectedNodeId { expected: 2, found: 3 })
+        );
+    }
+
+    #[test]
+    fn frame_version_mismatch_maps_to_unsupported_wire_version() {
+        let error: HandshakeError = FrameError::UnsupportedVersion { found: 9, expected: WIRE_VERSION }.into();
+        assert_eq!(error, HandshakeError::UnsupportedWireVersion { found: 9, supported: WIRE_VERSION });
+    }
+}
