@@ -8,5 +8,5 @@ pub mod placement;
 pub mod slog_bridge;
 pub mod transport;
 
-pub use driver::{DriverError, RaftDriver, RaftSettings};
+pub use driver::{DriverError, RaftDriver, RaftSettings, StateMachine};
 pub use placement::{replicas_for_shard, shard_for_asset, stable_hash, NodeId, ShardId};

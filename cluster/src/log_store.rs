@@ -1,6 +1,14 @@
 //! Raft log storage. [`RaftLogStore`] is what the driver writes through; [`SledLogStore`] keeps
 //! entries, hard state and conf state in sled (durable only after [`RaftLogStore::sync`]), and
 //! [`MemLogStore`] keeps them in memory for simulated-network tests.
+//!
+//! Snapshots: a store holds at most one snapshot *with data* (the caller's state machine
+//! serialized at the snapshot index). [`RaftLogStore::save_snapshot`] stores one and drops the log
+//! through its index in one atomic step (the leader's compaction);
+//! [`RaftLogStore::apply_snapshot`] replaces the whole log with one received from the leader.
+//! [`Storage::snapshot`] serves the stored snapshot only while it still covers the compacted part
+//! of the log (index >= `first_index - 1`); otherwise raft is told the snapshot is temporarily
+//! unavailable and retries later. [`RaftLogStore::compact`] alone only drops entries (no data).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +26,9 @@ pub enum LogStoreError {
     Corrupt { key: String, message: String },
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// A snapshot to save must lie inside the log: `first_index - 1 <= index <= last_index`.
+    #[error("snapshot at index {index} is outside the log (first index {first_index}, last index {last_index})")]
+    SnapshotOutOfRange { index: u64, first_index: u64, last_index: u64 },
 }
 
 /// Writes to a Raft log. Reads go through [`raft::Storage`].
@@ -31,8 +42,20 @@ pub trait RaftLogStore: Storage + Clone {
     fn set_conf_state(&self, conf_state: &ConfState) -> Result<(), LogStoreError>;
     /// Replaces the log with a snapshot's position (the state machine part is the caller's).
     fn apply_snapshot_metadata(&self, metadata: &SnapshotMetadata) -> Result<(), LogStoreError>;
-    /// Drops entries before `index` (they must be applied everywhere that needs them).
+    /// Drops entries before `index` (they must be applied everywhere that needs them). Stores no
+    /// snapshot data: a follower that needs the dropped entries can only catch up from a snapshot
+    /// saved with [`RaftLogStore::save_snapshot`] at or after `index - 1`.
     fn compact(&self, index: u64) -> Result<(), LogStoreError>;
+    /// Stores `snapshot` (metadata with conf state, and the state machine's data at its index)
+    /// and drops every log entry up to and including its index, atomically. The index must be in
+    /// `first_index - 1 ..= last_index`; entries after it stay.
+    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), LogStoreError>;
+    /// A follower installs a snapshot from the leader: the whole log is replaced by the snapshot's
+    /// position, its data and conf state are stored, and the hard state's commit and term move up
+    /// to it, atomically.
+    fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), LogStoreError>;
+    /// The stored snapshot with data, if any (for restoring the state machine on restart).
+    fn stored_snapshot(&self) -> Result<Option<Snapshot>, LogStoreError>;
     /// The durability barrier: everything written before returns is on disk.
     fn sync(&self) -> Result<(), LogStoreError>;
     fn hard_state(&self) -> HardState;
@@ -45,9 +68,12 @@ fn store_error(e: impl std::fmt::Display) -> raft::Error {
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
+/// The last snapshot with data (a serialized `eraftpb::Snapshot`).
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
 /// Raft log in two sled trees of the shard's database: `raft_log` (big-endian index → entry)
-/// and `raft_meta` (hard state, conf state, position of the last compaction).
+/// and `raft_meta` (hard state, conf state, position of the last compaction, last snapshot with
+/// data). Compaction and snapshot installation change both trees in one sled transaction.
 #[derive(Clone)]
 pub struct SledLogStore {
     inner: Arc<SledInner>,
@@ -88,12 +114,14 @@ impl SledLogStore {
             Some(bytes) => SnapshotMetadata::parse_from_bytes(&bytes).map_err(|e| corrupt("snapshot_meta", e))?,
             None => SnapshotMetadata::default(),
         };
+        // Entries at or before the compaction point are never served, even if a store written
+        // by an older version left some behind.
         let first_index = match log.first()? {
-            Some((key, _)) => decode_index(&key)?,
+            Some((key, _)) => decode_index(&key)?.max(snapshot_meta.index + 1),
             None => snapshot_meta.index + 1,
         };
         let last_index = match log.last()? {
-            Some((key, _)) => decode_index(&key)?,
+            Some((key, _)) => decode_index(&key)?.max(snapshot_meta.index),
             None => snapshot_meta.index,
         };
         Ok(SledLogStore {
@@ -128,6 +156,70 @@ impl SledLogStore {
 
     pub fn last_log_index(&self) -> u64 {
         self.inner.last_index.load(Ordering::Acquire)
+    }
+
+    /// Keys of the log entries with index `<= up_to` (all of them with `u64::MAX`).
+    fn keys_through(&self, up_to: u64) -> Result<Vec<sled::IVec>, LogStoreError> {
+        Ok(self.inner.log.range(..=up_to.to_be_bytes()).keys().collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Removes `log_keys` and writes `meta_writes` in one transaction over both trees.
+    fn commit_meta_and_truncate(&self, log_keys: &[sled::IVec], meta_writes: &[(&[u8], Vec<u8>)]) -> Result<(), LogStoreError> {
+        use sled::Transactional;
+        (&self.inner.log, &self.inner.meta)
+            .transaction(|(log, meta)| {
+                for key in log_keys {
+                    log.remove(key.clone())?;
+                }
+                for (key, value) in meta_writes {
+                    meta.insert(*key, value.clone())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<std::convert::Infallible>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Abort(never) => match never {},
+                sled::transaction::TransactionError::Storage(e) => LogStoreError::Io(e),
+            })
+    }
+
+    /// Replaces the whole log with the position in `snapshot`, storing its data if `with_data`.
+    fn install_snapshot(&self, snapshot: &Snapshot, with_data: bool) -> Result<(), LogStoreError> {
+        let metadata = snapshot.get_metadata();
+        let mut hard_state = self.hard_state();
+        hard_state.commit = hard_state.commit.max(metadata.index);
+        hard_state.term = hard_state.term.max(metadata.term);
+        let mut writes: Vec<(&[u8], Vec<u8>)> = vec![
+            (KEY_SNAPSHOT_META, metadata.write_to_bytes().map_err(|e| corrupt("snapshot_meta", e))?),
+            (KEY_CONF_STATE, metadata.get_conf_state().write_to_bytes().map_err(|e| corrupt("conf_state", e))?),
+            (KEY_HARD_STATE, hard_state.write_to_bytes().map_err(|e| corrupt("hard_state", e))?),
+        ];
+        if with_data {
+            writes.push((KEY_SNAPSHOT, snapshot.write_to_bytes().map_err(|e| corrupt("snapshot", e))?));
+        }
+        let keys = self.keys_through(u64::MAX)?;
+        self.commit_meta_and_truncate(&keys, &writes)?;
+        *self.inner.snapshot_meta.lock() = metadata.clone();
+        *self.inner.conf_state.lock() = metadata.get_conf_state().clone();
+        *self.inner.hard_state.lock() = hard_state;
+        self.inner.first_index.store(metadata.index + 1, Ordering::Release);
+        self.inner.last_index.store(metadata.index, Ordering::Release);
+        Ok(())
+    }
+
+    /// Drops the log through `metadata.index` (which must be inside the log), recording the new
+    /// compaction point and, if given, the snapshot with data.
+    fn truncate_through(&self, metadata: &SnapshotMetadata, snapshot: Option<&Snapshot>) -> Result<(), LogStoreError> {
+        let mut writes: Vec<(&[u8], Vec<u8>)> =
+            vec![(KEY_SNAPSHOT_META, metadata.write_to_bytes().map_err(|e| corrupt("snapshot_meta", e))?)];
+        if let Some(snapshot) = snapshot {
+            writes.push((KEY_SNAPSHOT, snapshot.write_to_bytes().map_err(|e| corrupt("snapshot", e))?));
+        }
+        let keys = self.keys_through(metadata.index)?;
+        self.commit_meta_and_truncate(&keys, &writes)?;
+        *self.inner.snapshot_meta.lock() = metadata.clone();
+        let first = self.first_log_index().max(metadata.index + 1);
+        self.inner.first_index.store(first, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -197,11 +289,22 @@ impl Storage for SledLogStore {
         Ok(self.last_log_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshots that carry the shard's raw store are built by the shard, not the log: with
-        // one voter per shard no follower ever asks. Until a replica can be sent one, raft
-        // retries later instead of receiving an empty state machine.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Only a snapshot saved with data by the caller is ever sent (never an empty state
+        // machine). Without one that covers the compacted log, raft retries later.
+        let stored = self.stored_snapshot().map_err(store_error)?;
+        serve_snapshot(stored, request_index, self.first_log_index())
+    }
+}
+
+/// The stored snapshot if it is usable for a follower: at least `request_index` and covering
+/// everything compacted away (`index >= first_index - 1`).
+fn serve_snapshot(stored: Option<Snapshot>, request_index: u64, first_index: u64) -> raft::Result<Snapshot> {
+    match stored {
+        Some(snapshot) if snapshot.get_metadata().index >= request_index && snapshot.get_metadata().index + 1 >= first_index => {
+            Ok(snapshot)
+        }
+        _ => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
     }
 }
 
@@ -249,20 +352,9 @@ impl RaftLogStore for SledLogStore {
     }
 
     fn apply_snapshot_metadata(&self, metadata: &SnapshotMetadata) -> Result<(), LogStoreError> {
-        let mut batch = sled::Batch::default();
-        for item in self.inner.log.iter().keys() {
-            batch.remove(item?);
-        }
-        self.inner.log.apply_batch(batch)?;
-        self.inner.meta.insert(KEY_SNAPSHOT_META, metadata.write_to_bytes().map_err(|e| corrupt("snapshot_meta", e))?)?;
-        self.set_conf_state(metadata.get_conf_state())?;
-        *self.inner.snapshot_meta.lock() = metadata.clone();
-        self.inner.first_index.store(metadata.index + 1, Ordering::Release);
-        self.inner.last_index.store(metadata.index, Ordering::Release);
-        let mut hard_state = self.hard_state();
-        hard_state.commit = hard_state.commit.max(metadata.index);
-        hard_state.term = hard_state.term.max(metadata.term);
-        self.set_hard_state(&hard_state)
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(metadata.clone());
+        self.install_snapshot(&snapshot, false)
     }
 
     fn compact(&self, index: u64) -> Result<(), LogStoreError> {
@@ -276,17 +368,27 @@ impl RaftLogStore for SledLogStore {
         metadata.index = compact_to - 1;
         metadata.term = term_before;
         metadata.set_conf_state(self.conf_state());
-        // Record the new start first: after a crash between the two writes, the extra
-        // entries are merely kept longer.
-        self.inner.meta.insert(KEY_SNAPSHOT_META, metadata.write_to_bytes().map_err(|e| corrupt("snapshot_meta", e))?)?;
-        *self.inner.snapshot_meta.lock() = metadata;
-        self.inner.first_index.store(compact_to, Ordering::Release);
-        let mut batch = sled::Batch::default();
-        for index in first..compact_to {
-            batch.remove(&index.to_be_bytes());
+        self.truncate_through(&metadata, None)
+    }
+
+    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), LogStoreError> {
+        let index = snapshot.get_metadata().index;
+        let (first_index, last_index) = (self.first_log_index(), self.last_log_index());
+        if index + 1 < first_index || index > last_index {
+            return Err(LogStoreError::SnapshotOutOfRange { index, first_index, last_index });
         }
-        self.inner.log.apply_batch(batch)?;
-        Ok(())
+        self.truncate_through(snapshot.get_metadata(), Some(snapshot))
+    }
+
+    fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), LogStoreError> {
+        self.install_snapshot(snapshot, true)
+    }
+
+    fn stored_snapshot(&self) -> Result<Option<Snapshot>, LogStoreError> {
+        match self.inner.meta.get(KEY_SNAPSHOT)? {
+            Some(bytes) => Ok(Some(Snapshot::parse_from_bytes(&bytes).map_err(|e| corrupt("snapshot", e))?)),
+            None => Ok(None),
+        }
     }
 
     fn sync(&self) -> Result<(), LogStoreError> {
@@ -299,17 +401,45 @@ impl RaftLogStore for SledLogStore {
     }
 }
 
-/// In-memory log for tests of the driver on a simulated network.
+/// In-memory log for tests of the driver on a simulated network. Entries and hard state live in
+/// raft-rs's `MemStorage`; the snapshot with data is kept beside it.
 #[derive(Clone, Default)]
 pub struct MemLogStore {
     pub storage: raft::storage::MemStorage,
+    /// The last snapshot with data. Its lock is taken before the storage's, and held across
+    /// every change of the log's start, so readers see both move together.
+    snapshot: Arc<Mutex<Option<Snapshot>>>,
 }
 
 impl MemLogStore {
     pub fn new(voters: &[u64]) -> Self {
         let storage = raft::storage::MemStorage::new();
         storage.initialize_with_conf_state(ConfState::from((voters.to_vec(), vec![])));
-        MemLogStore { storage }
+        MemLogStore { storage, snapshot: Arc::default() }
+    }
+
+    /// Moves the log's start to just after `metadata.index` (inside the log), keeping later
+    /// entries and the hard state. `MemStorage::compact` alone forgets the term of the last
+    /// dropped entry, which raft must still read, so the position is installed as a snapshot.
+    fn truncate_through(&self, metadata: &SnapshotMetadata) -> Result<(), LogStoreError> {
+        if metadata.index < self.storage.first_index()? {
+            // Already compacted exactly there (the term of `first_index - 1` is known).
+            return Ok(());
+        }
+        let last = self.storage.last_index()?;
+        let remaining = if metadata.index < last {
+            self.storage.entries(metadata.index + 1, last + 1, None, GetEntriesContext::empty(false))?
+        } else {
+            vec![]
+        };
+        let mut core = self.storage.wl();
+        let hard_state = core.hard_state().clone();
+        let mut position = Snapshot::default();
+        position.set_metadata(metadata.clone());
+        core.apply_snapshot(position)?;
+        core.set_hardstate(hard_state);
+        core.append(&remaining)?;
+        Ok(())
     }
 }
 
@@ -329,8 +459,9 @@ impl Storage for MemLogStore {
     fn last_index(&self) -> raft::Result<u64> {
         self.storage.last_index()
     }
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.storage.snapshot(request_index, to)
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let stored = self.snapshot.lock();
+        serve_snapshot(stored.clone(), request_index, self.storage.first_index()?)
     }
 }
 
@@ -354,12 +485,51 @@ impl RaftLogStore for MemLogStore {
         Ok(())
     }
     fn apply_snapshot_metadata(&self, metadata: &SnapshotMetadata) -> Result<(), LogStoreError> {
+        let _guard = self.snapshot.lock();
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(metadata.clone());
-        Ok(self.storage.wl().apply_snapshot(snapshot)?)
+        let mut core = self.storage.wl();
+        let commit = core.hard_state().commit.max(metadata.index);
+        core.apply_snapshot(snapshot)?;
+        core.mut_hard_state().commit = commit;
+        Ok(())
     }
     fn compact(&self, index: u64) -> Result<(), LogStoreError> {
-        Ok(self.storage.wl().compact(index)?)
+        let _guard = self.snapshot.lock();
+        let first = self.storage.first_index()?;
+        if index <= first {
+            return Ok(());
+        }
+        let compact_to = index.min(self.storage.last_index()? + 1);
+        let mut metadata = SnapshotMetadata { index: compact_to - 1, term: self.storage.term(compact_to - 1)?, ..Default::default() };
+        metadata.set_conf_state(self.storage.initial_state()?.conf_state);
+        self.truncate_through(&metadata)
+    }
+    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), LogStoreError> {
+        let mut stored = self.snapshot.lock();
+        let index = snapshot.get_metadata().index;
+        let (first_index, last_index) = (self.storage.first_index()?, self.storage.last_index()?);
+        if index + 1 < first_index || index > last_index {
+            return Err(LogStoreError::SnapshotOutOfRange { index, first_index, last_index });
+        }
+        self.truncate_through(snapshot.get_metadata())?;
+        *stored = Some(snapshot.clone());
+        Ok(())
+    }
+    fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), LogStoreError> {
+        let mut stored = self.snapshot.lock();
+        let metadata = snapshot.get_metadata();
+        let mut position = Snapshot::default();
+        position.set_metadata(metadata.clone());
+        let mut core = self.storage.wl();
+        let commit = core.hard_state().commit.max(metadata.index);
+        core.apply_snapshot(position)?;
+        core.mut_hard_state().commit = commit;
+        *stored = Some(snapshot.clone());
+        Ok(())
+    }
+    fn stored_snapshot(&self) -> Result<Option<Snapshot>, LogStoreError> {
+        Ok(self.snapshot.lock().clone())
     }
     fn sync(&self) -> Result<(), LogStoreError> {
         Ok(())
@@ -413,5 +583,135 @@ mod tests {
         assert_eq!(reopened.hard_state(), hs);
         assert_eq!(reopened.term(3).unwrap(), 1);
         assert_eq!(reopened.conf_state().voters, vec![1]);
+    }
+
+    fn snapshot_at(index: u64, term: u64, voters: &[u64], data: &[u8]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        snapshot.data = data.to_vec().into();
+        snapshot.mut_metadata().index = index;
+        snapshot.mut_metadata().term = term;
+        snapshot.mut_metadata().set_conf_state(ConfState::from((voters.to_vec(), vec![])));
+        snapshot
+    }
+
+    fn is_compacted<T: std::fmt::Debug>(result: raft::Result<T>) -> bool {
+        matches!(result, Err(raft::Error::Store(StorageError::Compacted)))
+    }
+
+    fn is_unavailable_snapshot(result: raft::Result<Snapshot>) -> bool {
+        matches!(result, Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)))
+    }
+
+    #[test]
+    fn sled_snapshot_compaction_persists_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = SledLogStore::open(&db, &[1, 2, 3]).unwrap();
+        store.append(&(1..=5).map(|i| entry(i, 1)).chain((6..=10).map(|i| entry(i, 2))).collect::<Vec<_>>()).unwrap();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 10;
+        store.set_hard_state(&hs).unwrap();
+        // No snapshot with data yet: raft is asked to retry, never handed an empty state.
+        assert!(is_unavailable_snapshot(store.snapshot(0, 2)));
+        assert!(store.stored_snapshot().unwrap().is_none());
+        // Outside the log.
+        assert!(matches!(
+            store.save_snapshot(&snapshot_at(11, 2, &[1, 2, 3], b"x")),
+            Err(LogStoreError::SnapshotOutOfRange { index: 11, first_index: 1, last_index: 10 })
+        ));
+        store.save_snapshot(&snapshot_at(7, 2, &[1, 2, 3], b"state@7")).unwrap();
+        store.sync().unwrap();
+        let check = |store: &SledLogStore| {
+            assert_eq!(store.first_index().unwrap(), 8);
+            assert_eq!(store.last_index().unwrap(), 10);
+            assert_eq!(store.term(7).unwrap(), 2, "term of the snapshot index answers from its metadata");
+            assert_eq!(store.term(8).unwrap(), 2);
+            assert!(is_compacted(store.term(6)));
+            assert!(is_compacted(store.entries(5, 9, None, GetEntriesContext::empty(false))));
+            assert!(is_compacted(store.entries(7, 9, None, GetEntriesContext::empty(false))));
+            let entries = store.entries(8, 11, None, GetEntriesContext::empty(false)).unwrap();
+            assert_eq!(entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![8, 9, 10]);
+            let snapshot = store.snapshot(0, 2).unwrap();
+            assert_eq!((snapshot.get_metadata().index, snapshot.get_metadata().term), (7, 2));
+            assert_eq!(snapshot.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
+            assert_eq!(&snapshot.data[..], b"state@7");
+            assert!(is_unavailable_snapshot(store.snapshot(8, 2)), "a snapshot below request_index is not served");
+            assert_eq!(store.hard_state().commit, 10);
+            assert!(store.entry(7).unwrap().is_none(), "compacted entries are gone from sled");
+        };
+        check(&store);
+        drop(store);
+        let reopened = SledLogStore::open(&db, &[1, 2, 3]).unwrap();
+        check(&reopened);
+        // Appends continue after the snapshot; a plain compaction past the snapshot makes it
+        // useless for followers (it no longer covers the compacted log).
+        reopened.append(&[entry(11, 3)]).unwrap();
+        reopened.compact(10).unwrap();
+        assert_eq!(reopened.first_index().unwrap(), 10);
+        assert_eq!(reopened.term(9).unwrap(), 2);
+        assert!(is_unavailable_snapshot(reopened.snapshot(0, 2)));
+        // A newer snapshot covers it again.
+        reopened.save_snapshot(&snapshot_at(10, 2, &[1, 2, 3], b"state@10")).unwrap();
+        assert_eq!(&reopened.snapshot(0, 2).unwrap().data[..], b"state@10");
+        assert_eq!((reopened.first_index().unwrap(), reopened.last_index().unwrap()), (11, 11));
+        reopened.sync().unwrap();
+        drop(reopened);
+        drop(db);
+        let db = sled::open(dir.path()).unwrap();
+        let reopened = SledLogStore::open(&db, &[1, 2, 3]).unwrap();
+        assert_eq!((reopened.first_index().unwrap(), reopened.last_index().unwrap()), (11, 11));
+        assert_eq!(reopened.term(10).unwrap(), 2);
+        assert_eq!(reopened.term(11).unwrap(), 3);
+        assert_eq!(&reopened.stored_snapshot().unwrap().unwrap().data[..], b"state@10");
+    }
+
+    #[test]
+    fn sled_follower_installs_snapshot_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = SledLogStore::open(&db, &[1, 2, 3]).unwrap();
+        store.append(&(1..=4).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.vote = 2;
+        hs.commit = 3;
+        store.set_hard_state(&hs).unwrap();
+        store.apply_snapshot(&snapshot_at(50, 4, &[1, 2, 3], b"leader state")).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = SledLogStore::open(&db, &[9]).unwrap();
+        assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (51, 50));
+        assert_eq!(store.term(50).unwrap(), 4);
+        assert!(is_compacted(store.term(4)));
+        assert!(is_compacted(store.entries(4, 5, None, GetEntriesContext::empty(false))));
+        let state = store.initial_state().unwrap();
+        assert_eq!((state.hard_state.term, state.hard_state.vote, state.hard_state.commit), (4, 2, 50));
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(&store.stored_snapshot().unwrap().unwrap().data[..], b"leader state");
+        // The log continues after the snapshot.
+        store.append(&[entry(51, 4), entry(52, 4)]).unwrap();
+        assert_eq!(store.entries(51, 53, None, GetEntriesContext::empty(false)).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn mem_store_compaction_keeps_the_term_before_the_log() {
+        let store = MemLogStore::new(&[1]);
+        store.append(&(1..=6).map(|i| entry(i, 1 + i / 4)).collect::<Vec<_>>()).unwrap();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 6;
+        store.set_hard_state(&hs).unwrap();
+        store.compact(3).unwrap();
+        assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (3, 6));
+        assert_eq!(store.term(2).unwrap(), 1);
+        assert!(is_compacted(store.term(1)));
+        assert!(is_unavailable_snapshot(store.snapshot(0, 2)));
+        store.save_snapshot(&snapshot_at(5, 2, &[1], b"five")).unwrap();
+        assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (6, 6));
+        assert_eq!(store.term(5).unwrap(), 2);
+        assert_eq!(store.hard_state(), hs, "compaction keeps the hard state");
+        assert_eq!(&store.snapshot(0, 2).unwrap().data[..], b"five");
+        assert!(is_compacted(store.entries(5, 7, None, GetEntriesContext::empty(false))));
     }
 }
