@@ -9,4 +9,4 @@ pub mod slog_bridge;
 pub mod transport;
 
 pub use driver::{DriverError, RaftDriver, RaftSettings, StateMachine};
-pub use placement::{replicas_for_shard, shard_for_asset, stable_hash, NodeId, ShardId};
+pub use placement::{replicas_for_shard, shard_for_asset, stable_hash, NodeId, PlacementError, ShardId, ShardMap};

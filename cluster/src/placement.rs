@@ -38,9 +38,123 @@ pub fn replicas_for_shard(shard: ShardId, nodes: &[NodeId], replication_factor: 
     weighted.into_iter().take(replication_factor).map(|(_, node)| node).collect()
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("the cluster has no nodes: list them under [[cluster.nodes]]")]
+    NoNodes,
+    #[error("shard count is 0: set cluster.shards to at least 1")]
+    NoShards,
+    #[error("replication factor {replication_factor} is outside 1..={nodes} (the number of nodes)")]
+    ReplicationFactor { replication_factor: usize, nodes: usize },
+    #[error("node id {0} is listed twice")]
+    DuplicateNode(NodeId),
+}
+
+/// Which nodes hold which shard: the same on every node that has the same member list, shard
+/// count and replication factor (whatever the order of the list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardMap {
+    shard_count: u32,
+    /// Replicas of each shard, rendezvous order (best first).
+    replicas: Vec<Vec<NodeId>>,
+}
+
+impl ShardMap {
+    pub fn new(shard_count: u32, nodes: &[NodeId], replication_factor: usize) -> Result<Self, PlacementError> {
+        if nodes.is_empty() {
+            return Err(PlacementError::NoNodes);
+        }
+        if shard_count == 0 {
+            return Err(PlacementError::NoShards);
+        }
+        let mut sorted = nodes.to_vec();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(PlacementError::DuplicateNode(pair[0]));
+        }
+        if replication_factor == 0 || replication_factor > sorted.len() {
+            return Err(PlacementError::ReplicationFactor { replication_factor, nodes: sorted.len() });
+        }
+        let replicas = (0..shard_count).map(|shard| replicas_for_shard(shard, &sorted, replication_factor)).collect();
+        Ok(ShardMap { shard_count, replicas })
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
+    pub fn shard_for_asset(&self, asset_id: &str) -> ShardId {
+        shard_for_asset(asset_id, self.shard_count)
+    }
+
+    /// The nodes holding `shard`, best first (an empty slice for a shard outside the map).
+    pub fn replicas(&self, shard: ShardId) -> &[NodeId] {
+        self.replicas.get(shard as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// The shards `node` holds a replica of, ascending.
+    pub fn shards_on(&self, node: NodeId) -> Vec<ShardId> {
+        (0..self.shard_count).filter(|&shard| self.replicas(shard).contains(&node)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_map_is_the_same_for_any_member_order_and_places_distinct_replicas() {
+        let map = ShardMap::new(16, &[3, 1, 2, 5, 4], 3).unwrap();
+        assert_eq!(map, ShardMap::new(16, &[1, 2, 3, 4, 5], 3).unwrap());
+        for shard in 0..16 {
+            let replicas = map.replicas(shard);
+            assert_eq!(replicas.len(), 3);
+            let mut distinct = replicas.to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3, "shard {shard}: {replicas:?}");
+        }
+        // Every replica is counted once per node, and shards_on agrees with replicas.
+        let total: usize = [1, 2, 3, 4, 5].iter().map(|&n| map.shards_on(n).len()).sum();
+        assert_eq!(total, 16 * 3);
+        for node in 1..=5 {
+            for shard in map.shards_on(node) {
+                assert!(map.replicas(shard).contains(&node));
+            }
+        }
+        assert!(map.replicas(99).is_empty());
+        assert_eq!(map.shard_for_asset("s01e01"), shard_for_asset("s01e01", 16));
+    }
+
+    #[test]
+    fn shard_map_spreads_replicas_and_moves_few_when_a_node_joins() {
+        let nodes: Vec<NodeId> = (1..=4).collect();
+        let map = ShardMap::new(256, &nodes, 3).unwrap();
+        for &node in &nodes {
+            // 256 * 3 / 4 = 192 on average.
+            let held = map.shards_on(node).len();
+            assert!((150..=234).contains(&held), "node {node} holds {held} shards");
+        }
+        let grown = ShardMap::new(256, &[1, 2, 3, 4, 5], 3).unwrap();
+        let moved: usize = (0..256)
+            .map(|shard| {
+                let before = map.replicas(shard);
+                grown.replicas(shard).iter().filter(|n| !before.contains(n)).count()
+            })
+            .sum();
+        // Ideal: the new node takes 3/5 of a replica per shard (about 154); nothing else moves.
+        assert!(moved < 200, "{moved} replicas moved");
+        assert!((0..256).all(|shard| grown.replicas(shard).iter().filter(|&&n| n != 5).all(|n| map.replicas(shard).contains(n))));
+    }
+
+    #[test]
+    fn shard_map_refuses_impossible_configurations() {
+        assert_eq!(ShardMap::new(4, &[], 1), Err(PlacementError::NoNodes));
+        assert_eq!(ShardMap::new(0, &[1], 1), Err(PlacementError::NoShards));
+        assert_eq!(ShardMap::new(4, &[1, 2], 3), Err(PlacementError::ReplicationFactor { replication_factor: 3, nodes: 2 }));
+        assert_eq!(ShardMap::new(4, &[1, 2], 0), Err(PlacementError::ReplicationFactor { replication_factor: 0, nodes: 2 }));
+        assert_eq!(ShardMap::new(4, &[1, 2, 1], 2), Err(PlacementError::DuplicateNode(1)));
+    }
 
     #[test]
     fn hash_is_stable_across_builds() {
