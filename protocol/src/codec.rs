@@ -35,11 +35,19 @@ pub fn encode<T: Serialize>(format_version: u8, value: &T) -> Result<Vec<u8>, Co
 }
 
 pub fn decode<T: DeserializeOwned>(format_version: u8, bytes: &[u8]) -> Result<T, CodecError> {
+    decode_with_limit::<T, DECODE_LIMIT_BYTES>(format_version, bytes)
+}
+
+/// Like [`decode`], with `LIMIT` bytes as the most the value may claim. bincode allocates a
+/// string of its announced length (within the limit) before reading it, so input from a peer
+/// that is not yet trusted (a handshake) gets a limit as small as the frames it may send.
+pub fn decode_with_limit<T: DeserializeOwned, const LIMIT: usize>(format_version: u8, bytes: &[u8]) -> Result<T, CodecError> {
     let (&found, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if found != format_version {
         return Err(CodecError::UnsupportedVersion { found, expected: format_version });
     }
-    let (value, consumed) = bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Decode(e.to_string()))?;
+    let config = bincode::config::standard().with_limit::<LIMIT>();
+    let (value, consumed) = bincode::serde::decode_from_slice(body, config).map_err(|e| CodecError::Decode(e.to_string()))?;
     if consumed != body.len() {
         return Err(CodecError::TrailingBytes { trailing: body.len() - consumed });
     }
@@ -94,6 +102,21 @@ mod tests {
         for cut in 1..bytes.len() {
             assert!(decode::<Sample>(1, &bytes[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn a_small_limit_refuses_a_long_announced_string() {
+        // b: a string announcing 1 MiB (varint 0xfc + u32 LE) with no bytes behind it.
+        let mut bytes = vec![1u8, 7];
+        bytes.push(0xfc);
+        bytes.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        let refused = decode_with_limit::<Sample, 4096>(1, &bytes);
+        assert!(matches!(&refused, Err(CodecError::Decode(m)) if m.contains("LimitExceeded")), "{refused:?}");
+        // With the default limit the same input fails later, at the end of the input.
+        let late = decode::<Sample>(1, &bytes);
+        assert!(matches!(&late, Err(CodecError::Decode(m)) if !m.contains("LimitExceeded")), "{late:?}");
+        let fine = encode(1, &Sample { a: 7, b: "joey".into(), c: None }).unwrap();
+        assert_eq!(decode_with_limit::<Sample, 4096>(1, &fine).unwrap().b, "joey");
     }
 
     #[test]

@@ -100,10 +100,9 @@ pub fn encode_frame<T: Serialize>(value: &T, max_frame_bytes: usize) -> Result<V
 
 /// Decodes a frame payload (version byte + body).
 ///
-/// Known gap (in the codec, not here): bincode 2 allocates a byte string or `String` of its
-/// announced length (up to the codec's `DECODE_LIMIT_BYTES`) before checking the input holds
-/// that many bytes, so a small frame can cause one large, zeroed (lazily mapped) allocation.
-/// The frame maximum bounds what is read, not that allocation.
+/// bincode 2 allocates a byte string or `String` of its announced length (up to the codec's
+/// `DECODE_LIMIT_BYTES`) before checking the input holds that many bytes: for peers that have
+/// not passed the handshake use [`decode_payload_with_limit`].
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     Ok(codec::decode(WIRE_VERSION, payload)?)
 }
@@ -135,13 +134,31 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    if !read_frame_payload(reader, max_frame_bytes, scratch).await? {
+        return Ok(None);
+    }
+    decode_payload(scratch).map(Some)
+}
+
+/// Decodes a payload from a peer not trusted yet: the value may claim at most `LIMIT` bytes, so
+/// an announced string length cannot make us allocate more than that.
+pub fn decode_payload_with_limit<T: DeserializeOwned, const LIMIT: usize>(payload: &[u8]) -> Result<T, FrameError> {
+    Ok(codec::decode_with_limit::<T, LIMIT>(WIRE_VERSION, payload)?)
+}
+
+/// Reads one frame's payload (version byte + body) into `scratch`, checked like [`read_frame`];
+/// `false` on a clean end of stream at a frame boundary.
+pub async fn read_frame_payload<R>(reader: &mut R, max_frame_bytes: usize, scratch: &mut Vec<u8>) -> Result<bool, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     let mut filled = 0;
     while filled < LENGTH_PREFIX_BYTES {
         let n = reader.read(&mut prefix[filled..]).await?;
         if n == 0 {
             if filled == 0 {
-                return Ok(None);
+                return Ok(false);
             }
             return Err(FrameError::Truncated { received_bytes: filled, expected_bytes: LENGTH_PREFIX_BYTES });
         }
@@ -163,7 +180,7 @@ where
             expected_bytes: LENGTH_PREFIX_BYTES + len_bytes,
         });
     }
-    decode_payload(scratch).map(Some)
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -89,13 +89,16 @@ pub(crate) async fn exchange(
     let work = async {
         stream.write_all(&frame).await?;
         let mut scratch = Vec::new();
-        match frame::read_frame::<_, Envelope>(stream, HELLO_MAX_FRAME_BYTES, &mut scratch).await? {
-            None => Err(HandshakeError::Closed),
-            Some(Envelope::Hello(hello)) => {
+        if !frame::read_frame_payload(stream, HELLO_MAX_FRAME_BYTES, &mut scratch).await? {
+            return Err(HandshakeError::Closed);
+        }
+        // The peer is not trusted yet: nothing in its hello may claim more than the hello's size.
+        match frame::decode_payload_with_limit::<Envelope, HELLO_MAX_FRAME_BYTES>(&scratch)? {
+            Envelope::Hello(hello) => {
                 check_hello(config, &hello, expected_peer)?;
                 Ok(hello)
             }
-            Some(_) => Err(HandshakeError::NotHello),
+            _ => Err(HandshakeError::NotHello),
         }
     };
     tokio::time::timeout(Duration::from_millis(timeout_ms), work).await.map_err(|_| HandshakeError::Timeout { timeout_ms })?
