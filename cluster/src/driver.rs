@@ -403,7 +403,7 @@ mod tests {
     use std::collections::{BTreeMap, VecDeque};
 
     /// The simulated state machine: the list of applied payloads; its snapshot is that list,
-    /// length-prefixed.
+    /// encoded with the codec.
     struct VecMachine<'a> {
         log: &'a mut Vec<Vec<u8>>,
         restores: &'a mut usize,
@@ -415,24 +415,10 @@ mod tests {
             Ok(())
         }
         fn snapshot(&self) -> Result<Vec<u8>, String> {
-            let mut out = Vec::new();
-            for item in self.log.iter() {
-                out.extend_from_slice(&(item.len() as u32).to_be_bytes());
-                out.extend_from_slice(item);
-            }
-            Ok(out)
+            rushes_protocol::codec::encode(1, &*self.log).map_err(|e| e.to_string())
         }
         fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-            let mut log = Vec::new();
-            let mut rest = data;
-            while !rest.is_empty() {
-                let (len, tail) = rest.split_at_checked(4).ok_or("truncated length")?;
-                let len = u32::from_be_bytes(len.try_into().map_err(|_| "bad length")?) as usize;
-                let (item, tail) = tail.split_at_checked(len).ok_or("truncated item")?;
-                log.push(item.to_vec());
-                rest = tail;
-            }
-            *self.log = log;
+            *self.log = rushes_protocol::codec::decode(1, data).map_err(|e| e.to_string())?;
             *self.restores += 1;
             Ok(())
         }
@@ -775,7 +761,7 @@ mod tests {
         let store = MemLogStore::new(&[1, 2, 3]);
         let mut driver = RaftDriver::new(1, 4, &RaftSettings::default(), store.clone(), 0).unwrap();
         let mut snapshot = Snapshot::default();
-        snapshot.data = b"\0\0\0\x01z".to_vec().into();
+        snapshot.data = rushes_protocol::codec::encode(1, &vec![b"z".to_vec()]).unwrap().into();
         snapshot.mut_metadata().index = 10;
         snapshot.mut_metadata().term = 1;
         snapshot.mut_metadata().set_conf_state(raft::eraftpb::ConfState::from((vec![1, 2, 3], vec![])));

@@ -23,24 +23,10 @@ impl StateMachine for Machine {
         Ok(())
     }
     fn snapshot(&self) -> Result<Vec<u8>, String> {
-        let mut out = Vec::new();
-        for item in &self.log {
-            out.extend_from_slice(&(item.len() as u32).to_be_bytes());
-            out.extend_from_slice(item);
-        }
-        Ok(out)
+        rushes_protocol::codec::encode(1, &self.log).map_err(|e| e.to_string())
     }
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        let mut log = Vec::new();
-        let mut rest = data;
-        while !rest.is_empty() {
-            let (len, tail) = rest.split_at_checked(4).ok_or("truncated length")?;
-            let len = u32::from_be_bytes(len.try_into().map_err(|_| "bad length")?) as usize;
-            let (item, tail) = tail.split_at_checked(len).ok_or("truncated item")?;
-            log.push(item.to_vec());
-            rest = tail;
-        }
-        self.log = log;
+        self.log = rushes_protocol::codec::decode(1, data).map_err(|e| e.to_string())?;
         self.restores += 1;
         Ok(())
     }
