@@ -118,6 +118,10 @@ pub struct ReadyOutcome {
     pub role_changed: Option<StateRole>,
     /// The state machine was restored from a snapshot at this index in this cycle.
     pub restored_snapshot: Option<u64>,
+    /// Answers to [`RaftDriver::read_index`] requests: (request context, the leader's commit
+    /// index confirmed by a quorum when the request was served). A read that waits until the
+    /// local state machine has applied through that index is linearizable.
+    pub read_states: Vec<(Vec<u8>, u64)>,
 }
 
 pub struct RaftDriver<S: RaftLogStore> {
@@ -237,6 +241,14 @@ impl<S: RaftLogStore> RaftDriver<S> {
         }
     }
 
+    /// Asks for a read index (raft's ReadIndex: the leader confirms it still leads with a
+    /// heartbeat round, then answers with its commit index). On a follower the request goes to
+    /// the leader. The answer arrives in a later [`ReadyOutcome::read_states`] with `context`;
+    /// with no leader the request is dropped, so callers wait with a deadline.
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.node.read_index(context);
+    }
+
     pub fn step(&mut self, message: Message) -> Result<(), DriverError> {
         match self.node.step(message) {
             // Messages from peers that are not (or no longer) in the group are dropped.
@@ -329,6 +341,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
         }
         // Leader messages may go out before the local append (raft thesis 10.2.1).
         outcome.messages.extend(ready.take_messages());
+        outcome.read_states.extend(ready.take_read_states().into_iter().map(|state| (state.request_ctx, state.index)));
         let store = self.node.store().clone();
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot();
@@ -435,6 +448,8 @@ mod tests {
         isolated: Vec<NodeId>,
         rng: rand_chacha::ChaCha8Rng,
         drop_rate: f64,
+        /// Read index answers each replica received: (context, index).
+        read_states: BTreeMap<NodeId, Vec<(Vec<u8>, u64)>>,
     }
 
     impl SimCluster {
@@ -448,6 +463,7 @@ mod tests {
                 isolated: vec![],
                 rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
                 drop_rate: 0.0,
+                read_states: BTreeMap::new(),
             };
             for &id in ids {
                 let store = MemLogStore::new(ids);
@@ -482,6 +498,7 @@ mod tests {
                 let restores = self.restores.entry(id).or_default();
                 let outcome = driver.run_ready_with(&mut VecMachine { log, restores }).unwrap();
                 self.in_flight.extend(outcome.messages);
+                self.read_states.entry(id).or_default().extend(outcome.read_states);
             }
             let messages: Vec<Message> = self.in_flight.drain(..).collect();
             for message in messages {
@@ -587,6 +604,36 @@ mod tests {
         assert_eq!(applied, (0..5u8).map(|i| vec![i]).collect::<Vec<_>>());
         assert_eq!(driver.applied_index(), driver.commit_index());
         assert_eq!(driver.store().hard_state().commit, driver.commit_index(), "commit persisted");
+    }
+
+    #[test]
+    fn read_index_answers_with_the_quorum_commit_and_never_from_an_isolated_leader() {
+        let mut cluster = SimCluster::new(&[1, 2, 3], 7);
+        assert!(cluster.run_until(200, |c| c.leaders().len() == 1));
+        for i in 0..5u8 {
+            assert!(cluster.propose_to_leader(vec![i]));
+            cluster.step_all();
+        }
+        assert!(cluster.run_until(50, |c| c.applied.values().all(|a| a.len() == 5)));
+        let leader = cluster.leaders()[0].0;
+        let follower = *cluster.drivers.keys().find(|id| **id != leader).unwrap();
+        let commit = cluster.drivers[&leader].commit_index();
+        // On a follower the request travels to the leader and back.
+        cluster.drivers.get_mut(&follower).unwrap().read_index(b"r1".to_vec());
+        assert!(cluster.run_until(20, |c| c.read_states.get(&follower).is_some_and(|r| !r.is_empty())), "follower read not answered");
+        assert_eq!(cluster.read_states[&follower], vec![(b"r1".to_vec(), commit)]);
+        // A leader cut off from its quorum cannot confirm it still leads: no answer, ever.
+        cluster.isolated = vec![leader];
+        cluster.drivers.get_mut(&leader).unwrap().read_index(b"r2".to_vec());
+        cluster.run_until(100, |_| false);
+        assert!(cluster.read_states.get(&leader).is_none_or(|r| r.is_empty()), "isolated leader answered a read index");
+        // The majority elected a new leader, whose answers cover everything committed.
+        let new_leader = cluster.leaders().into_iter().find(|(id, _)| *id != leader).expect("new leader").0;
+        assert!(cluster.propose_to_leader(b"after".to_vec()));
+        cluster.drivers.get_mut(&new_leader).unwrap().read_index(b"r3".to_vec());
+        assert!(cluster.run_until(20, |c| c.read_states.get(&new_leader).is_some_and(|r| !r.is_empty())));
+        let (_, index) = &cluster.read_states[&new_leader][0];
+        assert!(*index > commit, "read index {index} must include the new leader's entries (old commit {commit})");
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub struct BenchReport {
     pub machine: String,
 }
 
-fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
     if sorted_ms.is_empty() {
         return 0.0;
     }
@@ -63,7 +63,7 @@ fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
     sorted_ms[rank.min(sorted_ms.len() - 1)]
 }
 
-fn machine_description() -> String {
+pub(crate) fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| text.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
@@ -237,7 +237,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
     Ok(report)
 }
 
-fn latency_row(kind: &str, mut latencies: Vec<f64>, assets: usize) -> LatencyRow {
+pub(crate) fn latency_row(kind: &str, mut latencies: Vec<f64>, assets: usize) -> LatencyRow {
     latencies.sort_by(f64::total_cmp);
     LatencyRow {
         kind: kind.to_string(),
@@ -307,7 +307,12 @@ pub fn load_truths(sample: &std::path::Path) -> Result<Vec<EpisodeTruth>, DemoEr
     Ok(truths)
 }
 
-fn query_mix(season: &gen::Season, truths: &[EpisodeTruth], per_kind: usize, seed: u64) -> Vec<(&'static str, Vec<SearchRequest>)> {
+pub(crate) fn query_mix(
+    season: &gen::Season,
+    truths: &[EpisodeTruth],
+    per_kind: usize,
+    seed: u64,
+) -> Vec<(&'static str, Vec<SearchRequest>)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xbe7c);
     let names: Vec<String> = season.cast.iter().map(|c| c.name.clone()).collect();
     let places: Vec<String> = season.locations.iter().map(|l| l.name.clone()).collect();

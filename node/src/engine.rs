@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rushes_cluster::{shard_for_asset, RaftSettings};
+use rushes_cluster::{NodeId, RaftSettings, ShardId, ShardMap};
 use rushes_config::{Config, Metric, Quantization};
 use rushes_protocol::codec;
 use rushes_protocol::model::{same_raw_content, IngestItem, ShardCommand, StoredAnnotation, StoredAsset, SHARD_COMMAND_FORMAT};
@@ -20,8 +20,9 @@ use serde_json::json;
 use crate::embedder::Embedder;
 use crate::index::{VectorMetric, VectorQuantization, VectorSpaceSpec};
 use crate::metrics::Metrics;
+use crate::peer::{ClusterNet, PeerReply, PeerRequest, ReplicaStatus};
 use crate::search::{self, Plan, SearchLimits, SpaceInfo};
-use crate::shard::{Shard, ShardError, ShardOptions};
+use crate::shard::{RaftOutbox, Shard, ShardError, ShardOptions, NOT_LEADER_PREFIX};
 use crate::store::ApplyOutcome;
 
 /// Most buckets one `/buckets` request returns (one hour at the default bucket size).
@@ -29,7 +30,14 @@ pub const MAX_BUCKETS_PER_REQUEST: u64 = 3600;
 
 pub struct Engine {
     pub config: Config,
+    /// This node's replicas, in shard order.
     pub shards: Vec<Arc<Shard>>,
+    /// Position in `shards` of each shard id this node holds.
+    local_positions: Vec<Option<usize>>,
+    /// Every shard's replicas (identical on every node).
+    pub shard_map: ShardMap,
+    /// The peer transport; `None` on a single node.
+    pub net: Option<Arc<ClusterNet>>,
     pub metrics: Arc<Metrics>,
     pub ingest_limits: IngestLimits,
     pub search_limits: SearchLimits,
@@ -45,11 +53,28 @@ pub struct Engine {
 
 /// Most completed queries whose moments are kept (the map is emptied when full).
 const SUGGEST_MOMENTS_CACHE_ENTRIES: usize = 1024;
+/// How long a write waits for a shard to have a reachable leader before a retryable 503.
+/// Longer than an election (election_ticks × tick_interval_ms with the defaults is 1 s).
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Timeout of a status request to a peer (`GET /v1/cluster`).
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The cluster's shard map from config: the listed members, or this node alone.
+pub fn shard_map(config: &Config) -> Result<ShardMap, ShardError> {
+    let nodes: Vec<NodeId> =
+        if config.cluster.nodes.is_empty() { vec![config.node.id] } else { config.cluster.nodes.iter().map(|n| n.id).collect() };
+    let replication_factor = if config.cluster.nodes.is_empty() { 1 } else { config.cluster.replication_factor };
+    ShardMap::new(config.cluster.shards, &nodes, replication_factor).map_err(|e| ShardError::Config(e.to_string()))
+}
 
 pub fn shard_options(config: &Config) -> ShardOptions {
+    let replicas = match shard_map(config) {
+        Ok(map) => (0..map.shard_count()).map(|shard| (shard, map.replicas(shard).to_vec())).collect(),
+        Err(_) => BTreeMap::new(),
+    };
     ShardOptions {
         node_id: config.node.id,
-        voters: vec![config.node.id],
+        replicas,
         raft: RaftSettings {
             election_ticks: config.raft.election_ticks,
             heartbeat_ticks: config.raft.heartbeat_ticks,
@@ -96,9 +121,19 @@ impl Engine {
     pub fn open_with_demo_seed(config: Config, demo_seed: u64) -> Result<Arc<Engine>, ShardError> {
         let metrics = Arc::new(Metrics::new());
         let options = shard_options(&config);
-        let mut shards = Vec::with_capacity(config.cluster.shards as usize);
-        for id in 0..config.cluster.shards {
-            shards.push(Shard::open(&config.node.data_dir, id, &options, metrics.clone())?);
+        let shard_map = shard_map(&config)?;
+        let (net, inbound) = if config.cluster.nodes.is_empty() {
+            (None, None)
+        } else {
+            let (net, inbound) = ClusterNet::start(&config).map_err(|e| ShardError::Config(e.to_string()))?;
+            (Some(net), Some(inbound))
+        };
+        let outbox: Option<Arc<dyn RaftOutbox>> = net.clone().map(|n| n as Arc<dyn RaftOutbox>);
+        let mut shards = Vec::new();
+        let mut local_positions = vec![None; config.cluster.shards as usize];
+        for id in shard_map.shards_on(config.node.id) {
+            local_positions[id as usize] = Some(shards.len());
+            shards.push(Shard::open(&config.node.data_dir, id, &options, metrics.clone(), outbox.clone())?);
         }
         let limits = &config.limits;
         let ingest_limits = IngestLimits {
@@ -139,9 +174,12 @@ impl Engine {
                 .map_err(|e| ShardError::Config(format!("embedder: {e}")))?,
             None => None,
         };
-        Ok(Arc::new(Engine {
+        let engine = Arc::new(Engine {
             config,
             shards,
+            local_positions,
+            shard_map,
+            net: net.clone(),
             metrics,
             ingest_limits,
             search_limits,
@@ -151,11 +189,31 @@ impl Engine {
             series_cache: parking_lot::Mutex::new((None, Vec::new())),
             suggest_moments: parking_lot::Mutex::new(HashMap::new()),
             started: Instant::now(),
-        }))
+        });
+        if let (Some(net), Some(inbound)) = (net, inbound) {
+            net.runtime().spawn(serve_peers(Arc::downgrade(&engine), inbound));
+        }
+        Ok(engine)
     }
 
-    pub fn shard_of(&self, asset_id: &str) -> &Arc<Shard> {
-        &self.shards[shard_for_asset(asset_id, self.shards.len() as u32) as usize]
+    pub fn node_id(&self) -> NodeId {
+        self.config.node.id
+    }
+
+    /// This node's replica of `shard`, if it holds one.
+    pub fn local_shard(&self, shard: ShardId) -> Option<&Arc<Shard>> {
+        self.local_positions.get(shard as usize).copied().flatten().map(|position| &self.shards[position])
+    }
+
+    /// The local replica of the asset's shard, or a retryable error naming the nodes that hold it.
+    pub fn shard_of(&self, asset_id: &str) -> Result<&Arc<Shard>, ApiError> {
+        let shard = self.shard_map.shard_for_asset(asset_id);
+        self.local_shard(shard).ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "asset {asset_id:?} lives on shard {shard}, which this node does not hold; ask one of nodes {:?}",
+                self.shard_map.replicas(shard)
+            ))
+        })
     }
 
     fn request_timeout(&self) -> Duration {
@@ -167,7 +225,7 @@ impl Engine {
     fn prepare_ingest(&self, items: Vec<ParsedItem>) -> Result<PreparedIngest, ApiError> {
         // In-batch duplicates: identical ones collapse, different content under one id is a conflict.
         let mut first_seen: HashMap<(String, String), usize> = HashMap::with_capacity(items.len());
-        let mut by_shard: BTreeMap<usize, (Vec<IngestItem>, Vec<usize>)> = BTreeMap::new();
+        let mut by_shard: BTreeMap<ShardId, (Vec<IngestItem>, Vec<usize>)> = BTreeMap::new();
         let mut batch_duplicates = 0;
         let mut kept: Vec<(usize, IngestItem)> = Vec::with_capacity(items.len());
         for (position, item) in items.into_iter().enumerate() {
@@ -194,15 +252,18 @@ impl Engine {
         // Check stored ids before proposing, so a conflict normally stores nothing anywhere.
         // The shard re-checks when applying (authoritative, for concurrent writers).
         for (position, item) in kept {
-            let shard_index = shard_for_asset(&item.annotation.asset_id, self.shards.len() as u32) as usize;
-            let existing_raw = self.shards[shard_index]
-                .store
-                .raw_annotation(&item.annotation.asset_id, &item.annotation.id)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            if existing_raw.is_some_and(|raw| !same_raw_content(&raw, &item.raw_json)) {
-                return Err(conflict(position, &item.annotation.id));
+            let shard_id = self.shard_map.shard_for_asset(&item.annotation.asset_id);
+            // Only a local replica can be checked here; the leader's apply is authoritative.
+            if let Some(shard) = self.local_shard(shard_id) {
+                let existing_raw = shard
+                    .store
+                    .raw_annotation(&item.annotation.asset_id, &item.annotation.id)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                if existing_raw.is_some_and(|raw| !same_raw_content(&raw, &item.raw_json)) {
+                    return Err(conflict(position, &item.annotation.id));
+                }
             }
-            let entry = by_shard.entry(shard_index).or_default();
+            let entry = by_shard.entry(shard_id).or_default();
             entry.0.push(item);
             entry.1.push(position);
         }
@@ -225,24 +286,18 @@ impl Engine {
             .await
             .map_err(|e| ApiError::internal(format!("ingest preparation failed: {e}")))??;
         let batch_duplicates = prepared.batch_duplicates;
-        let mut pending = Vec::with_capacity(prepared.commands.len());
-        for (shard_index, command, positions) in prepared.commands {
-            let receiver = self.shards[shard_index].propose_encoded(command)?;
-            pending.push((receiver, positions));
-        }
         let deadline = tokio::time::Instant::now() + self.request_timeout();
+        // Every shard's part goes to its leader at once; the reply waits for all of them.
+        let mut pending = Vec::with_capacity(prepared.commands.len());
+        for (shard_id, command, positions) in prepared.commands {
+            let engine = self.clone();
+            pending.push((tokio::spawn(async move { engine.propose_routed(shard_id, command, deadline).await }), positions));
+        }
         let mut created = 0;
         let mut duplicates = batch_duplicates;
         let mut first_error: Option<ApiError> = None;
-        for (receiver, positions) in pending {
-            let outcome = match tokio::time::timeout_at(deadline, receiver).await {
-                Err(_) => {
-                    Err(ApiError::new(ErrorCode::Timeout, "the write was not confirmed in time; retry the same batch (ids are idempotent)")
-                        .with_retry_after(1))
-                }
-                Ok(Err(_)) => Err(ApiError::unavailable("the shard stopped before confirming the write; retry the same batch")),
-                Ok(Ok(result)) => result,
-            };
+        for (task, positions) in pending {
+            let outcome = task.await.unwrap_or_else(|e| Err(ApiError::internal(format!("routing a write failed: {e}"))));
             match outcome {
                 Ok(ApplyOutcome::Applied { created: c, duplicates: d }) => {
                     created += c;
@@ -265,21 +320,143 @@ impl Engine {
         Ok(IngestReply { accepted: total, created, duplicates, took_ms: started.elapsed().as_millis() as u64 })
     }
 
-    pub async fn upsert_asset(&self, asset_id: &str, record: AssetRecord) -> Result<(), ApiError> {
+    pub async fn upsert_asset(self: &Arc<Self>, asset_id: &str, record: AssetRecord) -> Result<(), ApiError> {
         validate_asset_id(asset_id, self.ingest_limits.max_asset_id_bytes)
             .map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))?;
         validate_asset_record(&record, self.config.limits.max_time_ms)?;
-        let shard = self.shard_of(asset_id);
-        let receiver = shard.propose(&ShardCommand::UpsertAsset { asset_id: asset_id.to_string(), record: StoredAsset::from(record) })?;
-        match tokio::time::timeout(self.request_timeout(), receiver).await {
-            Err(_) => Err(ApiError::new(ErrorCode::Timeout, "the write was not confirmed in time; retry").with_retry_after(1)),
-            Ok(Err(_)) => Err(ApiError::unavailable("the shard stopped before confirming the write; retry")),
-            Ok(Ok(result)) => result.map(|_| ()),
+        let shard = self.shard_map.shard_for_asset(asset_id);
+        let command = codec::encode(
+            SHARD_COMMAND_FORMAT,
+            &ShardCommand::UpsertAsset { asset_id: asset_id.to_string(), record: StoredAsset::from(record) },
+        )
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        self.propose_routed(shard, command, deadline).await.map(|_| ())
+    }
+
+    /// Proposes an encoded command on `shard` through its leader (local or forwarded) and
+    /// waits until it is committed on a quorum and applied. Follows leader hints and waits out
+    /// elections up to [`LEADER_WAIT`]; then a retryable 503. Re-proposing after an unclear
+    /// failure is safe: applying a command twice is a no-op.
+    pub async fn propose_routed(
+        self: &Arc<Self>,
+        shard: ShardId,
+        command: Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> Result<ApplyOutcome, ApiError> {
+        let leader_deadline = deadline.min(tokio::time::Instant::now() + LEADER_WAIT);
+        let replicas = self.shard_map.replicas(shard).to_vec();
+        let mut hint: Option<NodeId> = None;
+        let mut next_replica = 0usize;
+        let mut pause = Duration::from_millis(10);
+        let mut last_error = None;
+        loop {
+            let local = self.local_shard(shard).cloned();
+            let target = hint.or_else(|| local.as_ref().and_then(|s| s.leader()));
+            let attempt = match (target, &local) {
+                (Some(node), Some(replica)) if node == self.node_id() => self.propose_local(replica, command.clone(), deadline).await,
+                (Some(node), _) if node != self.node_id() => self.forward_propose(node, shard, command.clone(), deadline).await,
+                // A node without a replica asks the replicas in turn; they answer with hints.
+                (None, None) if !replicas.is_empty() => {
+                    let node = replicas[next_replica % replicas.len()];
+                    next_replica += 1;
+                    self.forward_propose(node, shard, command.clone(), deadline).await
+                }
+                _ => Ok(Routed::NotLeader(None)),
+            };
+            match attempt {
+                Ok(Routed::Done(outcome)) => return Ok(outcome),
+                Ok(Routed::NotLeader(new_hint)) => hint = new_hint.filter(|h| Some(*h) != target),
+                Err(e) if e.code.is_retryable() && e.code != ErrorCode::Overloaded => {
+                    hint = None;
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+            let now = tokio::time::Instant::now();
+            if now + pause >= leader_deadline {
+                let detail = last_error.map(|e| format!(" (last error: {})", e.message)).unwrap_or_default();
+                return Err(ApiError::unavailable(format!(
+                    "shard {shard} has no leader this node can reach{detail}; nothing was acknowledged, retry the same batch"
+                ))
+                .with_retry_after(1));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 
+    async fn propose_local(&self, replica: &Shard, command: Vec<u8>, deadline: tokio::time::Instant) -> Result<Routed, ApiError> {
+        let receiver = replica.propose_encoded(command)?;
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Err(_) => {
+                Err(ApiError::new(ErrorCode::Timeout, "the write was not confirmed in time; retry the same batch (ids are idempotent)")
+                    .with_retry_after(1))
+            }
+            Ok(Err(_)) => {
+                Err(ApiError::unavailable("the shard stopped before confirming the write; retry the same batch").with_retry_after(1))
+            }
+            Ok(Ok(Err(e))) if is_not_leader(&e) => Ok(Routed::NotLeader(replica.leader())),
+            Ok(Ok(result)) => result.map(Routed::Done),
+        }
+    }
+
+    async fn forward_propose(
+        &self,
+        node: NodeId,
+        shard: ShardId,
+        command: Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Routed, ApiError> {
+        let Some(net) = &self.net else { return Ok(Routed::NotLeader(None)) };
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match net.call(node, &PeerRequest::Propose { shard, command }, timeout).await? {
+            PeerReply::Applied(outcome) => Ok(Routed::Done(outcome)),
+            PeerReply::NotLeader { leader } => Ok(Routed::NotLeader(leader)),
+            PeerReply::Error(e) => Err(e),
+            PeerReply::Status(_) => Err(ApiError::internal(format!("node {node} answered a write with a status"))),
+        }
+    }
+
+    /// A peer's forwarded write: proposed here only if this node leads the shard.
+    pub async fn handle_forwarded_propose(&self, shard: ShardId, command: Vec<u8>) -> PeerReply {
+        let Some(replica) = self.local_shard(shard) else { return PeerReply::NotLeader { leader: None } };
+        if !replica.is_leader() {
+            return PeerReply::NotLeader { leader: replica.leader() };
+        }
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        match self.propose_local(replica, command, deadline).await {
+            Ok(Routed::Done(outcome)) => PeerReply::Applied(outcome),
+            Ok(Routed::NotLeader(leader)) => PeerReply::NotLeader { leader },
+            Err(e) => PeerReply::Error(e),
+        }
+    }
+
+    /// This node's replicas, as peers and `/v1/cluster` report them.
+    pub fn local_replicas(&self) -> Vec<ReplicaStatus> {
+        self.shards
+            .iter()
+            .map(|s| {
+                let p = &s.progress;
+                ReplicaStatus {
+                    shard: s.id,
+                    node: self.node_id(),
+                    leader: p.is_leader.load(Ordering::Acquire),
+                    leader_id: s.leader(),
+                    term: p.term.load(Ordering::Acquire),
+                    commit_index: p.commit.load(Ordering::Acquire),
+                    applied_index: p.applied.load(Ordering::Acquire),
+                    fused_index: p.fused.load(Ordering::Acquire),
+                    indexed_index: p.indexed.load(Ordering::Acquire),
+                    raw_annotations: s.store.raw_count() as u64,
+                    failed: p.failed.load(Ordering::Acquire),
+                }
+            })
+            .collect()
+    }
+
     pub fn asset_view(&self, asset_id: &str) -> Result<serde_json::Value, ApiError> {
-        let store = &self.shard_of(asset_id).store;
+        let store = &self.shard_of(asset_id)?.store;
         let internal = |e: crate::store::StoreError| ApiError::internal(e.to_string());
         let record = store.asset_record(asset_id).map_err(internal)?;
         let counts = store.track_counts(asset_id).map_err(internal)?;
@@ -294,7 +471,7 @@ impl Engine {
     }
 
     pub fn raw_annotation(&self, asset_id: &str, annotation_id: &str) -> Result<Vec<u8>, ApiError> {
-        self.shard_of(asset_id)
+        self.shard_of(asset_id)?
             .store
             .raw_annotation(asset_id, annotation_id)
             .map_err(|e| ApiError::internal(e.to_string()))?
@@ -318,7 +495,7 @@ impl Engine {
                 ),
             ));
         }
-        let buckets = self.shard_of(asset_id).store.bucket_range(asset_id, first, end).map_err(|e| ApiError::internal(e.to_string()))?;
+        let buckets = self.shard_of(asset_id)?.store.bucket_range(asset_id, first, end).map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(BucketsReply {
             asset_id: asset_id.to_string(),
             bucket_ms,
@@ -446,7 +623,7 @@ impl Engine {
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         if strong {
             for shard in &self.shards {
-                if !shard.wait_searchable(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+                if !shard.wait_read_index(deadline.saturating_duration_since(tokio::time::Instant::now())).await? {
                     return Err(ApiError::new(
                         ErrorCode::Timeout,
                         format!("shard {} did not index the latest writes in time; retry", shard.id),
@@ -531,8 +708,10 @@ impl Engine {
                 None => failed[position] = true,
             }
         }
-        let failed_count = failed.iter().filter(|f| **f).count();
-        let counts = ShardCounts { total: self.shards.len(), ok: self.shards.len() - failed_count, failed: failed_count };
+        // Shards this node does not hold did not answer: counted, never silently missing.
+        let total = self.shard_map.shard_count() as usize;
+        let failed_count = failed.iter().filter(|f| **f).count() + (total - self.shards.len());
+        let counts = ShardCounts { total, ok: total - failed_count, failed: failed_count };
         let took = started.elapsed();
         self.metrics.query_seconds.with_label_values(&["search"]).observe(took.as_secs_f64());
         Ok(search::merge(assets, (total_assets, remaining_assets), &plan, counts, took.as_millis() as u64))
@@ -574,46 +753,107 @@ impl Engine {
         }
     }
 
-    pub fn cluster_status(&self) -> serde_json::Value {
-        self.refresh_stage_gauges();
-        let shards: Vec<serde_json::Value> = self
-            .shards
-            .iter()
-            .map(|s| {
-                let p = &s.progress;
-                let commit = p.commit.load(Ordering::Acquire);
-                let applied = p.applied.load(Ordering::Acquire);
-                let fused = p.fused.load(Ordering::Acquire);
-                let indexed = p.indexed.load(Ordering::Acquire);
-                json!({
-                    "shard": s.id,
-                    "replicas": [{
-                        "node": self.config.node.id,
-                        "leader": p.is_leader.load(Ordering::Acquire),
-                        "term": p.term.load(Ordering::Acquire),
-                        "commit_index": commit,
-                        "applied_index": applied,
-                        "fused_index": fused,
-                        "indexed_index": indexed,
-                        "lag": { "fusion": applied.saturating_sub(fused), "index": fused.saturating_sub(indexed) },
-                        "failed": p.failed.load(Ordering::Acquire),
-                        "proposal_queue": s.queue_depth(),
-                    }],
-                    "raw_annotations": s.store.raw_count(),
-                    "buckets": s.store.bucket_count(),
-                    "index_docs": s.index.num_docs(),
-                    "vectors": s.index.vectors.iter().map(|v| json!({"space": v.spec.name, "count": v.len()})).collect::<Vec<_>>(),
-                    "disk_bytes": s.store.disk_bytes(),
+    /// Nodes, shards, leaders and every replica's indexes: local replicas from this node,
+    /// the others from their nodes (unreachable ones are marked). `digest` adds a hash of each
+    /// local replica's raw store (reads the whole store). Blocking for the local part.
+    pub async fn cluster_status(self: &Arc<Self>, digest: bool) -> Result<serde_json::Value, ApiError> {
+        let engine = self.clone();
+        let local = tokio::task::spawn_blocking(move || engine.local_status_json(digest))
+            .await
+            .map_err(|e| ApiError::internal(format!("status failed: {e}")))??;
+        let mut remote: HashMap<NodeId, Option<Vec<ReplicaStatus>>> = HashMap::new();
+        if let Some(net) = &self.net {
+            let mut calls = Vec::new();
+            for member in &self.config.cluster.nodes {
+                if member.id == self.node_id() {
+                    continue;
+                }
+                let (net, id) = (net.clone(), member.id);
+                calls.push((id, tokio::spawn(async move { net.call(id, &PeerRequest::Status, PEER_STATUS_TIMEOUT).await })));
+            }
+            for (id, call) in calls {
+                let replicas = match call.await {
+                    Ok(Ok(PeerReply::Status(replicas))) => Some(replicas),
+                    _ => None,
+                };
+                remote.insert(id, replicas);
+            }
+        }
+        let nodes: Vec<serde_json::Value> = if self.config.cluster.nodes.is_empty() {
+            vec![json!({ "id": self.node_id(), "http_addr": self.config.node.listen.to_string(), "raft_addr": null, "up": true })]
+        } else {
+            self.config
+                .cluster
+                .nodes
+                .iter()
+                .map(|m| {
+                    let up = m.id == self.node_id() || remote.get(&m.id).is_some_and(Option::is_some);
+                    json!({ "id": m.id, "http_addr": m.http_addr, "raft_addr": m.raft_addr, "up": up })
                 })
-            })
-            .collect();
-        json!({
+                .collect()
+        };
+        let mut shards = Vec::new();
+        for shard in 0..self.shard_map.shard_count() {
+            let mut replicas = Vec::new();
+            let mut leader: Option<NodeId> = None;
+            for &node in self.shard_map.replicas(shard) {
+                if node == self.node_id() {
+                    if let Some(view) = local.get(&shard) {
+                        if view["leader"].as_bool() == Some(true) {
+                            leader = Some(node);
+                        }
+                        leader = leader.or(view["leader_id"].as_u64());
+                        replicas.push(view.clone());
+                    }
+                    continue;
+                }
+                match remote.get(&node).and_then(|r| r.as_ref()).and_then(|r| r.iter().find(|s| s.shard == shard)) {
+                    Some(status) => {
+                        if status.leader {
+                            leader = Some(node);
+                        }
+                        replicas.push(replica_json(status, false, true));
+                    }
+                    None => replicas.push(json!({ "node": node, "local": false, "reachable": false })),
+                }
+            }
+            let mut view = json!({ "shard": shard, "leader": leader, "replicas": replicas });
+            // Sizes of this node's replica at the shard level too (the single-node shape).
+            if let Some(local) = local.get(&shard) {
+                for key in ["raw_annotations", "buckets", "index_docs", "vectors", "disk_bytes"] {
+                    view[key] = local[key].clone();
+                }
+            }
+            shards.push(view);
+        }
+        Ok(json!({
             "cluster_id": self.config.cluster.cluster_id,
-            "nodes": [{ "id": self.config.node.id, "http_addr": self.config.node.listen.to_string(), "up": true }],
-            "replication_factor": 1,
+            "node_id": self.node_id(),
+            "replication_factor": self.shard_map.replicas(0).len(),
+            "nodes": nodes,
             "shards": shards,
+            "isolated_from": self.net.as_ref().map(|n| n.isolated()).unwrap_or_default(),
             "uptime_s": self.started.elapsed().as_secs(),
-        })
+        }))
+    }
+
+    fn local_status_json(&self, digest: bool) -> Result<HashMap<ShardId, serde_json::Value>, ApiError> {
+        self.refresh_stage_gauges();
+        let mut views = HashMap::new();
+        for (status, shard) in self.local_replicas().into_iter().zip(&self.shards) {
+            let mut view = replica_json(&status, true, true);
+            view["leader_id"] = json!(status.leader_id);
+            view["proposal_queue"] = json!(shard.queue_depth());
+            view["buckets"] = json!(shard.store.bucket_count());
+            view["index_docs"] = json!(shard.index.num_docs());
+            view["vectors"] = shard.index.vectors.iter().map(|v| json!({"space": v.spec.name, "count": v.len()})).collect();
+            view["disk_bytes"] = json!(shard.store.disk_bytes());
+            if digest {
+                view["raw_digest"] = json!(shard.store.raw_digest().map_err(|e| ApiError::internal(e.to_string()))?);
+            }
+            views.insert(shard.id, view);
+        }
+        Ok(views)
     }
 
     /// True when every shard has indexed everything it applied.
@@ -663,9 +903,83 @@ impl Engine {
     }
 }
 
+fn replica_json(status: &ReplicaStatus, local: bool, reachable: bool) -> serde_json::Value {
+    json!({
+        "node": status.node,
+        "local": local,
+        "reachable": reachable,
+        "leader": status.leader,
+        "term": status.term,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "fused_index": status.fused_index,
+        "indexed_index": status.indexed_index,
+        "lag": {
+            "apply": status.commit_index.saturating_sub(status.applied_index),
+            "fusion": status.applied_index.saturating_sub(status.fused_index),
+            "index": status.fused_index.saturating_sub(status.indexed_index),
+        },
+        "raw_annotations": status.raw_annotations,
+        "failed": status.failed,
+    })
+}
+
+/// Where a routed write ended.
+enum Routed {
+    Done(ApplyOutcome),
+    /// The replica asked does not lead the shard; maybe it knows who does.
+    NotLeader(Option<NodeId>),
+}
+
+fn is_not_leader(error: &ApiError) -> bool {
+    error.code == ErrorCode::Unavailable && error.message.starts_with(NOT_LEADER_PREFIX)
+}
+
+/// Serves peers' Raft messages and requests until the transport stops. Holds the engine weakly
+/// so it does not keep a stopped node alive.
+async fn serve_peers(engine: std::sync::Weak<Engine>, mut inbound: tokio::sync::mpsc::Receiver<rushes_cluster::transport::Inbound>) {
+    use rushes_cluster::transport::Inbound;
+    while let Some(message) = inbound.recv().await {
+        let Some(engine) = engine.upgrade() else { return };
+        let Some(net) = engine.net.clone() else { return };
+        match message {
+            Inbound::Raft { from, shard, message } => {
+                if net.is_isolated_from(from) {
+                    continue;
+                }
+                match (engine.local_shard(shard), crate::peer::decode_raft(&message)) {
+                    (Some(replica), Some(message)) => {
+                        // A full inbox drops the message; Raft retransmits.
+                        let _ = replica.deliver_raft(message);
+                    }
+                    (None, _) => tracing::debug!(from, shard, "raft message for a shard this node does not hold"),
+                    (_, None) => tracing::warn!(from, shard, "unreadable raft message dropped"),
+                }
+            }
+            Inbound::Request { from, body, responder } => {
+                if net.is_isolated_from(from) {
+                    // Dropping the responder answers "no response": the caller fails fast.
+                    drop(responder);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let reply = match crate::peer::decode_request(&body) {
+                        Err(e) => Err(e),
+                        Ok(PeerRequest::Propose { shard, command }) => {
+                            crate::peer::encode_reply(&engine.handle_forwarded_propose(shard, command).await)
+                        }
+                        Ok(PeerRequest::Status) => crate::peer::encode_reply(&PeerReply::Status(engine.local_replicas())),
+                    };
+                    let _ = responder.respond(reply);
+                });
+            }
+        }
+    }
+}
+
 /// One encoded ingest command per shard, with the batch positions of its items.
 struct PreparedIngest {
-    commands: Vec<(usize, Vec<u8>, Vec<usize>)>,
+    commands: Vec<(ShardId, Vec<u8>, Vec<usize>)>,
     batch_duplicates: usize,
 }
 

@@ -278,11 +278,53 @@ async fn get_suggest(request: HttpRequest) -> HttpResult {
     Ok(HttpResponse::Ok().json(serde_json::json!({ "q": params.q, "completions": suggestions.completions, "moments": moments })))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterParams {
+    /// Adds a hash of each local replica's raw store (reads the whole store).
+    #[serde(default)]
+    digest: bool,
+}
+
 async fn get_cluster(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
-    // Counts buckets and documents (sled counts by scanning): blocking work.
-    let status = web::block(move || engine.cluster_status()).await.map_err(|e| HttpError(ApiError::internal(e.to_string())))?;
-    Ok(HttpResponse::Ok().json(status))
+    let params: ClusterParams = query_params(&request)?;
+    Ok(HttpResponse::Ok().json(engine.cluster_status(params.digest).await?))
+}
+
+/// Fault injection is off unless the node was started with this variable set to 1.
+pub const FAULT_INJECTION_ENV: &str = "RUSHES_FAULT_INJECTION";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionRequest {
+    isolate_from: Vec<u64>,
+}
+
+/// `POST /v1/debug/partition {"isolate_from": [2, 3]}`: this node drops Raft messages and
+/// requests to and from those nodes (`[]` heals). For fault-injection suites without root.
+async fn post_partition(request: HttpRequest, payload: web::Payload) -> HttpResult {
+    let engine = engine_of(&request)?;
+    if std::env::var(FAULT_INJECTION_ENV).as_deref() != Ok("1") {
+        return Err(HttpError(ApiError::new(
+            rushes_protocol::ErrorCode::NotFound,
+            format!("fault injection is disabled; start the node with {FAULT_INJECTION_ENV}=1 to use /v1/debug/partition"),
+        )));
+    }
+    let Some(net) = engine.net.clone() else {
+        return Err(HttpError(ApiError::field(
+            "isolate_from",
+            "this node runs alone (no [[cluster.nodes]]): there is nothing to partition",
+        )));
+    };
+    let body = read_body(&request, payload, 64 * 1024).await?;
+    let partition: PartitionRequest = parse_json(&body)?;
+    if partition.isolate_from.len() > 1024 {
+        return Err(HttpError(ApiError::field("isolate_from", "list at most 1024 node ids")));
+    }
+    net.isolate_from(&partition.isolate_from);
+    tracing::warn!(isolated_from = ?net.isolated(), "fault injection: partition changed");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "isolated_from": net.isolated() })))
 }
 
 async fn health(request: HttpRequest) -> HttpResult {
@@ -332,7 +374,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/v1/search").route(web::post().to(post_search)))
         .service(resource("/v1/search/explain").route(web::post().to(post_explain)))
         .service(resource("/v1/suggest").route(web::get().to(get_suggest)))
-        .service(resource("/v1/cluster").route(web::get().to(get_cluster)));
+        .service(resource("/v1/cluster").route(web::get().to(get_cluster)))
+        .service(resource("/v1/debug/partition").route(web::post().to(post_partition)));
 }
 
 /// Builds the HTTP server (not yet running).

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod captions;
 pub mod client;
+pub mod cluster_bench;
 pub mod curate;
 pub mod demo;
 pub mod embedder;
@@ -12,7 +13,9 @@ pub mod fusion;
 pub mod gen;
 pub mod http;
 pub mod index;
+pub mod local_cluster;
 pub mod metrics;
+pub mod peer;
 pub mod plan;
 pub mod search;
 pub mod shard;

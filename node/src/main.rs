@@ -115,6 +115,11 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Operate a cluster: its status, or a local cluster of child processes.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Measure ingest, time to searchable, query latency, memory and disk on a generated corpus.
     Bench {
         #[arg(long, default_value_t = 50.0)]
@@ -133,6 +138,57 @@ enum Command {
         json_out: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Nodes, shards, leaders, and each replica's commit/applied/fused/indexed index and lag.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:7700")]
+        server: String,
+        /// Print the raw JSON reply.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write D/node-1.toml .. D/node-N.toml and run `rushes serve --config D/node-N.toml` for
+    /// each (node N serves HTTP on 127.0.0.1:P+N-1, Raft on P+100+N-1) until Ctrl-C.
+    Local {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value = "./rushes-cluster")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 7700)]
+        base_port: u16,
+        #[arg(long, default_value_t = 4)]
+        shards: u32,
+        /// Replicas per shard (default: every node holds every shard, up to 3).
+        #[arg(long)]
+        replication_factor: Option<usize>,
+    },
+    /// Three local nodes, replication factor 3: acknowledged ingest, query latency, failover
+    /// after a leader is killed, catch-up of a replica that missed writes.
+    Bench {
+        #[arg(long, default_value_t = 20.0)]
+        hours: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value = "./rushes-bench")]
+        work_dir: PathBuf,
+        /// Concurrent ingest clients (spread over the nodes).
+        #[arg(long, default_value_t = 6)]
+        clients: usize,
+        #[arg(long, default_value_t = 50)]
+        queries: usize,
+        /// First HTTP port (node N: P+N-1; Raft: P+100+N-1).
+        #[arg(long, default_value_t = 7750)]
+        base_port: u16,
+        /// Annotations written while a replica is down.
+        #[arg(long, default_value_t = 100_000)]
+        catch_up: usize,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
     },
 }
 
@@ -252,10 +308,57 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let config = load_config(&config, extra)?;
             init_logging(config.log.level.as_str(), false);
             let options = shard_options(&config);
-            for shard in 0..config.cluster.shards {
+            for shard in rushes_node::engine::shard_map(&config)?.shards_on(config.node.id) {
                 let started = std::time::Instant::now();
                 let (assets, docs) = rushes_node::shard::rebuild_shard(&config.node.data_dir, shard, &options)?;
                 println!("shard {shard}: rebuilt {assets} assets, {docs} bucket documents in {:.1}s", started.elapsed().as_secs_f64());
+            }
+            Ok(())
+        }
+        Command::Cluster { command: ClusterCommand::Status { server, json } } => {
+            let status = Client::new(&server).get_json("/v1/cluster")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", rushes_node::local_cluster::format_status(&status));
+            }
+            Ok(())
+        }
+        Command::Cluster { command: ClusterCommand::Local { nodes, data_dir, base_port, shards, replication_factor } } => {
+            let data_dir = std::path::absolute(&data_dir)?;
+            let options = rushes_node::local_cluster::LocalClusterOptions {
+                nodes,
+                data_dir,
+                base_port,
+                shards,
+                replication_factor: replication_factor.unwrap_or(nodes.min(3)),
+            };
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            {
+                let stop = stop.clone();
+                ctrlc_on_thread(move || stop.store(true, std::sync::atomic::Ordering::SeqCst))?;
+            }
+            let binary = std::env::current_exe()?;
+            rushes_node::local_cluster::run(&options, &binary, || stop.load(std::sync::atomic::Ordering::SeqCst))?;
+            Ok(())
+        }
+        Command::Cluster { command: ClusterCommand::Bench { hours, seed, work_dir, clients, queries, base_port, catch_up, json_out } } => {
+            init_logging("warn", false);
+            if !(hours.is_finite() && hours > 0.0 && hours <= 10_000.0) {
+                return Err("--hours must be in (0, 10000]".into());
+            }
+            let report = rushes_node::cluster_bench::run_cluster_bench(rushes_node::cluster_bench::ClusterBenchOptions {
+                hours,
+                seed,
+                work_dir,
+                clients: clients.max(1),
+                queries_per_kind: queries.max(1),
+                base_port,
+                catch_up_annotations: catch_up,
+            })?;
+            rushes_node::cluster_bench::print_cluster_report(&report);
+            if let Some(path) = json_out {
+                std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
             }
             Ok(())
         }
@@ -277,6 +380,22 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Runs `on_signal` once on Ctrl-C or SIGTERM (a small runtime on its own thread).
+fn ctrlc_on_thread(on_signal: impl FnOnce() + Send + 'static) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        });
+        on_signal();
+    });
+    Ok(())
 }
 
 fn fmt_ms(ms: u64) -> String {

@@ -22,10 +22,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
+use raft::eraftpb::{Entry, Message, MessageType};
 use rushes_cluster::log_store::{RaftLogStore, SledLogStore};
-use rushes_cluster::{NodeId, RaftDriver, RaftSettings, ShardId};
+use rushes_cluster::{NodeId, RaftDriver, RaftSettings, ShardId, StateMachine};
 use rushes_protocol::codec;
 use rushes_protocol::model::{ShardCommand, SHARD_COMMAND_FORMAT};
 use rushes_protocol::ApiError;
@@ -41,11 +42,27 @@ const VECTOR_SAVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Keep at least this many applied entries before compacting the log.
 const LOG_RETAIN_ENTRIES: u64 = 1_000;
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(10);
+/// A replicated shard snapshots its raw store (to send to far-behind replicas) only when this
+/// many entries are in the log: a snapshot reads and writes the whole raw store.
+const SNAPSHOT_LOG_ENTRIES: u64 = 20_000;
+/// Inbound Raft messages waiting for the raft thread; a full inbox drops (Raft retransmits).
+const RAFT_INBOX_DEPTH: usize = 4096;
+/// Strong reads waiting for a read index; more are refused as overload.
+const READ_INDEX_WAITERS_MAX: usize = 4096;
+
+/// Where a shard replica's outgoing Raft messages go. Implemented over the peer transport in
+/// the node; never blocks (a full queue drops the message, Raft retransmits).
+pub trait RaftOutbox: Send + Sync {
+    /// Queues `message` for node `to`; false when it could not be queued.
+    fn send(&self, to: NodeId, shard: ShardId, message: Message) -> bool;
+}
 
 #[derive(Debug, Clone)]
 pub struct ShardOptions {
     pub node_id: NodeId,
-    pub voters: Vec<NodeId>,
+    /// Replicas of each shard (the same on every node; this node must be among them for the
+    /// shards it opens). Empty means every shard is a one-voter group of `node_id`.
+    pub replicas: BTreeMap<ShardId, Vec<NodeId>>,
     pub raft: RaftSettings,
     pub tick_interval_ms: u64,
     pub proposal_queue_depth: usize,
@@ -92,6 +109,8 @@ pub struct Progress {
     pub fused: AtomicU64,
     pub indexed: AtomicU64,
     pub is_leader: AtomicBool,
+    /// The leader this replica knows of (0: none).
+    pub leader: AtomicU64,
     pub term: AtomicU64,
     pub failed: AtomicBool,
     /// (log index, when it was applied) for the ingest → searchable lag; bounded.
@@ -126,15 +145,23 @@ impl Progress {
 
 pub struct Shard {
     pub id: ShardId,
+    pub voters: Vec<NodeId>,
     pub store: Arc<ShardStore>,
     pub index: Arc<ShardIndex>,
     pub log: SledLogStore,
     pub progress: Arc<Progress>,
     pub bucket_ms: u64,
     proposals: Sender<Proposal>,
+    raft_inbox: Sender<Message>,
+    read_requests: Sender<ReadRequest>,
     indexed_watch: tokio::sync::watch::Receiver<u64>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A strong read waiting for the leader-confirmed commit index.
+struct ReadRequest {
+    reply: tokio::sync::oneshot::Sender<u64>,
 }
 
 pub fn shard_dir(data_dir: &Path, shard: ShardId) -> PathBuf {
@@ -142,11 +169,24 @@ pub fn shard_dir(data_dir: &Path, shard: ShardId) -> PathBuf {
 }
 
 impl Shard {
-    pub fn open(data_dir: &Path, id: ShardId, options: &ShardOptions, metrics: Arc<Metrics>) -> Result<Arc<Shard>, ShardError> {
+    pub fn open(
+        data_dir: &Path,
+        id: ShardId,
+        options: &ShardOptions,
+        metrics: Arc<Metrics>,
+        outbox: Option<Arc<dyn RaftOutbox>>,
+    ) -> Result<Arc<Shard>, ShardError> {
+        let voters = options.replicas.get(&id).cloned().unwrap_or_else(|| vec![options.node_id]);
+        if !voters.contains(&options.node_id) {
+            return Err(ShardError::Config(format!("node {} is not a replica of shard {id} (replicas: {voters:?})", options.node_id)));
+        }
+        if voters.len() > 1 && outbox.is_none() {
+            return Err(ShardError::Config(format!("shard {id} has {} replicas but the node has no peer transport", voters.len())));
+        }
         let dir = shard_dir(data_dir, id);
         std::fs::create_dir_all(&dir)?;
         let store = Arc::new(ShardStore::open(&dir.join("store"))?);
-        let log = SledLogStore::open(&store.db, &options.voters)?;
+        let log = SledLogStore::open(&store.db, &voters)?;
         let index = Arc::new(ShardIndex::open(&dir.join("index"), &options.vector_spaces, options.writer_heap_bytes)?);
         let progress = Arc::new(Progress::default());
         let applied = store.watermark(Watermark::Applied)?;
@@ -171,20 +211,43 @@ impl Shard {
         progress.commit.store(log.hard_state().commit, Ordering::Release);
 
         let (proposal_tx, proposal_rx) = bounded(options.proposal_queue_depth);
+        let (inbox_tx, inbox_rx) = bounded(RAFT_INBOX_DEPTH);
+        let (read_tx, read_rx) = bounded(READ_INDEX_WAITERS_MAX);
         let (fusion_bell_tx, fusion_bell_rx) = bounded::<()>(1);
         let (index_bell_tx, index_bell_rx) = bounded::<()>(1);
         let (indexed_tx, indexed_rx) = tokio::sync::watch::channel(indexed);
         let stop = Arc::new(AtomicBool::new(false));
-        let driver = RaftDriver::new(options.node_id, id, &options.raft, log.clone(), applied)?;
+        let boot_nonce: u64 = rand::random();
+        let driver = {
+            let mut no_waiters = HashMap::new();
+            let mut machine = ShardMachine {
+                store: &store,
+                progress: &progress,
+                metrics: &metrics,
+                waiters: &mut no_waiters,
+                node_id: options.node_id,
+                boot_nonce,
+            };
+            RaftDriver::open(options.node_id, id, &options.raft, log.clone(), applied, &mut machine)?
+        };
+        if driver.applied_index() > applied {
+            // Restored from the stored snapshot: the stages re-derive from the raw store.
+            store.set_watermark(Watermark::Applied, driver.applied_index())?;
+            store.flush()?;
+            progress.applied.store(driver.applied_index(), Ordering::Release);
+        }
 
         let shard = Arc::new(Shard {
             id,
+            voters: voters.clone(),
             store: store.clone(),
             index: index.clone(),
             log: log.clone(),
             progress: progress.clone(),
             bucket_ms: options.bucket_ms,
             proposals: proposal_tx,
+            raft_inbox: inbox_tx,
+            read_requests: read_tx,
             indexed_watch: indexed_rx,
             stop: stop.clone(),
             threads: Mutex::new(Vec::new()),
@@ -192,18 +255,21 @@ impl Shard {
 
         let raft_stage = RaftStage {
             node_id: options.node_id,
-            boot_nonce: rand::random(),
+            boot_nonce,
             shard: id,
             driver,
             store: store.clone(),
             progress: progress.clone(),
             metrics: metrics.clone(),
             proposals: proposal_rx,
+            inbox: inbox_rx,
+            read_requests: read_rx,
+            outbox,
             fusion_bell: fusion_bell_tx,
             stop: stop.clone(),
             tick_interval: Duration::from_millis(options.tick_interval_ms),
             group_commit_max_requests: options.group_commit_max_requests,
-            single_voter: options.voters.len() == 1,
+            single_voter: voters.len() == 1,
             index: index.clone(),
         };
         let fusion_stage = FusionStage {
@@ -263,6 +329,40 @@ impl Shard {
 
     pub fn queue_depth(&self) -> usize {
         self.proposals.len()
+    }
+
+    /// Hands a peer's Raft message to the raft thread. Never blocks: a full inbox drops it
+    /// (Raft retransmits).
+    pub fn deliver_raft(&self, message: Message) -> bool {
+        self.raft_inbox.try_send(message).is_ok()
+    }
+
+    /// The leader known to this replica, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.progress.leader.load(Ordering::Acquire) {
+            0 => None,
+            leader => Some(leader),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.progress.is_leader.load(Ordering::Acquire)
+    }
+
+    /// Strong read: asks the group for a read index (confirmed by a quorum at the leader) and
+    /// waits until this replica has indexed through it. False when that did not happen within
+    /// `timeout` (no leader, lost quorum, or slow indexing).
+    pub async fn wait_read_index(&self, timeout: Duration) -> Result<bool, ApiError> {
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        match self.read_requests.try_send(ReadRequest { reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(ApiError::overloaded(format!("shard {} has too many strong reads waiting", self.id))),
+            Err(TrySendError::Disconnected(_)) => return Err(ApiError::unavailable(format!("shard {} is stopping", self.id))),
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Ok(Ok(read_index)) = tokio::time::timeout_at(deadline, receiver).await else { return Ok(false) };
+        let mut watch = self.indexed_watch.clone();
+        Ok(tokio::time::timeout_at(deadline, watch.wait_for(|&indexed| indexed >= read_index)).await.is_ok_and(|r| r.is_ok()))
     }
 
     /// Waits until everything committed before the call is searchable, or the deadline passes.
@@ -326,6 +426,9 @@ struct RaftStage {
     progress: Arc<Progress>,
     metrics: Arc<Metrics>,
     proposals: Receiver<Proposal>,
+    inbox: Receiver<Message>,
+    read_requests: Receiver<ReadRequest>,
+    outbox: Option<Arc<dyn RaftOutbox>>,
     fusion_bell: Sender<()>,
     stop: Arc<AtomicBool>,
     tick_interval: Duration,
@@ -351,18 +454,33 @@ impl RaftStage {
             self.driver.campaign()?;
         }
         let mut waiters: HashMap<u64, Waiter> = HashMap::new();
+        let mut reads: HashMap<u64, (ReadRequest, Instant)> = HashMap::new();
         let mut next_proposal_id: u64 = 1;
         let mut last_tick = Instant::now();
         let mut last_compaction = Instant::now();
         let mut batch: Vec<Proposal> = Vec::with_capacity(self.group_commit_max_requests);
+        let mut messages: Vec<Message> = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
             let wait = self.tick_interval.saturating_sub(last_tick.elapsed()).max(Duration::from_millis(1));
-            match self.proposals.recv_timeout(wait) {
-                Ok(proposal) => batch.push(proposal),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            crossbeam_channel::select! {
+                recv(self.proposals) -> proposal => if let Ok(proposal) = proposal { batch.push(proposal) },
+                recv(self.inbox) -> message => if let Ok(message) = message { messages.push(message) },
+                recv(self.read_requests) -> read => if let Ok(read) = read { self.request_read(&mut reads, read, &mut next_proposal_id) },
+                default(wait) => {}
             }
-            // Group commit: everything queued now shares one log flush.
+            // Drain what else is waiting: everything queued now shares one log flush.
+            while let Ok(message) = self.inbox.try_recv() {
+                messages.push(message);
+                if messages.len() >= RAFT_INBOX_DEPTH {
+                    break;
+                }
+            }
+            for message in messages.drain(..) {
+                self.driver.step(message)?;
+            }
+            while let Ok(read) = self.read_requests.try_recv() {
+                self.request_read(&mut reads, read, &mut next_proposal_id);
+            }
             while batch.len() < self.group_commit_max_requests {
                 match self.proposals.try_recv() {
                     Ok(proposal) => batch.push(proposal),
@@ -378,15 +496,18 @@ impl RaftStage {
                         waiters.insert(id, Waiter { reply: proposal.reply, proposed_at: Instant::now() });
                     }
                     Err(e) => {
-                        let _ = proposal.reply.send(Err(ApiError::unavailable(format!("shard {}: {e}; retry", self.shard))));
+                        let _ = proposal.reply.send(Err(not_leader(self.shard, &e.to_string())));
                     }
                 }
             }
             if last_tick.elapsed() >= self.tick_interval {
                 self.driver.tick();
                 last_tick = Instant::now();
+                // Reads whose answer never came (no leader) are dropped: their callers have
+                // deadlines of their own.
+                reads.retain(|_, (read, at)| !read.reply.is_closed() && at.elapsed() < Duration::from_secs(60));
             }
-            self.process_ready(&mut waiters)?;
+            self.process_ready(&mut waiters, &mut reads)?;
             if last_compaction.elapsed() >= COMPACTION_INTERVAL {
                 self.compact_log()?;
                 last_compaction = Instant::now();
@@ -399,32 +520,47 @@ impl RaftStage {
         Ok(())
     }
 
-    fn process_ready(&mut self, waiters: &mut HashMap<u64, Waiter>) -> Result<(), ShardError> {
+    fn request_read(&mut self, reads: &mut HashMap<u64, (ReadRequest, Instant)>, read: ReadRequest, next_id: &mut u64) {
+        let id = *next_id;
+        *next_id += 1;
+        self.driver.read_index(id.to_be_bytes().to_vec());
+        reads.insert(id, (read, Instant::now()));
+    }
+
+    fn send_messages(&mut self, messages: Vec<Message>) {
+        let Some(outbox) = &self.outbox else { return };
+        for message in messages {
+            let (to, is_snapshot) = (message.to, message.get_msg_type() == MessageType::MsgSnapshot);
+            let queued = outbox.send(to, self.shard, message);
+            if is_snapshot {
+                // A snapshot that could not even be queued is reported at once; otherwise the
+                // follower's answer tells the leader.
+                if !queued {
+                    self.driver.report_snapshot(to, false);
+                }
+            } else if !queued {
+                self.driver.report_unreachable(to);
+            }
+        }
+    }
+
+    fn process_ready(
+        &mut self,
+        waiters: &mut HashMap<u64, Waiter>,
+        reads: &mut HashMap<u64, (ReadRequest, Instant)>,
+    ) -> Result<(), ShardError> {
         while self.driver.has_ready() {
             let started = Instant::now();
-            let store = &self.store;
-            let progress = &self.progress;
-            let metrics = &self.metrics;
-            let (node_id, boot_nonce) = (self.node_id, self.boot_nonce);
-            let outcome = self.driver.run_ready(&mut |entry| {
-                let command: ShardCommand = codec::decode(SHARD_COMMAND_FORMAT, &entry.data).map_err(|e| e.to_string())?;
-                let result = match &command {
-                    ShardCommand::Ingest { items } => store.apply_ingest(items).map_err(|e| e.to_string())?,
-                    ShardCommand::UpsertAsset { asset_id, record } => {
-                        store.apply_asset(asset_id, record).map_err(|e| e.to_string())?;
-                        ApplyOutcome::Applied { created: 1, duplicates: 0 }
-                    }
-                };
-                progress.record_applied(entry.index);
-                if let Some(tag) = ProposalTag::decode(&entry.context).filter(|t| t.node == node_id && t.boot_nonce == boot_nonce) {
-                    if let Some(waiter) = waiters.remove(&tag.counter) {
-                        metrics.commit_seconds.observe(waiter.proposed_at.elapsed().as_secs_f64());
-                        let _ = waiter.reply.send(Ok(result));
-                    }
-                }
-                Ok(())
-            });
-            let outcome = match outcome {
+            let was_leader = self.driver.is_leader();
+            let mut machine = ShardMachine {
+                store: &self.store,
+                progress: &self.progress,
+                metrics: &self.metrics,
+                waiters,
+                node_id: self.node_id,
+                boot_nonce: self.boot_nonce,
+            };
+            let outcome = match self.driver.run_ready_with(&mut machine) {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     for (_, waiter) in waiters.drain() {
@@ -434,27 +570,115 @@ impl RaftStage {
                 }
             };
             self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
-            self.progress.is_leader.store(self.driver.is_leader(), Ordering::Release);
+            let is_leader = self.driver.is_leader();
+            self.progress.is_leader.store(is_leader, Ordering::Release);
+            self.progress.leader.store(self.driver.leader_id().unwrap_or(0), Ordering::Release);
             self.progress.term.store(self.driver.term(), Ordering::Release);
             self.progress.commit.store(self.driver.commit_index(), Ordering::Release);
+            if was_leader && !is_leader {
+                // Entries proposed here may still commit under the next leader, or be dropped:
+                // either way the client must not wait for a reply this replica cannot give.
+                for (_, waiter) in waiters.drain() {
+                    let _ = waiter.reply.send(Err(not_leader(self.shard, "leadership moved before the write committed")));
+                }
+            }
+            for (context, index) in outcome.read_states {
+                let id = <[u8; 8]>::try_from(context.as_slice()).map(u64::from_be_bytes).unwrap_or(0);
+                if let Some((read, _)) = reads.remove(&id) {
+                    let _ = read.reply.send(index);
+                }
+            }
+            if let Some(index) = outcome.restored_snapshot {
+                tracing::info!(shard = self.shard, index, "raw store replaced by the leader's snapshot; re-deriving buckets and indexes");
+            }
             if let Some(applied) = outcome.applied_index {
                 self.store.set_watermark(Watermark::Applied, applied)?;
                 self.progress.applied.store(applied, Ordering::Release);
                 let _ = self.fusion_bell.try_send(());
             }
+            self.send_messages(outcome.messages);
         }
         Ok(())
     }
 
-    /// Drops log entries that every local stage has durably consumed.
+    /// Drops log entries that every local stage has durably consumed. A replicated shard
+    /// first stores a snapshot of its raw store there, for replicas that fall behind the log.
     fn compact_log(&mut self) -> Result<(), ShardError> {
         let fused = self.progress.fused.load(Ordering::Acquire);
         let durable = fused.min(self.index.durable_watermark()).min(self.driver.applied_index());
-        let keep_from = durable.saturating_sub(LOG_RETAIN_ENTRIES) + 1;
-        if keep_from > self.driver.store().first_log_index() + LOG_RETAIN_ENTRIES {
-            self.driver.store().compact(keep_from)?;
+        if self.single_voter {
+            let keep_from = durable.saturating_sub(LOG_RETAIN_ENTRIES) + 1;
+            if keep_from > self.driver.store().first_log_index() + LOG_RETAIN_ENTRIES {
+                self.driver.store().compact(keep_from)?;
+            }
+            return Ok(());
+        }
+        let up_to = durable.saturating_sub(LOG_RETAIN_ENTRIES);
+        if up_to < self.driver.store().first_log_index() + SNAPSHOT_LOG_ENTRIES {
+            return Ok(());
+        }
+        // The snapshot holds the raw store as of the applied index, which may be past `up_to`.
+        // That is safe: a replica restoring it replays (up_to, applied] on top, and applying
+        // an entry twice is a no-op (ids are idempotent, asset records are overwritten in
+        // log order, ordinals and vocabulary are only added).
+        let started = Instant::now();
+        let data = self.store.export_raw()?;
+        let bytes = data.len();
+        self.driver.compact(up_to, data)?;
+        tracing::info!(
+            shard = self.shard,
+            index = up_to,
+            bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "log compacted into a snapshot"
+        );
+        Ok(())
+    }
+}
+
+fn not_leader(shard: ShardId, detail: &str) -> ApiError {
+    ApiError::unavailable(format!("{NOT_LEADER_PREFIX} of shard {shard}: {detail}; retry (ids are idempotent)")).with_retry_after(1)
+}
+
+/// Marks replies of a replica that cannot take the write (the router then looks for the leader).
+pub const NOT_LEADER_PREFIX: &str = "not the leader";
+
+/// The shard's replicated state machine: applying commands to the raw store, snapshots of it.
+struct ShardMachine<'a> {
+    store: &'a ShardStore,
+    progress: &'a Progress,
+    metrics: &'a Metrics,
+    waiters: &'a mut HashMap<u64, Waiter>,
+    node_id: NodeId,
+    boot_nonce: u64,
+}
+
+impl StateMachine for ShardMachine<'_> {
+    fn apply(&mut self, entry: &Entry) -> Result<(), String> {
+        let command: ShardCommand = codec::decode(SHARD_COMMAND_FORMAT, &entry.data).map_err(|e| e.to_string())?;
+        let result = match &command {
+            ShardCommand::Ingest { items } => self.store.apply_ingest(items).map_err(|e| e.to_string())?,
+            ShardCommand::UpsertAsset { asset_id, record } => {
+                self.store.apply_asset(asset_id, record).map_err(|e| e.to_string())?;
+                ApplyOutcome::Applied { created: 1, duplicates: 0 }
+            }
+        };
+        self.progress.record_applied(entry.index);
+        if let Some(tag) = ProposalTag::decode(&entry.context).filter(|t| t.node == self.node_id && t.boot_nonce == self.boot_nonce) {
+            if let Some(waiter) = self.waiters.remove(&tag.counter) {
+                self.metrics.commit_seconds.observe(waiter.proposed_at.elapsed().as_secs_f64());
+                let _ = waiter.reply.send(Ok(result));
+            }
         }
         Ok(())
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        self.store.export_raw().map_err(|e| e.to_string())
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        self.store.import_raw(data).map_err(|e| e.to_string())
     }
 }
 

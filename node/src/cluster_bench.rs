@@ -1,0 +1,297 @@
+//! `rushes cluster bench`: three local node processes, replication factor 3. Measures
+//! acknowledged ingest throughput, query latency through one node, the time a killed leader's
+//! shards take to accept writes again, and a restarted replica's catch-up time.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::bench::{latency_row, machine_description, query_mix, LatencyRow};
+use crate::client::Client;
+use crate::demo::{ensure_sample, sample_dir, DemoError};
+use crate::gen::{self, GenConfig};
+use crate::local_cluster::{node_addrs, write_configs, LocalClusterOptions};
+
+pub struct ClusterBenchOptions {
+    pub hours: f64,
+    pub seed: u64,
+    pub work_dir: PathBuf,
+    pub clients: usize,
+    pub queries_per_kind: usize,
+    pub base_port: u16,
+    /// Annotations written while a replica is down, for the catch-up measurement.
+    pub catch_up_annotations: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterBenchReport {
+    pub nodes: usize,
+    pub replication_factor: usize,
+    pub shards: u32,
+    pub annotations: u64,
+    pub ingest_seconds: f64,
+    pub ingest_annotations_per_s: f64,
+    pub replicated_and_indexed_after_last_ack_s: f64,
+    /// Searches sent to node 2, which coordinates them over its replicas.
+    pub queries: Vec<LatencyRow>,
+    /// SIGKILL of the node leading shard 0 → first acknowledged write to shard 0 via another node.
+    pub failover_seconds: f64,
+    pub catch_up_annotations: usize,
+    /// Restart of a replica that missed `catch_up_annotations` → applied and indexed everything.
+    pub catch_up_seconds: f64,
+    pub machine: String,
+}
+
+const NODES: usize = 3;
+const SHARDS: u32 = 4;
+const BATCH_LINES: usize = 500;
+
+struct NodeProcess {
+    config: PathBuf,
+    log: PathBuf,
+    base_url: String,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    fn spawn(&mut self, binary: &Path) -> Result<(), DemoError> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls until `condition` holds; an error after `timeout`.
+fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> Result<Duration, DemoError> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if condition() {
+            return Ok(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("timed out after {timeout:?} waiting for {what}").into())
+}
+
+/// Every shard's replicas all applied and indexed the same commit index (seen from `client`).
+fn converged(client: &Client) -> bool {
+    let Ok(status) = client.get_json("/v1/cluster") else { return false };
+    status["shards"].as_array().is_some_and(|shards| {
+        shards.iter().all(|shard| {
+            let replicas = shard["replicas"].as_array().cloned().unwrap_or_default();
+            let commits: Vec<u64> = replicas.iter().filter_map(|r| r["commit_index"].as_u64()).collect();
+            replicas.len() == NODES
+                && commits.len() == NODES
+                && replicas.iter().all(|r| {
+                    r["applied_index"].as_u64() == commits.iter().max().copied()
+                        && r["indexed_index"].as_u64() >= r["applied_index"].as_u64()
+                })
+        })
+    })
+}
+
+/// Posts NDJSON batches from several client threads, each bound to one node (round robin);
+/// returns (acknowledged annotations, seconds).
+fn ingest(batches: Vec<Vec<u8>>, urls: &[String], clients: usize) -> Result<(u64, f64), DemoError> {
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(clients * 2);
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..clients {
+        let (rx, acknowledged) = (rx.clone(), acknowledged.clone());
+        let client = Client::new(&urls[worker % urls.len()]);
+        workers.push(std::thread::spawn(move || -> Result<(), String> {
+            for body in rx {
+                let reply = client.post_ndjson_retrying(&body, 50).map_err(|e| e.to_string())?;
+                acknowledged.fetch_add(reply.accepted as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        }));
+    }
+    for batch in batches {
+        tx.send(batch)?;
+    }
+    drop(tx);
+    for worker in workers {
+        worker.join().map_err(|_| "ingest worker panicked")??;
+    }
+    Ok((acknowledged.load(Ordering::Relaxed), started.elapsed().as_secs_f64()))
+}
+
+fn batches_of(lines: &[String]) -> Vec<Vec<u8>> {
+    lines.chunks(BATCH_LINES).map(|chunk| chunk.join("\n").into_bytes()).collect()
+}
+
+pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchReport, DemoError> {
+    let gen_config = GenConfig { hours: options.hours, seed: options.seed, ..GenConfig::default() };
+    let sample = sample_dir(&options.work_dir, &gen_config);
+    ensure_sample(&sample, &gen_config, false)?;
+    let dir = std::path::absolute(options.work_dir.join(format!("cluster-bench-{}", std::process::id())))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let layout =
+        LocalClusterOptions { nodes: NODES, data_dir: dir.clone(), base_port: options.base_port, shards: SHARDS, replication_factor: 3 };
+    let configs = write_configs(&layout)?;
+    let binary = std::env::current_exe()?;
+    let mut nodes: Vec<NodeProcess> = configs
+        .iter()
+        .enumerate()
+        .map(|(position, config)| NodeProcess {
+            config: config.clone(),
+            log: dir.join(format!("node-{}.log", position + 1)),
+            base_url: format!("http://{}", node_addrs(options.base_port, position + 1).0),
+            child: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.spawn(&binary)?;
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.base_url.clone()).collect();
+    let clients: Vec<Client> = urls.iter().map(|u| Client::new(u)).collect();
+    wait_for("every node to answer /health", Duration::from_secs(60), || clients.iter().all(|c| c.get("/health").is_ok()))?;
+    wait_for("every shard to elect a leader", Duration::from_secs(30), || {
+        clients[0].get_json("/v1/cluster").is_ok_and(|s| s["shards"].as_array().is_some_and(|a| a.iter().all(|x| x["leader"].is_u64())))
+    })?;
+
+    for line in BufReader::new(std::fs::File::open(sample.join("assets.ndjson"))?).lines() {
+        let mut value: serde_json::Value = serde_json::from_str(&line?)?;
+        let asset_id = value["asset_id"].as_str().ok_or("asset line without asset_id")?.to_string();
+        if let Some(object) = value.as_object_mut() {
+            object.remove("asset_id");
+        }
+        clients[0].send("PUT", &format!("/v1/assets/{asset_id}"), "application/json", &serde_json::to_vec(&value)?)?;
+    }
+    let lines: Vec<String> = std::fs::read_to_string(sample.join("annotations.ndjson"))?.lines().map(str::to_string).collect();
+    println!("ingesting {} annotations through {} nodes with {} clients", lines.len(), NODES, options.clients);
+    let (annotations, ingest_seconds) = ingest(batches_of(&lines), &urls, options.clients)?;
+    if annotations != lines.len() as u64 {
+        return Err(format!("acknowledged {annotations} of {} annotations", lines.len()).into());
+    }
+    let replicated = wait_for("every replica to apply and index everything", Duration::from_secs(1800), || converged(&clients[0]))?;
+
+    // Queries through node 2.
+    let truths = crate::bench::load_truths(&sample)?;
+    let season = gen::plan_season(&gen_config);
+    let mut queries = Vec::new();
+    for (kind, requests) in query_mix(&season, &truths, options.queries_per_kind, options.seed) {
+        let mut latencies = Vec::with_capacity(requests.len());
+        let mut assets = 0usize;
+        for request in &requests {
+            let started = Instant::now();
+            let response = clients[1].search(request)?;
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            if response.shards.failed > 0 {
+                return Err(format!("a {kind} query had {} failed shards", response.shards.failed).into());
+            }
+            assets += response.assets.len();
+        }
+        queries.push(latency_row(kind, latencies, assets));
+    }
+
+    // Failover: kill shard 0's leader, then write to shard 0 through another node until acked.
+    let status = clients[0].get_json("/v1/cluster")?;
+    let leader = status["shards"][0]["leader"].as_u64().ok_or("shard 0 has no leader")? as usize;
+    let survivor = if leader == 1 { 1 } else { 0 };
+    let probe_asset = (0..10_000)
+        .map(|i| format!("failover-probe-{i}"))
+        .find(|a| rushes_cluster::shard_for_asset(a, SHARDS) == 0)
+        .ok_or("no probe asset")?;
+    let probe = |i: usize| {
+        format!(
+            r#"{{"id":"probe-{i}","asset_id":"{probe_asset}","model":"bench","model_version":"1","track":"object","start_ms":0,"end_ms":1000,"label":"probe","confidence":0.9}}"#
+        )
+        .into_bytes()
+    };
+    clients[survivor].post_ndjson(&probe(0))?;
+    let killed_at = Instant::now();
+    nodes[leader - 1].kill();
+    let mut attempt = 1;
+    loop {
+        match clients[survivor].post_ndjson(&probe(attempt)) {
+            Ok(_) => break,
+            Err(e) if e.is_retryable() && killed_at.elapsed() < Duration::from_secs(60) => attempt += 1,
+            Err(e) => return Err(format!("writes to shard 0 did not resume after the leader was killed: {e}").into()),
+        }
+    }
+    let failover_seconds = killed_at.elapsed().as_secs_f64();
+
+    // Catch-up: with that node down, write `catch_up_annotations` more, then restart it.
+    let catch_up_lines: Vec<String> = lines
+        .iter()
+        .cycle()
+        .take(options.catch_up_annotations)
+        .enumerate()
+        .map(|(i, line)| {
+            let mut value: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            value["asset_id"] = serde_json::json!(format!("catchup-{}-{}", i / lines.len(), value["asset_id"].as_str().unwrap_or("")));
+            value.to_string()
+        })
+        .collect();
+    let live_urls: Vec<String> = urls.iter().enumerate().filter(|(i, _)| *i != leader - 1).map(|(_, u)| u.clone()).collect();
+    let (written, _) = ingest(batches_of(&catch_up_lines), &live_urls, options.clients)?;
+    let restarted_at = Instant::now();
+    nodes[leader - 1].spawn(&binary)?;
+    wait_for("the restarted replica to catch up", Duration::from_secs(1800), || converged(&clients[survivor]))?;
+    let catch_up_seconds = restarted_at.elapsed().as_secs_f64();
+
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ClusterBenchReport {
+        nodes: NODES,
+        replication_factor: 3,
+        shards: SHARDS,
+        annotations,
+        ingest_seconds,
+        ingest_annotations_per_s: annotations as f64 / ingest_seconds,
+        replicated_and_indexed_after_last_ack_s: replicated.as_secs_f64(),
+        queries,
+        failover_seconds,
+        catch_up_annotations: written as usize,
+        catch_up_seconds,
+        machine: machine_description(),
+    })
+}
+
+pub fn print_cluster_report(report: &ClusterBenchReport) {
+    println!(
+        "## Rushes cluster bench: {} nodes, replication factor {}, {} shards, {} annotations",
+        report.nodes, report.replication_factor, report.shards, report.annotations
+    );
+    println!("machine: {}", report.machine);
+    println!(
+        "ingest (acknowledged on a quorum): {:.0} annotations/s ({:.1} s); every replica indexed {:.1} s after the last ack",
+        report.ingest_annotations_per_s, report.ingest_seconds, report.replicated_and_indexed_after_last_ack_s
+    );
+    println!("| query kind (through node 2) | queries | p50 ms | p99 ms | mean ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in &report.queries {
+        println!("| {} | {} | {:.1} | {:.1} | {:.1} |", row.kind, row.queries, row.p50_ms, row.p99_ms, row.mean_ms);
+    }
+    println!("failover (leader SIGKILL → write acknowledged): {:.2} s", report.failover_seconds);
+    println!("catch-up of a restarted replica {} annotations behind: {:.1} s", report.catch_up_annotations, report.catch_up_seconds);
+}
