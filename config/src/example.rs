@@ -104,7 +104,7 @@ impl Config {
         example.integer(
             "replication_factor",
             cluster.replication_factor,
-            "Replicas per shard; at most the number of nodes.",
+            "Replicas per shard; at most the number of nodes in cluster.nodes. A single node (empty cluster.nodes) holds every shard once.",
             CLUSTER_REPLICATION_FACTOR,
         );
         example.key(

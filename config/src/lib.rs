@@ -128,7 +128,8 @@ pub struct ClusterConfig {
     pub cluster_id: String,
     /// Number of shards (Raft groups) assets are hashed onto. Fixed for the life of the data.
     pub shards: u32,
-    /// Replicas per shard; cannot exceed the number of nodes.
+    /// Replicas per shard; cannot exceed the number of nodes in `nodes`. A single node (empty
+    /// `nodes`) holds one replica of every shard whatever this says.
     pub replication_factor: usize,
     /// All members, including this node. Empty means a single-node cluster made of `node`.
     pub nodes: Vec<ClusterNodeConfig>,
@@ -136,7 +137,7 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { cluster_id: "rushes-local".to_string(), shards: 4, replication_factor: 1, nodes: Vec::new() }
+        ClusterConfig { cluster_id: "rushes-local".to_string(), shards: 4, replication_factor: 3, nodes: Vec::new() }
     }
 }
 

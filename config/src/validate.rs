@@ -348,14 +348,15 @@ impl Config {
             ));
         }
 
-        let node_count = cluster.node_count();
-        if cluster.replication_factor > node_count {
+        // A single node (no members listed) holds every shard once, whatever the factor says.
+        let node_count = cluster.nodes.len();
+        if node_count > 0 && cluster.replication_factor > node_count {
             let allowed_max = (node_count as u64).min(CLUSTER_REPLICATION_FACTOR.max);
             return Err(ConfigError::out_of_range(
                 "cluster.replication_factor",
                 cluster.replication_factor.to_string(),
                 format!(
-                    "{}..={allowed_max} (cannot exceed the number of nodes: {node_count}, from cluster.nodes; an empty list means one node)",
+                    "{}..={allowed_max} (cannot exceed the number of nodes in cluster.nodes: {node_count}; set cluster.replication_factor)",
                     CLUSTER_REPLICATION_FACTOR.min
                 ),
             ));

@@ -417,11 +417,15 @@ fn cluster_membership_rules() {
     assert!(text.starts_with("missing key \"cluster.nodes[3].raft_addr\""), "{text}");
     assert!(text.ends_with("every entry of [[cluster.nodes]] must set id, raft_addr, http_addr"), "{text}");
 
-    let text = error_text(load_overrides(&[("cluster.replication_factor", "2")]));
+    let text = error_text(load_with(&[("cluster.replication_factor", "4")]));
     assert!(
-        text.starts_with("cluster.replication_factor = 2 is out of range: allowed 1..=1 (cannot exceed the number of nodes: 1"),
+        text.starts_with(
+            "cluster.replication_factor = 4 is out of range: allowed 1..=3 (cannot exceed the number of nodes in cluster.nodes: 3"
+        ),
         "{text}"
     );
+    // A single node ignores the factor (the default, 3, included).
+    assert!(load_overrides(&[("cluster.replication_factor", "2")]).is_ok());
     let text = error_text(load_overrides(&[("cluster.cluster_id", "Rushes_Prod")]));
     assert!(text.starts_with("cluster.cluster_id = \"Rushes_Prod\" is not allowed: use lower-case letters a-z, digits and '-'"), "{text}");
 }

@@ -49,7 +49,7 @@ pub struct ClusterBenchReport {
 
 const NODES: usize = 3;
 const SHARDS: u32 = 4;
-const BATCH_LINES: usize = 500;
+const BATCH_LINES: usize = 2000;
 
 struct NodeProcess {
     config: PathBuf,
@@ -157,6 +157,12 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     let layout =
         LocalClusterOptions { nodes: NODES, data_dir: dir.clone(), base_port: options.base_port, shards: SHARDS, replication_factor: 3 };
     let configs = write_configs(&layout)?;
+    for config in &configs {
+        // Hybrid queries embed their semantic words with the season's offline embedder.
+        let mut text = std::fs::read_to_string(config)?;
+        text.push_str("\n[embedder]\nurl = \"demo\"\n");
+        std::fs::write(config, text)?;
+    }
     let binary = std::env::current_exe()?;
     let mut nodes: Vec<NodeProcess> = configs
         .iter()
