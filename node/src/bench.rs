@@ -158,6 +158,12 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             return Err(format!("acknowledged {annotations} of {lines_total} annotations").into());
         }
         let searchable = wait_caught_up(&engine, Duration::from_secs(3600)).await?;
+        // Suggest is measured on a settled corpus: label moments are computed ahead once the
+        // data stops changing (Engine::warm_suggest_moments); wait for that, bounded.
+        let warm_deadline = Instant::now() + Duration::from_secs(300);
+        while engine.suggest_warmed_version.load(Ordering::Acquire) != engine.data_version() && Instant::now() < warm_deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         // Queries of each kind, over HTTP.
         let truths = load_truths(&sample)?;

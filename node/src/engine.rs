@@ -48,11 +48,16 @@ pub struct Engine {
     /// Suggest's top moments per completed query, with the data version they were computed at.
     /// Every keystroke of "J", "Jo", "Joe" completes to the same query: search it once.
     suggest_moments: parking_lot::Mutex<HashMap<String, (u64, Vec<AssetHits>)>>,
+    /// The data version whose label moments are all cached (see `warm_suggest_moments`).
+    pub suggest_warmed_version: std::sync::atomic::AtomicU64,
     pub started: Instant,
 }
 
 /// Most completed queries whose moments are kept (the map is emptied when full).
 const SUGGEST_MOMENTS_CACHE_ENTRIES: usize = 1024;
+/// Labels whose suggest moments are computed ahead of keystrokes after the data changes.
+pub const SUGGEST_WARM_LABELS_MAX: usize = 256;
+const SUGGEST_WARM_CHECK: Duration = Duration::from_secs(1);
 /// How long a write waits for a shard to have a reachable leader before a retryable 503.
 /// Longer than an election (election_ticks × tick_interval_ms with the defaults is 1 s).
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -188,6 +193,7 @@ impl Engine {
             embedder,
             series_cache: parking_lot::Mutex::new((None, Vec::new())),
             suggest_moments: parking_lot::Mutex::new(HashMap::new()),
+            suggest_warmed_version: std::sync::atomic::AtomicU64::new(u64::MAX),
             started: Instant::now(),
         });
         if let (Some(net), Some(inbound)) = (net, inbound) {
@@ -863,6 +869,37 @@ impl Engine {
             .iter()
             .map(|s| s.progress.applied.load(Ordering::Acquire).wrapping_add(s.progress.indexed.load(Ordering::Acquire)))
             .fold(0u64, u64::wrapping_add)
+    }
+
+    /// Keeps suggest's moments for every label completion ready: once the data has settled (no
+    /// change for a second) after a change, searches each vocabulary label (at most
+    /// [`SUGGEST_WARM_LABELS_MAX`]) into the cache, so a keystroke that completes to a name
+    /// costs a cache lookup. Yields to real traffic: a warm search that finds no free search
+    /// slot is skipped. Stops when the engine is dropped.
+    pub async fn warm_suggest_moments(engine: std::sync::Weak<Engine>) {
+        let mut warmed_version = None;
+        let mut last_seen = None;
+        loop {
+            tokio::time::sleep(SUGGEST_WARM_CHECK).await;
+            let Some(engine) = engine.upgrade() else { return };
+            let version = engine.data_version();
+            let settled = last_seen == Some(version);
+            last_seen = Some(version);
+            if !settled || warmed_version == Some(version) {
+                continue;
+            }
+            let labels: Vec<String> = engine.vocabulary().into_keys().take(SUGGEST_WARM_LABELS_MAX).collect();
+            for label in labels {
+                if engine.data_version() != version {
+                    break;
+                }
+                engine.suggest_moments(&label).await;
+            }
+            if engine.data_version() == version {
+                warmed_version = Some(version);
+                engine.suggest_warmed_version.store(version, Ordering::Release);
+            }
+        }
     }
 
     /// The top moments for a completed suggestion, from the cache while the data is unchanged.

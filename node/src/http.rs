@@ -380,6 +380,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
 
 /// Builds the HTTP server (not yet running).
 pub fn server(engine: Arc<Engine>, listener: std::net::TcpListener) -> std::io::Result<actix_web::dev::Server> {
+    actix_web::rt::spawn(Engine::warm_suggest_moments(Arc::downgrade(&engine)));
     let data = web::Data::new(engine);
     Ok(HttpServer::new(move || App::new().app_data(data.clone()).configure(configure).default_service(web::to(not_found)))
         .workers(2)
