@@ -58,9 +58,8 @@ const SUGGEST_MOMENTS_CACHE_ENTRIES: usize = 1024;
 /// Labels whose suggest moments are computed ahead of keystrokes after the data changes.
 pub const SUGGEST_WARM_LABELS_MAX: usize = 256;
 const SUGGEST_WARM_CHECK: Duration = Duration::from_secs(1);
-/// How long a write waits for a shard to have a reachable leader before a retryable 503.
-/// Longer than an election (election_ticks × tick_interval_ms with the defaults is 1 s).
-const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for one forwarded write before routing again.
+const FORWARD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of a status request to a peer (`GET /v1/cluster`).
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -342,15 +341,15 @@ impl Engine {
 
     /// Proposes an encoded command on `shard` through its leader (local or forwarded) and
     /// waits until it is committed on a quorum and applied. Follows leader hints and waits out
-    /// elections up to [`LEADER_WAIT`]; then a retryable 503. Re-proposing after an unclear
-    /// failure is safe: applying a command twice is a no-op.
+    /// elections until `deadline` (the request timeout); then a retryable 503. Re-proposing
+    /// after an unclear failure is safe: applying a command twice is a no-op.
     pub async fn propose_routed(
         self: &Arc<Self>,
         shard: ShardId,
         command: Vec<u8>,
         deadline: tokio::time::Instant,
     ) -> Result<ApplyOutcome, ApiError> {
-        let leader_deadline = deadline.min(tokio::time::Instant::now() + LEADER_WAIT);
+        let leader_deadline = deadline;
         let replicas = self.shard_map.replicas(shard).to_vec();
         let mut hint: Option<NodeId> = None;
         let mut next_replica = 0usize;
@@ -415,7 +414,9 @@ impl Engine {
         deadline: tokio::time::Instant,
     ) -> Result<Routed, ApiError> {
         let Some(net) = &self.net else { return Ok(Routed::NotLeader(None)) };
-        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // One attempt never uses the whole budget: a paused or cut-off leader is replaced by an
+        // election meanwhile, and the retry (a no-op if the first one did commit) finds it.
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now()).min(FORWARD_ATTEMPT_TIMEOUT);
         match net.call(node, &PeerRequest::Propose { shard, command }, timeout).await? {
             PeerReply::Applied(outcome) => Ok(Routed::Done(outcome)),
             PeerReply::NotLeader { leader } => Ok(Routed::NotLeader(leader)),
