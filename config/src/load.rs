@@ -23,7 +23,9 @@ pub const ENVIRONMENT_PREFIX: &str = "RUSHES_";
 /// `RUSHES_` variables that are not configuration keys and are therefore skipped rather than
 /// rejected: `RUSHES_LOG` is a tracing filter directive (e.g. `rushes_node=debug,tantivy=warn`)
 /// read by the binary, and `RUSHES_CONFIG` is the path of the configuration file itself.
-pub const IGNORED_ENVIRONMENT_VARIABLES: &[&str] = &["RUSHES_LOG", "RUSHES_CONFIG"];
+/// `RUSHES_FAULT_INJECTION` switches on the fault-injection endpoint for test suites (read by
+/// the HTTP layer, not a config key).
+pub const IGNORED_ENVIRONMENT_VARIABLES: &[&str] = &["RUSHES_LOG", "RUSHES_CONFIG", "RUSHES_FAULT_INJECTION"];
 
 impl Config {
     /// Loads the configuration: defaults < `file` < `environment` < `overrides`, then checks

@@ -1,0 +1,495 @@
+//! A local cluster of `rushes serve` processes on loopback, with faults: SIGKILL + restart,
+//! SIGSTOP + SIGCONT, and network partitions through the nodes' fault-injection endpoint.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::node::{rushes_binary, LocalNode};
+use crate::status::ClusterStatus;
+use crate::wait::poll_until;
+
+/// Environment variable that makes a node expose `/v1/debug/*`; the harness always sets it.
+pub const FAULT_INJECTION_ENV: &str = "RUSHES_FAULT_INJECTION";
+
+/// How to build a [`LocalCluster`]. [`ClusterOptions::new`] fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub shards: u32,
+    pub replication_factor: usize,
+    pub cluster_id: String,
+    /// `index.commit_interval_ms` (short, so indexing keeps up within a test).
+    pub commit_interval_ms: u64,
+    /// Appended verbatim to every node's config file (more sections, e.g. `[raft]`).
+    pub extra_toml: String,
+    /// `RUST_LOG` of the nodes.
+    pub rust_log: String,
+    /// How long a start or restart may take to answer `/health`.
+    pub start_timeout: Duration,
+    /// The `rushes` binary; default [`rushes_binary`].
+    pub binary: Option<PathBuf>,
+    /// Start the nodes with `RUSHES_FAULT_INJECTION=1` (default true; [`LocalCluster::partition`]
+    /// needs it).
+    pub fault_injection: bool,
+}
+
+impl ClusterOptions {
+    pub fn new(nodes: usize, shards: u32, replication_factor: usize) -> ClusterOptions {
+        ClusterOptions {
+            nodes,
+            shards,
+            replication_factor,
+            cluster_id: "jepsen".to_string(),
+            commit_interval_ms: 200,
+            extra_toml: String::new(),
+            rust_log: "warn".to_string(),
+            start_timeout: Duration::from_secs(60),
+            binary: None,
+            fault_injection: true,
+        }
+    }
+}
+
+/// Ports picked by binding port 0: every listener is held until all are chosen, so the ports of
+/// one cluster are distinct.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local address").port()).collect()
+}
+
+/// A TOML basic string.
+fn toml_string(value: &str) -> String {
+    serde_json::Value::String(value.to_string()).to_string()
+}
+
+/// The config file of node `id` (the format `rushes serve --config` reads).
+pub fn node_config_toml(options: &ClusterOptions, id: u64, data_dir: &Path, members: &[(u64, String, String)]) -> String {
+    let listen = &members.iter().find(|(member, _, _)| *member == id).expect("node is a member").1;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "[node]\nid = {id}\ndata_dir = {}\nlisten = {}\n",
+        toml_string(&data_dir.display().to_string()),
+        toml_string(listen)
+    );
+    let _ = writeln!(
+        text,
+        "[cluster]\ncluster_id = {}\nshards = {}\nreplication_factor = {}\n",
+        toml_string(&options.cluster_id),
+        options.shards,
+        options.replication_factor
+    );
+    for (member, http_addr, raft_addr) in members {
+        let _ = writeln!(
+            text,
+            "[[cluster.nodes]]\nid = {member}\nraft_addr = {}\nhttp_addr = {}\n",
+            toml_string(raft_addr),
+            toml_string(http_addr)
+        );
+    }
+    let _ = writeln!(text, "[index]\ncommit_interval_ms = {}", options.commit_interval_ms);
+    if !options.extra_toml.is_empty() {
+        let _ = writeln!(text, "\n{}", options.extra_toml);
+    }
+    text
+}
+
+/// Node ids are 1..=n; `nodes[i]` has id `i + 1`.
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    pub options: ClusterOptions,
+    nodes: Vec<LocalNode>,
+    /// Desired isolation per node (who it drops traffic from); empty when healed.
+    isolation: Mutex<BTreeMap<u64, Vec<u64>>>,
+    /// Isolation each running node was last told; a fresh process starts with none.
+    told: Mutex<BTreeMap<u64, Vec<u64>>>,
+}
+
+impl LocalCluster {
+    /// Starts `nodes` nodes (ids 1..=nodes) under `dir` and waits until every one answers
+    /// `GET /health`.
+    pub fn start(dir: &Path, nodes: usize, shards: u32, replication_factor: usize) -> LocalCluster {
+        LocalCluster::start_with(dir, ClusterOptions::new(nodes, shards, replication_factor))
+    }
+
+    pub fn start_with(dir: &Path, options: ClusterOptions) -> LocalCluster {
+        assert!(options.nodes >= 1, "a cluster needs at least one node");
+        std::fs::create_dir_all(dir).expect("create the cluster directory");
+        let dir = dir.canonicalize().expect("absolute cluster directory");
+        let binary = options.binary.clone().unwrap_or_else(rushes_binary);
+        let ports = free_ports(options.nodes * 2);
+        let members: Vec<(u64, String, String)> = (0..options.nodes)
+            .map(|i| (i as u64 + 1, format!("127.0.0.1:{}", ports[2 * i]), format!("127.0.0.1:{}", ports[2 * i + 1])))
+            .collect();
+        let mut env = vec![("RUST_LOG".to_string(), options.rust_log.clone())];
+        if options.fault_injection {
+            env.push((FAULT_INJECTION_ENV.to_string(), "1".to_string()));
+        }
+        let nodes: Vec<LocalNode> = members
+            .iter()
+            .map(|(id, http_addr, raft_addr)| {
+                let node = LocalNode::new(*id, http_addr.clone(), raft_addr.clone(), &dir, binary.clone(), env.clone());
+                std::fs::create_dir_all(&node.data_dir).expect("create the node's data directory");
+                let config = node_config_toml(&options, *id, &node.data_dir, &members);
+                std::fs::write(&node.config_path, config).expect("write the node config");
+                node
+            })
+            .collect();
+        // All processes first: a node may wait for its peers before it serves.
+        for node in &nodes {
+            node.spawn();
+        }
+        for node in &nodes {
+            node.wait_healthy(options.start_timeout);
+        }
+        LocalCluster { dir, options, nodes, isolation: Mutex::new(BTreeMap::new()), told: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn nodes(&self) -> &[LocalNode] {
+        &self.nodes
+    }
+
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn node(&self, id: u64) -> &LocalNode {
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id} (nodes are 1..={})", self.nodes.len()))
+    }
+
+    /// Base URLs of all nodes, in id order (stable across restarts).
+    pub fn base_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(LocalNode::base_url).collect()
+    }
+
+    /// SIGKILL node `id`.
+    pub fn kill(&self, id: u64) {
+        self.node(id).kill();
+        self.told.lock().unwrap().remove(&id);
+    }
+
+    /// SIGKILL node `id` if running, start it again on the same data, wait for `/health`, and
+    /// re-apply a partition that is in force.
+    pub fn restart(&self, id: u64) {
+        self.kill(id);
+        self.node(id).start(self.options.start_timeout);
+        self.sync_isolation(id);
+    }
+
+    /// SIGSTOP node `id`.
+    pub fn pause(&self, id: u64) {
+        self.node(id).pause();
+    }
+
+    /// SIGCONT node `id`, and bring its partition settings up to date.
+    pub fn resume(&self, id: u64) {
+        self.node(id).resume();
+        self.sync_isolation(id);
+    }
+
+    /// Cuts `minority` off from the other nodes: every node in `minority` drops traffic from
+    /// every node outside it, and the other way round. Nodes that are down or paused get the
+    /// setting when they are restarted or resumed.
+    pub fn partition(&self, minority: &[u64]) {
+        assert!(
+            self.options.fault_injection,
+            "partitions need the nodes started with {FAULT_INJECTION_ENV}=1 (ClusterOptions::fault_injection)"
+        );
+        let minority: BTreeSet<u64> = minority.iter().copied().collect();
+        for id in &minority {
+            self.node(*id);
+        }
+        let ids = self.node_ids();
+        let majority: Vec<u64> = ids.iter().copied().filter(|id| !minority.contains(id)).collect();
+        *self.isolation.lock().unwrap() =
+            ids.iter().map(|id| (*id, if minority.contains(id) { majority.clone() } else { minority.iter().copied().collect() })).collect();
+        for id in ids {
+            self.sync_isolation(id);
+        }
+    }
+
+    /// Removes every partition on every node that can be reached.
+    pub fn heal(&self) {
+        self.isolation.lock().unwrap().clear();
+        for id in self.node_ids() {
+            self.sync_isolation(id);
+        }
+    }
+
+    /// The partition currently requested: node → nodes it is cut off from (empty when healed).
+    pub fn isolation(&self) -> BTreeMap<u64, Vec<u64>> {
+        self.isolation.lock().unwrap().clone()
+    }
+
+    /// Tells node `id` its desired isolation if it is serving and was told something else.
+    fn sync_isolation(&self, id: u64) {
+        let node = self.node(id);
+        if !node.is_serving() {
+            return;
+        }
+        let desired = self.isolation.lock().unwrap().get(&id).cloned().unwrap_or_default();
+        let current = self.told.lock().unwrap().get(&id).cloned().unwrap_or_default();
+        if desired == current {
+            return;
+        }
+        let mut last_error = None;
+        let done = poll_until(Duration::from_secs(15), || match node.set_isolation(&desired) {
+            Ok(()) => true,
+            Err(e) if e.is_retryable() => {
+                last_error = Some(e.to_string());
+                false
+            }
+            Err(e) => node.fail(&format!(
+                "POST /v1/debug/partition on node {id} failed: {e}\n(the node must expose it when started with {FAULT_INJECTION_ENV}=1)"
+            )),
+        });
+        if !done {
+            node.fail(&format!("POST /v1/debug/partition on node {id} did not succeed within 15 s: {}", last_error.unwrap_or_default()));
+        }
+        self.told.lock().unwrap().insert(id, desired);
+    }
+
+    /// `GET /v1/cluster` from every serving node (node id → reply or why there is none).
+    pub fn statuses(&self, digest: bool) -> BTreeMap<u64, Result<ClusterStatus, String>> {
+        self.nodes.iter().filter(|n| n.is_serving()).map(|n| (n.id, n.status(digest))).collect()
+    }
+
+    /// The leader of `shard`, confirmed by the leader itself: some serving node names it, and
+    /// that node reports its own replica of the shard as leader. If two nodes claim it (a cut-off
+    /// leader that has not stepped down yet), the one with the higher term.
+    pub fn leader_of(&self, shard: u32) -> Option<u64> {
+        let statuses = self.statuses(false);
+        let named: BTreeSet<u64> =
+            statuses.values().filter_map(|s| s.as_ref().ok()).filter_map(|s| s.shard(shard).and_then(|s| s.leader)).collect();
+        named
+            .into_iter()
+            .filter_map(|candidate| {
+                let replica = statuses.get(&candidate)?.as_ref().ok()?.local_replica(shard)?;
+                replica.leader.then_some((replica.term.unwrap_or(0), candidate))
+            })
+            .max()
+            .map(|(_, leader)| leader)
+    }
+
+    /// Waits until `shard` has a confirmed leader and returns it.
+    pub fn wait_for_leader(&self, shard: u32, timeout: Duration) -> u64 {
+        let mut leader = None;
+        if !poll_until(timeout, || {
+            leader = self.leader_of(shard);
+            leader.is_some()
+        }) {
+            panic!("no leader for shard {shard} within {timeout:?}\n{}", self.diagnostics());
+        }
+        leader.expect("leader")
+    }
+
+    /// Waits until `shard` has a confirmed leader other than `old` (an election after `old` was
+    /// killed, paused or cut off) and returns it.
+    pub fn wait_for_new_leader(&self, shard: u32, old: u64, timeout: Duration) -> u64 {
+        let mut leader = None;
+        if !poll_until(timeout, || {
+            leader = self.leader_of(shard);
+            leader.is_some_and(|l| l != old)
+        }) {
+            panic!("shard {shard} elected no leader other than node {old} within {timeout:?} (last {leader:?})\n{}", self.diagnostics());
+        }
+        leader.expect("leader")
+    }
+
+    /// Shards holding data (a local replica reports raw annotations), from any serving node.
+    pub fn shards_with_data(&self) -> BTreeSet<u32> {
+        let mut shards = BTreeSet::new();
+        for status in self.statuses(false).into_values().flatten() {
+            shards.extend(status.local_replicas().filter(|(_, r)| r.raw_annotations.unwrap_or(0) > 0).map(|(shard, _)| shard));
+        }
+        shards
+    }
+
+    /// Waits until every shard has a confirmed leader.
+    pub fn wait_for_leaders(&self, timeout: Duration) -> BTreeMap<u32, u64> {
+        let mut leaders = BTreeMap::new();
+        if !poll_until(timeout, || {
+            leaders = (0..self.options.shards).filter_map(|shard| self.leader_of(shard).map(|l| (shard, l))).collect();
+            leaders.len() == self.options.shards as usize
+        }) {
+            panic!("not every shard has a leader within {timeout:?} (have {leaders:?})\n{}", self.diagnostics());
+        }
+        leaders
+    }
+
+    /// Why the cluster has not converged, or `Ok` when it has: every running node answers, and
+    /// for each shard the replicas the nodes report as their own (`local: true`) all have the
+    /// same `applied_index`, `indexed_index >= applied_index`, and there are
+    /// `replication_factor` of them.
+    pub fn convergence(&self) -> Result<BTreeMap<u32, u64>, String> {
+        let mut applied: BTreeMap<u32, Vec<(u64, u64, u64)>> = BTreeMap::new();
+        for node in &self.nodes {
+            if !node.is_running() {
+                continue;
+            }
+            if node.is_paused() {
+                return Err(format!("node {} is paused", node.id));
+            }
+            let status = node.status(false).map_err(|e| format!("node {}: {e}", node.id))?;
+            for (shard, replica) in status.local_replicas() {
+                let applied_index = replica.applied_index.ok_or_else(|| format!("node {} shard {shard}: no applied_index", node.id))?;
+                let indexed_index = replica.indexed_index.ok_or_else(|| format!("node {} shard {shard}: no indexed_index", node.id))?;
+                applied.entry(shard).or_default().push((node.id, applied_index, indexed_index));
+            }
+        }
+        let mut result = BTreeMap::new();
+        for shard in 0..self.options.shards {
+            let replicas = applied.get(&shard).map(Vec::as_slice).unwrap_or_default();
+            if replicas.len() != self.options.replication_factor {
+                return Err(format!(
+                    "shard {shard}: {} local replicas reported ({replicas:?}), expected {}",
+                    replicas.len(),
+                    self.options.replication_factor
+                ));
+            }
+            let first = replicas[0].1;
+            if replicas.iter().any(|(_, a, i)| *a != first || i < a) {
+                return Err(format!("shard {shard}: (node, applied, indexed) = {replicas:?}"));
+            }
+            result.insert(shard, first);
+        }
+        Ok(result)
+    }
+
+    /// True when [`LocalCluster::convergence`] is `Ok`.
+    pub fn converged(&self) -> bool {
+        self.convergence().is_ok()
+    }
+
+    /// Waits until converged; returns each shard's applied index. Panics with the last reason,
+    /// the cluster status and the node logs otherwise.
+    pub fn wait_converged(&self, timeout: Duration) -> BTreeMap<u32, u64> {
+        let mut last = Err(String::new());
+        if !poll_until(timeout, || {
+            last = self.convergence();
+            last.is_ok()
+        }) {
+            panic!("not converged within {timeout:?}: {}\n{}", last.unwrap_err(), self.diagnostics());
+        }
+        last.expect("converged")
+    }
+
+    /// Raw-store digest of every local replica: (shard, node) → digest. Asks with
+    /// `?digest=true`; panics if a serving node does not answer.
+    pub fn digests(&self) -> BTreeMap<(u32, u64), String> {
+        let mut digests = BTreeMap::new();
+        for (id, status) in self.statuses(true) {
+            let status = status.unwrap_or_else(|e| self.node(id).fail(&format!("GET /v1/cluster?digest=true on node {id}: {e}")));
+            for (shard, replica) in status.local_replicas() {
+                let digest = replica.raw_digest.clone().unwrap_or_else(|| {
+                    self.node(id).fail(&format!("node {id} reports no raw_digest for its replica of shard {shard} with ?digest=true"))
+                });
+                digests.insert((shard, id), digest);
+            }
+        }
+        digests
+    }
+
+    /// The raw annotation count of every local replica: (shard, node) → count.
+    pub fn raw_counts(&self) -> BTreeMap<(u32, u64), Option<u64>> {
+        let mut counts = BTreeMap::new();
+        for (id, status) in self.statuses(false) {
+            if let Ok(status) = status {
+                for (shard, replica) in status.local_replicas() {
+                    counts.insert((shard, id), replica.raw_annotations);
+                }
+            }
+        }
+        counts
+    }
+
+    /// State of every node and the tail of its log, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let state = match (node.is_running(), node.is_paused()) {
+                (false, _) => "down",
+                (true, true) => "paused",
+                (true, false) => "running",
+            };
+            let _ = writeln!(out, "=== node {} ({state}, http {}, raft {})", node.id, node.http_addr, node.raft_addr);
+            if state == "running" {
+                match node.http().get(&node.url("/v1/cluster")) {
+                    Ok(text) => {
+                        let _ = writeln!(out, "/v1/cluster: {text:.3000}");
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "/v1/cluster: {e}");
+                    }
+                }
+            }
+            let _ = writeln!(out, "--- last lines of {} ---\n{}", node.log_path.display(), node.log_tail(30));
+        }
+        out
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            node.kill();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_the_documented_keys() {
+        let options = ClusterOptions::new(2, 4, 2);
+        let members =
+            vec![(1, "127.0.0.1:1001".to_string(), "127.0.0.1:2001".to_string()), (2, "127.0.0.1:1002".into(), "127.0.0.1:2002".into())];
+        let text = node_config_toml(&options, 2, Path::new("/tmp/x/node-2"), &members);
+        for expected in [
+            "[node]\nid = 2\ndata_dir = \"/tmp/x/node-2\"\nlisten = \"127.0.0.1:1002\"",
+            "[cluster]\ncluster_id = \"jepsen\"\nshards = 4\nreplication_factor = 2",
+            "[[cluster.nodes]]\nid = 1\nraft_addr = \"127.0.0.1:2001\"\nhttp_addr = \"127.0.0.1:1001\"",
+            "[[cluster.nodes]]\nid = 2\nraft_addr = \"127.0.0.1:2002\"\nhttp_addr = \"127.0.0.1:1002\"",
+            "[index]\ncommit_interval_ms = 200",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_node_config_loader_accepts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = ClusterOptions::new(3, 4, 3);
+        options.extra_toml = "[raft]\nelection_ticks = 12".to_string();
+        let members: Vec<(u64, String, String)> =
+            (1..=3).map(|id| (id, format!("127.0.0.1:{}", 1000 + id), format!("127.0.0.1:{}", 2000 + id))).collect();
+        let path = dir.path().join("node-3.toml");
+        std::fs::write(&path, node_config_toml(&options, 3, &dir.path().join("node-3"), &members)).unwrap();
+        // With the environment the harness gives the nodes: RUSHES_FAULT_INJECTION must not be
+        // taken for (and rejected as) a config key.
+        let environment = vec![("RUST_LOG".to_string(), "warn".to_string()), (FAULT_INJECTION_ENV.to_string(), "1".to_string())];
+        let config = rushes_config::Config::load(Some(&path), environment, &[]).expect("the node accepts the generated config");
+        assert_eq!(config.node.id, 3);
+        assert_eq!(config.node.listen.to_string(), "127.0.0.1:1003");
+        assert_eq!(config.cluster.cluster_id, "jepsen");
+        assert_eq!(config.cluster.shards, 4);
+        assert_eq!(config.cluster.replication_factor, 3);
+        assert_eq!(config.cluster.nodes.len(), 3);
+        assert_eq!(config.cluster.nodes[1].raft_addr, "127.0.0.1:2002");
+        assert_eq!(config.index.commit_interval_ms, 200);
+        assert_eq!(config.raft.election_ticks, 12);
+    }
+
+    #[test]
+    fn ports_are_distinct() {
+        let ports = free_ports(8);
+        assert_eq!(ports.iter().collect::<BTreeSet<_>>().len(), 8);
+    }
+}
