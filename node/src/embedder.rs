@@ -1282,7 +1282,8 @@ mod tests {
             ("not json", "not an embeddings response"),
             (r#"{"data": []}"#, "0 embeddings for 1 texts"),
             (r#"{"data": [{"embedding": [1.0], "index": 3}]}"#, "index 3 is out of range"),
-            (r#"{"data": [{"embedding": [1e39], "index": 0}]}"#, "out of f32 range"),
+            // Rejected by the JSON parser or by the f32 range check, depending on serde_json features.
+            (r#"{"data": [{"embedding": [1e39], "index": 0}]}"#, "out of range"),
             (r#"{"data": [{"embedding": ["x"], "index": 0}]}"#, "not an embeddings response"),
         ];
         let (url, _received) = serve(cases.iter().map(|(body, _)| Reply::Answer(200, body.to_string())).collect());

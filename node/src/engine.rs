@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::embedder::Embedder;
 use crate::index::{VectorMetric, VectorQuantization, VectorSpaceSpec};
 use crate::metrics::Metrics;
-use crate::peer::{ClusterNet, PeerReply, PeerRequest, ReplicaStatus};
+use crate::peer::{AssetRead, ClusterNet, PeerReply, PeerRequest, ReplicaStatus};
 use crate::search::{self, Plan, SearchLimits, SpaceInfo};
 use crate::shard::{RaftOutbox, Shard, ShardError, ShardOptions, NOT_LEADER_PREFIX};
 use crate::store::ApplyOutcome;
@@ -48,6 +48,10 @@ pub struct Engine {
     /// Suggest's top moments per completed query, with the data version they were computed at.
     /// Every keystroke of "J", "Jo", "Joe" completes to the same query: search it once.
     suggest_moments: parking_lot::Mutex<HashMap<String, (u64, Vec<AssetHits>)>>,
+    /// Vocabulary and series names of shards held by other nodes: (refreshed at, labels, series).
+    remote_vocabulary: parking_lot::Mutex<(Option<Instant>, BTreeMap<String, Vec<String>>, Vec<String>)>,
+    /// Peers' searches between their phases, by (query id, shard).
+    remote_searches: parking_lot::Mutex<HashMap<(u64, ShardId), RemoteSearch>>,
     /// The data version whose label moments are all cached (see `warm_suggest_moments`).
     pub suggest_warmed_version: std::sync::atomic::AtomicU64,
     pub started: Instant,
@@ -58,6 +62,12 @@ const SUGGEST_MOMENTS_CACHE_ENTRIES: usize = 1024;
 /// Labels whose suggest moments are computed ahead of keystrokes after the data changes.
 pub const SUGGEST_WARM_LABELS_MAX: usize = 256;
 const SUGGEST_WARM_CHECK: Duration = Duration::from_secs(1);
+/// A remote search phase one that has not answered after this is also sent to another replica.
+const HEDGE_AFTER: Duration = Duration::from_millis(150);
+/// A replica that failed fast (not connected) is asked again after this pause.
+const REPLICA_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Peers' searches kept between their phases on this node.
+const REMOTE_SEARCHES_MAX: usize = 256;
 /// Longest wait for one forwarded write before routing again.
 const FORWARD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of a status request to a peer (`GET /v1/cluster`).
@@ -193,6 +203,8 @@ impl Engine {
             series_cache: parking_lot::Mutex::new((None, Vec::new())),
             suggest_moments: parking_lot::Mutex::new(HashMap::new()),
             suggest_warmed_version: std::sync::atomic::AtomicU64::new(u64::MAX),
+            remote_searches: parking_lot::Mutex::new(HashMap::new()),
+            remote_vocabulary: parking_lot::Mutex::new((None, BTreeMap::new(), Vec::new())),
             started: Instant::now(),
         });
         if let (Some(net), Some(inbound)) = (net, inbound) {
@@ -421,7 +433,7 @@ impl Engine {
             PeerReply::Applied(outcome) => Ok(Routed::Done(outcome)),
             PeerReply::NotLeader { leader } => Ok(Routed::NotLeader(leader)),
             PeerReply::Error(e) => Err(e),
-            PeerReply::Status(_) => Err(ApiError::internal(format!("node {node} answered a write with a status"))),
+            other => Err(ApiError::internal(format!("node {node} answered a write with {other:?}"))),
         }
     }
 
@@ -529,8 +541,104 @@ impl Engine {
         })
     }
 
-    /// Normalized label → tracks, over every shard.
+    /// Reads one asset's data on this node's replica, or forwards the read to a node that
+    /// holds the asset's shard. Replies JSON, or the raw stored annotation.
+    pub async fn read_asset(self: &Arc<Self>, read: AssetRead) -> Result<PeerReply, ApiError> {
+        let asset_id = match &read {
+            AssetRead::View { asset_id } | AssetRead::RawAnnotation { asset_id, .. } | AssetRead::Buckets { asset_id, .. } => {
+                asset_id.clone()
+            }
+        };
+        let shard = self.shard_map.shard_for_asset(&asset_id);
+        if self.local_shard(shard).is_some() {
+            return match self.handle_asset_read(read).await {
+                PeerReply::Error(e) => Err(e),
+                reply => Ok(reply),
+            };
+        }
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let replicas = self.shard_map.replicas(shard).to_vec();
+        self.hedged_call(&replicas, PeerRequest::AssetRead(read), deadline).await.map(|(_, reply)| reply)
+    }
+
+    /// A read on this node's replica (blocking work on the blocking pool).
+    pub async fn handle_asset_read(self: &Arc<Self>, read: AssetRead) -> PeerReply {
+        let engine = self.clone();
+        let work = move || -> Result<PeerReply, ApiError> {
+            match read {
+                AssetRead::View { asset_id } => json_reply(&engine.asset_view(&asset_id)?),
+                AssetRead::RawAnnotation { asset_id, annotation_id } => {
+                    Ok(PeerReply::Raw(engine.raw_annotation(&asset_id, &annotation_id)?))
+                }
+                AssetRead::Buckets { asset_id, from_ms, to_ms } => json_reply(&engine.buckets(&asset_id, from_ms, to_ms)?),
+            }
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => PeerReply::Error(e),
+            Err(e) => PeerReply::Error(ApiError::internal(format!("read failed: {e}"))),
+        }
+    }
+
+    /// Label vocabulary and series of this node's replicas, for a peer's query understanding.
+    pub fn local_vocabulary_reply(&self) -> PeerReply {
+        PeerReply::Vocabulary { labels: self.local_vocabulary().into_iter().collect(), series: self.local_series_names() }
+    }
+
+    /// Fetches the vocabulary of shards this node does not hold, at most every few seconds
+    /// (planning reads it per query). A node holding every shard never asks.
+    pub async fn refresh_remote_vocabulary(self: &Arc<Self>) {
+        const REFRESH: Duration = Duration::from_secs(5);
+        if self.shards.len() == self.shard_map.shard_count() as usize {
+            return;
+        }
+        if self.remote_vocabulary.lock().0.is_some_and(|at| at.elapsed() < REFRESH) {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let mut labels: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut series: Vec<String> = Vec::new();
+        for shard in 0..self.shard_map.shard_count() {
+            if self.local_shard(shard).is_some() {
+                continue;
+            }
+            let replicas = self.shard_map.replicas(shard).to_vec();
+            if let Ok((_, PeerReply::Vocabulary { labels: remote, series: remote_series })) =
+                self.hedged_call(&replicas, PeerRequest::Vocabulary, deadline).await
+            {
+                for (label, tracks) in remote {
+                    let entry = labels.entry(label).or_default();
+                    for track in tracks {
+                        if !entry.contains(&track) {
+                            entry.push(track);
+                        }
+                    }
+                }
+                for name in remote_series {
+                    if !series.contains(&name) {
+                        series.push(name);
+                    }
+                }
+            }
+        }
+        *self.remote_vocabulary.lock() = (Some(Instant::now()), labels, series);
+    }
+
+    /// Normalized label → tracks, over every shard (other nodes' from the last refresh).
     pub fn vocabulary(&self) -> BTreeMap<String, Vec<String>> {
+        let mut merged = self.local_vocabulary();
+        for (label, tracks) in &self.remote_vocabulary.lock().1 {
+            let entry = merged.entry(label.clone()).or_default();
+            for track in tracks {
+                if !entry.contains(track) {
+                    entry.push(track.clone());
+                }
+            }
+        }
+        merged
+    }
+
+    fn local_vocabulary(&self) -> BTreeMap<String, Vec<String>> {
         let mut merged: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for shard in &self.shards {
             for (label, tracks) in shard.store.vocabulary() {
@@ -548,6 +656,17 @@ impl Engine {
     /// Series names of every asset, refreshed at most every few seconds (planning reads them
     /// per query to recognise "friends season 3").
     pub fn series_names(&self) -> Vec<String> {
+        let mut names = self.local_series_names();
+        for name in &self.remote_vocabulary.lock().2 {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names.sort();
+        names
+    }
+
+    fn local_series_names(&self) -> Vec<String> {
         const REFRESH: Duration = Duration::from_secs(5);
         {
             let cached = self.series_cache.lock();
@@ -600,6 +719,7 @@ impl Engine {
     }
 
     pub async fn plan(self: &Arc<Self>, request: SearchRequest) -> Result<Plan, ApiError> {
+        self.refresh_remote_vocabulary().await;
         let engine = self.clone();
         let deadline = self.request_timeout();
         let task = tokio::task::spawn_blocking(move || engine.plan_blocking(&request));
@@ -617,6 +737,8 @@ impl Engine {
     }
 
     /// Runs a compiled plan over every shard: hits, global statistics, candidates, evidence.
+    /// Each shard runs on this node's replica, or else on another node's (phase one hedged to
+    /// a second replica after [`HEDGE_AFTER`]; phases two and three go where phase one ran).
     pub async fn run_plan(self: &Arc<Self>, plan: Plan, strong: bool, started: Instant) -> Result<SearchResponse, ApiError> {
         // The permit travels into every blocking task, so work that outlives a timed-out
         // request still counts against the limit until it really ends.
@@ -633,106 +755,307 @@ impl Engine {
                 if !shard.wait_read_index(deadline.saturating_duration_since(tokio::time::Instant::now())).await? {
                     return Err(ApiError::new(
                         ErrorCode::Timeout,
-                        format!("shard {} did not index the latest writes in time; retry", shard.id),
+                        format!("shard {} could not confirm and index the latest writes in time; retry", shard.id),
                     )
                     .with_retry_after(1));
                 }
             }
         }
+        let shard_count = self.shard_map.shard_count() as usize;
+        let query_id: u64 = rand::random();
+        let remote_plan = if self.shards.len() < shard_count {
+            Some(plan.to_wire().map_err(|e| ApiError::internal(format!("cannot send the plan to other nodes: {e}")))?)
+        } else {
+            None
+        };
         let plan = Arc::new(plan);
-        let mut failed = vec![false; self.shards.len()];
         // Phase one on every shard: each leaf's hits, summarized for global statistics.
-        let mut tasks = Vec::with_capacity(self.shards.len());
-        for shard in &self.shards {
-            let (shard, plan, task_permit) = (shard.clone(), plan.clone(), permit.clone());
-            tasks.push(tokio::task::spawn_blocking(move || {
-                let _permit = task_permit;
-                let hits = search::shard_hits(&shard, &plan)?;
-                let summary = search::summarize(&hits, &plan);
-                Ok::<_, search::SearchError>((hits, summary))
-            }));
+        let mut tasks = Vec::with_capacity(shard_count);
+        for shard_id in 0..shard_count as ShardId {
+            let task = match (self.local_shard(shard_id), &remote_plan) {
+                (Some(shard), _) => {
+                    let (shard, plan, task_permit) = (shard.clone(), plan.clone(), permit.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = task_permit;
+                        let hits = search::shard_hits(&shard, &plan)?;
+                        let summary = search::summarize(&hits, &plan);
+                        Ok::<_, search::SearchError>((ShardWork::Local(hits), summary))
+                    })
+                }
+                (None, Some(wire)) => {
+                    let request = PeerRequest::SearchHits { query: query_id, shard: shard_id, plan: wire.clone(), strong };
+                    let (engine, replicas) = (self.clone(), self.shard_map.replicas(shard_id).to_vec());
+                    tokio::spawn(async move {
+                        match engine.hedged_call(&replicas, request, deadline).await {
+                            Ok((node, PeerReply::Summary(summary))) => Ok((ShardWork::Remote(node), summary)),
+                            Ok((node, other)) => Err(search::SearchError::Remote(format!("node {node} answered {other:?}"))),
+                            Err(e) => Err(search::SearchError::Remote(e.message)),
+                        }
+                    })
+                }
+                (None, None) => continue,
+            };
+            tasks.push((shard_id, task));
         }
-        let mut shard_hits: Vec<Option<search::ShardHits>> = Vec::with_capacity(self.shards.len());
+        let mut work: Vec<Option<ShardWork>> = (0..shard_count).map(|_| None).collect();
         let mut summaries = Vec::new();
-        for (position, task) in tasks.into_iter().enumerate() {
-            match self.await_shard(position, "hits", deadline, task).await {
-                Some((hits, summary)) => {
-                    shard_hits.push(Some(hits));
-                    summaries.push(summary);
-                }
-                None => {
-                    failed[position] = true;
-                    shard_hits.push(None);
-                }
+        for (shard_id, task) in tasks {
+            if let Some((shard_work, summary)) = self.await_shard(shard_id, "hits", deadline, task).await {
+                work[shard_id as usize] = Some(shard_work);
+                summaries.push(summary);
             }
         }
         let stats = Arc::new(search::global_stats(&plan, &summaries));
         // Phase two: fused scores, clips, the shard's best assets.
-        let mut tasks = Vec::with_capacity(self.shards.len());
-        for (position, hits) in shard_hits.into_iter().enumerate() {
-            let Some(hits) = hits else { continue };
-            let (shard, plan, stats, task_permit) = (self.shards[position].clone(), plan.clone(), stats.clone(), permit.clone());
-            tasks.push((
-                position,
-                tokio::task::spawn_blocking(move || {
-                    let _permit = task_permit;
-                    search::shard_candidates(&shard, &plan, hits, &stats)
-                }),
-            ));
-        }
-        let mut candidates: Vec<Option<Arc<search::ShardCandidates>>> = vec![None; self.shards.len()];
-        let (mut total_assets, mut remaining_assets) = (0, 0);
-        for (position, task) in tasks {
-            match self.await_shard(position, "candidates", deadline, task).await {
-                Some(shard_candidates) => {
-                    total_assets += shard_candidates.total_assets;
-                    remaining_assets += shard_candidates.remaining_assets;
-                    candidates[position] = Some(Arc::new(shard_candidates));
+        let mut tasks = Vec::with_capacity(shard_count);
+        for (shard_id, shard_work) in work.into_iter().enumerate() {
+            let shard_id = shard_id as ShardId;
+            let task = match shard_work {
+                None => continue,
+                Some(ShardWork::Local(hits)) => {
+                    let Some(shard) = self.local_shard(shard_id).cloned() else { continue };
+                    let (plan, stats, task_permit) = (plan.clone(), stats.clone(), permit.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = task_permit;
+                        let candidates = search::shard_candidates(&shard, &plan, hits, &stats)?;
+                        Ok((candidates.ranked_assets(), Some(Arc::new(candidates)), None))
+                    })
                 }
-                None => failed[position] = true,
+                Some(ShardWork::Remote(node)) => {
+                    let request = PeerRequest::SearchCandidates { query: query_id, shard: shard_id, stats: (*stats).clone() };
+                    let engine = self.clone();
+                    tokio::spawn(async move {
+                        match engine.remote_call(node, &request, deadline).await {
+                            Ok(PeerReply::Ranked(ranked)) => Ok((ranked, None, Some(node))),
+                            Ok(other) => Err(search::SearchError::Remote(format!("node {node} answered {other:?}"))),
+                            Err(e) => Err(search::SearchError::Remote(e.message)),
+                        }
+                    })
+                }
+            };
+            tasks.push((shard_id, task));
+        }
+        let mut ranked: Vec<Option<search::RankedAssets>> = vec![None; shard_count];
+        let mut local_candidates: Vec<Option<Arc<search::ShardCandidates>>> = vec![None; shard_count];
+        let mut remote_nodes: Vec<Option<NodeId>> = vec![None; shard_count];
+        let (mut total_assets, mut remaining_assets) = (0, 0);
+        for (shard_id, task) in tasks {
+            if let Some((shard_ranked, candidates, node)) = self.await_shard(shard_id, "candidates", deadline, task).await {
+                total_assets += shard_ranked.total_assets;
+                remaining_assets += shard_ranked.remaining_assets;
+                ranked[shard_id as usize] = Some(shard_ranked);
+                local_candidates[shard_id as usize] = candidates;
+                remote_nodes[shard_id as usize] = node;
             }
         }
         // Phase three only for the assets that make the global top `limit`: evidence costs
         // bucket reads, and each shard would otherwise pay for `limit` assets of its own.
-        let keep = search::choose_assets(&candidates, plan.limit);
+        let keep = search::choose_assets(&ranked, plan.limit);
         let mut finishing = Vec::new();
         for (position, keep) in keep.into_iter().enumerate() {
-            let Some(shard_candidates) = candidates[position].clone() else { continue };
+            let shard_id = position as ShardId;
+            if ranked[position].is_none() {
+                continue;
+            }
+            if let Some(node) = remote_nodes[position] {
+                // The remote session is dropped by phase three; send it even with nothing to keep.
+                let request = PeerRequest::SearchFinish { query: query_id, shard: shard_id, keep: keep.into_iter().collect() };
+                let engine = self.clone();
+                finishing.push((
+                    shard_id,
+                    tokio::spawn(async move {
+                        match engine.remote_call(node, &request, deadline).await {
+                            Ok(PeerReply::Json(bytes)) => serde_json::from_slice::<Vec<AssetHits>>(&bytes)
+                                .map_err(|e| search::SearchError::Remote(format!("node {node} sent unreadable results: {e}"))),
+                            Ok(other) => Err(search::SearchError::Remote(format!("node {node} answered {other:?}"))),
+                            Err(e) => Err(search::SearchError::Remote(e.message)),
+                        }
+                    }),
+                ));
+                continue;
+            }
+            let (Some(shard_candidates), Some(shard)) = (local_candidates[position].clone(), self.local_shard(shard_id).cloned()) else {
+                continue;
+            };
             if keep.is_empty() {
                 continue;
             }
-            let (shard, plan, task_permit) = (self.shards[position].clone(), plan.clone(), permit.clone());
+            let (plan, task_permit) = (plan.clone(), permit.clone());
             let task = tokio::task::spawn_blocking(move || {
                 let _permit = task_permit;
                 search::finish_assets(&shard, &plan, &shard_candidates, &keep)
             });
-            finishing.push((position, task));
+            finishing.push((shard_id, task));
         }
         let mut assets = Vec::new();
-        for (position, task) in finishing {
-            match self.await_shard(position, "evidence", deadline, task).await {
+        let mut finished_ok = vec![true; shard_count];
+        for (shard_id, task) in finishing {
+            match self.await_shard(shard_id, "evidence", deadline, task).await {
                 Some(mut shard_assets) => assets.append(&mut shard_assets),
-                None => failed[position] = true,
+                None => finished_ok[shard_id as usize] = false,
             }
         }
-        // Shards this node does not hold did not answer: counted, never silently missing.
-        let total = self.shard_map.shard_count() as usize;
-        let failed_count = failed.iter().filter(|f| **f).count() + (total - self.shards.len());
-        let counts = ShardCounts { total, ok: total - failed_count, failed: failed_count };
+        // A shard counts as answered only if every phase it took part in succeeded.
+        let ok = (0..shard_count).filter(|&i| ranked[i].is_some() && finished_ok[i]).count();
+        let counts = ShardCounts { total: shard_count, ok, failed: shard_count - ok };
         let took = started.elapsed();
         self.metrics.query_seconds.with_label_values(&["search"]).observe(took.as_secs_f64());
         Ok(search::merge(assets, (total_assets, remaining_assets), &plan, counts, took.as_millis() as u64))
     }
 
+    /// A call to one node, bounded by `deadline`.
+    async fn remote_call(&self, node: NodeId, request: &PeerRequest, deadline: tokio::time::Instant) -> Result<PeerReply, ApiError> {
+        let Some(net) = &self.net else { return Err(ApiError::unavailable("this node has no peers")) };
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match net.call(node, request, timeout).await? {
+            PeerReply::Error(e) => Err(e),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Sends `request` to the first replica, and to the next one too when no answer came
+    /// within [`HEDGE_AFTER`] or the previous one failed; the first success wins. A replica that
+    /// failed fast (not connected: maybe restarting) is asked again after a pause while time
+    /// remains, so a search outlives a replica's reconnect instead of failing its shard.
+    async fn hedged_call(
+        self: &Arc<Self>,
+        replicas: &[NodeId],
+        request: PeerRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<(NodeId, PeerReply), ApiError> {
+        let Some(net) = self.net.clone() else { return Err(ApiError::unavailable("this node has no peers")) };
+        // Replicas this node is not cut off from, in a per-request order that spreads load.
+        let mut order: Vec<NodeId> = replicas.iter().copied().filter(|n| *n != self.node_id() && !net.is_isolated_from(*n)).collect();
+        if order.is_empty() {
+            return Err(ApiError::unavailable("no reachable replica"));
+        }
+        let rotate = rand::random::<usize>() % order.len();
+        order.rotate_left(rotate);
+        // (when to start, replica, whether it may start early because nothing else is pending):
+        // first asks may, retries wait out their pause.
+        let mut waiting: std::collections::VecDeque<(tokio::time::Instant, NodeId, bool)> =
+            order.iter().enumerate().map(|(i, node)| (tokio::time::Instant::now() + HEDGE_AFTER * i as u32, *node, true)).collect();
+        let mut pending = tokio::task::JoinSet::new();
+        let mut last_error = ApiError::unavailable("no replica answered");
+        loop {
+            let now = tokio::time::Instant::now();
+            // Start every call that is due; the first one at once.
+            while waiting.front().is_some_and(|(at, _, early)| *at <= now || (*early && pending.is_empty())) {
+                let Some((_, node, _)) = waiting.pop_front() else { break };
+                let (net, request) = (net.clone(), request.clone());
+                let timeout = deadline.saturating_duration_since(now);
+                pending.spawn(async move { (node, net.call(node, &request, timeout).await) });
+            }
+            let next_start = waiting.front().map_or(deadline, |(at, _, _)| (*at).min(deadline));
+            tokio::select! {
+                joined = pending.join_next() => match joined {
+                    Some(Ok((node, Ok(PeerReply::Error(e))))) | Some(Ok((node, Err(e)))) => {
+                        tracing::debug!(node, error = %e.message, "replica failed a search phase");
+                        let retry_at = tokio::time::Instant::now() + REPLICA_RETRY_PAUSE;
+                        if e.code == ErrorCode::Unavailable && retry_at < deadline {
+                            waiting.push_back((retry_at, node, false));
+                        }
+                        last_error = e;
+                    }
+                    Some(Ok((node, Ok(reply)))) => return Ok((node, reply)),
+                    Some(Err(e)) => last_error = ApiError::internal(e.to_string()),
+                    None => {
+                        if waiting.is_empty() {
+                            return Err(last_error);
+                        }
+                        tokio::time::sleep_until(next_start).await;
+                    }
+                },
+                _ = tokio::time::sleep_until(next_start), if !waiting.is_empty() => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(ApiError::new(ErrorCode::Timeout, format!("no replica answered in time (last error: {})", last_error.message)).with_retry_after(1)),
+            }
+        }
+    }
+
+    /// A peer's search phase on this node's replica (blocking work on the blocking pool).
+    pub async fn handle_search_phase(self: &Arc<Self>, request: PeerRequest) -> PeerReply {
+        let engine = self.clone();
+        let strong_wait = match &request {
+            PeerRequest::SearchHits { shard, strong: true, .. } => self.local_shard(*shard).cloned(),
+            _ => None,
+        };
+        if let Some(shard) = strong_wait {
+            match shard.wait_read_index(self.request_timeout()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return PeerReply::Error(ApiError::new(ErrorCode::Timeout, "read index not reached in time").with_retry_after(1))
+                }
+                Err(e) => return PeerReply::Error(e),
+            }
+        }
+        match tokio::task::spawn_blocking(move || engine.search_phase_blocking(request)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => PeerReply::Error(e),
+            Err(e) => PeerReply::Error(ApiError::internal(format!("search phase failed: {e}"))),
+        }
+    }
+
+    fn search_phase_blocking(&self, request: PeerRequest) -> Result<PeerReply, ApiError> {
+        let internal = |e: search::SearchError| ApiError::internal(e.to_string());
+        let missing = |shard: ShardId| ApiError::unavailable(format!("shard {shard} is not on node {}", self.node_id()));
+        let expired = || ApiError::unavailable("the search expired on this replica; retry the search");
+        match request {
+            PeerRequest::SearchHits { query, shard, plan, .. } => {
+                let replica = self.local_shard(shard).ok_or_else(|| missing(shard))?;
+                let plan =
+                    Arc::new(Plan::from_wire(&plan).map_err(|e| ApiError::internal(format!("unreadable plan from the coordinator: {e}")))?);
+                let hits = search::shard_hits(replica, &plan).map_err(internal)?;
+                let summary = search::summarize(&hits, &plan);
+                self.store_remote_search(query, shard, RemoteSearch { plan, hits: Some(hits), candidates: None, at: Instant::now() })?;
+                Ok(PeerReply::Summary(summary))
+            }
+            PeerRequest::SearchCandidates { query, shard, stats } => {
+                let replica = self.local_shard(shard).ok_or_else(|| missing(shard))?;
+                let mut session = self.remote_searches.lock().remove(&(query, shard)).ok_or_else(expired)?;
+                let hits = session.hits.take().ok_or_else(expired)?;
+                let candidates = search::shard_candidates(replica, &session.plan, hits, &stats).map_err(internal)?;
+                let ranked = candidates.ranked_assets();
+                session.candidates = Some(Arc::new(candidates));
+                self.store_remote_search(query, shard, session)?;
+                Ok(PeerReply::Ranked(ranked))
+            }
+            PeerRequest::SearchFinish { query, shard, keep } => {
+                let replica = self.local_shard(shard).ok_or_else(|| missing(shard))?;
+                let session = self.remote_searches.lock().remove(&(query, shard)).ok_or_else(expired)?;
+                let candidates = session.candidates.ok_or_else(expired)?;
+                let assets = if keep.is_empty() {
+                    Vec::new()
+                } else {
+                    search::finish_assets(replica, &session.plan, &candidates, &keep.into_iter().collect()).map_err(internal)?
+                };
+                Ok(PeerReply::Json(serde_json::to_vec(&assets).map_err(|e| ApiError::internal(e.to_string()))?))
+            }
+            other => Err(ApiError::internal(format!("not a search phase: {other:?}"))),
+        }
+    }
+
+    /// Keeps a peer's search between its phases; bounded in count and age.
+    fn store_remote_search(&self, query: u64, shard: ShardId, session: RemoteSearch) -> Result<(), ApiError> {
+        let mut sessions = self.remote_searches.lock();
+        if sessions.len() >= REMOTE_SEARCHES_MAX {
+            let timeout = self.request_timeout();
+            sessions.retain(|_, s| s.at.elapsed() < timeout);
+        }
+        if sessions.len() >= REMOTE_SEARCHES_MAX {
+            return Err(ApiError::overloaded("too many searches from other nodes in flight; retry shortly"));
+        }
+        sessions.insert((query, shard), session);
+        Ok(())
+    }
+
     /// One shard's task of a search phase; `None` (logged) when it failed or ran out of time.
     async fn await_shard<T>(
         &self,
-        position: usize,
+        shard_id: ShardId,
         phase: &str,
         deadline: tokio::time::Instant,
         task: tokio::task::JoinHandle<Result<T, search::SearchError>>,
     ) -> Option<T> {
-        let shard_id = self.shards[position].id;
         match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(Ok(value))) => return Some(value),
             Ok(Ok(Err(e))) => tracing::error!(shard = shard_id, phase, error = %e, "shard search failed"),
@@ -962,6 +1285,24 @@ fn replica_json(status: &ReplicaStatus, local: bool, reachable: bool) -> serde_j
     })
 }
 
+fn json_reply<T: serde::Serialize>(value: &T) -> Result<PeerReply, ApiError> {
+    serde_json::to_vec(value).map(PeerReply::Json).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Where phase one of a search ran on a shard (phases two and three follow it).
+enum ShardWork {
+    Local(search::ShardHits),
+    Remote(NodeId),
+}
+
+/// A peer's search on this node between its phases.
+struct RemoteSearch {
+    plan: Arc<Plan>,
+    hits: Option<search::ShardHits>,
+    candidates: Option<Arc<search::ShardCandidates>>,
+    at: Instant,
+}
+
 /// Where a routed write ended.
 enum Routed {
     Done(ApplyOutcome),
@@ -1007,6 +1348,13 @@ async fn serve_peers(engine: std::sync::Weak<Engine>, mut inbound: tokio::sync::
                             crate::peer::encode_reply(&engine.handle_forwarded_propose(shard, command).await)
                         }
                         Ok(PeerRequest::Status) => crate::peer::encode_reply(&PeerReply::Status(engine.local_replicas())),
+                        Ok(
+                            request @ (PeerRequest::SearchHits { .. }
+                            | PeerRequest::SearchCandidates { .. }
+                            | PeerRequest::SearchFinish { .. }),
+                        ) => crate::peer::encode_reply(&engine.handle_search_phase(request).await),
+                        Ok(PeerRequest::Vocabulary) => crate::peer::encode_reply(&engine.local_vocabulary_reply()),
+                        Ok(PeerRequest::AssetRead(read)) => crate::peer::encode_reply(&engine.handle_asset_read(read).await),
                     };
                     let _ = responder.respond(reply);
                 });

@@ -11,6 +11,8 @@ use rushes_protocol::{ApiError, AssetRecord, ErrorCode, SearchRequest};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::peer::{AssetRead, PeerReply};
+
 use crate::captions;
 use crate::engine::Engine;
 
@@ -205,17 +207,15 @@ async fn put_asset(request: HttpRequest, payload: web::Payload) -> HttpResult {
 async fn get_asset(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
     let asset_id = asset_id_from(&request, &engine)?;
-    // Decodes every annotation of the asset: blocking work.
-    let view = web::block(move || engine.asset_view(&asset_id)).await.map_err(|e| HttpError(ApiError::internal(e.to_string())))??;
-    Ok(HttpResponse::Ok().json(view))
+    // Decodes every annotation of the asset: blocking work (or a replica's, on another node).
+    read_reply(engine.read_asset(AssetRead::View { asset_id }).await?)
 }
 
 async fn get_raw_annotation(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
     let asset_id = asset_id_from(&request, &engine)?;
     let annotation_id = request.match_info().get("annotation_id").unwrap_or("").to_string();
-    let raw = engine.raw_annotation(&asset_id, &annotation_id)?;
-    Ok(HttpResponse::Ok().content_type("application/json").body(raw))
+    read_reply(engine.read_asset(AssetRead::RawAnnotation { asset_id, annotation_id }).await?)
 }
 
 #[derive(Deserialize)]
@@ -234,7 +234,16 @@ async fn get_buckets(request: HttpRequest) -> HttpResult {
     let engine = engine_of(&request)?;
     let asset_id = asset_id_from(&request, &engine)?;
     let range: RangeQuery = query_params(&request)?;
-    Ok(HttpResponse::Ok().json(engine.buckets(&asset_id, range.from_ms, range.to_ms)?))
+    read_reply(engine.read_asset(AssetRead::Buckets { asset_id, from_ms: range.from_ms, to_ms: range.to_ms }).await?)
+}
+
+/// A read's JSON (or the stored annotation's raw bytes, which are JSON too).
+fn read_reply(reply: PeerReply) -> HttpResult {
+    match reply {
+        PeerReply::Json(bytes) | PeerReply::Raw(bytes) => Ok(HttpResponse::Ok().content_type("application/json").body(bytes)),
+        PeerReply::Error(e) => Err(HttpError(e)),
+        other => Err(HttpError(ApiError::internal(format!("unexpected reply to a read: {other:?}")))),
+    }
 }
 
 async fn post_search(request: HttpRequest, payload: web::Payload) -> HttpResult {

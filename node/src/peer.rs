@@ -21,6 +21,8 @@ use rushes_protocol::ApiError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::plan::WirePlan;
+use crate::search::{GlobalStats, LeafSummary, RankedAssets};
 use crate::shard::RaftOutbox;
 use crate::store::ApplyOutcome;
 
@@ -39,6 +41,27 @@ pub enum PeerRequest {
     Propose { shard: ShardId, command: Vec<u8> },
     /// The receiver's local replicas (for `GET /v1/cluster`).
     Status,
+    /// Search phase one on the receiver's replica of `shard`: every leaf's hits, kept there
+    /// under `query` for the next phases; replies with their summaries. `strong` first waits
+    /// for a read index.
+    SearchHits { query: u64, shard: ShardId, plan: WirePlan, strong: bool },
+    /// Phase two with the global statistics: the shard's ranked assets.
+    SearchCandidates { query: u64, shard: ShardId, stats: GlobalStats },
+    /// Phase three: clips and evidence of the chosen assets (then the session is dropped).
+    SearchFinish { query: u64, shard: ShardId, keep: Vec<String> },
+    /// Label vocabulary and series names of the receiver's replicas (query understanding on a
+    /// node that does not hold every shard).
+    Vocabulary,
+    /// A read of one asset's data on the receiver's replica.
+    AssetRead(AssetRead),
+}
+
+/// Reads a node without the asset's shard forwards to a replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AssetRead {
+    View { asset_id: String },
+    RawAnnotation { asset_id: String, annotation_id: String },
+    Buckets { asset_id: String, from_ms: Option<u64>, to_ms: Option<u64> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +74,16 @@ pub enum PeerReply {
     },
     Error(ApiError),
     Status(Vec<ReplicaStatus>),
+    Summary(Vec<LeafSummary>),
+    Ranked(RankedAssets),
+    /// JSON bytes (search results and reads: their API types are JSON-shaped).
+    Json(Vec<u8>),
+    /// Raw bytes (a stored annotation exactly as received).
+    Raw(Vec<u8>),
+    Vocabulary {
+        labels: Vec<(String, Vec<String>)>,
+        series: Vec<String>,
+    },
 }
 
 /// One local replica as its node sees it.

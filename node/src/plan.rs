@@ -15,7 +15,7 @@ use rushes_protocol::{
     ApiError, BoolOperator, Clause, ErrorCode, Filters, FusionMethod, Fuzziness, GroupBy, SearchMode, SearchRequest, VectorMetricName,
     MAX_CLAUSE_DEPTH,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::embedder::{EmbedError, Embedder};
 use crate::index::{stem_language, stem_tokens, tokenize, VectorMetric, STEM_LANGUAGES};
@@ -37,7 +37,7 @@ pub const MAX_SEQUENCE_WITHIN_MS: u64 = 3_600_000;
 pub const MAX_WEIGHT: f64 = 1000.0;
 pub const MAX_EF: usize = 10_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClauseSource {
     Clauses,
@@ -45,7 +45,7 @@ pub enum ClauseSource {
 }
 
 /// Where a vector clause's query vector came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "from", rename_all = "snake_case")]
 pub enum VectorOrigin {
     Client,
@@ -53,7 +53,7 @@ pub enum VectorOrigin {
 }
 
 /// A clause that runs against the index and yields scored seconds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Leaf {
     Label {
@@ -75,7 +75,7 @@ pub enum Leaf {
         /// With `or`: how many of the words a second must hold.
         minimum_should_match: usize,
         /// Stemming languages (ISO 639-1).
-        languages: Vec<&'static str>,
+        languages: Vec<String>,
         #[serde(skip)]
         stems: Vec<(usize, Vec<String>)>,
         weight: f64,
@@ -85,7 +85,7 @@ pub enum Leaf {
         text: String,
         words: Vec<String>,
         slop: u32,
-        languages: Vec<&'static str>,
+        languages: Vec<String>,
         #[serde(skip)]
         stems: Vec<(usize, Vec<String>)>,
         weight: f64,
@@ -117,7 +117,7 @@ impl Leaf {
 
 /// How leaves combine: seconds where all hold (`while`), any holds (`any`), or one follows
 /// another (`sequence`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PlanNode {
     Leaf { leaf: usize },
@@ -126,14 +126,14 @@ pub enum PlanNode {
     Sequence { first: Box<PlanNode>, then: Box<PlanNode>, within_ms: u64 },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FusionSettings {
     pub method: FusionMethod,
     pub rank_constant: u32,
     pub rank_window: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CurationSettings {
     pub gap_ms: u64,
     pub snap_to_shots: bool,
@@ -175,7 +175,7 @@ impl Cursor {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub leaves: Vec<Leaf>,
     pub root: PlanNode,
@@ -193,10 +193,63 @@ pub struct Plan {
     /// Filtered vector searches that leave at most this many vectors run exactly.
     pub exact_vector_max_candidates: usize,
     /// What `q` became, step by step.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub understanding: Option<Understood>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub warnings: Vec<String>,
+}
+
+/// A plan as sent to another node's replica of a shard: JSON (the plan's tagged enums need a
+/// self-describing format) plus what the JSON form leaves out: the query vectors and the cursor.
+/// Stems are recomputed on arrival from each clause's text and languages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WirePlan {
+    pub json: Vec<u8>,
+    /// One per leaf (empty for leaves without a vector).
+    pub vectors: Vec<Vec<f32>>,
+    pub cursor: Option<(f64, String)>,
+}
+
+impl Plan {
+    pub fn to_wire(&self) -> Result<WirePlan, String> {
+        let json = serde_json::to_vec(self).map_err(|e| format!("plan to JSON: {e}"))?;
+        let vectors = self
+            .leaves
+            .iter()
+            .map(|leaf| match leaf {
+                Leaf::Vector { vector, .. } => vector.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let cursor = self.cursor.as_ref().map(|c| (c.score, c.asset_id.clone()));
+        Ok(WirePlan { json, vectors, cursor })
+    }
+
+    pub fn from_wire(wire: &WirePlan) -> Result<Plan, String> {
+        let mut plan: Plan = serde_json::from_slice(&wire.json).map_err(|e| format!("plan from JSON: {e}"))?;
+        if wire.vectors.len() != plan.leaves.len() {
+            return Err(format!("{} vectors for {} leaves", wire.vectors.len(), plan.leaves.len()));
+        }
+        let positions = |codes: &[String]| -> Result<Vec<usize>, String> {
+            codes.iter().map(|code| stem_language(code).ok_or_else(|| format!("unknown stemming language {code:?}"))).collect()
+        };
+        for (leaf, wire_vector) in plan.leaves.iter_mut().zip(&wire.vectors) {
+            match leaf {
+                Leaf::Words { text, words, languages, stems, .. } | Leaf::Phrase { text, words, languages, stems, .. } => {
+                    *stems = stems_of(&positions(languages)?, text, words.len());
+                }
+                Leaf::Vector { vector, dimensions, .. } => {
+                    if wire_vector.len() != *dimensions {
+                        return Err(format!("a vector of {} dimensions for a {dimensions}-dimension clause", wire_vector.len()));
+                    }
+                    *vector = wire_vector.clone();
+                }
+                Leaf::Label { .. } => {}
+            }
+        }
+        plan.cursor = wire.cursor.clone().map(|(score, asset_id)| Cursor { score, asset_id });
+        Ok(plan)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -316,7 +369,7 @@ impl Builder<'_, '_> {
         }
         let languages = languages_for(field, spec.language.or(self.language.as_deref()))?;
         let stems = stems_of(&languages, text, words.len());
-        let codes = languages.iter().map(|&p| STEM_LANGUAGES[p].0).collect();
+        let codes = languages.iter().map(|&p| STEM_LANGUAGES[p].0.to_string()).collect();
         Ok(Some(match spec.kind {
             WordsKind::Words { operator, fuzziness } => Leaf::Words {
                 text: text.to_string(),

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
-use std::sync::Arc;
 
 use rushes_protocol::codec;
 use rushes_protocol::model::{BucketEntryRef, BucketRef, BUCKET_FORMAT};
@@ -59,6 +58,9 @@ pub enum SearchError {
     Tantivy(#[from] tantivy::TantivyError),
     #[error("usearch: {0}")]
     Vector(String),
+    /// Another node's replica could not run its part.
+    #[error("remote replica: {0}")]
+    Remote(String),
 }
 
 /// One key per (asset ordinal, bucket) that sorts by asset, then time: per-asset runs and
@@ -104,7 +106,7 @@ pub struct ShardHits {
 }
 
 /// What the coordinator needs of one leaf on one shard.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct LeafSummary {
     min: Option<f32>,
     max: Option<f32>,
@@ -115,12 +117,12 @@ pub struct LeafSummary {
 }
 
 /// Statistics of each leaf over all shards.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct GlobalStats {
     leaves: Vec<LeafStats>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct LeafStats {
     min: f32,
     max: f32,
@@ -451,15 +453,35 @@ fn shots_around(shard: &Shard, asset_id: &str, clip: &RawClip) -> Result<Vec<(u6
 
 /// The coordinator's choice between phases: the `limit` best assets over all shards (ties by
 /// asset id), as the asset ids to finish per shard position.
-pub fn choose_assets(candidates: &[Option<Arc<ShardCandidates>>], limit: usize) -> Vec<HashSet<String>> {
+/// What the coordinator needs of a shard's phase two: its ranked assets and counts.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RankedAssets {
+    /// (score, asset id), best first.
+    pub ranked: Vec<(f64, String)>,
+    pub total_assets: usize,
+    pub remaining_assets: usize,
+}
+
+impl ShardCandidates {
+    pub fn ranked_assets(&self) -> RankedAssets {
+        RankedAssets {
+            ranked: self.ranked.iter().map(|(score, asset_id, _)| (*score, asset_id.clone())).collect(),
+            total_assets: self.total_assets,
+            remaining_assets: self.remaining_assets,
+        }
+    }
+}
+
+/// The global top `limit` assets over every shard's ranking: which assets each shard finishes.
+pub fn choose_assets(shards: &[Option<RankedAssets>], limit: usize) -> Vec<HashSet<String>> {
     let mut all: Vec<(f64, &str, usize)> = Vec::new();
-    for (position, shard) in candidates.iter().enumerate() {
-        for (score, asset_id, _) in shard.iter().flat_map(|c| c.ranked.iter()) {
+    for (position, shard) in shards.iter().enumerate() {
+        for (score, asset_id) in shard.iter().flat_map(|c| c.ranked.iter()) {
             all.push((*score, asset_id.as_str(), position));
         }
     }
     all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    let mut keep: Vec<HashSet<String>> = vec![HashSet::new(); candidates.len()];
+    let mut keep: Vec<HashSet<String>> = vec![HashSet::new(); shards.len()];
     for (_, asset_id, position) in all.into_iter().take(limit) {
         keep[position].insert(asset_id.to_string());
     }
@@ -942,14 +964,15 @@ mod tests {
     #[test]
     fn coordinator_keeps_the_global_best_assets_only() {
         let shard = |assets: &[(f64, &str)]| {
-            Some(Arc::new(ShardCandidates {
+            let candidates = ShardCandidates {
                 ranked: assets.iter().map(|(score, id)| (*score, id.to_string(), vec![])).collect(),
                 total_assets: assets.len(),
                 remaining_assets: assets.len(),
                 seconds: HashMap::new(),
                 leaf_hits: vec![],
                 min_similarity: vec![],
-            }))
+            };
+            Some(candidates.ranked_assets())
         };
         let candidates = vec![shard(&[(0.9, "a1"), (0.5, "a2")]), None, shard(&[(0.9, "b1"), (0.8, "b2"), (0.1, "b3")])];
         let keep = choose_assets(&candidates, 3);
@@ -1016,7 +1039,7 @@ mod tests {
                 words,
                 operator: BoolOperator::Or,
                 minimum_should_match: 1,
-                languages: vec!["en"],
+                languages: vec!["en".to_string()],
                 stems,
                 weight: 1.0,
                 source: ClauseSource::Query,
