@@ -26,6 +26,9 @@ pub struct ClusterBenchOptions {
     pub base_port: u16,
     /// Annotations written while a replica is down, for the catch-up measurement.
     pub catch_up_annotations: usize,
+    /// Node processes (replication factor 3): with more than 3, queries go through a node that
+    /// lacks some shards, so they measure scatter-gather to other nodes.
+    pub nodes: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -37,7 +40,9 @@ pub struct ClusterBenchReport {
     pub ingest_seconds: f64,
     pub ingest_annotations_per_s: f64,
     pub replicated_and_indexed_after_last_ack_s: f64,
-    /// Searches sent to node 2, which coordinates them over its replicas.
+    /// The node the searches were sent to, and how many shards it holds itself.
+    pub query_node: usize,
+    pub query_node_local_shards: usize,
     pub queries: Vec<LatencyRow>,
     /// SIGKILL of the node leading shard 0 → first acknowledged write to shard 0 via another node.
     pub failover_seconds: f64,
@@ -47,7 +52,7 @@ pub struct ClusterBenchReport {
     pub machine: String,
 }
 
-const NODES: usize = 3;
+const REPLICATION_FACTOR: usize = 3;
 const SHARDS: u32 = 4;
 const BATCH_LINES: usize = 2000;
 
@@ -106,8 +111,8 @@ fn converged(client: &Client) -> bool {
         shards.iter().all(|shard| {
             let replicas = shard["replicas"].as_array().cloned().unwrap_or_default();
             let commits: Vec<u64> = replicas.iter().filter_map(|r| r["commit_index"].as_u64()).collect();
-            replicas.len() == NODES
-                && commits.len() == NODES
+            replicas.len() == REPLICATION_FACTOR
+                && commits.len() == REPLICATION_FACTOR
                 && replicas.iter().all(|r| {
                     r["applied_index"].as_u64() == commits.iter().max().copied()
                         && r["indexed_index"].as_u64() >= r["applied_index"].as_u64()
@@ -154,8 +159,13 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     ensure_sample(&sample, &gen_config, false)?;
     let dir = std::path::absolute(options.work_dir.join(format!("cluster-bench-{}", std::process::id())))?;
     let _ = std::fs::remove_dir_all(&dir);
-    let layout =
-        LocalClusterOptions { nodes: NODES, data_dir: dir.clone(), base_port: options.base_port, shards: SHARDS, replication_factor: 3 };
+    let layout = LocalClusterOptions {
+        nodes: options.nodes,
+        data_dir: dir.clone(),
+        base_port: options.base_port,
+        shards: SHARDS,
+        replication_factor: REPLICATION_FACTOR,
+    };
     let configs = write_configs(&layout)?;
     for config in &configs {
         // Hybrid queries embed their semantic words with the season's offline embedder.
@@ -193,14 +203,26 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         clients[0].send("PUT", &format!("/v1/assets/{asset_id}"), "application/json", &serde_json::to_vec(&value)?)?;
     }
     let lines: Vec<String> = std::fs::read_to_string(sample.join("annotations.ndjson"))?.lines().map(str::to_string).collect();
-    println!("ingesting {} annotations through {} nodes with {} clients", lines.len(), NODES, options.clients);
+    println!("ingesting {} annotations through {} nodes with {} clients", lines.len(), options.nodes, options.clients);
     let (annotations, ingest_seconds) = ingest(batches_of(&lines), &urls, options.clients)?;
     if annotations != lines.len() as u64 {
         return Err(format!("acknowledged {annotations} of {} annotations", lines.len()).into());
     }
     let replicated = wait_for("every replica to apply and index everything", Duration::from_secs(1800), || converged(&clients[0]))?;
 
-    // Queries through node 2.
+    // Queries through the node holding the fewest shards (node 2 when every node holds all).
+    let status = clients[0].get_json("/v1/cluster")?;
+    let local_shards = |node: usize| {
+        status["shards"].as_array().map_or(0, |shards| {
+            shards
+                .iter()
+                .filter(|s| s["replicas"].as_array().is_some_and(|r| r.iter().any(|r| r["node"].as_u64() == Some(node as u64))))
+                .count()
+        })
+    };
+    let query_node = (1..=options.nodes).min_by_key(|&n| (local_shards(n), n != 2)).unwrap_or(2);
+    let query_node_local_shards = local_shards(query_node);
+    println!("querying through node {query_node}, which holds {query_node_local_shards} of {SHARDS} shards");
     let truths = crate::bench::load_truths(&sample)?;
     let season = gen::plan_season(&gen_config);
     let mut queries = Vec::new();
@@ -209,7 +231,7 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         let mut assets = 0usize;
         for request in &requests {
             let started = Instant::now();
-            let response = clients[1].search(request)?;
+            let response = clients[query_node - 1].search(request)?;
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
             if response.shards.failed > 0 {
                 return Err(format!("a {kind} query had {} failed shards", response.shards.failed).into());
@@ -268,8 +290,10 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ClusterBenchReport {
-        nodes: NODES,
-        replication_factor: 3,
+        nodes: options.nodes,
+        replication_factor: REPLICATION_FACTOR,
+        query_node,
+        query_node_local_shards,
         shards: SHARDS,
         annotations,
         ingest_seconds,
@@ -293,7 +317,10 @@ pub fn print_cluster_report(report: &ClusterBenchReport) {
         "ingest (acknowledged on a quorum): {:.0} annotations/s ({:.1} s); every replica indexed {:.1} s after the last ack",
         report.ingest_annotations_per_s, report.ingest_seconds, report.replicated_and_indexed_after_last_ack_s
     );
-    println!("| query kind (through node 2) | queries | p50 ms | p99 ms | mean ms |");
+    println!(
+        "| query kind (through node {}, holding {} of {} shards) | queries | p50 ms | p99 ms | mean ms |",
+        report.query_node, report.query_node_local_shards, report.shards
+    );
     println!("|---|---:|---:|---:|---:|");
     for row in &report.queries {
         println!("| {} | {} | {:.1} | {:.1} | {:.1} |", row.kind, row.queries, row.p50_ms, row.p99_ms, row.mean_ms);

@@ -186,6 +186,10 @@ enum ClusterCommand {
         /// Annotations written while a replica is down.
         #[arg(long, default_value_t = 100_000)]
         catch_up: usize,
+        /// Node processes (3..=9; replication factor 3). Above 3, searches go through a node
+        /// that lacks shards.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
         /// Also write the report as JSON here.
         #[arg(long)]
         json_out: Option<PathBuf>,
@@ -342,7 +346,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             rushes_node::local_cluster::run(&options, &binary, || stop.load(std::sync::atomic::Ordering::SeqCst))?;
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Bench { hours, seed, work_dir, clients, queries, base_port, catch_up, json_out } } => {
+        Command::Cluster {
+            command: ClusterCommand::Bench { hours, seed, work_dir, clients, queries, base_port, catch_up, nodes, json_out },
+        } => {
+            if !(3..=9).contains(&nodes) {
+                return Err("--nodes must be 3..=9 (replication factor 3)".into());
+            }
             init_logging("warn", false);
             if !(hours.is_finite() && hours > 0.0 && hours <= 10_000.0) {
                 return Err("--hours must be in (0, 10000]".into());
@@ -355,6 +364,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 queries_per_kind: queries.max(1),
                 base_port,
                 catch_up_annotations: catch_up,
+                nodes,
             })?;
             rushes_node::cluster_bench::print_cluster_report(&report);
             if let Some(path) = json_out {
