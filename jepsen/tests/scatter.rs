@@ -28,7 +28,7 @@ fn comparable(reply: &Value) -> Value {
 #[test]
 fn every_node_answers_every_search_identically_with_replication_factor_2() {
     let dir = match std::env::var_os("JEPSEN_DIR") {
-        Some(base) => tempfile::Builder::new().prefix("scatter-").keep(true).tempdir_in(base).expect("tempdir"),
+        Some(base) => tempfile::Builder::new().prefix("scatter-").disable_cleanup(true).tempdir_in(base).expect("tempdir"),
         None => tempfile::tempdir().expect("tempdir"),
     };
     let mut options = rushes_jepsen::ClusterOptions::new(3, SHARDS, 2);

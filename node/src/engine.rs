@@ -64,10 +64,13 @@ pub const SUGGEST_WARM_LABELS_MAX: usize = 256;
 const SUGGEST_WARM_CHECK: Duration = Duration::from_secs(1);
 /// A remote search phase one that has not answered after this is also sent to another replica.
 const HEDGE_AFTER: Duration = Duration::from_millis(150);
-/// A replica that failed fast (not connected) is asked again after this pause.
+/// A replica that failed fast (not connected) is asked again after this pause, for at most
+/// [`REPLICA_RETRY_WINDOW`]: long enough to ride out a reconnect, short enough that a shard
+/// whose replicas are all down is reported failed quickly.
 const REPLICA_RETRY_PAUSE: Duration = Duration::from_millis(250);
+const REPLICA_RETRY_WINDOW: Duration = Duration::from_secs(3);
 /// Peers' searches kept between their phases on this node.
-const REMOTE_SEARCHES_MAX: usize = 256;
+const REMOTE_SEARCHES_MAX: usize = 64;
 /// Longest wait for one forwarded write before routing again.
 const FORWARD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of a status request to a peer (`GET /v1/cluster`).
@@ -931,6 +934,7 @@ impl Engine {
         }
         let rotate = rand::random::<usize>() % order.len();
         order.rotate_left(rotate);
+        let started = tokio::time::Instant::now();
         // (when to start, replica, whether it may start early because nothing else is pending):
         // first asks may, retries wait out their pause.
         let mut waiting: std::collections::VecDeque<(tokio::time::Instant, NodeId, bool)> =
@@ -952,7 +956,7 @@ impl Engine {
                     Some(Ok((node, Ok(PeerReply::Error(e))))) | Some(Ok((node, Err(e)))) => {
                         tracing::debug!(node, error = %e.message, "replica failed a search phase");
                         let retry_at = tokio::time::Instant::now() + REPLICA_RETRY_PAUSE;
-                        if e.code == ErrorCode::Unavailable && retry_at < deadline {
+                        if e.code == ErrorCode::Unavailable && retry_at < deadline.min(started + REPLICA_RETRY_WINDOW) {
                             waiting.push_back((retry_at, node, false));
                         }
                         last_error = e;
@@ -1037,10 +1041,10 @@ impl Engine {
     /// Keeps a peer's search between its phases; bounded in count and age.
     fn store_remote_search(&self, query: u64, shard: ShardId, session: RemoteSearch) -> Result<(), ApiError> {
         let mut sessions = self.remote_searches.lock();
-        if sessions.len() >= REMOTE_SEARCHES_MAX {
-            let timeout = self.request_timeout();
-            sessions.retain(|_, s| s.at.elapsed() < timeout);
-        }
+        // Sessions outlive their coordinator's deadline only when it gave up (or lost a hedge):
+        // drop those on every insert, so memory follows the searches really in flight.
+        let timeout = self.request_timeout();
+        sessions.retain(|_, s| s.at.elapsed() < timeout);
         if sessions.len() >= REMOTE_SEARCHES_MAX {
             return Err(ApiError::overloaded("too many searches from other nodes in flight; retry shortly"));
         }
