@@ -331,6 +331,22 @@ impl<S: RaftLogStore> RaftDriver<S> {
     /// that had to wait for persistence; apply committed entries; `advance` and handle the
     /// `LightReady` the same way; `advance_apply`.
     pub fn run_ready_with(&mut self, state_machine: &mut dyn StateMachine) -> Result<ReadyOutcome, DriverError> {
+        let mut early = Vec::new();
+        let mut outcome = self.run_ready_sending(state_machine, &mut |messages| early.extend(messages))?;
+        early.append(&mut outcome.messages);
+        outcome.messages = early;
+        Ok(outcome)
+    }
+
+    /// [`RaftDriver::run_ready_with`] that hands messages to `send` as soon as raft-rs allows
+    /// them out, instead of returning them: the leader's appends leave before its own fsync and
+    /// a follower's acknowledgements before it applies, so a write costs the slower of the two
+    /// fsyncs rather than their sum plus the apply. `outcome.messages` stays empty.
+    pub fn run_ready_sending(
+        &mut self,
+        state_machine: &mut dyn StateMachine,
+        send: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<ReadyOutcome, DriverError> {
         let mut outcome = ReadyOutcome::default();
         if !self.node.has_ready() {
             return Ok(outcome);
@@ -340,7 +356,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
             outcome.role_changed = Some(soft_state.raft_state);
         }
         // Leader messages may go out before the local append (raft thesis 10.2.1).
-        outcome.messages.extend(ready.take_messages());
+        send_nonempty(send, ready.take_messages());
         outcome.read_states.extend(ready.take_read_states().into_iter().map(|state| (state.request_ctx, state.index)));
         let store = self.node.store().clone();
         if !ready.snapshot().is_empty() {
@@ -367,14 +383,14 @@ impl<S: RaftLogStore> RaftDriver<S> {
             store.set_commit(last.index)?;
         }
         store.sync()?;
-        outcome.messages.extend(ready.take_persisted_messages());
+        send_nonempty(send, ready.take_persisted_messages());
         self.apply_entries(&committed, state_machine, &mut outcome)?;
 
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             store.set_commit(commit)?;
         }
-        outcome.messages.extend(light.take_messages());
+        send_nonempty(send, light.take_messages());
         let committed = light.take_committed_entries();
         if let Some(last) = committed.last() {
             store.set_commit(last.index)?;
@@ -404,6 +420,12 @@ impl<S: RaftLogStore> RaftDriver<S> {
             outcome.applied_index = Some(entry.index);
         }
         Ok(())
+    }
+}
+
+fn send_nonempty(send: &mut dyn FnMut(Vec<Message>), messages: Vec<Message>) {
+    if !messages.is_empty() {
+        send(messages);
     }
 }
 

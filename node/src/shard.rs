@@ -527,18 +527,13 @@ impl RaftStage {
         reads.insert(id, (read, Instant::now()));
     }
 
-    fn send_messages(&mut self, messages: Vec<Message>) {
-        let Some(outbox) = &self.outbox else { return };
-        for message in messages {
-            let (to, is_snapshot) = (message.to, message.get_msg_type() == MessageType::MsgSnapshot);
-            let queued = outbox.send(to, self.shard, message);
+    fn report_undelivered(&mut self, undelivered: Vec<(NodeId, bool)>) {
+        for (to, is_snapshot) in undelivered {
             if is_snapshot {
                 // A snapshot that could not even be queued is reported at once; otherwise the
                 // follower's answer tells the leader.
-                if !queued {
-                    self.driver.report_snapshot(to, false);
-                }
-            } else if !queued {
+                self.driver.report_snapshot(to, false);
+            } else {
                 self.driver.report_unreachable(to);
             }
         }
@@ -560,7 +555,18 @@ impl RaftStage {
                 node_id: self.node_id,
                 boot_nonce: self.boot_nonce,
             };
-            let outcome = match self.driver.run_ready_with(&mut machine) {
+            // Messages leave while the cycle runs (see `run_ready_sending`); the replicas they
+            // could not be queued for are reported to raft-rs once it is free again.
+            let (outbox, shard) = (&self.outbox, self.shard);
+            let mut undelivered: Vec<(NodeId, bool)> = Vec::new();
+            let mut send = |messages: Vec<Message>| {
+                if let Some(outbox) = outbox {
+                    undelivered.extend(deliver(outbox.as_ref(), shard, messages));
+                }
+            };
+            let result = self.driver.run_ready_sending(&mut machine, &mut send);
+            self.report_undelivered(undelivered);
+            let outcome = match result {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     for (_, waiter) in waiters.drain() {
@@ -596,7 +602,7 @@ impl RaftStage {
                 self.progress.applied.store(applied, Ordering::Release);
                 let _ = self.fusion_bell.try_send(());
             }
-            self.send_messages(outcome.messages);
+            debug_assert!(outcome.messages.is_empty(), "messages were sent during the cycle");
         }
         Ok(())
     }
@@ -634,6 +640,18 @@ impl RaftStage {
         );
         Ok(())
     }
+}
+
+/// Queues messages for their peers; returns (peer, was a snapshot) of those that could not be.
+fn deliver(outbox: &dyn RaftOutbox, shard: ShardId, messages: Vec<Message>) -> Vec<(NodeId, bool)> {
+    let mut undelivered = Vec::new();
+    for message in messages {
+        let (to, is_snapshot) = (message.to, message.get_msg_type() == MessageType::MsgSnapshot);
+        if !outbox.send(to, shard, message) {
+            undelivered.push((to, is_snapshot));
+        }
+    }
+    undelivered
 }
 
 fn not_leader(shard: ShardId, detail: &str) -> ApiError {
