@@ -279,6 +279,12 @@ impl Config {
             "Proposals waiting per shard before ingest answers \"busy\".",
             LIMITS_INGEST_QUEUE_DEPTH,
         );
+        example.integer(
+            "unindexed_entries_max",
+            limits.unindexed_entries_max,
+            "Log entries a shard may have applied but not yet indexed before ingest answers \"busy\" (indexing runs at a lower CPU priority than writes; this bounds how far behind it falls).",
+            LIMITS_UNINDEXED_ENTRIES_MAX,
+        );
         example.integer("request_timeout_ms", limits.request_timeout_ms, "Time limit of one HTTP request.", LIMITS_REQUEST_TIMEOUT_MS);
         example.integer(
             "search_queue_depth",

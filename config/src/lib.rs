@@ -446,6 +446,9 @@ pub struct LimitsConfig {
     pub max_time_ms: u64,
     /// Proposals waiting per shard before ingest answers "busy".
     pub ingest_queue_depth: usize,
+    /// Log entries a shard may have applied but not yet indexed before ingest answers "busy":
+    /// indexing yields the CPU to writes, and this keeps it from falling behind without bound.
+    pub unindexed_entries_max: u64,
     pub request_timeout_ms: u64,
     /// Searches waiting before search answers "busy".
     pub search_queue_depth: usize,
@@ -473,6 +476,7 @@ impl Default for LimitsConfig {
             max_interval_ms: 86_400_000,
             max_time_ms: 604_800_000,
             ingest_queue_depth: 1024,
+            unindexed_entries_max: 1024,
             request_timeout_ms: 10_000,
             search_queue_depth: 256,
             max_clauses: 16,

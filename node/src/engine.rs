@@ -100,6 +100,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
         },
         tick_interval_ms: config.raft.tick_interval_ms,
         proposal_queue_depth: config.limits.ingest_queue_depth,
+        unindexed_entries_max: config.limits.unindexed_entries_max,
         group_commit_max_requests: config.raft.group_commit_max_requests,
         bucket_ms: config.fusion.bucket_ms,
         fusion_batch_entries_max: config.fusion.batch_entries_max as u64,

@@ -66,6 +66,8 @@ pub struct ShardOptions {
     pub raft: RaftSettings,
     pub tick_interval_ms: u64,
     pub proposal_queue_depth: usize,
+    /// Applied but not yet indexed log entries above which proposals are refused (busy).
+    pub unindexed_entries_max: u64,
     pub group_commit_max_requests: usize,
     pub bucket_ms: u64,
     pub fusion_batch_entries_max: u64,
@@ -154,6 +156,7 @@ pub struct Shard {
     proposals: Sender<Proposal>,
     raft_inbox: Sender<Message>,
     read_requests: Sender<ReadRequest>,
+    unindexed_entries_max: u64,
     indexed_watch: tokio::sync::watch::Receiver<u64>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -248,6 +251,7 @@ impl Shard {
             proposals: proposal_tx,
             raft_inbox: inbox_tx,
             read_requests: read_tx,
+            unindexed_entries_max: options.unindexed_entries_max,
             indexed_watch: indexed_rx,
             stop: stop.clone(),
             threads: Mutex::new(Vec::new()),
@@ -300,8 +304,14 @@ impl Shard {
         };
         let mut threads = shard.threads.lock();
         threads.push(spawn_stage(format!("raft-{id}"), move || raft_stage.run()));
-        threads.push(spawn_stage(format!("fusion-{id}"), move || fusion_stage.run()));
-        threads.push(spawn_stage(format!("index-{id}"), move || index_stage.run()));
+        threads.push(spawn_stage(format!("fusion-{id}"), move || {
+            yield_cpu_to_writes();
+            fusion_stage.run()
+        }));
+        threads.push(spawn_stage(format!("index-{id}"), move || {
+            yield_cpu_to_writes();
+            index_stage.run()
+        }));
         drop(threads);
         Ok(shard)
     }
@@ -316,6 +326,15 @@ impl Shard {
     pub fn propose_encoded(&self, bytes: Vec<u8>) -> Result<tokio::sync::oneshot::Receiver<Result<ApplyOutcome, ApiError>>, ApiError> {
         if self.progress.failed.load(Ordering::Acquire) {
             return Err(ApiError::unavailable(format!("shard {} stopped after a storage failure; see the node log", self.id)));
+        }
+        // Indexing yields the CPU to writes (see `yield_cpu_to_writes`): refuse new writes while
+        // it is far behind, so the searchable lag stays bounded under sustained overload.
+        let unindexed = self.progress.applied.load(Ordering::Acquire).saturating_sub(self.progress.indexed.load(Ordering::Acquire));
+        if unindexed > self.unindexed_entries_max {
+            return Err(ApiError::overloaded(format!(
+                "shard {} has {unindexed} log entries applied but not yet indexed (limits.unindexed_entries_max = {}); retry after the advertised delay",
+                self.id, self.unindexed_entries_max
+            )));
         }
         let (reply, receiver) = tokio::sync::oneshot::channel();
         match self.proposals.try_send(Proposal { command: bytes, reply }) {
@@ -383,6 +402,24 @@ impl Shard {
         for thread in threads {
             let _ = thread.join();
         }
+    }
+}
+
+/// Nice value of the fusion and index threads (and of the Tantivy workers the index thread
+/// starts at each commit).
+const BACKGROUND_STAGE_NICE: libc::c_int = 10;
+
+/// Fusion and indexing run behind the write path: when the CPU is short, the raft thread and
+/// the HTTP workers (acknowledgements, searches) go first and the stages catch up from the
+/// durable raw store afterwards. Linux nice values are per thread.
+fn yield_cpu_to_writes() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let result = unsafe {
+        let thread_id = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, thread_id, BACKGROUND_STAGE_NICE)
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower a background stage's priority");
     }
 }
 
@@ -1004,5 +1041,40 @@ mod tests {
         assert_eq!(ProposalTag::decode(&tag.encode()), Some(tag));
         assert_eq!(ProposalTag::decode(&42u64.to_be_bytes()), None, "an 8-byte context from an older format is not ours");
         assert_eq!(ProposalTag::decode(&[]), None);
+    }
+
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn writes_are_refused_with_retry_after_while_indexing_is_far_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = crate::engine::shard_options(&rushes_config::Config::default());
+        options.unindexed_entries_max = 16;
+        let shard = Shard::open(dir.path(), 0, &options, Arc::new(Metrics::new()), None).expect("open shard");
+        wait_until("the single voter leads", || shard.is_leader());
+        let command = ShardCommand::UpsertAsset { asset_id: "ep1".into(), record: rushes_protocol::model::StoredAsset::default() };
+
+        // Far more applied than indexed: refused, retryable, naming the limit, nothing queued.
+        let indexed = shard.progress.indexed.load(Ordering::Acquire);
+        shard.progress.applied.store(indexed + 1_000_000, Ordering::Release);
+        let refused = shard.propose(&command).expect_err("refused while indexing is behind");
+        assert_eq!(refused.code, rushes_protocol::ErrorCode::Overloaded);
+        assert!(refused.retry_after_s.is_some(), "{refused:?}");
+        assert!(refused.message.contains("limits.unindexed_entries_max"), "{}", refused.message);
+        assert_eq!(shard.queue_depth(), 0);
+
+        // Caught up: the same write is accepted and committed.
+        shard.progress.applied.store(indexed, Ordering::Release);
+        let reply = shard.propose(&command).expect("accepted once indexing caught up");
+        let outcome = reply.blocking_recv().expect("the raft thread answers");
+        assert!(outcome.is_ok(), "{outcome:?}");
+        wait_until("the asset is stored", || shard.store.asset_record("ep1").ok().flatten().is_some());
+        shard.shutdown();
     }
 }
