@@ -45,6 +45,8 @@ pub struct BenchReport {
     pub ingest_seconds: f64,
     pub ingest_annotations_per_s: f64,
     pub searchable_after_last_ack_s: f64,
+    /// Wait after that until the node's CPU use fell below 10% of a core (merges done).
+    pub settled_before_queries_s: f64,
     pub queries: Vec<LatencyRow>,
     /// Mean recall@10 of the approximate vector search against exact search, over all shards.
     pub ann_recall_at_10: f64,
@@ -165,6 +167,19 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
+        // Queries run on a settled node: merges and flushes triggered by the ingest finish first,
+        // so latencies measure searching, not the tail of ingest (bounded wait).
+        let settle_started = Instant::now();
+        let pid = [std::process::id()];
+        while settle_started.elapsed() < SETTLE_MAX {
+            let before = cpu_seconds(&pid);
+            tokio::time::sleep(SETTLE_WINDOW).await;
+            if is_settled(before, cpu_seconds(&pid), SETTLE_WINDOW) {
+                break;
+            }
+        }
+        let settled = settle_started.elapsed();
+
         // Queries of each kind, over HTTP.
         let truths = load_truths(&sample)?;
         let season = gen::plan_season(&gen_config);
@@ -230,6 +245,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             ingest_seconds: ingest_time.as_secs_f64(),
             ingest_annotations_per_s: annotations as f64 / ingest_time.as_secs_f64(),
             searchable_after_last_ack_s: searchable.as_secs_f64(),
+            settled_before_queries_s: settled.as_secs_f64(),
             queries: rows,
             ann_recall_at_10: recall,
             ann_recall_queries: recall_queries,
@@ -418,12 +434,47 @@ pub(crate) fn query_mix(
     ]
 }
 
+/// CPU seconds (user + system) the processes have used so far, from `/proc/<pid>/stat`;
+/// `None` when one cannot be read (not Linux, or the process is gone).
+pub(crate) fn cpu_seconds(pids: &[u32]) -> Option<f64> {
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks_per_second <= 0 {
+        return None;
+    }
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) start at field 3 (state):
+        // utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / ticks_per_second as f64)
+}
+
+/// Quiet: the servers used under this share of one core over a settle window.
+pub(crate) const SETTLED_CPU_SHARE: f64 = 0.1;
+pub(crate) const SETTLE_WINDOW: Duration = Duration::from_millis(500);
+/// Longest wait for background work (Tantivy merges, sled flushes) to finish before queries.
+pub(crate) const SETTLE_MAX: Duration = Duration::from_secs(120);
+
+/// Whether the processes used less than [`SETTLED_CPU_SHARE`] of a core between two readings.
+pub(crate) fn is_settled(before: Option<f64>, after: Option<f64>, window: Duration) -> bool {
+    match (before, after) {
+        (Some(before), Some(after)) => (after - before) / window.as_secs_f64() < SETTLED_CPU_SHARE,
+        // Without /proc there is nothing to wait for.
+        _ => true,
+    }
+}
+
 pub fn print_report(report: &BenchReport) {
     println!("## Rushes bench: {} hours, {} annotations, {} shards", report.hours, report.annotations, report.shards);
     println!("machine: {}\n", report.machine);
     println!("| metric | value |\n|---|---|");
     println!("| ingest (acknowledged, durable) | {:.0} annotations/s ({:.1} s) |", report.ingest_annotations_per_s, report.ingest_seconds);
     println!("| searchable after last ack | {:.1} s |", report.searchable_after_last_ack_s);
+    println!("| settled (CPU < 10% of a core) before queries | {:.1} s later |", report.settled_before_queries_s);
     println!("| ANN recall@10 vs exact | {:.3} ({} queries) |", report.ann_recall_at_10, report.ann_recall_queries);
     println!("| peak RSS | {:.0} MiB |", report.peak_rss_bytes as f64 / 1048576.0);
     println!("| disk | {:.0} MiB ({:.0} bytes/annotation) |", report.disk_bytes as f64 / 1048576.0, report.disk_bytes_per_annotation);
