@@ -59,6 +59,10 @@ pub struct Engine {
 
 /// Most completed queries whose moments are kept (the map is emptied when full).
 const SUGGEST_MOMENTS_CACHE_ENTRIES: usize = 1024;
+/// Nearest scenes the embedded words of a suggestion's moments search asks for. A full `q`
+/// asks for `limits.max_vector_k` (every matching scene, for whole clips); five preview moments
+/// need only the nearest, and 10,000 neighbours cost most of a keystroke's 30 ms at 500 hours.
+const SUGGEST_SEMANTIC_K: usize = 200;
 /// Labels whose suggest moments are computed ahead of keystrokes after the data changes.
 pub const SUGGEST_WARM_LABELS_MAX: usize = 256;
 const SUGGEST_WARM_CHECK: Duration = Duration::from_secs(1);
@@ -1239,8 +1243,11 @@ impl Engine {
                 return assets.clone();
             }
         }
+        let started = Instant::now();
         let search = SearchRequest { q: Some(query.to_string()), per_asset: Some(1), limit: Some(5), ..Default::default() };
-        let Ok(reply) = self.search(search).await else { return vec![] };
+        let Ok(mut plan) = self.plan(search).await else { return vec![] };
+        plan.cap_semantic_k(SUGGEST_SEMANTIC_K);
+        let Ok(reply) = self.run_plan(plan, false, started).await else { return vec![] };
         let mut cache = self.suggest_moments.lock();
         if cache.len() >= SUGGEST_MOMENTS_CACHE_ENTRIES {
             cache.clear();

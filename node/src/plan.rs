@@ -803,9 +803,36 @@ pub fn plan(request: &SearchRequest, context: &PlanContext) -> Result<Plan, ApiE
     })
 }
 
+impl Plan {
+    /// Lowers `k` of the vector leaves that `q`'s free words produced through the embedder;
+    /// vector clauses the client sent keep theirs.
+    pub fn cap_semantic_k(&mut self, k_max: usize) {
+        for leaf in &mut self.leaves {
+            if let Leaf::Vector { k, origin: VectorOrigin::Embedder { .. }, .. } = leaf {
+                *k = (*k).min(k_max);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capping_semantic_k_leaves_client_vectors_alone() {
+        let mut plan =
+            plan_json(serde_json::json!({"clauses": [{"type": "vector", "space": "scene", "vector": [1.0, 0.0, 0.0], "k": 500}]})).unwrap();
+        let mut embedded = plan.leaves[0].clone();
+        if let Leaf::Vector { origin, k, .. } = &mut embedded {
+            *origin = VectorOrigin::Embedder { text: "somewhere they cook".into(), embedder: "demo".into() };
+            *k = 1000;
+        }
+        plan.leaves.push(embedded);
+        plan.cap_semantic_k(200);
+        let ks: Vec<usize> = plan.leaves.iter().filter_map(|l| if let Leaf::Vector { k, .. } = l { Some(*k) } else { None }).collect();
+        assert_eq!(ks, vec![500, 200]);
+    }
 
     fn vocabulary() -> BTreeMap<String, Vec<String>> {
         let mut v = BTreeMap::new();
