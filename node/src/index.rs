@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use rushes_protocol::codec;
@@ -470,6 +471,7 @@ pub struct ShardIndex {
     writer: Mutex<IndexWriter>,
     pub vectors: Vec<VectorIndex>,
     pub statistics: StatisticsCache,
+    pub leaf_hits: LeafHitsCache,
     /// Watermark of the last Tantivy commit (what queries see).
     committed_watermark: Mutex<u64>,
     format_path: PathBuf,
@@ -514,6 +516,7 @@ impl ShardIndex {
             writer: Mutex::new(writer),
             vectors,
             statistics: StatisticsCache::default(),
+            leaf_hits: LeafHitsCache::default(),
             committed_watermark: Mutex::new(committed_watermark),
             format_path,
             needs_full_reindex: !current,
@@ -800,12 +803,65 @@ impl SegmentCollector for SecondsSegmentCollector {
     }
 }
 
-/// Runs a query and returns every matching (asset ordinal, second, score). BM25 uses
-/// [`LiveStatistics`], so scores depend only on the live documents.
-pub fn collect_seconds(index: &ShardIndex, query: &dyn Query) -> Result<Vec<(u64, u64, f32)>, IndexError> {
-    let searcher = index.reader.searcher();
-    let statistics = LiveStatistics { searcher: &searcher, cache: &index.statistics };
+/// Runs a query on `searcher` (whose generation keys cached results) and returns every
+/// matching (asset ordinal, second, score). BM25 uses [`LiveStatistics`], so scores depend
+/// only on the live documents.
+pub fn collect_seconds_in(index: &ShardIndex, searcher: &Searcher, query: &dyn Query) -> Result<Vec<(u64, u64, f32)>, IndexError> {
+    let statistics = LiveStatistics { searcher, cache: &index.statistics };
     Ok(searcher.search_with_statistics_provider(query, &SecondsCollector, &statistics)?)
+}
+
+/// Most bytes of cached leaf hits per shard; one result may take at most a quarter of it.
+pub const LEAF_HITS_CACHE_BYTES_MAX: usize = 32 << 20;
+
+/// Sorted hits of unfiltered label leaves for one searcher generation. A cast member's label
+/// matches about a fifth of all seconds and the same few names come back in most queries
+/// (names, name + place, name + meaning, and every keystroke of suggest): collecting and
+/// sorting those seconds was most of a label query's time at 500 hours. Any commit starts a
+/// new generation, which empties the cache, so a cached result is always the live one.
+#[derive(Default)]
+pub struct LeafHitsCache {
+    inner: Mutex<LeafHitsCacheInner>,
+}
+
+#[derive(Default)]
+struct LeafHitsCacheInner {
+    generation: u64,
+    entries: HashMap<String, Arc<Vec<(u64, f32)>>>,
+    bytes: usize,
+}
+
+impl LeafHitsCache {
+    pub fn get(&self, generation: u64, key: &str) -> Option<Arc<Vec<(u64, f32)>>> {
+        let inner = self.inner.lock();
+        if inner.generation != generation {
+            return None;
+        }
+        inner.entries.get(key).cloned()
+    }
+
+    pub fn insert(&self, generation: u64, key: String, hits: Arc<Vec<(u64, f32)>>) {
+        let bytes = hits.len() * std::mem::size_of::<(u64, f32)>() + key.len();
+        if bytes > LEAF_HITS_CACHE_BYTES_MAX / 4 {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        if generation != inner.generation {
+            if generation < inner.generation {
+                // A search on an older searcher finished after a newer one cached: drop it.
+                return;
+            }
+            *inner = LeafHitsCacheInner { generation, ..Default::default() };
+        }
+        if inner.bytes + bytes > LEAF_HITS_CACHE_BYTES_MAX {
+            inner.entries.clear();
+            inner.bytes = 0;
+        }
+        if let Some(previous) = inner.entries.insert(key.clone(), hits) {
+            inner.bytes -= previous.len() * std::mem::size_of::<(u64, f32)>() + key.len();
+        }
+        inner.bytes += bytes;
+    }
 }
 
 /// BM25 statistics cached for one searcher generation.
@@ -910,6 +966,30 @@ impl Bm25StatisticsProvider for LiveStatistics<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaf_hits_cache_serves_one_generation_and_stays_bounded() {
+        let cache = LeafHitsCache::default();
+        let hits = Arc::new(vec![(1u64, 0.5f32), (2, 0.25)]);
+        cache.insert(7, "joey".into(), hits.clone());
+        assert_eq!(cache.get(7, "joey"), Some(hits.clone()));
+        assert_eq!(cache.get(8, "joey"), None, "another searcher generation never sees it");
+        cache.insert(8, "ross".into(), hits.clone());
+        assert_eq!(cache.get(7, "joey"), None, "a newer generation empties the cache");
+        cache.insert(7, "joey".into(), hits.clone());
+        assert_eq!(cache.get(8, "joey"), None, "a late result from an older searcher is dropped");
+        // A result larger than a quarter of the budget is not kept.
+        let huge = Arc::new(vec![(0u64, 1.0f32); LEAF_HITS_CACHE_BYTES_MAX / 16 / 4 + 1]);
+        cache.insert(8, "chandler".into(), huge);
+        assert_eq!(cache.get(8, "chandler"), None);
+        // Filling past the budget starts over instead of growing.
+        let quarter = Arc::new(vec![(0u64, 1.0f32); LEAF_HITS_CACHE_BYTES_MAX / 16 / 4 - 64]);
+        for name in ["a", "b", "c", "d", "e"] {
+            cache.insert(8, name.into(), quarter.clone());
+        }
+        assert!(cache.inner.lock().bytes <= LEAF_HITS_CACHE_BYTES_MAX);
+        assert!(cache.get(8, "e").is_some());
+    }
 
     fn spec(dimensions: usize) -> VectorSpaceSpec {
         VectorSpaceSpec {

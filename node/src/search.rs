@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use rushes_protocol::codec;
 use rushes_protocol::model::{BucketEntryRef, BucketRef, BUCKET_FORMAT};
@@ -29,7 +30,7 @@ use tantivy::Term;
 
 use crate::curate::{self, CurationOptions, RawClip, ScoredSecond};
 use crate::index::{
-    collect_seconds, label_decile_term_text, label_term_text, stem_language, stem_tokens, text_analyzer, tokens_with, vector_key,
+    collect_seconds_in, label_decile_term_text, label_term_text, stem_language, stem_tokens, text_analyzer, tokens_with, vector_key,
     vector_target, IndexError, VectorMetric,
 };
 pub use crate::plan::*;
@@ -145,13 +146,29 @@ pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> 
         let hits = match leaf {
             Leaf::Vector { .. } => vector_leaf_hits(shard, leaf, plan, allowed.as_ref(), from_bucket, to_bucket)?,
             _ => {
-                let query = text_query(shard, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket);
-                let hits = collect_seconds(&shard.index, query.as_ref())?
-                    .into_iter()
-                    .filter(|(_, _, score)| score.is_finite() && *score > 0.0)
-                    .map(|(asset, second, score)| (hit_key(asset, second), score))
-                    .collect();
-                LeafHits { hits: sorted_unique(hits), vector_hits: HashMap::new() }
+                let searcher = shard.index.reader.searcher();
+                let generation = searcher.generation().generation_id();
+                // Unfiltered labels repeat across queries: see `LeafHitsCache`.
+                let cache_key = match leaf {
+                    Leaf::Label { .. } if allowed.is_none() && !has_time_range => serde_json::to_string(leaf).ok(),
+                    _ => None,
+                };
+                match cache_key.as_deref().and_then(|key| shard.index.leaf_hits.get(generation, key)) {
+                    Some(hits) => LeafHits { hits: hits.as_ref().clone(), vector_hits: HashMap::new() },
+                    None => {
+                        let query = text_query(shard, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket);
+                        let hits = collect_seconds_in(&shard.index, &searcher, query.as_ref())?
+                            .into_iter()
+                            .filter(|(_, _, score)| score.is_finite() && *score > 0.0)
+                            .map(|(asset, second, score)| (hit_key(asset, second), score))
+                            .collect();
+                        let hits = sorted_unique(hits);
+                        if let Some(key) = cache_key {
+                            shard.index.leaf_hits.insert(generation, key, Arc::new(hits.clone()));
+                        }
+                        LeafHits { hits, vector_hits: HashMap::new() }
+                    }
+                }
             }
         };
         leaves.push(hits);
