@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bench::{cpu_seconds, is_settled, latency_row, machine_description, query_mix, LatencyRow, SETTLE_MAX, SETTLE_WINDOW};
+use crate::bench::{
+    cpu_seconds, is_settled, latency_row, machine_description, query_mix, LatencyRow, SETTLE_MAX, SETTLE_QUIET_WINDOWS, SETTLE_WINDOW,
+};
 use crate::client::Client;
 use crate::demo::{ensure_sample, sample_dir, DemoError};
 use crate::gen::{self, GenConfig};
@@ -40,7 +42,7 @@ pub struct ClusterBenchReport {
     pub ingest_seconds: f64,
     pub ingest_annotations_per_s: f64,
     pub replicated_and_indexed_after_last_ack_s: f64,
-    /// Wait after that until the nodes together used under 10% of a core (merges done).
+    /// Wait after that until the nodes together used under 10% of a core for 3 s (merges, warming done).
     pub settled_before_queries_s: f64,
     /// The node the searches were sent to, and how many shards it holds itself.
     pub query_node: usize,
@@ -214,12 +216,11 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     // As in `rushes bench`: queries run once the nodes' merges and flushes have finished.
     let pids: Vec<u32> = nodes.iter().filter_map(|node| node.child.as_ref().map(Child::id)).collect();
     let settle_started = Instant::now();
-    while settle_started.elapsed() < SETTLE_MAX {
+    let mut quiet_windows = 0;
+    while quiet_windows < SETTLE_QUIET_WINDOWS && settle_started.elapsed() < SETTLE_MAX {
         let before = cpu_seconds(&pids);
         std::thread::sleep(SETTLE_WINDOW);
-        if is_settled(before, cpu_seconds(&pids), SETTLE_WINDOW) {
-            break;
-        }
+        quiet_windows = if is_settled(before, cpu_seconds(&pids), SETTLE_WINDOW) { quiet_windows + 1 } else { 0 };
     }
     let settled = settle_started.elapsed();
 
@@ -331,7 +332,7 @@ pub fn print_cluster_report(report: &ClusterBenchReport) {
         "ingest (acknowledged on a quorum): {:.0} annotations/s ({:.1} s); every replica indexed {:.1} s after the last ack",
         report.ingest_annotations_per_s, report.ingest_seconds, report.replicated_and_indexed_after_last_ack_s
     );
-    println!("nodes settled (CPU < 10% of a core) {:.1} s later; then the queries", report.settled_before_queries_s);
+    println!("nodes settled (CPU < 10% of a core for 3 s) {:.1} s later; then the queries", report.settled_before_queries_s);
     println!(
         "| query kind (through node {}, holding {} of {} shards) | queries | p50 ms | p99 ms | mean ms |",
         report.query_node, report.query_node_local_shards, report.shards
