@@ -811,8 +811,9 @@ pub fn collect_seconds_in(index: &ShardIndex, searcher: &Searcher, query: &dyn Q
     Ok(searcher.search_with_statistics_provider(query, &SecondsCollector, &statistics)?)
 }
 
-/// Most bytes of cached leaf hits per shard; one result may take at most a quarter of it.
-pub const LEAF_HITS_CACHE_BYTES_MAX: usize = 32 << 20;
+/// Most bytes of cached leaf hits per shard (every label of a 500-hour season's shard, about
+/// 50 MB, nearly fits); one result may take at most a quarter of it.
+pub const LEAF_HITS_CACHE_BYTES_MAX: usize = 64 << 20;
 
 /// Sorted hits of unfiltered label leaves for one searcher generation. A cast member's label
 /// matches about a fifth of all seconds and the same few names come back in most queries
@@ -827,21 +828,31 @@ pub struct LeafHitsCache {
 #[derive(Default)]
 struct LeafHitsCacheInner {
     generation: u64,
-    entries: HashMap<String, Arc<Vec<(u64, f32)>>>,
+    /// key → (hits, last use on the `uses` clock).
+    entries: HashMap<String, (Arc<Vec<(u64, f32)>>, u64)>,
     bytes: usize,
+    uses: u64,
+}
+
+fn cached_bytes(key: &str, hits: &[(u64, f32)]) -> usize {
+    std::mem::size_of_val(hits) + key.len()
 }
 
 impl LeafHitsCache {
     pub fn get(&self, generation: u64, key: &str) -> Option<Arc<Vec<(u64, f32)>>> {
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
         if inner.generation != generation {
             return None;
         }
-        inner.entries.get(key).cloned()
+        inner.uses += 1;
+        let now = inner.uses;
+        let (hits, last_use) = inner.entries.get_mut(key)?;
+        *last_use = now;
+        Some(hits.clone())
     }
 
     pub fn insert(&self, generation: u64, key: String, hits: Arc<Vec<(u64, f32)>>) {
-        let bytes = hits.len() * std::mem::size_of::<(u64, f32)>() + key.len();
+        let bytes = cached_bytes(&key, &hits);
         if bytes > LEAF_HITS_CACHE_BYTES_MAX / 4 {
             return;
         }
@@ -853,13 +864,25 @@ impl LeafHitsCache {
             }
             *inner = LeafHitsCacheInner { generation, ..Default::default() };
         }
+        if let Some((previous, _)) = inner.entries.remove(&key) {
+            inner.bytes -= cached_bytes(&key, &previous);
+        }
         if inner.bytes + bytes > LEAF_HITS_CACHE_BYTES_MAX {
-            inner.entries.clear();
-            inner.bytes = 0;
+            // Least recently used first, until the new result fits.
+            let mut by_age: Vec<(u64, String)> = inner.entries.iter().map(|(key, (_, last_use))| (*last_use, key.clone())).collect();
+            by_age.sort_unstable();
+            for (_, old_key) in by_age {
+                if inner.bytes + bytes <= LEAF_HITS_CACHE_BYTES_MAX {
+                    break;
+                }
+                if let Some((old, _)) = inner.entries.remove(&old_key) {
+                    inner.bytes -= cached_bytes(&old_key, &old);
+                }
+            }
         }
-        if let Some(previous) = inner.entries.insert(key.clone(), hits) {
-            inner.bytes -= previous.len() * std::mem::size_of::<(u64, f32)>() + key.len();
-        }
+        inner.uses += 1;
+        let now = inner.uses;
+        inner.entries.insert(key, (hits, now));
         inner.bytes += bytes;
     }
 }
@@ -982,13 +1005,18 @@ mod tests {
         let huge = Arc::new(vec![(0u64, 1.0f32); LEAF_HITS_CACHE_BYTES_MAX / 16 / 4 + 1]);
         cache.insert(8, "chandler".into(), huge);
         assert_eq!(cache.get(8, "chandler"), None);
-        // Filling past the budget starts over instead of growing.
+        // Filling past the budget evicts the least recently used, never growing past it.
         let quarter = Arc::new(vec![(0u64, 1.0f32); LEAF_HITS_CACHE_BYTES_MAX / 16 / 4 - 64]);
-        for name in ["a", "b", "c", "d", "e"] {
+        for name in ["a", "b", "c", "d"] {
             cache.insert(8, name.into(), quarter.clone());
         }
+        assert!(cache.get(8, "a").is_some(), "touch a: b is now the oldest");
+        cache.insert(8, "e".into(), quarter.clone());
         assert!(cache.inner.lock().bytes <= LEAF_HITS_CACHE_BYTES_MAX);
-        assert!(cache.get(8, "e").is_some());
+        assert!(cache.get(8, "b").is_none(), "the least recently used went");
+        for name in ["a", "c", "d", "e"] {
+            assert!(cache.get(8, name).is_some(), "{name} stays");
+        }
     }
 
     fn spec(dimensions: usize) -> VectorSpaceSpec {
