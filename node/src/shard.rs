@@ -407,11 +407,14 @@ impl Shard {
 
 /// Nice value of the fusion and index threads (and of the Tantivy workers the index thread
 /// starts at each commit).
+#[cfg(target_os = "linux")]
 const BACKGROUND_STAGE_NICE: libc::c_int = 10;
 
 /// Fusion and indexing run behind the write path: when the CPU is short, the raft thread and
 /// the HTTP workers (acknowledgements, searches) go first and the stages catch up from the
-/// durable raw store afterwards. Linux nice values are per thread.
+/// durable raw store afterwards. Linux nice values are per thread (elsewhere they would apply
+/// to the whole process, so other systems keep the default priority).
+#[cfg(target_os = "linux")]
 fn yield_cpu_to_writes() {
     // SAFETY: plain syscalls on the calling thread's own id.
     let result = unsafe {
@@ -422,6 +425,9 @@ fn yield_cpu_to_writes() {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower a background stage's priority");
     }
 }
+
+#[cfg(not(target_os = "linux"))]
+fn yield_cpu_to_writes() {}
 
 fn spawn_stage(name: String, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new().name(name.clone()).spawn(body).unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
