@@ -96,7 +96,8 @@ fn sorted_unique(mut hits: Vec<(u64, f32)>) -> Vec<(u64, f32)> {
 #[derive(Default)]
 pub struct LeafHits {
     /// (hit key, raw score), sorted by key, one entry per key.
-    hits: Vec<(u64, f32)>,
+    /// Shared with `LeafHitsCache` for cached label leaves (copied only if narrowed).
+    hits: Arc<Vec<(u64, f32)>>,
     /// Vector leaves: asset id → annotation id → similarity.
     vector_hits: HashMap<String, HashMap<String, f64>>,
 }
@@ -154,7 +155,7 @@ pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> 
                     _ => None,
                 };
                 match cache_key.as_deref().and_then(|key| shard.index.leaf_hits.get(generation, key)) {
-                    Some(hits) => LeafHits { hits: hits.as_ref().clone(), vector_hits: HashMap::new() },
+                    Some(hits) => LeafHits { hits, vector_hits: HashMap::new() },
                     None => {
                         let query = text_query(shard, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket);
                         let hits = collect_seconds_in(&shard.index, &searcher, query.as_ref())?
@@ -162,9 +163,9 @@ pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> 
                             .filter(|(_, _, score)| score.is_finite() && *score > 0.0)
                             .map(|(asset, second, score)| (hit_key(asset, second), score))
                             .collect();
-                        let hits = sorted_unique(hits);
+                        let hits = Arc::new(sorted_unique(hits));
                         if let Some(key) = cache_key {
-                            shard.index.leaf_hits.insert(generation, key, Arc::new(hits.clone()));
+                            shard.index.leaf_hits.insert(generation, key, hits.clone());
                         }
                         LeafHits { hits, vector_hits: HashMap::new() }
                     }
@@ -182,7 +183,7 @@ pub fn summarize(hits: &ShardHits, plan: &Plan) -> Vec<LeafSummary> {
         .zip(&plan.leaves)
         .map(|(leaf_hits, leaf)| {
             let mut summary = LeafSummary::default();
-            for &(_, score) in &leaf_hits.hits {
+            for &(_, score) in leaf_hits.hits.iter() {
                 summary.min = Some(summary.min.map_or(score, |m| m.min(score)));
                 summary.max = Some(summary.max.map_or(score, |m| m.max(score)));
             }
@@ -265,7 +266,7 @@ pub fn shard_candidates(shard: &Shard, plan: &Plan, hits: ShardHits, stats: &Glo
         let weight = leaf.weight() as f32;
         let raw = &mut leaf_hits[i];
         if let Some(floor) = stat.min_similarity {
-            raw.hits.retain(|h| reaches_similarity(f64::from(h.1), floor));
+            Arc::make_mut(&mut raw.hits).retain(|h| reaches_similarity(f64::from(h.1), floor));
             for annotations in raw.vector_hits.values_mut() {
                 annotations.retain(|_, s| reaches_similarity(*s, floor));
             }
@@ -782,7 +783,7 @@ fn vector_leaf_hits(
         second_hits.extend((first..=last).map(|second| (hit_key(ordinal, second), score)));
         vector_hits.entry(asset_id).or_default().insert(annotation_id, similarity);
     }
-    Ok(LeafHits { hits: sorted_unique(second_hits), vector_hits })
+    Ok(LeafHits { hits: Arc::new(sorted_unique(second_hits)), vector_hits })
 }
 
 /// Second scores are stored as f32, annotation similarities as f64: compare both at f32
