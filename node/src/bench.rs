@@ -169,15 +169,9 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
 
         // Queries run on a settled node: merges and flushes triggered by the ingest finish first,
         // so latencies measure searching, not the tail of ingest (bounded wait).
-        let settle_started = Instant::now();
-        let pid = [std::process::id()];
-        let mut quiet_windows = 0;
-        while quiet_windows < SETTLE_QUIET_WINDOWS && settle_started.elapsed() < SETTLE_MAX {
-            let before = cpu_seconds(&pid);
-            tokio::time::sleep(SETTLE_WINDOW).await;
-            quiet_windows = if is_settled(before, cpu_seconds(&pid), SETTLE_WINDOW) { quiet_windows + 1 } else { 0 };
-        }
-        let settled = settle_started.elapsed();
+        let settled = tokio::task::spawn_blocking(|| wait_until_settled(&[std::process::id()]))
+            .await
+            .map_err(|e| format!("waiting for the node to settle failed: {e}"))?;
 
         // Queries of each kind, over HTTP.
         let truths = load_truths(&sample)?;
@@ -433,9 +427,22 @@ pub(crate) fn query_mix(
     ]
 }
 
+/// Blocks until the processes have used under [`SETTLED_CPU_SHARE`] of a core for
+/// [`SETTLE_QUIET_WINDOWS`] windows in a row (at most [`SETTLE_MAX`]); returns the wait.
+pub(crate) fn wait_until_settled(pids: &[u32]) -> Duration {
+    let started = Instant::now();
+    let mut quiet_windows = 0;
+    while quiet_windows < SETTLE_QUIET_WINDOWS && started.elapsed() < SETTLE_MAX {
+        let before = cpu_seconds(pids);
+        std::thread::sleep(SETTLE_WINDOW);
+        quiet_windows = if is_settled(before, cpu_seconds(pids), SETTLE_WINDOW) { quiet_windows + 1 } else { 0 };
+    }
+    started.elapsed()
+}
+
 /// CPU seconds (user + system) the processes have used so far, from `/proc/<pid>/stat`;
 /// `None` when one cannot be read (not Linux, or the process is gone).
-pub(crate) fn cpu_seconds(pids: &[u32]) -> Option<f64> {
+fn cpu_seconds(pids: &[u32]) -> Option<f64> {
     // SAFETY: sysconf only reads a constant of the system.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks_per_second <= 0 {
@@ -453,16 +460,16 @@ pub(crate) fn cpu_seconds(pids: &[u32]) -> Option<f64> {
 }
 
 /// Quiet: the servers used under this share of one core over a settle window.
-pub(crate) const SETTLED_CPU_SHARE: f64 = 0.1;
-pub(crate) const SETTLE_WINDOW: Duration = Duration::from_millis(500);
+const SETTLED_CPU_SHARE: f64 = 0.1;
+const SETTLE_WINDOW: Duration = Duration::from_millis(500);
 /// Consecutive quiet windows that make the servers settled: 3 s, longer than the 2 s after
 /// which a node starts warming suggest moments for the settled data (which must finish too).
-pub(crate) const SETTLE_QUIET_WINDOWS: u32 = 6;
+const SETTLE_QUIET_WINDOWS: u32 = 6;
 /// Longest wait for background work (Tantivy merges, sled flushes) to finish before queries.
-pub(crate) const SETTLE_MAX: Duration = Duration::from_secs(120);
+const SETTLE_MAX: Duration = Duration::from_secs(120);
 
 /// Whether the processes used less than [`SETTLED_CPU_SHARE`] of a core between two readings.
-pub(crate) fn is_settled(before: Option<f64>, after: Option<f64>, window: Duration) -> bool {
+fn is_settled(before: Option<f64>, after: Option<f64>, window: Duration) -> bool {
     match (before, after) {
         (Some(before), Some(after)) => (after - before) / window.as_secs_f64() < SETTLED_CPU_SHARE,
         // Without /proc there is nothing to wait for.

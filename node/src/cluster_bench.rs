@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bench::{
-    cpu_seconds, is_settled, latency_row, machine_description, query_mix, LatencyRow, SETTLE_MAX, SETTLE_QUIET_WINDOWS, SETTLE_WINDOW,
-};
+use crate::bench::{latency_row, machine_description, query_mix, wait_until_settled, LatencyRow};
 use crate::client::Client;
 use crate::demo::{ensure_sample, sample_dir, DemoError};
 use crate::gen::{self, GenConfig};
@@ -215,14 +213,7 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     let replicated = wait_for("every replica to apply and index everything", Duration::from_secs(1800), || converged(&clients[0]))?;
     // As in `rushes bench`: queries run once the nodes' merges and flushes have finished.
     let pids: Vec<u32> = nodes.iter().filter_map(|node| node.child.as_ref().map(Child::id)).collect();
-    let settle_started = Instant::now();
-    let mut quiet_windows = 0;
-    while quiet_windows < SETTLE_QUIET_WINDOWS && settle_started.elapsed() < SETTLE_MAX {
-        let before = cpu_seconds(&pids);
-        std::thread::sleep(SETTLE_WINDOW);
-        quiet_windows = if is_settled(before, cpu_seconds(&pids), SETTLE_WINDOW) { quiet_windows + 1 } else { 0 };
-    }
-    let settled = settle_started.elapsed();
+    let settled = wait_until_settled(&pids);
 
     // Queries through the node holding the fewest shards (node 2 when every node holds all).
     let status = clients[0].get_json("/v1/cluster")?;
