@@ -331,10 +331,9 @@ impl<S: RaftLogStore> RaftDriver<S> {
     /// that had to wait for persistence; apply committed entries; `advance` and handle the
     /// `LightReady` the same way; `advance_apply`.
     pub fn run_ready_with(&mut self, state_machine: &mut dyn StateMachine) -> Result<ReadyOutcome, DriverError> {
-        let mut early = Vec::new();
-        let mut outcome = self.run_ready_sending(state_machine, &mut |messages| early.extend(messages))?;
-        early.append(&mut outcome.messages);
-        outcome.messages = early;
+        let mut sent = Vec::new();
+        let mut outcome = self.run_ready_sending(state_machine, &mut |messages| sent.extend(messages))?;
+        outcome.messages = sent;
         Ok(outcome)
     }
 
