@@ -326,6 +326,24 @@ impl Config {
             "Most client requests batched into one proposal.",
             RAFT_GROUP_COMMIT_MAX_REQUESTS,
         );
+        example.integer(
+            "log_retain_entries",
+            raft.log_retain_entries,
+            "Consumed log entries kept after compaction (replicas this far behind catch up from the log).",
+            RAFT_LOG_RETAIN_ENTRIES,
+        );
+        example.integer(
+            "snapshot_log_entries",
+            raft.snapshot_log_entries,
+            "Entries beyond the retained ones that trigger compaction into a snapshot (fetched in chunks by far-behind replicas).",
+            RAFT_SNAPSHOT_LOG_ENTRIES,
+        );
+        example.integer(
+            "compaction_interval_ms",
+            raft.compaction_interval_ms,
+            "How often a shard considers compacting its log.",
+            RAFT_COMPACTION_INTERVAL_MS,
+        );
 
         let log = &defaults.log;
         example.section("[log]", &format!("Logging. {ENVIRONMENT_PREFIX}LOG, if set, is a tracing filter that overrides level."));

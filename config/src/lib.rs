@@ -507,6 +507,15 @@ pub struct RaftConfig {
     pub max_inflight_msgs: usize,
     /// Most client requests batched into one Raft proposal.
     pub group_commit_max_requests: usize,
+    /// Log entries every stage has consumed that stay in the log after compaction: a replica
+    /// at most this far behind catches up from the log rather than by snapshot.
+    pub log_retain_entries: u64,
+    /// A replicated shard compacts its log (into a snapshot that names the raw store; far
+    /// behind replicas fetch it in chunks) once this many entries beyond the retained ones
+    /// have accumulated.
+    pub snapshot_log_entries: u64,
+    /// How often each shard considers compacting its log.
+    pub compaction_interval_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -518,6 +527,9 @@ impl Default for RaftConfig {
             max_size_per_msg_bytes: MIB as u64,
             max_inflight_msgs: 256,
             group_commit_max_requests: 256,
+            log_retain_entries: 1_000,
+            snapshot_log_entries: 20_000,
+            compaction_interval_ms: 10_000,
         }
     }
 }

@@ -135,6 +135,9 @@ const RAFT: &[Field] = &[
     Field::optional("max_size_per_msg_bytes", Kind::Integer),
     Field::optional("max_inflight_msgs", Kind::Integer),
     Field::optional("group_commit_max_requests", Kind::Integer),
+    Field::optional("log_retain_entries", Kind::Integer),
+    Field::optional("snapshot_log_entries", Kind::Integer),
+    Field::optional("compaction_interval_ms", Kind::Integer),
 ];
 
 const LOG: &[Field] = &[Field::optional("level", Kind::Choice(LogLevel::NAMES)), Field::optional("format", Kind::Choice(LogFormat::NAMES))];

@@ -116,6 +116,9 @@ pub(crate) mod ranges {
     pub const RAFT_MAX_SIZE_PER_MSG_BYTES: IntegerRange = IntegerRange::bytes(KIB, 256 * MIB as u64);
     pub const RAFT_MAX_INFLIGHT_MSGS: IntegerRange = IntegerRange::new(1, 65_536);
     pub const RAFT_GROUP_COMMIT_MAX_REQUESTS: IntegerRange = IntegerRange::new(1, 100_000);
+    pub const RAFT_LOG_RETAIN_ENTRIES: IntegerRange = IntegerRange::new(1, 10_000_000);
+    pub const RAFT_SNAPSHOT_LOG_ENTRIES: IntegerRange = IntegerRange::new(1, 10_000_000);
+    pub const RAFT_COMPACTION_INTERVAL_MS: IntegerRange = IntegerRange::new(10, 3_600_000);
 }
 
 use ranges::*;
@@ -507,6 +510,9 @@ impl Config {
         check_range("raft.max_size_per_msg_bytes", raft.max_size_per_msg_bytes, RAFT_MAX_SIZE_PER_MSG_BYTES)?;
         check_range("raft.max_inflight_msgs", raft.max_inflight_msgs, RAFT_MAX_INFLIGHT_MSGS)?;
         check_range("raft.group_commit_max_requests", raft.group_commit_max_requests, RAFT_GROUP_COMMIT_MAX_REQUESTS)?;
+        check_range("raft.log_retain_entries", raft.log_retain_entries, RAFT_LOG_RETAIN_ENTRIES)?;
+        check_range("raft.snapshot_log_entries", raft.snapshot_log_entries, RAFT_SNAPSHOT_LOG_ENTRIES)?;
+        check_range("raft.compaction_interval_ms", raft.compaction_interval_ms, RAFT_COMPACTION_INTERVAL_MS)?;
         Ok(())
     }
 }

@@ -61,6 +61,12 @@ pub struct ReplicaStatus {
     pub indexed_index: Option<u64>,
     #[serde(default)]
     pub raw_annotations: Option<u64>,
+    /// First entry still in the replica's log (local replicas only).
+    #[serde(default)]
+    pub log_first_index: Option<u64>,
+    /// Snapshots the replica installed since its process started (local replicas only).
+    #[serde(default)]
+    pub snapshots_installed: Option<u64>,
     /// Hash of the shard's raw store; only for local replicas and only with `?digest=true`.
     #[serde(default)]
     pub raw_digest: Option<String>,

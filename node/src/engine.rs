@@ -22,7 +22,7 @@ use crate::index::{VectorMetric, VectorQuantization, VectorSpaceSpec};
 use crate::metrics::Metrics;
 use crate::peer::{AssetRead, ClusterNet, PeerReply, PeerRequest, ReplicaStatus};
 use crate::search::{self, Plan, SearchLimits, SpaceInfo};
-use crate::shard::{RaftOutbox, Shard, ShardError, ShardOptions, NOT_LEADER_PREFIX};
+use crate::shard::{RaftOutbox, Shard, ShardError, ShardOptions, SnapshotRef, NOT_LEADER_PREFIX};
 use crate::store::ApplyOutcome;
 
 /// Most buckets one `/buckets` request returns (one hour at the default bucket size).
@@ -75,6 +75,8 @@ const REPLICA_RETRY_PAUSE: Duration = Duration::from_millis(250);
 const REPLICA_RETRY_WINDOW: Duration = Duration::from_secs(3);
 /// Peers' searches kept between their phases on this node.
 const REMOTE_SEARCHES_MAX: usize = 64;
+/// Deadline of one snapshot chunk request (a chunk is `peer::SNAPSHOT_CHUNK_BYTES`).
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for one forwarded write before routing again.
 const FORWARD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of a status request to a peer (`GET /v1/cluster`).
@@ -106,6 +108,9 @@ pub fn shard_options(config: &Config) -> ShardOptions {
         proposal_queue_depth: config.limits.ingest_queue_depth,
         unindexed_entries_max: config.limits.unindexed_entries_max,
         group_commit_max_requests: config.raft.group_commit_max_requests,
+        log_retain_entries: config.raft.log_retain_entries,
+        snapshot_log_entries: config.raft.snapshot_log_entries,
+        compaction_interval_ms: config.raft.compaction_interval_ms,
         bucket_ms: config.fusion.bucket_ms,
         fusion_batch_entries_max: config.fusion.batch_entries_max as u64,
         commit_interval_ms: config.index.commit_interval_ms,
@@ -585,6 +590,108 @@ impl Engine {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => PeerReply::Error(e),
             Err(e) => PeerReply::Error(ApiError::internal(format!("read failed: {e}"))),
+        }
+    }
+
+    /// A snapshot message for a local replica: its data is fetched from the sender first (on
+    /// the peer runtime), then the message goes to the raft thread, which installs it. While a
+    /// fetch runs, further snapshot messages for the shard are dropped (the leader resends).
+    fn receive_snapshot(self: &Arc<Self>, from: NodeId, shard: ShardId, message: raft::eraftpb::Message) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let Some(replica) = engine.local_shard(shard).cloned() else { return };
+            let Some(_fetch) = replica.start_snapshot_fetch() else { return };
+            let index = message.get_snapshot().get_metadata().index;
+            let started = std::time::Instant::now();
+            match engine.fetch_snapshot(from, &replica, &message).await {
+                Ok(Some(bytes)) => {
+                    tracing::info!(shard, from, index, bytes, seconds = started.elapsed().as_secs_f64(), "snapshot fetched and staged")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(shard, from, index, error = %e, "snapshot fetch failed; the leader sends the snapshot again");
+                    return;
+                }
+            }
+            if !replica.deliver_raft(message) {
+                tracing::debug!(shard, "raft inbox full; the staged snapshot waits for the leader's next message");
+            }
+        });
+    }
+
+    /// Stages the raw store `message` names, unless a staged copy already covers it; returns
+    /// the bytes fetched.
+    async fn fetch_snapshot(&self, from: NodeId, replica: &Arc<Shard>, message: &raft::eraftpb::Message) -> Result<Option<u64>, ApiError> {
+        let data = message.get_snapshot().get_data();
+        if data.first() == Some(&crate::store::LEGACY_RAW_SNAPSHOT_FORMAT) {
+            return Ok(None); // an earlier version's snapshot carries the store itself
+        }
+        let snapshot = SnapshotRef::decode(data).map_err(|e| ApiError::internal(format!("unreadable snapshot from node {from}: {e}")))?;
+        let net = self.net.clone().ok_or_else(|| ApiError::internal("snapshot without a peer transport"))?;
+        let blocking = |work: Box<dyn FnOnce() -> Result<(), crate::store::StoreError> + Send>| async move {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| ApiError::internal(format!("staging task failed: {e}")))?
+                .map_err(|e| ApiError::internal(format!("staging the snapshot: {e}")))
+        };
+        let staged = {
+            let replica = replica.clone();
+            tokio::task::spawn_blocking(move || replica.staged_snapshot())
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        };
+        if staged.is_some_and(|staged| staged >= snapshot.index) {
+            return Ok(None);
+        }
+        let shard = replica.id;
+        let begin = replica.clone();
+        blocking(Box::new(move || begin.begin_snapshot_staging())).await?;
+        let (mut after, mut state_at, mut bytes) = (None, None, 0u64);
+        loop {
+            let request = PeerRequest::SnapshotChunk { shard, after: after.take(), min_applied: snapshot.index };
+            let (chunk, applied) = match net.call(from, &request, SNAPSHOT_CHUNK_TIMEOUT).await? {
+                PeerReply::SnapshotChunk { chunk, applied } => (chunk, applied),
+                PeerReply::Error(e) => return Err(e),
+                _ => return Err(ApiError::internal(format!("node {from} answered a snapshot chunk request with another reply"))),
+            };
+            // The copy holds every entry the source had applied when the first chunk was read.
+            state_at.get_or_insert(applied);
+            bytes += chunk.pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
+            after = chunk.pairs.last().map(|(key, _)| key.clone());
+            let done = chunk.done;
+            let stage = replica.clone();
+            blocking(Box::new(move || stage.stage_snapshot_chunk(&chunk))).await?;
+            if done {
+                break;
+            }
+            if after.is_none() {
+                return Err(ApiError::internal(format!("node {from} sent an empty snapshot chunk before the end")));
+            }
+        }
+        let state_at = state_at.unwrap_or(snapshot.index);
+        let finish = replica.clone();
+        blocking(Box::new(move || finish.finish_snapshot_staging(state_at))).await?;
+        Ok(Some(bytes))
+    }
+
+    /// Serves a chunk of a local replica's raw store to a replica installing a snapshot.
+    pub async fn handle_snapshot_chunk(self: &Arc<Self>, shard: ShardId, after: Option<Vec<u8>>, min_applied: u64) -> PeerReply {
+        let Some(replica) = self.local_shard(shard).cloned() else {
+            return PeerReply::Error(ApiError::unavailable(format!("this node holds no replica of shard {shard}")).with_retry_after(1));
+        };
+        let applied = replica.progress.applied.load(std::sync::atomic::Ordering::Acquire);
+        if applied < min_applied {
+            return PeerReply::Error(
+                ApiError::unavailable(format!("replica of shard {shard} has applied {applied}, below the snapshot's {min_applied}"))
+                    .with_retry_after(1),
+            );
+        }
+        let work = move || replica.store.raw_chunk(after.as_deref(), crate::peer::SNAPSHOT_CHUNK_BYTES);
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(chunk)) => PeerReply::SnapshotChunk { chunk, applied },
+            Ok(Err(e)) => PeerReply::Error(ApiError::internal(format!("reading shard {shard} for a snapshot: {e}"))),
+            Err(e) => PeerReply::Error(ApiError::internal(format!("snapshot chunk task failed: {e}"))),
         }
     }
 
@@ -1187,6 +1294,8 @@ impl Engine {
             view["index_docs"] = json!(shard.index.num_docs());
             view["vectors"] = shard.index.vectors.iter().map(|v| json!({"space": v.spec.name, "count": v.len()})).collect();
             view["disk_bytes"] = json!(shard.store.disk_bytes());
+            view["log_first_index"] = json!(shard.log.first_log_index());
+            view["snapshots_installed"] = json!(shard.progress.snapshots_installed.load(Ordering::Acquire));
             if digest {
                 view["raw_digest"] = json!(shard.store.raw_digest().map_err(|e| ApiError::internal(e.to_string()))?);
             }
@@ -1339,6 +1448,9 @@ async fn serve_peers(engine: std::sync::Weak<Engine>, mut inbound: tokio::sync::
                     continue;
                 }
                 match (engine.local_shard(shard), crate::peer::decode_raft(&message)) {
+                    (Some(_), Some(message)) if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot => {
+                        engine.receive_snapshot(from, shard, message);
+                    }
                     (Some(replica), Some(message)) => {
                         // A full inbox drops the message; Raft retransmits.
                         let _ = replica.deliver_raft(message);
@@ -1367,6 +1479,9 @@ async fn serve_peers(engine: std::sync::Weak<Engine>, mut inbound: tokio::sync::
                         ) => crate::peer::encode_reply(&engine.handle_search_phase(request).await),
                         Ok(PeerRequest::Vocabulary) => crate::peer::encode_reply(&engine.local_vocabulary_reply()),
                         Ok(PeerRequest::AssetRead(read)) => crate::peer::encode_reply(&engine.handle_asset_read(read).await),
+                        Ok(PeerRequest::SnapshotChunk { shard, after, min_applied }) => {
+                            crate::peer::encode_reply(&engine.handle_snapshot_chunk(shard, after, min_applied).await)
+                        }
                     };
                     let _ = responder.respond(reply);
                 });

@@ -24,12 +24,16 @@ use tokio::sync::mpsc;
 use crate::plan::WirePlan;
 use crate::search::{GlobalStats, LeafSummary, RankedAssets};
 use crate::shard::RaftOutbox;
-use crate::store::ApplyOutcome;
+use crate::store::{ApplyOutcome, RawChunk};
 
 /// Format version of [`PeerRequest`] / [`PeerReply`] bodies.
 pub const PEER_FORMAT: u8 = 1;
-/// Largest frame between nodes: a snapshot of a shard's raw store travels in one message.
+/// Largest frame between nodes: a forwarded write or a Raft entry holds up to one request body
+/// (`limits.max_body_bytes`) as raw and parsed annotations. Snapshots travel in chunks of
+/// [`SNAPSHOT_CHUNK_BYTES`], so a raw store of any size fits.
 const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
+/// Raw store bytes per snapshot chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Raft messages and requests queued per peer before senders see `QueueFull`.
 const PEER_QUEUE_FRAMES: usize = 8192;
 
@@ -54,6 +58,9 @@ pub enum PeerRequest {
     Vocabulary,
     /// A read of one asset's data on the receiver's replica.
     AssetRead(AssetRead),
+    /// The next chunk of the receiver's raw store of `shard` after `after` (for a replica
+    /// installing a snapshot), if the receiver has applied through `min_applied`.
+    SnapshotChunk { shard: ShardId, after: Option<Vec<u8>>, min_applied: u64 },
 }
 
 /// Reads a node without the asset's shard forwards to a replica.
@@ -83,6 +90,11 @@ pub enum PeerReply {
     Vocabulary {
         labels: Vec<(String, Vec<String>)>,
         series: Vec<String>,
+    },
+    /// A chunk of a raw store, read when the sender had applied through `applied`.
+    SnapshotChunk {
+        chunk: RawChunk,
+        applied: u64,
     },
 }
 

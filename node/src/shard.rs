@@ -34,17 +34,11 @@ use rushes_protocol::ApiError;
 use crate::fusion::{active_versions, affected_by_command, refuse_asset, AffectedBuckets};
 use crate::index::{put_vector_target, vector_key, IndexError, ShardIndex, VectorSpaceSpec, VectorTarget};
 use crate::metrics::Metrics;
-use crate::store::{ApplyOutcome, ShardStore, StoreError, Watermark};
+use crate::store::{ApplyOutcome, RawChunk, ShardStore, StoreError, Watermark, LEGACY_RAW_SNAPSHOT_FORMAT};
 
 /// Vector files are large; they are saved less often than Tantivy commits. Replay from the log
 /// covers the gap after a crash (the log is kept until both are durable).
 const VECTOR_SAVE_INTERVAL: Duration = Duration::from_secs(30);
-/// Keep at least this many applied entries before compacting the log.
-const LOG_RETAIN_ENTRIES: u64 = 1_000;
-const COMPACTION_INTERVAL: Duration = Duration::from_secs(10);
-/// A replicated shard snapshots its raw store (to send to far-behind replicas) only when this
-/// many entries are in the log: a snapshot reads and writes the whole raw store.
-const SNAPSHOT_LOG_ENTRIES: u64 = 20_000;
 /// Inbound Raft messages waiting for the raft thread; a full inbox drops (Raft retransmits).
 const RAFT_INBOX_DEPTH: usize = 4096;
 /// Strong reads waiting for a read index; more are refused as overload.
@@ -69,6 +63,9 @@ pub struct ShardOptions {
     /// Applied but not yet indexed log entries above which proposals are refused (busy).
     pub unindexed_entries_max: u64,
     pub group_commit_max_requests: usize,
+    pub log_retain_entries: u64,
+    pub snapshot_log_entries: u64,
+    pub compaction_interval_ms: u64,
     pub bucket_ms: u64,
     pub fusion_batch_entries_max: u64,
     pub commit_interval_ms: u64,
@@ -115,6 +112,8 @@ pub struct Progress {
     pub leader: AtomicU64,
     pub term: AtomicU64,
     pub failed: AtomicBool,
+    /// Snapshots from other replicas installed since this process started.
+    pub snapshots_installed: AtomicU64,
     /// (log index, when it was applied) for the ingest → searchable lag; bounded.
     apply_times: Mutex<VecDeque<(u64, Instant)>>,
 }
@@ -160,6 +159,21 @@ pub struct Shard {
     indexed_watch: tokio::sync::watch::Receiver<u64>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Held while the staging area changes, and by the raft thread from checking a snapshot
+    /// message against it until the snapshot is installed: a new fetch never empties the
+    /// staging area under an install.
+    staging: Arc<Mutex<()>>,
+    /// A snapshot fetch is running (one at a time; messages meanwhile are dropped).
+    fetching_snapshot: AtomicBool,
+}
+
+/// Clears [`Shard::fetching_snapshot`] when a fetch ends, however it ends.
+pub struct SnapshotFetch<'a>(&'a AtomicBool);
+
+impl Drop for SnapshotFetch<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// A strong read waiting for the leader-confirmed commit index.
@@ -239,6 +253,10 @@ impl Shard {
             store.flush()?;
             progress.applied.store(driver.applied_index(), Ordering::Release);
         }
+        if store.staged_snapshot()?.is_some_and(|staged| staged <= driver.applied_index()) {
+            store.clear_staging()?;
+        }
+        let staging = Arc::new(Mutex::new(()));
 
         let shard = Arc::new(Shard {
             id,
@@ -255,6 +273,8 @@ impl Shard {
             indexed_watch: indexed_rx,
             stop: stop.clone(),
             threads: Mutex::new(Vec::new()),
+            staging: staging.clone(),
+            fetching_snapshot: AtomicBool::new(false),
         });
 
         let raft_stage = RaftStage {
@@ -275,6 +295,12 @@ impl Shard {
             group_commit_max_requests: options.group_commit_max_requests,
             single_voter: voters.len() == 1,
             index: index.clone(),
+            staging,
+            compaction: Compaction {
+                interval: Duration::from_millis(options.compaction_interval_ms),
+                retain_entries: options.log_retain_entries,
+                snapshot_entries: options.snapshot_log_entries,
+            },
         };
         let fusion_stage = FusionStage {
             shard: id,
@@ -348,6 +374,35 @@ impl Shard {
 
     pub fn queue_depth(&self) -> usize {
         self.proposals.len()
+    }
+
+    /// Claims the one snapshot fetch this replica runs at a time; `None` while one runs.
+    pub fn start_snapshot_fetch(&self) -> Option<SnapshotFetch<'_>> {
+        (!self.fetching_snapshot.swap(true, Ordering::AcqRel)).then_some(SnapshotFetch(&self.fetching_snapshot))
+    }
+
+    /// The index a complete staged snapshot holds every entry through (blocking: sled).
+    pub fn staged_snapshot(&self) -> Result<Option<u64>, StoreError> {
+        let _guard = self.staging.lock();
+        self.store.staged_snapshot()
+    }
+
+    /// Empties the staging area for a new fetch (blocking: sled).
+    pub fn begin_snapshot_staging(&self) -> Result<(), StoreError> {
+        let _guard = self.staging.lock();
+        self.store.begin_staging()
+    }
+
+    /// Stores one fetched chunk (blocking: sled).
+    pub fn stage_snapshot_chunk(&self, chunk: &RawChunk) -> Result<(), StoreError> {
+        let _guard = self.staging.lock();
+        self.store.stage_chunk(&chunk.pairs)
+    }
+
+    /// Marks the staged copy complete through `state_at`, durably (blocking: sled).
+    pub fn finish_snapshot_staging(&self, state_at: u64) -> Result<(), StoreError> {
+        let _guard = self.staging.lock();
+        self.store.finish_staging(state_at)
     }
 
     /// Hands a peer's Raft message to the raft thread. Never blocks: a full inbox drops it
@@ -477,6 +532,18 @@ struct RaftStage {
     tick_interval: Duration,
     group_commit_max_requests: usize,
     single_voter: bool,
+    staging: Arc<Mutex<()>>,
+    compaction: Compaction,
+}
+
+/// When the raft thread compacts its log (`raft.*` in the config).
+#[derive(Debug, Clone, Copy)]
+struct Compaction {
+    interval: Duration,
+    /// Consumed entries kept in the log.
+    retain_entries: u64,
+    /// Entries beyond the retained ones before a replicated shard compacts.
+    snapshot_entries: u64,
 }
 
 struct Waiter {
@@ -518,7 +585,14 @@ impl RaftStage {
                     break;
                 }
             }
+            // A snapshot is stepped only once its data is staged, and the staging area stays
+            // locked until it is installed (in `process_ready` below).
+            let staging = self.staging.clone();
+            let _staging_guard = messages.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot).then(|| staging.lock());
             for message in messages.drain(..) {
+                if message.get_msg_type() == MessageType::MsgSnapshot && !self.snapshot_is_staged(&message)? {
+                    continue;
+                }
                 self.driver.step(message)?;
             }
             while let Ok(read) = self.read_requests.try_recv() {
@@ -551,7 +625,7 @@ impl RaftStage {
                 reads.retain(|_, (read, at)| !read.reply.is_closed() && at.elapsed() < Duration::from_secs(60));
             }
             self.process_ready(&mut waiters, &mut reads)?;
-            if last_compaction.elapsed() >= COMPACTION_INTERVAL {
+            if last_compaction.elapsed() >= self.compaction.interval {
                 self.compact_log()?;
                 last_compaction = Instant::now();
             }
@@ -563,6 +637,20 @@ impl RaftStage {
         Ok(())
     }
 
+    /// Whether a snapshot message's data is here to install (else it is dropped: the leader
+    /// sends it again, and the peer layer fetches the data first).
+    fn snapshot_is_staged(&self, message: &Message) -> Result<bool, ShardError> {
+        let data = message.get_snapshot().get_data();
+        if data.first() == Some(&LEGACY_RAW_SNAPSHOT_FORMAT) {
+            return Ok(true);
+        }
+        let Ok(snapshot) = SnapshotRef::decode(data) else {
+            tracing::warn!(shard = self.shard, from = message.from, "unreadable snapshot message dropped");
+            return Ok(false);
+        };
+        Ok(self.store.staged_snapshot()?.is_some_and(|staged| staged >= snapshot.index))
+    }
+
     fn request_read(&mut self, reads: &mut HashMap<u64, (ReadRequest, Instant)>, read: ReadRequest, next_id: &mut u64) {
         let id = *next_id;
         *next_id += 1;
@@ -570,14 +658,15 @@ impl RaftStage {
         reads.insert(id, (read, Instant::now()));
     }
 
-    fn report_undelivered(&mut self, undelivered: Vec<(NodeId, bool)>) {
-        for (to, is_snapshot) in undelivered {
-            if is_snapshot {
-                // A snapshot that could not even be queued is reported at once; otherwise the
-                // follower's answer tells the leader.
-                self.driver.report_snapshot(to, false);
-            } else {
-                self.driver.report_unreachable(to);
+    fn report_deliveries(&mut self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries {
+            match delivery {
+                // A snapshot message only names the data; the follower fetches it in chunks
+                // (`Engine::fetch_snapshot`) and answers once installed. Reporting it finished
+                // as soon as it is queued puts the follower back to probing, so a lost message
+                // or an abandoned fetch is retried instead of leaving it waiting forever.
+                Delivery::Snapshot(to, queued) => self.driver.report_snapshot(to, queued),
+                Delivery::Unreachable(to) => self.driver.report_unreachable(to),
             }
         }
     }
@@ -601,14 +690,14 @@ impl RaftStage {
             // Messages leave while the cycle runs (see `run_ready_sending`); the replicas they
             // could not be queued for are reported to raft-rs once it is free again.
             let (outbox, shard) = (&self.outbox, self.shard);
-            let mut undelivered: Vec<(NodeId, bool)> = Vec::new();
+            let mut deliveries: Vec<Delivery> = Vec::new();
             let mut send = |messages: Vec<Message>| {
                 if let Some(outbox) = outbox {
-                    undelivered.extend(deliver(outbox.as_ref(), shard, messages));
+                    deliveries.extend(deliver(outbox.as_ref(), shard, messages));
                 }
             };
             let result = self.driver.run_ready_sending(&mut machine, &mut send);
-            self.report_undelivered(undelivered);
+            self.report_deliveries(deliveries);
             let outcome = match result {
                 Ok(outcome) => outcome,
                 Err(e) => {
@@ -645,6 +734,12 @@ impl RaftStage {
                 self.progress.applied.store(applied, Ordering::Release);
                 let _ = self.fusion_bell.try_send(());
             }
+            if outcome.restored_snapshot.is_some() {
+                self.progress.snapshots_installed.fetch_add(1, Ordering::AcqRel);
+                // The staged copy is only needed until the applied index past it is durable.
+                self.store.flush()?;
+                self.store.clear_staging()?;
+            }
             debug_assert!(outcome.messages.is_empty(), "messages were sent during the cycle");
         }
         Ok(())
@@ -656,45 +751,49 @@ impl RaftStage {
         let fused = self.progress.fused.load(Ordering::Acquire);
         let durable = fused.min(self.index.durable_watermark()).min(self.driver.applied_index());
         if self.single_voter {
-            let keep_from = durable.saturating_sub(LOG_RETAIN_ENTRIES) + 1;
-            if keep_from > self.driver.store().first_log_index() + LOG_RETAIN_ENTRIES {
+            let keep_from = durable.saturating_sub(self.compaction.retain_entries) + 1;
+            if keep_from > self.driver.store().first_log_index() + self.compaction.retain_entries {
                 self.driver.store().compact(keep_from)?;
             }
             return Ok(());
         }
-        let up_to = durable.saturating_sub(LOG_RETAIN_ENTRIES);
-        if up_to < self.driver.store().first_log_index() + SNAPSHOT_LOG_ENTRIES {
+        let up_to = durable.saturating_sub(self.compaction.retain_entries);
+        if up_to < self.driver.store().first_log_index() + self.compaction.snapshot_entries {
             return Ok(());
         }
-        // The snapshot holds the raw store as of the applied index, which may be past `up_to`.
-        // That is safe: a replica restoring it replays (up_to, applied] on top, and applying
-        // an entry twice is a no-op (ids are idempotent, asset records are overwritten in
-        // log order, ordinals and vocabulary are only added).
-        let started = Instant::now();
-        let data = self.store.export_raw()?;
-        let bytes = data.len();
-        self.driver.compact(up_to, data)?;
-        tracing::info!(
-            shard = self.shard,
-            index = up_to,
-            bytes,
-            seconds = started.elapsed().as_secs_f64(),
-            "log compacted into a snapshot"
-        );
+        // The snapshot names the raw store rather than copying it: a replica that needs it
+        // fetches the live store in chunks, which then holds everything through `up_to` and
+        // more. That is safe: the replica replays (up_to, ...] on top, and applying an entry
+        // twice is a no-op (ids are idempotent, asset records are overwritten in log order,
+        // ordinals and vocabulary are only added). Compaction itself costs no copy.
+        self.driver.compact(up_to, SnapshotRef { index: up_to }.encode()?)?;
+        tracing::info!(shard = self.shard, index = up_to, "log compacted into a snapshot");
         Ok(())
     }
 }
 
-/// Queues messages for their peers; returns (peer, was a snapshot) of those that could not be.
-fn deliver(outbox: &dyn RaftOutbox, shard: ShardId, messages: Vec<Message>) -> Vec<(NodeId, bool)> {
-    let mut undelivered = Vec::new();
+/// What became of a message raft-rs must hear about.
+#[derive(Debug, Clone, Copy)]
+enum Delivery {
+    /// Could not be queued for this peer.
+    Unreachable(NodeId),
+    /// A snapshot message to this peer, queued or not.
+    Snapshot(NodeId, bool),
+}
+
+/// Queues messages for their peers; returns the deliveries raft-rs must be told about.
+fn deliver(outbox: &dyn RaftOutbox, shard: ShardId, messages: Vec<Message>) -> Vec<Delivery> {
+    let mut reports = Vec::new();
     for message in messages {
         let (to, is_snapshot) = (message.to, message.get_msg_type() == MessageType::MsgSnapshot);
-        if !outbox.send(to, shard, message) {
-            undelivered.push((to, is_snapshot));
+        let queued = outbox.send(to, shard, message);
+        if is_snapshot {
+            reports.push(Delivery::Snapshot(to, queued));
+        } else if !queued {
+            reports.push(Delivery::Unreachable(to));
         }
     }
-    undelivered
+    reports
 }
 
 fn not_leader(shard: ShardId, detail: &str) -> ApiError {
@@ -735,11 +834,40 @@ impl StateMachine for ShardMachine<'_> {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
-        self.store.export_raw().map_err(|e| e.to_string())
+        let index = self.progress.applied.load(Ordering::Acquire);
+        SnapshotRef { index }.encode().map_err(|e| e.to_string())
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        self.store.import_raw(data).map_err(|e| e.to_string())
+        match data.first() {
+            Some(&LEGACY_RAW_SNAPSHOT_FORMAT) => self.store.import_legacy_snapshot(data).map_err(|e| e.to_string()),
+            _ => {
+                let snapshot = SnapshotRef::decode(data).map_err(|e| e.to_string())?;
+                self.store.install_staged(snapshot.index).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// A Raft snapshot's data: which state it stands for, not the state itself. The raw store
+/// is fetched from the sending replica in chunks into a staging area before the message
+/// reaches raft-rs ([`Shard::stage_snapshot_chunk`]), and installed from there.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotRef {
+    /// The snapshot holds every entry through this index.
+    pub index: u64,
+}
+
+/// Format of [`SnapshotRef`] (format 1 was the whole raw store in the message).
+const SNAPSHOT_REF_FORMAT: u8 = 2;
+
+impl SnapshotRef {
+    fn encode(&self) -> Result<Vec<u8>, codec::CodecError> {
+        codec::encode(SNAPSHOT_REF_FORMAT, self)
+    }
+
+    pub fn decode(data: &[u8]) -> Result<SnapshotRef, codec::CodecError> {
+        codec::decode(SNAPSHOT_REF_FORMAT, data)
     }
 }
 

@@ -132,6 +132,9 @@ pub struct ShardStore {
     state: sled::Tree,
     vocab: sled::Tree,
     pub vector_keys: sled::Tree,
+    /// A leader's raw store as fetched for a snapshot, keys prefixed by the raw tree's
+    /// position (see [`ShardStore::raw_chunk`]), until the snapshot is installed.
+    snapshot_staging: sled::Tree,
     /// In memory: ordinal → asset id, and the label vocabulary (normalized label → tracks).
     ordinal_cache: RwLock<HashMap<u64, String>>,
     vocab_cache: RwLock<BTreeMap<String, Vec<String>>>,
@@ -153,28 +156,33 @@ impl ShardStore {
             state: db.open_tree("state")?,
             vocab: db.open_tree("vocab")?,
             vector_keys: db.open_tree("vector_keys")?,
+            snapshot_staging: db.open_tree("snapshot_staging")?,
             ordinal_cache: RwLock::new(HashMap::new()),
             vocab_cache: RwLock::new(BTreeMap::new()),
             db,
         };
-        {
-            let mut cache = store.ordinal_cache.write();
-            for item in store.ordinal_assets.iter() {
-                let (key, value) = item?;
-                cache.insert(be_u64(&key)?, String::from_utf8_lossy(&value).into_owned());
-            }
-        }
-        {
-            let mut vocab = store.vocab_cache.write();
-            for key in store.vocab.iter().keys() {
-                let key = key?;
-                let text = String::from_utf8_lossy(&key);
-                if let Some((track, label)) = text.split_once('\u{1f}') {
-                    vocab.entry(label.to_string()).or_default().push(track.to_string());
-                }
-            }
-        }
+        store.reload_caches()?;
         Ok(store)
+    }
+
+    /// Reads the ordinal and vocabulary caches from their trees.
+    fn reload_caches(&self) -> Result<(), StoreError> {
+        let mut ordinals = HashMap::new();
+        for item in self.ordinal_assets.iter() {
+            let (key, value) = item?;
+            ordinals.insert(be_u64(&key)?, String::from_utf8_lossy(&value).into_owned());
+        }
+        *self.ordinal_cache.write() = ordinals;
+        let mut vocab: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for key in self.vocab.iter().keys() {
+            let key = key?;
+            let text = String::from_utf8_lossy(&key);
+            if let Some((track, label)) = text.split_once('\u{1f}') {
+                vocab.entry(label.to_string()).or_default().push(track.to_string());
+            }
+        }
+        *self.vocab_cache.write() = vocab;
+        Ok(())
     }
 
     pub fn watermark(&self, which: Watermark) -> Result<u64, StoreError> {
@@ -211,7 +219,10 @@ impl ShardStore {
             }
         }
         let mut batch = sled::Batch::default();
-        let mut new_assets: HashSet<&str> = HashSet::new();
+        // Assets in order of first appearance, not a HashSet's: ordinals are assigned in this
+        // order and must be the same on every replica.
+        let mut new_assets: Vec<&str> = Vec::new();
+        let mut seen_assets: HashSet<&str> = HashSet::new();
         let mut new_vocab: Vec<(String, String)> = Vec::new();
         let mut seen_in_batch: HashSet<&[u8]> = HashSet::new();
         let mut seen_versions: HashSet<Vec<u8>> = HashSet::new();
@@ -241,7 +252,9 @@ impl ShardStore {
         // Ordinals and vocabulary come from every item, not only new ones: after a crash between
         // the batch and these writes, the replayed entry finds its items already stored.
         for item in items {
-            new_assets.insert(item.annotation.asset_id.as_str());
+            if seen_assets.insert(item.annotation.asset_id.as_str()) {
+                new_assets.push(item.annotation.asset_id.as_str());
+            }
             if let Some(label) = &item.annotation.label {
                 new_vocab.push((item.annotation.track.clone(), label.clone()));
             }
@@ -493,26 +506,149 @@ impl ShardStore {
         ]
     }
 
-    /// Serializes the raw store (a Raft snapshot's data). Called by the thread that applies
-    /// the log, so the result is exactly the state at the applied index.
-    pub fn export_raw(&self) -> Result<Vec<u8>, StoreError> {
-        let mut snapshot = RawSnapshot { trees: Vec::with_capacity(5) };
-        for (name, tree) in self.raw_trees() {
-            let mut pairs = Vec::with_capacity(tree.len());
-            for item in tree.iter() {
-                let (key, value) = item?;
-                pairs.push((key.to_vec(), value.to_vec()));
+    /// Up to about `max_bytes` of the raw store in key order, after `after` (a key of a
+    /// previous chunk; `None` starts at the beginning). Keys are the raw tree's position in
+    /// [`ShardStore::raw_trees`] followed by the tree's key.
+    ///
+    /// Chunks are read from the live store while the log keeps applying, so a sequence of
+    /// them is not a point-in-time copy: it holds every entry applied before the first chunk
+    /// and some applied later. [`ShardStore::install_staged`] makes such a copy safe to
+    /// replay on: every key is read atomically with respect to an apply batch (sled's
+    /// batches exclude readers) and later keys are read later, so an annotation's parsed
+    /// record (`a`) present means its raw record (`r`, later in key order) is too; the counter
+    /// and the asset → ordinal map, which can be read before a write the rest reflects, are
+    /// recomputed from the records and from ordinal → asset.
+    pub fn raw_chunk(&self, after: Option<&[u8]>, max_bytes: usize) -> Result<RawChunk, StoreError> {
+        let trees = self.raw_trees();
+        let (first_tree, after_key) = match after {
+            None => (0, None),
+            Some(cursor) => {
+                let (&position, key) = cursor.split_first().ok_or_else(|| StoreError::Corrupt("empty snapshot cursor".into()))?;
+                if position as usize >= trees.len() {
+                    return Err(StoreError::Corrupt(format!("snapshot cursor names raw tree {position} of {}", trees.len())));
+                }
+                (position as usize, Some(key.to_vec()))
             }
-            snapshot.trees.push((name.to_string(), pairs));
+        };
+        let mut pairs = Vec::new();
+        let mut bytes = 0usize;
+        for (position, (_, tree)) in trees.iter().enumerate().skip(first_tree) {
+            let iter = match (&after_key, position == first_tree) {
+                (Some(key), true) => tree.range::<&[u8], _>((std::ops::Bound::Excluded(key.as_slice()), std::ops::Bound::Unbounded)),
+                _ => tree.iter(),
+            };
+            for item in iter {
+                let (key, value) = item?;
+                let mut staged_key = Vec::with_capacity(key.len() + 1);
+                staged_key.push(position as u8);
+                staged_key.extend_from_slice(&key);
+                bytes += staged_key.len() + value.len();
+                pairs.push((staged_key, value.to_vec()));
+                if bytes >= max_bytes {
+                    return Ok(RawChunk { pairs, done: false });
+                }
+            }
         }
-        Ok(codec::encode(RAW_SNAPSHOT_FORMAT, &snapshot)?)
+        Ok(RawChunk { pairs, done: true })
     }
 
-    /// Replaces the raw store with a snapshot from [`ShardStore::export_raw`] and reloads the
-    /// in-memory caches. Derived state is left for the stages to rebuild (they find the log
-    /// entries below the snapshot missing and re-derive from the raw store).
-    pub fn import_raw(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let snapshot: RawSnapshot = codec::decode(RAW_SNAPSHOT_FORMAT, bytes)?;
+    /// Empties the staging area before a new snapshot is fetched into it.
+    pub fn begin_staging(&self) -> Result<(), StoreError> {
+        self.state.remove(STAGED_SNAPSHOT_KEY)?;
+        self.snapshot_staging.clear()?;
+        Ok(())
+    }
+
+    /// Adds a chunk from [`ShardStore::raw_chunk`] to the staging area.
+    pub fn stage_chunk(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let trees = self.raw_trees().len();
+        let mut batch = sled::Batch::default();
+        for (key, value) in pairs {
+            if key.first().is_none_or(|&position| position as usize >= trees) {
+                return Err(StoreError::Corrupt("snapshot chunk key names no raw tree".into()));
+            }
+            batch.insert(key.as_slice(), value.as_slice());
+        }
+        self.snapshot_staging.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Marks the staging area complete: it holds every entry through `state_at` (the source's
+    /// applied index when the first chunk was read). Durable before it returns.
+    pub fn finish_staging(&self, state_at: u64) -> Result<(), StoreError> {
+        self.state.insert(STAGED_SNAPSHOT_KEY, &state_at.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The index a complete staged snapshot holds every entry through, if there is one.
+    pub fn staged_snapshot(&self) -> Result<Option<u64>, StoreError> {
+        self.state.get(STAGED_SNAPSHOT_KEY)?.map(|bytes| be_u64(&bytes)).transpose()
+    }
+
+    /// Replaces the raw store with the staged snapshot, which must hold every entry through
+    /// `index`, and reloads the caches. Derived state is left for the stages to rebuild. Safe
+    /// to repeat after a crash: the staging area stays until [`ShardStore::clear_staging`].
+    pub fn install_staged(&self, index: u64) -> Result<(), StoreError> {
+        match self.staged_snapshot()? {
+            Some(state_at) if state_at >= index => {}
+            staged => {
+                return Err(StoreError::Corrupt(format!(
+                    "the snapshot at {index} is not staged (staged: {staged:?}); the leader sends it again"
+                )))
+            }
+        }
+        let trees = self.raw_trees();
+        for (_, tree) in &trees {
+            tree.clear()?;
+        }
+        let mut batch = sled::Batch::default();
+        let mut batch_bytes = 0usize;
+        let mut batch_tree = 0usize;
+        for item in self.snapshot_staging.iter() {
+            let (key, value) = item?;
+            let (&position, tree_key) = key.split_first().ok_or_else(|| StoreError::Corrupt("empty staged key".into()))?;
+            let position = position as usize;
+            if position >= trees.len() {
+                return Err(StoreError::Corrupt(format!("staged key names raw tree {position}")));
+            }
+            if position != batch_tree || batch_bytes >= INSTALL_BATCH_BYTES {
+                trees[batch_tree].1.apply_batch(std::mem::take(&mut batch))?;
+                batch_bytes = 0;
+                batch_tree = position;
+            }
+            batch_bytes += key.len() + value.len();
+            batch.insert(tree_key, value);
+        }
+        trees[batch_tree].1.apply_batch(batch)?;
+        // asset → ordinal may have been read before an assignment that ordinal → asset holds.
+        self.asset_ordinals.clear()?;
+        let mut by_asset = sled::Batch::default();
+        for item in self.ordinal_assets.iter() {
+            let (ordinal, asset) = item?;
+            by_asset.insert(asset, ordinal);
+        }
+        self.asset_ordinals.apply_batch(by_asset)?;
+        // The counter may have been read before annotations that the records hold.
+        let annotations = self.records.scan_prefix([RecordKind::Annotation as u8]).keys().count() as u64;
+        self.records.insert(RAW_COUNT_KEY, &annotations.to_be_bytes())?;
+        self.reload_caches()?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Drops the staging area once the installed snapshot's applied index is durable.
+    pub fn clear_staging(&self) -> Result<(), StoreError> {
+        if self.state.contains_key(STAGED_SNAPSHOT_KEY)? || !self.snapshot_staging.is_empty() {
+            self.begin_staging()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the raw store with a format-1 snapshot (the whole store in the Raft message,
+    /// as stored by earlier versions), so a data dir whose last snapshot is one still opens.
+    pub fn import_legacy_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let snapshot: LegacyRawSnapshot = codec::decode(LEGACY_RAW_SNAPSHOT_FORMAT, bytes)?;
         let trees = self.raw_trees();
         for (name, pairs) in &snapshot.trees {
             let (_, tree) = trees
@@ -526,21 +662,7 @@ impl ShardStore {
             }
             tree.apply_batch(batch)?;
         }
-        let mut ordinals = HashMap::new();
-        for item in self.ordinal_assets.iter() {
-            let (key, value) = item?;
-            ordinals.insert(be_u64(&key)?, String::from_utf8_lossy(&value).into_owned());
-        }
-        *self.ordinal_cache.write() = ordinals;
-        let mut vocab: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for key in self.vocab.iter().keys() {
-            let key = key?;
-            let text = String::from_utf8_lossy(&key);
-            if let Some((track, label)) = text.split_once('\u{1f}') {
-                vocab.entry(label.to_string()).or_default().push(track.to_string());
-            }
-        }
-        *self.vocab_cache.write() = vocab;
+        self.reload_caches()?;
         self.db.flush()?;
         Ok(())
     }
@@ -563,13 +685,27 @@ impl ShardStore {
     }
 }
 
-/// Format of [`ShardStore::export_raw`]: every raw tree's pairs, by tree name.
-const RAW_SNAPSHOT_FORMAT: u8 = 1;
+/// Format of a snapshot's data written before snapshots were fetched in chunks: every raw
+/// tree's pairs, by tree name, in the Raft message itself. Read, never written.
+pub const LEGACY_RAW_SNAPSHOT_FORMAT: u8 = 1;
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct RawSnapshot {
+struct LegacyRawSnapshot {
     trees: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
 }
+
+/// One piece of a raw store on its way to a replica (see [`ShardStore::raw_chunk`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RawChunk {
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// No more chunks after this one.
+    pub done: bool,
+}
+
+/// `state` key: the index a complete staged snapshot holds every entry through.
+const STAGED_SNAPSHOT_KEY: &[u8] = b"staged_snapshot";
+/// Records copied per batch when a staged snapshot is installed (bounds the batch's memory).
+const INSTALL_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 fn be_u64(bytes: &[u8]) -> Result<u64, StoreError> {
     let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt(format!("expected 8 bytes, found {}", bytes.len())))?;
@@ -632,8 +768,28 @@ mod tests {
         assert_eq!(store.asset_ordinal("e1").unwrap(), Some(1));
     }
 
+    /// Copies `source` into `replica`'s staging area in chunks of about `chunk_bytes`, calling
+    /// `between(cursor)` before each chunk after the first (to write to the source mid-copy).
+    fn stage_from(source: &ShardStore, replica: &ShardStore, chunk_bytes: usize, mut between: impl FnMut(&[u8])) -> usize {
+        replica.begin_staging().unwrap();
+        let mut cursor: Option<Vec<u8>> = None;
+        let mut chunks = 0;
+        loop {
+            if let Some(cursor) = &cursor {
+                between(cursor);
+            }
+            let chunk = source.raw_chunk(cursor.as_deref(), chunk_bytes).unwrap();
+            chunks += 1;
+            replica.stage_chunk(&chunk.pairs).unwrap();
+            if chunk.done {
+                return chunks;
+            }
+            cursor = chunk.pairs.last().map(|(key, _)| key.clone());
+        }
+    }
+
     #[test]
-    fn a_restored_snapshot_equals_the_source_and_replaying_its_tail_changes_nothing() {
+    fn a_staged_snapshot_installs_as_the_source_and_replaying_its_tail_changes_nothing() {
         let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (source, replica) = (ShardStore::open(dir_a.path()).unwrap(), ShardStore::open(dir_b.path()).unwrap());
         let first = vec![item("a", "e1", 0, 1000, "Joey"), item("b", "e2", 500, 2000, "Monica")];
@@ -646,7 +802,13 @@ mod tests {
         replica.apply_ingest(&first).unwrap();
         replica.write_buckets("e1", &BTreeMap::new()).unwrap();
         assert_ne!(replica.raw_digest().unwrap(), source.raw_digest().unwrap());
-        replica.import_raw(&source.export_raw().unwrap()).unwrap();
+        let chunks = stage_from(&source, &replica, 64, |_| {});
+        assert!(chunks > 3, "small chunks: {chunks}");
+        assert!(matches!(replica.install_staged(10), Err(StoreError::Corrupt(_))), "not staged yet");
+        replica.finish_staging(9).unwrap();
+        assert_eq!(replica.staged_snapshot().unwrap(), Some(9));
+        assert!(matches!(replica.install_staged(10), Err(StoreError::Corrupt(_))), "staged state is older than the snapshot");
+        replica.install_staged(9).unwrap();
         assert_eq!(replica.raw_digest().unwrap(), source.raw_digest().unwrap());
         assert_eq!(replica.all_assets(), source.all_assets());
         assert_eq!(replica.vocabulary(), source.vocabulary());
@@ -655,7 +817,72 @@ mod tests {
         // A snapshot taken past its index: replaying the entries in between is a no-op.
         assert_eq!(replica.apply_ingest(&tail).unwrap(), ApplyOutcome::Applied { created: 0, duplicates: 1 });
         assert_eq!(replica.raw_digest().unwrap(), source.raw_digest().unwrap());
-        assert!(matches!(replica.import_raw(b"not a snapshot"), Err(StoreError::Codec(_))));
+        // Installing again (a crash before the applied index was durable) gives the same store.
+        replica.install_staged(9).unwrap();
+        assert_eq!(replica.raw_digest().unwrap(), source.raw_digest().unwrap());
+        replica.clear_staging().unwrap();
+        assert_eq!(replica.staged_snapshot().unwrap(), None);
+        // A data dir whose last snapshot was stored whole by an earlier version still opens.
+        let legacy_dir = tempfile::tempdir().unwrap();
+        let legacy = ShardStore::open(legacy_dir.path()).unwrap();
+        let trees = source
+            .raw_trees()
+            .iter()
+            .map(|(name, tree)| {
+                (name.to_string(), tree.iter().map(|p| p.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Result<Vec<_>, _>>().unwrap())
+            })
+            .collect();
+        legacy.import_legacy_snapshot(&codec::encode(LEGACY_RAW_SNAPSHOT_FORMAT, &LegacyRawSnapshot { trees }).unwrap()).unwrap();
+        assert_eq!(legacy.raw_digest().unwrap(), source.raw_digest().unwrap());
+        assert_eq!(legacy.all_assets(), source.all_assets());
+        assert!(matches!(legacy.import_legacy_snapshot(b"not a snapshot"), Err(StoreError::Codec(_))));
+        assert!(matches!(replica.raw_chunk(Some(&[9, b'x']), 64), Err(StoreError::Corrupt(_))));
+        assert!(matches!(replica.stage_chunk(&[(vec![9], vec![])]), Err(StoreError::Corrupt(_))));
+    }
+
+    /// Chunks read while the source keeps applying: the writes land in every position of the
+    /// copy (between the records and the asset trees, between the two ordinal maps), and after
+    /// the install, replaying those writes gives exactly the source.
+    #[test]
+    fn a_snapshot_copied_while_the_source_applies_converges_after_replay() {
+        let base = vec![item("a", "e1", 0, 1000, "Joey"), item("b", "e2", 500, 2000, "Monica"), item("c", "e5", 0, 10, "Ross")];
+        // Sorts before the base assets: its ordinal map keys land behind a cursor in them.
+        let late = vec![item("d", "a0", 0, 10, "Phoebe"), item("e", "e1", 10, 20, "Chandler")];
+        let upsert = StoredAsset { title: Some("Late title".into()), ..Default::default() };
+        for write_at_tree in 0..5u8 {
+            let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (source, replica) = (ShardStore::open(dir_a.path()).unwrap(), ShardStore::open(dir_b.path()).unwrap());
+            source.apply_ingest(&base).unwrap();
+            let mut written = false;
+            stage_from(&source, &replica, 1, |cursor| {
+                if !written && cursor[0] >= write_at_tree && cursor.len() > 1 {
+                    source.apply_ingest(&late).unwrap();
+                    source.apply_asset("e2", &upsert).unwrap();
+                    written = true;
+                }
+            });
+            assert!(written, "the writes landed mid-copy (tree {write_at_tree})");
+            replica.finish_staging(1).unwrap();
+            replica.install_staged(1).unwrap();
+            replica.apply_ingest(&late).unwrap();
+            replica.apply_asset("e2", &upsert).unwrap();
+            assert_eq!(replica.raw_digest().unwrap(), source.raw_digest().unwrap(), "writes at tree {write_at_tree}");
+            assert_eq!(replica.raw_count(), source.raw_count());
+            assert_eq!(replica.all_assets(), source.all_assets());
+            assert_eq!(replica.asset_ordinal("a0").unwrap(), source.asset_ordinal("a0").unwrap());
+        }
+    }
+
+    #[test]
+    fn replicas_assign_the_same_ordinals_to_the_new_assets_of_a_batch() {
+        let batch: Vec<IngestItem> = (0..12).map(|n| item(&format!("x{n}"), &format!("asset-{}", (n * 7) % 12), 0, 10, "Joey")).collect();
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (one, two) = (ShardStore::open(dir_a.path()).unwrap(), ShardStore::open(dir_b.path()).unwrap());
+        one.apply_ingest(&batch).unwrap();
+        two.apply_ingest(&batch).unwrap();
+        assert_eq!(one.all_assets(), two.all_assets());
+        assert_eq!(one.asset_ordinal("asset-0").unwrap(), Some(1), "first appearance first");
+        assert_eq!(one.raw_digest().unwrap(), two.raw_digest().unwrap());
     }
 
     #[test]

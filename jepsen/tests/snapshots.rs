@@ -1,0 +1,117 @@
+//! Catch-up by snapshot on a real three-node cluster: a node is cut off while the others write
+//! and compact their logs past it, so once healed it can only catch up by fetching a snapshot
+//! of each shard's raw store in chunks. Afterwards every replica holds the same raw store,
+//! everything acknowledged is searchable from that node, it restarts cleanly from the
+//! installed snapshot, and writes through it keep working.
+//!
+//! (A node that is merely killed often catches up from the log anyway: the leaders' appends
+//! sent while it was down wait in the transport's queue and arrive when it reconnects. A
+//! partition drops them.)
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rushes_jepsen::{poll_until, ClusterOptions, Http, LocalCluster, ReplicaStatus};
+use serde_json::json;
+
+const SHARDS: u32 = 2;
+/// Entries kept after compaction, and entries beyond them that trigger it: tiny, so a few
+/// hundred single-annotation writes compact the log many times over.
+const RAFT_TOML: &str = "[raft]\nlog_retain_entries = 10\nsnapshot_log_entries = 20\ncompaction_interval_ms = 100\n";
+
+fn annotation(asset: &str, id: &str, start_ms: u64, label: &str) -> String {
+    json!({
+        "id": id, "asset_id": asset, "model": "faces", "model_version": "1", "track": "character",
+        "start_ms": start_ms, "end_ms": start_ms + 2000, "label": label, "confidence": 0.9
+    })
+    .to_string()
+}
+
+/// Writes `count` annotations one request each (one log entry each) through `node`'s URL.
+fn write_one_by_one(http: &Http, cluster: &LocalCluster, node: u64, prefix: &str, count: usize) -> BTreeSet<String> {
+    let mut assets = BTreeSet::new();
+    for i in 0..count {
+        let asset = format!("{prefix}-asset-{}", i % 17);
+        let body = annotation(&asset, &format!("{prefix}-{i}"), (i as u64) * 1000, if i % 2 == 0 { "Joey" } else { "Monica" });
+        let url = cluster.node(node).url("/v1/annotations");
+        // Retry the transient refusals of a busy 2-core machine (ids are idempotent).
+        let ok = poll_until(Duration::from_secs(30), || http.send("POST", &url, "application/x-ndjson", body.as_bytes()).is_ok());
+        assert!(ok, "write {prefix}-{i} through node {node} not acknowledged within 30 s\n{}", cluster.diagnostics());
+        assets.insert(asset);
+    }
+    assets
+}
+
+fn replica_field(cluster: &LocalCluster, node: u64, shard: u32, field: impl Fn(&ReplicaStatus) -> Option<u64>) -> Option<u64> {
+    let status = cluster.node(node).status(false).ok()?;
+    let value = status.local_replicas().into_iter().find(|(s, _)| *s == shard).and_then(|(_, replica)| field(replica));
+    value
+}
+
+#[test]
+fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ClusterOptions::new(3, SHARDS, 3);
+    options.extra_toml = RAFT_TOML.to_string();
+    let cluster = LocalCluster::start_with(&dir.path().join("cluster"), options);
+    cluster.wait_for_leaders(Duration::from_secs(60));
+    let http = Http::new(Duration::from_secs(30));
+
+    let mut assets = write_one_by_one(&http, &cluster, 1, "before", 40);
+    cluster.wait_converged(Duration::from_secs(60));
+    let applied_before: Vec<u64> =
+        (0..SHARDS).map(|s| replica_field(&cluster, 3, s, |r| r.applied_index).expect("node 3 status")).collect();
+
+    cluster.partition(&[3]);
+    assets.extend(write_one_by_one(&http, &cluster, 1, "while-down", 150));
+    assets.extend(write_one_by_one(&http, &cluster, 2, "while-down-2", 150));
+    // Both live replicas of every shard compacted past what node 3 has: the log cannot help it.
+    for shard in 0..SHARDS {
+        for node in [1u64, 2] {
+            let compacted = poll_until(Duration::from_secs(60), || {
+                replica_field(&cluster, node, shard, |r| r.log_first_index).is_some_and(|first| first > applied_before[shard as usize] + 1)
+            });
+            assert!(
+                compacted,
+                "node {node} did not compact shard {shard} past node 3's index {}\n{}",
+                applied_before[shard as usize],
+                cluster.diagnostics()
+            );
+        }
+    }
+
+    cluster.heal();
+    cluster.wait_converged(Duration::from_secs(120));
+    for shard in 0..SHARDS {
+        let installed = replica_field(&cluster, 3, shard, |r| r.snapshots_installed).unwrap_or(0);
+        assert!(installed >= 1, "node 3 caught up on shard {shard} without a snapshot\n{}", cluster.diagnostics());
+    }
+    let digests = cluster.digests();
+    for shard in 0..SHARDS {
+        let of_shard: BTreeSet<&String> = digests.iter().filter(|((s, _), _)| *s == shard).map(|(_, d)| d).collect();
+        assert_eq!(of_shard.len(), 1, "raw stores of shard {shard} differ: {digests:?}");
+    }
+    let counts = cluster.raw_counts();
+    let total_on_node_3: u64 = counts.iter().filter(|((_, node), _)| *node == 3).map(|(_, c)| c.unwrap_or(0)).sum();
+    assert_eq!(total_on_node_3, 340, "node 3's replicas hold every annotation once: {counts:?}");
+
+    // Everything is searchable from the restarted node, and it takes writes again.
+    let search = json!({ "clauses": [{"type": "label", "track": "character", "label": "Joey"}], "limit": 100 });
+    let reply = http.post_json(&cluster.node(3).url("/v1/search"), &search).expect("search on node 3");
+    assert_eq!(reply["shards"]["failed"], 0, "{reply}");
+    let found: BTreeSet<String> =
+        reply["assets"].as_array().expect("assets").iter().filter_map(|a| a["asset_id"].as_str().map(String::from)).collect();
+    assert_eq!(found, assets, "node 3 searches every asset after catching up");
+
+    // A restart opens from the installed snapshot and the log after it.
+    cluster.kill(3);
+    cluster.restart(3);
+    cluster.wait_converged(Duration::from_secs(120));
+    write_one_by_one(&http, &cluster, 3, "after", 10);
+    cluster.wait_converged(Duration::from_secs(60));
+    let digests = cluster.digests();
+    for shard in 0..SHARDS {
+        let of_shard: BTreeSet<&String> = digests.iter().filter(|((s, _), _)| *s == shard).map(|(_, d)| d).collect();
+        assert_eq!(of_shard.len(), 1, "raw stores of shard {shard} differ after more writes: {digests:?}");
+    }
+}
