@@ -224,6 +224,24 @@ impl<S: RaftLogStore> RaftDriver<S> {
         self.node.raft.raft_log.last_index()
     }
 
+    /// On a leader: the lowest log index that the followers it heard from recently (within
+    /// an election timeout, with `check_quorum`) have persisted. Compacting above it would send
+    /// a follower that is merely slow a whole snapshot. `None` on a follower or with no such
+    /// follower (one cut off for longer does not hold the log back).
+    pub fn slowest_active_follower_match(&self) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let own_id = self.node.raft.id;
+        self.node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, progress)| **id != own_id && progress.recent_active)
+            .map(|(_, progress)| progress.matched)
+            .min()
+    }
+
     pub fn store(&self) -> &S {
         self.node.store()
     }

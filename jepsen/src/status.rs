@@ -61,6 +61,9 @@ pub struct ReplicaStatus {
     pub indexed_index: Option<u64>,
     #[serde(default)]
     pub raw_annotations: Option<u64>,
+    /// The replica stopped after a storage or consistency failure (see the node's log).
+    #[serde(default)]
+    pub failed: bool,
     /// First entry still in the replica's log (local replicas only).
     #[serde(default)]
     pub log_first_index: Option<u64>,

@@ -115,3 +115,33 @@ fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
         assert_eq!(of_shard.len(), 1, "raw stores of shard {shard} differ after more writes: {digests:?}");
     }
 }
+
+/// A node restarted with an empty data dir under its old id must not take part: the leaders
+/// know it acknowledged entries it no longer has, and a vote or acknowledgement from such a
+/// log could lose committed writes. Its replicas stop with an error that says so (instead of
+/// raft-rs panicking), and the other two nodes keep serving.
+#[test]
+fn a_node_that_lost_its_data_dir_refuses_to_rejoin_under_its_old_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = LocalCluster::start_with(&dir.path().join("cluster"), ClusterOptions::new(3, SHARDS, 3));
+    cluster.wait_for_leaders(Duration::from_secs(60));
+    let http = Http::new(Duration::from_secs(30));
+    write_one_by_one(&http, &cluster, 1, "before", 20);
+    cluster.wait_converged(Duration::from_secs(60));
+
+    cluster.kill(3);
+    std::fs::remove_dir_all(&cluster.node(3).data_dir).expect("wipe node 3's data dir");
+    cluster.restart(3);
+    let refused = poll_until(Duration::from_secs(60), || {
+        cluster.node(3).status(false).is_ok_and(|status| {
+            let failed: Vec<bool> = status.local_replicas().map(|(_, replica)| replica.failed).collect();
+            failed.len() == SHARDS as usize && failed.iter().all(|f| *f)
+        })
+    });
+    assert!(refused, "node 3's replicas did not stop after losing their data\n{}", cluster.diagnostics());
+    let log = std::fs::read_to_string(&cluster.node(3).log_path).unwrap_or_default();
+    assert!(log.contains("the data dir was lost"), "the node log names the cause:\n{}", cluster.node(3).log_tail(20));
+    assert!(!log.contains("panicked"), "no panic:\n{}", cluster.node(3).log_tail(40));
+    // The other two still form a quorum for every shard.
+    write_one_by_one(&http, &cluster, 1, "after", 10);
+}

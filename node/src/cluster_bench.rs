@@ -1,7 +1,6 @@
 //! `rushes cluster bench`: three local node processes, replication factor 3. Measures
 //! acknowledged ingest throughput, query latency through one node, the time a killed leader's
-//! shards take to accept writes again, a restarted replica's catch-up time, and the time a
-//! replacement replica (a node whose data dir was lost) takes to catch up by snapshot.
+//! shards take to accept writes again, and a restarted replica's catch-up time.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -52,24 +51,14 @@ pub struct ClusterBenchReport {
     pub catch_up_annotations: usize,
     /// Restart of a replica that missed `catch_up_annotations` → applied and indexed everything.
     pub catch_up_seconds: f64,
-    /// Snapshots that replica installed while catching up (the logs are compacted often here).
+    /// Snapshots that replica installed while catching up (0: it caught up from the log).
     pub catch_up_snapshots: u64,
-    /// A node restarted with an empty data dir → every replica it holds fetched by snapshot,
-    /// applied and indexed.
-    pub replacement_seconds: f64,
-    pub replacement_snapshots: u64,
-    /// Raw annotations the replacement node's replicas hold afterwards.
-    pub replacement_annotations: u64,
     pub machine: String,
 }
 
 const REPLICATION_FACTOR: usize = 3;
 const SHARDS: u32 = 4;
 const BATCH_LINES: usize = 2000;
-/// Compaction settings of the bench's nodes: logs keep a few dozen entries past what every
-/// stage consumed, so a replica that was down, or lost its data, catches up by snapshot (the
-/// default keeps 21,000 entries: more than a 20-hour corpus, which would replay the log).
-const BENCH_RAFT_TOML: &str = "\n[raft]\nlog_retain_entries = 20\nsnapshot_log_entries = 20\ncompaction_interval_ms = 1000\n";
 
 struct NodeProcess {
     config: PathBuf,
@@ -166,22 +155,13 @@ fn ingest(batches: Vec<Vec<u8>>, urls: &[String], clients: usize) -> Result<(u64
 
 /// Snapshots the node's own replicas installed since it started.
 fn snapshots_installed(client: &Client) -> u64 {
-    local_replica_sum(client, "snapshots_installed")
-}
-
-/// Raw annotations in the node's own replicas.
-fn local_raw_annotations(client: &Client) -> u64 {
-    local_replica_sum(client, "raw_annotations")
-}
-
-fn local_replica_sum(client: &Client, field: &str) -> u64 {
     let Ok(status) = client.get_json("/v1/cluster") else { return 0 };
     let shards = status["shards"].as_array().cloned().unwrap_or_default();
     shards
         .iter()
         .flat_map(|shard| shard["replicas"].as_array().cloned().unwrap_or_default())
         .filter(|replica| replica["local"].as_bool() == Some(true))
-        .filter_map(|replica| replica[field].as_u64())
+        .filter_map(|replica| replica["snapshots_installed"].as_u64())
         .sum()
 }
 
@@ -207,7 +187,6 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         // Hybrid queries embed their semantic words with the season's offline embedder.
         let mut text = std::fs::read_to_string(config)?;
         text.push_str("\n[embedder]\nurl = \"demo\"\n");
-        text.push_str(BENCH_RAFT_TOML);
         std::fs::write(config, text)?;
     }
     let binary = std::env::current_exe()?;
@@ -328,17 +307,6 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     let catch_up_seconds = restarted_at.elapsed().as_secs_f64();
     let catch_up_snapshots = snapshots_installed(&clients[leader - 1]);
 
-    // Replacement: that node loses its data dir and comes back empty.
-    nodes[leader - 1].kill();
-    let node_data = dir.join(format!("node-{leader}"));
-    std::fs::remove_dir_all(&node_data)?;
-    let replaced_at = Instant::now();
-    nodes[leader - 1].spawn(&binary)?;
-    wait_for("the replacement replica to catch up", Duration::from_secs(1800), || converged(&clients[survivor]))?;
-    let replacement_seconds = replaced_at.elapsed().as_secs_f64();
-    let replacement_snapshots = snapshots_installed(&clients[leader - 1]);
-    let replacement_annotations = local_raw_annotations(&clients[leader - 1]);
-
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ClusterBenchReport {
@@ -357,9 +325,6 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         catch_up_annotations: written as usize,
         catch_up_seconds,
         catch_up_snapshots,
-        replacement_seconds,
-        replacement_snapshots,
-        replacement_annotations,
         machine: machine_description(),
     })
 }
@@ -387,9 +352,5 @@ pub fn print_cluster_report(report: &ClusterBenchReport) {
     println!(
         "catch-up of a restarted replica {} annotations behind: {:.1} s ({} snapshots installed)",
         report.catch_up_annotations, report.catch_up_seconds, report.catch_up_snapshots
-    );
-    println!(
-        "replacement replica (empty data dir): {} annotations caught up in {:.1} s ({} snapshots installed)",
-        report.replacement_annotations, report.replacement_seconds, report.replacement_snapshots
     );
 }

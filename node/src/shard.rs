@@ -91,6 +91,15 @@ pub enum ShardError {
     Io(#[from] std::io::Error),
     #[error("configuration: {0}")]
     Config(String),
+    /// The leader knows this replica acknowledged entries it no longer has: its data dir was
+    /// wiped or replaced by an older copy. Voting or acknowledging with such a log could lose
+    /// committed writes, so the replica stops.
+    #[error(
+        "node {leader}, leading this shard, knows this replica persisted the log through {commit} but it holds only {last_index} \
+         entries: the data dir was lost or restored from an older copy. A node cannot rejoin under the same id without its data \
+         (membership changes are not supported yet); restore the data dir or rebuild the cluster"
+    )]
+    LostAcknowledgedEntries { leader: NodeId, commit: u64, last_index: u64 },
 }
 
 pub type ProposalReply = tokio::sync::oneshot::Sender<Result<ApplyOutcome, ApiError>>;
@@ -593,6 +602,18 @@ impl RaftStage {
                 if message.get_msg_type() == MessageType::MsgSnapshot && !self.snapshot_is_staged(&message)? {
                     continue;
                 }
+                // A heartbeat's commit is at most what this replica acknowledged as persisted;
+                // beyond its log means the log was lost (raft-rs would panic on it).
+                if message.get_msg_type() == MessageType::MsgHeartbeat
+                    && message.term >= self.driver.term()
+                    && message.commit > self.driver.last_index()
+                {
+                    return Err(ShardError::LostAcknowledgedEntries {
+                        leader: message.from,
+                        commit: message.commit,
+                        last_index: self.driver.last_index(),
+                    });
+                }
                 self.driver.step(message)?;
             }
             while let Ok(read) = self.read_requests.try_recv() {
@@ -757,6 +778,8 @@ impl RaftStage {
             }
             return Ok(());
         }
+        // Nor above what active followers have: a slow one catches up from the log.
+        let durable = durable.min(self.driver.slowest_active_follower_match().unwrap_or(u64::MAX));
         let up_to = durable.saturating_sub(self.compaction.retain_entries);
         if up_to < self.driver.store().first_log_index() + self.compaction.snapshot_entries {
             return Ok(());
