@@ -27,7 +27,7 @@
 //! A leader whose snapshot message could not be delivered reports it with
 //! [`RaftDriver::report_snapshot`] (else it waits for the follower's answer before retrying).
 
-use raft::eraftpb::{Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
 use crate::log_store::{LogStoreError, RaftLogStore};
@@ -74,6 +74,15 @@ pub enum DriverError {
     /// restore it from (or the apply-only constructor was used).
     #[error("shard {shard}: the state machine has applied through {applied} but the log starts after {log_start}")]
     BehindLogStart { shard: ShardId, applied: u64, log_start: u64 },
+    /// The leader knows this replica persisted the log through `commit`, but it holds only
+    /// `last_index` entries: its storage was wiped or replaced by an older copy. Voting or
+    /// acknowledging with such a log could lose committed writes (and raft-rs panics on it).
+    #[error(
+        "node {leader}, leading shard {shard}, knows this replica persisted the log through {commit} but it holds only \
+         {last_index} entries: the data dir was lost or restored from an older copy. A node cannot rejoin under the same id \
+         without its data (membership changes are not supported yet); restore the data dir or rebuild the cluster"
+    )]
+    LostAcknowledgedEntries { shard: ShardId, leader: NodeId, commit: u64, last_index: u64 },
     /// Compaction must stay within what this replica has applied.
     #[error("cannot compact shard {shard} through {index}: applied only through {applied}")]
     CompactBeyondApplied { shard: ShardId, index: u64, applied: u64 },
@@ -268,6 +277,16 @@ impl<S: RaftLogStore> RaftDriver<S> {
     }
 
     pub fn step(&mut self, message: Message) -> Result<(), DriverError> {
+        // A current leader's heartbeat carries at most the commit this replica acknowledged as
+        // persisted; beyond its log, the log was lost.
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.term >= self.term() && message.commit > self.last_index() {
+            return Err(DriverError::LostAcknowledgedEntries {
+                shard: self.shard,
+                leader: message.from,
+                commit: message.commit,
+                last_index: self.last_index(),
+            });
+        }
         match self.node.step(message) {
             // Messages from peers that are not (or no longer) in the group are dropped.
             Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
@@ -611,6 +630,25 @@ mod tests {
                 Some((id, _)) => self.drivers.get_mut(&id).unwrap().propose(vec![], data).is_ok(),
                 None => false,
             }
+        }
+    }
+
+    /// A replica whose storage was wiped gets its leader's heartbeat (commit beyond its empty
+    /// log): an error that says so, not raft-rs's panic; a stale term's heartbeat is ignored.
+    #[test]
+    fn a_heartbeat_beyond_a_wiped_log_is_refused_not_a_panic() {
+        let mut driver = RaftDriver::new(3, 7, &RaftSettings::default(), MemLogStore::new(&[1, 2, 3]), 0).unwrap();
+        let heartbeat = |term: u64, commit: u64| {
+            let mut message = Message { from: 1, to: 3, term, commit, ..Default::default() };
+            message.set_msg_type(MessageType::MsgHeartbeat);
+            message
+        };
+        driver.step(heartbeat(2, 0)).unwrap();
+        assert_eq!(driver.term(), 2);
+        driver.step(heartbeat(1, 13)).unwrap();
+        match driver.step(heartbeat(2, 13)) {
+            Err(DriverError::LostAcknowledgedEntries { shard: 7, leader: 1, commit: 13, last_index: 0 }) => {}
+            other => panic!("expected LostAcknowledgedEntries, got {other:?}"),
         }
     }
 

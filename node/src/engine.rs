@@ -22,7 +22,7 @@ use crate::index::{VectorMetric, VectorQuantization, VectorSpaceSpec};
 use crate::metrics::Metrics;
 use crate::peer::{AssetRead, ClusterNet, PeerReply, PeerRequest, ReplicaStatus};
 use crate::search::{self, Plan, SearchLimits, SpaceInfo};
-use crate::shard::{RaftOutbox, Shard, ShardError, ShardOptions, SnapshotRef, NOT_LEADER_PREFIX};
+use crate::shard::{RaftOutbox, Shard, ShardError, ShardOptions, SnapshotData, NOT_LEADER_PREFIX};
 use crate::store::ApplyOutcome;
 
 /// Most buckets one `/buckets` request returns (one hour at the default bucket size).
@@ -622,34 +622,20 @@ impl Engine {
     /// Stages the raw store `message` names, unless a staged copy already covers it; returns
     /// the bytes fetched.
     async fn fetch_snapshot(&self, from: NodeId, replica: &Arc<Shard>, message: &raft::eraftpb::Message) -> Result<Option<u64>, ApiError> {
-        let data = message.get_snapshot().get_data();
-        if data.first() == Some(&crate::store::LEGACY_RAW_SNAPSHOT_FORMAT) {
-            return Ok(None); // an earlier version's snapshot carries the store itself
-        }
-        let snapshot = SnapshotRef::decode(data).map_err(|e| ApiError::internal(format!("unreadable snapshot from node {from}: {e}")))?;
+        let snapshot = match SnapshotData::parse(message.get_snapshot().get_data()) {
+            Ok(SnapshotData::Ref(snapshot)) => snapshot,
+            Ok(SnapshotData::Legacy) => return Ok(None), // an earlier version's snapshot carries the store itself
+            Err(e) => return Err(ApiError::internal(format!("unreadable snapshot from node {from}: {e}"))),
+        };
         let net = self.net.clone().ok_or_else(|| ApiError::internal("snapshot without a peer transport"))?;
-        let blocking = |work: Box<dyn FnOnce() -> Result<(), crate::store::StoreError> + Send>| async move {
-            tokio::task::spawn_blocking(work)
-                .await
-                .map_err(|e| ApiError::internal(format!("staging task failed: {e}")))?
-                .map_err(|e| ApiError::internal(format!("staging the snapshot: {e}")))
-        };
-        let staged = {
-            let replica = replica.clone();
-            tokio::task::spawn_blocking(move || replica.staged_snapshot())
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map_err(|e| ApiError::internal(e.to_string()))?
-        };
+        let staged = on_staging(replica, |store| store.staged_snapshot()).await?;
         if staged.is_some_and(|staged| staged >= snapshot.index) {
             return Ok(None);
         }
-        let shard = replica.id;
-        let begin = replica.clone();
-        blocking(Box::new(move || begin.begin_snapshot_staging())).await?;
+        on_staging(replica, |store| store.begin_staging()).await?;
         let (mut after, mut state_at, mut bytes) = (None, None, 0u64);
         loop {
-            let request = PeerRequest::SnapshotChunk { shard, after: after.take(), min_applied: snapshot.index };
+            let request = PeerRequest::SnapshotChunk { shard: replica.id, after: after.take(), min_applied: snapshot.index };
             let (chunk, applied) = match net.call(from, &request, SNAPSHOT_CHUNK_TIMEOUT).await? {
                 PeerReply::SnapshotChunk { chunk, applied } => (chunk, applied),
                 PeerReply::Error(e) => return Err(e),
@@ -660,8 +646,7 @@ impl Engine {
             bytes += chunk.pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
             after = chunk.pairs.last().map(|(key, _)| key.clone());
             let done = chunk.done;
-            let stage = replica.clone();
-            blocking(Box::new(move || stage.stage_snapshot_chunk(&chunk))).await?;
+            on_staging(replica, move |store| store.stage_chunk(&chunk.pairs)).await?;
             if done {
                 break;
             }
@@ -670,8 +655,7 @@ impl Engine {
             }
         }
         let state_at = state_at.unwrap_or(snapshot.index);
-        let finish = replica.clone();
-        blocking(Box::new(move || finish.finish_snapshot_staging(state_at))).await?;
+        on_staging(replica, move |store| store.finish_staging(state_at)).await?;
         Ok(Some(bytes))
     }
 
@@ -1404,6 +1388,18 @@ fn replica_json(status: &ReplicaStatus, local: bool, reachable: bool) -> serde_j
         "raw_annotations": status.raw_annotations,
         "failed": status.failed,
     })
+}
+
+/// Runs `work` on a replica's snapshot staging area on the blocking pool (sled I/O).
+async fn on_staging<T: Send + 'static>(
+    replica: &Arc<Shard>,
+    work: impl FnOnce(&crate::store::ShardStore) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let replica = replica.clone();
+    tokio::task::spawn_blocking(move || replica.with_staging(work))
+        .await
+        .map_err(|e| ApiError::internal(format!("staging task failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("staging the snapshot: {e}")))
 }
 
 fn json_reply<T: serde::Serialize>(value: &T) -> Result<PeerReply, ApiError> {

@@ -34,7 +34,7 @@ use rushes_protocol::ApiError;
 use crate::fusion::{active_versions, affected_by_command, refuse_asset, AffectedBuckets};
 use crate::index::{put_vector_target, vector_key, IndexError, ShardIndex, VectorSpaceSpec, VectorTarget};
 use crate::metrics::Metrics;
-use crate::store::{ApplyOutcome, RawChunk, ShardStore, StoreError, Watermark, LEGACY_RAW_SNAPSHOT_FORMAT};
+use crate::store::{ApplyOutcome, ShardStore, StoreError, Watermark, LEGACY_RAW_SNAPSHOT_FORMAT};
 
 /// Vector files are large; they are saved less often than Tantivy commits. Replay from the log
 /// covers the gap after a crash (the log is kept until both are durable).
@@ -91,15 +91,6 @@ pub enum ShardError {
     Io(#[from] std::io::Error),
     #[error("configuration: {0}")]
     Config(String),
-    /// The leader knows this replica acknowledged entries it no longer has: its data dir was
-    /// wiped or replaced by an older copy. Voting or acknowledging with such a log could lose
-    /// committed writes, so the replica stops.
-    #[error(
-        "node {leader}, leading this shard, knows this replica persisted the log through {commit} but it holds only {last_index} \
-         entries: the data dir was lost or restored from an older copy. A node cannot rejoin under the same id without its data \
-         (membership changes are not supported yet); restore the data dir or rebuild the cluster"
-    )]
-    LostAcknowledgedEntries { leader: NodeId, commit: u64, last_index: u64 },
 }
 
 pub type ProposalReply = tokio::sync::oneshot::Sender<Result<ApplyOutcome, ApiError>>;
@@ -390,28 +381,11 @@ impl Shard {
         (!self.fetching_snapshot.swap(true, Ordering::AcqRel)).then_some(SnapshotFetch(&self.fetching_snapshot))
     }
 
-    /// The index a complete staged snapshot holds every entry through (blocking: sled).
-    pub fn staged_snapshot(&self) -> Result<Option<u64>, StoreError> {
+    /// Runs `work` on the store's snapshot staging area while no install can start (blocking:
+    /// sled, and waits for an install in progress).
+    pub fn with_staging<T>(&self, work: impl FnOnce(&ShardStore) -> T) -> T {
         let _guard = self.staging.lock();
-        self.store.staged_snapshot()
-    }
-
-    /// Empties the staging area for a new fetch (blocking: sled).
-    pub fn begin_snapshot_staging(&self) -> Result<(), StoreError> {
-        let _guard = self.staging.lock();
-        self.store.begin_staging()
-    }
-
-    /// Stores one fetched chunk (blocking: sled).
-    pub fn stage_snapshot_chunk(&self, chunk: &RawChunk) -> Result<(), StoreError> {
-        let _guard = self.staging.lock();
-        self.store.stage_chunk(&chunk.pairs)
-    }
-
-    /// Marks the staged copy complete through `state_at`, durably (blocking: sled).
-    pub fn finish_snapshot_staging(&self, state_at: u64) -> Result<(), StoreError> {
-        let _guard = self.staging.lock();
-        self.store.finish_staging(state_at)
+        work(&self.store)
     }
 
     /// Hands a peer's Raft message to the raft thread. Never blocks: a full inbox drops it
@@ -602,18 +576,6 @@ impl RaftStage {
                 if message.get_msg_type() == MessageType::MsgSnapshot && !self.snapshot_is_staged(&message)? {
                     continue;
                 }
-                // A heartbeat's commit is at most what this replica acknowledged as persisted;
-                // beyond its log means the log was lost (raft-rs would panic on it).
-                if message.get_msg_type() == MessageType::MsgHeartbeat
-                    && message.term >= self.driver.term()
-                    && message.commit > self.driver.last_index()
-                {
-                    return Err(ShardError::LostAcknowledgedEntries {
-                        leader: message.from,
-                        commit: message.commit,
-                        last_index: self.driver.last_index(),
-                    });
-                }
                 self.driver.step(message)?;
             }
             while let Ok(read) = self.read_requests.try_recv() {
@@ -661,15 +623,14 @@ impl RaftStage {
     /// Whether a snapshot message's data is here to install (else it is dropped: the leader
     /// sends it again, and the peer layer fetches the data first).
     fn snapshot_is_staged(&self, message: &Message) -> Result<bool, ShardError> {
-        let data = message.get_snapshot().get_data();
-        if data.first() == Some(&LEGACY_RAW_SNAPSHOT_FORMAT) {
-            return Ok(true);
+        match SnapshotData::parse(message.get_snapshot().get_data()) {
+            Ok(SnapshotData::Legacy) => Ok(true),
+            Ok(SnapshotData::Ref(snapshot)) => Ok(self.store.staged_snapshot()?.is_some_and(|staged| staged >= snapshot.index)),
+            Err(e) => {
+                tracing::warn!(shard = self.shard, from = message.from, error = %e, "unreadable snapshot message dropped");
+                Ok(false)
+            }
         }
-        let Ok(snapshot) = SnapshotRef::decode(data) else {
-            tracing::warn!(shard = self.shard, from = message.from, "unreadable snapshot message dropped");
-            return Ok(false);
-        };
-        Ok(self.store.staged_snapshot()?.is_some_and(|staged| staged >= snapshot.index))
     }
 
     fn request_read(&mut self, reads: &mut HashMap<u64, (ReadRequest, Instant)>, read: ReadRequest, next_id: &mut u64) {
@@ -862,19 +823,34 @@ impl StateMachine for ShardMachine<'_> {
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        match data.first() {
-            Some(&LEGACY_RAW_SNAPSHOT_FORMAT) => self.store.import_legacy_snapshot(data).map_err(|e| e.to_string()),
-            _ => {
-                let snapshot = SnapshotRef::decode(data).map_err(|e| e.to_string())?;
-                self.store.install_staged(snapshot.index).map_err(|e| e.to_string())
-            }
+        let result = match SnapshotData::parse(data).map_err(|e| e.to_string())? {
+            SnapshotData::Legacy => self.store.import_legacy_snapshot(data),
+            SnapshotData::Ref(snapshot) => self.store.install_staged(snapshot.index),
+        };
+        result.map_err(|e| e.to_string())
+    }
+}
+
+/// What a Raft snapshot message's data is.
+pub enum SnapshotData {
+    /// Format 1, from earlier versions: the whole raw store in the message itself.
+    Legacy,
+    /// Format 2: a [`SnapshotRef`]; the raw store is fetched separately.
+    Ref(SnapshotRef),
+}
+
+impl SnapshotData {
+    pub fn parse(data: &[u8]) -> Result<SnapshotData, codec::CodecError> {
+        if data.first() == Some(&LEGACY_RAW_SNAPSHOT_FORMAT) {
+            return Ok(SnapshotData::Legacy);
         }
+        SnapshotRef::decode(data).map(SnapshotData::Ref)
     }
 }
 
 /// A Raft snapshot's data: which state it stands for, not the state itself. The raw store
 /// is fetched from the sending replica in chunks into a staging area before the message
-/// reaches raft-rs ([`Shard::stage_snapshot_chunk`]), and installed from there.
+/// reaches raft-rs ([`Shard::with_staging`]), and installed from there.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotRef {
     /// The snapshot holds every entry through this index.
