@@ -196,6 +196,12 @@ impl LocalNode {
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP, "SIGSTOP");
         *self.paused.lock().unwrap() = true;
+        // kill(2) returns before every thread has stopped: on a busy machine one of them could
+        // still answer a request. Wait until the kernel reports each thread stopped.
+        if let Some(pid) = self.pid() {
+            let stopped = poll_until(Duration::from_secs(10), || every_thread_stopped(pid));
+            assert!(stopped, "node {} (pid {pid}) did not stop within 10 s of SIGSTOP", self.id);
+        }
     }
 
     /// SIGCONT after [`LocalNode::pause`].
@@ -234,4 +240,17 @@ impl Drop for LocalNode {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in `/proc/PID/task/TID/stat`).
+/// Where there is no `/proc`, the signal is trusted.
+fn every_thread_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            // The state follows the parenthesised command name, which may itself hold spaces.
+            .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+            .is_some_and(|state| state == 'T' || state == 't')
+    })
 }
