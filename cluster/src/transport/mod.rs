@@ -85,18 +85,56 @@ impl WireError {
 pub enum Envelope {
     /// First frame on every connection, in both directions.
     Hello(Hello),
+    // Byte fields are serialized as bytes, not sequences of u8: bincode encodes both the same
+    // way (length, then the bytes), but decodes bytes with one copy instead of a call per byte.
     Raft {
         shard: u32,
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
     Request {
         request_id: u64,
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     Response {
         request_id: u64,
+        #[serde(with = "response_body")]
         body: Result<Vec<u8>, WireError>,
     },
+}
+
+/// `Result<Vec<u8>, WireError>` encoded exactly as serde encodes a `Result`, with the bytes as bytes.
+mod response_body {
+    use super::WireError;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    enum Borrowed<'a> {
+        Ok(#[serde(with = "serde_bytes")] &'a [u8]),
+        Err(&'a WireError),
+    }
+
+    #[derive(Deserialize)]
+    enum Owned {
+        Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+        Err(WireError),
+    }
+
+    pub fn serialize<S: Serializer>(body: &Result<Vec<u8>, WireError>, serializer: S) -> Result<S::Ok, S::Error> {
+        match body {
+            Ok(bytes) => Borrowed::Ok(bytes),
+            Err(error) => Borrowed::Err(error),
+        }
+        .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Result<Vec<u8>, WireError>, D::Error> {
+        Ok(match Owned::deserialize(deserializer)? {
+            Owned::Ok(bytes) => Ok(bytes),
+            Owned::Err(error) => Err(error),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -353,5 +391,57 @@ impl Transport {
         }
         let peers = std::mem::take(&mut *self.inner.peers.write());
         drop(peers);
+    }
+}
+
+#[cfg(test)]
+mod envelope_encoding_tests {
+    use super::*;
+
+    /// The envelope as it was before its byte fields were marked as bytes.
+    #[derive(Serialize)]
+    enum PlainEnvelope {
+        #[allow(dead_code)]
+        Hello(Hello),
+        Raft {
+            shard: u32,
+            message: Vec<u8>,
+        },
+        Request {
+            request_id: u64,
+            body: Vec<u8>,
+        },
+        Response {
+            request_id: u64,
+            body: Result<Vec<u8>, WireError>,
+        },
+    }
+
+    fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+        frame::encode_payload(value, 1 << 20).expect("encodes")
+    }
+
+    #[test]
+    fn byte_fields_keep_the_wire_encoding_and_round_trip() {
+        let bytes: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+        let error = WireError { code: 503, message: "no leader".into() };
+        let pairs = [
+            (Envelope::Raft { shard: 3, message: bytes.clone() }, PlainEnvelope::Raft { shard: 3, message: bytes.clone() }),
+            (Envelope::Request { request_id: 7, body: bytes.clone() }, PlainEnvelope::Request { request_id: 7, body: bytes.clone() }),
+            (
+                Envelope::Response { request_id: 8, body: Ok(bytes.clone()) },
+                PlainEnvelope::Response { request_id: 8, body: Ok(bytes.clone()) },
+            ),
+            (
+                Envelope::Response { request_id: 9, body: Err(error.clone()) },
+                PlainEnvelope::Response { request_id: 9, body: Err(error.clone()) },
+            ),
+        ];
+        for (envelope, plain) in pairs {
+            let encoded = encode(&envelope);
+            assert_eq!(encoded, encode(&plain), "{envelope:?} changed its wire encoding");
+            let decoded: Envelope = frame::decode_payload(&encoded).expect("decodes");
+            assert_eq!(decoded, envelope);
+        }
     }
 }
