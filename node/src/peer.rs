@@ -42,7 +42,12 @@ const PEER_QUEUE_FRAMES: usize = 8192;
 pub enum PeerRequest {
     /// Propose an encoded `ShardCommand` on `shard` if the receiver leads it, and answer once
     /// it is committed on a quorum and applied.
-    Propose { shard: ShardId, command: Vec<u8> },
+    Propose {
+        shard: ShardId,
+        // Bytes, not a sequence of u8 (same encoding, one copy to decode): these are whole batches.
+        #[serde(with = "serde_bytes")]
+        command: Vec<u8>,
+    },
     /// The receiver's local replicas (for `GET /v1/cluster`).
     Status,
     /// Search phase one on the receiver's replica of `shard`: every leaf's hits, kept there
@@ -60,7 +65,12 @@ pub enum PeerRequest {
     AssetRead(AssetRead),
     /// The next chunk of the receiver's raw store of `shard` after `after` (for a replica
     /// installing a snapshot), if the receiver has applied through `min_applied`.
-    SnapshotChunk { shard: ShardId, after: Option<Vec<u8>>, min_applied: u64 },
+    SnapshotChunk {
+        shard: ShardId,
+        #[serde(with = "serde_bytes")]
+        after: Option<Vec<u8>>,
+        min_applied: u64,
+    },
 }
 
 /// Reads a node without the asset's shard forwards to a replica.
@@ -84,9 +94,9 @@ pub enum PeerReply {
     Summary(Vec<LeafSummary>),
     Ranked(RankedAssets),
     /// JSON bytes (search results and reads: their API types are JSON-shaped).
-    Json(Vec<u8>),
+    Json(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Raw bytes (a stored annotation exactly as received).
-    Raw(Vec<u8>),
+    Raw(#[serde(with = "serde_bytes")] Vec<u8>),
     Vocabulary {
         labels: Vec<(String, Vec<String>)>,
         series: Vec<String>,
