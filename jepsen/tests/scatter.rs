@@ -17,12 +17,21 @@ fn searches() -> Vec<Value> {
         json!({"clauses": [{"type": "label", "track": "character", "label": "Ross"}], "mode": "union", "limit": 10}),
         json!({"q": "Rachel then Ross within 20 seconds", "limit": 10}),
         json!({"clauses": [{"type": "dialogue", "text": "coffee"}], "limit": 10}),
+        // Small pages: each shard ranks more assets than make the global top, so remote
+        // shards' speculatively finished assets must be filtered to the chosen ones.
+        json!({"q": "Monica", "limit": 2}),
+        json!({"clauses": [{"type": "label", "track": "object", "label": "coffee mug"}], "limit": 3, "per_asset": 2}),
     ]
 }
 
 /// The parts of a reply that must not depend on the node asked.
 fn comparable(reply: &Value) -> Value {
-    json!({ "assets": reply["assets"], "total_assets": reply["total_assets"], "shards": reply["shards"] })
+    json!({
+        "assets": reply["assets"],
+        "total_assets": reply["total_assets"],
+        "next_cursor": reply["next_cursor"],
+        "shards": reply["shards"],
+    })
 }
 
 #[test]
@@ -103,4 +112,34 @@ fn every_node_answers_every_search_identically_with_replication_factor_2() {
     for ((search, before), after) in searches().iter().zip(&answers).zip(&while_paused) {
         assert!(after.iter().all(|reply| reply == &before[0]), "results changed with node 3 paused for {search}");
     }
+
+    // Last, as it changes the corpus: a typed word one edit from a label ("monika" → Monica)
+    // is corrected to the label until some shard's dialogue holds it; then it reads as the
+    // dialogue word on every node, including the one lacking that shard.
+    let leaf_kinds = |node: u64| -> Vec<String> {
+        let explain = http
+            .post_json(&cluster.node(node).url("/v1/search/explain"), &json!({"q": "monika"}))
+            .unwrap_or_else(|e| panic!("explain on node {node}: {e}"));
+        explain["plan"]["leaves"].as_array().into_iter().flatten().map(|leaf| leaf["type"].to_string()).collect()
+    };
+    for node in [1, 2, 3] {
+        assert_eq!(leaf_kinds(node), vec!["\"label\""], "node {node} did not correct \"monika\" to the label");
+    }
+    let (asset_id, _) = sample.assets.iter().next().expect("the sample has assets");
+    let line = json!({
+        "id": "scatter-monika", "asset_id": asset_id, "model": "asr", "model_version": "3", "track": "dialogue",
+        "start_ms": 1000, "end_ms": 2500, "confidence": 0.9, "text": "Monika is here", "language": "en",
+    });
+    http.send("POST", &format!("{}/v1/annotations", urls[0]), "application/x-ndjson", format!("{line}\n").as_bytes())
+        .unwrap_or_else(|e| panic!("posting the dialogue line: {e}"));
+    cluster.wait_converged(Duration::from_secs(120));
+    let mut replies = Vec::new();
+    for node in [1, 2, 3] {
+        assert_eq!(leaf_kinds(node), vec!["\"words\""], "node {node} did not read \"monika\" as the dialogue word");
+        let reply =
+            http.post_json(&cluster.node(node).url("/v1/search"), &json!({"q": "monika"})).unwrap_or_else(|e| panic!("node {node}: {e}"));
+        assert_eq!(reply["assets"][0]["clips"][0]["matches"][0]["annotation_id"], "scatter-monika", "node {node}: {reply}");
+        replies.push(comparable(&reply));
+    }
+    assert!(replies.windows(2).all(|w| w[0] == w[1]), "nodes disagree on \"monika\":\n{replies:#?}");
 }

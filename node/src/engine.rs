@@ -45,6 +45,8 @@ pub struct Engine {
     pub search_defaults: search::SearchDefaults,
     pub embedder: Option<Box<dyn Embedder>>,
     series_cache: parking_lot::Mutex<(Option<Instant>, Vec<String>)>,
+    /// Folded words some shard this node lacks holds in dialogue → when that was learned.
+    remote_dialogue_words: parking_lot::Mutex<HashMap<String, Instant>>,
     /// Suggest's top moments per completed query, with the data version they were computed at.
     /// Every keystroke of "J", "Jo", "Joe" completes to the same query: search it once.
     suggest_moments: parking_lot::Mutex<HashMap<String, (u64, Vec<AssetHits>)>>,
@@ -214,6 +216,7 @@ impl Engine {
             search_defaults,
             embedder,
             series_cache: parking_lot::Mutex::new((None, Vec::new())),
+            remote_dialogue_words: parking_lot::Mutex::new(HashMap::new()),
             suggest_moments: parking_lot::Mutex::new(HashMap::new()),
             suggest_warmed_version: std::sync::atomic::AtomicU64::new(u64::MAX),
             remote_searches: parking_lot::Mutex::new(HashMap::new()),
@@ -790,19 +793,89 @@ impl Engine {
         names
     }
 
-    /// Whether any shard's dialogue holds `word` (one term lookup per segment).
-    pub fn is_dialogue_word(&self, word: &str) -> bool {
+    /// Whether any shard's dialogue holds `word`: this node's replicas first (one term lookup
+    /// per segment), then, on a node lacking shards, one replica of each missing shard.
+    /// Blocking: call it off the async threads (planning runs on the blocking pool).
+    pub fn is_dialogue_word(self: &Arc<Self>, word: &str) -> bool {
         let folded = crate::index::tokenize(word);
         let [token] = folded.as_slice() else { return false };
-        self.shards.iter().any(|shard| {
+        let local: Vec<ShardId> = self.shards.iter().map(|shard| shard.id).collect();
+        if self.local_dialogue_word(token, &local) {
+            return true;
+        }
+        let missing: Vec<ShardId> = (0..self.shard_map.shard_count()).filter(|shard| self.local_shard(*shard).is_none()).collect();
+        if missing.is_empty() {
+            return false;
+        }
+        self.remote_dialogue_word(token, missing)
+    }
+
+    fn local_dialogue_word(&self, token: &str, shards: &[ShardId]) -> bool {
+        shards.iter().filter_map(|id| self.local_shard(*id)).any(|shard| {
             let searcher = shard.index.reader.searcher();
             let term = tantivy::Term::from_field_text(shard.index.fields.dialogue, token);
             searcher.doc_freq(&term).is_ok_and(|n| n > 0)
         })
     }
 
+    /// Asks a replica of each shard in `missing`, concurrently. Only "held" is cached (a word
+    /// stays in dialogue once there): a new word must be seen as soon as it is indexed, and the
+    /// question arises only for a word that was corrected to a label. A shard that cannot be
+    /// asked in time counts as not holding the word: the query then reads as typed to the closest
+    /// label, as it would before that shard had the word.
+    fn remote_dialogue_word(self: &Arc<Self>, token: &str, missing: Vec<ShardId>) -> bool {
+        const CACHE_FOR: Duration = Duration::from_secs(60);
+        const CACHE_ENTRIES_MAX: usize = 4096;
+        const ASK_FOR: Duration = Duration::from_millis(500);
+        if self.remote_dialogue_words.lock().get(token).is_some_and(|at| at.elapsed() < CACHE_FOR) {
+            return true;
+        }
+        let Some(net) = self.net.clone() else { return false };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (engine, word) = (self.clone(), token.to_string());
+        net.runtime().spawn(async move {
+            let deadline = tokio::time::Instant::now() + ASK_FOR;
+            let mut asks = tokio::task::JoinSet::new();
+            for shard in missing {
+                let (engine, word) = (engine.clone(), word.clone());
+                asks.spawn(async move {
+                    let replicas = engine.shard_map.replicas(shard).to_vec();
+                    let request = PeerRequest::DialogueWord { word, shards: vec![shard] };
+                    match engine.hedged_call(&replicas, request, deadline).await {
+                        Ok((_, PeerReply::DialogueWord { known })) => known,
+                        Ok((node, other)) => {
+                            tracing::warn!(shard, node, reply = ?other, "unexpected reply to a dialogue word lookup");
+                            false
+                        }
+                        Err(error) => {
+                            tracing::warn!(shard, error = %error.message, "dialogue word lookup failed");
+                            false
+                        }
+                    }
+                });
+            }
+            let mut known = false;
+            while let Some(answer) = asks.join_next().await {
+                if answer.unwrap_or(false) {
+                    known = true;
+                    break;
+                }
+            }
+            let _ = tx.send(known);
+        });
+        let known = rx.recv_timeout(ASK_FOR + Duration::from_millis(100)).unwrap_or(false);
+        if known {
+            let mut cache = self.remote_dialogue_words.lock();
+            if cache.len() >= CACHE_ENTRIES_MAX {
+                cache.clear();
+            }
+            cache.insert(token.to_string(), Instant::now());
+        }
+        known
+    }
+
     /// Compiles a request (blocking: the embedder may call out over HTTP).
-    pub fn plan_blocking(&self, request: &SearchRequest) -> Result<Plan, ApiError> {
+    pub fn plan_blocking(self: &Arc<Self>, request: &SearchRequest) -> Result<Plan, ApiError> {
         let vocabulary = self.vocabulary();
         let series = self.series_names();
         let known_word = |word: &str| self.is_dialogue_word(word);
@@ -1474,6 +1547,12 @@ async fn serve_peers(engine: std::sync::Weak<Engine>, mut inbound: tokio::sync::
                             | PeerRequest::SearchFinish { .. }),
                         ) => crate::peer::encode_reply(&engine.handle_search_phase(request).await),
                         Ok(PeerRequest::Vocabulary) => crate::peer::encode_reply(&engine.local_vocabulary_reply()),
+                        Ok(PeerRequest::DialogueWord { word, shards }) => {
+                            let engine = engine.clone();
+                            let known =
+                                tokio::task::spawn_blocking(move || engine.local_dialogue_word(&word, &shards)).await.unwrap_or(false);
+                            crate::peer::encode_reply(&PeerReply::DialogueWord { known })
+                        }
                         Ok(PeerRequest::AssetRead(read)) => crate::peer::encode_reply(&engine.handle_asset_read(read).await),
                         Ok(PeerRequest::SnapshotChunk { shard, after, min_applied }) => {
                             crate::peer::encode_reply(&engine.handle_snapshot_chunk(shard, after, min_applied).await)
