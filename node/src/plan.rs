@@ -204,6 +204,8 @@ pub struct Plan {
 /// Stems are recomputed on arrival from each clause's text and languages.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WirePlan {
+    /// Bytes, not a sequence of u8: the same encoding, decoded with one copy.
+    #[serde(with = "serde_bytes")]
     pub json: Vec<u8>,
     /// One per leaf (empty for leaves without a vector).
     pub vectors: Vec<Vec<f32>>,
