@@ -635,7 +635,7 @@ impl Engine {
         if staged.is_some_and(|staged| staged >= snapshot.index) {
             return Ok(None);
         }
-        on_staging(replica, |store| store.begin_staging()).await?;
+        let generation = on_staging(replica, |store| store.begin_staging()).await?;
         let (mut after, mut state_at, mut bytes) = (None, None, 0u64);
         loop {
             let request = PeerRequest::SnapshotChunk { shard: replica.id, after: after.take(), min_applied: snapshot.index };
@@ -649,7 +649,7 @@ impl Engine {
             bytes += chunk.pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
             after = chunk.pairs.last().map(|(key, _)| key.clone());
             let done = chunk.done;
-            on_staging(replica, move |store| store.stage_chunk(&chunk.pairs)).await?;
+            on_staging(replica, move |store| store.stage_chunk(generation, &chunk.pairs)).await?;
             if done {
                 break;
             }
@@ -658,7 +658,7 @@ impl Engine {
             }
         }
         let state_at = state_at.unwrap_or(snapshot.index);
-        on_staging(replica, move |store| store.finish_staging(state_at)).await?;
+        on_staging(replica, move |store| store.finish_staging(generation, state_at)).await?;
         Ok(Some(bytes))
     }
 

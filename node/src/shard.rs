@@ -296,6 +296,7 @@ impl Shard {
             single_voter: voters.len() == 1,
             index: index.clone(),
             staging,
+            staging_clear_pending: false,
             compaction: Compaction {
                 interval: Duration::from_millis(options.compaction_interval_ms),
                 retain_entries: options.log_retain_entries,
@@ -378,7 +379,10 @@ impl Shard {
 
     /// Claims the one snapshot fetch this replica runs at a time; `None` while one runs.
     pub fn start_snapshot_fetch(&self) -> Option<SnapshotFetch<'_>> {
-        (!self.fetching_snapshot.swap(true, Ordering::AcqRel)).then_some(SnapshotFetch(&self.fetching_snapshot))
+        // `then`, not `then_some`: an eagerly built guard would be dropped on refusal, clearing
+        // the flag under the running fetch (two fetches then emptied each other's staging area,
+        // and one installed a partial copy).
+        (!self.fetching_snapshot.swap(true, Ordering::AcqRel)).then(|| SnapshotFetch(&self.fetching_snapshot))
     }
 
     /// Runs `work` on the store's snapshot staging area while no install can start (blocking:
@@ -516,6 +520,8 @@ struct RaftStage {
     group_commit_max_requests: usize,
     single_voter: bool,
     staging: Arc<Mutex<()>>,
+    /// An installed snapshot's staged copy is to be emptied (see `run_loop`).
+    staging_clear_pending: bool,
     compaction: Compaction,
 }
 
@@ -567,6 +573,14 @@ impl RaftStage {
                 if messages.len() >= RAFT_INBOX_DEPTH {
                     break;
                 }
+            }
+            if self.staging_clear_pending {
+                // Under the lock, so it cannot fall between a fetch's check and its marking of
+                // the staging area complete; a fetch it interrupts fails and is sent again
+                // (`StoreError::StagingReplaced`) instead of installing a partial copy.
+                let _staging_guard = self.staging.lock();
+                self.store.clear_staging()?;
+                self.staging_clear_pending = false;
             }
             // A snapshot is stepped only once its data is staged, and the staging area stays
             // locked until it is installed (in `process_ready` below).
@@ -718,9 +732,10 @@ impl RaftStage {
             }
             if outcome.restored_snapshot.is_some() {
                 self.progress.snapshots_installed.fetch_add(1, Ordering::AcqRel);
-                // The staged copy is only needed until the applied index past it is durable.
+                // The staged copy is only needed until the applied index past it is durable;
+                // it is emptied at the top of the next loop, under the staging lock.
                 self.store.flush()?;
-                self.store.clear_staging()?;
+                self.staging_clear_pending = true;
             }
             debug_assert!(outcome.messages.is_empty(), "messages were sent during the cycle");
         }
@@ -1208,6 +1223,23 @@ mod tests {
         let outcome = reply.blocking_recv().expect("the raft thread answers");
         assert!(outcome.is_ok(), "{outcome:?}");
         wait_until("the asset is stored", || shard.store.asset_record("ep1").ok().flatten().is_some());
+        shard.shutdown();
+    }
+
+    /// One snapshot fetch at a time: a refused second attempt must leave the first one's claim
+    /// in place (an eagerly built guard once cleared it, and two fetches overwrote each
+    /// other's staging area).
+    #[test]
+    fn a_refused_snapshot_fetch_leaves_the_running_one_exclusive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = crate::engine::shard_options(&rushes_config::Config::default());
+        let shard = Shard::open(dir.path(), 0, &options, Arc::new(Metrics::new()), None).expect("open shard");
+        let running = shard.start_snapshot_fetch().expect("the first fetch starts");
+        for _ in 0..3 {
+            assert!(shard.start_snapshot_fetch().is_none(), "a second fetch started while one runs");
+        }
+        drop(running);
+        assert!(shard.start_snapshot_fetch().is_some(), "a fetch starts once the previous one ended");
         shard.shutdown();
     }
 }

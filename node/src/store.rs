@@ -26,6 +26,10 @@ pub enum StoreError {
     Codec(#[from] codec::CodecError),
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+    /// The staging area was emptied (an install finished, or another fetch began) while a
+    /// fetch was filling it: that fetch's chunks are incomplete and must not be installed.
+    #[error("the snapshot staging area was emptied during the fetch; the leader sends the snapshot again")]
+    StagingReplaced,
 }
 
 /// Result of applying one ingest command (also a forwarded write's reply between nodes).
@@ -135,6 +139,10 @@ pub struct ShardStore {
     /// A leader's raw store as fetched for a snapshot, keys prefixed by the raw tree's
     /// position (see [`ShardStore::raw_chunk`]), until the snapshot is installed.
     snapshot_staging: sled::Tree,
+    /// Bumped whenever the staging area is emptied. A fetch stages chunks and marks them
+    /// complete only while the generation is the one its `begin_staging` returned, so chunks
+    /// from before an emptying are never installed as a whole copy.
+    staging_generation: std::sync::atomic::AtomicU64,
     /// In memory: ordinal → asset id, and the label vocabulary (normalized label → tracks).
     ordinal_cache: RwLock<HashMap<u64, String>>,
     vocab_cache: RwLock<BTreeMap<String, Vec<String>>>,
@@ -157,6 +165,7 @@ impl ShardStore {
             vocab: db.open_tree("vocab")?,
             vector_keys: db.open_tree("vector_keys")?,
             snapshot_staging: db.open_tree("snapshot_staging")?,
+            staging_generation: std::sync::atomic::AtomicU64::new(0),
             ordinal_cache: RwLock::new(HashMap::new()),
             vocab_cache: RwLock::new(BTreeMap::new()),
             db,
@@ -552,15 +561,27 @@ impl ShardStore {
         Ok(RawChunk { pairs, done: true })
     }
 
-    /// Empties the staging area before a new snapshot is fetched into it.
-    pub fn begin_staging(&self) -> Result<(), StoreError> {
+    /// Empties the staging area before a new snapshot is fetched into it; returns the
+    /// generation to pass to [`ShardStore::stage_chunk`] and [`ShardStore::finish_staging`].
+    /// Callers serialize staging calls (`Shard::with_staging`).
+    pub fn begin_staging(&self) -> Result<u64, StoreError> {
+        let generation = self.staging_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
         self.state.remove(STAGED_SNAPSHOT_KEY)?;
         self.snapshot_staging.clear()?;
-        Ok(())
+        Ok(generation)
     }
 
-    /// Adds a chunk from [`ShardStore::raw_chunk`] to the staging area.
-    pub fn stage_chunk(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+    fn check_staging_generation(&self, generation: u64) -> Result<(), StoreError> {
+        if self.staging_generation.load(std::sync::atomic::Ordering::Acquire) == generation {
+            Ok(())
+        } else {
+            Err(StoreError::StagingReplaced)
+        }
+    }
+
+    /// Adds a chunk from [`ShardStore::raw_chunk`] to the staging area begun as `generation`.
+    pub fn stage_chunk(&self, generation: u64, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        self.check_staging_generation(generation)?;
         let trees = self.raw_trees().len();
         let mut batch = sled::Batch::default();
         for (key, value) in pairs {
@@ -575,7 +596,8 @@ impl ShardStore {
 
     /// Marks the staging area complete: it holds every entry through `state_at` (the source's
     /// applied index when the first chunk was read). Durable before it returns.
-    pub fn finish_staging(&self, state_at: u64) -> Result<(), StoreError> {
+    pub fn finish_staging(&self, generation: u64, state_at: u64) -> Result<(), StoreError> {
+        self.check_staging_generation(generation)?;
         self.state.insert(STAGED_SNAPSHOT_KEY, &state_at.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
@@ -802,8 +824,9 @@ mod tests {
 
     /// Copies `source` into `replica`'s staging area in chunks of about `chunk_bytes`, calling
     /// `between(cursor)` before each chunk after the first (to write to the source mid-copy).
-    fn stage_from(source: &ShardStore, replica: &ShardStore, chunk_bytes: usize, mut between: impl FnMut(&[u8])) -> usize {
-        replica.begin_staging().unwrap();
+    /// Returns the number of chunks and the staging generation.
+    fn stage_from(source: &ShardStore, replica: &ShardStore, chunk_bytes: usize, mut between: impl FnMut(&[u8])) -> (usize, u64) {
+        let generation = replica.begin_staging().unwrap();
         let mut cursor: Option<Vec<u8>> = None;
         let mut chunks = 0;
         loop {
@@ -812,9 +835,9 @@ mod tests {
             }
             let chunk = source.raw_chunk(cursor.as_deref(), chunk_bytes).unwrap();
             chunks += 1;
-            replica.stage_chunk(&chunk.pairs).unwrap();
+            replica.stage_chunk(generation, &chunk.pairs).unwrap();
             if chunk.done {
-                return chunks;
+                return (chunks, generation);
             }
             cursor = chunk.pairs.last().map(|(key, _)| key.clone());
         }
@@ -834,10 +857,10 @@ mod tests {
         replica.apply_ingest(&first).unwrap();
         replica.write_buckets("e1", &BTreeMap::new()).unwrap();
         assert_ne!(replica.raw_digest().unwrap(), source.raw_digest().unwrap());
-        let chunks = stage_from(&source, &replica, 64, |_| {});
+        let (chunks, generation) = stage_from(&source, &replica, 64, |_| {});
         assert!(chunks > 3, "small chunks: {chunks}");
         assert!(matches!(replica.install_staged(10), Err(StoreError::Corrupt(_))), "not staged yet");
-        replica.finish_staging(9).unwrap();
+        replica.finish_staging(generation, 9).unwrap();
         assert_eq!(replica.staged_snapshot().unwrap(), Some(9));
         assert!(matches!(replica.install_staged(10), Err(StoreError::Corrupt(_))), "staged state is older than the snapshot");
         replica.install_staged(9).unwrap();
@@ -869,7 +892,33 @@ mod tests {
         assert_eq!(legacy.all_assets(), source.all_assets());
         assert!(matches!(legacy.import_legacy_snapshot(b"not a snapshot"), Err(StoreError::Codec(_))));
         assert!(matches!(replica.raw_chunk(Some(&[9, b'x']), 64), Err(StoreError::Corrupt(_))));
-        assert!(matches!(replica.stage_chunk(&[(vec![9], vec![])]), Err(StoreError::Corrupt(_))));
+        let generation = replica.begin_staging().unwrap();
+        assert!(matches!(replica.stage_chunk(generation, &[(vec![9], vec![])]), Err(StoreError::Corrupt(_))));
+    }
+
+    /// The staging area emptied in the middle of a fetch (the install of an earlier snapshot
+    /// finishing, as once seen under the cluster bench): the fetch's later chunks are refused
+    /// and it can never mark the remains complete, so they are never installed.
+    #[test]
+    fn a_fetch_whose_staging_area_was_emptied_midway_cannot_finish() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (source, replica) = (ShardStore::open(dir_a.path()).unwrap(), ShardStore::open(dir_b.path()).unwrap());
+        source.apply_ingest(&[item("a", "e1", 0, 1000, "Joey"), item("b", "e2", 500, 2000, "Monica")]).unwrap();
+        let generation = replica.begin_staging().unwrap();
+        let first = source.raw_chunk(None, 64).unwrap();
+        assert!(!first.done);
+        replica.stage_chunk(generation, &first.pairs).unwrap();
+        replica.clear_staging().unwrap();
+        let second = source.raw_chunk(first.pairs.last().map(|(key, _)| key.as_slice()), 1 << 20).unwrap();
+        assert!(matches!(replica.stage_chunk(generation, &second.pairs), Err(StoreError::StagingReplaced)));
+        assert!(matches!(replica.finish_staging(generation, 5), Err(StoreError::StagingReplaced)));
+        assert_eq!(replica.staged_snapshot().unwrap(), None);
+        assert!(matches!(replica.install_staged(5), Err(StoreError::Corrupt(_))), "nothing is staged to install");
+        // A new fetch starts over and completes.
+        let (_, generation) = stage_from(&source, &replica, 64, |_| {});
+        replica.finish_staging(generation, 5).unwrap();
+        replica.install_staged(5).unwrap();
+        assert_eq!(replica.raw_digest().unwrap(), source.raw_digest().unwrap());
     }
 
     /// Chunks read while the source keeps applying: the writes land in every position of the
@@ -886,7 +935,7 @@ mod tests {
             let (source, replica) = (ShardStore::open(dir_a.path()).unwrap(), ShardStore::open(dir_b.path()).unwrap());
             source.apply_ingest(&base).unwrap();
             let mut written = false;
-            stage_from(&source, &replica, 1, |cursor| {
+            let staged = stage_from(&source, &replica, 1, |cursor| {
                 if !written && cursor[0] >= write_at_tree && cursor.len() > 1 {
                     source.apply_ingest(&late).unwrap();
                     source.apply_asset("e2", &upsert).unwrap();
@@ -894,7 +943,7 @@ mod tests {
                 }
             });
             assert!(written, "the writes landed mid-copy (tree {write_at_tree})");
-            replica.finish_staging(1).unwrap();
+            replica.finish_staging(staged.1, 1).unwrap();
             replica.install_staged(1).unwrap();
             replica.apply_ingest(&late).unwrap();
             replica.apply_asset("e2", &upsert).unwrap();
