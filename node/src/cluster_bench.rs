@@ -29,6 +29,9 @@ pub struct ClusterBenchOptions {
     /// Node processes (replication factor 3): with more than 3, queries go through a node that
     /// lacks some shards, so they measure scatter-gather to other nodes.
     pub nodes: usize,
+    /// `raft.log_retain_entries` and `raft.snapshot_log_entries` for every node (compacting
+    /// every 500 ms), so the restarted replica catches up by snapshot; None keeps the defaults.
+    pub compact_every_entries: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,6 +56,10 @@ pub struct ClusterBenchReport {
     pub catch_up_seconds: f64,
     /// Snapshots that replica installed while catching up (0: it caught up from the log).
     pub catch_up_snapshots: u64,
+    /// Raw annotations in the restarted replica's stores once caught up (what a snapshot copies).
+    pub catch_up_replica_annotations: u64,
+    pub catch_up_replica_disk_bytes: u64,
+    pub compact_every_entries: Option<u64>,
     pub machine: String,
 }
 
@@ -154,15 +161,54 @@ fn ingest(batches: Vec<Vec<u8>>, urls: &[String], clients: usize) -> Result<(u64
 }
 
 /// Snapshots the node's own replicas installed since it started.
-fn snapshots_installed(client: &Client) -> u64 {
+/// Shard → the largest `field` over the replicas a `/v1/cluster` reply shows.
+fn per_shard_max(status: &serde_json::Value, field: &str) -> std::collections::BTreeMap<u64, u64> {
+    let mut max = std::collections::BTreeMap::new();
+    for shard in status["shards"].as_array().into_iter().flatten() {
+        let Some(id) = shard["shard"].as_u64() else { continue };
+        for value in shard["replicas"].as_array().into_iter().flatten().filter_map(|replica| replica[field].as_u64()) {
+            let entry = max.entry(id).or_insert(0);
+            *entry = value.max(*entry);
+        }
+    }
+    max
+}
+
+/// Shard → `field` of the node's own replica, from its `/v1/cluster`.
+fn per_shard_local(client: &Client, field: &str) -> std::collections::BTreeMap<u64, u64> {
+    let Ok(status) = client.get_json("/v1/cluster") else { return Default::default() };
+    let mut values = std::collections::BTreeMap::new();
+    for shard in status["shards"].as_array().into_iter().flatten() {
+        let local = shard["replicas"].as_array().into_iter().flatten().find(|replica| replica["local"].as_bool() == Some(true));
+        if let (Some(id), Some(value)) = (shard["shard"].as_u64(), local.and_then(|replica| replica[field].as_u64())) {
+            values.insert(id, value);
+        }
+    }
+    values
+}
+
+/// The sum of `field` over the node's own replicas in its `/v1/cluster`.
+fn local_replicas_sum(client: &Client, field: &str) -> u64 {
     let Ok(status) = client.get_json("/v1/cluster") else { return 0 };
     let shards = status["shards"].as_array().cloned().unwrap_or_default();
     shards
         .iter()
         .flat_map(|shard| shard["replicas"].as_array().cloned().unwrap_or_default())
         .filter(|replica| replica["local"].as_bool() == Some(true))
-        .filter_map(|replica| replica["snapshots_installed"].as_u64())
+        .filter_map(|replica| replica[field].as_u64())
         .sum()
+}
+
+fn snapshots_installed(client: &Client) -> u64 {
+    local_replicas_sum(client, "snapshots_installed")
+}
+
+fn raw_annotations(client: &Client) -> u64 {
+    local_replicas_sum(client, "raw_annotations")
+}
+
+fn disk_bytes(client: &Client) -> u64 {
+    local_replicas_sum(client, "disk_bytes")
 }
 
 fn batches_of(lines: &[String]) -> Vec<Vec<u8>> {
@@ -187,6 +233,11 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         // Hybrid queries embed their semantic words with the season's offline embedder.
         let mut text = std::fs::read_to_string(config)?;
         text.push_str("\n[embedder]\nurl = \"demo\"\n");
+        if let Some(entries) = options.compact_every_entries {
+            text.push_str(&format!(
+                "\n[raft]\nlog_retain_entries = {entries}\nsnapshot_log_entries = {entries}\ncompaction_interval_ms = 500\n"
+            ));
+        }
         std::fs::write(config, text)?;
     }
     let binary = std::env::current_exe()?;
@@ -275,6 +326,9 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         .into_bytes()
     };
     clients[survivor].post_ndjson(&probe(0))?;
+    // The highest index any replica of each shard had before the kill: the killed replica's
+    // log ends at or below it (plus what was in flight), for the snapshot wait below.
+    let commit_before_kill = per_shard_max(&clients[survivor].get_json("/v1/cluster")?, "commit_index");
     let killed_at = Instant::now();
     nodes[leader - 1].kill();
     let mut attempt = 1;
@@ -301,11 +355,36 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         .collect();
     let live_urls: Vec<String> = urls.iter().enumerate().filter(|(i, _)| *i != leader - 1).map(|(_, u)| u.clone()).collect();
     let (written, _) = ingest(batches_of(&catch_up_lines), &live_urls, options.clients)?;
+    if options.compact_every_entries.is_some() {
+        // Logs are compacted only below what indexing has made durable (vector files are saved
+        // every 30 s): wait until every shard's live replicas dropped the entries the killed
+        // replica lacks, so it must catch up by snapshot. Shards that got too few writes while
+        // it was down may never get there; the report counts the snapshots actually installed.
+        let compacted = |client: &Client| {
+            let Ok(status) = client.get_json("/v1/cluster") else { return false };
+            let first = per_shard_max(&status, "log_first_index");
+            commit_before_kill.iter().all(|(shard, commit)| first.get(shard).is_some_and(|first| *first > commit + 2))
+        };
+        let _ = wait_for("live replicas to compact past the killed one", Duration::from_secs(90), || compacted(&clients[survivor]));
+    }
     let restarted_at = Instant::now();
     nodes[leader - 1].spawn(&binary)?;
     wait_for("the restarted replica to catch up", Duration::from_secs(1800), || converged(&clients[survivor]))?;
     let catch_up_seconds = restarted_at.elapsed().as_secs_f64();
+    // Caught up means the same raw store, not only the same indexes: compare each shard's
+    // annotation count on the restarted replica with a survivor's.
+    let restarted_counts = per_shard_local(&clients[leader - 1], "raw_annotations");
+    let survivor_counts = per_shard_local(&clients[survivor], "raw_annotations");
+    for (shard, count) in &restarted_counts {
+        if let Some(expected) = survivor_counts.get(shard).filter(|expected| *expected != count) {
+            return Err(
+                format!("shard {shard}: the restarted replica holds {count} annotations, node {} holds {expected}", survivor + 1).into()
+            );
+        }
+    }
     let catch_up_snapshots = snapshots_installed(&clients[leader - 1]);
+    let catch_up_replica_annotations = raw_annotations(&clients[leader - 1]);
+    let catch_up_replica_disk_bytes = disk_bytes(&clients[leader - 1]);
 
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
@@ -325,6 +404,9 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         catch_up_annotations: written as usize,
         catch_up_seconds,
         catch_up_snapshots,
+        catch_up_replica_annotations,
+        catch_up_replica_disk_bytes,
+        compact_every_entries: options.compact_every_entries,
         machine: machine_description(),
     })
 }
@@ -349,8 +431,16 @@ pub fn print_cluster_report(report: &ClusterBenchReport) {
         println!("| {} | {} | {:.1} | {:.1} | {:.1} |", row.kind, row.queries, row.p50_ms, row.p99_ms, row.mean_ms);
     }
     println!("failover (leader SIGKILL → write acknowledged): {:.2} s", report.failover_seconds);
+    let compaction = match report.compact_every_entries {
+        Some(entries) => format!("; logs compacted every {entries} entries"),
+        None => String::new(),
+    };
     println!(
-        "catch-up of a restarted replica {} annotations behind: {:.1} s ({} snapshots installed)",
-        report.catch_up_annotations, report.catch_up_seconds, report.catch_up_snapshots
+        "catch-up of a restarted replica {} annotations behind: {:.1} s ({} snapshots installed; it then held {} annotations in {:.0} MiB{compaction})",
+        report.catch_up_annotations,
+        report.catch_up_seconds,
+        report.catch_up_snapshots,
+        report.catch_up_replica_annotations,
+        report.catch_up_replica_disk_bytes as f64 / (1024.0 * 1024.0)
     );
 }

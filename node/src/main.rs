@@ -210,6 +210,11 @@ enum ClusterCommand {
         /// that lacks shards.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Nodes keep only this many log entries past what every active replica has (and
+        /// compact every half second), so the restarted replica must catch up by snapshot.
+        /// Default: the config's defaults, under which it catches up from the log.
+        #[arg(long)]
+        compact_every: Option<u64>,
         /// Also write the report as JSON here.
         #[arg(long)]
         json_out: Option<PathBuf>,
@@ -368,10 +373,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Cluster {
-            command: ClusterCommand::Bench { hours, seed, work_dir, clients, queries, base_port, catch_up, nodes, json_out },
+            command: ClusterCommand::Bench { hours, seed, work_dir, clients, queries, base_port, catch_up, nodes, compact_every, json_out },
         } => {
             if !(3..=9).contains(&nodes) {
                 return Err("--nodes must be 3..=9 (replication factor 3)".into());
+            }
+            if compact_every.is_some_and(|entries| entries == 0 || entries > 1_000_000) {
+                return Err("--compact-every must be 1..=1000000 log entries".into());
             }
             init_logging("warn", false);
             if !(hours.is_finite() && hours > 0.0 && hours <= 10_000.0) {
@@ -386,6 +394,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 base_port,
                 catch_up_annotations: catch_up,
                 nodes,
+                compact_every_entries: compact_every,
             })?;
             rushes_node::cluster_bench::print_cluster_report(&report);
             if let Some(path) = json_out {
