@@ -17,8 +17,8 @@ fn searches() -> Vec<Value> {
         json!({"clauses": [{"type": "label", "track": "character", "label": "Ross"}], "mode": "union", "limit": 10}),
         json!({"q": "Rachel then Ross within 20 seconds", "limit": 10}),
         json!({"clauses": [{"type": "dialogue", "text": "coffee"}], "limit": 10}),
-        // Small pages: each shard ranks more assets than make the global top, so remote
-        // shards' speculatively finished assets must be filtered to the chosen ones.
+        // Small pages: each shard ranks more assets than make the global top, so the
+        // coordinator's choice of which to finish decides the page and its cursor.
         json!({"q": "Monica", "limit": 2}),
         json!({"clauses": [{"type": "label", "track": "object", "label": "coffee mug"}], "limit": 3, "per_asset": 2}),
     ]

@@ -2,6 +2,7 @@
 //! acknowledged ingest throughput, query latency through one node, the time a killed leader's
 //! shards take to accept writes again, and a restarted replica's catch-up time.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -160,10 +161,9 @@ fn ingest(batches: Vec<Vec<u8>>, urls: &[String], clients: usize) -> Result<(u64
     Ok((acknowledged.load(Ordering::Relaxed), started.elapsed().as_secs_f64()))
 }
 
-/// Snapshots the node's own replicas installed since it started.
 /// Shard → the largest `field` over the replicas a `/v1/cluster` reply shows.
-fn per_shard_max(status: &serde_json::Value, field: &str) -> std::collections::BTreeMap<u64, u64> {
-    let mut max = std::collections::BTreeMap::new();
+fn per_shard_max(status: &serde_json::Value, field: &str) -> BTreeMap<u64, u64> {
+    let mut max = BTreeMap::new();
     for shard in status["shards"].as_array().into_iter().flatten() {
         let Some(id) = shard["shard"].as_u64() else { continue };
         for value in shard["replicas"].as_array().into_iter().flatten().filter_map(|replica| replica[field].as_u64()) {
@@ -174,10 +174,9 @@ fn per_shard_max(status: &serde_json::Value, field: &str) -> std::collections::B
     max
 }
 
-/// Shard → `field` of the node's own replica, from its `/v1/cluster`.
-fn per_shard_local(client: &Client, field: &str) -> std::collections::BTreeMap<u64, u64> {
-    let Ok(status) = client.get_json("/v1/cluster") else { return Default::default() };
-    let mut values = std::collections::BTreeMap::new();
+/// Shard → `field` of the replying node's own replica, from a `/v1/cluster` reply.
+fn per_shard_local(status: &serde_json::Value, field: &str) -> BTreeMap<u64, u64> {
+    let mut values = BTreeMap::new();
     for shard in status["shards"].as_array().into_iter().flatten() {
         let local = shard["replicas"].as_array().into_iter().flatten().find(|replica| replica["local"].as_bool() == Some(true));
         if let (Some(id), Some(value)) = (shard["shard"].as_u64(), local.and_then(|replica| replica[field].as_u64())) {
@@ -187,28 +186,9 @@ fn per_shard_local(client: &Client, field: &str) -> std::collections::BTreeMap<u
     values
 }
 
-/// The sum of `field` over the node's own replicas in its `/v1/cluster`.
-fn local_replicas_sum(client: &Client, field: &str) -> u64 {
-    let Ok(status) = client.get_json("/v1/cluster") else { return 0 };
-    let shards = status["shards"].as_array().cloned().unwrap_or_default();
-    shards
-        .iter()
-        .flat_map(|shard| shard["replicas"].as_array().cloned().unwrap_or_default())
-        .filter(|replica| replica["local"].as_bool() == Some(true))
-        .filter_map(|replica| replica[field].as_u64())
-        .sum()
-}
-
-fn snapshots_installed(client: &Client) -> u64 {
-    local_replicas_sum(client, "snapshots_installed")
-}
-
-fn raw_annotations(client: &Client) -> u64 {
-    local_replicas_sum(client, "raw_annotations")
-}
-
-fn disk_bytes(client: &Client) -> u64 {
-    local_replicas_sum(client, "disk_bytes")
+/// The sum of `field` over the replying node's own replicas.
+fn local_sum(status: &serde_json::Value, field: &str) -> u64 {
+    per_shard_local(status, field).values().sum()
 }
 
 fn batches_of(lines: &[String]) -> Vec<Vec<u8>> {
@@ -365,7 +345,10 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
             let first = per_shard_max(&status, "log_first_index");
             commit_before_kill.iter().all(|(shard, commit)| first.get(shard).is_some_and(|first| *first > commit + 2))
         };
-        let _ = wait_for("live replicas to compact past the killed one", Duration::from_secs(90), || compacted(&clients[survivor]));
+        if let Err(e) = wait_for("live replicas to compact past the killed one", Duration::from_secs(90), || compacted(&clients[survivor]))
+        {
+            println!("{e}; restarting it anyway");
+        }
     }
     let restarted_at = Instant::now();
     nodes[leader - 1].spawn(&binary)?;
@@ -373,8 +356,9 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     let catch_up_seconds = restarted_at.elapsed().as_secs_f64();
     // Caught up means the same raw store, not only the same indexes: compare each shard's
     // annotation count on the restarted replica with a survivor's.
-    let restarted_counts = per_shard_local(&clients[leader - 1], "raw_annotations");
-    let survivor_counts = per_shard_local(&clients[survivor], "raw_annotations");
+    let restarted = clients[leader - 1].get_json("/v1/cluster")?;
+    let restarted_counts = per_shard_local(&restarted, "raw_annotations");
+    let survivor_counts = per_shard_local(&clients[survivor].get_json("/v1/cluster")?, "raw_annotations");
     for (shard, count) in &restarted_counts {
         if let Some(expected) = survivor_counts.get(shard).filter(|expected| *expected != count) {
             return Err(
@@ -382,9 +366,9 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
             );
         }
     }
-    let catch_up_snapshots = snapshots_installed(&clients[leader - 1]);
-    let catch_up_replica_annotations = raw_annotations(&clients[leader - 1]);
-    let catch_up_replica_disk_bytes = disk_bytes(&clients[leader - 1]);
+    let catch_up_snapshots = local_sum(&restarted, "snapshots_installed");
+    let catch_up_replica_annotations = restarted_counts.values().sum();
+    let catch_up_replica_disk_bytes = local_sum(&restarted, "disk_bytes");
 
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);

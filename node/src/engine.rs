@@ -799,8 +799,7 @@ impl Engine {
     pub fn is_dialogue_word(self: &Arc<Self>, word: &str) -> bool {
         let folded = crate::index::tokenize(word);
         let [token] = folded.as_slice() else { return false };
-        let local: Vec<ShardId> = self.shards.iter().map(|shard| shard.id).collect();
-        if self.local_dialogue_word(token, &local) {
+        if self.shards.iter().any(|shard| shard_has_dialogue_word(shard, token)) {
             return true;
         }
         let missing: Vec<ShardId> = (0..self.shard_map.shard_count()).filter(|shard| self.local_shard(*shard).is_none()).collect();
@@ -808,14 +807,6 @@ impl Engine {
             return false;
         }
         self.remote_dialogue_word(token, missing)
-    }
-
-    fn local_dialogue_word(&self, token: &str, shards: &[ShardId]) -> bool {
-        shards.iter().filter_map(|id| self.local_shard(*id)).any(|shard| {
-            let searcher = shard.index.reader.searcher();
-            let term = tantivy::Term::from_field_text(shard.index.fields.dialogue, token);
-            searcher.doc_freq(&term).is_ok_and(|n| n > 0)
-        })
     }
 
     /// Asks a replica of each shard in `missing`, concurrently. Only "held" is cached (a word
@@ -840,7 +831,7 @@ impl Engine {
                 let (engine, word) = (engine.clone(), word.clone());
                 asks.spawn(async move {
                     let replicas = engine.shard_map.replicas(shard).to_vec();
-                    let request = PeerRequest::DialogueWord { word, shards: vec![shard] };
+                    let request = PeerRequest::DialogueWord { word, shard };
                     match engine.hedged_call(&replicas, request, deadline).await {
                         Ok((_, PeerReply::DialogueWord { known })) => known,
                         Ok((node, other)) => {
@@ -1463,6 +1454,12 @@ fn replica_json(status: &ReplicaStatus, local: bool, reachable: bool) -> serde_j
     })
 }
 
+/// Whether `shard`'s dialogue holds `token` (one term lookup per segment; blocking).
+fn shard_has_dialogue_word(shard: &Shard, token: &str) -> bool {
+    let term = tantivy::Term::from_field_text(shard.index.fields.dialogue, token);
+    shard.index.reader.searcher().doc_freq(&term).is_ok_and(|n| n > 0)
+}
+
 /// Runs `work` on a replica's snapshot staging area on the blocking pool (sled I/O).
 async fn on_staging<T: Send + 'static>(
     replica: &Arc<Shard>,
@@ -1547,12 +1544,17 @@ async fn serve_peers(engine: std::sync::Weak<Engine>, mut inbound: tokio::sync::
                             | PeerRequest::SearchFinish { .. }),
                         ) => crate::peer::encode_reply(&engine.handle_search_phase(request).await),
                         Ok(PeerRequest::Vocabulary) => crate::peer::encode_reply(&engine.local_vocabulary_reply()),
-                        Ok(PeerRequest::DialogueWord { word, shards }) => {
-                            let engine = engine.clone();
-                            let known =
-                                tokio::task::spawn_blocking(move || engine.local_dialogue_word(&word, &shards)).await.unwrap_or(false);
-                            crate::peer::encode_reply(&PeerReply::DialogueWord { known })
-                        }
+                        Ok(PeerRequest::DialogueWord { word, shard }) => match engine.local_shard(shard).cloned() {
+                            Some(replica) => {
+                                let known =
+                                    tokio::task::spawn_blocking(move || shard_has_dialogue_word(&replica, &word)).await.unwrap_or(false);
+                                crate::peer::encode_reply(&PeerReply::DialogueWord { known })
+                            }
+                            None => crate::peer::encode_reply(&PeerReply::Error(ApiError::unavailable(format!(
+                                "shard {shard} is not on node {}",
+                                engine.node_id()
+                            )))),
+                        },
                         Ok(PeerRequest::AssetRead(read)) => crate::peer::encode_reply(&engine.handle_asset_read(read).await),
                         Ok(PeerRequest::SnapshotChunk { shard, after, min_applied }) => {
                             crate::peer::encode_reply(&engine.handle_snapshot_chunk(shard, after, min_applied).await)

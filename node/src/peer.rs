@@ -71,10 +71,10 @@ pub enum PeerRequest {
         after: Option<Vec<u8>>,
         min_applied: u64,
     },
-    /// Whether the receiver's replicas of `shards` hold `word` (a folded token) in dialogue:
-    /// query understanding on a node that lacks those shards. Appended last, so the variants
+    /// Whether the receiver's replica of `shard` holds `word` (a folded token) in dialogue:
+    /// query understanding on a node that lacks that shard. Appended last, so the variants
     /// before keep their encoding.
-    DialogueWord { word: String, shards: Vec<ShardId> },
+    DialogueWord { word: String, shard: ShardId },
 }
 
 /// Reads a node without the asset's shard forwards to a replica.

@@ -28,7 +28,7 @@ pub enum StoreError {
     Corrupt(String),
     /// The staging area was emptied (an install finished, or another fetch began) while a
     /// fetch was filling it: that fetch's chunks are incomplete and must not be installed.
-    #[error("the snapshot staging area was emptied during the fetch; the leader sends the snapshot again")]
+    #[error("the snapshot staging area was emptied during the fetch")]
     StagingReplaced,
 }
 
