@@ -344,6 +344,12 @@ impl Config {
             "How often a shard considers compacting its log.",
             RAFT_COMPACTION_INTERVAL_MS,
         );
+        example.integer(
+            "snapshot_chunk_bytes",
+            raft.snapshot_chunk_bytes,
+            "Raw store bytes per chunk this node serves to a replica fetching a snapshot.",
+            RAFT_SNAPSHOT_CHUNK_BYTES,
+        );
 
         let log = &defaults.log;
         example.section("[log]", &format!("Logging. {ENVIRONMENT_PREFIX}LOG, if set, is a tracing filter that overrides level."));

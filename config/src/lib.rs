@@ -516,6 +516,9 @@ pub struct RaftConfig {
     pub snapshot_log_entries: u64,
     /// How often each shard considers compacting its log.
     pub compaction_interval_ms: u64,
+    /// Raw store bytes per chunk this node serves to a replica fetching a snapshot (the
+    /// serving node's setting applies). Smaller chunks mean more round trips.
+    pub snapshot_chunk_bytes: u64,
 }
 
 impl Default for RaftConfig {
@@ -530,6 +533,7 @@ impl Default for RaftConfig {
             log_retain_entries: 1_000,
             snapshot_log_entries: 20_000,
             compaction_interval_ms: 10_000,
+            snapshot_chunk_bytes: 4 * MIB as u64,
         }
     }
 }

@@ -138,6 +138,7 @@ const RAFT: &[Field] = &[
     Field::optional("log_retain_entries", Kind::Integer),
     Field::optional("snapshot_log_entries", Kind::Integer),
     Field::optional("compaction_interval_ms", Kind::Integer),
+    Field::optional("snapshot_chunk_bytes", Kind::Integer),
 ];
 
 const LOG: &[Field] = &[Field::optional("level", Kind::Choice(LogLevel::NAMES)), Field::optional("format", Kind::Choice(LogFormat::NAMES))];

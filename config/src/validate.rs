@@ -119,6 +119,8 @@ pub(crate) mod ranges {
     pub const RAFT_LOG_RETAIN_ENTRIES: IntegerRange = IntegerRange::new(1, 10_000_000);
     pub const RAFT_SNAPSHOT_LOG_ENTRIES: IntegerRange = IntegerRange::new(1, 10_000_000);
     pub const RAFT_COMPACTION_INTERVAL_MS: IntegerRange = IntegerRange::new(10, 3_600_000);
+    /// A chunk travels in one peer frame (at most 256 MiB with its encoding).
+    pub const RAFT_SNAPSHOT_CHUNK_BYTES: IntegerRange = IntegerRange::bytes(KIB, 64 * MIB as u64);
 }
 
 use ranges::*;
@@ -513,6 +515,7 @@ impl Config {
         check_range("raft.log_retain_entries", raft.log_retain_entries, RAFT_LOG_RETAIN_ENTRIES)?;
         check_range("raft.snapshot_log_entries", raft.snapshot_log_entries, RAFT_SNAPSHOT_LOG_ENTRIES)?;
         check_range("raft.compaction_interval_ms", raft.compaction_interval_ms, RAFT_COMPACTION_INTERVAL_MS)?;
+        check_range("raft.snapshot_chunk_bytes", raft.snapshot_chunk_bytes, RAFT_SNAPSHOT_CHUNK_BYTES)?;
         Ok(())
     }
 }

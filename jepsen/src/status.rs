@@ -70,6 +70,9 @@ pub struct ReplicaStatus {
     /// Snapshots the replica installed since its process started (local replicas only).
     #[serde(default)]
     pub snapshots_installed: Option<u64>,
+    /// Snapshot chunks the replica fetched since its process started (local replicas only).
+    #[serde(default)]
+    pub snapshot_chunks_fetched: Option<u64>,
     /// Hash of the shard's raw store; only for local replicas and only with `?digest=true`.
     #[serde(default)]
     pub raw_digest: Option<String>,

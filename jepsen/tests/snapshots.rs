@@ -18,8 +18,12 @@ const SHARDS: u32 = 2;
 /// One three-node cluster at a time: two at once on a 2-core machine starve each other.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Entries kept after compaction, and entries beyond them that trigger it: tiny, so a few
-/// hundred single-annotation writes compact the log many times over.
-const RAFT_TOML: &str = "[raft]\nlog_retain_entries = 10\nsnapshot_log_entries = 20\ncompaction_interval_ms = 100\n";
+/// hundred single-annotation writes compact the log many times over. Snapshot chunks of 1 KiB
+/// make each fetch hundreds of round trips long, so the leader's heartbeats and resent
+/// snapshots arrive while it runs (a second fetch once started beside the first, and the two
+/// emptied each other's staging area: a replica installed a partial store).
+const RAFT_TOML: &str =
+    "[raft]\nlog_retain_entries = 10\nsnapshot_log_entries = 20\ncompaction_interval_ms = 100\nsnapshot_chunk_bytes = 1024\n";
 
 fn annotation(asset: &str, id: &str, start_ms: u64, label: &str) -> String {
     json!({
@@ -83,11 +87,23 @@ fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
         }
     }
 
-    cluster.heal();
+    // Writes continue while node 3 fetches its snapshots.
+    let during = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| write_one_by_one(&http, &cluster, 1, "during-catch-up", 60));
+        cluster.heal();
+        writer.join().expect("writer thread")
+    });
+    assets.extend(during);
     cluster.wait_converged(Duration::from_secs(120));
     for shard in 0..SHARDS {
         let installed = replica_field(&cluster, 3, shard, |r| r.snapshots_installed).unwrap_or(0);
         assert!(installed >= 1, "node 3 caught up on shard {shard} without a snapshot\n{}", cluster.diagnostics());
+        let chunks = replica_field(&cluster, 3, shard, |r| r.snapshot_chunks_fetched).unwrap_or(0);
+        assert!(
+            chunks >= 2,
+            "node 3 fetched shard {shard}'s snapshot in {chunks} chunk(s); 1 KiB chunks should take many\n{}",
+            cluster.diagnostics()
+        );
     }
     let digests = cluster.digests();
     for shard in 0..SHARDS {
@@ -96,7 +112,7 @@ fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
     }
     let counts = cluster.raw_counts();
     let total_on_node_3: u64 = counts.iter().filter(|((_, node), _)| *node == 3).map(|(_, c)| c.unwrap_or(0)).sum();
-    assert_eq!(total_on_node_3, 340, "node 3's replicas hold every annotation once: {counts:?}");
+    assert_eq!(total_on_node_3, 400, "node 3's replicas hold every annotation once: {counts:?}");
 
     // Everything is searchable from the restarted node, and it takes writes again.
     let search = json!({ "clauses": [{"type": "label", "track": "character", "label": "Joey"}], "limit": 100 });

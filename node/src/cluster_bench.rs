@@ -50,6 +50,9 @@ pub struct ClusterBenchReport {
     pub query_node: usize,
     pub query_node_local_shards: usize,
     pub queries: Vec<LatencyRow>,
+    /// Mean time of one shard's search phase over all those queries: as the query node saw it
+    /// (local replica, or a round trip to another node's), and as the other nodes served it.
+    pub query_phases: Vec<PhaseRow>,
     /// SIGKILL of the node leading shard 0 → first acknowledged write to shard 0 via another node.
     pub failover_seconds: f64,
     pub catch_up_annotations: usize,
@@ -57,11 +60,79 @@ pub struct ClusterBenchReport {
     pub catch_up_seconds: f64,
     /// Snapshots that replica installed while catching up (0: it caught up from the log).
     pub catch_up_snapshots: u64,
+    /// Raw store bytes and chunks that replica fetched for those snapshots, and the time it
+    /// spent fetching them.
+    pub catch_up_snapshot_bytes: u64,
+    pub catch_up_snapshot_chunks: u64,
+    pub catch_up_snapshot_fetch_s: f64,
     /// Raw annotations in the restarted replica's stores once caught up (what a snapshot copies).
     pub catch_up_replica_annotations: u64,
     pub catch_up_replica_disk_bytes: u64,
     pub compact_every_entries: Option<u64>,
     pub machine: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseRow {
+    pub phase: String,
+    /// "local" or "remote" (seen by the query node), or "served for peers" (on the other nodes).
+    pub replica: String,
+    pub count: u64,
+    pub mean_ms: f64,
+}
+
+/// Sums and counts of a histogram in Prometheus text, by its label values, e.g. for
+/// `rushes_search_phase_seconds` with labels ["phase", "replica"].
+fn histogram_totals(text: &str, metric: &str, labels: &[&str]) -> BTreeMap<Vec<String>, (f64, u64)> {
+    let mut totals: BTreeMap<Vec<String>, (f64, u64)> = BTreeMap::new();
+    for line in text.lines() {
+        let (is_sum, rest) = if let Some(rest) = line.strip_prefix(&format!("{metric}_sum{{")) {
+            (true, rest)
+        } else if let Some(rest) = line.strip_prefix(&format!("{metric}_count{{")) {
+            (false, rest)
+        } else {
+            continue;
+        };
+        let Some((label_text, value)) = rest.split_once("} ") else { continue };
+        let Ok(value) = value.trim().parse::<f64>() else { continue };
+        let pairs: BTreeMap<&str, &str> =
+            label_text.split(',').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (k, v.trim_matches('"'))).collect();
+        let key: Vec<String> = labels.iter().map(|l| pairs.get(l).copied().unwrap_or_default().to_string()).collect();
+        let entry = totals.entry(key).or_default();
+        if is_sum {
+            entry.0 += value;
+        } else {
+            entry.1 += value as u64;
+        }
+    }
+    totals
+}
+
+/// The phase rows of one query node's metrics and the other nodes' metrics.
+fn phase_rows(query_node_metrics: &str, other_nodes_metrics: &[String]) -> Vec<PhaseRow> {
+    let row = |phase: &str, replica: &str, (sum, count): (f64, u64)| PhaseRow {
+        phase: phase.to_string(),
+        replica: replica.to_string(),
+        count,
+        mean_ms: if count == 0 { 0.0 } else { sum * 1000.0 / count as f64 },
+    };
+    let mut rows: Vec<PhaseRow> = histogram_totals(query_node_metrics, "rushes_search_phase_seconds", &["phase", "replica"])
+        .into_iter()
+        .map(|(key, totals)| row(&key[0], &key[1], totals))
+        .collect();
+    let mut served: BTreeMap<Vec<String>, (f64, u64)> = BTreeMap::new();
+    for text in other_nodes_metrics {
+        for (key, (sum, count)) in histogram_totals(text, "rushes_peer_search_phase_seconds", &["phase"]) {
+            let entry = served.entry(key).or_default();
+            entry.0 += sum;
+            entry.1 += count;
+        }
+    }
+    rows.extend(served.into_iter().map(|(key, totals)| row(&key[0], "served for peers", totals)));
+    // Query order: hits, candidates, evidence.
+    let order = |phase: &str| ["hits", "candidates", "evidence"].iter().position(|p| *p == phase).unwrap_or(3);
+    rows.sort_by(|a, b| order(&a.phase).cmp(&order(&b.phase)).then_with(|| a.replica.cmp(&b.replica)));
+    rows
 }
 
 const REPLICATION_FACTOR: usize = 3;
@@ -290,6 +361,10 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         }
         queries.push(latency_row(kind, latencies, assets));
     }
+    let query_node_metrics = clients[query_node - 1].get("/metrics")?;
+    let other_nodes_metrics =
+        (1..=options.nodes).filter(|&n| n != query_node).map(|n| clients[n - 1].get("/metrics")).collect::<Result<Vec<_>, _>>()?;
+    let query_phases = phase_rows(&query_node_metrics, &other_nodes_metrics);
 
     // Failover: kill shard 0's leader, then write to shard 0 through another node until acked.
     let status = clients[0].get_json("/v1/cluster")?;
@@ -367,6 +442,9 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         }
     }
     let catch_up_snapshots = local_sum(&restarted, "snapshots_installed");
+    let catch_up_snapshot_bytes = local_sum(&restarted, "snapshot_bytes_fetched");
+    let catch_up_snapshot_chunks = local_sum(&restarted, "snapshot_chunks_fetched");
+    let catch_up_snapshot_fetch_s = local_sum(&restarted, "snapshot_fetch_ms") as f64 / 1000.0;
     let catch_up_replica_annotations = restarted_counts.values().sum();
     let catch_up_replica_disk_bytes = local_sum(&restarted, "disk_bytes");
 
@@ -384,10 +462,14 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         replicated_and_indexed_after_last_ack_s: replicated.as_secs_f64(),
         settled_before_queries_s: settled.as_secs_f64(),
         queries,
+        query_phases,
         failover_seconds,
         catch_up_annotations: written as usize,
         catch_up_seconds,
         catch_up_snapshots,
+        catch_up_snapshot_bytes,
+        catch_up_snapshot_chunks,
+        catch_up_snapshot_fetch_s,
         catch_up_replica_annotations,
         catch_up_replica_disk_bytes,
         compact_every_entries: options.compact_every_entries,
@@ -414,6 +496,11 @@ pub fn print_cluster_report(report: &ClusterBenchReport) {
     for row in &report.queries {
         println!("| {} | {} | {:.1} | {:.1} | {:.1} |", row.kind, row.queries, row.p50_ms, row.p99_ms, row.mean_ms);
     }
+    println!("| search phase (per shard, mean over all queries) | replica | shard phases | mean ms |");
+    println!("|---|---|---:|---:|");
+    for row in &report.query_phases {
+        println!("| {} | {} | {} | {:.2} |", row.phase, row.replica, row.count, row.mean_ms);
+    }
     println!("failover (leader SIGKILL → write acknowledged): {:.2} s", report.failover_seconds);
     let compaction = match report.compact_every_entries {
         Some(entries) => format!("; logs compacted every {entries} entries"),
@@ -427,4 +514,50 @@ pub fn print_cluster_report(report: &ClusterBenchReport) {
         report.catch_up_replica_annotations,
         report.catch_up_replica_disk_bytes as f64 / (1024.0 * 1024.0)
     );
+    if report.catch_up_snapshot_chunks > 0 {
+        let mib = report.catch_up_snapshot_bytes as f64 / (1024.0 * 1024.0);
+        println!(
+            "snapshot transfer: {mib:.0} MiB of raw store in {} chunks, {:.1} s fetching ({:.0} MiB/s)",
+            report.catch_up_snapshot_chunks,
+            report.catch_up_snapshot_fetch_s,
+            mib / report.catch_up_snapshot_fetch_s.max(0.001)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_rows_average_the_query_node_and_sum_the_other_nodes() {
+        let query_node = "\
+# TYPE rushes_search_phase_seconds histogram
+rushes_search_phase_seconds_bucket{phase=\"hits\",replica=\"remote\",le=\"0.001\"} 1
+rushes_search_phase_seconds_sum{phase=\"hits\",replica=\"remote\"} 0.006
+rushes_search_phase_seconds_count{phase=\"hits\",replica=\"remote\"} 3
+rushes_search_phase_seconds_sum{phase=\"evidence\",replica=\"local\"} 0.001
+rushes_search_phase_seconds_count{phase=\"evidence\",replica=\"local\"} 2
+rushes_search_phase_seconds_sum{phase=\"candidates\",replica=\"local\"} 0
+rushes_search_phase_seconds_count{phase=\"candidates\",replica=\"local\"} 0
+";
+        let others = vec![
+            "rushes_peer_search_phase_seconds_sum{phase=\"hits\"} 0.002\nrushes_peer_search_phase_seconds_count{phase=\"hits\"} 1\n"
+                .to_string(),
+            "rushes_peer_search_phase_seconds_sum{phase=\"hits\"} 0.004\nrushes_peer_search_phase_seconds_count{phase=\"hits\"} 1\n"
+                .to_string(),
+        ];
+        let rows = phase_rows(query_node, &others);
+        let summary: Vec<(&str, &str, u64, String)> =
+            rows.iter().map(|r| (r.phase.as_str(), r.replica.as_str(), r.count, format!("{:.2}", r.mean_ms))).collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("hits", "remote", 3, "2.00".to_string()),
+                ("hits", "served for peers", 2, "3.00".to_string()),
+                ("candidates", "local", 0, "0.00".to_string()),
+                ("evidence", "local", 2, "0.50".to_string()),
+            ]
+        );
+    }
 }

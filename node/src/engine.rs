@@ -77,7 +77,7 @@ const REPLICA_RETRY_PAUSE: Duration = Duration::from_millis(250);
 const REPLICA_RETRY_WINDOW: Duration = Duration::from_secs(3);
 /// Peers' searches kept between their phases on this node.
 const REMOTE_SEARCHES_MAX: usize = 64;
-/// Deadline of one snapshot chunk request (a chunk is `peer::SNAPSHOT_CHUNK_BYTES`).
+/// Deadline of one snapshot chunk request (a chunk is at most `raft.snapshot_chunk_bytes`, 64 MiB).
 const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for one forwarded write before routing again.
 const FORWARD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -606,7 +606,10 @@ impl Engine {
             let Some(_fetch) = replica.start_snapshot_fetch() else { return };
             let index = message.get_snapshot().get_metadata().index;
             let started = std::time::Instant::now();
-            match engine.fetch_snapshot(from, &replica, &message).await {
+            let fetched = engine.fetch_snapshot(from, &replica, &message).await;
+            let fetch_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            replica.progress.snapshot_fetch_ms.fetch_add(fetch_ms, std::sync::atomic::Ordering::AcqRel);
+            match fetched {
                 Ok(Some(bytes)) => {
                     tracing::info!(shard, from, index, bytes, seconds = started.elapsed().as_secs_f64(), "snapshot fetched and staged")
                 }
@@ -646,7 +649,10 @@ impl Engine {
             };
             // The copy holds every entry the source had applied when the first chunk was read.
             state_at.get_or_insert(applied);
-            bytes += chunk.pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
+            let chunk_bytes = chunk.pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
+            bytes += chunk_bytes;
+            replica.progress.snapshot_chunks_fetched.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            replica.progress.snapshot_bytes_fetched.fetch_add(chunk_bytes, std::sync::atomic::Ordering::AcqRel);
             after = chunk.pairs.last().map(|(key, _)| key.clone());
             let done = chunk.done;
             on_staging(replica, move |store| store.stage_chunk(generation, &chunk.pairs)).await?;
@@ -674,7 +680,8 @@ impl Engine {
                     .with_retry_after(1),
             );
         }
-        let work = move || replica.store.raw_chunk(after.as_deref(), crate::peer::SNAPSHOT_CHUNK_BYTES);
+        let chunk_bytes = usize::try_from(self.config.raft.snapshot_chunk_bytes).unwrap_or(usize::MAX);
+        let work = move || replica.store.raw_chunk(after.as_deref(), chunk_bytes);
         match tokio::task::spawn_blocking(work).await {
             Ok(Ok(chunk)) => PeerReply::SnapshotChunk { chunk, applied },
             Ok(Err(e)) => PeerReply::Error(ApiError::internal(format!("reading shard {shard} for a snapshot: {e}"))),
@@ -937,19 +944,24 @@ impl Engine {
         for shard_id in 0..shard_count as ShardId {
             let task = match (self.local_shard(shard_id), &remote_plan) {
                 (Some(shard), _) => {
-                    let (shard, plan, task_permit) = (shard.clone(), plan.clone(), permit.clone());
+                    let (shard, plan, task_permit, timer) =
+                        (shard.clone(), plan.clone(), permit.clone(), self.phase_timer("hits", "local"));
                     tokio::task::spawn_blocking(move || {
                         let _permit = task_permit;
                         let hits = search::shard_hits(&shard, &plan)?;
                         let summary = search::summarize(&hits, &plan);
+                        timer.observe_duration();
                         Ok::<_, search::SearchError>((ShardWork::Local(hits), summary))
                     })
                 }
                 (None, Some(wire)) => {
                     let request = PeerRequest::SearchHits { query: query_id, shard: shard_id, plan: wire.clone(), strong };
                     let (engine, replicas) = (self.clone(), self.shard_map.replicas(shard_id).to_vec());
+                    let timer = self.phase_timer("hits", "remote");
                     tokio::spawn(async move {
-                        match engine.hedged_call(&replicas, request, deadline).await {
+                        let reply = engine.hedged_call(&replicas, request, deadline).await;
+                        timer.observe_duration();
+                        match reply {
                             Ok((node, PeerReply::Summary(summary))) => Ok((ShardWork::Remote(node), summary)),
                             Ok((node, other)) => Err(search::SearchError::Remote(format!("node {node} answered {other:?}"))),
                             Err(e) => Err(search::SearchError::Remote(e.message)),
@@ -978,17 +990,21 @@ impl Engine {
                 Some(ShardWork::Local(hits)) => {
                     let Some(shard) = self.local_shard(shard_id).cloned() else { continue };
                     let (plan, stats, task_permit) = (plan.clone(), stats.clone(), permit.clone());
+                    let timer = self.phase_timer("candidates", "local");
                     tokio::task::spawn_blocking(move || {
                         let _permit = task_permit;
                         let candidates = search::shard_candidates(&shard, &plan, hits, &stats)?;
+                        timer.observe_duration();
                         Ok((candidates.ranked_assets(), Some(Arc::new(candidates)), None))
                     })
                 }
                 Some(ShardWork::Remote(node)) => {
                     let request = PeerRequest::SearchCandidates { query: query_id, shard: shard_id, stats: (*stats).clone() };
-                    let engine = self.clone();
+                    let (engine, timer) = (self.clone(), self.phase_timer("candidates", "remote"));
                     tokio::spawn(async move {
-                        match engine.remote_call(node, &request, deadline).await {
+                        let reply = engine.remote_call(node, &request, deadline).await;
+                        timer.observe_duration();
+                        match reply {
                             Ok(PeerReply::Ranked(ranked)) => Ok((ranked, None, Some(node))),
                             Ok(other) => Err(search::SearchError::Remote(format!("node {node} answered {other:?}"))),
                             Err(e) => Err(search::SearchError::Remote(e.message)),
@@ -1021,13 +1037,25 @@ impl Engine {
                 continue;
             }
             if let Some(node) = remote_nodes[position] {
-                // The remote session is dropped by phase three; send it even with nothing to keep.
-                let request = PeerRequest::SearchFinish { query: query_id, shard: shard_id, keep: keep.into_iter().collect() };
-                let engine = self.clone();
+                // The remote session is dropped by phase three; send it even with nothing to keep,
+                // but then do not wait for it: the shard's part of the answer is already complete.
+                let request = PeerRequest::SearchFinish { query: query_id, shard: shard_id, keep: keep.iter().cloned().collect() };
+                if keep.is_empty() {
+                    let engine = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = engine.remote_call(node, &request, deadline).await {
+                            tracing::debug!(node, shard = shard_id, error = %e.message, "releasing a remote search failed (it expires)");
+                        }
+                    });
+                    continue;
+                }
+                let (engine, timer) = (self.clone(), self.phase_timer("evidence", "remote"));
                 finishing.push((
                     shard_id,
                     tokio::spawn(async move {
-                        match engine.remote_call(node, &request, deadline).await {
+                        let reply = engine.remote_call(node, &request, deadline).await;
+                        timer.observe_duration();
+                        match reply {
                             Ok(PeerReply::Json(bytes)) => serde_json::from_slice::<Vec<AssetHits>>(&bytes)
                                 .map_err(|e| search::SearchError::Remote(format!("node {node} sent unreadable results: {e}"))),
                             Ok(other) => Err(search::SearchError::Remote(format!("node {node} answered {other:?}"))),
@@ -1043,10 +1071,12 @@ impl Engine {
             if keep.is_empty() {
                 continue;
             }
-            let (plan, task_permit) = (plan.clone(), permit.clone());
+            let (plan, task_permit, timer) = (plan.clone(), permit.clone(), self.phase_timer("evidence", "local"));
             let task = tokio::task::spawn_blocking(move || {
                 let _permit = task_permit;
-                search::finish_assets(&shard, &plan, &shard_candidates, &keep)
+                let assets = search::finish_assets(&shard, &plan, &shard_candidates, &keep);
+                timer.observe_duration();
+                assets
             });
             finishing.push((shard_id, task));
         }
@@ -1138,6 +1168,18 @@ impl Engine {
 
     /// A peer's search phase on this node's replica (blocking work on the blocking pool).
     pub async fn handle_search_phase(self: &Arc<Self>, request: PeerRequest) -> PeerReply {
+        let phase = match &request {
+            PeerRequest::SearchHits { .. } => "hits",
+            PeerRequest::SearchCandidates { .. } => "candidates",
+            _ => "evidence",
+        };
+        let arrived = Instant::now();
+        let reply = self.search_phase_reply(request).await;
+        self.metrics.peer_search_phase_seconds.with_label_values(&[phase]).observe(arrived.elapsed().as_secs_f64());
+        reply
+    }
+
+    async fn search_phase_reply(self: &Arc<Self>, request: PeerRequest) -> PeerReply {
         let engine = self.clone();
         let strong_wait = match &request {
             PeerRequest::SearchHits { shard, strong: true, .. } => self.local_shard(*shard).cloned(),
@@ -1210,6 +1252,11 @@ impl Engine {
         }
         sessions.insert((query, shard), session);
         Ok(())
+    }
+
+    /// Starts timing one shard's search phase for `search_phase_seconds`.
+    fn phase_timer(&self, phase: &str, replica: &str) -> prometheus::HistogramTimer {
+        self.metrics.search_phase_seconds.with_label_values(&[phase, replica]).start_timer()
     }
 
     /// One shard's task of a search phase; `None` (logged) when it failed or ran out of time.
@@ -1344,6 +1391,9 @@ impl Engine {
             view["disk_bytes"] = json!(shard.store.disk_bytes());
             view["log_first_index"] = json!(shard.log.first_log_index());
             view["snapshots_installed"] = json!(shard.progress.snapshots_installed.load(Ordering::Acquire));
+            view["snapshot_chunks_fetched"] = json!(shard.progress.snapshot_chunks_fetched.load(Ordering::Acquire));
+            view["snapshot_bytes_fetched"] = json!(shard.progress.snapshot_bytes_fetched.load(Ordering::Acquire));
+            view["snapshot_fetch_ms"] = json!(shard.progress.snapshot_fetch_ms.load(Ordering::Acquire));
             if digest {
                 view["raw_digest"] = json!(shard.store.raw_digest().map_err(|e| ApiError::internal(e.to_string()))?);
             }

@@ -11,6 +11,10 @@ pub struct Metrics {
     pub index_commit_seconds: Histogram,
     pub searchable_lag_seconds: Histogram,
     pub query_seconds: HistogramVec,
+    /// One shard's search phase as the coordinator saw it (queueing and round trip included).
+    pub search_phase_seconds: HistogramVec,
+    /// A peer's search phase on this node, from the request's arrival to its reply.
+    pub peer_search_phase_seconds: HistogramVec,
     pub buckets_written: IntCounter,
     pub index_docs_written: IntCounter,
     pub queue_depth: IntGaugeVec,
@@ -20,6 +24,11 @@ pub struct Metrics {
 
 fn latency_buckets() -> Vec<f64> {
     vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
+}
+
+/// Finer at the low end: a phase takes tens of microseconds to a few milliseconds.
+fn phase_buckets() -> Vec<f64> {
+    vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.25, 1.0, 5.0, 30.0]
 }
 
 impl Metrics {
@@ -44,6 +53,16 @@ impl Metrics {
             query_seconds: register!(HistogramVec::new(
                 HistogramOpts::new("query_seconds", "Query latency by endpoint").buckets(latency_buckets()),
                 &["endpoint"]
+            )),
+            search_phase_seconds: register!(HistogramVec::new(
+                HistogramOpts::new("search_phase_seconds", "One shard's search phase seen by the coordinator, by phase and replica")
+                    .buckets(phase_buckets()),
+                &["phase", "replica"]
+            )),
+            peer_search_phase_seconds: register!(HistogramVec::new(
+                HistogramOpts::new("peer_search_phase_seconds", "Another node's search phase served here, arrival to reply")
+                    .buckets(phase_buckets()),
+                &["phase"]
             )),
             buckets_written: register!(IntCounter::new("fusion_buckets_written_total", "Buckets recomputed by fusion")),
             index_docs_written: register!(IntCounter::new("index_docs_written_total", "Bucket documents written to Tantivy")),

@@ -30,10 +30,8 @@ use crate::store::{ApplyOutcome, RawChunk};
 pub const PEER_FORMAT: u8 = 1;
 /// Largest frame between nodes: a forwarded write or a Raft entry holds up to one request body
 /// (`limits.max_body_bytes`) as raw and parsed annotations. Snapshots travel in chunks of
-/// [`SNAPSHOT_CHUNK_BYTES`], so a raw store of any size fits.
+/// `raft.snapshot_chunk_bytes` (at most 64 MiB), so a raw store of any size fits.
 const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
-/// Raw store bytes per snapshot chunk.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Raft messages and requests queued per peer before senders see `QueueFull`.
 const PEER_QUEUE_FRAMES: usize = 8192;
 

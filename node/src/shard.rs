@@ -114,6 +114,11 @@ pub struct Progress {
     pub failed: AtomicBool,
     /// Snapshots from other replicas installed since this process started.
     pub snapshots_installed: AtomicU64,
+    /// Snapshot chunks and raw store bytes fetched from other replicas, and the time spent in
+    /// fetches (finished or failed), since this process started.
+    pub snapshot_chunks_fetched: AtomicU64,
+    pub snapshot_bytes_fetched: AtomicU64,
+    pub snapshot_fetch_ms: AtomicU64,
     /// (log index, when it was applied) for the ingest → searchable lag; bounded.
     apply_times: Mutex<VecDeque<(u64, Instant)>>,
 }
