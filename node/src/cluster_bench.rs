@@ -33,6 +33,8 @@ pub struct ClusterBenchOptions {
     /// `raft.log_retain_entries` and `raft.snapshot_log_entries` for every node (compacting
     /// every 500 ms), so the restarted replica catches up by snapshot; None keeps the defaults.
     pub compact_every_entries: Option<u64>,
+    /// Leave the nodes' data directories and logs in place.
+    pub keep_data: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -449,7 +451,11 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     let catch_up_replica_disk_bytes = local_sum(&restarted, "disk_bytes");
 
     drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
+    if options.keep_data {
+        println!("nodes' data and logs kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(ClusterBenchReport {
         nodes: options.nodes,
         replication_factor: REPLICATION_FACTOR,

@@ -607,12 +607,24 @@ impl Engine {
             let index = message.get_snapshot().get_metadata().index;
             let started = std::time::Instant::now();
             let fetched = engine.fetch_snapshot(from, &replica, &message).await;
-            let fetch_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            replica.progress.snapshot_fetch_ms.fetch_add(fetch_ms, std::sync::atomic::Ordering::AcqRel);
+            // Time of fetches that moved data or failed; a message whose snapshot is already
+            // staged (it may have waited for the install to finish) fetched nothing.
+            if !matches!(fetched, Ok(None)) {
+                let fetch_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                replica.progress.snapshot_fetch_ms.fetch_add(fetch_ms, std::sync::atomic::Ordering::AcqRel);
+            }
             match fetched {
-                Ok(Some(bytes)) => {
-                    tracing::info!(shard, from, index, bytes, seconds = started.elapsed().as_secs_f64(), "snapshot fetched and staged")
-                }
+                Ok(Some(fetch)) => tracing::info!(
+                    shard,
+                    from,
+                    index,
+                    bytes = fetch.bytes,
+                    chunks = fetch.chunks,
+                    seconds = started.elapsed().as_secs_f64(),
+                    waiting_for_chunks_s = fetch.waiting_for_chunks.as_secs_f64(),
+                    staging_s = fetch.staging.as_secs_f64(),
+                    "snapshot fetched and staged"
+                ),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(shard, from, index, error = %e, "snapshot fetch failed; the leader sends the snapshot again");
@@ -626,8 +638,13 @@ impl Engine {
     }
 
     /// Stages the raw store `message` names, unless a staged copy already covers it; returns
-    /// the bytes fetched.
-    async fn fetch_snapshot(&self, from: NodeId, replica: &Arc<Shard>, message: &raft::eraftpb::Message) -> Result<Option<u64>, ApiError> {
+    /// what the fetch took.
+    async fn fetch_snapshot(
+        &self,
+        from: NodeId,
+        replica: &Arc<Shard>,
+        message: &raft::eraftpb::Message,
+    ) -> Result<Option<SnapshotFetchStats>, ApiError> {
         let snapshot = match SnapshotData::parse(message.get_snapshot().get_data()) {
             Ok(SnapshotData::Ref(snapshot)) => snapshot,
             Ok(SnapshotData::Legacy) => return Ok(None), // an earlier version's snapshot carries the store itself
@@ -639,10 +656,20 @@ impl Engine {
             return Ok(None);
         }
         let generation = on_staging(replica, |store| store.begin_staging()).await?;
-        let (mut after, mut state_at, mut bytes) = (None, None, 0u64);
+        let chunk_request = |after: Option<Vec<u8>>| PeerRequest::SnapshotChunk { shard: replica.id, after, min_applied: snapshot.index };
+        let timed_call = |request: PeerRequest| {
+            let net = net.clone();
+            async move {
+                let asked = Instant::now();
+                (net.call(from, &request, SNAPSHOT_CHUNK_TIMEOUT).await, asked.elapsed())
+            }
+        };
+        let mut stats = SnapshotFetchStats::default();
+        let mut state_at = None;
+        let (mut reply, waited) = timed_call(chunk_request(None)).await;
+        stats.waiting_for_chunks += waited;
         loop {
-            let request = PeerRequest::SnapshotChunk { shard: replica.id, after: after.take(), min_applied: snapshot.index };
-            let (chunk, applied) = match net.call(from, &request, SNAPSHOT_CHUNK_TIMEOUT).await? {
+            let (chunk, applied) = match reply? {
                 PeerReply::SnapshotChunk { chunk, applied } => (chunk, applied),
                 PeerReply::Error(e) => return Err(e),
                 _ => return Err(ApiError::internal(format!("node {from} answered a snapshot chunk request with another reply"))),
@@ -650,22 +677,37 @@ impl Engine {
             // The copy holds every entry the source had applied when the first chunk was read.
             state_at.get_or_insert(applied);
             let chunk_bytes = chunk.pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
-            bytes += chunk_bytes;
+            stats.bytes += chunk_bytes;
+            stats.chunks += 1;
             replica.progress.snapshot_chunks_fetched.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             replica.progress.snapshot_bytes_fetched.fetch_add(chunk_bytes, std::sync::atomic::Ordering::AcqRel);
-            after = chunk.pairs.last().map(|(key, _)| key.clone());
             let done = chunk.done;
-            on_staging(replica, move |store| store.stage_chunk(generation, &chunk.pairs)).await?;
-            if done {
-                break;
-            }
-            if after.is_none() {
+            let after = chunk.pairs.last().map(|(key, _)| key.clone());
+            if !done && after.is_none() {
                 return Err(ApiError::internal(format!("node {from} sent an empty snapshot chunk before the end")));
             }
+            let stage = async {
+                let started = Instant::now();
+                (on_staging(replica, move |store| store.stage_chunk(generation, &chunk.pairs)).await, started.elapsed())
+            };
+            if done {
+                let (staged, took) = stage.await;
+                staged?;
+                stats.staging += took;
+                break;
+            }
+            // The source reads and sends the next chunk while this one is written here.
+            let ((staged, took), (next, waited)) = tokio::join!(stage, timed_call(chunk_request(after)));
+            staged?;
+            stats.staging += took;
+            stats.waiting_for_chunks += waited;
+            reply = next;
         }
         let state_at = state_at.unwrap_or(snapshot.index);
+        let staging = Instant::now();
         on_staging(replica, move |store| store.finish_staging(generation, state_at)).await?;
-        Ok(Some(bytes))
+        stats.staging += staging.elapsed();
+        Ok(Some(stats))
     }
 
     /// Serves a chunk of a local replica's raw store to a replica installing a snapshot.
@@ -1524,6 +1566,17 @@ async fn on_staging<T: Send + 'static>(
 
 fn json_reply<T: serde::Serialize>(value: &T) -> Result<PeerReply, ApiError> {
     serde_json::to_vec(value).map(PeerReply::Json).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// What one snapshot fetch took: its size, and its time waiting for the source's chunks and
+/// writing them to the staging area (the two overlap: the next chunk is asked for before the
+/// current one is written).
+#[derive(Default)]
+struct SnapshotFetchStats {
+    bytes: u64,
+    chunks: u64,
+    waiting_for_chunks: Duration,
+    staging: Duration,
 }
 
 /// Where phase one of a search ran on a shard (phases two and three follow it).

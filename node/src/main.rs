@@ -215,6 +215,9 @@ enum ClusterCommand {
         /// Default: the config's defaults, under which it catches up from the log.
         #[arg(long)]
         compact_every: Option<u64>,
+        /// Keep the nodes' data directories and logs (printed at the end) instead of deleting them.
+        #[arg(long)]
+        keep_data: bool,
         /// Also write the report as JSON here.
         #[arg(long)]
         json_out: Option<PathBuf>,
@@ -373,7 +376,20 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Cluster {
-            command: ClusterCommand::Bench { hours, seed, work_dir, clients, queries, base_port, catch_up, nodes, compact_every, json_out },
+            command:
+                ClusterCommand::Bench {
+                    hours,
+                    seed,
+                    work_dir,
+                    clients,
+                    queries,
+                    base_port,
+                    catch_up,
+                    nodes,
+                    compact_every,
+                    keep_data,
+                    json_out,
+                },
         } => {
             if !(3..=9).contains(&nodes) {
                 return Err("--nodes must be 3..=9 (replication factor 3)".into());
@@ -395,6 +411,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 catch_up_annotations: catch_up,
                 nodes,
                 compact_every_entries: compact_every,
+                keep_data,
             })?;
             rushes_node::cluster_bench::print_cluster_report(&report);
             if let Some(path) = json_out {
