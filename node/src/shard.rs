@@ -922,8 +922,23 @@ impl FusionStage {
             let _ = self.bell.recv_timeout(Duration::from_millis(200));
             let result = match self.catch_up() {
                 Err(ShardError::MissingEntry(index)) => {
+                    let first = self.log.first_log_index();
+                    if self.progress.applied.load(Ordering::Acquire).saturating_add(1) < first {
+                        // A leader's snapshot replaced the log, and the raft thread has not
+                        // installed its raw store yet: re-fusing now would only re-derive the
+                        // store about to be replaced. The install rings the bell.
+                        continue;
+                    }
                     // Heal from the raw store, of which fusion is a pure function.
-                    tracing::warn!(shard = self.shard, missing = index, "log entry missing; re-fusing the shard from its raw store");
+                    if index < first {
+                        tracing::info!(
+                            shard = self.shard,
+                            missing = index,
+                            "log starts after a snapshot; re-fusing the shard from its raw store"
+                        );
+                    } else {
+                        tracing::warn!(shard = self.shard, missing = index, "log entry missing; re-fusing the shard from its raw store");
+                    }
                     self.refuse_everything()
                 }
                 other => other,
@@ -936,6 +951,7 @@ impl FusionStage {
     }
 
     fn refuse_everything(&self) -> Result<(), ShardError> {
+        let _installs_wait = self.store.derivation_guard();
         let applied = self.progress.applied.load(Ordering::Acquire);
         for (_, asset_id) in self.store.all_assets() {
             refuse_asset(&self.store, &asset_id, &AffectedBuckets::All, self.bucket_ms)?;
@@ -954,6 +970,7 @@ impl FusionStage {
                 return Ok(());
             }
             let upto = applied.min(fused + self.batch_entries_max);
+            let _installs_wait = self.store.derivation_guard();
             let mut affected: BTreeMap<String, AffectedBuckets> = BTreeMap::new();
             for command in read_commands(&self.log, fused, upto)? {
                 affected_by_command(&command, self.bucket_ms, &self.store, &mut affected, false)?;
@@ -1000,11 +1017,33 @@ impl IndexStage {
             match self.catch_up(processed, stopping) {
                 Ok(done) => processed = done,
                 Err(ShardError::MissingEntry(index)) => {
-                    // The log no longer holds what this stage needs (compaction waits for the
-                    // durable watermarks, so this is a bug or a damaged disk): heal from the
-                    // bucket store instead of stalling.
+                    // The log no longer holds what this stage needs: a leader's snapshot
+                    // replaced it (compaction itself waits for the durable watermarks), or the
+                    // disk is damaged. Heal from the bucket store instead of stalling, once
+                    // fusion has re-derived the buckets past the snapshot (it rings the bell).
                     let fused = self.progress.fused.load(Ordering::Acquire);
-                    tracing::warn!(shard = self.shard, missing = index, fused, "log entry missing; reindexing the shard from its buckets");
+                    let first = self.log.first_log_index();
+                    if fused.saturating_add(1) < first {
+                        if stopping {
+                            return; // nothing of the new store is indexed yet; a restart redoes it
+                        }
+                        continue;
+                    }
+                    if index < first {
+                        tracing::info!(
+                            shard = self.shard,
+                            missing = index,
+                            fused,
+                            "log starts after a snapshot; reindexing the shard from its buckets"
+                        );
+                    } else {
+                        tracing::warn!(
+                            shard = self.shard,
+                            missing = index,
+                            fused,
+                            "log entry missing; reindexing the shard from its buckets"
+                        );
+                    }
                     match reindex_everything(&self.store, &self.index, fused) {
                         Ok(_) => {
                             processed = fused;
@@ -1071,6 +1110,7 @@ impl IndexStage {
                 return Ok(processed);
             }
             let upto = fused.min(processed + self.batch_entries_max);
+            let _installs_wait = self.store.derivation_guard();
             let commands = read_commands(&self.log, processed, upto)?;
             let mut affected: BTreeMap<String, AffectedBuckets> = BTreeMap::new();
             for command in &commands {
@@ -1150,6 +1190,7 @@ pub fn sync_asset_vectors(store: &ShardStore, index: &ShardIndex, asset_id: &str
 
 /// Fills an empty index from the bucket store, complete through log index `fused`.
 fn reindex_everything(store: &ShardStore, index: &ShardIndex, fused: u64) -> Result<usize, ShardError> {
+    let _installs_wait = store.derivation_guard();
     let mut docs = 0;
     for (_, asset_id) in store.all_assets() {
         sync_asset_vectors(store, index, &asset_id)?;

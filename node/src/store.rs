@@ -143,6 +143,10 @@ pub struct ShardStore {
     /// complete only while the generation is the one its `begin_staging` returned, so chunks
     /// from before an emptying are never installed as a whole copy.
     staging_generation: std::sync::atomic::AtomicU64,
+    /// Installing a snapshot empties and refills the raw trees; the derivation stages hold
+    /// this shared for each batch (see [`ShardStore::derivation_guard`]), the install holds it
+    /// exclusively, so no stage derives buckets or documents from a half-installed store.
+    install_lock: RwLock<()>,
     /// In memory: ordinal → asset id, and the label vocabulary (normalized label → tracks).
     ordinal_cache: RwLock<HashMap<u64, String>>,
     vocab_cache: RwLock<BTreeMap<String, Vec<String>>>,
@@ -166,6 +170,7 @@ impl ShardStore {
             vector_keys: db.open_tree("vector_keys")?,
             snapshot_staging: db.open_tree("snapshot_staging")?,
             staging_generation: std::sync::atomic::AtomicU64::new(0),
+            install_lock: RwLock::new(()),
             ordinal_cache: RwLock::new(HashMap::new()),
             vocab_cache: RwLock::new(BTreeMap::new()),
             db,
@@ -603,6 +608,13 @@ impl ShardStore {
         Ok(())
     }
 
+    /// Held by a derivation stage (fusion, indexing) for one batch: a snapshot install waits
+    /// for it, and it waits for an install. Take it once per thread, never nested (a waiting
+    /// install blocks new readers).
+    pub fn derivation_guard(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.install_lock.read()
+    }
+
     /// The index a complete staged snapshot holds every entry through, if there is one.
     pub fn staged_snapshot(&self) -> Result<Option<u64>, StoreError> {
         self.state.get(STAGED_SNAPSHOT_KEY)?.map(|bytes| be_u64(&bytes)).transpose()
@@ -612,6 +624,7 @@ impl ShardStore {
     /// `index`, and reloads the caches. Derived state is left for the stages to rebuild. Safe
     /// to repeat after a crash: the staging area stays until [`ShardStore::clear_staging`].
     pub fn install_staged(&self, index: u64) -> Result<(), StoreError> {
+        let _exclusive = self.install_lock.write();
         match self.staged_snapshot()? {
             Some(state_at) if state_at >= index => {}
             staged => {
@@ -670,6 +683,7 @@ impl ShardStore {
     /// Replaces the raw store with a format-1 snapshot (the whole store in the Raft message,
     /// as stored by earlier versions), so a data dir whose last snapshot is one still opens.
     pub fn import_legacy_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let _exclusive = self.install_lock.write();
         let snapshot: LegacyRawSnapshot = codec::decode(LEGACY_RAW_SNAPSHOT_FORMAT, bytes)?;
         let trees = self.raw_trees();
         for (name, pairs) in &snapshot.trees {
@@ -918,6 +932,36 @@ mod tests {
         let (_, generation) = stage_from(&source, &replica, 64, |_| {});
         replica.finish_staging(generation, 5).unwrap();
         replica.install_staged(5).unwrap();
+        assert_eq!(replica.raw_digest().unwrap(), source.raw_digest().unwrap());
+    }
+
+    /// An install empties and refills the raw trees; a derivation stage in the middle of a batch
+    /// must not see that, so the install waits for the batch, and the next batch waits for the
+    /// install.
+    #[test]
+    fn an_install_waits_for_a_derivation_batch_in_progress() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (source, replica) = (ShardStore::open(dir_a.path()).unwrap(), ShardStore::open(dir_b.path()).unwrap());
+        source.apply_ingest(&[item("a", "e1", 0, 1000, "Joey"), item("b", "e2", 500, 2000, "Monica")]).unwrap();
+        let (_, generation) = stage_from(&source, &replica, 64, |_| {});
+        replica.finish_staging(generation, 5).unwrap();
+        let replica = std::sync::Arc::new(replica);
+        let batch = replica.derivation_guard();
+        let (installed_tx, installed_rx) = std::sync::mpsc::channel();
+        let installer = {
+            let replica = replica.clone();
+            std::thread::spawn(move || {
+                let result = replica.install_staged(5);
+                let _ = installed_tx.send(result.is_ok());
+            })
+        };
+        // While the batch holds the guard the install cannot have happened.
+        assert!(installed_rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "the install ran during a batch");
+        assert_eq!(replica.raw_count(), 0, "the raw store is untouched while the batch runs");
+        drop(batch);
+        assert_eq!(installed_rx.recv_timeout(std::time::Duration::from_secs(30)), Ok(true), "the install ran after the batch");
+        installer.join().unwrap();
+        let _next_batch = replica.derivation_guard();
         assert_eq!(replica.raw_digest().unwrap(), source.raw_digest().unwrap());
     }
 
