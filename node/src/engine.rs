@@ -661,15 +661,15 @@ impl Engine {
             let net = net.clone();
             async move {
                 let asked = Instant::now();
-                (net.call(from, &request, SNAPSHOT_CHUNK_TIMEOUT).await, asked.elapsed())
+                net.call(from, &request, SNAPSHOT_CHUNK_TIMEOUT).await.map(|reply| (reply, asked.elapsed()))
             }
         };
         let mut stats = SnapshotFetchStats::default();
         let mut state_at = None;
-        let (mut reply, waited) = timed_call(chunk_request(None)).await;
+        let (mut reply, waited) = timed_call(chunk_request(None)).await?;
         stats.waiting_for_chunks += waited;
         loop {
-            let (chunk, applied) = match reply? {
+            let (chunk, applied) = match reply {
                 PeerReply::SnapshotChunk { chunk, applied } => (chunk, applied),
                 PeerReply::Error(e) => return Err(e),
                 _ => return Err(ApiError::internal(format!("node {from} answered a snapshot chunk request with another reply"))),
@@ -688,17 +688,15 @@ impl Engine {
             }
             let stage = async {
                 let started = Instant::now();
-                (on_staging(replica, move |store| store.stage_chunk(generation, &chunk.pairs)).await, started.elapsed())
+                on_staging(replica, move |store| store.stage_chunk(generation, &chunk.pairs)).await.map(|()| started.elapsed())
             };
             if done {
-                let (staged, took) = stage.await;
-                staged?;
-                stats.staging += took;
+                stats.staging += stage.await?;
                 break;
             }
-            // The source reads and sends the next chunk while this one is written here.
-            let ((staged, took), (next, waited)) = tokio::join!(stage, timed_call(chunk_request(after)));
-            staged?;
+            // The source reads and sends the next chunk while this one is written here; the
+            // first failure of either ends the fetch at once.
+            let (took, (next, waited)) = tokio::try_join!(stage, timed_call(chunk_request(after)))?;
             stats.staging += took;
             stats.waiting_for_chunks += waited;
             reply = next;
@@ -1081,6 +1079,7 @@ impl Engine {
             if let Some(node) = remote_nodes[position] {
                 // The remote session is dropped by phase three; send it even with nothing to keep,
                 // but then do not wait for it: the shard's part of the answer is already complete.
+                // (The release outlives the search permit; the peer bounds its sessions anyway.)
                 let request = PeerRequest::SearchFinish { query: query_id, shard: shard_id, keep: keep.iter().cloned().collect() };
                 if keep.is_empty() {
                     let engine = self.clone();
@@ -1213,6 +1212,8 @@ impl Engine {
         let phase = match &request {
             PeerRequest::SearchHits { .. } => "hits",
             PeerRequest::SearchCandidates { .. } => "candidates",
+            // Nothing to finish: the coordinator only drops the session (and does not wait).
+            PeerRequest::SearchFinish { keep, .. } if keep.is_empty() => "release",
             _ => "evidence",
         };
         let arrived = Instant::now();

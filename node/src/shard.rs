@@ -951,9 +951,11 @@ impl FusionStage {
     }
 
     fn refuse_everything(&self) -> Result<(), ShardError> {
-        let _installs_wait = self.store.derivation_guard();
         let applied = self.progress.applied.load(Ordering::Acquire);
         for (_, asset_id) in self.store.all_assets() {
+            // Per asset, so an install never waits for a whole shard. An install in between
+            // leaves `fused` below its snapshot, and the next pass re-fuses the new store.
+            let _installs_wait = self.store.derivation_guard();
             refuse_asset(&self.store, &asset_id, &AffectedBuckets::All, self.bucket_ms)?;
         }
         self.store.set_watermark(Watermark::Fused, applied)?;
@@ -1027,6 +1029,8 @@ impl IndexStage {
                         if stopping {
                             return; // nothing of the new store is indexed yet; a restart redoes it
                         }
+                        // Fusion rings the bell when it passes the snapshot.
+                        let _ = self.bell.recv_timeout(Duration::from_millis(200));
                         continue;
                     }
                     if index < first {
@@ -1190,9 +1194,10 @@ pub fn sync_asset_vectors(store: &ShardStore, index: &ShardIndex, asset_id: &str
 
 /// Fills an empty index from the bucket store, complete through log index `fused`.
 fn reindex_everything(store: &ShardStore, index: &ShardIndex, fused: u64) -> Result<usize, ShardError> {
-    let _installs_wait = store.derivation_guard();
     let mut docs = 0;
     for (_, asset_id) in store.all_assets() {
+        // Per asset, so an install never waits for a whole shard (see `refuse_everything`).
+        let _installs_wait = store.derivation_guard();
         sync_asset_vectors(store, index, &asset_id)?;
         docs += index.reindex_asset(store, &asset_id)?;
     }
