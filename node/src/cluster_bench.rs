@@ -131,8 +131,8 @@ fn phase_rows(query_node_metrics: &str, other_nodes_metrics: &[String]) -> Vec<P
         }
     }
     rows.extend(served.into_iter().map(|(key, totals)| row(&key[0], "served for peers", totals)));
-    // Query order: hits, candidates, evidence.
-    let order = |phase: &str| ["hits", "candidates", "evidence"].iter().position(|p| *p == phase).unwrap_or(3);
+    // Query order: hits, candidates, evidence, then releases (remote shards with nothing to finish).
+    let order = |phase: &str| ["hits", "candidates", "evidence", "release"].iter().position(|p| *p == phase).unwrap_or(4);
     rows.sort_by(|a, b| order(&a.phase).cmp(&order(&b.phase)).then_with(|| a.replica.cmp(&b.replica)));
     rows
 }

@@ -1080,8 +1080,9 @@ impl Engine {
                 // The remote session is dropped by phase three; send it even with nothing to keep,
                 // but then do not wait for it: the shard's part of the answer is already complete.
                 // (The release outlives the search permit; the peer bounds its sessions anyway.)
-                let request = PeerRequest::SearchFinish { query: query_id, shard: shard_id, keep: keep.iter().cloned().collect() };
-                if keep.is_empty() {
+                let release_only = keep.is_empty();
+                let request = PeerRequest::SearchFinish { query: query_id, shard: shard_id, keep: keep.into_iter().collect() };
+                if release_only {
                     let engine = self.clone();
                     tokio::spawn(async move {
                         if let Err(e) = engine.remote_call(node, &request, deadline).await {

@@ -144,8 +144,9 @@ pub struct ShardStore {
     /// from before an emptying are never installed as a whole copy.
     staging_generation: std::sync::atomic::AtomicU64,
     /// Installing a snapshot empties and refills the raw trees; the derivation stages hold
-    /// this shared for each batch (see [`ShardStore::derivation_guard`]), the install holds it
-    /// exclusively, so no stage derives buckets or documents from a half-installed store.
+    /// this shared for each batch, or each asset of a full rebuild (see
+    /// [`ShardStore::derivation_guard`]), the install holds it exclusively, so no stage derives
+    /// buckets or documents from a half-installed store.
     install_lock: RwLock<()>,
     /// In memory: ordinal → asset id, and the label vocabulary (normalized label → tracks).
     ordinal_cache: RwLock<HashMap<u64, String>>,
@@ -608,8 +609,8 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Held by a derivation stage (fusion, indexing) for one batch: a snapshot install waits
-    /// for it, and it waits for an install. Take it once per thread, never nested (a waiting
+    /// Held by a derivation stage (fusion, indexing) for one batch or one asset of a full
+    /// rebuild: a snapshot install waits for it, and it waits for an install. Take it once per thread, never nested (a waiting
     /// install blocks new readers).
     pub fn derivation_guard(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
         self.install_lock.read()
