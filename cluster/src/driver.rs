@@ -27,6 +27,8 @@
 //! A leader whose snapshot message could not be delivered reports it with
 //! [`RaftDriver::report_snapshot`] (else it waits for the follower's answer before retrying).
 
+use std::time::{Duration, Instant};
+
 use raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
@@ -131,6 +133,10 @@ pub struct ReadyOutcome {
     /// index confirmed by a quorum when the request was served). A read that waits until the
     /// local state machine has applied through that index is linearizable.
     pub read_states: Vec<(Vec<u8>, u64)>,
+    /// Wall time spent writing and syncing the log (entries, hard state, commit), and applying
+    /// committed entries to the state machine, in this cycle. Measured only, never acted on.
+    pub persist_time: Duration,
+    pub apply_time: Duration,
 }
 
 pub struct RaftDriver<S: RaftLogStore> {
@@ -408,6 +414,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
             outcome.applied_index = Some(index);
             outcome.restored_snapshot = Some(index);
         }
+        let persist_started = Instant::now();
         store.append(ready.entries())?;
         if let Some(hard_state) = ready.hs() {
             store.set_hard_state(hard_state)?;
@@ -419,6 +426,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
             store.set_commit(last.index)?;
         }
         store.sync()?;
+        outcome.persist_time = persist_started.elapsed();
         send_nonempty(send, ready.take_persisted_messages());
         self.apply_entries(&committed, state_machine, &mut outcome)?;
 
@@ -442,6 +450,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
         state_machine: &mut dyn StateMachine,
         outcome: &mut ReadyOutcome,
     ) -> Result<(), DriverError> {
+        let started = Instant::now();
         for entry in entries {
             debug_assert!(entry.index == self.applied_index + 1 || entry.index <= self.applied_index, "entries apply in order");
             if entry.index <= self.applied_index {
@@ -455,6 +464,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
             self.applied_index = entry.index;
             outcome.applied_index = Some(entry.index);
         }
+        outcome.apply_time += started.elapsed();
         Ok(())
     }
 }

@@ -45,6 +45,7 @@ pub struct ClusterBenchReport {
     pub annotations: u64,
     pub ingest_seconds: f64,
     pub ingest_annotations_per_s: f64,
+    pub ingest_timing: IngestTiming,
     pub replicated_and_indexed_after_last_ack_s: f64,
     /// Wait after that until the nodes together used under 10% of a core for 3 s (merges, warming done).
     pub settled_before_queries_s: f64,
@@ -74,6 +75,57 @@ pub struct ClusterBenchReport {
     pub machine: String,
 }
 
+/// Where an acknowledged batch's time went during the ingest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IngestTiming {
+    /// Client's view: one NDJSON batch (BATCH_LINES annotations) sent → acknowledged.
+    pub batch_p50_ms: f64,
+    pub batch_p99_ms: f64,
+    /// Every node's shard leaders: a proposal (one shard's part of a batch) → committed on a
+    /// quorum, durable and applied (`rushes_raft_commit_seconds`).
+    pub proposal_commits: u64,
+    pub proposal_commit_mean_ms: f64,
+    /// Every replica: one Raft ready cycle (persist and flush the log, apply, send), the work
+    /// each step of the replication waits for (`rushes_raft_ready_seconds`).
+    pub ready_cycles: u64,
+    pub ready_cycle_mean_ms: f64,
+    /// Of which: writing and syncing the log, and applying committed entries (cycles that
+    /// applied something).
+    pub ready_persist_mean_ms: f64,
+    pub ready_applies: u64,
+    pub ready_apply_mean_ms: f64,
+}
+
+impl IngestTiming {
+    fn of(sorted_batch_latencies_ms: &[f64], node_metrics: &[String]) -> IngestTiming {
+        let mean_of = |metric: &str, label: Option<&str>| {
+            let labels: &[&str] = if label.is_some() { &["phase"] } else { &[] };
+            let (sum, count) = node_metrics
+                .iter()
+                .flat_map(|text| histogram_totals(text, metric, labels))
+                .filter(|(key, _)| label.is_none_or(|label| key.first().is_some_and(|k| k == label)))
+                .fold((0.0, 0u64), |(sum, count), (_, (s, c))| (sum + s, count + c));
+            (count, if count == 0 { 0.0 } else { sum * 1000.0 / count as f64 })
+        };
+        let mean = |metric: &str| mean_of(metric, None);
+        let (proposal_commits, proposal_commit_mean_ms) = mean("rushes_raft_commit_seconds");
+        let (ready_cycles, ready_cycle_mean_ms) = mean("rushes_raft_ready_seconds");
+        let (_, ready_persist_mean_ms) = mean_of("rushes_raft_ready_phase_seconds", Some("persist"));
+        let (ready_applies, ready_apply_mean_ms) = mean_of("rushes_raft_ready_phase_seconds", Some("apply"));
+        IngestTiming {
+            batch_p50_ms: crate::bench::percentile(sorted_batch_latencies_ms, 50.0),
+            batch_p99_ms: crate::bench::percentile(sorted_batch_latencies_ms, 99.0),
+            proposal_commits,
+            proposal_commit_mean_ms,
+            ready_cycles,
+            ready_cycle_mean_ms,
+            ready_persist_mean_ms,
+            ready_applies,
+            ready_apply_mean_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PhaseRow {
     pub phase: String,
@@ -88,14 +140,24 @@ pub struct PhaseRow {
 fn histogram_totals(text: &str, metric: &str, labels: &[&str]) -> BTreeMap<Vec<String>, (f64, u64)> {
     let mut totals: BTreeMap<Vec<String>, (f64, u64)> = BTreeMap::new();
     for line in text.lines() {
-        let (is_sum, rest) = if let Some(rest) = line.strip_prefix(&format!("{metric}_sum{{")) {
+        let (is_sum, rest) = if let Some(rest) = line.strip_prefix(&format!("{metric}_sum")) {
             (true, rest)
-        } else if let Some(rest) = line.strip_prefix(&format!("{metric}_count{{")) {
+        } else if let Some(rest) = line.strip_prefix(&format!("{metric}_count")) {
             (false, rest)
         } else {
             continue;
         };
-        let Some((label_text, value)) = rest.split_once("} ") else { continue };
+        // `{labels} value`, or ` value` for a histogram without labels.
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(rest) => match rest.split_once("} ") {
+                Some(split) => split,
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(value) => ("", value),
+                None => continue,
+            },
+        };
         let Ok(value) = value.trim().parse::<f64>() else { continue };
         let pairs: BTreeMap<&str, &str> =
             label_text.split(',').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (k, v.trim_matches('"'))).collect();
@@ -207,8 +269,8 @@ fn converged(client: &Client) -> bool {
 }
 
 /// Posts NDJSON batches from several client threads, each bound to one node (round robin);
-/// returns (acknowledged annotations, seconds).
-fn ingest(batches: Vec<Vec<u8>>, urls: &[String], clients: usize) -> Result<(u64, f64), DemoError> {
+/// returns (acknowledged annotations, seconds, each request's milliseconds to its reply).
+fn ingest(batches: Vec<Vec<u8>>, urls: &[String], clients: usize) -> Result<(u64, f64, Vec<f64>), DemoError> {
     let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(clients * 2);
     let acknowledged = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -216,22 +278,27 @@ fn ingest(batches: Vec<Vec<u8>>, urls: &[String], clients: usize) -> Result<(u64
     for worker in 0..clients {
         let (rx, acknowledged) = (rx.clone(), acknowledged.clone());
         let client = Client::new(&urls[worker % urls.len()]);
-        workers.push(std::thread::spawn(move || -> Result<(), String> {
+        workers.push(std::thread::spawn(move || -> Result<Vec<f64>, String> {
+            let mut latencies_ms = Vec::new();
             for body in rx {
+                let sent = Instant::now();
                 let reply = client.post_ndjson_retrying(&body, 50).map_err(|e| e.to_string())?;
+                latencies_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
                 acknowledged.fetch_add(reply.accepted as u64, Ordering::Relaxed);
             }
-            Ok(())
+            Ok(latencies_ms)
         }));
     }
     for batch in batches {
         tx.send(batch)?;
     }
     drop(tx);
+    let mut latencies_ms = Vec::new();
     for worker in workers {
-        worker.join().map_err(|_| "ingest worker panicked")??;
+        latencies_ms.extend(worker.join().map_err(|_| "ingest worker panicked")??);
     }
-    Ok((acknowledged.load(Ordering::Relaxed), started.elapsed().as_secs_f64()))
+    latencies_ms.sort_by(f64::total_cmp);
+    Ok((acknowledged.load(Ordering::Relaxed), started.elapsed().as_secs_f64(), latencies_ms))
 }
 
 /// Shard → the largest `field` over the replicas a `/v1/cluster` reply shows.
@@ -324,7 +391,9 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     }
     let lines: Vec<String> = std::fs::read_to_string(sample.join("annotations.ndjson"))?.lines().map(str::to_string).collect();
     println!("ingesting {} annotations through {} nodes with {} clients", lines.len(), options.nodes, options.clients);
-    let (annotations, ingest_seconds) = ingest(batches_of(&lines), &urls, options.clients)?;
+    let (annotations, ingest_seconds, batch_latencies_ms) = ingest(batches_of(&lines), &urls, options.clients)?;
+    let ingest_metrics = clients.iter().map(|c| c.get("/metrics")).collect::<Result<Vec<_>, _>>()?;
+    let ingest_timing = IngestTiming::of(&batch_latencies_ms, &ingest_metrics);
     if annotations != lines.len() as u64 {
         return Err(format!("acknowledged {annotations} of {} annotations", lines.len()).into());
     }
@@ -411,7 +480,7 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         })
         .collect();
     let live_urls: Vec<String> = urls.iter().enumerate().filter(|(i, _)| *i != leader - 1).map(|(_, u)| u.clone()).collect();
-    let (written, _) = ingest(batches_of(&catch_up_lines), &live_urls, options.clients)?;
+    let (written, _, _) = ingest(batches_of(&catch_up_lines), &live_urls, options.clients)?;
     if options.compact_every_entries.is_some() {
         // Logs are compacted only below what indexing has made durable (vector files are saved
         // every 30 s): wait until every shard's live replicas dropped the entries the killed
@@ -465,6 +534,7 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         annotations,
         ingest_seconds,
         ingest_annotations_per_s: annotations as f64 / ingest_seconds,
+        ingest_timing,
         replicated_and_indexed_after_last_ack_s: replicated.as_secs_f64(),
         settled_before_queries_s: settled.as_secs_f64(),
         queries,
@@ -492,6 +562,19 @@ pub fn print_cluster_report(report: &ClusterBenchReport) {
     println!(
         "ingest (acknowledged on a quorum): {:.0} annotations/s ({:.1} s); every replica indexed {:.1} s after the last ack",
         report.ingest_annotations_per_s, report.ingest_seconds, report.replicated_and_indexed_after_last_ack_s
+    );
+    let timing = &report.ingest_timing;
+    println!(
+        "ingest timing: batch of {BATCH_LINES} acknowledged in p50 {:.0} ms / p99 {:.0} ms; {} proposals committed and applied in {:.1} ms (mean); {} ready cycles of {:.2} ms (mean: {:.2} ms persisting the log; {} applying, {:.2} ms each)",
+        timing.batch_p50_ms,
+        timing.batch_p99_ms,
+        timing.proposal_commits,
+        timing.proposal_commit_mean_ms,
+        timing.ready_cycles,
+        timing.ready_cycle_mean_ms,
+        timing.ready_persist_mean_ms,
+        timing.ready_applies,
+        timing.ready_apply_mean_ms
     );
     println!("nodes settled (CPU < 10% of a core for 3 s) {:.1} s later; then the queries", report.settled_before_queries_s);
     println!(
@@ -565,5 +648,24 @@ rushes_search_phase_seconds_count{phase=\"candidates\",replica=\"local\"} 0
                 ("evidence", "local", 2, "0.50".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn ingest_timing_sums_unlabeled_histograms_over_the_nodes() {
+        let node = |sum: f64, count: u64| {
+            format!(
+                "rushes_raft_commit_seconds_bucket{{le=\"0.1\"}} {count}\nrushes_raft_commit_seconds_sum {sum}\nrushes_raft_commit_seconds_count {count}\n\
+                 rushes_raft_ready_seconds_sum 0.5\nrushes_raft_ready_seconds_count 100\n\
+                 rushes_raft_ready_phase_seconds_sum{{phase=\"persist\"}} 0.2\nrushes_raft_ready_phase_seconds_count{{phase=\"persist\"}} 100\n\
+                 rushes_raft_ready_phase_seconds_sum{{phase=\"apply\"}} 0.3\nrushes_raft_ready_phase_seconds_count{{phase=\"apply\"}} 10\n"
+            )
+        };
+        let batches_ms: Vec<f64> = (1..=100).map(f64::from).collect();
+        let timing = IngestTiming::of(&batches_ms, &[node(1.0, 10), node(3.0, 30)]);
+        assert_eq!((timing.proposal_commits, format!("{:.1}", timing.proposal_commit_mean_ms)), (40, "100.0".to_string()));
+        assert_eq!((timing.ready_cycles, format!("{:.2}", timing.ready_cycle_mean_ms)), (200, "5.00".to_string()));
+        assert_eq!((timing.batch_p50_ms, timing.batch_p99_ms), (51.0, 99.0));
+        assert_eq!(format!("{:.2}", timing.ready_persist_mean_ms), "2.00");
+        assert_eq!((timing.ready_applies, format!("{:.2}", timing.ready_apply_mean_ms)), (20, "30.00".to_string()));
     }
 }

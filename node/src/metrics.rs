@@ -8,6 +8,8 @@ pub struct Metrics {
     pub ingest_requests: IntCounterVec,
     pub commit_seconds: Histogram,
     pub flush_seconds: Histogram,
+    /// The parts of a ready cycle: "persist" (log write and sync), "apply" (raw store).
+    pub ready_phase_seconds: HistogramVec,
     pub index_commit_seconds: Histogram,
     pub searchable_lag_seconds: Histogram,
     pub query_seconds: HistogramVec,
@@ -48,6 +50,11 @@ impl Metrics {
             ingest_requests: register!(IntCounterVec::new(Opts::new("ingest_requests_total", "Ingest requests by outcome"), &["outcome"])),
             commit_seconds: register!(histogram("raft_commit_seconds", "Proposal to committed, durable and applied")),
             flush_seconds: register!(histogram("raft_ready_seconds", "One Raft ready cycle including the log flush")),
+            ready_phase_seconds: register!(HistogramVec::new(
+                HistogramOpts::new("raft_ready_phase_seconds", "Part of a Raft ready cycle: persist (log write and sync) or apply")
+                    .buckets(latency_buckets()),
+                &["phase"]
+            )),
             index_commit_seconds: register!(histogram("index_commit_seconds", "Tantivy commit (and vector save) duration")),
             searchable_lag_seconds: register!(histogram("searchable_lag_seconds", "Applied (acknowledged) to searchable")),
             query_seconds: register!(HistogramVec::new(

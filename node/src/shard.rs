@@ -709,6 +709,10 @@ impl RaftStage {
                 }
             };
             self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.ready_phase_seconds.with_label_values(&["persist"]).observe(outcome.persist_time.as_secs_f64());
+            if outcome.applied_index.is_some() {
+                self.metrics.ready_phase_seconds.with_label_values(&["apply"]).observe(outcome.apply_time.as_secs_f64());
+            }
             let is_leader = self.driver.is_leader();
             self.progress.is_leader.store(is_leader, Ordering::Release);
             self.progress.leader.store(self.driver.leader_id().unwrap_or(0), Ordering::Release);
