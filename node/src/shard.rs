@@ -34,7 +34,6 @@ use rushes_protocol::ApiError;
 use crate::fusion::{active_versions, affected_by_command, refuse_asset, AffectedBuckets};
 use crate::index::{put_vector_target, vector_key, IndexError, ShardIndex, VectorSpaceSpec, VectorTarget};
 use crate::metrics::Metrics;
-use crate::priority::StagePriority;
 use crate::store::{ApplyOutcome, ShardStore, StoreError, Watermark, LEGACY_RAW_SNAPSHOT_FORMAT};
 
 /// Vector files are large; they are saved less often than Tantivy commits. Replay from the log
@@ -71,8 +70,6 @@ pub struct ShardOptions {
     pub fusion_batch_entries_max: u64,
     pub commit_interval_ms: u64,
     pub writer_heap_bytes: usize,
-    /// `index.background_yield_ms`: see [`crate::priority`].
-    pub background_yield_ms: u64,
     pub vector_spaces: Vec<VectorSpaceSpec>,
 }
 
@@ -135,13 +132,6 @@ impl Progress {
             times.pop_front();
         }
         times.push_back((index, Instant::now()));
-    }
-
-    /// Age of the oldest applied entry not yet searchable (None: everything applied is).
-    fn unsearchable_age(&self) -> Option<Duration> {
-        let indexed = self.indexed.load(Ordering::Acquire);
-        let times = self.apply_times.lock();
-        times.iter().find(|(index, _)| *index > indexed).map(|(_, at)| at.elapsed())
     }
 
     /// Seconds from apply to searchable for entries now covered by `indexed`.
@@ -292,7 +282,6 @@ impl Shard {
             fetching_snapshot: AtomicBool::new(false),
         });
 
-        let priority = Arc::new(StagePriority::new(options.background_yield_ms));
         let raft_stage = RaftStage {
             node_id: options.node_id,
             boot_nonce,
@@ -308,7 +297,6 @@ impl Shard {
             fusion_bell: fusion_bell_tx,
             stop: stop.clone(),
             tick_interval: Duration::from_millis(options.tick_interval_ms),
-            priority: priority.clone(),
             group_commit_max_requests: options.group_commit_max_requests,
             single_voter: voters.len() == 1,
             index: index.clone(),
@@ -348,13 +336,12 @@ impl Shard {
         };
         let mut threads = shard.threads.lock();
         threads.push(spawn_stage(format!("raft-{id}"), move || raft_stage.run()));
-        let fusion_priority = priority.clone();
         threads.push(spawn_stage(format!("fusion-{id}"), move || {
-            fusion_priority.enter_stage();
+            yield_cpu_to_writes();
             fusion_stage.run()
         }));
         threads.push(spawn_stage(format!("index-{id}"), move || {
-            priority.enter_stage();
+            yield_cpu_to_writes();
             index_stage.run()
         }));
         drop(threads);
@@ -372,7 +359,7 @@ impl Shard {
         if self.progress.failed.load(Ordering::Acquire) {
             return Err(ApiError::unavailable(format!("shard {} stopped after a storage failure; see the node log", self.id)));
         }
-        // Indexing yields the CPU to writes (see `crate::priority`): refuse new writes while
+        // Indexing yields the CPU to writes (see `yield_cpu_to_writes`): refuse new writes while
         // it is far behind, so the searchable lag stays bounded under sustained overload.
         let unindexed = self.progress.applied.load(Ordering::Acquire).saturating_sub(self.progress.indexed.load(Ordering::Acquire));
         if unindexed > self.unindexed_entries_max {
@@ -465,6 +452,30 @@ impl Shard {
     }
 }
 
+/// Nice value of the fusion and index threads (and of the Tantivy workers the index thread
+/// starts at each commit).
+#[cfg(target_os = "linux")]
+const BACKGROUND_STAGE_NICE: libc::c_int = 10;
+
+/// Fusion and indexing run behind the write path: when the CPU is short, the raft thread and
+/// the HTTP workers (acknowledgements, searches) go first and the stages catch up from the
+/// durable raw store afterwards. Linux nice values are per thread (elsewhere they would apply
+/// to the whole process, so other systems keep the default priority).
+#[cfg(target_os = "linux")]
+fn yield_cpu_to_writes() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let result = unsafe {
+        let thread_id = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, thread_id, BACKGROUND_STAGE_NICE)
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower a background stage's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn yield_cpu_to_writes() {}
+
 fn spawn_stage(name: String, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new().name(name.clone()).spawn(body).unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
 }
@@ -511,8 +522,6 @@ struct RaftStage {
     fusion_bell: Sender<()>,
     stop: Arc<AtomicBool>,
     tick_interval: Duration,
-    /// The fusion and index threads' CPU priority, governed from the raft thread's ticks.
-    priority: Arc<StagePriority>,
     group_commit_max_requests: usize,
     single_voter: bool,
     staging: Arc<Mutex<()>>,
@@ -616,7 +625,6 @@ impl RaftStage {
                 // Reads whose answer never came (no leader) are dropped: their callers have
                 // deadlines of their own.
                 reads.retain(|_, (read, at)| !read.reply.is_closed() && at.elapsed() < Duration::from_secs(60));
-                self.priority.govern(self.progress.unsearchable_age());
             }
             self.process_ready(&mut waiters, &mut reads)?;
             if last_compaction.elapsed() >= self.compaction.interval {
