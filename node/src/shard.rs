@@ -710,7 +710,7 @@ impl RaftStage {
             };
             self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
             self.metrics.ready_phase_seconds.with_label_values(&["persist"]).observe(outcome.persist_time.as_secs_f64());
-            if outcome.applied_index.is_some() {
+            if !outcome.apply_time.is_zero() {
                 self.metrics.ready_phase_seconds.with_label_values(&["apply"]).observe(outcome.apply_time.as_secs_f64());
             }
             let is_leader = self.driver.is_leader();
