@@ -87,6 +87,19 @@ fn every_node_answers_every_search_identically_with_replication_factor_2() {
         assert!(replies.windows(2).all(|w| w[0] == w[1]), "nodes disagree on {search}:\n{replies:#?}");
     }
 
+    // An `asset_ids` filter asks only the shard that owns the asset (local or remote): the
+    // others are reported skipped, and every node finds the asset.
+    let asset = answers[0][0]["assets"][0]["asset_id"].as_str().expect("the first search found an asset").to_string();
+    let filtered = json!({"q": "Monica", "limit": 10, "filters": {"asset_ids": [asset]}});
+    let mut filtered_replies = Vec::new();
+    for node in [1, 2, 3] {
+        let reply = http.post_json(&cluster.node(node).url("/v1/search"), &filtered).unwrap_or_else(|e| panic!("node {node}: {e}"));
+        assert_eq!(reply["shards"], json!({"total": SHARDS, "ok": SHARDS, "failed": 0, "skipped": SHARDS - 1}), "node {node}: {reply}");
+        assert_eq!(reply["assets"][0]["asset_id"], json!(asset), "node {node} filtered to {asset}: {reply}");
+        filtered_replies.push(comparable(&reply));
+    }
+    assert!(filtered_replies.windows(2).all(|w| w[0] == w[1]), "nodes disagree on {filtered}:\n{filtered_replies:#?}");
+
     // Reads of every asset from every node, whichever nodes hold it.
     for (asset_id, _) in &sample.assets {
         let mut views = Vec::new();

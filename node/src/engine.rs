@@ -1,7 +1,7 @@
 //! The node's engine: its shards, ingest routing and the search coordinator. HTTP handlers and
 //! the CLI call into this; it knows nothing about HTTP.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -972,6 +972,11 @@ impl Engine {
             }
         }
         let shard_count = self.shard_map.shard_count() as usize;
+        // An `asset_ids` filter names the only shards that can match (placement is by asset):
+        // the others are skipped, not asked, with the same result.
+        let needed: Option<HashSet<ShardId>> =
+            plan.filters.asset_ids.as_ref().map(|ids| ids.iter().map(|id| self.shard_map.shard_for_asset(id)).collect());
+        let is_needed = |shard_id: ShardId| needed.as_ref().is_none_or(|needed| needed.contains(&shard_id));
         let query_id: u64 = rand::random();
         let remote_plan = if self.shards.len() < shard_count {
             Some(plan.to_wire().map_err(|e| ApiError::internal(format!("cannot send the plan to other nodes: {e}")))?)
@@ -981,7 +986,7 @@ impl Engine {
         let plan = Arc::new(plan);
         // Phase one on every shard: each leaf's hits, summarized for global statistics.
         let mut tasks = Vec::with_capacity(shard_count);
-        for shard_id in 0..shard_count as ShardId {
+        for shard_id in (0..shard_count as ShardId).filter(|&shard_id| is_needed(shard_id)) {
             let task = match (self.local_shard(shard_id), &remote_plan) {
                 (Some(shard), _) => {
                     let (shard, plan, task_permit, timer) =
@@ -1131,8 +1136,10 @@ impl Engine {
             }
         }
         // A shard counts as answered only if every phase it took part in succeeded.
-        let ok = (0..shard_count).filter(|&i| ranked[i].is_some() && finished_ok[i]).count();
-        let counts = ShardCounts { total: shard_count, ok, failed: shard_count - ok };
+        let skipped = (0..shard_count).filter(|&i| !is_needed(i as ShardId)).count();
+        let answered = (0..shard_count).filter(|&i| ranked[i].is_some() && finished_ok[i]).count();
+        let ok = answered + skipped;
+        let counts = ShardCounts { total: shard_count, ok, failed: shard_count - ok, skipped };
         let took = started.elapsed();
         self.metrics.query_seconds.with_label_values(&["search"]).observe(took.as_secs_f64());
         Ok(search::merge(assets, (total_assets, remaining_assets), &plan, counts, took.as_millis() as u64))

@@ -254,6 +254,10 @@ fn ingest_search_and_rebuild_against_ground_truth() {
         },
     );
     assert!(response.assets.iter().all(|a| a.asset_id == first_asset));
+    // Only the shard owning the asset is asked; the others are skipped, not failed.
+    let shards = &response.shards;
+    assert!(shards.total > 1, "the test needs several shards: {shards:?}");
+    assert_eq!((shards.ok, shards.failed, shards.skipped), (shards.total, 0, shards.total - 1));
 
     // Rebuild from raw: identical results.
     let queries = vec![

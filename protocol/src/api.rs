@@ -288,8 +288,12 @@ pub struct SearchRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardCounts {
     pub total: usize,
+    /// Shards that answered, including those skipped.
     pub ok: usize,
     pub failed: usize,
+    /// Shards not asked because they hold none of the `asset_ids` filter's assets.
+    #[serde(default)]
+    pub skipped: usize,
 }
 
 /// The evidence for one clip: an annotation that satisfied a clause.
