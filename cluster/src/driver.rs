@@ -450,6 +450,9 @@ impl<S: RaftLogStore> RaftDriver<S> {
         state_machine: &mut dyn StateMachine,
         outcome: &mut ReadyOutcome,
     ) -> Result<(), DriverError> {
+        if entries.is_empty() {
+            return Ok(()); // nothing to time: `apply_time` stays zero in a cycle without entries
+        }
         let started = Instant::now();
         for entry in entries {
             debug_assert!(entry.index == self.applied_index + 1 || entry.index <= self.applied_index, "entries apply in order");
