@@ -134,12 +134,6 @@ impl Config {
             INDEX_COMMIT_INTERVAL_MS,
         );
         example.integer("writer_heap_bytes", index.writer_heap_bytes, "Memory budget of the index writer.", INDEX_WRITER_HEAP_BYTES);
-        example.integer(
-            "background_yield_ms",
-            index.background_yield_ms,
-            "Fusion and indexing take only idle CPU until new data has waited this long to become searchable; 0: always nice 10.",
-            INDEX_BACKGROUND_YIELD_MS,
-        );
 
         example.text.push('\n');
         example.comment(&format!(

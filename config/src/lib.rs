@@ -191,15 +191,11 @@ pub struct IndexConfig {
     pub commit_interval_ms: u64,
     /// Memory budget of the Tantivy index writer (Tantivy needs at least 15 MiB).
     pub writer_heap_bytes: usize,
-    /// Fusion and indexing yield the CPU to writes and queries (they run as `SCHED_IDLE`)
-    /// until the oldest acknowledged entry not yet searchable is this old; then they compete
-    /// at nice 10 until they are back under half of it. 0: always nice 10.
-    pub background_yield_ms: u64,
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { commit_interval_ms: 1000, writer_heap_bytes: 64 * MIB, background_yield_ms: 5000 }
+        IndexConfig { commit_interval_ms: 1000, writer_heap_bytes: 64 * MIB }
     }
 }
 

@@ -77,11 +77,7 @@ const CLUSTER_NODE: &[Field] =
 
 const FUSION: &[Field] = &[Field::optional("bucket_ms", Kind::Integer), Field::optional("batch_entries_max", Kind::Integer)];
 
-const INDEX: &[Field] = &[
-    Field::optional("commit_interval_ms", Kind::Integer),
-    Field::optional("writer_heap_bytes", Kind::Integer),
-    Field::optional("background_yield_ms", Kind::Integer),
-];
+const INDEX: &[Field] = &[Field::optional("commit_interval_ms", Kind::Integer), Field::optional("writer_heap_bytes", Kind::Integer)];
 
 const VECTOR_SPACE: &[Field] = &[
     Field::required("name", Kind::Text),

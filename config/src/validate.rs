@@ -64,7 +64,6 @@ pub(crate) mod ranges {
     pub const FUSION_BATCH_ENTRIES_MAX: IntegerRange = IntegerRange::new(1, 100_000);
 
     pub const INDEX_COMMIT_INTERVAL_MS: IntegerRange = IntegerRange::new(50, 600_000);
-    pub const INDEX_BACKGROUND_YIELD_MS: IntegerRange = IntegerRange::new(0, 600_000);
     /// Tantivy refuses a writer heap below 15 MB per thread.
     pub const INDEX_WRITER_HEAP_BYTES: IntegerRange = IntegerRange::bytes(15 * MIB, 4 * GIB);
 
@@ -376,7 +375,6 @@ impl Config {
         check_range("fusion.batch_entries_max", self.fusion.batch_entries_max, FUSION_BATCH_ENTRIES_MAX)?;
         check_range("index.commit_interval_ms", self.index.commit_interval_ms, INDEX_COMMIT_INTERVAL_MS)?;
         check_range("index.writer_heap_bytes", self.index.writer_heap_bytes, INDEX_WRITER_HEAP_BYTES)?;
-        check_range("index.background_yield_ms", self.index.background_yield_ms, INDEX_BACKGROUND_YIELD_MS)?;
         Ok(())
     }
 

@@ -217,7 +217,6 @@ fn every_range_violation_names_its_key_and_range() {
         ("limits.max_limit", Some("0"), Some("100001"), "1..=100000"),
         ("limits.max_query_bytes", Some("0"), Some("1048577"), "1..=1048576"),
         ("limits.max_vector_k", Some("0"), Some("1000001"), "1..=1000000"),
-        ("index.background_yield_ms", None, Some("600001"), "0..=600000"),
         ("raft.tick_interval_ms", Some("9"), Some("10001"), "10..=10000"),
         ("raft.election_ticks", Some("1"), Some("1001"), "2..=1000"),
         ("raft.heartbeat_ticks", Some("0"), None, "1..=999"),
@@ -257,7 +256,7 @@ fn errors_say_which_source_set_the_value() {
 fn unknown_key_in_file_is_named_with_the_allowed_keys() {
     let text = error_text(load_file("[index]\ncomit_interval_ms = 500\n"));
     assert!(text.starts_with("unknown key \"index.comit_interval_ms\" (from file "), "{text}");
-    assert!(text.ends_with(": allowed keys in [index] are commit_interval_ms, writer_heap_bytes, background_yield_ms"), "{text}");
+    assert!(text.ends_with(": allowed keys in [index] are commit_interval_ms, writer_heap_bytes"), "{text}");
 
     let text = error_text(load_file("[indx]\ncommit_interval_ms = 500\n"));
     assert!(text.starts_with("unknown key \"indx\""), "{text}");
@@ -279,7 +278,7 @@ fn unknown_environment_variable_is_named() {
     assert_eq!(
         error.to_string(),
         "unknown key \"index.comit_interval_ms\" (from environment variable RUSHES_INDEX_COMIT_INTERVAL_MS): \
-         allowed keys in [index] are commit_interval_ms, writer_heap_bytes, background_yield_ms"
+         allowed keys in [index] are commit_interval_ms, writer_heap_bytes"
     );
     assert_eq!(error.origin(), Some(&Origin::EnvironmentVariable("RUSHES_INDEX_COMIT_INTERVAL_MS".to_string())));
 
@@ -297,7 +296,7 @@ fn unknown_override_key_is_named() {
     assert_eq!(
         error.to_string(),
         "unknown key \"index.comit_interval_ms\" (from command-line override index.comit_interval_ms): \
-         allowed keys in [index] are commit_interval_ms, writer_heap_bytes, background_yield_ms"
+         allowed keys in [index] are commit_interval_ms, writer_heap_bytes"
     );
     let text = error_text(load_overrides(&[("vector_spaces[0].metrik", "ip")]));
     assert!(text.starts_with("unknown key \"vector_spaces[0].metrik\""), "{text}");

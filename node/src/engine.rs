@@ -117,7 +117,6 @@ pub fn shard_options(config: &Config) -> ShardOptions {
         fusion_batch_entries_max: config.fusion.batch_entries_max as u64,
         commit_interval_ms: config.index.commit_interval_ms,
         writer_heap_bytes: config.index.writer_heap_bytes,
-        background_yield_ms: config.index.background_yield_ms,
         vector_spaces: config
             .vector_spaces
             .iter()

@@ -17,7 +17,6 @@ pub mod local_cluster;
 pub mod metrics;
 pub mod peer;
 pub mod plan;
-pub mod priority;
 pub mod search;
 pub mod shard;
 pub mod store;

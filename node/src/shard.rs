@@ -34,7 +34,6 @@ use rushes_protocol::ApiError;
 use crate::fusion::{active_versions, affected_by_command, refuse_asset, AffectedBuckets};
 use crate::index::{put_vector_target, vector_key, IndexError, ShardIndex, VectorSpaceSpec, VectorTarget};
 use crate::metrics::Metrics;
-use crate::priority::StagePriority;
 use crate::store::{ApplyOutcome, ShardStore, StoreError, Watermark, LEGACY_RAW_SNAPSHOT_FORMAT};
 
 /// Vector files are large; they are saved less often than Tantivy commits. Replay from the log
@@ -71,8 +70,6 @@ pub struct ShardOptions {
     pub fusion_batch_entries_max: u64,
     pub commit_interval_ms: u64,
     pub writer_heap_bytes: usize,
-    /// `index.background_yield_ms`: see [`crate::priority`].
-    pub background_yield_ms: u64,
     pub vector_spaces: Vec<VectorSpaceSpec>,
 }
 
@@ -285,7 +282,6 @@ impl Shard {
             fetching_snapshot: AtomicBool::new(false),
         });
 
-        let priority = Arc::new(StagePriority::new(options.background_yield_ms));
         let raft_stage = RaftStage {
             node_id: options.node_id,
             boot_nonce,
@@ -340,23 +336,14 @@ impl Shard {
         };
         let mut threads = shard.threads.lock();
         threads.push(spawn_stage(format!("raft-{id}"), move || raft_stage.run()));
-        let fusion_priority = priority.clone();
         threads.push(spawn_stage(format!("fusion-{id}"), move || {
-            fusion_priority.enter_stage();
+            yield_cpu_to_writes();
             fusion_stage.run()
         }));
-        let index_priority = priority.clone();
         threads.push(spawn_stage(format!("index-{id}"), move || {
-            index_priority.enter_stage();
+            yield_cpu_to_writes();
             index_stage.run()
         }));
-        if priority.yields() {
-            let (progress, stop) = (shard.progress.clone(), shard.stop.clone());
-            threads.push(spawn_stage(format!("priority-{id}"), move || {
-                priority
-                    .govern_until_stopped(&stop, || (progress.applied.load(Ordering::Acquire), progress.indexed.load(Ordering::Acquire)))
-            }));
-        }
         drop(threads);
         Ok(shard)
     }
@@ -372,7 +359,7 @@ impl Shard {
         if self.progress.failed.load(Ordering::Acquire) {
             return Err(ApiError::unavailable(format!("shard {} stopped after a storage failure; see the node log", self.id)));
         }
-        // Indexing yields the CPU to writes (see `crate::priority`): refuse new writes while
+        // Indexing yields the CPU to writes (see `yield_cpu_to_writes`): refuse new writes while
         // it is far behind, so the searchable lag stays bounded under sustained overload.
         let unindexed = self.progress.applied.load(Ordering::Acquire).saturating_sub(self.progress.indexed.load(Ordering::Acquire));
         if unindexed > self.unindexed_entries_max {
@@ -464,6 +451,30 @@ impl Shard {
         }
     }
 }
+
+/// Nice value of the fusion and index threads (and of the Tantivy workers the index thread
+/// starts at each commit).
+#[cfg(target_os = "linux")]
+const BACKGROUND_STAGE_NICE: libc::c_int = 10;
+
+/// Fusion and indexing run behind the write path: when the CPU is short, the raft thread and
+/// the HTTP workers (acknowledgements, searches) go first and the stages catch up from the
+/// durable raw store afterwards. Linux nice values are per thread (elsewhere they would apply
+/// to the whole process, so other systems keep the default priority).
+#[cfg(target_os = "linux")]
+fn yield_cpu_to_writes() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let result = unsafe {
+        let thread_id = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, thread_id, BACKGROUND_STAGE_NICE)
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower a background stage's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn yield_cpu_to_writes() {}
 
 fn spawn_stage(name: String, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new().name(name.clone()).spawn(body).unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
