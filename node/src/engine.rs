@@ -960,8 +960,14 @@ impl Engine {
         );
         // One deadline for the whole request, whatever the number of shards and phases.
         let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let shard_count = self.shard_map.shard_count() as usize;
+        // An `asset_ids` filter names the only shards that can match (placement is by asset):
+        // the others are skipped, not asked, with the same result.
+        let needed: Option<HashSet<ShardId>> =
+            plan.filters.asset_ids.as_ref().map(|ids| ids.iter().map(|id| self.shard_map.shard_for_asset(id)).collect());
+        let is_needed = |shard_id: ShardId| needed.as_ref().is_none_or(|needed| needed.contains(&shard_id));
         if strong {
-            for shard in &self.shards {
+            for shard in self.shards.iter().filter(|shard| is_needed(shard.id)) {
                 if !shard.wait_read_index(deadline.saturating_duration_since(tokio::time::Instant::now())).await? {
                     return Err(ApiError::new(
                         ErrorCode::Timeout,
@@ -971,14 +977,9 @@ impl Engine {
                 }
             }
         }
-        let shard_count = self.shard_map.shard_count() as usize;
-        // An `asset_ids` filter names the only shards that can match (placement is by asset):
-        // the others are skipped, not asked, with the same result.
-        let needed: Option<HashSet<ShardId>> =
-            plan.filters.asset_ids.as_ref().map(|ids| ids.iter().map(|id| self.shard_map.shard_for_asset(id)).collect());
-        let is_needed = |shard_id: ShardId| needed.as_ref().is_none_or(|needed| needed.contains(&shard_id));
         let query_id: u64 = rand::random();
-        let remote_plan = if self.shards.len() < shard_count {
+        // Encoded for other nodes only when a needed shard has no replica here.
+        let remote_plan = if (0..shard_count as ShardId).any(|shard_id| is_needed(shard_id) && self.local_shard(shard_id).is_none()) {
             Some(plan.to_wire().map_err(|e| ApiError::internal(format!("cannot send the plan to other nodes: {e}")))?)
         } else {
             None

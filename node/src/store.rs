@@ -610,8 +610,8 @@ impl ShardStore {
     }
 
     /// Held by a derivation stage (fusion, indexing) for one batch or one asset of a full
-    /// rebuild: a snapshot install waits for it, and it waits for an install. Take it once per thread, never nested (a waiting
-    /// install blocks new readers).
+    /// rebuild: a snapshot install waits for it, and it waits for an install. Take it once per
+    /// thread, never nested (a waiting install blocks new readers).
     pub fn derivation_guard(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
         self.install_lock.read()
     }
