@@ -881,8 +881,12 @@ pub struct SnapshotRef {
     pub index: u64,
 }
 
-/// Format of [`SnapshotRef`] (format 1 was the whole raw store in the message).
-const SNAPSHOT_REF_FORMAT: u8 = 2;
+/// Format of [`SnapshotRef`] (format 1 was the whole raw store in the message). Format 3
+/// has the same fields; it says the fetched raw store holds entry records, which versions that
+/// read only format 2 would not see, so they refuse the snapshot instead of installing it.
+const SNAPSHOT_REF_FORMAT: u8 = 3;
+/// Written by versions whose raw store held legacy records; an install converts them.
+const SNAPSHOT_REF_FORMAT_LEGACY_RECORDS: u8 = 2;
 
 impl SnapshotRef {
     fn encode(&self) -> Result<Vec<u8>, codec::CodecError> {
@@ -890,7 +894,10 @@ impl SnapshotRef {
     }
 
     pub fn decode(data: &[u8]) -> Result<SnapshotRef, codec::CodecError> {
-        codec::decode(SNAPSHOT_REF_FORMAT, data)
+        match data.first() {
+            Some(&SNAPSHOT_REF_FORMAT_LEGACY_RECORDS) => codec::decode(SNAPSHOT_REF_FORMAT_LEGACY_RECORDS, data),
+            _ => codec::decode(SNAPSHOT_REF_FORMAT, data),
+        }
     }
 }
 
@@ -1244,6 +1251,16 @@ mod tests {
         assert_eq!(ProposalTag::decode(&tag.encode()), Some(tag));
         assert_eq!(ProposalTag::decode(&42u64.to_be_bytes()), None, "an 8-byte context from an older format is not ours");
         assert_eq!(ProposalTag::decode(&[]), None);
+    }
+
+    #[test]
+    fn snapshot_refs_of_both_record_layouts_parse_and_new_ones_are_marked() {
+        let current = SnapshotRef { index: 77 }.encode().unwrap();
+        assert_eq!(current[0], SNAPSHOT_REF_FORMAT, "a version that reads only format 2 refuses it");
+        assert!(matches!(SnapshotData::parse(&current), Ok(SnapshotData::Ref(SnapshotRef { index: 77 }))));
+        let earlier = codec::encode(SNAPSHOT_REF_FORMAT_LEGACY_RECORDS, &SnapshotRef { index: 5 }).unwrap();
+        assert!(matches!(SnapshotData::parse(&earlier), Ok(SnapshotData::Ref(SnapshotRef { index: 5 }))));
+        assert!(SnapshotData::parse(&[9, 1, 2]).is_err());
     }
 
     fn wait_until(what: &str, condition: impl Fn() -> bool) {

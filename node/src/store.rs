@@ -107,11 +107,75 @@ fn vocab_key(track: &str, label: &str) -> Vec<u8> {
 /// Kinds of record in the `records` tree; the first key byte.
 #[derive(Debug, Clone, Copy)]
 enum RecordKind {
-    Raw = b'r' as isize,
-    Annotation = b'a' as isize,
-    Vector = b'v' as isize,
+    /// One annotation: parsed form, exact raw bytes and vector in one value ([`EntryRecord`]).
+    Entry = b'e' as isize,
     ModelVersion = b'm' as isize,
+    /// Written by versions before the entry record: one record each for the raw bytes, the
+    /// parsed annotation and the vector. Read only by [`ShardStore::migrate_legacy_records`].
+    LegacyRaw = b'r' as isize,
+    LegacyAnnotation = b'a' as isize,
+    LegacyVector = b'v' as isize,
 }
+
+/// Format of an entry record's value.
+const ENTRY_FORMAT: u8 = 1;
+
+/// An annotation as stored: `[ENTRY_FORMAT][u32 BE length][parsed annotation][u32 BE
+/// length][raw bytes][vector, or nothing]`. One B-tree key per annotation instead of two or
+/// three: sled's inserts (node rewrites under its write lock) were most of the Raft apply
+/// threads' CPU. Each part is a slice, so readers decode only the part they need.
+struct EntryRecord<'a> {
+    /// `STORED_ANNOTATION_FORMAT`-encoded [`StoredAnnotation`].
+    annotation: &'a [u8],
+    raw: &'a [u8],
+    /// `VECTOR_FORMAT`-encoded.
+    vector: Option<&'a [u8]>,
+}
+
+impl<'a> EntryRecord<'a> {
+    fn encode(annotation: &StoredAnnotation, raw: &[u8], vector: Option<&[f32]>) -> Result<Vec<u8>, StoreError> {
+        let annotation = codec::encode(STORED_ANNOTATION_FORMAT, annotation)?;
+        Ok(Self::join(&annotation, raw, vector.map(encode_vector).as_deref()))
+    }
+
+    fn join(annotation: &[u8], raw: &[u8], vector: Option<&[u8]>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + annotation.len() + raw.len() + vector.map_or(0, <[u8]>::len));
+        out.push(ENTRY_FORMAT);
+        for part in [annotation, raw] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(vector.unwrap_or_default());
+        out
+    }
+
+    fn parse(bytes: &'a [u8]) -> Result<EntryRecord<'a>, StoreError> {
+        fn part<'b>(rest: &mut &'b [u8]) -> Result<&'b [u8], StoreError> {
+            let (length, tail) = rest.split_first_chunk::<4>().ok_or_else(|| StoreError::Corrupt("entry record truncated".into()))?;
+            let length = u32::from_be_bytes(*length) as usize;
+            if tail.len() < length {
+                return Err(StoreError::Corrupt(format!("entry record part of {length} bytes, {} left", tail.len())));
+            }
+            let (part, tail) = tail.split_at(length);
+            *rest = tail;
+            Ok(part)
+        }
+        let (&format, mut rest) = bytes.split_first().ok_or_else(|| StoreError::Corrupt("empty entry record".into()))?;
+        if format != ENTRY_FORMAT {
+            return Err(StoreError::Corrupt(format!("entry record format {format}, this version reads {ENTRY_FORMAT}")));
+        }
+        let annotation = part(&mut rest)?;
+        let raw = part(&mut rest)?;
+        Ok(EntryRecord { annotation, raw, vector: (!rest.is_empty()).then_some(rest) })
+    }
+
+    fn annotation(&self) -> Result<StoredAnnotation, StoreError> {
+        Ok(codec::decode(STORED_ANNOTATION_FORMAT, self.annotation)?)
+    }
+}
+
+/// Legacy records converted per batch by [`ShardStore::migrate_legacy_records`].
+const MIGRATION_BATCH_ANNOTATIONS: usize = 2_000;
 
 /// Number of raw annotations, kept in the same batch as the annotations themselves.
 const RAW_COUNT_KEY: &[u8] = b"#raw_count";
@@ -176,6 +240,7 @@ impl ShardStore {
             vocab_cache: RwLock::new(BTreeMap::new()),
             db,
         };
+        store.migrate_legacy_records()?;
         store.reload_caches()?;
         Ok(store)
     }
@@ -223,11 +288,10 @@ impl ShardStore {
         let mut fresh = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
             let key = annotation_key(&item.annotation.asset_id, &item.annotation.id);
-            match self.records.get(record_key(RecordKind::Annotation, &key))? {
+            match self.records.get(record_key(RecordKind::Entry, &key))? {
                 None => fresh.push((key, item)),
-                Some(_) => {
-                    let existing_raw = self.records.get(record_key(RecordKind::Raw, &key))?;
-                    if !existing_raw.is_some_and(|raw| same_raw_content(&raw, &item.raw_json)) {
+                Some(existing) => {
+                    if !same_raw_content(EntryRecord::parse(&existing)?.raw, &item.raw_json) {
                         return Ok(ApplyOutcome::Conflict { item: index, annotation_id: item.annotation.id.clone() });
                     }
                 }
@@ -248,11 +312,7 @@ impl ShardStore {
             }
             created += 1;
             let a = &item.annotation;
-            batch.insert(record_key(RecordKind::Raw, key), item.raw_json.as_slice());
-            batch.insert(record_key(RecordKind::Annotation, key), codec::encode(STORED_ANNOTATION_FORMAT, a)?);
-            if let Some(vector) = &item.vector {
-                batch.insert(record_key(RecordKind::Vector, key), encode_vector(vector));
-            }
+            batch.insert(record_key(RecordKind::Entry, key), EntryRecord::encode(a, &item.raw_json, item.vector.as_deref())?);
             // A batch holds few distinct (asset, model, version): write each once.
             let version_key = record_key(RecordKind::ModelVersion, &model_key(&a.asset_id, &a.model, &a.model_version));
             if seen_versions.insert(version_key.clone()) {
@@ -368,40 +428,43 @@ impl ShardStore {
     /// Annotations of one asset, in id order (parsed form, without vectors).
     pub fn asset_annotations(&self, asset_id: &str) -> Result<Vec<StoredAnnotation>, StoreError> {
         let mut out = Vec::new();
-        for item in self.records.scan_prefix(record_key(RecordKind::Annotation, &asset_prefix(asset_id))) {
+        for item in self.records.scan_prefix(record_key(RecordKind::Entry, &asset_prefix(asset_id))) {
             let (_, value) = item?;
-            out.push(codec::decode(STORED_ANNOTATION_FORMAT, &value)?);
+            out.push(EntryRecord::parse(&value)?.annotation()?);
         }
         Ok(out)
     }
 
+    fn entry(&self, asset_id: &str, annotation_id: &str) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.records.get(record_key(RecordKind::Entry, &annotation_key(asset_id, annotation_id)))?)
+    }
+
     pub fn annotation(&self, asset_id: &str, annotation_id: &str) -> Result<Option<StoredAnnotation>, StoreError> {
-        match self.records.get(record_key(RecordKind::Annotation, &annotation_key(asset_id, annotation_id)))? {
-            Some(bytes) => Ok(Some(codec::decode(STORED_ANNOTATION_FORMAT, &bytes)?)),
-            None => Ok(None),
-        }
+        self.entry(asset_id, annotation_id)?.map(|bytes| EntryRecord::parse(&bytes)?.annotation()).transpose()
     }
 
     /// The exact bytes the model sent.
     pub fn raw_annotation(&self, asset_id: &str, annotation_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.records.get(record_key(RecordKind::Raw, &annotation_key(asset_id, annotation_id)))?.map(|v| v.to_vec()))
+        self.entry(asset_id, annotation_id)?.map(|bytes| Ok(EntryRecord::parse(&bytes)?.raw.to_vec())).transpose()
     }
 
     pub fn vector(&self, asset_id: &str, annotation_id: &str) -> Result<Option<Vec<f32>>, StoreError> {
-        match self.records.get(record_key(RecordKind::Vector, &annotation_key(asset_id, annotation_id)))? {
-            Some(bytes) => Ok(Some(decode_vector(&bytes)?)),
-            None => Ok(None),
-        }
+        let Some(bytes) = self.entry(asset_id, annotation_id)? else {
+            return Ok(None);
+        };
+        EntryRecord::parse(&bytes)?.vector.map(decode_vector).transpose()
     }
 
     /// Every stored vector of an asset, with its annotation id (for exact vector search).
     pub fn asset_vectors(&self, asset_id: &str) -> Result<Vec<(String, Vec<f32>)>, StoreError> {
-        let prefix = record_key(RecordKind::Vector, &asset_prefix(asset_id));
+        let prefix = record_key(RecordKind::Entry, &asset_prefix(asset_id));
         let mut out = Vec::new();
         for item in self.records.scan_prefix(&prefix) {
             let (key, value) = item?;
-            let annotation_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            out.push((annotation_id, decode_vector(&value)?));
+            if let Some(vector) = EntryRecord::parse(&value)?.vector {
+                let annotation_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                out.push((annotation_id, decode_vector(vector)?));
+            }
         }
         Ok(out)
     }
@@ -529,8 +592,7 @@ impl ShardStore {
     /// them is not a point-in-time copy: it holds every entry applied before the first chunk
     /// and some applied later. [`ShardStore::install_staged`] makes such a copy safe to
     /// replay on: every key is read atomically with respect to an apply batch (sled's
-    /// batches exclude readers) and later keys are read later, so an annotation's parsed
-    /// record (`a`) present means its raw record (`r`, later in key order) is too; the counter
+    /// batches exclude readers) and an annotation is one key (its entry record); the counter
     /// and the asset → ordinal map, which can be read before a write the rest reflects, are
     /// recomputed from the records and from ordinal → asset.
     pub fn raw_chunk(&self, after: Option<&[u8]>, max_bytes: usize) -> Result<RawChunk, StoreError> {
@@ -666,11 +728,61 @@ impl ShardStore {
         }
         self.asset_ordinals.apply_batch(by_asset)?;
         // The counter may have been read before annotations that the records hold.
-        let annotations = self.records.scan_prefix([RecordKind::Annotation as u8]).keys().count() as u64;
+        // A snapshot from a version before entry records holds legacy records.
+        self.migrate_legacy_records()?;
+        let annotations = self.records.scan_prefix([RecordKind::Entry as u8]).keys().count() as u64;
         self.records.insert(RAW_COUNT_KEY, &annotations.to_be_bytes())?;
         self.reload_caches()?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Rewrites the records of versions before entry records (raw, parsed and vector apart)
+    /// as entry records. Each batch converts whole annotations atomically, so a crash midway
+    /// leaves every annotation in one form or the other and the next open finishes the job;
+    /// replicas that held the same legacy records hold the same entry records afterwards.
+    /// Returns the number of annotations converted.
+    pub fn migrate_legacy_records(&self) -> Result<usize, StoreError> {
+        let mut converted = 0;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for item in self.records.scan_prefix([RecordKind::LegacyAnnotation as u8]).take(MIGRATION_BATCH_ANNOTATIONS) {
+                let (key, annotation) = item?;
+                let key = &key[1..];
+                let raw = self.records.get(record_key(RecordKind::LegacyRaw, key))?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("legacy annotation {:?} has no raw record", String::from_utf8_lossy(key)))
+                })?;
+                let vector = self.records.get(record_key(RecordKind::LegacyVector, key))?;
+                batch.insert(record_key(RecordKind::Entry, key), EntryRecord::join(&annotation, &raw, vector.as_deref()));
+                for legacy in [RecordKind::LegacyAnnotation, RecordKind::LegacyRaw, RecordKind::LegacyVector] {
+                    batch.remove(record_key(legacy, key));
+                }
+                in_batch += 1;
+            }
+            if in_batch == 0 {
+                break;
+            }
+            self.records.apply_batch(batch)?;
+            converted += in_batch;
+        }
+        // Raw or vector records without a parsed one: a legacy snapshot copied from a live
+        // store can read them without the parsed record written in the same batch (it sorts
+        // first). The log's tail that the install replays writes those annotations again.
+        let mut orphans = 0;
+        for kind in [RecordKind::LegacyRaw, RecordKind::LegacyVector] {
+            let mut batch = sled::Batch::default();
+            for key in self.records.scan_prefix([kind as u8]).keys() {
+                batch.remove(key?);
+                orphans += 1;
+            }
+            self.records.apply_batch(batch)?;
+        }
+        if converted > 0 || orphans > 0 {
+            self.db.flush()?;
+            tracing::info!(annotations = converted, orphans, "raw store converted to entry records");
+        }
+        Ok(converted)
     }
 
     /// Drops the staging area once the installed snapshot's applied index is durable.
@@ -699,6 +811,7 @@ impl ShardStore {
             }
             tree.apply_batch(batch)?;
         }
+        self.migrate_legacy_records()?;
         self.reload_caches()?;
         self.db.flush()?;
         Ok(())
@@ -909,6 +1022,89 @@ mod tests {
         assert!(matches!(replica.raw_chunk(Some(&[9, b'x']), 64), Err(StoreError::Corrupt(_))));
         let generation = replica.begin_staging().unwrap();
         assert!(matches!(replica.stage_chunk(generation, &[(vec![9], vec![])]), Err(StoreError::Corrupt(_))));
+    }
+
+    /// Rewrites `store`'s entry records in the layout of versions before them (raw, parsed
+    /// and vector records apart), as such a version would have written them.
+    fn to_legacy_records(store: &ShardStore) {
+        let mut batch = sled::Batch::default();
+        for pair in store.records.scan_prefix([RecordKind::Entry as u8]) {
+            let (key, value) = pair.unwrap();
+            let entry = EntryRecord::parse(&value).unwrap();
+            batch.insert(record_key(RecordKind::LegacyAnnotation, &key[1..]), entry.annotation);
+            batch.insert(record_key(RecordKind::LegacyRaw, &key[1..]), entry.raw);
+            if let Some(vector) = entry.vector {
+                batch.insert(record_key(RecordKind::LegacyVector, &key[1..]), vector);
+            }
+            batch.remove(key);
+        }
+        store.records.apply_batch(batch).unwrap();
+    }
+
+    fn with_vector(mut item: IngestItem, vector: Vec<f32>) -> IngestItem {
+        item.annotation.vector_space = Some("scenes".into());
+        item.vector = Some(vector);
+        item
+    }
+
+    #[test]
+    fn entry_records_keep_every_part_and_refuse_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let scene = with_vector(item("s", "e1", 0, 4000, "kitchen"), vec![0.25, -1.0, 3.5]);
+        store.apply_ingest(&[scene.clone(), item("a", "e1", 0, 1000, "Joey")]).unwrap();
+        assert_eq!(store.annotation("e1", "s").unwrap().as_ref(), Some(&scene.annotation));
+        assert_eq!(store.raw_annotation("e1", "s").unwrap(), Some(scene.raw_json.clone()));
+        assert_eq!(store.vector("e1", "s").unwrap(), Some(vec![0.25, -1.0, 3.5]));
+        assert_eq!(store.vector("e1", "a").unwrap(), None);
+        assert_eq!(store.asset_vectors("e1").unwrap(), vec![("s".to_string(), vec![0.25, -1.0, 3.5])]);
+        assert_eq!(store.asset_annotations("e1").unwrap().len(), 2);
+        let encoded = EntryRecord::encode(&scene.annotation, &scene.raw_json, scene.vector.as_deref()).unwrap();
+        for cut in [0, 1, 4, 6, 5 + 4 + 3] {
+            assert!(matches!(EntryRecord::parse(&encoded[..cut]), Err(StoreError::Corrupt(_))), "cut at {cut}");
+        }
+        let mut other_format = encoded.clone();
+        other_format[0] = ENTRY_FORMAT + 1;
+        assert!(matches!(EntryRecord::parse(&other_format), Err(StoreError::Corrupt(_))));
+    }
+
+    /// A data dir written before entry records opens as the same store: every annotation is
+    /// converted, nothing else changes, and a replica converted this way equals one that
+    /// applied the same log as entry records.
+    #[test]
+    fn legacy_records_are_converted_on_open_and_in_a_legacy_snapshot() {
+        let (current_dir, legacy_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let current = ShardStore::open(current_dir.path()).unwrap();
+        let mut batch: Vec<IngestItem> = (0..(MIGRATION_BATCH_ANNOTATIONS + 5))
+            .map(|i| item(&format!("a{i:05}"), &format!("e{}", i % 3), i as u64 * 10, i as u64 * 10 + 500, ["Joey", "Ross"][i % 2]))
+            .collect();
+        batch[7] = with_vector(batch[7].clone(), vec![1.0, 2.0]);
+        current.apply_ingest(&batch).unwrap();
+        {
+            let legacy = ShardStore::open(legacy_dir.path()).unwrap();
+            legacy.apply_ingest(&batch).unwrap();
+            to_legacy_records(&legacy);
+            // A raw record whose parsed record a live snapshot copy missed.
+            legacy.records.insert(record_key(RecordKind::LegacyRaw, &annotation_key("e9", "late")), b"{}".as_slice()).unwrap();
+            assert_ne!(legacy.raw_digest().unwrap(), current.raw_digest().unwrap());
+            legacy.flush().unwrap();
+        }
+        let reopened = ShardStore::open(legacy_dir.path()).unwrap();
+        assert_eq!(reopened.raw_digest().unwrap(), current.raw_digest().unwrap());
+        assert_eq!(reopened.raw_count(), batch.len());
+        assert_eq!(reopened.vector("e1", "a00007").unwrap(), Some(vec![1.0, 2.0]));
+        assert_eq!(reopened.raw_annotation("e2", "a00002").unwrap(), Some(batch[2].raw_json.clone()));
+        assert_eq!(reopened.migrate_legacy_records().unwrap(), 0, "nothing is left to convert");
+        // The same store as a snapshot of an earlier version: staged chunks of legacy records.
+        to_legacy_records(&reopened);
+        let replica_dir = tempfile::tempdir().unwrap();
+        let replica = ShardStore::open(replica_dir.path()).unwrap();
+        let (_, generation) = stage_from(&reopened, &replica, 4096, |_| {});
+        replica.finish_staging(generation, 1).unwrap();
+        replica.install_staged(1).unwrap();
+        assert_eq!(replica.raw_digest().unwrap(), current.raw_digest().unwrap());
+        assert_eq!(replica.raw_count(), batch.len());
+        assert_eq!(replica.apply_ingest(&batch).unwrap(), ApplyOutcome::Applied { created: 0, duplicates: batch.len() });
     }
 
     /// The staging area emptied in the middle of a fetch (the install of an earlier snapshot
