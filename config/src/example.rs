@@ -285,6 +285,12 @@ impl Config {
             "Log entries a shard may have applied but not yet indexed before ingest answers \"busy\" (indexing runs at a lower CPU priority than writes; this bounds how far behind it falls).",
             LIMITS_UNINDEXED_ENTRIES_MAX,
         );
+        example.integer(
+            "unindexed_annotations_max",
+            limits.unindexed_annotations_max,
+            "Annotations a shard may have applied but not yet indexed before ingest answers \"busy\" (the same bound counted in annotations, as an entry holds from one annotation to limits.max_batch_items; writes already queued are not counted).",
+            LIMITS_UNINDEXED_ANNOTATIONS_MAX,
+        );
         example.integer("request_timeout_ms", limits.request_timeout_ms, "Time limit of one HTTP request.", LIMITS_REQUEST_TIMEOUT_MS);
         example.integer(
             "search_queue_depth",
@@ -323,7 +329,7 @@ impl Config {
         example.integer(
             "group_commit_max_requests",
             raft.group_commit_max_requests,
-            "Most client requests batched into one proposal.",
+            "Most proposals (each one client batch's part for the shard) appended and made durable together in one Raft cycle.",
             RAFT_GROUP_COMMIT_MAX_REQUESTS,
         );
         example.integer(

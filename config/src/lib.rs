@@ -449,6 +449,8 @@ pub struct LimitsConfig {
     /// Log entries a shard may have applied but not yet indexed before ingest answers "busy":
     /// indexing yields the CPU to writes, and this keeps it from falling behind without bound.
     pub unindexed_entries_max: u64,
+    /// Annotations a shard may have applied but not yet indexed before ingest answers "busy".
+    pub unindexed_annotations_max: u64,
     pub request_timeout_ms: u64,
     /// Searches waiting before search answers "busy".
     pub search_queue_depth: usize,
@@ -477,6 +479,7 @@ impl Default for LimitsConfig {
             max_time_ms: 604_800_000,
             ingest_queue_depth: 1024,
             unindexed_entries_max: 1024,
+            unindexed_annotations_max: 250_000,
             request_timeout_ms: 10_000,
             search_queue_depth: 256,
             max_clauses: 16,
@@ -505,7 +508,8 @@ pub struct RaftConfig {
     pub heartbeat_ticks: usize,
     pub max_size_per_msg_bytes: u64,
     pub max_inflight_msgs: usize,
-    /// Most client requests batched into one Raft proposal.
+    /// Most proposals appended and made durable together in one Raft ready cycle (group
+    /// commit); each proposal is one log entry.
     pub group_commit_max_requests: usize,
     /// Log entries every stage has consumed that stay in the log after compaction: a replica
     /// at most this far behind catches up from the log rather than by snapshot.

@@ -210,6 +210,7 @@ fn every_range_violation_names_its_key_and_range() {
         ("limits.max_time_ms", Some("999"), Some("31536000001"), "1000..=31536000000"),
         ("limits.ingest_queue_depth", Some("0"), Some("1000001"), "1..=1000000"),
         ("limits.unindexed_entries_max", Some("15"), Some("1000001"), "16..=1000000"),
+        ("limits.unindexed_annotations_max", Some("999"), Some("1000000001"), "1000..=1000000000"),
         ("limits.request_timeout_ms", Some("99"), Some("600001"), "100..=600000"),
         ("limits.search_queue_depth", Some("0"), Some("1000001"), "1..=1000000"),
         ("limits.max_clauses", Some("0"), Some("1025"), "1..=1024"),

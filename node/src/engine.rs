@@ -109,6 +109,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
         tick_interval_ms: config.raft.tick_interval_ms,
         proposal_queue_depth: config.limits.ingest_queue_depth,
         unindexed_entries_max: config.limits.unindexed_entries_max,
+        unindexed_annotations_max: config.limits.unindexed_annotations_max,
         group_commit_max_requests: config.raft.group_commit_max_requests,
         log_retain_entries: config.raft.log_retain_entries,
         snapshot_log_entries: config.raft.snapshot_log_entries,

@@ -62,6 +62,8 @@ pub struct ShardOptions {
     pub proposal_queue_depth: usize,
     /// Applied but not yet indexed log entries above which proposals are refused (busy).
     pub unindexed_entries_max: u64,
+    /// Applied but not yet indexed annotations above which proposals are refused (busy).
+    pub unindexed_annotations_max: u64,
     pub group_commit_max_requests: usize,
     pub log_retain_entries: u64,
     pub snapshot_log_entries: u64,
@@ -121,6 +123,32 @@ pub struct Progress {
     pub snapshot_fetch_ms: AtomicU64,
     /// (log index, when it was applied) for the ingest → searchable lag; bounded.
     apply_times: Mutex<VecDeque<(u64, Instant)>>,
+    /// Ingest entries applied but not yet indexed, with their annotation counts.
+    unindexed: Mutex<UnindexedAnnotations>,
+}
+
+/// Annotations applied but not yet indexed: what `limits.unindexed_annotations_max` bounds
+/// (an entry holds anything from one annotation to several client batches, so a count of
+/// entries alone is a weak bound). Entries applied before this process started are not
+/// counted; `limits.unindexed_entries_max` bounds those. An indexed watermark that jumps (a
+/// snapshot re-derived whole) drops every entry it covers.
+#[derive(Default)]
+struct UnindexedAnnotations {
+    /// (log index, annotations), in index order.
+    entries: VecDeque<(u64, u64)>,
+    total: u64,
+}
+
+impl UnindexedAnnotations {
+    fn drop_indexed(&mut self, indexed: u64) {
+        while let Some(&(index, annotations)) = self.entries.front() {
+            if index > indexed {
+                break;
+            }
+            self.total -= annotations;
+            self.entries.pop_front();
+        }
+    }
 }
 
 const APPLY_TIMES_MAX: usize = 4096;
@@ -132,6 +160,25 @@ impl Progress {
             times.pop_front();
         }
         times.push_back((index, Instant::now()));
+    }
+
+    /// Counts an applied ingest entry's annotations until indexing passes it.
+    fn record_applied_annotations(&self, index: u64, annotations: u64) {
+        let indexed = self.indexed.load(Ordering::Acquire);
+        let mut unindexed = self.unindexed.lock();
+        unindexed.drop_indexed(indexed);
+        if index > indexed {
+            unindexed.entries.push_back((index, annotations));
+            unindexed.total += annotations;
+        }
+    }
+
+    /// Annotations applied (since this process started) and not yet indexed.
+    pub fn unindexed_annotations(&self) -> u64 {
+        let indexed = self.indexed.load(Ordering::Acquire);
+        let mut unindexed = self.unindexed.lock();
+        unindexed.drop_indexed(indexed);
+        unindexed.total
     }
 
     /// Seconds from apply to searchable for entries now covered by `indexed`.
@@ -161,6 +208,7 @@ pub struct Shard {
     raft_inbox: Sender<Message>,
     read_requests: Sender<ReadRequest>,
     unindexed_entries_max: u64,
+    unindexed_annotations_max: u64,
     indexed_watch: tokio::sync::watch::Receiver<u64>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -209,6 +257,7 @@ impl Shard {
         std::fs::create_dir_all(&dir)?;
         let store = Arc::new(ShardStore::open(&dir.join("store"))?);
         let log = SledLogStore::open(&store.db, &voters)?;
+        mark_stored_snapshot_current(&log)?;
         let index = Arc::new(ShardIndex::open(&dir.join("index"), &options.vector_spaces, options.writer_heap_bytes)?);
         let progress = Arc::new(Progress::default());
         let applied = store.watermark(Watermark::Applied)?;
@@ -275,6 +324,7 @@ impl Shard {
             raft_inbox: inbox_tx,
             read_requests: read_tx,
             unindexed_entries_max: options.unindexed_entries_max,
+            unindexed_annotations_max: options.unindexed_annotations_max,
             indexed_watch: indexed_rx,
             stop: stop.clone(),
             threads: Mutex::new(Vec::new()),
@@ -366,6 +416,13 @@ impl Shard {
             return Err(ApiError::overloaded(format!(
                 "shard {} has {unindexed} log entries applied but not yet indexed (limits.unindexed_entries_max = {}); retry after the advertised delay",
                 self.id, self.unindexed_entries_max
+            )));
+        }
+        let unindexed_annotations = self.progress.unindexed_annotations();
+        if unindexed_annotations > self.unindexed_annotations_max {
+            return Err(ApiError::overloaded(format!(
+                "shard {} has {unindexed_annotations} annotations applied but not yet indexed (limits.unindexed_annotations_max = {}); retry after the advertised delay",
+                self.id, self.unindexed_annotations_max
             )));
         }
         let (reply, receiver) = tokio::sync::oneshot::channel();
@@ -832,6 +889,9 @@ impl StateMachine for ShardMachine<'_> {
             }
         };
         self.progress.record_applied(entry.index);
+        if let ShardCommand::Ingest { items } = &command {
+            self.progress.record_applied_annotations(entry.index, items.len() as u64);
+        }
         if let Some(tag) = ProposalTag::decode(&entry.context).filter(|t| t.node == self.node_id && t.boot_nonce == self.boot_nonce) {
             if let Some(waiter) = self.waiters.remove(&tag.counter) {
                 self.metrics.commit_seconds.observe(waiter.proposed_at.elapsed().as_secs_f64());
@@ -859,7 +919,7 @@ impl StateMachine for ShardMachine<'_> {
 pub enum SnapshotData {
     /// Format 1, from earlier versions: the whole raw store in the message itself.
     Legacy,
-    /// Format 2: a [`SnapshotRef`]; the raw store is fetched separately.
+    /// Formats 2 and 3: a [`SnapshotRef`]; the raw store is fetched separately.
     Ref(SnapshotRef),
 }
 
@@ -899,6 +959,24 @@ impl SnapshotRef {
             _ => codec::decode(SNAPSHOT_REF_FORMAT, data),
         }
     }
+}
+
+/// Re-saves a stored format-2 snapshot reference as format 3. The store it stands for was
+/// converted to entry records when it was opened, and raft-rs sends the stored snapshot as
+/// it is: without this, a replica of an earlier version would read format 2 and install entry
+/// records it cannot read, until the next compaction replaced the reference.
+fn mark_stored_snapshot_current(log: &SledLogStore) -> Result<(), ShardError> {
+    let Some(mut stored) = log.stored_snapshot()? else {
+        return Ok(());
+    };
+    if stored.get_data().first() != Some(&SNAPSHOT_REF_FORMAT_LEGACY_RECORDS) {
+        return Ok(());
+    }
+    let reference = SnapshotRef::decode(stored.get_data())?;
+    stored.data = reference.encode()?.into();
+    log.save_snapshot(&stored)?;
+    log.sync()?;
+    Ok(())
 }
 
 /// Decodes committed commands in `(from, to]`, skipping empty (leader no-op) entries.
@@ -1254,6 +1332,35 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_format_2_snapshot_reference_is_saved_again_as_format_3() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("sled");
+        let log = SledLogStore::open(&db, &[1]).expect("log");
+        mark_stored_snapshot_current(&log).expect("no snapshot: nothing to do");
+        let entries: Vec<Entry> = (1..=5)
+            .map(|index| {
+                let mut entry = Entry::default();
+                (entry.index, entry.term) = (index, 1);
+                entry
+            })
+            .collect();
+        log.append(&entries).expect("append");
+        let mut snapshot = raft::eraftpb::Snapshot {
+            data: codec::encode(SNAPSHOT_REF_FORMAT_LEGACY_RECORDS, &SnapshotRef { index: 3 }).unwrap().into(),
+            ..Default::default()
+        };
+        (snapshot.mut_metadata().index, snapshot.mut_metadata().term) = (3, 1);
+        log.save_snapshot(&snapshot).expect("save");
+        mark_stored_snapshot_current(&log).expect("re-save");
+        let stored = log.stored_snapshot().expect("read").expect("still there");
+        assert_eq!(stored.get_data()[0], SNAPSHOT_REF_FORMAT);
+        assert_eq!(SnapshotRef::decode(stored.get_data()).unwrap(), SnapshotRef { index: 3 });
+        assert_eq!(stored.get_metadata(), snapshot.get_metadata());
+        assert_eq!(log.first_log_index(), 4, "the log is where it was");
+        assert_eq!(log.entry(5).expect("read").map(|e| e.index), Some(5));
+    }
+
+    #[test]
     fn snapshot_refs_of_both_record_layouts_parse_and_new_ones_are_marked() {
         let current = SnapshotRef { index: 77 }.encode().unwrap();
         assert_eq!(current[0], SNAPSHOT_REF_FORMAT, "a version that reads only format 2 refuses it");
@@ -1272,30 +1379,76 @@ mod tests {
     }
 
     #[test]
-    fn writes_are_refused_with_retry_after_while_indexing_is_far_behind() {
+    fn unindexed_annotations_are_counted_until_indexing_passes_their_entry() {
+        let progress = Progress::default();
+        progress.indexed.store(4, Ordering::Release);
+        progress.record_applied_annotations(4, 1_000); // already indexed: never counted
+        progress.record_applied_annotations(5, 300);
+        progress.record_applied_annotations(6, 20);
+        progress.record_applied_annotations(8, 1);
+        assert_eq!(progress.unindexed_annotations(), 321);
+        progress.indexed.store(6, Ordering::Release);
+        assert_eq!(progress.unindexed_annotations(), 1);
+        // A snapshot re-derived whole moves the watermark past everything.
+        progress.indexed.store(100, Ordering::Release);
+        assert_eq!(progress.unindexed_annotations(), 0);
+        assert!(progress.unindexed.lock().entries.is_empty(), "covered entries are dropped, not kept");
+    }
+
+    /// Opens a one-voter shard with `configure`d options and makes indexing look behind with
+    /// `fall_behind(shard, indexed)`: a write must be refused as overloaded, retryable, naming
+    /// `limit`, with nothing queued. After `catch_up(shard, indexed)` the same write commits.
+    /// Returns the refusal.
+    fn refused_until_indexing_catches_up(
+        limit: &str,
+        configure: impl FnOnce(&mut ShardOptions),
+        fall_behind: impl FnOnce(&Shard, u64),
+        catch_up: impl FnOnce(&Shard, u64),
+    ) -> ApiError {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut options = crate::engine::shard_options(&rushes_config::Config::default());
-        options.unindexed_entries_max = 16;
+        configure(&mut options);
         let shard = Shard::open(dir.path(), 0, &options, Arc::new(Metrics::new()), None).expect("open shard");
         wait_until("the single voter leads", || shard.is_leader());
         let command = ShardCommand::UpsertAsset { asset_id: "ep1".into(), record: rushes_protocol::model::StoredAsset::default() };
-
-        // Far more applied than indexed: refused, retryable, naming the limit, nothing queued.
         let indexed = shard.progress.indexed.load(Ordering::Acquire);
-        shard.progress.applied.store(indexed + 1_000_000, Ordering::Release);
+        fall_behind(&shard, indexed);
         let refused = shard.propose(&command).expect_err("refused while indexing is behind");
         assert_eq!(refused.code, rushes_protocol::ErrorCode::Overloaded);
         assert!(refused.retry_after_s.is_some(), "{refused:?}");
-        assert!(refused.message.contains("limits.unindexed_entries_max"), "{}", refused.message);
+        assert!(refused.message.contains(limit), "{}", refused.message);
         assert_eq!(shard.queue_depth(), 0);
-
-        // Caught up: the same write is accepted and committed.
-        shard.progress.applied.store(indexed, Ordering::Release);
+        catch_up(&shard, indexed);
         let reply = shard.propose(&command).expect("accepted once indexing caught up");
         let outcome = reply.blocking_recv().expect("the raft thread answers");
         assert!(outcome.is_ok(), "{outcome:?}");
         wait_until("the asset is stored", || shard.store.asset_record("ep1").ok().flatten().is_some());
         shard.shutdown();
+        refused
+    }
+
+    #[test]
+    fn writes_are_refused_while_too_many_annotations_wait_for_indexing() {
+        let refused = refused_until_indexing_catches_up(
+            "limits.unindexed_annotations_max",
+            |options| options.unindexed_annotations_max = 1_000,
+            // One entry far ahead of indexing holds more annotations than the limit.
+            |shard, indexed| shard.progress.record_applied_annotations(indexed + 1_000, 1_001),
+            |shard, indexed| {
+                shard.progress.indexed.fetch_max(indexed + 1_000, Ordering::AcqRel);
+            },
+        );
+        assert!(refused.message.contains("1001 annotations"), "{}", refused.message);
+    }
+
+    #[test]
+    fn writes_are_refused_with_retry_after_while_indexing_is_far_behind() {
+        refused_until_indexing_catches_up(
+            "limits.unindexed_entries_max",
+            |options| options.unindexed_entries_max = 16,
+            |shard, indexed| shard.progress.applied.store(indexed + 1_000_000, Ordering::Release),
+            |shard, indexed| shard.progress.applied.store(indexed, Ordering::Release),
+        );
     }
 
     /// One snapshot fetch at a time: a refused second attempt must leave the first one's claim

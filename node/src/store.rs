@@ -743,28 +743,46 @@ impl ShardStore {
     /// replicas that held the same legacy records hold the same entry records afterwards.
     /// Returns the number of annotations converted.
     pub fn migrate_legacy_records(&self) -> Result<usize, StoreError> {
-        let mut converted = 0;
+        let legacy_annotation = [RecordKind::LegacyAnnotation as u8];
+        let (mut converted, mut incomplete) = (0, 0);
+        // Parsed records without a raw one are left in place and passed over: only a crash in
+        // the middle of installing an earlier version's snapshot leaves them, and the install
+        // is repeated when the shard opens (it empties the trees first).
+        let mut after: Option<sled::IVec> = None;
         loop {
+            let range = match &after {
+                Some(key) => self.records.range::<&[u8], _>((std::ops::Bound::Excluded(key.as_ref()), std::ops::Bound::Unbounded)),
+                None => self.records.range::<&[u8], _>(legacy_annotation.as_slice()..),
+            };
             let mut batch = sled::Batch::default();
-            let mut in_batch = 0;
-            for item in self.records.scan_prefix([RecordKind::LegacyAnnotation as u8]).take(MIGRATION_BATCH_ANNOTATIONS) {
-                let (key, annotation) = item?;
-                let key = &key[1..];
-                let raw = self.records.get(record_key(RecordKind::LegacyRaw, key))?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("legacy annotation {:?} has no raw record", String::from_utf8_lossy(key)))
-                })?;
-                let vector = self.records.get(record_key(RecordKind::LegacyVector, key))?;
-                batch.insert(record_key(RecordKind::Entry, key), EntryRecord::join(&annotation, &raw, vector.as_deref()));
-                for legacy in [RecordKind::LegacyAnnotation, RecordKind::LegacyRaw, RecordKind::LegacyVector] {
-                    batch.remove(record_key(legacy, key));
+            let mut visited = 0;
+            for item in range.take(MIGRATION_BATCH_ANNOTATIONS) {
+                let (full_key, annotation) = item?;
+                if !full_key.starts_with(&legacy_annotation) {
+                    break;
                 }
-                in_batch += 1;
+                visited += 1;
+                let key = &full_key[1..];
+                match self.records.get(record_key(RecordKind::LegacyRaw, key))? {
+                    Some(raw) => {
+                        let vector = self.records.get(record_key(RecordKind::LegacyVector, key))?;
+                        batch.insert(record_key(RecordKind::Entry, key), EntryRecord::join(&annotation, &raw, vector.as_deref()));
+                        for legacy in [RecordKind::LegacyAnnotation, RecordKind::LegacyRaw, RecordKind::LegacyVector] {
+                            batch.remove(record_key(legacy, key));
+                        }
+                        converted += 1;
+                    }
+                    None => incomplete += 1,
+                }
+                after = Some(full_key);
             }
-            if in_batch == 0 {
+            if visited == 0 {
                 break;
             }
             self.records.apply_batch(batch)?;
-            converted += in_batch;
+        }
+        if incomplete > 0 {
+            tracing::warn!(incomplete, "legacy annotations without their raw record left for the interrupted snapshot install to redo");
         }
         // Raw or vector records without a parsed one: a legacy snapshot copied from a live
         // store can read them without the parsed record written in the same batch (it sorts
@@ -1095,8 +1113,12 @@ mod tests {
         assert_eq!(reopened.vector("e1", "a00007").unwrap(), Some(vec![1.0, 2.0]));
         assert_eq!(reopened.raw_annotation("e2", "a00002").unwrap(), Some(batch[2].raw_json.clone()));
         assert_eq!(reopened.migrate_legacy_records().unwrap(), 0, "nothing is left to convert");
-        // The same store as a snapshot of an earlier version: staged chunks of legacy records.
+        // The same store as a snapshot of an earlier version, copied while it applied: staged
+        // chunks of legacy records, with a raw and a vector record whose parsed one was missed.
         to_legacy_records(&reopened);
+        for kind in [RecordKind::LegacyRaw, RecordKind::LegacyVector] {
+            reopened.records.insert(record_key(kind, &annotation_key("e9", "late")), encode_vector(&[1.0]).as_slice()).unwrap();
+        }
         let replica_dir = tempfile::tempdir().unwrap();
         let replica = ShardStore::open(replica_dir.path()).unwrap();
         let (_, generation) = stage_from(&reopened, &replica, 4096, |_| {});
@@ -1105,6 +1127,30 @@ mod tests {
         assert_eq!(replica.raw_digest().unwrap(), current.raw_digest().unwrap());
         assert_eq!(replica.raw_count(), batch.len());
         assert_eq!(replica.apply_ingest(&batch).unwrap(), ApplyOutcome::Applied { created: 0, duplicates: batch.len() });
+    }
+
+    /// A crash in the middle of installing an earlier version's snapshot leaves parsed records
+    /// whose raw record was not copied yet: the store still opens (the install is repeated
+    /// then), converting every complete annotation and leaving the others in place.
+    #[test]
+    fn legacy_annotations_without_their_raw_record_do_not_stop_the_conversion() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch: Vec<IngestItem> = (0..5).map(|i| item(&format!("a{i}"), "e1", i * 10, i * 10 + 5, "Joey")).collect();
+        {
+            let store = ShardStore::open(dir.path()).unwrap();
+            store.apply_ingest(&batch).unwrap();
+            to_legacy_records(&store);
+            for missing in ["a1", "a3"] {
+                store.records.remove(record_key(RecordKind::LegacyRaw, &annotation_key("e1", missing))).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let reopened = ShardStore::open(dir.path()).unwrap();
+        let converted: Vec<String> = reopened.asset_annotations("e1").unwrap().into_iter().map(|a| a.id).collect();
+        assert_eq!(converted, ["a0", "a2", "a4"]);
+        let left = reopened.records.scan_prefix([RecordKind::LegacyAnnotation as u8]).count();
+        assert_eq!(left, 2, "incomplete annotations stay for the repeated install");
+        assert_eq!(reopened.migrate_legacy_records().unwrap(), 0, "and are passed over again, without looping");
     }
 
     /// The staging area emptied in the middle of a fetch (the install of an earlier snapshot
