@@ -685,12 +685,11 @@ fn exact_vector_search(
         if allowed.is_some_and(|a| !a.contains(&ordinal)) {
             continue;
         }
-        for (annotation_id, vector) in shard.store.asset_vectors(&asset_id)? {
+        for (annotation, vector) in shard.store.asset_vectors(&asset_id)? {
             scanned += 1;
             if max_candidates.is_some_and(|max| scanned > max) {
                 return Ok(None);
             }
-            let Some(annotation) = shard.store.annotation(&asset_id, &annotation_id)? else { continue };
             if annotation.vector_space.as_deref() != Some(space) || vector.len() != query.len() {
                 continue;
             }
@@ -700,7 +699,7 @@ fn exact_vector_search(
                 continue;
             }
             let similarity = exact_similarity(metric, query, &vector);
-            hits.push((asset_id.clone(), annotation_id, similarity, annotation.start_ms, annotation.end_ms));
+            hits.push((asset_id.clone(), annotation.id, similarity, annotation.start_ms, annotation.end_ms));
         }
     }
     hits.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));

@@ -107,45 +107,43 @@ fn vocab_key(track: &str, label: &str) -> Vec<u8> {
 /// Kinds of record in the `records` tree; the first key byte.
 #[derive(Debug, Clone, Copy)]
 enum RecordKind {
-    /// One annotation: parsed form, exact raw bytes and vector in one value ([`EntryRecord`]).
+    /// One annotation: parsed form and exact raw bytes in one value ([`EntryRecord`]).
     Entry = b'e' as isize,
     ModelVersion = b'm' as isize,
-    /// Written by versions before the entry record: one record each for the raw bytes, the
-    /// parsed annotation and the vector. Read only by [`ShardStore::migrate_legacy_records`].
+    /// An annotation's vector, if it has one (few do: scene embeddings), in a key of its own so
+    /// that vector scans read only vectors and annotation scans never read them.
+    Vector = b'v' as isize,
+    /// Written by versions before the entry record: the raw bytes and the parsed annotation
+    /// apart. Read only by [`ShardStore::migrate_legacy_records`].
     LegacyRaw = b'r' as isize,
     LegacyAnnotation = b'a' as isize,
-    LegacyVector = b'v' as isize,
 }
 
 /// Format of an entry record's value.
 const ENTRY_FORMAT: u8 = 1;
 
 /// An annotation as stored: `[ENTRY_FORMAT][u32 BE length][parsed annotation][u32 BE
-/// length][raw bytes][vector, or nothing]`. One B-tree key per annotation instead of two or
-/// three: sled's inserts (node rewrites under its write lock) were most of the Raft apply
-/// threads' CPU. Each part is a slice, so readers decode only the part they need.
+/// length][raw bytes]`. One B-tree key per annotation instead of two: sled's inserts (node
+/// rewrites under its write lock) were most of the Raft apply threads' CPU. Each part is a
+/// slice, so readers decode only the part they need.
 struct EntryRecord<'a> {
     /// `STORED_ANNOTATION_FORMAT`-encoded [`StoredAnnotation`].
     annotation: &'a [u8],
     raw: &'a [u8],
-    /// `VECTOR_FORMAT`-encoded.
-    vector: Option<&'a [u8]>,
 }
 
 impl<'a> EntryRecord<'a> {
-    fn encode(annotation: &StoredAnnotation, raw: &[u8], vector: Option<&[f32]>) -> Result<Vec<u8>, StoreError> {
-        let annotation = codec::encode(STORED_ANNOTATION_FORMAT, annotation)?;
-        Ok(Self::join(&annotation, raw, vector.map(encode_vector).as_deref()))
+    fn encode(annotation: &StoredAnnotation, raw: &[u8]) -> Result<Vec<u8>, StoreError> {
+        Ok(Self::join(&codec::encode(STORED_ANNOTATION_FORMAT, annotation)?, raw))
     }
 
-    fn join(annotation: &[u8], raw: &[u8], vector: Option<&[u8]>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + annotation.len() + raw.len() + vector.map_or(0, <[u8]>::len));
+    fn join(annotation: &[u8], raw: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + annotation.len() + raw.len());
         out.push(ENTRY_FORMAT);
         for part in [annotation, raw] {
             out.extend_from_slice(&(part.len() as u32).to_be_bytes());
             out.extend_from_slice(part);
         }
-        out.extend_from_slice(vector.unwrap_or_default());
         out
     }
 
@@ -166,7 +164,10 @@ impl<'a> EntryRecord<'a> {
         }
         let annotation = part(&mut rest)?;
         let raw = part(&mut rest)?;
-        Ok(EntryRecord { annotation, raw, vector: (!rest.is_empty()).then_some(rest) })
+        if !rest.is_empty() {
+            return Err(StoreError::Corrupt(format!("entry record has {} bytes after its parts", rest.len())));
+        }
+        Ok(EntryRecord { annotation, raw })
     }
 
     fn annotation(&self) -> Result<StoredAnnotation, StoreError> {
@@ -312,7 +313,10 @@ impl ShardStore {
             }
             created += 1;
             let a = &item.annotation;
-            batch.insert(record_key(RecordKind::Entry, key), EntryRecord::encode(a, &item.raw_json, item.vector.as_deref())?);
+            batch.insert(record_key(RecordKind::Entry, key), EntryRecord::encode(a, &item.raw_json)?);
+            if let Some(vector) = &item.vector {
+                batch.insert(record_key(RecordKind::Vector, key), encode_vector(vector));
+            }
             // A batch holds few distinct (asset, model, version): write each once.
             let version_key = record_key(RecordKind::ModelVersion, &model_key(&a.asset_id, &a.model, &a.model_version));
             if seen_versions.insert(version_key.clone()) {
@@ -449,21 +453,23 @@ impl ShardStore {
     }
 
     pub fn vector(&self, asset_id: &str, annotation_id: &str) -> Result<Option<Vec<f32>>, StoreError> {
-        let Some(bytes) = self.entry(asset_id, annotation_id)? else {
-            return Ok(None);
-        };
-        EntryRecord::parse(&bytes)?.vector.map(decode_vector).transpose()
+        self.records
+            .get(record_key(RecordKind::Vector, &annotation_key(asset_id, annotation_id)))?
+            .map(|bytes| decode_vector(&bytes))
+            .transpose()
     }
 
-    /// Every stored vector of an asset, with its annotation id (for exact vector search).
-    pub fn asset_vectors(&self, asset_id: &str) -> Result<Vec<(String, Vec<f32>)>, StoreError> {
-        let prefix = record_key(RecordKind::Entry, &asset_prefix(asset_id));
+    /// Every stored vector of an asset with its annotation (for exact vector search).
+    pub fn asset_vectors(&self, asset_id: &str) -> Result<Vec<(StoredAnnotation, Vec<f32>)>, StoreError> {
+        let prefix = record_key(RecordKind::Vector, &asset_prefix(asset_id));
         let mut out = Vec::new();
         for item in self.records.scan_prefix(&prefix) {
             let (key, value) = item?;
-            if let Some(vector) = EntryRecord::parse(&value)?.vector {
-                let annotation_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                out.push((annotation_id, decode_vector(vector)?));
+            let annotation_id = String::from_utf8_lossy(&key[prefix.len()..]);
+            // Written in the same batch as its entry; only a snapshot copy that the log's tail
+            // has not yet been replayed on can hold a vector without its entry.
+            if let Some(annotation) = self.annotation(asset_id, &annotation_id)? {
+                out.push((annotation, decode_vector(&value)?));
             }
         }
         Ok(out)
@@ -592,7 +598,8 @@ impl ShardStore {
     /// them is not a point-in-time copy: it holds every entry applied before the first chunk
     /// and some applied later. [`ShardStore::install_staged`] makes such a copy safe to
     /// replay on: every key is read atomically with respect to an apply batch (sled's
-    /// batches exclude readers) and an annotation is one key (its entry record); the counter
+    /// batches exclude readers) and later keys are read later, so an annotation's entry record
+    /// (`e`) present means its vector record (`v`, later in key order) is too; the counter
     /// and the asset → ordinal map, which can be read before a write the rest reflects, are
     /// recomputed from the records and from ordinal → asset.
     pub fn raw_chunk(&self, after: Option<&[u8]>, max_bytes: usize) -> Result<RawChunk, StoreError> {
@@ -765,9 +772,8 @@ impl ShardStore {
                 let key = &full_key[1..];
                 match self.records.get(record_key(RecordKind::LegacyRaw, key))? {
                     Some(raw) => {
-                        let vector = self.records.get(record_key(RecordKind::LegacyVector, key))?;
-                        batch.insert(record_key(RecordKind::Entry, key), EntryRecord::join(&annotation, &raw, vector.as_deref()));
-                        for legacy in [RecordKind::LegacyAnnotation, RecordKind::LegacyRaw, RecordKind::LegacyVector] {
+                        batch.insert(record_key(RecordKind::Entry, key), EntryRecord::join(&annotation, &raw));
+                        for legacy in [RecordKind::LegacyAnnotation, RecordKind::LegacyRaw] {
                             batch.remove(record_key(legacy, key));
                         }
                         converted += 1;
@@ -784,18 +790,17 @@ impl ShardStore {
         if incomplete > 0 {
             tracing::warn!(incomplete, "legacy annotations without their raw record left for the interrupted snapshot install to redo");
         }
-        // Raw or vector records without a parsed one: a legacy snapshot copied from a live
-        // store can read them without the parsed record written in the same batch (it sorts
-        // first). The log's tail that the install replays writes those annotations again.
+        // Raw records without a parsed one: a legacy snapshot copied from a live store can
+        // read them without the parsed record written in the same batch (it sorts first). The
+        // log's tail that the install replays writes those annotations again. (Vector records
+        // keep their key and bytes; one read without its annotation is rewritten identically.)
         let mut orphans = 0;
-        for kind in [RecordKind::LegacyRaw, RecordKind::LegacyVector] {
-            let mut batch = sled::Batch::default();
-            for key in self.records.scan_prefix([kind as u8]).keys() {
-                batch.remove(key?);
-                orphans += 1;
-            }
-            self.records.apply_batch(batch)?;
+        let mut batch = sled::Batch::default();
+        for key in self.records.scan_prefix([RecordKind::LegacyRaw as u8]).keys() {
+            batch.remove(key?);
+            orphans += 1;
         }
+        self.records.apply_batch(batch)?;
         if converted > 0 || orphans > 0 {
             self.db.flush()?;
             tracing::info!(annotations = converted, orphans, "raw store converted to entry records");
@@ -1042,8 +1047,8 @@ mod tests {
         assert!(matches!(replica.stage_chunk(generation, &[(vec![9], vec![])]), Err(StoreError::Corrupt(_))));
     }
 
-    /// Rewrites `store`'s entry records in the layout of versions before them (raw, parsed
-    /// and vector records apart), as such a version would have written them.
+    /// Rewrites `store`'s entry records in the layout of versions before them (raw and parsed
+    /// records apart), as such a version would have written them.
     fn to_legacy_records(store: &ShardStore) {
         let mut batch = sled::Batch::default();
         for pair in store.records.scan_prefix([RecordKind::Entry as u8]) {
@@ -1051,9 +1056,6 @@ mod tests {
             let entry = EntryRecord::parse(&value).unwrap();
             batch.insert(record_key(RecordKind::LegacyAnnotation, &key[1..]), entry.annotation);
             batch.insert(record_key(RecordKind::LegacyRaw, &key[1..]), entry.raw);
-            if let Some(vector) = entry.vector {
-                batch.insert(record_key(RecordKind::LegacyVector, &key[1..]), vector);
-            }
             batch.remove(key);
         }
         store.records.apply_batch(batch).unwrap();
@@ -1075,12 +1077,15 @@ mod tests {
         assert_eq!(store.raw_annotation("e1", "s").unwrap(), Some(scene.raw_json.clone()));
         assert_eq!(store.vector("e1", "s").unwrap(), Some(vec![0.25, -1.0, 3.5]));
         assert_eq!(store.vector("e1", "a").unwrap(), None);
-        assert_eq!(store.asset_vectors("e1").unwrap(), vec![("s".to_string(), vec![0.25, -1.0, 3.5])]);
+        assert_eq!(store.asset_vectors("e1").unwrap(), vec![(scene.annotation.clone(), vec![0.25, -1.0, 3.5])]);
         assert_eq!(store.asset_annotations("e1").unwrap().len(), 2);
-        let encoded = EntryRecord::encode(&scene.annotation, &scene.raw_json, scene.vector.as_deref()).unwrap();
-        for cut in [0, 1, 4, 6, 5 + 4 + 3] {
+        let encoded = EntryRecord::encode(&scene.annotation, &scene.raw_json).unwrap();
+        for cut in [0, 1, 4, 6, 5 + 4 + 3, encoded.len() - 1] {
             assert!(matches!(EntryRecord::parse(&encoded[..cut]), Err(StoreError::Corrupt(_))), "cut at {cut}");
         }
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert!(matches!(EntryRecord::parse(&longer), Err(StoreError::Corrupt(_))), "trailing bytes");
         let mut other_format = encoded.clone();
         other_format[0] = ENTRY_FORMAT + 1;
         assert!(matches!(EntryRecord::parse(&other_format), Err(StoreError::Corrupt(_))));
@@ -1114,11 +1119,9 @@ mod tests {
         assert_eq!(reopened.raw_annotation("e2", "a00002").unwrap(), Some(batch[2].raw_json.clone()));
         assert_eq!(reopened.migrate_legacy_records().unwrap(), 0, "nothing is left to convert");
         // The same store as a snapshot of an earlier version, copied while it applied: staged
-        // chunks of legacy records, with a raw and a vector record whose parsed one was missed.
+        // chunks of legacy records, with a raw record whose parsed one was missed.
         to_legacy_records(&reopened);
-        for kind in [RecordKind::LegacyRaw, RecordKind::LegacyVector] {
-            reopened.records.insert(record_key(kind, &annotation_key("e9", "late")), encode_vector(&[1.0]).as_slice()).unwrap();
-        }
+        reopened.records.insert(record_key(RecordKind::LegacyRaw, &annotation_key("e9", "late")), b"{}".as_slice()).unwrap();
         let replica_dir = tempfile::tempdir().unwrap();
         let replica = ShardStore::open(replica_dir.path()).unwrap();
         let (_, generation) = stage_from(&reopened, &replica, 4096, |_| {});
