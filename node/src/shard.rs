@@ -128,8 +128,8 @@ pub struct Progress {
 }
 
 /// Annotations applied but not yet indexed: what `limits.unindexed_annotations_max` bounds
-/// (an entry holds anything from one annotation to several client batches, so a count of
-/// entries alone is a weak bound). Entries applied before this process started are not
+/// (an entry holds from one annotation to `limits.max_batch_items`, so a count of entries
+/// alone is a weak bound). Entries applied before this process started are not
 /// counted; `limits.unindexed_entries_max` bounds those. An indexed watermark that jumps (a
 /// snapshot re-derived whole) drops every entry it covers.
 #[derive(Default)]

@@ -744,8 +744,8 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Rewrites the records of versions before entry records (raw, parsed and vector apart)
-    /// as entry records. Each batch converts whole annotations atomically, so a crash midway
+    /// Rewrites the records of versions before entry records (raw and parsed apart) as entry
+    /// records; vector records already have their current key and encoding. Each batch converts whole annotations atomically, so a crash midway
     /// leaves every annotation in one form or the other and the next open finishes the job;
     /// replicas that held the same legacy records hold the same entry records afterwards.
     /// Returns the number of annotations converted.
@@ -800,7 +800,9 @@ impl ShardStore {
             batch.remove(key?);
             orphans += 1;
         }
-        self.records.apply_batch(batch)?;
+        if orphans > 0 {
+            self.records.apply_batch(batch)?;
+        }
         if converted > 0 || orphans > 0 {
             self.db.flush()?;
             tracing::info!(annotations = converted, orphans, "raw store converted to entry records");
