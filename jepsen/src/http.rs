@@ -1,6 +1,6 @@
 //! The harness's own small HTTP layer, with short timeouts.
 //!
-//! `rushes_node::client::Client` waits up to 120 s for a reply, which is right for the CLI but
+//! `rushes_client::Client` waits up to 120 s for a reply, which is right for the CLI but
 //! not for a suite that SIGSTOPs nodes: a request to a paused node is accepted by the kernel and
 //! then hangs. Everything the harness sends on its own (status polls, ingest, checks) goes through
 //! [`Http`], whose timeouts are a few seconds.

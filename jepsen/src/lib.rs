@@ -22,7 +22,7 @@
 //! 1. [`LocalCluster::start`] writes `node-N.toml` per node (static members, HTTP and Raft ports
 //!    picked free on 127.0.0.1), spawns `rushes serve --config node-N.toml` with
 //!    `RUSHES_FAULT_INJECTION=1` and stderr in `node-N.log`, and waits for `GET /health`.
-//! 2. A [`Sample`] from the node's generator (`rushes_node::gen`) is cut into NDJSON batches and
+//! 2. A [`Sample`] from the node's generator (`rushes_sample`) is cut into NDJSON batches and
 //!    written by a [`Workload`]: concurrent writers, each starting on its own node, moving to the
 //!    next node on 429/502/503/504 or a transport error (the same batch again: ids are
 //!    idempotent), paced so the faults land while writes are in flight. A 200 reply adds the

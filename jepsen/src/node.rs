@@ -82,8 +82,8 @@ impl LocalNode {
     }
 
     /// The node crate's client (120 s timeouts: do not point it at a paused node).
-    pub fn client(&self) -> rushes_node::client::Client {
-        rushes_node::client::Client::new(&self.base_url())
+    pub fn client(&self) -> rushes_client::Client {
+        rushes_client::Client::new(&self.base_url())
     }
 
     /// The harness's client for this node, with 5 s timeouts.

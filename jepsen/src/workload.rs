@@ -42,11 +42,11 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Generates `hours` of footage with `seed` into `dir` (see `rushes_node::gen`).
+    /// Generates `hours` of footage with `seed` into `dir` (see `rushes_sample`).
     pub fn generate(dir: &Path, hours: f64, seed: u64) -> Sample {
         let out = dir.join(format!("sample-{hours}-{seed}"));
-        let config = rushes_node::gen::GenConfig { hours, seed, ..Default::default() };
-        rushes_node::gen::write_season(&config, &out, &mut |_, _| {}).expect("generate the sample season");
+        let config = rushes_sample::GenConfig { hours, seed, ..Default::default() };
+        rushes_sample::write_season(&config, &out, &mut |_, _| {}).expect("generate the sample season");
         Sample::read(&out)
     }
 

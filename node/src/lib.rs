@@ -1,28 +1,19 @@
-//! The Rushes node: ingest, fusion and index stages per shard, storage, the HTTP API, and the
-//! command-line tools (demo, generator, import, search, rebuild, bench).
+//! The Rushes node: per shard a Raft, a fusion and an index actor; per node an ingest router and
+//! a search coordinator; storage, the peer layer, the HTTP API and the command-line tools.
+//! ARCHITECTURE.md maps every folder.
 
-pub mod bench;
-pub mod captions;
-pub mod client;
-pub mod cluster_bench;
-pub mod curate;
-pub mod demo;
-pub mod embedder;
-pub mod engine;
-pub mod fusion;
-pub mod gen;
+pub mod actors;
+pub mod cli;
+pub mod coordinator;
 pub mod http;
-pub mod index;
-pub mod local_cluster;
+pub mod ingest;
 pub mod metrics;
+pub mod node;
 pub mod peer;
-pub mod plan;
+pub mod query;
 pub mod search;
 pub mod shard;
-pub mod store;
-pub mod subtitles;
-pub mod suggest;
-pub mod understand;
+pub mod storage;
 
 /// Sets up `tracing` from the config's log level and format (`RUSHES_LOG`, else `RUST_LOG`,
 /// overrides it with a tracing filter such as `info,rushes_node::shard=debug`).

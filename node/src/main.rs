@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use rushes_client::Client;
 use rushes_config::Config;
-use rushes_node::client::Client;
-use rushes_node::demo::{self, DemoOptions};
-use rushes_node::engine::{shard_options, Engine};
-use rushes_node::gen::{self, GenConfig};
-use rushes_node::{bench, init_logging};
+use rushes_node::cli::bench;
+use rushes_node::cli::demo::{self, DemoOptions};
+use rushes_node::init_logging;
+use rushes_node::node::{shard_options, Engine};
 use rushes_protocol::{SearchMode, SearchRequest};
+use rushes_sample::GenConfig;
 
 /// glibc's malloc spent about a quarter of all CPU time under ingest (many small, short-lived
 /// allocations across the raft, fusion and index threads); mimalloc's thread-local free lists
@@ -281,7 +282,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             std::fs::create_dir_all(&out)?;
             let bar = demo::progress_bar(0, "generating", false);
-            let summary = gen::write_season(&GenConfig { hours, seed, ..GenConfig::default() }, &out, &mut |done, total| {
+            let summary = rushes_sample::write_season(&GenConfig { hours, seed, ..GenConfig::default() }, &out, &mut |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
             })?;
@@ -341,7 +342,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let config = load_config(&config, extra)?;
             init_logging(config.log.level.as_str(), false);
             let options = shard_options(&config);
-            for shard in rushes_node::engine::shard_map(&config)?.shards_on(config.node.id) {
+            for shard in rushes_node::node::shard_map(&config)?.shards_on(config.node.id) {
                 let started = std::time::Instant::now();
                 let (assets, docs) = rushes_node::shard::rebuild_shard(&config.node.data_dir, shard, &options)?;
                 println!("shard {shard}: rebuilt {assets} assets, {docs} bucket documents in {:.1}s", started.elapsed().as_secs_f64());
@@ -353,13 +354,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", rushes_node::local_cluster::format_status(&status));
+                print!("{}", rushes_node::cli::local_cluster::format_status(&status));
             }
             Ok(())
         }
         Command::Cluster { command: ClusterCommand::Local { nodes, data_dir, base_port, shards, replication_factor } } => {
             let data_dir = std::path::absolute(&data_dir)?;
-            let options = rushes_node::local_cluster::LocalClusterOptions {
+            let options = rushes_node::cli::local_cluster::LocalClusterOptions {
                 nodes,
                 data_dir,
                 base_port,
@@ -372,7 +373,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 ctrlc_on_thread(move || stop.store(true, std::sync::atomic::Ordering::SeqCst))?;
             }
             let binary = std::env::current_exe()?;
-            rushes_node::local_cluster::run(&options, &binary, || stop.load(std::sync::atomic::Ordering::SeqCst))?;
+            rushes_node::cli::local_cluster::run(&options, &binary, || stop.load(std::sync::atomic::Ordering::SeqCst))?;
             Ok(())
         }
         Command::Cluster {
@@ -401,7 +402,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             if !(hours.is_finite() && hours > 0.0 && hours <= 10_000.0) {
                 return Err("--hours must be in (0, 10000]".into());
             }
-            let report = rushes_node::cluster_bench::run_cluster_bench(rushes_node::cluster_bench::ClusterBenchOptions {
+            let report = rushes_node::cli::cluster_bench::run_cluster_bench(rushes_node::cli::cluster_bench::ClusterBenchOptions {
                 hours,
                 seed,
                 work_dir,
@@ -413,7 +414,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 compact_every_entries: compact_every,
                 keep_data,
             })?;
-            rushes_node::cluster_bench::print_cluster_report(&report);
+            rushes_node::cli::cluster_bench::print_cluster_report(&report);
             if let Some(path) = json_out {
                 std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
             }
@@ -491,18 +492,18 @@ fn import_subtitles(
     language: &str,
     version: &str,
 ) -> Result<(), CliError> {
-    rushes_node::captions::validate_language(language)?;
-    rushes_node::captions::validate_version(version)?;
+    rushes_node::ingest::captions::validate_language(language)?;
+    rushes_node::ingest::captions::validate_version(version)?;
     rushes_protocol::validate::validate_asset_id(asset, 256).map_err(|m| format!("--asset {m}"))?;
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let parse_bar = demo::byte_progress_bar(bytes.len() as u64, "reading subtitles", false);
-    let parsed = rushes_node::subtitles::parse_subtitles(&bytes, &mut |done, _| parse_bar.set_position(done as u64))
+    let parsed = rushes_node::ingest::subtitles::parse_subtitles(&bytes, &mut |done, _| parse_bar.set_position(done as u64))
         .map_err(|e| format!("{}: {e}", file.display()))?;
     parse_bar.finish_and_clear();
     for warning in &parsed.warnings {
         eprintln!("warning: {warning}");
     }
-    let lines = rushes_node::captions::cue_annotations(&parsed, asset, language, version);
+    let lines = rushes_node::ingest::captions::cue_annotations(&parsed, asset, language, version);
     let bar = demo::progress_bar(lines.len() as u64, "importing cues", false);
     let client = Client::new(server);
     let (mut sent, mut created) = (0usize, 0usize);
@@ -517,7 +518,7 @@ fn import_subtitles(
     println!(
         "imported {sent} cues ({created} new) from {} ({}, {:?}) into asset {asset} on {server}",
         file.display(),
-        rushes_node::captions::format_name(parsed.format),
+        rushes_node::ingest::captions::format_name(parsed.format),
         parsed.encoding
     );
     Ok(())

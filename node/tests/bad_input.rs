@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::TestNode;
-use rushes_node::client::{Client, ClientError};
+use rushes_client::{Client, ClientError};
 use serde_json::{json, Value};
 
 const MAX_BATCH_ITEMS: usize = 50;

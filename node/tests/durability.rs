@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{sample, wait_until, TestNode};
 use rand::{Rng, SeedableRng};
-use rushes_node::client::Client;
+use rushes_client::Client;
 use rushes_protocol::{Clause, Filters, SearchRequest};
 
 const BATCH_LINES: usize = 100;

@@ -37,8 +37,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{load_sample, sample, TestNode};
-use rushes_node::gen::{normalized_words, EpisodeTruth, TruthInterval};
 use rushes_protocol::{SearchRequest, SearchResponse};
+use rushes_sample::{normalized_words, EpisodeTruth, TruthInterval};
 use serde_json::json;
 
 const BUCKET_MS: u64 = 1000;

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{load_sample, sample, TestNode};
-use rushes_node::gen::{self, EpisodeTruth, TruthInterval};
 use rushes_protocol::{Clause, SearchRequest, SearchResponse};
+use rushes_sample::{EpisodeTruth, TruthInterval};
 
 const BUCKET_MS: u64 = 1000;
 
@@ -221,7 +221,7 @@ fn ingest_search_and_rebuild_against_ground_truth() {
     }
 
     // 5. A place by its embedding: hits land in that place's scenes.
-    let centroid: Vec<f64> = gen::location_centroid(7, place, 512).into_iter().map(f64::from).collect();
+    let centroid: Vec<f64> = rushes_sample::location_centroid(7, place, 512).into_iter().map(f64::from).collect();
     let response = search(
         &node,
         &wide(SearchRequest {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rushes_node::client::Client;
+pub use rushes_client::wait::wait_until;
+use rushes_client::Client;
 
 pub struct TestNode {
     pub data_dir: PathBuf,
@@ -21,21 +22,6 @@ pub struct TestNode {
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr").port()
-}
-
-/// Polls `condition` until it holds or `timeout` passes; the pause between polls is a short
-/// back-off, and the deadline is what bounds the wait.
-pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(5);
-    while Instant::now() < deadline {
-        if condition() {
-            return;
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
 }
 
 impl TestNode {
@@ -159,7 +145,7 @@ impl Drop for TestNode {
 pub fn sample(dir: &Path, hours: f64, seed: u64) -> PathBuf {
     let out = dir.join(format!("sample-{hours}-{seed}"));
     std::fs::create_dir_all(&out).expect("sample dir");
-    rushes_node::gen::write_season(&rushes_node::gen::GenConfig { hours, seed, ..Default::default() }, &out, &mut |_, _| {})
+    rushes_sample::write_season(&rushes_sample::GenConfig { hours, seed, ..Default::default() }, &out, &mut |_, _| {})
         .expect("generate sample");
     out
 }

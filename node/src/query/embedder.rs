@@ -5,7 +5,7 @@
 //!
 //! - [`HttpEmbedder`] calls any endpoint speaking the OpenAI-compatible `POST /v1/embeddings`
 //!   JSON format (OpenAI, Ollama, vLLM, text-embeddings-inference, LocalAI, ...).
-//! - [`DemoEmbedder`] works offline for the generated demo season ([`crate::gen`]): the
+//! - [`DemoEmbedder`] works offline for the generated demo season ([`rushes_sample`]): the
 //!   generator makes every scene vector a noisy copy of its location's centroid, so text that
 //!   evokes a location is embedded as that centroid.
 //! - [`CachedEmbedder`] wraps either and remembers recent texts, because the same few queries
@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use rushes_config::EmbedderConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::gen::{self, GenConfig};
+use rushes_sample::GenConfig;
 
 /// Most texts in one [`Embedder::embed`] call. Searches embed one text; this only stops a
 /// runaway caller from building an unbounded request.
@@ -541,7 +541,7 @@ pub struct DemoEmbedder {
     max_text_bytes: usize,
     /// Location names, in the generator's order.
     locations: Vec<String>,
-    /// Unit centroid per location, as [`gen::location_centroid`] makes them.
+    /// Unit centroid per location, as [`rushes_sample::location_centroid`] makes them.
     centroids: Vec<Vec<f32>>,
     /// Stemmed word → the locations it evokes (one, for the built-in vocabulary).
     vocabulary: HashMap<String, Vec<usize>>,
@@ -552,7 +552,7 @@ impl DemoEmbedder {
     pub fn new(seed: u64, space: String, dimensions: usize) -> Self {
         // The season's locations come from the generator itself, so the two cannot drift apart.
         // Planning one episode (hours = 0) is cheap and only the fixed location list is used.
-        let season = gen::plan_season(&GenConfig { hours: 0.0, seed, vector_dimensions: dimensions });
+        let season = rushes_sample::plan_season(&GenConfig { hours: 0.0, seed, vector_dimensions: dimensions });
         let mut locations = Vec::with_capacity(season.locations.len());
         let mut centroids = Vec::with_capacity(season.locations.len());
         let mut vocabulary: HashMap<String, Vec<usize>> = HashMap::new();
@@ -568,7 +568,7 @@ impl DemoEmbedder {
                 }
             }
             locations.push(location.name.clone());
-            centroids.push(gen::location_centroid(seed, &location.name, dimensions));
+            centroids.push(rushes_sample::location_centroid(seed, &location.name, dimensions));
         }
         DemoEmbedder { space, dimensions, max_text_bytes: DEFAULT_MAX_TEXT_BYTES, locations, centroids, vocabulary }
     }
@@ -956,7 +956,7 @@ mod tests {
     #[test]
     fn names_and_description_words_find_their_location() {
         let embedder = demo();
-        let season = gen::plan_season(&GenConfig { hours: 0.0, seed: SEED, vector_dimensions: DIMS });
+        let season = rushes_sample::plan_season(&GenConfig { hours: 0.0, seed: SEED, vector_dimensions: DIMS });
         for location in &season.locations {
             let mut phrases: Vec<String> = location.description_words.clone();
             phrases.push(location.name.clone());
@@ -1028,7 +1028,7 @@ mod tests {
         let other_seed = DemoEmbedder::new(SEED + 1, "scene".into(), DIMS).embed(&texts(&["espresso and muffins"])).expect("known");
         assert!(cosine(&first[0], &other_seed[0]) < 0.3, "the centroid depends on the seed, like the generated vectors");
         // The generator's centroid exactly, so generated scene vectors (noisy copies) are close.
-        let centroid = gen::location_centroid(SEED, "coffee shop", DIMS);
+        let centroid = rushes_sample::location_centroid(SEED, "coffee shop", DIMS);
         assert!(cosine(&first[0], &centroid) > 0.9999);
     }
 
@@ -1413,7 +1413,7 @@ mod tests {
         let embedder = from_config(&config, DIMS, SEED).expect("ok").expect("demo");
         assert_eq!((embedder.name(), embedder.space(), embedder.dimensions()), ("demo", "scene", DIMS));
         let vector = embedder.embed(&texts(&["stove"])).expect("known").remove(0);
-        assert!(cosine(&vector, &gen::location_centroid(SEED, "kitchen", DIMS)) > 0.9999);
+        assert!(cosine(&vector, &rushes_sample::location_centroid(SEED, "kitchen", DIMS)) > 0.9999);
         let long = "a".repeat(config.max_text_bytes + 1);
         assert!(matches!(embedder.embed(&[long]), Err(EmbedError::TooLong { limit: 2048, .. })));
         assert!(matches!(from_config(&config, 0, SEED), Err(EmbedError::Misconfigured(_))));

@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::peer::{AssetRead, PeerReply};
 
-use crate::captions;
-use crate::engine::Engine;
+use crate::ingest::captions;
+use crate::node::Engine;
 
 /// An [`ApiError`] as an HTTP response.
 #[derive(Debug)]
@@ -145,13 +145,13 @@ async fn post_subtitles(request: HttpRequest, payload: web::Payload) -> HttpResu
     captions::validate_language(&params.language).map_err(|m| HttpError(ApiError::field("language", m)))?;
     let version = params.model_version.unwrap_or_else(|| captions::DEFAULT_SUBTITLE_VERSION.to_string());
     captions::validate_version(&version).map_err(|m| HttpError(ApiError::field("model_version", m)))?;
-    let body = read_body(&request, payload, crate::subtitles::MAX_SUBTITLE_BYTES).await?;
+    let body = read_body(&request, payload, crate::ingest::subtitles::MAX_SUBTITLE_BYTES).await?;
     let limits = engine.ingest_limits.clone();
     let (language, asset) = (params.language.clone(), asset_id.clone());
     // Decoding, parsing and validating a large file is CPU work: keep it off the async threads.
     let (parsed, batches) = web::block(move || -> Result<_, ApiError> {
-        let parsed =
-            crate::subtitles::parse_subtitles(&body, &mut |_, _| {}).map_err(|e| ApiError::field("body", format!("subtitle file: {e}")))?;
+        let parsed = crate::ingest::subtitles::parse_subtitles(&body, &mut |_, _| {})
+            .map_err(|e| ApiError::field("body", format!("subtitle file: {e}")))?;
         let lines = captions::cue_annotations(&parsed, &asset, &language, &version);
         let mut batches = Vec::new();
         for chunk in lines.chunks(limits.max_batch_items.max(1)) {
@@ -277,7 +277,7 @@ async fn get_suggest(request: HttpRequest) -> HttpResult {
     }
     let engine_for_task = engine.clone();
     let q = params.q.clone();
-    let suggestions = web::block(move || crate::suggest::suggest(&engine_for_task, &q, limit))
+    let suggestions = web::block(move || crate::query::suggest::suggest(&engine_for_task, &q, limit))
         .await
         .map_err(|e| HttpError(ApiError::internal(format!("suggest task failed: {e}"))))??;
     let moments = match suggestions.completions.first() {

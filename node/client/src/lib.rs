@@ -1,4 +1,7 @@
-//! A small blocking HTTP client for the CLI commands (`import`, `search`, `bench`) and tests.
+//! A small blocking HTTP client for the CLI commands (`import`, `search`, `bench`) and tests,
+//! and [`wait`]: the one way the project's tests wait for a condition (with a deadline).
+
+pub mod wait;
 
 use std::time::Duration;
 
@@ -31,8 +34,19 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client whose requests may take up to 120 s (a large batch on a busy node).
     pub fn new(base: &str) -> Client {
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).max_idle_connections_per_host(64).build();
+        Client::with_timeout(base, Duration::from_secs(120))
+    }
+
+    /// A client whose requests fail after `timeout` (connect included): for harnesses that
+    /// pause nodes, where a request to a stopped process would otherwise hang.
+    pub fn with_timeout(base: &str, timeout: Duration) -> Client {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(timeout)
+            .timeout_connect(timeout.min(Duration::from_secs(5)))
+            .max_idle_connections_per_host(64)
+            .build();
         Client { base: base.trim_end_matches('/').to_string(), agent }
     }
 

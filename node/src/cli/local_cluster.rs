@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::client::Client;
+use rushes_client::Client;
 
 /// Raft ports sit this far above the HTTP ports.
 pub const RAFT_PORT_OFFSET: u16 = 100;

@@ -13,10 +13,10 @@ use rushes_config::Config;
 use rushes_protocol::{Clause, SearchMode, SearchRequest};
 use serde::Serialize;
 
-use crate::client::Client;
-use crate::demo::{ensure_sample, sample_dir, wait_caught_up, DemoError, LOAD_BATCH_LINES};
-use crate::engine::Engine;
-use crate::gen::{self, EpisodeTruth, GenConfig};
+use crate::cli::demo::{ensure_sample, sample_dir, wait_caught_up, DemoError, LOAD_BATCH_LINES};
+use crate::node::Engine;
+use rushes_client::Client;
+use rushes_sample::{EpisodeTruth, GenConfig};
 
 pub struct BenchOptions {
     pub hours: f64,
@@ -175,7 +175,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
 
         // Queries of each kind, over HTTP.
         let truths = load_truths(&sample)?;
-        let season = gen::plan_season(&gen_config);
+        let season = rushes_sample::plan_season(&gen_config);
         let queries = query_mix(&season, &truths, options.queries_per_kind, options.seed);
         let mut rows = Vec::new();
         // Search-as-you-type: every prefix of names and words, one request per keystroke.
@@ -201,7 +201,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
                 .map(|i| {
                     let place = &season.locations[i % season.locations.len()].name;
                     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed ^ i as u64);
-                    gen::location_centroid(season.config.seed, place, season.config.vector_dimensions)
+                    rushes_sample::location_centroid(season.config.seed, place, season.config.vector_dimensions)
                         .into_iter()
                         .map(|x| x + rng.gen_range(-0.05..0.05))
                         .collect()
@@ -295,7 +295,7 @@ pub fn ann_recall_at_10(engine: &Engine, space: &str, queries: &[Vec<f32>]) -> R
 }
 
 /// Keystroke prefixes of cast names and dialogue words ("J", "Jo", "Joe", ..., "we were o").
-fn suggest_prefixes(season: &gen::Season, truths: &[EpisodeTruth], count: usize, seed: u64) -> Vec<String> {
+fn suggest_prefixes(season: &rushes_sample::Season, truths: &[EpisodeTruth], count: usize, seed: u64) -> Vec<String> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5u64);
     let lines: Vec<&str> = truths.iter().flat_map(|t| t.dialogue.iter().map(|l| l.text.as_str())).collect();
     let mut out = Vec::new();
@@ -323,7 +323,7 @@ pub fn load_truths(sample: &std::path::Path) -> Result<Vec<EpisodeTruth>, DemoEr
 }
 
 pub(crate) fn query_mix(
-    season: &gen::Season,
+    season: &rushes_sample::Season,
     truths: &[EpisodeTruth],
     per_kind: usize,
     seed: u64,
@@ -334,7 +334,10 @@ pub(crate) fn query_mix(
     let lines: Vec<&str> = truths.iter().flat_map(|t| t.dialogue.iter().map(|l| l.text.as_str())).collect();
     let dims = season.config.vector_dimensions;
     let vector_for = |rng: &mut rand_chacha::ChaCha8Rng, place: &str| -> Vec<f64> {
-        gen::location_centroid(season.config.seed, place, dims).into_iter().map(|x| f64::from(x) + rng.gen_range(-0.01..0.01)).collect()
+        rushes_sample::location_centroid(season.config.seed, place, dims)
+            .into_iter()
+            .map(|x| f64::from(x) + rng.gen_range(-0.01..0.01))
+            .collect()
     };
     let mut label = Vec::new();
     let mut label_and_scene = Vec::new();

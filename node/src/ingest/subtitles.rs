@@ -803,7 +803,7 @@ mod tests {
 
     #[test]
     fn fixture_srt_is_windows_1252_with_crlf() {
-        let bytes = include_bytes!("../tests/fixtures/subtitles/sample.srt");
+        let bytes = include_bytes!("../../tests/fixtures/subtitles/sample.srt");
         assert!(bytes.windows(2).any(|w| w == b"\r\n"));
         let parsed = parse_subtitles(bytes, &mut |_, _| {}).unwrap();
         assert_eq!(parsed.format, SubtitleFormat::Srt);
@@ -823,7 +823,7 @@ mod tests {
 
     #[test]
     fn fixture_vtt_has_utf8_bom_and_a_phrase_across_cues() {
-        let bytes = include_bytes!("../tests/fixtures/subtitles/sample.vtt");
+        let bytes = include_bytes!("../../tests/fixtures/subtitles/sample.vtt");
         let parsed = parse_subtitles(bytes, &mut |_, _| {}).unwrap();
         assert_eq!(parsed.format, SubtitleFormat::WebVtt);
         assert_eq!(parsed.encoding, DetectedEncoding::Utf8Bom);
@@ -1482,8 +1482,8 @@ mod tests {
         let seeds: Vec<Vec<u8>> = vec![
             THREE_CUE_SRT.as_bytes().to_vec(),
             THREE_CUE_VTT.as_bytes().to_vec(),
-            include_bytes!("../tests/fixtures/subtitles/sample.srt").to_vec(),
-            include_bytes!("../tests/fixtures/subtitles/sample.vtt").to_vec(),
+            include_bytes!("../../tests/fixtures/subtitles/sample.srt").to_vec(),
+            include_bytes!("../../tests/fixtures/subtitles/sample.vtt").to_vec(),
             utf16(THREE_CUE_SRT, false, true),
             utf16(THREE_CUE_VTT, true, false),
             utf32(THREE_CUE_SRT, true),

@@ -33,7 +33,7 @@ use tantivy::{
     DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader, TantivyDocument, Term, TERMINATED,
 };
 
-use crate::store::{ShardStore, StoreError};
+use crate::storage::store::{ShardStore, StoreError};
 
 pub const TEXT_ANALYZER: &str = "rushes_text";
 /// Version of the index layout (schema, terms, vector keys). Bump it when documents change:
@@ -254,7 +254,7 @@ pub struct VectorTarget {
 
 pub fn vector_key(asset_id: &str, annotation_id: &str) -> u64 {
     // usearch reserves u64::MAX as "no key".
-    xxhash_rust::xxh3::xxh3_64(&crate::store::annotation_key(asset_id, annotation_id)) & (u64::MAX >> 1)
+    xxhash_rust::xxh3::xxh3_64(&crate::storage::store::annotation_key(asset_id, annotation_id)) & (u64::MAX >> 1)
 }
 
 pub struct VectorIndex {

@@ -17,13 +17,13 @@ use rushes_protocol::{
 };
 use serde_json::json;
 
-use crate::embedder::Embedder;
-use crate::index::{VectorMetric, VectorQuantization, VectorSpaceSpec};
 use crate::metrics::Metrics;
 use crate::peer::{AssetRead, ClusterNet, PeerReply, PeerRequest, ReplicaStatus};
+use crate::query::embedder::Embedder;
 use crate::search::{self, Plan, SearchLimits, SpaceInfo};
 use crate::shard::{RaftOutbox, Shard, ShardError, ShardOptions, SnapshotData, NOT_LEADER_PREFIX};
-use crate::store::ApplyOutcome;
+use crate::storage::index::{VectorMetric, VectorQuantization, VectorSpaceSpec};
+use crate::storage::store::ApplyOutcome;
 
 /// Most buckets one `/buckets` request returns (one hour at the default bucket size).
 pub const MAX_BUCKETS_PER_REQUEST: u64 = 3600;
@@ -144,7 +144,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
 
 impl Engine {
     pub fn open(config: Config) -> Result<Arc<Engine>, ShardError> {
-        Engine::open_with_demo_seed(config, crate::gen::GenConfig::default().seed)
+        Engine::open_with_demo_seed(config, rushes_sample::GenConfig::default().seed)
     }
 
     /// `demo_seed`: the generated season the demo embedder (`[embedder] url = "demo"`) knows.
@@ -200,7 +200,7 @@ impl Engine {
             exact_vector_max_candidates: config.search.exact_vector_max_candidates,
         };
         let embedder = match config.vector_spaces.iter().find(|s| s.name == config.embedder.space) {
-            Some(space) => crate::embedder::from_config(&config.embedder, space.dimensions, demo_seed)
+            Some(space) => crate::query::embedder::from_config(&config.embedder, space.dimensions, demo_seed)
                 .map_err(|e| ShardError::Config(format!("embedder: {e}")))?,
             None => None,
         };
@@ -493,7 +493,7 @@ impl Engine {
 
     pub fn asset_view(&self, asset_id: &str) -> Result<serde_json::Value, ApiError> {
         let store = &self.shard_of(asset_id)?.store;
-        let internal = |e: crate::store::StoreError| ApiError::internal(e.to_string());
+        let internal = |e: crate::storage::store::StoreError| ApiError::internal(e.to_string());
         let record = store.asset_record(asset_id).map_err(internal)?;
         let counts = store.track_counts(asset_id).map_err(internal)?;
         if record.is_none() && counts.is_empty() {
@@ -845,7 +845,7 @@ impl Engine {
     /// per segment), then, on a node lacking shards, one replica of each missing shard.
     /// Blocking: call it off the async threads (planning runs on the blocking pool).
     pub fn is_dialogue_word(self: &Arc<Self>, word: &str) -> bool {
-        let folded = crate::index::tokenize(word);
+        let folded = crate::storage::index::tokenize(word);
         let [token] = folded.as_slice() else { return false };
         if self.shards.iter().any(|shard| shard_has_dialogue_word(shard, token)) {
             return true;
@@ -1566,7 +1566,7 @@ fn shard_has_dialogue_word(shard: &Shard, token: &str) -> bool {
 /// Runs `work` on a replica's snapshot staging area on the blocking pool (sled I/O).
 async fn on_staging<T: Send + 'static>(
     replica: &Arc<Shard>,
-    work: impl FnOnce(&crate::store::ShardStore) -> Result<T, crate::store::StoreError> + Send + 'static,
+    work: impl FnOnce(&crate::storage::store::ShardStore) -> Result<T, crate::storage::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let replica = replica.clone();
     tokio::task::spawn_blocking(move || replica.with_staging(work))

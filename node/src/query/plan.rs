@@ -17,9 +17,9 @@ use rushes_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::embedder::{EmbedError, Embedder};
-use crate::index::{stem_language, stem_tokens, tokenize, VectorMetric, STEM_LANGUAGES};
-use crate::understand::{auto_fuzziness, understand, QueryNode, Understood, Vocabulary};
+use crate::query::embedder::{EmbedError, Embedder};
+use crate::query::understand::{auto_fuzziness, understand, QueryNode, Understood, Vocabulary};
+use crate::storage::index::{stem_language, stem_tokens, tokenize, VectorMetric, STEM_LANGUAGES};
 
 pub const DEFAULT_PER_ASSET: usize = 5;
 pub const DEFAULT_LIMIT: usize = 20;

@@ -12,8 +12,8 @@ use rushes_config::Config;
 use rushes_protocol::validate::{parse_batch, BodyFormat};
 use rushes_protocol::AssetRecord;
 
-use crate::engine::Engine;
-use crate::gen::{self, GenConfig};
+use crate::node::Engine;
+use rushes_sample::GenConfig;
 
 pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -35,7 +35,7 @@ pub fn ensure_sample(dir: &Path, config: &GenConfig, quiet: bool) -> Result<(), 
     }
     std::fs::create_dir_all(dir)?;
     let bar = progress_bar(0, "generating sample season", quiet);
-    let summary = gen::write_season(config, dir, &mut |done, total| {
+    let summary = rushes_sample::write_season(config, dir, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;

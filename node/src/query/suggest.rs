@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rushes_protocol::ApiError;
 use serde::Serialize;
 
-use crate::engine::Engine;
+use crate::node::Engine;
 
 /// Terms read from one segment's dictionary per keystroke, at most.
 const TERMS_SCANNED_MAX: usize = 5_000;

@@ -28,15 +28,15 @@ use tantivy::query::{
 use tantivy::schema::IndexRecordOption;
 use tantivy::Term;
 
-use crate::curate::{self, CurationOptions, RawClip, ScoredSecond};
-use crate::index::{
+use crate::query::curate::{self, CurationOptions, RawClip, ScoredSecond};
+pub use crate::query::plan::*;
+use crate::query::understand::edit_distance_within;
+use crate::shard::Shard;
+use crate::storage::index::{
     collect_seconds_in, label_decile_term_text, label_term_text, stem_language, stem_tokens, text_analyzer, tokens_with, vector_key,
     vector_target, IndexError, VectorMetric,
 };
-pub use crate::plan::*;
-use crate::shard::Shard;
-use crate::store::StoreError;
-use crate::understand::edit_distance_within;
+use crate::storage::store::StoreError;
 
 const MAX_MATCHES_PER_CLIP: usize = 50;
 /// A stem or fuzzy match counts less than the word itself.
@@ -1048,11 +1048,11 @@ mod tests {
     #[test]
     fn highlights_cover_exact_stemmed_and_fuzzy_words() {
         let leaf = |text: &str| {
-            let words = crate::index::tokenize(text);
+            let words = crate::storage::index::tokenize(text);
             let stems = vec![(0usize, stem_tokens(0, text))];
             Leaf::Words {
                 text: text.into(),
-                fuzziness: words.iter().map(|w| crate::understand::auto_fuzziness(w)).collect(),
+                fuzziness: words.iter().map(|w| crate::query::understand::auto_fuzziness(w)).collect(),
                 words,
                 operator: BoolOperator::Or,
                 minimum_should_match: 1,
@@ -1066,6 +1066,6 @@ mod tests {
         let ranges = highlight(text, Some("en"), &leaf("run rachael"));
         let words: Vec<&str> = ranges.iter().map(|[a, b]| &text[*a..*b]).collect();
         assert_eq!(words, vec!["running", "Rachel"]);
-        assert!(crate::index::STEM_LANGUAGES.len() >= 7);
+        assert!(crate::storage::index::STEM_LANGUAGES.len() >= 7);
     }
 }

@@ -21,10 +21,10 @@ use rushes_protocol::ApiError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::plan::WirePlan;
+use crate::query::plan::WirePlan;
 use crate::search::{GlobalStats, LeafSummary, RankedAssets};
 use crate::shard::RaftOutbox;
-use crate::store::{ApplyOutcome, RawChunk};
+use crate::storage::store::{ApplyOutcome, RawChunk};
 
 /// Format version of [`PeerRequest`] / [`PeerReply`] bodies.
 pub const PEER_FORMAT: u8 = 1;

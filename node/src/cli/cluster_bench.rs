@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bench::{latency_row, machine_description, query_mix, wait_until_settled, LatencyRow};
-use crate::client::Client;
-use crate::demo::{ensure_sample, sample_dir, DemoError};
-use crate::gen::{self, GenConfig};
-use crate::local_cluster::{node_addrs, write_configs, LocalClusterOptions};
+use crate::cli::bench::{latency_row, machine_description, query_mix, wait_until_settled, LatencyRow};
+use crate::cli::demo::{ensure_sample, sample_dir, DemoError};
+use crate::cli::local_cluster::{node_addrs, write_configs, LocalClusterOptions};
+use rushes_client::Client;
+use rushes_sample::GenConfig;
 
 pub struct ClusterBenchOptions {
     pub hours: f64,
@@ -120,8 +120,8 @@ impl IngestTiming {
         let (_, ready_persist_mean_ms) = mean_of("rushes_raft_ready_phase_seconds", Some("persist"));
         let (ready_applies, ready_apply_mean_ms) = mean_of("rushes_raft_ready_phase_seconds", Some("apply"));
         IngestTiming {
-            batch_p50_ms: crate::bench::percentile(sorted_batch_latencies_ms, 50.0),
-            batch_p99_ms: crate::bench::percentile(sorted_batch_latencies_ms, 99.0),
+            batch_p50_ms: crate::cli::bench::percentile(sorted_batch_latencies_ms, 50.0),
+            batch_p99_ms: crate::cli::bench::percentile(sorted_batch_latencies_ms, 99.0),
             proposal_commits,
             proposal_commit_mean_ms,
             ready_cycles,
@@ -423,8 +423,8 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     let query_node = (1..=options.nodes).min_by_key(|&n| (local_shards(n), n != 2)).unwrap_or(2);
     let query_node_local_shards = local_shards(query_node);
     println!("querying through node {query_node}, which holds {query_node_local_shards} of {SHARDS} shards");
-    let truths = crate::bench::load_truths(&sample)?;
-    let season = gen::plan_season(&gen_config);
+    let truths = crate::cli::bench::load_truths(&sample)?;
+    let season = rushes_sample::plan_season(&gen_config);
     let mut queries = Vec::new();
     for (kind, requests) in query_mix(&season, &truths, options.queries_per_kind, options.seed) {
         let mut latencies = Vec::with_capacity(requests.len());

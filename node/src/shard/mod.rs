@@ -15,6 +15,8 @@
 //! Each stage persists its watermark after its writes, and derives its work from the Raft log,
 //! so a crash at any point resumes with no loss and no duplicates (re-applying is idempotent).
 
+pub mod fusion;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,10 +33,10 @@ use rushes_protocol::codec;
 use rushes_protocol::model::{ShardCommand, SHARD_COMMAND_FORMAT};
 use rushes_protocol::ApiError;
 
-use crate::fusion::{active_versions, affected_by_command, refuse_asset, AffectedBuckets};
-use crate::index::{put_vector_target, vector_key, IndexError, ShardIndex, VectorSpaceSpec, VectorTarget};
 use crate::metrics::Metrics;
-use crate::store::{ApplyOutcome, ShardStore, StoreError, Watermark, LEGACY_RAW_SNAPSHOT_FORMAT};
+use crate::shard::fusion::{active_versions, affected_by_command, refuse_asset, AffectedBuckets};
+use crate::storage::index::{put_vector_target, vector_key, IndexError, ShardIndex, VectorSpaceSpec, VectorTarget};
+use crate::storage::store::{ApplyOutcome, ShardStore, StoreError, Watermark, LEGACY_RAW_SNAPSHOT_FORMAT};
 
 /// Vector files are large; they are saved less often than Tantivy commits. Replay from the log
 /// covers the gap after a crash (the log is kept until both are durable).
@@ -1406,7 +1408,7 @@ mod tests {
         catch_up: impl FnOnce(&Shard, u64),
     ) -> ApiError {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut options = crate::engine::shard_options(&rushes_config::Config::default());
+        let mut options = crate::node::shard_options(&rushes_config::Config::default());
         configure(&mut options);
         let shard = Shard::open(dir.path(), 0, &options, Arc::new(Metrics::new()), None).expect("open shard");
         wait_until("the single voter leads", || shard.is_leader());
@@ -1457,7 +1459,7 @@ mod tests {
     #[test]
     fn a_refused_snapshot_fetch_leaves_the_running_one_exclusive() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = crate::engine::shard_options(&rushes_config::Config::default());
+        let options = crate::node::shard_options(&rushes_config::Config::default());
         let shard = Shard::open(dir.path(), 0, &options, Arc::new(Metrics::new()), None).expect("open shard");
         let running = shard.start_snapshot_fetch().expect("the first fetch starts");
         for _ in 0..3 {

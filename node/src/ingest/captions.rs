@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::subtitles::{ParsedSubtitles, SubtitleFormat};
+use crate::ingest::subtitles::{ParsedSubtitles, SubtitleFormat};
 
 pub const DEFAULT_SUBTITLE_VERSION: &str = "1";
 const MAX_LANGUAGE_BYTES: usize = 35;

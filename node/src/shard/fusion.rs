@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rushes_protocol::model::{compare_model_versions, Bucket, BucketEntry, ShardCommand, StoredAnnotation};
 
-use crate::store::{ShardStore, StoreError};
+use crate::storage::store::{ShardStore, StoreError};
 
 /// Which buckets of an asset need recomputing.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,7 +128,7 @@ pub fn affected_by_command(
                     if for_index && a.text.is_some() {
                         // The next line's first second indexes this line with it (a bridge):
                         // the first bucket after this line that holds dialogue.
-                        for second in last.saturating_add(1)..=last.saturating_add(crate::index::BRIDGE_WINDOW_BUCKETS) {
+                        for second in last.saturating_add(1)..=last.saturating_add(crate::storage::index::BRIDGE_WINDOW_BUCKETS) {
                             if store.bucket(&a.asset_id, second)?.is_some_and(|b| b.entries.iter().any(|e| e.text.is_some())) {
                                 seconds.insert(second);
                                 break;

@@ -1,0 +1,1 @@
+//! Actor infrastructure shared by the node's actors.

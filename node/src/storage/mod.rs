@@ -1,0 +1,5 @@
+//! A shard's storage: the sled store (Raft log, raw annotations, buckets, watermarks) and the
+//! search indexes derived from it (Tantivy documents, usearch vectors).
+
+pub mod index;
+pub mod store;
