@@ -8,8 +8,8 @@
 //!
 //! # Snapshots and log compaction
 //!
-//! A caller whose state machine can be serialized implements [`StateMachine`] and drives the
-//! replica with [`RaftDriver::run_ready_with`] and [`RaftDriver::open`]:
+//! The caller's state machine implements [`StateMachine`]; it drives the replica with
+//! [`RaftDriver::run_ready_with`] (or [`RaftDriver::run_ready_sending`]) and [`RaftDriver::open`]:
 //!
 //! * [`RaftDriver::compact`] (or [`RaftDriver::compact_state_machine`]) stores a snapshot at an
 //!   applied index (opaque state machine bytes + the conf state) in the log store and drops the
@@ -19,10 +19,6 @@
 //!   applied index to the snapshot's, and only then handles entries and committed entries.
 //! * On restart, [`RaftDriver::open`] restores the state machine from the stored snapshot when
 //!   it is behind the log's start, and replays the remaining log through `apply`.
-//!
-//! The closure API ([`RaftDriver::run_ready`], [`RaftDriver::new`]) keeps working for callers
-//! without snapshots; it refuses (with [`DriverError::SnapshotNeedsStateMachine`]) to install a
-//! snapshot it could not restore, before touching storage.
 //!
 //! A leader whose snapshot message could not be delivered reports it with
 //! [`RaftDriver::report_snapshot`] (else it waits for the follower's answer before retrying).
@@ -59,19 +55,17 @@ pub enum DriverError {
     Raft(#[from] raft::Error),
     #[error(transparent)]
     Store(#[from] LogStoreError),
-    /// The apply function failed: the replica must stop applying (it would diverge).
-    #[error("applying entry {index} failed: {message}")]
-    Apply { index: u64, message: String },
+    /// The state machine could not apply a committed entry: the replica must stop applying
+    /// (it would diverge from the others).
+    #[error("applying entry {index} failed: {source}")]
+    Apply { index: u64, source: StateMachineError },
     /// Restoring the state machine from the snapshot at `index` failed. The snapshot is already
     /// stored: reopening with [`RaftDriver::open`] retries the restore.
-    #[error("restoring the state machine from the snapshot at {index} failed: {message}")]
-    Restore { index: u64, message: String },
+    #[error("restoring the state machine from the snapshot at {index} failed: {source}")]
+    Restore { index: u64, source: StateMachineError },
     /// The state machine could not serialize itself for a snapshot.
-    #[error("taking a snapshot of the state machine at {index} failed: {message}")]
-    Snapshot { index: u64, message: String },
-    /// A snapshot arrived but the caller drives the replica with the apply-only API.
-    #[error("shard {shard} received a snapshot at {index} but has no state machine to restore it (use run_ready_with)")]
-    SnapshotNeedsStateMachine { shard: ShardId, index: u64 },
+    #[error("taking a snapshot of the state machine at {index} failed: {source}")]
+    Snapshot { index: u64, source: StateMachineError },
     /// The state machine is behind the start of the log and there is no stored snapshot to
     /// restore it from (or the apply-only constructor was used).
     #[error("shard {shard}: the state machine has applied through {applied} but the log starts after {log_start}")]
@@ -90,32 +84,23 @@ pub enum DriverError {
     CompactBeyondApplied { shard: ShardId, index: u64, applied: u64 },
 }
 
-/// The replicated state machine, for callers that support snapshots.
+/// A state machine's own error, kept whole (type and `source()` chain) inside [`DriverError`].
+pub type StateMachineError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The replicated state machine.
 ///
 /// `apply` receives every committed normal entry with data, in log order, after it is durable; it
-/// must be deterministic. `snapshot` serializes the whole state as of the last applied entry
-/// (opaque bytes: the node puts the shard's raw annotation store there); `restore` replaces the
-/// whole state with such bytes. After `restore(data)` the state must equal the one `snapshot`
-/// produced, on every replica.
+/// must be deterministic, and an error from it stops the replica (it would diverge), so an entry
+/// that is merely invalid must be applied as a deterministic rejection instead. `snapshot`
+/// serializes the whole state as of the last applied entry (opaque bytes: the node puts a
+/// reference to the shard's raw store there); `restore` replaces the whole state with such
+/// bytes. After `restore(data)` the state must equal the one `snapshot` produced, on every
+/// replica.
 pub trait StateMachine {
-    fn apply(&mut self, entry: &Entry) -> Result<(), String>;
-    fn snapshot(&self) -> Result<Vec<u8>, String>;
-    fn restore(&mut self, data: &[u8]) -> Result<(), String>;
-}
-
-/// The apply-only closure API as a state machine that cannot snapshot or restore.
-struct ApplyOnly<'a>(&'a mut dyn FnMut(&Entry) -> Result<(), String>);
-
-impl StateMachine for ApplyOnly<'_> {
-    fn apply(&mut self, entry: &Entry) -> Result<(), String> {
-        (self.0)(entry)
-    }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        Err("the apply-only API cannot take snapshots".to_string())
-    }
-    fn restore(&mut self, _data: &[u8]) -> Result<(), String> {
-        Err("the apply-only API cannot restore snapshots".to_string())
-    }
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn apply(&mut self, entry: &Entry) -> Result<(), Self::Error>;
+    fn snapshot(&self) -> Result<Vec<u8>, Self::Error>;
+    fn restore(&mut self, data: &[u8]) -> Result<(), Self::Error>;
 }
 
 /// What one Ready cycle produced for the caller.
@@ -177,13 +162,13 @@ impl<S: RaftLogStore> RaftDriver<S> {
     /// `applied_index`) is behind the start of the log, it is first restored from the stored
     /// snapshot, and the driver starts applied at the snapshot's index. The rest of the log is
     /// then replayed through [`RaftDriver::run_ready_with`] as usual.
-    pub fn open(
+    pub fn open<M: StateMachine>(
         node_id: NodeId,
         shard: ShardId,
         settings: &RaftSettings,
         store: S,
         applied_index: u64,
-        state_machine: &mut dyn StateMachine,
+        state_machine: &mut M,
     ) -> Result<Self, DriverError> {
         let mut applied_index = applied_index.min(store.hard_state().commit);
         let log_start = store.first_index()?.saturating_sub(1);
@@ -194,7 +179,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
                 log_start,
             })?;
             let index = snapshot.get_metadata().index;
-            state_machine.restore(snapshot.get_data()).map_err(|message| DriverError::Restore { index, message })?;
+            state_machine.restore(snapshot.get_data()).map_err(|e| DriverError::Restore { index, source: e.into() })?;
             tracing::info!(shard, node = node_id, index, "restored the state machine from the stored snapshot");
             applied_index = index;
         }
@@ -351,21 +336,10 @@ impl<S: RaftLogStore> RaftDriver<S> {
 
     /// [`RaftDriver::compact`] at the applied index with `state_machine.snapshot()` (which must
     /// reflect exactly the entries this driver has applied).
-    pub fn compact_state_machine(&mut self, state_machine: &dyn StateMachine) -> Result<(), DriverError> {
+    pub fn compact_state_machine<M: StateMachine>(&mut self, state_machine: &M) -> Result<(), DriverError> {
         let index = self.applied_index;
-        let data = state_machine.snapshot().map_err(|message| DriverError::Snapshot { index, message })?;
+        let data = state_machine.snapshot().map_err(|e| DriverError::Snapshot { index, source: e.into() })?;
         self.compact(index, data)
-    }
-
-    /// One Ready cycle. `apply` receives every committed normal entry with data, in log order,
-    /// after it is durable; it must be deterministic (every replica applies the same entries).
-    /// A pending snapshot is refused with [`DriverError::SnapshotNeedsStateMachine`] before
-    /// anything is written: callers that can receive snapshots use [`RaftDriver::run_ready_with`].
-    pub fn run_ready(&mut self, apply: &mut dyn FnMut(&Entry) -> Result<(), String>) -> Result<ReadyOutcome, DriverError> {
-        if let Some(snapshot) = self.node.snap().filter(|s| !s.is_empty()) {
-            return Err(DriverError::SnapshotNeedsStateMachine { shard: self.shard, index: snapshot.get_metadata().index });
-        }
-        self.run_ready_with(&mut ApplyOnly(apply))
     }
 
     /// One Ready cycle with a [`StateMachine`], in raft-rs's order: send the leader's messages;
@@ -373,7 +347,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
     /// persist new entries and the hard state (commit included) and sync; send the messages
     /// that had to wait for persistence; apply committed entries; `advance` and handle the
     /// `LightReady` the same way; `advance_apply`.
-    pub fn run_ready_with(&mut self, state_machine: &mut dyn StateMachine) -> Result<ReadyOutcome, DriverError> {
+    pub fn run_ready_with<M: StateMachine>(&mut self, state_machine: &mut M) -> Result<ReadyOutcome, DriverError> {
         let mut sent = Vec::new();
         let mut outcome = self.run_ready_sending(state_machine, &mut |messages| sent.extend(messages))?;
         outcome.messages = sent;
@@ -384,9 +358,9 @@ impl<S: RaftLogStore> RaftDriver<S> {
     /// them out, instead of returning them: the leader's appends leave before its own fsync and
     /// a follower's acknowledgements before it applies, so a write costs the slower of the two
     /// fsyncs rather than their sum plus the apply. `outcome.messages` stays empty.
-    pub fn run_ready_sending(
+    pub fn run_ready_sending<M: StateMachine>(
         &mut self,
-        state_machine: &mut dyn StateMachine,
+        state_machine: &mut M,
         send: &mut dyn FnMut(Vec<Message>),
     ) -> Result<ReadyOutcome, DriverError> {
         let mut outcome = ReadyOutcome::default();
@@ -408,7 +382,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
             // stored snapshot on reopen ([`RaftDriver::open`]).
             store.apply_snapshot(snapshot)?;
             store.sync()?;
-            state_machine.restore(snapshot.get_data()).map_err(|message| DriverError::Restore { index, message })?;
+            state_machine.restore(snapshot.get_data()).map_err(|e| DriverError::Restore { index, source: e.into() })?;
             tracing::info!(shard = self.shard, index, "restored the state machine from a leader's snapshot");
             self.applied_index = index;
             outcome.applied_index = Some(index);
@@ -444,10 +418,10 @@ impl<S: RaftLogStore> RaftDriver<S> {
         Ok(outcome)
     }
 
-    fn apply_entries(
+    fn apply_entries<M: StateMachine>(
         &mut self,
         entries: &[Entry],
-        state_machine: &mut dyn StateMachine,
+        state_machine: &mut M,
         outcome: &mut ReadyOutcome,
     ) -> Result<(), DriverError> {
         if entries.is_empty() {
@@ -462,7 +436,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
             // Empty entries are the leader's no-op of a new term; conf changes come with
             // membership changes (not used while groups are fixed at bootstrap).
             if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
-                state_machine.apply(entry).map_err(|message| DriverError::Apply { index: entry.index, message })?;
+                state_machine.apply(entry).map_err(|e| DriverError::Apply { index: entry.index, source: e.into() })?;
             }
             self.applied_index = entry.index;
             outcome.applied_index = Some(entry.index);
@@ -482,169 +456,9 @@ fn send_nonempty(send: &mut dyn FnMut(Vec<Message>), messages: Vec<Message>) {
 mod tests {
     use super::*;
     use crate::log_store::MemLogStore;
+    use crate::sim::{ListMachine, SimCluster};
     use raft::Storage;
-    use rand::{Rng, SeedableRng};
-    use std::collections::{BTreeMap, VecDeque};
-
-    /// The simulated state machine: the list of applied payloads; its snapshot is that list,
-    /// encoded with the codec.
-    struct VecMachine<'a> {
-        log: &'a mut Vec<Vec<u8>>,
-        restores: &'a mut usize,
-    }
-
-    impl StateMachine for VecMachine<'_> {
-        fn apply(&mut self, entry: &Entry) -> Result<(), String> {
-            self.log.push(entry.data.to_vec());
-            Ok(())
-        }
-        fn snapshot(&self) -> Result<Vec<u8>, String> {
-            rushes_protocol::codec::encode(1, &*self.log).map_err(|e| e.to_string())
-        }
-        fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-            *self.log = rushes_protocol::codec::decode(1, data).map_err(|e| e.to_string())?;
-            *self.restores += 1;
-            Ok(())
-        }
-    }
-
-    /// A deterministic simulated network of replicas of one shard.
-    struct SimCluster {
-        drivers: BTreeMap<NodeId, RaftDriver<MemLogStore>>,
-        stores: BTreeMap<NodeId, MemLogStore>,
-        applied: BTreeMap<NodeId, Vec<Vec<u8>>>,
-        /// How many times each replica's state machine was restored from a snapshot.
-        restores: BTreeMap<NodeId, usize>,
-        in_flight: VecDeque<Message>,
-        isolated: Vec<NodeId>,
-        rng: rand_chacha::ChaCha8Rng,
-        drop_rate: f64,
-        /// Read index answers each replica received: (context, index).
-        read_states: BTreeMap<NodeId, Vec<(Vec<u8>, u64)>>,
-    }
-
-    impl SimCluster {
-        fn new(ids: &[NodeId], seed: u64) -> Self {
-            let mut cluster = SimCluster {
-                drivers: BTreeMap::new(),
-                stores: BTreeMap::new(),
-                applied: BTreeMap::new(),
-                restores: BTreeMap::new(),
-                in_flight: VecDeque::new(),
-                isolated: vec![],
-                rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-                drop_rate: 0.0,
-                read_states: BTreeMap::new(),
-            };
-            for &id in ids {
-                let store = MemLogStore::new(ids);
-                cluster.stores.insert(id, store.clone());
-                cluster.restart(id);
-            }
-            cluster
-        }
-
-        fn restart(&mut self, id: NodeId) {
-            let store = self.stores[&id].clone();
-            // State machine is the applied list, rebuilt on restart (applied = 0) from the stored
-            // snapshot, if any, and the log.
-            let mut log = vec![];
-            let restores = self.restores.entry(id).or_default();
-            let driver = RaftDriver::open(id, 0, &RaftSettings::default(), store, 0, &mut VecMachine { log: &mut log, restores }).unwrap();
-            self.applied.insert(id, log);
-            self.drivers.insert(id, driver);
-        }
-
-        /// Compacts `id`'s log into a snapshot at its applied index.
-        fn compact(&mut self, id: NodeId) {
-            let mut log = self.applied[&id].clone();
-            let mut restores = 0;
-            let machine = VecMachine { log: &mut log, restores: &mut restores };
-            self.drivers.get_mut(&id).unwrap().compact_state_machine(&machine).unwrap();
-        }
-
-        fn step_all(&mut self) {
-            for (&id, driver) in self.drivers.iter_mut() {
-                let log = self.applied.get_mut(&id).unwrap();
-                let restores = self.restores.entry(id).or_default();
-                let outcome = driver.run_ready_with(&mut VecMachine { log, restores }).unwrap();
-                self.in_flight.extend(outcome.messages);
-                self.read_states.entry(id).or_default().extend(outcome.read_states);
-            }
-            let messages: Vec<Message> = self.in_flight.drain(..).collect();
-            for message in messages {
-                if self.isolated.contains(&message.from) || self.isolated.contains(&message.to) || self.rng.gen_bool(self.drop_rate) {
-                    // A real transport tells the leader that a snapshot was not delivered.
-                    if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
-                        if let Some(leader) = self.drivers.get_mut(&message.from) {
-                            leader.report_snapshot(message.to, false);
-                        }
-                    }
-                    continue;
-                }
-                let (from, to) = (message.from, message.to);
-                let is_snapshot = message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
-                if let Some(driver) = self.drivers.get_mut(&to) {
-                    driver.step(message).unwrap();
-                }
-                // ... and that one was delivered (the follower's answer may still be lost).
-                if is_snapshot {
-                    if let Some(leader) = self.drivers.get_mut(&from) {
-                        leader.report_snapshot(to, true);
-                    }
-                }
-            }
-        }
-
-        fn tick_all(&mut self) {
-            for driver in self.drivers.values_mut() {
-                driver.tick();
-            }
-            self.step_all();
-        }
-
-        fn leaders(&self) -> Vec<(NodeId, u64)> {
-            self.drivers.iter().filter(|(_, d)| d.is_leader()).map(|(&id, d)| (id, d.term())).collect()
-        }
-
-        /// Runs until `condition` holds, at most `max_ticks` ticks (deterministic time).
-        fn run_until(&mut self, max_ticks: usize, condition: impl Fn(&SimCluster) -> bool) -> bool {
-            for _ in 0..max_ticks {
-                if condition(self) {
-                    return true;
-                }
-                self.tick_all();
-                self.check_invariants();
-            }
-            condition(self)
-        }
-
-        fn check_invariants(&self) {
-            // At most one leader per term.
-            let mut by_term: BTreeMap<u64, NodeId> = BTreeMap::new();
-            for (id, term) in self.leaders() {
-                if let Some(other) = by_term.insert(term, id) {
-                    panic!("two leaders in term {term}: {other} and {id}");
-                }
-            }
-            // Applied logs are prefixes of each other.
-            let logs: Vec<&Vec<Vec<u8>>> = self.applied.values().collect();
-            for a in &logs {
-                for b in &logs {
-                    let n = a.len().min(b.len());
-                    assert_eq!(a[..n], b[..n], "applied logs diverge");
-                }
-            }
-        }
-
-        fn propose_to_leader(&mut self, data: Vec<u8>) -> bool {
-            let leader = self.leaders().into_iter().filter(|(id, _)| !self.isolated.contains(id)).max_by_key(|(_, term)| *term);
-            match leader {
-                Some((id, _)) => self.drivers.get_mut(&id).unwrap().propose(vec![], data).is_ok(),
-                None => false,
-            }
-        }
-    }
+    use rand::Rng;
 
     /// A replica whose storage was wiped gets its leader's heartbeat (commit beyond its empty
     /// log): an error that says so, not raft-rs's panic; a stale term's heartbeat is ignored.
@@ -671,40 +485,29 @@ mod tests {
         let mut driver = RaftDriver::new(1, 7, &RaftSettings::default(), store, 0).unwrap();
         assert!(matches!(driver.propose(vec![], b"x".to_vec()), Err(DriverError::NotLeader { shard: 7, .. })));
         driver.campaign().unwrap();
-        let mut applied = vec![];
-        driver
-            .run_ready(&mut |e| {
-                applied.push(e.data.to_vec());
-                Ok(())
-            })
-            .unwrap();
+        let mut machine = ListMachine::default();
+        driver.run_ready_with(&mut machine).unwrap();
         assert!(driver.is_leader());
         for i in 0..5u8 {
             driver.propose(vec![i], vec![i]).unwrap();
         }
         while driver.has_ready() {
-            driver
-                .run_ready(&mut |e| {
-                    assert_eq!(e.context.to_vec(), e.data.to_vec());
-                    applied.push(e.data.to_vec());
-                    Ok(())
-                })
-                .unwrap();
+            driver.run_ready_with(&mut machine).unwrap();
         }
-        assert_eq!(applied, (0..5u8).map(|i| vec![i]).collect::<Vec<_>>());
+        assert_eq!(machine.log, (0..5u8).map(|i| vec![i]).collect::<Vec<_>>());
         assert_eq!(driver.applied_index(), driver.commit_index());
         assert_eq!(driver.store().hard_state().commit, driver.commit_index(), "commit persisted");
     }
 
     #[test]
     fn read_index_answers_with_the_quorum_commit_and_never_from_an_isolated_leader() {
-        let mut cluster = SimCluster::new(&[1, 2, 3], 7);
+        let mut cluster = SimCluster::in_memory(&[1, 2, 3], 7);
         assert!(cluster.run_until(200, |c| c.leaders().len() == 1));
         for i in 0..5u8 {
             assert!(cluster.propose_to_leader(vec![i]));
             cluster.step_all();
         }
-        assert!(cluster.run_until(50, |c| c.applied.values().all(|a| a.len() == 5)));
+        assert!(cluster.run_until(50, |c| c.all_applied(5)));
         let leader = cluster.leaders()[0].0;
         let follower = *cluster.drivers.keys().find(|id| **id != leader).unwrap();
         let commit = cluster.drivers[&leader].commit_index();
@@ -728,25 +531,25 @@ mod tests {
 
     #[test]
     fn three_replicas_elect_one_leader_and_replicate() {
-        let mut cluster = SimCluster::new(&[1, 2, 3], 1);
+        let mut cluster = SimCluster::in_memory(&[1, 2, 3], 1);
         assert!(cluster.run_until(200, |c| c.leaders().len() == 1), "no leader elected");
         for i in 0..20u8 {
             assert!(cluster.propose_to_leader(vec![i]));
             cluster.step_all();
         }
-        assert!(cluster.run_until(50, |c| c.applied.values().all(|a| a.len() == 20)));
+        assert!(cluster.run_until(50, |c| c.all_applied(20)));
     }
 
     #[test]
     fn leader_isolation_elects_new_leader_and_committed_entries_survive() {
         for seed in 0..5 {
-            let mut cluster = SimCluster::new(&[1, 2, 3], seed);
+            let mut cluster = SimCluster::in_memory(&[1, 2, 3], seed);
             assert!(cluster.run_until(200, |c| c.leaders().len() == 1));
             for i in 0..10u8 {
                 cluster.propose_to_leader(vec![i]);
                 cluster.step_all();
             }
-            assert!(cluster.run_until(50, |c| c.applied.values().all(|a| a.len() == 10)));
+            assert!(cluster.run_until(50, |c| c.all_applied(10)));
             let old_leader = cluster.leaders()[0].0;
             cluster.isolated.push(old_leader);
             // With check_quorum the isolated leader steps down; the majority elects another.
@@ -759,17 +562,15 @@ mod tests {
                 cluster.step_all();
             }
             cluster.isolated.clear();
-            assert!(cluster.run_until(300, |c| c.applied.values().all(|a| a.len() == 20)), "did not heal (seed {seed})");
+            assert!(cluster.run_until(300, |c| c.all_applied(20)), "did not heal (seed {seed})");
             let expected: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i]).collect();
-            for applied in cluster.applied.values() {
-                assert_eq!(applied, &expected);
-            }
+            assert!(cluster.machines.values().all(|m| m.log == expected));
         }
     }
 
     #[test]
     fn message_loss_and_restarts_keep_logs_consistent() {
-        let mut cluster = SimCluster::new(&[1, 2, 3], 9);
+        let mut cluster = SimCluster::in_memory(&[1, 2, 3], 9);
         cluster.drop_rate = 0.2;
         let mut proposed = 0u8;
         for round in 0..30u64 {
@@ -783,7 +584,7 @@ mod tests {
         }
         cluster.drop_rate = 0.0;
         assert!(cluster.run_until(500, |c| {
-            let lens: Vec<usize> = c.applied.values().map(|a| a.len()).collect();
+            let lens: Vec<usize> = c.machines.values().map(|m| m.log.len()).collect();
             lens.iter().all(|l| *l == lens[0]) && c.leaders().len() == 1
         }));
         cluster.check_invariants();
@@ -793,15 +594,10 @@ mod tests {
         i.to_be_bytes().to_vec()
     }
 
-    fn all_equal(c: &SimCluster, len: usize) -> bool {
-        let first = &c.applied.values().next().unwrap();
-        c.applied.values().all(|a| a.len() == len && a == *first)
-    }
-
     #[test]
     fn isolated_replica_catches_up_by_snapshot_after_compaction() {
         for seed in 0..8u64 {
-            let mut cluster = SimCluster::new(&[1, 2, 3], seed);
+            let mut cluster = SimCluster::in_memory(&[1, 2, 3], seed);
             assert!(cluster.run_until(200, |c| c.leaders().len() == 1), "no leader (seed {seed})");
             let leader = cluster.leaders()[0].0;
             let lagging = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
@@ -811,8 +607,8 @@ mod tests {
                 assert!(cluster.propose_to_leader(payload(i)), "proposal {i} refused (seed {seed})");
                 cluster.step_all();
             }
-            assert!(cluster.run_until(100, |c| c.applied[&leader].len() == 200 && c.applied[&other].len() == 200));
-            assert!(cluster.applied[&lagging].len() < 200);
+            assert!(cluster.run_until(100, |c| c.log(leader).len() == 200 && c.log(other).len() == 200));
+            assert!(cluster.log(lagging).len() < 200);
             for id in [leader, other] {
                 cluster.compact(id);
                 let driver = &cluster.drivers[&id];
@@ -825,12 +621,12 @@ mod tests {
             // Odd seeds heal on a lossy network: lost snapshots are reported and re-sent.
             cluster.drop_rate = if seed % 2 == 1 { 0.2 } else { 0.0 };
             cluster.isolated.clear();
-            assert!(cluster.run_until(1000, |c| c.applied[&lagging].len() == 200), "lagging replica did not catch up (seed {seed})");
-            assert!(cluster.restores[&lagging] >= 1, "caught up by snapshot, not by log (seed {seed})");
+            assert!(cluster.run_until(1000, |c| c.log(lagging).len() == 200), "lagging replica did not catch up (seed {seed})");
+            assert!(cluster.restores(lagging) >= 1, "caught up by snapshot, not by log (seed {seed})");
             let lagging_driver = &cluster.drivers[&lagging];
             assert!(lagging_driver.first_index() > 1, "the follower's log starts after the snapshot");
             assert!(lagging_driver.store().stored_snapshot().unwrap().is_some());
-            assert_eq!(cluster.restores[&leader], 0);
+            assert_eq!(cluster.restores(leader), 0);
             // Later entries replicate through the log as usual.
             let mut next = 200u32;
             for _ in 0..200 {
@@ -844,28 +640,28 @@ mod tests {
             }
             assert_eq!(next, 230, "proposals kept failing (seed {seed})");
             cluster.drop_rate = 0.0;
-            let ok = cluster.run_until(500, |c| all_equal(c, 230));
+            let ok = cluster.run_until(500, |c| c.all_applied(230));
             assert!(
                 ok,
                 "replicas differ (seed {seed}): {:?} leaders {:?}",
-                cluster.applied.iter().map(|(id, a)| (*id, a.len(), a.last().cloned())).collect::<Vec<_>>(),
+                cluster.machines.iter().map(|(id, m)| (*id, m.log.len(), m.log.last().cloned())).collect::<Vec<_>>(),
                 cluster.leaders()
             );
             let expected: Vec<Vec<u8>> = (0..230).map(payload).collect();
-            assert_eq!(cluster.applied[&lagging], expected);
+            assert_eq!(cluster.log(lagging), expected);
             cluster.check_invariants();
         }
     }
 
     #[test]
     fn restart_after_compaction_restores_snapshot_and_replays_log() {
-        let mut cluster = SimCluster::new(&[1, 2, 3], 3);
+        let mut cluster = SimCluster::in_memory(&[1, 2, 3], 3);
         assert!(cluster.run_until(200, |c| c.leaders().len() == 1));
         for i in 0..50u32 {
             assert!(cluster.propose_to_leader(payload(i)));
             cluster.step_all();
         }
-        assert!(cluster.run_until(100, |c| all_equal(c, 50)));
+        assert!(cluster.run_until(100, |c| c.all_applied(50)));
         for id in [1, 2, 3] {
             cluster.compact(id);
         }
@@ -873,28 +669,28 @@ mod tests {
             assert!(cluster.propose_to_leader(payload(i)));
             cluster.step_all();
         }
-        assert!(cluster.run_until(100, |c| all_equal(c, 80)));
-        let before = cluster.applied.clone();
+        assert!(cluster.run_until(100, |c| c.all_applied(80)));
+        let before = cluster.machines.iter().map(|(id, m)| (*id, m.log.clone())).collect::<Vec<_>>();
         for id in [1, 2, 3] {
-            let restores = cluster.restores[&id];
+            let restores = cluster.restores(id);
             cluster.restart(id);
-            assert_eq!(cluster.restores[&id], restores + 1, "replica {id} restored from its stored snapshot");
-            assert!(cluster.applied[&id].len() >= 50, "the snapshot holds the first 50 entries");
-            assert!(cluster.run_until(200, |c| all_equal(c, 80)), "replica {id} did not replay the log after its snapshot");
+            assert_eq!(cluster.restores(id), restores + 1, "replica {id} restored from its stored snapshot");
+            assert!(cluster.log(id).len() >= 50, "the snapshot holds the first 50 entries");
+            assert!(cluster.run_until(200, |c| c.all_applied(80)), "replica {id} did not replay the log after its snapshot");
         }
-        assert_eq!(cluster.applied, before);
+        assert_eq!(cluster.machines.iter().map(|(id, m)| (*id, m.log.clone())).collect::<Vec<_>>(), before);
         // A full restart of every replica at once.
         for id in [1, 2, 3] {
             cluster.restart(id);
         }
-        assert!(cluster.run_until(300, |c| c.leaders().len() == 1 && all_equal(c, 80)));
+        assert!(cluster.run_until(300, |c| c.leaders().len() == 1 && c.all_applied(80)));
         assert!(cluster.propose_to_leader(payload(80)));
-        assert!(cluster.run_until(100, |c| all_equal(c, 81)));
+        assert!(cluster.run_until(100, |c| c.all_applied(81)));
         cluster.check_invariants();
     }
 
     #[test]
-    fn apply_only_api_refuses_a_snapshot_without_writing_it() {
+    fn a_snapshot_message_is_installed_and_the_log_starts_after_it() {
         let store = MemLogStore::new(&[1, 2, 3]);
         let mut driver = RaftDriver::new(1, 4, &RaftSettings::default(), store.clone(), 0).unwrap();
         let mut snapshot = Snapshot::default();
@@ -909,17 +705,15 @@ mod tests {
         message.term = 1;
         message.set_snapshot(snapshot);
         driver.step(message).unwrap();
-        assert!(matches!(driver.run_ready(&mut |_| Ok(())), Err(DriverError::SnapshotNeedsStateMachine { shard: 4, index: 10 })));
-        assert_eq!(store.first_index().unwrap(), 1, "nothing written");
-        let (mut log, mut restores) = (vec![], 0);
-        let outcome = driver.run_ready_with(&mut VecMachine { log: &mut log, restores: &mut restores }).unwrap();
+        let mut machine = ListMachine::default();
+        let outcome = driver.run_ready_with(&mut machine).unwrap();
         assert_eq!(outcome.restored_snapshot, Some(10));
-        assert_eq!((log, restores), (vec![b"z".to_vec()], 1));
+        assert_eq!((machine.log, machine.restores), (vec![b"z".to_vec()], 1));
         assert_eq!(driver.applied_index(), 10);
         assert_eq!(store.first_index().unwrap(), 11);
         assert_eq!(store.term(10).unwrap(), 1);
         assert_eq!(store.hard_state().commit, 10);
-        // The apply-only constructor refuses a state machine behind the log start.
+        // A state machine behind the log start cannot skip the compacted entries.
         assert!(matches!(
             RaftDriver::new(1, 4, &RaftSettings::default(), store.clone(), 0),
             Err(DriverError::BehindLogStart { applied: 0, log_start: 10, .. })
@@ -929,7 +723,7 @@ mod tests {
     #[test]
     fn message_loss_restarts_isolation_and_compaction_keep_state_machines_consistent() {
         for seed in 0..10u64 {
-            let mut cluster = SimCluster::new(&[1, 2, 3], 100 + seed);
+            let mut cluster = SimCluster::in_memory(&[1, 2, 3], 100 + seed);
             cluster.drop_rate = 0.15;
             let mut proposed = 0u32;
             for round in 0..80u64 {
@@ -949,13 +743,13 @@ mod tests {
             cluster.isolated.clear();
             cluster.drop_rate = 0.0;
             let ok = cluster.run_until(1000, |c| {
-                let lens: Vec<usize> = c.applied.values().map(|a| a.len()).collect();
+                let lens: Vec<usize> = c.machines.values().map(|m| m.log.len()).collect();
                 c.leaders().len() == 1 && lens.iter().all(|l| *l == lens[0])
             });
             assert!(ok, "did not converge (seed {seed})");
             cluster.check_invariants();
-            assert!(cluster.restores.values().sum::<usize>() > 0 || seed > 0, "seed 0 exercises snapshots");
-            let len = cluster.applied[&1].len();
+            assert!(cluster.machines.values().map(|m| m.restores).sum::<usize>() > 0 || seed > 0, "seed 0 exercises snapshots");
+            let len = cluster.log(1).len();
             assert!(len > 0 && len <= proposed as usize);
         }
     }

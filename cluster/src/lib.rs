@@ -5,8 +5,10 @@
 pub mod driver;
 pub mod log_store;
 pub mod placement;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod slog_bridge;
 pub mod transport;
 
-pub use driver::{DriverError, RaftDriver, RaftSettings, StateMachine};
+pub use driver::{DriverError, RaftDriver, RaftSettings, StateMachine, StateMachineError};
 pub use placement::{replicas_for_shard, shard_for_asset, stable_hash, NodeId, PlacementError, ShardId, ShardMap};

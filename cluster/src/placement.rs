@@ -3,8 +3,8 @@
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-pub type ShardId = u32;
-pub type NodeId = u64;
+/// The id types are part of the wire format, so they live in `protocol`.
+pub use rushes_protocol::peer::{NodeId, ShardId};
 
 /// Seed of the stable hash. Changing it moves every asset: it is part of the storage format.
 const ASSET_HASH_SEED: u64 = 0x7275_7368_6573_0001;

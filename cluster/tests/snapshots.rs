@@ -2,35 +2,12 @@
 //! catches up by snapshot, and a restart after compaction restores the stored snapshot and
 //! replays the rest of the log. Deterministic: no sleeps, bounded loops.
 
-use std::collections::BTreeMap;
-
-use raft::eraftpb::{Entry, Message, MessageType};
+use raft::eraftpb::Message;
 use raft::Storage;
-use rushes_cluster::driver::{DriverError, StateMachine};
+use rushes_cluster::driver::DriverError;
 use rushes_cluster::log_store::{RaftLogStore, SledLogStore};
+use rushes_cluster::sim::{ListMachine as Machine, SimCluster};
 use rushes_cluster::{NodeId, RaftDriver, RaftSettings};
-
-/// Applied payloads; the snapshot is the list, length-prefixed.
-#[derive(Default, Debug, Clone, PartialEq)]
-struct Machine {
-    log: Vec<Vec<u8>>,
-    restores: usize,
-}
-
-impl StateMachine for Machine {
-    fn apply(&mut self, entry: &Entry) -> Result<(), String> {
-        self.log.push(entry.data.to_vec());
-        Ok(())
-    }
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        rushes_protocol::codec::encode(1, &self.log).map_err(|e| e.to_string())
-    }
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        self.log = rushes_protocol::codec::decode(1, data).map_err(|e| e.to_string())?;
-        self.restores += 1;
-        Ok(())
-    }
-}
 
 fn payload(i: u32) -> Vec<u8> {
     format!("item-{i}").into_bytes()
@@ -95,96 +72,44 @@ fn single_voter_restart_after_compaction_restores_snapshot_and_replays_log() {
     assert_eq!(machine.log.last(), Some(&payload(40)));
 }
 
-/// Three replicas over sled on an in-process network; replica 3 is cut off while the others
-/// commit and compact, then catches up by snapshot.
+/// Three replicas over sled on the simulated network; replica 3 is cut off while the others
+/// commit and compact, then catches up by snapshot, and restores it from sled after a restart.
 #[test]
 fn sled_replica_cut_off_catches_up_by_snapshot() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let settings = RaftSettings::default();
     let ids: [NodeId; 3] = [1, 2, 3];
-    let mut drivers = BTreeMap::new();
-    let mut machines: BTreeMap<NodeId, Machine> = BTreeMap::new();
-    let mut dbs = vec![];
-    for (i, &id) in ids.iter().enumerate() {
-        let db = sled::open(dirs[i].path()).unwrap();
-        let store = SledLogStore::open(&db, &ids).unwrap();
-        let machine = machines.entry(id).or_default();
-        drivers.insert(id, RaftDriver::open(id, 0, &settings, store, 0, machine).unwrap());
-        dbs.push(db);
-    }
-    let mut cut_off = true;
-    let round = |drivers: &mut BTreeMap<NodeId, RaftDriver<SledLogStore>>, machines: &mut BTreeMap<NodeId, Machine>, cut_off: bool| {
-        let mut messages = vec![];
-        for (id, driver) in drivers.iter_mut() {
-            driver.tick();
-            messages.extend(drain(driver, machines.get_mut(id).unwrap()));
-        }
-        for message in messages {
-            let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-            let (from, to) = (message.from, message.to);
-            let delivered = !(cut_off && (from == 3 || to == 3));
-            if delivered {
-                drivers.get_mut(&to).unwrap().step(message).unwrap();
-            }
-            if snapshot {
-                drivers.get_mut(&from).unwrap().report_snapshot(to, delivered);
-            }
-        }
-    };
-    // Node 1 campaigns first so the leader is one of the connected replicas.
-    drivers.get_mut(&1).unwrap().campaign().unwrap();
-    for _ in 0..200 {
-        if drivers[&1].is_leader() {
-            break;
-        }
-        round(&mut drivers, &mut machines, cut_off);
-    }
-    assert!(drivers[&1].is_leader());
+    let dbs: Vec<sled::Db> = dirs.iter().map(|dir| sled::open(dir.path()).unwrap()).collect();
+    let stores = ids.iter().zip(&dbs).map(|(&id, db)| (id, SledLogStore::open(db, &ids).unwrap())).collect();
+    let mut cluster = SimCluster::with_stores(stores, 11);
+    cluster.isolated = vec![3];
+    assert!(cluster.run_until(300, |c| c.leaders().iter().any(|(id, _)| *id != 3)), "a connected replica leads");
     for i in 0..60 {
-        drivers.get_mut(&1).unwrap().propose(vec![], payload(i)).unwrap();
-        round(&mut drivers, &mut machines, cut_off);
+        assert!(cluster.propose_to_leader(payload(i)));
+        cluster.step_all();
     }
-    for _ in 0..50 {
-        if machines[&1].log.len() == 60 && machines[&2].log.len() == 60 {
-            break;
-        }
-        round(&mut drivers, &mut machines, cut_off);
-    }
-    assert_eq!(machines[&2].log.len(), 60);
-    assert!(machines[&3].log.is_empty());
+    assert!(cluster.run_until(100, |c| c.log(1).len() == 60 && c.log(2).len() == 60));
+    assert!(cluster.log(3).is_empty());
     for id in [1, 2] {
-        let machine = machines[&id].clone();
-        let driver = drivers.get_mut(&id).unwrap();
-        driver.compact_state_machine(&machine).unwrap();
-        assert!(driver.store().first_index().unwrap() > 60);
+        cluster.compact(id);
+        assert!(cluster.drivers[&id].store().first_index().unwrap() > 60);
     }
-    cut_off = false;
-    for _ in 0..300 {
-        if machines[&3].log.len() == 60 {
-            break;
-        }
-        round(&mut drivers, &mut machines, cut_off);
-    }
-    assert_eq!(machines[&3].restores, 1, "replica 3 restored from a snapshot");
-    assert_eq!(machines[&3].log, machines[&1].log);
+    cluster.isolated.clear();
+    assert!(cluster.run_until(300, |c| c.log(3).len() == 60), "replica 3 did not catch up");
+    assert_eq!(cluster.restores(3), 1, "replica 3 restored from a snapshot");
+    assert_eq!(cluster.log(3), cluster.log(1));
     // Later entries reach it through the log.
-    drivers.get_mut(&1).unwrap().propose(vec![], payload(60)).unwrap();
-    for _ in 0..50 {
-        if machines[&3].log.len() == 61 {
-            break;
-        }
-        round(&mut drivers, &mut machines, cut_off);
-    }
-    assert_eq!(machines[&3].log, (0..61).map(payload).collect::<Vec<_>>());
+    assert!(cluster.propose_to_leader(payload(60)));
+    assert!(cluster.run_until(100, |c| c.log(3).len() == 61));
+    assert_eq!(cluster.log(3), (0..61).map(payload).collect::<Vec<_>>());
     // Its sled store holds the snapshot: reopening restores it and replays the rest.
-    let store3 = drivers[&3].store().clone();
+    let store3 = cluster.stores[&3].clone();
     store3.sync().unwrap();
     let snapshot = store3.stored_snapshot().unwrap().expect("follower stored the snapshot");
-    drop(drivers);
+    drop(cluster);
     let store3 = SledLogStore::open(&dbs[2], &ids).unwrap();
     assert_eq!(store3.first_log_index(), snapshot.get_metadata().index + 1);
     let mut machine = Machine::default();
-    let mut driver = RaftDriver::open(3, 0, &settings, store3, 0, &mut machine).unwrap();
+    let mut driver = RaftDriver::open(3, 0, &RaftSettings::default(), store3, 0, &mut machine).unwrap();
     assert_eq!(machine.restores, 1);
     drain(&mut driver, &mut machine);
     // Only committed entries replay; the last one's commit may not have been persisted before

@@ -32,13 +32,9 @@ fn config(cluster: &str, node_id: NodeId) -> TransportConfig {
     config
 }
 
-/// Polls `condition` until it holds; panics with `what` at the deadline.
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Polls `condition` until it holds (the project's shared wait, with this suite's deadline).
+async fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    rushes_client::wait::wait_until_async(what, DEADLINE, condition).await;
 }
 
 /// A node under test: the transport plus a small application that records Raft messages and

@@ -13,6 +13,7 @@ pub mod peer;
 pub mod query;
 pub mod search;
 pub mod shard;
+pub mod status;
 pub mod storage;
 
 /// Sets up `tracing` from the config's log level and format (`RUSHES_LOG`, else `RUST_LOG`,

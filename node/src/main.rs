@@ -11,7 +11,7 @@ use rushes_config::Config;
 use rushes_node::cli::bench;
 use rushes_node::cli::demo::{self, DemoOptions};
 use rushes_node::init_logging;
-use rushes_node::node::{shard_options, Engine};
+use rushes_node::node::{shard_options, Node};
 use rushes_protocol::{SearchMode, SearchRequest};
 use rushes_sample::GenConfig;
 
@@ -36,7 +36,7 @@ fn disable_transparent_huge_pages() {
 }
 
 #[derive(Parser)]
-#[command(name = "rushes", version, about = "Search engine for raw production footage annotations")]
+#[command(name = "rushes", version, about = "Search node for raw production footage annotations")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -464,9 +464,9 @@ fn serve(config: Config) -> Result<(), CliError> {
     let listener = TcpListener::bind(config.node.listen).map_err(|e| format!("cannot listen on {}: {e}", config.node.listen))?;
     let system = actix_web::rt::System::new();
     system.block_on(async move {
-        let engine = Engine::open(config)?;
-        tracing::info!(listen = %engine.config.node.listen, shards = engine.shards.len(), data_dir = %engine.config.node.data_dir.display(), "serving");
-        let server = rushes_node::http::server(engine.clone(), listener)?;
+        let node = Node::open(config)?;
+        tracing::info!(listen = %node.config.node.listen, shards = node.shards().len(), data_dir = %node.config.node.data_dir.display(), "serving");
+        let server = rushes_node::http::server(node.clone(), listener)?;
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -477,7 +477,7 @@ fn serve(config: Config) -> Result<(), CliError> {
         tracing::info!("stopping");
         handle.stop(true).await;
         let _ = server_task.await;
-        tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+        tokio::task::spawn_blocking(move || node.shutdown()).await?;
         Ok(())
     })
 }

@@ -22,6 +22,12 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub stage_index: IntGaugeVec,
     pub stage_lag_entries: IntGaugeVec,
+    /// Per actor (labels: actor, shard; shard is empty for node actors).
+    pub actor_mailbox_depth: IntGaugeVec,
+    pub actor_mailbox_capacity: IntGaugeVec,
+    pub actor_messages: IntCounterVec,
+    pub actor_handler_seconds: HistogramVec,
+    pub actor_restarts: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -81,6 +87,26 @@ impl Metrics {
             stage_lag_entries: register!(IntGaugeVec::new(
                 Opts::new("stage_lag_entries", "Log entries a stage is behind the commit index"),
                 &["shard", "stage"]
+            )),
+            actor_mailbox_depth: register!(IntGaugeVec::new(
+                Opts::new("actor_mailbox_depth", "Messages waiting in an actor's mailbox"),
+                &["actor", "shard"]
+            )),
+            actor_mailbox_capacity: register!(IntGaugeVec::new(
+                Opts::new("actor_mailbox_capacity", "Messages an actor's mailbox holds before senders are refused"),
+                &["actor", "shard"]
+            )),
+            actor_messages: register!(IntCounterVec::new(
+                Opts::new("actor_messages_total", "Messages an actor has handled"),
+                &["actor", "shard"]
+            )),
+            actor_handler_seconds: register!(HistogramVec::new(
+                HistogramOpts::new("actor_handler_seconds", "Time an actor spent in one message handler").buckets(phase_buckets()),
+                &["actor", "shard"]
+            )),
+            actor_restarts: register!(IntCounterVec::new(
+                Opts::new("actor_restarts_total", "Times a supervised actor failed and was started again"),
+                &["actor", "shard"]
             )),
             registry,
         }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod codec;
 pub mod error;
 pub mod model;
+pub mod peer;
 pub mod validate;
 
 pub use api::*;

@@ -14,7 +14,7 @@ use rushes_protocol::{Clause, SearchMode, SearchRequest};
 use serde::Serialize;
 
 use crate::cli::demo::{ensure_sample, sample_dir, wait_caught_up, DemoError, LOAD_BATCH_LINES};
-use crate::node::Engine;
+use crate::node::Node;
 use rushes_client::Client;
 use rushes_sample::{EpisodeTruth, GenConfig};
 
@@ -95,8 +95,8 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
     let base = format!("http://{}", listener.local_addr()?);
     let system = actix_web::rt::System::new();
     let report = system.block_on(async move {
-        let engine = Engine::open_with_demo_seed(config, options.seed)?;
-        let server = crate::http::server(engine.clone(), listener)?;
+        let node = Node::open_with_demo_seed(config, options.seed)?;
+        let server = crate::http::server(node.clone(), listener)?;
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);
 
@@ -159,11 +159,11 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         if annotations != lines_total {
             return Err(format!("acknowledged {annotations} of {lines_total} annotations").into());
         }
-        let searchable = wait_caught_up(&engine, Duration::from_secs(3600)).await?;
+        let searchable = wait_caught_up(&node, Duration::from_secs(3600)).await?;
         // Suggest is measured on a settled corpus: label moments are computed ahead once the
-        // data stops changing (Engine::warm_suggest_moments); wait for that, bounded.
+        // data stops changing (Node::warm_suggest_moments); wait for that, bounded.
         let warm_deadline = Instant::now() + Duration::from_secs(300);
-        while engine.suggest_warmed_version.load(Ordering::Acquire) != engine.data_version() && Instant::now() < warm_deadline {
+        while node.suggest_warmed_version.load(Ordering::Acquire) != node.data_version() && Instant::now() < warm_deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
@@ -196,7 +196,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             .await??,
         );
         let (recall, recall_queries) = {
-            let engine = engine.clone();
+            let node = node.clone();
             let vectors: Vec<Vec<f32>> = (0..options.queries_per_kind.max(20))
                 .map(|i| {
                     let place = &season.locations[i % season.locations.len()].name;
@@ -207,7 +207,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
                         .collect()
                 })
                 .collect();
-            tokio::task::spawn_blocking(move || ann_recall_at_10(&engine, "scene", &vectors)).await??
+            tokio::task::spawn_blocking(move || ann_recall_at_10(&node, "scene", &vectors)).await??
         };
         for (kind, requests) in queries {
             let client = Client::new(&base);
@@ -225,11 +225,11 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             .await??;
             rows.push(row);
         }
-        let shards = engine.shards.len() as u32;
+        let shards = node.shards().len() as u32;
         handle.stop(true).await;
         let _ = server_task.await;
-        let engine_for_shutdown = engine.clone();
-        tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown()).await?;
+        let node_for_shutdown = node.clone();
+        tokio::task::spawn_blocking(move || node_for_shutdown.shutdown()).await?;
         let disk_bytes = crate::dir_size_bytes(&node_dir);
         Ok::<BenchReport, DemoError>(BenchReport {
             hours: gen_config.hours,
@@ -272,12 +272,12 @@ fn url_encode(text: &str) -> String {
 
 /// Recall@10 of the approximate index against exact search: the 10 nearest over all shards
 /// each way (usearch exact search uses the same metric and quantization as the index).
-pub fn ann_recall_at_10(engine: &Engine, space: &str, queries: &[Vec<f32>]) -> Result<(f64, usize), String> {
+pub fn ann_recall_at_10(node: &Node, space: &str, queries: &[Vec<f32>]) -> Result<(f64, usize), String> {
     let mut total = 0.0;
     for query in queries {
         let mut approximate: Vec<(f32, u64)> = Vec::new();
         let mut exact: Vec<(f32, u64)> = Vec::new();
-        for shard in &engine.shards {
+        for shard in node.shards() {
             let Some(index) = shard.index.vector_space(space) else { continue };
             approximate.extend(index.search(query, 10, false, None).map_err(|e| e.to_string())?.into_iter().map(|(k, d)| (d, k)));
             exact.extend(index.search(query, 10, true, None).map_err(|e| e.to_string())?.into_iter().map(|(k, d)| (d, k)));

@@ -12,7 +12,7 @@ use rushes_config::Config;
 use rushes_protocol::validate::{parse_batch, BodyFormat};
 use rushes_protocol::AssetRecord;
 
-use crate::node::Engine;
+use crate::node::Node;
 use rushes_sample::GenConfig;
 
 pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,8 +72,8 @@ fn styled_bar(length: u64, message: &'static str, quiet: bool, template: &str) -
     bar
 }
 
-/// Loads a generated sample into the engine through the normal parse + ingest path.
-pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Result<u64, DemoError> {
+/// Loads a generated sample into the node through the normal parse + ingest path.
+pub async fn load_sample(node: &Arc<Node>, dir: &Path, quiet: bool) -> Result<u64, DemoError> {
     for line in BufReader::new(std::fs::File::open(dir.join("assets.ndjson"))?).lines() {
         let mut value: serde_json::Value = serde_json::from_str(&line?)?;
         let asset_id = value["asset_id"].as_str().ok_or("assets.ndjson line without asset_id")?.to_string();
@@ -81,7 +81,7 @@ pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Resul
             object.remove("asset_id");
         }
         let record: AssetRecord = serde_json::from_value(value)?;
-        engine.upsert_asset(&asset_id, record).await.map_err(|e| e.message)?;
+        node.upsert_asset(&asset_id, record).await.map_err(|e| e.message)?;
     }
     let annotations_path = dir.join("annotations.ndjson");
     let bar = byte_progress_bar(std::fs::metadata(&annotations_path)?.len(), "ingesting annotations", quiet);
@@ -110,8 +110,8 @@ pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Resul
                 bar.inc(bytes);
             }
         }
-        let engine = engine.clone();
-        let limits = engine.ingest_limits.clone();
+        let node = node.clone();
+        let limits = node.ingest_limits.clone();
         let bytes = chunk.len() as u64;
         in_flight.spawn(async move {
             let items =
@@ -120,7 +120,7 @@ pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Resul
             // Retry on back-pressure, as any client would, with backoff and a bounded count.
             let mut pause = Duration::from_millis(20);
             for _ in 0..LOAD_ATTEMPTS_MAX {
-                match engine.ingest(items.clone()).await {
+                match node.ingest(items.clone()).await {
                     Ok(_) => return Ok::<(u64, u64), DemoError>((count, bytes)),
                     Err(e) if e.code.is_retryable() => {
                         tokio::time::sleep(pause).await;
@@ -142,9 +142,9 @@ pub async fn load_sample(engine: &Arc<Engine>, dir: &Path, quiet: bool) -> Resul
 }
 
 /// Waits until every shard has indexed all it applied; returns how long that took.
-pub async fn wait_caught_up(engine: &Engine, timeout: Duration) -> Result<Duration, DemoError> {
+pub async fn wait_caught_up(node: &Node, timeout: Duration) -> Result<Duration, DemoError> {
     let started = Instant::now();
-    let mut watches: Vec<_> = engine.shards.iter().map(|s| (s.progress.clone(), s.indexed_watch())).collect();
+    let mut watches: Vec<_> = node.shards().iter().map(|s| (s.progress.clone(), s.indexed_watch())).collect();
     for (progress, watch) in &mut watches {
         let target = progress.applied.load(std::sync::atomic::Ordering::Acquire);
         let remaining = timeout.saturating_sub(started.elapsed());
@@ -179,17 +179,17 @@ pub fn run_demo(options: DemoOptions) -> Result<(), DemoError> {
     }
     let system = actix_web::rt::System::new();
     system.block_on(async move {
-        let engine = Engine::open_with_demo_seed(config, options.seed)?;
-        let server = crate::http::server(engine.clone(), listener)?;
+        let node = Node::open_with_demo_seed(config, options.seed)?;
+        let server = crate::http::server(node.clone(), listener)?;
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);
         let marker =
             options.data_dir.join("node").join(format!("loaded-{}", sample.file_name().and_then(|n| n.to_str()).unwrap_or("sample")));
         if !marker.exists() {
             let started = Instant::now();
-            let loaded = load_sample(&engine, &sample, false).await?;
+            let loaded = load_sample(&node, &sample, false).await?;
             let ingest_time = started.elapsed();
-            let searchable = wait_caught_up(&engine, Duration::from_secs(600)).await?;
+            let searchable = wait_caught_up(&node, Duration::from_secs(600)).await?;
             eprintln!(
                 "ingested {loaded} annotations in {:.1}s ({:.0}/s); searchable {:.1}s after the last acknowledgement",
                 ingest_time.as_secs_f64(),
@@ -198,16 +198,16 @@ pub fn run_demo(options: DemoOptions) -> Result<(), DemoError> {
             );
             std::fs::write(&marker, format!("{loaded}\n"))?;
         } else {
-            wait_caught_up(&engine, Duration::from_secs(600)).await?;
-            eprintln!("sample already loaded ({} annotations stored)", engine.total_raw_annotations());
+            wait_caught_up(&node, Duration::from_secs(600)).await?;
+            eprintln!("sample already loaded ({} annotations stored)", node.total_raw_annotations());
         }
         print_examples(&format!("http://{address}"));
         tokio::signal::ctrl_c().await?;
         eprintln!("stopping");
         handle.stop(true).await;
         let _ = server_task.await;
-        let engine_for_shutdown = engine.clone();
-        tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown()).await?;
+        let node_for_shutdown = node.clone();
+        tokio::task::spawn_blocking(move || node_for_shutdown.shutdown()).await?;
         Ok(())
     })
 }

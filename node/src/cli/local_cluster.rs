@@ -188,12 +188,70 @@ pub fn format_status(status: &serde_json::Value) -> String {
             );
         }
     }
+    format_actor_map(status, &mut out);
     out
+}
+
+/// The actor map: every node's ingest router and coordinator, and every replica's Raft, fusion
+/// and index actors, with state, mailbox depth/capacity, messages handled, restarts and the
+/// last error (a node that predates the actor map shows none).
+fn format_actor_map(status: &serde_json::Value, out: &mut String) {
+    let _ = writeln!(out, "actors");
+    let _ = writeln!(out, "  node  shard  actor          thread         state       mailbox   handled  restarts  last error");
+    let row = |out: &mut String, node: &serde_json::Value, actor: &serde_json::Value| {
+        let number = |key: &str| actor[key].as_u64().unwrap_or(0);
+        let shard = actor["shard"].as_u64().map_or("-".to_string(), |s| s.to_string());
+        let _ = writeln!(
+            out,
+            "  {:>4}  {:>5}  {:<13}  {:<13}  {:<10} {:>4}/{:<5} {:>8} {:>9}  {}",
+            node,
+            shard,
+            actor["actor"].as_str().unwrap_or("?"),
+            actor["thread"].as_str().unwrap_or("?"),
+            actor["state"].as_str().unwrap_or("?"),
+            number("mailbox_depth"),
+            number("mailbox_capacity"),
+            number("messages_handled"),
+            number("restarts"),
+            actor["last_error"].as_str().unwrap_or("-")
+        );
+    };
+    for node in status["nodes"].as_array().into_iter().flatten() {
+        for actor in node["actors"].as_array().into_iter().flatten() {
+            row(out, &node["id"], actor);
+        }
+    }
+    for shard in status["shards"].as_array().into_iter().flatten() {
+        for replica in shard["replicas"].as_array().into_iter().flatten() {
+            for actor in replica["actors"].as_array().into_iter().flatten() {
+                row(out, &replica["node"], actor);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_prints_the_actor_map_of_nodes_and_replicas() {
+        let actor = |name: &str, shard: Option<u32>, restarts: u64, error: Option<&str>| {
+            serde_json::json!({"actor": name, "shard": shard, "thread": format!("{name}-0"), "state": "idle",
+                "mailbox_depth": 2, "mailbox_capacity": 16, "messages_handled": 40, "restarts": restarts, "last_error": error})
+        };
+        let status = serde_json::json!({
+            "cluster_id": "c", "node_id": 1,
+            "nodes": [{"id": 1, "up": true, "http_addr": "a", "raft_addr": "b",
+                       "actors": [actor("ingest_router", None, 0, None), actor("coordinator", None, 0, None)]}],
+            "shards": [{"shard": 0, "leader": 1, "replicas": [{"node": 1, "reachable": true, "leader": true,
+                "actors": [actor("raft", Some(0), 0, None), actor("index", Some(0), 3, Some("injected fault"))]}]}],
+        });
+        let text = format_status(&status);
+        assert!(text.contains("ingest_router"), "{text}");
+        let index_line = text.lines().find(|l| l.contains(" index ")).expect("the index actor's row");
+        assert!(index_line.contains("2/16") && index_line.contains(" 3 ") && index_line.ends_with("injected fault"), "{index_line}");
+    }
 
     #[test]
     fn configs_load_and_agree_on_members() {

@@ -1,5 +1,5 @@
 //! The HTTP API (../shared/API.md). Handlers parse and validate off the async threads when the
-//! work is heavy, call the engine, and map every error to the documented JSON body.
+//! work is heavy, call the node, and map every error to the documented JSON body.
 
 use std::sync::Arc;
 
@@ -11,10 +11,10 @@ use rushes_protocol::{ApiError, AssetRecord, ErrorCode, SearchRequest};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::peer::{AssetRead, PeerReply};
+use rushes_protocol::peer::{AssetRead, PeerReply};
 
 use crate::ingest::captions;
-use crate::node::Engine;
+use crate::node::Node;
 
 /// An [`ApiError`] as an HTTP response.
 #[derive(Debug)]
@@ -48,11 +48,11 @@ impl ResponseError for HttpError {
 
 type HttpResult = Result<HttpResponse, HttpError>;
 
-fn engine_of(request: &HttpRequest) -> Result<Arc<Engine>, HttpError> {
+fn node_of(request: &HttpRequest) -> Result<Arc<Node>, HttpError> {
     request
-        .app_data::<web::Data<Arc<Engine>>>()
+        .app_data::<web::Data<Arc<Node>>>()
         .map(|data| data.get_ref().clone())
-        .ok_or_else(|| HttpError(ApiError::internal("engine missing from app data")))
+        .ok_or_else(|| HttpError(ApiError::internal("node missing from app data")))
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with a JSON 413.
@@ -117,15 +117,15 @@ fn body_format(request: &HttpRequest) -> Result<BodyFormat, HttpError> {
 }
 
 async fn post_annotations(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let engine = engine_of(&request)?;
+    let node = node_of(&request)?;
     let format = body_format(&request)?;
-    let body = read_body(&request, payload, engine.config.limits.max_body_bytes).await?;
-    let limits = engine.ingest_limits.clone();
+    let body = read_body(&request, payload, node.config.limits.max_body_bytes).await?;
+    let limits = node.ingest_limits.clone();
     // Parsing a large batch is CPU work: keep it off the async threads.
     let items = web::block(move || parse_batch(&body, format, &limits))
         .await
         .map_err(|e| HttpError(ApiError::internal(format!("parser task failed: {e}"))))??;
-    let reply = engine.ingest(items).await?;
+    let reply = node.ingest(items).await?;
     Ok(HttpResponse::Ok().json(reply))
 }
 
@@ -139,14 +139,14 @@ struct SubtitleParams {
 /// `POST /v1/assets/{asset_id}/subtitles?language=fr`: the raw `.srt`/`.vtt` file as the body.
 async fn post_subtitles(request: HttpRequest, payload: web::Payload) -> HttpResult {
     let started = std::time::Instant::now();
-    let engine = engine_of(&request)?;
-    let asset_id = asset_id_from(&request, &engine)?;
+    let node = node_of(&request)?;
+    let asset_id = asset_id_from(&request, &node)?;
     let params: SubtitleParams = query_params(&request)?;
     captions::validate_language(&params.language).map_err(|m| HttpError(ApiError::field("language", m)))?;
     let version = params.model_version.unwrap_or_else(|| captions::DEFAULT_SUBTITLE_VERSION.to_string());
     captions::validate_version(&version).map_err(|m| HttpError(ApiError::field("model_version", m)))?;
     let body = read_body(&request, payload, crate::ingest::subtitles::MAX_SUBTITLE_BYTES).await?;
-    let limits = engine.ingest_limits.clone();
+    let limits = node.ingest_limits.clone();
     let (language, asset) = (params.language.clone(), asset_id.clone());
     // Decoding, parsing and validating a large file is CPU work: keep it off the async threads.
     let (parsed, batches) = web::block(move || -> Result<_, ApiError> {
@@ -166,7 +166,7 @@ async fn post_subtitles(request: HttpRequest, payload: web::Payload) -> HttpResu
     // Files with more cues than one batch allows go in several batches; each is atomic and a
     // retry of the whole file is a no-op for the batches already stored.
     for items in batches {
-        let reply = engine.ingest(items).await?;
+        let reply = node.ingest(items).await?;
         imported += reply.accepted;
         created += reply.created;
         duplicates += reply.duplicates;
@@ -186,36 +186,36 @@ async fn post_subtitles(request: HttpRequest, payload: web::Payload) -> HttpResu
     }))
 }
 
-fn asset_id_from(request: &HttpRequest, engine: &Engine) -> Result<String, HttpError> {
+fn asset_id_from(request: &HttpRequest, node: &Node) -> Result<String, HttpError> {
     let asset_id = request.match_info().get("asset_id").unwrap_or("").to_string();
-    rushes_protocol::validate::validate_asset_id(&asset_id, engine.ingest_limits.max_asset_id_bytes)
+    rushes_protocol::validate::validate_asset_id(&asset_id, node.ingest_limits.max_asset_id_bytes)
         .map_err(|m| HttpError(ApiError::field("asset_id", format!("asset_id {m}"))))?;
     Ok(asset_id)
 }
 
 async fn put_asset(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let engine = engine_of(&request)?;
-    let asset_id = asset_id_from(&request, &engine)?;
+    let node = node_of(&request)?;
+    let asset_id = asset_id_from(&request, &node)?;
     let body = read_body(&request, payload, 64 * 1024).await?;
     let record: AssetRecord = parse_json(&body)?;
-    engine.upsert_asset(&asset_id, record.clone()).await?;
+    node.upsert_asset(&asset_id, record.clone()).await?;
     let mut reply = serde_json::to_value(&record).map_err(|e| HttpError(ApiError::internal(e.to_string())))?;
     reply["asset_id"] = serde_json::json!(asset_id);
     Ok(HttpResponse::Ok().json(reply))
 }
 
 async fn get_asset(request: HttpRequest) -> HttpResult {
-    let engine = engine_of(&request)?;
-    let asset_id = asset_id_from(&request, &engine)?;
+    let node = node_of(&request)?;
+    let asset_id = asset_id_from(&request, &node)?;
     // Decodes every annotation of the asset: blocking work (or a replica's, on another node).
-    read_reply(engine.read_asset(AssetRead::View { asset_id }).await?)
+    read_reply(node.read_asset(AssetRead::View { asset_id }).await?)
 }
 
 async fn get_raw_annotation(request: HttpRequest) -> HttpResult {
-    let engine = engine_of(&request)?;
-    let asset_id = asset_id_from(&request, &engine)?;
+    let node = node_of(&request)?;
+    let asset_id = asset_id_from(&request, &node)?;
     let annotation_id = request.match_info().get("annotation_id").unwrap_or("").to_string();
-    read_reply(engine.read_asset(AssetRead::RawAnnotation { asset_id, annotation_id }).await?)
+    read_reply(node.read_asset(AssetRead::RawAnnotation { asset_id, annotation_id }).await?)
 }
 
 #[derive(Deserialize)]
@@ -231,10 +231,10 @@ fn query_params<T: DeserializeOwned>(request: &HttpRequest) -> Result<T, HttpErr
 }
 
 async fn get_buckets(request: HttpRequest) -> HttpResult {
-    let engine = engine_of(&request)?;
-    let asset_id = asset_id_from(&request, &engine)?;
+    let node = node_of(&request)?;
+    let asset_id = asset_id_from(&request, &node)?;
     let range: RangeQuery = query_params(&request)?;
-    read_reply(engine.read_asset(AssetRead::Buckets { asset_id, from_ms: range.from_ms, to_ms: range.to_ms }).await?)
+    read_reply(node.read_asset(AssetRead::Buckets { asset_id, from_ms: range.from_ms, to_ms: range.to_ms }).await?)
 }
 
 /// A read's JSON (or the stored annotation's raw bytes, which are JSON too).
@@ -247,18 +247,18 @@ fn read_reply(reply: PeerReply) -> HttpResult {
 }
 
 async fn post_search(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let engine = engine_of(&request)?;
+    let node = node_of(&request)?;
     let body = read_body(&request, payload, 1024 * 1024).await?;
     let search: SearchRequest = parse_json(&body)?;
-    Ok(HttpResponse::Ok().json(engine.search(search).await?))
+    Ok(HttpResponse::Ok().json(node.search(search).await?))
 }
 
 async fn post_explain(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let engine = engine_of(&request)?;
+    let node = node_of(&request)?;
     let body = read_body(&request, payload, 1024 * 1024).await?;
     let search: SearchRequest = parse_json(&body)?;
-    let plan = engine.plan(search).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "plan": plan, "shards": engine.shards.len() })))
+    let plan = node.explain(search).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "plan": plan, "shards": node.shards().len() })))
 }
 
 #[derive(Deserialize)]
@@ -269,19 +269,19 @@ struct SuggestQuery {
 }
 
 async fn get_suggest(request: HttpRequest) -> HttpResult {
-    let engine = engine_of(&request)?;
+    let node = node_of(&request)?;
     let params: SuggestQuery = query_params(&request)?;
     let limit = params.limit.unwrap_or(8).clamp(1, 50);
-    if params.q.len() > engine.config.limits.max_query_bytes {
+    if params.q.len() > node.config.limits.max_query_bytes {
         return Err(HttpError(ApiError::new(ErrorCode::TooLarge, "q is too long").with_field("q")));
     }
-    let engine_for_task = engine.clone();
+    let node_for_task = node.clone();
     let q = params.q.clone();
-    let suggestions = web::block(move || crate::query::suggest::suggest(&engine_for_task, &q, limit))
+    let suggestions = web::block(move || crate::query::suggest::suggest(&node_for_task.planner, node_for_task.shards(), &q, limit))
         .await
         .map_err(|e| HttpError(ApiError::internal(format!("suggest task failed: {e}"))))??;
     let moments = match suggestions.completions.first() {
-        Some(best) => engine.suggest_moments(&best.query).await,
+        Some(best) => node.suggest_moments(&best.query).await,
         None => vec![],
     };
     Ok(HttpResponse::Ok().json(serde_json::json!({ "q": params.q, "completions": suggestions.completions, "moments": moments })))
@@ -296,9 +296,9 @@ struct ClusterParams {
 }
 
 async fn get_cluster(request: HttpRequest) -> HttpResult {
-    let engine = engine_of(&request)?;
+    let node = node_of(&request)?;
     let params: ClusterParams = query_params(&request)?;
-    Ok(HttpResponse::Ok().json(engine.cluster_status(params.digest).await?))
+    Ok(HttpResponse::Ok().json(crate::status::cluster_status(&node, params.digest).await?))
 }
 
 /// Fault injection is off unless the node was started with this variable set to 1.
@@ -312,15 +312,21 @@ struct PartitionRequest {
 
 /// `POST /v1/debug/partition {"isolate_from": [2, 3]}`: this node drops Raft messages and
 /// requests to and from those nodes (`[]` heals). For fault-injection suites without root.
-async fn post_partition(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let engine = engine_of(&request)?;
+/// Refuses a fault-injection request unless the node was started with it on.
+fn fault_injection_enabled(endpoint: &str) -> Result<(), HttpError> {
     if std::env::var(FAULT_INJECTION_ENV).as_deref() != Ok("1") {
         return Err(HttpError(ApiError::new(
             rushes_protocol::ErrorCode::NotFound,
-            format!("fault injection is disabled; start the node with {FAULT_INJECTION_ENV}=1 to use /v1/debug/partition"),
+            format!("fault injection is disabled; start the node with {FAULT_INJECTION_ENV}=1 to use {endpoint}"),
         )));
     }
-    let Some(net) = engine.net.clone() else {
+    Ok(())
+}
+
+async fn post_partition(request: HttpRequest, payload: web::Payload) -> HttpResult {
+    let node = node_of(&request)?;
+    fault_injection_enabled("/v1/debug/partition")?;
+    let Some(net) = node.net().cloned() else {
         return Err(HttpError(ApiError::field(
             "isolate_from",
             "this node runs alone (no [[cluster.nodes]]): there is nothing to partition",
@@ -336,13 +342,58 @@ async fn post_partition(request: HttpRequest, payload: web::Payload) -> HttpResu
     Ok(HttpResponse::Ok().json(serde_json::json!({ "isolated_from": net.isolated() })))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActorFaultRequest {
+    shard: u32,
+    /// `fusion` or `index`.
+    actor: String,
+    /// How many of its next batches panic.
+    #[serde(default = "one")]
+    panics: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /v1/debug/actor-fault {"shard": 0, "actor": "index", "panics": 1}`: the next batches
+/// of a local replica's fusion or index actor panic, to exercise supervision.
+async fn post_actor_fault(request: HttpRequest, payload: web::Payload) -> HttpResult {
+    let node = node_of(&request)?;
+    fault_injection_enabled("/v1/debug/actor-fault")?;
+    let body = read_body(&request, payload, 4 * 1024).await?;
+    let fault: ActorFaultRequest = parse_json(&body)?;
+    let actor = match fault.actor.as_str() {
+        "fusion" => crate::actors::ActorKind::Fusion,
+        "index" => crate::actors::ActorKind::Index,
+        other => {
+            return Err(HttpError(ApiError::field(
+                "actor",
+                format!("actor {other:?}: use \"fusion\" or \"index\" (the supervised actors)"),
+            )))
+        }
+    };
+    if fault.panics == 0 || fault.panics > 100 {
+        return Err(HttpError(ApiError::field("panics", "panics must be 1..=100")));
+    }
+    let shard = node.view.local_shard(fault.shard).ok_or_else(|| {
+        HttpError(ApiError::field("shard", format!("shard {} has no replica on this node; send this to a node that holds it", fault.shard)))
+    })?;
+    shard.inject_panics(actor, fault.panics).map_err(|m| HttpError(ApiError::field("actor", m)))?;
+    tracing::warn!(shard = fault.shard, actor = fault.actor, panics = fault.panics, "fault injection: actor panics armed");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "shard": fault.shard, "actor": fault.actor, "panics": fault.panics })))
+}
+
 async fn health(request: HttpRequest) -> HttpResult {
-    let engine = engine_of(&request)?;
-    let failed: Vec<u32> =
-        engine.shards.iter().filter(|s| s.progress.failed.load(std::sync::atomic::Ordering::Acquire)).map(|s| s.id).collect();
+    let node = node_of(&request)?;
+    let failed: Vec<serde_json::Value> = node
+        .shards()
+        .iter()
+        .filter_map(|s| s.progress.failure().map(|cause| serde_json::json!({ "shard": s.id, "cause": cause })))
+        .collect();
     if failed.is_empty() {
-        Ok(HttpResponse::Ok()
-            .json(serde_json::json!({ "status": "ok", "shards": engine.shards.len(), "caught_up": engine.is_caught_up() })))
+        Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ok", "shards": node.shards().len(), "caught_up": node.is_caught_up() })))
     } else {
         Ok(HttpResponse::ServiceUnavailable()
             .insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")))
@@ -351,9 +402,9 @@ async fn health(request: HttpRequest) -> HttpResult {
 }
 
 async fn metrics(request: HttpRequest) -> HttpResult {
-    let engine = engine_of(&request)?;
-    engine.refresh_stage_gauges();
-    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(engine.metrics.render()))
+    let node = node_of(&request)?;
+    node.refresh_gauges();
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(node.metrics.render()))
 }
 
 async fn not_found(request: HttpRequest) -> HttpResponse {
@@ -384,13 +435,13 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/v1/search/explain").route(web::post().to(post_explain)))
         .service(resource("/v1/suggest").route(web::get().to(get_suggest)))
         .service(resource("/v1/cluster").route(web::get().to(get_cluster)))
-        .service(resource("/v1/debug/partition").route(web::post().to(post_partition)));
+        .service(resource("/v1/debug/partition").route(web::post().to(post_partition)))
+        .service(resource("/v1/debug/actor-fault").route(web::post().to(post_actor_fault)));
 }
 
 /// Builds the HTTP server (not yet running).
-pub fn server(engine: Arc<Engine>, listener: std::net::TcpListener) -> std::io::Result<actix_web::dev::Server> {
-    actix_web::rt::spawn(Engine::warm_suggest_moments(Arc::downgrade(&engine)));
-    let data = web::Data::new(engine);
+pub fn server(node: Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::new(node);
     Ok(HttpServer::new(move || App::new().app_data(data.clone()).configure(configure).default_service(web::to(not_found)))
         .workers(2)
         .max_connections(4096)

@@ -2,4 +2,5 @@
 //! and the subtitle importer that turns .srt/.vtt cues into dialogue annotations.
 
 pub mod captions;
+pub mod router;
 pub mod subtitles;

@@ -5,6 +5,8 @@
 //! the HTTP workers are busy, and the raft threads (plain OS threads) can queue messages
 //! without an async context.
 
+pub mod serve;
+
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -17,118 +19,18 @@ use rushes_cluster::transport::{Inbound, Transport, TransportConfig, TransportEr
 use rushes_cluster::{NodeId, ShardId};
 use rushes_config::Config;
 use rushes_protocol::codec;
+use rushes_protocol::peer::{PeerReply, PeerRequest, PEER_FORMAT};
 use rushes_protocol::ApiError;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::query::plan::WirePlan;
-use crate::search::{GlobalStats, LeafSummary, RankedAssets};
 use crate::shard::RaftOutbox;
-use crate::storage::store::{ApplyOutcome, RawChunk};
 
-/// Format version of [`PeerRequest`] / [`PeerReply`] bodies.
-pub const PEER_FORMAT: u8 = 1;
 /// Largest frame between nodes: a forwarded write or a Raft entry holds up to one request body
 /// (`limits.max_body_bytes`) as raw and parsed annotations. Snapshots travel in chunks of
 /// `raft.snapshot_chunk_bytes` (at most 64 MiB), so a raw store of any size fits.
 const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
 /// Raft messages and requests queued per peer before senders see `QueueFull`.
 const PEER_QUEUE_FRAMES: usize = 8192;
-
-/// What one node asks another.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum PeerRequest {
-    /// Propose an encoded `ShardCommand` on `shard` if the receiver leads it, and answer once
-    /// it is committed on a quorum and applied.
-    Propose {
-        shard: ShardId,
-        // Bytes, not a sequence of u8 (same encoding, one copy to decode): these are whole batches.
-        #[serde(with = "serde_bytes")]
-        command: Vec<u8>,
-    },
-    /// The receiver's local replicas (for `GET /v1/cluster`).
-    Status,
-    /// Search phase one on the receiver's replica of `shard`: every leaf's hits, kept there
-    /// under `query` for the next phases; replies with their summaries. `strong` first waits
-    /// for a read index.
-    SearchHits { query: u64, shard: ShardId, plan: WirePlan, strong: bool },
-    /// Phase two with the global statistics: the shard's ranked assets.
-    SearchCandidates { query: u64, shard: ShardId, stats: GlobalStats },
-    /// Phase three: clips and evidence of the chosen assets (then the session is dropped).
-    SearchFinish { query: u64, shard: ShardId, keep: Vec<String> },
-    /// Label vocabulary and series names of the receiver's replicas (query understanding on a
-    /// node that does not hold every shard).
-    Vocabulary,
-    /// A read of one asset's data on the receiver's replica.
-    AssetRead(AssetRead),
-    /// The next chunk of the receiver's raw store of `shard` after `after` (for a replica
-    /// installing a snapshot), if the receiver has applied through `min_applied`.
-    SnapshotChunk {
-        shard: ShardId,
-        #[serde(with = "serde_bytes")]
-        after: Option<Vec<u8>>,
-        min_applied: u64,
-    },
-    /// Whether the receiver's replica of `shard` holds `word` (a folded token) in dialogue:
-    /// query understanding on a node that lacks that shard. Appended last, so the variants
-    /// before keep their encoding.
-    DialogueWord { word: String, shard: ShardId },
-}
-
-/// Reads a node without the asset's shard forwards to a replica.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum AssetRead {
-    View { asset_id: String },
-    RawAnnotation { asset_id: String, annotation_id: String },
-    Buckets { asset_id: String, from_ms: Option<u64>, to_ms: Option<u64> },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum PeerReply {
-    /// The forwarded write is committed on a quorum and applied.
-    Applied(ApplyOutcome),
-    /// The receiver does not lead the shard; `leader` is who it thinks does.
-    NotLeader {
-        leader: Option<NodeId>,
-    },
-    Error(ApiError),
-    Status(Vec<ReplicaStatus>),
-    Summary(Vec<LeafSummary>),
-    Ranked(RankedAssets),
-    /// JSON bytes (search results and reads: their API types are JSON-shaped).
-    Json(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// Raw bytes (a stored annotation exactly as received).
-    Raw(#[serde(with = "serde_bytes")] Vec<u8>),
-    Vocabulary {
-        labels: Vec<(String, Vec<String>)>,
-        series: Vec<String>,
-    },
-    /// A chunk of a raw store, read when the sender had applied through `applied`.
-    SnapshotChunk {
-        chunk: RawChunk,
-        applied: u64,
-    },
-    /// Reply to `DialogueWord`.
-    DialogueWord {
-        known: bool,
-    },
-}
-
-/// One local replica as its node sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplicaStatus {
-    pub shard: ShardId,
-    pub node: NodeId,
-    pub leader: bool,
-    pub leader_id: Option<NodeId>,
-    pub term: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub fused_index: u64,
-    pub indexed_index: u64,
-    pub raw_annotations: u64,
-    pub failed: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {

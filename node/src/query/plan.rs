@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use rushes_protocol::model::normalize_label;
+pub use rushes_protocol::peer::WirePlan;
 use rushes_protocol::{
     ApiError, BoolOperator, Clause, ErrorCode, Filters, FusionMethod, Fuzziness, GroupBy, SearchMode, SearchRequest, VectorMetricName,
     MAX_CLAUSE_DEPTH,
@@ -197,19 +198,6 @@ pub struct Plan {
     pub understanding: Option<Understood>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub warnings: Vec<String>,
-}
-
-/// A plan as sent to another node's replica of a shard: JSON (the plan's tagged enums need a
-/// self-describing format) plus what the JSON form leaves out: the query vectors and the cursor.
-/// Stems are recomputed on arrival from each clause's text and languages.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WirePlan {
-    /// Bytes, not a sequence of u8: the same encoding, decoded with one copy.
-    #[serde(with = "serde_bytes")]
-    pub json: Vec<u8>,
-    /// One per leaf (empty for leaves without a vector).
-    pub vectors: Vec<Vec<f32>>,
-    pub cursor: Option<(f64, String)>,
 }
 
 impl Plan {

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use rushes_protocol::ApiError;
 use serde::Serialize;
 
-use crate::node::Engine;
+use std::sync::Arc;
+
+use crate::query::planner::Planner;
+use crate::shard::Shard;
 
 /// Terms read from one segment's dictionary per keystroke, at most.
 const TERMS_SCANNED_MAX: usize = 5_000;
@@ -30,7 +33,7 @@ pub struct Suggestions {
     pub completions: Vec<Completion>,
 }
 
-pub fn suggest(engine: &Engine, q: &str, limit: usize) -> Result<Suggestions, ApiError> {
+pub fn suggest(planner: &Planner, shards: &[Arc<Shard>], q: &str, limit: usize) -> Result<Suggestions, ApiError> {
     let lowered = q.to_lowercase();
     let trimmed = lowered.trim_start();
     if trimmed.trim().is_empty() {
@@ -43,7 +46,7 @@ pub fn suggest(engine: &Engine, q: &str, limit: usize) -> Result<Suggestions, Ap
     let head_original = &q[..q.len() - prefix.len().min(q.len())];
     let mut completions = Vec::new();
     // Labels first: a name completes on the whole typed text too ("coffee s" → "coffee shop").
-    for (label, tracks) in engine.vocabulary() {
+    for (label, tracks) in planner.vocabulary() {
         let whole = trimmed.trim_end();
         let (matches, query) = if !head.is_empty() && label.starts_with(whole) && label.contains(' ') {
             (true, label.clone())
@@ -61,7 +64,7 @@ pub fn suggest(engine: &Engine, q: &str, limit: usize) -> Result<Suggestions, Ap
     }
     if !prefix.is_empty() && completions.len() < limit {
         let mut words: HashMap<String, u64> = HashMap::new();
-        for shard in &engine.shards {
+        for shard in shards {
             let searcher = shard.index.reader.searcher();
             for segment in searcher.segment_readers() {
                 let inverted = segment.inverted_index(shard.index.fields.dialogue).map_err(|e| ApiError::internal(e.to_string()))?;

@@ -14,12 +14,15 @@
 //! 4. `finish_assets` (only shards holding the global top `limit`): clips snap to shots, get
 //!    padding and length bounds, overlaps are suppressed, evidence with highlights is attached.
 
+pub mod sessions;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use rushes_protocol::codec;
 use rushes_protocol::model::{BucketEntryRef, BucketRef, BUCKET_FORMAT};
+pub use rushes_protocol::peer::{GlobalStats, LeafStats, LeafSummary, RankedAssets};
 use rushes_protocol::{AssetGroup, AssetHits, BoolOperator, Clip, Filters, FusionMethod, GroupBy, Match, SearchResponse, ShardCounts};
 use tantivy::query::{
     BooleanQuery, BoostQuery, ConstScoreQuery, DisjunctionMaxQuery, FuzzyTermQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery,
@@ -59,9 +62,6 @@ pub enum SearchError {
     Tantivy(#[from] tantivy::TantivyError),
     #[error("usearch: {0}")]
     Vector(String),
-    /// Another node's replica could not run its part.
-    #[error("remote replica: {0}")]
-    Remote(String),
 }
 
 /// One key per (asset ordinal, bucket) that sorts by asset, then time: per-asset runs and
@@ -105,32 +105,6 @@ pub struct LeafHits {
 /// Phase one of a shard: every leaf's hits.
 pub struct ShardHits {
     leaves: Vec<LeafHits>,
-}
-
-/// What the coordinator needs of one leaf on one shard.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct LeafSummary {
-    min: Option<f32>,
-    max: Option<f32>,
-    /// Best raw scores, descending, at most `rank_window` (RRF only).
-    top: Vec<f32>,
-    /// Vector leaves: best similarities, descending, at most k.
-    similarities: Vec<f64>,
-}
-
-/// Statistics of each leaf over all shards.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct GlobalStats {
-    leaves: Vec<LeafStats>,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct LeafStats {
-    min: f32,
-    max: f32,
-    top: Vec<f32>,
-    /// Vector leaves: hits below this similarity are dropped (the global k-th, or min_similarity).
-    min_similarity: Option<f64>,
 }
 
 pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> {
@@ -471,15 +445,6 @@ fn shots_around(shard: &Shard, asset_id: &str, clip: &RawClip) -> Result<Vec<(u6
 
 /// The coordinator's choice between phases: the `limit` best assets over all shards (ties by
 /// asset id), as the asset ids to finish per shard position.
-/// What the coordinator needs of a shard's phase two: its ranked assets and counts.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct RankedAssets {
-    /// (score, asset id), best first.
-    pub ranked: Vec<(f64, String)>,
-    pub total_assets: usize,
-    pub remaining_assets: usize,
-}
-
 impl ShardCandidates {
     pub fn ranked_assets(&self) -> RankedAssets {
         RankedAssets {

@@ -523,6 +523,13 @@ impl ShardIndex {
         })
     }
 
+    /// Drops every document added or deleted since the last commit, as after a failure in the
+    /// middle of a batch: the index actor then writes them again from its durable watermark.
+    pub fn discard_uncommitted(&self) -> Result<(), IndexError> {
+        self.writer.lock().rollback()?;
+        Ok(())
+    }
+
     /// Records that the index on disk is complete in the current format (after a full reindex).
     pub fn mark_format_current(&self) -> Result<(), IndexError> {
         write_atomically(&self.format_path, INDEX_FORMAT_VERSION.to_string().as_bytes())

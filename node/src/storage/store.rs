@@ -14,6 +14,7 @@ use rushes_protocol::model::{
     normalize_label, same_raw_content, Bucket, IngestItem, StoredAnnotation, StoredAsset, ASSET_FORMAT, BUCKET_FORMAT,
     STORED_ANNOTATION_FORMAT,
 };
+pub use rushes_protocol::peer::{ApplyOutcome, RawChunk};
 use sled::Transactional;
 
 const VECTOR_FORMAT: u8 = 1;
@@ -30,20 +31,6 @@ pub enum StoreError {
     /// fetch was filling it: that fetch's chunks are incomplete and must not be installed.
     #[error("the snapshot staging area was emptied during the fetch")]
     StagingReplaced,
-}
-
-/// Result of applying one ingest command (also a forwarded write's reply between nodes).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum ApplyOutcome {
-    Applied {
-        created: usize,
-        duplicates: usize,
-    },
-    /// Item `item` reuses an existing id with different content: nothing was stored.
-    Conflict {
-        item: usize,
-        annotation_id: String,
-    },
 }
 
 /// Watermark names in the `state` tree.
@@ -867,46 +854,6 @@ pub const LEGACY_RAW_SNAPSHOT_FORMAT: u8 = 1;
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LegacyRawSnapshot {
     trees: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
-}
-
-/// One piece of a raw store on its way to a replica (see [`ShardStore::raw_chunk`]).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RawChunk {
-    #[serde(with = "byte_pairs")]
-    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// No more chunks after this one.
-    pub done: bool,
-}
-
-/// Key/value pairs with each side serialized as bytes: the encoding of a sequence of u8 pairs,
-/// decoded with one copy per side instead of one call per byte (chunks are 4 MiB).
-mod byte_pairs {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use serde_bytes::{ByteBuf, Bytes};
-
-    pub fn serialize<S: Serializer>(pairs: &[(Vec<u8>, Vec<u8>)], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(pairs.iter().map(|(key, value)| (Bytes::new(key), Bytes::new(value))))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(Vec<u8>, Vec<u8>)>, D::Error> {
-        let pairs = Vec::<(ByteBuf, ByteBuf)>::deserialize(deserializer)?;
-        Ok(pairs.into_iter().map(|(key, value)| (key.into_vec(), value.into_vec())).collect())
-    }
-
-    #[cfg(test)]
-    #[test]
-    fn the_encoding_is_that_of_plain_pairs() {
-        #[derive(serde::Serialize)]
-        struct Plain {
-            pairs: Vec<(Vec<u8>, Vec<u8>)>,
-            done: bool,
-        }
-        let pairs = vec![(b"ra\0x".to_vec(), (0..=255u8).collect::<Vec<u8>>()), (vec![], vec![7u8; 3])];
-        let chunk = super::RawChunk { pairs: pairs.clone(), done: true };
-        let bytes = rushes_protocol::codec::encode(1, &chunk).expect("encodes");
-        assert_eq!(bytes, rushes_protocol::codec::encode(1, &Plain { pairs, done: true }).expect("encodes"));
-        assert_eq!(rushes_protocol::codec::decode::<super::RawChunk>(1, &bytes).expect("decodes"), chunk);
-    }
 }
 
 /// `state` key: the index a complete staged snapshot holds every entry through.

@@ -15,6 +15,8 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     pub port: u16,
     pub extra_args: Vec<String>,
+    /// Environment variables of the node process (besides `RUST_LOG=warn`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log_path: PathBuf,
 }
@@ -26,10 +28,15 @@ fn free_port() -> u16 {
 
 impl TestNode {
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> TestNode {
+        TestNode::start_with_env(data_dir, extra_args, &[])
+    }
+
+    pub fn start_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> TestNode {
         let mut node = TestNode {
             data_dir: data_dir.to_path_buf(),
             port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
             log_path: data_dir.join("node.log"),
         };
@@ -56,6 +63,7 @@ impl TestNode {
             .arg(&self.data_dir)
             .args(&self.extra_args)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

@@ -1,0 +1,371 @@
+//! The ingest router: one actor per node. It takes a validated batch, removes identical repeats,
+//! refuses ids that already exist with other content, splits the batch by shard
+//! (`shard_for_asset`), sends each part to its shard's leader (this node's replica, or another
+//! node's through the peer transport, following leader hints through elections), and replies
+//! once every part is committed on a quorum and applied.
+//!
+//! The actor admits work and counts it; the routing itself runs as futures on the actor's
+//! thread (awaiting replicas and peers), and the blocking parts (deduplication, conflict
+//! checks, encoding) on the blocking pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message as ActixMessage, WrapFuture};
+use rushes_cluster::{NodeId, ShardId};
+use rushes_protocol::codec;
+use rushes_protocol::model::{same_raw_content, IngestItem, ShardCommand, StoredAnnotation, StoredAsset, SHARD_COMMAND_FORMAT};
+use rushes_protocol::peer::{ApplyOutcome, PeerReply, PeerRequest};
+use rushes_protocol::validate::{validate_asset_id, ParsedItem};
+use rushes_protocol::{ApiError, AssetRecord, ErrorCode, IngestReply};
+
+use crate::actors::{ActorState, ActorStats};
+use crate::node::ClusterView;
+use crate::shard::{Shard, ShardError};
+
+/// Longest wait for one forwarded write before routing again.
+const FORWARD_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(3_000);
+
+/// Store a validated batch; the reply comes once every annotation is committed and durable.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Ingest {
+    pub items: Vec<ParsedItem>,
+    pub reply: tokio::sync::oneshot::Sender<Result<IngestReply, ApiError>>,
+}
+
+/// Store an asset record.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct UpsertAsset {
+    pub asset_id: String,
+    pub record: AssetRecord,
+    pub reply: tokio::sync::oneshot::Sender<Result<(), ApiError>>,
+}
+
+pub struct IngestRouter {
+    view: Arc<ClusterView>,
+    stats: Arc<ActorStats>,
+    /// Writes being routed now, and the most allowed (`limits.ingest_queue_depth`).
+    in_flight: usize,
+    in_flight_max: usize,
+}
+
+impl IngestRouter {
+    pub fn new(view: Arc<ClusterView>, stats: Arc<ActorStats>) -> IngestRouter {
+        let in_flight_max = view.config.limits.ingest_queue_depth.max(1);
+        IngestRouter { view, stats, in_flight: 0, in_flight_max }
+    }
+
+    /// Takes one write in flight, or refuses it as overload.
+    fn admit(&mut self) -> Result<(), ApiError> {
+        if self.in_flight >= self.in_flight_max {
+            return Err(ApiError::overloaded(format!(
+                "{} writes are being routed on this node (limits.ingest_queue_depth); retry after the advertised delay",
+                self.in_flight
+            )));
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+}
+
+impl Actor for IngestRouter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.stats.set_state(ActorState::Idle);
+    }
+}
+
+impl Handler<Ingest> for IngestRouter {
+    type Result = ();
+
+    fn handle(&mut self, ingest: Ingest, ctx: &mut Context<Self>) {
+        let _handling = self.stats.handling();
+        if let Err(e) = self.admit() {
+            let _ = ingest.reply.send(Err(e));
+            return;
+        }
+        let work = ingest_batch(self.view.clone(), ingest.items);
+        let reply = ingest.reply;
+        ctx.spawn(work.into_actor(self).map(move |result, router, _| {
+            router.in_flight -= 1;
+            let _ = reply.send(result);
+        }));
+    }
+}
+
+impl Handler<UpsertAsset> for IngestRouter {
+    type Result = ();
+
+    fn handle(&mut self, upsert: UpsertAsset, ctx: &mut Context<Self>) {
+        let _handling = self.stats.handling();
+        if let Err(e) = self.admit() {
+            let _ = upsert.reply.send(Err(e));
+            return;
+        }
+        let work = upsert_asset(self.view.clone(), upsert.asset_id, upsert.record);
+        let reply = upsert.reply;
+        ctx.spawn(work.into_actor(self).map(move |result, router, _| {
+            router.in_flight -= 1;
+            let _ = reply.send(result);
+        }));
+    }
+}
+
+async fn ingest_batch(view: Arc<ClusterView>, items: Vec<ParsedItem>) -> Result<IngestReply, ApiError> {
+    let started = Instant::now();
+    let total = items.len();
+    // Deduplication, conflict pre-checks (sled reads) and encoding are blocking work.
+    let preparing = view.clone();
+    let prepared = tokio::task::spawn_blocking(move || prepare_ingest(&preparing, items))
+        .await
+        .map_err(|e| ApiError::internal(format!("ingest preparation failed: {e}")))??;
+    let deadline = tokio::time::Instant::now() + view.request_timeout();
+    // Every shard's part goes to its leader at once; the reply waits for all of them.
+    let parts = prepared.commands.into_iter().map(|(shard, command, positions)| {
+        let view = view.clone();
+        async move { (propose_routed(&view, shard, command, deadline).await, positions) }
+    });
+    let outcomes = futures_util::future::join_all(parts).await;
+    let mut created = 0;
+    let mut duplicates = prepared.batch_duplicates;
+    let mut first_error: Option<ApiError> = None;
+    for (outcome, positions) in outcomes {
+        match outcome {
+            Ok(ApplyOutcome::Applied { created: c, duplicates: d }) => {
+                created += c;
+                duplicates += d;
+            }
+            Ok(ApplyOutcome::Conflict { item, annotation_id }) => {
+                first_error.get_or_insert(conflict(positions.get(item).copied().unwrap_or(item), &annotation_id));
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        view.metrics.ingest_requests.with_label_values(&[error.code.as_str()]).inc();
+        return Err(error);
+    }
+    view.metrics.ingest_requests.with_label_values(&["ok"]).inc();
+    view.metrics.ingest_annotations.inc_by(total as u64);
+    Ok(IngestReply { accepted: total, created, duplicates, took_ms: started.elapsed().as_millis() as u64 })
+}
+
+async fn upsert_asset(view: Arc<ClusterView>, asset_id: String, record: AssetRecord) -> Result<(), ApiError> {
+    validate_asset_id(&asset_id, view.config.limits.max_asset_id_bytes)
+        .map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))?;
+    validate_asset_record(&record, view.config.limits.max_time_ms)?;
+    let shard = view.shard_map.shard_for_asset(&asset_id);
+    let command = codec::encode(SHARD_COMMAND_FORMAT, &ShardCommand::UpsertAsset { asset_id, record: StoredAsset::from(record) })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + view.request_timeout();
+    propose_routed(&view, shard, command, deadline).await.map(|_| ())
+}
+
+/// One encoded ingest command per shard, with the batch positions of its items.
+struct PreparedIngest {
+    commands: Vec<(ShardId, Vec<u8>, Vec<usize>)>,
+    batch_duplicates: usize,
+}
+
+/// Splits a batch into one encoded command per shard, after removing identical repeats and
+/// refusing ids that already exist with other content.
+fn prepare_ingest(view: &ClusterView, items: Vec<ParsedItem>) -> Result<PreparedIngest, ApiError> {
+    // In-batch duplicates: identical ones collapse, different content under one id is a conflict.
+    let mut first_seen: HashMap<(String, String), usize> = HashMap::with_capacity(items.len());
+    let mut by_shard: BTreeMap<ShardId, (Vec<IngestItem>, Vec<usize>)> = BTreeMap::new();
+    let mut batch_duplicates = 0;
+    let mut kept: Vec<(usize, IngestItem)> = Vec::with_capacity(items.len());
+    for (position, item) in items.into_iter().enumerate() {
+        let key = (item.annotation.asset_id.clone(), item.annotation.id.clone());
+        let (annotation, vector) = StoredAnnotation::from_validated(item.annotation);
+        let ingest_item = IngestItem { raw_json: item.raw_json, annotation, vector };
+        if let Some(&kept_index) = first_seen.get(&key) {
+            let (earlier, previous) = &kept[kept_index];
+            let earlier = *earlier;
+            if !same_raw_content(&previous.raw_json, &ingest_item.raw_json) {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("id {:?} appears twice in this batch with different content (items {earlier} and {position})", key.1),
+                )
+                .with_item(position)
+                .with_field("id"));
+            }
+            batch_duplicates += 1;
+            continue;
+        }
+        first_seen.insert(key, kept.len());
+        kept.push((position, ingest_item));
+    }
+    // Check stored ids before proposing, so a conflict normally stores nothing anywhere.
+    // The shard re-checks when applying (authoritative, for concurrent writers).
+    for (position, item) in kept {
+        let shard_id = view.shard_map.shard_for_asset(&item.annotation.asset_id);
+        // Only a local replica can be checked here; the leader's apply is authoritative.
+        if let Some(shard) = view.local_shard(shard_id) {
+            let existing_raw = shard
+                .store
+                .raw_annotation(&item.annotation.asset_id, &item.annotation.id)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            if existing_raw.is_some_and(|raw| !same_raw_content(&raw, &item.raw_json)) {
+                return Err(conflict(position, &item.annotation.id));
+            }
+        }
+        let entry = by_shard.entry(shard_id).or_default();
+        entry.0.push(item);
+        entry.1.push(position);
+    }
+    let mut commands = Vec::with_capacity(by_shard.len());
+    for (shard_index, (items, positions)) in by_shard {
+        let bytes = codec::encode(SHARD_COMMAND_FORMAT, &ShardCommand::Ingest { items }).map_err(|e| ApiError::internal(e.to_string()))?;
+        commands.push((shard_index, bytes, positions));
+    }
+    Ok(PreparedIngest { commands, batch_duplicates })
+}
+
+/// Where a routed write ended.
+enum Routed {
+    Done(ApplyOutcome),
+    /// The replica asked does not lead the shard; maybe it knows who does.
+    NotLeader(Option<NodeId>),
+}
+
+/// Proposes an encoded command on `shard` through its leader (local or forwarded) and waits
+/// until it is committed on a quorum and applied. Follows leader hints and waits out elections
+/// until `deadline` (the request timeout); then a retryable 503. Re-proposing after an unclear
+/// failure is safe: applying a command twice is a no-op.
+pub async fn propose_routed(
+    view: &ClusterView,
+    shard: ShardId,
+    command: Vec<u8>,
+    deadline: tokio::time::Instant,
+) -> Result<ApplyOutcome, ApiError> {
+    let replicas = view.shard_map.replicas(shard).to_vec();
+    let node_id = view.node_id();
+    let mut hint: Option<NodeId> = None;
+    let mut next_replica = 0usize;
+    let mut pause = Duration::from_millis(10);
+    let mut last_error = None;
+    loop {
+        let local = view.local_shard(shard).cloned();
+        let target = hint.or_else(|| local.as_ref().and_then(|s| s.leader()));
+        let attempt = match (target, &local) {
+            (Some(node), Some(replica)) if node == node_id => propose_local(replica, command.clone(), deadline).await,
+            (Some(node), _) if node != node_id => forward_propose(view, node, shard, command.clone(), deadline).await,
+            // A node without a replica asks the replicas in turn; they answer with hints.
+            (None, None) if !replicas.is_empty() => {
+                let node = replicas[next_replica % replicas.len()];
+                next_replica += 1;
+                forward_propose(view, node, shard, command.clone(), deadline).await
+            }
+            _ => Ok(Routed::NotLeader(None)),
+        };
+        match attempt {
+            Ok(Routed::Done(outcome)) => return Ok(outcome),
+            Ok(Routed::NotLeader(new_hint)) => hint = new_hint.filter(|h| Some(*h) != target),
+            Err(e) if e.code.is_retryable() && e.code != ErrorCode::Overloaded => {
+                hint = None;
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+        let now = tokio::time::Instant::now();
+        if now + pause >= deadline {
+            let detail = last_error.map(|e| format!(" (last error: {})", e.message)).unwrap_or_default();
+            return Err(ApiError::unavailable(format!(
+                "shard {shard} has no leader this node can reach{detail}; nothing was acknowledged, retry the same batch"
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+async fn propose_local(replica: &Shard, command: Vec<u8>, deadline: tokio::time::Instant) -> Result<Routed, ApiError> {
+    let receiver = match replica.propose_encoded(command) {
+        Ok(receiver) => receiver,
+        Err(ShardError::NotLeader { leader, .. }) => return Ok(Routed::NotLeader(leader)),
+        Err(e) => return Err(e.into()),
+    };
+    match tokio::time::timeout_at(deadline, receiver).await {
+        Err(_) => Err(ApiError::new(ErrorCode::Timeout, "the write was not confirmed in time; retry the same batch (ids are idempotent)")
+            .with_retry_after(1)),
+        Ok(Err(_)) => Err(ApiError::unavailable("the shard stopped before confirming the write; retry the same batch")),
+        Ok(Ok(Err(ShardError::NotLeader { leader, .. }))) => Ok(Routed::NotLeader(leader.or_else(|| replica.leader()))),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Ok(Ok(outcome))) => Ok(Routed::Done(outcome)),
+    }
+}
+
+async fn forward_propose(
+    view: &ClusterView,
+    node: NodeId,
+    shard: ShardId,
+    command: Vec<u8>,
+    deadline: tokio::time::Instant,
+) -> Result<Routed, ApiError> {
+    let Some(net) = &view.net else { return Ok(Routed::NotLeader(None)) };
+    // One attempt never uses the whole budget: a paused or cut-off leader is replaced by an
+    // election meanwhile, and the retry (a no-op if the first one did commit) finds it.
+    let timeout = deadline.saturating_duration_since(tokio::time::Instant::now()).min(FORWARD_ATTEMPT_TIMEOUT);
+    match net.call(node, &PeerRequest::Propose { shard, command }, timeout).await? {
+        PeerReply::Applied(outcome) => Ok(Routed::Done(outcome)),
+        PeerReply::NotLeader { leader } => Ok(Routed::NotLeader(leader)),
+        PeerReply::Error(e) => Err(e),
+        other => Err(ApiError::internal(format!("node {node} answered a write with {}", other.kind()))),
+    }
+}
+
+/// A peer's forwarded write: proposed here only if this node leads the shard.
+pub async fn handle_forwarded_propose(view: &ClusterView, shard: ShardId, command: Vec<u8>) -> PeerReply {
+    let Some(replica) = view.local_shard(shard) else { return PeerReply::NotLeader { leader: None } };
+    if !replica.is_leader() {
+        return PeerReply::NotLeader { leader: replica.leader() };
+    }
+    let deadline = tokio::time::Instant::now() + view.request_timeout();
+    match propose_local(replica, command, deadline).await {
+        Ok(Routed::Done(outcome)) => PeerReply::Applied(outcome),
+        Ok(Routed::NotLeader(leader)) => PeerReply::NotLeader { leader },
+        Err(e) => PeerReply::Error(e),
+    }
+}
+
+fn conflict(item: usize, annotation_id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        format!("annotation id {annotation_id:?} already exists with different content; annotations are immutable, use a new id (or a new model_version to replace a model's output)"),
+    )
+    .with_item(item)
+    .with_field("id")
+}
+
+fn validate_asset_record(record: &AssetRecord, max_time_ms: u64) -> Result<(), ApiError> {
+    for (field, value, max) in [("title", &record.title, 512usize), ("series", &record.series, 128)] {
+        if let Some(text) = value {
+            if text.len() > max {
+                return Err(
+                    ApiError::new(ErrorCode::TooLarge, format!("{field} is {} bytes; the limit is {max}", text.len())).with_field(field)
+                );
+            }
+            if text.chars().any(char::is_control) {
+                return Err(ApiError::field(field, format!("{field} must not contain control characters")));
+            }
+        }
+    }
+    if let Some(fps) = record.fps {
+        if !fps.is_finite() || fps <= 0.0 || fps > 1000.0 {
+            return Err(ApiError::field("fps", format!("fps is {fps}; it must be a number in (0, 1000]")));
+        }
+    }
+    if let Some(duration) = record.duration_ms {
+        if duration == 0 || duration > max_time_ms {
+            return Err(ApiError::field("duration_ms", format!("duration_ms is {duration}; allowed 1..={max_time_ms}")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! The Raft actor of one shard replica: the ingest log. It owns the replica's raft-rs node
+//! ([`RaftDriver`]) and is the only writer of its log; it takes proposals, peers' messages,
+//! strong-read requests and ticks, runs Ready cycles (persist the log with one sled flush,
+//! send, apply committed entries to the raw store, answer waiting clients), compacts the log,
+//! and rings the fusion actor when entries are applied.
+//!
+//! **Group commit.** A handler only hands its proposal or message to raft-rs and schedules a
+//! Ready cycle ([`RunReady`], through `notify`). actix drains the whole mailbox before it runs
+//! what an actor scheduled for itself, so every proposal and message waiting in the mailbox
+//! joins the same cycle and shares one log flush. A cycle also runs inline once
+//! `group_commit_max_requests` proposals (or [`MESSAGES_PER_CYCLE_MAX`] messages) arrived
+//! without one, so a flood cannot postpone it.
+//!
+//! **Failure.** A storage or consensus error stops this actor for good: the replica is marked
+//! failed with the cause (writes get 503 naming it, `/health` reports it), every waiting client
+//! is answered, and nothing is retried: applying past a failed write could diverge.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message as ActixMessage};
+use parking_lot::Mutex;
+use raft::eraftpb::{Message, MessageType};
+use rushes_cluster::log_store::{RaftLogStore, SledLogStore};
+use rushes_cluster::{NodeId, RaftDriver, ShardId};
+
+use super::fusion_actor::{FusionActor, Wake};
+use super::machine::{ProposalReply, ProposalTag, ShardMachine, Waiter};
+use super::progress::Progress;
+use super::snapshot::{SnapshotData, SnapshotRef};
+use super::{RaftOutbox, ShardError, SlotCounter};
+use crate::actors::{ActorState, ActorStats, Mailbox};
+use crate::metrics::Metrics;
+use crate::storage::index::ShardIndex;
+use crate::storage::store::{ShardStore, Watermark};
+
+/// Peers' messages handled without a Ready cycle before one runs inline.
+const MESSAGES_PER_CYCLE_MAX: usize = 4096;
+/// A strong read whose answer never came (no leader) is forgotten after this; its caller has
+/// a shorter deadline of its own.
+const READ_INDEX_TTL: Duration = Duration::from_secs(60);
+
+/// Propose an encoded `ShardCommand`; the reply comes once it is committed and applied here.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Propose {
+    pub command: Vec<u8>,
+    pub reply: ProposalReply,
+}
+
+/// A peer's Raft message for this replica.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Step(pub Message);
+
+/// Ask for a read index; the reply is the quorum-confirmed commit index.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct ReadIndex {
+    pub reply: tokio::sync::oneshot::Sender<u64>,
+}
+
+/// Stop: waiting clients are answered (their writes may still commit), then the actor stops.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    pub done: std::sync::mpsc::SyncSender<()>,
+}
+
+/// Run a Ready cycle now (sent to itself).
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+struct RunReady;
+
+/// Empty the staging area of a snapshot that is now installed and durable (sent to itself).
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+struct ClearStaging;
+
+/// When the log is compacted (`raft.*` in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Compaction {
+    pub interval: Duration,
+    /// Consumed entries kept in the log.
+    pub retain_entries: u64,
+    /// Entries beyond the retained ones before a replicated shard compacts.
+    pub snapshot_entries: u64,
+}
+
+pub struct RaftActor {
+    pub node_id: NodeId,
+    pub boot_nonce: u64,
+    pub shard: ShardId,
+    pub driver: RaftDriver<SledLogStore>,
+    pub store: Arc<ShardStore>,
+    pub index: Arc<ShardIndex>,
+    pub progress: Arc<Progress>,
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<ActorStats>,
+    pub fusion: Mailbox<FusionActor>,
+    pub outbox: Option<Arc<dyn RaftOutbox>>,
+    pub pending_proposals: Arc<SlotCounter>,
+    pub pending_reads: Arc<SlotCounter>,
+    pub tick_interval: Duration,
+    pub group_commit_max_requests: usize,
+    pub single_voter: bool,
+    /// Held while the staging area changes, and from checking a snapshot message against it
+    /// until the snapshot is installed: a new fetch never empties the staging area under an
+    /// install.
+    pub staging: Arc<Mutex<()>>,
+    pub compaction: Compaction,
+    pub waiters: HashMap<u64, Waiter>,
+    pub reads: HashMap<u64, (tokio::sync::oneshot::Sender<u64>, Instant)>,
+    pub next_request_id: u64,
+    /// A [`RunReady`] is scheduled and not yet run.
+    pub ready_scheduled: bool,
+    /// Proposals and messages handed to raft-rs since the last Ready cycle.
+    pub proposals_since_ready: usize,
+    pub messages_since_ready: usize,
+}
+
+impl Actor for RaftActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.stats.set_state(ActorState::Idle);
+        if self.single_voter {
+            if let Err(e) = self.driver.campaign() {
+                return self.fail(ctx, ShardError::Raft(e));
+            }
+            self.schedule_ready(ctx);
+        }
+        ctx.run_interval(self.tick_interval, |actor, ctx| {
+            let _handling = actor.stats.busy();
+            actor.driver.tick();
+            let now = Instant::now();
+            actor.reads.retain(|_, (reply, at)| !reply.is_closed() && now.duration_since(*at) < READ_INDEX_TTL);
+            actor.run_ready(ctx);
+        });
+        ctx.run_interval(self.compaction.interval, |actor, ctx| {
+            let _handling = actor.stats.busy();
+            if let Err(e) = actor.compact_log() {
+                actor.fail(ctx, e);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        // Whatever the reason, nobody may wait on a reply this replica can no longer give.
+        let cause = self.progress.failure();
+        for (_, waiter) in self.waiters.drain() {
+            let error = match &cause {
+                Some(cause) => ShardError::Failed { shard: self.shard, cause: cause.clone() },
+                None => ShardError::Stopping { shard: self.shard },
+            };
+            let _ = waiter.reply.send(Err(error));
+        }
+        if self.stats.state() != ActorState::Failed {
+            self.stats.set_state(ActorState::Stopped);
+        }
+    }
+}
+
+impl Handler<Propose> for RaftActor {
+    type Result = ();
+
+    fn handle(&mut self, proposal: Propose, ctx: &mut Context<Self>) {
+        let _handling = self.stats.handling();
+        self.pending_proposals.release();
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        let tag = ProposalTag { node: self.node_id, boot_nonce: self.boot_nonce, counter: id };
+        match self.driver.propose(tag.encode(), proposal.command) {
+            Ok(()) => {
+                self.waiters.insert(id, Waiter { reply: proposal.reply, proposed_at: Instant::now() });
+                self.proposals_since_ready += 1;
+                if self.proposals_since_ready >= self.group_commit_max_requests {
+                    self.run_ready(ctx);
+                } else {
+                    self.schedule_ready(ctx);
+                }
+            }
+            Err(rushes_cluster::DriverError::NotLeader { leader, .. }) => {
+                let _ = proposal.reply.send(Err(ShardError::NotLeader { shard: self.shard, leader }));
+            }
+            Err(e) => {
+                let _ = proposal.reply.send(Err(ShardError::Raft(e)));
+            }
+        }
+    }
+}
+
+impl Handler<Step> for RaftActor {
+    type Result = ();
+
+    fn handle(&mut self, Step(message): Step, ctx: &mut Context<Self>) {
+        let _handling = self.stats.handling();
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            // A snapshot is stepped only once its data is staged, and the staging area stays
+            // locked until it is installed (in the Ready cycle below).
+            let staging = self.staging.clone();
+            let _staging_guard = staging.lock();
+            match self.snapshot_is_staged(&message) {
+                Ok(false) => return,
+                Ok(true) => {}
+                Err(e) => return self.fail(ctx, e),
+            }
+            if let Err(e) = self.driver.step(message) {
+                return self.fail(ctx, ShardError::Raft(e));
+            }
+            self.run_ready(ctx);
+            return;
+        }
+        if let Err(e) = self.driver.step(message) {
+            return self.fail(ctx, ShardError::Raft(e));
+        }
+        self.messages_since_ready += 1;
+        if self.messages_since_ready >= MESSAGES_PER_CYCLE_MAX {
+            self.run_ready(ctx);
+        } else {
+            self.schedule_ready(ctx);
+        }
+    }
+}
+
+impl Handler<ReadIndex> for RaftActor {
+    type Result = ();
+
+    fn handle(&mut self, read: ReadIndex, ctx: &mut Context<Self>) {
+        let _handling = self.stats.handling();
+        self.pending_reads.release();
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        self.driver.read_index(id.to_be_bytes().to_vec());
+        self.reads.insert(id, (read.reply, Instant::now()));
+        self.schedule_ready(ctx);
+    }
+}
+
+impl Handler<RunReady> for RaftActor {
+    type Result = ();
+
+    fn handle(&mut self, _: RunReady, ctx: &mut Context<Self>) {
+        let _handling = self.stats.busy();
+        self.ready_scheduled = false;
+        self.run_ready(ctx);
+    }
+}
+
+impl Handler<ClearStaging> for RaftActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ClearStaging, ctx: &mut Context<Self>) {
+        let _handling = self.stats.busy();
+        // Under the lock, so it cannot fall between a fetch's check and its marking of the
+        // staging area complete; a fetch it interrupts fails and is sent again
+        // (`StoreError::StagingReplaced`) instead of installing a partial copy.
+        let staging = self.staging.clone();
+        let _staging_guard = staging.lock();
+        if let Err(e) = self.store.clear_staging() {
+            self.fail(ctx, e.into());
+        }
+    }
+}
+
+impl Handler<Shutdown> for RaftActor {
+    type Result = ();
+
+    fn handle(&mut self, shutdown: Shutdown, ctx: &mut Context<Self>) {
+        let _handling = self.stats.handling();
+        for (_, waiter) in self.waiters.drain() {
+            let _ = waiter.reply.send(Err(ShardError::Stopping { shard: self.shard }));
+        }
+        ctx.stop();
+        let _ = shutdown.done.send(());
+    }
+}
+
+impl RaftActor {
+    fn schedule_ready(&mut self, ctx: &mut Context<Self>) {
+        if !self.ready_scheduled {
+            self.ready_scheduled = true;
+            ctx.notify(RunReady);
+        }
+    }
+
+    /// Stops the replica for good: see the module docs.
+    fn fail(&mut self, ctx: &mut Context<Self>, error: ShardError) {
+        let cause = error.to_string();
+        tracing::error!(shard = self.shard, error = %cause, "raft actor stopped; the replica refuses writes until the node restarts");
+        self.progress.record_failure(cause.clone());
+        self.stats.record_failure(cause);
+        ctx.stop();
+    }
+
+    fn run_ready(&mut self, ctx: &mut Context<Self>) {
+        self.proposals_since_ready = 0;
+        self.messages_since_ready = 0;
+        if let Err(e) = self.process_ready(ctx) {
+            self.fail(ctx, e);
+        }
+        self.metrics.set_queue_depth(self.shard, "proposals", self.pending_proposals.used());
+    }
+
+    /// Whether a snapshot message's data is here to install (else it is dropped: the leader
+    /// sends it again, and the peer layer fetches the data first).
+    fn snapshot_is_staged(&self, message: &Message) -> Result<bool, ShardError> {
+        match SnapshotData::parse(message.get_snapshot().get_data()) {
+            Ok(SnapshotData::Legacy) => Ok(true),
+            Ok(SnapshotData::Ref(snapshot)) => Ok(self.store.staged_snapshot()?.is_some_and(|staged| staged >= snapshot.index)),
+            Err(e) => {
+                tracing::warn!(shard = self.shard, from = message.from, error = %e, "unreadable snapshot message dropped");
+                Ok(false)
+            }
+        }
+    }
+
+    fn process_ready(&mut self, ctx: &mut Context<Self>) -> Result<(), ShardError> {
+        while self.driver.has_ready() {
+            let started = Instant::now();
+            let was_leader = self.driver.is_leader();
+            let mut machine = ShardMachine {
+                store: &self.store,
+                progress: &self.progress,
+                metrics: &self.metrics,
+                waiters: &mut self.waiters,
+                node_id: self.node_id,
+                boot_nonce: self.boot_nonce,
+            };
+            // Messages leave while the cycle runs (see `run_ready_sending`); the replicas they
+            // could not be queued for are reported to raft-rs once it is free again.
+            let (outbox, shard) = (&self.outbox, self.shard);
+            let mut deliveries: Vec<Delivery> = Vec::new();
+            let mut send = |messages: Vec<Message>| {
+                if let Some(outbox) = outbox {
+                    deliveries.extend(deliver(outbox.as_ref(), shard, messages));
+                }
+            };
+            let result = self.driver.run_ready_sending(&mut machine, &mut send);
+            self.report_deliveries(deliveries);
+            let outcome = result?;
+            self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.ready_phase_seconds.with_label_values(&["persist"]).observe(outcome.persist_time.as_secs_f64());
+            if !outcome.apply_time.is_zero() {
+                self.metrics.ready_phase_seconds.with_label_values(&["apply"]).observe(outcome.apply_time.as_secs_f64());
+            }
+            let is_leader = self.driver.is_leader();
+            self.progress.is_leader.store(is_leader, Ordering::Release);
+            self.progress.leader.store(self.driver.leader_id().unwrap_or(0), Ordering::Release);
+            self.progress.term.store(self.driver.term(), Ordering::Release);
+            self.progress.commit.store(self.driver.commit_index(), Ordering::Release);
+            if was_leader && !is_leader {
+                // Entries proposed here may still commit under the next leader, or be dropped:
+                // either way the client must not wait for a reply this replica cannot give.
+                let leader = self.driver.leader_id();
+                for (_, waiter) in self.waiters.drain() {
+                    let _ = waiter.reply.send(Err(ShardError::NotLeader { shard: self.shard, leader }));
+                }
+            }
+            for (context, index) in outcome.read_states {
+                let id = <[u8; 8]>::try_from(context.as_slice()).map(u64::from_be_bytes).unwrap_or(0);
+                if let Some((reply, _)) = self.reads.remove(&id) {
+                    let _ = reply.send(index);
+                }
+            }
+            if let Some(index) = outcome.restored_snapshot {
+                tracing::info!(shard = self.shard, index, "raw store replaced by the leader's snapshot; re-deriving buckets and indexes");
+            }
+            if let Some(applied) = outcome.applied_index {
+                self.store.set_watermark(Watermark::Applied, applied)?;
+                self.progress.applied.store(applied, Ordering::Release);
+                // A full mailbox already holds a wake.
+                let _ = self.fusion.try_send(Wake);
+            }
+            if outcome.restored_snapshot.is_some() {
+                self.progress.snapshots_installed.fetch_add(1, Ordering::AcqRel);
+                // The staged copy is only needed until the applied index past it is durable;
+                // it is emptied once this cycle (which holds the staging lock) is over.
+                self.store.flush()?;
+                ctx.notify(ClearStaging);
+            }
+            debug_assert!(outcome.messages.is_empty(), "messages were sent during the cycle");
+        }
+        Ok(())
+    }
+
+    fn report_deliveries(&mut self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries {
+            match delivery {
+                // A snapshot message only names the data; the follower fetches it in chunks
+                // (`snapshot::receive`) and answers once installed. Reporting it finished as
+                // soon as it is queued puts the follower back to probing, so a lost message or
+                // an abandoned fetch is retried instead of leaving it waiting forever.
+                Delivery::Snapshot(to, queued) => self.driver.report_snapshot(to, queued),
+                Delivery::Unreachable(to) => self.driver.report_unreachable(to),
+            }
+        }
+    }
+
+    /// Drops log entries that every local stage has durably consumed. A replicated shard
+    /// first stores a snapshot of its raw store there, for replicas that fall behind the log.
+    fn compact_log(&mut self) -> Result<(), ShardError> {
+        let fused = self.progress.fused.load(Ordering::Acquire);
+        let durable = fused.min(self.index.durable_watermark()).min(self.driver.applied_index());
+        if self.single_voter {
+            let keep_from = durable.saturating_sub(self.compaction.retain_entries) + 1;
+            if keep_from > self.driver.store().first_log_index() + self.compaction.retain_entries {
+                self.driver.store().compact(keep_from)?;
+            }
+            return Ok(());
+        }
+        // Nor above what active followers have: a slow one catches up from the log.
+        let durable = durable.min(self.driver.slowest_active_follower_match().unwrap_or(u64::MAX));
+        let up_to = durable.saturating_sub(self.compaction.retain_entries);
+        if up_to < self.driver.store().first_log_index() + self.compaction.snapshot_entries {
+            return Ok(());
+        }
+        // The snapshot names the raw store rather than copying it: a replica that needs it
+        // fetches the live store in chunks, which then holds everything through `up_to` and
+        // more. That is safe: the replica replays (up_to, ...] on top, and applying an entry
+        // twice is a no-op (ids are idempotent, asset records are overwritten in log order,
+        // ordinals and vocabulary are only added). Compaction itself costs no copy.
+        self.driver.compact(up_to, SnapshotRef { index: up_to }.encode()?)?;
+        tracing::info!(shard = self.shard, index = up_to, "log compacted into a snapshot");
+        Ok(())
+    }
+}
+
+/// What became of a message raft-rs must hear about.
+#[derive(Debug, Clone, Copy)]
+enum Delivery {
+    /// Could not be queued for this peer.
+    Unreachable(NodeId),
+    /// A snapshot message to this peer, queued or not.
+    Snapshot(NodeId, bool),
+}
+
+/// Queues messages for their peers; returns the deliveries raft-rs must be told about.
+fn deliver(outbox: &dyn RaftOutbox, shard: ShardId, messages: Vec<Message>) -> Vec<Delivery> {
+    let mut reports = Vec::new();
+    for message in messages {
+        let (to, is_snapshot) = (message.to, message.get_msg_type() == MessageType::MsgSnapshot);
+        let queued = outbox.send(to, shard, message);
+        if is_snapshot {
+            reports.push(Delivery::Snapshot(to, queued));
+        } else if !queued {
+            reports.push(Delivery::Unreachable(to));
+        }
+    }
+    reports
+}
