@@ -33,6 +33,10 @@ use crate::storage::store::{ShardStore, Watermark};
 const VECTOR_SAVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Looks for work this often even without a wake.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// While a backlog is being indexed, a commit waits until it is drained (each commit makes a
+/// segment, and every segment costs every query a term-dictionary lookup), but never longer
+/// than this many commit intervals.
+const BACKLOG_COMMIT_INTERVALS: u32 = 5;
 
 /// Fusion passed new entries: look for work.
 #[derive(ActixMessage)]
@@ -275,10 +279,13 @@ impl IndexActor {
         Ok(if upto < fused { Step::More } else { Step::Idle })
     }
 
-    /// Commits what was processed once the commit interval has passed (or when `force`d),
-    /// saving the vector files too every [`VECTOR_SAVE_INTERVAL`].
+    /// Commits what was processed once the commit interval has passed and the backlog is
+    /// drained (or [`BACKLOG_COMMIT_INTERVALS`] intervals passed, or when `force`d), saving the
+    /// vector files too every [`VECTOR_SAVE_INTERVAL`].
     fn commit_if_due(&mut self, force: bool) -> Result<(), ShardError> {
-        let commit_due = force || self.last_commit.elapsed() >= self.commit_interval;
+        let since = self.last_commit.elapsed();
+        let drained = self.processed >= self.progress.fused.load(Ordering::Acquire);
+        let commit_due = force || (since >= self.commit_interval && (drained || since >= self.commit_interval * BACKLOG_COMMIT_INTERVALS));
         if !commit_due {
             return Ok(());
         }
