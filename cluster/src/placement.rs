@@ -3,23 +3,11 @@
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-/// The id types are part of the wire format, so they live in `protocol`.
-pub use rushes_protocol::peer::{NodeId, ShardId};
+/// The id types and the asset → shard function are part of the wire and storage formats
+/// (every node and every client that routes must agree), so they live in `protocol`.
+pub use rushes_protocol::peer::{shard_for_asset, stable_hash, NodeId, ShardId};
 
-/// Seed of the stable hash. Changing it moves every asset: it is part of the storage format.
-const ASSET_HASH_SEED: u64 = 0x7275_7368_6573_0001;
 const RENDEZVOUS_SEED: u64 = 0x7275_7368_6573_0002;
-
-/// A hash that is the same on every machine, build and Rust version (unlike `DefaultHasher`).
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    xxh3_64_with_seed(bytes, ASSET_HASH_SEED)
-}
-
-/// The shard that owns an asset. A whole asset lives on one shard.
-pub fn shard_for_asset(asset_id: &str, shard_count: u32) -> ShardId {
-    debug_assert!(shard_count > 0, "shard_count must be positive");
-    (stable_hash(asset_id.as_bytes()) % u64::from(shard_count.max(1))) as ShardId
-}
 
 /// The nodes holding replicas of `shard`, best first, by rendezvous (highest random weight)
 /// hashing: adding or removing a node moves only the replicas that must move.
@@ -163,7 +151,7 @@ mod tests {
         let pinned: Vec<u32> = ["s01e01", "s03e07", "asset-42"].iter().map(|a| shard_for_asset(a, 1024)).collect();
         let again: Vec<u32> = ["s01e01", "s03e07", "asset-42"].iter().map(|a| (stable_hash(a.as_bytes()) % 1024) as u32).collect();
         assert_eq!(pinned, again);
-        assert_eq!(stable_hash(b"s01e01"), xxh3_64_with_seed(b"s01e01", ASSET_HASH_SEED));
+        assert_eq!(stable_hash(b"s01e01"), xxh3_64_with_seed(b"s01e01", 0x7275_7368_6573_0001), "the seed is part of the storage format");
     }
 
     #[test]

@@ -38,6 +38,40 @@ pub fn decode<T: DeserializeOwned>(format_version: u8, bytes: &[u8]) -> Result<T
     decode_with_limit::<T, DECODE_LIMIT_BYTES>(format_version, bytes)
 }
 
+/// Like [`decode`], for bytes from the network: the value may claim at most twice the bytes
+/// actually received. bincode allocates a string or byte string of its announced length
+/// before reading it, so without this a 10-byte frame announcing 200 MiB would make us
+/// allocate 200 MiB; the limit is the smallest power of two at least as large as the input
+/// (from 4 KiB), which no honest value exceeds.
+pub fn decode_received<T: DeserializeOwned>(format_version: u8, bytes: &[u8]) -> Result<T, CodecError> {
+    macro_rules! tiers {
+        ($($limit:expr),*) => {
+            $(if bytes.len() <= $limit {
+                return decode_with_limit::<T, { $limit }>(format_version, bytes);
+            })*
+        };
+    }
+    tiers!(
+        4 << 10,
+        8 << 10,
+        16 << 10,
+        32 << 10,
+        64 << 10,
+        128 << 10,
+        256 << 10,
+        512 << 10,
+        1 << 20,
+        2 << 20,
+        4 << 20,
+        8 << 20,
+        16 << 20,
+        32 << 20,
+        64 << 20,
+        128 << 20
+    );
+    decode_with_limit::<T, DECODE_LIMIT_BYTES>(format_version, bytes)
+}
+
 /// Like [`decode`], with `LIMIT` bytes as the most the value may claim. bincode allocates a
 /// string of its announced length (within the limit) before reading it, so input from a peer
 /// that is not yet trusted (a handshake) gets a limit as small as the frames it may send.
@@ -117,6 +151,21 @@ mod tests {
         assert!(matches!(&late, Err(CodecError::Decode(m)) if !m.contains("LimitExceeded")), "{late:?}");
         let fine = encode(1, &Sample { a: 7, b: "joey".into(), c: None }).unwrap();
         assert_eq!(decode_with_limit::<Sample, 4096>(1, &fine).unwrap().b, "joey");
+    }
+
+    #[test]
+    fn received_bytes_cannot_claim_more_than_twice_their_size() {
+        // A 7-byte input announcing a 1 MiB string: refused by the limit, before allocating.
+        let mut bytes = vec![1u8, 7];
+        bytes.push(0xfc);
+        bytes.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        let refused = decode_received::<Sample>(1, &bytes);
+        assert!(matches!(&refused, Err(CodecError::Decode(m)) if m.contains("LimitExceeded")), "{refused:?}");
+        // Honest values of every size decode.
+        for len in [0usize, 100, 5_000, 70_000, 3_000_000] {
+            let value = Sample { a: 1, b: "x".repeat(len), c: Some(vec![1.0; 10]) };
+            assert_eq!(decode_received::<Sample>(1, &encode(1, &value).unwrap()).unwrap(), value, "{len}");
+        }
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum ErrorCode {
     Timeout,
     /// A bug or an I/O failure on the node.
     Internal,
+    /// No valid credentials (an API key, or a peer's certificate).
+    Unauthenticated,
+    /// Valid credentials without the right to do this.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -46,6 +50,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
         }
     }
 
@@ -67,6 +73,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -83,11 +91,16 @@ pub struct ApiError {
     pub field: Option<String>,
     /// For retryable errors: how long the client should wait.
     pub retry_after_s: Option<u32>,
+    /// A batch stored in part (one shard's part failed after others committed): the positions
+    /// of the annotations that are stored. Only in HTTP replies (skipped on the wire, so peers
+    /// of every version read this struct alike).
+    #[serde(skip)]
+    pub committed_items: Option<Vec<usize>>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), item: None, field: None, retry_after_s: None }
+        ApiError { code, message: message.into(), item: None, field: None, retry_after_s: None, committed_items: None }
     }
 
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -136,6 +149,9 @@ impl ApiError {
         if let Some(retry) = self.retry_after_s {
             error["retry_after_s"] = serde_json::json!(retry);
         }
+        if let Some(committed) = &self.committed_items {
+            error["committed_items"] = serde_json::json!(committed);
+        }
         serde_json::json!({ "error": error })
     }
 }
@@ -158,6 +174,8 @@ mod tests {
             ErrorCode::Unavailable,
             ErrorCode::Timeout,
             ErrorCode::Internal,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Forbidden,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -32,6 +32,83 @@ pub enum ShardCommand {
     UpsertAsset { asset_id: String, record: StoredAsset },
 }
 
+/// Hard bounds every replica checks when it applies a command, whatever its configuration:
+/// a committed entry that breaks them is rejected on every replica alike (nothing stored),
+/// never applied in part and never a reason to stop the shard. The configured limits are
+/// checked before anything is proposed, and are well inside these.
+pub mod hard_limits {
+    /// Annotations in one command (a batch is at most `limits.max_batch_items`).
+    pub const COMMAND_ITEMS_MAX: usize = 1_000_000;
+    /// Bytes of an id, an asset id, a model name or version, a track name.
+    pub const NAME_BYTES_MAX: usize = 4096;
+    /// Dimensions of a vector.
+    pub const VECTOR_DIMENSIONS_MAX: usize = 65_536;
+}
+
+impl ShardCommand {
+    /// Checks the bounds of [`hard_limits`] and the shape every stored value must have;
+    /// the reason names the item and the field.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        use hard_limits::*;
+        let name = |what: &str, value: &str| -> Result<(), String> {
+            if value.is_empty() || value.len() > NAME_BYTES_MAX {
+                return Err(format!("{what} must be 1..={NAME_BYTES_MAX} bytes, is {}", value.len()));
+            }
+            Ok(())
+        };
+        match self {
+            ShardCommand::Ingest { items } => {
+                if items.is_empty() || items.len() > COMMAND_ITEMS_MAX {
+                    return Err(format!("an ingest command holds 1..={COMMAND_ITEMS_MAX} items, not {}", items.len()));
+                }
+                for (position, item) in items.iter().enumerate() {
+                    let a = &item.annotation;
+                    let checked = (|| {
+                        if item.raw_json.is_empty() {
+                            return Err("raw_json is empty".to_string());
+                        }
+                        name("id", &a.id)?;
+                        name("asset_id", &a.asset_id)?;
+                        crate::validate::validate_asset_id(&a.asset_id, NAME_BYTES_MAX).map_err(|m| format!("asset_id {m}"))?;
+                        name("model", &a.model)?;
+                        name("model_version", &a.model_version)?;
+                        name("track", &a.track)?;
+                        if a.start_ms >= a.end_ms {
+                            return Err(format!("start_ms {} is not before end_ms {}", a.start_ms, a.end_ms));
+                        }
+                        if !(a.confidence.is_finite() && (0.0..=1.0).contains(&a.confidence)) {
+                            return Err(format!("confidence {} is not in [0, 1]", a.confidence));
+                        }
+                        match (&item.vector, &a.vector_space) {
+                            (Some(vector), Some(space)) => {
+                                name("vector_space", space)?;
+                                if vector.is_empty() || vector.len() > VECTOR_DIMENSIONS_MAX || vector.iter().any(|x| !x.is_finite()) {
+                                    return Err(format!("vector of {} dimensions is empty, too long or not finite", vector.len()));
+                                }
+                            }
+                            (None, None) => {}
+                            _ => return Err("vector and vector_space go together".to_string()),
+                        }
+                        if a.label.is_none() && a.text.is_none() && item.vector.is_none() {
+                            return Err("no payload: label, text or vector".to_string());
+                        }
+                        Ok(())
+                    })();
+                    checked.map_err(|reason| format!("item {position}: {reason}"))?;
+                }
+                Ok(())
+            }
+            ShardCommand::UpsertAsset { asset_id, record } => {
+                crate::validate::validate_asset_id(asset_id, NAME_BYTES_MAX).map_err(|m| format!("asset_id {m}"))?;
+                if record.fps.is_some_and(|fps| !(fps.is_finite() && fps > 0.0)) {
+                    return Err("fps must be a positive number".to_string());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StoredAsset {
     pub title: Option<String>,

@@ -11,6 +11,21 @@ pub type ShardId = u32;
 /// Nodes are numbered by the operator (`node.id`); 0 means "none" in Raft.
 pub type NodeId = u64;
 
+/// Seed of the stable hash. Changing it moves every asset: it is part of the storage format.
+const ASSET_HASH_SEED: u64 = 0x7275_7368_6573_0001;
+
+/// A hash that is the same on every machine, build and Rust version (unlike `DefaultHasher`).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(bytes, ASSET_HASH_SEED)
+}
+
+/// The shard that owns an asset: `stable_hash(asset_id) mod shard_count`. A whole asset lives
+/// on one shard.
+pub fn shard_for_asset(asset_id: &str, shard_count: u32) -> ShardId {
+    debug_assert!(shard_count > 0, "shard_count must be positive");
+    (stable_hash(asset_id.as_bytes()) % u64::from(shard_count.max(1))) as ShardId
+}
+
 /// Format version of [`PeerRequest`] / [`PeerReply`] bodies.
 pub const PEER_FORMAT: u8 = 1;
 
@@ -54,6 +69,19 @@ pub enum PeerRequest {
     /// The receiver's replicas and actors (for `GET /v1/cluster`); a node of an earlier
     /// version refuses it, and is asked `Status` instead.
     NodeStatus,
+    /// Which of these annotations the receiver's replica of `shard` already stores with other
+    /// bytes: an ingest checks every shard before proposing anything, so a conflict normally
+    /// stores nothing anywhere.
+    CheckConflicts { shard: ShardId, probes: Vec<ConflictProbe> },
+}
+
+/// One annotation of a batch, as a conflict check sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictProbe {
+    pub asset_id: String,
+    pub annotation_id: String,
+    /// xxh3 of the raw bytes the client sent.
+    pub raw_hash: u64,
 }
 
 impl PeerRequest {
@@ -70,6 +98,7 @@ impl PeerRequest {
             PeerRequest::SnapshotChunk { .. } => "snapshot_chunk",
             PeerRequest::DialogueWord { .. } => "dialogue_word",
             PeerRequest::NodeStatus => "node_status",
+            PeerRequest::CheckConflicts { .. } => "check_conflicts",
         }
     }
 }
@@ -125,6 +154,21 @@ pub enum PeerReply {
         replicas: Vec<ReplicaStatus>,
         actors: Vec<ActorStatus>,
     },
+    /// Reply to `CheckConflicts`: (position among the probes, stored raw bytes) of each probe
+    /// whose id is stored with bytes of another hash (the same content spelt otherwise, or a
+    /// conflict: the asker compares them as JSON).
+    StoredAnnotations {
+        stored: Vec<StoredRaw>,
+    },
+}
+
+/// A stored annotation's raw bytes, for a conflict check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRaw {
+    /// Position among the probes.
+    pub position: u32,
+    #[serde(with = "serde_bytes")]
+    pub raw: Vec<u8>,
 }
 
 impl PeerReply {
@@ -143,6 +187,7 @@ impl PeerReply {
             PeerReply::SnapshotChunk { .. } => "snapshot_chunk",
             PeerReply::DialogueWord { .. } => "dialogue_word",
             PeerReply::NodeStatus { .. } => "node_status",
+            PeerReply::StoredAnnotations { .. } => "stored_annotations",
         }
     }
 }
@@ -182,7 +227,7 @@ pub struct ReplicaStatus {
 pub struct ActorStatus {
     /// `raft`, `fusion`, `index` (per shard replica), `ingest_router`, `coordinator` (per node).
     pub actor: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// (No `skip_serializing_if` on wire types: bincode would then read fields out of place.)
     pub shard: Option<ShardId>,
     /// The thread (actix arbiter) it runs on.
     pub thread: String,
@@ -210,11 +255,13 @@ mod byte_pairs {
     use serde::{Deserialize, Deserializer, Serializer};
     use serde_bytes::{ByteBuf, Bytes};
 
+    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
     pub fn serialize<S: Serializer>(pairs: &[(Vec<u8>, Vec<u8>)], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(pairs.iter().map(|(key, value)| (Bytes::new(key), Bytes::new(value))))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(Vec<u8>, Vec<u8>)>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Pairs, D::Error> {
         let pairs = Vec::<(ByteBuf, ByteBuf)>::deserialize(deserializer)?;
         Ok(pairs.into_iter().map(|(key, value)| (key.into_vec(), value.into_vec())).collect())
     }
@@ -292,6 +339,7 @@ mod tests {
             PeerRequest::SnapshotChunk { shard: 0, after: None, min_applied: 0 },
             PeerRequest::DialogueWord { word: String::new(), shard: 0 },
             PeerRequest::NodeStatus,
+            PeerRequest::CheckConflicts { shard: 0, probes: vec![] },
         ];
         for (position, request) in requests.iter().enumerate() {
             assert_eq!(position_of(request) as usize, position, "{} moved: append new variants, never reorder", request.kind());
@@ -309,6 +357,7 @@ mod tests {
             PeerReply::SnapshotChunk { chunk: RawChunk { pairs: vec![], done: true }, applied: 0 },
             PeerReply::DialogueWord { known: false },
             PeerReply::NodeStatus { replicas: vec![], actors: vec![] },
+            PeerReply::StoredAnnotations { stored: vec![] },
         ];
         for (position, reply) in replies.iter().enumerate() {
             assert_eq!(position_of(reply) as usize, position, "{} moved: append new variants, never reorder", reply.kind());

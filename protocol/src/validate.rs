@@ -17,6 +17,8 @@ pub struct IngestLimits {
     pub max_text_bytes: usize,
     pub max_interval_ms: u64,
     pub max_time_ms: u64,
+    /// Largest single annotation's JSON.
+    pub max_annotation_bytes: usize,
     pub vector_spaces: Vec<VectorSpaceSpec>,
 }
 
@@ -37,6 +39,7 @@ impl Default for IngestLimits {
             max_text_bytes: 8 * 1024,
             max_interval_ms: 24 * 3600 * 1000,
             max_time_ms: 7 * 24 * 3600 * 1000,
+            max_annotation_bytes: 1024 * 1024,
             vector_spaces: vec![VectorSpaceSpec { name: "scene".into(), dimensions: 512 }],
         }
     }
@@ -110,6 +113,18 @@ pub fn parse_batch(body: &[u8], format: BodyFormat, limits: &IngestLimits) -> Re
     }
     let mut parsed = Vec::with_capacity(raw_items.len());
     for (index, raw) in raw_items.iter().enumerate() {
+        if raw.len() > limits.max_annotation_bytes {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the annotation is {} bytes; the limit is {} (limits.max_annotation_bytes)",
+                    raw.len(),
+                    limits.max_annotation_bytes
+                ),
+            )
+            .with_item(index)
+            .with_field("body"));
+        }
         let annotation = parse_annotation(raw, limits).map_err(|e| e.with_item(index))?;
         parsed.push(ParsedItem { raw_json: raw.as_bytes().to_vec(), annotation });
     }
@@ -334,6 +349,64 @@ fn validate_annotation(a: &Annotation, limits: &IngestLimits) -> Result<(), ApiE
     }
     if a.label.is_none() && a.text.is_none() && a.vector.is_none() {
         return Err(ApiError::field("label", "an annotation needs a payload: label, text, or vector with vector_space"));
+    }
+    Ok(())
+}
+
+/// A command a peer asks this node to propose, checked with the same validation as HTTP: every
+/// item's raw bytes must parse and validate under `limits` and give exactly the parsed form it
+/// travels with; an asset record must be one `PUT /v1/assets` would accept.
+pub fn validate_command(command: &crate::model::ShardCommand, limits: &IngestLimits) -> Result<(), ApiError> {
+    use crate::model::{ShardCommand, StoredAnnotation};
+    match command {
+        ShardCommand::Ingest { items } => {
+            if items.is_empty() {
+                return Err(ApiError::field("items", "an ingest command with no items"));
+            }
+            if items.len() > limits.max_batch_items {
+                return Err(batch_too_large(items.len(), limits));
+            }
+            for (position, item) in items.iter().enumerate() {
+                let raw = std::str::from_utf8(&item.raw_json)
+                    .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "raw_json is not UTF-8").with_item(position))?;
+                let annotation = parse_annotation(raw, limits).map_err(|e| e.with_item(position))?;
+                let (parsed, vector) = StoredAnnotation::from_validated(annotation);
+                if parsed != item.annotation || vector != item.vector {
+                    return Err(ApiError::field("raw_json", "the parsed annotation does not match its raw bytes").with_item(position));
+                }
+            }
+            Ok(())
+        }
+        ShardCommand::UpsertAsset { asset_id, record } => {
+            validate_asset_id(asset_id, limits.max_asset_id_bytes).map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))?;
+            validate_asset_record(&crate::api::AssetRecord::from(record.clone()), limits.max_time_ms)
+        }
+    }
+}
+
+/// An asset record as `PUT /v1/assets/{id}` accepts it.
+pub fn validate_asset_record(record: &crate::api::AssetRecord, max_time_ms: u64) -> Result<(), ApiError> {
+    for (field, value, max) in [("title", &record.title, 512usize), ("series", &record.series, 128)] {
+        if let Some(text) = value {
+            if text.len() > max {
+                return Err(
+                    ApiError::new(ErrorCode::TooLarge, format!("{field} is {} bytes; the limit is {max}", text.len())).with_field(field)
+                );
+            }
+            if text.chars().any(char::is_control) {
+                return Err(ApiError::field(field, format!("{field} must not contain control characters")));
+            }
+        }
+    }
+    if let Some(fps) = record.fps {
+        if !fps.is_finite() || fps <= 0.0 || fps > 1000.0 {
+            return Err(ApiError::field("fps", format!("fps is {fps}; it must be a number in (0, 1000]")));
+        }
+    }
+    if let Some(duration) = record.duration_ms {
+        if duration == 0 || duration > max_time_ms {
+            return Err(ApiError::field("duration_ms", format!("duration_ms is {duration}; allowed 1..={max_time_ms}")));
+        }
     }
     Ok(())
 }
