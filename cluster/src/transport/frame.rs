@@ -98,13 +98,11 @@ pub fn encode_frame<T: Serialize>(value: &T, max_frame_bytes: usize) -> Result<V
     Ok(out)
 }
 
-/// Decodes a frame payload (version byte + body).
-///
-/// bincode 2 allocates a byte string or `String` of its announced length (up to the codec's
-/// `DECODE_LIMIT_BYTES`) before checking the input holds that many bytes: for peers that have
-/// not passed the handshake use [`decode_payload_with_limit`].
+/// Decodes a frame payload (version byte + body). bincode 2 allocates a byte string or
+/// `String` of its announced length before checking the input holds that many bytes, so the
+/// value may claim at most about twice the payload's size ([`codec::decode_received`]).
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    Ok(codec::decode(WIRE_VERSION, payload)?)
+    Ok(codec::decode_received(WIRE_VERSION, payload)?)
 }
 
 /// Decodes one frame from the front of `buf`. Returns `Ok(None)` when `buf` holds only part of a

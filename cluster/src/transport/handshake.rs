@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, FrameError, WIRE_VERSION};
 use super::{Envelope, TransportConfig};
@@ -31,6 +31,12 @@ pub enum HandshakeError {
     UnexpectedNodeId { expected: NodeId, found: NodeId },
     #[error("peer claims this node's own id {node_id}")]
     SameNodeId { node_id: NodeId },
+    #[error("node {node_id} is not a member of this cluster")]
+    NotAMember { node_id: NodeId },
+    #[error("peer claims to be node {claimed} but its certificate does not name node-{claimed}")]
+    CertificateMismatch { claimed: NodeId },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("first frame was not a hello")]
     NotHello,
     #[error("peer closed the connection during the handshake")]
@@ -73,33 +79,61 @@ pub(crate) fn check_hello(config: &TransportConfig, hello: &Hello, expected_peer
             return Err(HandshakeError::UnexpectedNodeId { expected, found: hello.node_id });
         }
     }
+    if config.allowed_peers.as_ref().is_some_and(|members| !members.contains(&hello.node_id)) {
+        return Err(HandshakeError::NotAMember { node_id: hello.node_id });
+    }
     Ok(())
 }
 
-/// Sends our hello, reads and checks the peer's, within the configured handshake timeout.
-/// Reads exactly one frame, so the stream can be split and buffered afterwards.
-pub(crate) async fn exchange(
-    stream: &mut TcpStream,
+/// Which side of a connection this node is in the handshake.
+pub(crate) enum Side<'a> {
+    /// We dialed `peer`: we speak first, then check that the one who answers is `peer` (with
+    /// TLS, rustls already checked its certificate names `peer`).
+    Dialer { peer: NodeId },
+    /// We accepted: the caller speaks first, and we answer only once its hello is checked,
+    /// against its certificate too when TLS is on (so a stranger learns nothing about us).
+    Acceptor { peer_certificate: Option<CertificateDer<'a>> },
+}
+
+/// Exchanges hellos (the dialer first) and checks the peer's, within the configured handshake
+/// timeout. Reads exactly one frame, so the stream can be split and buffered afterwards.
+pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     config: &TransportConfig,
-    expected_peer: Option<NodeId>,
+    side: Side<'_>,
 ) -> Result<Hello, HandshakeError> {
     let ours = Envelope::Hello(Hello { cluster_id: config.cluster_id.clone(), node_id: config.node_id, wire_version: WIRE_VERSION });
     let frame = frame::encode_frame(&ours, HELLO_MAX_FRAME_BYTES)?;
     let timeout_ms = config.handshake_timeout_ms;
     let work = async {
-        stream.write_all(&frame).await?;
+        if let Side::Dialer { .. } = side {
+            stream.write_all(&frame).await?;
+            stream.flush().await?;
+        }
         let mut scratch = Vec::new();
         if !frame::read_frame_payload(stream, HELLO_MAX_FRAME_BYTES, &mut scratch).await? {
             return Err(HandshakeError::Closed);
         }
         // The peer is not trusted yet: nothing in its hello may claim more than the hello's size.
-        match frame::decode_payload_with_limit::<Envelope, HELLO_MAX_FRAME_BYTES>(&scratch)? {
-            Envelope::Hello(hello) => {
-                check_hello(config, &hello, expected_peer)?;
-                Ok(hello)
+        let hello = match frame::decode_payload_with_limit::<Envelope, HELLO_MAX_FRAME_BYTES>(&scratch)? {
+            Envelope::Hello(hello) => hello,
+            _ => return Err(HandshakeError::NotHello),
+        };
+        match &side {
+            Side::Dialer { peer } => check_hello(config, &hello, Some(*peer))?,
+            Side::Acceptor { peer_certificate } => {
+                check_hello(config, &hello, None)?;
+                if config.tls.is_some() {
+                    let named = peer_certificate.as_ref().is_some_and(|certificate| super::tls::names_node(certificate, hello.node_id));
+                    if !named {
+                        return Err(HandshakeError::CertificateMismatch { claimed: hello.node_id });
+                    }
+                }
+                stream.write_all(&frame).await?;
             }
-            _ => Err(HandshakeError::NotHello),
         }
+        stream.flush().await?;
+        Ok(hello)
     };
     tokio::time::timeout(Duration::from_millis(timeout_ms), work).await.map_err(|_| HandshakeError::Timeout { timeout_ms })?
 }

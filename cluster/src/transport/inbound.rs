@@ -5,15 +5,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::BufReader;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{BufReader, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::frame::{self, FrameError};
+use super::handshake::{HandshakeError, Side};
 use super::peer::{self, AbortOnDrop, Outgoing, READ_BUFFER_BYTES};
-use super::{handshake, Envelope, Shared, TransportError, WireError};
+use super::{handshake, Envelope, PeerStream, Shared, TransportError, WireError};
 use crate::placement::NodeId;
 
 /// Pause after a failed `accept` (typically out of file descriptors) so the loop does not spin.
@@ -95,7 +95,18 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     shared.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
-                    connections.spawn(serve_connection(shared.clone(), stream, addr));
+                    let open = shared.counters.inbound_open.load(Ordering::Acquire);
+                    if open >= shared.config.max_inbound_connections as u64 {
+                        shared.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(node_id = shared.config.node_id, %addr, open, "too many peer connections; closing a new one");
+                        continue; // dropping the stream closes it
+                    }
+                    shared.counters.inbound_open.fetch_add(1, Ordering::AcqRel);
+                    let shared = shared.clone();
+                    connections.spawn(async move {
+                        serve_connection(shared.clone(), stream, addr).await;
+                        shared.counters.inbound_open.fetch_sub(1, Ordering::AcqRel);
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(node_id = shared.config.node_id, %error, "accept failed");
@@ -108,36 +119,62 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr) {
+/// TLS (when on) and the hello, within the handshake timeout.
+async fn accept_peer(shared: &Shared, tcp: TcpStream) -> Result<(PeerStream, NodeId), HandshakeError> {
+    let (mut stream, peer_certificate): (PeerStream, _) = match &shared.config.tls {
+        Some(tls) => {
+            let timeout_ms = shared.config.handshake_timeout_ms;
+            let accepted = tokio::time::timeout(Duration::from_millis(timeout_ms), tls.acceptor.accept(tcp))
+                .await
+                .map_err(|_| HandshakeError::Timeout { timeout_ms })?
+                .map_err(|e| HandshakeError::Tls(e.to_string()))?;
+            // rustls required a client certificate chained to the cluster CA; the hello must
+            // name the node it names.
+            let certificate = accepted.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| c.clone().into_owned());
+            (Box::new(accepted), certificate)
+        }
+        None => (Box::new(tcp), None),
+    };
+    let hello = handshake::exchange(&mut stream, &shared.config, Side::Acceptor { peer_certificate }).await?;
+    Ok((stream, hello.node_id))
+}
+
+async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
     let node_id = shared.config.node_id;
-    if let Err(error) = stream.set_nodelay(true) {
+    if let Err(error) = tcp.set_nodelay(true) {
         tracing::debug!(node_id, %addr, %error, "set_nodelay failed");
     }
-    let hello = match handshake::exchange(&mut stream, &shared.config, None).await {
-        Ok(hello) => hello,
+    let (stream, from) = match accept_peer(&shared, tcp).await {
+        Ok(accepted) => accepted,
         Err(error) => {
             shared.counters.handshakes_refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(node_id, %addr, %error, "refusing peer connection");
             return; // Dropping the stream closes it.
         }
     };
-    let from = hello.node_id;
     tracing::debug!(node_id, from, %addr, "accepted peer connection");
 
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = tokio::io::split(stream);
     let (response_tx, response_rx) = mpsc::channel(shared.config.queue_capacity.max(1));
     let writer = tokio::spawn(write_responses(shared.clone(), response_rx, write_half));
     // Stop the writer when the reading side ends (its queue stays open while Responders live).
     let _abort_writer = AbortOnDrop(writer.abort_handle());
 
     let max_frame_bytes = shared.config.max_frame_bytes;
+    let idle_timeout = Duration::from_millis(shared.config.idle_timeout_ms);
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     let mut scratch = Vec::new();
     loop {
-        let envelope = match frame::read_frame::<_, Envelope>(&mut reader, max_frame_bytes, &mut scratch).await {
-            Ok(Some(envelope)) => envelope,
-            Ok(None) => break,
-            Err(error) => {
+        let read = tokio::time::timeout(idle_timeout, frame::read_frame::<_, Envelope>(&mut reader, max_frame_bytes, &mut scratch)).await;
+        let envelope = match read {
+            Err(_) => {
+                shared.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(node_id, from, "peer connection idle; closing");
+                break;
+            }
+            Ok(Ok(Some(envelope))) => envelope,
+            Ok(Ok(None)) => break,
+            Ok(Err(error)) => {
                 // Includes an oversize length prefix: we close without reading or allocating it.
                 let level_is_warn = !matches!(error, FrameError::Io { .. } | FrameError::Truncated { .. });
                 if level_is_warn {
@@ -175,7 +212,7 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, addr: Sock
     }
 }
 
-async fn write_responses(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>, mut write_half: OwnedWriteHalf) {
+async fn write_responses(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>, mut write_half: WriteHalf<PeerStream>) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         if let Err(error) = peer::write_batch(&shared, first, &mut rx, &mut write_half, &mut batch, |_| true).await {

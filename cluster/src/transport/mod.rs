@@ -36,6 +36,7 @@ pub mod frame;
 mod handshake;
 mod inbound;
 mod peer;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +56,12 @@ pub use frame::{FrameError, DEFAULT_MAX_FRAME_BYTES, WIRE_VERSION};
 pub use handshake::{HandshakeError, Hello};
 pub use inbound::{Inbound, Responder};
 pub use peer::{PeerState, PeerStatus};
+pub use tls::{ClusterCertificates, PeerTls, TlsError};
+
+/// A connection's byte stream: plain TCP, or TLS over TCP.
+pub(crate) trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PeerIo for T {}
+pub(crate) type PeerStream = Box<dyn PeerIo>;
 
 /// An error returned to a remote caller in a [`Envelope::Response`]: a small code (HTTP-like, so
 /// callers can map it directly) and a message for humans.
@@ -192,6 +199,15 @@ pub struct TransportConfig {
     pub write_timeout_ms: u64,
     pub reconnect_backoff_min_ms: u64,
     pub reconnect_backoff_max_ms: u64,
+    /// Mutual TLS: every connection is TLS, and a peer's hello must name the node its
+    /// certificate names. `None`: plain TCP, and a peer's claimed id is taken on trust.
+    pub tls: Option<Arc<PeerTls>>,
+    /// Node ids that may connect; `None` accepts any.
+    pub allowed_peers: Option<Arc<std::collections::HashSet<NodeId>>>,
+    /// Accepted connections open at once; more are closed at once.
+    pub max_inbound_connections: usize,
+    /// An accepted connection that sends no frame for this long is closed.
+    pub idle_timeout_ms: u64,
 }
 
 impl TransportConfig {
@@ -209,6 +225,10 @@ impl TransportConfig {
             write_timeout_ms: 10_000,
             reconnect_backoff_min_ms: 50,
             reconnect_backoff_max_ms: 5_000,
+            tls: None,
+            allowed_peers: None,
+            max_inbound_connections: 256,
+            idle_timeout_ms: 120_000,
         }
     }
 }
@@ -225,6 +245,10 @@ pub struct TransportStats {
     pub handshakes_refused: u64,
     /// Inbound Raft messages dropped and requests refused because the inbound channel was full.
     pub inbound_dropped: u64,
+    /// Accepted connections closed at once because `max_inbound_connections` were open.
+    pub connections_refused: u64,
+    /// Accepted connections closed after `idle_timeout_ms` without a frame.
+    pub idle_closed: u64,
 }
 
 #[derive(Default)]
@@ -236,6 +260,10 @@ pub(crate) struct Counters {
     pub connections_accepted: AtomicU64,
     pub handshakes_refused: AtomicU64,
     pub inbound_dropped: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub idle_closed: AtomicU64,
+    /// Accepted connections open now.
+    pub inbound_open: AtomicU64,
 }
 
 impl Counters {
@@ -249,6 +277,8 @@ impl Counters {
             connections_accepted: get(&self.connections_accepted),
             handshakes_refused: get(&self.handshakes_refused),
             inbound_dropped: get(&self.inbound_dropped),
+            connections_refused: get(&self.connections_refused),
+            idle_closed: get(&self.idle_closed),
         }
     }
 }

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, ReadHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::frame::{self, FrameError};
-use super::{handshake, Envelope, Shared, TransportError};
+use super::handshake::{HandshakeError, Side};
+use super::{handshake, Envelope, PeerStream, Shared, TransportError};
 use crate::placement::NodeId;
 
 /// Read buffer per connection: many small frames per syscall.
@@ -248,16 +248,29 @@ impl Backoff {
     }
 }
 
-async fn connect(shared: &Shared, state: &PeerShared) -> Result<TcpStream, TransportError> {
+async fn connect(shared: &Shared, state: &PeerShared) -> Result<PeerStream, TransportError> {
     let config = &shared.config;
     let peer = state.peer;
     let timeout_ms = config.connect_timeout_ms;
-    let mut stream = tokio::time::timeout(Duration::from_millis(timeout_ms), TcpStream::connect(state.addr))
+    let tcp = tokio::time::timeout(Duration::from_millis(timeout_ms), TcpStream::connect(state.addr))
         .await
         .map_err(|_| TransportError::ConnectTimeout { peer, timeout_ms })??;
     // Frames are batched by the writer already; Nagle would only add latency to small requests.
-    stream.set_nodelay(true)?;
-    handshake::exchange(&mut stream, config, Some(peer)).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream: PeerStream = match &config.tls {
+        Some(tls) => {
+            // rustls checks the peer's chain against the cluster CA and that it names `peer`.
+            let name = super::tls::PeerTls::server_name(peer).map_err(|e| HandshakeError::Tls(e.to_string()))?;
+            let handshake_ms = config.handshake_timeout_ms;
+            let connected = tokio::time::timeout(Duration::from_millis(handshake_ms), tls.connector.connect(name, tcp))
+                .await
+                .map_err(|_| HandshakeError::Timeout { timeout_ms: handshake_ms })?
+                .map_err(|e| HandshakeError::Tls(e.to_string()))?;
+            Box::new(connected)
+        }
+        None => Box::new(tcp),
+    };
+    handshake::exchange(&mut stream, config, Side::Dialer { peer }).await?;
     Ok(stream)
 }
 
@@ -316,9 +329,9 @@ async fn run_session(
     shared: &Arc<Shared>,
     state: &Arc<PeerShared>,
     rx: &mut mpsc::Receiver<Outgoing>,
-    stream: TcpStream,
+    stream: PeerStream,
 ) -> Option<TransportError> {
-    let (read_half, mut write_half) = stream.into_split();
+    let (read_half, mut write_half) = tokio::io::split(stream);
     // The reader runs as its own task so responses are consumed even while a write is blocked.
     let mut reader = tokio::spawn(read_responses(shared.clone(), state.clone(), read_half));
     let _abort_reader = AbortOnDrop(reader.abort_handle());
@@ -356,7 +369,7 @@ pub(crate) async fn write_batch<W: AsyncWrite + Unpin>(
     let mut frames: u64 = 0;
     let mut next = Some(first);
     while let Some(item) = next.take() {
-        if item.request_id.map_or(true, &is_live) {
+        if item.request_id.is_none_or(&is_live) {
             frame::append_frame(batch, &item.payload);
             frames += 1;
         }
@@ -390,7 +403,7 @@ pub(crate) async fn write_batch<W: AsyncWrite + Unpin>(
 }
 
 /// Reads responses on an outbound connection until it ends; returns why it ended.
-async fn read_responses(shared: Arc<Shared>, state: Arc<PeerShared>, read_half: OwnedReadHalf) -> TransportError {
+async fn read_responses(shared: Arc<Shared>, state: Arc<PeerShared>, read_half: ReadHalf<PeerStream>) -> TransportError {
     let peer = state.peer;
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     let mut scratch = Vec::new();
