@@ -119,6 +119,41 @@ impl Config {
              # ]",
             "",
         );
+        example.key(
+            "tls_ca_file",
+            quoted(&cluster.tls_ca_file),
+            "PEM file of the cluster's certificate authority. With tls_cert_file and tls_key_file, peers speak mutual TLS:\n\
+             # each presents a certificate from this CA naming its node (node-<id>), and may only speak as that node.\n\
+             # `rushes cluster certs --nodes N --out DIR` makes a CA and one certificate per node.",
+            "a path, or \"\" for none",
+        );
+        example.key("tls_cert_file", quoted(&cluster.tls_cert_file), "PEM file of this node's certificate.", "a path, or \"\" for none");
+        example.key("tls_key_file", quoted(&cluster.tls_key_file), "PEM file of this node's private key.", "a path, or \"\" for none");
+        example.key(
+            "insecure_peers",
+            cluster.insecure_peers.to_string(),
+            "Run a multi-node cluster without peer certificates: anyone who reaches a raft port can speak for any node.\n\
+             # Without certificates and without this, a node refuses to start in a multi-node cluster.",
+            "true or false",
+        );
+        example.integer(
+            "max_frame_bytes",
+            cluster.max_frame_bytes,
+            "Largest frame between nodes; must hold 2 x limits.max_body_bytes + 1 MiB (an entry carries a batch's raw and parsed forms).",
+            CLUSTER_MAX_FRAME_BYTES,
+        );
+        example.integer(
+            "max_inbound_connections",
+            cluster.max_inbound_connections,
+            "Peer connections accepted at once; more are closed at once.",
+            CLUSTER_MAX_INBOUND_CONNECTIONS,
+        );
+        example.integer(
+            "peer_idle_timeout_ms",
+            cluster.peer_idle_timeout_ms,
+            "An accepted peer connection silent this long is closed (the peer reconnects when it needs to).",
+            CLUSTER_PEER_IDLE_TIMEOUT_MS,
+        );
 
         let fusion = &defaults.fusion;
         example.section("[fusion]", "Fusing annotations into time buckets.");
@@ -303,6 +338,24 @@ impl Config {
         example.integer("max_limit", limits.max_limit, "Largest \"limit\" a search may ask for.", LIMITS_MAX_LIMIT);
         example.integer("max_query_bytes", limits.max_query_bytes, "Longest query text.", LIMITS_MAX_QUERY_BYTES);
         example.integer("max_vector_k", limits.max_vector_k, "Most nearest neighbours fetched from a vector index.", LIMITS_MAX_VECTOR_K);
+        example.integer(
+            "max_annotation_bytes",
+            limits.max_annotation_bytes,
+            "Largest single annotation (its JSON) in a batch.",
+            LIMITS_MAX_ANNOTATION_BYTES,
+        );
+        example.integer(
+            "body_read_timeout_ms",
+            limits.body_read_timeout_ms,
+            "A request body must arrive within this long (a slowly dripped body is cut off).",
+            LIMITS_BODY_READ_TIMEOUT_MS,
+        );
+        example.integer(
+            "ingest_bytes_in_flight_max",
+            limits.ingest_bytes_in_flight_max,
+            "Ingest body bytes being read, parsed and stored at once on this node; past it ingest answers 429.",
+            LIMITS_INGEST_BYTES_IN_FLIGHT_MAX,
+        );
 
         let raft = &defaults.raft;
         example.section("[raft]", "Consensus timing and flow control.");
@@ -355,6 +408,36 @@ impl Config {
             raft.snapshot_chunk_bytes,
             "Raw store bytes per chunk this node serves to a replica fetching a snapshot.",
             RAFT_SNAPSHOT_CHUNK_BYTES,
+        );
+
+        let http = &defaults.http;
+        example.section("[http]", "How the HTTP API is served.");
+        example.key(
+            "tls_cert_file",
+            quoted(&http.tls_cert_file),
+            "PEM certificate chain served over HTTPS (with tls_key_file); \"\" serves plain HTTP.",
+            "a path, or \"\" for none",
+        );
+        example.key("tls_key_file", quoted(&http.tls_key_file), "PEM private key of tls_cert_file.", "a path, or \"\" for none");
+        example.key(
+            "allow_unauthenticated",
+            http.allow_unauthenticated.to_string(),
+            "Serve a non-loopback node.listen without API keys (anyone who reaches it can read, write and administer).\n\
+             # Without [[auth.keys]] and without this, node.listen must be a loopback address.",
+            "true or false",
+        );
+
+        example.section("[auth]", "API keys, sent as Authorization: Bearer <key>. With none the API is open (loopback only, see [http]).");
+        example.key(
+            "keys",
+            "[]",
+            "Each key is kept as its SHA-256, never in clear, with the scopes it carries:\n\
+             # read (search, suggest, explain, reads), write (ingest, asset records, subtitles), admin (cluster status\n\
+             # digests, fault injection, and everything that can hurt a node). `rushes keys create --scopes read,write`\n\
+             # prints a new key and its entry, e.g.\n\
+             # keys = [{ name = \"editors\", hash = \"sha256:9f86d0...\", scopes = [\"read\"] }]\n\
+             # In the environment: RUSHES_AUTH_KEYS='[{ name = \"ops\", hash = \"sha256:...\", scopes = [\"admin\"] }]'.",
+            "",
         );
 
         let log = &defaults.log;

@@ -75,6 +75,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub raft: RaftConfig,
     pub log: LogConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -90,6 +92,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             raft: RaftConfig::default(),
             log: LogConfig::default(),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -133,11 +137,42 @@ pub struct ClusterConfig {
     pub replication_factor: usize,
     /// All members, including this node. Empty means a single-node cluster made of `node`.
     pub nodes: Vec<ClusterNodeConfig>,
+    /// PEM file of the cluster's certificate authority. With `tls_cert_file` and
+    /// `tls_key_file`, peers speak mutual TLS: each presents a certificate from this CA that
+    /// names its node id (`node-<id>`), and a connection may only speak as that node.
+    pub tls_ca_file: String,
+    /// PEM file of this node's certificate (`rushes cluster certs` makes them).
+    pub tls_cert_file: String,
+    /// PEM file of this node's private key.
+    pub tls_key_file: String,
+    /// Lets a multi-node cluster run without peer certificates: anyone who reaches a raft
+    /// port can then speak for any node. Logged at every start and shown in `/v1/cluster`.
+    pub insecure_peers: bool,
+    /// Largest frame between nodes (a Raft entry or forwarded write holds a whole batch, about
+    /// twice its JSON size): must hold `2 × limits.max_body_bytes + 1 MiB`.
+    pub max_frame_bytes: usize,
+    /// Peer connections accepted at once; more are closed at once.
+    pub max_inbound_connections: usize,
+    /// An accepted peer connection that sends nothing for this long is closed (the peer
+    /// reconnects when it has something to say).
+    pub peer_idle_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { cluster_id: "rushes-local".to_string(), shards: 4, replication_factor: 3, nodes: Vec::new() }
+        ClusterConfig {
+            cluster_id: "rushes-local".to_string(),
+            shards: 4,
+            replication_factor: 3,
+            nodes: Vec::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            insecure_peers: false,
+            max_frame_bytes: 256 * MIB,
+            max_inbound_connections: 256,
+            peer_idle_timeout_ms: 120_000,
+        }
     }
 }
 
@@ -463,6 +498,13 @@ pub struct LimitsConfig {
     pub max_query_bytes: usize,
     /// Largest number of nearest neighbours fetched from a vector index.
     pub max_vector_k: usize,
+    /// Largest single annotation (its JSON bytes) in a batch.
+    pub max_annotation_bytes: usize,
+    /// A request body must arrive within this long.
+    pub body_read_timeout_ms: u64,
+    /// Ingest body bytes being read, parsed and stored at once on this node; past it, ingest
+    /// answers 429 with Retry-After.
+    pub ingest_bytes_in_flight_max: usize,
 }
 
 impl Default for LimitsConfig {
@@ -487,6 +529,9 @@ impl Default for LimitsConfig {
             max_limit: 1000,
             max_query_bytes: 4096,
             max_vector_k: 10_000,
+            max_annotation_bytes: MIB,
+            body_read_timeout_ms: 30_000,
+            ingest_bytes_in_flight_max: 256 * MIB,
         }
     }
 }
@@ -495,6 +540,42 @@ impl LimitsConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
+}
+
+/// `[http]`: how the HTTP API is served.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// PEM certificate chain and private key: HTTPS when both are set.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// Serve a non-loopback address without API keys (anyone who reaches it can read, write
+    /// and administer). Without keys and without this, only loopback addresses may be served.
+    pub allow_unauthenticated: bool,
+}
+
+/// `[auth]`: API keys. With none, the API is open (loopback only, see `http`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// One entry of `[[auth.keys]]`: a key is stored as its hash, never in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who holds it (shown in logs, never the key).
+    pub name: String,
+    /// `sha256:` and the 64 hex digits of the key's SHA-256 (`rushes keys create` prints it).
+    pub hash: String,
+    /// Any of `read`, `write`, `admin`.
+    pub scopes: Vec<String>,
+}
+
+impl ApiKeyConfig {
+    /// The scopes a key may carry.
+    pub const SCOPES: &'static [&'static str] = &["read", "write", "admin"];
 }
 
 /// `[raft]`: consensus timing and flow control (see raft-rs `Config`).

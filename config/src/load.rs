@@ -25,7 +25,8 @@ pub const ENVIRONMENT_PREFIX: &str = "RUSHES_";
 /// read by the binary, and `RUSHES_CONFIG` is the path of the configuration file itself.
 /// `RUSHES_FAULT_INJECTION` switches on the fault-injection endpoint for test suites (read by
 /// the HTTP layer, not a config key).
-pub const IGNORED_ENVIRONMENT_VARIABLES: &[&str] = &["RUSHES_LOG", "RUSHES_CONFIG", "RUSHES_FAULT_INJECTION"];
+pub const IGNORED_ENVIRONMENT_VARIABLES: &[&str] =
+    &["RUSHES_LOG", "RUSHES_CONFIG", "RUSHES_FAULT_INJECTION", "RUSHES_TOKEN", "RUSHES_CA_FILE"];
 
 impl Config {
     /// Loads the configuration: defaults < `file` < `environment` < `overrides`, then checks
@@ -393,6 +394,9 @@ fn typed_value(raw_value: &str, kind: Kind, origin: &Origin) -> Result<Value, Co
             Ok(Value::String(unquoted)) => Ok(Value::String(unquoted)),
             _ => Ok(Value::String(raw_value.to_string())),
         },
+        Kind::Bool => Ok(parse_toml_value(raw_value).unwrap_or_else(|_| Value::String(raw_value.to_string()))),
+        Kind::TextArray => parse_toml_value(raw_value)
+            .map_err(|message| parse_error(origin, format!("expected a TOML array of strings such as [\"read\", \"write\"]: {message}"))),
         Kind::Table(_) | Kind::TableArray(_) => parse_toml_value(raw_value).map_err(|message| {
             parse_error(origin, format!("expected a TOML array of inline tables such as [{{ key = \"value\" }}, {{ ... }}]: {message}"))
         }),
@@ -580,6 +584,10 @@ fn check_value(field: &Field, value: &Value, path: &KeyPath) -> Result<(), Confi
     match (field.kind, value) {
         (Kind::Integer, Value::Integer(number)) if *number >= 0 => Ok(()),
         (Kind::Integer, _) => reject("expected a non-negative integer such as 1000 (no quotes, no unit suffix)".to_string()),
+        (Kind::Bool, Value::Boolean(_)) => Ok(()),
+        (Kind::Bool, _) => reject("expected true or false (no quotes)".to_string()),
+        (Kind::TextArray, Value::Array(items)) if items.iter().all(Value::is_str) => Ok(()),
+        (Kind::TextArray, _) => reject("expected an array of strings such as [\"read\", \"write\"]".to_string()),
         (Kind::Text, Value::String(_)) => Ok(()),
         (Kind::Text, _) => reject("expected a string in double quotes".to_string()),
         (Kind::SocketAddress, Value::String(text)) if text.parse::<SocketAddr>().is_ok() => Ok(()),

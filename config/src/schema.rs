@@ -14,6 +14,10 @@ pub(crate) enum Kind {
     Text,
     /// A string that must parse as `std::net::SocketAddr`.
     SocketAddress,
+    /// `true` or `false`.
+    Bool,
+    /// An array of strings.
+    TextArray,
     /// A string that must be one of these spellings (a lower-case enum).
     Choice(&'static [&'static str]),
     /// A table with these keys, all optional.
@@ -60,6 +64,8 @@ pub(crate) const TOP_LEVEL: &[Field] = &[
     Field::optional("limits", Kind::Table(LIMITS)),
     Field::optional("raft", Kind::Table(RAFT)),
     Field::optional("log", Kind::Table(LOG)),
+    Field::optional("http", Kind::Table(HTTP)),
+    Field::optional("auth", Kind::Table(AUTH)),
 ];
 
 const NODE: &[Field] =
@@ -70,6 +76,13 @@ const CLUSTER: &[Field] = &[
     Field::optional("shards", Kind::Integer),
     Field::optional("replication_factor", Kind::Integer),
     Field::optional("nodes", Kind::TableArray(CLUSTER_NODE)),
+    Field::optional("tls_ca_file", Kind::Text),
+    Field::optional("tls_cert_file", Kind::Text),
+    Field::optional("tls_key_file", Kind::Text),
+    Field::optional("insecure_peers", Kind::Bool),
+    Field::optional("max_frame_bytes", Kind::Integer),
+    Field::optional("max_inbound_connections", Kind::Integer),
+    Field::optional("peer_idle_timeout_ms", Kind::Integer),
 ];
 
 const CLUSTER_NODE: &[Field] =
@@ -127,6 +140,9 @@ const LIMITS: &[Field] = &[
     Field::optional("max_limit", Kind::Integer),
     Field::optional("max_query_bytes", Kind::Integer),
     Field::optional("max_vector_k", Kind::Integer),
+    Field::optional("max_annotation_bytes", Kind::Integer),
+    Field::optional("body_read_timeout_ms", Kind::Integer),
+    Field::optional("ingest_bytes_in_flight_max", Kind::Integer),
 ];
 
 const RAFT: &[Field] = &[
@@ -141,6 +157,17 @@ const RAFT: &[Field] = &[
     Field::optional("compaction_interval_ms", Kind::Integer),
     Field::optional("snapshot_chunk_bytes", Kind::Integer),
 ];
+
+const HTTP: &[Field] = &[
+    Field::optional("tls_cert_file", Kind::Text),
+    Field::optional("tls_key_file", Kind::Text),
+    Field::optional("allow_unauthenticated", Kind::Bool),
+];
+
+const AUTH: &[Field] = &[Field::optional("keys", Kind::TableArray(API_KEY))];
+
+const API_KEY: &[Field] =
+    &[Field::required("name", Kind::Text), Field::required("hash", Kind::Text), Field::required("scopes", Kind::TextArray)];
 
 const LOG: &[Field] = &[Field::optional("level", Kind::Choice(LogLevel::NAMES)), Field::optional("format", Kind::Choice(LogFormat::NAMES))];
 
@@ -162,6 +189,8 @@ mod tests {
             let key = format!("{path}.{}", field.name);
             match field.kind {
                 Kind::Integer => assert!(value.is_integer(), "{key} should be an integer"),
+                Kind::Bool => assert!(value.is_bool(), "{key} should be a boolean"),
+                Kind::TextArray => assert!(value.as_array().is_some_and(|a| a.iter().all(|v| v.is_str())), "{key} should be strings"),
                 Kind::Text | Kind::SocketAddress => {
                     assert!(value.is_str(), "{key} should be a string")
                 }
@@ -184,6 +213,11 @@ mod tests {
     fn schema_matches_serialized_structs() {
         let mut config = Config::default();
         config.cluster.nodes.push(ClusterNodeConfig { id: 1, raft_addr: "a:1".into(), http_addr: "a:2".into() });
+        config.auth.keys.push(crate::ApiKeyConfig {
+            name: "ops".into(),
+            hash: format!("sha256:{}", "0".repeat(64)),
+            scopes: vec!["read".into()],
+        });
         let table = toml::Table::try_from(&config).expect("serializes");
         assert_table_matches(TOP_LEVEL, &table, "config");
     }

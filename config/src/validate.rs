@@ -59,6 +59,12 @@ pub(crate) mod ranges {
     pub const CLUSTER_REPLICATION_FACTOR: IntegerRange = IntegerRange::new(1, 7);
     pub const CLUSTER_NODE_ID: IntegerRange = IntegerRange::at_least(1);
     pub const CLUSTER_ID_MAX_BYTES: usize = 64;
+    /// Up to what the codec decodes (`rushes_protocol::codec::DECODE_LIMIT_BYTES`, 256 MiB).
+    pub const CLUSTER_MAX_FRAME_BYTES: IntegerRange = IntegerRange::bytes(MIB, 256 * MIB as u64);
+    pub const CLUSTER_MAX_INBOUND_CONNECTIONS: IntegerRange = IntegerRange::new(2, 65_536);
+    pub const CLUSTER_PEER_IDLE_TIMEOUT_MS: IntegerRange = IntegerRange::new(1_000, 86_400_000);
+    pub const AUTH_KEY_NAME_MAX_BYTES: usize = 64;
+    pub const AUTH_KEYS_MAX_COUNT: usize = 1024;
 
     pub const FUSION_BUCKET_MS: IntegerRange = IntegerRange::new(100, 60_000);
     pub const FUSION_BATCH_ENTRIES_MAX: IntegerRange = IntegerRange::new(1, 100_000);
@@ -90,6 +96,9 @@ pub(crate) mod ranges {
 
     pub const LIMITS_MAX_BODY_BYTES: IntegerRange = IntegerRange::bytes(KIB, GIB);
     pub const LIMITS_MAX_BATCH_ITEMS: IntegerRange = IntegerRange::new(1, 1_000_000);
+    pub const LIMITS_MAX_ANNOTATION_BYTES: IntegerRange = IntegerRange::bytes(KIB, 64 * MIB as u64);
+    pub const LIMITS_BODY_READ_TIMEOUT_MS: IntegerRange = IntegerRange::new(100, 3_600_000);
+    pub const LIMITS_INGEST_BYTES_IN_FLIGHT_MAX: IntegerRange = IntegerRange::bytes(MIB, 64 * GIB);
     pub const LIMITS_MAX_ID_BYTES: IntegerRange = IntegerRange::new(1, 4096);
     pub const LIMITS_MAX_ASSET_ID_BYTES: IntegerRange = IntegerRange::new(1, 4096);
     pub const LIMITS_MAX_NAME_BYTES: IntegerRange = IntegerRange::new(1, 1024);
@@ -284,6 +293,112 @@ impl Config {
         self.validate_search()?;
         self.validate_limits()?;
         self.validate_raft()?;
+        self.validate_security()?;
+        Ok(())
+    }
+
+    /// Peer certificates, HTTPS, API keys, and the limits that must fit inside each other.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        check_range("cluster.max_frame_bytes", cluster.max_frame_bytes, CLUSTER_MAX_FRAME_BYTES)?;
+        check_range("cluster.max_inbound_connections", cluster.max_inbound_connections, CLUSTER_MAX_INBOUND_CONNECTIONS)?;
+        check_range("cluster.peer_idle_timeout_ms", cluster.peer_idle_timeout_ms, CLUSTER_PEER_IDLE_TIMEOUT_MS)?;
+        // A batch travels between nodes as a Raft entry or a forwarded write holding its raw and
+        // parsed forms (about twice its JSON): a body the frames cannot carry would be accepted,
+        // then never replicated.
+        let needed = self.limits.max_body_bytes.saturating_mul(2).saturating_add(MIB);
+        if needed > cluster.max_frame_bytes {
+            return Err(ConfigError::invalid_value(
+                "limits.max_body_bytes",
+                self.limits.max_body_bytes.to_string(),
+                format!(
+                    "at most ({} - 1 MiB) / 2 = {} with cluster.max_frame_bytes = {}: lower limits.max_body_bytes or raise cluster.max_frame_bytes",
+                    cluster.max_frame_bytes,
+                    cluster.max_frame_bytes.saturating_sub(MIB) / 2,
+                    cluster.max_frame_bytes
+                ),
+            ));
+        }
+        let peer_files = [
+            ("cluster.tls_ca_file", &cluster.tls_ca_file),
+            ("cluster.tls_cert_file", &cluster.tls_cert_file),
+            ("cluster.tls_key_file", &cluster.tls_key_file),
+        ];
+        let peer_files_set = peer_files.iter().filter(|(_, path)| !path.is_empty()).count();
+        if peer_files_set != 0 && peer_files_set != peer_files.len() {
+            let (missing, _) = peer_files.iter().find(|(_, path)| path.is_empty()).copied().unwrap_or(peer_files[0]);
+            return Err(ConfigError::invalid_value(
+                missing,
+                "\"\"".to_string(),
+                "cluster.tls_ca_file, cluster.tls_cert_file and cluster.tls_key_file go together: set all three (rushes cluster certs makes them) or none",
+            ));
+        }
+        if cluster.nodes.len() > 1 && peer_files_set == 0 && !cluster.insecure_peers {
+            return Err(ConfigError::invalid_value(
+                "cluster.tls_cert_file",
+                "\"\"".to_string(),
+                "a multi-node cluster needs peer certificates (cluster.tls_ca_file, tls_cert_file, tls_key_file; `rushes cluster certs` makes them), \
+                 or cluster.insecure_peers = true to run without (anyone who reaches a raft port can then speak for any node)",
+            ));
+        }
+        let http = &self.http;
+        if http.tls_cert_file.is_empty() != http.tls_key_file.is_empty() {
+            let missing = if http.tls_cert_file.is_empty() { "http.tls_cert_file" } else { "http.tls_key_file" };
+            return Err(ConfigError::invalid_value(missing, "\"\"".to_string(), "http.tls_cert_file and http.tls_key_file go together"));
+        }
+        if self.auth.keys.len() > AUTH_KEYS_MAX_COUNT {
+            return Err(ConfigError::invalid_value(
+                "auth.keys",
+                self.auth.keys.len().to_string(),
+                format!("at most {AUTH_KEYS_MAX_COUNT} keys"),
+            ));
+        }
+        for (position, key) in self.auth.keys.iter().enumerate() {
+            let prefix = format!("auth.keys[{position}]");
+            check_name(
+                &format!("{prefix}.name"),
+                &key.name,
+                &['-', '_', '.'],
+                AUTH_KEY_NAME_MAX_BYTES,
+                "lower-case letters a-z, digits, '-', '_' and '.'",
+            )?;
+            let digits = key.hash.strip_prefix("sha256:").unwrap_or("");
+            if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+                return Err(ConfigError::invalid_value(
+                    format!("{prefix}.hash"),
+                    quoted(&key.hash),
+                    "\"sha256:\" and 64 lower-case hex digits, the SHA-256 of the key (`rushes keys create` prints it); never the key itself",
+                ));
+            }
+            if key.scopes.is_empty() {
+                return Err(ConfigError::invalid_value(
+                    format!("{prefix}.scopes"),
+                    "[]".to_string(),
+                    "one or more of \"read\", \"write\", \"admin\"",
+                ));
+            }
+            if let Some(bad) = key.scopes.iter().find(|scope| !crate::ApiKeyConfig::SCOPES.contains(&scope.as_str())) {
+                return Err(ConfigError::invalid_value(
+                    format!("{prefix}.scopes"),
+                    quoted(bad),
+                    "one or more of \"read\", \"write\", \"admin\"",
+                ));
+            }
+        }
+        let key_names: Vec<(String, &str)> =
+            self.auth.keys.iter().enumerate().map(|(position, key)| (format!("auth.keys[{position}].name"), key.name.as_str())).collect();
+        check_unique(key_names.iter().map(|(path, name)| (path.clone(), *name)), "auth.keys", quoted)?;
+        let hashes: Vec<(String, &str)> =
+            self.auth.keys.iter().enumerate().map(|(position, key)| (format!("auth.keys[{position}].hash"), key.hash.as_str())).collect();
+        check_unique(hashes.iter().map(|(path, hash)| (path.clone(), *hash)), "auth.keys", quoted)?;
+        if self.auth.keys.is_empty() && !http.allow_unauthenticated && !self.node.listen.ip().is_loopback() {
+            return Err(ConfigError::invalid_value(
+                "node.listen",
+                quoted(&self.node.listen.to_string()),
+                "a loopback address (127.0.0.1, [::1]) while no API keys are configured: add [[auth.keys]] (`rushes keys create`), \
+                 or set http.allow_unauthenticated = true to serve everyone who reaches this address",
+            ));
+        }
         Ok(())
     }
 

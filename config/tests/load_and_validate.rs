@@ -92,6 +92,8 @@ fn precedence_is_defaults_then_file_then_environment_then_overrides() {
         [node]
         listen = "0.0.0.0:7000"
         data_dir = "/from/file"
+        [http]
+        allow_unauthenticated = true
         [fusion]
         bucket_ms = 2000
         [index]
@@ -119,6 +121,7 @@ fn precedence_is_defaults_then_file_then_environment_then_overrides() {
 fn environment_sets_string_keys_verbatim() {
     let config = load_env(&[
         ("RUSHES_NODE_LISTEN", "0.0.0.0:9000"),
+        ("RUSHES_HTTP_ALLOW_UNAUTHENTICATED", "true"),
         ("RUSHES_CLUSTER_CLUSTER_ID", "123"),
         ("RUSHES_NODE_DATA_DIR", "2024-01-01"),
         ("RUSHES_LOG_LEVEL", "debug"),
@@ -143,6 +146,7 @@ fn arrays_of_tables_can_be_set_whole_or_per_entry() {
         ),
         ("RUSHES_CLUSTER_NODES_1_RAFT_ADDR", "b.internal:7801"),
         ("RUSHES_CLUSTER_REPLICATION_FACTOR", "2"),
+        ("RUSHES_CLUSTER_INSECURE_PEERS", "true"),
     ])
     .expect("loads");
     assert_eq!(config.vector_spaces.len(), 2);
@@ -263,7 +267,7 @@ fn unknown_key_in_file_is_named_with_the_allowed_keys() {
     assert!(text.starts_with("unknown key \"indx\""), "{text}");
     assert!(
         text.ends_with(
-            "allowed keys in the top level are node, cluster, fusion, index, vector_spaces, embedder, search, limits, raft, log"
+            "allowed keys in the top level are node, cluster, fusion, index, vector_spaces, embedder, search, limits, raft, log, http, auth"
         ),
         "{text}"
     );
@@ -389,6 +393,7 @@ fn cluster_membership_rules() {
         id = 2
         [cluster]
         replication_factor = 3
+        insecure_peers = true
         [[cluster.nodes]]
         id = 1
         raft_addr = "rushes-1:7800"
@@ -487,6 +492,16 @@ fn to_toml_string_round_trips_through_load() {
         ClusterNodeConfig { id: 1, raft_addr: "a:7800".into(), http_addr: "a:7700".into() },
         ClusterNodeConfig { id: 2, raft_addr: "b:7800".into(), http_addr: "b:7700".into() },
     ];
+    config.cluster.tls_ca_file = "/etc/rushes/ca.pem".into();
+    config.cluster.tls_cert_file = "/etc/rushes/node-2.pem".into();
+    config.cluster.tls_key_file = "/etc/rushes/node-2.key".into();
+    config.http.tls_cert_file = "/etc/rushes/https.pem".into();
+    config.http.tls_key_file = "/etc/rushes/https.key".into();
+    config.auth.keys.push(rushes_config::ApiKeyConfig {
+        name: "ops".into(),
+        hash: format!("sha256:{}", "0f".repeat(32)),
+        scopes: vec!["admin".into()],
+    });
     config.vector_spaces.push(VectorSpaceConfig {
         dimensions: 768,
         metric: Metric::L2,
@@ -644,4 +659,67 @@ fn search_fusion_names_the_allowed_methods() {
         text.ends_with("allowed keys in [embedder] are url, model, api_key_env, space, timeout_ms, max_text_bytes, cache_entries"),
         "{text}"
     );
+}
+
+fn members(nodes: u64) -> String {
+    (1..=nodes)
+        .map(|id| format!("{{ id = {id}, raft_addr = \"10.0.0.{id}:7800\", http_addr = \"10.0.0.{id}:7700\" }}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[test]
+fn limits_that_do_not_fit_inside_each_other_are_errors_naming_both_keys() {
+    // A body the peer frames cannot carry would be accepted, then never replicated.
+    let text = error_text(load_overrides(&[("limits.max_body_bytes", "200000000")]));
+    assert!(text.contains("limits.max_body_bytes") && text.contains("cluster.max_frame_bytes"), "{text}");
+    let text = error_text(load_overrides(&[("cluster.max_frame_bytes", "16777216"), ("limits.max_body_bytes", "8388608")]));
+    assert!(text.contains("limits.max_body_bytes") && text.contains("7864320"), "the largest allowed body is named: {text}");
+    load_overrides(&[("cluster.max_frame_bytes", "16777216"), ("limits.max_body_bytes", "7864320")]).expect("fits exactly");
+    // The frame limit cannot exceed what the codec decodes.
+    let text = error_text(load_overrides(&[("cluster.max_frame_bytes", "300000000")]));
+    assert!(text.contains("cluster.max_frame_bytes"), "{text}");
+    // A small body limit lowers the per-annotation one with it (no need to set both).
+    load_overrides(&[("limits.max_body_bytes", "100000")]).expect("a small body limit alone is fine");
+}
+
+#[test]
+fn a_multi_node_cluster_needs_peer_certificates_or_an_explicit_insecure_flag() {
+    let cluster = format!("[node]\nid = 1\n[cluster]\nnodes = [{}]\n", members(3));
+    let text = error_text(load_file(&cluster));
+    assert!(text.contains("cluster.tls_cert_file") && text.contains("cluster.insecure_peers"), "{text}");
+    let config = load_file(&format!("{cluster}insecure_peers = true\n")).expect("explicitly insecure");
+    assert!(config.cluster.insecure_peers);
+    let with_tls = format!("{cluster}tls_ca_file = \"ca.pem\"\ntls_cert_file = \"node-1.pem\"\ntls_key_file = \"node-1.key\"\n");
+    assert_eq!(load_file(&with_tls).expect("with certificates").cluster.tls_key_file, "node-1.key");
+    let text = error_text(load_file(&format!("{cluster}tls_ca_file = \"ca.pem\"\ntls_cert_file = \"node-1.pem\"\n")));
+    assert!(text.contains("cluster.tls_key_file") && text.contains("go together"), "{text}");
+    // A single node has no peers: no certificate needed.
+    load_file("[node]\nid = 1\n").expect("single node");
+}
+
+#[test]
+fn api_keys_are_hashes_with_known_scopes_and_an_open_api_stays_on_loopback() {
+    let hash = format!("sha256:{}", "ab".repeat(32));
+    let key = |name: &str, hash: &str, scopes: &str| format!("[[auth.keys]]\nname = \"{name}\"\nhash = \"{hash}\"\nscopes = {scopes}\n");
+    let config = load_file(&key("editors", &hash, "[\"read\", \"write\"]")).expect("a valid key");
+    assert_eq!(config.auth.keys[0].scopes, vec!["read".to_string(), "write".to_string()]);
+    let text = error_text(load_file(&key("editors", "rk_the_key_itself", "[\"read\"]")));
+    assert!(text.contains("auth.keys[0].hash") && text.contains("never the key itself"), "{text}");
+    let text = error_text(load_file(&key("editors", &hash, "[\"root\"]")));
+    assert!(text.contains("auth.keys[0].scopes") && text.contains("\"root\""), "{text}");
+    let text = error_text(load_file(&key("editors", &hash, "\"read\"")));
+    assert!(text.contains("auth.keys[0].scopes"), "{text}");
+    let text = error_text(load_file(&format!("{}{}", key("a", &hash, "[\"read\"]"), key("b", &hash, "[\"admin\"]"))));
+    assert!(text.contains("auth.keys[1].hash") && text.contains("unique"), "{text}");
+    // Keys through the environment, as a TOML array.
+    let env = format!("[{{ name = \"ops\", hash = \"{hash}\", scopes = [\"admin\"] }}]");
+    assert_eq!(load_env(&[("RUSHES_AUTH_KEYS", &env)]).expect("keys from the environment").auth.keys[0].name, "ops");
+    // No key: loopback only, unless explicitly opened.
+    let text = error_text(load_overrides(&[("node.listen", "0.0.0.0:7700")]));
+    assert!(text.contains("node.listen") && text.contains("http.allow_unauthenticated"), "{text}");
+    load_overrides(&[("node.listen", "0.0.0.0:7700"), ("http.allow_unauthenticated", "true")]).expect("explicitly open");
+    load_file(&format!("[node]\nlisten = \"0.0.0.0:7700\"\n{}", key("ops", &hash, "[\"admin\"]"))).expect("keys make any address fine");
+    let text = error_text(load_overrides(&[("http.tls_cert_file", "cert.pem")]));
+    assert!(text.contains("http.tls_key_file"), "{text}");
 }
