@@ -35,6 +35,11 @@ pub struct ClusterOptions {
     /// Start the nodes with `RUSHES_FAULT_INJECTION=1` (default true; [`LocalCluster::partition`]
     /// needs it).
     pub fault_injection: bool,
+    /// Mutual TLS between the nodes, with certificates from `rushes cluster certs` (default true).
+    pub peer_tls: bool,
+    /// An API key with every scope required on the nodes' API, and sent by every request of the
+    /// suite (default true).
+    pub api_key: bool,
 }
 
 impl ClusterOptions {
@@ -50,6 +55,8 @@ impl ClusterOptions {
             start_timeout: Duration::from_secs(60),
             binary: None,
             fault_injection: true,
+            peer_tls: true,
+            api_key: true,
         }
     }
 }
@@ -67,8 +74,59 @@ fn toml_string(value: &str) -> String {
     serde_json::Value::String(value.to_string()).to_string()
 }
 
+/// What a cluster's nodes need besides their addresses: peer certificates and the API key.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Directory of `ca.pem` and `node-N.pem` / `node-N.key`.
+    pub certs_dir: Option<PathBuf>,
+    /// The key's hash, as `[[auth.keys]]` holds it.
+    pub api_key_hash: Option<String>,
+}
+
+/// Makes the certificates and the API key with the `rushes` binary under test (`rushes cluster
+/// certs`, `rushes keys create`); returns them and the key itself.
+pub fn make_credentials(binary: &Path, dir: &Path, options: &ClusterOptions) -> (Credentials, Option<String>) {
+    let run = |args: &[&str]| -> String {
+        let output = std::process::Command::new(binary).args(args).output().expect("run the rushes binary");
+        assert!(output.status.success(), "rushes {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let mut credentials = Credentials::default();
+    if options.peer_tls {
+        let certs = dir.join("certs");
+        let nodes = options.nodes.to_string();
+        run(&["cluster", "certs", "--nodes", &nodes, "--out", &certs.display().to_string(), "--cluster-id", &options.cluster_id]);
+        credentials.certs_dir = Some(certs);
+    }
+    let mut key = None;
+    if options.api_key {
+        // One key for every cluster of this test process: tests of one binary may run clusters
+        // side by side, and every request of the suite sends the same key.
+        static SUITE_KEY: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+        let (suite_key, hash) = SUITE_KEY.get_or_init(|| {
+            let printed = run(&["keys", "create", "--name", "jepsen", "--scopes", "read,write,admin"]);
+            let value_after = |marker: &str| {
+                printed.lines().find_map(|line| line.split_once(marker).map(|(_, rest)| rest.trim().trim_matches('"').to_string()))
+            };
+            (
+                value_after("): ").expect("`rushes keys create` printed the key"),
+                value_after("hash = ").expect("`rushes keys create` printed the hash"),
+            )
+        });
+        key = Some(suite_key.clone());
+        credentials.api_key_hash = Some(hash.clone());
+    }
+    (credentials, key)
+}
+
 /// The config file of node `id` (the format `rushes serve --config` reads).
-pub fn node_config_toml(options: &ClusterOptions, id: u64, data_dir: &Path, members: &[(u64, String, String)]) -> String {
+pub fn node_config_toml(
+    options: &ClusterOptions,
+    credentials: &Credentials,
+    id: u64,
+    data_dir: &Path,
+    members: &[(u64, String, String)],
+) -> String {
     let listen = &members.iter().find(|(member, _, _)| *member == id).expect("node is a member").1;
     let mut text = String::new();
     let _ = writeln!(
@@ -79,11 +137,26 @@ pub fn node_config_toml(options: &ClusterOptions, id: u64, data_dir: &Path, memb
     );
     let _ = writeln!(
         text,
-        "[cluster]\ncluster_id = {}\nshards = {}\nreplication_factor = {}\n",
+        "[cluster]\ncluster_id = {}\nshards = {}\nreplication_factor = {}",
         toml_string(&options.cluster_id),
         options.shards,
         options.replication_factor
     );
+    match &credentials.certs_dir {
+        Some(certs) => {
+            let file = |name: String| toml_string(&certs.join(name).display().to_string());
+            let _ = writeln!(
+                text,
+                "tls_ca_file = {}\ntls_cert_file = {}\ntls_key_file = {}\n",
+                file("ca.pem".into()),
+                file(format!("node-{id}.pem")),
+                file(format!("node-{id}.key"))
+            );
+        }
+        None => {
+            let _ = writeln!(text, "insecure_peers = true\n");
+        }
+    }
     for (member, http_addr, raft_addr) in members {
         let _ = writeln!(
             text,
@@ -91,6 +164,10 @@ pub fn node_config_toml(options: &ClusterOptions, id: u64, data_dir: &Path, memb
             toml_string(raft_addr),
             toml_string(http_addr)
         );
+    }
+    if let Some(hash) = &credentials.api_key_hash {
+        let _ =
+            writeln!(text, "[[auth.keys]]\nname = \"jepsen\"\nhash = {}\nscopes = [\"read\", \"write\", \"admin\"]\n", toml_string(hash));
     }
     let _ = writeln!(text, "[index]\ncommit_interval_ms = {}", options.commit_interval_ms);
     if !options.extra_toml.is_empty() {
@@ -126,6 +203,11 @@ impl LocalCluster {
         let members: Vec<(u64, String, String)> = (0..options.nodes)
             .map(|i| (i as u64 + 1, format!("127.0.0.1:{}", ports[2 * i]), format!("127.0.0.1:{}", ports[2 * i + 1])))
             .collect();
+        let (credentials, api_key) = make_credentials(&binary, &dir, &options);
+        // Every request of the suite carries the key from here on (the same for every cluster).
+        if api_key.is_some() {
+            crate::http::set_api_key(api_key);
+        }
         let mut env = vec![("RUST_LOG".to_string(), options.rust_log.clone())];
         if options.fault_injection {
             env.push((FAULT_INJECTION_ENV.to_string(), "1".to_string()));
@@ -135,7 +217,7 @@ impl LocalCluster {
             .map(|(id, http_addr, raft_addr)| {
                 let node = LocalNode::new(*id, http_addr.clone(), raft_addr.clone(), &dir, binary.clone(), env.clone());
                 std::fs::create_dir_all(&node.data_dir).expect("create the node's data directory");
-                let config = node_config_toml(&options, *id, &node.data_dir, &members);
+                let config = node_config_toml(&options, &credentials, *id, &node.data_dir, &members);
                 std::fs::write(&node.config_path, config).expect("write the node config");
                 node
             })
@@ -451,13 +533,17 @@ mod tests {
         let options = ClusterOptions::new(2, 4, 2);
         let members =
             vec![(1, "127.0.0.1:1001".to_string(), "127.0.0.1:2001".to_string()), (2, "127.0.0.1:1002".into(), "127.0.0.1:2002".into())];
-        let text = node_config_toml(&options, 2, Path::new("/tmp/x/node-2"), &members);
+        let credentials =
+            Credentials { certs_dir: Some(PathBuf::from("/tmp/x/certs")), api_key_hash: Some(format!("sha256:{}", "a".repeat(64))) };
+        let text = node_config_toml(&options, &credentials, 2, Path::new("/tmp/x/node-2"), &members);
         for expected in [
             "[node]\nid = 2\ndata_dir = \"/tmp/x/node-2\"\nlisten = \"127.0.0.1:1002\"",
             "[cluster]\ncluster_id = \"jepsen\"\nshards = 4\nreplication_factor = 2",
             "[[cluster.nodes]]\nid = 1\nraft_addr = \"127.0.0.1:2001\"\nhttp_addr = \"127.0.0.1:1001\"",
             "[[cluster.nodes]]\nid = 2\nraft_addr = \"127.0.0.1:2002\"\nhttp_addr = \"127.0.0.1:1002\"",
             "[index]\ncommit_interval_ms = 200",
+            "tls_ca_file = \"/tmp/x/certs/ca.pem\"\ntls_cert_file = \"/tmp/x/certs/node-2.pem\"",
+            "[[auth.keys]]\nname = \"jepsen\"",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
@@ -471,7 +557,8 @@ mod tests {
         let members: Vec<(u64, String, String)> =
             (1..=3).map(|id| (id, format!("127.0.0.1:{}", 1000 + id), format!("127.0.0.1:{}", 2000 + id))).collect();
         let path = dir.path().join("node-3.toml");
-        std::fs::write(&path, node_config_toml(&options, 3, &dir.path().join("node-3"), &members)).unwrap();
+        let credentials = Credentials { certs_dir: None, api_key_hash: Some(format!("sha256:{}", "b".repeat(64))) };
+        std::fs::write(&path, node_config_toml(&options, &credentials, 3, &dir.path().join("node-3"), &members)).unwrap();
         // With the environment the harness gives the nodes: RUSHES_FAULT_INJECTION must not be
         // taken for (and rejected as) a config key.
         let environment = vec![("RUST_LOG".to_string(), "warn".to_string()), (FAULT_INJECTION_ENV.to_string(), "1".to_string())];
@@ -485,6 +572,8 @@ mod tests {
         assert_eq!(config.cluster.nodes[1].raft_addr, "127.0.0.1:2002");
         assert_eq!(config.index.commit_interval_ms, 200);
         assert_eq!(config.raft.election_ticks, 12);
+        assert!(config.cluster.insecure_peers, "without certificates the harness says so explicitly");
+        assert_eq!(config.auth.keys.len(), 1);
     }
 
     #[test]

@@ -7,10 +7,27 @@
 
 use std::time::Duration;
 
+/// The API key of the cluster under test, sent with every request of the suite (the nodes
+/// run with API keys on). Set by `LocalCluster::start`.
+static SUITE_API_KEY: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+/// Makes every [`Http`] created from now on send `key` (`Authorization: Bearer`).
+pub fn set_api_key(key: Option<String>) {
+    if let Ok(mut current) = SUITE_API_KEY.write() {
+        *current = key;
+    }
+}
+
+/// The API key requests carry now.
+pub fn api_key() -> Option<String> {
+    SUITE_API_KEY.read().ok().and_then(|key| key.clone())
+}
+
 /// A blocking HTTP agent with a connect timeout and an overall per-request timeout.
 #[derive(Clone)]
 pub struct Http {
     agent: ureq::Agent,
+    authorization: Option<String>,
 }
 
 /// Why a request did not return 2xx.
@@ -63,7 +80,15 @@ impl Http {
             .timeout(timeout)
             .max_idle_connections_per_host(16)
             .build();
-        Http { agent }
+        Http { agent, authorization: api_key().map(|key| format!("Bearer {key}")) }
+    }
+
+    fn request(&self, method: &str, url: &str) -> ureq::Request {
+        let request = self.agent.request(method, url);
+        match &self.authorization {
+            Some(value) => request.set("Authorization", value),
+            None => request,
+        }
     }
 
     fn finish(url: &str, result: Result<ureq::Response, ureq::Error>) -> Result<String, HttpError> {
@@ -78,7 +103,7 @@ impl Http {
     }
 
     pub fn get(&self, url: &str) -> Result<String, HttpError> {
-        Self::finish(url, self.agent.get(url).call())
+        Self::finish(url, self.request("GET", url).call())
     }
 
     pub fn get_json(&self, url: &str) -> Result<serde_json::Value, HttpError> {
@@ -88,7 +113,7 @@ impl Http {
     }
 
     pub fn send(&self, method: &str, url: &str, content_type: &str, body: &[u8]) -> Result<String, HttpError> {
-        Self::finish(url, self.agent.request(method, url).set("Content-Type", content_type).send_bytes(body))
+        Self::finish(url, self.request(method, url).set("Content-Type", content_type).send_bytes(body))
     }
 
     pub fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<serde_json::Value, HttpError> {

@@ -83,7 +83,7 @@ impl LocalNode {
 
     /// The node crate's client (120 s timeouts: do not point it at a paused node).
     pub fn client(&self) -> rushes_client::Client {
-        rushes_client::Client::new(&self.base_url())
+        rushes_client::Client::new(&self.base_url()).with_token(crate::http::api_key())
     }
 
     /// The harness's client for this node, with 5 s timeouts.

@@ -96,3 +96,78 @@ fn minority_writes_fail_fast_and_retryably_and_strong_reads_see_every_acknowledg
         assert!(of_shard.windows(2).all(|w| w[0] == w[1]), "replicas of shard {shard} differ: {digests:?}");
     }
 }
+
+/// An asset id that `shard_for_asset` puts on `shard` (of 4).
+fn asset_on(shard: u32, prefix: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|a| rushes_protocol::peer::shard_for_asset(a, 4) == shard)
+        .expect("some asset lands on every shard")
+}
+
+/// Two nodes, replication factor 1: node 1 holds some shards, node 2 the others. A batch sent
+/// to node 1 is checked for conflicts on node 2's shards too before anything is proposed (a
+/// conflict there stores nothing anywhere); and when node 2 is down, the batch is stored in part
+/// and the error lists exactly the committed items, and sending it again once node 2 is back
+/// stores the rest.
+#[test]
+fn cross_shard_batches_check_every_shard_first_and_say_what_was_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ClusterOptions::new(2, 4, 1);
+    options.extra_toml = format!("[limits]\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\n");
+    let cluster = LocalCluster::start_with(&dir.path().join("cluster"), options);
+    cluster.wait_for_leaders(Duration::from_secs(60));
+    let http = Http::new(Duration::from_secs(30));
+    let owner = |shard: u32| cluster.leader_of(shard).expect("every shard has a leader");
+    let node1_shard = (0..4).find(|s| owner(*s) == 1).expect("node 1 leads a shard");
+    let node2_shard = (0..4).find(|s| owner(*s) == 2).expect("node 2 leads a shard");
+    let (local_asset, remote_asset) = (asset_on(node1_shard, "near"), asset_on(node2_shard, "far"));
+    let post = |node: u64, lines: &[String]| {
+        http.send("POST", &cluster.node(node).url("/v1/annotations"), "application/x-ndjson", lines.join("\n").as_bytes())
+    };
+    let stored = |asset: &str, id: &str| http.get(&cluster.node(1).url(&format!("/v1/assets/{asset}/annotations/{id}"))).is_ok();
+
+    // An annotation on node 2's shard, then a batch through node 1 that repeats its id with
+    // other content beside a new annotation on node 1's own shard: 409, and nothing stored.
+    post(2, &[annotation(&remote_asset, "x", 0, "Ross")]).expect("stored on node 2");
+    let conflicting = [annotation(&local_asset, "y", 0, "Joey"), annotation(&remote_asset, "x", 0, "Monica")];
+    let refused = post(1, &conflicting).expect_err("a conflict on another node's shard");
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    assert!(refused.to_string().contains("\"item\":1"), "the conflicting item is named: {refused}");
+    assert!(!stored(&local_asset, "y"), "a batch refused for a conflict stored part of itself");
+
+    // Node 2 down: node 1's part commits, node 2's cannot; the error says which items are stored.
+    cluster.kill(2);
+    let batch = [
+        annotation(&local_asset, "p1", 0, "Joey"),
+        annotation(&remote_asset, "p2", 0, "Ross"),
+        annotation(&local_asset, "p3", 5000, "Joey"),
+    ];
+    let partial = post(1, &batch).expect_err("node 2's shard cannot commit");
+    assert_eq!(partial.status(), Some(503), "{partial}");
+    let body: serde_json::Value = match &partial {
+        rushes_jepsen::HttpError::Status { body, .. } => serde_json::from_str(body).expect("a JSON error"),
+        other => panic!("{other}"),
+    };
+    assert_eq!(body["error"]["committed_items"], json!([0, 2]), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("again is safe")), "{body}");
+    assert!(stored(&local_asset, "p1") && stored(&local_asset, "p3"));
+    cluster.restart(2);
+    cluster.wait_for_leaders(Duration::from_secs(60));
+    let started = Instant::now();
+    loop {
+        match post(1, &batch) {
+            Ok(reply) => {
+                let reply: serde_json::Value = serde_json::from_str(&reply).expect("json");
+                assert_eq!(
+                    (reply["accepted"].clone(), reply["created"].clone(), reply["duplicates"].clone()),
+                    (json!(3), json!(1), json!(2)),
+                    "{reply}"
+                );
+                break;
+            }
+            Err(e) if e.is_retryable() && started.elapsed() < Duration::from_secs(60) => {}
+            Err(e) => panic!("sending the batch again failed: {e}\n{}", cluster.diagnostics()),
+        }
+    }
+}

@@ -52,6 +52,32 @@ struct ConfigArgs {
     overrides: Vec<String>,
 }
 
+/// Where a command sends its requests, and with which credentials.
+#[derive(clap::Args, Clone)]
+struct ClientArgs {
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// API key, sent as Authorization: Bearer (needed when the node has [[auth.keys]]).
+    #[arg(long, env = "RUSHES_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM certificate authority to trust for an https:// server (e.g. a private CA).
+    #[arg(long, env = "RUSHES_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    fn client(&self) -> Result<Client, CliError> {
+        let client = Client::new(&self.server).with_token(self.token.clone());
+        Ok(match &self.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+                client.with_ca_pem(&pem)?
+            }
+            None => client,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
@@ -99,8 +125,8 @@ enum Command {
     Import {
         /// NDJSON file of annotations ("-" for standard input), or a .srt / .vtt file.
         file: PathBuf,
-        #[arg(long, default_value = "http://127.0.0.1:7700")]
-        server: String,
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long, default_value_t = 2000)]
         batch: usize,
         /// Subtitles: the asset the file belongs to.
@@ -117,8 +143,8 @@ enum Command {
     Search {
         /// Free-text query, e.g. 'Joey in the kitchen' or '"we were on a break"'.
         q: String,
-        #[arg(long, default_value = "http://127.0.0.1:7700")]
-        server: String,
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long, value_parser = ["intersection", "union"], default_value = "intersection")]
         mode: String,
         #[arg(long, default_value_t = 5)]
@@ -140,6 +166,12 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// API keys: `rushes keys create --name editors --scopes read` prints a new key and the
+    /// [[auth.keys]] entry (its hash) to put in the nodes' config.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Measure ingest, time to searchable, query latency, memory and disk on a generated corpus.
     Bench {
@@ -163,11 +195,36 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// A new random key; only its hash goes into the config.
+    Create {
+        /// Who holds it (shown in logs): lower-case letters, digits, '-', '_', '.'.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read, write, admin.
+        #[arg(long, default_value = "read")]
+        scopes: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ClusterCommand {
+    /// A certificate authority for the cluster and a certificate per node (mutual TLS between
+    /// nodes). Writes DIR/ca.pem, DIR/ca.key (keep it offline) and DIR/node-N.pem / .key. With
+    /// an existing DIR/ca.key, issues only the certificates of nodes that lack one.
+    Certs {
+        /// Nodes 1..=N.
+        #[arg(long)]
+        nodes: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "rushes-local")]
+        cluster_id: String,
+    },
     /// Nodes, shards, leaders, and each replica's commit/applied/fused/indexed index and lag.
     Status {
-        #[arg(long, default_value = "http://127.0.0.1:7700")]
-        server: String,
+        #[command(flatten)]
+        client: ClientArgs,
         /// Print the raw JSON reply.
         #[arg(long)]
         json: bool,
@@ -219,6 +276,9 @@ enum ClusterCommand {
         /// Keep the nodes' data directories and logs (printed at the end) instead of deleting them.
         #[arg(long)]
         keep_data: bool,
+        /// Run the nodes without mutual TLS (cluster.insecure_peers), to measure what TLS costs.
+        #[arg(long)]
+        insecure_peers: bool,
         /// Also write the report as JSON here.
         #[arg(long)]
         json_out: Option<PathBuf>,
@@ -297,17 +357,41 @@ fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Import { file, server, batch, asset, language, model_version } => {
+        Command::Keys { command: KeysCommand::Create { name, scopes } } => {
+            let scopes: Vec<String> = scopes.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            if let Some(bad) = scopes.iter().find(|s| !rushes_config::ApiKeyConfig::SCOPES.contains(&s.as_str())) {
+                return Err(format!("--scopes: {bad:?} is not a scope; use read, write and/or admin").into());
+            }
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)) {
+                return Err("--name: use lower-case letters, digits, '-', '_' and '.'".into());
+            }
+            let key = rushes_node::http::auth::new_key();
+            println!("key (give it to its holder; it is not stored anywhere): {key}");
+            println!("\n[[auth.keys]]\nname = {name:?}\nhash = {:?}\nscopes = {scopes:?}", rushes_node::http::auth::key_hash(&key));
+            Ok(())
+        }
+        Command::Cluster { command: ClusterCommand::Certs { nodes, out, cluster_id } } => {
+            if !(1..=1000).contains(&nodes) {
+                return Err("--nodes must be 1..=1000".into());
+            }
+            let written = rushes_node::cli::local_cluster::write_certificates(&out, &cluster_id, nodes)?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            println!("set in node N's config: cluster.tls_ca_file = ca.pem, tls_cert_file = node-N.pem, tls_key_file = node-N.key");
+            Ok(())
+        }
+        Command::Import { file, client, batch, asset, language, model_version } => {
             let extension = file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
             let is_subtitle = matches!(extension.as_deref(), Some("srt" | "vtt"));
             match (asset, language) {
-                (Some(asset), Some(language)) => import_subtitles(&file, &server, batch, &asset, &language, &model_version),
-                (None, None) if !is_subtitle => import(&file, &server, batch),
+                (Some(asset), Some(language)) => import_subtitles(&file, &client, batch, &asset, &language, &model_version),
+                (None, None) if !is_subtitle => import(&file, &client, batch),
                 _ => Err("a subtitle import needs both --asset ID and --language LANG (e.g. --asset s01e01 --language en)".into()),
             }
         }
-        Command::Search { q, server, mode, per_asset, limit, json } => {
-            let client = Client::new(&server);
+        Command::Search { q, client, mode, per_asset, limit, json } => {
+            let client = client.client()?;
             let mode = if mode == "union" { SearchMode::Union } else { SearchMode::Intersection };
             let request =
                 SearchRequest { q: Some(q), mode: Some(mode), per_asset: Some(per_asset), limit: Some(limit), ..Default::default() };
@@ -349,8 +433,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Status { server, json } } => {
-            let status = Client::new(&server).get_json("/v1/cluster")?;
+        Command::Cluster { command: ClusterCommand::Status { client, json } } => {
+            let status = client.client()?.get_json("/v1/cluster")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -366,6 +450,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 base_port,
                 shards,
                 replication_factor: replication_factor.unwrap_or(nodes.min(3)),
+                peer_tls: true,
             };
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             {
@@ -389,6 +474,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     nodes,
                     compact_every,
                     keep_data,
+                    insecure_peers,
                     json_out,
                 },
         } => {
@@ -413,6 +499,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 nodes,
                 compact_every_entries: compact_every,
                 keep_data,
+                insecure_peers,
             })?;
             rushes_node::cli::cluster_bench::print_cluster_report(&report);
             if let Some(path) = json_out {
@@ -486,7 +573,7 @@ fn serve(config: Config) -> Result<(), CliError> {
 /// its cues as dialogue annotations in batches.
 fn import_subtitles(
     file: &std::path::Path,
-    server: &str,
+    client_args: &ClientArgs,
     batch: usize,
     asset: &str,
     language: &str,
@@ -505,7 +592,8 @@ fn import_subtitles(
     }
     let lines = rushes_node::ingest::captions::cue_annotations(&parsed, asset, language, version);
     let bar = demo::progress_bar(lines.len() as u64, "importing cues", false);
-    let client = Client::new(server);
+    let client = client_args.client()?;
+    let server = &client_args.server;
     let (mut sent, mut created) = (0usize, 0usize);
     for chunk in lines.chunks(batch.clamp(1, 10_000)) {
         let reply =
@@ -524,8 +612,9 @@ fn import_subtitles(
     Ok(())
 }
 
-fn import(file: &std::path::Path, server: &str, batch: usize) -> Result<(), CliError> {
-    let client = Client::new(server);
+fn import(file: &std::path::Path, client_args: &ClientArgs, batch: usize) -> Result<(), CliError> {
+    let client = client_args.client()?;
+    let server = &client_args.server;
     let reader: Box<dyn Read> = if file.as_os_str() == "-" { Box::new(std::io::stdin()) } else { Box::new(std::fs::File::open(file)?) };
     let total_bytes = if file.as_os_str() == "-" { 0 } else { std::fs::metadata(file)?.len() };
     let bar = demo::byte_progress_bar(total_bytes, "importing", false);

@@ -18,6 +18,10 @@ pub struct Metrics {
     /// A peer's search phase on this node, from the request's arrival to its reply.
     pub peer_search_phase_seconds: HistogramVec,
     pub buckets_written: IntCounter,
+    /// Messages and requests refused from peers, by reason.
+    pub peer_refused: IntCounterVec,
+    /// Committed entries rejected at apply (on every replica alike), per shard.
+    pub rejected_entries: IntCounterVec,
     pub index_docs_written: IntCounter,
     pub queue_depth: IntGaugeVec,
     pub stage_index: IntGaugeVec,
@@ -78,6 +82,14 @@ impl Metrics {
                 &["phase"]
             )),
             buckets_written: register!(IntCounter::new("fusion_buckets_written_total", "Buckets recomputed by fusion")),
+            peer_refused: register!(IntCounterVec::new(
+                Opts::new("peer_refused_total", "Messages and requests refused from peers, by reason"),
+                &["reason"]
+            )),
+            rejected_entries: register!(IntCounterVec::new(
+                Opts::new("rejected_entries_total", "Committed entries rejected when applied (undecodable or out of bounds)"),
+                &["shard"]
+            )),
             index_docs_written: register!(IntCounter::new("index_docs_written_total", "Bucket documents written to Tantivy")),
             queue_depth: register!(IntGaugeVec::new(Opts::new("queue_depth", "Items waiting in a bounded queue"), &["shard", "queue"])),
             stage_index: register!(IntGaugeVec::new(

@@ -103,6 +103,8 @@ pub fn ingest_limits(config: &Config) -> IngestLimits {
         max_text_bytes: limits.max_text_bytes,
         max_interval_ms: limits.max_interval_ms,
         max_time_ms: limits.max_time_ms,
+        // A body caps what one annotation in it can be.
+        max_annotation_bytes: limits.max_annotation_bytes.min(limits.max_body_bytes),
         vector_spaces: config.vector_spaces.iter().map(|s| SpaceLimit { name: s.name.clone(), dimensions: s.dimensions }).collect(),
     }
 }
@@ -163,6 +165,10 @@ impl ClusterView {
 
 pub struct Node {
     pub config: Config,
+    /// The API keys requests are checked against.
+    pub api_keys: crate::http::auth::ApiKeys,
+    /// Ingest body bytes read, parsed or being stored now (`limits.ingest_bytes_in_flight_max`).
+    pub ingest_bytes: BytesInFlight,
     pub view: Arc<ClusterView>,
     pub metrics: Arc<Metrics>,
     pub ingest_limits: IngestLimits,
@@ -235,6 +241,8 @@ impl Node {
             coordinator_stats,
         );
         let node = Arc::new(Node {
+            api_keys: crate::http::auth::ApiKeys::from_config(&config),
+            ingest_bytes: BytesInFlight::new(config.limits.ingest_bytes_in_flight_max),
             ingest_limits: ingest_limits(&config),
             config,
             view,
@@ -365,6 +373,50 @@ impl Node {
                 tracing::error!(shard = shard.id, error = %e, "final flush failed");
             }
         }
+    }
+}
+
+/// A global bound on bytes held by requests in flight (ingest bodies from arrival until stored).
+pub struct BytesInFlight {
+    used: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+/// Returns its bytes when dropped.
+pub struct BytesReservation<'a> {
+    pool: &'a BytesInFlight,
+    bytes: usize,
+}
+
+impl Drop for BytesReservation<'_> {
+    fn drop(&mut self) {
+        self.pool.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl BytesInFlight {
+    pub fn new(max: usize) -> BytesInFlight {
+        BytesInFlight { used: std::sync::atomic::AtomicUsize::new(0), max }
+    }
+
+    /// Takes `bytes`, or answers 429 with Retry-After when that would pass the bound. A single
+    /// request larger than the whole bound is still let through when nothing else is held, so
+    /// no legal request waits forever.
+    pub fn reserve(&self, bytes: usize) -> Result<BytesReservation<'_>, ApiError> {
+        let taken = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            (used == 0 || used.saturating_add(bytes) <= self.max).then(|| used.saturating_add(bytes))
+        });
+        match taken {
+            Ok(_) => Ok(BytesReservation { pool: self, bytes }),
+            Err(used) => Err(ApiError::overloaded(format!(
+                "{used} bytes of ingest are in flight on this node (limits.ingest_bytes_in_flight_max = {}); retry after the advertised delay",
+                self.max
+            ))),
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
     }
 }
 

@@ -630,12 +630,12 @@ fn ingest_ok(client: &Client, items: &[Value]) -> (u64, u64) {
 
 /// A body larger than the limit sent with chunked transfer encoding (no Content-Length, so the
 /// server only finds out while reading). Returns the status and the response body.
-fn post_chunked(port: u16, path: &str, total_bytes: usize) -> (u16, String) {
+fn post_chunked(port: u16, token: &str, path: &str, total_bytes: usize) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the node");
     stream.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
     stream.set_write_timeout(Some(Duration::from_secs(60))).expect("write timeout");
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).expect("write the request head");
     let chunk = format!("[{}", " ".repeat(64 * 1024 - 1));
@@ -685,7 +685,7 @@ fn malformed_requests_are_refused_and_store_nothing() {
     assert!(failures.is_empty(), "{} of {} rows got the wrong answer:\n{}", failures.len(), cases.len(), failures.join("\n"));
 
     // Over the body limit without a Content-Length: found while reading.
-    let (status, body) = post_chunked(node.port, "/v1/annotations", MAX_BODY_BYTES + 256 * 1024);
+    let (status, body) = post_chunked(node.port, &node.token, "/v1/annotations", MAX_BODY_BYTES + 256 * 1024);
     assert_eq!(status, 413, "chunked body over max_body_bytes: {}", shorten(&body));
     let error: Value =
         serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("chunked 413 body is not JSON ({e}): {}", shorten(&body)));

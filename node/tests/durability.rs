@@ -48,6 +48,7 @@ fn acknowledged_annotations_survive_sigkill_at_random_points() {
     // Short commit interval so kills also land around index commits.
     let mut node = TestNode::start(&dir.path().join("node"), &["--set", "index.commit_interval_ms=100"]);
     let port = node.port;
+    let token = node.token.clone();
 
     let acknowledged = Arc::new(AtomicUsize::new(0));
     let failure = Arc::new(Mutex::new(None::<String>));
@@ -56,7 +57,7 @@ fn acknowledged_annotations_survive_sigkill_at_random_points() {
         let failure = failure.clone();
         let batches = batches.clone();
         std::thread::spawn(move || {
-            let client = Client::new(&format!("http://127.0.0.1:{port}"));
+            let client = Client::new(&format!("http://127.0.0.1:{port}")).with_token(Some(token));
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 for batch in &batches {
                     post_until_acknowledged(&client, batch, Duration::from_secs(120));

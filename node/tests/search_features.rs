@@ -457,7 +457,7 @@ fn subtitles_phrases_stems_fuzzy_and_highlights() {
     let good = work.path().join("episode.srt");
     std::fs::write(&good, &srt).expect("write srt");
     let output = run_with_deadline(
-        Command::new(env!("CARGO_BIN_EXE_rushes")).arg("import").arg(&good).args([
+        Command::new(env!("CARGO_BIN_EXE_rushes")).env("RUSHES_TOKEN", &h.node.token).arg("import").arg(&good).args([
             "--asset",
             "cli-srt",
             "--language",
@@ -479,7 +479,7 @@ fn subtitles_phrases_stems_fuzzy_and_highlights() {
     std::fs::write(&broken, "1\r\n00:00:01,000 --> 00:00:02,000\r\nBonjour\r\n\r\n2\r\n00:00:03,000 --> 00:0x:04,000\r\nOups\r\n")
         .expect("write");
     let output = run_with_deadline(
-        Command::new(env!("CARGO_BIN_EXE_rushes")).arg("import").arg(&broken).args([
+        Command::new(env!("CARGO_BIN_EXE_rushes")).env("RUSHES_TOKEN", &h.node.token).arg("import").arg(&broken).args([
             "--asset",
             "cli-broken",
             "--language",

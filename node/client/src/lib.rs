@@ -31,6 +31,18 @@ impl ClientError {
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer <token>` with every request.
+    token: Option<String>,
+    timeout: Duration,
+}
+
+fn agent(timeout: Duration, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> ureq::Agent {
+    let builder =
+        ureq::AgentBuilder::new().timeout(timeout).timeout_connect(timeout.min(Duration::from_secs(5))).max_idle_connections_per_host(64);
+    match tls {
+        Some(config) => builder.tls_config(config).build(),
+        None => builder.build(),
+    }
 }
 
 impl Client {
@@ -42,12 +54,46 @@ impl Client {
     /// A client whose requests fail after `timeout` (connect included): for harnesses that
     /// pause nodes, where a request to a stopped process would otherwise hang.
     pub fn with_timeout(base: &str, timeout: Duration) -> Client {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(timeout)
-            .timeout_connect(timeout.min(Duration::from_secs(5)))
-            .max_idle_connections_per_host(64)
-            .build();
-        Client { base: base.trim_end_matches('/').to_string(), agent }
+        Client { base: base.trim_end_matches('/').to_string(), agent: agent(timeout, None), token: None, timeout }
+    }
+
+    /// Sends `token` (an API key) with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// Trusts the certificate authority in `ca_pem` (PEM) for `https://` servers, instead of
+    /// the public roots.
+    pub fn with_ca_pem(mut self, ca_pem: &[u8]) -> Result<Client, ClientError> {
+        use rustls::pki_types::pem::PemObject;
+        let fail = |message: String| ClientError::Transport { url: self.base.clone(), message };
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+            let certificate = certificate.map_err(|e| fail(format!("the CA file is not PEM: {e}")))?;
+            roots.add(certificate).map_err(|e| fail(format!("the CA certificate is not usable: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(fail("the CA file holds no certificate".to_string()));
+        }
+        // *ring*, as everywhere in the project (see `rushes_cluster::transport::tls::provider`).
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.agent = agent(self.timeout, Some(std::sync::Arc::new(config)));
+        Ok(self)
+    }
+
+    fn request(&self, method: &str, url: &str) -> ureq::Request {
+        let request = self.agent.request(method, url);
+        match &self.token {
+            Some(token) => request.set("Authorization", &format!("Bearer {token}")),
+            None => request,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -68,7 +114,7 @@ impl Client {
 
     pub fn get(&self, path: &str) -> Result<String, ClientError> {
         let url = self.url(path);
-        Self::handle(&url, self.agent.get(&url).call())
+        Self::handle(&url, self.request("GET", &url).call())
     }
 
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
@@ -79,7 +125,7 @@ impl Client {
 
     pub fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Result<String, ClientError> {
         let url = self.url(path);
-        Self::handle(&url, self.agent.request(method, &url).set("Content-Type", content_type).send_bytes(body))
+        Self::handle(&url, self.request(method, &url).set("Content-Type", content_type).send_bytes(body))
     }
 
     pub fn post_ndjson(&self, body: &[u8]) -> Result<IngestReply, ClientError> {

@@ -91,6 +91,15 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         // Hybrid queries embed their semantic words with the season's offline embedder.
         config.embedder.url = rushes_config::EmbedderConfig::DEMO_URL.to_string();
     }
+    // Measured as it is deployed: every request carries an API key checked by the node.
+    let token = crate::http::auth::new_key();
+    if config.auth.keys.is_empty() {
+        config.auth.keys.push(rushes_config::ApiKeyConfig {
+            name: "bench".into(),
+            hash: crate::http::auth::key_hash(&token),
+            scopes: vec!["read".into(), "write".into(), "admin".into()],
+        });
+    }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://{}", listener.local_addr()?);
     let system = actix_web::rt::System::new();
@@ -101,7 +110,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         let server_task = actix_web::rt::spawn(server);
 
         // Assets first (through HTTP, like a client).
-        let client = Client::new(&base);
+        let client = Client::new(&base).with_token(Some(token.clone()));
         for line in BufReader::new(std::fs::File::open(sample.join("assets.ndjson"))?).lines() {
             let mut value: serde_json::Value = serde_json::from_str(&line?)?;
             let asset_id = value["asset_id"].as_str().ok_or("asset line without asset_id")?.to_string();
@@ -120,7 +129,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         let mut workers = Vec::new();
         for _ in 0..options.clients {
             let rx = batch_rx.clone();
-            let client = Client::new(&base);
+            let client = Client::new(&base).with_token(Some(token.clone()));
             let acknowledged = acknowledged.clone();
             workers.push(std::thread::spawn(move || -> Result<(), String> {
                 for body in rx {
@@ -180,7 +189,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         let mut rows = Vec::new();
         // Search-as-you-type: every prefix of names and words, one request per keystroke.
         let prefixes = suggest_prefixes(&season, &truths, options.queries_per_kind, options.seed);
-        let client = Client::new(&base);
+        let client = Client::new(&base).with_token(Some(token.clone()));
         rows.push(
             tokio::task::spawn_blocking(move || -> Result<LatencyRow, String> {
                 let mut latencies = Vec::with_capacity(prefixes.len());
@@ -210,7 +219,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             tokio::task::spawn_blocking(move || ann_recall_at_10(&node, "scene", &vectors)).await??
         };
         for (kind, requests) in queries {
-            let client = Client::new(&base);
+            let client = Client::new(&base).with_token(Some(token.clone()));
             let row = tokio::task::spawn_blocking(move || -> Result<LatencyRow, String> {
                 let mut latencies = Vec::with_capacity(requests.len());
                 let mut assets = 0usize;

@@ -35,6 +35,8 @@ pub struct ClusterBenchOptions {
     pub compact_every_entries: Option<u64>,
     /// Leave the nodes' data directories and logs in place.
     pub keep_data: bool,
+    /// Peers without TLS (`cluster.insecure_peers`), to measure what mutual TLS costs.
+    pub insecure_peers: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -277,14 +279,14 @@ fn converged(client: &Client) -> bool {
 
 /// Posts NDJSON batches from several client threads, each bound to one node (round robin);
 /// returns (acknowledged annotations, seconds, each request's milliseconds to its reply).
-fn ingest(batches: Vec<Vec<u8>>, urls: &[String], clients: usize) -> Result<(u64, f64, Vec<f64>), DemoError> {
+fn ingest(batches: Vec<Vec<u8>>, urls: &[String], clients: usize, token: &Option<String>) -> Result<(u64, f64, Vec<f64>), DemoError> {
     let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(clients * 2);
     let acknowledged = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..clients {
         let (rx, acknowledged) = (rx.clone(), acknowledged.clone());
-        let client = Client::new(&urls[worker % urls.len()]);
+        let client = Client::new(&urls[worker % urls.len()]).with_token(token.clone());
         workers.push(std::thread::spawn(move || -> Result<Vec<f64>, String> {
             let mut latencies_ms = Vec::new();
             for body in rx {
@@ -354,8 +356,10 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         base_port: options.base_port,
         shards: SHARDS,
         replication_factor: REPLICATION_FACTOR,
+        peer_tls: !options.insecure_peers,
     };
-    let configs = write_configs(&layout)?;
+    let (configs, secrets) = write_configs(&layout)?;
+    let token = Some(secrets.admin_key.clone());
     for config in &configs {
         // Hybrid queries embed their semantic words with the season's offline embedder.
         let mut text = std::fs::read_to_string(config)?;
@@ -382,7 +386,7 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         node.spawn(&binary)?;
     }
     let urls: Vec<String> = nodes.iter().map(|n| n.base_url.clone()).collect();
-    let clients: Vec<Client> = urls.iter().map(|u| Client::new(u)).collect();
+    let clients: Vec<Client> = urls.iter().map(|u| Client::new(u).with_token(token.clone())).collect();
     wait_for("every node to answer /health", Duration::from_secs(60), || clients.iter().all(|c| c.get("/health").is_ok()))?;
     wait_for("every shard to elect a leader", Duration::from_secs(30), || {
         clients[0].get_json("/v1/cluster").is_ok_and(|s| s["shards"].as_array().is_some_and(|a| a.iter().all(|x| x["leader"].is_u64())))
@@ -400,7 +404,7 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     println!("ingesting {} annotations through {} nodes with {} clients", lines.len(), options.nodes, options.clients);
     let metrics = || clients.iter().map(|c| c.get("/metrics")).collect::<Result<Vec<_>, _>>();
     let metrics_before = metrics()?;
-    let (annotations, ingest_seconds, batch_latencies_ms) = ingest(batches_of(&lines), &urls, options.clients)?;
+    let (annotations, ingest_seconds, batch_latencies_ms) = ingest(batches_of(&lines), &urls, options.clients, &token)?;
     let ingest_timing = IngestTiming::of(&batch_latencies_ms, &metrics_before, &metrics()?);
     if annotations != lines.len() as u64 {
         return Err(format!("acknowledged {annotations} of {} annotations", lines.len()).into());
@@ -488,7 +492,7 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         })
         .collect();
     let live_urls: Vec<String> = urls.iter().enumerate().filter(|(i, _)| *i != leader - 1).map(|(_, u)| u.clone()).collect();
-    let (written, _, _) = ingest(batches_of(&catch_up_lines), &live_urls, options.clients)?;
+    let (written, _, _) = ingest(batches_of(&catch_up_lines), &live_urls, options.clients, &token)?;
     if options.compact_every_entries.is_some() {
         // Logs are compacted only below what indexing has made durable (vector files are saved
         // every 30 s): wait until every shard's live replicas dropped the entries the killed

@@ -18,6 +18,8 @@ pub struct LocalClusterOptions {
     pub base_port: u16,
     pub shards: u32,
     pub replication_factor: usize,
+    /// Mutual TLS between the nodes (off only to measure what it costs).
+    pub peer_tls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,74 @@ pub enum LocalClusterError {
     Ports { base: u16, end: u32, raft: u32 },
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
+    #[error("certificates: {0}")]
+    Certificates(#[from] rushes_cluster::transport::TlsError),
+}
+
+/// Where a local cluster keeps its secrets: `D/certs/` (the CA and a certificate per node) and
+/// `D/admin.key` (an API key with every scope; its hash is in each node's config).
+pub struct LocalSecrets {
+    pub certs_dir: PathBuf,
+    pub admin_key: String,
+}
+
+fn write_secret(path: &Path, contents: &str) -> Result<(), LocalClusterError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |error| LocalClusterError::Io { path: path.to_path_buf(), error };
+    // Only the owner may read a key.
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)
+}
+
+/// Writes a CA and node certificates 1..=`nodes` into `dir` (`ca.pem`, `ca.key`, `node-N.pem`,
+/// `node-N.key`). An existing CA is kept, and only nodes without a certificate get one, so a
+/// node added later joins the same cluster. Returns the files written.
+pub fn write_certificates(dir: &Path, cluster_id: &str, nodes: u64) -> Result<Vec<PathBuf>, LocalClusterError> {
+    use rushes_cluster::transport::ClusterCertificates;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| LocalClusterError::Io { path, error }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let mut written = Vec::new();
+    let (ca_cert_pem, ca_key_pem) = if ca_cert.exists() && ca_key.exists() {
+        (std::fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?, std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?)
+    } else {
+        let fresh = ClusterCertificates::generate(cluster_id, &[])?;
+        std::fs::write(&ca_cert, &fresh.ca_cert_pem).map_err(io(&ca_cert))?;
+        write_secret(&ca_key, &fresh.ca_key_pem)?;
+        written.extend([ca_cert.clone(), ca_key.clone()]);
+        (fresh.ca_cert_pem, fresh.ca_key_pem)
+    };
+    for node in 1..=nodes {
+        let (cert, key) = (dir.join(format!("node-{node}.pem")), dir.join(format!("node-{node}.key")));
+        if cert.exists() && key.exists() {
+            continue;
+        }
+        let (cert_pem, key_pem) = ClusterCertificates::issue_with(&ca_cert_pem, &ca_key_pem, cluster_id, node)?;
+        std::fs::write(&cert, cert_pem).map_err(io(&cert))?;
+        write_secret(&key, &key_pem)?;
+        written.extend([cert, key]);
+    }
+    Ok(written)
+}
+
+/// The local cluster's certificates and admin key, made on first use and kept in `data_dir`.
+pub fn prepare_secrets(options: &LocalClusterOptions) -> Result<LocalSecrets, LocalClusterError> {
+    let certs_dir = options.data_dir.join("certs");
+    write_certificates(&certs_dir, "rushes-local", options.nodes as u64)?;
+    let key_path = options.data_dir.join("admin.key");
+    let admin_key = match std::fs::read_to_string(&key_path) {
+        Ok(key) if !key.trim().is_empty() => key.trim().to_string(),
+        _ => {
+            let key = crate::http::auth::new_key();
+            write_secret(&key_path, &key)?;
+            key
+        }
+    };
+    Ok(LocalSecrets { certs_dir, admin_key })
 }
 
 /// HTTP and raft address of node `n` (1-based).
@@ -38,8 +108,9 @@ pub fn node_addrs(base_port: u16, n: usize) -> (String, String) {
     (format!("127.0.0.1:{http}"), format!("127.0.0.1:{}", http + RAFT_PORT_OFFSET as usize))
 }
 
-/// The config file of node `n` of a local cluster.
-pub fn node_config(options: &LocalClusterOptions, n: usize) -> String {
+/// The config file of node `n` of a local cluster: mutual TLS between the nodes and the admin
+/// key required on the API.
+pub fn node_config(options: &LocalClusterOptions, n: usize, secrets: &LocalSecrets) -> String {
     let (http, _) = node_addrs(options.base_port, n);
     let data_dir = options.data_dir.join(format!("node-{n}"));
     let mut text = String::new();
@@ -47,8 +118,25 @@ pub fn node_config(options: &LocalClusterOptions, n: usize) -> String {
     let _ = writeln!(text, "[node]\nid = {n}\ndata_dir = {:?}\nlisten = \"{http}\"\n", data_dir.display().to_string());
     let _ = writeln!(
         text,
-        "[cluster]\ncluster_id = \"rushes-local\"\nshards = {}\nreplication_factor = {}\n",
+        "[cluster]\ncluster_id = \"rushes-local\"\nshards = {}\nreplication_factor = {}",
         options.shards, options.replication_factor
+    );
+    let cert = |name: &str| format!("{:?}", secrets.certs_dir.join(name).display().to_string());
+    if options.peer_tls {
+        let _ = writeln!(
+            text,
+            "tls_ca_file = {}\ntls_cert_file = {}\ntls_key_file = {}\n",
+            cert("ca.pem"),
+            cert(&format!("node-{n}.pem")),
+            cert(&format!("node-{n}.key"))
+        );
+    } else {
+        let _ = writeln!(text, "insecure_peers = true\n");
+    }
+    let _ = writeln!(
+        text,
+        "[[auth.keys]]\nname = \"local-admin\"\nhash = \"{}\"\nscopes = [\"read\", \"write\", \"admin\"]\n",
+        crate::http::auth::key_hash(&secrets.admin_key)
     );
     for member in 1..=options.nodes {
         let (member_http, member_raft) = node_addrs(options.base_port, member);
@@ -57,8 +145,9 @@ pub fn node_config(options: &LocalClusterOptions, n: usize) -> String {
     text
 }
 
-/// Writes `data_dir/node-N.toml` for every node; returns their paths.
-pub fn write_configs(options: &LocalClusterOptions) -> Result<Vec<PathBuf>, LocalClusterError> {
+/// Writes `data_dir/node-N.toml` for every node (and the cluster's certificates and admin key,
+/// the first time); returns the configs' paths and the secrets.
+pub fn write_configs(options: &LocalClusterOptions) -> Result<(Vec<PathBuf>, LocalSecrets), LocalClusterError> {
     if options.nodes == 0 || options.nodes > 9 {
         return Err(LocalClusterError::Nodes(options.nodes));
     }
@@ -74,20 +163,26 @@ pub fn write_configs(options: &LocalClusterOptions) -> Result<Vec<PathBuf>, Loca
         move |error| LocalClusterError::Io { path, error }
     };
     std::fs::create_dir_all(&options.data_dir).map_err(io(&options.data_dir))?;
+    let secrets = prepare_secrets(options)?;
     let mut paths = Vec::new();
     for n in 1..=options.nodes {
         let path = options.data_dir.join(format!("node-{n}.toml"));
-        std::fs::write(&path, node_config(options, n)).map_err(io(&path))?;
+        std::fs::write(&path, node_config(options, n, &secrets)).map_err(io(&path))?;
         paths.push(path);
     }
-    Ok(paths)
+    Ok((paths, secrets))
 }
 
 /// Starts `rushes serve --config D/node-N.toml` for every node, waits until all answer, and
 /// stops them when `stop` resolves (Ctrl-C). A node that exits on its own is reported and
 /// left down: restart it by hand with the printed command.
 pub fn run(options: &LocalClusterOptions, binary: &Path, mut stop: impl FnMut() -> bool) -> Result<(), LocalClusterError> {
-    let configs = write_configs(options)?;
+    let (configs, secrets) = write_configs(options)?;
+    println!(
+        "peers use mutual TLS (certificates in {}); the API needs a key: export RUSHES_TOKEN=$(cat {})",
+        secrets.certs_dir.display(),
+        options.data_dir.join("admin.key").display()
+    );
     let mut children: Vec<(usize, Child)> = Vec::new();
     for (position, config) in configs.iter().enumerate() {
         let n = position + 1;
@@ -256,9 +351,15 @@ mod tests {
     #[test]
     fn configs_load_and_agree_on_members() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options =
-            LocalClusterOptions { nodes: 3, data_dir: dir.path().to_path_buf(), base_port: 7800, shards: 4, replication_factor: 3 };
-        let paths = write_configs(&options).expect("configs");
+        let options = LocalClusterOptions {
+            nodes: 3,
+            data_dir: dir.path().to_path_buf(),
+            base_port: 7800,
+            shards: 4,
+            replication_factor: 3,
+            peer_tls: true,
+        };
+        let (paths, _) = write_configs(&options).expect("configs");
         assert_eq!(paths.len(), 3);
         let mut members = Vec::new();
         for (position, path) in paths.iter().enumerate() {
@@ -276,7 +377,14 @@ mod tests {
     #[test]
     fn impossible_layouts_are_refused_before_writing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = LocalClusterOptions { nodes: 2, data_dir: dir.path().join("x"), base_port: 7800, shards: 4, replication_factor: 3 };
+        let options = LocalClusterOptions {
+            nodes: 2,
+            data_dir: dir.path().join("x"),
+            base_port: 7800,
+            shards: 4,
+            replication_factor: 3,
+            peer_tls: true,
+        };
         assert!(matches!(write_configs(&options), Err(LocalClusterError::ReplicationFactor { .. })));
         assert!(!dir.path().join("x").exists());
         let options = LocalClusterOptions { base_port: 65_500, replication_factor: 1, ..options };

@@ -15,7 +15,7 @@ use rushes_cluster::{NodeId, ShardId};
 use rushes_protocol::peer::{GlobalStats, LeafSummary, PeerReply, PeerRequest, RankedAssets, WirePlan};
 use rushes_protocol::{ApiError, AssetHits, ErrorCode};
 
-use super::hedge;
+use crate::peer::hedge;
 use crate::peer::ClusterNet;
 use crate::query::plan::Plan;
 use crate::search::{self, ShardCandidates, ShardHits};

@@ -17,7 +17,6 @@
 //! shard-local phases on the blocking pool.
 
 pub mod client;
-pub mod hedge;
 pub mod reads;
 
 use std::collections::{HashMap, HashSet};

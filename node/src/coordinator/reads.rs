@@ -7,8 +7,8 @@ use rushes_protocol::peer::{AssetRead, PeerReply, PeerRequest};
 use rushes_protocol::{ApiError, AssetRecord, BucketAnnotationView, BucketView, BucketsReply, ErrorCode};
 use serde_json::json;
 
-use super::hedge;
 use crate::node::ClusterView;
+use crate::peer::hedge;
 
 /// Most buckets one `/buckets` request returns (one hour at the default bucket size).
 pub const MAX_BUCKETS_PER_REQUEST: u64 = 3600;

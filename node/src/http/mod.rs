@@ -1,6 +1,8 @@
 //! The HTTP API (../shared/API.md). Handlers parse and validate off the async threads when the
 //! work is heavy, call the node, and map every error to the documented JSON body.
 
+pub mod auth;
+
 use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -13,6 +15,7 @@ use serde::Deserialize;
 
 use rushes_protocol::peer::{AssetRead, PeerReply};
 
+use self::auth::Scope;
 use crate::ingest::captions;
 use crate::node::Node;
 
@@ -55,21 +58,43 @@ fn node_of(request: &HttpRequest) -> Result<Arc<Node>, HttpError> {
         .ok_or_else(|| HttpError(ApiError::internal("node missing from app data")))
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with a JSON 413.
+/// The node, once the request's API key is found to allow `scope` (401 without a valid key,
+/// 403 without the scope; open when no key is configured).
+fn authorized(request: &HttpRequest, scope: Scope) -> Result<Arc<Node>, HttpError> {
+    let node = node_of(request)?;
+    let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let what = format!("{} {}", request.method(), request.match_pattern().unwrap_or_else(|| request.path().to_string()));
+    node.api_keys.check(header, scope, &what)?;
+    Ok(node)
+}
+
+/// The body's announced length, if any.
+fn content_length(request: &HttpRequest) -> Option<usize> {
+    request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with a JSON 413, and a body that
+/// has not arrived within `limits.body_read_timeout_ms` (a slowly dripped body holds a
+/// connection and its buffer) with a retryable `timeout`.
 async fn read_body(request: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, HttpError> {
     let too_large = |size: String| {
         HttpError(ApiError::new(ErrorCode::TooLarge, format!("the body is {size} bytes; the limit is {limit}: split the batch")))
     };
-    if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
-    {
+    if let Some(length) = content_length(request) {
         if length > limit {
             return Err(too_large(length.to_string()));
         }
     }
-    match payload.to_bytes_limited(limit).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => Err(HttpError(ApiError::new(ErrorCode::InvalidJson, format!("the body could not be read: {e}")))),
-        Err(_) => Err(too_large(format!("more than {limit}"))),
+    let timeout_ms = node_of(request)?.config.limits.body_read_timeout_ms;
+    let read = tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), payload.to_bytes_limited(limit));
+    match read.await {
+        Err(_) => Err(HttpError(
+            ApiError::new(ErrorCode::Timeout, format!("the body did not arrive within {timeout_ms} ms (limits.body_read_timeout_ms)"))
+                .with_retry_after(1),
+        )),
+        Ok(Ok(Ok(bytes))) => Ok(bytes),
+        Ok(Ok(Err(e))) => Err(HttpError(ApiError::new(ErrorCode::InvalidJson, format!("the body could not be read: {e}")))),
+        Ok(Err(_)) => Err(too_large(format!("more than {limit}"))),
     }
 }
 
@@ -117,9 +142,13 @@ fn body_format(request: &HttpRequest) -> Result<BodyFormat, HttpError> {
 }
 
 async fn post_annotations(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Write)?;
     let format = body_format(&request)?;
-    let body = read_body(&request, payload, node.config.limits.max_body_bytes).await?;
+    // Counted from before the body is read until the batch is stored: a bound on the memory
+    // all ingests in flight hold (announced length, or the body limit when none is announced).
+    let limit = node.config.limits.max_body_bytes;
+    let _in_flight = node.ingest_bytes.reserve(content_length(&request).unwrap_or(limit).min(limit))?;
+    let body = read_body(&request, payload, limit).await?;
     let limits = node.ingest_limits.clone();
     // Parsing a large batch is CPU work: keep it off the async threads.
     let items = web::block(move || parse_batch(&body, format, &limits))
@@ -139,13 +168,15 @@ struct SubtitleParams {
 /// `POST /v1/assets/{asset_id}/subtitles?language=fr`: the raw `.srt`/`.vtt` file as the body.
 async fn post_subtitles(request: HttpRequest, payload: web::Payload) -> HttpResult {
     let started = std::time::Instant::now();
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Write)?;
     let asset_id = asset_id_from(&request, &node)?;
     let params: SubtitleParams = query_params(&request)?;
     captions::validate_language(&params.language).map_err(|m| HttpError(ApiError::field("language", m)))?;
     let version = params.model_version.unwrap_or_else(|| captions::DEFAULT_SUBTITLE_VERSION.to_string());
     captions::validate_version(&version).map_err(|m| HttpError(ApiError::field("model_version", m)))?;
-    let body = read_body(&request, payload, crate::ingest::subtitles::MAX_SUBTITLE_BYTES).await?;
+    let limit = crate::ingest::subtitles::MAX_SUBTITLE_BYTES;
+    let _in_flight = node.ingest_bytes.reserve(content_length(&request).unwrap_or(limit).min(limit))?;
+    let body = read_body(&request, payload, limit).await?;
     let limits = node.ingest_limits.clone();
     let (language, asset) = (params.language.clone(), asset_id.clone());
     // Decoding, parsing and validating a large file is CPU work: keep it off the async threads.
@@ -194,7 +225,7 @@ fn asset_id_from(request: &HttpRequest, node: &Node) -> Result<String, HttpError
 }
 
 async fn put_asset(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Write)?;
     let asset_id = asset_id_from(&request, &node)?;
     let body = read_body(&request, payload, 64 * 1024).await?;
     let record: AssetRecord = parse_json(&body)?;
@@ -205,14 +236,14 @@ async fn put_asset(request: HttpRequest, payload: web::Payload) -> HttpResult {
 }
 
 async fn get_asset(request: HttpRequest) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Read)?;
     let asset_id = asset_id_from(&request, &node)?;
     // Decodes every annotation of the asset: blocking work (or a replica's, on another node).
     read_reply(node.read_asset(AssetRead::View { asset_id }).await?)
 }
 
 async fn get_raw_annotation(request: HttpRequest) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Read)?;
     let asset_id = asset_id_from(&request, &node)?;
     let annotation_id = request.match_info().get("annotation_id").unwrap_or("").to_string();
     read_reply(node.read_asset(AssetRead::RawAnnotation { asset_id, annotation_id }).await?)
@@ -231,7 +262,7 @@ fn query_params<T: DeserializeOwned>(request: &HttpRequest) -> Result<T, HttpErr
 }
 
 async fn get_buckets(request: HttpRequest) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Read)?;
     let asset_id = asset_id_from(&request, &node)?;
     let range: RangeQuery = query_params(&request)?;
     read_reply(node.read_asset(AssetRead::Buckets { asset_id, from_ms: range.from_ms, to_ms: range.to_ms }).await?)
@@ -247,14 +278,14 @@ fn read_reply(reply: PeerReply) -> HttpResult {
 }
 
 async fn post_search(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Read)?;
     let body = read_body(&request, payload, 1024 * 1024).await?;
     let search: SearchRequest = parse_json(&body)?;
     Ok(HttpResponse::Ok().json(node.search(search).await?))
 }
 
 async fn post_explain(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Read)?;
     let body = read_body(&request, payload, 1024 * 1024).await?;
     let search: SearchRequest = parse_json(&body)?;
     let plan = node.explain(search).await?;
@@ -269,7 +300,7 @@ struct SuggestQuery {
 }
 
 async fn get_suggest(request: HttpRequest) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Read)?;
     let params: SuggestQuery = query_params(&request)?;
     let limit = params.limit.unwrap_or(8).clamp(1, 50);
     if params.q.len() > node.config.limits.max_query_bytes {
@@ -296,8 +327,9 @@ struct ClusterParams {
 }
 
 async fn get_cluster(request: HttpRequest) -> HttpResult {
-    let node = node_of(&request)?;
     let params: ClusterParams = query_params(&request)?;
+    // Hashing every replica's whole raw store is work only an administrator may trigger.
+    let node = authorized(&request, if params.digest { Scope::Admin } else { Scope::Read })?;
     Ok(HttpResponse::Ok().json(crate::status::cluster_status(&node, params.digest).await?))
 }
 
@@ -324,7 +356,7 @@ fn fault_injection_enabled(endpoint: &str) -> Result<(), HttpError> {
 }
 
 async fn post_partition(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Admin)?;
     fault_injection_enabled("/v1/debug/partition")?;
     let Some(net) = node.net().cloned() else {
         return Err(HttpError(ApiError::field(
@@ -360,7 +392,7 @@ fn one() -> u32 {
 /// `POST /v1/debug/actor-fault {"shard": 0, "actor": "index", "panics": 1}`: the next batches
 /// of a local replica's fusion or index actor panic, to exercise supervision.
 async fn post_actor_fault(request: HttpRequest, payload: web::Payload) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Admin)?;
     fault_injection_enabled("/v1/debug/actor-fault")?;
     let body = read_body(&request, payload, 4 * 1024).await?;
     let fault: ActorFaultRequest = parse_json(&body)?;
@@ -402,7 +434,7 @@ async fn health(request: HttpRequest) -> HttpResult {
 }
 
 async fn metrics(request: HttpRequest) -> HttpResult {
-    let node = node_of(&request)?;
+    let node = authorized(&request, Scope::Read)?;
     node.refresh_gauges();
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(node.metrics.render()))
 }
@@ -441,13 +473,44 @@ pub fn configure(config: &mut web::ServiceConfig) {
 
 /// Builds the HTTP server (not yet running).
 pub fn server(node: Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<actix_web::dev::Server> {
+    let listen = listener.local_addr()?;
+    let tls = https_config(&node.config.http)?;
+    match (node.api_keys.is_open(), listen.ip().is_loopback()) {
+        (true, true) => tracing::warn!(%listen, "no API keys configured: every caller on this machine can read, write and administer"),
+        (true, false) => {
+            tracing::warn!(%listen, "NO API KEYS and http.allow_unauthenticated = true: anyone who reaches this address can read, write and administer")
+        }
+        (false, _) => tracing::info!(%listen, "API keys required (Authorization: Bearer)"),
+    }
     let data = web::Data::new(node);
-    Ok(HttpServer::new(move || App::new().app_data(data.clone()).configure(configure).default_service(web::to(not_found)))
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(configure).default_service(web::to(not_found)))
         .workers(2)
         .max_connections(4096)
         .client_request_timeout(std::time::Duration::from_secs(30))
         .shutdown_timeout(5)
-        .disable_signals()
-        .listen(listener)?
-        .run())
+        .disable_signals();
+    Ok(match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?.run(),
+        None => server.listen(listener)?.run(),
+    })
+}
+
+/// HTTPS from `http.tls_cert_file` and `http.tls_key_file`, if set.
+fn https_config(http: &rushes_config::HttpConfig) -> std::io::Result<Option<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    if http.tls_cert_file.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |key: &str, detail: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{key}: {detail}"));
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&http.tls_cert_file)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| invalid("http.tls_cert_file", format!("{}: {e}", http.tls_cert_file)))?;
+    let key = PrivateKeyDer::from_pem_file(&http.tls_key_file)
+        .map_err(|e| invalid("http.tls_key_file", format!("{}: {e}", http.tls_key_file)))?;
+    let config = rustls::ServerConfig::builder_with_provider(rushes_cluster::transport::tls::provider())
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| invalid("http.tls_cert_file", e.to_string()))?;
+    Ok(Some(config))
 }

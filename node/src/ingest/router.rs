@@ -16,14 +16,17 @@ use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message as Ac
 use rushes_cluster::{NodeId, ShardId};
 use rushes_protocol::codec;
 use rushes_protocol::model::{same_raw_content, IngestItem, ShardCommand, StoredAnnotation, StoredAsset, SHARD_COMMAND_FORMAT};
-use rushes_protocol::peer::{ApplyOutcome, PeerReply, PeerRequest};
-use rushes_protocol::validate::{validate_asset_id, ParsedItem};
+use rushes_protocol::peer::{ApplyOutcome, ConflictProbe, PeerReply, PeerRequest};
+use rushes_protocol::validate::{validate_asset_id, validate_asset_record, ParsedItem};
 use rushes_protocol::{ApiError, AssetRecord, ErrorCode, IngestReply};
 
 use crate::actors::{ActorState, ActorStats};
 use crate::node::ClusterView;
+use crate::peer::hedge;
 use crate::shard::{Shard, ShardError};
 
+/// Longest wait for another node's answer to a conflict check.
+const CONFLICT_CHECK_TIMEOUT: Duration = Duration::from_millis(2_000);
 /// Longest wait for one forwarded write before routing again.
 const FORWARD_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(3_000);
 
@@ -124,6 +127,12 @@ async fn ingest_batch(view: Arc<ClusterView>, items: Vec<ParsedItem>) -> Result<
         .await
         .map_err(|e| ApiError::internal(format!("ingest preparation failed: {e}")))??;
     let deadline = tokio::time::Instant::now() + view.request_timeout();
+    // Shards without a replica here are checked on another node's, before anything is
+    // proposed anywhere: a conflict then stores nothing at all.
+    if let Err(error) = check_remote_conflicts(&view, &prepared.remote_probes, deadline).await {
+        view.metrics.ingest_requests.with_label_values(&[error.code.as_str()]).inc();
+        return Err(error);
+    }
     // Every shard's part goes to its leader at once; the reply waits for all of them.
     let parts = prepared.commands.into_iter().map(|(shard, command, positions)| {
         let view = view.clone();
@@ -133,11 +142,13 @@ async fn ingest_batch(view: Arc<ClusterView>, items: Vec<ParsedItem>) -> Result<
     let mut created = 0;
     let mut duplicates = prepared.batch_duplicates;
     let mut first_error: Option<ApiError> = None;
+    let mut committed: Vec<usize> = Vec::new();
     for (outcome, positions) in outcomes {
         match outcome {
             Ok(ApplyOutcome::Applied { created: c, duplicates: d }) => {
                 created += c;
                 duplicates += d;
+                committed.extend(&positions);
             }
             Ok(ApplyOutcome::Conflict { item, annotation_id }) => {
                 first_error.get_or_insert(conflict(positions.get(item).copied().unwrap_or(item), &annotation_id));
@@ -147,7 +158,27 @@ async fn ingest_batch(view: Arc<ClusterView>, items: Vec<ParsedItem>) -> Result<
             }
         }
     }
-    if let Some(error) = first_error {
+    if let Some(mut error) = first_error {
+        if !committed.is_empty() {
+            // Each shard's part is atomic, the batch across shards is not: say exactly what
+            // is stored, and that sending the whole batch again is safe.
+            committed.sort_unstable();
+            let repeats: Vec<usize> = prepared
+                .duplicate_positions
+                .iter()
+                .filter(|(_, original)| committed.binary_search(original).is_ok())
+                .map(|(p, _)| *p)
+                .collect();
+            committed.extend(repeats);
+            committed.sort_unstable();
+            error.message = format!(
+                "{} (the batch was stored in part: {} of its {total} annotations are committed, listed in committed_items; \
+                 sending the whole batch again is safe, ids are idempotent)",
+                error.message,
+                committed.len()
+            );
+            error.committed_items = Some(committed);
+        }
         view.metrics.ingest_requests.with_label_values(&[error.code.as_str()]).inc();
         return Err(error);
     }
@@ -171,6 +202,51 @@ async fn upsert_asset(view: Arc<ClusterView>, asset_id: String, record: AssetRec
 struct PreparedIngest {
     commands: Vec<(ShardId, Vec<u8>, Vec<usize>)>,
     batch_duplicates: usize,
+    /// (position, position it repeats) of in-batch repeats: stored when what they repeat is.
+    duplicate_positions: Vec<(usize, usize)>,
+    /// Items of shards without a replica here, to check on another node's.
+    remote_probes: BTreeMap<ShardId, RemoteProbes>,
+}
+
+/// A shard's items checked on another node: what is asked, and what to compare it with.
+#[derive(Default)]
+struct RemoteProbes {
+    probes: Vec<ConflictProbe>,
+    /// (batch position, raw bytes) of each probe.
+    items: Vec<(usize, Vec<u8>)>,
+}
+
+/// Asks a replica of every shard this node lacks which items it already stores with other
+/// bytes, and refuses the batch (409, nothing stored) if any of them differs as JSON. A shard
+/// no replica answers for is not checked here: its leader's apply is authoritative anyway.
+async fn check_remote_conflicts(
+    view: &ClusterView,
+    remote: &BTreeMap<ShardId, RemoteProbes>,
+    deadline: tokio::time::Instant,
+) -> Result<(), ApiError> {
+    let Some(net) = &view.net else { return Ok(()) };
+    let checks = remote.iter().map(|(&shard, probes)| async move {
+        let request = PeerRequest::CheckConflicts { shard, probes: probes.probes.clone() };
+        let replicas = view.shard_map.replicas(shard).to_vec();
+        // The check is advisory: it must not eat the write's own time budget.
+        let check_deadline = deadline.min(tokio::time::Instant::now() + CONFLICT_CHECK_TIMEOUT);
+        (shard, probes, hedge::hedged_call(net, &replicas, request, check_deadline).await)
+    });
+    for (shard, probes, answer) in futures_util::future::join_all(checks).await {
+        match answer {
+            Ok((_, PeerReply::StoredAnnotations { stored })) => {
+                for found in stored {
+                    let Some((position, raw)) = probes.items.get(found.position as usize) else { continue };
+                    if !same_raw_content(&found.raw, raw) {
+                        return Err(conflict(*position, &probes.probes[found.position as usize].annotation_id));
+                    }
+                }
+            }
+            Ok((node, other)) => tracing::warn!(shard, node, reply = other.kind(), "unexpected answer to a conflict check"),
+            Err(e) => tracing::debug!(shard, error = %e.message, "conflict check not answered; the leader's apply decides"),
+        }
+    }
+    Ok(())
 }
 
 /// Splits a batch into one encoded command per shard, after removing identical repeats and
@@ -181,6 +257,8 @@ fn prepare_ingest(view: &ClusterView, items: Vec<ParsedItem>) -> Result<Prepared
     let mut by_shard: BTreeMap<ShardId, (Vec<IngestItem>, Vec<usize>)> = BTreeMap::new();
     let mut batch_duplicates = 0;
     let mut kept: Vec<(usize, IngestItem)> = Vec::with_capacity(items.len());
+    let mut duplicate_positions = Vec::new();
+    let mut remote_probes: BTreeMap<ShardId, RemoteProbes> = BTreeMap::new();
     for (position, item) in items.into_iter().enumerate() {
         let key = (item.annotation.asset_id.clone(), item.annotation.id.clone());
         let (annotation, vector) = StoredAnnotation::from_validated(item.annotation);
@@ -197,6 +275,7 @@ fn prepare_ingest(view: &ClusterView, items: Vec<ParsedItem>) -> Result<Prepared
                 .with_field("id"));
             }
             batch_duplicates += 1;
+            duplicate_positions.push((position, earlier));
             continue;
         }
         first_seen.insert(key, kept.len());
@@ -206,14 +285,26 @@ fn prepare_ingest(view: &ClusterView, items: Vec<ParsedItem>) -> Result<Prepared
     // The shard re-checks when applying (authoritative, for concurrent writers).
     for (position, item) in kept {
         let shard_id = view.shard_map.shard_for_asset(&item.annotation.asset_id);
-        // Only a local replica can be checked here; the leader's apply is authoritative.
-        if let Some(shard) = view.local_shard(shard_id) {
-            let existing_raw = shard
-                .store
-                .raw_annotation(&item.annotation.asset_id, &item.annotation.id)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            if existing_raw.is_some_and(|raw| !same_raw_content(&raw, &item.raw_json)) {
-                return Err(conflict(position, &item.annotation.id));
+        // A local replica is checked here; other shards on another node's replica, before
+        // anything is proposed. The leader's apply stays authoritative for concurrent writers.
+        match view.local_shard(shard_id) {
+            Some(shard) => {
+                let existing_raw = shard
+                    .store
+                    .raw_annotation(&item.annotation.asset_id, &item.annotation.id)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                if existing_raw.is_some_and(|raw| !same_raw_content(&raw, &item.raw_json)) {
+                    return Err(conflict(position, &item.annotation.id));
+                }
+            }
+            None => {
+                let probes = remote_probes.entry(shard_id).or_default();
+                probes.probes.push(ConflictProbe {
+                    asset_id: item.annotation.asset_id.clone(),
+                    annotation_id: item.annotation.id.clone(),
+                    raw_hash: xxhash_rust::xxh3::xxh3_64(&item.raw_json),
+                });
+                probes.items.push((position, item.raw_json.clone()));
             }
         }
         let entry = by_shard.entry(shard_id).or_default();
@@ -225,7 +316,7 @@ fn prepare_ingest(view: &ClusterView, items: Vec<ParsedItem>) -> Result<Prepared
         let bytes = codec::encode(SHARD_COMMAND_FORMAT, &ShardCommand::Ingest { items }).map_err(|e| ApiError::internal(e.to_string()))?;
         commands.push((shard_index, bytes, positions));
     }
-    Ok(PreparedIngest { commands, batch_duplicates })
+    Ok(PreparedIngest { commands, batch_duplicates, duplicate_positions, remote_probes })
 }
 
 /// Where a routed write ended.
@@ -342,30 +433,4 @@ fn conflict(item: usize, annotation_id: &str) -> ApiError {
     )
     .with_item(item)
     .with_field("id")
-}
-
-fn validate_asset_record(record: &AssetRecord, max_time_ms: u64) -> Result<(), ApiError> {
-    for (field, value, max) in [("title", &record.title, 512usize), ("series", &record.series, 128)] {
-        if let Some(text) = value {
-            if text.len() > max {
-                return Err(
-                    ApiError::new(ErrorCode::TooLarge, format!("{field} is {} bytes; the limit is {max}", text.len())).with_field(field)
-                );
-            }
-            if text.chars().any(char::is_control) {
-                return Err(ApiError::field(field, format!("{field} must not contain control characters")));
-            }
-        }
-    }
-    if let Some(fps) = record.fps {
-        if !fps.is_finite() || fps <= 0.0 || fps > 1000.0 {
-            return Err(ApiError::field("fps", format!("fps is {fps}; it must be a number in (0, 1000]")));
-        }
-    }
-    if let Some(duration) = record.duration_ms {
-        if duration == 0 || duration > max_time_ms {
-            return Err(ApiError::field("duration_ms", format!("duration_ms is {duration}; allowed 1..={max_time_ms}")));
-        }
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@
 //! the HTTP workers are busy, and the raft threads (plain OS threads) can queue messages
 //! without an async context.
 
+pub mod hedge;
 pub mod serve;
 
 use std::collections::HashSet;
@@ -25,10 +26,6 @@ use tokio::sync::mpsc;
 
 use crate::shard::RaftOutbox;
 
-/// Largest frame between nodes: a forwarded write or a Raft entry holds up to one request body
-/// (`limits.max_body_bytes`) as raw and parsed annotations. Snapshots travel in chunks of
-/// `raft.snapshot_chunk_bytes` (at most 64 MiB), so a raw store of any size fits.
-const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
 /// Raft messages and requests queued per peer before senders see `QueueFull`.
 const PEER_QUEUE_FRAMES: usize = 8192;
 
@@ -40,6 +37,35 @@ pub enum PeerError {
     Runtime(String),
     #[error("peer transport: {0}")]
     Transport(#[from] TransportError),
+    #[error("cannot read {key} = {path:?}: {detail}")]
+    TlsFile { key: &'static str, path: String, detail: String },
+    #[error("peer TLS from cluster.tls_*_file: {0}")]
+    Tls(#[from] rushes_cluster::transport::TlsError),
+}
+
+/// How this node's peers prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerSecurity {
+    /// Mutual TLS with the cluster's CA; a peer's id is the one its certificate names.
+    MutualTls,
+    /// `cluster.insecure_peers`: plain TCP, a peer's id taken on trust.
+    Insecure,
+}
+
+/// Loads the peer TLS configuration named by `cluster.tls_*_file`, if set.
+fn peer_tls(config: &Config) -> Result<Option<Arc<rushes_cluster::transport::PeerTls>>, PeerError> {
+    let cluster = &config.cluster;
+    if cluster.tls_cert_file.is_empty() {
+        return Ok(None);
+    }
+    let read = |key: &'static str, path: &str| {
+        std::fs::read(path).map_err(|e| PeerError::TlsFile { key, path: path.to_string(), detail: e.to_string() })
+    };
+    let ca = read("cluster.tls_ca_file", &cluster.tls_ca_file)?;
+    let cert = read("cluster.tls_cert_file", &cluster.tls_cert_file)?;
+    let key = read("cluster.tls_key_file", &cluster.tls_key_file)?;
+    Ok(Some(Arc::new(rushes_cluster::transport::PeerTls::from_pem(&ca, &cert, &key)?)))
 }
 
 /// The running peer transport plus fault injection for the test suites.
@@ -49,6 +75,7 @@ pub struct ClusterNet {
     pub node_id: NodeId,
     /// Nodes this one pretends it cannot reach (fault injection: `POST /v1/debug/partition`).
     isolated: RwLock<HashSet<NodeId>>,
+    pub security: PeerSecurity,
 }
 
 impl Drop for ClusterNet {
@@ -93,8 +120,18 @@ impl ClusterNet {
             .build()
             .map_err(|e| PeerError::Runtime(e.to_string()))?;
         let mut transport_config = TransportConfig::new(config.cluster.cluster_id.clone(), node_id, listen);
-        transport_config.max_frame_bytes = MAX_FRAME_BYTES;
+        transport_config.max_frame_bytes = config.cluster.max_frame_bytes;
         transport_config.queue_capacity = PEER_QUEUE_FRAMES;
+        transport_config.max_inbound_connections = config.cluster.max_inbound_connections;
+        transport_config.idle_timeout_ms = config.cluster.peer_idle_timeout_ms;
+        transport_config.allowed_peers = Some(Arc::new(config.cluster.nodes.iter().map(|m| m.id).collect()));
+        transport_config.tls = peer_tls(config)?;
+        let security = if transport_config.tls.is_some() { PeerSecurity::MutualTls } else { PeerSecurity::Insecure };
+        if security == PeerSecurity::Insecure {
+            tracing::warn!(
+                "PEERS ARE NOT AUTHENTICATED (cluster.insecure_peers = true): anyone who reaches {listen} can speak for any node of this cluster; set cluster.tls_ca_file, tls_cert_file and tls_key_file (rushes cluster certs)"
+            );
+        }
         // Bind on a plain thread: this may be called from async code, where block_on panics.
         let handle = runtime.handle().clone();
         let (transport, inbound) = std::thread::scope(|scope| {
@@ -106,7 +143,7 @@ impl ClusterNet {
         for (peer, addr) in peers {
             transport.add_peer(peer, addr)?;
         }
-        let net = ClusterNet { runtime: Some(runtime), transport, node_id, isolated: RwLock::new(HashSet::new()) };
+        let net = ClusterNet { runtime: Some(runtime), transport, node_id, isolated: RwLock::new(HashSet::new()), security };
         Ok((Arc::new(net), inbound))
     }
 
@@ -137,7 +174,7 @@ impl ClusterNet {
         }
         let body = codec::encode(PEER_FORMAT, request).map_err(|e| ApiError::internal(e.to_string()))?;
         let reply = self.transport.call(peer, body, timeout).await.map_err(|e| transport_error(peer, e))?;
-        codec::decode(PEER_FORMAT, &reply).map_err(|e| ApiError::internal(format!("node {peer} sent an unreadable reply: {e}")))
+        codec::decode_received(PEER_FORMAT, &reply).map_err(|e| ApiError::internal(format!("node {peer} sent an unreadable reply: {e}")))
     }
 }
 
@@ -165,9 +202,23 @@ pub fn decode_raft(bytes: &[u8]) -> Option<Message> {
     Message::parse_from_bytes(bytes).ok()
 }
 
-/// Decodes a peer's request body.
+/// Largest body of a peer request other than a forwarded write (a search plan with its query
+/// vectors is the biggest); far below the frame limit.
+pub const SMALL_REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Decodes a peer's request body. Only a forwarded write may be large (a whole batch); every
+/// other request is refused above [`SMALL_REQUEST_BYTES_MAX`] before decoding, and no request
+/// may claim more memory than about twice its bytes.
 pub fn decode_request(body: &[u8]) -> Result<PeerRequest, WireError> {
-    codec::decode(PEER_FORMAT, body).map_err(|e| WireError::new(WireError::BAD_REQUEST, format!("unreadable request: {e}")))
+    // bincode writes the variant's position first: one byte after the format byte.
+    const PROPOSE_POSITION: u8 = 0;
+    if body.len() > SMALL_REQUEST_BYTES_MAX && body.get(1) != Some(&PROPOSE_POSITION) {
+        return Err(WireError::new(
+            WireError::TOO_LARGE,
+            format!("a {}-byte request; only forwarded writes may exceed {SMALL_REQUEST_BYTES_MAX} bytes", body.len()),
+        ));
+    }
+    codec::decode_received(PEER_FORMAT, body).map_err(|e| WireError::new(WireError::BAD_REQUEST, format!("unreadable request: {e}")))
 }
 
 pub fn encode_reply(reply: &PeerReply) -> Result<Vec<u8>, WireError> {

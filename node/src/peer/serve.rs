@@ -1,13 +1,27 @@
-//! Serves what other nodes send this one: Raft messages go to the local replica's Raft actor
-//! (a snapshot message first has its data fetched), requests to their handlers, each answered
-//! on the connection it came on.
+//! Serves what other nodes send this one. Nothing from a peer is trusted beyond what its
+//! connection proved (its node id, bound to its certificate when TLS is on):
+//!
+//! - a Raft message must come from the node that sent it (`from`), be addressed to this node,
+//!   and be for a shard both nodes are replicas of;
+//! - a forwarded write is decoded and validated exactly as an HTTP batch would be, and every
+//!   item must belong to the shard it is proposed on, before anything is proposed;
+//! - a snapshot chunk is served only to a replica of that shard;
+//! - every request names a shard of the map; at most [`PEER_REQUESTS_IN_FLIGHT_MAX`] requests
+//!   run at once (more are answered with a retryable overload at once).
+//!
+//! A refused message changes nothing; it is counted (`rushes_peer_refused_total{reason}`) and
+//! logged.
 
 use std::sync::{Arc, Weak};
 
 use raft::eraftpb::MessageType;
-use rushes_cluster::transport::Inbound;
-use rushes_protocol::peer::{PeerReply, PeerRequest};
-use rushes_protocol::ApiError;
+use rushes_cluster::transport::{Inbound, WireError};
+use rushes_cluster::{NodeId, ShardId};
+use rushes_protocol::codec;
+use rushes_protocol::model::{ShardCommand, SHARD_COMMAND_FORMAT};
+use rushes_protocol::peer::{PeerReply, PeerRequest, StoredRaw};
+use rushes_protocol::validate::validate_command;
+use rushes_protocol::{ApiError, ErrorCode};
 
 use super::{decode_raft, decode_request, encode_reply};
 use crate::coordinator::reads;
@@ -17,9 +31,13 @@ use crate::query::planner::shard_has_dialogue_word;
 use crate::search::sessions;
 use crate::shard::snapshot;
 
+/// Peer requests handled at once on this node; more are refused as overload (retryable).
+pub const PEER_REQUESTS_IN_FLIGHT_MAX: usize = 256;
+
 /// Serves peers' Raft messages and requests until the transport stops. Holds the node weakly
 /// so it does not keep a stopped node alive.
 pub async fn serve_peers(node: Weak<Node>, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(PEER_REQUESTS_IN_FLIGHT_MAX));
     while let Some(message) = inbound.recv().await {
         let Some(node) = node.upgrade() else { return };
         let Some(net) = node.net().cloned() else { return };
@@ -28,16 +46,20 @@ pub async fn serve_peers(node: Weak<Node>, mut inbound: tokio::sync::mpsc::Recei
                 if net.is_isolated_from(from) {
                     continue;
                 }
-                match (node.view.local_shard(shard), decode_raft(&message)) {
-                    (Some(replica), Some(message)) if message.get_msg_type() == MessageType::MsgSnapshot => {
-                        snapshot::receive(net.clone(), from, replica.clone(), message);
-                    }
-                    (Some(replica), Some(message)) => {
-                        // A full mailbox drops the message; Raft retransmits.
-                        let _ = replica.deliver_raft(message);
-                    }
-                    (None, _) => tracing::debug!(from, shard, "raft message for a shard this node does not hold"),
-                    (_, None) => tracing::warn!(from, shard, "unreadable raft message dropped"),
+                let Some(message) = decode_raft(&message) else {
+                    refuse(&node, "undecodable_raft", from, format!("unreadable raft message for shard {shard}"));
+                    continue;
+                };
+                if let Err(reason) = check_raft_message(&node, from, shard, &message) {
+                    refuse(&node, "raft_sender", from, reason);
+                    continue;
+                }
+                let Some(replica) = node.view.local_shard(shard).cloned() else { continue };
+                if message.get_msg_type() == MessageType::MsgSnapshot {
+                    snapshot::receive(net.clone(), from, replica, message);
+                } else {
+                    // A full mailbox drops the message; Raft retransmits.
+                    let _ = replica.deliver_raft(message);
                 }
             }
             Inbound::Request { from, body, responder } => {
@@ -46,10 +68,19 @@ pub async fn serve_peers(node: Weak<Node>, mut inbound: tokio::sync::mpsc::Recei
                     drop(responder);
                     continue;
                 }
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    node.metrics.peer_refused.with_label_values(&["overloaded"]).inc();
+                    let _ = responder.respond(Err(WireError::new(WireError::OVERLOADED, "too many peer requests in flight; retry")));
+                    continue;
+                };
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let reply = match decode_request(&body) {
-                        Err(e) => Err(e),
-                        Ok(request) => encode_reply(&answer(&node, request).await),
+                        Err(e) => {
+                            refuse(&node, "undecodable_request", from, e.message.clone());
+                            Err(e)
+                        }
+                        Ok(request) => encode_reply(&answer(&node, from, request).await),
                     };
                     let _ = responder.respond(reply);
                 });
@@ -58,16 +89,90 @@ pub async fn serve_peers(node: Weak<Node>, mut inbound: tokio::sync::mpsc::Recei
     }
 }
 
+/// Counts and logs a refused peer message.
+fn refuse(node: &Node, reason: &'static str, from: NodeId, detail: String) {
+    node.metrics.peer_refused.with_label_values(&[reason]).inc();
+    tracing::warn!(from, reason, %detail, "refused a message from a peer");
+}
+
+/// A Raft message is accepted only from the node it claims to come from, for this node, on a
+/// shard both are replicas of.
+fn check_raft_message(node: &Node, from: NodeId, shard: ShardId, message: &raft::eraftpb::Message) -> Result<(), String> {
+    let replicas = replicas_of(node, shard)?;
+    if message.from != from {
+        return Err(format!("node {from} sent a raft message claiming to be from node {}", message.from));
+    }
+    if message.to != node.node_id() {
+        return Err(format!("raft message from node {from} is addressed to node {}, not this one", message.to));
+    }
+    if !replicas.contains(&from) {
+        return Err(format!("node {from} is not a replica of shard {shard} (replicas {replicas:?})"));
+    }
+    if !replicas.contains(&node.node_id()) {
+        return Err(format!("this node is not a replica of shard {shard}"));
+    }
+    Ok(())
+}
+
+fn replicas_of(node: &Node, shard: ShardId) -> Result<&[NodeId], String> {
+    if shard >= node.view.shard_map.shard_count() {
+        return Err(format!("shard {shard} does not exist (the cluster has {})", node.view.shard_map.shard_count()));
+    }
+    Ok(node.view.shard_map.replicas(shard))
+}
+
+/// A forwarded write, checked as an HTTP batch would be before it is proposed.
+fn check_forwarded_write(node: &Node, shard: ShardId, command: &[u8]) -> Result<(), ApiError> {
+    replicas_of(node, shard).map_err(|m| ApiError::field("shard", m))?;
+    let decoded: ShardCommand = codec::decode(SHARD_COMMAND_FORMAT, command)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("the forwarded command does not decode: {e}")))?;
+    validate_command(&decoded, &node.ingest_limits)?;
+    let owner = |asset_id: &str| node.view.shard_map.shard_for_asset(asset_id);
+    let misplaced = match &decoded {
+        ShardCommand::Ingest { items } => items.iter().position(|item| owner(&item.annotation.asset_id) != shard),
+        ShardCommand::UpsertAsset { asset_id, .. } => (owner(asset_id) != shard).then_some(0),
+    };
+    if let Some(item) = misplaced {
+        return Err(ApiError::field("asset_id", format!("the asset does not belong to shard {shard}")).with_item(item));
+    }
+    Ok(())
+}
+
 /// One peer request's answer.
-async fn answer(node: &Arc<Node>, request: PeerRequest) -> PeerReply {
+async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerReply {
     let view = &node.view;
+    let forbidden = |detail: String| {
+        refuse(node, "request_scope", from, detail.clone());
+        PeerReply::Error(ApiError::new(ErrorCode::Forbidden, detail))
+    };
+    let request_shard = match &request {
+        PeerRequest::Propose { shard, .. }
+        | PeerRequest::SearchHits { shard, .. }
+        | PeerRequest::SearchCandidates { shard, .. }
+        | PeerRequest::SearchFinish { shard, .. }
+        | PeerRequest::SnapshotChunk { shard, .. }
+        | PeerRequest::DialogueWord { shard, .. }
+        | PeerRequest::CheckConflicts { shard, .. } => Some(*shard),
+        _ => None,
+    };
+    if let Some(shard) = request_shard {
+        if let Err(detail) = replicas_of(node, shard) {
+            return forbidden(detail);
+        }
+    }
     match request {
-        PeerRequest::Propose { shard, command } => router::handle_forwarded_propose(view, shard, command).await,
+        PeerRequest::Propose { shard, command } => {
+            if let Err(e) = check_forwarded_write(node, shard, &command) {
+                refuse(node, "invalid_write", from, e.message.clone());
+                return PeerReply::Error(e);
+            }
+            router::handle_forwarded_propose(view, shard, command).await
+        }
         PeerRequest::Status => PeerReply::Status(crate::status::local_replicas(view)),
+        PeerRequest::NodeStatus => PeerReply::NodeStatus { replicas: crate::status::local_replicas(view), actors: node.actors() },
         request @ (PeerRequest::SearchHits { .. } | PeerRequest::SearchCandidates { .. } | PeerRequest::SearchFinish { .. }) => {
             sessions::handle_phase(view, &node.remote_searches, &node.metrics, request).await
         }
-        PeerRequest::NodeStatus => PeerReply::NodeStatus { replicas: crate::status::local_replicas(view), actors: node.actors() },
         PeerRequest::Vocabulary => node.planner.local_vocabulary_reply(),
         PeerRequest::DialogueWord { word, shard } => match view.local_shard(shard).cloned() {
             Some(replica) => {
@@ -77,12 +182,47 @@ async fn answer(node: &Arc<Node>, request: PeerRequest) -> PeerReply {
             None => PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id()))),
         },
         PeerRequest::AssetRead(read) => reads::handle_asset_read(view, read).await,
-        PeerRequest::SnapshotChunk { shard, after, min_applied } => match view.local_shard(shard).cloned() {
-            Some(replica) => {
-                let chunk_bytes = usize::try_from(node.config.raft.snapshot_chunk_bytes).unwrap_or(usize::MAX);
-                snapshot::serve_chunk(replica, after, min_applied, chunk_bytes).await
+        PeerRequest::CheckConflicts { shard, probes } => {
+            if probes.len() > node.ingest_limits.max_batch_items {
+                return PeerReply::Error(ApiError::field(
+                    "probes",
+                    format!("{} probes; at most {}", probes.len(), node.ingest_limits.max_batch_items),
+                ));
             }
-            None => PeerReply::Error(ApiError::unavailable(format!("this node holds no replica of shard {shard}"))),
-        },
+            let Some(replica) = view.local_shard(shard).cloned() else {
+                return PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id())));
+            };
+            let work = move || -> Result<Vec<StoredRaw>, ApiError> {
+                let mut stored = Vec::new();
+                for (position, probe) in probes.iter().enumerate() {
+                    let raw = replica
+                        .store
+                        .raw_annotation(&probe.asset_id, &probe.annotation_id)
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                    if let Some(raw) = raw.filter(|raw| xxhash_rust::xxh3::xxh3_64(raw) != probe.raw_hash) {
+                        stored.push(StoredRaw { position: position as u32, raw });
+                    }
+                }
+                Ok(stored)
+            };
+            match tokio::task::spawn_blocking(work).await {
+                Ok(Ok(stored)) => PeerReply::StoredAnnotations { stored },
+                Ok(Err(e)) => PeerReply::Error(e),
+                Err(e) => PeerReply::Error(ApiError::internal(format!("conflict check failed: {e}"))),
+            }
+        }
+        PeerRequest::SnapshotChunk { shard, after, min_applied } => {
+            // A raw store goes only to another replica of its shard.
+            if !view.shard_map.replicas(shard).contains(&from) {
+                return forbidden(format!("node {from} asked for shard {shard}'s raw store but is not one of its replicas"));
+            }
+            match view.local_shard(shard).cloned() {
+                Some(replica) => {
+                    let chunk_bytes = usize::try_from(node.config.raft.snapshot_chunk_bytes).unwrap_or(usize::MAX);
+                    snapshot::serve_chunk(replica, after, min_applied, chunk_bytes).await
+                }
+                None => PeerReply::Error(ApiError::unavailable(format!("this node holds no replica of shard {shard}"))),
+            }
+        }
     }
 }

@@ -660,6 +660,17 @@ struct WordsSpec<'a> {
 }
 
 /// Validates a request and compiles it into a plan.
+/// Leaf clauses (labels, dialogue, phrases, vectors) in `clauses` and everything nested in them.
+fn count_leaf_clauses<'a>(clauses: impl Iterator<Item = &'a Clause>) -> usize {
+    clauses
+        .map(|clause| match clause {
+            Clause::While { clauses } | Clause::Any { clauses } => count_leaf_clauses(clauses.iter()),
+            Clause::Sequence { first, then, .. } => count_leaf_clauses([first.as_ref(), then.as_ref()].into_iter()),
+            _ => 1,
+        })
+        .fold(0usize, usize::saturating_add)
+}
+
 pub fn plan(request: &SearchRequest, context: &PlanContext) -> Result<Plan, ApiError> {
     let limits = context.limits;
     let per_asset = request.per_asset.unwrap_or(DEFAULT_PER_ASSET);
@@ -714,6 +725,12 @@ pub fn plan(request: &SearchRequest, context: &PlanContext) -> Result<Plan, ApiE
         };
     if let Some(language) = &request.language {
         languages_for("language", Some(language))?;
+    }
+    // Counted before anything is built: building a clause may call the embedder, so a request
+    // with thousands of clauses must be refused before the first one.
+    let clause_count = count_leaf_clauses(request.clauses.iter().flatten());
+    if clause_count > limits.max_clauses {
+        return Err(invalid("clauses", format!("holds {clause_count} clauses (nested ones counted); the limit is {}", limits.max_clauses)));
     }
     let mode = request.mode.unwrap_or_default();
     let mut builder = Builder { context, leaves: Vec::new(), warnings: Vec::new(), language: request.language.clone() };

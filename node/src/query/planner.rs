@@ -14,8 +14,8 @@ use rushes_protocol::{ApiError, ErrorCode, SearchRequest};
 
 use super::embedder::Embedder;
 use super::plan::{Plan, PlanContext, SearchDefaults, SearchLimits, SpaceInfo};
-use crate::coordinator::hedge;
 use crate::node::{shard_options, ClusterView};
+use crate::peer::hedge;
 use crate::shard::Shard;
 
 pub struct Planner {

@@ -25,13 +25,44 @@ pub struct Waiter {
     pub proposed_at: Instant,
 }
 
-/// Why the state machine could not apply, snapshot or restore.
+/// Why the state machine could not apply, snapshot or restore. Only storage failures and
+/// commands from a newer build stop a replica; a command that does not decode or breaks the
+/// hard limits is a deterministic rejection instead ([`Committed::Rejected`]).
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
-    #[error("undecodable command: {0}")]
+    #[error("undecodable snapshot reference: {0}")]
     Codec(#[from] codec::CodecError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("entry {index} holds a command of format {found}, newer than this build reads ({supported}): upgrade this node")]
+    NewerFormat { index: u64, found: u8, supported: u8 },
+}
+
+/// A committed entry as every replica reads it.
+pub enum Committed {
+    Command(ShardCommand),
+    /// Nothing is stored, on any replica: the bytes do not decode as a command of a format
+    /// this build knows, or the command breaks the hard limits (`model::hard_limits`).
+    Rejected(String),
+}
+
+/// Reads a committed entry's command. The outcome depends only on the entry's bytes, so every
+/// replica reads the same: a rejection is the same rejection everywhere.
+pub fn read_committed(index: u64, data: &[u8]) -> Result<Committed, MachineError> {
+    match data.first() {
+        Some(&found) if found > SHARD_COMMAND_FORMAT => {
+            return Err(MachineError::NewerFormat { index, found, supported: SHARD_COMMAND_FORMAT })
+        }
+        _ => {}
+    }
+    let command: ShardCommand = match codec::decode(SHARD_COMMAND_FORMAT, data) {
+        Ok(command) => command,
+        Err(e) => return Ok(Committed::Rejected(format!("the command does not decode: {e}"))),
+    };
+    match command.check_invariants() {
+        Ok(()) => Ok(Committed::Command(command)),
+        Err(reason) => Ok(Committed::Rejected(reason)),
+    }
 }
 
 /// Proposal context: (node id, boot nonce, counter). A committed entry answers a waiter only
@@ -62,6 +93,7 @@ impl ProposalTag {
 
 /// Applies committed commands to the raw store and answers this process's waiters.
 pub struct ShardMachine<'a> {
+    pub shard: rushes_cluster::ShardId,
     pub store: &'a ShardStore,
     pub progress: &'a Progress,
     pub metrics: &'a Metrics,
@@ -74,7 +106,18 @@ impl StateMachine for ShardMachine<'_> {
     type Error = MachineError;
 
     fn apply(&mut self, entry: &Entry) -> Result<(), MachineError> {
-        let command: ShardCommand = codec::decode(SHARD_COMMAND_FORMAT, &entry.data)?;
+        let command = match read_committed(entry.index, &entry.data)? {
+            Committed::Command(command) => command,
+            Committed::Rejected(reason) => {
+                self.metrics.rejected_entries.with_label_values(&[&self.shard.to_string()]).inc();
+                tracing::warn!(shard = self.shard, index = entry.index, %reason, "committed entry rejected on every replica; nothing stored");
+                self.progress.record_applied(entry.index);
+                if let Some(waiter) = self.take_waiter(entry) {
+                    let _ = waiter.reply.send(Err(ShardError::Rejected { shard: self.shard, index: entry.index, reason }));
+                }
+                return Ok(());
+            }
+        };
         let result = match &command {
             ShardCommand::Ingest { items } => self.store.apply_ingest(items)?,
             ShardCommand::UpsertAsset { asset_id, record } => {
@@ -86,11 +129,9 @@ impl StateMachine for ShardMachine<'_> {
         if let ShardCommand::Ingest { items } = &command {
             self.progress.record_applied_annotations(entry.index, items.len() as u64);
         }
-        if let Some(tag) = ProposalTag::decode(&entry.context).filter(|t| t.node == self.node_id && t.boot_nonce == self.boot_nonce) {
-            if let Some(waiter) = self.waiters.remove(&tag.counter) {
-                self.metrics.commit_seconds.observe(waiter.proposed_at.elapsed().as_secs_f64());
-                let _ = waiter.reply.send(Ok(result));
-            }
+        if let Some(waiter) = self.take_waiter(entry) {
+            self.metrics.commit_seconds.observe(waiter.proposed_at.elapsed().as_secs_f64());
+            let _ = waiter.reply.send(Ok(result));
         }
         Ok(())
     }
@@ -109,7 +150,16 @@ impl StateMachine for ShardMachine<'_> {
     }
 }
 
-/// Decodes committed commands in `(from, to]`, skipping empty (leader no-op) entries.
+impl ShardMachine<'_> {
+    /// The client waiting for `entry`, if this very process proposed it.
+    fn take_waiter(&mut self, entry: &Entry) -> Option<Waiter> {
+        let tag = ProposalTag::decode(&entry.context).filter(|t| t.node == self.node_id && t.boot_nonce == self.boot_nonce)?;
+        self.waiters.remove(&tag.counter)
+    }
+}
+
+/// The committed commands in `(from, to]` that were applied, skipping empty (leader no-op)
+/// entries and rejected ones (they stored nothing, so nothing derives from them).
 pub fn read_commands(log: &SledLogStore, from_exclusive: u64, to_inclusive: u64) -> Result<Vec<ShardCommand>, ShardError> {
     let mut commands = Vec::new();
     for index in (from_exclusive + 1)..=to_inclusive {
@@ -117,7 +167,10 @@ pub fn read_commands(log: &SledLogStore, from_exclusive: u64, to_inclusive: u64)
         if entry.data.is_empty() || entry.get_entry_type() != raft::eraftpb::EntryType::EntryNormal {
             continue;
         }
-        commands.push(codec::decode(SHARD_COMMAND_FORMAT, &entry.data)?);
+        match read_committed(index, &entry.data)? {
+            Committed::Command(command) => commands.push(command),
+            Committed::Rejected(_) => {}
+        }
     }
     Ok(commands)
 }

@@ -112,6 +112,9 @@ pub enum ShardError {
     Failed { shard: ShardId, cause: String },
     #[error("shard {shard} is stopping")]
     Stopping { shard: ShardId },
+    /// The command was committed, then refused on every replica when applied (nothing stored).
+    #[error("shard {shard} refused entry {index} when applying it: {reason}")]
+    Rejected { shard: ShardId, index: u64, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -122,6 +125,8 @@ pub enum ShardError {
     Raft(#[from] rushes_cluster::DriverError),
     #[error("codec: {0}")]
     Codec(#[from] codec::CodecError),
+    #[error(transparent)]
+    Machine(#[from] machine::MachineError),
     #[error("log entry {0} is missing (compacted before every stage consumed it)")]
     MissingEntry(u64),
     #[error("i/o: {0}")]
@@ -142,6 +147,10 @@ impl From<ShardError> for ApiError {
                 "shard {shard} stopped on this node after a failure ({cause}); it refuses writes until the node restarts: see /health"
             ))
             .with_retry_after(5),
+            ShardError::Rejected { reason, .. } => ApiError::field(
+                "body",
+                format!("the write was refused when applied, and nothing was stored: {reason}; fix the batch and send it again"),
+            ),
             ShardError::Stopping { shard } => {
                 ApiError::unavailable(format!("shard {shard} is stopping; retry the same request (ids are idempotent)"))
             }
@@ -297,6 +306,7 @@ impl Shard {
         let driver = {
             let mut no_waiters = HashMap::new();
             let mut machine = ShardMachine {
+                shard: id,
                 store: &store,
                 progress: &progress,
                 metrics: &metrics,
@@ -796,6 +806,39 @@ mod tests {
         assert_eq!(actor(&shard, ActorKind::Fusion).restarts, 1);
         assert!(shard.inject_panics(ActorKind::Raft, 1).is_err(), "the Raft actor is not restarted, so it takes no injected panic");
         shard.shutdown();
+    }
+
+    /// No committed entry can stop a shard: bytes that do not decode, and a command that breaks
+    /// the hard limits, are rejected on apply (the writer is told, nothing is stored), the shard
+    /// goes on, and replaying them after a restart rejects them again instead of failing.
+    #[test]
+    fn an_entry_that_does_not_decode_or_validate_is_rejected_not_fatal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = open_shard(dir.path(), |_| {});
+        let rejected = |bytes: Vec<u8>| match shard.propose_encoded(bytes).expect("queued").blocking_recv() {
+            Ok(Err(ShardError::Rejected { reason, .. })) => reason,
+            other => panic!("expected a rejection, got {other:?}"),
+        };
+        let garbage = rejected(vec![SHARD_COMMAND_FORMAT, 0xff, 0xff, 0xff, 0x7f, 1]);
+        assert!(garbage.contains("does not decode"), "{garbage}");
+        let empty = rejected(codec::encode(SHARD_COMMAND_FORMAT, &ShardCommand::Ingest { items: vec![] }).expect("encode"));
+        assert!(empty.contains("1..="), "{empty}");
+        assert!(
+            ApiError::from(ShardError::Rejected { shard: 0, index: 1, reason: empty }).code == rushes_protocol::ErrorCode::InvalidField
+        );
+        commit(&shard, &ingest_command("ep4", 0, 3));
+        wait_until("the valid write is indexed", WAIT, || shard.index.num_docs() == 6);
+        assert!(shard.progress.failure().is_none());
+        assert_eq!(shard.store.raw_count(), 3, "the rejected entries stored nothing");
+        let applied = shard.progress.applied.load(Ordering::Acquire);
+        shard.shutdown();
+        drop(shard);
+        let reopened = open_shard(dir.path(), |_| {});
+        wait_until("the log is replayed", WAIT, || reopened.progress.applied.load(Ordering::Acquire) >= applied);
+        assert!(reopened.progress.failure().is_none(), "replaying a rejected entry must not stop the shard");
+        commit(&reopened, &ingest_command("ep4", 3, 1));
+        assert_eq!(reopened.store.raw_count(), 4);
+        reopened.shutdown();
     }
 
     #[test]

@@ -322,6 +322,7 @@ impl RaftActor {
             let started = Instant::now();
             let was_leader = self.driver.is_leader();
             let mut machine = ShardMachine {
+                shard: self.shard,
                 store: &self.store,
                 progress: &self.progress,
                 metrics: &self.metrics,

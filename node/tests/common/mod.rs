@@ -15,8 +15,10 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     pub port: u16,
     pub extra_args: Vec<String>,
-    /// Environment variables of the node process (besides `RUST_LOG=warn`).
+    /// Environment variables of the node process (besides `RUST_LOG=warn` and its API key).
     pub env: Vec<(String, String)>,
+    /// The node runs with API keys on: this key has every scope, and `client()` sends it.
+    pub token: String,
     child: Option<Child>,
     log_path: PathBuf,
 }
@@ -37,6 +39,7 @@ impl TestNode {
             port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            token: rushes_node::http::auth::new_key(),
             child: None,
             log_path: data_dir.join("node.log"),
         };
@@ -48,8 +51,22 @@ impl TestNode {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// A client with the node's all-scopes API key.
     pub fn client(&self) -> Client {
+        Client::new(&self.base_url()).with_token(Some(self.token.clone()))
+    }
+
+    /// A client without any key (the node must refuse it, except `/health` and `/ready`).
+    pub fn anonymous_client(&self) -> Client {
         Client::new(&self.base_url())
+    }
+
+    /// `RUSHES_AUTH_KEYS`: the test's all-scopes key, and any `extra` entries.
+    fn auth_keys(&self) -> String {
+        format!(
+            "[{{ name = \"test-admin\", hash = \"{}\", scopes = [\"read\", \"write\", \"admin\"] }}]",
+            rushes_node::http::auth::key_hash(&self.token)
+        )
     }
 
     fn spawn(&mut self) {
@@ -63,6 +80,7 @@ impl TestNode {
             .arg(&self.data_dir)
             .args(&self.extra_args)
             .env("RUST_LOG", "warn")
+            .env("RUSHES_AUTH_KEYS", self.auth_keys())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
