@@ -100,7 +100,7 @@ pub fn encode_frame<T: Serialize>(value: &T, max_frame_bytes: usize) -> Result<V
 
 /// Decodes a frame payload (version byte + body). bincode 2 allocates a byte string or
 /// `String` of its announced length before checking the input holds that many bytes, so the
-/// value may claim at most about twice the payload's size ([`codec::decode_received`]).
+/// value may claim at most four times the payload's size ([`codec::decode_received`]).
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     Ok(codec::decode_received(WIRE_VERSION, payload)?)
 }
@@ -326,5 +326,68 @@ mod tests {
             assert_eq!(m, Some(msg(id)));
         }
         assert_eq!(rt.block_on(read_frame::<_, Msg>(&mut reader, DEFAULT_MAX_FRAME_BYTES, &mut scratch)), Ok(None));
+    }
+
+    fn envelope_frames() -> Vec<Vec<u8>> {
+        use crate::transport::{Envelope, Hello, WireError};
+        [
+            Envelope::Hello(Hello { cluster_id: "prod".into(), node_id: 2, wire_version: WIRE_VERSION }),
+            Envelope::Raft { shard: 3, message: vec![8, 1, 16, 2, 24, 3] },
+            Envelope::Request { request_id: 9, body: b"request".to_vec() },
+            Envelope::Response { request_id: 9, body: Ok(b"reply".to_vec()) },
+            Envelope::Response { request_id: 10, body: Err(WireError::new(WireError::BAD_REQUEST, "no")) },
+        ]
+        .iter()
+        .map(|envelope| encode_frame(envelope, DEFAULT_MAX_FRAME_BYTES).expect("encode"))
+        .collect()
+    }
+
+    /// Arbitrary bytes, or valid frames with a byte flipped, cut short, or with a run of 0xff
+    /// (a huge announced length) written over them.
+    fn hostile_frames() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let frames = envelope_frames();
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256),
+            (0..frames.len(), any::<proptest::sample::Index>(), any::<u8>(), 0u8..3).prop_map(move |(which, at, value, how)| {
+                let mut bytes = frames[which].clone();
+                let at = at.index(bytes.len());
+                match how {
+                    0 => bytes[at] ^= value.max(1),
+                    1 => bytes.truncate(at),
+                    _ => {
+                        let end = (at + 8).min(bytes.len());
+                        bytes[at..end].fill(0xff)
+                    }
+                }
+                bytes
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 3000, ..Default::default() })]
+
+        /// No bytes from a peer panic the decoder, make it read past the frame, or pass a frame
+        /// over the limit; the buffered and the streaming readers agree.
+        #[test]
+        fn any_bytes_decode_to_a_frame_or_an_error(bytes in hostile_frames()) {
+            use crate::transport::Envelope;
+            let max = 1024;
+            let buffered = decode_frame::<Envelope>(&bytes, max);
+            if let Ok(Some((_, used))) = &buffered {
+                proptest::prop_assert!(*used <= bytes.len() && *used <= LENGTH_PREFIX_BYTES + max);
+            }
+            let mut scratch = Vec::new();
+            let mut reader: &[u8] = &bytes;
+            let streamed = rt().block_on(read_frame::<_, Envelope>(&mut reader, max, &mut scratch));
+            proptest::prop_assert!(scratch.capacity() <= max.max(64), "reserved {} bytes", scratch.capacity());
+            match (&buffered, &streamed) {
+                (Ok(Some((a, _))), Ok(Some(b))) => proptest::prop_assert_eq!(format!("{a:?}"), format!("{b:?}")),
+                (Ok(Some(_)), other) => proptest::prop_assert!(false, "buffered decoded, streamed {other:?}"),
+                (Err(_), Ok(Some(_))) => proptest::prop_assert!(false, "streamed decoded what the buffered reader refused"),
+                _ => {}
+            }
+        }
     }
 }

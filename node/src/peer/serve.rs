@@ -124,7 +124,7 @@ fn replicas_of(node: &Node, shard: ShardId) -> Result<&[NodeId], String> {
 /// A forwarded write, checked as an HTTP batch would be before it is proposed.
 fn check_forwarded_write(node: &Node, shard: ShardId, command: &[u8]) -> Result<(), ApiError> {
     replicas_of(node, shard).map_err(|m| ApiError::field("shard", m))?;
-    let decoded: ShardCommand = codec::decode(SHARD_COMMAND_FORMAT, command)
+    let decoded: ShardCommand = codec::decode_received(SHARD_COMMAND_FORMAT, command)
         .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("the forwarded command does not decode: {e}")))?;
     validate_command(&decoded, &node.ingest_limits)?;
     let owner = |asset_id: &str| node.view.shard_map.shard_for_asset(asset_id);

@@ -55,7 +55,8 @@ pub fn read_committed(index: u64, data: &[u8]) -> Result<Committed, MachineError
         }
         _ => {}
     }
-    let command: ShardCommand = match codec::decode(SHARD_COMMAND_FORMAT, data) {
+    // Sized by the bytes that are there, not by lengths the entry announces.
+    let command: ShardCommand = match codec::decode_received(SHARD_COMMAND_FORMAT, data) {
         Ok(command) => command,
         Err(e) => return Ok(Committed::Rejected(format!("the command does not decode: {e}"))),
     };
@@ -185,5 +186,22 @@ mod tests {
         assert_eq!(ProposalTag::decode(&tag.encode()), Some(tag));
         assert_eq!(ProposalTag::decode(&42u64.to_be_bytes()), None, "an 8-byte context from an older format is not ours");
         assert_eq!(ProposalTag::decode(&[]), None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 3000, ..Default::default() })]
+
+        /// Whatever a committed entry holds, every replica reads the same outcome from its bytes
+        /// alone, and only a newer format (an upgrade in progress) stops the shard.
+        #[test]
+        fn any_committed_bytes_are_a_command_or_a_rejection(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            match read_committed(9, &data) {
+                Ok(Committed::Command(command)) => proptest::prop_assert_eq!(command.check_invariants(), Ok(())),
+                Ok(Committed::Rejected(reason)) => proptest::prop_assert!(!reason.is_empty()),
+                Err(MachineError::NewerFormat { found, .. }) => proptest::prop_assert!(found > SHARD_COMMAND_FORMAT),
+                Err(other) => proptest::prop_assert!(false, "a committed entry may not fail otherwise: {other}"),
+            }
+            proptest::prop_assert_eq!(ProposalTag::decode(&data).is_some(), data.len() == 24);
+        }
     }
 }
