@@ -5,6 +5,7 @@
 pub mod driver;
 pub mod log_store;
 pub mod placement;
+pub mod raft_wire;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod slog_bridge;

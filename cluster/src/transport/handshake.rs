@@ -175,4 +175,56 @@ mod tests {
         let error: HandshakeError = FrameError::UnsupportedVersion { found: 9, expected: WIRE_VERSION }.into();
         assert_eq!(error, HandshakeError::UnsupportedWireVersion { found: 9, supported: WIRE_VERSION });
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1000, ..Default::default() })]
+
+        /// Whatever a stranger sends first, the acceptor refuses it without a panic and without
+        /// saying a word (it answers only a hello it has checked), within the handshake timeout.
+        #[test]
+        fn an_acceptor_refuses_any_bytes_without_answering(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128), cut in 0usize..64) {
+            use tokio::io::AsyncReadExt;
+            let mut config = config();
+            config.handshake_timeout_ms = 200;
+            config.allowed_peers = Some(std::sync::Arc::new([2].into_iter().collect()));
+            // Arbitrary bytes, or a valid hello of a non-member cut short.
+            let hello = frame::encode_frame(&Envelope::Hello(hello("prod", 3, WIRE_VERSION)), HELLO_MAX_FRAME_BYTES).expect("encode");
+            let sent = if cut % 2 == 0 { bytes } else { hello[..cut.min(hello.len())].to_vec() };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+            let (outcome, answered) = runtime.block_on(async {
+                let (mut stranger, mut acceptor) = tokio::io::duplex(4096);
+                stranger.write_all(&sent).await.expect("write");
+                stranger.shutdown().await.expect("shutdown");
+                let outcome = exchange(&mut acceptor, &config, Side::Acceptor { peer_certificate: None }).await;
+                drop(acceptor);
+                let mut answered = Vec::new();
+                stranger.read_to_end(&mut answered).await.expect("read");
+                (outcome, answered)
+            });
+            proptest::prop_assert!(outcome.is_err(), "accepted {:?}", outcome);
+            proptest::prop_assert!(answered.is_empty(), "answered a stranger with {} bytes", answered.len());
+        }
+    }
+
+    #[test]
+    fn a_member_hello_is_answered_and_a_non_member_is_not() {
+        use tokio::io::AsyncReadExt;
+        let mut config = config();
+        config.allowed_peers = Some(std::sync::Arc::new([2].into_iter().collect()));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        for (node, accepted) in [(2, true), (3, false)] {
+            let hello = frame::encode_frame(&Envelope::Hello(hello("prod", node, WIRE_VERSION)), HELLO_MAX_FRAME_BYTES).expect("encode");
+            let (outcome, answered) = runtime.block_on(async {
+                let (mut peer, mut acceptor) = tokio::io::duplex(4096);
+                peer.write_all(&hello).await.expect("write");
+                let outcome = exchange(&mut acceptor, &config, Side::Acceptor { peer_certificate: None }).await;
+                drop(acceptor);
+                let mut answered = Vec::new();
+                peer.read_to_end(&mut answered).await.expect("read");
+                (outcome, answered)
+            });
+            assert_eq!(outcome.is_ok(), accepted, "node {node}: {outcome:?}");
+            assert_eq!(!answered.is_empty(), accepted, "node {node} answered: {}", answered.len());
+        }
+    }
 }

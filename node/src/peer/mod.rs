@@ -197,8 +197,11 @@ impl RaftOutbox for ClusterNet {
     }
 }
 
-/// Decodes a peer's Raft message (protobuf, size already bounded by the frame limit).
+/// Decodes a peer's Raft message (protobuf, size already bounded by the frame limit), once its
+/// structure has passed [`rushes_cluster::raft_wire::check_raft_message`]: the protobuf crate
+/// would recurse without limit on nested groups (RUSTSEC-2024-0437) and abort the process.
 pub fn decode_raft(bytes: &[u8]) -> Option<Message> {
+    rushes_cluster::raft_wire::check_raft_message(bytes).ok()?;
     Message::parse_from_bytes(bytes).ok()
 }
 
@@ -208,7 +211,7 @@ pub const SMALL_REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Decodes a peer's request body. Only a forwarded write may be large (a whole batch); every
 /// other request is refused above [`SMALL_REQUEST_BYTES_MAX`] before decoding, and no request
-/// may claim more memory than about twice its bytes.
+/// may claim more memory than four times its bytes.
 pub fn decode_request(body: &[u8]) -> Result<PeerRequest, WireError> {
     // bincode writes the variant's position first: one byte after the format byte.
     const PROPOSE_POSITION: u8 = 0;
