@@ -692,6 +692,14 @@ fn sequences_co_occurrence_explain_and_suggest() {
         format!("suggest Jo: a label completion \"joey\": {completions:?}")
     });
     h.check_eq("suggest Jo: first completion", completions.first().map(|c| c["text"].clone()), Some(json!("joey")));
+    // Characters whose lower case is shorter (the Kelvin sign: 3 bytes, then `k`: 1 byte) or
+    // longer (İ: 2 bytes, then i̇: 3 bytes) complete like any other text.
+    for (typed, encoded) in
+        [("KK (Kelvin signs)", "%E2%84%AA%E2%84%AA"), ("İ", "%C4%B0"), ("Jo İ", "Jo%20%C4%B0"), ("K Jo", "%E2%84%AA%20Jo")]
+    {
+        let (status, reply) = h.get(&format!("/v1/suggest?q={encoded}"));
+        h.check_eq(&format!("suggest {typed}: status"), (status, reply["completions"].is_array()), (200, true));
+    }
     let mut moments = ids(&json!({"assets": reply["moments"].clone()}));
     moments.sort();
     h.check_eq("suggest Jo: moments", moments, vec!["joey-s1".to_string(), "joey-s2".to_string()]);

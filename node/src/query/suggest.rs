@@ -33,21 +33,46 @@ pub struct Suggestions {
     pub completions: Vec<Completion>,
 }
 
-pub fn suggest(planner: &Planner, shards: &[Arc<Shard>], q: &str, limit: usize) -> Result<Suggestions, ApiError> {
-    let lowered = q.to_lowercase();
-    let trimmed = lowered.trim_start();
-    if trimmed.trim().is_empty() {
-        return Ok(Suggestions { completions: vec![] });
+/// What was typed, split into the finished words and the word being typed. Splitting happens on
+/// the original text and each part is lower-cased on its own: lower-casing can change a text's
+/// byte length (the Kelvin sign U+212A is 3 bytes, its lower case `k` is 1), so a byte offset
+/// found in the lower-cased text must never slice the original.
+#[derive(Debug, PartialEq)]
+struct Typed<'q> {
+    /// The finished words, lower-cased, ending with the whitespace that ended them.
+    head: String,
+    /// The word being typed, lower-cased (empty after a trailing space).
+    prefix: String,
+    /// The finished words as typed, to put a completion after.
+    head_original: &'q str,
+}
+
+impl<'q> Typed<'q> {
+    fn split(q: &'q str) -> Option<Typed<'q>> {
+        let text = q.trim_start();
+        if text.trim().is_empty() {
+            return None;
+        }
+        let prefix_start = match text.char_indices().rev().find(|(_, c)| c.is_whitespace()) {
+            Some((at, c)) => at + c.len_utf8(),
+            None => 0,
+        };
+        let (head, prefix) = text.split_at(prefix_start);
+        Some(Typed { head: head.to_lowercase(), prefix: prefix.to_lowercase(), head_original: &q[..q.len() - prefix.len()] })
     }
-    let (head, prefix) = match trimmed.rfind(char::is_whitespace) {
-        Some(split) => (&trimmed[..=split], &trimmed[split + 1..]),
-        None => ("", trimmed),
+}
+
+pub fn suggest(planner: &Planner, shards: &[Arc<Shard>], q: &str, limit: usize) -> Result<Suggestions, ApiError> {
+    let Some(typed) = Typed::split(q) else {
+        return Ok(Suggestions { completions: vec![] });
     };
-    let head_original = &q[..q.len() - prefix.len().min(q.len())];
+    let Typed { head, prefix, head_original } = typed;
+    let (head, prefix) = (head.as_str(), prefix.as_str());
+    let lowered_whole = format!("{head}{prefix}");
     let mut completions = Vec::new();
     // Labels first: a name completes on the whole typed text too ("coffee s" → "coffee shop").
     for (label, tracks) in planner.vocabulary() {
-        let whole = trimmed.trim_end();
+        let whole = lowered_whole.trim_end();
         let (matches, query) = if !head.is_empty() && label.starts_with(whole) && label.contains(' ') {
             (true, label.clone())
         } else if !prefix.is_empty() && label.starts_with(prefix) {
@@ -92,4 +117,43 @@ pub fn suggest(planner: &Planner, shards: &[Arc<Shard>], q: &str, limit: usize) 
         }
     }
     Ok(Suggestions { completions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn typed_text_splits_into_finished_words_and_the_word_being_typed() {
+        let typed = Typed::split("  Coffee Sh").expect("text");
+        assert_eq!(typed, Typed { head: "coffee ".into(), prefix: "sh".into(), head_original: "  Coffee " });
+        assert_eq!(Typed::split("Joey ").expect("text").prefix, "");
+        assert_eq!(Typed::split("   "), None);
+        // Lower-casing shortens the Kelvin sign from 3 bytes to 1: nothing may slice by the
+        // lower-cased length.
+        let typed = Typed::split("\u{212A}\u{212A}").expect("text");
+        assert_eq!((typed.head.as_str(), typed.prefix.as_str(), typed.head_original), ("", "kk", ""));
+        let typed = Typed::split("\u{212A} \u{212A}x").expect("text");
+        assert_eq!((typed.head.as_str(), typed.prefix.as_str(), typed.head_original), ("k ", "kx", "\u{212A} "));
+        // A multi-byte space ends a word too.
+        let typed = Typed::split("café\u{3000}cr").expect("text");
+        assert_eq!((typed.prefix.as_str(), typed.head_original), ("cr", "café\u{3000}"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any text, including characters whose lower case has another length (İ, K, ẞ, Σ),
+        /// splits without panicking, and the original head plus the typed word is the text.
+        #[test]
+        fn any_typed_text_splits_without_panicking(q in "[a-zA-Z \u{212A}\u{0130}\u{1E9E}\u{03A3}\u{3000}\u{00C9}\\PC]{0,24}") {
+            if let Some(typed) = Typed::split(&q) {
+                prop_assert!(q.starts_with(typed.head_original));
+                let rest = &q[typed.head_original.len()..];
+                prop_assert_eq!(rest.to_lowercase(), typed.prefix.clone());
+                prop_assert!(!typed.prefix.chars().any(char::is_whitespace));
+            }
+        }
+    }
 }
