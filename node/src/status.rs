@@ -140,7 +140,29 @@ pub async fn cluster_status(node: &Arc<Node>, digest: bool) -> Result<serde_json
         "shards": shards,
         "isolated_from": node.net().map(|n| n.isolated()).unwrap_or_default(),
         "uptime_s": node.started.elapsed().as_secs(),
+        "security": security_json(node),
     }))
+}
+
+/// How this node's peers and clients prove who they are; anything open says so in `warnings`,
+/// for an operator who reads this rather than the start-up log.
+fn security_json(node: &Node) -> serde_json::Value {
+    let peers = node.net().map(|net| net.security);
+    let https = !node.config.http.tls_cert_file.is_empty();
+    let mut warnings = Vec::new();
+    if peers == Some(crate::peer::PeerSecurity::Insecure) {
+        warnings
+            .push("PEERS ARE NOT AUTHENTICATED (cluster.insecure_peers = true): anyone who reaches the Raft port can speak for any node");
+    }
+    if node.api_keys.is_open() {
+        warnings.push("NO API KEYS: anyone who reaches the HTTP address can read, write and administer");
+    }
+    json!({
+        "peers": peers,
+        "api_keys": !node.api_keys.is_open(),
+        "https": https,
+        "warnings": warnings,
+    })
 }
 
 fn local_status_json(node: &Node, digest: bool) -> Result<HashMap<ShardId, serde_json::Value>, ApiError> {

@@ -101,6 +101,12 @@ fn strangers_and_forgeries_on_the_peer_port_are_refused_and_change_nothing() {
         client.get_json("/v1/cluster").is_ok_and(|s| s["shards"][own as usize]["leader"] == 1)
     });
     let before = client.get_json("/v1/cluster").expect("status");
+    assert_eq!(
+        (before["security"]["peers"].clone(), before["security"]["api_keys"].clone(), before["security"]["warnings"].clone()),
+        (serde_json::json!("mutual_tls"), serde_json::json!(true), serde_json::json!([])),
+        "{}",
+        before["security"]
+    );
     let applied_before = before["shards"][own as usize]["replicas"][0]["applied_index"].clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -123,6 +129,10 @@ fn strangers_and_forgeries_on_the_peer_port_are_refused_and_change_nothing() {
         // Raft messages: for a shard node 2 holds no replica of, and with a forged sender.
         node2.send_raft(1, own, raft_message(2, 1)).expect("queued");
         node2.send_raft(1, theirs, raft_message(5, 1)).expect("queued");
+        // A megabyte of nested protobuf groups (the shape of RUSTSEC-2024-0437): refused
+        // before parsing, counted, and the node carries on.
+        let nested: Vec<u8> = [0xa3u8, 0x06].iter().copied().cycle().take(1 << 20).collect();
+        node2.send_raft(1, own, nested).expect("queued");
         // Writes: undecodable, and one whose asset belongs to another shard.
         let garbage = PeerRequest::Propose { shard: own, command: vec![1, 0xff, 0xff, 0xff, 0x7f, 3] };
         let code = |reply: Result<PeerReply, String>| match reply {
@@ -156,6 +166,7 @@ fn strangers_and_forgeries_on_the_peer_port_are_refused_and_change_nothing() {
     });
     let metrics = client.get("/metrics").expect("metrics");
     assert!(refused(&metrics, "invalid_write") >= 2.0, "{metrics}");
+    assert!(refused(&metrics, "undecodable_raft") >= 1.0, "{metrics}");
     assert!(refused(&metrics, "request_scope") >= 2.0, "{metrics}");
     let after = client.get_json("/v1/cluster").expect("status");
     assert_eq!(after["shards"][own as usize]["replicas"][0]["applied_index"], applied_before, "nothing was committed");
@@ -163,4 +174,38 @@ fn strangers_and_forgeries_on_the_peer_port_are_refused_and_change_nothing() {
     assert_eq!(client.get_json("/health").expect("health")["status"], "ok");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn an_insecure_cluster_says_so_in_the_log_and_in_the_cluster_view() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http, raft1, raft2) = (free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "[node]\nid = 1\nlisten = \"{http}\"\ndata_dir = {:?}\n\n[cluster]\ncluster_id = \"open\"\nshards = 2\nreplication_factor = 1\ninsecure_peers = true\n\
+         nodes = [{{ id = 1, raft_addr = \"{raft1}\", http_addr = \"{http}\" }}, {{ id = 2, raft_addr = \"{raft2}\", http_addr = \"127.0.0.1:9\" }}]\n",
+        dir.path().join("data").display().to_string(),
+    );
+    let config_path = dir.path().join("node-1.toml");
+    write(&config_path, &config);
+    let log = dir.path().join("node.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rushes"))
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
+        .spawn()
+        .expect("start the node");
+    // No keys on loopback: open, and said to be.
+    let client = Client::new(&format!("http://{http}"));
+    wait_until("node 1 to serve", Duration::from_secs(60), || client.get("/health").is_ok());
+    let status = client.get_json("/v1/cluster").expect("status");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status["security"]["peers"], "insecure", "{}", status["security"]);
+    assert_eq!(status["security"]["api_keys"], false, "{}", status["security"]);
+    let warnings = status["security"]["warnings"].to_string();
+    assert!(warnings.contains("PEERS ARE NOT AUTHENTICATED") && warnings.contains("NO API KEYS"), "{warnings}");
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(log.contains("PEERS ARE NOT AUTHENTICATED"), "the log does not shout: {log}");
 }
