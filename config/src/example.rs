@@ -238,6 +238,12 @@ impl Config {
             ),
         );
         example.key(
+            "tls_ca_file",
+            quoted(&embedder.tls_ca_file),
+            "PEM file of the CA that signed an https:// embedder's certificate (a private CA); \"\" trusts the public web roots.",
+            "\"\" or a readable PEM file (checked at start)",
+        );
+        example.key(
             "space",
             quoted(&embedder.space),
             "Vector space query text is embedded into; the embedder must produce vectors of its dimensions.",

@@ -361,6 +361,9 @@ pub struct EmbedderConfig {
     /// Name of the environment variable holding the bearer token sent as `Authorization`; empty
     /// sends none. The token itself never goes in the configuration, which is printed and logged.
     pub api_key_env: String,
+    /// PEM file of the CA that signed an `https://` embedder's certificate, trusted instead of
+    /// the public web roots; empty trusts the public roots.
+    pub tls_ca_file: String,
     /// The vector space query text is embedded into; must be a configured `vector_spaces` entry
     /// when `url` is set, and the embedder must produce vectors of that space's `dimensions`.
     pub space: String,
@@ -397,6 +400,7 @@ impl Default for EmbedderConfig {
             url: String::new(),
             model: String::new(),
             api_key_env: String::new(),
+            tls_ca_file: String::new(),
             space: "scene".to_string(),
             timeout_ms: 2000,
             max_text_bytes: 2 * KIB,

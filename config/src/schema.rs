@@ -106,6 +106,7 @@ const EMBEDDER: &[Field] = &[
     Field::optional("url", Kind::Text),
     Field::optional("model", Kind::Text),
     Field::optional("api_key_env", Kind::Text),
+    Field::optional("tls_ca_file", Kind::Text),
     Field::optional("space", Kind::Text),
     Field::optional("timeout_ms", Kind::Integer),
     Field::optional("max_text_bytes", Kind::Integer),

@@ -60,6 +60,7 @@ fn defaults_validate_and_load_without_sources() {
             url: String::new(),
             model: String::new(),
             api_key_env: String::new(),
+            tls_ca_file: String::new(),
             space: "scene".into(),
             timeout_ms: 2000,
             max_text_bytes: 2048,
@@ -514,6 +515,7 @@ fn to_toml_string_round_trips_through_load() {
         url: "https://embed.internal:8443/v1/embeddings".into(),
         model: "clip-vit-b-32".into(),
         api_key_env: "EMBEDDER_TOKEN".into(),
+        tls_ca_file: String::new(),
         space: "clip_v2".into(),
         timeout_ms: 500,
         max_text_bytes: 512,
@@ -552,6 +554,7 @@ fn embedder_and_search_keys_come_from_every_source() {
             url: "http://127.0.0.1:8080/v1/embeddings".into(),
             model: "nomic-embed-text".into(),
             api_key_env: "EMBEDDER_TOKEN".into(),
+            tls_ca_file: String::new(),
             space: "scene".into(),
             timeout_ms: 750,
             max_text_bytes: 1024,
@@ -656,7 +659,9 @@ fn search_fusion_names_the_allowed_methods() {
     );
     let text = error_text(load_env(&[("RUSHES_EMBEDDER_TIMEOUT", "5")]));
     assert!(
-        text.ends_with("allowed keys in [embedder] are url, model, api_key_env, space, timeout_ms, max_text_bytes, cache_entries"),
+        text.ends_with(
+            "allowed keys in [embedder] are url, model, api_key_env, tls_ca_file, space, timeout_ms, max_text_bytes, cache_entries"
+        ),
         "{text}"
     );
 }

@@ -220,6 +220,10 @@ enum ClusterCommand {
         out: PathBuf,
         #[arg(long, default_value = "rushes-local")]
         cluster_id: String,
+        /// Also a server certificate for HTTPS (DIR/http.pem, DIR/http.key), valid for these
+        /// comma-separated host names or IP addresses (as clients dial them).
+        #[arg(long, value_delimiter = ',')]
+        http_names: Vec<String>,
     },
     /// Nodes, shards, leaders, and each replica's commit/applied/fused/indexed index and lag.
     Status {
@@ -370,15 +374,18 @@ fn run(cli: Cli) -> Result<(), CliError> {
             println!("\n[[auth.keys]]\nname = {name:?}\nhash = {:?}\nscopes = {scopes:?}", rushes_node::http::auth::key_hash(&key));
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Certs { nodes, out, cluster_id } } => {
+        Command::Cluster { command: ClusterCommand::Certs { nodes, out, cluster_id, http_names } } => {
             if !(1..=1000).contains(&nodes) {
                 return Err("--nodes must be 1..=1000".into());
             }
-            let written = rushes_node::cli::local_cluster::write_certificates(&out, &cluster_id, nodes)?;
+            let written = rushes_node::cli::local_cluster::write_certificates_with_http(&out, &cluster_id, nodes, &http_names)?;
             for path in written {
                 println!("wrote {}", path.display());
             }
             println!("set in node N's config: cluster.tls_ca_file = ca.pem, tls_cert_file = node-N.pem, tls_key_file = node-N.key");
+            if !http_names.is_empty() {
+                println!("for HTTPS: http.tls_cert_file = http.pem, http.tls_key_file = http.key; clients trust ca.pem (--ca-file)");
+            }
             Ok(())
         }
         Command::Import { file, client, batch, asset, language, model_version } => {

@@ -141,3 +141,35 @@ fn a_node_without_keys_serves_only_loopback_unless_told_otherwise() {
     let _ = child.wait();
     assert!(std::fs::read_to_string(&log).unwrap_or_default().contains("NO API KEYS"));
 }
+
+/// With `http.tls_cert_file` and `http.tls_key_file` the node speaks HTTPS only: a client that
+/// trusts the CA (`--ca-file`) gets answers, a client that does not, or that speaks plain HTTP,
+/// gets none; the CLI takes the CA and the key like any client.
+#[test]
+fn https_with_a_certificate_from_rushes_cluster_certs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let made = Command::new(env!("CARGO_BIN_EXE_rushes"))
+        .args(["cluster", "certs", "--nodes", "1", "--http-names", "127.0.0.1,localhost", "--out"])
+        .arg(&certs)
+        .output()
+        .expect("rushes cluster certs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let ca_pem = std::fs::read(certs.join("ca.pem")).expect("ca.pem");
+    let node = TestNode::start_https(&dir.path().join("data"), &certs.join("http.pem"), &certs.join("http.key"), ca_pem);
+    let https = node.base_url();
+    assert!(https.starts_with("https://"));
+    assert!(node.client().get_json("/v1/cluster").is_ok_and(|status| status["security"]["https"] == true));
+    // Public roots do not know the cluster's CA; plain HTTP gets no answer.
+    assert!(Client::new(&https).with_token(Some(node.token.clone())).get("/health").is_err(), "an unknown CA was trusted");
+    let plain = format!("http://127.0.0.1:{}", node.port);
+    assert!(Client::with_timeout(&plain, Duration::from_secs(5)).get("/health").is_err(), "plain HTTP was answered");
+    // The CLI, with the CA and the key from the environment.
+    let searched = Command::new(env!("CARGO_BIN_EXE_rushes"))
+        .args(["search", "Joey", "--json", "--server", &https])
+        .env("RUSHES_TOKEN", &node.token)
+        .env("RUSHES_CA_FILE", certs.join("ca.pem"))
+        .output()
+        .expect("rushes search");
+    assert!(searched.status.success(), "rushes search over HTTPS: {}", String::from_utf8_lossy(&searched.stderr));
+}

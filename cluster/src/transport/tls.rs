@@ -133,6 +133,23 @@ impl ClusterCertificates {
     }
 }
 
+impl ClusterCertificates {
+    /// A server certificate for HTTPS (`http.tls_cert_file`) from an existing CA, valid for
+    /// `names`: host names or IP addresses, as clients will dial them.
+    pub fn issue_server(ca_cert_pem: &str, ca_key_pem: &str, names: &[String]) -> Result<(String, String), TlsError> {
+        let ca_key = rcgen::KeyPair::from_pem(ca_key_pem)?;
+        let ca = rcgen::CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+        // rcgen reads a name that parses as an IP address as an IP address entry.
+        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
 fn issue(ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair, cluster_id: &str, node: NodeId) -> Result<(String, String), TlsError> {
     let mut params = rcgen::CertificateParams::new(vec![node_name(node)])?;
     params.distinguished_name.push(rcgen::DnType::CommonName, format!("rushes cluster {cluster_id} node {node}"));
@@ -159,5 +176,18 @@ mod tests {
         let (reissued, _) = ClusterCertificates::issue_with(&certs.ca_cert_pem, &certs.ca_key_pem, "test", 7).expect("issue with the CA");
         assert!(names_node(&certificates("cert", reissued.as_bytes()).expect("pem")[0], 7));
         assert!(PeerTls::from_pem(b"not pem", cert.as_bytes(), key.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn server_certificates_name_hosts_and_addresses() {
+        let certs = ClusterCertificates::generate("test", &[]).expect("generate");
+        let names = ["127.0.0.1".to_string(), "search.example.com".to_string()];
+        let (cert, _) = ClusterCertificates::issue_server(&certs.ca_cert_pem, &certs.ca_key_pem, &names).expect("issue");
+        let der = certificates("cert", cert.as_bytes()).expect("pem")[0].clone();
+        let end_entity = webpki::EndEntityCert::try_from(&der).expect("parse");
+        for (name, valid) in [("127.0.0.1", true), ("search.example.com", true), ("127.0.0.2", false), ("node-1", false)] {
+            let server_name = ServerName::try_from(name.to_string()).expect("name");
+            assert_eq!(end_entity.verify_is_valid_for_subject_name(&server_name).is_ok(), valid, "{name}");
+        }
     }
 }

@@ -36,6 +36,30 @@ pub struct Client {
     timeout: Duration,
 }
 
+/// A TLS client configuration that trusts the CA certificates in `ca_pem` (and nothing else):
+/// for servers whose certificates come from a private CA. The error says what is wrong with
+/// the PEM.
+pub fn tls_config_trusting(ca_pem: &[u8]) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        let certificate = certificate.map_err(|e| format!("the CA file is not PEM: {e}"))?;
+        roots.add(certificate).map_err(|e| format!("the CA certificate is not usable: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA file holds no certificate".to_string());
+    }
+    // *ring*, as everywhere in the project (see `rushes_cluster::transport::tls::provider`).
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
 fn agent(timeout: Duration, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> ureq::Agent {
     let builder =
         ureq::AgentBuilder::new().timeout(timeout).timeout_connect(timeout.min(Duration::from_secs(5))).max_idle_connections_per_host(64);
@@ -66,25 +90,8 @@ impl Client {
     /// Trusts the certificate authority in `ca_pem` (PEM) for `https://` servers, instead of
     /// the public roots.
     pub fn with_ca_pem(mut self, ca_pem: &[u8]) -> Result<Client, ClientError> {
-        use rustls::pki_types::pem::PemObject;
-        let fail = |message: String| ClientError::Transport { url: self.base.clone(), message };
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-            let certificate = certificate.map_err(|e| fail(format!("the CA file is not PEM: {e}")))?;
-            roots.add(certificate).map_err(|e| fail(format!("the CA certificate is not usable: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(fail("the CA file holds no certificate".to_string()));
-        }
-        // *ring*, as everywhere in the project (see `rushes_cluster::transport::tls::provider`).
-        #[allow(deprecated)]
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        self.agent = agent(self.timeout, Some(std::sync::Arc::new(config)));
+        let config = tls_config_trusting(ca_pem).map_err(|message| ClientError::Transport { url: self.base.clone(), message })?;
+        self.agent = agent(self.timeout, Some(config));
         Ok(self)
     }
 

@@ -56,6 +56,17 @@ fn write_secret(path: &Path, contents: &str) -> Result<(), LocalClusterError> {
 /// `node-N.key`). An existing CA is kept, and only nodes without a certificate get one, so a
 /// node added later joins the same cluster. Returns the files written.
 pub fn write_certificates(dir: &Path, cluster_id: &str, nodes: u64) -> Result<Vec<PathBuf>, LocalClusterError> {
+    write_certificates_with_http(dir, cluster_id, nodes, &[])
+}
+
+/// [`write_certificates`], plus DIR/http.pem and DIR/http.key, a server certificate for HTTPS
+/// valid for `http_names` (host names or IP addresses), when any are given.
+pub fn write_certificates_with_http(
+    dir: &Path,
+    cluster_id: &str,
+    nodes: u64,
+    http_names: &[String],
+) -> Result<Vec<PathBuf>, LocalClusterError> {
     use rushes_cluster::transport::ClusterCertificates;
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -79,6 +90,13 @@ pub fn write_certificates(dir: &Path, cluster_id: &str, nodes: u64) -> Result<Ve
             continue;
         }
         let (cert_pem, key_pem) = ClusterCertificates::issue_with(&ca_cert_pem, &ca_key_pem, cluster_id, node)?;
+        std::fs::write(&cert, cert_pem).map_err(io(&cert))?;
+        write_secret(&key, &key_pem)?;
+        written.extend([cert, key]);
+    }
+    if !http_names.is_empty() {
+        let (cert, key) = (dir.join("http.pem"), dir.join("http.key"));
+        let (cert_pem, key_pem) = ClusterCertificates::issue_server(&ca_cert_pem, &ca_key_pem, http_names)?;
         std::fs::write(&cert, cert_pem).map_err(io(&cert))?;
         write_secret(&key, &key_pem)?;
         written.extend([cert, key]);

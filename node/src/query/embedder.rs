@@ -194,7 +194,29 @@ struct EmbeddingItem {
     index: Option<usize>,
 }
 
+fn agent_builder(timeout: Duration) -> ureq::AgentBuilder {
+    ureq::AgentBuilder::new()
+        .timeout_connect(timeout)
+        // The overall deadline also covers a server that sends its answer a byte at a time,
+        // which a per-read timeout would not.
+        .timeout(timeout)
+        // A redirected POST would be replayed as a GET or, worse, carry the token to another
+        // host; an embeddings endpoint has no reason to redirect, so report it instead.
+        .redirects(0)
+        .max_idle_connections_per_host(IDLE_CONNECTIONS_PER_HOST)
+        .user_agent(concat!("rushes/", env!("CARGO_PKG_VERSION")))
+}
+
 impl HttpEmbedder {
+    /// Trusts only the CA certificates in `ca_pem` for `https://` URLs (an embedder behind a
+    /// private CA) instead of the public web roots.
+    pub fn with_ca_pem(mut self, ca_pem: &[u8]) -> Result<Self, EmbedError> {
+        let tls =
+            rushes_client::tls_config_trusting(ca_pem).map_err(|e| EmbedError::Misconfigured(format!("embedder.tls_ca_file: {e}")))?;
+        self.agent = agent_builder(self.timeout).tls_config(tls).build();
+        Ok(self)
+    }
+
     /// An embedder for `url` (the full endpoint, e.g. `http://127.0.0.1:8080/v1/embeddings`)
     /// producing vectors of `dimensions` for `space`. `timeout` bounds each request from
     /// connecting to reading the whole answer. No request is made until [`Embedder::embed`].
@@ -209,18 +231,8 @@ impl HttpEmbedder {
     ) -> Self {
         let url = url.into();
         let model = model.into();
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(timeout)
-            // The overall deadline also covers a server that sends its answer a byte at a time,
-            // which a per-read timeout would not.
-            .timeout(timeout)
-            // A redirected POST would be replayed as a GET or, worse, carry the token to another
-            // host; an embeddings endpoint has no reason to redirect, so report it instead.
-            .redirects(0)
-            .max_idle_connections_per_host(IDLE_CONNECTIONS_PER_HOST)
-            .user_agent(concat!("rushes/", env!("CARGO_PKG_VERSION")))
-            .build();
         let name = if model.is_empty() { "http".to_string() } else { model.clone() };
+        let agent = agent_builder(timeout).build();
         HttpEmbedder {
             display_url: redacted_url(&url),
             url,
@@ -843,7 +855,7 @@ pub fn from_config(config: &EmbedderConfig, dimensions: usize, demo_seed: u64) -
         )));
     }
     let api_key = api_key_from_environment(&config.api_key_env)?;
-    let http = HttpEmbedder::new(
+    let mut http = HttpEmbedder::new(
         config.url.clone(),
         config.model.clone(),
         api_key,
@@ -852,6 +864,11 @@ pub fn from_config(config: &EmbedderConfig, dimensions: usize, demo_seed: u64) -
         config.timeout(),
         config.max_text_bytes,
     );
+    if !config.tls_ca_file.is_empty() {
+        let ca_pem = std::fs::read(&config.tls_ca_file)
+            .map_err(|e| EmbedError::Misconfigured(format!("embedder.tls_ca_file = {:?} cannot be read: {e}", config.tls_ca_file)))?;
+        http = http.with_ca_pem(&ca_pem)?;
+    }
     Ok(Some(with_cache(http, config.cache_entries)))
 }
 
@@ -895,8 +912,8 @@ fn api_key_from_environment(variable: &str) -> Result<Option<String>, EmbedError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
     use std::sync::mpsc;
     use std::thread;
     use std::time::Instant;
@@ -1167,7 +1184,7 @@ mod tests {
         Silence,
     }
 
-    fn read_request(stream: &mut TcpStream) -> Received {
+    fn read_request<S: Read>(stream: &mut S) -> Received {
         let mut reader = BufReader::new(stream);
         let mut request_line = String::new();
         reader.read_line(&mut request_line).expect("request line");
@@ -1376,18 +1393,64 @@ mod tests {
         assert!(matches!(embedder.embed(&texts(&[""])), Err(EmbedError::InvalidInput(_))));
     }
 
+    /// An HTTPS embedder whose certificate comes from a private CA: trusted with
+    /// `embedder.tls_ca_file`, refused (naming the certificate problem) without it.
     #[test]
-    fn https_without_tls_support_says_so() {
-        // Something listening, so the TCP connection succeeds and the TLS step is reached.
+    fn https_with_a_private_ca() {
+        use rushes_cluster::transport::ClusterCertificates;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let ca = ClusterCertificates::generate("embedder-test", &[]).expect("CA");
+        let (cert_pem, key_pem) =
+            ClusterCertificates::issue_server(&ca.ca_cert_pem, &ca.ca_key_pem, &["127.0.0.1".to_string()]).expect("cert");
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().expect("cert pem");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key pem");
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("server config"),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("https://{}/v1/embeddings", listener.local_addr().expect("address"));
-        match http(&url, 1, Duration::from_millis(300)).embed(&texts(&["kitchen"])) {
-            // The workspace builds ureq without its "tls" feature.
-            Err(EmbedError::Misconfigured(message)) => assert!(message.contains("no TLS support"), "{message}"),
-            // Built with TLS: the handshake with a silent listener times out instead.
-            Err(EmbedError::Unavailable(_)) => {}
-            other => panic!("{other:?}"),
-        }
+        let body = embeddings_body(&[(0, vec![0.25, 0.5, 1.0])]);
+        let (sender, received) = mpsc::channel();
+        thread::spawn(move || {
+            // Two connections: the one without the CA fails its handshake, the other is served.
+            for _ in 0..2 {
+                let Ok((stream, _)) = listener.accept() else { return };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let connection = rustls::ServerConnection::new(server_config.clone()).expect("connection");
+                let mut tls = rustls::StreamOwned::new(connection, stream);
+                let mut first = [0u8; 1];
+                if tls.read(&mut first).is_err() {
+                    continue;
+                }
+                let mut rest = std::io::Cursor::new(first.to_vec()).chain(&mut tls);
+                let request = read_request(&mut rest);
+                let _ = sender.send(request);
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes());
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        let error = http(&url, 3, Duration::from_secs(5)).embed(&texts(&["kitchen"])).expect_err("an unknown CA");
+        let EmbedError::Unavailable(message) = &error else { panic!("{error:?}") };
+        assert!(message.to_lowercase().contains("certificate"), "the message names the certificate problem: {message}");
+        let embedder = http(&url, 3, Duration::from_secs(5)).with_ca_pem(ca.ca_cert_pem.as_bytes()).expect("CA loads");
+        assert_eq!(embedder.embed(&texts(&["kitchen"])).expect("embedded over HTTPS"), vec![vec![0.25, 0.5, 1.0]]);
+        assert_eq!(received.recv().expect("request").header("authorization"), Some("Bearer sk-secret"));
+        assert!(matches!(http(&url, 3, Duration::from_secs(1)).with_ca_pem(b"not a pem"), Err(EmbedError::Misconfigured(_))));
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct TestNode {
     pub token: String,
     child: Option<Child>,
     log_path: PathBuf,
+    /// Set when the node serves HTTPS: the CA its clients trust.
+    https_ca_pem: Option<Vec<u8>>,
 }
 
 fn free_port() -> u16 {
@@ -42,23 +44,50 @@ impl TestNode {
             token: rushes_node::http::auth::new_key(),
             child: None,
             log_path: data_dir.join("node.log"),
+            https_ca_pem: None,
+        };
+        node.spawn();
+        node
+    }
+
+    /// A node serving HTTPS with `cert_file` and `key_file`; its clients trust `ca_pem`.
+    pub fn start_https(data_dir: &Path, cert_file: &Path, key_file: &Path, ca_pem: Vec<u8>) -> TestNode {
+        let mut node = TestNode {
+            data_dir: data_dir.to_path_buf(),
+            port: free_port(),
+            extra_args: vec![
+                "--set".to_string(),
+                format!("http.tls_cert_file={}", cert_file.display()),
+                "--set".to_string(),
+                format!("http.tls_key_file={}", key_file.display()),
+            ],
+            env: Vec::new(),
+            token: rushes_node::http::auth::new_key(),
+            child: None,
+            log_path: data_dir.join("node.log"),
+            https_ca_pem: Some(ca_pem),
         };
         node.spawn();
         node
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.https_ca_pem.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// A client with the node's all-scopes API key.
     pub fn client(&self) -> Client {
-        Client::new(&self.base_url()).with_token(Some(self.token.clone()))
+        self.anonymous_client().with_token(Some(self.token.clone()))
     }
 
     /// A client without any key (the node must refuse it, except `/health` and `/ready`).
     pub fn anonymous_client(&self) -> Client {
-        Client::new(&self.base_url())
+        let client = Client::new(&self.base_url());
+        match &self.https_ca_pem {
+            Some(ca_pem) => client.with_ca_pem(ca_pem).expect("the test CA loads"),
+            None => client,
+        }
     }
 
     /// `RUSHES_AUTH_KEYS`: the test's all-scopes key, and any `extra` entries.
