@@ -26,6 +26,8 @@ pub struct ClusterOptions {
     pub commit_interval_ms: u64,
     /// Appended verbatim to every node's config file (more sections, e.g. `[raft]`).
     pub extra_toml: String,
+    /// More keys of the `[cluster]` section (e.g. `max_frame_bytes = 16777216`).
+    pub cluster_toml: String,
     /// `RUST_LOG` of the nodes.
     pub rust_log: String,
     /// How long a start or restart may take to answer `/health`.
@@ -51,6 +53,7 @@ impl ClusterOptions {
             cluster_id: "jepsen".to_string(),
             commit_interval_ms: 200,
             extra_toml: String::new(),
+            cluster_toml: String::new(),
             rust_log: "warn".to_string(),
             start_timeout: Duration::from_secs(60),
             binary: None,
@@ -142,6 +145,9 @@ pub fn node_config_toml(
         options.shards,
         options.replication_factor
     );
+    if !options.cluster_toml.is_empty() {
+        let _ = writeln!(text, "{}", options.cluster_toml);
+    }
     match &credentials.certs_dir {
         Some(certs) => {
             let file = |name: String| toml_string(&certs.join(name).display().to_string());

@@ -171,3 +171,63 @@ fn cross_shard_batches_check_every_shard_first_and_say_what_was_stored() {
         }
     }
 }
+
+/// The largest batch the limits allow, of the costliest kind (every annotation a full-size
+/// dialogue line, so the replicated command is about twice the body), sent to the follower so
+/// it crosses the peer link twice (forwarded, then replicated) with frames at their limit: it is
+/// stored on both replicas, or refused with a clear error; either way the shard keeps working.
+#[test]
+fn a_batch_as_large_as_the_limits_allow_is_applied_everywhere_and_never_halts_the_shard() {
+    const FRAME_BYTES: usize = 16 * 1024 * 1024;
+    // The largest body a 16 MiB frame allows (config validation: body * 2 + 1 MiB <= frame).
+    const BODY_BYTES: usize = (FRAME_BYTES - 1024 * 1024) / 2;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ClusterOptions::new(2, 1, 2);
+    options.cluster_toml = format!("max_frame_bytes = {FRAME_BYTES}");
+    options.extra_toml = format!("[limits]\nmax_body_bytes = {BODY_BYTES}\nrequest_timeout_ms = 60000\n");
+    let cluster = LocalCluster::start_with(&dir.path().join("cluster"), options);
+    let leader = cluster.wait_for_leader(0, Duration::from_secs(60));
+    let follower = if leader == 1 { 2 } else { 1 };
+    let http = Http::new(Duration::from_secs(120));
+
+    let line = |i: usize| {
+        json!({
+            "id": format!("big-{i}"), "asset_id": "season-finale", "model": "whisper", "model_version": "3",
+            "track": "dialogue", "start_ms": i * 1000, "end_ms": i * 1000 + 900, "confidence": 0.9,
+            "text": format!("{i} {}", "we were on a break ".repeat(400)), "language": "en"
+        })
+        .to_string()
+    };
+    let mut body = String::new();
+    let mut items = 0;
+    while body.len() + line(items).len() + 1 <= BODY_BYTES {
+        body.push_str(&line(items));
+        body.push('\n');
+        items += 1;
+    }
+    assert!(body.len() > BODY_BYTES - 10_000, "the body fills the limit: {} of {BODY_BYTES}", body.len());
+    let reply = http
+        .send("POST", &cluster.node(follower).url("/v1/annotations"), "application/x-ndjson", body.as_bytes())
+        .unwrap_or_else(|e| panic!("a batch within every limit must be stored: {e}\n{}", cluster.diagnostics()));
+    let reply: serde_json::Value = serde_json::from_str(&reply).expect("json");
+    assert_eq!(reply["created"], json!(items), "{reply}");
+
+    // Both replicas hold every item, the shard has not failed, and it takes the next write.
+    let converged = cluster.wait_converged(Duration::from_secs(120));
+    assert!(converged.contains_key(&0), "{converged:?}");
+    let counts = cluster.raw_counts();
+    assert_eq!(counts.get(&(0, 1)), Some(&Some(items as u64)), "{counts:?}");
+    assert_eq!(counts.get(&(0, 2)), Some(&Some(items as u64)), "{counts:?}");
+    http.send(
+        "POST",
+        &cluster.node(leader).url("/v1/annotations"),
+        "application/x-ndjson",
+        annotation("after", "a-1", 0, "Joey").as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("the shard takes the next write: {e}\n{}", cluster.diagnostics()));
+    // One byte more is refused whole, before anything is proposed.
+    let mut over = body.clone();
+    over.push_str(&" ".repeat(BODY_BYTES + 1 - over.len()));
+    let refused = http.send("POST", &cluster.node(follower).url("/v1/annotations"), "application/x-ndjson", over.as_bytes());
+    assert_eq!(refused.expect_err("over the body limit").status(), Some(413));
+}
