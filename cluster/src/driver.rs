@@ -76,9 +76,12 @@ pub enum DriverError {
     #[error(
         "node {leader}, leading shard {shard}, knows this replica persisted the log through {commit} but it holds only \
          {last_index} entries: the data dir was lost or restored from an older copy. A node cannot rejoin under the same id \
-         without its data (membership changes are not supported yet); restore the data dir or rebuild the cluster"
+         without its data; restore the data dir, or replace the node (rushes cluster replace-node) under a new id"
     )]
     LostAcknowledgedEntries { shard: ShardId, leader: NodeId, commit: u64, last_index: u64 },
+    /// Another configuration change is still being applied: propose this one later.
+    #[error("group {shard} is still applying a configuration change; retry once it is done")]
+    ConfChangePending { shard: ShardId },
     /// Compaction must stay within what this replica has applied.
     #[error("cannot compact shard {shard} through {index}: applied only through {applied}")]
     CompactBeyondApplied { shard: ShardId, index: u64, applied: u64 },
@@ -118,6 +121,9 @@ pub struct ReadyOutcome {
     /// index confirmed by a quorum when the request was served). A read that waits until the
     /// local state machine has applied through that index is linearizable.
     pub read_states: Vec<(Vec<u8>, u64)>,
+    /// The group's configuration changed in this cycle (a conf-change entry was applied, or a
+    /// snapshot installed): the new voters and learners.
+    pub conf_changed: Option<raft::eraftpb::ConfState>,
     /// Wall time spent writing and syncing the log (entries, hard state, commit), and applying
     /// committed entries to the state machine, in this cycle. Measured only, never acted on.
     pub persist_time: Duration,
@@ -259,6 +265,51 @@ impl<S: RaftLogStore> RaftDriver<S> {
         }
     }
 
+    /// Proposes a configuration change (learners, voters; several at once go through a joint
+    /// configuration that raft-rs leaves by itself). Only the leader accepts it, and only when
+    /// no other change is pending.
+    pub fn propose_conf_change(&mut self, context: Vec<u8>, change: raft::eraftpb::ConfChangeV2) -> Result<(), DriverError> {
+        if !self.is_leader() {
+            return Err(DriverError::NotLeader { shard: self.shard, leader: self.leader_id() });
+        }
+        match self.node.propose_conf_change(context, change) {
+            Ok(()) => Ok(()),
+            Err(raft::Error::ProposalDropped) => Err(DriverError::ConfChangePending { shard: self.shard }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Hands leadership to `to` (a caught-up voter): the leader stops taking proposals and
+    /// sends `to` a TimeoutNow once its log matches.
+    pub fn transfer_leader(&mut self, to: NodeId) {
+        self.node.transfer_leader(to);
+    }
+
+    /// The configuration in force: voters (incoming and, while joint, outgoing) and learners.
+    pub fn conf_state(&self) -> raft::eraftpb::ConfState {
+        self.node.raft.prs().conf().to_conf_state()
+    }
+
+    /// Whether a follower needed a snapshot the store could not give (see
+    /// [`RaftLogStore::take_snapshot_wanted`]); the owner should compact at its applied index.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.node.store().take_snapshot_wanted()
+    }
+
+    /// Whether the configuration is joint (a multi-step change is half applied).
+    pub fn is_joint(&self) -> bool {
+        !self.conf_state().voters_outgoing.is_empty()
+    }
+
+    /// On a leader: how far `node` has persisted the log (`None` on a follower or for a node
+    /// outside the group).
+    pub fn matched(&self, node: NodeId) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.node.raft.prs().get(node).map(|progress| progress.matched)
+    }
+
     /// Asks for a read index (raft's ReadIndex: the leader confirms it still leads with a
     /// heartbeat round, then answers with its commit index). On a follower the request goes to
     /// the leader. The answer arrives in a later [`ReadyOutcome::read_states`] with `context`;
@@ -321,12 +372,15 @@ impl<S: RaftLogStore> RaftDriver<S> {
         if store.stored_snapshot()?.is_some_and(|s| s.get_metadata().index >= up_to_index) {
             return Ok(());
         }
+        // The stored configuration is the one in force from the entry that produced it on: a
+        // snapshot before that entry must wait (the next compaction round is past it).
+        if store.conf_state_index() > up_to_index {
+            return Ok(());
+        }
         let mut snapshot = Snapshot { data: snapshot_data.into(), ..Default::default() };
         let metadata = snapshot.mut_metadata();
         metadata.index = up_to_index;
         metadata.term = store.term(up_to_index)?;
-        // Membership is fixed at bootstrap (conf changes are not applied), so the stored conf
-        // state is the one in force at every index.
         metadata.set_conf_state(store.initial_state()?.conf_state);
         store.save_snapshot(&snapshot)?;
         store.sync()?;
@@ -387,6 +441,7 @@ impl<S: RaftLogStore> RaftDriver<S> {
             self.applied_index = index;
             outcome.applied_index = Some(index);
             outcome.restored_snapshot = Some(index);
+            outcome.conf_changed = Some(snapshot.get_metadata().get_conf_state().clone());
         }
         let persist_started = Instant::now();
         store.append(ready.entries())?;
@@ -433,16 +488,65 @@ impl<S: RaftLogStore> RaftDriver<S> {
             if entry.index <= self.applied_index {
                 continue;
             }
-            // Empty entries are the leader's no-op of a new term; conf changes come with
-            // membership changes (not used while groups are fixed at bootstrap).
-            if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
-                state_machine.apply(entry).map_err(|e| DriverError::Apply { index: entry.index, source: e.into() })?;
+            // Empty entries are the leader's no-op of a new term.
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if !entry.data.is_empty() => {
+                    state_machine.apply(entry).map_err(|e| DriverError::Apply { index: entry.index, source: e.into() })?;
+                }
+                EntryType::EntryNormal => {}
+                kind @ (EntryType::EntryConfChange | EntryType::EntryConfChangeV2) => {
+                    if let Some(conf_state) = self.apply_conf_change(entry, kind == EntryType::EntryConfChangeV2)? {
+                        outcome.conf_changed = Some(conf_state);
+                    }
+                }
             }
             self.applied_index = entry.index;
             outcome.applied_index = Some(entry.index);
         }
         outcome.apply_time += started.elapsed();
         Ok(())
+    }
+}
+
+impl<S: RaftLogStore> RaftDriver<S> {
+    /// Applies a committed configuration change and stores the configuration it gives, with
+    /// its index. Every replica applies the same entry alike: one that does not parse, or that
+    /// raft-rs refuses (it would leave no voter), changes nothing anywhere and is logged.
+    fn apply_conf_change(&mut self, entry: &Entry, v2: bool) -> Result<Option<raft::eraftpb::ConfState>, DriverError> {
+        use protobuf::Message as _;
+        if crate::raft_wire::check_conf_change(&entry.data, v2).is_err() {
+            tracing::warn!(shard = self.shard, index = entry.index, "ignored a malformed configuration change");
+            return Ok(None);
+        }
+        let applied = if v2 {
+            match raft::eraftpb::ConfChangeV2::parse_from_bytes(&entry.data) {
+                Ok(change) => self.node.apply_conf_change(&change),
+                Err(e) => Err(raft::Error::CodecError(e)),
+            }
+        } else {
+            match raft::eraftpb::ConfChange::parse_from_bytes(&entry.data) {
+                Ok(change) => self.node.apply_conf_change(&change),
+                Err(e) => Err(raft::Error::CodecError(e)),
+            }
+        };
+        match applied {
+            Ok(conf_state) => {
+                self.node.store().set_conf_state_at(&conf_state, entry.index)?;
+                tracing::info!(
+                    shard = self.shard,
+                    index = entry.index,
+                    voters = ?conf_state.voters,
+                    learners = ?conf_state.learners,
+                    joint = !conf_state.voters_outgoing.is_empty(),
+                    "configuration changed"
+                );
+                Ok(Some(conf_state))
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.shard, index = entry.index, error = %e, "ignored a configuration change raft refused");
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -477,6 +581,137 @@ mod tests {
             Err(DriverError::LostAcknowledgedEntries { shard: 7, leader: 1, commit: 13, last_index: 0 }) => {}
             other => panic!("expected LostAcknowledgedEntries, got {other:?}"),
         }
+    }
+
+    fn conf_change(changes: &[(raft::eraftpb::ConfChangeType, NodeId)]) -> raft::eraftpb::ConfChangeV2 {
+        let mut change = raft::eraftpb::ConfChangeV2::default();
+        for &(kind, node) in changes {
+            let mut single = raft::eraftpb::ConfChangeSingle::default();
+            single.set_change_type(kind);
+            single.node_id = node;
+            change.mut_changes().push(single);
+        }
+        change
+    }
+
+    /// The leader of the newest term, once there is one.
+    fn leader(cluster: &mut SimCluster<MemLogStore>) -> NodeId {
+        assert!(cluster.run_until(300, |c| !c.leaders().is_empty()), "no leader was elected");
+        cluster.leaders().into_iter().max_by_key(|(_, term)| *term).expect("a leader").0
+    }
+
+    fn voters(cluster: &SimCluster<MemLogStore>, id: NodeId) -> Vec<NodeId> {
+        let mut voters = cluster.drivers[&id].conf_state().voters;
+        voters.sort();
+        voters
+    }
+
+    /// The move protocol on a simulated network: a new replica starts from the group's first
+    /// voters, joins as a learner (by log replay, or by snapshot when the log was compacted),
+    /// catches up while writes continue, then one joint change makes it a voter and removes
+    /// another (the leader itself in some seeds, after a leadership transfer). Every replica
+    /// ends with the same configuration and the same applied entries, and keeps both across a
+    /// restart; at no point are there two leaders in a term.
+    #[test]
+    fn a_learner_catches_up_and_replaces_a_voter_through_a_joint_change() {
+        use raft::eraftpb::ConfChangeType::{AddLearnerNode, AddNode, RemoveNode};
+        for seed in 0..6u64 {
+            let mut cluster = SimCluster::in_memory(&[1, 2, 3], seed);
+            cluster.drop_rate = 0.02;
+            assert!(cluster.run_until(300, |c| c.leaders().len() == 1));
+            let mut written = 0u8;
+            for _ in 0..30 {
+                if cluster.propose_to_leader(vec![written]) {
+                    written += 1;
+                }
+                cluster.step_all();
+            }
+            assert!(cluster.run_until(200, |c| c.machines.values().all(|m| m.log.len() == written as usize)));
+            if seed % 2 == 0 {
+                for id in [1, 2, 3] {
+                    cluster.compact(id);
+                }
+            }
+            cluster.add_replica(4, &[1, 2, 3]);
+            let first = leader(&mut cluster);
+            cluster.drivers.get_mut(&first).unwrap().propose_conf_change(vec![], conf_change(&[(AddLearnerNode, 4)])).unwrap();
+            assert!(cluster.run_until(400, |c| c.drivers[&4].conf_state().learners == vec![4]), "seed {seed}: 4 never became a learner");
+            assert!(!cluster.drivers[&4].is_leader() && voters(&cluster, 4) == vec![1, 2, 3]);
+            for _ in 0..10 {
+                if cluster.propose_to_leader(vec![written]) {
+                    written += 1;
+                }
+                cluster.tick_all();
+            }
+            assert!(
+                cluster.run_until(400, |c| c.log(4).len() == written as usize),
+                "seed {seed}: the learner caught up to {} of {written}",
+                cluster.log(4).len()
+            );
+            // Replace the current leader in half the seeds: it hands leadership over first.
+            let current = leader(&mut cluster);
+            let removed = if seed % 3 == 0 { current } else { [1, 2, 3].into_iter().find(|&n| n != current).unwrap() };
+            if removed == current {
+                let to = [1, 2, 3].into_iter().find(|&n| n != current).unwrap();
+                cluster.drivers.get_mut(&current).unwrap().transfer_leader(to);
+                assert!(
+                    cluster.run_until(300, |c| c
+                        .leaders()
+                        .iter()
+                        .any(|&(id, term)| id == to && term >= c.leaders().iter().map(|l| l.1).max().unwrap_or(0))),
+                    "seed {seed}: leadership was not transferred"
+                );
+            }
+            let promoter = leader(&mut cluster);
+            cluster
+                .drivers
+                .get_mut(&promoter)
+                .unwrap()
+                .propose_conf_change(vec![], conf_change(&[(AddNode, 4), (RemoveNode, removed)]))
+                .unwrap();
+            let mut expected: Vec<NodeId> = [1, 2, 3, 4].into_iter().filter(|&n| n != removed).collect();
+            expected.sort();
+            let survivors = expected.clone();
+            assert!(
+                cluster.run_until(600, |c| survivors.iter().all(|&n| !c.drivers[&n].is_joint() && voters(c, n) == survivors)),
+                "seed {seed}: the joint change did not complete"
+            );
+            cluster.remove_replica(removed);
+            for _ in 0..10 {
+                if cluster.propose_to_leader(vec![written]) {
+                    written += 1;
+                }
+                cluster.tick_all();
+            }
+            assert!(cluster.run_until(400, |c| c.all_applied(written as usize)), "seed {seed}: the new group did not converge");
+            // The configuration is durable: a restarted replica keeps it.
+            cluster.restart(4);
+            assert_eq!(voters(&cluster, 4), expected);
+            assert!(cluster.run_until(300, |c| c.leaders().len() == 1 && c.all_applied(written as usize)));
+        }
+    }
+
+    #[test]
+    fn a_snapshot_never_carries_a_configuration_from_after_its_index() {
+        use raft::eraftpb::ConfChangeType::AddLearnerNode;
+        let mut cluster = SimCluster::in_memory(&[1, 2, 3], 9);
+        assert!(cluster.run_until(300, |c| c.leaders().len() == 1));
+        for i in 0..5u8 {
+            cluster.propose_to_leader(vec![i]);
+            cluster.step_all();
+        }
+        assert!(cluster.run_until(100, |c| c.all_applied(5)));
+        let id = leader(&mut cluster);
+        let before = cluster.drivers[&id].applied_index();
+        cluster.drivers.get_mut(&id).unwrap().propose_conf_change(vec![], conf_change(&[(AddLearnerNode, 4)])).unwrap();
+        assert!(cluster.run_until(100, |c| c.drivers[&id].conf_state().learners == vec![4]));
+        // Compacting at an index before the change is skipped, at or after it is done.
+        let store = cluster.stores[&id].clone();
+        cluster.drivers.get_mut(&id).unwrap().compact(before, vec![]).unwrap();
+        assert!(store.stored_snapshot().unwrap().is_none(), "a snapshot before the change would carry the new learner");
+        cluster.compact(id);
+        let snapshot = store.stored_snapshot().unwrap().expect("compacted after the change");
+        assert_eq!(snapshot.get_metadata().get_conf_state().learners, vec![4]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod log_store;
+pub mod membership;
 pub mod placement;
 pub mod raft_wire;
 #[cfg(any(test, feature = "sim"))]

@@ -10,7 +10,7 @@
 //! of the log (index >= `first_index - 1`); otherwise raft is told the snapshot is temporarily
 //! unavailable and retries later. [`RaftLogStore::compact`] alone only drops entries (no data).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -40,6 +40,12 @@ pub trait RaftLogStore: Storage + Clone {
     fn set_hard_state(&self, hard_state: &HardState) -> Result<(), LogStoreError>;
     fn set_commit(&self, commit: u64) -> Result<(), LogStoreError>;
     fn set_conf_state(&self, conf_state: &ConfState) -> Result<(), LogStoreError>;
+    /// Stores the configuration a conf-change entry at `index` produced. A snapshot at an
+    /// earlier index must not carry it: compaction waits until it passes `index`.
+    fn set_conf_state_at(&self, conf_state: &ConfState, index: u64) -> Result<(), LogStoreError>;
+    /// Index of the entry (or snapshot) that produced the stored configuration; 0 for the
+    /// configuration the group was created with.
+    fn conf_state_index(&self) -> u64;
     /// Replaces the log with a snapshot's position (the state machine part is the caller's).
     fn apply_snapshot_metadata(&self, metadata: &SnapshotMetadata) -> Result<(), LogStoreError>;
     /// Drops entries before `index` (they must be applied everywhere that needs them). Stores no
@@ -59,6 +65,11 @@ pub trait RaftLogStore: Storage + Clone {
     /// The durability barrier: everything written before returns is on disk.
     fn sync(&self) -> Result<(), LogStoreError>;
     fn hard_state(&self) -> HardState;
+    /// Whether a follower asked for a snapshot this store could not give (none stored, one
+    /// older than the log's start, or one whose configuration does not have that follower
+    /// yet, which raft-rs would refuse to install); clears the flag. The owner then saves a
+    /// fresh snapshot at its applied index.
+    fn take_snapshot_wanted(&self) -> bool;
 }
 
 fn store_error(e: impl std::fmt::Display) -> raft::Error {
@@ -67,6 +78,7 @@ fn store_error(e: impl std::fmt::Display) -> raft::Error {
 
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
+const KEY_CONF_STATE_INDEX: &[u8] = b"conf_state_index";
 const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 /// The last snapshot with data (a serialized `eraftpb::Snapshot`).
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
@@ -90,6 +102,7 @@ struct SledInner {
     snapshot_meta: Mutex<SnapshotMetadata>,
     hard_state: Mutex<HardState>,
     conf_state: Mutex<ConfState>,
+    snapshot_wanted: AtomicBool,
 }
 
 impl SledLogStore {
@@ -134,6 +147,7 @@ impl SledLogStore {
                 snapshot_meta: Mutex::new(snapshot_meta),
                 hard_state: Mutex::new(hard_state),
                 conf_state: Mutex::new(conf_state),
+                snapshot_wanted: AtomicBool::new(false),
             }),
         })
     }
@@ -191,6 +205,7 @@ impl SledLogStore {
         let mut writes: Vec<(&[u8], Vec<u8>)> = vec![
             (KEY_SNAPSHOT_META, metadata.write_to_bytes().map_err(|e| corrupt("snapshot_meta", e))?),
             (KEY_CONF_STATE, metadata.get_conf_state().write_to_bytes().map_err(|e| corrupt("conf_state", e))?),
+            (KEY_CONF_STATE_INDEX, metadata.index.to_be_bytes().to_vec()),
             (KEY_HARD_STATE, hard_state.write_to_bytes().map_err(|e| corrupt("hard_state", e))?),
         ];
         if with_data {
@@ -289,23 +304,43 @@ impl Storage for SledLogStore {
         Ok(self.last_log_index())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // Only a snapshot saved with data by the caller is ever sent (never an empty state
         // machine). Without one that covers the compacted log, raft retries later.
         let stored = self.stored_snapshot().map_err(store_error)?;
-        serve_snapshot(stored, request_index, self.first_log_index())
+        serve_snapshot(stored, request_index, self.first_log_index(), to, &self.inner.snapshot_wanted)
     }
 }
 
-/// The stored snapshot if it is usable for a follower: at least `request_index` and covering
-/// everything compacted away (`index >= first_index - 1`).
-fn serve_snapshot(stored: Option<Snapshot>, request_index: u64, first_index: u64) -> raft::Result<Snapshot> {
+/// The stored snapshot if it is usable for follower `to`: at least `request_index`, covering
+/// everything compacted away (`index >= first_index - 1`), and with `to` in its configuration
+/// (raft-rs refuses to install a snapshot that does not name the replica, so a learner added
+/// after the last compaction needs a newer one). Otherwise raft retries later and `wanted` is
+/// raised so the owner makes one.
+fn serve_snapshot(stored: Option<Snapshot>, request_index: u64, first_index: u64, to: u64, wanted: &AtomicBool) -> raft::Result<Snapshot> {
     match stored {
-        Some(snapshot) if snapshot.get_metadata().index >= request_index && snapshot.get_metadata().index + 1 >= first_index => {
+        Some(snapshot)
+            if snapshot.get_metadata().index >= request_index
+                && snapshot.get_metadata().index + 1 >= first_index
+                && conf_state_names(snapshot.get_metadata().get_conf_state(), to) =>
+        {
             Ok(snapshot)
         }
-        _ => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+        _ => {
+            wanted.store(true, Ordering::Release);
+            Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        }
     }
+}
+
+fn conf_state_names(conf_state: &ConfState, node: u64) -> bool {
+    conf_state
+        .voters
+        .iter()
+        .chain(&conf_state.learners)
+        .chain(&conf_state.voters_outgoing)
+        .chain(&conf_state.learners_next)
+        .any(|&id| id == node)
 }
 
 impl RaftLogStore for SledLogStore {
@@ -351,6 +386,22 @@ impl RaftLogStore for SledLogStore {
         Ok(())
     }
 
+    fn set_conf_state_at(&self, conf_state: &ConfState, index: u64) -> Result<(), LogStoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_CONF_STATE, conf_state.write_to_bytes().map_err(|e| corrupt("conf_state", e))?);
+        batch.insert(KEY_CONF_STATE_INDEX, &index.to_be_bytes());
+        self.inner.meta.apply_batch(batch)?;
+        *self.inner.conf_state.lock() = conf_state.clone();
+        Ok(())
+    }
+
+    fn conf_state_index(&self) -> u64 {
+        match self.inner.meta.get(KEY_CONF_STATE_INDEX) {
+            Ok(Some(bytes)) => <[u8; 8]>::try_from(bytes.as_ref()).map(u64::from_be_bytes).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     fn apply_snapshot_metadata(&self, metadata: &SnapshotMetadata) -> Result<(), LogStoreError> {
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(metadata.clone());
@@ -363,6 +414,11 @@ impl RaftLogStore for SledLogStore {
             return Ok(());
         }
         let compact_to = index.min(self.last_log_index() + 1);
+        // The stored configuration came from a later entry: a snapshot here would carry it too
+        // early. Compact once the log is past that entry.
+        if self.conf_state_index() > compact_to - 1 {
+            return Ok(());
+        }
         let term_before = self.term(compact_to - 1)?;
         let mut metadata = self.inner.snapshot_meta.lock().clone();
         metadata.index = compact_to - 1;
@@ -399,6 +455,9 @@ impl RaftLogStore for SledLogStore {
     fn hard_state(&self) -> HardState {
         self.inner.hard_state.lock().clone()
     }
+    fn take_snapshot_wanted(&self) -> bool {
+        self.inner.snapshot_wanted.swap(false, Ordering::AcqRel)
+    }
 }
 
 /// In-memory log for tests of the driver on a simulated network. Entries and hard state live in
@@ -409,13 +468,15 @@ pub struct MemLogStore {
     /// The last snapshot with data. Its lock is taken before the storage's, and held across
     /// every change of the log's start, so readers see both move together.
     snapshot: Arc<Mutex<Option<Snapshot>>>,
+    conf_state_index: Arc<AtomicU64>,
+    snapshot_wanted: Arc<AtomicBool>,
 }
 
 impl MemLogStore {
     pub fn new(voters: &[u64]) -> Self {
         let storage = raft::storage::MemStorage::new();
         storage.initialize_with_conf_state(ConfState::from((voters.to_vec(), vec![])));
-        MemLogStore { storage, snapshot: Arc::default() }
+        MemLogStore { storage, snapshot: Arc::default(), conf_state_index: Arc::default(), snapshot_wanted: Arc::default() }
     }
 
     /// Moves the log's start to just after `metadata.index` (inside the log), keeping later
@@ -459,9 +520,9 @@ impl Storage for MemLogStore {
     fn last_index(&self) -> raft::Result<u64> {
         self.storage.last_index()
     }
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let stored = self.snapshot.lock();
-        serve_snapshot(stored.clone(), request_index, self.storage.first_index()?)
+        serve_snapshot(stored.clone(), request_index, self.storage.first_index()?, to, &self.snapshot_wanted)
     }
 }
 
@@ -484,6 +545,14 @@ impl RaftLogStore for MemLogStore {
         self.storage.wl().set_conf_state(conf_state.clone());
         Ok(())
     }
+    fn set_conf_state_at(&self, conf_state: &ConfState, index: u64) -> Result<(), LogStoreError> {
+        self.storage.wl().set_conf_state(conf_state.clone());
+        self.conf_state_index.store(index, Ordering::Release);
+        Ok(())
+    }
+    fn conf_state_index(&self) -> u64 {
+        self.conf_state_index.load(Ordering::Acquire)
+    }
     fn apply_snapshot_metadata(&self, metadata: &SnapshotMetadata) -> Result<(), LogStoreError> {
         let _guard = self.snapshot.lock();
         let mut snapshot = Snapshot::default();
@@ -501,6 +570,9 @@ impl RaftLogStore for MemLogStore {
             return Ok(());
         }
         let compact_to = index.min(self.storage.last_index()? + 1);
+        if self.conf_state_index() > compact_to - 1 {
+            return Ok(());
+        }
         let mut metadata = SnapshotMetadata { index: compact_to - 1, term: self.storage.term(compact_to - 1)?, ..Default::default() };
         metadata.set_conf_state(self.storage.initial_state()?.conf_state);
         self.truncate_through(&metadata)
@@ -525,6 +597,7 @@ impl RaftLogStore for MemLogStore {
         let commit = core.hard_state().commit.max(metadata.index);
         core.apply_snapshot(position)?;
         core.mut_hard_state().commit = commit;
+        self.conf_state_index.store(metadata.index, Ordering::Release);
         *stored = Some(snapshot.clone());
         Ok(())
     }
@@ -536,6 +609,9 @@ impl RaftLogStore for MemLogStore {
     }
     fn hard_state(&self) -> HardState {
         self.storage.rl().hard_state().clone()
+    }
+    fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -707,11 +783,17 @@ mod tests {
         assert_eq!(store.term(2).unwrap(), 1);
         assert!(is_compacted(store.term(1)));
         assert!(is_unavailable_snapshot(store.snapshot(0, 2)));
-        store.save_snapshot(&snapshot_at(5, 2, &[1], b"five")).unwrap();
+        assert!(store.take_snapshot_wanted(), "an unavailable snapshot asks the owner for one");
+        assert!(!store.take_snapshot_wanted(), "once");
+        store.save_snapshot(&snapshot_at(5, 2, &[1, 2], b"five")).unwrap();
         assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (6, 6));
         assert_eq!(store.term(5).unwrap(), 2);
         assert_eq!(store.hard_state(), hs, "compaction keeps the hard state");
         assert_eq!(&store.snapshot(0, 2).unwrap().data[..], b"five");
+        assert!(!store.take_snapshot_wanted());
+        // Replica 3 joined after this snapshot: raft-rs would refuse it, so a newer one is asked for.
+        assert!(is_unavailable_snapshot(store.snapshot(0, 3)));
+        assert!(store.take_snapshot_wanted());
         assert!(is_compacted(store.entries(5, 7, None, GetEntriesContext::empty(false))));
     }
 }

@@ -106,6 +106,25 @@ impl<S: RaftLogStore> SimCluster<S> {
         self.drivers.insert(id, driver);
     }
 
+    /// Starts a new, empty replica `id` whose store knows the group's first voters (how the
+    /// node opens a replica it is receiving: the log replays every change since, or a
+    /// snapshot brings the current configuration).
+    pub fn add_replica(&mut self, id: NodeId, initial_voters: &[NodeId])
+    where
+        S: From<MemLogStore>,
+    {
+        self.stores.insert(id, S::from(MemLogStore::new(initial_voters)));
+        self.machines.remove(&id);
+        self.restart(id);
+    }
+
+    /// Stops replica `id` and forgets it (a node that no longer holds the group).
+    pub fn remove_replica(&mut self, id: NodeId) {
+        self.drivers.remove(&id);
+        self.stores.remove(&id);
+        self.machines.remove(&id);
+    }
+
     /// Compacts `id`'s log into a snapshot at its applied index.
     pub fn compact(&mut self, id: NodeId) {
         let machine = self.machines[&id].clone();
@@ -119,6 +138,11 @@ impl<S: RaftLogStore> SimCluster<S> {
             let outcome = driver.run_ready_with(machine).expect("ready cycle");
             self.in_flight.extend(outcome.messages);
             self.read_states.entry(id).or_default().extend(outcome.read_states);
+        }
+        // A leader that could not serve a snapshot makes one, as the node's Raft actor does.
+        let wanted: Vec<NodeId> = self.drivers.iter().filter(|(_, d)| d.take_snapshot_wanted()).map(|(&id, _)| id).collect();
+        for id in wanted {
+            self.compact(id);
         }
         let messages: Vec<Message> = self.in_flight.drain(..).collect();
         for message in messages {

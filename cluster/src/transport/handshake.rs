@@ -79,7 +79,7 @@ pub(crate) fn check_hello(config: &TransportConfig, hello: &Hello, expected_peer
             return Err(HandshakeError::UnexpectedNodeId { expected, found: hello.node_id });
         }
     }
-    if config.allowed_peers.as_ref().is_some_and(|members| !members.contains(&hello.node_id)) {
+    if config.allowed_peers.as_ref().is_some_and(|members| !members.contains(hello.node_id)) {
         return Err(HandshakeError::NotAMember { node_id: hello.node_id });
     }
     Ok(())
@@ -186,7 +186,7 @@ mod tests {
             use tokio::io::AsyncReadExt;
             let mut config = config();
             config.handshake_timeout_ms = 200;
-            config.allowed_peers = Some(std::sync::Arc::new([2].into_iter().collect()));
+            config.allowed_peers = Some(crate::transport::AllowedPeers::new([2]));
             // Arbitrary bytes, or a valid hello of a non-member cut short.
             let hello = frame::encode_frame(&Envelope::Hello(hello("prod", 3, WIRE_VERSION)), HELLO_MAX_FRAME_BYTES).expect("encode");
             let sent = if cut % 2 == 0 { bytes } else { hello[..cut.min(hello.len())].to_vec() };
@@ -210,7 +210,7 @@ mod tests {
     fn a_member_hello_is_answered_and_a_non_member_is_not() {
         use tokio::io::AsyncReadExt;
         let mut config = config();
-        config.allowed_peers = Some(std::sync::Arc::new([2].into_iter().collect()));
+        config.allowed_peers = Some(crate::transport::AllowedPeers::new([2]));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
         for (node, accepted) in [(2, true), (3, false)] {
             let hello = frame::encode_frame(&Envelope::Hello(hello("prod", node, WIRE_VERSION)), HELLO_MAX_FRAME_BYTES).expect("encode");

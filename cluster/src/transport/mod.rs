@@ -58,6 +58,26 @@ pub use inbound::{Inbound, Responder};
 pub use peer::{PeerState, PeerStatus};
 pub use tls::{ClusterCertificates, PeerTls, TlsError};
 
+/// The node ids a transport accepts connections from, changed while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedPeers(Arc<RwLock<std::collections::HashSet<NodeId>>>);
+
+impl AllowedPeers {
+    pub fn new(ids: impl IntoIterator<Item = NodeId>) -> AllowedPeers {
+        AllowedPeers(Arc::new(RwLock::new(ids.into_iter().collect())))
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.0.read().contains(&id)
+    }
+
+    /// Replaces the set (connections of nodes no longer in it are refused from their next
+    /// handshake; Raft and request checks refuse their messages meanwhile).
+    pub fn set(&self, ids: impl IntoIterator<Item = NodeId>) {
+        *self.0.write() = ids.into_iter().collect();
+    }
+}
+
 /// A connection's byte stream: plain TCP, or TLS over TCP.
 pub(crate) trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PeerIo for T {}
@@ -202,8 +222,9 @@ pub struct TransportConfig {
     /// Mutual TLS: every connection is TLS, and a peer's hello must name the node its
     /// certificate names. `None`: plain TCP, and a peer's claimed id is taken on trust.
     pub tls: Option<Arc<PeerTls>>,
-    /// Node ids that may connect; `None` accepts any.
-    pub allowed_peers: Option<Arc<std::collections::HashSet<NodeId>>>,
+    /// Node ids that may connect; `None` accepts any. Shared, so the node can change it as
+    /// members join and leave.
+    pub allowed_peers: Option<AllowedPeers>,
     /// Accepted connections open at once; more are closed at once.
     pub max_inbound_connections: usize,
     /// An accepted connection that sends no frame for this long is closed.

@@ -124,7 +124,7 @@ impl ClusterNet {
         transport_config.queue_capacity = PEER_QUEUE_FRAMES;
         transport_config.max_inbound_connections = config.cluster.max_inbound_connections;
         transport_config.idle_timeout_ms = config.cluster.peer_idle_timeout_ms;
-        transport_config.allowed_peers = Some(Arc::new(config.cluster.nodes.iter().map(|m| m.id).collect()));
+        transport_config.allowed_peers = Some(rushes_cluster::transport::AllowedPeers::new(config.cluster.nodes.iter().map(|m| m.id)));
         transport_config.tls = peer_tls(config)?;
         let security = if transport_config.tls.is_some() { PeerSecurity::MutualTls } else { PeerSecurity::Insecure };
         if security == PeerSecurity::Insecure {

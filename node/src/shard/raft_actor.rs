@@ -405,7 +405,16 @@ impl RaftActor {
     fn compact_log(&mut self) -> Result<(), ShardError> {
         let fused = self.progress.fused.load(Ordering::Acquire);
         let durable = fused.min(self.index.durable_watermark()).min(self.driver.applied_index());
-        if self.single_voter {
+        if self.driver.take_snapshot_wanted() {
+            // A follower (a learner that just joined, say) needs a snapshot the store cannot
+            // give: one now, at what every local stage has consumed, whatever the followers have.
+            self.driver.compact(durable, SnapshotRef { index: durable }.encode()?)?;
+            tracing::info!(shard = self.shard, index = durable, "saved a snapshot a follower needed");
+            return Ok(());
+        }
+        let conf_state = self.driver.conf_state();
+        let alone = conf_state.voters.len() == 1 && conf_state.learners.is_empty() && conf_state.voters_outgoing.is_empty();
+        if alone {
             let keep_from = durable.saturating_sub(self.compaction.retain_entries) + 1;
             if keep_from > self.driver.store().first_log_index() + self.compaction.retain_entries {
                 self.driver.store().compact(keep_from)?;
