@@ -446,6 +446,16 @@ impl Config {
             "",
         );
 
+        let retention = &defaults.retention;
+        example.section("[retention]", "What the cluster removes on its own.");
+        example.key(
+            "purge_superseded_interval_ms",
+            retention.purge_superseded_interval_ms.to_string(),
+            "How often each shard's leader removes the annotations of model versions a higher version replaced\n\
+             # (POST /v1/admin/purge-superseded does it once); 0 keeps them, in the raw store only.",
+            "0, or 60000..=31536000000",
+        );
+
         let log = &defaults.log;
         example.section("[log]", &format!("Logging. {ENVIRONMENT_PREFIX}LOG, if set, is a tracing filter that overrides level."));
         example.key("level", quoted(log.level.as_str()), "Least severe level logged.", &one_of(LogLevel::NAMES));

@@ -77,6 +77,23 @@ pub struct Config {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: what the cluster removes on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How often each shard's leader purges the annotations of superseded model versions (a
+    /// replicated command, so every replica removes the same); 0 keeps them forever (they are
+    /// in the raw store only, never searched).
+    pub purge_superseded_interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { purge_superseded_interval_ms: 0 }
+    }
 }
 
 impl Default for Config {
@@ -94,6 +111,7 @@ impl Default for Config {
             log: LogConfig::default(),
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

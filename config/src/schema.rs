@@ -66,7 +66,10 @@ pub(crate) const TOP_LEVEL: &[Field] = &[
     Field::optional("log", Kind::Table(LOG)),
     Field::optional("http", Kind::Table(HTTP)),
     Field::optional("auth", Kind::Table(AUTH)),
+    Field::optional("retention", Kind::Table(RETENTION)),
 ];
+
+const RETENTION: &[Field] = &[Field::optional("purge_superseded_interval_ms", Kind::Integer)];
 
 const NODE: &[Field] =
     &[Field::optional("id", Kind::Integer), Field::optional("data_dir", Kind::Text), Field::optional("listen", Kind::SocketAddress)];

@@ -129,6 +129,8 @@ pub(crate) mod ranges {
     pub const RAFT_LOG_RETAIN_ENTRIES: IntegerRange = IntegerRange::new(1, 10_000_000);
     pub const RAFT_SNAPSHOT_LOG_ENTRIES: IntegerRange = IntegerRange::new(1, 10_000_000);
     pub const RAFT_COMPACTION_INTERVAL_MS: IntegerRange = IntegerRange::new(10, 3_600_000);
+    /// 0 (never), or at least a minute (each purge scans the model-version markers).
+    pub const RETENTION_PURGE_SUPERSEDED_INTERVAL_MS: IntegerRange = IntegerRange::new(0, 365 * 24 * 3_600_000);
     /// A chunk travels in one peer frame (at most 256 MiB with its encoding).
     pub const RAFT_SNAPSHOT_CHUNK_BYTES: IntegerRange = IntegerRange::bytes(KIB, 64 * MIB as u64);
 }
@@ -293,6 +295,7 @@ impl Config {
         self.validate_search()?;
         self.validate_limits()?;
         self.validate_raft()?;
+        self.validate_retention()?;
         self.validate_security()?;
         Ok(())
     }
@@ -604,6 +607,19 @@ impl Config {
         check_range("limits.max_limit", limits.max_limit, LIMITS_MAX_LIMIT)?;
         check_range("limits.max_query_bytes", limits.max_query_bytes, LIMITS_MAX_QUERY_BYTES)?;
         check_range("limits.max_vector_k", limits.max_vector_k, LIMITS_MAX_VECTOR_K)?;
+        Ok(())
+    }
+
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        let interval = self.retention.purge_superseded_interval_ms;
+        check_range("retention.purge_superseded_interval_ms", interval, RETENTION_PURGE_SUPERSEDED_INTERVAL_MS)?;
+        if interval != 0 && interval < 60_000 {
+            return Err(ConfigError::out_of_range(
+                "retention.purge_superseded_interval_ms",
+                interval.to_string(),
+                "0 (keep superseded versions) or 60000..=31536000000".to_string(),
+            ));
+        }
         Ok(())
     }
 

@@ -268,7 +268,7 @@ fn unknown_key_in_file_is_named_with_the_allowed_keys() {
     assert!(text.starts_with("unknown key \"indx\""), "{text}");
     assert!(
         text.ends_with(
-            "allowed keys in the top level are node, cluster, fusion, index, vector_spaces, embedder, search, limits, raft, log, http, auth"
+            "allowed keys in the top level are node, cluster, fusion, index, vector_spaces, embedder, search, limits, raft, log, http, auth, retention"
         ),
         "{text}"
     );
@@ -727,4 +727,13 @@ fn api_keys_are_hashes_with_known_scopes_and_an_open_api_stays_on_loopback() {
     load_file(&format!("[node]\nlisten = \"0.0.0.0:7700\"\n{}", key("ops", &hash, "[\"admin\"]"))).expect("keys make any address fine");
     let text = error_text(load_overrides(&[("http.tls_cert_file", "cert.pem")]));
     assert!(text.contains("http.tls_key_file"), "{text}");
+}
+
+#[test]
+fn retention_purges_never_or_at_most_once_a_minute() {
+    assert_eq!(load_file("").expect("defaults").retention.purge_superseded_interval_ms, 0, "superseded versions are kept by default");
+    let config = load_file("[retention]\npurge_superseded_interval_ms = 3600000\n").expect("hourly");
+    assert_eq!(config.retention.purge_superseded_interval_ms, 3_600_000);
+    let text = error_text(load_file("[retention]\npurge_superseded_interval_ms = 5000\n"));
+    assert!(text.contains("retention.purge_superseded_interval_ms") && text.contains("60000"), "{text}");
 }

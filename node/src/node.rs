@@ -12,7 +12,7 @@ use actix::Actor;
 use parking_lot::Mutex;
 use rushes_cluster::{NodeId, RaftSettings, ShardId, ShardMap};
 use rushes_config::{Config, Metric, Quantization};
-use rushes_protocol::peer::{AssetRead, PeerReply};
+use rushes_protocol::peer::{ApplyOutcome, AssetRead, PeerReply};
 use rushes_protocol::validate::{IngestLimits, ParsedItem, VectorSpaceSpec as SpaceLimit};
 use rushes_protocol::{ApiError, AssetHits, AssetRecord, IngestReply, SearchRequest, SearchResponse};
 
@@ -285,6 +285,71 @@ impl Node {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.router.try_send(router::UpsertAsset { asset_id: asset_id.to_string(), record, reply }).map_err(busy)?;
         answer.await.map_err(|_| stopped("ingest router"))?
+    }
+
+    /// Proposes a delete or purge on `shard` through its leader; replies once it is applied.
+    pub async fn propose_change(&self, shard: ShardId, command: rushes_protocol::model::ShardCommand) -> Result<ApplyOutcome, ApiError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.router.try_send(router::ProposeChange { shard, command, reply }).map_err(busy)?;
+        answer.await.map_err(|_| stopped("ingest router"))?
+    }
+
+    /// Deletes an asset on every replica of its shard (idempotent).
+    pub async fn delete_asset(&self, asset_id: &str) -> Result<ApplyOutcome, ApiError> {
+        let shard = self.view.shard_map.shard_for_asset(asset_id);
+        self.propose_change(shard, rushes_protocol::model::ShardCommand::DeleteAsset { asset_id: asset_id.to_string() }).await
+    }
+
+    /// Deletes one annotation on every replica of its shard (idempotent).
+    pub async fn delete_annotation(&self, asset_id: &str, annotation_id: &str) -> Result<ApplyOutcome, ApiError> {
+        let shard = self.view.shard_map.shard_for_asset(asset_id);
+        let command = rushes_protocol::model::ShardCommand::DeleteAnnotation {
+            asset_id: asset_id.to_string(),
+            annotation_id: annotation_id.to_string(),
+        };
+        self.propose_change(shard, command).await
+    }
+
+    /// Purges superseded model versions on every shard: each shard's list of assets with more
+    /// than one version of a model comes from a replica, and one purge command per shard
+    /// (in chunks of `limits.max_batch_items` assets) goes through its leader. Returns the
+    /// assets purged and the annotations removed.
+    pub async fn purge_superseded(&self) -> Result<(usize, usize), ApiError> {
+        let (mut assets_purged, mut deleted) = (0, 0);
+        for shard in 0..self.view.shard_map.shard_count() {
+            let assets = match self.view.local_shard(shard).cloned() {
+                Some(replica) => tokio::task::spawn_blocking(move || replica.store.assets_with_superseded_versions())
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+                None => {
+                    let net = self.net().ok_or_else(|| ApiError::unavailable(format!("shard {shard} has no replica here")))?;
+                    let deadline = tokio::time::Instant::now() + self.view.request_timeout();
+                    let replicas = self.view.shard_map.replicas(shard).to_vec();
+                    match crate::peer::hedge::hedged_call(
+                        net,
+                        &replicas,
+                        rushes_protocol::peer::PeerRequest::SupersededAssets { shard },
+                        deadline,
+                    )
+                    .await?
+                    .1
+                    {
+                        PeerReply::Assets(assets) => assets,
+                        PeerReply::Error(e) => return Err(e),
+                        other => return Err(ApiError::internal(format!("unexpected reply: {}", other.kind()))),
+                    }
+                }
+            };
+            for chunk in assets.chunks(self.config.limits.max_batch_items.max(1)) {
+                let command = rushes_protocol::model::ShardCommand::PurgeSuperseded { asset_ids: chunk.to_vec() };
+                if let ApplyOutcome::Deleted { annotations } = self.propose_change(shard, command).await? {
+                    deleted += annotations;
+                }
+                assets_purged += chunk.len();
+            }
+        }
+        Ok((assets_purged, deleted))
     }
 
     pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse, ApiError> {

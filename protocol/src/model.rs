@@ -7,6 +7,11 @@ use std::cmp::Ordering;
 use crate::api::{Annotation, AssetRecord};
 
 pub const SHARD_COMMAND_FORMAT: u8 = 1;
+/// The format of the commands added after the first release (deletes): the same encoding, a
+/// higher format byte, so a node of an earlier version stops at such an entry and says
+/// "upgrade this node" instead of rejecting what the other replicas apply. Ingest and asset
+/// records stay format 1, so an earlier version keeps reading them during a rolling upgrade.
+pub const SHARD_COMMAND_FORMAT_DELETES: u8 = 2;
 pub const STORED_ANNOTATION_FORMAT: u8 = 1;
 pub const BUCKET_FORMAT: u8 = 1;
 pub const ASSET_FORMAT: u8 = 1;
@@ -30,6 +35,53 @@ pub enum ShardCommand {
     Ingest { items: Vec<IngestItem> },
     /// Create or replace an asset record.
     UpsertAsset { asset_id: String, record: StoredAsset },
+    // Variants are only appended (their position is their encoding).
+    /// Erase an asset: its record and every raw annotation of every model version, with their
+    /// vectors; buckets and index documents follow. A no-op when nothing is stored.
+    DeleteAsset { asset_id: String },
+    /// Remove one annotation; its seconds are fused again without it. A no-op when absent.
+    DeleteAnnotation { asset_id: String, annotation_id: String },
+    /// Remove the annotations of superseded model versions of these assets: every (asset,
+    /// model) keeps only its highest `model_version`.
+    PurgeSuperseded { asset_ids: Vec<String> },
+}
+
+impl ShardCommand {
+    /// The format byte this command is encoded under.
+    pub fn format(&self) -> u8 {
+        match self {
+            ShardCommand::Ingest { .. } | ShardCommand::UpsertAsset { .. } => SHARD_COMMAND_FORMAT,
+            _ => SHARD_COMMAND_FORMAT_DELETES,
+        }
+    }
+
+    /// Encodes the command under its format byte.
+    pub fn encode(&self) -> Result<Vec<u8>, crate::codec::CodecError> {
+        crate::codec::encode(self.format(), self)
+    }
+
+    /// Decodes a command of any format this build knows, sized by the bytes received (see
+    /// [`crate::codec::decode_received`]).
+    pub fn decode(bytes: &[u8]) -> Result<ShardCommand, crate::codec::CodecError> {
+        match bytes.first() {
+            Some(&SHARD_COMMAND_FORMAT_DELETES) => crate::codec::decode_received(SHARD_COMMAND_FORMAT_DELETES, bytes),
+            _ => crate::codec::decode_received(SHARD_COMMAND_FORMAT, bytes),
+        }
+    }
+
+    /// The newest format this build reads.
+    pub const NEWEST_FORMAT: u8 = SHARD_COMMAND_FORMAT_DELETES;
+
+    /// The asset a command is about (for routing to its shard), or `None` for a shard-wide one.
+    pub fn assets(&self) -> Vec<&str> {
+        match self {
+            ShardCommand::Ingest { items } => items.iter().map(|item| item.annotation.asset_id.as_str()).collect(),
+            ShardCommand::UpsertAsset { asset_id, .. }
+            | ShardCommand::DeleteAsset { asset_id }
+            | ShardCommand::DeleteAnnotation { asset_id, .. } => vec![asset_id.as_str()],
+            ShardCommand::PurgeSuperseded { asset_ids } => asset_ids.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// Hard bounds every replica checks when it applies a command, whatever its configuration:
@@ -102,6 +154,22 @@ impl ShardCommand {
                 crate::validate::validate_asset_id(asset_id, NAME_BYTES_MAX).map_err(|m| format!("asset_id {m}"))?;
                 if record.fps.is_some_and(|fps| !(fps.is_finite() && fps > 0.0)) {
                     return Err("fps must be a positive number".to_string());
+                }
+                Ok(())
+            }
+            ShardCommand::DeleteAsset { asset_id } => {
+                crate::validate::validate_asset_id(asset_id, NAME_BYTES_MAX).map_err(|m| format!("asset_id {m}"))
+            }
+            ShardCommand::DeleteAnnotation { asset_id, annotation_id } => {
+                crate::validate::validate_asset_id(asset_id, NAME_BYTES_MAX).map_err(|m| format!("asset_id {m}"))?;
+                name("annotation_id", annotation_id)
+            }
+            ShardCommand::PurgeSuperseded { asset_ids } => {
+                if asset_ids.is_empty() || asset_ids.len() > COMMAND_ITEMS_MAX {
+                    return Err(format!("a purge names 1..={COMMAND_ITEMS_MAX} assets, not {}", asset_ids.len()));
+                }
+                for asset_id in asset_ids {
+                    crate::validate::validate_asset_id(asset_id, NAME_BYTES_MAX).map_err(|m| format!("asset_id {m}"))?;
                 }
                 Ok(())
             }

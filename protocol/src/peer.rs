@@ -73,6 +73,29 @@ pub enum PeerRequest {
     /// bytes: an ingest checks every shard before proposing anything, so a conflict normally
     /// stores nothing anywhere.
     CheckConflicts { shard: ShardId, probes: Vec<ConflictProbe> },
+    /// The next page of raw annotations of the receiver's replica of `shard` matching
+    /// `filter`, after `cursor`, about `max_bytes` at most (`GET /v1/export`).
+    ExportPage { shard: ShardId, filter: ExportFilter, cursor: Option<ExportCursor>, max_bytes: u32 },
+    /// Assets of the receiver's replica of `shard` holding more than one version of a model.
+    SupersededAssets { shard: ShardId },
+}
+
+/// Which raw annotations an export holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExportFilter {
+    pub asset_id: Option<String>,
+    /// Assets whose record names this series (case-insensitive).
+    pub series: Option<String>,
+    /// Annotations overlapping `[from_ms, to_ms)`.
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+}
+
+/// Where an export page ended: the asset, and the last annotation id sent from it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ExportCursor {
+    pub asset_id: String,
+    pub annotation_id: String,
 }
 
 /// One annotation of a batch, as a conflict check sees it.
@@ -99,6 +122,8 @@ impl PeerRequest {
             PeerRequest::DialogueWord { .. } => "dialogue_word",
             PeerRequest::NodeStatus => "node_status",
             PeerRequest::CheckConflicts { .. } => "check_conflicts",
+            PeerRequest::ExportPage { .. } => "export_page",
+            PeerRequest::SupersededAssets { .. } => "superseded_assets",
         }
     }
 }
@@ -160,6 +185,14 @@ pub enum PeerReply {
     StoredAnnotations {
         stored: Vec<StoredRaw>,
     },
+    /// Reply to `ExportPage`: raw annotations (one JSON object each), and where to go on
+    /// (`None`: the shard is done).
+    ExportPage {
+        lines: Vec<serde_bytes::ByteBuf>,
+        next: Option<ExportCursor>,
+    },
+    /// Reply to `SupersededAssets`.
+    Assets(Vec<String>),
 }
 
 /// A stored annotation's raw bytes, for a conflict check.
@@ -188,6 +221,8 @@ impl PeerReply {
             PeerReply::DialogueWord { .. } => "dialogue_word",
             PeerReply::NodeStatus { .. } => "node_status",
             PeerReply::StoredAnnotations { .. } => "stored_annotations",
+            PeerReply::ExportPage { .. } => "export_page",
+            PeerReply::Assets(_) => "assets",
         }
     }
 }
@@ -203,6 +238,10 @@ pub enum ApplyOutcome {
     Conflict {
         item: usize,
         annotation_id: String,
+    },
+    /// A delete removed this many raw annotations (0: nothing was stored).
+    Deleted {
+        annotations: usize,
     },
 }
 
@@ -340,6 +379,8 @@ mod tests {
             PeerRequest::DialogueWord { word: String::new(), shard: 0 },
             PeerRequest::NodeStatus,
             PeerRequest::CheckConflicts { shard: 0, probes: vec![] },
+            PeerRequest::ExportPage { shard: 0, filter: ExportFilter::default(), cursor: None, max_bytes: 0 },
+            PeerRequest::SupersededAssets { shard: 0 },
         ];
         for (position, request) in requests.iter().enumerate() {
             assert_eq!(position_of(request) as usize, position, "{} moved: append new variants, never reorder", request.kind());
@@ -358,6 +399,8 @@ mod tests {
             PeerReply::DialogueWord { known: false },
             PeerReply::NodeStatus { replicas: vec![], actors: vec![] },
             PeerReply::StoredAnnotations { stored: vec![] },
+            PeerReply::ExportPage { lines: vec![], next: None },
+            PeerReply::Assets(vec![]),
         ];
         for (position, reply) in replies.iter().enumerate() {
             assert_eq!(position_of(reply) as usize, position, "{} moved: append new variants, never reorder", reply.kind());

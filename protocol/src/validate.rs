@@ -381,7 +381,36 @@ pub fn validate_command(command: &crate::model::ShardCommand, limits: &IngestLim
             validate_asset_id(asset_id, limits.max_asset_id_bytes).map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))?;
             validate_asset_record(&crate::api::AssetRecord::from(record.clone()), limits.max_time_ms)
         }
+        ShardCommand::DeleteAsset { asset_id } => {
+            validate_asset_id(asset_id, limits.max_asset_id_bytes).map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))
+        }
+        ShardCommand::DeleteAnnotation { asset_id, annotation_id } => {
+            validate_asset_id(asset_id, limits.max_asset_id_bytes).map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))?;
+            validate_annotation_id(annotation_id, limits.max_id_bytes)
+        }
+        ShardCommand::PurgeSuperseded { asset_ids } => {
+            if asset_ids.is_empty() || asset_ids.len() > limits.max_batch_items {
+                return Err(ApiError::field("asset_ids", format!("a purge names 1..={} assets", limits.max_batch_items)));
+            }
+            for asset_id in asset_ids {
+                validate_asset_id(asset_id, limits.max_asset_id_bytes)
+                    .map_err(|m| ApiError::field("asset_ids", format!("asset_id {asset_id:?} {m}")))?;
+            }
+            Ok(())
+        }
     }
+}
+
+/// An annotation id as a path segment or a delete names it: 1 to `max_bytes` bytes, no
+/// control characters.
+pub fn validate_annotation_id(annotation_id: &str, max_bytes: usize) -> Result<(), ApiError> {
+    if annotation_id.is_empty() || annotation_id.len() > max_bytes {
+        return Err(ApiError::field("annotation_id", format!("annotation_id must be 1..={max_bytes} bytes, is {}", annotation_id.len())));
+    }
+    if annotation_id.chars().any(char::is_control) {
+        return Err(ApiError::field("annotation_id", "annotation_id must not contain control characters"));
+    }
+    Ok(())
 }
 
 /// An asset record as `PUT /v1/assets/{id}` accepts it.

@@ -17,6 +17,7 @@
 //! shard-local phases on the blocking pool.
 
 pub mod client;
+pub mod export;
 pub mod reads;
 
 use std::collections::{HashMap, HashSet};

@@ -249,6 +249,95 @@ async fn get_raw_annotation(request: HttpRequest) -> HttpResult {
     read_reply(node.read_asset(AssetRead::RawAnnotation { asset_id, annotation_id }).await?)
 }
 
+/// `DELETE /v1/assets/{asset_id}`: the record, every annotation of every model version, their
+/// vectors, buckets and index documents, on every replica. Idempotent.
+async fn delete_asset(request: HttpRequest) -> HttpResult {
+    let started = std::time::Instant::now();
+    let node = authorized(&request, Scope::Write)?;
+    let asset_id = asset_id_from(&request, &node)?;
+    let outcome = node.delete_asset(&asset_id).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "asset_id": asset_id,
+        "deleted_annotations": deleted_count(&outcome),
+        "took_ms": started.elapsed().as_millis() as u64,
+    })))
+}
+
+/// `DELETE /v1/assets/{asset_id}/annotations/{annotation_id}`: one annotation; its seconds are
+/// fused again without it. Idempotent.
+async fn delete_annotation(request: HttpRequest) -> HttpResult {
+    let started = std::time::Instant::now();
+    let node = authorized(&request, Scope::Write)?;
+    let asset_id = asset_id_from(&request, &node)?;
+    let annotation_id = request.match_info().get("annotation_id").unwrap_or("").to_string();
+    rushes_protocol::validate::validate_annotation_id(&annotation_id, node.ingest_limits.max_id_bytes)?;
+    let outcome = node.delete_annotation(&asset_id, &annotation_id).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "asset_id": asset_id,
+        "annotation_id": annotation_id,
+        "deleted_annotations": deleted_count(&outcome),
+        "took_ms": started.elapsed().as_millis() as u64,
+    })))
+}
+
+fn deleted_count(outcome: &rushes_protocol::peer::ApplyOutcome) -> usize {
+    match outcome {
+        rushes_protocol::peer::ApplyOutcome::Deleted { annotations } => *annotations,
+        _ => 0,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    asset_id: Option<String>,
+    series: Option<String>,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+}
+
+/// `GET /v1/export`: raw annotations as NDJSON, byte for byte as received, streamed a page at a
+/// time; filters `asset_id`, `series`, and `from_ms`/`to_ms` (annotations overlapping the
+/// window). The output is a valid `POST /v1/annotations` body.
+async fn get_export(request: HttpRequest) -> HttpResult {
+    let node = authorized(&request, Scope::Admin)?;
+    let params: ExportQuery = query_params(&request)?;
+    if let Some(asset_id) = &params.asset_id {
+        rushes_protocol::validate::validate_asset_id(asset_id, node.ingest_limits.max_asset_id_bytes)
+            .map_err(|m| HttpError(ApiError::field("asset_id", format!("asset_id {m}"))))?;
+    }
+    if let (Some(from), Some(to)) = (params.from_ms, params.to_ms) {
+        if to <= from {
+            return Err(HttpError(ApiError::field("to_ms", format!("to_ms ({to}) must be greater than from_ms ({from})"))));
+        }
+    }
+    if params.series.as_ref().is_some_and(|s| s.len() > 128) {
+        return Err(HttpError(ApiError::field("series", "series is at most 128 bytes")));
+    }
+    let filter = rushes_protocol::peer::ExportFilter {
+        asset_id: params.asset_id,
+        series: params.series,
+        from_ms: params.from_ms,
+        to_ms: params.to_ms,
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(crate::coordinator::export::export_stream(node.view.clone(), filter)))
+}
+
+/// `POST /v1/admin/purge-superseded`: removes, on every shard, the annotations of model
+/// versions that a higher version replaced (they are kept otherwise, in the raw store only).
+async fn post_purge_superseded(request: HttpRequest) -> HttpResult {
+    let started = std::time::Instant::now();
+    let node = authorized(&request, Scope::Admin)?;
+    let (assets, deleted) = node.purge_superseded().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "assets": assets,
+        "deleted_annotations": deleted,
+        "took_ms": started.elapsed().as_millis() as u64,
+    })))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RangeQuery {
@@ -459,10 +548,21 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/health").route(web::get().to(health)))
         .service(resource("/metrics").route(web::get().to(metrics)))
         .service(resource("/v1/annotations").route(web::post().to(post_annotations)))
-        .service(resource("/v1/assets/{asset_id}").route(web::put().to(put_asset)).route(web::get().to(get_asset)))
+        .service(
+            resource("/v1/assets/{asset_id}")
+                .route(web::put().to(put_asset))
+                .route(web::get().to(get_asset))
+                .route(web::delete().to(delete_asset)),
+        )
         .service(resource("/v1/assets/{asset_id}/buckets").route(web::get().to(get_buckets)))
         .service(resource("/v1/assets/{asset_id}/subtitles").route(web::post().to(post_subtitles)))
-        .service(resource("/v1/assets/{asset_id}/annotations/{annotation_id}").route(web::get().to(get_raw_annotation)))
+        .service(
+            resource("/v1/assets/{asset_id}/annotations/{annotation_id}")
+                .route(web::get().to(get_raw_annotation))
+                .route(web::delete().to(delete_annotation)),
+        )
+        .service(resource("/v1/export").route(web::get().to(get_export)))
+        .service(resource("/v1/admin/purge-superseded").route(web::post().to(post_purge_superseded)))
         .service(resource("/v1/search").route(web::post().to(post_search)))
         .service(resource("/v1/search/explain").route(web::post().to(post_explain)))
         .service(resource("/v1/suggest").route(web::get().to(get_suggest)))

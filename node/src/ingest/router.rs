@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message as ActixMessage, WrapFuture};
 use rushes_cluster::{NodeId, ShardId};
-use rushes_protocol::codec;
-use rushes_protocol::model::{same_raw_content, IngestItem, ShardCommand, StoredAnnotation, StoredAsset, SHARD_COMMAND_FORMAT};
+use rushes_protocol::model::{same_raw_content, IngestItem, ShardCommand, StoredAnnotation, StoredAsset};
 use rushes_protocol::peer::{ApplyOutcome, ConflictProbe, PeerReply, PeerRequest};
 use rushes_protocol::validate::{validate_asset_id, validate_asset_record, ParsedItem};
 use rushes_protocol::{ApiError, AssetRecord, ErrorCode, IngestReply};
@@ -45,6 +44,16 @@ pub struct UpsertAsset {
     pub asset_id: String,
     pub record: AssetRecord,
     pub reply: tokio::sync::oneshot::Sender<Result<(), ApiError>>,
+}
+
+/// Propose a command that changes stored data other than by ingest (a delete, a purge) on
+/// `shard`, through its leader; the reply is what applying it did.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct ProposeChange {
+    pub shard: ShardId,
+    pub command: ShardCommand,
+    pub reply: tokio::sync::oneshot::Sender<Result<ApplyOutcome, ApiError>>,
 }
 
 pub struct IngestRouter {
@@ -77,8 +86,45 @@ impl IngestRouter {
 impl Actor for IngestRouter {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         self.stats.set_state(ActorState::Idle);
+        let interval_ms = self.view.config.retention.purge_superseded_interval_ms;
+        if interval_ms > 0 {
+            ctx.run_interval(Duration::from_millis(interval_ms), |router, ctx| {
+                let view = router.view.clone();
+                ctx.spawn(purge_led_shards(view).into_actor(router));
+            });
+        }
+    }
+}
+
+/// `retention.purge_superseded_interval_ms`: every shard this node leads purges its superseded
+/// model versions, as a replicated command (every replica removes the same annotations).
+async fn purge_led_shards(view: Arc<ClusterView>) {
+    for replica in view.shards.iter().filter(|replica| replica.is_leader()).cloned() {
+        let shard = replica.id;
+        let assets = match tokio::task::spawn_blocking(move || replica.store.assets_with_superseded_versions()).await {
+            Ok(Ok(assets)) => assets,
+            Ok(Err(e)) => {
+                tracing::warn!(shard, error = %e, "listing superseded model versions failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for chunk in assets.chunks(view.config.limits.max_batch_items.max(1)) {
+            let command = match (ShardCommand::PurgeSuperseded { asset_ids: chunk.to_vec() }).encode() {
+                Ok(command) => command,
+                Err(_) => continue,
+            };
+            let deadline = tokio::time::Instant::now() + view.request_timeout();
+            match propose_routed(&view, shard, command, deadline).await {
+                Ok(ApplyOutcome::Deleted { annotations }) => {
+                    tracing::info!(shard, assets = chunk.len(), annotations, "purged superseded model versions")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(shard, error = %e.message, "purging superseded model versions failed; the next round retries"),
+            }
+        }
     }
 }
 
@@ -111,6 +157,30 @@ impl Handler<UpsertAsset> for IngestRouter {
         }
         let work = upsert_asset(self.view.clone(), upsert.asset_id, upsert.record);
         let reply = upsert.reply;
+        ctx.spawn(work.into_actor(self).map(move |result, router, _| {
+            router.in_flight -= 1;
+            let _ = reply.send(result);
+        }));
+    }
+}
+
+impl Handler<ProposeChange> for IngestRouter {
+    type Result = ();
+
+    fn handle(&mut self, change: ProposeChange, ctx: &mut Context<Self>) {
+        let _handling = self.stats.handling();
+        if let Err(e) = self.admit() {
+            let _ = change.reply.send(Err(e));
+            return;
+        }
+        let view = self.view.clone();
+        let work = async move {
+            rushes_protocol::validate::validate_command(&change.command, &crate::node::ingest_limits(&view.config))?;
+            let command = change.command.encode().map_err(|e| ApiError::internal(e.to_string()))?;
+            let deadline = tokio::time::Instant::now() + view.request_timeout();
+            propose_routed(&view, change.shard, command, deadline).await
+        };
+        let reply = change.reply;
         ctx.spawn(work.into_actor(self).map(move |result, router, _| {
             router.in_flight -= 1;
             let _ = reply.send(result);
@@ -153,6 +223,9 @@ async fn ingest_batch(view: Arc<ClusterView>, items: Vec<ParsedItem>) -> Result<
             Ok(ApplyOutcome::Conflict { item, annotation_id }) => {
                 first_error.get_or_insert(conflict(positions.get(item).copied().unwrap_or(item), &annotation_id));
             }
+            Ok(ApplyOutcome::Deleted { .. }) => {
+                first_error.get_or_insert(ApiError::internal("an ingest command was applied as a delete"));
+            }
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -192,7 +265,8 @@ async fn upsert_asset(view: Arc<ClusterView>, asset_id: String, record: AssetRec
         .map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))?;
     validate_asset_record(&record, view.config.limits.max_time_ms)?;
     let shard = view.shard_map.shard_for_asset(&asset_id);
-    let command = codec::encode(SHARD_COMMAND_FORMAT, &ShardCommand::UpsertAsset { asset_id, record: StoredAsset::from(record) })
+    let command = (ShardCommand::UpsertAsset { asset_id, record: StoredAsset::from(record) })
+        .encode()
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + view.request_timeout();
     propose_routed(&view, shard, command, deadline).await.map(|_| ())
@@ -313,7 +387,7 @@ fn prepare_ingest(view: &ClusterView, items: Vec<ParsedItem>) -> Result<Prepared
     }
     let mut commands = Vec::with_capacity(by_shard.len());
     for (shard_index, (items, positions)) in by_shard {
-        let bytes = codec::encode(SHARD_COMMAND_FORMAT, &ShardCommand::Ingest { items }).map_err(|e| ApiError::internal(e.to_string()))?;
+        let bytes = (ShardCommand::Ingest { items }).encode().map_err(|e| ApiError::internal(e.to_string()))?;
         commands.push((shard_index, bytes, positions));
     }
     Ok(PreparedIngest { commands, batch_duplicates, duplicate_positions, remote_probes })

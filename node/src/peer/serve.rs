@@ -17,14 +17,13 @@ use std::sync::{Arc, Weak};
 use raft::eraftpb::MessageType;
 use rushes_cluster::transport::{Inbound, WireError};
 use rushes_cluster::{NodeId, ShardId};
-use rushes_protocol::codec;
-use rushes_protocol::model::{ShardCommand, SHARD_COMMAND_FORMAT};
+use rushes_protocol::model::ShardCommand;
 use rushes_protocol::peer::{PeerReply, PeerRequest, StoredRaw};
 use rushes_protocol::validate::validate_command;
 use rushes_protocol::{ApiError, ErrorCode};
 
 use super::{decode_raft, decode_request, encode_reply};
-use crate::coordinator::reads;
+use crate::coordinator::{export, reads};
 use crate::ingest::router;
 use crate::node::Node;
 use crate::query::planner::shard_has_dialogue_word;
@@ -124,14 +123,10 @@ fn replicas_of(node: &Node, shard: ShardId) -> Result<&[NodeId], String> {
 /// A forwarded write, checked as an HTTP batch would be before it is proposed.
 fn check_forwarded_write(node: &Node, shard: ShardId, command: &[u8]) -> Result<(), ApiError> {
     replicas_of(node, shard).map_err(|m| ApiError::field("shard", m))?;
-    let decoded: ShardCommand = codec::decode_received(SHARD_COMMAND_FORMAT, command)
+    let decoded = ShardCommand::decode(command)
         .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("the forwarded command does not decode: {e}")))?;
     validate_command(&decoded, &node.ingest_limits)?;
-    let owner = |asset_id: &str| node.view.shard_map.shard_for_asset(asset_id);
-    let misplaced = match &decoded {
-        ShardCommand::Ingest { items } => items.iter().position(|item| owner(&item.annotation.asset_id) != shard),
-        ShardCommand::UpsertAsset { asset_id, .. } => (owner(asset_id) != shard).then_some(0),
-    };
+    let misplaced = decoded.assets().iter().position(|asset_id| node.view.shard_map.shard_for_asset(asset_id) != shard);
     if let Some(item) = misplaced {
         return Err(ApiError::field("asset_id", format!("the asset does not belong to shard {shard}")).with_item(item));
     }
@@ -152,7 +147,9 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
         | PeerRequest::SearchFinish { shard, .. }
         | PeerRequest::SnapshotChunk { shard, .. }
         | PeerRequest::DialogueWord { shard, .. }
-        | PeerRequest::CheckConflicts { shard, .. } => Some(*shard),
+        | PeerRequest::CheckConflicts { shard, .. }
+        | PeerRequest::ExportPage { shard, .. }
+        | PeerRequest::SupersededAssets { shard } => Some(*shard),
         _ => None,
     };
     if let Some(shard) = request_shard {
@@ -209,6 +206,28 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
                 Ok(Ok(stored)) => PeerReply::StoredAnnotations { stored },
                 Ok(Err(e)) => PeerReply::Error(e),
                 Err(e) => PeerReply::Error(ApiError::internal(format!("conflict check failed: {e}"))),
+            }
+        }
+        PeerRequest::ExportPage { shard, filter, cursor, max_bytes } => {
+            let Some(replica) = view.local_shard(shard).cloned() else {
+                return PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id())));
+            };
+            let max_bytes = max_bytes.clamp(1, export::EXPORT_PAGE_BYTES) as usize;
+            let work = move || export::export_page(&replica.store, &filter, cursor.as_ref(), max_bytes);
+            match tokio::task::spawn_blocking(work).await {
+                Ok(Ok((lines, next))) => PeerReply::ExportPage { lines: lines.into_iter().map(serde_bytes::ByteBuf::from).collect(), next },
+                Ok(Err(e)) => PeerReply::Error(e),
+                Err(e) => PeerReply::Error(ApiError::internal(format!("export page failed: {e}"))),
+            }
+        }
+        PeerRequest::SupersededAssets { shard } => {
+            let Some(replica) = view.local_shard(shard).cloned() else {
+                return PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id())));
+            };
+            match tokio::task::spawn_blocking(move || replica.store.assets_with_superseded_versions()).await {
+                Ok(Ok(assets)) => PeerReply::Assets(assets),
+                Ok(Err(e)) => PeerReply::Error(ApiError::internal(e.to_string())),
+                Err(e) => PeerReply::Error(ApiError::internal(format!("listing superseded versions failed: {e}"))),
             }
         }
         PeerRequest::SnapshotChunk { shard, after, min_applied } => {

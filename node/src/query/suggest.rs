@@ -112,11 +112,49 @@ pub fn suggest(planner: &Planner, shards: &[Arc<Shard>], q: &str, limit: usize) 
         }
         let mut ranked: Vec<(String, u64)> = words.into_iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        for (word, frequency) in ranked.into_iter().take(limit - completions.len()) {
+        let wanted = limit - completions.len();
+        let mut taken = 0;
+        for (word, frequency) in ranked {
+            if taken == wanted {
+                break;
+            }
+            // The term dictionary keeps a deleted document's words until its segment merges:
+            // a word is offered only while a live document holds it.
+            if !has_live_dialogue_word(shards, &word)? {
+                continue;
+            }
+            taken += 1;
             completions.push(Completion { query: format!("{head_original}{word}"), text: word, kind: "word", tracks: vec![], frequency });
         }
     }
     Ok(Suggestions { completions })
+}
+
+/// Whether a live (not deleted) document of any of `shards` holds `word` in dialogue.
+fn has_live_dialogue_word(shards: &[Arc<Shard>], word: &str) -> Result<bool, ApiError> {
+    use tantivy::DocSet;
+    for shard in shards {
+        let field = shard.index.fields.dialogue;
+        let term = tantivy::Term::from_field_text(field, word);
+        let searcher = shard.index.reader.searcher();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field).map_err(|e| ApiError::internal(e.to_string()))?;
+            let Some(mut postings) =
+                inverted.read_postings(&term, tantivy::schema::IndexRecordOption::Basic).map_err(|e| ApiError::internal(e.to_string()))?
+            else {
+                continue;
+            };
+            let alive = segment.alive_bitset();
+            let mut doc = postings.doc();
+            while doc != tantivy::TERMINATED {
+                if alive.is_none_or(|bits| bits.is_alive(doc)) {
+                    return Ok(true);
+                }
+                doc = postings.advance();
+            }
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

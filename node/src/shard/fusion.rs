@@ -150,6 +150,16 @@ pub fn affected_by_command(
             out.insert(asset_id.clone(), AffectedBuckets::All);
         }
         ShardCommand::UpsertAsset { .. } => {}
+        // The removed annotations are gone from the store by now: re-fuse the whole asset,
+        // which also deletes buckets left with nothing.
+        ShardCommand::DeleteAsset { asset_id } | ShardCommand::DeleteAnnotation { asset_id, .. } => {
+            out.insert(asset_id.clone(), AffectedBuckets::All);
+        }
+        ShardCommand::PurgeSuperseded { asset_ids } => {
+            for asset_id in asset_ids {
+                out.insert(asset_id.clone(), AffectedBuckets::All);
+            }
+        }
     }
     Ok(())
 }

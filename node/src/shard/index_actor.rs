@@ -252,8 +252,19 @@ impl IndexActor {
             };
         }
         for command in &commands {
-            let ShardCommand::Ingest { items } = command else {
-                continue;
+            let items = match command {
+                ShardCommand::Ingest { items } => items,
+                ShardCommand::DeleteAsset { asset_id } | ShardCommand::DeleteAnnotation { asset_id, .. } => {
+                    remove_deleted_vectors(&self.store, &self.index, asset_id)?;
+                    continue;
+                }
+                ShardCommand::PurgeSuperseded { asset_ids } => {
+                    for asset_id in asset_ids {
+                        remove_deleted_vectors(&self.store, &self.index, asset_id)?;
+                    }
+                    continue;
+                }
+                ShardCommand::UpsertAsset { .. } => continue,
             };
             for item in items {
                 let (Some(vector), Some(space_name)) = (&item.vector, &item.annotation.vector_space) else {
@@ -342,6 +353,29 @@ pub fn sync_asset_vectors(store: &ShardStore, index: &ShardIndex, asset_id: &str
         } else {
             space.remove(key)?;
         }
+    }
+    Ok(())
+}
+
+/// Removes from the vector indexes (and the key map) every vector of `asset_id` whose
+/// annotation is no longer stored: what a delete left behind. Scans the key map, which holds
+/// one entry per vector (a small share of annotations); deletes are rare.
+pub fn remove_deleted_vectors(store: &ShardStore, index: &ShardIndex, asset_id: &str) -> Result<(), ShardError> {
+    let mut orphans = Vec::new();
+    for item in store.vector_keys.iter() {
+        let (key, value) = item.map_err(crate::storage::store::StoreError::from)?;
+        let target: VectorTarget = rushes_protocol::codec::decode(crate::storage::index::VECTOR_KEY_FORMAT, &value)?;
+        if target.asset_id == asset_id && store.annotation(asset_id, &target.annotation_id)?.is_none() {
+            orphans.push(key);
+        }
+    }
+    for key in orphans {
+        let Ok(bytes) = <[u8; 8]>::try_from(key.as_ref()) else { continue };
+        let vector = u64::from_be_bytes(bytes);
+        for space in index.vectors.iter() {
+            space.remove(vector)?;
+        }
+        store.vector_keys.remove(key).map_err(crate::storage::store::StoreError::from)?;
     }
     Ok(())
 }

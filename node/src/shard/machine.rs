@@ -8,13 +8,13 @@ use raft::eraftpb::Entry;
 use rushes_cluster::log_store::SledLogStore;
 use rushes_cluster::{NodeId, StateMachine};
 use rushes_protocol::codec;
-use rushes_protocol::model::{ShardCommand, SHARD_COMMAND_FORMAT};
+use rushes_protocol::model::ShardCommand;
 
 use super::progress::Progress;
 use super::snapshot::{SnapshotData, SnapshotRef};
 use super::ShardError;
 use crate::metrics::Metrics;
-use crate::storage::store::{ApplyOutcome, ShardStore, StoreError};
+use crate::storage::store::{ApplyOutcome, Deletion, ShardStore, StoreError};
 
 /// Where a proposal's outcome goes once its entry is applied (or fails).
 pub type ProposalReply = tokio::sync::oneshot::Sender<Result<ApplyOutcome, ShardError>>;
@@ -50,13 +50,13 @@ pub enum Committed {
 /// replica reads the same: a rejection is the same rejection everywhere.
 pub fn read_committed(index: u64, data: &[u8]) -> Result<Committed, MachineError> {
     match data.first() {
-        Some(&found) if found > SHARD_COMMAND_FORMAT => {
-            return Err(MachineError::NewerFormat { index, found, supported: SHARD_COMMAND_FORMAT })
+        Some(&found) if found > ShardCommand::NEWEST_FORMAT => {
+            return Err(MachineError::NewerFormat { index, found, supported: ShardCommand::NEWEST_FORMAT })
         }
         _ => {}
     }
     // Sized by the bytes that are there, not by lengths the entry announces.
-    let command: ShardCommand = match codec::decode_received(SHARD_COMMAND_FORMAT, data) {
+    let command = match ShardCommand::decode(data) {
         Ok(command) => command,
         Err(e) => return Ok(Committed::Rejected(format!("the command does not decode: {e}"))),
     };
@@ -124,6 +124,19 @@ impl StateMachine for ShardMachine<'_> {
             ShardCommand::UpsertAsset { asset_id, record } => {
                 self.store.apply_asset(asset_id, record)?;
                 ApplyOutcome::Applied { created: 1, duplicates: 0 }
+            }
+            ShardCommand::DeleteAsset { asset_id } => self.store.apply_delete(asset_id, Deletion::Asset)?,
+            ShardCommand::DeleteAnnotation { asset_id, annotation_id } => {
+                self.store.apply_delete(asset_id, Deletion::Annotation(annotation_id))?
+            }
+            ShardCommand::PurgeSuperseded { asset_ids } => {
+                let mut removed = 0;
+                for asset_id in asset_ids {
+                    if let ApplyOutcome::Deleted { annotations } = self.store.apply_delete(asset_id, Deletion::Superseded)? {
+                        removed += annotations;
+                    }
+                }
+                ApplyOutcome::Deleted { annotations: removed }
             }
         };
         self.progress.record_applied(entry.index);
@@ -198,7 +211,7 @@ mod tests {
             match read_committed(9, &data) {
                 Ok(Committed::Command(command)) => proptest::prop_assert_eq!(command.check_invariants(), Ok(())),
                 Ok(Committed::Rejected(reason)) => proptest::prop_assert!(!reason.is_empty()),
-                Err(MachineError::NewerFormat { found, .. }) => proptest::prop_assert!(found > SHARD_COMMAND_FORMAT),
+                Err(MachineError::NewerFormat { found, .. }) => proptest::prop_assert!(found > ShardCommand::NEWEST_FORMAT),
                 Err(other) => proptest::prop_assert!(false, "a committed entry may not fail otherwise: {other}"),
             }
             proptest::prop_assert_eq!(ProposalTag::decode(&data).is_some(), data.len() == 24);

@@ -41,7 +41,7 @@ use raft::eraftpb::Message;
 use rushes_cluster::log_store::{RaftLogStore, SledLogStore};
 use rushes_cluster::{NodeId, RaftDriver, RaftSettings, ShardId};
 use rushes_protocol::codec;
-use rushes_protocol::model::{ShardCommand, SHARD_COMMAND_FORMAT};
+use rushes_protocol::model::ShardCommand;
 use rushes_protocol::ApiError;
 
 use self::fusion::{refuse_asset, AffectedBuckets};
@@ -452,7 +452,7 @@ impl Shard {
 
     /// Encodes and proposes a command (see [`Shard::propose_encoded`]).
     pub fn propose(&self, command: &ShardCommand) -> Result<ProposalReceiver, ShardError> {
-        self.propose_encoded(codec::encode(SHARD_COMMAND_FORMAT, command)?)
+        self.propose_encoded(command.encode()?)
     }
 
     /// Queues an encoded command for the Raft actor; the receiver gets the outcome once it is
@@ -819,9 +819,10 @@ mod tests {
             Ok(Err(ShardError::Rejected { reason, .. })) => reason,
             other => panic!("expected a rejection, got {other:?}"),
         };
-        let garbage = rejected(vec![SHARD_COMMAND_FORMAT, 0xff, 0xff, 0xff, 0x7f, 1]);
+        let garbage = rejected(vec![rushes_protocol::model::SHARD_COMMAND_FORMAT, 0xff, 0xff, 0xff, 0x7f, 1]);
         assert!(garbage.contains("does not decode"), "{garbage}");
-        let empty = rejected(codec::encode(SHARD_COMMAND_FORMAT, &ShardCommand::Ingest { items: vec![] }).expect("encode"));
+        let empty =
+            rejected(codec::encode(rushes_protocol::model::SHARD_COMMAND_FORMAT, &ShardCommand::Ingest { items: vec![] }).expect("encode"));
         assert!(empty.contains("1..="), "{empty}");
         assert!(
             ApiError::from(ShardError::Rejected { shard: 0, index: 1, reason: empty }).code == rushes_protocol::ErrorCode::InvalidField

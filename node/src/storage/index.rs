@@ -98,7 +98,7 @@ fn stem_analyzer_name(code: &str) -> String {
     format!("rushes_stem_{code}")
 }
 const VECTOR_META_FORMAT: u8 = 1;
-const VECTOR_KEY_FORMAT: u8 = 1;
+pub(crate) const VECTOR_KEY_FORMAT: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {

@@ -100,6 +100,10 @@ enum RecordKind {
     /// An annotation's vector, if it has one (few do: scene embeddings), in a key of its own so
     /// that vector scans read only vectors and annotation scans never read them.
     Vector = b'v' as isize,
+    /// How many stored annotations carry a label on a track: `track 0x1f normalized label`
+    /// → u64 BE, kept in the same batch as the entries it counts, so a delete knows exactly
+    /// which labels left the shard (the label vocabulary of query understanding and suggest).
+    LabelCount = b'l' as isize,
     /// Written by versions before the entry record: the raw bytes and the parsed annotation
     /// apart. Read only by [`ShardStore::migrate_legacy_records`].
     LegacyRaw = b'r' as isize,
@@ -167,6 +171,20 @@ const MIGRATION_BATCH_ANNOTATIONS: usize = 2_000;
 
 /// Number of raw annotations, kept in the same batch as the annotations themselves.
 const RAW_COUNT_KEY: &[u8] = b"#raw_count";
+/// Present once the label counts (`l` records) describe every entry: stores of earlier
+/// versions, and snapshots from them, get their counts computed once.
+const LABEL_COUNTS_KEY: &[u8] = b"#label_counts_v1";
+
+/// What a delete command removes from one asset.
+#[derive(Debug, Clone, Copy)]
+pub enum Deletion<'a> {
+    /// Everything: the record, every annotation of every model version, their vectors.
+    Asset,
+    /// One annotation and its vector.
+    Annotation(&'a str),
+    /// The annotations of superseded model versions.
+    Superseded,
+}
 
 fn record_key(kind: RecordKind, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 1);
@@ -229,8 +247,40 @@ impl ShardStore {
             db,
         };
         store.migrate_legacy_records()?;
+        if store.records.get(LABEL_COUNTS_KEY)?.is_none() {
+            store.rebuild_label_counts()?;
+        }
         store.reload_caches()?;
         Ok(store)
+    }
+
+    /// Counts the labels of every entry record again (stores and snapshots of earlier
+    /// versions, and a snapshot copied live, whose counts may predate records it holds).
+    /// Replicas holding the same entries get the same counts.
+    fn rebuild_label_counts(&self) -> Result<(), StoreError> {
+        let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        for item in self.records.scan_prefix([RecordKind::Entry as u8]) {
+            let (_, value) = item?;
+            let annotation = EntryRecord::parse(&value)?.annotation()?;
+            if let Some(label) = &annotation.label {
+                *counts.entry(record_key(RecordKind::LabelCount, &vocab_key(&annotation.track, label))).or_insert(0) += 1;
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for key in self.records.scan_prefix([RecordKind::LabelCount as u8]).keys() {
+            let key = key?;
+            if !counts.contains_key(key.as_ref()) {
+                batch.remove(key);
+            }
+        }
+        for (key, count) in counts {
+            batch.insert(key, &count.to_be_bytes());
+        }
+        batch.insert(LABEL_COUNTS_KEY, &[1u8]);
+        self.records.apply_batch(batch)?;
+        // The set-only vocabulary of earlier versions is replaced by the counts.
+        self.vocab.clear()?;
+        Ok(())
     }
 
     /// Reads the ordinal and vocabulary caches from their trees.
@@ -242,9 +292,12 @@ impl ShardStore {
         }
         *self.ordinal_cache.write() = ordinals;
         let mut vocab: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for key in self.vocab.iter().keys() {
-            let key = key?;
-            let text = String::from_utf8_lossy(&key);
+        for item in self.records.scan_prefix([RecordKind::LabelCount as u8]) {
+            let (key, count) = item?;
+            if be_u64(&count)? == 0 {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&key[1..]);
             if let Some((track, label)) = text.split_once('\u{1f}') {
                 vocab.entry(label.to_string()).or_default().push(track.to_string());
             }
@@ -290,7 +343,7 @@ impl ShardStore {
         // order and must be the same on every replica.
         let mut new_assets: Vec<&str> = Vec::new();
         let mut seen_assets: HashSet<&str> = HashSet::new();
-        let mut new_vocab: Vec<(String, String)> = Vec::new();
+        let mut label_increments: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
         let mut seen_in_batch: HashSet<&[u8]> = HashSet::new();
         let mut seen_versions: HashSet<Vec<u8>> = HashSet::new();
         let mut created = 0u64;
@@ -309,10 +362,24 @@ impl ShardStore {
             if seen_versions.insert(version_key.clone()) {
                 batch.insert(version_key, &[]);
             }
+            if let Some(label) = &a.label {
+                *label_increments.entry(vocab_key(&a.track, label)).or_insert(0) += 1;
+            }
         }
+        let mut new_labels = Vec::new();
         if created > 0 {
             let count = self.raw_count() as u64 + created;
             batch.insert(RAW_COUNT_KEY, &count.to_be_bytes());
+            // Counted in the same batch as the entries: a replayed entry finds its items
+            // stored and counts nothing twice.
+            for (label, increment) in label_increments {
+                let key = record_key(RecordKind::LabelCount, &label);
+                let before = self.label_count(&key)?;
+                if before == 0 {
+                    new_labels.push(label);
+                }
+                batch.insert(key, &(before + increment).to_be_bytes());
+            }
             self.records.apply_batch(batch)?;
         }
         // Ordinals and vocabulary come from every item, not only new ones: after a crash between
@@ -321,40 +388,212 @@ impl ShardStore {
             if seen_assets.insert(item.annotation.asset_id.as_str()) {
                 new_assets.push(item.annotation.asset_id.as_str());
             }
-            if let Some(label) = &item.annotation.label {
-                new_vocab.push((item.annotation.track.clone(), label.clone()));
-            }
         }
         for asset in new_assets {
             self.ensure_ordinal(asset)?;
         }
-        self.add_vocab(&new_vocab)?;
+        self.update_vocab_cache(&new_labels, &[]);
         Ok(ApplyOutcome::Applied { created: created as usize, duplicates: items.len() - created as usize })
     }
 
-    fn add_vocab(&self, entries: &[(String, String)]) -> Result<(), StoreError> {
-        let mut unseen = Vec::new();
-        {
-            let vocab = self.vocab_cache.read();
-            for (track, label) in entries {
-                let normalized = normalize_label(label);
-                if !vocab.get(&normalized).is_some_and(|tracks| tracks.contains(track)) {
-                    unseen.push((track, normalized));
+    fn label_count(&self, key: &[u8]) -> Result<u64, StoreError> {
+        match self.records.get(key)? {
+            Some(bytes) => be_u64(&bytes),
+            None => Ok(0),
+        }
+    }
+
+    /// Adds labels that gained their first annotation and drops those that lost their last
+    /// (`track 0x1f normalized label` keys).
+    fn update_vocab_cache(&self, added: &[Vec<u8>], removed: &[Vec<u8>]) {
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        let mut vocab = self.vocab_cache.write();
+        for key in added {
+            let text = String::from_utf8_lossy(key);
+            if let Some((track, label)) = text.split_once('\u{1f}') {
+                let tracks = vocab.entry(label.to_string()).or_default();
+                if !tracks.iter().any(|t| t == track) {
+                    tracks.push(track.to_string());
                 }
             }
         }
-        if unseen.is_empty() {
-            return Ok(());
-        }
-        let mut vocab = self.vocab_cache.write();
-        for (track, normalized) in unseen {
-            self.vocab.insert(vocab_key(track, &normalized), &[])?;
-            let tracks = vocab.entry(normalized).or_default();
-            if !tracks.contains(track) {
-                tracks.push(track.clone());
+        for key in removed {
+            let text = String::from_utf8_lossy(key);
+            if let Some((track, label)) = text.split_once('\u{1f}') {
+                if let Some(tracks) = vocab.get_mut(label) {
+                    tracks.retain(|t| t != track);
+                    if tracks.is_empty() {
+                        vocab.remove(label);
+                    }
+                }
             }
         }
-        Ok(())
+    }
+
+    /// Applies a delete command to one asset. Deterministic and idempotent: every replica
+    /// removes the same records, and replaying the entry finds nothing left to remove. The
+    /// entries, their vectors, model-version markers, label counts and the annotation counter
+    /// change in one batch.
+    pub fn apply_delete(&self, asset_id: &str, what: Deletion<'_>) -> Result<ApplyOutcome, StoreError> {
+        let entry_prefix = record_key(RecordKind::Entry, &asset_prefix(asset_id));
+        let mut doomed: Vec<(Vec<u8>, StoredAnnotation)> = Vec::new();
+        let mut kept: Vec<StoredAnnotation> = Vec::new();
+        match what {
+            Deletion::Annotation(annotation_id) => {
+                let key = annotation_key(asset_id, annotation_id);
+                if let Some(bytes) = self.records.get(record_key(RecordKind::Entry, &key))? {
+                    doomed.push((key, EntryRecord::parse(&bytes)?.annotation()?));
+                }
+                if !doomed.is_empty() {
+                    kept = self.asset_annotations(asset_id)?.into_iter().filter(|a| a.id != annotation_id).collect();
+                }
+            }
+            Deletion::Asset | Deletion::Superseded => {
+                let mut all = Vec::new();
+                for item in self.records.scan_prefix(&entry_prefix) {
+                    let (key, value) = item?;
+                    all.push((key[1..].to_vec(), EntryRecord::parse(&value)?.annotation()?));
+                }
+                let active: HashMap<String, String> = if matches!(what, Deletion::Superseded) {
+                    let annotations: Vec<StoredAnnotation> = all.iter().map(|(_, a)| a.clone()).collect();
+                    crate::shard::fusion::active_versions(&annotations)
+                        .into_iter()
+                        .map(|(model, version)| (model.to_string(), version.to_string()))
+                        .collect()
+                } else {
+                    HashMap::new()
+                };
+                for (key, annotation) in all {
+                    let superseded = active.get(&annotation.model).is_some_and(|version| *version != annotation.model_version);
+                    if matches!(what, Deletion::Asset) || superseded {
+                        doomed.push((key, annotation));
+                    } else {
+                        kept.push(annotation);
+                    }
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        let mut label_decrements: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        for (key, annotation) in &doomed {
+            batch.remove(record_key(RecordKind::Entry, key));
+            batch.remove(record_key(RecordKind::Vector, key));
+            if let Some(label) = &annotation.label {
+                *label_decrements.entry(vocab_key(&annotation.track, label)).or_insert(0) += 1;
+            }
+        }
+        // A model-version marker stays while an annotation of that version does.
+        let versions_left: HashSet<(&str, &str)> = kept.iter().map(|a| (a.model.as_str(), a.model_version.as_str())).collect();
+        let version_prefix = record_key(RecordKind::ModelVersion, &asset_prefix(asset_id));
+        for key in self.records.scan_prefix(&version_prefix).keys() {
+            let key = key?;
+            let rest = &key[version_prefix.len()..];
+            let gone = match rest.iter().position(|&b| b == 0) {
+                Some(split) => {
+                    let (model, version) = (String::from_utf8_lossy(&rest[..split]), String::from_utf8_lossy(&rest[split + 1..]));
+                    !versions_left.contains(&(model.as_ref(), version.as_ref()))
+                }
+                None => true,
+            };
+            if gone && (matches!(what, Deletion::Asset) || !doomed.is_empty()) {
+                batch.remove(key);
+            }
+        }
+        let mut emptied_labels = Vec::new();
+        if !doomed.is_empty() {
+            let count = (self.raw_count() as u64).saturating_sub(doomed.len() as u64);
+            batch.insert(RAW_COUNT_KEY, &count.to_be_bytes());
+            for (label, decrement) in label_decrements {
+                let key = record_key(RecordKind::LabelCount, &label);
+                let left = self.label_count(&key)?.saturating_sub(decrement);
+                if left == 0 {
+                    batch.remove(key);
+                    emptied_labels.push(label);
+                } else {
+                    batch.insert(key, &left.to_be_bytes());
+                }
+            }
+        }
+        self.records.apply_batch(batch)?;
+        if matches!(what, Deletion::Asset) {
+            // After the records: a crash between the two is finished by the replay.
+            self.assets.remove(asset_id.as_bytes())?;
+        }
+        self.update_vocab_cache(&[], &emptied_labels);
+        Ok(ApplyOutcome::Deleted { annotations: doomed.len() })
+    }
+
+    /// Assets with more than one version of some model (what a purge of superseded versions
+    /// would change), in order.
+    pub fn assets_with_superseded_versions(&self) -> Result<Vec<String>, StoreError> {
+        let mut assets: Vec<String> = Vec::new();
+        let mut previous: Option<(Vec<u8>, Vec<u8>)> = None;
+        for key in self.records.scan_prefix([RecordKind::ModelVersion as u8]).keys() {
+            let key = key?;
+            let rest = &key[1..];
+            let Some(asset_end) = rest.iter().position(|&b| b == 0) else { continue };
+            let (asset, model_and_version) = (&rest[..asset_end], &rest[asset_end + 1..]);
+            let Some(model_end) = model_and_version.iter().position(|&b| b == 0) else { continue };
+            let pair = (asset.to_vec(), model_and_version[..model_end].to_vec());
+            // Markers sort by asset, then model: the same pair twice in a row is two versions.
+            if previous.as_ref() == Some(&pair) {
+                let asset = String::from_utf8_lossy(asset).into_owned();
+                if assets.last() != Some(&asset) {
+                    assets.push(asset);
+                }
+            }
+            previous = Some(pair);
+        }
+        Ok(assets)
+    }
+
+    /// Every asset this shard has known (by annotation or record), sorted by id; an asset
+    /// deleted since may have nothing left.
+    pub fn export_assets(&self) -> Vec<String> {
+        let mut assets: Vec<String> = self.ordinal_cache.read().values().cloned().collect();
+        assets.sort();
+        assets
+    }
+
+    /// Raw bytes of an asset's annotations in id order, from after `after_id`, at most
+    /// `max_bytes` (at least one annotation), with the annotation ids; `filter` decides on
+    /// each parsed annotation.
+    pub fn raw_annotations_page(
+        &self,
+        asset_id: &str,
+        after_id: Option<&str>,
+        max_bytes: usize,
+        filter: &dyn Fn(&StoredAnnotation) -> bool,
+    ) -> Result<(Vec<(String, Vec<u8>)>, bool), StoreError> {
+        let prefix = record_key(RecordKind::Entry, &asset_prefix(asset_id));
+        let start = match after_id {
+            Some(id) => {
+                let mut key = record_key(RecordKind::Entry, &annotation_key(asset_id, id));
+                key.push(0);
+                key
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in self.records.range(start..) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                return Ok((out, false));
+            }
+            if bytes >= max_bytes && !out.is_empty() {
+                return Ok((out, true));
+            }
+            let record = EntryRecord::parse(&value)?;
+            let annotation = record.annotation()?;
+            if filter(&annotation) {
+                bytes += record.raw.len();
+                out.push((annotation.id.clone(), record.raw.to_vec()));
+            }
+        }
+        Ok((out, false))
     }
 
     /// Normalized label → tracks it occurs on, for query understanding.
@@ -726,6 +965,8 @@ impl ShardStore {
         self.migrate_legacy_records()?;
         let annotations = self.records.scan_prefix([RecordKind::Entry as u8]).keys().count() as u64;
         self.records.insert(RAW_COUNT_KEY, &annotations.to_be_bytes())?;
+        // So may the label counts.
+        self.rebuild_label_counts()?;
         self.reload_caches()?;
         self.db.flush()?;
         Ok(())
@@ -1169,7 +1410,9 @@ mod tests {
         // Sorts before the base assets: its ordinal map keys land behind a cursor in them.
         let late = vec![item("d", "a0", 0, 10, "Phoebe"), item("e", "e1", 10, 20, "Chandler")];
         let upsert = StoredAsset { title: Some("Late title".into()), ..Default::default() };
-        for write_at_tree in 0..5u8 {
+        // Tree 4 (`vocab`) stays empty since label counts moved into the records tree: only an
+        // earlier version's snapshot fills it, and its install rebuilds the counts.
+        for write_at_tree in 0..4u8 {
             let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let (source, replica) = (ShardStore::open(dir_a.path()).unwrap(), ShardStore::open(dir_b.path()).unwrap());
             source.apply_ingest(&base).unwrap();
