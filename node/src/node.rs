@@ -195,6 +195,13 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let options = shard_options(&config);
         let shard_map = shard_map(&config)?;
+        let identity = crate::storage::identity::DataDirIdentity {
+            format: crate::storage::identity::IDENTITY_FORMAT,
+            cluster_id: config.cluster.cluster_id.clone(),
+            node_id: config.node.id,
+            shard_count: config.cluster.shards,
+        };
+        crate::storage::identity::check_or_record(&config.node.data_dir, &identity).map_err(|e| ShardError::Config(e.to_string()))?;
         let (net, inbound) = if config.cluster.nodes.is_empty() {
             (None, None)
         } else {

@@ -1,5 +1,6 @@
 //! A shard's storage: the sled store (Raft log, raw annotations, buckets, watermarks) and the
 //! search indexes derived from it (Tantivy documents, usearch vectors).
 
+pub mod identity;
 pub mod index;
 pub mod store;
