@@ -74,10 +74,15 @@ pub enum PeerRequest {
     /// stores nothing anywhere.
     CheckConflicts { shard: ShardId, probes: Vec<ConflictProbe> },
     /// The next page of raw annotations of the receiver's replica of `shard` matching
-    /// `filter`, after `cursor`, about `max_bytes` at most (`GET /v1/export`).
-    ExportPage { shard: ShardId, filter: ExportFilter, cursor: Option<ExportCursor>, max_bytes: u32 },
+    /// `filter`, after `cursor`, about `max_bytes` at most (`GET /v1/export`). A replica that
+    /// has applied less than `min_applied` answers a retryable error (a backup reads every
+    /// page at or after the index it started from).
+    ExportPage { shard: ShardId, filter: ExportFilter, cursor: Option<ExportCursor>, max_bytes: u32, min_applied: u64 },
     /// Assets of the receiver's replica of `shard` holding more than one version of a model.
     SupersededAssets { shard: ShardId },
+    /// The committed commands of `shard`'s log in `(after, through]`, about `max_bytes` at most
+    /// (a backup's tail: the writes applied while it read the shard).
+    LogCommands { shard: ShardId, after: u64, through: u64, max_bytes: u32 },
 }
 
 /// Which raw annotations an export holds.
@@ -89,6 +94,9 @@ pub struct ExportFilter {
     /// Annotations overlapping `[from_ms, to_ms)`.
     pub from_ms: Option<u64>,
     pub to_ms: Option<u64>,
+    /// Each asset's record too, as a line `{"asset_record": {"asset_id", ...}}` before its
+    /// annotations (a backup; not a valid ingest body then).
+    pub records: bool,
 }
 
 /// Where an export page ended: the asset, and the last annotation id sent from it.
@@ -124,6 +132,7 @@ impl PeerRequest {
             PeerRequest::CheckConflicts { .. } => "check_conflicts",
             PeerRequest::ExportPage { .. } => "export_page",
             PeerRequest::SupersededAssets { .. } => "superseded_assets",
+            PeerRequest::LogCommands { .. } => "log_commands",
         }
     }
 }
@@ -193,6 +202,12 @@ pub enum PeerReply {
     },
     /// Reply to `SupersededAssets`.
     Assets(Vec<String>),
+    /// Reply to `LogCommands`: (index, encoded `ShardCommand`) of each committed entry with a
+    /// command, in order, and the last index covered (the next request starts after it).
+    LogCommands {
+        commands: Vec<(u64, serde_bytes::ByteBuf)>,
+        covered_through: u64,
+    },
 }
 
 /// A stored annotation's raw bytes, for a conflict check.
@@ -223,6 +238,7 @@ impl PeerReply {
             PeerReply::StoredAnnotations { .. } => "stored_annotations",
             PeerReply::ExportPage { .. } => "export_page",
             PeerReply::Assets(_) => "assets",
+            PeerReply::LogCommands { .. } => "log_commands",
         }
     }
 }
@@ -379,8 +395,9 @@ mod tests {
             PeerRequest::DialogueWord { word: String::new(), shard: 0 },
             PeerRequest::NodeStatus,
             PeerRequest::CheckConflicts { shard: 0, probes: vec![] },
-            PeerRequest::ExportPage { shard: 0, filter: ExportFilter::default(), cursor: None, max_bytes: 0 },
+            PeerRequest::ExportPage { shard: 0, filter: ExportFilter::default(), cursor: None, max_bytes: 0, min_applied: 0 },
             PeerRequest::SupersededAssets { shard: 0 },
+            PeerRequest::LogCommands { shard: 0, after: 0, through: 0, max_bytes: 0 },
         ];
         for (position, request) in requests.iter().enumerate() {
             assert_eq!(position_of(request) as usize, position, "{} moved: append new variants, never reorder", request.kind());
@@ -401,6 +418,7 @@ mod tests {
             PeerReply::StoredAnnotations { stored: vec![] },
             PeerReply::ExportPage { lines: vec![], next: None },
             PeerReply::Assets(vec![]),
+            PeerReply::LogCommands { commands: vec![], covered_through: 0 },
         ];
         for (position, reply) in replies.iter().enumerate() {
             assert_eq!(position_of(reply) as usize, position, "{} moved: append new variants, never reorder", reply.kind());

@@ -124,6 +124,15 @@ impl Client {
         Self::handle(&url, self.request("GET", &url).call())
     }
 
+    /// A GET whose body is read as it arrives (an export can be larger than memory).
+    pub fn get_stream(&self, path: &str) -> Result<Box<dyn std::io::Read + Send + Sync>, ClientError> {
+        let url = self.url(path);
+        match self.request("GET", &url).call() {
+            Ok(response) => Ok(response.into_reader()),
+            Err(e) => Self::handle(&url, Err(e)).map(|_| Box::new(std::io::empty()) as Box<dyn std::io::Read + Send + Sync>),
+        }
+    }
+
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         let url = self.url(path);
         let text = self.get(path)?;

@@ -1,5 +1,6 @@
 //! Command-line tools beyond `serve`: the demo, benchmarks and the local cluster.
 
+pub mod backup;
 pub mod bench;
 pub mod cluster_bench;
 pub mod demo;

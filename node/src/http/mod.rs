@@ -294,6 +294,12 @@ struct ExportQuery {
     series: Option<String>,
     from_ms: Option<u64>,
     to_ms: Option<u64>,
+    /// One shard only (a backup reads shard by shard).
+    shard: Option<u32>,
+    /// Asset records too (a backup).
+    records: Option<bool>,
+    /// Every page from a replica that applied at least this index (a backup).
+    min_applied: Option<u64>,
 }
 
 /// `GET /v1/export`: raw annotations as NDJSON, byte for byte as received, streamed a page at a
@@ -314,15 +320,60 @@ async fn get_export(request: HttpRequest) -> HttpResult {
     if params.series.as_ref().is_some_and(|s| s.len() > 128) {
         return Err(HttpError(ApiError::field("series", "series is at most 128 bytes")));
     }
+    let shard_count = node.view.shard_map.shard_count();
+    if let Some(shard) = params.shard.filter(|&s| s >= shard_count) {
+        return Err(HttpError(ApiError::field("shard", format!("shard {shard} does not exist: the cluster has shards 0..{shard_count}"))));
+    }
     let filter = rushes_protocol::peer::ExportFilter {
         asset_id: params.asset_id,
         series: params.series,
         from_ms: params.from_ms,
         to_ms: params.to_ms,
+        records: params.records.unwrap_or(false),
     };
-    Ok(HttpResponse::Ok()
-        .content_type("application/x-ndjson")
-        .streaming(crate::coordinator::export::export_stream(node.view.clone(), filter)))
+    Ok(HttpResponse::Ok().content_type("application/x-ndjson").streaming(crate::coordinator::export::export_stream(
+        node.view.clone(),
+        filter,
+        params.shard,
+        params.min_applied.unwrap_or(0),
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    after: u64,
+    through: u64,
+}
+
+/// `GET /v1/admin/shards/{shard}/log?after=I&through=J`: the shard's committed commands in
+/// `(I, J]` as JSON (a page; continue after `covered_through`), for a backup's tail.
+async fn get_shard_log(request: HttpRequest) -> HttpResult {
+    let node = authorized(&request, Scope::Admin)?;
+    let params: LogQuery = query_params(&request)?;
+    let shard_count = node.view.shard_map.shard_count();
+    let shard: u32 = request
+        .match_info()
+        .get("shard")
+        .and_then(|s| s.parse().ok())
+        .filter(|&s| s < shard_count)
+        .ok_or_else(|| HttpError(ApiError::field("shard", format!("shard must be a number in 0..{shard_count}"))))?;
+    if params.through <= params.after {
+        return Err(HttpError(ApiError::field(
+            "through",
+            format!("through ({}) must be greater than after ({})", params.through, params.after),
+        )));
+    }
+    let (commands, covered_through) = crate::coordinator::export::shard_log(&node.view, shard, params.after, params.through).await?;
+    let mut decoded = Vec::with_capacity(commands.len());
+    for (index, bytes) in commands {
+        match rushes_protocol::model::ShardCommand::decode(&bytes) {
+            Ok(command) => decoded.push(crate::coordinator::export::command_json(index, &command)),
+            // Refused on every replica when applied: it changed nothing, so a replay skips it.
+            Err(e) => tracing::debug!(shard, index, error = %e, "a backup skips a log entry that never applied"),
+        }
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "shard": shard, "commands": decoded, "covered_through": covered_through })))
 }
 
 /// `POST /v1/admin/purge-superseded`: removes, on every shard, the annotations of model
@@ -562,6 +613,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::delete().to(delete_annotation)),
         )
         .service(resource("/v1/export").route(web::get().to(get_export)))
+        .service(resource("/v1/admin/shards/{shard}/log").route(web::get().to(get_shard_log)))
         .service(resource("/v1/admin/purge-superseded").route(web::post().to(post_purge_superseded)))
         .service(resource("/v1/search").route(web::post().to(post_search)))
         .service(resource("/v1/search/explain").route(web::post().to(post_explain)))

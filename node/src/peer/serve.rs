@@ -149,7 +149,8 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
         | PeerRequest::DialogueWord { shard, .. }
         | PeerRequest::CheckConflicts { shard, .. }
         | PeerRequest::ExportPage { shard, .. }
-        | PeerRequest::SupersededAssets { shard } => Some(*shard),
+        | PeerRequest::SupersededAssets { shard }
+        | PeerRequest::LogCommands { shard, .. } => Some(*shard),
         _ => None,
     };
     if let Some(shard) = request_shard {
@@ -208,10 +209,17 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
                 Err(e) => PeerReply::Error(ApiError::internal(format!("conflict check failed: {e}"))),
             }
         }
-        PeerRequest::ExportPage { shard, filter, cursor, max_bytes } => {
+        PeerRequest::ExportPage { shard, filter, cursor, max_bytes, min_applied } => {
             let Some(replica) = view.local_shard(shard).cloned() else {
                 return PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id())));
             };
+            let applied = replica.progress.applied.load(std::sync::atomic::Ordering::Acquire);
+            if applied < min_applied {
+                return PeerReply::Error(ApiError::unavailable(format!(
+                    "node {}'s replica of shard {shard} has applied {applied}, behind the {min_applied} asked for",
+                    node.node_id()
+                )));
+            }
             let max_bytes = max_bytes.clamp(1, export::EXPORT_PAGE_BYTES) as usize;
             let work = move || export::export_page(&replica.store, &filter, cursor.as_ref(), max_bytes);
             match tokio::task::spawn_blocking(work).await {
@@ -230,6 +238,20 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
                 Err(e) => PeerReply::Error(ApiError::internal(format!("listing superseded versions failed: {e}"))),
             }
         }
+        PeerRequest::LogCommands { shard, after, through, max_bytes } => match view.local_shard(shard).cloned() {
+            Some(replica) => {
+                let max_bytes = max_bytes.clamp(1, export::EXPORT_PAGE_BYTES) as usize;
+                match tokio::task::spawn_blocking(move || export::log_commands(&replica, after, through, max_bytes)).await {
+                    Ok(Ok((commands, covered_through))) => PeerReply::LogCommands {
+                        commands: commands.into_iter().map(|(index, bytes)| (index, serde_bytes::ByteBuf::from(bytes))).collect(),
+                        covered_through,
+                    },
+                    Ok(Err(e)) => PeerReply::Error(e),
+                    Err(e) => PeerReply::Error(ApiError::internal(format!("reading the log failed: {e}"))),
+                }
+            }
+            None => PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id()))),
+        },
         PeerRequest::SnapshotChunk { shard, after, min_applied } => {
             // A raw store goes only to another replica of its shard.
             if !view.shard_map.replicas(shard).contains(&from) {
