@@ -101,7 +101,7 @@ pub fn backup(client: &Client, out: &Path, mut progress: impl FnMut(&str)) -> Re
             }
         };
         progress(&format!(
-            "shard {shard}: {} annotations, {} asset records at index {} ({} commands replayed)",
+            "shard {shard}: {} annotations, {} asset records at index {} ({} log entries replayed)",
             entry.annotations,
             entry.asset_records,
             entry.index,
