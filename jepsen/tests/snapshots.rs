@@ -181,3 +181,81 @@ fn a_node_that_lost_its_data_dir_stops_cleanly_or_is_refilled_never_panics() {
         }
     }
 }
+
+/// Deletes on a cluster: an asset and an annotation deleted while a node is cut off reach it
+/// through a snapshot (the others compacted their logs past it meanwhile). Afterwards every
+/// replica holds the same raw store, and from every node the deleted data is gone from search,
+/// buckets and suggest, while what was not deleted is all there.
+#[test]
+fn deletes_reach_a_replica_that_catches_up_by_snapshot() {
+    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ClusterOptions::new(3, SHARDS, 3);
+    options.extra_toml = RAFT_TOML.to_string();
+    let cluster = LocalCluster::start_with(&dir.path().join("cluster"), options);
+    cluster.wait_for_leaders(Duration::from_secs(60));
+    let http = Http::new(Duration::from_secs(30));
+
+    let mut kept = write_one_by_one(&http, &cluster, 1, "kept", 30);
+    let doomed = ["doomed-1", "doomed-2"];
+    for asset in doomed {
+        let body = [annotation(asset, &format!("{asset}-face"), 0, "Zebulon"), annotation(asset, &format!("{asset}-x"), 4000, "Joey")].join("\n");
+        http.send("POST", &cluster.node(2).url("/v1/annotations"), "application/x-ndjson", body.as_bytes()).expect("write doomed");
+    }
+    let partial = annotation("kept-asset-0", "quentin-line", 0, "Quentin");
+    http.send("POST", &cluster.node(1).url("/v1/annotations"), "application/x-ndjson", partial.as_bytes()).expect("write");
+    cluster.wait_converged(Duration::from_secs(60));
+    let applied_before: Vec<u64> =
+        (0..SHARDS).map(|s| replica_field(&cluster, 3, s, |r| r.applied_index).expect("node 3 status")).collect();
+
+    cluster.partition(&[3]);
+    for asset in doomed {
+        let reply = http.send("DELETE", &cluster.node(1).url(&format!("/v1/assets/{asset}")), "", b"").expect("delete asset");
+        assert!(reply.contains("\"deleted_annotations\":2"), "{reply}");
+    }
+    http.send("DELETE", &cluster.node(2).url("/v1/assets/kept-asset-0/annotations/quentin-line"), "", b"").expect("delete annotation");
+    kept.extend(write_one_by_one(&http, &cluster, 1, "while-down", 150));
+    for shard in 0..SHARDS {
+        for node in [1u64, 2] {
+            let compacted = poll_until(Duration::from_secs(60), || {
+                replica_field(&cluster, node, shard, |r| r.log_first_index).is_some_and(|first| first > applied_before[shard as usize] + 1)
+            });
+            assert!(compacted, "node {node} did not compact shard {shard}\n{}", cluster.diagnostics());
+        }
+    }
+    cluster.heal();
+    cluster.wait_converged(Duration::from_secs(120));
+    let installed: u64 = (0..SHARDS).map(|s| replica_field(&cluster, 3, s, |r| r.snapshots_installed).unwrap_or(0)).sum();
+    assert!(installed >= 1, "node 3 caught up without a snapshot\n{}", cluster.diagnostics());
+    let digests = cluster.digests();
+    for shard in 0..SHARDS {
+        let of_shard: BTreeSet<&String> = digests.iter().filter(|((s, _), _)| *s == shard).map(|(_, d)| d).collect();
+        assert_eq!(of_shard.len(), 1, "raw stores of shard {shard} differ: {digests:?}");
+    }
+
+    let label_search = |node: u64, label: &str| -> BTreeSet<String> {
+        let search = json!({ "clauses": [{"type": "label", "track": "character", "label": label}], "limit": 100 });
+        let reply = http.post_json(&cluster.node(node).url("/v1/search"), &search).expect("search");
+        assert_eq!(reply["shards"]["failed"], 0, "{reply}");
+        reply["assets"].as_array().expect("assets").iter().filter_map(|a| a["asset_id"].as_str().map(String::from)).collect()
+    };
+    for node in [1u64, 2, 3] {
+        // Searchable once indexed: wait for the kept assets, then check what must be gone.
+        let all_kept = poll_until(Duration::from_secs(60), || {
+            let mut found = label_search(node, "Joey");
+            found.extend(label_search(node, "Monica"));
+            found == kept
+        });
+        assert!(all_kept, "node {node} does not find exactly the kept assets\n{}", cluster.diagnostics());
+        assert!(label_search(node, "Zebulon").is_empty(), "node {node} still finds a deleted asset");
+        assert!(label_search(node, "Quentin").is_empty(), "node {node} still finds a deleted annotation");
+        let suggest = http.get_json(&cluster.node(node).url("/v1/suggest?q=Zebu")).expect("suggest");
+        assert!(!suggest.to_string().to_lowercase().contains("zebulon"), "node {node} still suggests a deleted label: {suggest}");
+        let buckets = http.get_json(&cluster.node(node).url("/v1/assets/doomed-1/buckets?from_ms=0&to_ms=10000"));
+        let empty = match &buckets {
+            Ok(reply) => reply["buckets"].as_array().is_none_or(|b| b.iter().all(|b| b["annotations"].as_array().is_none_or(Vec::is_empty))),
+            Err(e) => e.status() == Some(404),
+        };
+        assert!(empty, "node {node} still has buckets of a deleted asset: {buckets:?}");
+    }
+}
