@@ -32,6 +32,9 @@ enum Fault {
     KillLeader,
     Pause,
     Partition,
+    /// Every node in turn is killed and started again while writes go on, as a rolling
+    /// upgrade restarts them (a longer load, so the last restart still meets writes).
+    RollingRestart,
 }
 
 fn seed() -> u64 {
@@ -123,7 +126,8 @@ fn run(name: &str, fault: Fault) {
     let started = Instant::now();
     let (_tmp, dir) = test_dir(name);
 
-    let sample = Sample::generate(&dir, HOURS, rng.gen_range(1..1_000_000));
+    let hours = if matches!(fault, Fault::RollingRestart) { HOURS * 4.0 } else { HOURS };
+    let sample = Sample::generate(&dir, hours, rng.gen_range(1..1_000_000));
     let batches = Arc::new(sample.batches(BATCH_LINES));
     eprintln!("[{name}] sample: {} assets, {} annotations, {} batches", sample.assets.len(), sample.annotations.len(), batches.len());
 
@@ -179,6 +183,22 @@ fn run(name: &str, fault: Fault) {
                 cluster.heal();
                 eprintln!("[{name}] healed after {:.1?}", cut.elapsed());
             }
+            Fault::RollingRestart => {
+                writers.wait_for_fraction(rng.gen_range(0.05..0.15), Duration::from_secs(60));
+                for node in cluster.node_ids() {
+                    assert!(
+                        !workload.is_finished(),
+                        "[{name}] the writers finished before node {node}'s restart: the restarts would meet no load"
+                    );
+                    let restarted = Instant::now();
+                    cluster.kill(node);
+                    writers.expect_progress(&format!("writes while node {node} is down"), Duration::from_secs(30));
+                    cluster.restart(node);
+                    // As an operator does between nodes: every shard has a leader again.
+                    cluster.wait_for_leaders(Duration::from_secs(60));
+                    eprintln!("[{name}] node {node} restarted in {:.1?}", restarted.elapsed());
+                }
+            }
         }
         if !matches!(fault, Fault::None) {
             writers.expect_progress("writes after the fault", Duration::from_secs(60));
@@ -226,4 +246,9 @@ fn sigstop_a_leader_past_the_election_timeout() {
 #[test]
 fn partition_a_minority_then_heal() {
     run("partition", Fault::Partition);
+}
+
+#[test]
+fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
+    run("rolling-restart", Fault::RollingRestart);
 }

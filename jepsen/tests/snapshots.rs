@@ -199,7 +199,8 @@ fn deletes_reach_a_replica_that_catches_up_by_snapshot() {
     let mut kept = write_one_by_one(&http, &cluster, 1, "kept", 30);
     let doomed = ["doomed-1", "doomed-2"];
     for asset in doomed {
-        let body = [annotation(asset, &format!("{asset}-face"), 0, "Zebulon"), annotation(asset, &format!("{asset}-x"), 4000, "Joey")].join("\n");
+        let body =
+            [annotation(asset, &format!("{asset}-face"), 0, "Zebulon"), annotation(asset, &format!("{asset}-x"), 4000, "Joey")].join("\n");
         http.send("POST", &cluster.node(2).url("/v1/annotations"), "application/x-ndjson", body.as_bytes()).expect("write doomed");
     }
     let partial = annotation("kept-asset-0", "quentin-line", 0, "Quentin");
@@ -253,7 +254,9 @@ fn deletes_reach_a_replica_that_catches_up_by_snapshot() {
         assert!(!suggest.to_string().to_lowercase().contains("zebulon"), "node {node} still suggests a deleted label: {suggest}");
         let buckets = http.get_json(&cluster.node(node).url("/v1/assets/doomed-1/buckets?from_ms=0&to_ms=10000"));
         let empty = match &buckets {
-            Ok(reply) => reply["buckets"].as_array().is_none_or(|b| b.iter().all(|b| b["annotations"].as_array().is_none_or(Vec::is_empty))),
+            Ok(reply) => {
+                reply["buckets"].as_array().is_none_or(|b| b.iter().all(|b| b["annotations"].as_array().is_none_or(Vec::is_empty)))
+            }
             Err(e) => e.status() == Some(404),
         };
         assert!(empty, "node {node} still has buckets of a deleted asset: {buckets:?}");
