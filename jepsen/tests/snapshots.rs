@@ -48,6 +48,15 @@ fn write_one_by_one(http: &Http, cluster: &LocalCluster, node: u64, prefix: &str
     assets
 }
 
+/// Three nodes whose logs compact after a few writes ([`RAFT_TOML`]), with leaders elected.
+fn start_compacting_cluster(dir: &std::path::Path) -> LocalCluster {
+    let mut options = ClusterOptions::new(3, SHARDS, 3);
+    options.extra_toml = RAFT_TOML.to_string();
+    let cluster = LocalCluster::start_with(&dir.join("cluster"), options);
+    cluster.wait_for_leaders(Duration::from_secs(60));
+    cluster
+}
+
 fn replica_field(cluster: &LocalCluster, node: u64, shard: u32, field: impl Fn(&ReplicaStatus) -> Option<u64>) -> Option<u64> {
     let status = cluster.node(node).status(false).ok()?;
     let value = status.local_replicas().into_iter().find(|(s, _)| *s == shard).and_then(|(_, replica)| field(replica));
@@ -58,10 +67,7 @@ fn replica_field(cluster: &LocalCluster, node: u64, shard: u32, field: impl Fn(&
 fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
     let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut options = ClusterOptions::new(3, SHARDS, 3);
-    options.extra_toml = RAFT_TOML.to_string();
-    let cluster = LocalCluster::start_with(&dir.path().join("cluster"), options);
-    cluster.wait_for_leaders(Duration::from_secs(60));
+    let cluster = start_compacting_cluster(dir.path());
     let http = Http::new(Duration::from_secs(30));
 
     let mut assets = write_one_by_one(&http, &cluster, 1, "before", 40);
@@ -190,10 +196,7 @@ fn a_node_that_lost_its_data_dir_stops_cleanly_or_is_refilled_never_panics() {
 fn deletes_reach_a_replica_that_catches_up_by_snapshot() {
     let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut options = ClusterOptions::new(3, SHARDS, 3);
-    options.extra_toml = RAFT_TOML.to_string();
-    let cluster = LocalCluster::start_with(&dir.path().join("cluster"), options);
-    cluster.wait_for_leaders(Duration::from_secs(60));
+    let cluster = start_compacting_cluster(dir.path());
     let http = Http::new(Duration::from_secs(30));
 
     let mut kept = write_one_by_one(&http, &cluster, 1, "kept", 30);

@@ -81,6 +81,24 @@ impl IngestRouter {
         self.in_flight += 1;
         Ok(())
     }
+
+    /// Runs `work` as one of the writes in flight and sends its result to `reply`; past
+    /// `limits.ingest_queue_depth` the reply is an overload error at once.
+    fn run_admitted<T: 'static>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        reply: tokio::sync::oneshot::Sender<Result<T, ApiError>>,
+        work: impl std::future::Future<Output = Result<T, ApiError>> + 'static,
+    ) {
+        if let Err(e) = self.admit() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        ctx.spawn(work.into_actor(self).map(move |result, router, _| {
+            router.in_flight -= 1;
+            let _ = reply.send(result);
+        }));
+    }
 }
 
 impl Actor for IngestRouter {
@@ -133,16 +151,8 @@ impl Handler<Ingest> for IngestRouter {
 
     fn handle(&mut self, ingest: Ingest, ctx: &mut Context<Self>) {
         let _handling = self.stats.handling();
-        if let Err(e) = self.admit() {
-            let _ = ingest.reply.send(Err(e));
-            return;
-        }
         let work = ingest_batch(self.view.clone(), ingest.items);
-        let reply = ingest.reply;
-        ctx.spawn(work.into_actor(self).map(move |result, router, _| {
-            router.in_flight -= 1;
-            let _ = reply.send(result);
-        }));
+        self.run_admitted(ctx, ingest.reply, work);
     }
 }
 
@@ -151,16 +161,8 @@ impl Handler<UpsertAsset> for IngestRouter {
 
     fn handle(&mut self, upsert: UpsertAsset, ctx: &mut Context<Self>) {
         let _handling = self.stats.handling();
-        if let Err(e) = self.admit() {
-            let _ = upsert.reply.send(Err(e));
-            return;
-        }
         let work = upsert_asset(self.view.clone(), upsert.asset_id, upsert.record);
-        let reply = upsert.reply;
-        ctx.spawn(work.into_actor(self).map(move |result, router, _| {
-            router.in_flight -= 1;
-            let _ = reply.send(result);
-        }));
+        self.run_admitted(ctx, upsert.reply, work);
     }
 }
 
@@ -169,22 +171,15 @@ impl Handler<ProposeChange> for IngestRouter {
 
     fn handle(&mut self, change: ProposeChange, ctx: &mut Context<Self>) {
         let _handling = self.stats.handling();
-        if let Err(e) = self.admit() {
-            let _ = change.reply.send(Err(e));
-            return;
-        }
         let view = self.view.clone();
+        let (shard, command) = (change.shard, change.command);
         let work = async move {
-            rushes_protocol::validate::validate_command(&change.command, &crate::node::ingest_limits(&view.config))?;
-            let command = change.command.encode().map_err(|e| ApiError::internal(e.to_string()))?;
+            rushes_protocol::validate::validate_command(&command, &crate::node::ingest_limits(&view.config))?;
+            let command = command.encode().map_err(|e| ApiError::internal(e.to_string()))?;
             let deadline = tokio::time::Instant::now() + view.request_timeout();
-            propose_routed(&view, change.shard, command, deadline).await
+            propose_routed(&view, shard, command, deadline).await
         };
-        let reply = change.reply;
-        ctx.spawn(work.into_actor(self).map(move |result, router, _| {
-            router.in_flight -= 1;
-            let _ = reply.send(result);
-        }));
+        self.run_admitted(ctx, change.reply, work);
     }
 }
 
