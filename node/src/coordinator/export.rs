@@ -104,9 +104,13 @@ pub async fn shard_page(
     cursor: Option<ExportCursor>,
     min_applied: u64,
 ) -> Result<(Vec<Vec<u8>>, Option<ExportCursor>), ApiError> {
-    if let Some(replica) =
-        view.local_shard(shard).cloned().filter(|r| r.progress.applied.load(std::sync::atomic::Ordering::Acquire) >= min_applied)
-    {
+    let local = match view.local_shard(shard).cloned() {
+        // A local replica a little behind the index asked for catches up in milliseconds;
+        // waiting for it beats asking another node (and a single node has no other).
+        Some(replica) => wait_for_applied(replica, min_applied, view.request_timeout().min(std::time::Duration::from_secs(1))).await,
+        None => None,
+    };
+    if let Some(replica) = local {
         let filter = filter.clone();
         return tokio::task::spawn_blocking(move || export_page(&replica.store, &filter, cursor.as_ref(), EXPORT_PAGE_BYTES as usize))
             .await
@@ -122,6 +126,20 @@ pub async fn shard_page(
         PeerReply::ExportPage { lines, next } => Ok((lines.into_iter().map(|line| line.into_vec()).collect(), next)),
         PeerReply::Error(e) => Err(e),
         other => Err(ApiError::internal(format!("unexpected reply to an export page: {}", other.kind()))),
+    }
+}
+
+/// `replica` once it has applied `index`, or `None` if it has not within `timeout`.
+async fn wait_for_applied(replica: Arc<crate::shard::Shard>, index: u64, timeout: std::time::Duration) -> Option<Arc<crate::shard::Shard>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if replica.progress.applied.load(std::sync::atomic::Ordering::Acquire) >= index {
+            return Some(replica);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
