@@ -100,7 +100,7 @@ impl Config {
             "Name of the cluster; peers with a different one are refused.",
             &format!("lower-case letters a-z, digits and '-', 1 to {CLUSTER_ID_MAX_BYTES} bytes"),
         );
-        example.integer("shards", cluster.shards, "Number of shards (Raft groups). Fixed once data exists.", CLUSTER_SHARDS);
+        example.integer("shards", cluster.shards, "Number of shards (Raft groups). Fixed once data exists: the data dir records it, and a start with another value is refused (back up and restore to change it).", CLUSTER_SHARDS);
         example.integer(
             "replication_factor",
             cluster.replication_factor,

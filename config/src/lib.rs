@@ -148,7 +148,8 @@ impl Default for NodeConfig {
 pub struct ClusterConfig {
     /// Name of the cluster; nodes refuse to talk to a peer with a different one.
     pub cluster_id: String,
-    /// Number of shards (Raft groups) assets are hashed onto. Fixed for the life of the data.
+    /// Number of shards (Raft groups) assets are hashed onto. Fixed for the life of the data: the
+    /// data dir records it (`node/src/storage/identity.rs`) and a different value is refused.
     pub shards: u32,
     /// Replicas per shard; cannot exceed the number of nodes in `nodes`. A single node (empty
     /// `nodes`) holds one replica of every shard whatever this says.
