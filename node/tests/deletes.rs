@@ -196,3 +196,19 @@ fn deletes_refuse_bad_ids_and_need_the_write_scope() {
     let error = node.client().get("/v1/export?from_ms=5&to_ms=5").expect_err("empty window");
     assert!(error.to_string().contains("to_ms"), "{error}");
 }
+
+/// `retention.purge_superseded_interval_ms`: without any call, the shard leader purges a
+/// superseded model version on its own within an interval, and keeps the current one.
+#[test]
+fn retention_purges_superseded_versions_on_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path(), &["--set", "retention.purge_superseded_interval_ms=60000"]);
+    post(&node, &[label("old", "kept", "places", "1", "scene", 0, 5000, "garage")]);
+    post(&node, &[label("new", "kept", "places", "2", "scene", 0, 5000, "garden")]);
+    let client = node.client();
+    assert!(client.get("/v1/assets/kept/annotations/old").is_ok(), "kept until the first round");
+    common::wait_until("the superseded version is purged", Duration::from_secs(150), || {
+        client.get("/v1/assets/kept/annotations/old").is_err()
+    });
+    assert!(client.get("/v1/assets/kept/annotations/new").is_ok(), "the current version stays");
+}
