@@ -57,6 +57,33 @@ fn start_compacting_cluster(dir: &std::path::Path) -> LocalCluster {
     cluster
 }
 
+/// Every shard's replicas hold byte-identical raw stores.
+fn assert_replicas_identical(cluster: &LocalCluster, when: &str) {
+    let digests = cluster.digests();
+    for shard in 0..SHARDS {
+        let of_shard: BTreeSet<&String> = digests.iter().filter(|((s, _), _)| *s == shard).map(|(_, d)| d).collect();
+        assert_eq!(of_shard.len(), 1, "raw stores of shard {shard} differ {when}: {digests:?}");
+    }
+}
+
+/// Nodes 1 and 2 compacted every shard's log past what node 3 had applied (`applied_before`),
+/// so the log alone cannot catch node 3 up.
+fn wait_compacted_past(cluster: &LocalCluster, applied_before: &[u64]) {
+    for shard in 0..SHARDS {
+        for node in [1u64, 2] {
+            let compacted = poll_until(Duration::from_secs(60), || {
+                replica_field(cluster, node, shard, |r| r.log_first_index).is_some_and(|first| first > applied_before[shard as usize] + 1)
+            });
+            assert!(
+                compacted,
+                "node {node} did not compact shard {shard} past node 3's index {}\n{}",
+                applied_before[shard as usize],
+                cluster.diagnostics()
+            );
+        }
+    }
+}
+
 fn replica_field(cluster: &LocalCluster, node: u64, shard: u32, field: impl Fn(&ReplicaStatus) -> Option<u64>) -> Option<u64> {
     let status = cluster.node(node).status(false).ok()?;
     let value = status.local_replicas().into_iter().find(|(s, _)| *s == shard).and_then(|(_, replica)| field(replica));
@@ -79,19 +106,7 @@ fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
     assets.extend(write_one_by_one(&http, &cluster, 1, "while-down", 150));
     assets.extend(write_one_by_one(&http, &cluster, 2, "while-down-2", 150));
     // Both live replicas of every shard compacted past what node 3 has: the log cannot help it.
-    for shard in 0..SHARDS {
-        for node in [1u64, 2] {
-            let compacted = poll_until(Duration::from_secs(60), || {
-                replica_field(&cluster, node, shard, |r| r.log_first_index).is_some_and(|first| first > applied_before[shard as usize] + 1)
-            });
-            assert!(
-                compacted,
-                "node {node} did not compact shard {shard} past node 3's index {}\n{}",
-                applied_before[shard as usize],
-                cluster.diagnostics()
-            );
-        }
-    }
+    wait_compacted_past(&cluster, &applied_before);
 
     // Writes continue while node 3 fetches its snapshots.
     let during = std::thread::scope(|scope| {
@@ -111,11 +126,7 @@ fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
             cluster.diagnostics()
         );
     }
-    let digests = cluster.digests();
-    for shard in 0..SHARDS {
-        let of_shard: BTreeSet<&String> = digests.iter().filter(|((s, _), _)| *s == shard).map(|(_, d)| d).collect();
-        assert_eq!(of_shard.len(), 1, "raw stores of shard {shard} differ: {digests:?}");
-    }
+    assert_replicas_identical(&cluster, "after the catch-up");
     let counts = cluster.raw_counts();
     let total_on_node_3: u64 = counts.iter().filter(|((_, node), _)| *node == 3).map(|(_, c)| c.unwrap_or(0)).sum();
     assert_eq!(total_on_node_3, 400, "node 3's replicas hold every annotation once: {counts:?}");
@@ -134,11 +145,7 @@ fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
     cluster.wait_converged(Duration::from_secs(120));
     write_one_by_one(&http, &cluster, 3, "after", 10);
     cluster.wait_converged(Duration::from_secs(60));
-    let digests = cluster.digests();
-    for shard in 0..SHARDS {
-        let of_shard: BTreeSet<&String> = digests.iter().filter(|((s, _), _)| *s == shard).map(|(_, d)| d).collect();
-        assert_eq!(of_shard.len(), 1, "raw stores of shard {shard} differ after more writes: {digests:?}");
-    }
+    assert_replicas_identical(&cluster, "after more writes");
 }
 
 /// A node restarted with an empty data dir under its old id. Whichever reaches it first
@@ -180,11 +187,7 @@ fn a_node_that_lost_its_data_dir_stops_cleanly_or_is_refilled_never_panics() {
     write_one_by_one(&http, &cluster, 1, "after", 10);
     if failed == 0 {
         cluster.wait_converged(Duration::from_secs(60));
-        let digests = cluster.digests();
-        for shard in 0..SHARDS {
-            let of_shard: BTreeSet<&String> = digests.iter().filter(|((s, _), _)| *s == shard).map(|(_, d)| d).collect();
-            assert_eq!(of_shard.len(), 1, "raw stores of shard {shard} differ after the refill: {digests:?}");
-        }
+        assert_replicas_identical(&cluster, "after the refill");
     }
 }
 
@@ -219,23 +222,12 @@ fn deletes_reach_a_replica_that_catches_up_by_snapshot() {
     }
     http.send("DELETE", &cluster.node(2).url("/v1/assets/kept-asset-0/annotations/quentin-line"), "", b"").expect("delete annotation");
     kept.extend(write_one_by_one(&http, &cluster, 1, "while-down", 150));
-    for shard in 0..SHARDS {
-        for node in [1u64, 2] {
-            let compacted = poll_until(Duration::from_secs(60), || {
-                replica_field(&cluster, node, shard, |r| r.log_first_index).is_some_and(|first| first > applied_before[shard as usize] + 1)
-            });
-            assert!(compacted, "node {node} did not compact shard {shard}\n{}", cluster.diagnostics());
-        }
-    }
+    wait_compacted_past(&cluster, &applied_before);
     cluster.heal();
     cluster.wait_converged(Duration::from_secs(120));
     let installed: u64 = (0..SHARDS).map(|s| replica_field(&cluster, 3, s, |r| r.snapshots_installed).unwrap_or(0)).sum();
     assert!(installed >= 1, "node 3 caught up without a snapshot\n{}", cluster.diagnostics());
-    let digests = cluster.digests();
-    for shard in 0..SHARDS {
-        let of_shard: BTreeSet<&String> = digests.iter().filter(|((s, _), _)| *s == shard).map(|(_, d)| d).collect();
-        assert_eq!(of_shard.len(), 1, "raw stores of shard {shard} differ: {digests:?}");
-    }
+    assert_replicas_identical(&cluster, "after the catch-up");
 
     let label_search = |node: u64, label: &str| -> BTreeSet<String> {
         let search = json!({ "clauses": [{"type": "label", "track": "character", "label": label}], "limit": 100 });

@@ -23,6 +23,23 @@ fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr")
 }
 
+/// Runs `rushes serve` with `config` (written to `dir/node-1.toml`); its log goes to the
+/// returned path.
+fn serve(dir: &Path, config: &str) -> (std::process::Child, std::path::PathBuf) {
+    let config_path = dir.join("node-1.toml");
+    write(&config_path, config);
+    let log = dir.join("node.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_rushes"))
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
+        .spawn()
+        .expect("start the node");
+    (child, log)
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write");
 }
@@ -80,17 +97,7 @@ fn strangers_and_forgeries_on_the_peer_port_are_refused_and_change_nothing() {
         dir.path().join("node-1.key").display().to_string(),
         rushes_node::http::auth::key_hash(&token),
     );
-    let config_path = dir.path().join("node-1.toml");
-    write(&config_path, &config);
-    let log = dir.path().join("node.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rushes"))
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
-        .spawn()
-        .expect("start the node");
+    let (mut child, _log) = serve(dir.path(), &config);
     let client = Client::new(&format!("http://{http}")).with_token(Some(token));
     wait_until("node 1 to serve", Duration::from_secs(60), || client.get("/health").is_ok());
     // With replication factor 1, each shard lives on node 1 or on node 2 (played here).
@@ -185,17 +192,7 @@ fn an_insecure_cluster_says_so_in_the_log_and_in_the_cluster_view() {
          nodes = [{{ id = 1, raft_addr = \"{raft1}\", http_addr = \"{http}\" }}, {{ id = 2, raft_addr = \"{raft2}\", http_addr = \"127.0.0.1:9\" }}]\n",
         dir.path().join("data").display().to_string(),
     );
-    let config_path = dir.path().join("node-1.toml");
-    write(&config_path, &config);
-    let log = dir.path().join("node.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rushes"))
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
-        .spawn()
-        .expect("start the node");
+    let (mut child, log) = serve(dir.path(), &config);
     // No keys on loopback: open, and said to be.
     let client = Client::new(&format!("http://{http}"));
     wait_until("node 1 to serve", Duration::from_secs(60), || client.get("/health").is_ok());
