@@ -169,8 +169,23 @@ impl LocalNode {
     }
 
     /// Panics with `message` and the tail of this node's log.
+    /// A panic's message is quoted first: with backtraces on, it is far above the tail.
     pub fn fail(&self, message: &str) -> ! {
-        panic!("{message}\n--- last lines of {} ---\n{}", self.log_path.display(), self.log_tail(60));
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let panics: Vec<String> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| line.contains("panicked at"))
+            .take(3)
+            .map(|(i, line)| format!("{line}\n{}", lines.get(i + 1).copied().unwrap_or("")))
+            .collect();
+        panic!(
+            "{message}\n--- panics in {} ---\n{}\n--- last lines ---\n{}",
+            self.log_path.display(),
+            panics.join("\n"),
+            self.log_tail(60)
+        );
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
