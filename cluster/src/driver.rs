@@ -310,6 +310,40 @@ impl<S: RaftLogStore> RaftDriver<S> {
         self.node.raft.prs().get(node).map(|progress| progress.matched)
     }
 
+    /// On a leader: the group's configuration and how far `added` has replicated, for the
+    /// metadata leader driving a move (`None` on a follower).
+    pub fn observation(&self, added: Option<NodeId>) -> Option<crate::membership::GroupObservation> {
+        if !self.is_leader() {
+            return None;
+        }
+        let conf = self.conf_state();
+        Some(crate::membership::GroupObservation {
+            leader: self.node.raft.id,
+            voters: conf.voters.clone(),
+            learners: conf.learners.clone(),
+            joint: !conf.voters_outgoing.is_empty(),
+            commit_index: self.commit_index(),
+            added_matched: added.and_then(|node| self.matched(node)),
+        })
+    }
+
+    /// Makes a change the metadata leader asked for: a configuration change or a leader
+    /// transfer. Only on the leader; a change to a node the group already has is a no-op
+    /// there (raft-rs refuses nothing it can apply, and the next observation shows the result).
+    pub fn change_group(&mut self, change: &crate::membership::GroupChange) -> Result<(), DriverError> {
+        if !self.is_leader() {
+            return Err(DriverError::NotLeader { shard: self.shard, leader: self.leader_id() });
+        }
+        match (change, change.conf_change()) {
+            (crate::membership::GroupChange::TransferLeader { to }, _) => {
+                self.transfer_leader(*to);
+                Ok(())
+            }
+            (_, Some(conf_change)) => self.propose_conf_change(vec![], conf_change),
+            (_, None) => Ok(()),
+        }
+    }
+
     /// Asks for a read index (raft's ReadIndex: the leader confirms it still leads with a
     /// heartbeat round, then answers with its commit index). On a follower the request goes to
     /// the leader. The answer arrives in a later [`ReadyOutcome::read_states`] with `context`;
@@ -688,6 +722,75 @@ mod tests {
             cluster.restart(4);
             assert_eq!(voters(&cluster, 4), expected);
             assert!(cluster.run_until(300, |c| c.leaders().len() == 1 && c.all_applied(written as usize)));
+        }
+    }
+
+    /// The metadata leader's loop, on the simulated network: the map's move is driven only by
+    /// `membership::next_step` over what the group's leader reports (`observation`) and the
+    /// changes it asks for (`change_group`), with writes going on, lost messages, and the
+    /// group's leader restarted in the middle of the move. The move finishes, the new replica
+    /// holds every write, and the group never has two leaders in a term.
+    #[test]
+    fn next_step_drives_a_move_to_completion_through_leader_restarts() {
+        use crate::membership::{next_step, ClusterMap, GroupChange, MapCommand, Member, MoveStep, QueuedMove};
+        for seed in 0..4u64 {
+            let members =
+                (1..=4).map(|id| Member { id, raft_addr: format!("n{id}:1"), http_addr: format!("n{id}:2"), draining: false }).collect();
+            let mut map = ClusterMap::bootstrap("sim", 1, 3, members);
+            map.queued.clear();
+            map.shards[0].voters = vec![1, 2, 3];
+            map.shards[0].initial_voters = vec![1, 2, 3];
+            let remove = 1 + seed % 3;
+            map.apply(&MapCommand::QueueMove(QueuedMove { group: 0, add: 4, remove: Some(remove) })).unwrap();
+            map.apply(&MapCommand::StartQueued).unwrap();
+
+            let mut cluster = SimCluster::in_memory(&[1, 2, 3], seed);
+            cluster.drop_rate = 0.02;
+            let mut written = 0u32;
+            cluster.add_replica(4, &[1, 2, 3]);
+            let mut restarted = false;
+            for round in 0..3000 {
+                let Some(m) = map.shards[0].moving.clone() else { break };
+                if round % 3 == 0 && cluster.propose_to_leader(written.to_be_bytes().to_vec()) {
+                    written += 1;
+                }
+                cluster.tick_all();
+                if !restarted && m.phase == crate::membership::MovePhase::CatchUp {
+                    let id = leader(&mut cluster);
+                    cluster.restart(id);
+                    restarted = true;
+                    continue;
+                }
+                let Some(id) = cluster.leaders().into_iter().max_by_key(|(_, term)| *term).map(|l| l.0) else { continue };
+                let Some(observed) = cluster.drivers[&id].observation(Some(m.add)) else { continue };
+                match next_step(0, &m, &observed) {
+                    MoveStep::Wait => {}
+                    MoveStep::Map(command) => map.apply(&command).unwrap(),
+                    MoveStep::AddLearner { node } => {
+                        let _ = cluster.drivers.get_mut(&id).unwrap().change_group(&GroupChange::AddLearner { node });
+                    }
+                    MoveStep::Promote { add, remove } => {
+                        let _ = cluster.drivers.get_mut(&id).unwrap().change_group(&GroupChange::Promote { add, remove });
+                    }
+                    MoveStep::TransferLeader { to } => {
+                        let _ = cluster.drivers.get_mut(&id).unwrap().change_group(&GroupChange::TransferLeader { to });
+                    }
+                    MoveStep::RemoveNode { .. } => unreachable!("not a metadata departure"),
+                }
+                cluster.check_invariants();
+            }
+            assert!(map.shards[0].moving.is_none(), "seed {seed}: the move did not finish");
+            assert!(restarted, "seed {seed}: the leader was never restarted during the catch-up");
+            let mut expected: Vec<NodeId> = [1, 2, 3, 4].into_iter().filter(|&n| n != remove).collect();
+            expected.sort();
+            let mut in_map = map.shards[0].voters.clone();
+            in_map.sort();
+            assert_eq!(in_map, expected, "seed {seed}");
+            cluster.remove_replica(remove);
+            assert!(
+                cluster.run_until(600, |c| expected.iter().all(|&n| voters(c, n) == expected) && c.all_applied(written as usize)),
+                "seed {seed}: the new group did not converge"
+            );
         }
     }
 

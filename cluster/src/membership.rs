@@ -150,6 +150,66 @@ pub enum MapCommand {
         move_id: u64,
     },
     SetMaxConcurrentMoves(usize),
+    /// A draining member's metadata replica is out of the group's configuration: drop it
+    /// from the map (see [`meta_departure_step`]).
+    LeaveMeta {
+        id: NodeId,
+    },
+}
+
+/// What the metadata group's log holds: the map a new cluster starts with (proposed once by
+/// its first leader; later ones are ignored), then commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaEntry {
+    Bootstrap(ClusterMap),
+    Command(MapCommand),
+}
+
+/// A change a group's leader is asked to make to the group's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupChange {
+    AddLearner {
+        node: NodeId,
+    },
+    /// One joint change: `add` becomes a voter, `remove` (if any) leaves.
+    Promote {
+        add: NodeId,
+        remove: Option<NodeId>,
+    },
+    TransferLeader {
+        to: NodeId,
+    },
+    RemoveNode {
+        node: NodeId,
+    },
+}
+
+impl GroupChange {
+    /// The raft-rs configuration change, or `None` for a leader transfer.
+    pub fn conf_change(&self) -> Option<raft::eraftpb::ConfChangeV2> {
+        use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+        let single = |change_type: ConfChangeType, node_id: NodeId| {
+            let mut c = ConfChangeSingle::default();
+            c.set_change_type(change_type);
+            c.node_id = node_id;
+            c
+        };
+        let changes = match *self {
+            GroupChange::AddLearner { node } => vec![single(ConfChangeType::AddLearnerNode, node)],
+            GroupChange::Promote { add, remove } => {
+                let mut changes = vec![single(ConfChangeType::AddNode, add)];
+                changes.extend(remove.map(|r| single(ConfChangeType::RemoveNode, r)));
+                changes
+            }
+            GroupChange::RemoveNode { node } => vec![single(ConfChangeType::RemoveNode, node)],
+            GroupChange::TransferLeader { .. } => return None,
+        };
+        let mut change = ConfChangeV2::default();
+        // Several changes go through a joint configuration that raft-rs leaves by itself.
+        change.set_transition(ConfChangeTransition::Auto);
+        change.set_changes(changes.into());
+        Some(change)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -361,7 +421,30 @@ impl ClusterMap {
                 self.max_concurrent_moves = *n;
                 Ok(())
             }
+            MapCommand::LeaveMeta { id } => {
+                let holds = self.meta.voters.contains(id) || self.meta.learners.contains(id);
+                if !holds {
+                    return Err(MapError::InvalidMove(format!("node {id} holds no replica of the metadata group")));
+                }
+                if self.meta.voters == [*id] {
+                    return Err(MapError::InvalidMove(format!("node {id} is the metadata group's last voter")));
+                }
+                self.meta.voters.retain(|v| v != id);
+                self.meta.learners.retain(|v| v != id);
+                Ok(())
+            }
         }
+    }
+
+    /// Draining members whose only replica left is the metadata group's: they leave it next.
+    pub fn meta_departures(&self) -> Vec<NodeId> {
+        self.members
+            .values()
+            .filter(|m| m.draining && self.meta.moving.is_none())
+            .filter(|m| self.groups_on(m.id) == [META_GROUP])
+            .filter(|m| !self.queued.iter().any(|q| q.add == m.id))
+            .map(|m| m.id)
+            .collect()
     }
 
     /// Whether `queued` makes sense on the current map: both nodes members, `add` not already
@@ -509,8 +592,33 @@ pub enum MoveStep {
     Promote { add: NodeId, remove: Option<NodeId> },
     /// Ask the group's leader (which is being removed) to hand leadership to `to` first.
     TransferLeader { to: NodeId },
+    /// Ask the group's leader to remove `node` (a departing metadata replica).
+    RemoveNode { node: NodeId },
     /// Record progress in the map.
     Map(MapCommand),
+}
+
+/// The next step of a draining member's departure from the metadata group, given what the
+/// group's leader reports: hand leadership over if it leads, leave the configuration, then
+/// leave the map. Never removes the last voter.
+pub fn meta_departure_step(node: NodeId, observed: &GroupObservation) -> MoveStep {
+    if observed.joint {
+        return MoveStep::Wait;
+    }
+    let in_conf = observed.voters.contains(&node) || observed.learners.contains(&node);
+    if !in_conf {
+        return MoveStep::Map(MapCommand::LeaveMeta { id: node });
+    }
+    if observed.voters == [node] {
+        return MoveStep::Wait;
+    }
+    if observed.leader == node {
+        return match observed.voters.iter().find(|&&v| v != node) {
+            Some(&to) => MoveStep::TransferLeader { to },
+            None => MoveStep::Wait,
+        };
+    }
+    MoveStep::RemoveNode { node }
 }
 
 /// A learner within this many entries of the leader's commit has caught up.
@@ -656,6 +764,7 @@ mod tests {
                     observed.voters.retain(|n| Some(*n) != remove);
                 }
                 MoveStep::TransferLeader { to } => observed.leader = to,
+                MoveStep::RemoveNode { .. } => unreachable!("only a metadata departure removes a node alone"),
                 MoveStep::Map(command) => map.apply(&command).unwrap(),
             }
         }
@@ -724,6 +833,49 @@ mod tests {
         let holds = map.shards.iter().filter(|p| p.voters.contains(&2)).count();
         assert_eq!(drain.len(), holds);
         assert!(drain.iter().all(|q| q.remove == Some(2) && q.add != 2 && !map.shards[q.group as usize].voters.contains(&q.add)));
+    }
+
+    #[test]
+    fn a_draining_member_leaves_the_metadata_group_after_its_shards_and_never_as_the_last_voter() {
+        let mut map = ClusterMap::bootstrap("c", 2, 2, (1..=3).map(member).collect());
+        map.apply(&MapCommand::SetDraining { id: 3, draining: true }).unwrap();
+        let holds_shards = map.shards.iter().any(|p| p.voters.contains(&3));
+        assert_eq!(map.meta_departures().is_empty(), holds_shards, "shards first");
+        for p in &mut map.shards {
+            p.voters.retain(|v| *v != 3);
+        }
+        assert_eq!(map.meta_departures(), vec![3]);
+        let observed =
+            GroupObservation { leader: 3, voters: vec![1, 2, 3], learners: vec![], joint: false, commit_index: 9, added_matched: None };
+        assert_eq!(meta_departure_step(3, &observed), MoveStep::TransferLeader { to: 1 });
+        let observed = GroupObservation { leader: 1, ..observed };
+        assert_eq!(meta_departure_step(3, &observed), MoveStep::RemoveNode { node: 3 });
+        let observed = GroupObservation { voters: vec![1, 2], ..observed };
+        assert_eq!(meta_departure_step(3, &observed), MoveStep::Map(MapCommand::LeaveMeta { id: 3 }));
+        map.apply(&MapCommand::LeaveMeta { id: 3 }).unwrap();
+        assert_eq!(map.meta.voters, vec![1, 2]);
+        map.apply(&MapCommand::RemoveMember { id: 3 }).unwrap();
+        // The last voter never leaves.
+        let mut alone = ClusterMap::bootstrap("c", 1, 1, vec![member(1)]);
+        assert!(alone.apply(&MapCommand::LeaveMeta { id: 1 }).is_err());
+        let last = GroupObservation { leader: 1, voters: vec![1], learners: vec![], joint: false, commit_index: 1, added_matched: None };
+        assert_eq!(meta_departure_step(1, &last), MoveStep::Wait);
+    }
+
+    #[test]
+    fn group_changes_become_the_raft_conf_changes_they_name() {
+        use raft::eraftpb::ConfChangeType;
+        let kinds = |change: GroupChange| -> Vec<(ConfChangeType, u64)> {
+            change.conf_change().map(|c| c.changes.iter().map(|s| (s.get_change_type(), s.node_id)).collect()).unwrap_or_default()
+        };
+        assert_eq!(kinds(GroupChange::AddLearner { node: 4 }), vec![(ConfChangeType::AddLearnerNode, 4)]);
+        assert_eq!(
+            kinds(GroupChange::Promote { add: 4, remove: Some(2) }),
+            vec![(ConfChangeType::AddNode, 4), (ConfChangeType::RemoveNode, 2)],
+            "one joint change"
+        );
+        assert_eq!(kinds(GroupChange::RemoveNode { node: 3 }), vec![(ConfChangeType::RemoveNode, 3)]);
+        assert!(GroupChange::TransferLeader { to: 2 }.conf_change().is_none());
     }
 
     #[test]

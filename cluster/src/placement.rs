@@ -43,8 +43,12 @@ pub enum PlacementError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardMap {
     shard_count: u32,
-    /// Replicas of each shard, rendezvous order (best first).
+    /// Voters of each shard: rendezvous order (best first) at bootstrap, the cluster map's
+    /// order after changes. Reads and writes are routed to these.
     replicas: Vec<Vec<NodeId>>,
+    /// Every node holding or receiving a replica of each shard (voters, learners, the target
+    /// of a move in flight): who may speak Raft for it and fetch its snapshots.
+    holders: Vec<Vec<NodeId>>,
 }
 
 impl ShardMap {
@@ -63,8 +67,22 @@ impl ShardMap {
         if replication_factor == 0 || replication_factor > sorted.len() {
             return Err(PlacementError::ReplicationFactor { replication_factor, nodes: sorted.len() });
         }
-        let replicas = (0..shard_count).map(|shard| replicas_for_shard(shard, &sorted, replication_factor)).collect();
-        Ok(ShardMap { shard_count, replicas })
+        let replicas: Vec<Vec<NodeId>> = (0..shard_count).map(|shard| replicas_for_shard(shard, &sorted, replication_factor)).collect();
+        Ok(ShardMap { shard_count, holders: replicas.clone(), replicas })
+    }
+
+    /// The routing view of a replicated cluster map: each shard's voters, and its holders.
+    pub fn from_cluster_map(map: &crate::membership::ClusterMap) -> ShardMap {
+        ShardMap {
+            shard_count: map.shard_count,
+            replicas: map.shards.iter().map(|p| p.voters.clone()).collect(),
+            holders: map.shards.iter().map(|p| p.holders().into_iter().collect()).collect(),
+        }
+    }
+
+    /// Every node that holds or is receiving a replica of `shard`.
+    pub fn holders(&self, shard: ShardId) -> &[NodeId] {
+        self.holders.get(shard as usize).map_or(&[], Vec::as_slice)
     }
 
     pub fn shard_count(&self) -> u32 {
@@ -80,9 +98,9 @@ impl ShardMap {
         self.replicas.get(shard as usize).map_or(&[], Vec::as_slice)
     }
 
-    /// The shards `node` holds a replica of, ascending.
+    /// The shards `node` holds (or is receiving) a replica of, ascending.
     pub fn shards_on(&self, node: NodeId) -> Vec<ShardId> {
-        (0..self.shard_count).filter(|&shard| self.replicas(shard).contains(&node)).collect()
+        (0..self.shard_count).filter(|&shard| self.holders(shard).contains(&node)).collect()
     }
 }
 

@@ -83,6 +83,24 @@ pub enum PeerRequest {
     /// The committed commands of `shard`'s log in `(after, through]`, about `max_bytes` at most
     /// (a backup's tail: the writes applied while it read the shard).
     LogCommands { shard: ShardId, after: u64, through: u64, max_bytes: u32 },
+    /// The cluster map the receiver follows, encoded by `rushes_cluster::membership` (reply
+    /// `Raw`). A joining node asks for it until it is a member.
+    ClusterMap,
+    /// Propose an encoded map command on the metadata group if the receiver leads it; the
+    /// reply (`Raw`) is the map once the command is applied, or `NotLeader`.
+    MetaPropose {
+        #[serde(with = "serde_bytes")]
+        command: Vec<u8>,
+    },
+    /// A group's configuration as its leader sees it, and how far `added` has replicated the
+    /// log (reply `Raw`: an encoded observation, or `NotLeader`).
+    GroupObserve { group: ShardId, added: Option<NodeId> },
+    /// A configuration change (encoded) for the group's leader to propose (reply `Raw`, empty).
+    GroupChange {
+        group: ShardId,
+        #[serde(with = "serde_bytes")]
+        change: Vec<u8>,
+    },
 }
 
 /// Which raw annotations an export holds.
@@ -133,6 +151,10 @@ impl PeerRequest {
             PeerRequest::ExportPage { .. } => "export_page",
             PeerRequest::SupersededAssets { .. } => "superseded_assets",
             PeerRequest::LogCommands { .. } => "log_commands",
+            PeerRequest::ClusterMap => "cluster_map",
+            PeerRequest::MetaPropose { .. } => "meta_propose",
+            PeerRequest::GroupObserve { .. } => "group_observe",
+            PeerRequest::GroupChange { .. } => "group_change",
         }
     }
 }
@@ -398,6 +420,10 @@ mod tests {
             PeerRequest::ExportPage { shard: 0, filter: ExportFilter::default(), cursor: None, max_bytes: 0, min_applied: 0 },
             PeerRequest::SupersededAssets { shard: 0 },
             PeerRequest::LogCommands { shard: 0, after: 0, through: 0, max_bytes: 0 },
+            PeerRequest::ClusterMap,
+            PeerRequest::MetaPropose { command: vec![] },
+            PeerRequest::GroupObserve { group: 0, added: None },
+            PeerRequest::GroupChange { group: 0, change: vec![] },
         ];
         for (position, request) in requests.iter().enumerate() {
             assert_eq!(position_of(request) as usize, position, "{} moved: append new variants, never reorder", request.kind());
