@@ -130,6 +130,13 @@ impl Config {
         example.key("tls_cert_file", quoted(&cluster.tls_cert_file), "PEM file of this node's certificate.", "a path, or \"\" for none");
         example.key("tls_key_file", quoted(&cluster.tls_key_file), "PEM file of this node's private key.", "a path, or \"\" for none");
         example.key(
+            "join",
+            cluster.join.to_string(),
+            "Join a running cluster instead of bootstrapping one: ask the nodes listed in `nodes` for the cluster map\n\
+             # and wait until an operator runs `rushes cluster add-node`. Ignored once the node has joined.",
+            "true or false",
+        );
+        example.key(
             "insecure_peers",
             cluster.insecure_peers.to_string(),
             "Run a multi-node cluster without peer certificates: anyone who reaches a raft port can speak for any node.\n\
@@ -414,6 +421,13 @@ impl Config {
             raft.snapshot_chunk_bytes,
             "Raw store bytes per chunk this node serves to a replica fetching a snapshot.",
             RAFT_SNAPSHOT_CHUNK_BYTES,
+        );
+        example.integer(
+            "snapshot_transfer_bytes_per_s",
+            raft.snapshot_transfer_bytes_per_s,
+            "Bytes per second a replica fetching a snapshot reads (a moving replica, a far-behind one), so ingest and\n\
+             # search keep their latency during a rebalance; 0 is unlimited (otherwise at least 65536).",
+            RAFT_SNAPSHOT_TRANSFER_BYTES_PER_S,
         );
 
         let http = &defaults.http;

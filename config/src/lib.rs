@@ -155,7 +155,13 @@ pub struct ClusterConfig {
     /// `nodes`) holds one replica of every shard whatever this says.
     pub replication_factor: usize,
     /// All members, including this node. Empty means a single-node cluster made of `node`.
+    /// Seeds the first bootstrap only: from then on the members and the placement of every
+    /// replica live in the replicated cluster map (`rushes cluster add-node` and friends).
     pub nodes: Vec<ClusterNodeConfig>,
+    /// This node joins a running cluster instead of bootstrapping one: it asks the nodes in
+    /// `nodes` (this one and at least one member) for the cluster map and waits until an
+    /// operator adds it (`rushes cluster add-node`). Ignored once the node has joined.
+    pub join: bool,
     /// PEM file of the cluster's certificate authority. With `tls_cert_file` and
     /// `tls_key_file`, peers speak mutual TLS: each presents a certificate from this CA that
     /// names its node id (`node-<id>`), and a connection may only speak as that node.
@@ -184,6 +190,7 @@ impl Default for ClusterConfig {
             shards: 4,
             replication_factor: 3,
             nodes: Vec::new(),
+            join: false,
             tls_ca_file: String::new(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
@@ -627,6 +634,10 @@ pub struct RaftConfig {
     /// Raw store bytes per chunk this node serves to a replica fetching a snapshot (the
     /// serving node's setting applies). Smaller chunks mean more round trips.
     pub snapshot_chunk_bytes: u64,
+    /// Bytes per second a replica fetching a snapshot (a new replica of a move, a far-behind
+    /// one) reads from its peer, so ingest and search keep their latency while replicas move;
+    /// 0 is unlimited.
+    pub snapshot_transfer_bytes_per_s: u64,
 }
 
 impl Default for RaftConfig {
@@ -642,6 +653,7 @@ impl Default for RaftConfig {
             snapshot_log_entries: 20_000,
             compaction_interval_ms: 10_000,
             snapshot_chunk_bytes: 4 * MIB as u64,
+            snapshot_transfer_bytes_per_s: 64 * MIB as u64,
         }
     }
 }

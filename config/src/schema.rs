@@ -79,6 +79,7 @@ const CLUSTER: &[Field] = &[
     Field::optional("shards", Kind::Integer),
     Field::optional("replication_factor", Kind::Integer),
     Field::optional("nodes", Kind::TableArray(CLUSTER_NODE)),
+    Field::optional("join", Kind::Bool),
     Field::optional("tls_ca_file", Kind::Text),
     Field::optional("tls_cert_file", Kind::Text),
     Field::optional("tls_key_file", Kind::Text),
@@ -160,6 +161,7 @@ const RAFT: &[Field] = &[
     Field::optional("snapshot_log_entries", Kind::Integer),
     Field::optional("compaction_interval_ms", Kind::Integer),
     Field::optional("snapshot_chunk_bytes", Kind::Integer),
+    Field::optional("snapshot_transfer_bytes_per_s", Kind::Integer),
 ];
 
 const HTTP: &[Field] = &[

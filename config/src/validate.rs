@@ -133,6 +133,8 @@ pub(crate) mod ranges {
     pub const RETENTION_PURGE_SUPERSEDED_INTERVAL_MS: IntegerRange = IntegerRange::new(0, 365 * 24 * 3_600_000);
     /// A chunk travels in one peer frame (at most 256 MiB with its encoding).
     pub const RAFT_SNAPSHOT_CHUNK_BYTES: IntegerRange = IntegerRange::bytes(KIB, 64 * MIB as u64);
+    /// 0 (unlimited), or at least 64 KiB/s (a snapshot must finish some day).
+    pub const RAFT_SNAPSHOT_TRANSFER_BYTES_PER_S: IntegerRange = IntegerRange::new(0, 100 * 1024 * MIB as u64);
 }
 
 use ranges::*;
@@ -334,6 +336,13 @@ impl Config {
                 missing,
                 "\"\"".to_string(),
                 "cluster.tls_ca_file, cluster.tls_cert_file and cluster.tls_key_file go together: set all three (rushes cluster certs makes them) or none",
+            ));
+        }
+        if cluster.join && cluster.nodes.len() < 2 {
+            return Err(ConfigError::invalid_value(
+                "cluster.join",
+                "true".to_string(),
+                "a joining node needs cluster.nodes to list itself and at least one running member to ask for the cluster map",
             ));
         }
         if cluster.nodes.len() > 1 && peer_files_set == 0 && !cluster.insecure_peers {
@@ -649,6 +658,14 @@ impl Config {
         check_range("raft.snapshot_log_entries", raft.snapshot_log_entries, RAFT_SNAPSHOT_LOG_ENTRIES)?;
         check_range("raft.compaction_interval_ms", raft.compaction_interval_ms, RAFT_COMPACTION_INTERVAL_MS)?;
         check_range("raft.snapshot_chunk_bytes", raft.snapshot_chunk_bytes, RAFT_SNAPSHOT_CHUNK_BYTES)?;
+        check_range("raft.snapshot_transfer_bytes_per_s", raft.snapshot_transfer_bytes_per_s, RAFT_SNAPSHOT_TRANSFER_BYTES_PER_S)?;
+        if raft.snapshot_transfer_bytes_per_s != 0 && raft.snapshot_transfer_bytes_per_s < 64 * KIB as u64 {
+            return Err(ConfigError::invalid_value(
+                "raft.snapshot_transfer_bytes_per_s",
+                raft.snapshot_transfer_bytes_per_s.to_string(),
+                "0 (unlimited) or at least 65536 (64 KiB/s)",
+            ));
+        }
         Ok(())
     }
 }
