@@ -7,6 +7,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod http;
 pub mod ingest;
+pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod peer;

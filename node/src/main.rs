@@ -78,6 +78,26 @@ impl ClientArgs {
     }
 }
 
+#[derive(clap::Args)]
+struct WaitArgs {
+    /// Return once the change is queued instead of waiting for the moves.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up waiting (the moves go on) after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout_s: u64,
+}
+
+impl WaitArgs {
+    fn wait(&self) -> Option<std::time::Duration> {
+        (!self.no_wait).then(|| std::time::Duration::from_secs(self.timeout_s))
+    }
+
+    fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_s)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
@@ -250,6 +270,73 @@ enum ClusterCommand {
         /// Print the raw JSON reply.
         #[arg(long)]
         json: bool,
+    },
+    /// Add a node to a running cluster: start it first with `cluster.join = true` (its config
+    /// lists itself and at least one member), then run this against any member. Waits until
+    /// the node follows the cluster map; `--rebalance` then moves replicas onto it.
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        /// Where peers reach the new node's Raft transport (host:port).
+        #[arg(long)]
+        raft_addr: String,
+        /// Where clients reach the new node's HTTP API (host:port).
+        #[arg(long)]
+        http_addr: String,
+        #[arg(long)]
+        rebalance: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Drain a node (its replicas move to the least loaded others, one group at a time, each
+    /// new replica caught up before the old one leaves), then remove it from the cluster.
+    RemoveNode {
+        id: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Move every replica of OLD (alive or dead) to NEW, then remove OLD. NEW is added first
+    /// when --raft-addr and --http-addr are given (start it with cluster.join = true).
+    ReplaceNode {
+        old: u64,
+        #[arg(long = "with")]
+        with_node: u64,
+        #[arg(long, requires = "http_addr")]
+        raft_addr: Option<String>,
+        #[arg(long, requires = "raft_addr")]
+        http_addr: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Move one replica of a shard from one node to another.
+    MoveReplica {
+        #[arg(long)]
+        shard: u32,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Spread replicas evenly over the members (the fewest moves; at most
+    /// --max-concurrent-moves at once; snapshot transfer throttled by
+    /// raft.snapshot_transfer_bytes_per_s).
+    Rebalance {
+        #[arg(long)]
+        max_concurrent_moves: Option<usize>,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Write D/node-1.toml .. D/node-N.toml and run `rushes serve --config D/node-N.toml` for
     /// each (node N serves HTTP on 127.0.0.1:P+N-1, Raft on P+100+N-1) until Ctrl-C.
@@ -481,6 +568,22 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 println!("shard {shard}: rebuilt {assets} assets, {docs} bucket documents in {:.1}s", started.elapsed().as_secs_f64());
             }
             Ok(())
+        }
+        Command::Cluster { command: ClusterCommand::AddNode { id, raft_addr, http_addr, rebalance, wait, client } } => {
+            Ok(rushes_node::cli::membership::add_node(&client.client()?, id, &raft_addr, &http_addr, rebalance, wait.wait())?)
+        }
+        Command::Cluster { command: ClusterCommand::RemoveNode { id, wait, client } } => {
+            Ok(rushes_node::cli::membership::remove_node(&client.client()?, id, wait.timeout())?)
+        }
+        Command::Cluster { command: ClusterCommand::ReplaceNode { old, with_node, raft_addr, http_addr, wait, client } } => {
+            let addrs = raft_addr.as_deref().zip(http_addr.as_deref());
+            Ok(rushes_node::cli::membership::replace_node(&client.client()?, old, with_node, addrs, wait.timeout())?)
+        }
+        Command::Cluster { command: ClusterCommand::MoveReplica { shard, from, to, wait, client } } => {
+            Ok(rushes_node::cli::membership::move_replica(&client.client()?, shard, from, to, wait.wait())?)
+        }
+        Command::Cluster { command: ClusterCommand::Rebalance { max_concurrent_moves, wait, client } } => {
+            Ok(rushes_node::cli::membership::rebalance(&client.client()?, max_concurrent_moves, wait.wait())?)
         }
         Command::Cluster { command: ClusterCommand::Status { client, json } } => {
             let status = client.client()?.get_json("/v1/cluster")?;

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Actor;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use rushes_cluster::membership::ClusterMap;
 use rushes_cluster::{NodeId, RaftSettings, ShardId, ShardMap};
 use rushes_config::{Config, Metric, Quantization};
 use rushes_protocol::peer::{ApplyOutcome, AssetRead, PeerReply};
@@ -110,15 +111,18 @@ pub fn ingest_limits(config: &Config) -> IngestLimits {
 }
 
 /// This node's replicas and where the other shards live: what the ingest router, the
-/// coordinator, the planner and the peer dispatcher share. Fixed once the node is open.
+/// coordinator, the planner and the peer dispatcher share. The replicas and the shard map
+/// change when the cluster map does (`meta::orchestrator::follow_map`); readers take a
+/// snapshot (`shards()`, `shard_map()`) and never hold a lock across an await.
 pub struct ClusterView {
     pub config: Config,
-    /// This node's replicas, in shard order.
-    pub shards: Vec<Arc<Shard>>,
-    /// Position in `shards` of each shard id this node holds.
-    local_positions: Vec<Option<usize>>,
-    /// Every shard's replicas (identical on every node).
-    pub shard_map: ShardMap,
+    /// This node's replicas by shard id.
+    replicas: RwLock<BTreeMap<ShardId, Arc<Shard>>>,
+    /// Every shard's voters and holders: from config until the cluster map is known.
+    shard_map: RwLock<Arc<ShardMap>>,
+    /// The replicated cluster map this node follows (`None` on a single node, or before the
+    /// metadata group has one).
+    cluster_map: RwLock<Option<Arc<ClusterMap>>>,
     /// The peer transport; `None` on a single node.
     pub net: Option<Arc<ClusterNet>>,
     pub metrics: Arc<Metrics>,
@@ -129,35 +133,67 @@ impl ClusterView {
         self.config.node.id
     }
 
+    /// This node's replicas, in shard order (a snapshot).
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.replicas.read().values().cloned().collect()
+    }
+
     /// This node's replica of `shard`, if it holds one.
-    pub fn local_shard(&self, shard: ShardId) -> Option<&Arc<Shard>> {
-        self.local_positions.get(shard as usize).copied().flatten().map(|position| &self.shards[position])
+    pub fn local_shard(&self, shard: ShardId) -> Option<Arc<Shard>> {
+        self.replicas.read().get(&shard).cloned()
+    }
+
+    /// Where every shard lives now (a snapshot).
+    pub fn shard_map(&self) -> Arc<ShardMap> {
+        self.shard_map.read().clone()
+    }
+
+    pub fn cluster_map(&self) -> Option<Arc<ClusterMap>> {
+        self.cluster_map.read().clone()
+    }
+
+    /// Follows a new cluster map: routing goes to its voters from now on.
+    pub fn set_cluster_map(&self, map: Arc<ClusterMap>) {
+        *self.shard_map.write() = Arc::new(ShardMap::from_cluster_map(&map));
+        *self.cluster_map.write() = Some(map);
+    }
+
+    pub fn insert_replica(&self, shard: Arc<Shard>) {
+        self.replicas.write().insert(shard.id, shard);
+    }
+
+    pub fn remove_replica(&self, shard: ShardId) -> Option<Arc<Shard>> {
+        self.replicas.write().remove(&shard)
     }
 
     /// The local replica of the asset's shard, or a retryable error naming the nodes that hold it.
-    pub fn shard_of(&self, asset_id: &str) -> Result<&Arc<Shard>, ApiError> {
-        let shard = self.shard_map.shard_for_asset(asset_id);
+    pub fn shard_of(&self, asset_id: &str) -> Result<Arc<Shard>, ApiError> {
+        let map = self.shard_map();
+        let shard = map.shard_for_asset(asset_id);
         self.local_shard(shard).ok_or_else(|| {
             ApiError::unavailable(format!(
                 "asset {asset_id:?} lives on shard {shard}, which this node does not hold; ask one of nodes {:?}",
-                self.shard_map.replicas(shard)
+                map.replicas(shard)
             ))
         })
     }
 
     /// Shards none of whose replicas is on this node.
     pub fn missing_shards(&self) -> Vec<ShardId> {
-        (0..self.shard_map.shard_count()).filter(|shard| self.local_shard(*shard).is_none()).collect()
+        let replicas = self.replicas.read();
+        (0..self.shard_map().shard_count()).filter(|shard| !replicas.contains_key(shard)).collect()
     }
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.config.limits.request_timeout_ms)
     }
 
-    /// Changes whenever anything is applied or indexed on any local shard (both only grow).
+    /// Changes whenever anything is applied or indexed on any local shard (both only grow,
+    /// and a replica opened or closed changes the sum too).
     pub fn data_version(&self) -> u64 {
-        self.shards
-            .iter()
+        self.replicas
+            .read()
+            .values()
             .map(|s| s.progress.applied.load(Ordering::Acquire).wrapping_add(s.progress.indexed.load(Ordering::Acquire)))
             .fold(0u64, u64::wrapping_add)
     }
@@ -182,6 +218,11 @@ pub struct Node {
     /// The router's and the coordinator's threads.
     arbiters: Mutex<Vec<actix::Arbiter>>,
     pub started: Instant,
+    /// This node's replica of the metadata group (`None` on a single node, and on a joining
+    /// node until it is a member).
+    pub meta: RwLock<Option<Arc<crate::meta::MetaGroup>>>,
+    /// Joining, moves in flight as last observed, replica open/close bookkeeping.
+    pub membership: crate::meta::orchestrator::MembershipState,
 }
 
 impl Node {
@@ -209,20 +250,68 @@ impl Node {
             (Some(net), Some(inbound))
         };
         let outbox: Option<Arc<dyn RaftOutbox>> = net.clone().map(|n| n as Arc<dyn RaftOutbox>);
-        let mut shards = Vec::new();
-        let mut local_positions = vec![None; config.cluster.shards as usize];
-        for id in shard_map.shards_on(config.node.id) {
-            local_positions[id as usize] = Some(shards.len());
-            shards.push(Shard::open(&config.node.data_dir, id, &options, metrics.clone(), outbox.clone())?);
+        crate::meta::orchestrator::remove_leftover_replicas(&config.node.data_dir);
+        // The metadata group: opened from its log if this node has one; created with the
+        // bootstrap map (from config) on a bootstrap node; left to the join on a joining node.
+        let clustered = net.is_some();
+        let joining = clustered && config.cluster.join && !crate::meta::orchestrator::has_meta_log(&config.node.data_dir);
+        let meta = match (&outbox, joining) {
+            (Some(outbox), false) => {
+                let bootstrap = crate::meta::orchestrator::bootstrap_map(&config).map_err(ShardError::Config)?;
+                let initial_voters = bootstrap.meta.voters.clone();
+                let group = crate::meta::MetaGroup::open(
+                    &config.node.data_dir,
+                    config.node.id,
+                    &initial_voters,
+                    // A node that joined never bootstraps (its log holds the cluster's map).
+                    (!config.cluster.join).then_some(bootstrap),
+                    &options.raft,
+                    Duration::from_millis(config.raft.tick_interval_ms),
+                    outbox.clone(),
+                    &metrics,
+                )
+                .map_err(|e| ShardError::Config(e.to_string()))?;
+                Some(Arc::new(group))
+            }
+            _ => None,
+        };
+        let local_map = meta.as_ref().and_then(|m| m.current());
+        if let Some(map) = &local_map {
+            crate::meta::orchestrator::check_shard_count(map, &config).map_err(ShardError::Config)?;
         }
         let view = Arc::new(ClusterView {
             config: config.clone(),
-            shards,
-            local_positions,
-            shard_map,
+            replicas: RwLock::new(BTreeMap::new()),
+            shard_map: RwLock::new(Arc::new(shard_map.clone())),
+            cluster_map: RwLock::new(None),
             net: net.clone(),
             metrics: metrics.clone(),
         });
+        match &local_map {
+            // The replicas the map this node has applied gives it (a restart after moves).
+            Some(map) => {
+                view.set_cluster_map(map.clone());
+                for (id, initial_voters, joining) in crate::meta::orchestrator::replicas_to_open(map, config.node.id) {
+                    let replica = Shard::open_replica(
+                        &config.node.data_dir,
+                        id,
+                        &initial_voters,
+                        joining,
+                        &options,
+                        metrics.clone(),
+                        outbox.clone(),
+                    )?;
+                    view.insert_replica(replica);
+                }
+            }
+            // A joining node opens replicas once the cluster map gives it some.
+            None if joining => {}
+            None => {
+                for id in shard_map.shards_on(config.node.id) {
+                    view.insert_replica(Shard::open(&config.node.data_dir, id, &options, metrics.clone(), outbox.clone())?);
+                }
+            }
+        }
         let planner = Arc::new(Planner::new(view.clone(), demo_seed).map_err(ShardError::Config)?);
         let remote_searches = Arc::new(RemoteSearches::new(view.request_timeout()));
         let suggest_warmed_version = Arc::new(AtomicU64::new(u64::MAX));
@@ -261,9 +350,12 @@ impl Node {
             suggest_warmed_version,
             arbiters: Mutex::new(vec![router_arbiter, coordinator_arbiter]),
             started: Instant::now(),
+            meta: RwLock::new(meta),
+            membership: crate::meta::orchestrator::MembershipState::new(options, joining),
         });
         if let (Some(net), Some(inbound)) = (net, inbound) {
             net.runtime().spawn(crate::peer::serve::serve_peers(Arc::downgrade(&node), inbound));
+            net.runtime().spawn(crate::meta::orchestrator::run(Arc::downgrade(&node)));
         }
         Ok(node)
     }
@@ -272,8 +364,12 @@ impl Node {
         self.config.node.id
     }
 
-    pub fn shards(&self) -> &[Arc<Shard>] {
-        &self.view.shards
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.view.shards()
+    }
+
+    pub fn meta(&self) -> Option<Arc<crate::meta::MetaGroup>> {
+        self.meta.read().clone()
     }
 
     pub fn net(&self) -> Option<&Arc<ClusterNet>> {
@@ -303,13 +399,13 @@ impl Node {
 
     /// Deletes an asset on every replica of its shard (idempotent).
     pub async fn delete_asset(&self, asset_id: &str) -> Result<ApplyOutcome, ApiError> {
-        let shard = self.view.shard_map.shard_for_asset(asset_id);
+        let shard = self.view.shard_map().shard_for_asset(asset_id);
         self.propose_change(shard, rushes_protocol::model::ShardCommand::DeleteAsset { asset_id: asset_id.to_string() }).await
     }
 
     /// Deletes one annotation on every replica of its shard (idempotent).
     pub async fn delete_annotation(&self, asset_id: &str, annotation_id: &str) -> Result<ApplyOutcome, ApiError> {
-        let shard = self.view.shard_map.shard_for_asset(asset_id);
+        let shard = self.view.shard_map().shard_for_asset(asset_id);
         let command = rushes_protocol::model::ShardCommand::DeleteAnnotation {
             asset_id: asset_id.to_string(),
             annotation_id: annotation_id.to_string(),
@@ -323,8 +419,8 @@ impl Node {
     /// assets purged and the annotations removed.
     pub async fn purge_superseded(&self) -> Result<(usize, usize), ApiError> {
         let (mut assets_purged, mut deleted) = (0, 0);
-        for shard in 0..self.view.shard_map.shard_count() {
-            let assets = match self.view.local_shard(shard).cloned() {
+        for shard in 0..self.view.shard_map().shard_count() {
+            let assets = match self.view.local_shard(shard) {
                 Some(replica) => tokio::task::spawn_blocking(move || replica.store.assets_with_superseded_versions())
                     .await
                     .map_err(|e| ApiError::internal(e.to_string()))?
@@ -332,7 +428,7 @@ impl Node {
                 None => {
                     let net = self.net().ok_or_else(|| ApiError::unavailable(format!("shard {shard} has no replica here")))?;
                     let deadline = tokio::time::Instant::now() + self.view.request_timeout();
-                    let replicas = self.view.shard_map.replicas(shard).to_vec();
+                    let replicas = self.view.shard_map().replicas(shard).to_vec();
                     match crate::peer::hedge::hedged_call(
                         net,
                         &replicas,
@@ -436,6 +532,9 @@ impl Node {
         for arbiter in self.arbiters.lock().drain(..) {
             arbiter.stop();
             let _ = arbiter.join();
+        }
+        if let Some(meta) = self.meta() {
+            meta.shutdown();
         }
         for shard in self.shards() {
             shard.shutdown();

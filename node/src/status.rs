@@ -20,7 +20,7 @@ const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// This node's replicas, as peers and `/v1/cluster` report them.
 pub fn local_replicas(view: &ClusterView) -> Vec<ReplicaStatus> {
-    view.shards
+    view.shards()
         .iter()
         .map(|s| {
             let p = &s.progress;
@@ -64,7 +64,13 @@ pub async fn cluster_status(node: &Arc<Node>, digest: bool) -> Result<serde_json
         .await
         .map_err(|e| ApiError::internal(format!("status failed: {e}")))??;
     let node_id = node.node_id();
-    let members: Vec<NodeId> = node.config.cluster.nodes.iter().map(|m| m.id).filter(|id| *id != node_id).collect();
+    let cluster_map = node.view.cluster_map();
+    // Members as the cluster map has them (config only until there is a map).
+    let listed: Vec<(NodeId, String, String, bool)> = match &cluster_map {
+        Some(map) => map.members.values().map(|m| (m.id, m.http_addr.clone(), m.raft_addr.clone(), m.draining)).collect(),
+        None => node.config.cluster.nodes.iter().map(|m| (m.id, m.http_addr.clone(), m.raft_addr.clone(), false)).collect(),
+    };
+    let members: Vec<NodeId> = listed.iter().map(|m| m.0).filter(|id| *id != node_id).collect();
     let answers = futures_util::future::join_all(members.iter().map(|&peer| peer_status(node, peer))).await;
     let remote: HashMap<NodeId, PeerStatus> = members.into_iter().zip(answers).collect();
     let actors_of = |replica_actors: &[ActorStatus], shard: Option<ShardId>| -> Vec<ActorStatus> {
@@ -77,27 +83,26 @@ pub async fn cluster_status(node: &Arc<Node>, digest: bool) -> Result<serde_json
             "actors": actors_of(&own_actors, None),
         })]
     } else {
-        node.config
-            .cluster
-            .nodes
+        listed
             .iter()
-            .map(|m| {
-                let peer = remote.get(&m.id).and_then(Option::as_ref);
-                let up = m.id == node_id || peer.is_some();
-                let actors = match (m.id == node_id, peer) {
+            .map(|(id, http_addr, raft_addr, draining)| {
+                let peer = remote.get(id).and_then(Option::as_ref);
+                let up = *id == node_id || peer.is_some();
+                let actors = match (*id == node_id, peer) {
                     (true, _) => json!(actors_of(&own_actors, None)),
                     (false, Some((_, Some(actors)))) => json!(actors_of(actors, None)),
                     _ => serde_json::Value::Null,
                 };
-                json!({ "id": m.id, "http_addr": m.http_addr, "raft_addr": m.raft_addr, "up": up, "actors": actors })
+                json!({ "id": id, "http_addr": http_addr, "raft_addr": raft_addr, "up": up, "draining": draining, "actors": actors })
             })
             .collect()
     };
     let mut shards = Vec::new();
-    for shard in 0..node.view.shard_map.shard_count() {
+    let shard_map = node.view.shard_map();
+    for shard in 0..shard_map.shard_count() {
         let mut replicas = Vec::new();
         let mut leader: Option<NodeId> = None;
-        for &replica_node in node.view.shard_map.replicas(shard) {
+        for &replica_node in shard_map.holders(shard) {
             if replica_node == node_id {
                 if let Some(view) = local.get(&shard) {
                     if view["leader"].as_bool() == Some(true) {
@@ -123,7 +128,14 @@ pub async fn cluster_status(node: &Arc<Node>, digest: bool) -> Result<serde_json
                 None => replicas.push(json!({ "node": replica_node, "local": false, "reachable": false })),
             }
         }
+        for replica in &mut replicas {
+            let on = replica["node"].as_u64().unwrap_or(0);
+            replica["role"] = json!(if shard_map.replicas(shard).contains(&on) { "voter" } else { "learner" });
+        }
         let mut view = json!({ "shard": shard, "leader": leader, "replicas": replicas });
+        if let Some(m) = cluster_map.as_ref().and_then(|map| map.placement(shard)).and_then(|p| p.moving.as_ref()) {
+            view["moving"] = json!({ "move_id": m.id, "add": m.add, "remove": m.remove, "phase": m.phase.as_str() });
+        }
         // Sizes of this node's replica at the shard level too (the single-node shape).
         if let Some(local) = local.get(&shard) {
             for key in ["raw_annotations", "buckets", "index_docs", "vectors", "disk_bytes"] {
@@ -135,13 +147,43 @@ pub async fn cluster_status(node: &Arc<Node>, digest: bool) -> Result<serde_json
     Ok(json!({
         "cluster_id": node.config.cluster.cluster_id,
         "node_id": node_id,
-        "replication_factor": node.view.shard_map.replicas(0).len(),
+        "replication_factor": shard_map.replicas(0).len(),
+        "membership": membership_json(node),
         "nodes": nodes,
         "shards": shards,
         "isolated_from": node.net().map(|n| n.isolated()).unwrap_or_default(),
         "uptime_s": node.started.elapsed().as_secs(),
         "security": security_json(node),
     }))
+}
+
+/// The cluster map's state as this node follows it: epoch, metadata leader, moves in flight
+/// and queued, and (on a joining node) why it is not a member yet.
+fn membership_json(node: &Node) -> serde_json::Value {
+    let meta = node.meta();
+    let map = node.view.cluster_map();
+    json!({
+        "epoch": map.as_ref().map(|m| m.epoch),
+        "meta_leader": meta.as_ref().and_then(|m| if m.is_leader() { Some(node.node_id()) } else { m.leader() }),
+        "meta_voters": map.as_ref().map(|m| m.meta.voters.clone()),
+        "meta_learners": map.as_ref().map(|m| m.meta.learners.clone()),
+        "moves": map.as_ref().map(|m| {
+            m.groups()
+                .filter_map(|g| m.placement(g).and_then(|p| p.moving.as_ref()).map(|mv| json!({
+                    "group": rushes_cluster::membership::group_name(g),
+                    "shard": (g != rushes_cluster::membership::META_GROUP).then_some(g),
+                    "move_id": mv.id, "add": mv.add, "remove": mv.remove, "phase": mv.phase.as_str(),
+                })))
+                .collect::<Vec<_>>()
+        }).unwrap_or_default(),
+        "queued_moves": map.as_ref().map(|m| m.queued.iter().map(|q| json!({
+            "group": rushes_cluster::membership::group_name(q.group), "add": q.add, "remove": q.remove,
+        })).collect::<Vec<_>>()).unwrap_or_default(),
+        "max_concurrent_moves": map.as_ref().map(|m| m.max_concurrent_moves),
+        "observed_moves": node.membership.moves_in_flight(),
+        "joining": node.membership.joining.load(Ordering::Acquire),
+        "join_problem": node.membership.join_problem.lock().clone(),
+    })
 }
 
 /// How this node's peers and clients prove who they are; anything open says so in `warnings`,

@@ -34,6 +34,8 @@ pub enum ActorKind {
     IngestRouter,
     /// The node's search coordinator: plans, scatters to shards, hedges, merges.
     Coordinator,
+    /// The node's replica of the metadata group: the replicated cluster map.
+    Meta,
 }
 
 impl ActorKind {
@@ -44,6 +46,7 @@ impl ActorKind {
             ActorKind::Index => "index",
             ActorKind::IngestRouter => "ingest_router",
             ActorKind::Coordinator => "coordinator",
+            ActorKind::Meta => "meta",
         }
     }
 }

@@ -271,8 +271,42 @@ pub fn format_status(status: &serde_json::Value) -> String {
     };
     for node in status["nodes"].as_array().into_iter().flatten() {
         let up = if node["up"].as_bool() == Some(true) { "up" } else { "DOWN" };
-        let _ =
-            writeln!(out, "  node {:<3} {:<5} http {}  raft {}", text(&node["id"]), up, text(&node["http_addr"]), text(&node["raft_addr"]));
+        let draining = if node["draining"].as_bool() == Some(true) { "  draining" } else { "" };
+        let _ = writeln!(
+            out,
+            "  node {:<3} {:<5} http {}  raft {}{draining}",
+            text(&node["id"]),
+            up,
+            text(&node["http_addr"]),
+            text(&node["raft_addr"])
+        );
+    }
+    let membership = &status["membership"];
+    if !membership.is_null() {
+        let _ = writeln!(
+            out,
+            "cluster map epoch {}, metadata leader {}, metadata voters {}",
+            text(&membership["epoch"]),
+            text(&membership["meta_leader"]),
+            text(&membership["meta_voters"])
+        );
+        for m in membership["moves"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  moving {}: node {} -> node {} ({})",
+                text(&m["group"]),
+                text(&m["remove"]),
+                text(&m["add"]),
+                text(&m["phase"])
+            );
+        }
+        let queued = membership["queued_moves"].as_array().map_or(0, Vec::len);
+        if queued > 0 {
+            let _ = writeln!(out, "  {queued} moves queued");
+        }
+        if let Some(problem) = membership["join_problem"].as_str() {
+            let _ = writeln!(out, "  joining: {problem}");
+        }
     }
     let _ = writeln!(out, "shard  leader  node  role      term   commit  applied    fused  indexed   lag");
     for shard in status["shards"].as_array().into_iter().flatten() {
@@ -282,7 +316,11 @@ pub fn format_status(status: &serde_json::Value) -> String {
                 let _ = writeln!(out, "{:>5}  {:>6}  {:>4}  unreachable", text(&shard["shard"]), leader, text(&replica["node"]));
                 continue;
             }
-            let role = if replica["leader"].as_bool() == Some(true) { "leader" } else { "follower" };
+            let role = match (replica["leader"].as_bool(), replica["role"].as_str()) {
+                (Some(true), _) => "leader",
+                (_, Some("learner")) => "learner",
+                _ => "follower",
+            };
             let number = |key: &str| replica[key].as_u64().unwrap_or(0);
             let lag = number("commit_index").saturating_sub(number("indexed_index"));
             let _ = writeln!(

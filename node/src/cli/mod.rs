@@ -5,3 +5,4 @@ pub mod bench;
 pub mod cluster_bench;
 pub mod demo;
 pub mod local_cluster;
+pub mod membership;

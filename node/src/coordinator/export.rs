@@ -104,7 +104,7 @@ pub async fn shard_page(
     cursor: Option<ExportCursor>,
     min_applied: u64,
 ) -> Result<(Vec<Vec<u8>>, Option<ExportCursor>), ApiError> {
-    let local = match view.local_shard(shard).cloned() {
+    let local = match view.local_shard(shard) {
         // A local replica a little behind the index asked for catches up in milliseconds;
         // waiting for it beats asking another node (and a single node has no other).
         Some(replica) => wait_for_applied(replica, min_applied, view.request_timeout().min(std::time::Duration::from_secs(1))).await,
@@ -120,7 +120,7 @@ pub async fn shard_page(
         return Err(ApiError::unavailable(format!("shard {shard} has no replica on this node and the node has no peers")));
     };
     let deadline = tokio::time::Instant::now() + view.request_timeout();
-    let replicas = view.shard_map.replicas(shard).to_vec();
+    let replicas = view.shard_map().replicas(shard).to_vec();
     let request = PeerRequest::ExportPage { shard, filter: filter.clone(), cursor, max_bytes: EXPORT_PAGE_BYTES, min_applied };
     match hedge::hedged_call(net, &replicas, request, deadline).await?.1 {
         PeerReply::ExportPage { lines, next } => Ok((lines.into_iter().map(|line| line.into_vec()).collect(), next)),
@@ -168,8 +168,8 @@ pub fn export_stream(
 ) -> impl futures_util::Stream<Item = Result<actix_web::web::Bytes, actix_web::Error>> {
     let shards: Vec<ShardId> = match (&filter.asset_id, only_shard) {
         (_, Some(shard)) => vec![shard],
-        (Some(asset), None) => vec![view.shard_map.shard_for_asset(asset)],
-        (None, None) => (0..view.shard_map.shard_count()).collect(),
+        (Some(asset), None) => vec![view.shard_map().shard_for_asset(asset)],
+        (None, None) => (0..view.shard_map().shard_count()).collect(),
     };
     let state = ExportState { view, filter, shards, position: 0, cursor: None, failed: false, min_applied };
     futures_util::stream::unfold(state, |mut state| async move {
@@ -264,7 +264,7 @@ pub fn command_json(index: u64, command: &rushes_protocol::model::ShardCommand) 
 /// `through`, else from another replica.
 pub async fn shard_log(view: &Arc<ClusterView>, shard: ShardId, after: u64, through: u64) -> Result<(Vec<(u64, Vec<u8>)>, u64), ApiError> {
     use rushes_cluster::log_store::RaftLogStore as _;
-    if let Some(replica) = view.local_shard(shard).cloned().filter(|r| r.log.hard_state().commit >= through) {
+    if let Some(replica) = view.local_shard(shard).filter(|r| r.log.hard_state().commit >= through) {
         return tokio::task::spawn_blocking(move || log_commands(&replica, after, through, EXPORT_PAGE_BYTES as usize))
             .await
             .map_err(|e| ApiError::internal(format!("log read failed: {e}")))?;
@@ -273,7 +273,7 @@ pub async fn shard_log(view: &Arc<ClusterView>, shard: ShardId, after: u64, thro
         return Err(ApiError::unavailable(format!("shard {shard}'s replica has not committed through {through}")));
     };
     let deadline = tokio::time::Instant::now() + view.request_timeout();
-    let replicas = view.shard_map.replicas(shard).to_vec();
+    let replicas = view.shard_map().replicas(shard).to_vec();
     let request = PeerRequest::LogCommands { shard, after, through, max_bytes: EXPORT_PAGE_BYTES };
     match hedge::hedged_call(net, &replicas, request, deadline).await?.1 {
         PeerReply::LogCommands { commands, covered_through } if covered_through > after && covered_through <= through => {

@@ -278,10 +278,10 @@ pub async fn run_plan(
 ) -> Result<SearchResponse, ApiError> {
     // One deadline for the whole request, whatever the number of shards and phases.
     let deadline = tokio::time::Instant::now() + view.request_timeout();
-    let shard_count = view.shard_map.shard_count() as usize;
+    let shard_count = view.shard_map().shard_count() as usize;
     let needed: Vec<ShardId> = match &plan.filters.asset_ids {
         Some(ids) => {
-            let owners: HashSet<ShardId> = ids.iter().map(|id| view.shard_map.shard_for_asset(id)).collect();
+            let owners: HashSet<ShardId> = ids.iter().map(|id| view.shard_map().shard_for_asset(id)).collect();
             (0..shard_count as ShardId).filter(|shard| owners.contains(shard)).collect()
         }
         None => (0..shard_count as ShardId).collect(),
@@ -301,7 +301,7 @@ pub async fn run_plan(
             }
             (None, Some(wire), Some(net)) => shards.push(Box::new(RemoteShardSearch::new(
                 shard,
-                view.shard_map.replicas(shard).to_vec(),
+                view.shard_map().replicas(shard).to_vec(),
                 net.clone(),
                 query,
                 wire.clone(),

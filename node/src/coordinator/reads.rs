@@ -80,7 +80,7 @@ pub fn buckets(view: &ClusterView, asset_id: &str, from_ms: Option<u64>, to_ms: 
 /// Reads one asset's data on this node's replica, or forwards the read to a node that
 /// holds the asset's shard. Replies JSON, or the raw stored annotation.
 pub async fn read_asset(view: &Arc<ClusterView>, read: AssetRead) -> Result<PeerReply, ApiError> {
-    let shard = view.shard_map.shard_for_asset(read.asset_id());
+    let shard = view.shard_map().shard_for_asset(read.asset_id());
     if view.local_shard(shard).is_some() {
         return match handle_asset_read(view, read).await {
             PeerReply::Error(e) => Err(e),
@@ -91,7 +91,7 @@ pub async fn read_asset(view: &Arc<ClusterView>, read: AssetRead) -> Result<Peer
         return Err(ApiError::unavailable(format!("shard {shard} has no replica on this node and the node has no peers")));
     };
     let deadline = tokio::time::Instant::now() + view.request_timeout();
-    let replicas = view.shard_map.replicas(shard).to_vec();
+    let replicas = view.shard_map().replicas(shard).to_vec();
     hedge::hedged_call(net, &replicas, PeerRequest::AssetRead(read), deadline).await.map(|(_, reply)| reply)
 }
 

@@ -320,7 +320,7 @@ async fn get_export(request: HttpRequest) -> HttpResult {
     if params.series.as_ref().is_some_and(|s| s.len() > 128) {
         return Err(HttpError(ApiError::field("series", "series is at most 128 bytes")));
     }
-    let shard_count = node.view.shard_map.shard_count();
+    let shard_count = node.view.shard_map().shard_count();
     if let Some(shard) = params.shard.filter(|&s| s >= shard_count) {
         return Err(HttpError(ApiError::field("shard", format!("shard {shard} does not exist: the cluster has shards 0..{shard_count}"))));
     }
@@ -351,7 +351,7 @@ struct LogQuery {
 async fn get_shard_log(request: HttpRequest) -> HttpResult {
     let node = authorized(&request, Scope::Admin)?;
     let params: LogQuery = query_params(&request)?;
-    let shard_count = node.view.shard_map.shard_count();
+    let shard_count = node.view.shard_map().shard_count();
     let shard: u32 = request
         .match_info()
         .get("shard")
@@ -387,6 +387,107 @@ async fn post_purge_superseded(request: HttpRequest) -> HttpResult {
         "deleted_annotations": deleted,
         "took_ms": started.elapsed().as_millis() as u64,
     })))
+}
+
+/// `GET /v1/admin/cluster/map`: the replicated cluster map this node follows.
+async fn get_cluster_map(request: HttpRequest) -> HttpResult {
+    let node = authorized(&request, Scope::Admin)?;
+    let map = crate::meta::orchestrator::current_map(&node)?;
+    Ok(HttpResponse::Ok().json(&*map))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddNodeRequest {
+    id: u64,
+    raft_addr: String,
+    http_addr: String,
+}
+
+/// `POST /v1/admin/cluster/nodes {"id", "raft_addr", "http_addr"}`: a new member.
+async fn post_cluster_node(request: HttpRequest, payload: web::Payload) -> HttpResult {
+    let node = authorized(&request, Scope::Admin)?;
+    let body: AddNodeRequest = small_json(&request, payload).await?;
+    let member = rushes_cluster::membership::Member { id: body.id, raft_addr: body.raft_addr, http_addr: body.http_addr, draining: false };
+    let map = crate::meta::orchestrator::add_node(&node, member).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "members": map.members.keys().collect::<Vec<_>>() })))
+}
+
+fn node_id_segment(request: &HttpRequest) -> Result<u64, HttpError> {
+    let raw = request.match_info().get("id").unwrap_or_default();
+    raw.parse::<u64>().map_err(|_| HttpError(ApiError::field("id", format!("{raw:?} is not a node id (a positive integer)"))))
+}
+
+/// `POST /v1/admin/cluster/nodes/{id}/drain`: no new replica goes to the node, and moves take
+/// every replica it holds elsewhere.
+async fn post_drain_node(request: HttpRequest) -> HttpResult {
+    let node = authorized(&request, Scope::Admin)?;
+    let id = node_id_segment(&request)?;
+    let (map, queued) = crate::meta::orchestrator::drain_node(&node, id).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "queued_moves": queued })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaceRequest {
+    with: u64,
+}
+
+/// `POST /v1/admin/cluster/nodes/{id}/replace {"with": NEW}`.
+async fn post_replace_node(request: HttpRequest, payload: web::Payload) -> HttpResult {
+    let node = authorized(&request, Scope::Admin)?;
+    let old = node_id_segment(&request)?;
+    let body: ReplaceRequest = small_json(&request, payload).await?;
+    let (map, queued) = crate::meta::orchestrator::replace_node(&node, old, body.with).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "queued_moves": queued })))
+}
+
+/// `DELETE /v1/admin/cluster/nodes/{id}`: forgets a member that holds no replica.
+async fn delete_cluster_node(request: HttpRequest) -> HttpResult {
+    let node = authorized(&request, Scope::Admin)?;
+    let id = node_id_segment(&request)?;
+    let map = crate::meta::orchestrator::remove_member(&node, id).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "removed": id })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveRequest {
+    shard: u32,
+    from: u64,
+    to: u64,
+}
+
+/// `POST /v1/admin/cluster/moves {"shard", "from", "to"}`.
+async fn post_cluster_move(request: HttpRequest, payload: web::Payload) -> HttpResult {
+    let node = authorized(&request, Scope::Admin)?;
+    let body: MoveRequest = small_json(&request, payload).await?;
+    let (map, queued) = crate::meta::orchestrator::move_replica(&node, body.shard, body.from, body.to).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "queued_moves": queued })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RebalanceRequest {
+    max_concurrent_moves: Option<usize>,
+}
+
+/// `POST /v1/admin/cluster/rebalance {"max_concurrent_moves"?}`.
+async fn post_rebalance(request: HttpRequest, payload: web::Payload) -> HttpResult {
+    let node = authorized(&request, Scope::Admin)?;
+    let body: RebalanceRequest = small_json(&request, payload).await?;
+    let (map, queued) = crate::meta::orchestrator::rebalance(&node, body.max_concurrent_moves).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "queued_moves": queued })))
+}
+
+/// Largest body of an admin request.
+const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// An admin request's small JSON body (an empty body is the type's default, if any).
+async fn small_json<T: DeserializeOwned>(request: &HttpRequest, payload: web::Payload) -> Result<T, HttpError> {
+    let bytes = read_body(request, payload, ADMIN_BODY_BYTES_MAX).await?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+    serde_json::from_slice(bytes).map_err(|e| HttpError(ApiError::new(rushes_protocol::ErrorCode::InvalidJson, format!("body: {e}"))))
 }
 
 #[derive(Deserialize)]
@@ -448,7 +549,7 @@ async fn get_suggest(request: HttpRequest) -> HttpResult {
     }
     let node_for_task = node.clone();
     let q = params.q.clone();
-    let suggestions = web::block(move || crate::query::suggest::suggest(&node_for_task.planner, node_for_task.shards(), &q, limit))
+    let suggestions = web::block(move || crate::query::suggest::suggest(&node_for_task.planner, &node_for_task.shards(), &q, limit))
         .await
         .map_err(|e| HttpError(ApiError::internal(format!("suggest task failed: {e}"))))??;
     let moments = match suggestions.completions.first() {
@@ -615,6 +716,13 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/v1/export").route(web::get().to(get_export)))
         .service(resource("/v1/admin/shards/{shard}/log").route(web::get().to(get_shard_log)))
         .service(resource("/v1/admin/purge-superseded").route(web::post().to(post_purge_superseded)))
+        .service(resource("/v1/admin/cluster/map").route(web::get().to(get_cluster_map)))
+        .service(resource("/v1/admin/cluster/nodes").route(web::post().to(post_cluster_node)))
+        .service(resource("/v1/admin/cluster/nodes/{id}").route(web::delete().to(delete_cluster_node)))
+        .service(resource("/v1/admin/cluster/nodes/{id}/drain").route(web::post().to(post_drain_node)))
+        .service(resource("/v1/admin/cluster/nodes/{id}/replace").route(web::post().to(post_replace_node)))
+        .service(resource("/v1/admin/cluster/moves").route(web::post().to(post_cluster_move)))
+        .service(resource("/v1/admin/cluster/rebalance").route(web::post().to(post_rebalance)))
         .service(resource("/v1/search").route(web::post().to(post_search)))
         .service(resource("/v1/search/explain").route(web::post().to(post_explain)))
         .service(resource("/v1/suggest").route(web::get().to(get_suggest)))

@@ -119,7 +119,7 @@ impl Actor for IngestRouter {
 /// `retention.purge_superseded_interval_ms`: every shard this node leads purges its superseded
 /// model versions, as a replicated command (every replica removes the same annotations).
 async fn purge_led_shards(view: Arc<ClusterView>) {
-    for replica in view.shards.iter().filter(|replica| replica.is_leader()).cloned() {
+    for replica in view.shards().iter().filter(|replica| replica.is_leader()).cloned() {
         let shard = replica.id;
         let assets = match tokio::task::spawn_blocking(move || replica.store.assets_with_superseded_versions()).await {
             Ok(Ok(assets)) => assets,
@@ -259,7 +259,7 @@ async fn upsert_asset(view: Arc<ClusterView>, asset_id: String, record: AssetRec
     validate_asset_id(&asset_id, view.config.limits.max_asset_id_bytes)
         .map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))?;
     validate_asset_record(&record, view.config.limits.max_time_ms)?;
-    let shard = view.shard_map.shard_for_asset(&asset_id);
+    let shard = view.shard_map().shard_for_asset(&asset_id);
     let command = (ShardCommand::UpsertAsset { asset_id, record: StoredAsset::from(record) })
         .encode()
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -296,7 +296,7 @@ async fn check_remote_conflicts(
     let Some(net) = &view.net else { return Ok(()) };
     let checks = remote.iter().map(|(&shard, probes)| async move {
         let request = PeerRequest::CheckConflicts { shard, probes: probes.probes.clone() };
-        let replicas = view.shard_map.replicas(shard).to_vec();
+        let replicas = view.shard_map().replicas(shard).to_vec();
         // The check is advisory: it must not eat the write's own time budget.
         let check_deadline = deadline.min(tokio::time::Instant::now() + CONFLICT_CHECK_TIMEOUT);
         (shard, probes, hedge::hedged_call(net, &replicas, request, check_deadline).await)
@@ -353,7 +353,7 @@ fn prepare_ingest(view: &ClusterView, items: Vec<ParsedItem>) -> Result<Prepared
     // Check stored ids before proposing, so a conflict normally stores nothing anywhere.
     // The shard re-checks when applying (authoritative, for concurrent writers).
     for (position, item) in kept {
-        let shard_id = view.shard_map.shard_for_asset(&item.annotation.asset_id);
+        let shard_id = view.shard_map().shard_for_asset(&item.annotation.asset_id);
         // A local replica is checked here; other shards on another node's replica, before
         // anything is proposed. The leader's apply stays authoritative for concurrent writers.
         match view.local_shard(shard_id) {
@@ -405,14 +405,14 @@ pub async fn propose_routed(
     command: Vec<u8>,
     deadline: tokio::time::Instant,
 ) -> Result<ApplyOutcome, ApiError> {
-    let replicas = view.shard_map.replicas(shard).to_vec();
+    let replicas = view.shard_map().replicas(shard).to_vec();
     let node_id = view.node_id();
     let mut hint: Option<NodeId> = None;
     let mut next_replica = 0usize;
     let mut pause = Duration::from_millis(10);
     let mut last_error = None;
     loop {
-        let local = view.local_shard(shard).cloned();
+        let local = view.local_shard(shard);
         let target = hint.or_else(|| local.as_ref().and_then(|s| s.leader()));
         let attempt = match (target, &local) {
             (Some(node), Some(replica)) if node == node_id => propose_local(replica, command.clone(), deadline).await,
@@ -488,7 +488,7 @@ pub async fn handle_forwarded_propose(view: &ClusterView, shard: ShardId, comman
         return PeerReply::NotLeader { leader: replica.leader() };
     }
     let deadline = tokio::time::Instant::now() + view.request_timeout();
-    match propose_local(replica, command, deadline).await {
+    match propose_local(&replica, command, deadline).await {
         Ok(Routed::Done(outcome)) => PeerReply::Applied(outcome),
         Ok(Routed::NotLeader(leader)) => PeerReply::NotLeader { leader },
         Err(e) => PeerReply::Error(e),

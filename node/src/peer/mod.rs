@@ -76,6 +76,8 @@ pub struct ClusterNet {
     /// Nodes this one pretends it cannot reach (fault injection: `POST /v1/debug/partition`).
     isolated: RwLock<HashSet<NodeId>>,
     pub security: PeerSecurity,
+    /// `raft.snapshot_transfer_bytes_per_s`: how fast this node fetches a snapshot (0: no limit).
+    pub snapshot_transfer_bytes_per_s: u64,
 }
 
 impl Drop for ClusterNet {
@@ -143,7 +145,14 @@ impl ClusterNet {
         for (peer, addr) in peers {
             transport.add_peer(peer, addr)?;
         }
-        let net = ClusterNet { runtime: Some(runtime), transport, node_id, isolated: RwLock::new(HashSet::new()), security };
+        let net = ClusterNet {
+            runtime: Some(runtime),
+            transport,
+            node_id,
+            isolated: RwLock::new(HashSet::new()),
+            security,
+            snapshot_transfer_bytes_per_s: config.raft.snapshot_transfer_bytes_per_s,
+        };
         Ok((Arc::new(net), inbound))
     }
 

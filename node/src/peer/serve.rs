@@ -15,6 +15,7 @@
 use std::sync::{Arc, Weak};
 
 use raft::eraftpb::MessageType;
+use rushes_cluster::membership::META_GROUP;
 use rushes_cluster::transport::{Inbound, WireError};
 use rushes_cluster::{NodeId, ShardId};
 use rushes_protocol::model::ShardCommand;
@@ -53,7 +54,13 @@ pub async fn serve_peers(node: Weak<Node>, mut inbound: tokio::sync::mpsc::Recei
                     refuse(&node, "raft_sender", from, reason);
                     continue;
                 }
-                let Some(replica) = node.view.local_shard(shard).cloned() else { continue };
+                if shard == META_GROUP {
+                    if let Some(meta) = node.meta() {
+                        let _ = meta.deliver_raft(message);
+                    }
+                    continue;
+                }
+                let Some(replica) = node.view.local_shard(shard) else { continue };
                 if message.get_msg_type() == MessageType::MsgSnapshot {
                     snapshot::receive(net.clone(), from, replica, message);
                 } else {
@@ -107,17 +114,28 @@ fn check_raft_message(node: &Node, from: NodeId, shard: ShardId, message: &raft:
     if !replicas.contains(&from) {
         return Err(format!("node {from} is not a replica of shard {shard} (replicas {replicas:?})"));
     }
-    if !replicas.contains(&node.node_id()) {
+    if shard != META_GROUP && !replicas.contains(&node.node_id()) {
         return Err(format!("this node is not a replica of shard {shard}"));
     }
     Ok(())
 }
 
-fn replicas_of(node: &Node, shard: ShardId) -> Result<&[NodeId], String> {
-    if shard >= node.view.shard_map.shard_count() {
-        return Err(format!("shard {shard} does not exist (the cluster has {})", node.view.shard_map.shard_count()));
+/// Every node that holds (or is receiving) a replica of `group`: who may speak Raft for it.
+fn replicas_of(node: &Node, group: ShardId) -> Result<Vec<NodeId>, String> {
+    if group == META_GROUP {
+        // Any member may be (or become) a metadata replica, and a node that just joined may
+        // hear from the group before its own copy of the map says it is in it.
+        return Ok(match node.view.cluster_map() {
+            Some(map) => map.members.keys().copied().chain(map.meta.holders()).collect(),
+            // Before the map exists: the bootstrap members from config.
+            None => node.config.cluster.nodes.iter().map(|n| n.id).collect(),
+        });
     }
-    Ok(node.view.shard_map.replicas(shard))
+    let map = node.view.shard_map();
+    if group >= map.shard_count() {
+        return Err(format!("shard {group} does not exist (the cluster has {})", map.shard_count()));
+    }
+    Ok(map.holders(group).to_vec())
 }
 
 /// A forwarded write, checked as an HTTP batch would be before it is proposed.
@@ -126,7 +144,8 @@ fn check_forwarded_write(node: &Node, shard: ShardId, command: &[u8]) -> Result<
     let decoded = ShardCommand::decode(command)
         .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("the forwarded command does not decode: {e}")))?;
     validate_command(&decoded, &node.ingest_limits)?;
-    let misplaced = decoded.assets().iter().position(|asset_id| node.view.shard_map.shard_for_asset(asset_id) != shard);
+    let map = node.view.shard_map();
+    let misplaced = decoded.assets().iter().position(|asset_id| map.shard_for_asset(asset_id) != shard);
     if let Some(item) = misplaced {
         return Err(ApiError::field("asset_id", format!("the asset does not belong to shard {shard}")).with_item(item));
     }
@@ -150,7 +169,9 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
         | PeerRequest::CheckConflicts { shard, .. }
         | PeerRequest::ExportPage { shard, .. }
         | PeerRequest::SupersededAssets { shard }
-        | PeerRequest::LogCommands { shard, .. } => Some(*shard),
+        | PeerRequest::LogCommands { shard, .. }
+        | PeerRequest::GroupObserve { group: shard, .. }
+        | PeerRequest::GroupChange { group: shard, .. } => Some(*shard),
         _ => None,
     };
     if let Some(shard) = request_shard {
@@ -158,7 +179,21 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
             return forbidden(detail);
         }
     }
+    if let PeerRequest::GroupChange { group, .. } = &request {
+        // Only the metadata leader drives configuration changes.
+        let meta_leader = node.meta().and_then(|m| if m.is_leader() { Some(node.node_id()) } else { m.leader() });
+        if meta_leader != Some(from) {
+            return forbidden(format!(
+                "node {from} asked for a configuration change of {} but does not lead the metadata group",
+                rushes_cluster::membership::group_name(*group)
+            ));
+        }
+    }
     match request {
+        request @ (PeerRequest::ClusterMap
+        | PeerRequest::MetaPropose { .. }
+        | PeerRequest::GroupObserve { .. }
+        | PeerRequest::GroupChange { .. }) => crate::meta::orchestrator::answer_peer(node, from, request).await,
         PeerRequest::Propose { shard, command } => {
             if let Err(e) = check_forwarded_write(node, shard, &command) {
                 refuse(node, "invalid_write", from, e.message.clone());
@@ -172,7 +207,7 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
             sessions::handle_phase(view, &node.remote_searches, &node.metrics, request).await
         }
         PeerRequest::Vocabulary => node.planner.local_vocabulary_reply(),
-        PeerRequest::DialogueWord { word, shard } => match view.local_shard(shard).cloned() {
+        PeerRequest::DialogueWord { word, shard } => match view.local_shard(shard) {
             Some(replica) => {
                 let known = tokio::task::spawn_blocking(move || shard_has_dialogue_word(&replica, &word)).await.unwrap_or(false);
                 PeerReply::DialogueWord { known }
@@ -187,7 +222,7 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
                     format!("{} probes; at most {}", probes.len(), node.ingest_limits.max_batch_items),
                 ));
             }
-            let Some(replica) = view.local_shard(shard).cloned() else {
+            let Some(replica) = view.local_shard(shard) else {
                 return PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id())));
             };
             let work = move || -> Result<Vec<StoredRaw>, ApiError> {
@@ -210,7 +245,7 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
             }
         }
         PeerRequest::ExportPage { shard, filter, cursor, max_bytes, min_applied } => {
-            let Some(replica) = view.local_shard(shard).cloned() else {
+            let Some(replica) = view.local_shard(shard) else {
                 return PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id())));
             };
             let applied = replica.progress.applied.load(std::sync::atomic::Ordering::Acquire);
@@ -229,7 +264,7 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
             }
         }
         PeerRequest::SupersededAssets { shard } => {
-            let Some(replica) = view.local_shard(shard).cloned() else {
+            let Some(replica) = view.local_shard(shard) else {
                 return PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id())));
             };
             match tokio::task::spawn_blocking(move || replica.store.assets_with_superseded_versions()).await {
@@ -238,7 +273,7 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
                 Err(e) => PeerReply::Error(ApiError::internal(format!("listing superseded versions failed: {e}"))),
             }
         }
-        PeerRequest::LogCommands { shard, after, through, max_bytes } => match view.local_shard(shard).cloned() {
+        PeerRequest::LogCommands { shard, after, through, max_bytes } => match view.local_shard(shard) {
             Some(replica) => {
                 let max_bytes = max_bytes.clamp(1, export::EXPORT_PAGE_BYTES) as usize;
                 match tokio::task::spawn_blocking(move || export::log_commands(&replica, after, through, max_bytes)).await {
@@ -254,10 +289,10 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
         },
         PeerRequest::SnapshotChunk { shard, after, min_applied } => {
             // A raw store goes only to another replica of its shard.
-            if !view.shard_map.replicas(shard).contains(&from) {
+            if !view.shard_map().holders(shard).contains(&from) {
                 return forbidden(format!("node {from} asked for shard {shard}'s raw store but is not one of its replicas"));
             }
-            match view.local_shard(shard).cloned() {
+            match view.local_shard(shard) {
                 Some(replica) => {
                     let chunk_bytes = usize::try_from(node.config.raft.snapshot_chunk_bytes).unwrap_or(usize::MAX);
                     snapshot::serve_chunk(replica, after, min_applied, chunk_bytes).await

@@ -92,11 +92,11 @@ impl Planner {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         let mut labels: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut series: Vec<String> = Vec::new();
-        for shard in 0..self.view.shard_map.shard_count() {
+        for shard in 0..self.view.shard_map().shard_count() {
             if self.view.local_shard(shard).is_some() {
                 continue;
             }
-            let replicas = self.view.shard_map.replicas(shard).to_vec();
+            let replicas = self.view.shard_map().replicas(shard).to_vec();
             if let Ok((_, PeerReply::Vocabulary { labels: remote, series: remote_series })) =
                 hedge::hedged_call(net, &replicas, PeerRequest::Vocabulary, deadline).await
             {
@@ -134,7 +134,7 @@ impl Planner {
 
     fn local_vocabulary(&self) -> BTreeMap<String, Vec<String>> {
         let mut merged: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for shard in &self.view.shards {
+        for shard in &self.view.shards() {
             for (label, tracks) in shard.store.vocabulary() {
                 let entry = merged.entry(label).or_default();
                 for track in tracks {
@@ -169,7 +169,7 @@ impl Planner {
             }
         }
         let mut names: Vec<String> = Vec::new();
-        for shard in &self.view.shards {
+        for shard in &self.view.shards() {
             for (_, asset_id) in shard.store.all_assets() {
                 if let Ok(Some(record)) = shard.store.asset_record(&asset_id) {
                     if let Some(series) = record.series {
@@ -191,7 +191,7 @@ impl Planner {
     pub fn is_dialogue_word(&self, word: &str) -> bool {
         let folded = crate::storage::index::tokenize(word);
         let [token] = folded.as_slice() else { return false };
-        if self.view.shards.iter().any(|shard| shard_has_dialogue_word(shard, token)) {
+        if self.view.shards().iter().any(|shard| shard_has_dialogue_word(shard, token)) {
             return true;
         }
         let missing = self.view.missing_shards();
@@ -222,7 +222,7 @@ impl Planner {
             for shard in missing {
                 let (view, net, word) = (view.clone(), net.clone(), word.clone());
                 asks.spawn(async move {
-                    let replicas = view.shard_map.replicas(shard).to_vec();
+                    let replicas = view.shard_map().replicas(shard).to_vec();
                     let request = PeerRequest::DialogueWord { word, shard };
                     match hedge::hedged_call(&net, &replicas, request, deadline).await {
                         Ok((_, PeerReply::DialogueWord { known })) => known,

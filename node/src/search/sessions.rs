@@ -100,7 +100,7 @@ fn phase_blocking(view: &ClusterView, sessions: &RemoteSearches, request: PeerRe
             let plan = Arc::new(
                 Plan::from_wire(&plan).map_err(|e| ApiError::field("plan", format!("unreadable plan from the coordinator: {e}")))?,
             );
-            let hits = super::shard_hits(replica, &plan).map_err(internal)?;
+            let hits = super::shard_hits(&replica, &plan).map_err(internal)?;
             let summary = super::summarize(&hits, &plan);
             sessions.store(query, shard, Session { plan, hits: Some(hits), candidates: None, at: Instant::now() })?;
             Ok(PeerReply::Summary(summary))
@@ -109,7 +109,7 @@ fn phase_blocking(view: &ClusterView, sessions: &RemoteSearches, request: PeerRe
             let replica = view.local_shard(shard).ok_or_else(|| missing(shard))?;
             let mut session = sessions.take(query, shard).ok_or_else(expired)?;
             let hits = session.hits.take().ok_or_else(expired)?;
-            let candidates = super::shard_candidates(replica, &session.plan, hits, &stats).map_err(internal)?;
+            let candidates = super::shard_candidates(&replica, &session.plan, hits, &stats).map_err(internal)?;
             let ranked = candidates.ranked_assets();
             session.candidates = Some(Arc::new(candidates));
             sessions.store(query, shard, session)?;
@@ -122,7 +122,7 @@ fn phase_blocking(view: &ClusterView, sessions: &RemoteSearches, request: PeerRe
             let assets = if keep.is_empty() {
                 Vec::new()
             } else {
-                super::finish_assets(replica, &session.plan, &candidates, &keep.into_iter().collect()).map_err(internal)?
+                super::finish_assets(&replica, &session.plan, &candidates, &keep.into_iter().collect()).map_err(internal)?
             };
             Ok(PeerReply::Json(serde_json::to_vec(&assets).map_err(|e| ApiError::internal(e.to_string()))?))
         }

@@ -266,12 +266,28 @@ impl Shard {
         metrics: Arc<Metrics>,
         outbox: Option<Arc<dyn RaftOutbox>>,
     ) -> Result<Arc<Shard>, ShardError> {
-        ensure_system();
         let voters = options.replicas.get(&id).cloned().unwrap_or_else(|| vec![options.node_id]);
-        if !voters.contains(&options.node_id) {
+        Shard::open_replica(data_dir, id, &voters, false, options, metrics, outbox)
+    }
+
+    /// [`Shard::open`] with the group's initial voters given. A `joining` replica (the target
+    /// of a move) is not among them: it starts with the group's first configuration and an
+    /// empty log, and learns every later one from the leader's log or snapshot.
+    pub fn open_replica(
+        data_dir: &Path,
+        id: ShardId,
+        initial_voters: &[NodeId],
+        joining: bool,
+        options: &ShardOptions,
+        metrics: Arc<Metrics>,
+        outbox: Option<Arc<dyn RaftOutbox>>,
+    ) -> Result<Arc<Shard>, ShardError> {
+        ensure_system();
+        let voters = initial_voters.to_vec();
+        if !joining && !voters.contains(&options.node_id) {
             return Err(ShardError::Config(format!("node {} is not a replica of shard {id} (replicas: {voters:?})", options.node_id)));
         }
-        if voters.len() > 1 && outbox.is_none() {
+        if (voters.len() > 1 || joining) && outbox.is_none() {
             return Err(ShardError::Config(format!("shard {id} has {} replicas but the node has no peer transport", voters.len())));
         }
         let dir = shard_dir(data_dir, id);
@@ -406,7 +422,7 @@ impl Shard {
             pending_reads: pending_reads.clone(),
             tick_interval: Duration::from_millis(options.tick_interval_ms),
             group_commit_max_requests: options.group_commit_max_requests.max(1),
-            single_voter: voters.len() == 1,
+            single_voter: voters == [options.node_id],
             staging: staging.clone(),
             compaction: Compaction {
                 interval: Duration::from_millis(options.compaction_interval_ms),
@@ -541,6 +557,20 @@ impl Shard {
 
     pub fn is_leader(&self) -> bool {
         self.progress.is_leader.load(Ordering::Acquire)
+    }
+
+    /// Proposes a configuration change or leader transfer on this replica (its leader).
+    pub async fn change_group(&self, change: rushes_cluster::membership::GroupChange) -> Result<(), ShardError> {
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        self.raft.try_send(raft_actor::ChangeGroup { change, reply }).map_err(|e| self.mailbox_error(e))?;
+        receiver.await.map_err(|_| ShardError::Stopping { shard: self.id })?
+    }
+
+    /// The group's configuration if this replica leads it.
+    pub async fn observe(&self, added: Option<NodeId>) -> Option<rushes_cluster::membership::GroupObservation> {
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        self.raft.try_send(raft_actor::Observe { added, reply }).ok()?;
+        receiver.await.ok().flatten()
     }
 
     /// Strong read: asks the group for a read index (confirmed by a quorum at the leader) and

@@ -62,6 +62,22 @@ pub struct ReadIndex {
     pub reply: tokio::sync::oneshot::Sender<u64>,
 }
 
+/// A configuration change or leader transfer the metadata leader asked for (leader only).
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct ChangeGroup {
+    pub change: rushes_cluster::membership::GroupChange,
+    pub reply: tokio::sync::oneshot::Sender<Result<(), ShardError>>,
+}
+
+/// The group's configuration as this replica sees it if it leads (else `None`).
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Observe {
+    pub added: Option<NodeId>,
+    pub reply: tokio::sync::oneshot::Sender<Option<rushes_cluster::membership::GroupObservation>>,
+}
+
 /// Stop: waiting clients are answered (their writes may still commit), then the actor stops.
 #[derive(ActixMessage)]
 #[rtype(result = "()")]
@@ -236,6 +252,32 @@ impl Handler<ReadIndex> for RaftActor {
         self.driver.read_index(id.to_be_bytes().to_vec());
         self.reads.insert(id, (read.reply, Instant::now()));
         self.schedule_ready(ctx);
+    }
+}
+
+impl Handler<ChangeGroup> for RaftActor {
+    type Result = ();
+
+    fn handle(&mut self, request: ChangeGroup, ctx: &mut Context<Self>) {
+        let _handling = self.stats.handling();
+        let result = self.driver.change_group(&request.change).map_err(|e| match e {
+            rushes_cluster::DriverError::NotLeader { leader, .. } => ShardError::NotLeader { shard: self.shard, leader },
+            other => ShardError::Raft(other),
+        });
+        if result.is_ok() {
+            tracing::info!(shard = self.shard, change = ?request.change, "configuration change proposed");
+        }
+        let _ = request.reply.send(result);
+        self.schedule_ready(ctx);
+    }
+}
+
+impl Handler<Observe> for RaftActor {
+    type Result = ();
+
+    fn handle(&mut self, request: Observe, _: &mut Context<Self>) {
+        let _handling = self.stats.handling();
+        let _ = request.reply.send(self.driver.observation(request.added));
     }
 }
 

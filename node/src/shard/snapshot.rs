@@ -159,6 +159,7 @@ async fn fetch(net: &Arc<ClusterNet>, from: NodeId, replica: &Arc<Shard>, messag
     };
     let mut stats = FetchStats::default();
     let mut state_at = None;
+    let fetch_started = Instant::now();
     let (mut reply, waited) = timed_call(chunk_request(None)).await?;
     stats.waiting_for_chunks += waited;
     loop {
@@ -186,6 +187,15 @@ async fn fetch(net: &Arc<ClusterNet>, from: NodeId, replica: &Arc<Shard>, messag
         if done {
             stats.staging += stage.await?;
             break;
+        }
+        // raft.snapshot_transfer_bytes_per_s: wait until the bytes so far are due before asking
+        // for more, so a moving replica leaves the source's disk and network to ingest and search.
+        let rate = net.snapshot_transfer_bytes_per_s;
+        if rate > 0 {
+            let due = Duration::from_secs_f64(stats.bytes as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(fetch_started.elapsed()) {
+                tokio::time::sleep(ahead).await;
+            }
         }
         // The source reads and sends the next chunk while this one is written here; the
         // first failure of either ends the fetch at once.
