@@ -242,6 +242,68 @@ impl LocalCluster {
         &self.nodes
     }
 
+    /// Starts a new node (the next id) with `cluster.join = true`: its config lists the running
+    /// members and itself, it gets a certificate from the cluster's CA, and it waits to be added
+    /// (`rushes cluster add-node`). Returns its id once it answers `/health`.
+    pub fn start_joining_node(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let binary = self.options.binary.clone().unwrap_or_else(rushes_binary);
+        let ports = free_ports(2);
+        let mut members: Vec<(u64, String, String)> = self.nodes.iter().map(|n| (n.id, n.http_addr.clone(), n.raft_addr.clone())).collect();
+        members.push((id, format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1])));
+        let mut options = self.options.clone();
+        options.nodes = id as usize;
+        // Issues only the certificates that are missing (the CA stays the cluster's).
+        let (credentials, _) = make_credentials(&binary, &self.dir, &options);
+        options.cluster_toml = format!("{}\njoin = true", options.cluster_toml);
+        let mut env = vec![("RUST_LOG".to_string(), options.rust_log.clone())];
+        if options.fault_injection {
+            env.push((FAULT_INJECTION_ENV.to_string(), "1".to_string()));
+        }
+        let node = LocalNode::new(
+            id,
+            members.last().expect("new member").1.clone(),
+            members.last().expect("new member").2.clone(),
+            &self.dir,
+            binary,
+            env,
+        );
+        std::fs::create_dir_all(&node.data_dir).expect("create the node's data directory");
+        std::fs::write(&node.config_path, node_config_toml(&options, &credentials, id, &node.data_dir, &members))
+            .expect("write the node config");
+        node.spawn();
+        node.wait_healthy(self.options.start_timeout);
+        self.nodes.push(node);
+        id
+    }
+
+    /// Runs `rushes ARGS --server <node via> --token <suite key>` (a membership command) and
+    /// returns its stdout; panics with its output and the diagnostics if it fails.
+    pub fn cli(&self, via: u64, args: &[&str]) -> String {
+        let binary = self.options.binary.clone().unwrap_or_else(rushes_binary);
+        let mut command = std::process::Command::new(binary);
+        command.args(args).arg("--server").arg(self.node(via).base_url());
+        if let Some(key) = crate::http::api_key() {
+            command.env("RUSHES_TOKEN", key);
+        }
+        let output = command.output().expect("run the rushes binary");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            panic!(
+                "rushes {args:?} failed ({}):\n{stdout}\n{}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr),
+                self.diagnostics()
+            );
+        }
+        stdout
+    }
+
+    /// Expected replicas per shard (changes when the test removes nodes below it).
+    pub fn set_replication_factor(&mut self, replication_factor: usize) {
+        self.options.replication_factor = replication_factor;
+    }
+
     pub fn node_ids(&self) -> Vec<u64> {
         self.nodes.iter().map(|n| n.id).collect()
     }
