@@ -199,16 +199,35 @@ fn local_shards(http: &Http, cluster: &LocalCluster, id: u64) -> Vec<u64> {
     shards
 }
 
+/// Logs compact after a few writes, so a new replica must catch up by snapshot (fetched in
+/// 1 KiB chunks, throttled to 256 KiB/s).
+const COMPACTING_RAFT_TOML: &str = "[raft]\nlog_retain_entries = 10\nsnapshot_log_entries = 20\ncompaction_interval_ms = 100\n\
+                                    snapshot_chunk_bytes = 1024\nsnapshot_transfer_bytes_per_s = 262144\n";
+
 #[test]
 fn a_node_added_under_ingest_takes_over_a_leaders_replica() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = LocalCluster::start_with(dir.path(), ClusterOptions::new(3, SHARDS, 3));
+    let mut options = ClusterOptions::new(3, SHARDS, 3);
+    options.extra_toml = COMPACTING_RAFT_TOML.to_string();
+    let mut cluster = LocalCluster::start_with(dir.path(), options);
     cluster.wait_for_leaders(Duration::from_secs(60));
     let http = Http::new(Duration::from_secs(30));
     preload(&cluster, &http);
     let writer = Writer::start((1..=3).map(|id| cluster.node(id).base_url()).collect());
     writer.wait_for_acks_after(Instant::now(), "the writer started");
 
+    // The new replica must then catch up by snapshot: wait until shard 0's log is compacted on
+    // every replica (vector files are saved, and the log compacted past them, every 30 s).
+    let compacted = poll_until(Duration::from_secs(90), || {
+        (1..=3).all(|id| {
+            cluster
+                .node(id)
+                .status(false)
+                .ok()
+                .is_some_and(|status| status.local_replicas().any(|(shard, r)| shard == 0 && r.log_first_index.unwrap_or(0) > 1))
+        })
+    });
+    assert!(compacted, "shard 0's log was not compacted\n{}", cluster.diagnostics());
     let new = cluster.start_joining_node();
     assert!(local_shards(&http, &cluster, new).is_empty(), "a joining node holds nothing before it is added");
     let (raft_addr, http_addr) = (cluster.node(new).raft_addr.clone(), cluster.node(new).http_addr.clone());
@@ -227,6 +246,9 @@ fn a_node_added_under_ingest_takes_over_a_leaders_replica() {
     let acked = writer.finish();
 
     assert_eq!(local_shards(&http, &cluster, new), vec![0], "the new node holds exactly the moved replica");
+    let status = cluster.node(new).status(false).expect("status of the new node");
+    let installed = status.local_replicas().find(|(shard, _)| *shard == 0).and_then(|(_, r)| r.snapshots_installed).unwrap_or(0);
+    assert!(installed >= 1, "the new replica caught up without a snapshot although the logs were compacted\n{}", cluster.diagnostics());
     assert!(!local_shards(&http, &cluster, leader).contains(&0), "node {leader} still holds shard 0");
     check_end_state(&cluster, &http, &acked, &[1, 2, 3, new]);
 }
