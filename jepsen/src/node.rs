@@ -53,7 +53,8 @@ pub struct LocalNode {
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
-    binary: PathBuf,
+    /// The `rushes` binary the next start runs (a rolling upgrade swaps it).
+    binary: Mutex<PathBuf>,
     env: Vec<(String, String)>,
     child: Mutex<Option<Child>>,
     paused: Mutex<bool>,
@@ -69,7 +70,7 @@ impl LocalNode {
             config_path: dir.join(format!("node-{id}.toml")),
             data_dir: dir.join(format!("node-{id}")),
             log_path: dir.join(format!("node-{id}.log")),
-            binary,
+            binary: Mutex::new(binary),
             env,
             child: Mutex::new(None),
             paused: Mutex::new(false),
@@ -129,7 +130,8 @@ impl LocalNode {
         assert!(!self.is_running(), "node {} is already running", self.id);
         let mut slot = self.child.lock().unwrap();
         let log = OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open the node log");
-        let mut command = Command::new(&self.binary);
+        let binary = self.binary.lock().unwrap().clone();
+        let mut command = Command::new(&binary);
         command.arg("serve").arg("--config").arg(&self.config_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
         // The node reads every RUSHES_* variable as a config key and refuses unknown ones, so
         // the harness's own (RUSHES_BIN) and anything else inherited stay out; RUSHES_LOG (a log
@@ -142,7 +144,7 @@ impl LocalNode {
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {} for node {}: {e}", self.binary.display(), self.id));
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {} for node {}: {e}", binary.display(), self.id));
         *slot = Some(child);
         *self.paused.lock().unwrap() = false;
     }
@@ -199,6 +201,11 @@ impl LocalNode {
             let _ = child.wait();
         }
         *self.paused.lock().unwrap() = false;
+    }
+
+    /// Runs `binary` from the next start on (a rolling upgrade).
+    pub fn set_binary(&self, binary: PathBuf) {
+        *self.binary.lock().unwrap() = binary;
     }
 
     /// SIGKILL if running, then start again on the same config and data and wait for health.

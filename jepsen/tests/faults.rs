@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rushes_jepsen::{check_cluster, hold_fault, poll_until, CheckOptions, LocalCluster, Progress, Sample, Workload, WorkloadOptions};
+use rushes_jepsen::{
+    check_cluster, hold_fault, poll_until, CheckOptions, ClusterOptions, LocalCluster, Progress, Sample, Workload, WorkloadOptions,
+};
 
 const NODES: usize = 3;
 const SHARDS: u32 = 4;
@@ -35,6 +37,21 @@ enum Fault {
     /// Every node in turn is killed and started again while writes go on, as a rolling
     /// upgrade restarts them (a longer load, so the last restart still meets writes).
     RollingRestart,
+    /// The cluster starts on the previous release (`RUSHES_PREVIOUS_BIN`, built by
+    /// `.ci/build-previous`), and every node in turn is restarted on this build under writes.
+    RollingUpgrade,
+}
+
+/// The previous release's `rushes` binary, for the rolling upgrade.
+fn previous_binary() -> PathBuf {
+    let path = std::env::var_os("RUSHES_PREVIOUS_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "RUSHES_PREVIOUS_BIN is not set: the rolling upgrade starts from the previous release's binary. \
+             Run the tests with .ci/test (it builds that binary with .ci/build-previous and sets the variable)"
+        )
+    });
+    assert!(path.is_file(), "RUSHES_PREVIOUS_BIN={} is not a file", path.display());
+    path
 }
 
 fn seed() -> u64 {
@@ -126,12 +143,17 @@ fn run(name: &str, fault: Fault) {
     let started = Instant::now();
     let (_tmp, dir) = test_dir(name);
 
-    let hours = if matches!(fault, Fault::RollingRestart) { HOURS * 4.0 } else { HOURS };
+    let rolling = matches!(fault, Fault::RollingRestart | Fault::RollingUpgrade);
+    let hours = if rolling { HOURS * 4.0 } else { HOURS };
     let sample = Sample::generate(&dir, hours, rng.gen_range(1..1_000_000));
     let batches = Arc::new(sample.batches(BATCH_LINES));
     eprintln!("[{name}] sample: {} assets, {} annotations, {} batches", sample.assets.len(), sample.annotations.len(), batches.len());
 
-    let cluster = LocalCluster::start(&dir.join("cluster"), NODES, SHARDS, REPLICATION_FACTOR);
+    let mut options = ClusterOptions::new(NODES, SHARDS, REPLICATION_FACTOR);
+    if matches!(fault, Fault::RollingUpgrade) {
+        options.binary = Some(previous_binary());
+    }
+    let cluster = LocalCluster::start_with(&dir.join("cluster"), options);
     let leaders = cluster.wait_for_leaders(Duration::from_secs(60));
     eprintln!("[{name}] cluster up after {:.1?}; leaders per shard {leaders:?}", started.elapsed());
     sample.put_assets(&cluster.base_urls(), Duration::from_secs(60));
@@ -183,9 +205,12 @@ fn run(name: &str, fault: Fault) {
                 cluster.heal();
                 eprintln!("[{name}] healed after {:.1?}", cut.elapsed());
             }
-            Fault::RollingRestart => {
+            Fault::RollingRestart | Fault::RollingUpgrade => {
                 writers.wait_for_fraction(rng.gen_range(0.05..0.15), Duration::from_secs(60));
                 for node in cluster.node_ids() {
+                    if matches!(fault, Fault::RollingUpgrade) {
+                        cluster.node(node).set_binary(rushes_jepsen::rushes_binary());
+                    }
                     assert!(
                         !workload.is_finished(),
                         "[{name}] the writers finished before node {node}'s restart: the restarts would meet no load"
@@ -197,6 +222,18 @@ fn run(name: &str, fault: Fault) {
                     // As an operator does between nodes: every shard has a leader again.
                     cluster.wait_for_leaders(Duration::from_secs(60));
                     eprintln!("[{name}] node {node} restarted in {:.1?}", restarted.elapsed());
+                }
+                if matches!(fault, Fault::RollingUpgrade) {
+                    // The upgraded cluster bootstrapped its replicated map from the config,
+                    // with the placement the previous release computed.
+                    let http = rushes_jepsen::Http::new(Duration::from_secs(10));
+                    for node in cluster.nodes() {
+                        let map = poll_until(Duration::from_secs(60), || http.get_json(&node.url("/v1/admin/cluster/map")).is_ok());
+                        assert!(map, "[{name}] node {} has no cluster map after the upgrade\n{}", node.id, cluster.diagnostics());
+                        let map = http.get_json(&node.url("/v1/admin/cluster/map")).expect("map");
+                        assert_eq!(map["members"].as_object().map(|m| m.len()), Some(NODES), "[{name}] {map}");
+                        assert_eq!(map["shard_count"], SHARDS, "[{name}] {map}");
+                    }
                 }
             }
         }
@@ -251,4 +288,9 @@ fn partition_a_minority_then_heal() {
 #[test]
 fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
     run("rolling-restart", Fault::RollingRestart);
+}
+
+#[test]
+fn rolling_upgrade_from_the_previous_release_under_writes() {
+    run("rolling-upgrade", Fault::RollingUpgrade);
 }

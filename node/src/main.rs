@@ -353,6 +353,17 @@ enum ClusterCommand {
         #[arg(long)]
         replication_factor: Option<usize>,
     },
+    /// Start one more node for the local cluster in DATA_DIR (the next id; `rushes cluster
+    /// local` keeps running the others), add it to the cluster, and run it until Ctrl-C.
+    LocalAddNode {
+        #[arg(long, default_value = "./rushes-cluster")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 7700)]
+        base_port: u16,
+        /// Then spread replicas evenly, onto it.
+        #[arg(long)]
+        rebalance: bool,
+    },
     /// Three local nodes, replication factor 3: acknowledged ingest, query latency, failover
     /// after a leader is killed, catch-up of a replica that missed writes.
     Bench {
@@ -388,6 +399,10 @@ enum ClusterCommand {
         /// Run the nodes without mutual TLS (cluster.insecure_peers), to measure what TLS costs.
         #[arg(long)]
         insecure_peers: bool,
+        /// At the end, add a node and rebalance onto it under a steady search and ingest load
+        /// (time, moves, snapshot bytes, and the load's latencies before and during).
+        #[arg(long)]
+        rebalance: bool,
         /// Also write the report as JSON here.
         #[arg(long)]
         json_out: Option<PathBuf>,
@@ -613,6 +628,29 @@ fn run(cli: Cli) -> Result<(), CliError> {
             rushes_node::cli::local_cluster::run(&options, &binary, || stop.load(std::sync::atomic::Ordering::SeqCst))?;
             Ok(())
         }
+        Command::Cluster { command: ClusterCommand::LocalAddNode { data_dir, base_port, rebalance } } => {
+            let data_dir = std::path::absolute(&data_dir)?;
+            // The running cluster's shape, from its first node's config.
+            let first = Config::load(Some(&data_dir.join("node-1.toml")), std::iter::empty::<(String, String)>(), &[]).map_err(|e| {
+                format!("{}: {e} (is there a local cluster in {}?)", data_dir.join("node-1.toml").display(), data_dir.display())
+            })?;
+            let options = rushes_node::cli::local_cluster::LocalClusterOptions {
+                nodes: first.cluster.nodes.len(),
+                data_dir,
+                base_port,
+                shards: first.cluster.shards,
+                replication_factor: first.cluster.replication_factor,
+                peer_tls: !first.cluster.tls_cert_file.is_empty(),
+            };
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            {
+                let stop = stop.clone();
+                ctrlc_on_thread(move || stop.store(true, std::sync::atomic::Ordering::SeqCst))?;
+            }
+            let binary = std::env::current_exe()?;
+            rushes_node::cli::local_cluster::add_node(&options, &binary, rebalance, || stop.load(std::sync::atomic::Ordering::SeqCst))?;
+            Ok(())
+        }
         Command::Cluster {
             command:
                 ClusterCommand::Bench {
@@ -627,6 +665,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     compact_every,
                     keep_data,
                     insecure_peers,
+                    rebalance,
                     json_out,
                 },
         } => {
@@ -652,6 +691,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 compact_every_entries: compact_every,
                 keep_data,
                 insecure_peers,
+                rebalance,
             })?;
             rushes_node::cli::cluster_bench::print_cluster_report(&report);
             if let Some(path) = json_out {

@@ -37,6 +37,36 @@ pub struct ClusterBenchOptions {
     pub keep_data: bool,
     /// Peers without TLS (`cluster.insecure_peers`), to measure what mutual TLS costs.
     pub insecure_peers: bool,
+    /// At the end, add a node and rebalance onto it under a steady query and ingest load.
+    pub rebalance: bool,
+}
+
+/// Adding a node and rebalancing onto it, with a steady load (one search client, one ingest
+/// client) measured before the change and while it runs.
+#[derive(Debug, Serialize)]
+pub struct RebalanceReport {
+    pub moves: u64,
+    /// From the rebalance request to the last move finished.
+    pub rebalance_seconds: f64,
+    /// From starting the new process to a member that follows the map (metadata caught up).
+    pub add_node_seconds: f64,
+    pub snapshot_bytes_fetched: u64,
+    pub snapshot_transfer_bytes_per_s: u64,
+    pub before: LoadWindow,
+    pub during: LoadWindow,
+}
+
+/// The steady load's latencies over one window.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadWindow {
+    pub seconds: f64,
+    pub queries: usize,
+    pub query_p50_ms: f64,
+    pub query_p99_ms: f64,
+    pub ingest_batches: usize,
+    pub ingest_p50_ms: f64,
+    pub ingest_p99_ms: f64,
+    pub ingest_annotations_per_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,6 +104,7 @@ pub struct ClusterBenchReport {
     pub catch_up_replica_annotations: u64,
     pub catch_up_replica_disk_bytes: u64,
     pub compact_every_entries: Option<u64>,
+    pub rebalance: Option<RebalanceReport>,
     pub machine: String,
 }
 
@@ -531,6 +562,14 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     let catch_up_replica_annotations = restarted_counts.values().sum();
     let catch_up_replica_disk_bytes = local_sum(&restarted, "disk_bytes");
 
+    let rebalance = if options.rebalance {
+        let requests: Vec<rushes_protocol::SearchRequest> =
+            query_mix(&season, &truths, 20, options.seed).into_iter().flat_map(|(_, requests)| requests).collect();
+        Some(measure_rebalance(&layout, &binary, &mut nodes, &token, requests, &lines)?)
+    } else {
+        None
+    };
+
     drop(nodes);
     if options.keep_data {
         println!("nodes' data and logs kept in {}", dir.display());
@@ -561,7 +600,152 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
         catch_up_replica_annotations,
         catch_up_replica_disk_bytes,
         compact_every_entries: options.compact_every_entries,
+        rebalance,
         machine: machine_description(),
+    })
+}
+
+/// Annotations per batch of the steady load's writer (a typical client's batch, not the bulk
+/// load's).
+const STEADY_BATCH_LINES: usize = 200;
+
+/// Searches (round robin over `requests`, through node 1) and ingest batches (through node 2)
+/// one at a time each, recording each latency with its finish time, until stopped.
+struct SteadyLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    samples: Arc<parking_lot::Mutex<(Vec<(Instant, f64)>, Vec<(Instant, f64, usize)>)>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SteadyLoad {
+    fn start(urls: &[String], token: &Option<String>, requests: Vec<rushes_protocol::SearchRequest>, lines: &[String]) -> SteadyLoad {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let samples: Arc<parking_lot::Mutex<(Vec<(Instant, f64)>, Vec<(Instant, f64, usize)>)>> = Arc::default();
+        let searcher = {
+            let (stop, samples, client) = (stop.clone(), samples.clone(), Client::new(&urls[0]).with_token(token.clone()));
+            std::thread::spawn(move || {
+                for request in requests.iter().cycle() {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let sent = Instant::now();
+                    if client.search(request).is_ok() {
+                        samples.lock().0.push((Instant::now(), sent.elapsed().as_secs_f64() * 1000.0));
+                    }
+                }
+            })
+        };
+        // Batches of STEADY_BATCH_LINES from the season, each sent under new asset ids (round
+        // `r` of the season), so every batch stores new annotations however long the load runs.
+        let chunks: Vec<Vec<String>> = lines.chunks(STEADY_BATCH_LINES).map(<[String]>::to_vec).collect();
+        let writer = {
+            let (stop, samples, client) = (stop.clone(), samples.clone(), Client::new(&urls[1 % urls.len()]).with_token(token.clone()));
+            std::thread::spawn(move || {
+                for (i, chunk) in chunks.iter().cycle().enumerate() {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let body: Vec<String> = chunk
+                        .iter()
+                        .map(|line| {
+                            let mut value: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                            value["asset_id"] = serde_json::json!(format!("steady-{i}-{}", value["asset_id"].as_str().unwrap_or("")));
+                            value.to_string()
+                        })
+                        .collect();
+                    let (body, count) = (body.join("\n").into_bytes(), &chunk.len());
+                    let sent = Instant::now();
+                    if client.post_ndjson_retrying(&body, 50).is_ok() {
+                        samples.lock().1.push((Instant::now(), sent.elapsed().as_secs_f64() * 1000.0, *count));
+                    }
+                }
+            })
+        };
+        SteadyLoad { stop, samples, threads: vec![searcher, writer] }
+    }
+
+    /// The samples that finished in `[from, to)`.
+    fn window(&self, from: Instant, to: Instant) -> LoadWindow {
+        let samples = self.samples.lock();
+        let mut queries: Vec<f64> = samples.0.iter().filter(|(at, _)| *at >= from && *at < to).map(|(_, ms)| *ms).collect();
+        let batches: Vec<(f64, usize)> = samples.1.iter().filter(|(at, ..)| *at >= from && *at < to).map(|(_, ms, n)| (*ms, *n)).collect();
+        let mut batch_ms: Vec<f64> = batches.iter().map(|(ms, _)| *ms).collect();
+        queries.sort_by(f64::total_cmp);
+        batch_ms.sort_by(f64::total_cmp);
+        let seconds = to.duration_since(from).as_secs_f64();
+        LoadWindow {
+            seconds,
+            queries: queries.len(),
+            query_p50_ms: crate::cli::bench::percentile(&queries, 50.0),
+            query_p99_ms: crate::cli::bench::percentile(&queries, 99.0),
+            ingest_batches: batch_ms.len(),
+            ingest_p50_ms: crate::cli::bench::percentile(&batch_ms, 50.0),
+            ingest_p99_ms: crate::cli::bench::percentile(&batch_ms, 99.0),
+            ingest_annotations_per_s: batches.iter().map(|(_, n)| *n).sum::<usize>() as f64 / seconds.max(0.001),
+        }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts node N+1 joining the cluster, adds it, then rebalances onto it while [`SteadyLoad`]
+/// runs; the load's window before the rebalance (at least 20 s, the node's addition included)
+/// is compared with the window of the rebalance.
+fn measure_rebalance(
+    layout: &LocalClusterOptions,
+    binary: &Path,
+    nodes: &mut Vec<NodeProcess>,
+    token: &Option<String>,
+    requests: Vec<rushes_protocol::SearchRequest>,
+    lines: &[String],
+) -> Result<RebalanceReport, DemoError> {
+    let n = layout.nodes + 1;
+    let config = crate::cli::local_cluster::write_joining_config(layout, n)?;
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str("\n[embedder]\nurl = \"demo\"\n");
+    std::fs::write(&config, text)?;
+    let urls: Vec<String> = nodes.iter().map(|node| node.base_url.clone()).collect();
+    let load = SteadyLoad::start(&urls, token, requests, lines);
+    let baseline_started = Instant::now();
+    let (http, raft) = node_addrs(layout.base_port, n);
+    let mut node =
+        NodeProcess { config, log: layout.data_dir.join(format!("node-{n}.log")), base_url: format!("http://{http}"), child: None };
+    let first = Client::new(&urls[0]).with_token(token.clone());
+    let added_at = Instant::now();
+    node.spawn(binary)?;
+    let new_client = Client::new(&node.base_url).with_token(token.clone());
+    wait_for("the new node to answer /health", Duration::from_secs(60), || new_client.get("/health").is_ok())?;
+    crate::cli::membership::add_node(&first, n as u64, &raft, &http, false, Some(Duration::from_secs(600))).map_err(|e| e.to_string())?;
+    let add_node_seconds = added_at.elapsed().as_secs_f64();
+    nodes.push(node);
+    // A baseline window at least 20 s long, under the same load, before anything moves.
+    let baseline_ends = baseline_started + Duration::from_secs(20);
+    if let Some(rest) = baseline_ends.checked_duration_since(Instant::now()) {
+        std::thread::sleep(rest);
+    }
+    let started = Instant::now();
+    let reply = first.send("POST", "/v1/admin/cluster/rebalance", "application/json", b"{}")?;
+    let moves = serde_json::from_str::<serde_json::Value>(&reply)?["queued_moves"].as_u64().unwrap_or(0);
+    println!("rebalance: {moves} moves onto node {n}");
+    crate::cli::membership::wait_for_moves(&first, Duration::from_secs(3600)).map_err(|e| e.to_string())?;
+    let finished = Instant::now();
+    let during = load.window(started, finished);
+    let before = load.window(baseline_started, started);
+    load.stop();
+    let status = new_client.get_json("/v1/cluster")?;
+    Ok(RebalanceReport {
+        moves,
+        rebalance_seconds: finished.duration_since(started).as_secs_f64(),
+        add_node_seconds,
+        snapshot_bytes_fetched: local_sum(&status, "snapshot_bytes_fetched"),
+        snapshot_transfer_bytes_per_s: rushes_config::Config::default().raft.snapshot_transfer_bytes_per_s,
+        before,
+        during,
     })
 }
 
@@ -623,6 +807,31 @@ pub fn print_cluster_report(report: &ClusterBenchReport) {
             report.catch_up_snapshot_fetch_s,
             mib / report.catch_up_snapshot_fetch_s.max(0.001)
         );
+    }
+    if let Some(r) = &report.rebalance {
+        println!(
+            "add a node: member and following the map in {:.1} s; rebalance: {} moves in {:.1} s ({:.0} MiB of snapshots, throttled to {:.0} MiB/s)",
+            r.add_node_seconds,
+            r.moves,
+            r.rebalance_seconds,
+            r.snapshot_bytes_fetched as f64 / (1024.0 * 1024.0),
+            r.snapshot_transfer_bytes_per_s as f64 / (1024.0 * 1024.0)
+        );
+        println!("| steady load (1 search client, 1 ingest client) | window s | searches | search p50 / p99 ms | batches | ingest p50 / p99 ms | annotations/s |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for (name, w) in [("before the rebalance", &r.before), ("during the rebalance", &r.during)] {
+            println!(
+                "| {name} | {:.1} | {} | {:.1} / {:.1} | {} | {:.0} / {:.0} | {:.0} |",
+                w.seconds,
+                w.queries,
+                w.query_p50_ms,
+                w.query_p99_ms,
+                w.ingest_batches,
+                w.ingest_p50_ms,
+                w.ingest_p99_ms,
+                w.ingest_annotations_per_s
+            );
+        }
     }
 }
 

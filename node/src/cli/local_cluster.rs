@@ -129,6 +129,11 @@ pub fn node_addrs(base_port: u16, n: usize) -> (String, String) {
 /// The config file of node `n` of a local cluster: mutual TLS between the nodes and the admin
 /// key required on the API.
 pub fn node_config(options: &LocalClusterOptions, n: usize, secrets: &LocalSecrets) -> String {
+    node_config_with(options, n, secrets, false)
+}
+
+/// [`node_config`]; `join`: the node joins the running cluster (`cluster.join = true`).
+fn node_config_with(options: &LocalClusterOptions, n: usize, secrets: &LocalSecrets, join: bool) -> String {
     let (http, _) = node_addrs(options.base_port, n);
     let data_dir = options.data_dir.join(format!("node-{n}"));
     let mut text = String::new();
@@ -139,6 +144,9 @@ pub fn node_config(options: &LocalClusterOptions, n: usize, secrets: &LocalSecre
         "[cluster]\ncluster_id = \"rushes-local\"\nshards = {}\nreplication_factor = {}",
         options.shards, options.replication_factor
     );
+    if join {
+        let _ = writeln!(text, "join = true");
+    }
     let cert = |name: &str| format!("{:?}", secrets.certs_dir.join(name).display().to_string());
     if options.peer_tls {
         let _ = writeln!(
@@ -189,6 +197,80 @@ pub fn write_configs(options: &LocalClusterOptions) -> Result<(Vec<PathBuf>, Loc
         paths.push(path);
     }
     Ok((paths, secrets))
+}
+
+/// Writes the config of node `n`, joining the running cluster of `options` (nodes 1..n-1): its
+/// certificate from the cluster's CA, and `[[cluster.nodes]]` listing 1..=n. Returns its path.
+pub fn write_joining_config(options: &LocalClusterOptions, n: usize) -> Result<PathBuf, LocalClusterError> {
+    let grown = LocalClusterOptions { nodes: n, ..options.clone() };
+    let secrets = prepare_secrets(&grown)?;
+    let path = options.data_dir.join(format!("node-{n}.toml"));
+    std::fs::write(&path, node_config_with(&grown, n, &secrets, true))
+        .map_err(|error| LocalClusterError::Io { path: path.clone(), error })?;
+    Ok(path)
+}
+
+/// `rushes cluster local-add-node`: starts one more node for the local cluster in
+/// `options.data_dir` (the next id), adds it through node 1 (`rushes cluster add-node`, then a
+/// rebalance when asked), and runs it until `stop` (Ctrl-C).
+pub fn add_node(
+    options: &LocalClusterOptions,
+    binary: &Path,
+    rebalance: bool,
+    mut stop: impl FnMut() -> bool,
+) -> Result<(), LocalClusterError> {
+    let existing = (1..=9).take_while(|n| options.data_dir.join(format!("node-{n}.toml")).exists()).count();
+    if existing == 0 {
+        return Err(LocalClusterError::Io {
+            path: options.data_dir.join("node-1.toml"),
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, "no local cluster here: start one with `rushes cluster local` first"),
+        });
+    }
+    let n = existing + 1;
+    if n > 9 {
+        return Err(LocalClusterError::Nodes(n));
+    }
+    let config = write_joining_config(options, n)?;
+    let secrets = prepare_secrets(&LocalClusterOptions { nodes: n, ..options.clone() })?;
+    let log_path = options.data_dir.join(format!("node-{n}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|error| LocalClusterError::Io { path: log_path.clone(), error })?;
+    let mut child = Command::new(binary)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|error| LocalClusterError::Io { path: binary.to_path_buf(), error })?;
+    let (http, raft) = node_addrs(options.base_port, n);
+    println!("node {n}: http://{http} (raft {raft}), log {}", log_path.display());
+    let first = Client::new(&format!("http://{}", node_addrs(options.base_port, 1).0)).with_token(Some(secrets.admin_key.clone()));
+    let wait = Some(Duration::from_secs(3600));
+    let added = crate::cli::membership::add_node(&first, n as u64, &raft, &http, rebalance, wait);
+    if let Err(e) = added {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(LocalClusterError::Io { path: config, error: std::io::Error::other(e.to_string()) });
+    }
+    println!("node {n} runs until Ctrl-C; `rushes cluster remove-node {n}` first to take it out of the cluster");
+    while !stop() {
+        if let Ok(Some(status)) = child.try_wait() {
+            println!("node {n} exited ({status}); see its log");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let _ = child.wait();
+    println!("node {n} stopped");
+    Ok(())
 }
 
 /// Starts `rushes serve --config D/node-N.toml` for every node, waits until all answer, and

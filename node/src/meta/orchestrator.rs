@@ -66,6 +66,9 @@ pub struct MembershipState {
     pub moves: Mutex<BTreeMap<u64, (MoveProgress, Instant)>>,
     /// Replicas being opened or closed: one reconciliation at a time.
     reconciling: tokio::sync::Mutex<()>,
+    /// The epoch of the map this node last matched completely (every replica it gives opened,
+    /// every other closed): the periodic check skips a map it already followed.
+    followed_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl MembershipState {
@@ -76,6 +79,7 @@ impl MembershipState {
             join_problem: Mutex::new(None),
             moves: Mutex::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
+            followed_epoch: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -270,6 +274,10 @@ pub async fn follow(node: &Arc<Node>, map: Arc<ClusterMap>) {
     if node.view.cluster_map().is_some_and(|current| current.epoch > map.epoch) {
         return;
     }
+    if node.membership.followed_epoch.load(Ordering::Acquire) == map.epoch {
+        return;
+    }
+    let mut complete = true;
     if let Err(e) = check_shard_count(&map, &node.config) {
         tracing::error!(error = %e, "refusing to follow the cluster map");
         return;
@@ -311,8 +319,14 @@ pub async fn follow(node: &Arc<Node>, map: Arc<ClusterMap>) {
                 tracing::info!(shard, joining, "opened a replica the cluster map gives this node");
                 node.view.insert_replica(replica);
             }
-            Ok(Err(e)) => tracing::error!(shard, error = %e, "cannot open a replica the cluster map gives this node"),
-            Err(e) => tracing::error!(shard, error = %e, "cannot open a replica the cluster map gives this node"),
+            Ok(Err(e)) => {
+                complete = false;
+                tracing::error!(shard, error = %e, "cannot open a replica the cluster map gives this node; retrying");
+            }
+            Err(e) => {
+                complete = false;
+                tracing::error!(shard, error = %e, "cannot open a replica the cluster map gives this node; retrying");
+            }
         }
     }
     for replica in node.view.shards() {
@@ -337,6 +351,9 @@ pub async fn follow(node: &Arc<Node>, map: Arc<ClusterMap>) {
             Ok(Err(e)) => tracing::warn!(shard, error = %e, "closed a replica the map moved away; its directory is left behind"),
             Err(e) => tracing::warn!(shard, error = %e, "closing a replica the map moved away failed"),
         }
+    }
+    if complete {
+        node.membership.followed_epoch.store(map.epoch, Ordering::Release);
     }
 }
 
