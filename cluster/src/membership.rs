@@ -155,6 +155,9 @@ pub enum MapCommand {
     LeaveMeta {
         id: NodeId,
     },
+    /// Drops every queued move, and gives up every move in flight that is not past its
+    /// promotion (a move to a node that never started would otherwise hold the queue).
+    CancelMoves,
 }
 
 /// What the metadata group's log holds: the map a new cluster starts with (proposed once by
@@ -421,6 +424,16 @@ impl ClusterMap {
                 self.max_concurrent_moves = *n;
                 Ok(())
             }
+            MapCommand::CancelMoves => {
+                self.queued.clear();
+                for group in self.groups().collect::<Vec<_>>() {
+                    let placement = self.placement_mut(group)?;
+                    if placement.moving.as_ref().is_some_and(|m| m.phase != MovePhase::Promote) {
+                        placement.moving = None;
+                    }
+                }
+                Ok(())
+            }
             MapCommand::LeaveMeta { id } => {
                 let holds = self.meta.voters.contains(id) || self.meta.learners.contains(id);
                 if !holds {
@@ -596,6 +609,15 @@ pub enum MoveStep {
     RemoveNode { node: NodeId },
     /// Record progress in the map.
     Map(MapCommand),
+}
+
+/// What the group's configuration holds beyond the map: learners no move accounts for (a move
+/// given up after its learner was added). The metadata leader removes them.
+pub fn stray_learners(placement: &Placement, observed: &GroupObservation) -> Vec<NodeId> {
+    if placement.moving.is_some() || observed.joint {
+        return vec![];
+    }
+    observed.learners.iter().copied().filter(|l| !placement.learners.contains(l) && !placement.voters.contains(l)).collect()
 }
 
 /// The next step of a draining member's departure from the metadata group, given what the
@@ -876,6 +898,25 @@ mod tests {
         );
         assert_eq!(kinds(GroupChange::RemoveNode { node: 3 }), vec![(ConfChangeType::RemoveNode, 3)]);
         assert!(GroupChange::TransferLeader { to: 2 }.conf_change().is_none());
+    }
+
+    #[test]
+    fn cancelling_moves_frees_the_queue_and_leaves_promotions_alone_and_stray_learners_are_found() {
+        let mut map = three();
+        map.apply(&MapCommand::AddMember(member(4))).unwrap();
+        map.apply(&MapCommand::StartQueued).unwrap();
+        assert!(map.meta.moving.is_some(), "the metadata move for node 4 started");
+        map.apply(&MapCommand::QueueMove(QueuedMove { group: 2, add: 4, remove: Some(1) })).unwrap();
+        map.shards[3].moving = Some(Move { id: 99, add: 4, remove: Some(2), phase: MovePhase::Promote, learner_only: false });
+        map.apply(&MapCommand::CancelMoves).unwrap();
+        assert!(map.queued.is_empty() && map.meta.moving.is_none());
+        assert!(map.shards[3].moving.is_some(), "a move past its promotion is finished, not cancelled");
+        map.shards[3].moving = None;
+        map.apply(&MapCommand::RemoveMember { id: 4 }).unwrap();
+        let observed =
+            GroupObservation { leader: 1, voters: vec![1, 2, 3], learners: vec![4], joint: false, commit_index: 5, added_matched: None };
+        assert_eq!(stray_learners(&map.shards[0], &observed), vec![4]);
+        assert!(stray_learners(&map.shards[0], &GroupObservation { learners: vec![], ..observed }).is_empty());
     }
 
     #[test]

@@ -312,3 +312,96 @@ fn a_killed_node_is_replaced_by_an_empty_one_under_ingest() {
     assert_eq!(held, (0..SHARDS as u64).collect::<Vec<_>>(), "the new node holds every shard node 3 held");
     check_end_state(&cluster, &http, &acked, &[1, 2, new]);
 }
+
+/// The metadata leader, as node `via` reports it.
+fn meta_leader(http: &Http, cluster: &LocalCluster, via: u64) -> Option<u64> {
+    http.get_json(&cluster.node(via).url("/v1/cluster")).ok()?["membership"]["meta_leader"].as_u64()
+}
+
+#[test]
+fn a_move_survives_a_crash_of_the_metadata_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ClusterOptions::new(3, SHARDS, 3);
+    options.extra_toml = COMPACTING_RAFT_TOML.to_string();
+    let mut cluster = LocalCluster::start_with(dir.path(), options);
+    cluster.wait_for_leaders(Duration::from_secs(60));
+    let http = Http::new(Duration::from_secs(30));
+    preload(&cluster, &http);
+    let writer = Writer::start((1..=3).map(|id| cluster.node(id).base_url()).collect());
+    writer.wait_for_acks_after(Instant::now(), "the writer started");
+    let new = cluster.start_joining_node();
+    let (raft_addr, http_addr) = (cluster.node(new).raft_addr.clone(), cluster.node(new).http_addr.clone());
+    cluster.cli(1, &["cluster", "add-node", "--id", &new.to_string(), "--raft-addr", &raft_addr, "--http-addr", &http_addr]);
+
+    // Queue the move without waiting, and crash the metadata leader while it is in flight.
+    let from = (1..=3).find(|&id| Some(id) != meta_leader(&http, &cluster, 1)).expect("a node that does not lead the metadata group");
+    cluster.cli(2, &["cluster", "move-replica", "--shard", "1", "--from", &from.to_string(), "--to", &new.to_string(), "--no-wait"]);
+    let mut victim = None;
+    let in_flight = poll_until(Duration::from_secs(30), || {
+        let Ok(status) = http.get_json(&cluster.node(new).url("/v1/cluster")) else { return false };
+        let moving = status["membership"]["moves"].as_array().is_some_and(|m| !m.is_empty());
+        victim = status["membership"]["meta_leader"].as_u64().filter(|&l| l != new);
+        moving && victim.is_some()
+    });
+    assert!(in_flight, "the move never showed as in flight\n{}", cluster.diagnostics());
+    let victim = victim.expect("metadata leader");
+    eprintln!("SIGKILL node {victim} (metadata leader) during the move");
+    cluster.kill(victim);
+    let targets: Vec<String> = [1, 2, 3].iter().filter(|&&id| id != victim).map(|&id| cluster.node(id).base_url()).collect();
+    writer.set_targets(targets);
+    // The other nodes elect a metadata leader and carry on with the move, which finishes
+    // whether the victim is back or not; it comes back and follows.
+    let survivor = (1..=3).find(|&id| id != victim).expect("a survivor");
+    let moved = poll_until(Duration::from_secs(120), || {
+        http.get_json(&cluster.node(survivor).url("/v1/admin/cluster/map")).is_ok_and(|map| {
+            map["shards"][1]["moving"].is_null() && map["shards"][1]["voters"].as_array().is_some_and(|v| v.contains(&json!(new)))
+        })
+    });
+    assert!(moved, "the move did not finish after the metadata leader crashed\n{}", cluster.diagnostics());
+    cluster.restart(victim);
+    writer.set_targets((1..=3).map(|id| cluster.node(id).base_url()).collect());
+    writer.wait_for_acks_after(Instant::now(), "the victim came back");
+    let acked = writer.finish();
+    check_end_state(&cluster, &http, &acked, &[1, 2, 3, new]);
+}
+
+#[test]
+fn a_move_to_a_node_that_never_started_is_cancelled_and_the_node_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = LocalCluster::start_with(dir.path(), ClusterOptions::new(3, SHARDS, 3));
+    cluster.wait_for_leaders(Duration::from_secs(60));
+    let http = Http::new(Duration::from_secs(30));
+    preload(&cluster, &http);
+    // Node 9 is added but never started: its metadata move cannot finish and holds the queue.
+    cluster.cli(1, &["cluster", "add-node", "--id", "9", "--raft-addr", "127.0.0.1:9", "--http-addr", "127.0.0.1:9", "--no-wait"]);
+    cluster.cli(2, &["cluster", "move-replica", "--shard", "0", "--from", "1", "--to", "9", "--no-wait"]);
+    let map = |via: u64| http.get_json(&cluster.node(via).url("/v1/admin/cluster/map")).expect("map");
+    assert!(
+        poll_until(Duration::from_secs(30), || !map(1)["meta"]["moving"].is_null()),
+        "the metadata move to node 9 never started\n{}",
+        cluster.diagnostics()
+    );
+    let added = poll_until(Duration::from_secs(30), || {
+        http.get_json(&cluster.node(1).url("/v1/cluster"))
+            .is_ok_and(|s| s["membership"]["meta_configuration"]["learners"].as_array().is_some_and(|l| l.contains(&json!(9))))
+    });
+    assert!(added, "node 9 never became a learner of the metadata group\n{}", cluster.diagnostics());
+    let printed = cluster.cli(3, &["cluster", "cancel-moves"]);
+    assert!(printed.contains("moves cancelled"), "{printed}");
+    let cancelled = map(1);
+    assert!(cancelled["meta"]["moving"].is_null() && cancelled["queued"].as_array().is_some_and(Vec::is_empty), "{cancelled}");
+    // The learner the cancelled move added leaves the metadata group's configuration.
+    let cleaned = poll_until(Duration::from_secs(30), || {
+        http.get_json(&cluster.node(1).url("/v1/cluster")).is_ok_and(|s| {
+            let conf = &s["membership"]["meta_configuration"];
+            conf["learners"].as_array().is_some_and(Vec::is_empty) && conf["voters"].as_array().is_some_and(|v| v.len() == 3)
+        })
+    });
+    assert!(cleaned, "the metadata group still names node 9\n{}", cluster.diagnostics());
+    let printed = cluster.cli(1, &["cluster", "remove-node", "9"]);
+    assert!(printed.contains("no longer a member"), "{printed}");
+    assert!(map(2)["members"].get("9").is_none());
+    // Moves work again.
+    let printed = cluster.cli(1, &["cluster", "rebalance"]);
+    assert!(printed.contains("rebalance: 0 moves queued"), "{printed}");
+}

@@ -327,6 +327,12 @@ enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Give up the queued moves and the moves in flight that are not past their promotion (a
+    /// move to a node that never started holds the queue until then).
+    CancelMoves {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Spread replicas evenly over the members (the fewest moves; at most
     /// --max-concurrent-moves at once; snapshot transfer throttled by
     /// raft.snapshot_transfer_bytes_per_s).
@@ -596,6 +602,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Cluster { command: ClusterCommand::MoveReplica { shard, from, to, wait, client } } => {
             Ok(rushes_node::cli::membership::move_replica(&client.client()?, shard, from, to, wait.wait())?)
+        }
+        Command::Cluster { command: ClusterCommand::CancelMoves { client } } => {
+            Ok(rushes_node::cli::membership::cancel_moves(&client.client()?)?)
         }
         Command::Cluster { command: ClusterCommand::Rebalance { max_concurrent_moves, wait, client } } => {
             Ok(rushes_node::cli::membership::rebalance(&client.client()?, max_concurrent_moves, wait.wait())?)

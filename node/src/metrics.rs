@@ -32,6 +32,10 @@ pub struct Metrics {
     pub actor_messages: IntCounterVec,
     pub actor_handler_seconds: HistogramVec,
     pub actor_restarts: IntCounterVec,
+    /// The cluster map this node follows: its epoch, and moves in flight and queued.
+    pub cluster_map: IntGaugeVec,
+    /// Raw store bytes fetched for snapshots (moving and far-behind replicas), per shard.
+    pub snapshot_bytes_fetched: IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -119,6 +123,14 @@ impl Metrics {
             actor_restarts: register!(IntCounterVec::new(
                 Opts::new("actor_restarts_total", "Times a supervised actor failed and was started again"),
                 &["actor", "shard"]
+            )),
+            cluster_map: register!(IntGaugeVec::new(
+                Opts::new("cluster_map", "The followed cluster map: epoch, moves in flight, moves queued, members"),
+                &["what"]
+            )),
+            snapshot_bytes_fetched: register!(IntGaugeVec::new(
+                Opts::new("snapshot_bytes_fetched", "Raw store bytes this node's replica fetched for snapshots since the process started"),
+                &["shard"]
             )),
             registry,
         }

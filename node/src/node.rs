@@ -485,6 +485,9 @@ impl Node {
     /// The node-level actors (ingest router, coordinator), then every local replica's.
     pub fn actors(&self) -> Vec<ActorView> {
         let mut actors = vec![self.router.stats().view(), self.coordinator.stats().view()];
+        if let Some(meta) = self.meta() {
+            actors.push(meta.actor());
+        }
         for shard in self.shards() {
             actors.extend(shard.actors());
         }
@@ -511,6 +514,23 @@ impl Node {
         }
         self.router.stats().refresh_gauges();
         self.coordinator.stats().refresh_gauges();
+        for s in self.shards() {
+            let fetched = s.progress.snapshot_bytes_fetched.load(Ordering::Acquire);
+            self.metrics.snapshot_bytes_fetched.with_label_values(&[&s.id.to_string()]).set(fetched as i64);
+        }
+        if let Some(meta) = self.meta() {
+            meta.refresh_gauges();
+        }
+        if let Some(map) = self.view.cluster_map() {
+            for (what, value) in [
+                ("epoch", map.epoch as i64),
+                ("moves_in_flight", map.moves_in_flight() as i64),
+                ("moves_queued", map.queued.len() as i64),
+                ("members", map.members.len() as i64),
+            ] {
+                self.metrics.cluster_map.with_label_values(&[what]).set(value);
+            }
+        }
     }
 
     /// True when every shard has indexed everything it applied.

@@ -167,6 +167,12 @@ fn membership_json(node: &Node) -> serde_json::Value {
         "meta_leader": meta.as_ref().and_then(|m| if m.is_leader() { Some(node.node_id()) } else { m.leader() }),
         "meta_voters": map.as_ref().map(|m| m.meta.voters.clone()),
         "meta_learners": map.as_ref().map(|m| m.meta.learners.clone()),
+        // The metadata group's Raft configuration as this node's replica applied it (the map
+        // above is what it should become).
+        "meta_configuration": meta.as_ref().map(|m| {
+            let (voters, learners) = m.progress.configuration.lock().clone();
+            json!({ "voters": voters, "learners": learners })
+        }),
         "moves": map.as_ref().map(|m| {
             m.groups()
                 .filter_map(|g| m.placement(g).and_then(|p| p.moving.as_ref()).map(|mv| json!({

@@ -233,19 +233,7 @@ pub fn add_node(
     let config = write_joining_config(options, n)?;
     let secrets = prepare_secrets(&LocalClusterOptions { nodes: n, ..options.clone() })?;
     let log_path = options.data_dir.join(format!("node-{n}.log"));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|error| LocalClusterError::Io { path: log_path.clone(), error })?;
-    let mut child = Command::new(binary)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .map_err(|error| LocalClusterError::Io { path: binary.to_path_buf(), error })?;
+    let mut child = spawn_node(binary, &config, &log_path)?;
     let (http, raft) = node_addrs(options.base_port, n);
     println!("node {n}: http://{http} (raft {raft}), log {}", log_path.display());
     let first = Client::new(&format!("http://{}", node_addrs(options.base_port, 1).0)).with_token(Some(secrets.admin_key.clone()));
@@ -273,6 +261,23 @@ pub fn add_node(
     Ok(())
 }
 
+/// `rushes serve --config CONFIG` with its log appended to `log_path`.
+fn spawn_node(binary: &Path, config: &Path, log_path: &Path) -> Result<Child, LocalClusterError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|error| LocalClusterError::Io { path: log_path.to_path_buf(), error })?;
+    Command::new(binary)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|error| LocalClusterError::Io { path: binary.to_path_buf(), error })
+}
+
 /// Starts `rushes serve --config D/node-N.toml` for every node, waits until all answer, and
 /// stops them when `stop` resolves (Ctrl-C). A node that exits on its own is reported and
 /// left down: restart it by hand with the printed command.
@@ -287,19 +292,7 @@ pub fn run(options: &LocalClusterOptions, binary: &Path, mut stop: impl FnMut() 
     for (position, config) in configs.iter().enumerate() {
         let n = position + 1;
         let log_path = options.data_dir.join(format!("node-{n}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|error| LocalClusterError::Io { path: log_path.clone(), error })?;
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|error| LocalClusterError::Io { path: binary.to_path_buf(), error })?;
+        let child = spawn_node(binary, config, &log_path)?;
         let (http, raft) = node_addrs(options.base_port, n);
         println!("node {n}: http://{http} (raft {raft}), log {}", log_path.display());
         println!("        restart by hand: {} serve --config {}", binary.display(), config.display());

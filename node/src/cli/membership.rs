@@ -207,3 +207,11 @@ pub fn rebalance(client: &Client, max_concurrent_moves: Option<usize>, wait: Opt
         None => Ok(()),
     }
 }
+
+/// `rushes cluster cancel-moves`: gives up queued moves and moves not past their promotion
+/// (a move to a node that never started, say); learners they added are removed.
+pub fn cancel_moves(client: &Client) -> Result<(), MembershipCliError> {
+    let reply = post(client, "/v1/admin/cluster/moves/cancel", &json!({}))?;
+    println!("moves cancelled; {} past their promotion finish on their own", reply["moves_in_flight"]);
+    Ok(())
+}

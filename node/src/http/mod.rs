@@ -480,6 +480,14 @@ async fn post_rebalance(request: HttpRequest, payload: web::Payload) -> HttpResu
     Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "queued_moves": queued })))
 }
 
+/// `POST /v1/admin/cluster/moves/cancel`: drops queued moves and gives up the moves in flight
+/// that are not past their promotion.
+async fn post_cancel_moves(request: HttpRequest) -> HttpResult {
+    let node = authorized(&request, Scope::Admin)?;
+    let map = crate::meta::orchestrator::cancel_moves(&node).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "moves_in_flight": map.moves_in_flight() })))
+}
+
 /// Largest body of an admin request.
 const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
 
@@ -722,6 +730,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/v1/admin/cluster/nodes/{id}/drain").route(web::post().to(post_drain_node)))
         .service(resource("/v1/admin/cluster/nodes/{id}/replace").route(web::post().to(post_replace_node)))
         .service(resource("/v1/admin/cluster/moves").route(web::post().to(post_cluster_move)))
+        .service(resource("/v1/admin/cluster/moves/cancel").route(web::post().to(post_cancel_moves)))
         .service(resource("/v1/admin/cluster/rebalance").route(web::post().to(post_rebalance)))
         .service(resource("/v1/search").route(web::post().to(post_search)))
         .service(resource("/v1/search/explain").route(web::post().to(post_explain)))

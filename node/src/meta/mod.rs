@@ -139,6 +139,8 @@ pub struct MetaProgress {
     pub commit: AtomicU64,
     pub applied: AtomicU64,
     pub failed: Mutex<Option<String>>,
+    /// The group's Raft configuration as this replica has applied it: (voters, learners).
+    pub configuration: Mutex<(Vec<NodeId>, Vec<NodeId>)>,
 }
 
 #[derive(ActixMessage)]
@@ -382,6 +384,10 @@ impl MetaActor {
                 }
             };
             let outcome = self.driver.run_ready_sending(&mut self.machine, &mut send)?;
+            if outcome.conf_changed.is_some() {
+                let conf = self.driver.conf_state();
+                *self.progress.configuration.lock() = (conf.voters.clone(), conf.learners.clone());
+            }
             let is_leader = self.driver.is_leader();
             self.progress.is_leader.store(is_leader, Ordering::Release);
             self.progress.leader.store(self.driver.leader_id().unwrap_or(0), Ordering::Release);
@@ -472,6 +478,8 @@ impl MetaGroup {
         machine.outcomes.clear();
         let (map_tx, map) = watch::channel(machine.map.clone().map(Arc::new));
         let progress = Arc::new(MetaProgress::default());
+        let conf = driver.conf_state();
+        *progress.configuration.lock() = (conf.voters.clone(), conf.learners.clone());
         let single_voter = driver.conf_state().voters == [node_id];
         let arbiter = dedicated_arbiter("meta".to_string(), ThreadPriority::Normal)?;
         let stats = ActorStats::new(metrics, ActorKind::Meta, None, "meta", META_MAILBOX_CAPACITY);

@@ -34,6 +34,8 @@ const ORCHESTRATE_INTERVAL: Duration = Duration::from_millis(250);
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a joining node asks the listed nodes for the map.
 const JOIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Every this many rounds (5 s) the metadata leader looks for learners no move accounts for.
+const STRAY_LEARNER_ROUNDS: u64 = 20;
 /// Deadline of one peer call made while driving a move.
 const STEP_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Suffix of a replica directory being removed (renamed first, so a crash mid-removal never
@@ -172,8 +174,10 @@ pub async fn run(node: Weak<Node>) {
     let follow = tokio::spawn(follow_map(node.clone()));
     let mut ticker = tokio::time::interval(ORCHESTRATE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round = 0u64;
     loop {
         ticker.tick().await;
+        round += 1;
         let Some(node) = node.upgrade() else { break };
         let Some(meta) = node.meta() else { continue };
         if !meta.is_leader() {
@@ -182,6 +186,11 @@ pub async fn run(node: Weak<Node>) {
         }
         if let Err(e) = orchestrate_once(&node, &meta).await {
             tracing::debug!(error = %e.message, "membership step deferred");
+        }
+        if round % STRAY_LEARNER_ROUNDS == 0 {
+            if let Err(e) = remove_stray_learners(&node, &meta).await {
+                tracing::debug!(error = %e.message, "removing a stray learner deferred");
+            }
         }
     }
     follow.abort();
@@ -284,8 +293,15 @@ pub async fn follow(node: &Arc<Node>, map: Arc<ClusterMap>) {
     }
     if let Some(net) = node.net() {
         let me = node.node_id();
-        for member in map.members.values().filter(|m| m.id != me) {
-            match member.raft_addr.to_socket_addrs().map(|mut a| a.next()) {
+        // Name resolution may block: off the async threads.
+        let members: Vec<Member> = map.members.values().filter(|m| m.id != me).cloned().collect();
+        let resolved = tokio::task::spawn_blocking(move || {
+            members.into_iter().map(|m| (m.raft_addr.to_socket_addrs().map(|mut a| a.next()), m)).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (addr, member) in resolved {
+            match addr {
                 Ok(Some(addr)) => {
                     // Idempotent: a known peer at the same address keeps its connection.
                     if let Err(e) = net.transport.add_peer(member.id, addr) {
@@ -397,6 +413,24 @@ async fn orchestrate_once(node: &Arc<Node>, meta: &Arc<MetaGroup>) -> Result<(),
         let Some(observed) = meta.observe(None).await else { continue };
         let step = meta_departure_step(departing, &observed);
         take_step(node, meta, META_GROUP, &observed, step).await?;
+    }
+    Ok(())
+}
+
+/// Removes learners a cancelled move left in a group's configuration (the map no longer names
+/// them, so nothing else would).
+async fn remove_stray_learners(node: &Arc<Node>, meta: &Arc<MetaGroup>) -> Result<(), ApiError> {
+    let Some(map) = meta.current() else { return Ok(()) };
+    for group in map.groups() {
+        let Some(placement) = map.placement(group) else { continue };
+        if placement.moving.is_some() {
+            continue;
+        }
+        let Some(observed) = observe(node, meta, &map, group, None).await else { continue };
+        for learner in rushes_cluster::membership::stray_learners(placement, &observed) {
+            tracing::info!(group = %group_name(group), learner, "removing a learner no move accounts for");
+            change_group(node, meta, group, observed.leader, GroupChange::RemoveNode { node: learner }).await?;
+        }
     }
     Ok(())
 }
@@ -587,6 +621,9 @@ fn not_clustered() -> ApiError {
     )
 }
 
+/// Longest address a member may have (host:port).
+const ADDRESS_BYTES_MAX: usize = 255;
+
 /// Deadline of an operator's membership command (it waits for the map command to commit).
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -598,11 +635,16 @@ pub fn current_map(node: &Node) -> Result<Arc<ClusterMap>, ApiError> {
 
 /// `rushes cluster add-node`: a new member (it then follows the metadata group first).
 pub async fn add_node(node: &Arc<Node>, member: Member) -> Result<Arc<ClusterMap>, ApiError> {
-    if member.raft_addr.to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true) {
-        return Err(ApiError::field("raft_addr", format!("{:?} does not resolve to an address; give host:port", member.raft_addr)));
+    for (field, addr) in [("raft_addr", &member.raft_addr), ("http_addr", &member.http_addr)] {
+        if addr.trim().is_empty() || addr.len() > ADDRESS_BYTES_MAX {
+            return Err(ApiError::field(field, format!("give the node's address as host:port, at most {ADDRESS_BYTES_MAX} bytes")));
+        }
     }
-    if member.http_addr.trim().is_empty() {
-        return Err(ApiError::field("http_addr", "give the node's HTTP address, host:port"));
+    // Name resolution may block: off the async threads.
+    let addr = member.raft_addr.clone();
+    let resolves = tokio::task::spawn_blocking(move || addr.to_socket_addrs().is_ok_and(|mut a| a.next().is_some())).await.unwrap_or(false);
+    if !resolves {
+        return Err(ApiError::field("raft_addr", format!("{:?} does not resolve to an address; give host:port", member.raft_addr)));
     }
     propose_map(node, MapCommand::AddMember(member), ADMIN_TIMEOUT).await
 }
@@ -674,6 +716,11 @@ pub async fn rebalance(node: &Arc<Node>, max_concurrent_moves: Option<usize>) ->
         })?;
     }
     queue_moves(node, ClusterMap::plan_rebalance).await
+}
+
+/// `rushes cluster cancel-moves`: drops the queue and gives up moves not past their promotion.
+pub async fn cancel_moves(node: &Arc<Node>) -> Result<Arc<ClusterMap>, ApiError> {
+    propose_map(node, MapCommand::CancelMoves, ADMIN_TIMEOUT).await
 }
 
 /// `rushes cluster remove-node` (second half): forget a member that holds nothing.
