@@ -428,6 +428,14 @@ async fn remove_stray_learners(node: &Arc<Node>, meta: &Arc<MetaGroup>) -> Resul
         }
         let Some(observed) = observe(node, meta, &map, group, None).await else { continue };
         for learner in rushes_cluster::membership::stray_learners(placement, &observed) {
+            // Only while this node still leads the metadata group and no move started since
+            // the map was read (a move's new learner is not a stray).
+            let current = meta.current();
+            let still_idle =
+                current.as_ref().and_then(|m| m.placement(group)).is_some_and(|p| p.moving.is_none() && !p.holders().contains(&learner));
+            if !meta.is_leader() || !still_idle {
+                return Ok(());
+            }
             tracing::info!(group = %group_name(group), learner, "removing a learner no move accounts for");
             change_group(node, meta, group, observed.leader, GroupChange::RemoveNode { node: learner }).await?;
         }
