@@ -324,7 +324,23 @@ impl<S: RaftLogStore> RaftDriver<S> {
             joint: !conf.voters_outgoing.is_empty(),
             commit_index: self.commit_index(),
             added_matched: added.and_then(|node| self.matched(node)),
+            caught_up_voters: self.caught_up_voters(),
         })
+    }
+
+    /// On a leader: the voters it heard from recently whose logs are within
+    /// `membership::CAUGHT_UP_ENTRIES` of the commit (itself included).
+    fn caught_up_voters(&self) -> Vec<NodeId> {
+        let commit = self.commit_index();
+        let me = self.node.raft.id;
+        let voters = self.conf_state().voters;
+        let progress = self.node.raft.prs();
+        voters
+            .into_iter()
+            .filter(|&id| {
+                id == me || progress.get(id).is_some_and(|p| p.recent_active && p.matched + crate::membership::CAUGHT_UP_ENTRIES >= commit)
+            })
+            .collect()
     }
 
     /// Makes a change the metadata leader asked for: a configuration change or a leader

@@ -592,6 +592,16 @@ pub struct GroupObservation {
     pub commit_index: u64,
     /// How far the replica being added has replicated the log (`None`: not in the group).
     pub added_matched: Option<u64>,
+    /// Voters the leader heard from recently that are within [`CAUGHT_UP_ENTRIES`] of the
+    /// commit (the leader included): where leadership may be handed over.
+    pub caught_up_voters: Vec<NodeId>,
+}
+
+impl GroupObservation {
+    /// A caught-up, reachable voter other than the leader and `except`, to hand leadership to.
+    fn transfer_target(&self, except: NodeId) -> Option<NodeId> {
+        self.caught_up_voters.iter().copied().find(|&v| v != self.leader && v != except && self.voters.contains(&v))
+    }
 }
 
 /// What the metadata leader does next for a group's move.
@@ -635,8 +645,8 @@ pub fn meta_departure_step(node: NodeId, observed: &GroupObservation) -> MoveSte
         return MoveStep::Wait;
     }
     if observed.leader == node {
-        return match observed.voters.iter().find(|&&v| v != node) {
-            Some(&to) => MoveStep::TransferLeader { to },
+        return match observed.transfer_target(node) {
+            Some(to) => MoveStep::TransferLeader { to },
             None => MoveStep::Wait,
         };
     }
@@ -683,10 +693,12 @@ pub fn next_step(group: ShardId, m: &Move, observed: &GroupObservation) -> MoveS
         }
         MovePhase::Promote => {
             if m.remove == Some(observed.leader) {
-                // A leader cannot remove itself cleanly: hand over to another voter first.
-                if let Some(&to) = observed.voters.iter().find(|&&v| v != observed.leader && v != m.add) {
-                    return MoveStep::TransferLeader { to };
-                }
+                // A leader cannot remove itself cleanly: hand over to another voter first, one
+                // that is reachable and caught up (a dead one would never take over).
+                return match observed.transfer_target(m.add) {
+                    Some(to) => MoveStep::TransferLeader { to },
+                    None => MoveStep::Wait,
+                };
             }
             MoveStep::Promote { add: m.add, remove: m.remove }
         }
@@ -765,6 +777,7 @@ mod tests {
             joint: false,
             commit_index: 1000,
             added_matched: None,
+            caught_up_voters: vec![1, 2, 3],
         };
         let mut steps = Vec::new();
         for _ in 0..20 {
@@ -816,6 +829,7 @@ mod tests {
             joint: false,
             commit_index: 50,
             added_matched: Some(50),
+            caught_up_voters: vec![1, 2, 3],
         };
         assert_eq!(next_step(0, &m, &done), MoveStep::Map(MapCommand::FinishMove { group: 0, move_id: 7 }));
         // Mid-change: wait for raft-rs to leave the joint configuration.
@@ -829,6 +843,12 @@ mod tests {
         let m = Move { phase: MovePhase::Promote, remove: Some(1), ..m };
         let leader_leaves = GroupObservation { voters: vec![1, 2, 3], learners: vec![4], ..done };
         assert_eq!(next_step(0, &m, &leader_leaves), MoveStep::TransferLeader { to: 2 });
+        // ... to a voter that is reachable and caught up: node 2 is dead here.
+        let two_dead = GroupObservation { caught_up_voters: vec![1, 3], ..leader_leaves.clone() };
+        assert_eq!(next_step(0, &m, &two_dead), MoveStep::TransferLeader { to: 3 });
+        // No voter can take over: wait rather than hand leadership to a dead node.
+        let alone = GroupObservation { caught_up_voters: vec![1], ..leader_leaves };
+        assert_eq!(next_step(0, &m, &alone), MoveStep::Wait);
     }
 
     #[test]
@@ -867,8 +887,15 @@ mod tests {
             p.voters.retain(|v| *v != 3);
         }
         assert_eq!(map.meta_departures(), vec![3]);
-        let observed =
-            GroupObservation { leader: 3, voters: vec![1, 2, 3], learners: vec![], joint: false, commit_index: 9, added_matched: None };
+        let observed = GroupObservation {
+            leader: 3,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            joint: false,
+            commit_index: 9,
+            added_matched: None,
+            caught_up_voters: vec![1, 2, 3],
+        };
         assert_eq!(meta_departure_step(3, &observed), MoveStep::TransferLeader { to: 1 });
         let observed = GroupObservation { leader: 1, ..observed };
         assert_eq!(meta_departure_step(3, &observed), MoveStep::RemoveNode { node: 3 });
@@ -880,7 +907,15 @@ mod tests {
         // The last voter never leaves.
         let mut alone = ClusterMap::bootstrap("c", 1, 1, vec![member(1)]);
         assert!(alone.apply(&MapCommand::LeaveMeta { id: 1 }).is_err());
-        let last = GroupObservation { leader: 1, voters: vec![1], learners: vec![], joint: false, commit_index: 1, added_matched: None };
+        let last = GroupObservation {
+            leader: 1,
+            voters: vec![1],
+            learners: vec![],
+            joint: false,
+            commit_index: 1,
+            added_matched: None,
+            caught_up_voters: vec![1, 2, 3],
+        };
         assert_eq!(meta_departure_step(1, &last), MoveStep::Wait);
     }
 
@@ -913,8 +948,15 @@ mod tests {
         assert!(map.shards[3].moving.is_some(), "a move past its promotion is finished, not cancelled");
         map.shards[3].moving = None;
         map.apply(&MapCommand::RemoveMember { id: 4 }).unwrap();
-        let observed =
-            GroupObservation { leader: 1, voters: vec![1, 2, 3], learners: vec![4], joint: false, commit_index: 5, added_matched: None };
+        let observed = GroupObservation {
+            leader: 1,
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            joint: false,
+            commit_index: 5,
+            added_matched: None,
+            caught_up_voters: vec![1, 2, 3],
+        };
         assert_eq!(stray_learners(&map.shards[0], &observed), vec![4]);
         assert!(stray_learners(&map.shards[0], &GroupObservation { learners: vec![], ..observed }).is_empty());
     }
