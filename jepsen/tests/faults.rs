@@ -37,20 +37,20 @@ enum Fault {
     /// Every node in turn is killed and started again while writes go on, as a rolling
     /// upgrade restarts them (a longer load, so the last restart still meets writes).
     RollingRestart,
-    /// The cluster starts on the previous release (`RUSHES_PREVIOUS_BIN`, built by
+    /// The cluster starts on the previous release (`JEPSEN_PREVIOUS_BIN`, built by
     /// `.ci/build-previous`), and every node in turn is restarted on this build under writes.
     RollingUpgrade,
 }
 
 /// The previous release's `rushes` binary, for the rolling upgrade.
 fn previous_binary() -> PathBuf {
-    let path = std::env::var_os("RUSHES_PREVIOUS_BIN").map(PathBuf::from).unwrap_or_else(|| {
+    let path = std::env::var_os("JEPSEN_PREVIOUS_BIN").map(PathBuf::from).unwrap_or_else(|| {
         panic!(
-            "RUSHES_PREVIOUS_BIN is not set: the rolling upgrade starts from the previous release's binary. \
+            "JEPSEN_PREVIOUS_BIN is not set: the rolling upgrade starts from the previous release's binary. \
              Run the tests with .ci/test (it builds that binary with .ci/build-previous and sets the variable)"
         )
     });
-    assert!(path.is_file(), "RUSHES_PREVIOUS_BIN={} is not a file", path.display());
+    assert!(path.is_file(), "JEPSEN_PREVIOUS_BIN={} is not a file", path.display());
     path
 }
 
