@@ -128,6 +128,30 @@ impl Writer {
     }
 }
 
+/// A cluster of `nodes` (4 shards, RF 3, `raft_toml` appended to every config), loaded with
+/// the episodes every search finds, and a writer already acknowledged through nodes
+/// 1..=`writer_nodes`.
+fn start_loaded(dir: &std::path::Path, nodes: usize, raft_toml: Option<&str>, writer_nodes: u64) -> (LocalCluster, Http, Writer) {
+    let mut options = ClusterOptions::new(nodes, SHARDS, 3);
+    options.extra_toml = raft_toml.unwrap_or_default().to_string();
+    let cluster = LocalCluster::start_with(dir, options);
+    cluster.wait_for_leaders(Duration::from_secs(60));
+    let http = Http::new(Duration::from_secs(30));
+    preload(&cluster, &http);
+    let writer = Writer::start((1..=writer_nodes).map(|id| cluster.node(id).base_url()).collect());
+    writer.wait_for_acks_after(Instant::now(), "the writer started");
+    (cluster, http, writer)
+}
+
+/// `rushes cluster add-node` for the running joining node `new`, through node `via`; it
+/// returns once the node follows the map.
+fn add_node(cluster: &LocalCluster, via: u64, new: u64) {
+    let (raft_addr, http_addr) = (cluster.node(new).raft_addr.clone(), cluster.node(new).http_addr.clone());
+    let printed =
+        cluster.cli(via, &["cluster", "add-node", "--id", &new.to_string(), "--raft-addr", &raft_addr, "--http-addr", &http_addr]);
+    assert!(printed.contains(&format!("node {new} is up")), "{printed}");
+}
+
 fn search(http: &Http, base: &str, label: &str) -> Value {
     let request = json!({ "clauses": [{"type": "label", "track": "character", "label": label}], "limit": 100 });
     let reply = http.post_json(&format!("{base}/v1/search"), &request).unwrap_or_else(|e| panic!("search {label} on {base}: {e}"));
@@ -207,14 +231,7 @@ const COMPACTING_RAFT_TOML: &str = "[raft]\nlog_retain_entries = 10\nsnapshot_lo
 #[test]
 fn a_node_added_under_ingest_takes_over_a_leaders_replica() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut options = ClusterOptions::new(3, SHARDS, 3);
-    options.extra_toml = COMPACTING_RAFT_TOML.to_string();
-    let mut cluster = LocalCluster::start_with(dir.path(), options);
-    cluster.wait_for_leaders(Duration::from_secs(60));
-    let http = Http::new(Duration::from_secs(30));
-    preload(&cluster, &http);
-    let writer = Writer::start((1..=3).map(|id| cluster.node(id).base_url()).collect());
-    writer.wait_for_acks_after(Instant::now(), "the writer started");
+    let (mut cluster, http, writer) = start_loaded(dir.path(), 3, Some(COMPACTING_RAFT_TOML), 3);
 
     // The new replica must then catch up by snapshot: wait until shard 0's log is compacted on
     // every replica (vector files are saved, and the log compacted past them, every 30 s).
@@ -230,9 +247,7 @@ fn a_node_added_under_ingest_takes_over_a_leaders_replica() {
     assert!(compacted, "shard 0's log was not compacted\n{}", cluster.diagnostics());
     let new = cluster.start_joining_node();
     assert!(local_shards(&http, &cluster, new).is_empty(), "a joining node holds nothing before it is added");
-    let (raft_addr, http_addr) = (cluster.node(new).raft_addr.clone(), cluster.node(new).http_addr.clone());
-    let printed = cluster.cli(2, &["cluster", "add-node", "--id", &new.to_string(), "--raft-addr", &raft_addr, "--http-addr", &http_addr]);
-    assert!(printed.contains(&format!("node {new} is up")), "{printed}");
+    add_node(&cluster, 2, new);
 
     // Move shard 0's replica off its leader, while the writer goes on.
     let leader = cluster.wait_for_leader(0, Duration::from_secs(30));
@@ -256,12 +271,7 @@ fn a_node_added_under_ingest_takes_over_a_leaders_replica() {
 #[test]
 fn a_drained_node_leaves_the_cluster_under_ingest() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = LocalCluster::start_with(dir.path(), ClusterOptions::new(4, SHARDS, 3));
-    cluster.wait_for_leaders(Duration::from_secs(60));
-    let http = Http::new(Duration::from_secs(30));
-    preload(&cluster, &http);
-    let writer = Writer::start((1..=3).map(|id| cluster.node(id).base_url()).collect());
-    writer.wait_for_acks_after(Instant::now(), "the writer started");
+    let (cluster, http, writer) = start_loaded(dir.path(), 4, None, 3);
     assert!(!local_shards(&http, &cluster, 4).is_empty(), "node 4 starts with replicas");
 
     let started = Instant::now();
@@ -284,12 +294,7 @@ fn a_drained_node_leaves_the_cluster_under_ingest() {
 #[test]
 fn a_killed_node_is_replaced_by_an_empty_one_under_ingest() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = LocalCluster::start_with(dir.path(), ClusterOptions::new(3, SHARDS, 3));
-    cluster.wait_for_leaders(Duration::from_secs(60));
-    let http = Http::new(Duration::from_secs(30));
-    preload(&cluster, &http);
-    let writer = Writer::start((1..=2).map(|id| cluster.node(id).base_url()).collect());
-    writer.wait_for_acks_after(Instant::now(), "the writer started");
+    let (mut cluster, http, writer) = start_loaded(dir.path(), 3, None, 2);
 
     cluster.kill(3);
     let killed = Instant::now();
@@ -321,17 +326,9 @@ fn meta_leader(http: &Http, cluster: &LocalCluster, via: u64) -> Option<u64> {
 #[test]
 fn a_move_survives_a_crash_of_the_metadata_leader() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut options = ClusterOptions::new(3, SHARDS, 3);
-    options.extra_toml = COMPACTING_RAFT_TOML.to_string();
-    let mut cluster = LocalCluster::start_with(dir.path(), options);
-    cluster.wait_for_leaders(Duration::from_secs(60));
-    let http = Http::new(Duration::from_secs(30));
-    preload(&cluster, &http);
-    let writer = Writer::start((1..=3).map(|id| cluster.node(id).base_url()).collect());
-    writer.wait_for_acks_after(Instant::now(), "the writer started");
+    let (mut cluster, http, writer) = start_loaded(dir.path(), 3, Some(COMPACTING_RAFT_TOML), 3);
     let new = cluster.start_joining_node();
-    let (raft_addr, http_addr) = (cluster.node(new).raft_addr.clone(), cluster.node(new).http_addr.clone());
-    cluster.cli(1, &["cluster", "add-node", "--id", &new.to_string(), "--raft-addr", &raft_addr, "--http-addr", &http_addr]);
+    add_node(&cluster, 1, new);
 
     // Queue the move without waiting, and crash the metadata leader while it is in flight.
     let from = (1..=3).find(|&id| Some(id) != meta_leader(&http, &cluster, 1)).expect("a node that does not lead the metadata group");
