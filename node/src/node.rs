@@ -478,8 +478,8 @@ impl Node {
     }
 
     /// One asset's data from this node's replica, or forwarded to one that holds it.
-    pub async fn read_asset(&self, read: AssetRead) -> Result<PeerReply, ApiError> {
-        coordinator::reads::read_asset(&self.view, read).await
+    pub async fn read_asset(&self, read: AssetRead, strong: bool) -> Result<PeerReply, ApiError> {
+        coordinator::reads::read_asset(&self.view, read, strong).await
     }
 
     /// The node-level actors (ingest router, coordinator), then every local replica's.

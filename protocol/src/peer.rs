@@ -101,6 +101,10 @@ pub enum PeerRequest {
         #[serde(with = "serde_bytes")]
         change: Vec<u8>,
     },
+    /// A linearizable read of one asset's data: the receiver's replica first obtains a read
+    /// index from the shard's leader (confirmed by a quorum) and waits until it has applied and
+    /// indexed through it (`?consistency=strong` on the asset GETs).
+    StrongAssetRead(AssetRead),
 }
 
 /// Which raw annotations an export holds.
@@ -155,6 +159,7 @@ impl PeerRequest {
             PeerRequest::MetaPropose { .. } => "meta_propose",
             PeerRequest::GroupObserve { .. } => "group_observe",
             PeerRequest::GroupChange { .. } => "group_change",
+            PeerRequest::StrongAssetRead(_) => "strong_asset_read",
         }
     }
 }
@@ -424,6 +429,7 @@ mod tests {
             PeerRequest::MetaPropose { command: vec![] },
             PeerRequest::GroupObserve { group: 0, added: None },
             PeerRequest::GroupChange { group: 0, change: vec![] },
+            PeerRequest::StrongAssetRead(AssetRead::View { asset_id: String::new() }),
         ];
         for (position, request) in requests.iter().enumerate() {
             assert_eq!(position_of(request) as usize, position, "{} moved: append new variants, never reorder", request.kind());

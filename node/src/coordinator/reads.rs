@@ -78,11 +78,14 @@ pub fn buckets(view: &ClusterView, asset_id: &str, from_ms: Option<u64>, to_ms: 
 }
 
 /// Reads one asset's data on this node's replica, or forwards the read to a node that
-/// holds the asset's shard. Replies JSON, or the raw stored annotation.
-pub async fn read_asset(view: &Arc<ClusterView>, read: AssetRead) -> Result<PeerReply, ApiError> {
+/// holds the asset's shard. Replies JSON, or the raw stored annotation. A `strong` read first
+/// waits, on the replica that answers, for a read index confirmed by the shard's quorum
+/// (linearizable: it sees every write acknowledged before it began).
+pub async fn read_asset(view: &Arc<ClusterView>, read: AssetRead, strong: bool) -> Result<PeerReply, ApiError> {
     let shard = view.shard_map().shard_for_asset(read.asset_id());
     if view.local_shard(shard).is_some() {
-        return match handle_asset_read(view, read).await {
+        let reply = if strong { handle_strong_asset_read(view, read).await } else { handle_asset_read(view, read).await };
+        return match reply {
             PeerReply::Error(e) => Err(e),
             reply => Ok(reply),
         };
@@ -92,7 +95,22 @@ pub async fn read_asset(view: &Arc<ClusterView>, read: AssetRead) -> Result<Peer
     };
     let deadline = tokio::time::Instant::now() + view.request_timeout();
     let replicas = view.shard_map().replicas(shard).to_vec();
-    hedge::hedged_call(net, &replicas, PeerRequest::AssetRead(read), deadline).await.map(|(_, reply)| reply)
+    let request = if strong { PeerRequest::StrongAssetRead(read) } else { PeerRequest::AssetRead(read) };
+    hedge::hedged_call(net, &replicas, request, deadline).await.map(|(_, reply)| reply)
+}
+
+/// A linearizable read on this node's replica: waits for a quorum-confirmed read index and
+/// for the replica to have applied and indexed through it, then reads.
+pub async fn handle_strong_asset_read(view: &Arc<ClusterView>, read: AssetRead) -> PeerReply {
+    let shard = view.shard_map().shard_for_asset(read.asset_id());
+    let Some(replica) = view.local_shard(shard) else {
+        return PeerReply::Error(ApiError::unavailable(format!("shard {shard} has no replica on this node")));
+    };
+    match replica.wait_read_index(view.request_timeout()).await {
+        Ok(true) => handle_asset_read(view, read).await,
+        Ok(false) => PeerReply::Error(crate::coordinator::client::read_index_timeout(shard)),
+        Err(e) => PeerReply::Error(e.into()),
+    }
 }
 
 /// A read on this node's replica (blocking work on the blocking pool).

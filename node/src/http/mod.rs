@@ -238,15 +238,31 @@ async fn put_asset(request: HttpRequest, payload: web::Payload) -> HttpResult {
 async fn get_asset(request: HttpRequest) -> HttpResult {
     let node = authorized(&request, Scope::Read)?;
     let asset_id = asset_id_from(&request, &node)?;
+    let strong = read_consistency(&request)?;
     // Decodes every annotation of the asset: blocking work (or a replica's, on another node).
-    read_reply(node.read_asset(AssetRead::View { asset_id }).await?)
+    read_reply(node.read_asset(AssetRead::View { asset_id }, strong).await?)
 }
 
 async fn get_raw_annotation(request: HttpRequest) -> HttpResult {
     let node = authorized(&request, Scope::Read)?;
     let asset_id = asset_id_from(&request, &node)?;
     let annotation_id = request.match_info().get("annotation_id").unwrap_or("").to_string();
-    read_reply(node.read_asset(AssetRead::RawAnnotation { asset_id, annotation_id }).await?)
+    let strong = read_consistency(&request)?;
+    read_reply(node.read_asset(AssetRead::RawAnnotation { asset_id, annotation_id }, strong).await?)
+}
+
+#[derive(Deserialize)]
+struct ReadQuery {
+    consistency: Option<rushes_protocol::Consistency>,
+}
+
+/// `?consistency=strong` on an asset GET: a linearizable read. Other query parameters are
+/// ignored, as they always were on these routes.
+fn read_consistency(request: &HttpRequest) -> Result<bool, HttpError> {
+    let query: ReadQuery = serde_urlencoded::from_str(request.query_string()).map_err(|e| {
+        HttpError(ApiError::field("consistency", format!("{e}; use consistency=strong or consistency=eventual (the default)")))
+    })?;
+    Ok(query.consistency == Some(rushes_protocol::Consistency::Strong))
 }
 
 /// `DELETE /v1/assets/{asset_id}`: the record, every annotation of every model version, their
@@ -503,6 +519,7 @@ async fn small_json<T: DeserializeOwned>(request: &HttpRequest, payload: web::Pa
 struct RangeQuery {
     from_ms: Option<u64>,
     to_ms: Option<u64>,
+    consistency: Option<rushes_protocol::Consistency>,
 }
 
 fn query_params<T: DeserializeOwned>(request: &HttpRequest) -> Result<T, HttpError> {
@@ -514,7 +531,8 @@ async fn get_buckets(request: HttpRequest) -> HttpResult {
     let node = authorized(&request, Scope::Read)?;
     let asset_id = asset_id_from(&request, &node)?;
     let range: RangeQuery = query_params(&request)?;
-    read_reply(node.read_asset(AssetRead::Buckets { asset_id, from_ms: range.from_ms, to_ms: range.to_ms }).await?)
+    let strong = range.consistency == Some(rushes_protocol::Consistency::Strong);
+    read_reply(node.read_asset(AssetRead::Buckets { asset_id, from_ms: range.from_ms, to_ms: range.to_ms }, strong).await?)
 }
 
 /// A read's JSON (or the stored annotation's raw bytes, which are JSON too).

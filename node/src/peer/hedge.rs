@@ -38,9 +38,10 @@ pub async fn hedged_call(
     request: PeerRequest,
     deadline: tokio::time::Instant,
 ) -> Result<(NodeId, PeerReply), ApiError> {
-    // Replicas this node is not cut off from (fault injection; none when it is off), in a
-    // per-request order that spreads load.
-    let mut order: Vec<NodeId> = replicas.iter().copied().filter(|n| *n != net.node_id && !net.is_isolated_from(*n)).collect();
+    // Every other replica, in a per-request order that spreads load. A replica cut off by the
+    // fault-injection switch is not skipped here: its calls fail, as they would across a real
+    // partition, so the switch never changes which replicas routing chooses.
+    let mut order: Vec<NodeId> = replicas.iter().copied().filter(|n| *n != net.node_id).collect();
     if order.is_empty() {
         return Err(ApiError::unavailable("no reachable replica"));
     }

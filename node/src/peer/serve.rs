@@ -215,6 +215,7 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
             None => PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id()))),
         },
         PeerRequest::AssetRead(read) => reads::handle_asset_read(view, read).await,
+        PeerRequest::StrongAssetRead(read) => reads::handle_strong_asset_read(view, read).await,
         PeerRequest::CheckConflicts { shard, probes } => {
             if probes.len() > node.ingest_limits.max_batch_items {
                 return PeerReply::Error(ApiError::field(
