@@ -46,12 +46,21 @@
 //! reason, each node's state and the tail of its log.
 
 pub mod check;
+pub mod checker;
 pub mod cluster;
+pub mod docker;
+pub mod history;
 pub mod http;
+pub mod nemesis;
 pub mod node;
+pub mod proxy;
+pub mod report;
+pub mod run;
 pub mod status;
+pub mod versions_check;
 pub mod wait;
 pub mod workload;
+pub mod workloads;
 
 pub use check::{check_cluster, CheckOptions, CheckReport};
 pub use cluster::{ClusterOptions, LocalCluster, FAULT_INJECTION_ENV};

@@ -61,6 +61,12 @@ pub struct ReplicaStatus {
     pub indexed_index: Option<u64>,
     #[serde(default)]
     pub raw_annotations: Option<u64>,
+    /// Fused one-second buckets and index documents (local replicas only): equal once the
+    /// replica has indexed everything it fused.
+    #[serde(default)]
+    pub buckets: Option<u64>,
+    #[serde(default)]
+    pub index_docs: Option<u64>,
     /// The replica stopped after a storage or consistency failure (see the node's log).
     #[serde(default)]
     pub failed: bool,
