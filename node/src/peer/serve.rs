@@ -105,7 +105,7 @@ fn refuse(node: &Node, reason: &'static str, from: NodeId, detail: String) {
 /// shard both are replicas of.
 fn check_raft_message(node: &Node, from: NodeId, shard: ShardId, message: &raft::eraftpb::Message) -> Result<(), String> {
     let replicas = replicas_of(node, shard)?;
-    if message.from != from {
+    if !sender_consistent(from, message, &replicas) {
         return Err(format!("node {from} sent a raft message claiming to be from node {}", message.from));
     }
     if message.to != node.node_id() {
@@ -118,6 +118,14 @@ fn check_raft_message(node: &Node, from: NodeId, shard: ShardId, message: &raft:
         return Err(format!("this node is not a replica of shard {shard}"));
     }
     Ok(())
+}
+
+/// Whether a Raft message's `from` agrees with the authenticated sender. The one exception is
+/// raft-rs's own: a follower asked to transfer leadership forwards `MsgTransferLeader` to the
+/// leader with `from` set to the transferee, which must be another replica of the group (the
+/// fault suite found moves whose transfer request reached a follower being refused here).
+fn sender_consistent(from: NodeId, message: &raft::eraftpb::Message, replicas: &[NodeId]) -> bool {
+    message.from == from || (message.get_msg_type() == raft::eraftpb::MessageType::MsgTransferLeader && replicas.contains(&message.from))
 }
 
 /// Every node that holds (or is receiving) a replica of `group`: who may speak Raft for it.
@@ -301,5 +309,29 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
                 None => PeerReply::Error(ApiError::unavailable(format!("this node holds no replica of shard {shard}"))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{Message, MessageType};
+
+    fn message(kind: MessageType, from: NodeId) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(kind);
+        message.from = from;
+        message
+    }
+
+    #[test]
+    fn a_sender_speaks_only_for_itself_except_a_forwarded_leader_transfer() {
+        let replicas = [1, 2, 3];
+        assert!(sender_consistent(2, &message(MessageType::MsgAppend, 2), &replicas));
+        assert!(!sender_consistent(2, &message(MessageType::MsgAppend, 3), &replicas), "a forged sender");
+        assert!(!sender_consistent(2, &message(MessageType::MsgRequestVote, 3), &replicas), "a forged vote");
+        // raft-rs: a follower forwards the transfer with `from` = the transferee.
+        assert!(sender_consistent(2, &message(MessageType::MsgTransferLeader, 3), &replicas));
+        assert!(!sender_consistent(2, &message(MessageType::MsgTransferLeader, 9), &replicas), "the transferee must be a replica");
     }
 }
