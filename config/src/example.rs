@@ -339,6 +339,12 @@ impl Config {
             "Annotations a shard may have applied but not yet indexed before ingest answers \"busy\" (the same bound counted in annotations, as an entry holds from one annotation to limits.max_batch_items; writes already queued are not counted).",
             LIMITS_UNINDEXED_ANNOTATIONS_MAX,
         );
+        example.integer(
+            "min_free_disk_bytes",
+            limits.min_free_disk_bytes,
+            "Free bytes the data directory's file system must keep: below it shards take no writes (503 naming the disk) and resume by themselves when space returns, so no store meets a full disk in the middle of a write. 0 turns the guard off.",
+            LIMITS_MIN_FREE_DISK_BYTES,
+        );
         example.integer("request_timeout_ms", limits.request_timeout_ms, "Time limit of one HTTP request.", LIMITS_REQUEST_TIMEOUT_MS);
         example.integer(
             "search_queue_depth",

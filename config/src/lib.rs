@@ -516,6 +516,10 @@ pub struct LimitsConfig {
     pub unindexed_entries_max: u64,
     /// Annotations a shard may have applied but not yet indexed before ingest answers "busy".
     pub unindexed_annotations_max: u64,
+    /// Free bytes the data directory's file system must keep: below it a shard takes no
+    /// writes (its Raft actor stops stepping, fusion and indexing wait) until space returns,
+    /// so no store ever meets a full disk in the middle of a write. 0 turns the guard off.
+    pub min_free_disk_bytes: u64,
     pub request_timeout_ms: u64,
     /// Searches waiting before search answers "busy".
     pub search_queue_depth: usize,
@@ -552,6 +556,7 @@ impl Default for LimitsConfig {
             ingest_queue_depth: 1024,
             unindexed_entries_max: 1024,
             unindexed_annotations_max: 250_000,
+            min_free_disk_bytes: 256 * 1024 * 1024,
             request_timeout_ms: 10_000,
             search_queue_depth: 256,
             max_clauses: 16,

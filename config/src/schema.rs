@@ -138,6 +138,7 @@ const LIMITS: &[Field] = &[
     Field::optional("ingest_queue_depth", Kind::Integer),
     Field::optional("unindexed_entries_max", Kind::Integer),
     Field::optional("unindexed_annotations_max", Kind::Integer),
+    Field::optional("min_free_disk_bytes", Kind::Integer),
     Field::optional("request_timeout_ms", Kind::Integer),
     Field::optional("search_queue_depth", Kind::Integer),
     Field::optional("max_clauses", Kind::Integer),

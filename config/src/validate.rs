@@ -111,6 +111,7 @@ pub(crate) mod ranges {
     pub const LIMITS_INGEST_QUEUE_DEPTH: IntegerRange = IntegerRange::new(1, 1_000_000);
     pub const LIMITS_UNINDEXED_ENTRIES_MAX: IntegerRange = IntegerRange::new(16, 1_000_000);
     pub const LIMITS_UNINDEXED_ANNOTATIONS_MAX: IntegerRange = IntegerRange::new(1_000, 1_000_000_000);
+    pub const LIMITS_MIN_FREE_DISK_BYTES: IntegerRange = IntegerRange::new(0, 1 << 40);
     pub const LIMITS_REQUEST_TIMEOUT_MS: IntegerRange = IntegerRange::new(100, 600_000);
     pub const LIMITS_SEARCH_QUEUE_DEPTH: IntegerRange = IntegerRange::new(1, 1_000_000);
     pub const LIMITS_MAX_CLAUSES: IntegerRange = IntegerRange::new(1, 1024);
@@ -609,6 +610,7 @@ impl Config {
         check_range("limits.ingest_queue_depth", limits.ingest_queue_depth, LIMITS_INGEST_QUEUE_DEPTH)?;
         check_range("limits.unindexed_entries_max", limits.unindexed_entries_max, LIMITS_UNINDEXED_ENTRIES_MAX)?;
         check_range("limits.unindexed_annotations_max", limits.unindexed_annotations_max, LIMITS_UNINDEXED_ANNOTATIONS_MAX)?;
+        check_range("limits.min_free_disk_bytes", limits.min_free_disk_bytes, LIMITS_MIN_FREE_DISK_BYTES)?;
         check_range("limits.request_timeout_ms", limits.request_timeout_ms, LIMITS_REQUEST_TIMEOUT_MS)?;
         check_range("limits.search_queue_depth", limits.search_queue_depth, LIMITS_SEARCH_QUEUE_DEPTH)?;
         check_range("limits.max_clauses", limits.max_clauses, LIMITS_MAX_CLAUSES)?;

@@ -68,6 +68,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
         fusion_batch_entries_max: config.fusion.batch_entries_max as u64,
         commit_interval_ms: config.index.commit_interval_ms,
         writer_heap_bytes: config.index.writer_heap_bytes,
+        min_free_disk_bytes: config.limits.min_free_disk_bytes,
         vector_spaces: config
             .vector_spaces
             .iter()
@@ -356,6 +357,7 @@ impl Node {
         if let (Some(net), Some(inbound)) = (net, inbound) {
             net.runtime().spawn(crate::peer::serve::serve_peers(Arc::downgrade(&node), inbound));
             net.runtime().spawn(crate::meta::orchestrator::run(Arc::downgrade(&node)));
+            net.runtime().spawn(crate::shard::recovery::run(Arc::downgrade(&node)));
         }
         Ok(node)
     }

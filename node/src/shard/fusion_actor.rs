@@ -48,6 +48,8 @@ pub struct Shutdown {
 }
 
 pub struct FusionActor {
+    /// Below the free-space floor, fusion waits (it writes buckets to the store).
+    pub disk: Arc<crate::storage::disk_guard::DiskGuard>,
     pub shard: ShardId,
     pub store: Arc<ShardStore>,
     pub log: SledLogStore,
@@ -104,12 +106,20 @@ impl Handler<Wake> for FusionActor {
     }
 }
 
+/// How soon a stage waiting for disk space looks again.
+pub const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Handler<NextBatch> for FusionActor {
     type Result = ();
 
     fn handle(&mut self, _: NextBatch, ctx: &mut Context<Self>) {
         self.batch_scheduled = false;
         if self.stopping {
+            return;
+        }
+        if !self.disk.has_room() {
+            // Nothing is written below the floor; look again shortly.
+            ctx.run_later(DISK_FULL_RETRY, |actor, ctx| actor.schedule_batch(ctx));
             return;
         }
         let handling = self.stats.busy();

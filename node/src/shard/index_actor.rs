@@ -55,6 +55,8 @@ pub struct Shutdown {
 }
 
 pub struct IndexActor {
+    /// Below the free-space floor, indexing waits (Tantivy writes segments).
+    pub disk: Arc<crate::storage::disk_guard::DiskGuard>,
     pub shard: ShardId,
     pub store: Arc<ShardStore>,
     pub log: SledLogStore,
@@ -133,6 +135,10 @@ impl Handler<NextBatch> for IndexActor {
     fn handle(&mut self, _: NextBatch, ctx: &mut Context<Self>) {
         self.batch_scheduled = false;
         if self.stopping {
+            return;
+        }
+        if !self.disk.has_room() {
+            ctx.run_later(super::fusion_actor::DISK_FULL_RETRY, |actor, ctx| actor.schedule_batch(ctx));
             return;
         }
         let handling = self.stats.busy();

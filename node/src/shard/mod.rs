@@ -27,6 +27,7 @@ mod index_actor;
 mod machine;
 mod progress;
 mod raft_actor;
+pub mod recovery;
 pub mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
@@ -53,6 +54,7 @@ pub use self::progress::Progress;
 use self::raft_actor::{Compaction, RaftActor};
 use crate::actors::{actix_capacity, dedicated_arbiter, ensure_system, ActorKind, ActorStats, ActorView, Mailbox, ThreadPriority};
 use crate::metrics::Metrics;
+use crate::storage::disk_guard::DiskGuard;
 use crate::storage::index::{IndexError, ShardIndex, VectorSpaceSpec};
 use crate::storage::store::{ApplyOutcome, ShardStore, StoreError, Watermark};
 
@@ -95,6 +97,8 @@ pub struct ShardOptions {
     pub commit_interval_ms: u64,
     pub writer_heap_bytes: usize,
     pub vector_spaces: Vec<VectorSpaceSpec>,
+    /// `limits.min_free_disk_bytes`: below it the replica takes no writes ([`DiskGuard`]).
+    pub min_free_disk_bytes: u64,
 }
 
 /// What can go wrong with a shard replica. Mapped to the API's error codes in one place
@@ -107,11 +111,15 @@ pub enum ShardError {
     /// A bound was reached (queued proposals, strong reads, indexing lag): retry later.
     #[error("shard {shard} is busy: {reason}")]
     Busy { shard: ShardId, reason: String },
-    /// The Raft actor stopped on a failure; the replica refuses writes until the node restarts.
+    /// The Raft actor stopped on a failure; the replica refuses writes until it is reopened
+    /// ([`recovery`]).
     #[error("shard {shard} stopped after a failure: {cause}")]
     Failed { shard: ShardId, cause: String },
     #[error("shard {shard} is stopping")]
     Stopping { shard: ShardId },
+    /// The data directory's file system is below `limits.min_free_disk_bytes`.
+    #[error("the disk of {path} has {free_bytes} bytes free, below limits.min_free_disk_bytes ({min_free_bytes}): shard {shard} takes no writes on this node until space returns")]
+    DiskFull { shard: ShardId, path: String, free_bytes: u64, min_free_bytes: u64 },
     /// The command was committed, then refused on every replica when applied (nothing stored).
     #[error("shard {shard} refused entry {index} when applying it: {reason}")]
     Rejected { shard: ShardId, index: u64, reason: String },
@@ -144,13 +152,16 @@ impl From<ShardError> for ApiError {
             )),
             ShardError::Busy { reason, .. } => ApiError::overloaded(format!("{reason}; retry after the advertised delay")),
             ShardError::Failed { shard, cause } => ApiError::unavailable(format!(
-                "shard {shard} stopped on this node after a failure ({cause}); it refuses writes until the node restarts: see /health"
+                "shard {shard} stopped on this node after a failure ({cause}); it refuses writes until it is reopened from its disk (retried automatically): see /health"
             ))
             .with_retry_after(5),
             ShardError::Rejected { reason, .. } => ApiError::field(
                 "body",
                 format!("the write was refused when applied, and nothing was stored: {reason}; fix the batch and send it again"),
             ),
+            ShardError::DiskFull { .. } => {
+                ApiError::unavailable(format!("{error}; free space on that disk, or retry (ids are idempotent)")).with_retry_after(5)
+            }
             ShardError::Stopping { shard } => {
                 ApiError::unavailable(format!("shard {shard} is stopping; retry the same request (ids are idempotent)"))
             }
@@ -223,6 +234,8 @@ pub struct Shard {
     pub index: Arc<ShardIndex>,
     pub log: SledLogStore,
     pub progress: Arc<Progress>,
+    /// The free-space floor of this replica's directory.
+    pub disk: Arc<DiskGuard>,
     pub bucket_ms: u64,
     raft: Mailbox<RaftActor>,
     fusion: Mailbox<FusionActor>,
@@ -292,6 +305,7 @@ impl Shard {
         }
         let dir = shard_dir(data_dir, id);
         std::fs::create_dir_all(&dir)?;
+        let disk = Arc::new(DiskGuard::new(&dir, options.min_free_disk_bytes));
         let store = Arc::new(ShardStore::open(&dir.join("store"))?);
         let log = SledLogStore::open(&store.db, &voters)?;
         snapshot::mark_stored_snapshot_current(&log)?;
@@ -356,6 +370,7 @@ impl Shard {
         let index_stats = ActorStats::new(&metrics, ActorKind::Index, Some(id), thread_name(ActorKind::Index), STAGE_MAILBOX_CAPACITY);
         let index_actor = IndexActor {
             shard: id,
+            disk: disk.clone(),
             store: store.clone(),
             log: log.clone(),
             index: index.clone(),
@@ -384,6 +399,7 @@ impl Shard {
         let fusion_stats = ActorStats::new(&metrics, ActorKind::Fusion, Some(id), thread_name(ActorKind::Fusion), STAGE_MAILBOX_CAPACITY);
         let fusion_actor = FusionActor {
             shard: id,
+            disk: disk.clone(),
             store: store.clone(),
             log: log.clone(),
             progress: progress.clone(),
@@ -407,6 +423,8 @@ impl Shard {
         let raft_capacity = options.proposal_queue_depth + RAFT_PEER_MESSAGES_MAX + READ_INDEX_WAITERS_MAX;
         let raft_stats = ActorStats::new(&metrics, ActorKind::Raft, Some(id), thread_name(ActorKind::Raft), raft_capacity);
         let raft_actor = RaftActor {
+            disk: disk.clone(),
+            disk_full_logged: false,
             node_id: options.node_id,
             boot_nonce,
             shard: id,
@@ -450,6 +468,7 @@ impl Shard {
             index,
             log,
             progress,
+            disk,
             bucket_ms: options.bucket_ms,
             raft,
             fusion,

@@ -11,9 +11,11 @@
 //! `group_commit_max_requests` proposals (or [`MESSAGES_PER_CYCLE_MAX`] messages) arrived
 //! without one, so a flood cannot postpone it.
 //!
-//! **Failure.** A storage or consensus error stops this actor for good: the replica is marked
-//! failed with the cause (writes get 503 naming it, `/health` reports it), every waiting client
-//! is answered, and nothing is retried: applying past a failed write could diverge.
+//! **Failure.** A storage or consensus error stops this actor: the replica is marked failed
+//! with the cause (writes get 503 naming it, `/health` reports it), every waiting client is
+//! answered, and nothing is retried in place: applying past a failed write could diverge.
+//! [`super::recovery`] then closes the replica and opens it again from its disk, as a restart
+//! would, once that succeeds (a full disk: when space returns).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -106,6 +108,11 @@ pub struct Compaction {
 }
 
 pub struct RaftActor {
+    /// Below the free-space floor this actor neither steps, ticks nor persists: to its peers
+    /// it is silent, and it acknowledges nothing it did not store.
+    pub disk: Arc<crate::storage::disk_guard::DiskGuard>,
+    /// Whether the current stretch below the floor was logged.
+    pub disk_full_logged: bool,
     pub node_id: NodeId,
     pub boot_nonce: u64,
     pub shard: ShardId,
@@ -150,6 +157,9 @@ impl Actor for RaftActor {
         }
         ctx.run_interval(self.tick_interval, |actor, ctx| {
             let _handling = actor.stats.busy();
+            if !actor.disk_has_room() {
+                return;
+            }
             actor.driver.tick();
             let now = Instant::now();
             actor.reads.retain(|_, (reply, at)| !reply.is_closed() && now.duration_since(*at) < READ_INDEX_TTL);
@@ -188,6 +198,10 @@ impl Handler<Propose> for RaftActor {
         let id = self.next_request_id;
         self.next_request_id += 1;
         let tag = ProposalTag { node: self.node_id, boot_nonce: self.boot_nonce, counter: id };
+        if !self.disk_has_room() {
+            let _ = proposal.reply.send(Err(self.disk_full_error()));
+            return;
+        }
         match self.driver.propose(tag.encode(), proposal.command) {
             Ok(()) => {
                 self.waiters.insert(id, Waiter { reply: proposal.reply, proposed_at: Instant::now() });
@@ -213,6 +227,10 @@ impl Handler<Step> for RaftActor {
 
     fn handle(&mut self, Step(message): Step, ctx: &mut Context<Self>) {
         let _handling = self.stats.handling();
+        if !self.disk_has_room() {
+            // Dropped, as a cut-off network would: the sender sends again.
+            return;
+        }
         if message.get_msg_type() == MessageType::MsgSnapshot {
             // A snapshot is stepped only once its data is staged, and the staging area stays
             // locked until it is installed (in the Ready cycle below).
@@ -328,10 +346,31 @@ impl RaftActor {
         }
     }
 
-    /// Stops the replica for good: see the module docs.
+    /// Whether there is room to write; logs each stretch below the floor once.
+    fn disk_has_room(&mut self) -> bool {
+        let room = self.disk.has_room();
+        if !room && !self.disk_full_logged {
+            tracing::error!(shard = self.shard, error = %self.disk_full_error(), "disk below its free-space floor: this replica pauses");
+        } else if room && self.disk_full_logged {
+            tracing::warn!(shard = self.shard, "disk space is back above its floor: this replica resumes");
+        }
+        self.disk_full_logged = !room;
+        room
+    }
+
+    fn disk_full_error(&self) -> ShardError {
+        ShardError::DiskFull {
+            shard: self.shard,
+            path: self.disk.path().display().to_string(),
+            free_bytes: self.disk.free_bytes().unwrap_or(0),
+            min_free_bytes: self.disk.min_free_bytes(),
+        }
+    }
+
+    /// Stops the replica until it is reopened: see the module docs.
     fn fail(&mut self, ctx: &mut Context<Self>, error: ShardError) {
         let cause = error.to_string();
-        tracing::error!(shard = self.shard, error = %cause, "raft actor stopped; the replica refuses writes until the node restarts");
+        tracing::error!(shard = self.shard, error = %cause, "raft actor stopped; the replica refuses writes until it is reopened from its disk");
         self.progress.record_failure(cause.clone());
         self.stats.record_failure(cause);
         ctx.stop();
@@ -340,6 +379,10 @@ impl RaftActor {
     fn run_ready(&mut self, ctx: &mut Context<Self>) {
         self.proposals_since_ready = 0;
         self.messages_since_ready = 0;
+        if !self.disk_has_room() {
+            // The Ready waits in raft-rs until there is room to persist it.
+            return;
+        }
         if let Err(e) = self.process_ready(ctx) {
             self.fail(ctx, e);
         }

@@ -216,6 +216,14 @@ async fn on_staging<T: Send + 'static>(
     replica: &Arc<Shard>,
     work: impl FnOnce(&ShardStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    if !replica.disk.has_room() {
+        let free_bytes = replica.disk.free_bytes().unwrap_or(0);
+        return Err(ApiError::unavailable(format!(
+            "staging the snapshot: the disk of {} has {free_bytes} bytes free, below limits.min_free_disk_bytes ({}); the fetch resumes when space returns",
+            replica.disk.path().display(),
+            replica.disk.min_free_bytes()
+        )));
+    }
     let replica = replica.clone();
     tokio::task::spawn_blocking(move || replica.with_staging(work))
         .await

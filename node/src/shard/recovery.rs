@@ -1,0 +1,125 @@
+//! Reopening a replica whose Raft actor stopped on a failure (a full disk, an I/O error).
+//!
+//! A stopped replica cannot resume in place: sled keeps a failed write's error for good, a
+//! Tantivy writer whose worker failed is dead, and raft-rs may hold state its storage never
+//! took. What a restart of the node would do is safe, so this does it for the one replica,
+//! without stopping the node: close the replica, then open it again from what is durable on
+//! its disk, which replays the log and catches up from the group like any restarted replica.
+//! Until the disk has room again the open fails and is retried, with a growing pause, while
+//! the rest of the node keeps serving and writes to this replica get 503 naming the cause.
+//!
+//! The fault suite's disk-full nemesis found the need: a replica that filled its disk stayed
+//! stopped after space returned, until someone restarted the node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::RaftOutbox;
+
+use super::Shard;
+use crate::node::Node;
+
+/// How often failed replicas are looked for.
+pub const RECOVERY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest pause between two attempts to reopen one replica.
+pub const RECOVERY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A replica closed after a failure, waiting to be opened again.
+struct Closed {
+    voters: Vec<rushes_cluster::NodeId>,
+    cause: String,
+    failures: u32,
+    not_before: tokio::time::Instant,
+}
+
+/// Reopens failed replicas until the node stops.
+pub async fn run(node: std::sync::Weak<Node>) {
+    let mut closed: std::collections::BTreeMap<u32, Closed> = std::collections::BTreeMap::new();
+    let mut ticker = tokio::time::interval(RECOVERY_CHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        for replica in node.shards() {
+            let Some(cause) = replica.progress.failure() else { continue };
+            let shard = replica.id;
+            tracing::warn!(shard, %cause, "closing a replica that stopped on a failure, to open it again from its disk");
+            closed.insert(shard, Closed { voters: replica.voters.clone(), cause, failures: 0, not_before: tokio::time::Instant::now() });
+            close(&node, replica).await;
+        }
+        let now = tokio::time::Instant::now();
+        let due: Vec<u32> = closed.iter().filter(|(_, c)| c.not_before <= now).map(|(shard, _)| *shard).collect();
+        for shard in due {
+            let Some(entry) = closed.get_mut(&shard) else { continue };
+            // Opened meanwhile (the node following a new map), or no longer this node's.
+            let wanted = node.view.shard_map().replicas(shard).contains(&node.node_id());
+            if node.view.local_shard(shard).is_some() || !wanted {
+                closed.remove(&shard);
+                continue;
+            }
+            match open(&node, shard, entry.voters.clone()).await {
+                Ok(()) => {
+                    tracing::warn!(shard, cause = %entry.cause, "reopened a replica that had stopped on a failure; it catches up from its group");
+                    closed.remove(&shard);
+                }
+                Err(error) => {
+                    entry.failures = entry.failures.saturating_add(1);
+                    let pause = backoff(entry.failures);
+                    entry.not_before = now + pause;
+                    tracing::error!(shard, cause = %entry.cause, %error, retry_in_ms = pause.as_millis() as u64, "cannot reopen a failed replica yet");
+                }
+            }
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s ... up to [`RECOVERY_BACKOFF_MAX`].
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(RECOVERY_BACKOFF_MAX)
+}
+
+/// Takes `replica` out of the view (its shard's requests go to the other replicas meanwhile),
+/// stops its actors, and waits until its files are released (sled's lock goes with the last
+/// reference; requests still holding one finish within their deadline).
+async fn close(node: &Arc<Node>, replica: Arc<Shard>) {
+    if node.view.local_shard(replica.id).is_some_and(|current| Arc::ptr_eq(&current, &replica)) {
+        node.view.remove_replica(replica.id);
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        replica.shutdown();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while Arc::strong_count(&replica) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await;
+}
+
+/// Opens the replica of `shard` from its disk and puts it in the view.
+async fn open(node: &Arc<Node>, shard: u32, voters: Vec<rushes_cluster::NodeId>) -> Result<(), String> {
+    let joining = !voters.contains(&node.node_id());
+    let options = node.membership.options.clone();
+    let data_dir = node.config.node.data_dir.clone();
+    let metrics = node.metrics.clone();
+    let outbox = node.net().cloned().map(|n| n as Arc<dyn RaftOutbox>);
+    let opened = tokio::task::spawn_blocking(move || Shard::open_replica(&data_dir, shard, &voters, joining, &options, metrics, outbox))
+        .await
+        .map_err(|e| format!("the open task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    node.view.insert_replica(opened);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_doubles_up_to_the_maximum() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(6), Duration::from_secs(30));
+        assert_eq!(backoff(60), Duration::from_secs(30));
+    }
+}
