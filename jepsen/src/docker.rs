@@ -403,7 +403,9 @@ impl DockerCluster {
         let image = data_dir.with_extension("img");
         let size = format!("{}M", self.options.small_disk_mib);
         run("truncate", &["-s", &size, &image.display().to_string()])?;
-        run("mkfs.ext4", &["-q", "-F", &image.display().to_string()])?;
+        // No blocks reserved for root: the node runs as root in its container and would
+        // otherwise write into them after the nemesis filled the rest.
+        run("mkfs.ext4", &["-q", "-F", "-m", "0", &image.display().to_string()])?;
         run("mount", &["-o", "loop", &image.display().to_string(), &data_dir.display().to_string()])?;
         self.loop_mounts.push(data_dir.to_path_buf());
         Ok(())

@@ -534,7 +534,14 @@ impl<'a> Nemesis<'a> {
                     return Err(DockerError::Other("disk-full needs a node on a small disk (DockerOptions::small_disk_nodes)".into()));
                 };
                 let filled = self.fill_disk(victim)?;
-                (Undo::DiskFull(victim), format!("node {victim}'s data file system filled ({} MiB written)", filled >> 20))
+                let data_dir = self.cluster.node(victim).data_dir.display().to_string();
+                let available = crate::docker::run("df", &["-B1", "--output=avail", &data_dir])
+                    .ok()
+                    .and_then(|text| text.lines().nth(1).and_then(|line| line.trim().parse::<u64>().ok()));
+                (
+                    Undo::DiskFull(victim),
+                    format!("node {victim}'s data file system filled ({} MiB written, {available:?} bytes left)", filled >> 20),
+                )
             }
         };
         *self.undo.lock().unwrap_or_else(|e| e.into_inner()) = Some(undo);
@@ -645,7 +652,17 @@ impl<'a> Nemesis<'a> {
     /// heals, and the moment it fetches snapshot chunks, kills it (or cuts it off again) for a
     /// few seconds, then lets it finish.
     fn snapshot_fault(&self, rng: &mut ChaCha8Rng, shards: u32, hold_ms: u64) -> Result<String, DockerError> {
-        let shard = rng.gen_range(0..shards.max(1));
+        // The shard with the most entries applied: a workload may write to only some shards, and
+        // only a shard that keeps taking writes compacts its log past a cut-off follower.
+        let busiest = self
+            .cluster
+            .statuses(false)
+            .into_values()
+            .flatten()
+            .flat_map(|status| status.local_replicas().map(|(shard, r)| (r.applied_index.unwrap_or(0), shard)).collect::<Vec<_>>())
+            .max()
+            .map(|(_, shard)| shard);
+        let shard = busiest.unwrap_or_else(|| rng.gen_range(0..shards.max(1)));
         let Some(leader) = self.cluster.leader_of(shard) else { return Ok(format!("snapshot fault skipped: shard {shard} has no leader")) };
         let followers: Vec<u64> = self.cluster.replicas_of(shard).into_iter().filter(|x| *x != leader).collect();
         if followers.is_empty() {
@@ -664,7 +681,11 @@ impl<'a> Nemesis<'a> {
         });
         self.clear_rules(&touched)?;
         if !compacted {
-            return Ok(format!("node {victim} (shard {shard}) cut off, but the log did not compact past it: no snapshot was needed"));
+            let leader_log = status_of(leader).map(|r| (r.log_first_index, r.applied_index));
+            return Ok(format!(
+                "node {victim} (shard {shard}) cut off, but the log did not compact past it (it had applied {applied_before}; \
+                 leader {leader}'s log starts at / applied: {leader_log:?}): no snapshot was needed"
+            ));
         }
         let started = Instant::now();
         let fetching = poll_until(Duration::from_secs(20), || {

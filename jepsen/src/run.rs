@@ -27,7 +27,7 @@ use crate::workloads::{read_buckets, read_register, run_client, Recorder, Shared
 /// Raft settings that make logs compact after a few hundred entries, so a replica cut off for
 /// a few seconds can only catch up by snapshot (the snapshot fault needs that).
 pub const COMPACTING_RAFT_TOML: &str =
-    "[raft]\nlog_retain_entries = 50\nsnapshot_log_entries = 200\ncompaction_interval_ms = 500\nsnapshot_chunk_bytes = 16384\n";
+    "[raft]\nlog_retain_entries = 20\nsnapshot_log_entries = 50\ncompaction_interval_ms = 200\nsnapshot_chunk_bytes = 16384\n";
 
 /// How long the clients keep running after the last heal.
 pub const RECOVERY_LOAD: Duration = Duration::from_secs(10);
@@ -101,6 +101,11 @@ struct FinalChecks {
 /// Runs the test; writes the results folder even when the verdict is invalid.
 pub fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
     let out = options.out.clone();
+    // A replay of the same seed starts from nothing: an earlier run's data directories would
+    // hand the new cluster elements the new history never added (the set checker reports them).
+    if out.exists() {
+        std::fs::remove_dir_all(&out).map_err(io_error(&out))?;
+    }
     std::fs::create_dir_all(&out).map_err(io_error(&out))?;
     for kind in &options.nemeses {
         if kind.needs_five_nodes() && options.nodes < 5 {
@@ -234,6 +239,7 @@ fn drive(cluster: &DockerCluster, options: &RunOptions) -> Result<RunOutcome, Ru
     }
 
     let ops = recorder.ops();
+    let fault_effects = fault_effects(&ops, &windows);
     let (workload_validity, workload_verdict) = check_workload(options.workload, &ops, final_reads_after_ns);
     let expected_raw = expected_raw_total(options.workload, &workload_verdict);
     checks.raw_expected = expected_raw;
@@ -267,10 +273,48 @@ fn drive(cluster: &DockerCluster, options: &RunOptions) -> Result<RunOutcome, Ru
         "faults": windows.len(),
         "checker": workload_verdict,
         "final": checks,
+        "fault_effects": fault_effects,
         "notes": notes,
     });
     write_results(out, options, &ops, &windows, &verdict, validity, &notes, started)?;
     Ok(RunOutcome { validity, out: out.clone(), verdict })
+}
+
+/// What each fault did to the clients: operations invoked during it by outcome, per node, and
+/// the distinct errors seen (so a report shows, say, that a full disk refused writes with a
+/// named error rather than crashing).
+fn fault_effects(ops: &[Op], windows: &[FaultWindow]) -> Vec<serde_json::Value> {
+    windows
+        .iter()
+        .map(|window| {
+            let during: Vec<&Op> = ops.iter().filter(|op| op.start_ns >= window.start_ns && op.start_ns < window.end_ns).collect();
+            let mut by_node: BTreeMap<u64, BTreeMap<&str, u64>> = BTreeMap::new();
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            for op in &during {
+                let outcome = match op.outcome {
+                    Outcome::Ok => "ok",
+                    Outcome::Fail => "fail",
+                    Outcome::Info => "info",
+                };
+                *by_node.entry(op.node).or_default().entry(outcome).or_default() += 1;
+                if let Some(error) = &op.error {
+                    // The error without the node's address, so equal errors from different nodes merge.
+                    let text: String = error.split_once(": ").map_or(error.as_str(), |(_, rest)| rest).chars().take(160).collect();
+                    *errors.entry(text).or_default() += 1;
+                }
+            }
+            let mut errors: Vec<(String, u64)> = errors.into_iter().collect();
+            errors.sort_by(|a, b| b.1.cmp(&a.1));
+            errors.truncate(8);
+            serde_json::json!({
+                "kind": window.kind,
+                "start_s": window.start_ns as f64 / 1e9,
+                "operations": during.len(),
+                "by_node": by_node,
+                "errors": errors,
+            })
+        })
+        .collect()
 }
 
 /// Reads everything back from every node, recorded as operations of extra processes.
