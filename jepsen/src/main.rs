@@ -43,10 +43,10 @@ enum Command {
         /// Workloads (comma-separated).
         #[arg(long, default_value = "set,register,versions")]
         workloads: String,
-        /// Nemeses, one run each (comma-separated names).
+        /// Nemeses, one run each (comma-separated; `a+b` mixes kinds in one run).
         #[arg(
             long,
-            default_value = "none,isolate-leader,random-halves,majorities-ring,bridge,one-way,lossy-network,slow-network,bandwidth-limit,stalled-connections,reset-connections,kill-minority,kill-all,pause,snapshot-fault,disk-full"
+            default_value = "none,isolate-leader,random-halves,majorities-ring,bridge,one-way,lossy-network+slow-network+bandwidth-limit+stalled-connections+reset-connections,kill-minority,kill-all,pause,snapshot-fault,disk-full"
         )]
         nemeses: String,
         #[arg(long, default_value_t = 5)]
@@ -62,6 +62,13 @@ enum Command {
     },
     /// Removes every container and network a run left behind.
     Clean,
+    /// Replaces the matrix table in docs/jepsen.md with the last `matrix` run's.
+    RefreshDocs {
+        #[arg(long, default_value = "target/jepsen/matrix.md")]
+        matrix: PathBuf,
+        #[arg(long, default_value = "docs/jepsen.md")]
+        doc: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -136,6 +143,16 @@ fn main() {
             }
         },
         Command::Test(args) => test(args),
+        Command::RefreshDocs { matrix, doc } => match refresh_docs(&matrix, &doc) {
+            Ok(()) => {
+                println!("{} now holds the table of {}", doc.display(), matrix.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                3
+            }
+        },
         Command::Matrix { common, time_limit, workloads, nemeses, nodes, seed } => {
             matrix(common, time_limit, &workloads, &nemeses, nodes, seed)
         }
@@ -206,6 +223,20 @@ fn report(options: &RunOptions, outcome: Result<rushes_jepsen::run::RunOutcome, 
     }
 }
 
+/// The part of docs/jepsen.md between these markers is the matrix table.
+const MATRIX_BEGIN: &str = "<!-- matrix:begin -->";
+const MATRIX_END: &str = "<!-- matrix:end -->";
+
+fn refresh_docs(matrix: &std::path::Path, doc: &std::path::Path) -> Result<(), String> {
+    let table = std::fs::read_to_string(matrix).map_err(|e| format!("{}: {e} (run `rushes-jepsen matrix` first)", matrix.display()))?;
+    let text = std::fs::read_to_string(doc).map_err(|e| format!("{}: {e}", doc.display()))?;
+    let (Some(begin), Some(end)) = (text.find(MATRIX_BEGIN), text.find(MATRIX_END)) else {
+        return Err(format!("{} has no {MATRIX_BEGIN} ... {MATRIX_END} block", doc.display()));
+    };
+    let updated = format!("{}{MATRIX_BEGIN}\n{}\n{}", &text[..begin], table.trim(), &text[end..]);
+    std::fs::write(doc, updated).map_err(|e| format!("{}: {e}", doc.display()))
+}
+
 fn matrix(common: CommonArgs, time_limit: u64, workloads: &str, nemeses: &str, nodes: usize, first_seed: u64) -> i32 {
     let workloads: Vec<WorkloadKind> = match workloads.split(',').map(WorkloadKind::parse).collect() {
         Ok(w) => w,
@@ -216,7 +247,7 @@ fn matrix(common: CommonArgs, time_limit: u64, workloads: &str, nemeses: &str, n
     };
     let nemesis_names: Vec<&str> = nemeses.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
     for name in &nemesis_names {
-        if let Err(e) = FaultKind::parse_list(name) {
+        if let Err(e) = FaultKind::parse_list(&name.replace('+', ",")) {
             eprintln!("error: --nemeses: {e}");
             return 3;
         }
@@ -226,6 +257,13 @@ fn matrix(common: CommonArgs, time_limit: u64, workloads: &str, nemeses: &str, n
     let mut rows = Vec::new();
     let mut worst = 0;
     let mut seed = first_seed;
+    let image = rushes_jepsen::docker::image_tag(&binary(&common.bin)).unwrap_or_default();
+    let header = format!(
+        "Run {} with `rushes-jepsen matrix` on image `{image}`, {nodes} nodes, {time_limit} s of faults per cell; this machine: {} cores, {} GiB.",
+        rushes_jepsen::run::utc_timestamp(std::time::SystemTime::now()),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        memory_gib()
+    );
     for workload in &workloads {
         for nemesis in &nemesis_names {
             let name = format!("matrix-{}-{nemesis}-{seed}", workload.name());
@@ -234,7 +272,7 @@ fn matrix(common: CommonArgs, time_limit: u64, workloads: &str, nemeses: &str, n
                 shards: 4,
                 replication_factor: 3,
                 workload: *workload,
-                nemeses: FaultKind::parse_list(nemesis).unwrap_or_default(),
+                nemeses: FaultKind::parse_list(&nemesis.replace('+', ",")).unwrap_or_default(),
                 time_limit: Duration::from_secs(time_limit),
                 seed,
                 concurrency: common.concurrency.unwrap_or(2 * nodes),
@@ -242,19 +280,20 @@ fn matrix(common: CommonArgs, time_limit: u64, workloads: &str, nemeses: &str, n
                 binary: binary(&common.bin),
                 recovery_timeout: Duration::from_secs(180),
                 command: format!(
-                    "cargo run --release -p rushes-jepsen -- test --nodes {nodes} --workload {} --nemesis {nemesis} --time-limit {time_limit} --seed {seed}",
-                    workload.name()
+                    "cargo run --release -p rushes-jepsen -- test --nodes {nodes} --workload {} --nemesis {} --time-limit {time_limit} --seed {seed}",
+                    workload.name(),
+                    nemesis.replace('+', ",")
                 ),
             };
             let started = std::time::Instant::now();
             let outcome = run(&options);
             let code = report(&options, outcome.as_ref().map(Clone::clone).map_err(|e| rushes_jepsen::run::RunError::Setup(e.to_string())));
             worst = worst.max(code);
-            let row = matrix_row(workload.name(), nemesis, seed, started.elapsed(), &outcome);
+            let row = matrix_row(workload.name(), nemesis, seed, time_limit, started.elapsed(), &outcome);
             println!("{row}");
             rows.push(row);
             let table = format!(
-                "| workload | nemesis | seed | run (s) | ops | faults | verdict | lost | stale (strong) | other |\n|---|---|---:|---:|---:|---:|---|---:|---:|---|\n{}\n",
+                "{header}\n\n| workload | nemesis | seed | faults for (s) | run (s) | ops | fault windows | verdict | lost | stale (strong) | other |\n|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|\n{}\n",
                 rows.join("\n")
             );
             if let Ok(mut file) = std::fs::File::create(&summary_path) {
@@ -267,10 +306,20 @@ fn matrix(common: CommonArgs, time_limit: u64, workloads: &str, nemeses: &str, n
     worst
 }
 
+/// Total memory from /proc/meminfo, in GiB (0 if unknown).
+fn memory_gib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| text.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map(|kib| (kib + (1 << 19)) >> 20)
+        .unwrap_or(0)
+}
+
 fn matrix_row(
     workload: &str,
     nemesis: &str,
     seed: u64,
+    time_limit: u64,
     took: Duration,
     outcome: &Result<rushes_jepsen::run::RunOutcome, rushes_jepsen::run::RunError>,
 ) -> String {
@@ -289,7 +338,7 @@ fn matrix_row(
                 _ => format!("acknowledged {}, recovered {}", checker["acknowledged"], checker["recovered"]),
             };
             format!(
-                "| {workload} | {nemesis} | {seed} | {:.0} | {} | {} | {:?} | {lost} | {stale} | {other} |",
+                "| {workload} | {nemesis} | {seed} | {time_limit} | {:.0} | {} | {} | {:?} | {lost} | {stale} | {other} |",
                 took.as_secs_f64(),
                 v["operations"],
                 v["faults"],
@@ -297,7 +346,7 @@ fn matrix_row(
             )
         }
         Err(e) => format!(
-            "| {workload} | {nemesis} | {seed} | {:.0} | – | – | not run | – | – | {} |",
+            "| {workload} | {nemesis} | {seed} | {time_limit} | {:.0} | – | – | not run | – | – | {} |",
             took.as_secs_f64(),
             e.to_string().replace('|', "/").lines().next().unwrap_or("")
         ),

@@ -225,6 +225,9 @@ fn local_status_json(node: &Node, digest: bool) -> Result<HashMap<ShardId, serde
         view["index_docs"] = json!(shard.index.num_docs());
         view["vectors"] = shard.index.vectors.iter().map(|v| json!({"space": v.spec.name, "count": v.len()})).collect();
         view["disk_bytes"] = json!(shard.store.disk_bytes());
+        // Below the floor the replica writes nothing until space returns (limits.min_free_disk_bytes).
+        view["disk_free_bytes"] = json!(shard.disk.free_bytes());
+        view["disk_below_floor"] = json!(!shard.disk.has_room());
         view["log_first_index"] = json!(shard.log.first_log_index());
         view["snapshots_installed"] = json!(shard.progress.snapshots_installed.load(Ordering::Acquire));
         view["snapshot_chunks_fetched"] = json!(shard.progress.snapshot_chunks_fetched.load(Ordering::Acquire));

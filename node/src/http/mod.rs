@@ -691,8 +691,14 @@ async fn health(request: HttpRequest) -> HttpResult {
         .iter()
         .filter_map(|s| s.progress.failure().map(|cause| serde_json::json!({ "shard": s.id, "cause": cause })))
         .collect();
+    // Replicas paused for disk space are alive and resume by themselves: reported, not failed.
+    let disk_below_floor: Vec<u32> = node.shards().iter().filter(|s| !s.disk.has_room()).map(|s| s.id).collect();
     if failed.is_empty() {
-        Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ok", "shards": node.shards().len(), "caught_up": node.is_caught_up() })))
+        let mut reply = serde_json::json!({ "status": "ok", "shards": node.shards().len(), "caught_up": node.is_caught_up() });
+        if !disk_below_floor.is_empty() {
+            reply["disk_below_floor"] = serde_json::json!(disk_below_floor);
+        }
+        Ok(HttpResponse::Ok().json(reply))
     } else {
         Ok(HttpResponse::ServiceUnavailable()
             .insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")))

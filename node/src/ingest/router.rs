@@ -413,6 +413,12 @@ pub async fn propose_routed(
     let mut last_error = None;
     loop {
         let local = view.local_shard(shard);
+        if let Some(paused) = local.as_ref().filter(|replica| !replica.disk.has_room()) {
+            // Alone, no other replica can take the write: say why now rather than at the deadline.
+            if replicas.len() <= 1 {
+                return Err(disk_full_error(paused).into());
+            }
+        }
         let target = hint.or_else(|| local.as_ref().and_then(|s| s.leader()));
         let attempt = match (target, &local) {
             (Some(node), Some(replica)) if node == node_id => propose_local(replica, command.clone(), deadline).await,
@@ -436,13 +442,26 @@ pub async fn propose_routed(
         }
         let now = tokio::time::Instant::now();
         if now + pause >= deadline {
-            let detail = last_error.map(|e| format!(" (last error: {})", e.message)).unwrap_or_default();
+            let mut detail = last_error.map(|e| format!(" (last error: {})", e.message)).unwrap_or_default();
+            if let Some(paused) = local.as_ref().filter(|replica| !replica.disk.has_room()) {
+                detail.push_str(&format!("; this node's replica is paused: {}", disk_full_error(paused)));
+            }
             return Err(ApiError::unavailable(format!(
                 "shard {shard} has no leader this node can reach{detail}; nothing was acknowledged, retry the same batch"
             )));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Why `replica` takes no writes: its disk is below `limits.min_free_disk_bytes`.
+fn disk_full_error(replica: &Shard) -> crate::shard::ShardError {
+    crate::shard::ShardError::DiskFull {
+        shard: replica.id,
+        path: replica.disk.path().display().to_string(),
+        free_bytes: replica.disk.free_bytes().unwrap_or(0),
+        min_free_bytes: replica.disk.min_free_bytes(),
     }
 }
 
