@@ -143,8 +143,28 @@ pub fn ensure_image(binary: &Path) -> Result<String, DockerError> {
     Ok(tag)
 }
 
+/// Removes what runs left behind whose process is gone (a run id starts with its process id),
+/// leaving runs in progress (a CI smoke beside a matrix, say) alone.
+pub fn remove_abandoned() -> Result<usize, DockerError> {
+    let filter = format!("label={LABEL}");
+    let format = format!("{{{{.Label \"{LABEL}\"}}}}");
+    let mut runs: std::collections::BTreeSet<String> =
+        docker(&["ps", "-a", "--filter", &filter, "--format", &format])?.split_whitespace().map(str::to_string).collect();
+    runs.extend(docker(&["network", "ls", "--filter", &filter, "--format", &format])?.split_whitespace().map(str::to_string));
+    let mut removed = 0;
+    for run in runs {
+        let pid = run.split('-').next().and_then(|p| p.parse::<i32>().ok());
+        // SAFETY: kill(pid, 0) only asks whether the process exists.
+        let alive = pid.is_some_and(|pid| pid > 0 && unsafe { libc::kill(pid, 0) } == 0);
+        if !alive && run != "image" {
+            removed += remove_labelled(Some(&run))?;
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes every container and network labelled `rushes-jepsen=<run>` (every run's when `run`
-/// is `None`), and unmounts loop file systems a run left under `mounts`.
+/// is `None`).
 pub fn remove_labelled(run: Option<&str>) -> Result<usize, DockerError> {
     let filter = match run {
         Some(run) => format!("label={LABEL}={run}"),
@@ -283,22 +303,37 @@ impl DockerCluster {
         let dir = dir.canonicalize().map_err(|e| DockerError::Other(format!("{}: {e}", dir.display())))?;
         let image = ensure_image(binary)?;
         let network = format!("{LABEL}-{}", options.run_id);
-        let subnet = format!("10.213.{}.0/24", options.subnet_octet);
-        let gateway = Ipv4Addr::new(10, 213, options.subnet_octet, 1);
         let label = format!("{LABEL}={}", options.run_id);
-        docker(&[
-            "network",
-            "create",
-            "--driver",
-            "bridge",
-            "--subnet",
-            &subnet,
-            "--gateway",
-            &gateway.to_string(),
-            "--label",
-            &label,
-            &network,
-        ])?;
+        // Another run may hold the preferred subnet: take the next free one.
+        let mut options = options;
+        let mut attempt = 0u8;
+        let gateway = loop {
+            let octet = options.subnet_octet.wrapping_add(attempt).max(16);
+            let subnet = format!("10.213.{octet}.0/24");
+            let gateway = Ipv4Addr::new(10, 213, octet, 1);
+            let gateway_text = gateway.to_string();
+            let created = docker(&[
+                "network",
+                "create",
+                "--driver",
+                "bridge",
+                "--subnet",
+                &subnet,
+                "--gateway",
+                &gateway_text,
+                "--label",
+                &label,
+                &network,
+            ]);
+            match created {
+                Ok(_) => {
+                    options.subnet_octet = octet;
+                    break gateway;
+                }
+                Err(e) if attempt >= 40 => return Err(e),
+                Err(_) => attempt += 1,
+            }
+        };
         let mut cluster = DockerCluster {
             dir: dir.clone(),
             options: options.clone(),

@@ -113,7 +113,7 @@ pub fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
         }
     }
     // Anything an earlier run left behind (a killed suite cannot clean up after itself).
-    crate::docker::remove_labelled(None)?;
+    crate::docker::remove_abandoned()?;
     let mut cluster_options = ClusterOptions::new(options.nodes, options.shards, options.replication_factor);
     cluster_options.commit_interval_ms = 200;
     cluster_options.start_timeout = Duration::from_secs(90);
