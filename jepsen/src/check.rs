@@ -206,9 +206,31 @@ pub fn check_cluster(cluster: &LocalCluster, sample: &Sample, acknowledged: &BTr
     for ((shard, node), count) in cluster.raw_counts() {
         counts.entry(shard).or_default().push((node, count));
     }
+    let mut raw_total = 0;
     for (shard, replicas) in counts {
         if replicas.windows(2).any(|w| w[0].1 != w[1].1) {
             report.violations.push(format!("shard {shard}: raw annotation counts differ between replicas: {replicas:?}"));
+        }
+        raw_total += replicas.first().and_then(|(_, count)| *count).unwrap_or(0);
+    }
+    // 5. The raw totals hold every acknowledged annotation, and beyond them at most the
+    //    annotations of batches whose outcome the writers never learned.
+    let unacknowledged = sample.annotations.len().saturating_sub(acknowledged.len()) as u64;
+    if raw_total < acknowledged.len() as u64 || raw_total > acknowledged.len() as u64 + unacknowledged {
+        report.violations.push(format!(
+            "the shards hold {raw_total} raw annotations; {} were acknowledged and {unacknowledged} were never answered",
+            acknowledged.len()
+        ));
+    }
+    // 6. On every replica of every node, the index holds one document per fused bucket.
+    for (id, status) in cluster.statuses(false) {
+        let Ok(status) = status else { continue };
+        for (shard, replica) in status.local_replicas() {
+            if replica.buckets.is_none() || replica.buckets != replica.index_docs {
+                report
+                    .violations
+                    .push(format!("node {id} shard {shard}: {:?} buckets but {:?} index documents", replica.buckets, replica.index_docs));
+            }
         }
     }
 

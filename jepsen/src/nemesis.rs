@@ -694,6 +694,12 @@ impl<'a> Nemesis<'a> {
         if !fetching {
             return Ok(format!("node {victim} (shard {shard}) fell behind the compacted log but fetched no snapshot chunk within 20 s"));
         }
+        // Strike at once (mid-fetch) or a little later, which with a small shard lands in the
+        // install; the description says which it was.
+        let installed_before = status_of(victim).and_then(|r| r.snapshots_installed).unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..1_500)));
+        let installed_at_fault = status_of(victim).and_then(|r| r.snapshots_installed).unwrap_or(0);
+        let phase = if installed_at_fault > installed_before { "after the install" } else { "during the fetch or install" };
         let fault = if kill {
             self.cluster.kill(victim)?;
             std::thread::sleep(Duration::from_secs(3));
@@ -707,7 +713,7 @@ impl<'a> Nemesis<'a> {
             "cut off again"
         };
         Ok(format!(
-            "node {victim} (shard {shard}) fell behind the compacted log; {fault} {} ms into its snapshot fetch",
+            "node {victim} (shard {shard}) fell behind the compacted log; {fault} {} ms after its snapshot fetch began ({phase})",
             started.elapsed().as_millis()
         ))
     }

@@ -95,7 +95,8 @@ impl Writers<'_> {
         }
     }
 
-    /// Waits until `fraction` of the batches are acknowledged (or the writers are done).
+    /// Waits until `fraction` of the batches are acknowledged; the writers must still have work
+    /// left then, or the fault that follows would meet no load and prove nothing.
     fn wait_for_fraction(&self, fraction: f64, timeout: Duration) {
         let reached = poll_until(timeout, || {
             self.progress.fraction() >= fraction || self.workload.is_finished() || !self.progress.failures().is_empty()
@@ -108,16 +109,24 @@ impl Writers<'_> {
             fraction * 100.0,
             self.cluster.diagnostics()
         );
+        assert!(
+            !self.workload.is_finished() && self.progress.fraction() < 1.0,
+            "[{}] the writers finished before the fault: it would meet no load (a larger sample is needed)",
+            self.name
+        );
     }
 
-    /// Liveness: at least one more batch is acknowledged within `timeout` (unless every batch
-    /// already is).
+    /// Liveness: at least one more batch is acknowledged within `timeout`, while the fault
+    /// holds. Writers that ran out of batches before the fault fail this: the fault met no load.
     fn expect_progress(&self, what: &str, timeout: Duration) {
         let before = self.progress.acknowledged_batches();
         let started = Instant::now();
-        let progressed = poll_until(timeout, || {
-            self.progress.acknowledged_batches() > before || self.workload.is_finished() || !self.progress.failures().is_empty()
-        });
+        assert!(
+            before < self.progress.total_batches(),
+            "[{}] every batch was acknowledged before the fault ({what}): it met no load",
+            self.name
+        );
+        let progressed = poll_until(timeout, || self.progress.acknowledged_batches() > before || !self.progress.failures().is_empty());
         self.check_failures();
         assert!(progressed, "[{}] no write acknowledged within {timeout:?}: {what}\n{}", self.name, self.cluster.diagnostics());
         eprintln!("[{}] {what}: next acknowledgement after {:.1?}", self.name, started.elapsed());
