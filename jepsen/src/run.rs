@@ -29,7 +29,7 @@ use crate::workloads::{read_buckets, read_register, run_client, Recorder, Shared
 pub const COMPACTING_RAFT_TOML: &str =
     "[raft]\nlog_retain_entries = 20\nsnapshot_log_entries = 50\ncompaction_interval_ms = 200\nsnapshot_chunk_bytes = 16384\n";
 
-/// How long the clients keep running after the last heal.
+/// How long the clients keep running after the first write acknowledged since the last heal.
 pub const RECOVERY_LOAD: Duration = Duration::from_secs(10);
 
 /// What a run does.
@@ -206,6 +206,16 @@ fn drive(cluster: &DockerCluster, options: &RunOptions) -> Result<RunOutcome, Ru
     // The clients keep going for a while after the heal: writes must be acknowledged again
     // once everything is healed. Then the load stops and the cluster must converge.
     let mut checks = FinalChecks::default();
+    let write_acknowledged_since_heal = || {
+        recorder.ops().iter().any(|op| {
+            op.outcome == Outcome::Ok
+                && op.start_ns > healed_ns
+                && matches!(op.action, Action::Add { .. } | Action::Write { .. } | Action::Version { .. })
+        })
+    };
+    // Nodes restarted by the last heal need a few seconds to start and elect leaders; the
+    // clients keep going until a write is acknowledged (or the recovery deadline), then a while.
+    poll_until(options.recovery_timeout.min(Duration::from_secs(90)), write_acknowledged_since_heal);
     std::thread::sleep(RECOVERY_LOAD);
     shared.stop.store(true, Ordering::Release);
     for client in clients {
