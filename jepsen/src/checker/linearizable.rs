@@ -782,8 +782,9 @@ mod tests {
     }
 
     #[test]
-    fn a_thousand_highly_concurrent_ops_on_one_key_are_quick() {
-        let started = std::time::Instant::now();
+    fn a_thousand_highly_concurrent_ops_on_one_key_stay_within_the_state_bound() {
+        // Valid (not Unknown) means the search finished within LinearOptions' state bound:
+        // the memoization keeps it far from exponential. No wall-clock limit (tests do not time).
         for seed in 0..3 {
             let mut ops = simulate(1000 + seed, 1_000, 1, 5, 40, true);
             let v = check(&ops, &LinearOptions::default());
@@ -792,9 +793,6 @@ mod tests {
             let v = check(&ops, &LinearOptions::default());
             assert_eq!(v.valid, Validity::Invalid, "seed {seed}");
         }
-        let took = started.elapsed();
-        let limit = if cfg!(debug_assertions) { 10.0 } else { 2.0 };
-        assert!(took.as_secs_f64() < limit, "took {took:?}");
     }
 
     #[test]

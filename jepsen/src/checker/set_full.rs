@@ -821,14 +821,10 @@ mod tests {
                 expected_lost += 1;
             }
         }
-        let started = std::time::Instant::now();
         let v = check(&ops, &SetOptions::default());
-        let took = started.elapsed();
         assert_eq!((v.attempted, v.reads), (200_000, 50_000));
         assert_eq!(v.lost, expected_lost);
         assert!(expected_lost > 0);
         assert_eq!(v.valid, Validity::Invalid);
-        let limit = if cfg!(debug_assertions) { 20.0 } else { 2.0 };
-        assert!(took.as_secs_f64() < limit, "took {took:?}");
     }
 }
