@@ -477,7 +477,7 @@ impl LocalCluster {
     /// same `applied_index`, `indexed_index >= applied_index`, and there are
     /// `replication_factor` of them.
     pub fn convergence(&self) -> Result<BTreeMap<u32, u64>, String> {
-        let mut applied: BTreeMap<u32, Vec<(u64, u64, u64)>> = BTreeMap::new();
+        let mut statuses = Vec::new();
         for node in &self.nodes {
             if !node.is_running() {
                 continue;
@@ -485,30 +485,9 @@ impl LocalCluster {
             if node.is_paused() {
                 return Err(format!("node {} is paused", node.id));
             }
-            let status = node.status(false).map_err(|e| format!("node {}: {e}", node.id))?;
-            for (shard, replica) in status.local_replicas() {
-                let applied_index = replica.applied_index.ok_or_else(|| format!("node {} shard {shard}: no applied_index", node.id))?;
-                let indexed_index = replica.indexed_index.ok_or_else(|| format!("node {} shard {shard}: no indexed_index", node.id))?;
-                applied.entry(shard).or_default().push((node.id, applied_index, indexed_index));
-            }
+            statuses.push((node.id, node.status(false).map_err(|e| format!("node {}: {e}", node.id))?));
         }
-        let mut result = BTreeMap::new();
-        for shard in 0..self.options.shards {
-            let replicas = applied.get(&shard).map(Vec::as_slice).unwrap_or_default();
-            if replicas.len() != self.options.replication_factor {
-                return Err(format!(
-                    "shard {shard}: {} local replicas reported ({replicas:?}), expected {}",
-                    replicas.len(),
-                    self.options.replication_factor
-                ));
-            }
-            let first = replicas[0].1;
-            if replicas.iter().any(|(_, a, i)| *a != first || i < a) {
-                return Err(format!("shard {shard}: (node, applied, indexed) = {replicas:?}"));
-            }
-            result.insert(shard, first);
-        }
-        Ok(result)
+        crate::status::convergence(&statuses, self.options.shards, self.options.replication_factor)
     }
 
     /// True when [`LocalCluster::convergence`] is `Ok`.

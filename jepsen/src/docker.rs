@@ -234,13 +234,7 @@ impl DockerNode {
 
     /// `GET /v1/cluster` from this node.
     pub fn status(&self, digest: bool) -> Result<ClusterStatus, String> {
-        let path = if digest { "/v1/cluster?digest=true" } else { "/v1/cluster" };
-        let value = self.http.get_json(&self.url(path)).map_err(|e| e.to_string())?;
-        let status = ClusterStatus::parse(value)?;
-        if status.node_id != self.id {
-            return Err(format!("{} answered as node {}, expected node {}", self.base_url(), status.node_id, self.id));
-        }
-        Ok(status)
+        crate::status::fetch(&self.http, &self.base_url(), self.id, digest)
     }
 
     /// The last `lines` lines of the container's output.
@@ -538,34 +532,17 @@ impl DockerCluster {
         Vec::new()
     }
 
-    /// `Ok` when every node is up and every shard's local replicas agree on `applied_index`,
-    /// have indexed it, there are `replication_factor` of them, and `index_docs == buckets`.
+    /// `Ok` when every node is up and every shard's local replicas agree on `applied_index`, have
+    /// indexed it, and there are `replication_factor` of them.
     pub fn convergence(&self) -> Result<BTreeMap<u32, u64>, String> {
-        let mut applied: BTreeMap<u32, Vec<(u64, u64, u64)>> = BTreeMap::new();
+        let mut statuses = Vec::new();
         for node in &self.nodes {
             if !node.is_serving() {
                 return Err(format!("node {} is not serving", node.id));
             }
-            let status = node.status(false).map_err(|e| format!("node {}: {e}", node.id))?;
-            for (shard, replica) in status.local_replicas() {
-                let applied_index = replica.applied_index.ok_or_else(|| format!("node {} shard {shard}: no applied_index", node.id))?;
-                let indexed_index = replica.indexed_index.ok_or_else(|| format!("node {} shard {shard}: no indexed_index", node.id))?;
-                applied.entry(shard).or_default().push((node.id, applied_index, indexed_index));
-            }
+            statuses.push((node.id, node.status(false).map_err(|e| format!("node {}: {e}", node.id))?));
         }
-        let mut result = BTreeMap::new();
-        for shard in 0..self.options.cluster.shards {
-            let replicas = applied.get(&shard).map(Vec::as_slice).unwrap_or_default();
-            if replicas.len() != self.options.cluster.replication_factor {
-                return Err(format!("shard {shard}: {} local replicas ({replicas:?})", replicas.len()));
-            }
-            let first = replicas[0].1;
-            if replicas.iter().any(|(_, a, i)| *a != first || i < a) {
-                return Err(format!("shard {shard}: (node, applied, indexed) = {replicas:?}"));
-            }
-            result.insert(shard, first);
-        }
-        Ok(result)
+        crate::status::convergence(&statuses, self.options.cluster.shards, self.options.cluster.replication_factor)
     }
 
     /// Saves every container's output to `node-N.log` in the run directory.

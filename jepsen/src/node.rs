@@ -241,13 +241,7 @@ impl LocalNode {
 
     /// `GET /v1/cluster` (with `?digest=true` when asked) from this node.
     pub fn status(&self, digest: bool) -> Result<ClusterStatus, String> {
-        let path = if digest { "/v1/cluster?digest=true" } else { "/v1/cluster" };
-        let value = self.http.get_json(&self.url(path)).map_err(|e| e.to_string())?;
-        let status = ClusterStatus::parse(value)?;
-        if status.node_id != self.id {
-            return Err(format!("{} answered as node {}, expected node {}", self.base_url(), status.node_id, self.id));
-        }
-        Ok(status)
+        crate::status::fetch(&self.http, &self.base_url(), self.id, digest)
     }
 
     /// `POST /v1/debug/partition`: this node drops all Raft and peer traffic to and from

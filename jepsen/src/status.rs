@@ -107,6 +107,49 @@ impl ClusterStatus {
     }
 }
 
+/// `GET /v1/cluster` (with `?digest=true` when asked) from the node at `base_url`, which must
+/// answer as node `expected_id`.
+pub fn fetch(http: &crate::http::Http, base_url: &str, expected_id: u64, digest: bool) -> Result<ClusterStatus, String> {
+    let path = if digest { "/v1/cluster?digest=true" } else { "/v1/cluster" };
+    let value = http.get_json(&format!("{base_url}{path}")).map_err(|e| e.to_string())?;
+    let status = ClusterStatus::parse(value)?;
+    if status.node_id != expected_id {
+        return Err(format!("{base_url} answered as node {}, expected node {expected_id}", status.node_id));
+    }
+    Ok(status)
+}
+
+/// Whether the nodes' reports show a converged cluster: for each of `shards`, the replicas the
+/// nodes report as their own all have the same `applied_index`, have indexed it, and there are
+/// `replication_factor` of them. Returns each shard's applied index, or why not.
+pub fn convergence(
+    statuses: &[(u64, ClusterStatus)],
+    shards: u32,
+    replication_factor: usize,
+) -> Result<std::collections::BTreeMap<u32, u64>, String> {
+    let mut applied: std::collections::BTreeMap<u32, Vec<(u64, u64, u64)>> = std::collections::BTreeMap::new();
+    for (node, status) in statuses {
+        for (shard, replica) in status.local_replicas() {
+            let applied_index = replica.applied_index.ok_or_else(|| format!("node {node} shard {shard}: no applied_index"))?;
+            let indexed_index = replica.indexed_index.ok_or_else(|| format!("node {node} shard {shard}: no indexed_index"))?;
+            applied.entry(shard).or_default().push((*node, applied_index, indexed_index));
+        }
+    }
+    let mut result = std::collections::BTreeMap::new();
+    for shard in 0..shards {
+        let replicas = applied.get(&shard).map(Vec::as_slice).unwrap_or_default();
+        if replicas.len() != replication_factor {
+            return Err(format!("shard {shard}: {} local replicas reported ({replicas:?}), expected {replication_factor}", replicas.len()));
+        }
+        let first = replicas[0].1;
+        if replicas.iter().any(|(_, a, i)| *a != first || i < a) {
+            return Err(format!("shard {shard}: (node, applied, indexed) = {replicas:?}"));
+        }
+        result.insert(shard, first);
+    }
+    Ok(result)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
