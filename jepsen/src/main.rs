@@ -60,8 +60,12 @@ enum Command {
         #[arg(long)]
         bin: Option<PathBuf>,
     },
-    /// Removes every container and network a run left behind.
-    Clean,
+    /// Removes every container and network runs left behind.
+    Clean {
+        /// Only those of runs whose process is gone (leaves runs in progress alone).
+        #[arg(long)]
+        abandoned: bool,
+    },
     /// Replaces the matrix table in docs/jepsen.md with the last `matrix` run's.
     RefreshDocs {
         #[arg(long, default_value = "target/jepsen/matrix.md")]
@@ -132,16 +136,18 @@ fn main() {
                 3
             }
         },
-        Command::Clean => match rushes_jepsen::docker::remove_labelled(None) {
-            Ok(removed) => {
-                println!("removed {removed} containers and networks");
-                0
+        Command::Clean { abandoned } => {
+            match if abandoned { rushes_jepsen::docker::remove_abandoned() } else { rushes_jepsen::docker::remove_labelled(None) } {
+                Ok(removed) => {
+                    println!("removed {removed} containers and networks");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    3
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                3
-            }
-        },
+        }
         Command::Test(args) => test(args),
         Command::RefreshDocs { matrix, doc } => match refresh_docs(&matrix, &doc) {
             Ok(()) => {
