@@ -452,6 +452,13 @@ impl Config {
              # Without [[auth.keys]] and without this, node.listen must be a loopback address.",
             "true or false",
         );
+        example.integer(
+            "ready_max_lag_entries",
+            http.ready_max_lag_entries,
+            "GET /ready answers 200 only while every replica on this node knows its shard's leader and is at most\n\
+             # this many log entries behind in applying (commit to applied) and in indexing (applied to indexed).",
+            HTTP_READY_MAX_LAG_ENTRIES,
+        );
 
         example.section("[auth]", "API keys, sent as Authorization: Bearer <key>. With none the API is open (loopback only, see [http]).");
         example.key(

@@ -578,7 +578,7 @@ impl LimitsConfig {
 }
 
 /// `[http]`: how the HTTP API is served.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// PEM certificate chain and private key: HTTPS when both are set.
@@ -587,6 +587,23 @@ pub struct HttpConfig {
     /// Serve a non-loopback address without API keys (anyone who reaches it can read, write
     /// and administer). Without keys and without this, only loopback addresses may be served.
     pub allow_unauthenticated: bool,
+    /// `GET /ready` answers 200 only while every local replica is at most this many log
+    /// entries behind in applying (commit to applied) and in indexing (applied to indexed).
+    pub ready_max_lag_entries: u64,
+}
+
+/// Default of `http.ready_max_lag_entries`: a few group commits' worth.
+pub const READY_MAX_LAG_ENTRIES: u64 = 1_000;
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            allow_unauthenticated: false,
+            ready_max_lag_entries: READY_MAX_LAG_ENTRIES,
+        }
+    }
 }
 
 /// `[auth]`: API keys. With none, the API is open (loopback only, see `http`).

@@ -169,6 +169,7 @@ const HTTP: &[Field] = &[
     Field::optional("tls_cert_file", Kind::Text),
     Field::optional("tls_key_file", Kind::Text),
     Field::optional("allow_unauthenticated", Kind::Bool),
+    Field::optional("ready_max_lag_entries", Kind::Integer),
 ];
 
 const AUTH: &[Field] = &[Field::optional("keys", Kind::TableArray(API_KEY))];

@@ -112,6 +112,7 @@ pub(crate) mod ranges {
     pub const LIMITS_UNINDEXED_ENTRIES_MAX: IntegerRange = IntegerRange::new(16, 1_000_000);
     pub const LIMITS_UNINDEXED_ANNOTATIONS_MAX: IntegerRange = IntegerRange::new(1_000, 1_000_000_000);
     pub const LIMITS_MIN_FREE_DISK_BYTES: IntegerRange = IntegerRange::new(0, 1 << 40);
+    pub const HTTP_READY_MAX_LAG_ENTRIES: IntegerRange = IntegerRange::new(0, 1 << 40);
     pub const LIMITS_REQUEST_TIMEOUT_MS: IntegerRange = IntegerRange::new(100, 600_000);
     pub const LIMITS_SEARCH_QUEUE_DEPTH: IntegerRange = IntegerRange::new(1, 1_000_000);
     pub const LIMITS_MAX_CLAUSES: IntegerRange = IntegerRange::new(1, 1024);
@@ -404,6 +405,7 @@ impl Config {
         let hashes: Vec<(String, &str)> =
             self.auth.keys.iter().enumerate().map(|(position, key)| (format!("auth.keys[{position}].hash"), key.hash.as_str())).collect();
         check_unique(hashes.iter().map(|(path, hash)| (path.clone(), *hash)), "auth.keys", quoted)?;
+        check_range("http.ready_max_lag_entries", http.ready_max_lag_entries, HTTP_READY_MAX_LAG_ENTRIES)?;
         if self.auth.keys.is_empty() && !http.allow_unauthenticated && !self.node.listen.ip().is_loopback() {
             return Err(ConfigError::invalid_value(
                 "node.listen",

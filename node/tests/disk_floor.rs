@@ -40,9 +40,20 @@ fn below_the_floor_writes_are_refused_by_name_and_nothing_is_stored() {
         cluster["shards"].as_array().into_iter().flatten().flat_map(|s| s["replicas"].as_array().into_iter().flatten()).collect();
     assert!(replicas.iter().all(|r| r["raw_annotations"] == 0), "nothing was stored: {cluster}");
     assert!(replicas.iter().any(|r| r["disk_below_floor"] == true), "{cluster}");
+    // Alive, but not ready: a load balancer sends its traffic elsewhere, and is told why.
+    match client.get("/ready") {
+        Err(ClientError::Status { status, body, .. }) => {
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("not_ready") && body.contains("min_free_disk_bytes"), "/ready names the disk floor: {body}");
+        }
+        other => panic!("/ready below the disk floor must be 503, got {other:?}"),
+    }
     // The same node with the default floor takes the write: the refusal was the floor's.
     drop(node);
     let node = TestNode::start(dir.path(), &[]);
     let reply = node.client().post_ndjson_retrying(line.as_bytes(), 20).expect("accepted with room on the disk");
     assert_eq!(reply.accepted, 1);
+    common::wait_until("the node to be ready with room on its disk", std::time::Duration::from_secs(30), || {
+        node.client().get_json("/ready").is_ok_and(|ready| ready["status"] == "ready")
+    });
 }

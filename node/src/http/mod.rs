@@ -2,6 +2,8 @@
 //! work is heavy, call the node, and map every error to the documented JSON body.
 
 pub mod auth;
+mod page;
+pub mod ready;
 
 use std::sync::Arc;
 
@@ -706,6 +708,24 @@ async fn health(request: HttpRequest) -> HttpResult {
     }
 }
 
+/// `GET /ready`: 200 when every local replica knows its leader and has applied and indexed
+/// within `http.ready_max_lag_entries`; else 503 with the reasons. No API key needed, as for
+/// `/health`: it says nothing about the data.
+async fn ready(request: HttpRequest) -> HttpResult {
+    let node = node_of(&request)?;
+    let max_lag_entries = node.config.http.ready_max_lag_entries;
+    let shards = node.shards();
+    let reasons: Vec<String> =
+        shards.iter().flat_map(|replica| ready::not_ready_reasons(&ready::ReplicaReadiness::of(replica), max_lag_entries)).collect();
+    if reasons.is_empty() {
+        Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready", "shards": shards.len() })))
+    } else {
+        Ok(HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")))
+            .json(serde_json::json!({ "status": "not_ready", "shards": shards.len(), "reasons": reasons })))
+    }
+}
+
 async fn metrics(request: HttpRequest) -> HttpResult {
     let node = authorized(&request, Scope::Read)?;
     node.refresh_gauges();
@@ -729,7 +749,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
     // Each path is one resource, so a known path with the wrong method answers 405, not 404.
     let resource = |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
     config
+        .service(resource("/").route(web::get().to(page::index)))
+        .service(resource("/ui/app.js").route(web::get().to(page::script)))
+        .service(resource("/ui/app.css").route(web::get().to(page::style)))
         .service(resource("/health").route(web::get().to(health)))
+        .service(resource("/ready").route(web::get().to(ready)))
         .service(resource("/metrics").route(web::get().to(metrics)))
         .service(resource("/v1/annotations").route(web::post().to(post_annotations)))
         .service(
