@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use rushes_jepsen::{ClusterOptions, Http, LocalCluster};
+use rushes_jepsen::{wait_until, ClusterOptions, Http, LocalCluster};
 use serde_json::json;
 
 /// The nodes' request timeout (limits.request_timeout_ms), shortened so the test is quick.
@@ -230,4 +230,75 @@ fn a_batch_as_large_as_the_limits_allow_is_applied_everywhere_and_never_halts_th
     over.push_str(&" ".repeat(BODY_BYTES + 1 - over.len()));
     let refused = http.send("POST", &cluster.node(follower).url("/v1/annotations"), "application/x-ndjson", over.as_bytes());
     assert_eq!(refused.expect_err("over the body limit").status(), Some(413));
+}
+
+/// A longer request timeout for the tests below: the write must outlive an election.
+const ELECTION_PROOF_REQUEST_TIMEOUT_MS: u64 = 15_000;
+
+/// A record write is last-writer-wins, so proposing it again after its leader stepped down with
+/// it in flight could apply it a second time, after later writes (the register workload of the
+/// container suite found this). Such a write is answered `timeout` with an unknown outcome and
+/// never proposed again; an annotation batch (immutable ids, a repeat is a no-op) in the same
+/// spot is proposed again through the next leader and lands exactly once.
+#[test]
+fn a_write_in_flight_when_its_leader_is_cut_off_is_repeated_only_if_a_repeat_is_harmless() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ClusterOptions::new(3, 1, 3);
+    options.extra_toml = format!("[limits]\nrequest_timeout_ms = {ELECTION_PROOF_REQUEST_TIMEOUT_MS}\n");
+    let cluster = LocalCluster::start_with(&dir.path().join("cluster"), options);
+    let http = Http::new(Duration::from_secs(60));
+    let record_url = |node: u64| cluster.node(node).url("/v1/assets/reel-1");
+    let put =
+        |node: u64, title: &str| http.send("PUT", &record_url(node), "application/json", json!({ "title": title }).to_string().as_bytes());
+
+    let leader = cluster.wait_for_leader(0, Duration::from_secs(60));
+    put(leader, "take 1").unwrap_or_else(|e| panic!("first record write: {e}\n{}", cluster.diagnostics()));
+
+    // The leader is cut off, then takes a record write: it appends it alone, and steps down an
+    // election timeout later (check_quorum) with the write in flight.
+    cluster.partition(&[leader]);
+    let error = put(leader, "take 2").expect_err("a leader cut off from its followers acknowledged a record write");
+    assert!(
+        error.to_string().contains("\"timeout\"") && error.to_string().contains("may or may not be applied"),
+        "a record write whose leader stepped down with it in flight must say its outcome is unknown: {error}"
+    );
+    // Cut off and stepped down, the old leader is alive but not ready: it knows no leader.
+    match http.get(&cluster.node(leader).url("/ready")) {
+        Err(e) => assert!(e.status() == Some(503) && e.to_string().contains("no known leader"), "/ready on the cut-off node: {e}"),
+        Ok(reply) => panic!("a node cut off from its shard's group answered /ready with 200: {reply}"),
+    }
+    let majority_leader = cluster.wait_for_new_leader(0, leader, Duration::from_secs(30));
+    put(majority_leader, "take 3").unwrap_or_else(|e| panic!("the majority refused a record write: {e}\n{}", cluster.diagnostics()));
+    cluster.heal();
+    cluster.wait_converged(Duration::from_secs(60));
+    for node in cluster.node_ids() {
+        wait_until(&format!("node {node} to be ready after the heal"), Duration::from_secs(30), || {
+            http.get(&cluster.node(node).url("/ready")).is_ok()
+        });
+    }
+    // "take 2" reached no follower, so the new leader's log replaced it; "take 3" stands
+    // everywhere and nothing applied after it.
+    for node in cluster.node_ids() {
+        let record = http.get_json(&format!("{}?consistency=strong", record_url(node))).expect("strong read of the record");
+        assert_eq!(record["title"], "take 3", "node {node} reads {record}");
+    }
+
+    // An annotation batch through a leader that is then cut off: proposed again through the
+    // next leader once the partition heals, and stored once.
+    let leader = cluster.wait_for_leader(0, Duration::from_secs(30));
+    cluster.partition(&[leader]);
+    let body = annotation("reel-1", "once", 0, "Monica");
+    let url = cluster.node(leader).url("/v1/annotations");
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| http.send("POST", &url, "application/x-ndjson", body.as_bytes()));
+        cluster.wait_for_new_leader(0, leader, Duration::from_secs(30));
+        cluster.heal();
+        writer.join().expect("writer thread")
+    });
+    written.unwrap_or_else(|e| panic!("a batch was not proposed again after its leader stepped down: {e}\n{}", cluster.diagnostics()));
+    cluster.wait_converged(Duration::from_secs(60));
+    for node in cluster.node_ids() {
+        let asset = http.get_json(&format!("{}?consistency=strong", record_url(node))).expect("strong read of the asset");
+        assert_eq!(asset["annotations"]["total"], 1, "node {node} reads {asset}");
+    }
 }

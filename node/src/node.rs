@@ -358,6 +358,10 @@ impl Node {
             net.runtime().spawn(crate::peer::serve::serve_peers(Arc::downgrade(&node), inbound));
             net.runtime().spawn(crate::meta::orchestrator::run(Arc::downgrade(&node)));
             net.runtime().spawn(crate::shard::recovery::run(Arc::downgrade(&node)));
+        } else if let Some(router_arbiter) = node.arbiters.lock().first() {
+            // A node without peers reopens its failed replicas too; the router's thread has
+            // the time (the task sleeps between checks and reopens on the blocking pool).
+            router_arbiter.spawn(crate::shard::recovery::run(Arc::downgrade(&node)));
         }
         Ok(node)
     }

@@ -82,6 +82,21 @@ impl ShardCommand {
             ShardCommand::PurgeSuperseded { asset_ids } => asset_ids.iter().map(String::as_str).collect(),
         }
     }
+
+    /// Whether a second copy of this command, committed after other writes, leaves the shard as
+    /// one copy would. The write router proposes again after a failure that may have let the
+    /// first copy commit (a leader change with the entry in flight) only when it does.
+    /// - Ingest: annotations are immutable by id, a repeat stores nothing (only an erasure of
+    ///   the same id committed between the copies, a delete racing its own write, is undone).
+    /// - PurgeSuperseded: it removes what a higher model version replaced, at any time.
+    /// - UpsertAsset is last-writer-wins: a late repeat would undo the writes between.
+    /// - The deletes: a late repeat would erase what was written again in between.
+    pub fn safe_to_repeat(&self) -> bool {
+        match self {
+            ShardCommand::Ingest { .. } | ShardCommand::PurgeSuperseded { .. } => true,
+            ShardCommand::UpsertAsset { .. } | ShardCommand::DeleteAsset { .. } | ShardCommand::DeleteAnnotation { .. } => false,
+        }
+    }
 }
 
 /// Hard bounds every replica checks when it applies a command, whatever its configuration:

@@ -21,7 +21,7 @@ use rushes_protocol::{ApiError, AssetRecord, ErrorCode, IngestReply};
 
 use crate::actors::{ActorState, ActorStats};
 use crate::node::ClusterView;
-use crate::peer::hedge;
+use crate::peer::{hedge, WriteCallError};
 use crate::shard::{Shard, ShardError};
 
 /// Longest wait for another node's answer to a conflict check.
@@ -135,7 +135,7 @@ async fn purge_led_shards(view: Arc<ClusterView>) {
                 Err(_) => continue,
             };
             let deadline = tokio::time::Instant::now() + view.request_timeout();
-            match propose_routed(&view, shard, command, deadline).await {
+            match propose_routed(&view, shard, command, true, deadline).await {
                 Ok(ApplyOutcome::Deleted { annotations }) => {
                     tracing::info!(shard, assets = chunk.len(), annotations, "purged superseded model versions")
                 }
@@ -175,9 +175,10 @@ impl Handler<ProposeChange> for IngestRouter {
         let (shard, command) = (change.shard, change.command);
         let work = async move {
             rushes_protocol::validate::validate_command(&command, &crate::node::ingest_limits(&view.config))?;
+            let safe_to_repeat = command.safe_to_repeat();
             let command = command.encode().map_err(|e| ApiError::internal(e.to_string()))?;
             let deadline = tokio::time::Instant::now() + view.request_timeout();
-            propose_routed(&view, shard, command, deadline).await
+            propose_routed(&view, shard, command, safe_to_repeat, deadline).await
         };
         self.run_admitted(ctx, change.reply, work);
     }
@@ -201,7 +202,7 @@ async fn ingest_batch(view: Arc<ClusterView>, items: Vec<ParsedItem>) -> Result<
     // Every shard's part goes to its leader at once; the reply waits for all of them.
     let parts = prepared.commands.into_iter().map(|(shard, command, positions)| {
         let view = view.clone();
-        async move { (propose_routed(&view, shard, command, deadline).await, positions) }
+        async move { (propose_routed(&view, shard, command, true, deadline).await, positions) }
     });
     let outcomes = futures_util::future::join_all(parts).await;
     let mut created = 0;
@@ -260,11 +261,11 @@ async fn upsert_asset(view: Arc<ClusterView>, asset_id: String, record: AssetRec
         .map_err(|m| ApiError::field("asset_id", format!("asset_id {m}")))?;
     validate_asset_record(&record, view.config.limits.max_time_ms)?;
     let shard = view.shard_map().shard_for_asset(&asset_id);
-    let command = (ShardCommand::UpsertAsset { asset_id, record: StoredAsset::from(record) })
-        .encode()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let command = ShardCommand::UpsertAsset { asset_id, record: StoredAsset::from(record) };
+    let safe_to_repeat = command.safe_to_repeat();
+    let command = command.encode().map_err(|e| ApiError::internal(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + view.request_timeout();
-    propose_routed(&view, shard, command, deadline).await.map(|_| ())
+    propose_routed(&view, shard, command, safe_to_repeat, deadline).await.map(|_| ())
 }
 
 /// One encoded ingest command per shard, with the batch positions of its items.
@@ -388,21 +389,30 @@ fn prepare_ingest(view: &ClusterView, items: Vec<ParsedItem>) -> Result<Prepared
     Ok(PreparedIngest { commands, batch_duplicates, duplicate_positions, remote_probes })
 }
 
-/// Where a routed write ended.
+/// Where one attempt to propose a routed write ended.
 enum Routed {
     Done(ApplyOutcome),
-    /// The replica asked does not lead the shard; maybe it knows who does.
+    /// The replica asked does not lead the shard and proposed nothing; maybe it knows who does.
     NotLeader(Option<NodeId>),
+    /// The write may have been proposed and may still commit (the leader changed with it in
+    /// flight, or no answer came): only a command that is safe to repeat is proposed again.
+    Unclear {
+        leader: Option<NodeId>,
+        error: ApiError,
+    },
 }
 
 /// Proposes an encoded command on `shard` through its leader (local or forwarded) and waits
 /// until it is committed on a quorum and applied. Follows leader hints and waits out elections
-/// until `deadline` (the request timeout); then a retryable 503. Re-proposing after an unclear
-/// failure is safe: applying a command twice is a no-op.
+/// until `deadline` (the request timeout); then a retryable 503, nothing applied. After a
+/// failure that may have let the command commit, it is proposed again only when
+/// `safe_to_repeat` ([`ShardCommand::safe_to_repeat`]); otherwise the caller gets a `timeout` error
+/// that says the outcome is unknown, rather than a second copy committed after later writes.
 pub async fn propose_routed(
     view: &ClusterView,
     shard: ShardId,
     command: Vec<u8>,
+    safe_to_repeat: bool,
     deadline: tokio::time::Instant,
 ) -> Result<ApplyOutcome, ApiError> {
     let replicas = view.shard_map().replicas(shard).to_vec();
@@ -416,7 +426,7 @@ pub async fn propose_routed(
         if let Some(paused) = local.as_ref().filter(|replica| !replica.disk.has_room()) {
             // Alone, no other replica can take the write: say why now rather than at the deadline.
             if replicas.len() <= 1 {
-                return Err(disk_full_error(paused).into());
+                return Err(ShardError::disk_full(paused.id, &paused.disk).into());
             }
         }
         let target = hint.or_else(|| local.as_ref().and_then(|s| s.leader()));
@@ -434,6 +444,12 @@ pub async fn propose_routed(
         match attempt {
             Ok(Routed::Done(outcome)) => return Ok(outcome),
             Ok(Routed::NotLeader(new_hint)) => hint = new_hint.filter(|h| Some(*h) != target),
+            Ok(Routed::Unclear { error, .. }) if !safe_to_repeat => return Err(error),
+            Ok(Routed::Unclear { leader, error }) => {
+                // A repeat is a no-op if the first copy commits too.
+                hint = leader.filter(|h| Some(*h) != target);
+                last_error = Some(error);
+            }
             Err(e) if e.code.is_retryable() && e.code != ErrorCode::Overloaded => {
                 hint = None;
                 last_error = Some(e);
@@ -444,7 +460,7 @@ pub async fn propose_routed(
         if now + pause >= deadline {
             let mut detail = last_error.map(|e| format!(" (last error: {})", e.message)).unwrap_or_default();
             if let Some(paused) = local.as_ref().filter(|replica| !replica.disk.has_room()) {
-                detail.push_str(&format!("; this node's replica is paused: {}", disk_full_error(paused)));
+                detail.push_str(&format!("; this node's replica is paused: {}", ShardError::disk_full(paused.id, &paused.disk)));
             }
             return Err(ApiError::unavailable(format!(
                 "shard {shard} has no leader this node can reach{detail}; nothing was acknowledged, retry the same batch"
@@ -455,14 +471,13 @@ pub async fn propose_routed(
     }
 }
 
-/// Why `replica` takes no writes: its disk is below `limits.min_free_disk_bytes`.
-fn disk_full_error(replica: &Shard) -> crate::shard::ShardError {
-    crate::shard::ShardError::DiskFull {
-        shard: replica.id,
-        path: replica.disk.path().display().to_string(),
-        free_bytes: replica.disk.free_bytes().unwrap_or(0),
-        min_free_bytes: replica.disk.min_free_bytes(),
-    }
+/// An outcome nobody can know yet, as the client reads it: code `timeout` (HTTP 503).
+fn outcome_unknown(shard: ShardId, why: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        ErrorCode::Timeout,
+        format!("{why}: the write to shard {shard} may or may not be applied; read it back before writing it again (ids are idempotent, a batch may be sent again as it is)"),
+    )
+    .with_retry_after(1)
 }
 
 async fn propose_local(replica: &Shard, command: Vec<u8>, deadline: tokio::time::Instant) -> Result<Routed, ApiError> {
@@ -471,11 +486,15 @@ async fn propose_local(replica: &Shard, command: Vec<u8>, deadline: tokio::time:
         Err(ShardError::NotLeader { leader, .. }) => return Ok(Routed::NotLeader(leader)),
         Err(e) => return Err(e.into()),
     };
+    let shard = replica.id;
     match tokio::time::timeout_at(deadline, receiver).await {
-        Err(_) => Err(ApiError::new(ErrorCode::Timeout, "the write was not confirmed in time; retry the same batch (ids are idempotent)")
-            .with_retry_after(1)),
-        Ok(Err(_)) => Err(ApiError::unavailable("the shard stopped before confirming the write; retry the same batch")),
+        Err(_) => Ok(Routed::Unclear { leader: None, error: outcome_unknown(shard, "the write was not confirmed in time") }),
+        Ok(Err(_)) => Ok(Routed::Unclear { leader: None, error: outcome_unknown(shard, "the shard stopped before confirming the write") }),
+        // Refused before anything was proposed.
         Ok(Ok(Err(ShardError::NotLeader { leader, .. }))) => Ok(Routed::NotLeader(leader.or_else(|| replica.leader()))),
+        Ok(Ok(Err(lost @ ShardError::LeadershipLost { leader, .. }))) => {
+            Ok(Routed::Unclear { leader: leader.or_else(|| replica.leader()), error: lost.into() })
+        }
         Ok(Ok(Err(e))) => Err(e.into()),
         Ok(Ok(Ok(outcome))) => Ok(Routed::Done(outcome)),
     }
@@ -490,13 +509,19 @@ async fn forward_propose(
 ) -> Result<Routed, ApiError> {
     let Some(net) = &view.net else { return Ok(Routed::NotLeader(None)) };
     // One attempt never uses the whole budget: a paused or cut-off leader is replaced by an
-    // election meanwhile, and the retry (a no-op if the first one did commit) finds it.
+    // election meanwhile, and the retry (for a command safe to repeat) finds it.
     let timeout = deadline.saturating_duration_since(tokio::time::Instant::now()).min(FORWARD_ATTEMPT_TIMEOUT);
-    match net.call(node, &PeerRequest::Propose { shard, command }, timeout).await? {
-        PeerReply::Applied(outcome) => Ok(Routed::Done(outcome)),
-        PeerReply::NotLeader { leader } => Ok(Routed::NotLeader(leader)),
-        PeerReply::Error(e) => Err(e),
-        other => Err(ApiError::internal(format!("node {node} answered a write with {}", other.kind()))),
+    match net.call_write(node, &PeerRequest::Propose { shard, command }, timeout).await {
+        Ok(PeerReply::Applied(outcome)) => Ok(Routed::Done(outcome)),
+        Ok(PeerReply::NotLeader { leader }) => Ok(Routed::NotLeader(leader)),
+        // The leader's own unclear outcomes travel as `timeout` errors ([`handle_forwarded_propose`]).
+        Ok(PeerReply::Error(e)) if e.code == ErrorCode::Timeout => Ok(Routed::Unclear { leader: None, error: e }),
+        Ok(PeerReply::Error(e)) => Err(e),
+        Ok(other) => Err(ApiError::internal(format!("node {node} answered a write with {}", other.kind()))),
+        Err(WriteCallError::NotSent(e)) => Err(e),
+        Err(WriteCallError::MaybeDelivered(e)) => {
+            Ok(Routed::Unclear { leader: None, error: outcome_unknown(shard, format!("node {node} did not answer ({})", e.message)) })
+        }
     }
 }
 
@@ -510,6 +535,8 @@ pub async fn handle_forwarded_propose(view: &ClusterView, shard: ShardId, comman
     match propose_local(&replica, command, deadline).await {
         Ok(Routed::Done(outcome)) => PeerReply::Applied(outcome),
         Ok(Routed::NotLeader(leader)) => PeerReply::NotLeader { leader },
+        // Always code `timeout` (see `outcome_unknown`): the forwarding node must not take it for a refusal.
+        Ok(Routed::Unclear { error, .. }) => PeerReply::Error(ApiError { code: ErrorCode::Timeout, ..error }),
         Err(e) => PeerReply::Error(e),
     }
 }

@@ -187,6 +187,50 @@ impl ClusterNet {
     }
 }
 
+/// Why a forwarded write got no reply: whether the peer may have received it decides
+/// whether its outcome is known (nothing applied) or not.
+#[derive(Debug)]
+pub enum WriteCallError {
+    /// The request never left this node (no connection, a full queue, refused at the
+    /// handshake) or the peer refused it unread (malformed, too large, overloaded): nothing was
+    /// carried out.
+    NotSent(ApiError),
+    /// Sent, then no answer (lost connection, timeout): the peer may have carried it out.
+    MaybeDelivered(ApiError),
+}
+
+impl ClusterNet {
+    /// [`ClusterNet::call`] for a write: says whether a failed request may have been delivered.
+    pub async fn call_write(&self, peer: NodeId, request: &PeerRequest, timeout: Duration) -> Result<PeerReply, WriteCallError> {
+        if self.is_isolated_from(peer) {
+            return Err(WriteCallError::NotSent(
+                ApiError::unavailable(format!("node {peer} is unreachable (partitioned by fault injection)")).with_retry_after(1),
+            ));
+        }
+        let body = codec::encode(PEER_FORMAT, request).map_err(|e| WriteCallError::NotSent(ApiError::internal(e.to_string())))?;
+        let reply = self.transport.call(peer, body, timeout).await.map_err(|e| {
+            let maybe_delivered = matches!(
+                e,
+                TransportError::Disconnected { .. }
+                    | TransportError::Timeout { .. }
+                    | TransportError::Io { .. }
+                    | TransportError::Frame(_)
+                    | TransportError::Protocol { .. }
+                    | TransportError::Remote(WireError { code: WireError::NO_RESPONSE | WireError::INTERNAL, .. })
+            );
+            let error = transport_error(peer, e);
+            if maybe_delivered {
+                WriteCallError::MaybeDelivered(error)
+            } else {
+                WriteCallError::NotSent(error)
+            }
+        })?;
+        // An unreadable reply came from a peer that did read the request.
+        codec::decode_received(PEER_FORMAT, &reply)
+            .map_err(|e| WriteCallError::MaybeDelivered(ApiError::internal(format!("node {peer} sent an unreadable reply: {e}"))))
+    }
+}
+
 fn transport_error(peer: NodeId, error: TransportError) -> ApiError {
     match error {
         TransportError::Remote(WireError { code: WireError::BAD_REQUEST | WireError::TOO_LARGE, message }) => {

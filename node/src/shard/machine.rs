@@ -23,6 +23,8 @@ pub type ProposalReply = tokio::sync::oneshot::Sender<Result<ApplyOutcome, Shard
 pub struct Waiter {
     pub reply: ProposalReply,
     pub proposed_at: Instant,
+    /// The term the entry was proposed in: after a term change the entry may be lost.
+    pub term: u64,
 }
 
 /// Why the state machine could not apply, snapshot or restore. Only storage failures and

@@ -108,6 +108,10 @@ pub enum ShardError {
     /// This replica cannot take the write; `leader` is who it believes leads.
     #[error("this replica does not lead shard {shard} (leader: {leader:?})")]
     NotLeader { shard: ShardId, leader: Option<NodeId> },
+    /// This replica proposed the write, then stopped leading before it committed: the next
+    /// leader may commit it or drop it, and nobody here can tell which yet.
+    #[error("this replica stopped leading shard {shard} after the write was proposed (leader now: {leader:?}); it may still be applied")]
+    LeadershipLost { shard: ShardId, leader: Option<NodeId> },
     /// A bound was reached (queued proposals, strong reads, indexing lag): retry later.
     #[error("shard {shard} is busy: {reason}")]
     Busy { shard: ShardId, reason: String },
@@ -143,6 +147,19 @@ pub enum ShardError {
     Config(String),
 }
 
+impl ShardError {
+    /// Why a replica on `disk` takes no writes: its file system is below
+    /// `limits.min_free_disk_bytes`.
+    pub fn disk_full(shard: ShardId, disk: &DiskGuard) -> ShardError {
+        ShardError::DiskFull {
+            shard,
+            path: disk.path().display().to_string(),
+            free_bytes: disk.free_bytes().unwrap_or(0),
+            min_free_bytes: disk.min_free_bytes(),
+        }
+    }
+}
+
 impl From<ShardError> for ApiError {
     fn from(error: ShardError) -> ApiError {
         match &error {
@@ -150,6 +167,11 @@ impl From<ShardError> for ApiError {
                 "this node's replica does not lead shard {shard}{}; retry (ids are idempotent)",
                 leader.map(|l| format!(" (node {l} does)")).unwrap_or_default()
             )),
+            ShardError::LeadershipLost { shard, .. } => ApiError::new(
+                rushes_protocol::ErrorCode::Timeout,
+                format!("the leader of shard {shard} changed while the write was in flight: it may or may not be applied; read it back before writing it again"),
+            )
+            .with_retry_after(1),
             ShardError::Busy { reason, .. } => ApiError::overloaded(format!("{reason}; retry after the advertised delay")),
             ShardError::Failed { shard, cause } => ApiError::unavailable(format!(
                 "shard {shard} stopped on this node after a failure ({cause}); it refuses writes until it is reopened from its disk (retried automatically): see /health"

@@ -204,7 +204,7 @@ impl Handler<Propose> for RaftActor {
         }
         match self.driver.propose(tag.encode(), proposal.command) {
             Ok(()) => {
-                self.waiters.insert(id, Waiter { reply: proposal.reply, proposed_at: Instant::now() });
+                self.waiters.insert(id, Waiter { reply: proposal.reply, proposed_at: Instant::now(), term: self.driver.term() });
                 self.proposals_since_ready += 1;
                 if self.proposals_since_ready >= self.group_commit_max_requests {
                     self.run_ready(ctx);
@@ -359,12 +359,7 @@ impl RaftActor {
     }
 
     fn disk_full_error(&self) -> ShardError {
-        ShardError::DiskFull {
-            shard: self.shard,
-            path: self.disk.path().display().to_string(),
-            free_bytes: self.disk.free_bytes().unwrap_or(0),
-            min_free_bytes: self.disk.min_free_bytes(),
-        }
+        ShardError::disk_full(self.shard, &self.disk)
     }
 
     /// Stops the replica until it is reopened: see the module docs.
@@ -405,7 +400,9 @@ impl RaftActor {
     fn process_ready(&mut self, ctx: &mut Context<Self>) -> Result<(), ShardError> {
         while self.driver.has_ready() {
             let started = Instant::now();
-            let was_leader = self.driver.is_leader();
+            // What the last cycle published, not the driver's role now: a step-down happens
+            // in `step` or `tick`, before this cycle runs.
+            let (was_leader, was_term) = (self.progress.is_leader.load(Ordering::Acquire), self.progress.term.load(Ordering::Acquire));
             let mut machine = ShardMachine {
                 shard: self.shard,
                 store: &self.store,
@@ -437,12 +434,18 @@ impl RaftActor {
             self.progress.leader.store(self.driver.leader_id().unwrap_or(0), Ordering::Release);
             self.progress.term.store(self.driver.term(), Ordering::Release);
             self.progress.commit.store(self.driver.commit_index(), Ordering::Release);
-            if was_leader && !is_leader {
-                // Entries proposed here may still commit under the next leader, or be dropped:
-                // either way the client must not wait for a reply this replica cannot give.
+            let term = self.driver.term();
+            if (was_leader && !is_leader) || (term != was_term && !self.waiters.is_empty()) {
+                // Entries proposed here in an earlier term (this replica stopped leading, maybe
+                // to lead again) may still commit under another leader, or be dropped: either
+                // way the client must not wait for a reply this replica cannot give.
                 let leader = self.driver.leader_id();
-                for (_, waiter) in self.waiters.drain() {
-                    let _ = waiter.reply.send(Err(ShardError::NotLeader { shard: self.shard, leader }));
+                let stale: Vec<u64> =
+                    self.waiters.iter().filter(|(_, waiter)| !is_leader || waiter.term != term).map(|(id, _)| *id).collect();
+                for id in stale {
+                    if let Some(waiter) = self.waiters.remove(&id) {
+                        let _ = waiter.reply.send(Err(ShardError::LeadershipLost { shard: self.shard, leader }));
+                    }
                 }
             }
             for (context, index) in outcome.read_states {

@@ -23,6 +23,9 @@ use crate::node::Node;
 pub const RECOVERY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest pause between two attempts to reopen one replica.
 pub const RECOVERY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A reopened replica that fails again within this long keeps its back-off: a replica that
+/// opens but fails at once (its disk fills again) is not closed and reopened every 2 s.
+pub const RECOVERY_STABLE_AFTER: Duration = Duration::from_secs(60);
 
 /// A replica closed after a failure, waiting to be opened again.
 struct Closed {
@@ -35,16 +38,21 @@ struct Closed {
 /// Reopens failed replicas until the node stops.
 pub async fn run(node: std::sync::Weak<Node>) {
     let mut closed: std::collections::BTreeMap<u32, Closed> = std::collections::BTreeMap::new();
+    // Replicas reopened lately: when, and the back-off count they carry if they fail again.
+    let mut reopened: std::collections::BTreeMap<u32, Reopened> = std::collections::BTreeMap::new();
     let mut ticker = tokio::time::interval(RECOVERY_CHECK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let Some(node) = node.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        reopened.retain(|_, r| now.duration_since(r.at) < RECOVERY_STABLE_AFTER);
         for replica in node.shards() {
             let Some(cause) = replica.progress.failure() else { continue };
             let shard = replica.id;
-            tracing::warn!(shard, %cause, "closing a replica that stopped on a failure, to open it again from its disk");
-            closed.insert(shard, Closed { voters: replica.voters.clone(), cause, failures: 0, not_before: tokio::time::Instant::now() });
+            let (failures, not_before) = first_attempt(reopened.remove(&shard), now);
+            tracing::warn!(shard, %cause, retry_in_ms = not_before.duration_since(now).as_millis() as u64, "closing a replica that stopped on a failure, to open it again from its disk");
+            closed.insert(shard, Closed { voters: replica.voters.clone(), cause, failures, not_before });
             close(&node, replica).await;
         }
         let now = tokio::time::Instant::now();
@@ -60,6 +68,7 @@ pub async fn run(node: std::sync::Weak<Node>) {
             match open(&node, shard, entry.voters.clone()).await {
                 Ok(()) => {
                     tracing::warn!(shard, cause = %entry.cause, "reopened a replica that had stopped on a failure; it catches up from its group");
+                    reopened.insert(shard, Reopened { at: now, failures: entry.failures.saturating_add(1) });
                     closed.remove(&shard);
                 }
                 Err(error) => {
@@ -70,6 +79,22 @@ pub async fn run(node: std::sync::Weak<Node>) {
                 }
             }
         }
+    }
+}
+
+/// A replica reopened at `at`, and the failures it counts if it fails again soon.
+#[derive(Debug, Clone, Copy)]
+struct Reopened {
+    at: tokio::time::Instant,
+    failures: u32,
+}
+
+/// The failure count and first reopen time of a replica found failed at `now`: at once after
+/// a first failure, after the back-off it had reached if it was reopened lately.
+fn first_attempt(lately: Option<Reopened>, now: tokio::time::Instant) -> (u32, tokio::time::Instant) {
+    match lately.filter(|r| now.duration_since(r.at) < RECOVERY_STABLE_AFTER) {
+        Some(r) => (r.failures, now + backoff(r.failures)),
+        None => (0, now),
     }
 }
 
@@ -121,5 +146,15 @@ mod tests {
         assert_eq!(backoff(4), Duration::from_secs(8));
         assert_eq!(backoff(6), Duration::from_secs(30));
         assert_eq!(backoff(60), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_replica_that_fails_again_soon_after_reopening_keeps_its_back_off() {
+        let now = tokio::time::Instant::now();
+        assert_eq!(first_attempt(None, now), (0, now), "a first failure is reopened at once");
+        let lately = Reopened { at: now - Duration::from_secs(5), failures: 3 };
+        assert_eq!(first_attempt(Some(lately), now), (3, now + Duration::from_secs(4)));
+        let long_ago = Reopened { at: now - RECOVERY_STABLE_AFTER, failures: 3 };
+        assert_eq!(first_attempt(Some(long_ago), now), (0, now), "a replica that ran a while starts over");
     }
 }
