@@ -672,6 +672,16 @@ fn sequences_co_occurrence_explain_and_suggest() {
     let reply = h.search("the explained query", json!({"q": "Jooey in the kitchn season 2"}));
     h.check_eq("Jooey in the kitchn season 2: assets", ids(&reply), vec!["joey-s2".to_string()]);
     h.check_eq("Jooey in the kitchn season 2: clip", clips(&reply, "joey-s2"), vec![(5000, 15000)]);
+    // The reply carries what `q` became, as explain shows it: "did you mean" needs no second request.
+    h.check_eq("search reply: understanding", reply["understanding"].clone(), plan["understanding"].clone());
+    h.check_eq("search reply: understanding.kind", reply["understanding"]["kind"].clone(), json!("label"));
+    let reply = h.search("a co-occurrence's kind", json!({"q": "Alice while Bob"}));
+    h.check_eq(
+        "Alice while Bob: understanding.kind (snake_case as documented)",
+        reply["understanding"]["kind"].clone(),
+        json!("co_occurrence"),
+    );
+    h.check(reply.get("warnings").is_none(), || format!("no warnings without a failure: {reply}"));
     let (status, reply) =
         h.call("POST", "/v1/search/explain", "application/json", json!({"q": "\"we were on a break\" Joey"}).to_string().as_bytes());
     h.check_eq("explain (quoted) status", status, 200);
@@ -1049,4 +1059,25 @@ fn filtered_and_exact_vector_search_match_brute_force() {
         h.check(wrong.is_empty(), || format!("exact {metric}, k = 1..=8 against brute force: {}", wrong.join("; ")));
     }
     h.finish();
+}
+
+/// With an embedder configured that cannot be reached, `q`'s free words still search the
+/// dialogue, and the reply says the embedder failed (`warnings`) instead of hiding it.
+#[test]
+fn an_embedder_failure_is_a_warning_in_the_search_reply_and_the_words_still_search_the_dialogue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Port 9 (discard) has no listener here: the connection is refused at once.
+    let node = TestNode::start(dir.path(), &["--set", "embedder.url=http://127.0.0.1:9/v1/embeddings"]);
+    let client = node.client();
+    let line = json!({
+        "id": "line-1", "asset_id": "brk", "model": "asr", "model_version": "1", "track": "dialogue",
+        "start_ms": 1000, "end_ms": 3000, "text": "we were on a break", "language": "en"
+    });
+    client.post_ndjson_retrying(line.to_string().as_bytes(), 20).expect("ingest");
+    node.wait_searchable(std::time::Duration::from_secs(30));
+    let reply = client.send("POST", "/v1/search", "application/json", json!({"q": "break"}).to_string().as_bytes()).expect("search");
+    let reply: Value = serde_json::from_str(&reply).expect("JSON reply");
+    assert_eq!(reply["assets"][0]["asset_id"], "brk", "the words searched the dialogue: {reply}");
+    let warnings = reply["warnings"].to_string();
+    assert!(warnings.contains("embedder failed"), "the reply names the embedder's failure: {reply}");
 }

@@ -351,6 +351,14 @@ pub struct SearchResponse {
     /// With `group_by` season or series: the page's assets grouped, best group first.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub groups: Option<Vec<AssetGroup>>,
+    /// With `q`: what the query became (as `plan.understanding` of `/v1/search/explain`), so a
+    /// client shows "did you mean" and the parsed parts without a second request.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub understanding: Option<serde_json::Value>,
+    /// What did not go as asked but did not fail the search (the embedder failed, so the
+    /// words searched the dialogue only; ...), in words for people.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -44,7 +44,9 @@ pub struct ExtractedFilters {
     pub to_ms: Option<u64>,
 }
 
+/// Serialized as docs/search.md names the kinds (`label`, `co_occurrence`, ...).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum QueryKind {
     Label,
     Dialogue,
@@ -1688,7 +1690,7 @@ mod tests {
     #[test]
     fn serializes_with_a_type_tag() {
         let json = serde_json::to_value(run("Rachel then Jooey")).unwrap_or_default();
-        assert_eq!(json["kind"], "Sequence");
+        assert_eq!(json["kind"], "sequence");
         assert_eq!(json["root"]["type"], "sequence");
         assert_eq!(json["root"]["first"]["type"], "label");
         assert_eq!(json["root"]["then"]["edits"], 1);

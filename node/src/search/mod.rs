@@ -931,7 +931,8 @@ pub fn merge(mut assets: Vec<AssetHits>, totals: (usize, usize), plan: &Plan, sh
             Some(groups)
         }
     };
-    SearchResponse { took_ms, shards, total_assets, assets, next_cursor, groups }
+    let understanding = plan.understanding.as_ref().and_then(|understood| serde_json::to_value(understood).ok());
+    SearchResponse { took_ms, shards, total_assets, assets, next_cursor, groups, understanding, warnings: plan.warnings.clone() }
 }
 
 /// Vector key of an annotation (re-exported for tests of the exact path).
