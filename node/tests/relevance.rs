@@ -2,7 +2,9 @@
 //! type an editor types (names, names in places, places by meaning, objects, quoted and
 //! misremembered lines, typos, as-you-type prefixes, sequences, co-occurrence, filters, phrase
 //! slop, fuzzy dialogue), and score the returned seconds against the generator's ground truth,
-//! never against our own output. The table goes to stdout and to `docs/relevance.md`.
+//! never against our own output. The table goes to stdout and to `target/tmp/relevance.md`;
+//! `REFRESH_DOCS=1 cargo test --release -p rushes-node --test relevance` also copies it into
+//! `docs/relevance.md`.
 //!
 //! Scoring, per query, over one-second buckets and per asset:
 //! - returned seconds: the union of the returned clips' spans;
@@ -804,8 +806,8 @@ fn relevance_against_ground_truth() {
     let _ = writeln!(doc);
     let _ = writeln!(
         doc,
-        "Produced by `cargo test --release -p rushes-node --test relevance -- --nocapture` (node/tests/relevance.rs), which \
-         overwrites this file: a generated season (seed {SEED}, {HOURS} hours asked, {episodes} episodes = {hours:.1} h) is \
+        "Produced by `REFRESH_DOCS=1 cargo test --release -p rushes-node --test relevance` (node/tests/relevance.rs; \
+         without `REFRESH_DOCS` the report goes to `target/tmp/relevance.md` only): a generated season (seed {SEED}, {HOURS} hours asked, {episodes} episodes = {hours:.1} h) is \
          ingested into a real node over HTTP with the offline demo embedder (`--set embedder.url=demo`), and every query's \
          returned seconds are scored against the generator's ground truth."
     );
@@ -851,8 +853,16 @@ fn relevance_against_ground_truth() {
     doc.push_str(&table(&rows));
     println!("{doc}");
     println!("loaded in {loaded:?}, {} queries in {searched:?}", rows.len());
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/relevance.md");
-    std::fs::write(&path, &doc).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    // Tests never write the source tree: the report goes under target/, and docs/relevance.md
+    // is refreshed from it only when asked (`REFRESH_DOCS=1`, see the module docs).
+    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join("relevance.md");
+    std::fs::write(&report, &doc).unwrap_or_else(|e| panic!("write {}: {e}", report.display()));
+    println!("report written to {}", report.display());
+    if std::env::var("REFRESH_DOCS").is_ok_and(|v| v == "1") {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/relevance.md");
+        std::fs::write(&path, &doc).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        println!("docs refreshed: {}", path.display());
+    }
 
     assert!(failures.is_empty(), "{} queries below their floor:\n{}", failures.len(), failures.join("\n\n"));
 }
