@@ -614,6 +614,8 @@ if (typeof module !== 'undefined' && module.exports) module.exports = RushesPure
     selection: new Map(),
     seriesSeen: new Set(),
     searchSeq: 0,
+    /** Searches finished (shown, failed, or the intro for an empty query): tests wait on it. */
+    searchesDone: 0,
     searchAbort: null,
     apiKey: null,
     keyWaiters: null,
@@ -858,6 +860,10 @@ if (typeof module !== 'undefined' && module.exports) module.exports = RushesPure
     if (!state.q.trim()) {
       app.response = null;
       renderIntro();
+      app.searchSeq++;  // a search still in flight is aborted and must not draw over the intro
+      document.body.classList.remove('busy');
+      $('#results').removeAttribute('aria-busy');
+      app.searchesDone++;
       return;
     }
     const seq = ++app.searchSeq;
@@ -894,6 +900,7 @@ if (typeof module !== 'undefined' && module.exports) module.exports = RushesPure
       if (seq === app.searchSeq) {
         document.body.classList.remove('busy');
         $('#results').removeAttribute('aria-busy');
+        app.searchesDone++;
       }
     }
   }
