@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One model output as received on `POST /v1/annotations` (its known fields).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Annotation {
     pub id: String,
@@ -30,7 +30,7 @@ pub struct Annotation {
 }
 
 /// `PUT /v1/assets/{asset_id}` body.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssetRecord {
     #[serde(default)]
@@ -47,7 +47,7 @@ pub struct AssetRecord {
     pub fps: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IngestReply {
     /// Annotations in the batch (after removing exact duplicates inside the batch).
     pub accepted: usize,
@@ -57,7 +57,7 @@ pub struct IngestReply {
     pub took_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SearchMode {
     #[default]
@@ -65,7 +65,7 @@ pub enum SearchMode {
     Union,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
     /// Serve what the replica has indexed.
@@ -77,7 +77,7 @@ pub enum Consistency {
 
 /// A structured search clause. Leaves match seconds (`label`, `dialogue`, `phrase`, `vector`);
 /// `while`, `any` and `sequence` combine other clauses (nested at most [`MAX_CLAUSE_DEPTH`] deep).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Clause {
     /// An exact label on a track (`track` omitted: any track).
@@ -147,13 +147,22 @@ pub enum Clause {
         weight: Option<f64>,
     },
     /// Seconds where all of `clauses` hold at once ("A while B").
-    While { clauses: Vec<Clause> },
+    While {
+        // A reference to this schema, not its expansion: clauses nest.
+        #[schema(no_recursion)]
+        clauses: Vec<Clause>,
+    },
     /// Seconds where any of `clauses` holds.
-    Any { clauses: Vec<Clause> },
+    Any {
+        #[schema(no_recursion)]
+        clauses: Vec<Clause>,
+    },
     /// "`first` then `then` within `within_ms`": `then` starts after `first` starts, at most
     /// `within_ms` (default 30000) after `first` ends; the clip spans both.
     Sequence {
+        #[schema(no_recursion)]
         first: Box<Clause>,
+        #[schema(no_recursion)]
         then: Box<Clause>,
         #[serde(default)]
         within_ms: Option<u64>,
@@ -164,14 +173,14 @@ pub enum Clause {
 pub const MAX_CLAUSE_DEPTH: usize = 4;
 
 /// Edit distance for fuzzy word matching: `"auto"` or a number of edits (0 to 2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Fuzziness {
     Edits(u32),
     Named(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VectorMetricName {
     Cosine,
@@ -180,7 +189,7 @@ pub enum VectorMetricName {
 }
 
 /// How per-clause scores become one score per second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FusionMethod {
     /// Each clause's scores min-max normalized over all hits (into [0.1, 1]), times its weight, summed.
@@ -189,7 +198,7 @@ pub enum FusionMethod {
     Rrf,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FusionOptions {
     #[serde(default)]
@@ -200,7 +209,7 @@ pub struct FusionOptions {
     pub rank_window: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
     #[default]
@@ -209,14 +218,14 @@ pub enum GroupBy {
     Series,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BoolOperator {
     And,
     Or,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filters {
     #[serde(default)]
@@ -234,7 +243,7 @@ pub struct Filters {
 }
 
 /// `POST /v1/search` body.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     #[serde(default)]
@@ -285,7 +294,7 @@ pub struct SearchRequest {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShardCounts {
     pub total: usize,
     /// Shards that answered, including those skipped.
@@ -297,7 +306,7 @@ pub struct ShardCounts {
 }
 
 /// The evidence for one clip: an annotation that satisfied a clause.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Match {
     pub track: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -315,7 +324,7 @@ pub struct Match {
     pub highlights: Vec<[usize; 2]>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Clip {
     pub start_ms: u64,
     pub end_ms: u64,
@@ -323,7 +332,7 @@ pub struct Clip {
     pub matches: Vec<Match>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssetHits {
     pub asset_id: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -338,7 +347,7 @@ pub struct AssetHits {
     pub clips: Vec<Clip>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     pub took_ms: u64,
     pub shards: ShardCounts,
@@ -354,6 +363,7 @@ pub struct SearchResponse {
     /// With `q`: what the query became (as `plan.understanding` of `/v1/search/explain`), so a
     /// client shows "did you mean" and the parsed parts without a second request.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<Object>)]
     pub understanding: Option<serde_json::Value>,
     /// What did not go as asked but did not fail the search (the embedder failed, so the
     /// words searched the dialogue only; ...), in words for people.
@@ -361,7 +371,7 @@ pub struct SearchResponse {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssetGroup {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub series: Option<String>,
@@ -372,7 +382,7 @@ pub struct AssetGroup {
 }
 
 /// One annotation inside a fused bucket, as shown by `GET /v1/assets/{id}/buckets`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BucketAnnotationView {
     pub annotation_id: String,
     pub track: String,
@@ -387,13 +397,13 @@ pub struct BucketAnnotationView {
     pub coverage: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BucketView {
     pub second: u64,
     pub annotations: Vec<BucketAnnotationView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BucketsReply {
     pub asset_id: String,
     pub bucket_ms: u64,

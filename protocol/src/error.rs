@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The stable error codes. Their snake_case names are part of the API contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The body is not well-formed JSON / NDJSON, or not UTF-8.
@@ -136,24 +136,46 @@ impl ApiError {
 
     /// The JSON body documented in API.md.
     pub fn to_body(&self) -> serde_json::Value {
-        let mut error = serde_json::json!({
-            "code": self.code.as_str(),
-            "message": self.message,
-        });
-        if let Some(item) = self.item {
-            error["item"] = serde_json::json!(item);
-        }
-        if let Some(field) = &self.field {
-            error["field"] = serde_json::json!(field);
-        }
-        if let Some(retry) = self.retry_after_s {
-            error["retry_after_s"] = serde_json::json!(retry);
-        }
-        if let Some(committed) = &self.committed_items {
-            error["committed_items"] = serde_json::json!(committed);
-        }
-        serde_json::json!({ "error": error })
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+                item: self.item,
+                field: self.field.clone(),
+                retry_after_s: self.retry_after_s,
+                committed_items: self.committed_items.clone(),
+            },
+        };
+        serde_json::to_value(body)
+            .unwrap_or_else(|_| serde_json::json!({ "error": { "code": "internal", "message": "unserializable error" } }))
     }
+}
+
+/// Every HTTP error reply: `{"error": {...}}`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "invalid_field", "message": "filters.to_ms must be greater than filters.from_ms", "field": "filters.to_ms"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, where, and whether and when to retry.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// In words for people: what went wrong and how to fix it.
+    pub message: String,
+    /// Index of the offending annotation in a batch (for NDJSON, among non-empty lines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
+    /// The offending field, as a dotted path (`clauses[0].vector`, `filters.to_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For retryable errors: seconds to wait (also the `Retry-After` header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u32>,
+    /// A batch stored in part: the positions of the annotations that are stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub committed_items: Option<Vec<usize>>,
 }
 
 #[cfg(test)]

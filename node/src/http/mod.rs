@@ -2,6 +2,7 @@
 //! work is heavy, call the node, and map every error to the documented JSON body.
 
 pub mod auth;
+mod openapi;
 mod page;
 pub mod ready;
 
@@ -160,7 +161,8 @@ async fn post_annotations(request: HttpRequest, payload: web::Payload) -> HttpRe
     Ok(HttpResponse::Ok().json(reply))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SubtitleParams {
     language: String,
@@ -253,7 +255,8 @@ async fn get_raw_annotation(request: HttpRequest) -> HttpResult {
     read_reply(node.read_asset(AssetRead::RawAnnotation { asset_id, annotation_id }, strong).await?)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReadQuery {
     consistency: Option<rushes_protocol::Consistency>,
 }
@@ -305,7 +308,8 @@ fn deleted_count(outcome: &rushes_protocol::peer::ApplyOutcome) -> usize {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ExportQuery {
     asset_id: Option<String>,
@@ -357,7 +361,8 @@ async fn get_export(request: HttpRequest) -> HttpResult {
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     after: u64,
@@ -414,7 +419,7 @@ async fn get_cluster_map(request: HttpRequest) -> HttpResult {
     Ok(HttpResponse::Ok().json(&*map))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddNodeRequest {
     id: u64,
@@ -445,7 +450,7 @@ async fn post_drain_node(request: HttpRequest) -> HttpResult {
     Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "queued_moves": queued })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplaceRequest {
     with: u64,
@@ -468,7 +473,7 @@ async fn delete_cluster_node(request: HttpRequest) -> HttpResult {
     Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "removed": id })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MoveRequest {
     shard: u32,
@@ -484,7 +489,7 @@ async fn post_cluster_move(request: HttpRequest, payload: web::Payload) -> HttpR
     Ok(HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch, "queued_moves": queued })))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RebalanceRequest {
     max_concurrent_moves: Option<usize>,
@@ -516,7 +521,8 @@ async fn small_json<T: DeserializeOwned>(request: &HttpRequest, payload: web::Pa
     serde_json::from_slice(bytes).map_err(|e| HttpError(ApiError::new(rushes_protocol::ErrorCode::InvalidJson, format!("body: {e}"))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RangeQuery {
     from_ms: Option<u64>,
@@ -561,7 +567,8 @@ async fn post_explain(request: HttpRequest, payload: web::Payload) -> HttpResult
     Ok(HttpResponse::Ok().json(serde_json::json!({ "plan": plan, "shards": node.shards().len() })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SuggestQuery {
     q: String,
@@ -587,7 +594,8 @@ async fn get_suggest(request: HttpRequest) -> HttpResult {
     Ok(HttpResponse::Ok().json(serde_json::json!({ "q": params.q, "completions": suggestions.completions, "moments": moments })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ClusterParams {
     /// Adds a hash of each local replica's raw store (reads the whole store).
@@ -605,7 +613,7 @@ async fn get_cluster(request: HttpRequest) -> HttpResult {
 /// Fault injection is off unless the node was started with this variable set to 1.
 pub const FAULT_INJECTION_ENV: &str = "RUSHES_FAULT_INJECTION";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PartitionRequest {
     isolate_from: Vec<u64>,
@@ -643,7 +651,7 @@ async fn post_partition(request: HttpRequest, payload: web::Payload) -> HttpResu
     Ok(HttpResponse::Ok().json(serde_json::json!({ "isolated_from": net.isolated() })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ActorFaultRequest {
     shard: u32,
@@ -726,6 +734,20 @@ async fn ready(request: HttpRequest) -> HttpResult {
     }
 }
 
+/// `GET /openapi.json`: the API as OpenAPI 3.1 ([`openapi`]). Open, as the page is: it
+/// describes the API, not the data.
+async fn openapi_json() -> HttpResult {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = match DOCUMENT.get() {
+        Some(body) => body.clone(),
+        None => {
+            let body = openapi::document().to_json().map_err(|e| HttpError(ApiError::internal(format!("OpenAPI document: {e}"))))?;
+            DOCUMENT.get_or_init(|| body).clone()
+        }
+    };
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
+}
+
 async fn metrics(request: HttpRequest) -> HttpResult {
     let node = authorized(&request, Scope::Read)?;
     node.refresh_gauges();
@@ -752,6 +774,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/").route(web::get().to(page::index)))
         .service(resource("/ui/app.js").route(web::get().to(page::script)))
         .service(resource("/ui/app.css").route(web::get().to(page::style)))
+        .service(resource("/openapi.json").route(web::get().to(openapi_json)))
         .service(resource("/health").route(web::get().to(health)))
         .service(resource("/ready").route(web::get().to(ready)))
         .service(resource("/metrics").route(web::get().to(metrics)))

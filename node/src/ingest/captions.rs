@@ -62,7 +62,7 @@ pub fn cue_annotations(parsed: &ParsedSubtitles, asset_id: &str, language: &str,
         .collect()
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SubtitleImportReply {
     pub asset_id: String,
     pub language: String,
