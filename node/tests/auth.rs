@@ -91,7 +91,7 @@ fn every_endpoint_needs_its_scope_and_health_stays_open() {
     }
     // Liveness, readiness and the search page (which asks for a key, then sends it with its
     // own API requests) need none; they say nothing about the data.
-    for open in ["/health", "/ready", "/", "/ui/app.js", "/ui/app.css"] {
+    for open in ["/health", "/ready", "/openapi.json", "/", "/ui/app.js", "/ui/app.css"] {
         assert_eq!(status_of(node.anonymous_client().get(open)).0, 200, "{open} needs no key");
     }
 }
