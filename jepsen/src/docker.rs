@@ -104,6 +104,69 @@ pub fn ensure_image(binary: &Path) -> Result<String, DockerError> {
     if docker(&["image", "inspect", "--format", "{{.Id}}", &tag]).is_ok() {
         return Ok(tag);
     }
+    import_image(binary, &tag, &format!("{LABEL}=image"))?;
+    Ok(tag)
+}
+
+/// Label of the images [`ensure_named_image`] builds; its value is the hash part of
+/// [`image_tag`], so an unchanged binary reuses the image.
+pub const NAMED_IMAGE_LABEL: &str = "rushes-image";
+
+/// Builds (or finds) the image of `binary` under a stable name such as `rushes:local`, the one
+/// a deployment refers to (deploy/compose.yaml). The file system is [`ensure_image`]'s, but the
+/// image is labelled [`NAMED_IMAGE_LABEL`]`=<hash>` instead of [`LABEL`]: containers inherit
+/// their image's labels, and the suite removes whatever carries its label
+/// (`rushes-jepsen clean`), so a deployment's containers must not. When the name moves to a new
+/// binary, the image it named before is removed if it was built here and no container uses it.
+/// Returns the binary's hash (as in [`image_tag`]) and whether an image was imported (false:
+/// the name already held this binary).
+pub fn ensure_named_image(binary: &Path, name: &str) -> Result<(String, bool), DockerError> {
+    check_image_name(name)?;
+    let tag = image_tag(binary)?;
+    let hash = tag.rsplit(':').next().unwrap_or_default().to_string();
+    let label_format = format!("{{{{index .Config.Labels \"{NAMED_IMAGE_LABEL}\"}}}}|{{{{.Id}}}}");
+    let previous = docker(&["image", "inspect", "--format", &label_format, name]).ok();
+    let previous = previous.as_deref().map(str::trim).and_then(|p| p.split_once('|')).map(|(l, id)| (l.to_string(), id.to_string()));
+    if previous.as_ref().is_some_and(|(label, _)| *label == hash) {
+        return Ok((hash, false));
+    }
+    import_image(binary, name, &format!("{NAMED_IMAGE_LABEL}={hash}"))?;
+    if let Some((label, id)) = previous {
+        if !label.is_empty() && label != "<no value>" {
+            // Fails while a container still uses it; it stays then, untagged.
+            let _ = docker(&["image", "rm", &id]);
+        }
+    }
+    Ok((hash, true))
+}
+
+/// A `repository[:tag]` Docker accepts: lower-case letters, digits and `._-/` in the
+/// repository, letters, digits and `._-` in the tag (at most 128).
+fn check_image_name(name: &str) -> Result<(), DockerError> {
+    let (repository, tag) = match name.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => (repository, Some(tag)),
+        _ => (name, None),
+    };
+    let repository_ok = !repository.is_empty()
+        && repository.len() <= 255
+        && repository.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/'))
+        && repository.starts_with(|c: char| c.is_ascii_alphanumeric());
+    let tag_ok = match tag {
+        None => true,
+        Some(t) => !t.is_empty() && t.len() <= 128 && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+    };
+    if repository_ok && tag_ok {
+        Ok(())
+    } else {
+        Err(DockerError::Other(format!(
+            "{name:?} is not an image name: give repository[:tag] such as rushes:local (lower-case letters, digits, '.', '_', '-', '/'; the tag also upper-case, at most 128)"
+        )))
+    }
+}
+
+/// Imports the file system [`ensure_image`] describes as image `tag`, labelled `label`
+/// (`key=value`).
+fn import_image(binary: &Path, tag: &str, label: &str) -> Result<(), DockerError> {
     let root = tempfile::tempdir().map_err(|e| DockerError::Other(format!("temporary directory: {e}")))?;
     let copy = |from: &Path, to: &Path| -> Result<(), DockerError> {
         if let Some(parent) = to.parent() {
@@ -127,9 +190,9 @@ pub fn ensure_image(binary: &Path) -> Result<String, DockerError> {
         .spawn()
         .map_err(|source| DockerError::Spawn { command: "tar".into(), source })?;
     let Some(tar_out) = tar.stdout else { return Err(DockerError::Other("tar has no stdout".into())) };
-    let label = format!("LABEL {LABEL}=image");
+    let label = format!("LABEL {label}");
     let output = Command::new("docker")
-        .args(["import", "--change", r#"ENTRYPOINT ["/rushes"]"#, "--change", &label, "--change", "WORKDIR /data", "-", &tag])
+        .args(["import", "--change", r#"ENTRYPOINT ["/rushes"]"#, "--change", &label, "--change", "WORKDIR /data", "-", tag])
         .stdin(Stdio::from(tar_out))
         .output()
         .map_err(|source| DockerError::Spawn { command: "docker import".into(), source })?;
@@ -140,7 +203,7 @@ pub fn ensure_image(binary: &Path) -> Result<String, DockerError> {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         });
     }
-    Ok(tag)
+    Ok(())
 }
 
 /// Removes what runs left behind whose process is gone (a run id starts with its process id),
@@ -610,6 +673,16 @@ mod tests {
         let libraries = linked_libraries(Path::new("/bin/ls")).expect("ldd /bin/ls");
         assert!(libraries.iter().any(|l| l.to_string_lossy().contains("ld-linux")), "{libraries:?}");
         assert!(libraries.iter().all(|l| l.is_absolute()), "{libraries:?}");
+    }
+
+    #[test]
+    fn named_images_are_checked() {
+        for good in ["rushes:local", "rushes", "example.com/team/rushes:v1.2_3", "rushes-node:Local"] {
+            assert!(check_image_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Rushes:local", "rushes:", "rushes:a/b", "rushes local", "-rushes", ":local", "rushes:lo cal"] {
+            assert!(check_image_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!     --nemesis partition,kill,pause --time-limit 120 --seed 7
 //! cargo run --release -p rushes-jepsen -- matrix          # every workload × nemesis (docs/jepsen.md)
 //! cargo run --release -p rushes-jepsen -- image           # build the node image only
+//! cargo run --release -p rushes-jepsen -- image --tag rushes:local  # the image deploy/ runs
 //! cargo run --release -p rushes-jepsen -- clean           # remove whatever a killed run left
 //! ```
 //!
@@ -55,10 +56,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Builds the node image from the release binary (cached by the binary's hash).
+    /// Builds the node image from the release binary (cached by the binary's hash) and prints
+    /// its tag.
     Image {
         #[arg(long)]
         bin: Option<PathBuf>,
+        /// Build it under this stable name instead (e.g. `rushes:local`, which deploy/compose.yaml
+        /// runs), without the suite's label, so `rushes-jepsen clean` never touches containers
+        /// started from it; rebuilt only when the binary changed. Prints the name.
+        #[arg(long, value_name = "NAME")]
+        tag: Option<String>,
     },
     /// Removes every container and network runs left behind.
     Clean {
@@ -126,7 +133,7 @@ fn fresh_seed() -> u64 {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Image { bin } => match rushes_jepsen::docker::ensure_image(&binary(&bin)) {
+        Command::Image { bin, tag: None } => match rushes_jepsen::docker::ensure_image(&binary(&bin)) {
             Ok(tag) => {
                 println!("{tag}");
                 0
@@ -136,6 +143,21 @@ fn main() {
                 3
             }
         },
+        Command::Image { bin, tag: Some(name) } => {
+            let binary = binary(&bin);
+            match rushes_jepsen::docker::ensure_named_image(&binary, &name) {
+                Ok((hash, imported)) => {
+                    let what = if imported { "built" } else { "unchanged" };
+                    eprintln!("image {name} {what}: {} (sha256 {hash}...)", binary.display());
+                    println!("{name}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    3
+                }
+            }
+        }
         Command::Clean { abandoned } => {
             match if abandoned { rushes_jepsen::docker::remove_abandoned() } else { rushes_jepsen::docker::remove_labelled(None) } {
                 Ok(removed) => {
