@@ -219,14 +219,18 @@ impl Config {
             quoted(&embedder.url),
             &format!(
                 "\"\" for no embedder; \"{demo}\" for the built-in offline embedder that knows the generated demo season's words;\n\
+                 # its place vectors depend on the season's seed: \"{demo}\" is seed {seed}, \"{demo}:SEED\" the season of\n\
+                 # `rushes gen --seed SEED` (`rushes demo --seed SEED` sets it);\n\
                  # otherwise the endpoint of an OpenAI-compatible embeddings API, sent POST {{\"model\": ..., \"input\": [texts]}}\n\
                  # and expected to answer {{\"data\": [{{\"embedding\": [...], \"index\": 0}}, ...]}}.",
-                demo = EmbedderConfig::DEMO_URL
+                demo = EmbedderConfig::DEMO_URL,
+                seed = EmbedderConfig::DEFAULT_DEMO_SEED
             ),
             &format!(
-                "\"\", \"{}\", or an http:// or https:// URL such as \"http://127.0.0.1:8080/v1/embeddings\", \
-                 at most {EMBEDDER_URL_MAX_BYTES} bytes",
-                EmbedderConfig::DEMO_URL
+                "\"\", \"{demo}\", \"{demo}:SEED\" (SEED in 0..={}), or an http:// or https:// URL such as \
+                 \"http://127.0.0.1:8080/v1/embeddings\", at most {EMBEDDER_URL_MAX_BYTES} bytes",
+                i64::MAX,
+                demo = EmbedderConfig::DEMO_URL
             ),
         );
         example.key(

@@ -379,8 +379,9 @@ impl Quantization {
 #[serde(default, deny_unknown_fields)]
 pub struct EmbedderConfig {
     /// `""` (no embedder), [`EmbedderConfig::DEMO_URL`] (the built-in offline embedder for the
-    /// generated demo season), or the `http://` / `https://` URL of an endpoint speaking the
-    /// OpenAI-compatible `POST /v1/embeddings` JSON format.
+    /// generated demo season of seed 42), `"demo:SEED"` (the same for the season generated with
+    /// another seed: [`EmbedderConfig::demo_url`]), or the `http://` / `https://` URL of an
+    /// endpoint speaking the OpenAI-compatible `POST /v1/embeddings` JSON format.
     pub url: String,
     /// Sent as `model` in the request body; omitted when empty.
     pub model: String,
@@ -404,20 +405,52 @@ pub struct EmbedderConfig {
 impl EmbedderConfig {
     /// The `url` that selects the built-in offline demo embedder.
     pub const DEMO_URL: &'static str = "demo";
+    /// The seed of the season [`EmbedderConfig::DEMO_URL`] alone stands for: the default of
+    /// `rushes gen --seed` and `rushes demo --seed`.
+    pub const DEFAULT_DEMO_SEED: u64 = 42;
 
     /// Whether an embedder is configured at all.
     pub fn is_enabled(&self) -> bool {
         !self.url.is_empty()
     }
 
-    /// Whether `url` selects the built-in demo embedder.
+    /// Whether `url` selects the built-in demo embedder (`"demo"` or `"demo:SEED"`).
     pub fn is_demo(&self) -> bool {
-        self.url == Self::DEMO_URL
+        demo_url_seed(&self.url).is_some()
+    }
+
+    /// With the demo embedder: the seed of the generated season it matches, when `url` names
+    /// one (`"demo:SEED"`); `None` for plain `"demo"` and for other embedders.
+    pub fn demo_seed(&self) -> Option<u64> {
+        demo_url_seed(&self.url).flatten()
+    }
+
+    /// The `url` of the demo embedder for the season generated with `seed`: `"demo"` for the
+    /// default seed, `"demo:SEED"` otherwise.
+    pub fn demo_url(seed: u64) -> String {
+        if seed == Self::DEFAULT_DEMO_SEED {
+            Self::DEMO_URL.to_string()
+        } else {
+            format!("{}:{seed}", Self::DEMO_URL)
+        }
     }
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+}
+
+/// `Some(None)` for `"demo"`, `Some(Some(seed))` for `"demo:SEED"` (decimal digits, at most
+/// what a TOML integer holds, like every seed the CLI takes), `None` for anything else.
+pub(crate) fn demo_url_seed(url: &str) -> Option<Option<u64>> {
+    if url == EmbedderConfig::DEMO_URL {
+        return Some(None);
+    }
+    let digits = url.strip_prefix(EmbedderConfig::DEMO_URL)?.strip_prefix(':')?;
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok().filter(|&seed| seed <= i64::MAX as u64).map(Some)
 }
 
 impl Default for EmbedderConfig {

@@ -214,11 +214,12 @@ fn is_host_and_port(address: &str) -> bool {
     port_is_valid && host_is_valid
 }
 
-/// `""`, the demo marker, or an http(s) URL with something after the scheme. Whitespace and
-/// control characters are refused because they cannot be part of a URL and usually mean a
-/// pasting mistake; everything else (host, port, path) is left to the HTTP client to judge.
+/// `""`, the demo marker (`"demo"`, `"demo:SEED"`), or an http(s) URL with something after the
+/// scheme. Whitespace and control characters are refused because they cannot be part of a URL
+/// and usually mean a pasting mistake; everything else (host, port, path) is left to the HTTP
+/// client to judge.
 fn is_embedder_url(url: &str) -> bool {
-    if url.is_empty() || url == EmbedderConfig::DEMO_URL {
+    if url.is_empty() || crate::demo_url_seed(url).is_some() {
         return true;
     }
     let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
@@ -545,10 +546,12 @@ impl Config {
                 "embedder.url",
                 quoted(&embedder.url),
                 format!(
-                    "use \"\" (no embedder), \"{}\" (the built-in offline demo embedder) or the http:// or https:// URL of an \
+                    "use \"\" (no embedder), \"{demo}\" (the built-in offline demo embedder) or the http:// or https:// URL of an \
                      OpenAI-compatible embeddings endpoint such as \"http://127.0.0.1:8080/v1/embeddings\", at most \
-                     {EMBEDDER_URL_MAX_BYTES} bytes without spaces",
-                    EmbedderConfig::DEMO_URL
+                     {EMBEDDER_URL_MAX_BYTES} bytes without spaces; \"{demo}:SEED\" is the demo embedder of the season \
+                     `rushes gen --seed SEED` wrote (SEED in 0..={})",
+                    i64::MAX,
+                    demo = EmbedderConfig::DEMO_URL
                 ),
             ));
         }
@@ -697,14 +700,45 @@ mod tests {
 
     #[test]
     fn embedder_url_forms() {
-        for good in ["", "demo", "http://127.0.0.1:8080/v1/embeddings", "https://api.example.com/v1/embeddings", "http://e:1"] {
+        for good in [
+            "",
+            "demo",
+            "demo:1",
+            "demo:0",
+            "demo:9223372036854775807",
+            "http://127.0.0.1:8080/v1/embeddings",
+            "https://api.example.com/v1/embeddings",
+            "http://e:1",
+        ] {
             assert!(is_embedder_url(good), "{good}");
         }
         let too_long = format!("http://{}", "a".repeat(EMBEDDER_URL_MAX_BYTES));
-        for bad in ["Demo", "ftp://x", "http://", "https:///path", "127.0.0.1:8080", "http://a b", "http://a\n", " demo", too_long.as_str()]
-        {
+        for bad in [
+            "Demo",
+            "ftp://x",
+            "http://",
+            "https:///path",
+            "127.0.0.1:8080",
+            "http://a b",
+            "http://a\n",
+            " demo",
+            "demo:",
+            "demo:x",
+            "demo:+1",
+            "demo: 1",
+            "demo:-1",
+            "demo:9223372036854775808",
+            "demo:1:2",
+            "demo1",
+            too_long.as_str(),
+        ] {
             assert!(!is_embedder_url(bad), "{bad}");
         }
+        let seed = |url: &str| EmbedderConfig { url: url.into(), ..EmbedderConfig::default() }.demo_seed();
+        assert_eq!((seed("demo"), seed("demo:1"), seed("demo:007"), seed("http://e:1")), (None, Some(1), Some(7), None));
+        assert_eq!(EmbedderConfig::demo_url(42), "demo");
+        assert_eq!(EmbedderConfig::demo_url(1), "demo:1");
+        assert!(EmbedderConfig { url: "demo:1".into(), ..EmbedderConfig::default() }.is_demo());
     }
 
     #[test]

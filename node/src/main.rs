@@ -1,5 +1,6 @@
 //! The `rushes` binary.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -67,7 +68,16 @@ struct ClientArgs {
 
 impl ClientArgs {
     fn client(&self) -> Result<Client, CliError> {
-        let client = Client::new(&self.server).with_token(self.token.clone());
+        self.configure(Client::new(&self.server))
+    }
+
+    /// A client whose requests end within `timeout` (connect included).
+    fn client_with_timeout(&self, timeout: std::time::Duration) -> Result<Client, CliError> {
+        self.configure(Client::with_timeout(&self.server, timeout))
+    }
+
+    fn configure(&self, client: Client) -> Result<Client, CliError> {
+        let client = client.with_token(self.token.clone());
         Ok(match &self.ca_file {
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
@@ -141,7 +151,8 @@ enum Command {
         out: PathBuf,
     },
     /// Send annotations (NDJSON, one per line) to a running node in batches, or a subtitle
-    /// file (.srt / .vtt, with --asset and --language) as dialogue annotations.
+    /// file (.srt / .vtt, with --asset and --language) as dialogue annotations; then wait until
+    /// the imported assets are searchable (a strong read of each), unless --no-wait.
     Import {
         /// NDJSON file of annotations ("-" for standard input), or a .srt / .vtt file.
         file: PathBuf,
@@ -158,8 +169,15 @@ enum Command {
         /// Subtitles: the version of this file; a higher one replaces earlier imports in search.
         #[arg(long, default_value = "1")]
         model_version: String,
+        /// Return once the last batch is acknowledged, without waiting until it is searchable.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting until searchable after this many seconds (the import stays stored).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+        wait_timeout: f64,
     },
-    /// Search a running node and print the clips.
+    /// Search a running node and print the clips: timecodes HH:MM:SS:FF at each asset's fps
+    /// (read from its record), each label of the evidence once with its count.
     Search {
         /// Free-text query, e.g. 'Joey in the kitchen' or '"we were on a break"'.
         q: String,
@@ -470,6 +488,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             if !(hours.is_finite() && hours > 0.0 && hours <= 10_000.0) {
                 return Err("--hours must be in (0, 10000]".into());
             }
+            if seed > i64::MAX as u64 {
+                return Err(format!("--seed must be at most {} (the node's embedder.url = \"demo:SEED\" holds it)", i64::MAX).into());
+            }
             std::fs::create_dir_all(&out)?;
             let bar = demo::progress_bar(0, "generating", false);
             let summary = rushes_sample::write_season(&GenConfig { hours, seed, ..GenConfig::default() }, &out, &mut |done, total| {
@@ -484,6 +505,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 summary.annotations,
                 summary.bytes as f64 / 1048576.0,
                 out.display()
+            );
+            println!(
+                "semantic queries need the demo embedder of this season on the node: rushes serve --set embedder.url={}",
+                rushes_config::EmbedderConfig::demo_url(seed)
             );
             Ok(())
         }
@@ -514,14 +539,35 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Import { file, client, batch, asset, language, model_version } => {
+        Command::Import { file, client, batch, asset, language, model_version, no_wait, wait_timeout } => {
+            // Checked first: nothing is read or sent for an id the server would refuse.
+            if let Some(asset) = &asset {
+                rushes_node::cli::import::check_asset_flag(asset)?;
+            }
+            if !(wait_timeout.is_finite() && wait_timeout > 0.0 && wait_timeout <= 86_400.0) {
+                return Err(format!("--wait-timeout {wait_timeout}: give seconds in (0, 86400], e.g. --wait-timeout 120").into());
+            }
+            let wait = (!no_wait).then(|| std::time::Duration::from_secs_f64(wait_timeout));
             let extension = file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
             let is_subtitle = matches!(extension.as_deref(), Some("srt" | "vtt"));
-            match (asset, language) {
-                (Some(asset), Some(language)) => import_subtitles(&file, &client, batch, &asset, &language, &model_version),
-                (None, None) if !is_subtitle => import(&file, &client, batch),
-                _ => Err("a subtitle import needs both --asset ID and --language LANG (e.g. --asset s01e01 --language en)".into()),
+            let assets = match (asset, language) {
+                (Some(asset), Some(language)) => import_subtitles(&file, &client, batch, &asset, &language, &model_version)?,
+                (None, None) if !is_subtitle => import(&file, &client, batch, wait.is_some())?,
+                _ => return Err("a subtitle import needs both --asset ID and --language LANG (e.g. --asset s01e01 --language en)".into()),
+            };
+            match wait {
+                None => println!("--no-wait: not waiting until searchable"),
+                Some(timeout) => {
+                    let confirmed = rushes_node::cli::import::wait_searchable(&assets, timeout, |remaining| {
+                        client.client_with_timeout(remaining).map_err(|e| e.to_string())
+                    })?;
+                    for asset in &confirmed.missing {
+                        eprintln!("warning: asset {asset} has no record and no annotations any more (deleted since the import?)");
+                    }
+                    println!("searchable: {} assets confirmed in {:.1} s", confirmed.assets, confirmed.took.as_secs_f64());
+                }
             }
+            Ok(())
         }
         Command::Search { q, client, mode, per_asset, limit, json } => {
             let client = client.client()?;
@@ -533,22 +579,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 println!("{}", serde_json::to_string_pretty(&response)?);
                 return Ok(());
             }
-            println!(
-                "{} assets in {} ms (shards {}/{} ok)",
-                response.total_assets, response.took_ms, response.shards.ok, response.shards.total
-            );
-            for asset in &response.assets {
-                println!("{}  {}  score {:.3}", asset.asset_id, asset.title.as_deref().unwrap_or(""), asset.score);
-                for clip in &asset.clips {
-                    let evidence: Vec<String> = clip
-                        .matches
-                        .iter()
-                        .take(4)
-                        .map(|m| format!("{}={}", m.track, m.label.as_deref().or(m.text.as_deref()).unwrap_or("vector")))
-                        .collect();
-                    println!("  {} - {}  {:.3}  {}", fmt_ms(clip.start_ms), fmt_ms(clip.end_ms), clip.score, evidence.join(", "));
-                }
+            for warning in &response.warnings {
+                eprintln!("warning: {warning}");
             }
+            // Each asset's record once, for its fps (asset ids are path-safe: A-Z a-z 0-9 - _ . :).
+            let text = rushes_node::cli::search::format_response(&response, |asset_id| {
+                rushes_node::cli::search::AssetTimes::from_record(client.get_json(&format!("/v1/assets/{asset_id}")))
+            });
+            print!("{text}");
             Ok(())
         }
         Command::Backup { out, client } => {
@@ -681,6 +719,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             if !(3..=9).contains(&nodes) {
                 return Err("--nodes must be 3..=9 (replication factor 3)".into());
             }
+            if seed > i64::MAX as u64 {
+                return Err(format!("--seed must be at most {} (the nodes' embedder.url = \"demo:SEED\" holds it)", i64::MAX).into());
+            }
             if compact_every.is_some_and(|entries| entries == 0 || entries > 1_000_000) {
                 return Err("--compact-every must be 1..=1000000 log entries".into());
             }
@@ -744,10 +785,6 @@ fn ctrlc_on_thread(on_signal: impl FnOnce() + Send + 'static) -> Result<(), CliE
     Ok(())
 }
 
-fn fmt_ms(ms: u64) -> String {
-    format!("{:02}:{:02}:{:02}", ms / 3_600_000, (ms / 60_000) % 60, (ms / 1000) % 60)
-}
-
 fn serve(config: Config) -> Result<(), CliError> {
     let listener = TcpListener::bind(config.node.listen).map_err(|e| format!("cannot listen on {}: {e}", config.node.listen))?;
     let system = actix_web::rt::System::new();
@@ -779,10 +816,10 @@ fn import_subtitles(
     asset: &str,
     language: &str,
     version: &str,
-) -> Result<(), CliError> {
+) -> Result<BTreeSet<String>, CliError> {
+    rushes_node::cli::import::check_asset_flag(asset)?;
     rushes_node::ingest::captions::validate_language(language)?;
     rushes_node::ingest::captions::validate_version(version)?;
-    rushes_protocol::validate::validate_asset_id(asset, 256).map_err(|m| format!("--asset {m}"))?;
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let parse_bar = demo::byte_progress_bar(bytes.len() as u64, "reading subtitles", false);
     let parsed = rushes_node::ingest::subtitles::parse_subtitles(&bytes, &mut |done, _| parse_bar.set_position(done as u64))
@@ -810,10 +847,11 @@ fn import_subtitles(
         rushes_node::ingest::captions::format_name(parsed.format),
         parsed.encoding
     );
-    Ok(())
+    Ok(BTreeSet::from([asset.to_string()]))
 }
 
-fn import(file: &std::path::Path, client_args: &ClientArgs, batch: usize) -> Result<(), CliError> {
+/// Sends an NDJSON file in batches; returns the imported assets when `collect_assets`.
+fn import(file: &std::path::Path, client_args: &ClientArgs, batch: usize, collect_assets: bool) -> Result<BTreeSet<String>, CliError> {
     let client = client_args.client()?;
     let server = &client_args.server;
     let reader: Box<dyn Read> = if file.as_os_str() == "-" { Box::new(std::io::stdin()) } else { Box::new(std::fs::File::open(file)?) };
@@ -822,6 +860,7 @@ fn import(file: &std::path::Path, client_args: &ClientArgs, batch: usize) -> Res
     let mut reader = BufReader::new(reader);
     let batch = batch.clamp(1, 10_000);
     let (mut sent, mut created) = (0u64, 0u64);
+    let mut assets = BTreeSet::new();
     loop {
         let mut chunk = Vec::new();
         let mut lines = 0;
@@ -832,11 +871,14 @@ fn import(file: &std::path::Path, client_args: &ClientArgs, batch: usize) -> Res
             break;
         }
         let reply = client.post_ndjson_retrying(&chunk, 10).map_err(|e| format!("batch starting at line {}: {e}", sent + 1))?;
+        if collect_assets {
+            rushes_node::cli::import::collect_asset_ids(&chunk, &mut assets);
+        }
         sent += lines as u64;
         created += reply.created as u64;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     println!("imported {sent} annotations ({created} new) into {server}");
-    Ok(())
+    Ok(assets)
 }

@@ -85,12 +85,9 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
     ensure_sample(&sample, &gen_config, false)?;
     let node_dir = options.work_dir.join(format!("bench-node-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&node_dir);
-    let mut config = options.config;
+    // Hybrid queries embed their semantic words with the season's offline embedder.
+    let mut config = crate::cli::demo::with_demo_embedder(options.config, options.seed)?;
     config.node.data_dir = node_dir.clone();
-    if config.embedder.url.is_empty() {
-        // Hybrid queries embed their semantic words with the season's offline embedder.
-        config.embedder.url = rushes_config::EmbedderConfig::DEMO_URL.to_string();
-    }
     // Measured as it is deployed: every request carries an API key checked by the node.
     let token = crate::http::auth::new_key();
     if config.auth.keys.is_empty() {

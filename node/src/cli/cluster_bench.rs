@@ -394,7 +394,7 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     for config in &configs {
         // Hybrid queries embed their semantic words with the season's offline embedder.
         let mut text = std::fs::read_to_string(config)?;
-        text.push_str("\n[embedder]\nurl = \"demo\"\n");
+        text.push_str(&format!("\n[embedder]\nurl = {:?}\n", rushes_config::EmbedderConfig::demo_url(options.seed)));
         if let Some(entries) = options.compact_every_entries {
             text.push_str(&format!(
                 "\n[raft]\nlog_retain_entries = {entries}\nsnapshot_log_entries = {entries}\ncompaction_interval_ms = 500\n"
@@ -565,7 +565,7 @@ pub fn run_cluster_bench(options: ClusterBenchOptions) -> Result<ClusterBenchRep
     let rebalance = if options.rebalance {
         let requests: Vec<rushes_protocol::SearchRequest> =
             query_mix(&season, &truths, 20, options.seed).into_iter().flat_map(|(_, requests)| requests).collect();
-        Some(measure_rebalance(&layout, &binary, &mut nodes, &token, requests, &lines)?)
+        Some(measure_rebalance(&layout, &binary, &mut nodes, &token, requests, &lines, options.seed)?)
     } else {
         None
     };
@@ -703,11 +703,12 @@ fn measure_rebalance(
     token: &Option<String>,
     requests: Vec<rushes_protocol::SearchRequest>,
     lines: &[String],
+    seed: u64,
 ) -> Result<RebalanceReport, DemoError> {
     let n = layout.nodes + 1;
     let config = crate::cli::local_cluster::write_joining_config(layout, n)?;
     let mut text = std::fs::read_to_string(&config)?;
-    text.push_str("\n[embedder]\nurl = \"demo\"\n");
+    text.push_str(&format!("\n[embedder]\nurl = {:?}\n", rushes_config::EmbedderConfig::demo_url(seed)));
     std::fs::write(&config, text)?;
     let urls: Vec<String> = nodes.iter().map(|node| node.base_url.clone()).collect();
     let load = SteadyLoad::start(&urls, token, requests, lines);

@@ -164,19 +164,38 @@ pub struct DemoOptions {
     pub config: Config,
 }
 
+/// `config` for a node serving the season generated with `seed`: unless another embedder is
+/// configured, the demo embedder of that season (`embedder.url = "demo:SEED"`, or `"demo"` for
+/// seed 42), whose place vectors are where the generator put that season's scene vectors. An
+/// `embedder.url` naming another seed is a contradiction, and refused.
+pub fn with_demo_embedder(mut config: Config, seed: u64) -> Result<Config, DemoError> {
+    if seed > i64::MAX as u64 {
+        return Err(format!("--seed {seed} is too large: use 0..={} (embedder.url = \"demo:SEED\" holds it)", i64::MAX).into());
+    }
+    if let Some(named) = config.embedder.demo_seed().filter(|&named| named != seed) {
+        return Err(format!(
+            "embedder.url = {:?} is the demo embedder of seed {named}, but --seed {seed} generates the season of seed {seed}; \
+             drop that embedder.url (--seed sets it) or use --seed {named}",
+            config.embedder.url
+        )
+        .into());
+    }
+    if config.embedder.url.is_empty() || config.embedder.is_demo() {
+        // The demo season's own offline embedder: "somewhere they cook" finds kitchen scenes.
+        config.embedder.url = rushes_config::EmbedderConfig::demo_url(seed);
+    }
+    Ok(config)
+}
+
 pub fn run_demo(options: DemoOptions) -> Result<(), DemoError> {
     let gen_config = GenConfig { hours: options.hours, seed: options.seed, ..GenConfig::default() };
+    let mut config = with_demo_embedder(options.config, options.seed)?;
     let sample = sample_dir(&options.data_dir, &gen_config);
     ensure_sample(&sample, &gen_config, false)?;
-    let mut config = options.config;
     config.node.data_dir = options.data_dir.join("node");
     let listener = TcpListener::bind(&options.listen).map_err(|e| format!("cannot listen on {}: {e} (use --listen)", options.listen))?;
     let address = listener.local_addr()?;
     config.node.listen = address;
-    if config.embedder.url.is_empty() {
-        // The demo season's own offline embedder: "somewhere they cook" finds kitchen scenes.
-        config.embedder.url = rushes_config::EmbedderConfig::DEMO_URL.to_string();
-    }
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let node = Node::open_with_demo_seed(config, options.seed)?;
@@ -242,4 +261,29 @@ fn print_examples(base: &str) {
         println!("# {what}\n{command}\n");
     }
     println!("Press Ctrl-C to stop.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_url(url: &str) -> Config {
+        let mut config = Config::default();
+        config.embedder.url = url.into();
+        config
+    }
+
+    #[test]
+    fn the_demo_embedder_follows_the_seed_of_the_season() {
+        let url = |config: Config, seed: u64| with_demo_embedder(config, seed).expect("consistent").embedder.url;
+        assert_eq!(url(Config::default(), 1), "demo:1");
+        assert_eq!(url(Config::default(), 42), "demo");
+        assert_eq!(url(with_url("demo"), 7), "demo:7", "plain \"demo\" is made to match --seed");
+        assert_eq!(url(with_url("demo:7"), 7), "demo:7");
+        let http = "http://127.0.0.1:9/v1/embeddings";
+        assert_eq!(url(with_url(http), 3), http, "another embedder is kept");
+        let error = with_demo_embedder(with_url("demo:5"), 1).expect_err("5 is not 1").to_string();
+        assert!(error.contains("embedder.url = \"demo:5\"") && error.contains("--seed 1"), "{error}");
+        assert!(with_demo_embedder(Config::default(), u64::MAX).is_err());
+    }
 }

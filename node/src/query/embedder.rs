@@ -831,10 +831,19 @@ impl<E: Embedder> Embedder for CachedEmbedder<E> {
 // ---------------------------------------------------------------------------------------------
 // Construction from the configuration
 
+/// The seed of the generated season the demo embedder matches: the one `embedder.url` names
+/// (`"demo:SEED"`), else `requested` (what `Node::open_with_demo_seed` was given: 42 for
+/// `rushes serve`; `rushes demo --seed` and `rushes bench --seed` pass theirs and also write it
+/// into the url). So `rushes serve --set embedder.url=demo:1` serves a `rushes gen --seed 1`
+/// season, and plain `"demo"` behaves as it always did.
+pub fn effective_demo_seed(config: &EmbedderConfig, requested: u64) -> u64 {
+    config.demo_seed().unwrap_or(requested)
+}
+
 /// The embedder `[embedder]` describes, or `None` when `url` is empty. `dimensions` is that of
 /// the vector space `config.space` (the caller looks it up; validation made sure it exists);
-/// `demo_seed` is the seed of the generated season the demo embedder should match. Reads the
-/// token from the environment variable named by `api_key_env`, so call it at startup: a
+/// the demo embedder matches the season of [`effective_demo_seed`]`(config, demo_seed)`. Reads
+/// the token from the environment variable named by `api_key_env`, so call it at startup: a
 /// missing token is reported then, not on the first search.
 pub fn from_config(config: &EmbedderConfig, dimensions: usize, demo_seed: u64) -> Result<Option<Box<dyn Embedder>>, EmbedError> {
     if !config.is_enabled() {
@@ -844,7 +853,8 @@ pub fn from_config(config: &EmbedderConfig, dimensions: usize, demo_seed: u64) -
         return Err(EmbedError::Misconfigured(format!("vector space \"{}\" (embedder.space) has 0 dimensions", config.space)));
     }
     if config.is_demo() {
-        let demo = DemoEmbedder::new(demo_seed, config.space.clone(), dimensions).with_max_text_bytes(config.max_text_bytes);
+        let seed = effective_demo_seed(config, demo_seed);
+        let demo = DemoEmbedder::new(seed, config.space.clone(), dimensions).with_max_text_bytes(config.max_text_bytes);
         return Ok(Some(with_cache(demo, config.cache_entries)));
     }
     if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
@@ -1488,6 +1498,43 @@ mod tests {
 
         config.url = "ftp://x".into();
         assert!(matches!(from_config(&config, 8, SEED), Err(EmbedError::Misconfigured(_))));
+    }
+
+    /// `embedder.url = "demo:1"` picks the season: the demo embedder of seed 1 embeds a place's
+    /// name as the direction the generator gave that place's scene vectors for seed 1, and the
+    /// default ("demo", seed 42) does not.
+    #[test]
+    fn demo_seed_in_the_config_matches_the_generated_season() {
+        let season = rushes_sample::plan_season(&GenConfig { hours: 0.5, seed: 1, vector_dimensions: DIMS });
+        let scenes: Vec<(String, Vec<f32>)> = season
+            .episodes
+            .iter()
+            .flat_map(|spec| rushes_sample::generate_episode(&season, spec).annotations)
+            .filter_map(|annotation| {
+                let vector = annotation.vector?.iter().map(|&x| x as f32).collect();
+                Some((annotation.label?, vector))
+            })
+            .collect();
+        assert!(scenes.len() >= 10, "{} scene vectors", scenes.len());
+        let mean_similarity = |config: &EmbedderConfig, requested: u64| {
+            let embedder = from_config(config, DIMS, requested).expect("ok").expect("demo");
+            let total: f64 = scenes
+                .iter()
+                .map(|(place, vector)| cosine(&embedder.embed(&texts(&[place])).expect("a place name is known").remove(0), vector))
+                .sum();
+            total / scenes.len() as f64
+        };
+        let mut config = EmbedderConfig { url: "demo".into(), ..EmbedderConfig::default() };
+        let default_seed = mean_similarity(&config, EmbedderConfig::DEFAULT_DEMO_SEED);
+        let plain_demo = config.clone();
+        config.url = "demo:1".into();
+        let seed_one = mean_similarity(&config, EmbedderConfig::DEFAULT_DEMO_SEED);
+        assert!(seed_one > 0.85, "seed 1 embeds places where seed 1 put them: {seed_one}");
+        assert!(default_seed < 0.2, "seed 42 does not: {default_seed}");
+        // The url's seed wins over the one a caller passes; plain "demo" takes the caller's.
+        assert_eq!(effective_demo_seed(&config, 42), 1);
+        assert_eq!(effective_demo_seed(&plain_demo, 7), 7);
+        assert_eq!(effective_demo_seed(&plain_demo, 42), 42);
     }
 
     #[test]
