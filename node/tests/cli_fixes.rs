@@ -13,10 +13,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{load_sample, sample, TestNode};
+use common::{load_sample, run_with_deadline, sample, TestNode};
 use rushes_protocol::SearchResponse;
 use serde_json::{json, Value};
 
@@ -30,24 +30,6 @@ fn rushes(node: &TestNode, args: &[&str], timeout: Duration) -> Output {
     run_with_deadline(&mut command, timeout)
 }
 
-fn run_with_deadline(command: &mut Command, timeout: Duration) -> Output {
-    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn rushes");
-    let pid = child.id();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait_with_output());
-    });
-    match receiver.recv_timeout(timeout) {
-        Ok(output) => output.expect("command output"),
-        Err(_) => {
-            // SAFETY: signals only the child this function started.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-            panic!("{command:?} did not finish within {timeout:?}");
-        }
-    }
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -5,7 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use rushes_client::wait::wait_until;
@@ -221,4 +221,24 @@ pub fn load_sample(node: &TestNode, sample: &Path, batch_lines: usize) -> usize 
         client.post_ndjson_retrying(body.as_bytes(), 20).expect("ingest batch");
     }
     lines.len()
+}
+
+/// Runs a command to completion within `timeout` (killed and reported otherwise).
+pub fn run_with_deadline(command: &mut Command, timeout: Duration) -> Output {
+    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn command");
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(timeout) {
+        Ok(output) => output.expect("command output"),
+        Err(_) => {
+            // SAFETY: signals only the child this function started.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            panic!("{command:?} did not finish within {timeout:?}");
+        }
+    }
 }
