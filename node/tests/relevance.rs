@@ -542,8 +542,8 @@ fn cases(world: &World) -> Vec<Case> {
 
     // As-you-type: the first completion, searched.
     for (prefix, expected, track) in [
-        ("Pho", "phoebe", "character"),
-        ("Chan", "chandler", "character"),
+        ("Pho", "Phoebe", "character"),
+        ("Chan", "Chandler", "character"),
         ("kitch", "kitchen", "scene"),
         ("coffee s", "coffee shop", "scene"),
         ("umbr", "umbrella", "object"),

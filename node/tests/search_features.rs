@@ -13,10 +13,10 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::TestNode;
+use common::{run_with_deadline, TestNode};
 use rushes_client::ClientError;
 use serde_json::{json, Value};
 
@@ -202,24 +202,6 @@ fn only(asset_id: &str) -> Value {
     json!({"asset_ids": [asset_id]})
 }
 
-/// Runs a command to completion within `timeout` (killed and reported otherwise).
-fn run_with_deadline(command: &mut Command, timeout: Duration) -> Output {
-    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn command");
-    let pid = child.id();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait_with_output());
-    });
-    match receiver.recv_timeout(timeout) {
-        Ok(output) => output.expect("command output"),
-        Err(_) => {
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-            panic!("{command:?} did not finish within {timeout:?}");
-        }
-    }
-}
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(FIXTURES).join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
@@ -658,7 +640,8 @@ fn sequences_co_occurrence_explain_and_suggest() {
     h.check_eq(
         "explain: corrections",
         corrections,
-        [("jooey", "joey"), ("kitchn", "kitchen")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        // Labels are shown as the models wrote them ("Joey"); what was typed stays as matched.
+        [("jooey", "Joey"), ("kitchn", "kitchen")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
     );
     h.check_eq("explain: season filter understood", plan["understanding"]["filters"]["season"].clone(), json!(2));
     h.check_eq("explain: season filter applied", plan["filters"]["season"].clone(), json!(2));
@@ -667,7 +650,7 @@ fn sequences_co_occurrence_explain_and_suggest() {
     h.check_eq(
         "explain: leaves",
         leaves,
-        vec![(json!("label"), json!("joey"), json!("jooey")), (json!("label"), json!("kitchen"), json!("kitchn"))],
+        vec![(json!("label"), json!("Joey"), json!("jooey")), (json!("label"), json!("kitchen"), json!("kitchn"))],
     );
     let reply = h.search("the explained query", json!({"q": "Jooey in the kitchn season 2"}));
     h.check_eq("Jooey in the kitchn season 2: assets", ids(&reply), vec!["joey-s2".to_string()]);
@@ -690,18 +673,18 @@ fn sequences_co_occurrence_explain_and_suggest() {
         leaves.iter().any(|l| l["type"] == "phrase" && l["words"] == json!(["we", "were", "on", "a", "break"]) && l["slop"] == 0),
         || format!("explain (quoted): a phrase leaf with the quoted words: {leaves:?}"),
     );
-    h.check(leaves.iter().any(|l| l["type"] == "label" && l["label"] == "joey"), || {
-        format!("explain (quoted): a joey label leaf: {leaves:?}")
+    h.check(leaves.iter().any(|l| l["type"] == "label" && l["label"] == "Joey"), || {
+        format!("explain (quoted): a Joey label leaf: {leaves:?}")
     });
 
     // --- Suggest.
     let (status, reply) = h.get("/v1/suggest?q=Jo");
     h.check_eq("suggest status", status, 200);
     let completions = reply["completions"].as_array().cloned().unwrap_or_default();
-    h.check(completions.iter().any(|c| c["text"] == "joey" && c["kind"] == "label" && c["query"] == "joey"), || {
-        format!("suggest Jo: a label completion \"joey\": {completions:?}")
+    h.check(completions.iter().any(|c| c["text"] == "Joey" && c["kind"] == "label" && c["query"] == "Joey"), || {
+        format!("suggest Jo: a label completion \"Joey\", as the model wrote it: {completions:?}")
     });
-    h.check_eq("suggest Jo: first completion", completions.first().map(|c| c["text"].clone()), Some(json!("joey")));
+    h.check_eq("suggest Jo: first completion", completions.first().map(|c| c["text"].clone()), Some(json!("Joey")));
     // Characters whose lower case is shorter (the Kelvin sign: 3 bytes, then `k`: 1 byte) or
     // longer (İ: 2 bytes, then i̇: 3 bytes) complete like any other text.
     for (typed, encoded) in

@@ -105,6 +105,15 @@ pub enum PeerRequest {
     /// index from the shard's leader (confirmed by a quorum) and waits until it has applied and
     /// indexed through it (`?consistency=strong` on the asset GETs).
     StrongAssetRead(AssetRead),
+    /// What the receiver's replica of `shard` offers for search as you type, and how it spells
+    /// labels (reply `Completions`). `prefix` is the word being typed and `whole` the whole
+    /// typed text (empty when it is one word), both folded as the dialogue index folds
+    /// (lower case, accents off); the receiver folds its labels the same way to match them.
+    /// At most `limit` dialogue words (most frequent first, only words a live document holds)
+    /// and `limit` matching labels (in label order) come back; `labels` (normalized) are
+    /// labels whose spellings are wanted whether they match or not (query understanding). A
+    /// node of an earlier version cannot decode it: the asker then goes without that shard.
+    Completions { shard: ShardId, prefix: String, whole: String, limit: u32, labels: Vec<String> },
 }
 
 /// Which raw annotations an export holds.
@@ -160,6 +169,7 @@ impl PeerRequest {
             PeerRequest::GroupObserve { .. } => "group_observe",
             PeerRequest::GroupChange { .. } => "group_change",
             PeerRequest::StrongAssetRead(_) => "strong_asset_read",
+            PeerRequest::Completions { .. } => "completions",
         }
     }
 }
@@ -235,6 +245,14 @@ pub enum PeerReply {
         commands: Vec<(u64, serde_bytes::ByteBuf)>,
         covered_through: u64,
     },
+    /// Reply to `Completions`: dialogue words as (folded term, spelling as said, dialogue
+    /// seconds holding it), most frequent first; labels as (normalized label, tracks, spellings
+    /// with how often each was seen in the seconds read), matching ones first in label order,
+    /// then the asked ones the replica holds.
+    Completions {
+        words: Vec<(String, String, u64)>,
+        labels: Vec<(String, Vec<String>, Vec<(String, u64)>)>,
+    },
 }
 
 /// A stored annotation's raw bytes, for a conflict check.
@@ -266,6 +284,7 @@ impl PeerReply {
             PeerReply::ExportPage { .. } => "export_page",
             PeerReply::Assets(_) => "assets",
             PeerReply::LogCommands { .. } => "log_commands",
+            PeerReply::Completions { .. } => "completions",
         }
     }
 }
@@ -430,6 +449,7 @@ mod tests {
             PeerRequest::GroupObserve { group: 0, added: None },
             PeerRequest::GroupChange { group: 0, change: vec![] },
             PeerRequest::StrongAssetRead(AssetRead::View { asset_id: String::new() }),
+            PeerRequest::Completions { shard: 0, prefix: String::new(), whole: String::new(), limit: 0, labels: vec![] },
         ];
         for (position, request) in requests.iter().enumerate() {
             assert_eq!(position_of(request) as usize, position, "{} moved: append new variants, never reorder", request.kind());
@@ -451,6 +471,7 @@ mod tests {
             PeerReply::ExportPage { lines: vec![], next: None },
             PeerReply::Assets(vec![]),
             PeerReply::LogCommands { commands: vec![], covered_through: 0 },
+            PeerReply::Completions { words: vec![], labels: vec![] },
         ];
         for (position, reply) in replies.iter().enumerate() {
             assert_eq!(position_of(reply) as usize, position, "{} moved: append new variants, never reorder", reply.kind());

@@ -108,8 +108,9 @@ impl Coordinator {
 
     /// Once the data has settled (no change for a check interval) after a change, searches
     /// each vocabulary label (at most [`SUGGEST_WARM_LABELS_MAX`]) into suggest's cache, so a
-    /// keystroke that completes to a name costs a cache lookup. Yields to real traffic: a label
-    /// whose search finds no free slot is skipped.
+    /// keystroke that completes to a name costs a cache lookup. Labels are searched as suggest
+    /// completes to them: spelled as the models wrote them ("Joey"). Yields to real traffic: a
+    /// label whose search finds no free slot is skipped.
     fn warm_suggest_moments(&mut self, ctx: &mut Context<Self>) {
         let version = self.view.data_version();
         let settled = self.warm_last_seen == Some(version);
@@ -118,11 +119,13 @@ impl Coordinator {
             return;
         }
         self.warming = true;
-        let labels: Vec<String> = self.planner.vocabulary().into_keys().take(SUGGEST_WARM_LABELS_MAX).collect();
+        let labels: std::collections::BTreeSet<String> = self.planner.vocabulary().into_keys().take(SUGGEST_WARM_LABELS_MAX).collect();
         let (view, planner, slots) = (self.view.clone(), self.planner.clone(), self.slots.clone());
         let work = async move {
             let mut moments = Vec::new();
-            for label in labels {
+            let mut spelled: Vec<String> = planner.label_displays(labels).await.into_values().collect();
+            spelled.sort();
+            for label in spelled {
                 if view.data_version() != version {
                     return (version, moments, false);
                 }
@@ -197,7 +200,7 @@ impl Handler<Explain> for Coordinator {
         ctx.spawn(
             async move {
                 let (_handling, _permit) = (handling, permit);
-                let _ = reply.send(planner.plan(explain.request).await);
+                let _ = reply.send(planner.explain(explain.request).await);
             }
             .into_actor(self),
         );

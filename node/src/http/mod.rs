@@ -591,7 +591,12 @@ async fn get_suggest(request: HttpRequest) -> HttpResult {
         Some(best) => node.suggest_moments(&best.query).await,
         None => vec![],
     };
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "q": params.q, "completions": suggestions.completions, "moments": moments })))
+    let mut reply = serde_json::json!({ "q": params.q, "completions": suggestions.completions, "moments": moments });
+    if !suggestions.warnings.is_empty() {
+        // A shard no replica answered for: its words are missing from the completions.
+        reply["warnings"] = serde_json::json!(suggestions.warnings);
+    }
+    Ok(HttpResponse::Ok().json(reply))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -115,6 +115,8 @@ pub struct SuggestReply {
     pub completions: Vec<SuggestCompletion>,
     /// For the first completion's query: up to five assets, best first, each with its top clip.
     pub moments: Vec<AssetHits>,
+    /// Shards no replica answered for (their words are missing); absent when all answered.
+    pub warnings: Option<Vec<String>>,
 }
 
 /// `POST /v1/search/explain`: the plan the query became (leaves, tree, understanding, filters,

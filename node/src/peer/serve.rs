@@ -28,11 +28,15 @@ use crate::coordinator::{export, reads};
 use crate::ingest::router;
 use crate::node::Node;
 use crate::query::planner::shard_has_dialogue_word;
-use crate::search::sessions;
+use crate::search::{sessions, vocabulary};
 use crate::shard::snapshot;
 
 /// Peer requests handled at once on this node; more are refused as overload (retryable).
 pub const PEER_REQUESTS_IN_FLIGHT_MAX: usize = 256;
+/// Most labels one `Completions` request may ask spellings of (suggest's warm-up asks 256).
+const COMPLETIONS_LABELS_MAX: usize = 1024;
+/// Most words and matching labels one `Completions` request is answered with.
+const COMPLETIONS_LIMIT_MAX: usize = 100;
 
 /// Serves peers' Raft messages and requests until the transport stops. Holds the node weakly
 /// so it does not keep a stopped node alive.
@@ -174,6 +178,7 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
         | PeerRequest::SearchFinish { shard, .. }
         | PeerRequest::SnapshotChunk { shard, .. }
         | PeerRequest::DialogueWord { shard, .. }
+        | PeerRequest::Completions { shard, .. }
         | PeerRequest::CheckConflicts { shard, .. }
         | PeerRequest::ExportPage { shard, .. }
         | PeerRequest::SupersededAssets { shard }
@@ -222,6 +227,32 @@ async fn answer(node: &Arc<Node>, from: NodeId, request: PeerRequest) -> PeerRep
             }
             None => PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id()))),
         },
+        PeerRequest::Completions { shard, prefix, whole, limit, labels } => {
+            let max_bytes = node.config.limits.max_query_bytes;
+            if prefix.len() > max_bytes || whole.len() > max_bytes {
+                return PeerReply::Error(ApiError::field("prefix", format!("typed text longer than {max_bytes} bytes")));
+            }
+            if labels.len() > COMPLETIONS_LABELS_MAX || labels.iter().any(|l| l.len() > 256) {
+                return PeerReply::Error(ApiError::field(
+                    "labels",
+                    format!("at most {COMPLETIONS_LABELS_MAX} labels of at most 256 bytes"),
+                ));
+            }
+            let Some(replica) = view.local_shard(shard) else {
+                return PeerReply::Error(ApiError::unavailable(format!("shard {shard} is not on node {}", node.node_id())));
+            };
+            let limit = (limit as usize).min(COMPLETIONS_LIMIT_MAX);
+            let cache = node.planner.spellings.clone();
+            let work = move || vocabulary::shard_completions(&replica, &cache, &prefix, &whole, limit, &labels);
+            match tokio::task::spawn_blocking(work).await {
+                Ok(Ok((words, labels))) => PeerReply::Completions {
+                    words: words.into_iter().map(|w| (w.term, w.spelling, w.frequency)).collect(),
+                    labels: labels.into_iter().map(|l| (l.label, l.tracks, l.spellings.into_iter().collect())).collect(),
+                },
+                Ok(Err(e)) => PeerReply::Error(e),
+                Err(e) => PeerReply::Error(ApiError::internal(format!("completions failed: {e}"))),
+            }
+        }
         PeerRequest::AssetRead(read) => reads::handle_asset_read(view, read).await,
         PeerRequest::StrongAssetRead(read) => reads::handle_strong_asset_read(view, read).await,
         PeerRequest::CheckConflicts { shard, probes } => {

@@ -22,6 +22,8 @@ pub struct Vocabulary<'a> {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum QueryNode {
     /// A known label; `typed` is what the user wrote (lowercased, as matched), `edits` the edit distance used (0 = exact).
+    /// `label` is normalized as [`understand`] returns it; the planner then spells it as the
+    /// models wrote it ([`Understood::respell`]) for display.
     Label { label: String, tracks: Vec<String>, typed: String, edits: u32 },
     /// Quoted text: a dialogue phrase.
     Phrase { text: String },
@@ -66,6 +68,59 @@ pub struct Understood {
     pub ignored_words: Vec<String>,
     /// typed → label, for "did you mean".
     pub corrections: Vec<(String, String)>,
+}
+
+impl Understood {
+    /// Every label the understanding names (tree and corrections), as it names them.
+    pub fn labels(&self) -> BTreeSet<String> {
+        fn walk(node: &QueryNode, out: &mut BTreeSet<String>) {
+            match node {
+                QueryNode::Label { label, .. } => {
+                    out.insert(label.clone());
+                }
+                QueryNode::Phrase { .. } | QueryNode::Words { .. } => {}
+                QueryNode::Sequence { first: a, then: b, .. } | QueryNode::While { a, b } => {
+                    walk(a, out);
+                    walk(b, out);
+                }
+                QueryNode::All { nodes } => nodes.iter().for_each(|n| walk(n, out)),
+            }
+        }
+        let mut out = BTreeSet::new();
+        if let Some(root) = &self.root {
+            walk(root, &mut out);
+        }
+        out.extend(self.corrections.iter().map(|(_, label)| label.clone()));
+        out
+    }
+
+    /// Replaces each label (tree and corrections) by how it is shown, where `shown` has it: the
+    /// models' spelling ("Joey") of the normalized label ("joey"). `typed` stays as matched.
+    pub fn respell(&mut self, shown: &std::collections::HashMap<String, String>) {
+        fn walk(node: &mut QueryNode, shown: &std::collections::HashMap<String, String>) {
+            match node {
+                QueryNode::Label { label, .. } => {
+                    if let Some(spelled) = shown.get(label.as_str()) {
+                        *label = spelled.clone();
+                    }
+                }
+                QueryNode::Phrase { .. } | QueryNode::Words { .. } => {}
+                QueryNode::Sequence { first: a, then: b, .. } | QueryNode::While { a, b } => {
+                    walk(a, shown);
+                    walk(b, shown);
+                }
+                QueryNode::All { nodes } => nodes.iter_mut().for_each(|n| walk(n, shown)),
+            }
+        }
+        if let Some(root) = self.root.as_mut() {
+            walk(root, shown);
+        }
+        for (_, label) in &mut self.corrections {
+            if let Some(spelled) = shown.get(label.as_str()) {
+                *label = spelled.clone();
+            }
+        }
+    }
 }
 
 /// How far apart the two sides of a sequence may be when the query names no `within`.
@@ -1272,6 +1327,31 @@ mod tests {
 
     fn label(name: &str, typed: &str) -> QueryNode {
         fuzzy(name, typed, 0)
+    }
+
+    #[test]
+    fn labels_are_listed_and_respelled_for_display_only() {
+        let mut u = run("Jooey then Rachel while kitchn");
+        assert_eq!(u.labels(), ["joey", "kitchen", "rachel"].iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
+        let shown: std::collections::HashMap<String, String> =
+            [("joey", "Joey"), ("rachel", "Rachel")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        u.respell(&shown);
+        let expected = QueryNode::Sequence {
+            first: Box::new(QueryNode::Label { label: "Joey".into(), tracks: labels()["joey"].clone(), typed: "jooey".into(), edits: 1 }),
+            then: Box::new(QueryNode::While {
+                a: Box::new(QueryNode::Label {
+                    label: "Rachel".into(),
+                    tracks: labels()["rachel"].clone(),
+                    typed: "rachel".into(),
+                    edits: 0,
+                }),
+                b: Box::new(fuzzy("kitchen", "kitchn", 1)),
+            }),
+            within_ms: DEFAULT_SEQUENCE_WITHIN_MS,
+        };
+        assert_eq!(u.root, Some(expected));
+        // "did you mean" shows the spelling; what was typed stays as matched.
+        assert_eq!(u.corrections, vec![("jooey".to_string(), "Joey".to_string()), ("kitchn".to_string(), "kitchen".to_string())]);
     }
 
     fn words(text: &str) -> QueryNode {

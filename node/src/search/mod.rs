@@ -15,6 +15,7 @@
 //!    padding and length bounds, overlaps are suppressed, evidence with highlights is attached.
 
 pub mod sessions;
+pub mod vocabulary;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;

@@ -94,7 +94,7 @@ def main():
         dym = d.find_element(By.CSS_SELECTOR, ".didyoumean").text
         check("did you mean shown", "Joey in the kitchen season 1" in dym, dym)
         chips = [c.text.replace("\n", " ") for c in d.find_elements(By.CSS_SELECTOR, "#understanding .chip")]
-        check("chips from understanding", any("joey" in c for c in chips) and any("kitchen" in c for c in chips) and any("season 1" in c for c in chips), str(chips))
+        check("chips from understanding", any("joey" in c.lower() for c in chips) and any("kitchen" in c.lower() for c in chips) and any("season 1" in c for c in chips), str(chips))
         eps = d.find_elements(By.CSS_SELECTOR, ".episode")
         check("results grouped per episode", len(eps) >= 1, f"{len(eps)} episodes")
         tcs = js(d, "return [...document.querySelectorAll('.clip .tc-in')].map(e => e.textContent)")
@@ -134,7 +134,7 @@ def main():
         wait(d, lambda x: "kitchen" not in urllib.parse.unquote_plus(x.current_url), 10, "kitchen removed")
         wait_results(d)
         chips3 = [c.text.replace("\n", " ") for c in d.find_elements(By.CSS_SELECTOR, "#understanding .chip")]
-        check("removing a label chip re-runs without it", chips3 == ["CHARACTER joey ×"] or (len(chips3) == 1 and "joey" in chips3[0]), f"{chips3} q={qs(d).get('q')}")
+        check("removing a label chip re-runs without it", len(chips3) == 1 and "joey" in chips3[0].lower(), f"{chips3} q={qs(d).get('q')}")
         check("focus stays on the chips after removal", js(d, "return document.activeElement.classList.contains('chip-x') || document.activeElement.id === 'q'"))
 
         # 5. Back / forward.
