@@ -175,6 +175,10 @@ enum Command {
         /// Give up waiting until searchable after this many seconds (the import stays stored).
         #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
         wait_timeout: f64,
+        /// Also store asset records first (titles, series, season, episode, fps, duration): an
+        /// NDJSON file of `{"asset_id", "title", ...}` lines, such as `rushes gen`'s assets.ndjson.
+        #[arg(long, value_name = "FILE")]
+        records: Option<PathBuf>,
     },
     /// Search a running node and print the clips: timecodes HH:MM:SS:FF at each asset's fps
     /// (read from its record), each label of the evidence once with its count.
@@ -539,10 +543,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Import { file, client, batch, asset, language, model_version, no_wait, wait_timeout } => {
+        Command::Import { file, client, batch, asset, language, model_version, no_wait, wait_timeout, records } => {
             // Checked first: nothing is read or sent for an id the server would refuse.
             if let Some(asset) = &asset {
                 rushes_node::cli::import::check_asset_flag(asset)?;
+            }
+            if let Some(records) = &records {
+                // Every line is checked before the first is sent.
+                let parsed = rushes_node::cli::import::read_records(records)?;
+                let stored = rushes_node::cli::import::put_records(&client.client()?, &parsed)?;
+                println!("records: {stored} asset records stored from {}", records.display());
             }
             if !(wait_timeout.is_finite() && wait_timeout > 0.0 && wait_timeout <= 86_400.0) {
                 return Err(format!("--wait-timeout {wait_timeout}: give seconds in (0, 86400], e.g. --wait-timeout 120").into());

@@ -115,9 +115,82 @@ pub fn wait_searchable(
     Ok(Searchable { assets: assets.len(), missing, took: started.elapsed() })
 }
 
+/// Reads an NDJSON file of asset records (`{"asset_id": ..., "title": ..., ...}` per line, as
+/// `rushes gen` writes assets.ndjson), checking every line (its asset id by the server's rule,
+/// its fields strictly) before anything is sent. Errors name the file, the line and the fix.
+pub fn read_records(path: &std::path::Path) -> Result<Vec<(String, rushes_protocol::AssetRecord)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--records {}: {e}", path.display()))?;
+    let mut records = Vec::new();
+    for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = format!("--records {} line {}", path.display(), index + 1);
+        let mut value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{at}: not JSON ({e})"))?;
+        let asset_id = value
+            .as_object_mut()
+            .and_then(|object| object.remove("asset_id"))
+            .and_then(|id| id.as_str().map(str::to_string))
+            .ok_or_else(|| format!("{at}: needs \"asset_id\" (a string) beside the record's fields"))?;
+        rushes_protocol::validate::validate_asset_id(&asset_id, max_asset_id_bytes())
+            .map_err(|m| format!("{at}: asset_id {asset_id:?} {m}"))?;
+        let record: rushes_protocol::AssetRecord =
+            serde_json::from_value(value).map_err(|e| format!("{at}: {e} (fields: title, series, season, episode, duration_ms, fps)"))?;
+        records.push((asset_id, record));
+    }
+    Ok(records)
+}
+
+/// Stores each record with `PUT /v1/assets/{id}`, retrying an overloaded or leaderless node a
+/// few times (the same record written again leaves it as it is). Returns how many were stored.
+pub fn put_records(client: &Client, records: &[(String, rushes_protocol::AssetRecord)]) -> Result<usize, String> {
+    for (asset_id, record) in records {
+        let body = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        let path = format!("/v1/assets/{asset_id}");
+        let mut pause = Duration::from_millis(100);
+        let mut attempts = 0;
+        loop {
+            match client.send("PUT", &path, "application/json", &body) {
+                Ok(_) => break,
+                Err(error) if error.is_retryable() && attempts < 10 => {
+                    attempts += 1;
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => return Err(format!("storing the record of {asset_id}: {error}")),
+            }
+        }
+    }
+    Ok(records.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_read_whole_and_a_bad_line_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("assets.ndjson");
+        std::fs::write(
+            &good,
+            "{\"asset_id\": \"s01e01\", \"title\": \"Pilot\", \"fps\": 23.976}\n\n{\"asset_id\": \"s01e02\", \"season\": 1}\n",
+        )
+        .expect("write");
+        let records = read_records(&good).expect("two good lines");
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].0, "s01e01");
+        assert_eq!(records[0].1.title.as_deref(), Some("Pilot"));
+        assert_eq!(records[1].1.season, Some(1));
+        for (line, expected) in [
+            ("{\"title\": \"no id\"}", "needs \"asset_id\""),
+            ("{\"asset_id\": \"bad id!\", \"title\": \"x\"}", "asset_id \"bad id!\""),
+            ("{\"asset_id\": \"ok\", \"titel\": \"typo\"}", "titel"),
+            ("not json", "not JSON"),
+        ] {
+            let bad = dir.path().join("bad.ndjson");
+            std::fs::write(&bad, format!("{{\"asset_id\": \"fine\"}}\n{line}\n")).expect("write");
+            let error = read_records(&bad).expect_err(line);
+            assert!(error.contains("line 2") && error.contains(expected), "{error}");
+        }
+    }
 
     #[test]
     fn the_asset_flag_follows_the_server_rule() {
