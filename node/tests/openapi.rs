@@ -150,6 +150,23 @@ fn the_openapi_document_names_every_route_and_real_replies_match_it() {
         assert!(codes.contains(code), "error code {code} missing from the document: {codes:?}");
     }
 
+    // Every example in the document is an instance of its own schema.
+    let mut examples = 0;
+    for (name, schema) in document["components"]["schemas"].as_object().expect("schemas") {
+        if let Some(example) = schema.get("example") {
+            let mut root = schema.clone();
+            if let Value::Object(map) = &mut root {
+                map.remove("example");
+                map.insert("components".into(), document["components"].clone());
+            }
+            let validator = jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("schema {name}: {e}"));
+            let errors: Vec<String> = validator.iter_errors(example).map(|e| format!("{e} at {}", e.instance_path)).collect();
+            assert!(errors.is_empty(), "the example of {name} does not match its schema: {}", errors.join("; "));
+            examples += 1;
+        }
+    }
+    assert!(examples >= 10, "{examples} schemas carry an example");
+
     close_objects(&mut document, false);
     let contract = Contract { document, checked: Default::default() };
     let json_type = "application/json";

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// One model output as received on `POST /v1/annotations` (its known fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "faces-s01e01-000123", "asset_id": "s01e01", "model": "faces", "model_version": "2", "track": "character", "start_ms": 12000, "end_ms": 15500, "label": "Joey", "confidence": 0.94}))]
 pub struct Annotation {
     pub id: String,
     pub asset_id: String,
@@ -32,6 +33,7 @@ pub struct Annotation {
 /// `PUT /v1/assets/{asset_id}` body.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"title": "The One with the Pilot", "series": "central-perk", "season": 1, "episode": 1, "duration_ms": 1320000, "fps": 23.976}))]
 pub struct AssetRecord {
     #[serde(default)]
     pub title: Option<String>,
@@ -48,6 +50,7 @@ pub struct AssetRecord {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"accepted": 2000, "created": 1990, "duplicates": 10, "took_ms": 41}))]
 pub struct IngestReply {
     /// Annotations in the batch (after removing exact duplicates inside the batch).
     pub accepted: usize,
@@ -227,6 +230,7 @@ pub enum BoolOperator {
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"series": ["central-perk"], "season": 1, "from_ms": 0, "to_ms": 600000}))]
 pub struct Filters {
     #[serde(default)]
     pub asset_ids: Option<Vec<String>>,
@@ -348,6 +352,12 @@ pub struct AssetHits {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"took_ms": 12, "shards": {"total": 4, "ok": 4, "failed": 0, "skipped": 0}, "total_assets": 1,
+    "assets": [{"asset_id": "s01e03", "title": "The One with the Cooking Class", "series": "central-perk", "season": 1, "episode": 3, "score": 2.58,
+        "clips": [{"start_ms": 1302000, "end_ms": 1359000, "score": 2.58, "matches": [
+            {"track": "character", "label": "Joey", "annotation_id": "faces-s01e03-000871", "confidence": 0.99, "clause": 0},
+            {"track": "scene", "label": "kitchen", "annotation_id": "places-s01e03-000044", "confidence": 0.87, "clause": 1}]}]}],
+    "understanding": {"kind": "label", "corrections": [["jooey", "Joey"]]}}))]
 pub struct SearchResponse {
     pub took_ms: u64,
     pub shards: ShardCounts,

@@ -165,7 +165,11 @@ async fn post_annotations(request: HttpRequest, payload: web::Payload) -> HttpRe
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SubtitleParams {
+    /// The file's language (`en`, `fr`, `pt-BR`, ...): its model is `subtitles-<language>`.
+    #[param(example = "fr")]
     language: String,
+    /// A higher version replaces earlier imports of this language in search (default "1").
+    #[param(example = "2")]
     model_version: Option<String>,
 }
 
@@ -525,7 +529,11 @@ async fn small_json<T: DeserializeOwned>(request: &HttpRequest, payload: web::Pa
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RangeQuery {
+    /// Start of the window (default 0).
+    #[param(example = 60000)]
     from_ms: Option<u64>,
+    /// End of the window (default: one hour of buckets after from_ms).
+    #[param(example = 90000)]
     to_ms: Option<u64>,
     consistency: Option<rushes_protocol::Consistency>,
 }
@@ -571,7 +579,11 @@ async fn post_explain(request: HttpRequest, payload: web::Payload) -> HttpResult
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SuggestQuery {
+    /// What was typed so far; the last word is completed.
+    #[param(example = "Jo")]
     q: String,
+    /// Completions at most (1..=50, default 8).
+    #[param(example = 8)]
     limit: Option<usize>,
 }
 

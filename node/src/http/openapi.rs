@@ -25,6 +25,7 @@ use crate::ingest::captions::SubtitleImportReply;
 
 /// `GET /health`: the process is alive (200), or some replica stopped on a failure (503).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok", "shards": 4, "caught_up": true}))]
 pub struct HealthReply {
     /// `ok` or `degraded`.
     pub status: String,
@@ -41,6 +42,7 @@ pub struct HealthReply {
 
 /// `GET /ready`: 200 `ready`, or 503 `not_ready` with the reasons.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "not_ready", "shards": 4, "reasons": ["shard 2: no known leader (an election, or this node is cut off from the group)"]}))]
 pub struct ReadyReply {
     /// `ready` or `not_ready`.
     pub status: String,
@@ -60,6 +62,7 @@ pub struct AnnotationCounts {
 
 /// `GET /v1/assets/{asset_id}`: the record (fields absent from it are `null`) and the counts.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"asset_id": "s01e01", "title": "The One with the Pilot", "series": "central-perk", "season": 1, "episode": 1, "duration_ms": 1320000, "fps": 23.976, "annotations": {"total": 5012, "by_track": {"character": 2210, "dialogue": 1530, "object": 801, "scene": 371, "shot": 100}}}))]
 pub struct AssetView {
     pub asset_id: String,
     pub title: Option<String>,
@@ -73,6 +76,7 @@ pub struct AssetView {
 
 /// `PUT /v1/assets/{asset_id}`: the record as stored.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"asset_id": "s01e01", "title": "The One with the Pilot", "series": "central-perk", "season": 1, "episode": 1, "duration_ms": 1320000, "fps": 23.976}))]
 pub struct AssetPutReply {
     pub asset_id: String,
     pub title: Option<String>,
@@ -85,6 +89,7 @@ pub struct AssetPutReply {
 
 /// A delete's outcome (deletes are idempotent: 0 when nothing was stored).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"asset_id": "s01e01", "deleted_annotations": 5012, "took_ms": 38}))]
 pub struct DeleteReply {
     pub asset_id: String,
     /// With `DELETE .../annotations/{annotation_id}`.
@@ -109,6 +114,8 @@ pub struct SuggestCompletion {
 
 /// `GET /v1/suggest`.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"q": "Jo", "completions": [{"text": "Joey", "kind": "label", "tracks": ["character"], "query": "Joey", "frequency": 0},
+    {"text": "job", "kind": "word", "query": "job", "frequency": 57}], "moments": []}))]
 pub struct SuggestReply {
     /// What was typed.
     pub q: String,
@@ -131,6 +138,7 @@ pub struct ExplainReply {
 
 /// The cluster map's epoch after an admin change, and what it queued.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"epoch": 7, "queued_moves": [{"shard": 2, "from": 3, "to": 4}]}))]
 pub struct MembershipReply {
     pub epoch: u64,
     #[schema(value_type = Option<Vec<Object>>)]
