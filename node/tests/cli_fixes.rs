@@ -30,7 +30,6 @@ fn rushes(node: &TestNode, args: &[&str], timeout: Duration) -> Output {
     run_with_deadline(&mut command, timeout)
 }
 
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -146,14 +145,21 @@ fn import_returns_once_searchable() {
     assert!(stdout.contains(&format!("searchable: {} assets confirmed in ", assets.len())), "{stdout}");
     eprintln!("import + wait took {:.1} s: {stdout}", started.elapsed().as_secs_f64());
 
-    // At once, with no waiting: every replica has indexed all it applied, and an ordinary
-    // (eventual) search finds every episode's main character.
+    // At once, with no waiting: every replica holding imported annotations has indexed all it
+    // applied (a shard that got none of them may still be indexing its first, empty entry: the
+    // import promises nothing about it), and an ordinary (eventual) search finds every
+    // episode's main character.
     let status = node.client().get_json("/v1/cluster").expect("cluster");
+    let mut holding = 0;
     for shard in status["shards"].as_array().expect("shards") {
         for replica in shard["replicas"].as_array().expect("replicas") {
-            assert_eq!(replica["indexed_index"], replica["applied_index"], "right after the import: {replica}");
+            if replica["raw_annotations"].as_u64().unwrap_or(0) > 0 {
+                holding += 1;
+                assert_eq!(replica["indexed_index"], replica["applied_index"], "right after the import: {replica}");
+            }
         }
     }
+    assert!(holding > 0, "no replica holds the import: {status}");
     let reply = search(&node, json!({"clauses": [{"type": "label", "track": "character", "label": "Joey"}], "limit": 100}));
     assert_eq!(reply.total_assets, assets.len(), "every imported episode is searchable right away");
 
