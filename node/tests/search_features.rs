@@ -202,7 +202,6 @@ fn only(asset_id: &str) -> Value {
     json!({"asset_ids": [asset_id]})
 }
 
-
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(FIXTURES).join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
