@@ -125,15 +125,7 @@ impl Http {
 
 /// Percent-encodes one URL path segment (everything but RFC 3986 unreserved characters).
 pub fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    rushes_client::percent_encode(segment)
 }
 
 #[cfg(test)]

@@ -39,20 +39,11 @@ fn label(id: &str, asset: &str, name: &str, end_ms: u64) -> String {
     .to_string()
 }
 
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// (text, kind, frequency) of each completion of `q` on `node`, and how long the answer took.
 fn suggest(cluster: &LocalCluster, http: &Http, node: u64, q: &str) -> (Vec<(String, String, u64)>, Duration) {
     let started = Instant::now();
     let reply = http
-        .get_json(&cluster.node(node).url(&format!("/v1/suggest?q={}", encode(q))))
+        .get_json(&cluster.node(node).url(&format!("/v1/suggest?q={}", rushes_client::percent_encode(q))))
         .unwrap_or_else(|e| panic!("suggest {q:?} on node {node}: {e}\n{}", cluster.diagnostics()));
     let took = started.elapsed();
     let completions = reply["completions"]

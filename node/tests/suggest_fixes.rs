@@ -33,19 +33,10 @@ fn ingest(client: &Client, items: &[Value]) {
     client.send("POST", "/v1/annotations", "application/json", &body).expect("ingest");
 }
 
-/// Percent-encodes a query value (UTF-8 bytes).
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// (text, kind, query) of each completion of `q`.
 fn completions(client: &Client, q: &str) -> Vec<(String, String, String)> {
-    let reply = client.get_json(&format!("/v1/suggest?q={}", encode(q))).unwrap_or_else(|e| panic!("suggest {q:?}: {e}"));
+    let reply =
+        client.get_json(&format!("/v1/suggest?q={}", rushes_client::percent_encode(q))).unwrap_or_else(|e| panic!("suggest {q:?}: {e}"));
     reply["completions"]
         .as_array()
         .unwrap_or_else(|| panic!("suggest {q:?}: no completions array: {reply}"))

@@ -172,3 +172,17 @@ impl Client {
         serde_json::from_str(&text).map_err(|e| ClientError::Decode { url, message: e.to_string() })
     }
 }
+
+/// Percent-encodes a URL path segment or query value (everything but RFC 3986 unreserved
+/// characters, byte by byte of its UTF-8).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
