@@ -4,7 +4,8 @@
 //! - labels are shown as the models wrote them, the most frequent spelling when several exist
 //!   ("Joey", not "joey"), in completions, `understanding` (tree and "did you mean") and
 //!   explain's leaves, while "JOEY", "joey" and "jOeY" all find every spelling;
-//! - accents fold for matching: "cre", "crè" and "CRÈ" complete to "crème", "zoe" to "Zoë";
+//! - accents fold for matching: "cre", "crè" and "CRÈ" complete to "crème", "zoe" to "Zoë",
+//!   and a search for "zoe" finds the label "Zoë";
 //! - a spelling follows the data: when the spelling that led is deleted, the other one shows.
 
 mod common;
@@ -169,6 +170,9 @@ fn accents_fold_for_matching_and_completions_show_them() {
     assert_eq!(found(&client, json!({"q": "crème"})), set(&["dessert-1", "dessert-2"]));
     assert_eq!(found(&client, json!({"q": "Zoë"})), set(&["dessert-1"]));
     assert_eq!(found(&client, json!({"q": "Café Crème"})), set(&["dessert-2"]));
+    // A full search folds accents as the completions do: typed without them, the label is found.
+    assert_eq!(found(&client, json!({"q": "zoe"})), set(&["dessert-1"]));
+    assert_eq!(found(&client, json!({"q": "cafe creme"})), set(&["dessert-2"]));
 }
 
 /// A two-node cluster (replication factor 1) whose node 2 runs an earlier version, played by

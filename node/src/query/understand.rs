@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::search::vocabulary::fold;
+
 /// What a query is matched against.
 #[derive(Debug, Clone, Copy)]
 pub struct Vocabulary<'a> {
@@ -191,7 +193,8 @@ const STOP_WORDS: &[&str] = &[
 ///    multi-word label ("after party") are part of the label.
 /// 4. **Labels**, longest first over up to 4 consecutive words (not across commas, quotes or
 ///    removed filters): exact on the normalized vocabulary, also after removing a trailing
-///    possessive `'s`, plural `s` or `es`, or with hyphens read as spaces ("coffee-shop"). A span
+///    possessive `'s`, plural `s` or `es`, or with hyphens read as spaces ("coffee-shop"), and with
+///    accents folded on either side ("zoe" finds "zoë", "zoë" finds "zoe"). A span
 ///    made only of stop words is never a label. Otherwise fuzzy: one word against one-word labels,
 ///    or two words against two-word labels (word by word), within [`auto_fuzziness`] edits of
 ///    what was typed; words shorter than 4 characters, stop words and numbers are never
@@ -217,8 +220,9 @@ pub fn understand(q: &str, vocabulary: &Vocabulary) -> Understood {
     let mut filters = ExtractedFilters::default();
     extract_filters(&mut toks, vocabulary, &mut filters, &mut ignored);
     let windows = extract_windows(&mut toks);
-    let toks = mark_connectives(toks, vocabulary.labels);
-    let mut parser = Parser { labels: vocabulary.labels, ignored, corrections: Vec::new(), windows };
+    let labels = Labels::new(vocabulary.labels);
+    let toks = mark_connectives(toks, &labels);
+    let mut parser = Parser { labels: &labels, ignored, corrections: Vec::new(), windows };
     let root = parser.parse(toks, Level::Sequence);
     Understood {
         kind: kind_of(root.as_ref()),
@@ -861,7 +865,7 @@ fn extract_windows(toks: &mut [Tok]) -> Vec<Window> {
 // Connectives
 
 /// Marks connective words, except inside an exact multi-word label ("after party").
-fn mark_connectives(toks: Vec<Tok>, labels: &BTreeMap<String, Vec<String>>) -> Vec<Tok> {
+fn mark_connectives(toks: Vec<Tok>, labels: &Labels) -> Vec<Tok> {
     let protected = protected_words(&toks, labels);
     let mut out = Vec::with_capacity(toks.len());
     let mut iter = toks.into_iter().enumerate().peekable();
@@ -901,7 +905,7 @@ fn mark_connectives(toks: Vec<Tok>, labels: &BTreeMap<String, Vec<String>>) -> V
     out
 }
 
-fn protected_words(toks: &[Tok], labels: &BTreeMap<String, Vec<String>>) -> Vec<bool> {
+fn protected_words(toks: &[Tok], labels: &Labels) -> Vec<bool> {
     let mut protected = vec![false; toks.len()];
     let mut i = 0;
     while i < toks.len() {
@@ -1027,8 +1031,38 @@ struct LabelMatch<'v> {
     edits: u32,
 }
 
-/// The exact label for these words, also without a possessive, a plural ending, or hyphens.
-fn exact_label<'v>(words: &[&Word], labels: &'v BTreeMap<String, Vec<String>>) -> Option<(&'v String, &'v Vec<String>)> {
+/// The label vocabulary with an accent-folded index, so "zoe" finds the label "zoë" and "creme
+/// brulee" finds "crème brûlée" exactly, as the dialogue index and suggest fold them.
+struct Labels<'v> {
+    exact: &'v BTreeMap<String, Vec<String>>,
+    /// Folded form → label, for the labels whose folded form differs (those not plain ASCII).
+    folded: BTreeMap<String, &'v String>,
+}
+
+impl<'v> Labels<'v> {
+    fn new(exact: &'v BTreeMap<String, Vec<String>>) -> Labels<'v> {
+        let folded = exact.keys().filter(|label| !label.is_ascii()).map(|label| (fold(label), label)).collect();
+        Labels { exact, folded }
+    }
+
+    /// The label spelled `candidate`, or, failing that, the one it folds to (either side may
+    /// carry the accents).
+    fn get(&self, candidate: &str) -> Option<(&'v String, &'v Vec<String>)> {
+        if let Some(found) = self.exact.get_key_value(candidate) {
+            return Some(found);
+        }
+        let folded = fold(candidate);
+        if let Some(found) = self.exact.get_key_value(&folded) {
+            return Some(found);
+        }
+        let label = *self.folded.get(&folded)?;
+        self.exact.get_key_value(label)
+    }
+}
+
+/// The exact label for these words, also without a possessive, a plural ending, or hyphens,
+/// and with accents folded on both sides.
+fn exact_label<'v>(words: &[&Word], labels: &Labels<'v>) -> Option<(&'v String, &'v Vec<String>)> {
     if words.iter().all(|w| is_stop_word(&w.lower)) {
         return None;
     }
@@ -1039,7 +1073,7 @@ fn exact_label<'v>(words: &[&Word], labels: &'v BTreeMap<String, Vec<String>>) -
         let stripped = [base.strip_suffix("'s"), base.strip_suffix('s'), base.strip_suffix("es")];
         let candidates = std::iter::once(base).chain(stripped.into_iter().flatten().filter(|s| s.chars().count() >= 2));
         for candidate in candidates {
-            if let Some(found) = labels.get_key_value(candidate) {
+            if let Some(found) = labels.get(candidate) {
                 return Some(found);
             }
         }
@@ -1144,28 +1178,28 @@ fn fuzzy_pair<'v>(a: &Word, b: &Word, labels: &'v BTreeMap<String, Vec<String>>)
 }
 
 /// The label that starts at `run[0]`: exact longest first, else fuzzy (two words, then one).
-fn match_label<'v>(run: &[&Word], labels: &'v BTreeMap<String, Vec<String>>) -> Option<LabelMatch<'v>> {
+fn match_label<'v>(run: &[&Word], labels: &Labels<'v>) -> Option<LabelMatch<'v>> {
     for n in (1..=run.len().min(MAX_LABEL_WORDS)).rev() {
         if let Some((label, tracks)) = exact_label(&run[..n], labels) {
             return Some(LabelMatch { label, tracks, words: n, edits: 0 });
         }
     }
     if let [a, b, ..] = run {
-        if let Some(found) = fuzzy_pair(a, b, labels) {
+        if let Some(found) = fuzzy_pair(a, b, labels.exact) {
             return Some(found);
         }
     }
-    fuzzy_single(run.first()?, labels)
+    fuzzy_single(run.first()?, labels.exact)
 }
 
-struct Parser<'v> {
-    labels: &'v BTreeMap<String, Vec<String>>,
+struct Parser<'l, 'v> {
+    labels: &'l Labels<'v>,
     ignored: Vec<(usize, String)>,
     corrections: Vec<(String, String)>,
     windows: Vec<Window>,
 }
 
-impl Parser<'_> {
+impl Parser<'_, '_> {
     fn parse(&mut self, toks: Vec<Tok>, level: Level) -> Option<QueryNode> {
         let mut toks = validate(toks, level);
         if level == Level::Sequence {
@@ -1388,6 +1422,25 @@ mod tests {
         assert_eq!(u.ignored_words, vec!["in", "the"]);
         assert!(u.corrections.is_empty());
         assert_eq!(u.filters, ExtractedFilters::default());
+    }
+
+    #[test]
+    fn accents_are_folded_on_either_side_as_the_dialogue_index_folds_them() {
+        let mut labels = BTreeMap::new();
+        for (name, track) in [("zoë", "character"), ("crème brûlée", "object"), ("cafe", "scene"), ("joey", "character")] {
+            labels.insert(name.to_string(), vec![track.to_string()]);
+        }
+        let understood = |q: &str| understand(q, &Vocabulary { labels: &labels, series: &[] }).root;
+        let exact = |name: &str, typed: &str| {
+            Some(QueryNode::Label { label: name.into(), tracks: labels[name].clone(), typed: typed.into(), edits: 0 })
+        };
+        assert_eq!(understood("zoe"), exact("zoë", "zoe"));
+        assert_eq!(understood("Zoë"), exact("zoë", "zoë"));
+        assert_eq!(understood("ZOE's"), exact("zoë", "zoe's"));
+        assert_eq!(understood("creme brulee"), exact("crème brûlée", "creme brulee"));
+        assert_eq!(understood("café"), exact("cafe", "café"));
+        // Folding is not fuzziness: a different word stays a word.
+        assert_eq!(understood("zoo"), Some(QueryNode::Words { text: "zoo".into() }));
     }
 
     #[test]
