@@ -63,6 +63,97 @@ fn close_objects(schema: &mut Value, inside_all_of: bool) {
     }
 }
 
+/// The schema `schema` names, following one `$ref` into `components`.
+fn resolve<'d>(document: &'d Value, schema: &'d Value) -> &'d Value {
+    match schema.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/components/schemas/")) {
+        Some(name) => &document["components"]["schemas"][name],
+        None => schema,
+    }
+}
+
+/// The examples a JSON media type carries, its own or its schema's, by name.
+fn media_examples(document: &Value, media: &Value) -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    if let Some(example) = media.get("example") {
+        found.push(("example".to_string(), example.clone()));
+    }
+    for (name, example) in media.get("examples").and_then(Value::as_object).into_iter().flatten() {
+        found.push((name.clone(), example["value"].clone()));
+    }
+    if found.is_empty() {
+        if let Some(example) = resolve(document, &media["schema"]).get("example") {
+            found.push(("schema example".to_string(), example.clone()));
+        }
+    }
+    found
+}
+
+fn validate_example(document: &Value, schema: &Value, example: &Value, what: &str) {
+    let mut root = schema.clone();
+    if let Value::Object(map) = &mut root {
+        map.insert("components".into(), document["components"].clone());
+    }
+    let validator = jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("{what}: bad schema: {e}"));
+    let errors: Vec<String> = validator.iter_errors(example).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "{what}: the example does not match the schema: {}\nexample: {example}", errors.join("; "));
+}
+
+/// Every JSON request body and reply of every operation carries an example, each error reply
+/// one per code its status carries, and every example is an instance of its (closed) schema;
+/// every error code a handler can answer appears in some example.
+fn every_operation_has_examples_that_match_its_schemas(document: &Value) {
+    let mut codes_shown = BTreeSet::new();
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let mut media = Vec::new();
+            if let Some(body) = operation.pointer("/requestBody/content/application~1json") {
+                media.push(("request body".to_string(), body));
+            }
+            for (status, response) in operation["responses"].as_object().expect("responses") {
+                if let Some(body) = response.pointer("/content/application~1json") {
+                    media.push((format!("{status} reply"), body));
+                }
+                if status == "429" || status == "503" {
+                    assert!(
+                        response.pointer("/headers/Retry-After").is_some(),
+                        "{method} {path} {status}: no Retry-After header documented"
+                    );
+                }
+            }
+            for (what, body) in media {
+                let what = format!("{method} {path} {what}");
+                let examples = media_examples(document, body);
+                assert!(!examples.is_empty(), "{what}: no example");
+                for (name, example) in examples {
+                    validate_example(document, &body["schema"], &example, &format!("{what} ({name})"));
+                    if let Some(code) = example.pointer("/error/code").and_then(Value::as_str) {
+                        codes_shown.insert(code.to_string());
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    for code in [
+        "invalid_json",
+        "invalid_field",
+        "too_large",
+        "unsupported_media_type",
+        "conflict",
+        "not_found",
+        "overloaded",
+        "unavailable",
+        "timeout",
+        "internal",
+        "unauthenticated",
+        "forbidden",
+    ] {
+        assert!(codes_shown.contains(code), "no operation shows an example of error code {code}");
+    }
+    eprintln!("{checked} request and reply examples validated against their schemas");
+}
+
 struct Contract {
     document: Value,
     checked: std::cell::RefCell<Vec<String>>,
@@ -168,6 +259,7 @@ fn the_openapi_document_names_every_route_and_real_replies_match_it() {
     assert!(examples >= 10, "{examples} schemas carry an example");
 
     close_objects(&mut document, false);
+    every_operation_has_examples_that_match_its_schemas(&document);
     let contract = Contract { document, checked: Default::default() };
     let json_type = "application/json";
 
@@ -234,6 +326,22 @@ fn the_openapi_document_names_every_route_and_real_replies_match_it() {
     let (status, _) =
         contract.call(&client, "post", "/v1/annotations", "/v1/annotations", "application/x-ndjson", conflicting.to_string().as_bytes());
     assert_eq!(status, 409);
+
+    // Operations and admin reads.
+    assert_eq!(contract.call(&client, "get", "/v1/cluster", "/v1/cluster", "", b"").0, 200);
+    assert_eq!(contract.call(&client, "get", "/v1/cluster?digest=true", "/v1/cluster", "", b"").0, 200);
+    let (status, body) = contract.call(&client, "get", "/v1/admin/shards/0/log?after=0&through=1", "/v1/admin/shards/{shard}/log", "", b"");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = contract.call(&client, "get", "/v1/admin/shards/0/log?limit=2", "/v1/admin/shards/{shard}/log", "", b"");
+    assert_eq!(status, 422);
+    assert_eq!(contract.call(&client, "post", "/v1/admin/purge-superseded", "/v1/admin/purge-superseded", "", b"").0, 200);
+    // A single node is no cluster: membership commands are refused, as documented.
+    assert_eq!(contract.call(&client, "get", "/v1/admin/cluster/map", "/v1/admin/cluster/map", "", b"").0, 422);
+    let (status, _) = contract.call(&client, "post", "/v1/admin/cluster/rebalance", "/v1/admin/cluster/rebalance", json_type, b"{}");
+    assert_eq!(status, 422);
+    // Fault injection is off on this node: the endpoint hides.
+    let (status, _) = contract.call(&client, "post", "/v1/debug/partition", "/v1/debug/partition", json_type, br#"{"isolate_from": [2]}"#);
+    assert_eq!(status, 404);
 
     // Deletes.
     assert_eq!(

@@ -414,6 +414,11 @@ pub struct BucketView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"asset_id": "s01e01", "bucket_ms": 1000, "buckets": [
+    {"second": 0, "annotations": [{"annotation_id": "c1", "track": "character", "model": "faces", "label": "Joey", "confidence": 0.9, "coverage": 1.0}]},
+    {"second": 1, "annotations": [{"annotation_id": "c1", "track": "character", "model": "faces", "label": "Joey", "confidence": 0.9, "coverage": 1.0},
+        {"annotation_id": "d1", "track": "dialogue", "model": "asr", "text": "we were on a break", "language": "en", "confidence": 1.0, "coverage": 1.0}]}
+]}))]
 pub struct BucketsReply {
     pub asset_id: String,
     pub bucket_ms: u64,

@@ -425,6 +425,7 @@ async fn get_cluster_map(request: HttpRequest) -> HttpResult {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": 4, "raft_addr": "10.0.0.4:7400", "http_addr": "10.0.0.4:7300"}))]
 struct AddNodeRequest {
     id: u64,
     raft_addr: String,
@@ -456,6 +457,7 @@ async fn post_drain_node(request: HttpRequest) -> HttpResult {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"with": 5}))]
 struct ReplaceRequest {
     with: u64,
 }
@@ -479,6 +481,7 @@ async fn delete_cluster_node(request: HttpRequest) -> HttpResult {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"shard": 2, "from": 3, "to": 4}))]
 struct MoveRequest {
     shard: u32,
     from: u64,
@@ -495,6 +498,7 @@ async fn post_cluster_move(request: HttpRequest, payload: web::Payload) -> HttpR
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"max_concurrent_moves": 1}))]
 struct RebalanceRequest {
     max_concurrent_moves: Option<usize>,
 }
@@ -632,6 +636,7 @@ pub const FAULT_INJECTION_ENV: &str = "RUSHES_FAULT_INJECTION";
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"isolate_from": [2, 3]}))]
 struct PartitionRequest {
     isolate_from: Vec<u64>,
 }
@@ -670,6 +675,7 @@ async fn post_partition(request: HttpRequest, payload: web::Payload) -> HttpResu
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"shard": 0, "actor": "fusion", "panics": 1}))]
 struct ActorFaultRequest {
     shard: u32,
     /// `fusion` or `index`.
@@ -758,7 +764,9 @@ async fn openapi_json() -> HttpResult {
     let body = match DOCUMENT.get() {
         Some(body) => body.clone(),
         None => {
-            let body = openapi::document().to_json().map_err(|e| HttpError(ApiError::internal(format!("OpenAPI document: {e}"))))?;
+            let body = openapi::document()
+                .map(|document| document.to_string())
+                .map_err(|e| HttpError(ApiError::internal(format!("OpenAPI document: {e}"))))?;
             DOCUMENT.get_or_init(|| body).clone()
         }
     };

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use rushes_protocol::error::{ErrorBody, ErrorDetail};
 use rushes_protocol::{AssetHits, AssetRecord, BucketsReply, Clause, ErrorCode, IngestReply, SearchRequest, SearchResponse};
 use serde::Serialize;
+use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -129,6 +130,11 @@ pub struct SuggestReply {
 /// `POST /v1/search/explain`: the plan the query became (leaves, tree, understanding, filters,
 /// fusion and curation settings, warnings), without running it.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"shards": 4, "plan": {"mode": "intersection", "per_asset": 5, "limit": 20, "group_by": "asset",
+    "leaves": [{"type": "label", "label": "Joey", "track": "character", "min_confidence": 0.5, "weight": 1.0, "source": "query"}],
+    "root": {"type": "leaf", "leaf": 0},
+    "understanding": {"kind": "label", "root": {"type": "label", "label": "Joey", "tracks": ["character"], "typed": "joey", "edits": 0},
+        "corrections": [], "ignored_words": [], "filters": {"series": null, "season": null, "episode": null, "from_ms": null, "to_ms": null}}}}))]
 pub struct ExplainReply {
     #[schema(value_type = Object)]
     pub plan: serde_json::Value,
@@ -199,9 +205,149 @@ impl Modify for ApiKeySecurity {
 )]
 pub struct ApiDoc;
 
-/// The document, as served (OpenAPI 3.1).
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document, as served (OpenAPI 3.1): utoipa's, with the error replies every operation
+/// shares added ([`complete_error_responses`]).
+pub fn document() -> Result<Value, serde_json::Error> {
+    let mut document = serde_json::to_value(ApiDoc::openapi())?;
+    complete_error_responses(&mut document);
+    Ok(document)
+}
+
+const ERROR_BODY_REF: &str = "#/components/schemas/ErrorBody";
+
+/// Adds, to every operation, the error replies its kind can give and the handler's
+/// annotation does not list, so a client generator sees each one:
+/// - an API key (`security`): 401 `unauthenticated` and 403 `forbidden`;
+/// - a JSON request body: 400 `invalid_json`, 413 `too_large` and 422 `invalid_field`;
+/// - path or query parameters: 422 `invalid_field`;
+/// - every `/v1/` route and `/metrics`: 429 `overloaded` (a bounded queue or mailbox is full),
+///   500 `internal` and 503 `unavailable` / `timeout`.
+///
+/// Then every reply whose body is an ErrorBody gets one named example per error code its
+/// status carries, and every 429 and 503 reply the `Retry-After` header.
+fn complete_error_responses(document: &mut Value) {
+    let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let api = path.starts_with("/v1/") || path == "/metrics";
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in item.iter_mut() {
+            if !matches!(method.as_str(), "get" | "post" | "put" | "delete") {
+                continue;
+            }
+            let secured = operation.get("security").and_then(Value::as_array).is_some_and(|s| !s.is_empty());
+            let json_body = operation.pointer("/requestBody/content/application~1json").is_some();
+            let has_params = operation.get("parameters").and_then(Value::as_array).is_some_and(|p| !p.is_empty());
+            let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let mut add = |status: &str, description: &str| {
+                responses.entry(status).or_insert_with(
+                    || json!({"description": description, "content": {"application/json": {"schema": {"$ref": ERROR_BODY_REF}}}}),
+                );
+            };
+            if secured {
+                add("401", "No valid API key (`unauthenticated`)");
+                add("403", "The key lacks the scope this operation needs (`forbidden`)");
+            }
+            if json_body {
+                add("400", "The body is not JSON (`invalid_json`)");
+                add("413", "The body or a string in it is over its limit (`too_large`)");
+                add("422", "A field is wrong (`invalid_field`); `field` names it");
+            }
+            if has_params {
+                add("422", "A path or query parameter is wrong (`invalid_field`); `field` names it");
+            }
+            if api {
+                add("429", "A bounded queue or mailbox is full (`overloaded`): retry after Retry-After");
+                add("500", "A bug or an I/O failure on the node (`internal`)");
+                add("503", "No leader reachable, or the node is starting or stopping (`unavailable`), or not done in time (`timeout`)");
+            }
+            for (status, response) in responses.iter_mut() {
+                let Ok(status) = status.parse::<u16>() else {
+                    continue;
+                };
+                if status == 429 || status == 503 {
+                    response["headers"] = json!({"Retry-After": {
+                        "description": "Seconds to wait before retrying (also `retry_after_s` in an error body)",
+                        "schema": {"type": "integer", "minimum": 0}
+                    }});
+                }
+                let Some(content) = response.pointer_mut("/content/application~1json") else {
+                    continue;
+                };
+                if content.pointer("/schema/$ref").and_then(Value::as_str) != Some(ERROR_BODY_REF) {
+                    continue;
+                }
+                let examples: serde_json::Map<String, Value> = ALL_ERROR_CODES
+                    .iter()
+                    .filter(|code| code.http_status() == status)
+                    .map(|code| (code.as_str().to_string(), json!({"value": error_example(*code)})))
+                    .collect();
+                if !examples.is_empty() {
+                    content["examples"] = Value::Object(examples);
+                }
+            }
+        }
+    }
+}
+
+/// Every error code, in the order of [`ErrorCode`].
+pub const ALL_ERROR_CODES: [ErrorCode; 13] = [
+    ErrorCode::InvalidJson,
+    ErrorCode::InvalidField,
+    ErrorCode::TooLarge,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::Conflict,
+    ErrorCode::NotFound,
+    ErrorCode::MethodNotAllowed,
+    ErrorCode::Overloaded,
+    ErrorCode::Unavailable,
+    ErrorCode::Timeout,
+    ErrorCode::Internal,
+    ErrorCode::Unauthenticated,
+    ErrorCode::Forbidden,
+];
+
+/// A reply with `code`, worded as the server words it.
+fn error_example(code: ErrorCode) -> Value {
+    let detail = match code {
+        ErrorCode::InvalidJson => json!({"message": "invalid JSON at line 1 column 9: expected value"}),
+        ErrorCode::InvalidField => {
+            json!({"message": "filters.to_ms must be greater than filters.from_ms", "field": "filters.to_ms"})
+        }
+        ErrorCode::TooLarge => json!({
+            "message": "the body is over limits.max_body_bytes (10485760 bytes): split it into smaller batches"
+        }),
+        ErrorCode::UnsupportedMediaType => json!({
+            "message": "Content-Type \"text/csv\" is not accepted: send application/json (an array) or application/x-ndjson (one annotation a line)"
+        }),
+        ErrorCode::Conflict => json!({
+            "message": "annotation id \"a-17\" exists with different content; annotations are immutable: send it with a new id",
+            "item": 3, "field": "id"
+        }),
+        ErrorCode::NotFound => json!({"message": "asset s09e99 has neither a record nor annotations"}),
+        ErrorCode::MethodNotAllowed => json!({"message": "GET is not allowed on /v1/search; use POST"}),
+        ErrorCode::Overloaded => json!({"message": "too many searches in flight; retry shortly", "retry_after_s": 1}),
+        ErrorCode::Unavailable => json!({"message": "shard 2: no leader is reachable from this node; retry", "retry_after_s": 1}),
+        ErrorCode::Timeout => json!({
+            "message": "shard 2: the write was not confirmed in time; it may or may not be applied: read it back before writing again",
+            "retry_after_s": 1
+        }),
+        ErrorCode::Internal => json!({"message": "shard 1: the index could not be read: I/O error"}),
+        ErrorCode::Unauthenticated => {
+            json!({"message": "this node requires an API key: send Authorization: Bearer <key> (rushes ... --token, or RUSHES_TOKEN)"})
+        }
+        ErrorCode::Forbidden => {
+            json!({"message": "the key \"editors\" lacks the write scope that POST /v1/annotations needs; use a key with it"})
+        }
+    };
+    let mut detail = detail;
+    detail["code"] = json!(code.as_str());
+    json!({"error": detail})
 }
 
 #[utoipa::path(get, path = "/", tag = "page", responses((status = 200, description = "The search page (HTML)", content_type = "text/html")))]
@@ -231,12 +377,20 @@ fn ready() {}
 ))]
 fn metrics() {}
 
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "This document", content_type = "application/json")))]
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "This document", content_type = "application/json", body = Object,
+    example = json!({"openapi": "3.1.0", "info": {"title": "Rushes", "version": "0.1.0"}, "paths": {"/health": {"get": {"responses": {}}}}}))))]
 fn openapi_json() {}
 
 #[utoipa::path(post, path = "/v1/annotations", tag = "ingest", security(("api_key" = ["write"])),
     request_body(description = "A JSON array of annotations, or NDJSON (one per line), ≤ limits.max_body_bytes and limits.max_batch_items; idempotent by id",
-        content((Vec<rushes_protocol::Annotation> = "application/json"), (rushes_protocol::Annotation = "application/x-ndjson"))),
+        content(
+            (Vec<rushes_protocol::Annotation> = "application/json", example = json!([
+                {"id": "faces-s01e01-000123", "asset_id": "s01e01", "model": "faces", "model_version": "2", "track": "character",
+                 "start_ms": 61000, "end_ms": 64500, "label": "Joey", "confidence": 0.93},
+                {"id": "asr-s01e01-000042", "asset_id": "s01e01", "model": "asr", "model_version": "1", "track": "dialogue",
+                 "start_ms": 62000, "end_ms": 63800, "text": "We were on a break!", "language": "en", "confidence": 0.88}
+            ])),
+            (rushes_protocol::Annotation = "application/x-ndjson"))),
     responses(
         (status = 200, description = "Stored (created or idempotent re-sends)", body = IngestReply),
         (status = 400, description = "Not JSON / NDJSON", body = ErrorBody),
@@ -289,7 +443,8 @@ fn get_buckets() {}
 
 #[utoipa::path(post, path = "/v1/assets/{asset_id}/subtitles", tag = "ingest", security(("api_key" = ["write"])),
     params(("asset_id" = String, Path), SubtitleParams),
-    request_body(description = "An .srt or .vtt file (UTF-8, UTF-16 with BOM, or Latin-1)", content_type = "text/plain", content = String),
+    request_body(description = "An .srt or .vtt file (UTF-8, UTF-16 with BOM, or Latin-1)", content_type = "text/plain", content = String,
+        example = json!("1\n00:00:10,000 --> 00:00:12,000\nHow you doin'?\n")),
     responses(
         (status = 200, description = "Cues stored as dialogue annotations", body = SubtitleImportReply),
         (status = 422, description = "Not a subtitle file, or a bad parameter", body = ErrorBody),
@@ -299,7 +454,9 @@ fn post_subtitles() {}
 #[utoipa::path(get, path = "/v1/assets/{asset_id}/annotations/{annotation_id}", tag = "assets", security(("api_key" = ["read"])),
     params(("asset_id" = String, Path), ("annotation_id" = String, Path), ReadQuery),
     responses(
-        (status = 200, description = "The annotation exactly as received, byte for byte", content_type = "application/json", body = Object),
+        (status = 200, description = "The annotation exactly as received, byte for byte", content_type = "application/json", body = Object,
+            example = json!({"id": "faces-s01e01-000123", "asset_id": "s01e01", "model": "faces", "model_version": "2", "track": "character",
+                "start_ms": 61000, "end_ms": 64500, "label": "Joey", "confidence": 0.93})),
         (status = 404, description = "No such annotation", body = ErrorBody),
     ))]
 fn get_raw_annotation() {}
@@ -329,7 +486,7 @@ fn get_export() {}
 fn post_search() {}
 
 #[utoipa::path(post, path = "/v1/search/explain", tag = "search", security(("api_key" = ["read"])),
-    request_body(content = SearchRequest, content_type = "application/json"),
+    request_body(content = SearchRequest, content_type = "application/json", example = json!({"q": "Joey then \"on a break\""})),
     responses(
         (status = 200, description = "The plan, not run", body = ExplainReply),
         (status = 422, description = "A field is wrong", body = ErrorBody),
@@ -345,20 +502,46 @@ fn post_explain() {}
 fn get_suggest() {}
 
 #[utoipa::path(get, path = "/v1/cluster", tag = "operations", security(("api_key" = ["read"])), params(ClusterParams),
-    responses((status = 200, description = "Nodes, shards, leaders, each replica's indexes and lag, actors, security (digest=true needs admin)", body = Object)))]
+    responses((status = 200, description = "Nodes, shards, leaders, each replica's indexes and lag, actors, security (digest=true needs admin); \
+        docs/operations.md describes every field", body = Object, example = json!({
+        "cluster_id": "rushes-local", "node_id": 1, "replication_factor": 1, "isolated_from": [],
+        "nodes": [{"id": 1, "http_addr": "127.0.0.1:7300", "raft_addr": null, "up": true, "actors": [
+            {"actor": "coordinator", "shard": null, "thread": "coordinator", "state": "idle", "mailbox_depth": 0, "mailbox_capacity": 1024,
+             "messages_handled": 3, "restarts": 0, "last_error": null}]}],
+        "shards": [{"shard": 0, "leader": 1, "raw_annotations": 5012, "buckets": 1320, "index_docs": 1320, "disk_bytes": 3_481_920u64,
+            "vectors": [{"space": "scene", "count": 1320}],
+            "replicas": [{"node": 1, "local": true, "reachable": true, "role": "voter", "leader": true, "leader_id": 1, "term": 1,
+                "commit_index": 14, "applied_index": 14, "fused_index": 14, "indexed_index": 14, "log_first_index": 1,
+                "lag": {"apply": 0, "fusion": 0, "index": 0}, "proposal_queue": 0, "failed": false, "failure": null,
+                "disk_below_floor": false, "disk_free_bytes": 74_207_354_880u64, "snapshot_chunks_fetched": 0, "snapshot_bytes_fetched": 0,
+                "snapshot_fetch_ms": 0, "snapshots_installed": 0}]}],
+        "membership": {"epoch": null, "moves": [], "queued_moves": []},
+        "security": {"api_keys": true, "https": true, "peers": "mutual_tls", "warnings": []}
+    }))))]
 fn get_cluster() {}
 
 #[utoipa::path(get, path = "/v1/admin/shards/{shard}/log", tag = "admin", security(("api_key" = ["admin"])),
     params(("shard" = u32, Path), LogQuery),
-    responses((status = 200, description = "Committed commands in (after, through], a page (continue after covered_through)", body = Object)))]
+    responses((status = 200, description = "Committed commands in (after, through], a page (continue after covered_through)", body = Object,
+        example = json!({"shard": 2, "covered_through": 3, "commands": [{"index": 2, "command": {"ingest": [
+            "{\"id\": \"c1\", \"asset_id\": \"s01e01\", \"model\": \"faces\", \"model_version\": \"1\", \"track\": \"character\", \"start_ms\": 0, \"end_ms\": 4000, \"label\": \"Joey\"}"
+        ]}}]}))))]
 fn get_shard_log() {}
 
 #[utoipa::path(post, path = "/v1/admin/purge-superseded", tag = "admin", security(("api_key" = ["admin"])),
-    responses((status = 200, description = "Superseded model versions removed now", body = Object)))]
+    responses((status = 200, description = "Superseded model versions removed now", body = Object,
+        example = json!({"assets": 3, "deleted_annotations": 15036, "took_ms": 212}))))]
 fn post_purge_superseded() {}
 
 #[utoipa::path(get, path = "/v1/admin/cluster/map", tag = "admin", security(("api_key" = ["admin"])),
-    responses((status = 200, description = "The replicated cluster map", body = Object)))]
+    responses((status = 200, description = "The replicated cluster map", body = Object, example = json!({
+        "cluster_id": "studio-a", "shard_count": 4, "replication_factor": 3, "epoch": 7, "max_concurrent_moves": 1, "next_move_id": 3,
+        "members": {"1": {"id": 1, "raft_addr": "10.0.0.1:7400", "http_addr": "10.0.0.1:7300", "draining": false}},
+        "shards": [{"voters": [1, 2, 3], "learners": [], "initial_voters": [1, 2, 3], "moving": null}],
+        "meta": {"voters": [1, 2, 3], "learners": [], "initial_voters": [1, 2, 3], "moving": null},
+        "queued": [{"group": 2, "add": 4, "remove": 3}]
+    })),
+    (status = 422, description = "This node is not part of a cluster (`invalid_field`)", body = ErrorBody)))]
 fn get_cluster_map() {}
 
 #[utoipa::path(post, path = "/v1/admin/cluster/nodes", tag = "admin", security(("api_key" = ["admin"])),
@@ -385,7 +568,8 @@ fn post_replace_node() {}
 fn post_cluster_move() {}
 
 #[utoipa::path(post, path = "/v1/admin/cluster/moves/cancel", tag = "admin", security(("api_key" = ["admin"])),
-    responses((status = 200, description = "Queued moves and moves not past promotion given up", body = MembershipReply)))]
+    responses((status = 200, description = "Queued moves and moves not past promotion given up", body = MembershipReply),
+        (status = 422, description = "This node is not part of a cluster (`invalid_field`)", body = ErrorBody)))]
 fn post_cancel_moves() {}
 
 #[utoipa::path(post, path = "/v1/admin/cluster/rebalance", tag = "admin", security(("api_key" = ["admin"])),
@@ -396,16 +580,16 @@ fn post_rebalance() {}
 #[utoipa::path(post, path = "/v1/debug/partition", tag = "fault injection", security(("api_key" = ["admin"])),
     request_body(content = PartitionRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "This node now drops traffic to and from those nodes", body = Object),
-        (status = 403, description = "Fault injection is off on this node", body = ErrorBody),
+        (status = 200, description = "This node now drops traffic to and from those nodes", body = Object, example = json!({"isolated_from": [2, 3]})),
+        (status = 404, description = "Fault injection is off on this node (`not_found`: it hides the endpoint)", body = ErrorBody),
     ))]
 fn post_partition() {}
 
 #[utoipa::path(post, path = "/v1/debug/actor-fault", tag = "fault injection", security(("api_key" = ["admin"])),
     request_body(content = ActorFaultRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "The next batches of that actor panic", body = Object),
-        (status = 403, description = "Fault injection is off on this node", body = ErrorBody),
+        (status = 200, description = "The next batches of that actor panic", body = Object, example = json!({"shard": 0, "actor": "fusion", "panics": 1})),
+        (status = 404, description = "Fault injection is off on this node (`not_found`: it hides the endpoint)", body = ErrorBody),
     ))]
 fn post_actor_fault() {}
 
@@ -413,7 +597,7 @@ fn post_actor_fault() {}
 mod tests {
     #[test]
     fn the_document_builds_as_openapi_3_1() {
-        let json = super::document().to_json().expect("serializes");
+        let json = super::document().expect("serializes").to_string();
         assert!(json.contains("\"openapi\":\"3.1"), "{}", &json[..200.min(json.len())]);
     }
 }

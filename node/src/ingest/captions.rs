@@ -63,6 +63,8 @@ pub fn cue_annotations(parsed: &ParsedSubtitles, asset_id: &str, language: &str,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"asset_id": "s01e01", "language": "en", "model": "subtitles-en", "model_version": "1", "format": "srt",
+    "encoding": "Utf8", "imported": 412, "created": 412, "duplicates": 0, "took_ms": 23}))]
 pub struct SubtitleImportReply {
     pub asset_id: String,
     pub language: String,
