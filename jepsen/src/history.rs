@@ -28,6 +28,14 @@ pub enum Action {
     /// (only meaningful when the outcome is `ok`). `strong` when the read was linearizable
     /// (`consistency: "strong"`); eventual reads may lag.
     Read { asset: String, strong: bool, seen: Vec<String> },
+    /// Set workload: a point read that observes the presence or absence of the named `elements`
+    /// only (`asset/annotation_id`), not of the rest of their assets. `via` is how it read them:
+    /// `annotation` (`GET /v1/assets/{asset}/annotations/{id}`) or `search` (`POST /v1/search`
+    /// for a word only that element's text holds). `seen` holds what the read returned (only
+    /// meaningful when the outcome is `ok`): normally the named elements present, but anything
+    /// else a read returned is kept too (a search hit on another asset, `asset/?` when the hit
+    /// names no annotation) so the checker can report it. `strong` as for `Read`.
+    Lookup { via: String, strong: bool, elements: Vec<String>, seen: Vec<String> },
     /// Register workload: `PUT /v1/assets/{key}` with a record that carries `value`.
     Write { key: String, value: u64 },
     /// Register workload: a strong read of `key`; `value` is what it saw (`None` = no record,
@@ -128,6 +136,31 @@ mod tests {
         assert_eq!(
             text,
             r#"{"index":3,"process":1,"node":2,"f":"write","key":"reg-1","value":7,"outcome":"info","start_ns":10,"end_ns":20,"error":"timeout"}"#
+        );
+        assert_eq!(serde_json::from_str::<Op>(&text).unwrap(), op);
+    }
+
+    #[test]
+    fn a_lookup_is_one_flat_json_object_too() {
+        let op = Op {
+            index: 9,
+            process: 4,
+            node: 1,
+            action: Action::Lookup {
+                via: "search".into(),
+                strong: true,
+                elements: vec!["set-03/e2-7".into()],
+                seen: vec!["set-03/e2-7".into()],
+            },
+            outcome: Outcome::Ok,
+            start_ns: 100,
+            end_ns: 200,
+            error: None,
+        };
+        let text = serde_json::to_string(&op).unwrap();
+        assert_eq!(
+            text,
+            r#"{"index":9,"process":4,"node":1,"f":"lookup","via":"search","strong":true,"elements":["set-03/e2-7"],"seen":["set-03/e2-7"],"outcome":"ok","start_ns":100,"end_ns":200}"#
         );
         assert_eq!(serde_json::from_str::<Op>(&text).unwrap(), op);
     }

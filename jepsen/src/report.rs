@@ -33,14 +33,15 @@ const TEXT: &str = "#222";
 const MUTED: &str = "#666";
 
 /// Every operation kind, in the order tables and legends list them.
-const KINDS: [&str; 5] = ["add", "read", "write", "register_read", "version"];
+const KINDS: [&str; 6] = ["add", "read", "lookup", "write", "register_read", "version"];
 const OUTCOMES: [Outcome; 3] = [Outcome::Ok, Outcome::Fail, Outcome::Info];
 
-/// The serde tag (`f`) of an action: `add`, `read`, `write`, `register_read` or `version`.
+/// The serde tag (`f`) of an action: `add`, `read`, `lookup`, `write`, `register_read` or `version`.
 pub fn op_kind(action: &Action) -> &'static str {
     match action {
         Action::Add { .. } => "add",
         Action::Read { .. } => "read",
+        Action::Lookup { .. } => "lookup",
         Action::Write { .. } => "write",
         Action::RegisterRead { .. } => "register_read",
         Action::Version { .. } => "version",
@@ -63,7 +64,7 @@ fn outcome_colour(outcome: Outcome) -> &'static str {
     }
 }
 
-/// How a point of the latency graph is drawn: writes are circles, reads small squares, model
+/// How a point of the latency graph is drawn: writes are circles, reads and lookups small squares, model
 /// versions diamonds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Marker {
@@ -76,7 +77,7 @@ const MARKERS: [Marker; 3] = [Marker::Circle, Marker::Square, Marker::Diamond];
 
 fn marker_of(kind: &str) -> Marker {
     match kind {
-        "read" | "register_read" => Marker::Square,
+        "read" | "lookup" | "register_read" => Marker::Square,
         "version" => Marker::Diamond,
         _ => Marker::Circle,
     }
@@ -469,7 +470,7 @@ fn fault_legend(faults: &[FaultWindow], palette: &[(&str, &'static str)]) -> Leg
 
 /// Jepsen's `latency-raw` graph: one point per operation at (invocation time, latency), latency on
 /// a log scale, coloured by outcome (ok green, fail red, info orange), shaped by kind (writes
-/// circles, reads squares, model versions diamonds), over the fault windows as shaded bands.
+/// circles, reads and lookups squares, model versions diamonds), over the fault windows as shaded bands.
 /// Past [`MAX_POINTS`] operations every non-`ok` operation is kept and `ok` ones are thinned out
 /// evenly; the subtitle says so.
 pub fn latency_svg(ops: &[Op], faults: &[FaultWindow], title: &str) -> String {
@@ -678,7 +679,7 @@ pub fn throughput_svg(ops: &[Op], faults: &[FaultWindow], title: &str) -> String
 /// Counts and latencies of one kind of operation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OpStats {
-    /// [`op_kind`]: `add`, `read`, `write`, `register_read` or `version`.
+    /// [`op_kind`]: `add`, `read`, `lookup`, `write`, `register_read` or `version`.
     pub kind: String,
     pub ok: u64,
     pub fail: u64,
@@ -705,7 +706,7 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// One row per kind of operation present in `ops`, in a fixed order (add, read, write,
+/// One row per kind of operation present in `ops`, in a fixed order (add, read, lookup, write,
 /// register_read, version).
 pub fn op_stats(ops: &[Op]) -> Vec<OpStats> {
     KINDS
@@ -803,6 +804,46 @@ pre { background: var(--bg); border: 1px solid var(--line); border-radius: 6px; 
 footer { margin-top: 36px; color: var(--muted); font-size: 12px; }
 "#;
 
+/// The set checker's reads by kind (full-asset reads, and lookups by `via`), each with how many
+/// were strong, from its verdict (`checker` of a run's verdict, or the set verdict itself); `None`
+/// when the verdict is not a set checker's.
+fn set_reads_table(verdict: &serde_json::Value) -> Option<String> {
+    let checker = if verdict["checker"].is_object() { &verdict["checker"] } else { verdict };
+    let reads = checker["reads"].as_u64()?;
+    let strong_reads = checker["strong_reads"].as_u64()?;
+    checker["acknowledged"].as_u64()?;
+    let mut rows: Vec<(String, u64, u64)> = vec![("read (fused buckets)".to_string(), reads, strong_reads)];
+    if let Some(by_via) = checker["lookups_by_via"].as_object() {
+        for (via, counts) in by_via {
+            let what = match via.as_str() {
+                "annotation" => "lookup: annotation GET".to_string(),
+                "search" => "lookup: search".to_string(),
+                other => format!("lookup: {other}"),
+            };
+            rows.push((what, counts["ok"].as_u64().unwrap_or(0), counts["strong"].as_u64().unwrap_or(0)));
+        }
+    }
+    let mut out = String::from("<h2>Set reads</h2>\n<table>\n<tr><th>read</th><th class=\"n\">ok</th><th class=\"n\">strong</th><th class=\"n\">eventual</th></tr>\n");
+    for (what, ok, strong) in rows {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            esc(&what),
+            thousands(ok),
+            thousands(strong),
+            thousands(ok.saturating_sub(strong))
+        );
+    }
+    out.push_str("</table>\n");
+    let looked_up = checker["looked_up"].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "<p class=\"muted\">The <code>ok</code> reads the set checker classified elements with: a read of an asset's fused buckets observes all of its elements, a lookup (an annotation <code>GET</code>, or a search for a word only one element's text holds) only the element it names; {} acknowledged elements were looked up.</p>",
+        thousands(looked_up)
+    );
+    Some(out)
+}
+
 /// A one-page, self-contained HTML report of a run: verdict banner, how to replay it, operation
 /// counts and latencies, the faults, both graphs (as `<img>` of the given relative file names),
 /// the checkers' verdict as JSON and the notes. Every piece of text is HTML-escaped.
@@ -879,6 +920,10 @@ pub fn html_summary(s: &Summary) -> String {
             );
         }
         out.push_str("</table>\n<p class=\"muted\">Latencies (completion − invocation) over <code>ok</code> operations; <code>info</code> means the outcome is unknown (e.g. a timeout).</p>\n");
+    }
+
+    if let Some(table) = set_reads_table(s.verdict) {
+        out.push_str(&table);
     }
 
     // Faults.
@@ -1019,6 +1064,7 @@ mod tests {
         let actions = [
             Action::Add { elements: vec![] },
             Action::Read { asset: "a".into(), strong: true, seen: vec![] },
+            Action::Lookup { via: "search".into(), strong: false, elements: vec!["a/1".into()], seen: vec![] },
             write(1),
             read(),
             Action::Version { asset: "a".into(), model: "m".into(), version: 2 },
@@ -1148,6 +1194,49 @@ mod tests {
         assert_eq!(stats[0].max_ms, Some(100.0));
         assert_eq!(stats[1].kind, "register_read");
         assert_eq!((stats[1].ok, stats[1].info, stats[1].p50_ms), (0, 1, None));
+    }
+
+    #[test]
+    fn the_summary_shows_the_set_checkers_reads_by_kind() {
+        let checker = crate::checker::set_full::check(
+            &[
+                op(0, Action::Add { elements: vec!["a/1".into()] }, Outcome::Ok, 0.0, 1.0),
+                op(1, Action::Read { asset: "a".into(), strong: true, seen: vec!["a/1".into()] }, Outcome::Ok, 2.0, 1.0),
+                op(
+                    2,
+                    Action::Lookup { via: "search".into(), strong: false, elements: vec!["a/1".into()], seen: vec!["a/1".into()] },
+                    Outcome::Ok,
+                    4.0,
+                    1.0,
+                ),
+                op(
+                    3,
+                    Action::Lookup { via: "annotation".into(), strong: true, elements: vec!["a/1".into()], seen: vec!["a/1".into()] },
+                    Outcome::Ok,
+                    6.0,
+                    1.0,
+                ),
+            ],
+            &Default::default(),
+        );
+        let verdict = serde_json::json!({"valid": "valid", "checker": checker});
+        let table = set_reads_table(&verdict).expect("a set verdict");
+        assert!(
+            table.contains("<td>read (fused buckets)</td><td class=\"n\">1</td><td class=\"n\">1</td><td class=\"n\">0</td>"),
+            "{table}"
+        );
+        assert!(table.contains("<td>lookup: annotation GET</td><td class=\"n\">1</td><td class=\"n\">1</td>"), "{table}");
+        assert!(table.contains("<td>lookup: search</td><td class=\"n\">1</td><td class=\"n\">0</td><td class=\"n\">1</td>"), "{table}");
+        assert!(table.contains("1 acknowledged elements were looked up"), "{table}");
+        assert!(set_reads_table(&serde_json::json!({"valid": true, "checker": {"linearizable": true}})).is_none());
+        let stats = op_stats(&[op(
+            0,
+            Action::Lookup { via: "search".into(), strong: true, elements: vec![], seen: vec![] },
+            Outcome::Fail,
+            0.0,
+            1.0,
+        )]);
+        assert_eq!((stats[0].kind.as_str(), stats[0].fail), ("lookup", 1));
     }
 
     #[test]

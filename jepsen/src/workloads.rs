@@ -1,8 +1,10 @@
 //! The workloads' clients: each runs one operation at a time against its node and records it
 //! in the history with when it was invoked and how it ended.
 //!
-//! - **set**: batches adding annotations to several assets at once (so to several shards),
-//!   and reads of one asset's fused buckets, half of them `consistency=strong`.
+//! - **set**: batches adding annotations to several assets at once (so to several shards), and
+//!   reads, half of them strong: of one asset's fused buckets, of one annotation this client
+//!   tried to add (`GET /v1/assets/{asset}/annotations/{id}`), or searches for the word only one
+//!   such annotation says (every other element is a dialogue line saying a word of its own).
 //! - **register**: `PUT /v1/assets/{key}` of a record carrying a unique value, and strong
 //!   reads of the record (`GET /v1/assets/{key}?consistency=strong`).
 //! - **versions**: version N of a model for an asset replaces version N-1 (four annotations in
@@ -121,13 +123,35 @@ pub fn write_outcome(error: &HttpError) -> Outcome {
     }
 }
 
-/// One annotation line of the set workload: element `asset/id`.
+/// Whether the set element with counter `k` is a dialogue line (findable by search) rather than
+/// an object label: every other one.
+pub fn is_dialogue(k: u64) -> bool {
+    k % 2 == 1
+}
+
+/// The word only element `e{client}-{k}`'s dialogue says: its id without the dash, `e{client}x{k}`
+/// (one token for the index: letters and digits only; never a season/episode filter in `q`).
+pub fn search_word(id: &str) -> String {
+    id.replace('-', "x")
+}
+
+/// One annotation line of the set workload: element `asset/id`, whose counter is `k`. A dialogue
+/// line saying [`search_word`] when [`is_dialogue`]`(k)`, else an object labelled `thing-N` (N
+/// runs over 0..20, so the final phase's label searches `thing-0`..`thing-3` find some).
 fn set_annotation(asset: &str, id: &str, k: u64) -> serde_json::Value {
     let start_ms = (k % 3_000) * 1_000;
-    serde_json::json!({
-        "id": id, "asset_id": asset, "model": SET_MODEL, "model_version": "1", "track": "object",
-        "start_ms": start_ms, "end_ms": start_ms + 1_000, "label": format!("thing-{}", k % 20), "confidence": 0.9,
-    })
+    if is_dialogue(k) {
+        serde_json::json!({
+            "id": id, "asset_id": asset, "model": SET_MODEL, "model_version": "1", "track": "dialogue",
+            "start_ms": start_ms, "end_ms": start_ms + 1_000, "text": format!("line {}", search_word(id)), "language": "en",
+            "confidence": 0.9,
+        })
+    } else {
+        serde_json::json!({
+            "id": id, "asset_id": asset, "model": SET_MODEL, "model_version": "1", "track": "object",
+            "start_ms": start_ms, "end_ms": start_ms + 1_000, "label": format!("thing-{}", (k / 2) % 20), "confidence": 0.9,
+        })
+    }
 }
 
 /// Version `version` of the versions workload's model for `asset`: its annotation ids are
@@ -166,6 +190,72 @@ pub fn read_buckets(http: &Http, base_url: &str, asset: &str, model: &str, stron
                     seen.insert(format!("{asset}/{id}"));
                 }
             }
+        }
+    }
+    Ok(seen.into_iter().collect())
+}
+
+/// An annotation GET of element `asset/id`: what it returned (`asset/id` when present, nothing
+/// on a 404 `not_found`; the element the reply holds if it is another one).
+pub fn read_annotation(http: &Http, base_url: &str, asset: &str, id: &str, strong: bool) -> Result<Vec<String>, HttpError> {
+    let mut url = format!("{base_url}/v1/assets/{}/annotations/{}", encode_segment(asset), encode_segment(id));
+    if strong {
+        url.push_str("?consistency=strong");
+    }
+    match http.get_json(&url) {
+        Ok(reply) => match (reply["asset_id"].as_str(), reply["id"].as_str()) {
+            (Some(asset), Some(id)) => Ok(vec![format!("{asset}/{id}")]),
+            _ => Err(HttpError::Transport { url, message: format!("the reply is not an annotation: {:.200}", reply.to_string()) }),
+        },
+        Err(HttpError::Status { status: 404, body, .. })
+            if serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|b| b["error"]["code"] == "not_found") =>
+        {
+            Ok(vec![])
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A search for the word only element `asset/id` says (`q` holding it as a quoted phrase: exact,
+/// no fuzzy matching, never a label or filter). Returns the element when the reply has a hit on
+/// `asset`, and, for every hit on another asset, the annotations its clips cite as `other/id`
+/// (`other/?` when they cite none) so the checker reports them. A reply missing a shard
+/// (`shards.failed > 0`) proves no absence: it is an error.
+pub fn search_element(http: &Http, base_url: &str, asset: &str, id: &str, strong: bool) -> Result<Vec<String>, HttpError> {
+    let url = format!("{base_url}/v1/search");
+    let consistency = if strong { "strong" } else { "eventual" };
+    let body = serde_json::json!({
+        "q": format!("\"{}\"", search_word(id)), "consistency": consistency, "limit": SET_ASSETS, "evidence": true,
+    });
+    let reply = http.post_json(&url, &body)?;
+    let failed = reply["shards"]["failed"].as_u64();
+    if failed != Some(0) {
+        return Err(HttpError::Transport {
+            url,
+            message: format!("partial search reply: {} of {} shards failed", reply["shards"]["failed"], reply["shards"]["total"]),
+        });
+    }
+    let Some(hits) = reply["assets"].as_array() else {
+        return Err(HttpError::Transport { url, message: format!("the reply has no assets: {:.200}", reply.to_string()) });
+    };
+    let mut seen = BTreeSet::new();
+    for hit in hits {
+        let hit_asset = hit["asset_id"].as_str().unwrap_or("?");
+        if hit_asset == asset {
+            seen.insert(format!("{asset}/{id}"));
+            continue;
+        }
+        let mut cited = false;
+        for clip in hit["clips"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            for m in clip["matches"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                if let Some(annotation) = m["annotation_id"].as_str() {
+                    seen.insert(format!("{hit_asset}/{annotation}"));
+                    cited = true;
+                }
+            }
+        }
+        if !cited {
+            seen.insert(format!("{hit_asset}/?"));
         }
     }
     Ok(seen.into_iter().collect())
@@ -223,6 +313,10 @@ pub fn run_client(shared: &Shared, client: usize, concurrency: usize) {
     let mut process = client as u64;
     let mut node_index = client % shared.urls.len();
     let mut counter = 0u64;
+    // Set: the elements this client tried to add (any outcome), as (asset index, id), and the
+    // positions in it of the dialogue ones.
+    let mut tried: Vec<(usize, String)> = Vec::new();
+    let mut tried_dialogue: Vec<usize> = Vec::new();
     let assets = shared.workload.assets();
     while !shared.stop.load(Ordering::Acquire) {
         let base = &shared.urls[node_index];
@@ -230,7 +324,10 @@ pub fn run_client(shared: &Shared, client: usize, concurrency: usize) {
         let start_ns = shared.recorder.now_ns();
         let (action, result): (Action, Result<(), HttpError>) = match shared.workload {
             WorkloadKind::Set => {
-                if rng.gen_bool(0.6) {
+                // 60% adds; reads: 20% buckets, 10% annotation GETs, 10% searches (buckets until
+                // there is something to look up).
+                let roll = rng.gen_range(0..10);
+                if roll < 6 {
                     let mut chosen = BTreeSet::new();
                     while chosen.len() < SET_BATCH {
                         chosen.insert(rng.gen_range(0..assets.len()));
@@ -243,16 +340,44 @@ pub fn run_client(shared: &Shared, client: usize, concurrency: usize) {
                         let id = format!("e{client}-{counter}");
                         lines.push(set_annotation(asset, &id, counter).to_string());
                         elements.push(format!("{asset}/{id}"));
+                        if is_dialogue(counter) {
+                            tried_dialogue.push(tried.len());
+                        }
+                        tried.push((asset_index, id));
                     }
                     let body = lines.join("\n");
                     let result = http.send("POST", &format!("{base}/v1/annotations"), "application/x-ndjson", body.as_bytes()).map(|_| ());
                     (Action::Add { elements }, result)
                 } else {
-                    let asset = assets[rng.gen_range(0..assets.len())].clone();
                     let strong = rng.gen_bool(0.5);
-                    match read_buckets(&http, base, &asset, SET_MODEL, strong) {
-                        Ok(seen) => (Action::Read { asset, strong, seen }, Ok(())),
-                        Err(e) => (Action::Read { asset, strong, seen: vec![] }, Err(e)),
+                    let lookup = match roll {
+                        8 if !tried.is_empty() => Some(("annotation", rng.gen_range(0..tried.len()))),
+                        9 if !tried_dialogue.is_empty() => Some(("search", tried_dialogue[rng.gen_range(0..tried_dialogue.len())])),
+                        _ => None,
+                    };
+                    match lookup {
+                        Some((via, position)) => {
+                            let (asset_index, id) = &tried[position];
+                            let asset = &assets[*asset_index];
+                            let elements = vec![format!("{asset}/{id}")];
+                            let result = if via == "search" {
+                                search_element(&http, base, asset, id, strong)
+                            } else {
+                                read_annotation(&http, base, asset, id, strong)
+                            };
+                            let via = via.to_string();
+                            match result {
+                                Ok(seen) => (Action::Lookup { via, strong, elements, seen }, Ok(())),
+                                Err(e) => (Action::Lookup { via, strong, elements, seen: vec![] }, Err(e)),
+                            }
+                        }
+                        None => {
+                            let asset = assets[rng.gen_range(0..assets.len())].clone();
+                            match read_buckets(&http, base, &asset, SET_MODEL, strong) {
+                                Ok(seen) => (Action::Read { asset, strong, seen }, Ok(())),
+                                Err(e) => (Action::Read { asset, strong, seen: vec![] }, Err(e)),
+                            }
+                        }
                     }
                 }
             }
@@ -339,8 +464,29 @@ mod tests {
 
     #[test]
     fn a_set_annotation_is_a_valid_ingest_line() {
-        let line = set_annotation("set-01", "e1-7", 7);
-        let parsed: rushes_protocol::Annotation = serde_json::from_value(line).expect("parses as an annotation");
-        assert_eq!(parsed.asset_id, "set-01");
+        let limits = rushes_protocol::validate::IngestLimits::default();
+        for (id, k) in [("e1-7", 7), ("e1-8", 8), ("e12-2999", 2_999), ("e0-3000", 3_000)] {
+            let line = set_annotation("set-01", id, k);
+            let parsed: rushes_protocol::Annotation = serde_json::from_value(line.clone()).expect("parses as an annotation");
+            assert_eq!(parsed.asset_id, "set-01");
+            let body = line.to_string();
+            let valid = rushes_protocol::validate::parse_annotation(&body, &limits).unwrap_or_else(|e| panic!("{body} is refused: {e:?}"));
+            assert_eq!(valid.id, id);
+        }
+        let dialogue = set_annotation("set-01", "e3-17", 17);
+        assert_eq!((dialogue["track"].as_str(), dialogue["language"].as_str()), (Some("dialogue"), Some("en")));
+        assert_eq!(dialogue["text"], "line e3x17");
+        assert!(dialogue.get("label").is_none());
+        let object = set_annotation("set-01", "e3-18", 18);
+        assert_eq!((object["track"].as_str(), object["label"].as_str()), (Some("object"), Some("thing-9")));
+    }
+
+    #[test]
+    fn search_words_are_one_token_unique_to_their_element() {
+        assert_eq!(search_word("e3-17"), "e3x17");
+        assert!(search_word("e12-345").chars().all(|c| c.is_ascii_alphanumeric()));
+        // "e1-23" and "e12-3" must not say the same word.
+        assert_ne!(search_word("e1-23"), search_word("e12-3"));
+        assert!(is_dialogue(1) && !is_dialogue(2));
     }
 }

@@ -1,10 +1,20 @@
-//! Jepsen's "set-full" checker for the set workload: batches of elements are added, every asset is
-//! read again and again, and each element that any add mentioned is classified by when it was
-//! acknowledged and which reads saw it.
+//! Jepsen's "set-full" checker for the set workload: batches of elements are added, assets and
+//! single elements are read again and again, and each element that any add mentioned is classified
+//! by when it was acknowledged and which reads saw it.
 //!
 //! An element is `asset/annotation_id`; its asset is the part before the first `/` (the whole string
-//! if there is none). A read of asset A observes the presence or absence of A's elements only, and
-//! only reads that completed (`ok`) observe anything.
+//! if there is none). Two kinds of read observe elements, and only reads that completed (`ok`)
+//! observe anything:
+//!
+//! - a full-asset read ([`Action::Read`], the asset's fused buckets) of asset A observes the presence
+//!   or absence of every element of A, and of A's elements only;
+//! - a lookup ([`Action::Lookup`]: an annotation `GET`, or a search for a word only one element's
+//!   text holds) observes the presence or absence of exactly the elements it names, and of no other
+//!   element, not even of the same asset.
+//!
+//! The reads of an element are the ok full-asset reads of its asset and the ok lookups naming it,
+//! ordered by (`start_ns`, `end_ns`, `Op::index`); everything below applies to that list, whatever
+//! the kind of each read. "Read" below means either kind.
 //!
 //! Times: a read "after" the ack of an element is one whose `start_ns` is at or after the `end_ns` of
 //! the add that acknowledged it (the same real-time order as the linearizability checker uses: an op
@@ -13,18 +23,19 @@
 //! Classes of every element (exactly one of the first seven, plus the flags `stale` and
 //! `stale_eventual` for acknowledged elements):
 //!
-//! - `ok`: acknowledged and not lost, with at least one ok read of its asset after the ack.
+//! - `ok`: acknowledged and not lost, with at least one ok read of it after the ack.
 //! - `lost`: acknowledged, and some *authoritative* read (strong, or started at or after
 //!   [`SetOptions::final_reads_after_ns`]) started after both the ack and the end of the last read
 //!   that saw it, and no read after that saw it again. A violation.
-//! - `never_read`: acknowledged, but no ok read of its asset started after the ack: nothing to tell.
+//! - `never_read`: acknowledged, but no ok read of it started after the ack: nothing to tell.
 //! - `recovered`: the add was `info` (indeterminate) and a read saw it.
 //! - `indeterminate_absent`: the add was `info` and no read saw it (it did not happen: fine).
 //! - `failed`: the add was `fail` and no read saw it (fine).
 //! - `unexpected` (a violation): the add was `fail` yet a read saw it; also, counted with it, elements
-//!   no add mentioned that a read returned ("phantom"), elements a read of another asset returned
-//!   ("wrong_asset"), and elements a read returned that had ended before any add of them started
-//!   ("seen_before_add").
+//!   no add mentioned that a read returned ("phantom"), elements a full-asset read of another asset
+//!   or a lookup naming only elements of other assets returned ("wrong_asset"), elements a lookup
+//!   returned without naming them while naming another element of their asset ("wrong_element"),
+//!   and elements a read returned that had ended before any add of them started ("seen_before_add").
 //! - flag `stale`: acknowledged and missing from some strong read that started after the ack, even if
 //!   a later read sees it again. A violation: a linearizable read must see every acknowledged write.
 //! - flag `stale_eventual`: acknowledged, missing from some eventual read after the ack and seen by a
@@ -32,8 +43,13 @@
 //!
 //! An element in several adds (a retried batch) is acknowledged if any of them is `ok` (its ack is
 //! the earliest `end_ns` of those); otherwise it is `info` if any is `info`; otherwise `fail`.
+//!
+//! Cost: full-asset reads are indexed once per asset and each element is classified from the
+//! positions of the reads that saw it. Only an element that lookups named gets a list of its own
+//! (its asset's reads merged with its lookups), so that costs the asset's reads once per such
+//! element.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -81,9 +97,9 @@ pub struct SetExample {
     /// The add that acknowledged it (the earliest ack) or, when none did, the first add that
     /// mentioned it; `None` for an element no add mentioned.
     pub add_op: Option<u64>,
-    /// The read showing the problem: for `lost`, the first authoritative read that missed it after
-    /// its last observation; for `stale`, the first strong read after the ack that missed it; for
-    /// `unexpected`, the first read that returned it.
+    /// The read (full-asset read or lookup) showing the problem: for `lost`, the first
+    /// authoritative read that missed it after its last observation; for `stale`, the first strong
+    /// read after the ack that missed it; for `unexpected`, the first read that returned it.
     pub read_op: Option<u64>,
     /// For `lost`: the last read that saw it, if any did.
     pub last_seen_op: Option<u64>,
@@ -91,8 +107,16 @@ pub struct SetExample {
     /// both exist.
     pub ms_after_ack: Option<f64>,
     /// What the example shows: `lost`, `stale`, `failed_add_seen`, `phantom`, `wrong_asset`,
-    /// `seen_before_add`.
+    /// `wrong_element`, `seen_before_add`.
     pub reason: String,
+}
+
+/// `ok` lookups of one kind (`via`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupCounts {
+    pub ok: usize,
+    /// Of those, how many were strong.
+    pub strong: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,10 +140,22 @@ pub struct SetVerdict {
     pub never_read: usize,
     pub indeterminate_absent: usize,
     pub failed: usize,
-    /// `ok` reads.
+    /// `ok` full-asset reads (`Read`).
     pub reads: usize,
-    /// `ok` strong reads.
+    /// `ok` strong full-asset reads.
     pub strong_reads: usize,
+    /// `ok` lookups (`Lookup`: annotation GETs and searches).
+    #[serde(default)]
+    pub lookups: usize,
+    /// `ok` strong lookups.
+    #[serde(default)]
+    pub strong_lookups: usize,
+    /// `ok` lookups by `via` (`annotation`, `search`).
+    #[serde(default)]
+    pub lookups_by_via: BTreeMap<String, LookupCounts>,
+    /// Acknowledged elements that at least one `ok` lookup named.
+    #[serde(default)]
+    pub looked_up: usize,
     pub lost_examples: Vec<SetExample>,
     pub stale_examples: Vec<SetExample>,
     pub unexpected_examples: Vec<SetExample>,
@@ -133,7 +169,8 @@ pub fn asset_of(element: &str) -> &str {
     element.split_once('/').map_or(element, |(asset, _)| asset)
 }
 
-/// An ok read of one asset.
+/// An ok read: a full-asset read or a lookup.
+#[derive(Debug, Clone, Copy)]
 struct ReadRef {
     /// `Op::index`.
     op: u64,
@@ -143,8 +180,71 @@ struct ReadRef {
     authoritative: bool,
 }
 
+impl ReadRef {
+    fn new(op: &Op, strong: bool, options: &SetOptions) -> ReadRef {
+        let authoritative = strong || options.final_reads_after_ns.is_some_and(|t| op.start_ns >= t);
+        ReadRef { op: op.index, start: op.start_ns, end: op.end_ns, strong, authoritative }
+    }
+
+    /// The order of the reads of an element.
+    fn order(&self) -> (u64, u64, u64) {
+        (self.start, self.end, self.op)
+    }
+}
+
 /// A read and the elements it returned.
 type ReadWithSeen<'a> = (ReadRef, &'a [String]);
+
+/// The reads observing some elements (those of an asset, or one element's), sorted by
+/// [`ReadRef::order`], with their positions by kind.
+struct ReadSeq {
+    reads: Vec<ReadRef>,
+    strong: Vec<u32>,
+    eventual: Vec<u32>,
+    /// `next_authoritative[i]`: the first authoritative position `>= i` (`len` if none).
+    next_authoritative: Vec<u32>,
+}
+
+impl ReadSeq {
+    /// `reads` must be sorted by [`ReadRef::order`].
+    fn new(reads: Vec<ReadRef>) -> ReadSeq {
+        let strong = (0..reads.len() as u32).filter(|&p| reads[p as usize].strong).collect();
+        let eventual = (0..reads.len() as u32).filter(|&p| !reads[p as usize].strong).collect();
+        let mut next_authoritative = vec![reads.len() as u32; reads.len() + 1];
+        for p in (0..reads.len()).rev() {
+            next_authoritative[p] = if reads[p].authoritative { p as u32 } else { next_authoritative[p + 1] };
+        }
+        ReadSeq { reads, strong, eventual, next_authoritative }
+    }
+
+    /// An element's own list: `asset`'s reads (of which those at `asset_seen` saw it) merged with its
+    /// `lookups` (each with whether it saw it); returns the list and the positions that saw it.
+    fn with_lookups(asset: &ReadSeq, asset_seen: &[u32], lookups: &[(ReadRef, bool)]) -> (ReadSeq, Vec<u32>) {
+        let mut mine = lookups.to_vec();
+        mine.sort_by_key(|(read, _)| read.order());
+        let mut reads = Vec::with_capacity(asset.reads.len() + mine.len());
+        let mut seen = Vec::with_capacity(asset_seen.len() + mine.len());
+        let (mut i, mut j, mut s) = (0, 0, 0);
+        while i < asset.reads.len() || j < mine.len() {
+            let position = reads.len() as u32;
+            if j < mine.len() && (i == asset.reads.len() || mine[j].0.order() < asset.reads[i].order()) {
+                reads.push(mine[j].0);
+                if mine[j].1 {
+                    seen.push(position);
+                }
+                j += 1;
+            } else {
+                reads.push(asset.reads[i]);
+                if s < asset_seen.len() && asset_seen[s] as usize == i {
+                    seen.push(position);
+                    s += 1;
+                }
+                i += 1;
+            }
+        }
+        (ReadSeq::new(reads), seen)
+    }
+}
 
 struct Element<'a> {
     name: &'a str,
@@ -156,6 +256,8 @@ struct Element<'a> {
     min_add_start: u64,
     /// Positions, in its asset's sorted reads, of the reads that saw it (ascending, distinct).
     seen: Vec<u32>,
+    /// The ok lookups naming it, each with whether it saw it.
+    lookups: Vec<(ReadRef, bool)>,
 }
 
 /// Distinct unexpected elements, and examples (the first few of each source, sorted and cut at the end).
@@ -170,6 +272,21 @@ impl<'a> Unexpected<'a> {
         let _ = self.elements.insert(element);
         if self.examples.len() < 4 * MAX_EXAMPLES {
             self.examples.push(example);
+        }
+    }
+
+    /// Notes `element`, returned by read `read_op` where it does not belong, unless already noted.
+    fn note_misplaced(&mut self, element: &'a str, add_op: Option<u64>, read_op: u64, reason: &str) {
+        if !self.elements.contains(element) {
+            let example = SetExample {
+                element: element.to_string(),
+                add_op,
+                read_op: Some(read_op),
+                last_seen_op: None,
+                ms_after_ack: None,
+                reason: reason.into(),
+            };
+            self.note(element, example);
         }
     }
 }
@@ -215,6 +332,7 @@ pub fn check(ops: &[Op], options: &SetOptions) -> SetVerdict {
                     first_add_op: op.index,
                     min_add_start: op.start_ns,
                     seen: Vec::new(),
+                    lookups: Vec::new(),
                 });
                 (elements.len() - 1) as u32
             });
@@ -231,8 +349,9 @@ pub fn check(ops: &[Op], options: &SetOptions) -> SetVerdict {
             }
         }
     }
+    let add_op_of = |e: &Element| e.ack.map_or(e.first_add_op, |(_, op)| op);
 
-    // Ok reads by asset (assets in order of first appearance), sorted by start.
+    // Ok reads by asset (assets in order of first appearance), sorted below.
     let mut asset_ids: HashMap<&str, usize> = HashMap::new();
     let mut assets: Vec<(&str, Vec<ReadWithSeen>)> = Vec::new();
     let (mut reads, mut strong_reads) = (0, 0);
@@ -247,23 +366,51 @@ pub fn check(ops: &[Op], options: &SetOptions) -> SetVerdict {
             assets.push((asset.as_str(), Vec::new()));
             assets.len() - 1
         });
-        let authoritative = *strong || options.final_reads_after_ns.is_some_and(|t| op.start_ns >= t);
-        assets[id].1.push((ReadRef { op: op.index, start: op.start_ns, end: op.end_ns, strong: *strong, authoritative }, seen.as_slice()));
+        assets[id].1.push((ReadRef::new(op, *strong, options), seen.as_slice()));
     }
 
     let mut unexpected = Unexpected::default();
 
-    // Presence lists, phantoms and wrong-asset returns.
-    struct AssetReads {
-        reads: Vec<ReadRef>,
-        strong: Vec<u32>,
-        eventual: Vec<u32>,
-        /// `next_authoritative[i]`: the first authoritative position `>= i` (`len` if none).
-        next_authoritative: Vec<u32>,
+    // Ok lookups: each named element gets the lookup in its own list; whatever a lookup returned
+    // without naming it is unexpected.
+    let mut lookups_by_via: BTreeMap<String, LookupCounts> = BTreeMap::new();
+    for op in ops {
+        let Action::Lookup { via, strong, elements: named, seen } = &op.action else { continue };
+        if op.outcome != Outcome::Ok {
+            continue;
+        }
+        let counts = lookups_by_via.entry(via.clone()).or_default();
+        counts.ok += 1;
+        counts.strong += usize::from(*strong);
+        let read = ReadRef::new(op, *strong, options);
+        let named: HashSet<&str> = named.iter().map(String::as_str).collect();
+        let returned: HashSet<&str> = seen.iter().map(String::as_str).collect();
+        for &name in &named {
+            if let Some(&id) = element_ids.get(name) {
+                elements[id as usize].lookups.push((read, returned.contains(name)));
+            }
+        }
+        for name in seen {
+            let name = name.as_str();
+            match element_ids.get(name) {
+                // A sighting, in the element's own list.
+                Some(_) if named.contains(name) => {}
+                Some(&id) => {
+                    let e = &elements[id as usize];
+                    let same_asset = named.iter().any(|n| asset_of(n) == e.asset);
+                    let reason = if same_asset { "wrong_element" } else { "wrong_asset" };
+                    unexpected.note_misplaced(e.name, Some(add_op_of(e)), read.op, reason);
+                }
+                None => unexpected.note_misplaced(name, None, read.op, "phantom"),
+            }
+        }
     }
-    let mut asset_reads: Vec<AssetReads> = Vec::with_capacity(assets.len());
+    let (lookups, strong_lookups) = lookups_by_via.values().fold((0, 0), |(n, s), c| (n + c.ok, s + c.strong));
+
+    // Presence lists, phantoms and wrong-asset returns of the full-asset reads.
+    let mut asset_reads: Vec<ReadSeq> = Vec::with_capacity(assets.len());
     for (asset, mut list) in assets {
-        list.sort_by_key(|(r, _)| (r.start, r.end, r.op));
+        list.sort_by_key(|(r, _)| r.order());
         for (pos, (read, seen)) in list.iter().enumerate() {
             for name in seen.iter() {
                 match element_ids.get(name.as_str()) {
@@ -273,44 +420,18 @@ pub fn check(ops: &[Op], options: &SetOptions) -> SetVerdict {
                             if e.seen.last() != Some(&(pos as u32)) {
                                 e.seen.push(pos as u32);
                             }
-                        } else if !unexpected.elements.contains(e.name) {
-                            let example = SetExample {
-                                element: name.clone(),
-                                add_op: Some(e.ack.map_or(e.first_add_op, |(_, op)| op)),
-                                read_op: Some(read.op),
-                                last_seen_op: None,
-                                ms_after_ack: None,
-                                reason: "wrong_asset".into(),
-                            };
-                            unexpected.note(e.name, example);
+                        } else {
+                            let (name, add_op) = (e.name, add_op_of(e));
+                            unexpected.note_misplaced(name, Some(add_op), read.op, "wrong_asset");
                         }
                     }
-                    None => {
-                        if !unexpected.elements.contains(name.as_str()) {
-                            let example = SetExample {
-                                element: name.clone(),
-                                add_op: None,
-                                read_op: Some(read.op),
-                                last_seen_op: None,
-                                ms_after_ack: None,
-                                reason: "phantom".into(),
-                            };
-                            unexpected.note(name, example);
-                        }
-                    }
+                    None => unexpected.note_misplaced(name, None, read.op, "phantom"),
                 }
             }
         }
-        let reads: Vec<ReadRef> = list.into_iter().map(|(r, _)| r).collect();
-        let strong = (0..reads.len() as u32).filter(|&p| reads[p as usize].strong).collect();
-        let eventual = (0..reads.len() as u32).filter(|&p| !reads[p as usize].strong).collect();
-        let mut next_authoritative = vec![reads.len() as u32; reads.len() + 1];
-        for p in (0..reads.len()).rev() {
-            next_authoritative[p] = if reads[p].authoritative { p as u32 } else { next_authoritative[p + 1] };
-        }
-        asset_reads.push(AssetReads { reads, strong, eventual, next_authoritative });
+        asset_reads.push(ReadSeq::new(list.into_iter().map(|(r, _)| r).collect()));
     }
-    let no_reads = AssetReads { reads: Vec::new(), strong: Vec::new(), eventual: Vec::new(), next_authoritative: vec![0] };
+    let no_reads = ReadSeq::new(Vec::new());
 
     let mut verdict = SetVerdict {
         valid: Validity::Unknown,
@@ -327,6 +448,10 @@ pub fn check(ops: &[Op], options: &SetOptions) -> SetVerdict {
         failed: 0,
         reads,
         strong_reads,
+        lookups,
+        strong_lookups,
+        lookups_by_via,
+        looked_up: 0,
         lost_examples: Vec::new(),
         stale_examples: Vec::new(),
         unexpected_examples: Vec::new(),
@@ -335,16 +460,22 @@ pub fn check(ops: &[Op], options: &SetOptions) -> SetVerdict {
     let mut stable = Vec::new();
 
     for e in &elements {
-        let a = asset_ids.get(e.asset).map_or(&no_reads, |&id| &asset_reads[id]);
+        let of_asset = asset_ids.get(e.asset).map_or(&no_reads, |&id| &asset_reads[id]);
+        let own;
+        let (a, seen): (&ReadSeq, &[u32]) = if e.lookups.is_empty() {
+            (of_asset, &e.seen)
+        } else {
+            own = ReadSeq::with_lookups(of_asset, &e.seen, &e.lookups);
+            (&own.0, &own.1)
+        };
         let r = &a.reads;
-        let seen = &e.seen;
 
         if !seen.is_empty() {
             let earliest = seen.iter().map(|&p| &r[p as usize]).min_by_key(|read| (read.end, read.op)).expect("not empty");
             if earliest.end < e.min_add_start {
                 let example = SetExample {
                     element: e.name.to_string(),
-                    add_op: Some(e.ack.map_or(e.first_add_op, |(_, op)| op)),
+                    add_op: Some(add_op_of(e)),
                     read_op: Some(earliest.op),
                     last_seen_op: None,
                     ms_after_ack: None,
@@ -375,6 +506,7 @@ pub fn check(ops: &[Op], options: &SetOptions) -> SetVerdict {
         };
 
         verdict.acknowledged += 1;
+        verdict.looked_up += usize::from(!e.lookups.is_empty());
         let first = r.partition_point(|read| read.start < ack);
         if first == r.len() {
             verdict.never_read += 1;
@@ -487,6 +619,11 @@ mod tests {
         }
         fn read(&mut self, asset: &str, strong: bool, seen: &[&str], start_ms: u64, end_ms: u64) -> u64 {
             let action = Action::Read { asset: asset.into(), strong, seen: seen.iter().map(|s| s.to_string()).collect() };
+            self.push(action, Outcome::Ok, start_ms, end_ms)
+        }
+        fn lookup(&mut self, via: &str, strong: bool, elements: &[&str], seen: &[&str], start_ms: u64, end_ms: u64) -> u64 {
+            let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+            let action = Action::Lookup { via: via.into(), strong, elements: strings(elements), seen: strings(seen) };
             self.push(action, Outcome::Ok, start_ms, end_ms)
         }
         fn check(&self) -> SetVerdict {
@@ -750,6 +887,213 @@ mod tests {
     }
 
     #[test]
+    fn an_element_missing_from_a_strong_lookup_after_its_ack_is_stale() {
+        let mut h = H::default();
+        let add = h.add(&["a/1"], Outcome::Ok, 0, 10);
+        let missed = h.lookup("annotation", true, &["a/1"], &[], 15, 20);
+        h.read("a", true, &["a/1"], 25, 30);
+        let v = h.check();
+        assert_eq!((v.valid, v.stale, v.lost, v.ok, v.stale_eventual), (Validity::Invalid, 1, 0, 1, 0));
+        let example = &v.stale_examples[0];
+        assert_eq!((example.add_op, example.read_op, example.ms_after_ack), (Some(add), Some(missed), Some(5.0)));
+        assert_eq!((v.lookups, v.strong_lookups, v.looked_up), (1, 1, 1));
+        assert_eq!(v.lookups_by_via["annotation"], LookupCounts { ok: 1, strong: 1 });
+
+        // A search does the same.
+        let mut h = H::default();
+        h.add(&["a/1"], Outcome::Ok, 0, 10);
+        h.lookup("search", true, &["a/1"], &[], 15, 20);
+        h.lookup("search", true, &["a/1"], &["a/1"], 25, 30);
+        let v = h.check();
+        assert_eq!((v.valid, v.stale, v.lost, v.ok), (Validity::Invalid, 1, 0, 1));
+        assert_eq!((v.reads, v.lookups), (0, 2));
+    }
+
+    #[test]
+    fn an_element_missing_from_an_authoritative_lookup_after_its_last_sighting_is_lost() {
+        let mut h = H::default();
+        let add = h.add(&["a/1", "a/2"], Outcome::Ok, 0, 10);
+        let saw = h.lookup("annotation", false, &["a/1"], &["a/1"], 15, 20);
+        let missed = h.lookup("search", true, &["a/1"], &[], 30, 35);
+        h.read("a", false, &["a/2"], 40, 45);
+        let v = h.check();
+        assert_eq!((v.valid, v.lost, v.stale, v.ok), (Validity::Invalid, 1, 1, 1));
+        let example = &v.lost_examples[0];
+        assert_eq!(example.element, "a/1");
+        assert_eq!((example.add_op, example.read_op, example.last_seen_op), (Some(add), Some(missed), Some(saw)));
+
+        // An eventual lookup is authoritative only among the final reads.
+        let mut h = H::default();
+        h.add(&["a/1"], Outcome::Ok, 0, 10);
+        h.lookup("annotation", false, &["a/1"], &["a/1"], 15, 20);
+        let missed = h.lookup("annotation", false, &["a/1"], &[], 100, 105);
+        let v = h.check();
+        assert_eq!((v.valid, v.lost, v.ok), (Validity::Valid, 0, 1));
+        let v = check(&h.ops, &SetOptions { final_reads_after_ns: Some(100 * MS) });
+        assert_eq!((v.valid, v.lost), (Validity::Invalid, 1));
+        assert_eq!(v.lost_examples[0].read_op, Some(missed));
+    }
+
+    #[test]
+    fn a_lookup_seeing_a_failed_add_is_unexpected() {
+        let mut h = H::default();
+        let add = h.add(&["a/1"], Outcome::Fail, 0, 10);
+        h.add(&["a/2"], Outcome::Ok, 0, 10);
+        h.read("a", true, &["a/2"], 20, 25);
+        let lookup = h.lookup("search", false, &["a/1"], &["a/1"], 30, 35);
+        let v = h.check();
+        assert_eq!((v.valid, v.unexpected, v.failed, v.ok), (Validity::Invalid, 1, 0, 1));
+        let example = &v.unexpected_examples[0];
+        assert_eq!((example.element.as_str(), example.add_op, example.read_op), ("a/1", Some(add), Some(lookup)));
+        assert_eq!(example.reason, "failed_add_seen");
+
+        // An indeterminate add a lookup sees is recovered; one it misses is absent.
+        let mut h = H::default();
+        h.add(&["a/1"], Outcome::Info, 0, 10);
+        h.add(&["a/2"], Outcome::Info, 0, 10);
+        h.lookup("annotation", true, &["a/1"], &["a/1"], 20, 25);
+        h.lookup("annotation", true, &["a/2"], &[], 20, 25);
+        let v = h.check();
+        assert_eq!((v.recovered, v.indeterminate_absent, v.unexpected), (1, 1, 0));
+    }
+
+    #[test]
+    fn an_eventual_lookup_miss_is_only_informational() {
+        let mut h = H::default();
+        h.add(&["a/1"], Outcome::Ok, 0, 10);
+        h.lookup("annotation", false, &["a/1"], &[], 15, 20);
+        h.lookup("search", false, &["a/1"], &["a/1"], 25, 30);
+        let v = h.check();
+        assert_eq!((v.valid, v.stale, v.stale_eventual, v.lost, v.ok), (Validity::Valid, 0, 1, 0, 1));
+        assert_eq!(v.stable_latency_ms.max, 15.0);
+        assert_eq!((v.lookups, v.strong_lookups), (2, 0));
+        assert_eq!(v.lookups_by_via.len(), 2);
+    }
+
+    #[test]
+    fn a_lookup_observes_only_the_elements_it_names() {
+        let mut h = H::default();
+        h.add(&["a/1", "a/2"], Outcome::Ok, 0, 10);
+        // Names a/1 only: says nothing about a/2, which no read observes.
+        h.lookup("annotation", true, &["a/1"], &["a/1"], 20, 25);
+        let v = h.check();
+        assert_eq!((v.valid, v.ok, v.never_read, v.stale, v.lost), (Validity::Valid, 1, 1, 0, 0));
+        assert_eq!(v.looked_up, 1);
+
+        // A full-asset read that misses a/1 is not masked by a lookup of a/2 seeing a/2.
+        let mut h = H::default();
+        h.add(&["a/1", "a/2"], Outcome::Ok, 0, 10);
+        h.lookup("annotation", true, &["a/2"], &["a/2"], 20, 25);
+        let missed = h.read("a", true, &["a/2"], 30, 35);
+        let v = h.check();
+        assert_eq!((v.ok, v.lost, v.stale), (1, 1, 1));
+        assert_eq!((v.lost_examples[0].element.as_str(), v.lost_examples[0].read_op), ("a/1", Some(missed)));
+    }
+
+    #[test]
+    fn a_lookup_returning_what_it_did_not_name_is_unexpected() {
+        let mut h = H::default();
+        h.add(&["a/1", "a/2", "b/1"], Outcome::Ok, 0, 10);
+        h.read("a", true, &["a/1", "a/2"], 20, 25);
+        h.read("b", true, &["b/1"], 20, 25);
+        let first = h.lookup("search", true, &["a/1"], &["a/1", "a/2"], 30, 35);
+        let second = h.lookup("search", true, &["a/1"], &["a/1", "b/1", "c/?"], 40, 45);
+        let v = h.check();
+        assert_eq!(v.valid, Validity::Invalid);
+        assert_eq!((v.ok, v.lost, v.stale, v.unexpected), (3, 0, 0, 3));
+        let reasons: Vec<(&str, &str, Option<u64>)> =
+            v.unexpected_examples.iter().map(|x| (x.element.as_str(), x.reason.as_str(), x.read_op)).collect();
+        assert_eq!(
+            reasons,
+            vec![("a/2", "wrong_element", Some(first)), ("b/1", "wrong_asset", Some(second)), ("c/?", "phantom", Some(second))]
+        );
+
+        // Naming an element nobody added and finding it is a phantom too; not finding it is nothing.
+        let mut h = H::default();
+        h.add(&["a/1"], Outcome::Ok, 0, 10);
+        h.lookup("annotation", true, &["a/1", "a/9"], &["a/1", "a/9"], 20, 25);
+        h.lookup("annotation", true, &["a/8"], &[], 20, 25);
+        let v = h.check();
+        assert_eq!((v.unexpected, v.ok, v.attempted), (1, 1, 1));
+        assert_eq!(v.unexpected_examples[0].reason, "phantom");
+    }
+
+    #[test]
+    fn reads_and_lookups_are_ordered_together() {
+        // Seen by a strong read, missed by a strong lookup after it ended (lost so far), seen
+        // again by a later eventual read: stale, not lost; stable from that read.
+        let mut h = H::default();
+        h.add(&["a/1"], Outcome::Ok, 0, 10);
+        h.read("a", true, &["a/1"], 20, 30);
+        let missed = h.lookup("annotation", true, &["a/1"], &[], 40, 45);
+        h.read("a", false, &["a/1"], 50, 55);
+        h.lookup("search", false, &["a/1"], &["a/1"], 60, 65);
+        let v = h.check();
+        assert_eq!((v.valid, v.stale, v.lost, v.ok), (Validity::Invalid, 1, 0, 1));
+        assert_eq!(v.stale_examples[0].read_op, Some(missed));
+        assert_eq!(v.stable_latency_ms.max, 40.0);
+
+        // The same with the lookup last: lost, the lookup as witness, the read as last sighting.
+        let mut h = H::default();
+        h.add(&["a/1"], Outcome::Ok, 0, 10);
+        h.lookup("search", false, &["a/1"], &["a/1"], 20, 30);
+        let saw = h.read("a", false, &["a/1"], 35, 40);
+        let missed = h.lookup("annotation", true, &["a/1"], &[], 50, 55);
+        let v = h.check();
+        assert_eq!((v.lost, v.stale), (1, 1));
+        assert_eq!((v.lost_examples[0].read_op, v.lost_examples[0].last_seen_op), (Some(missed), Some(saw)));
+
+        // A strong lookup that began before the read that saw it ended proves nothing lost; a
+        // read and a lookup with the same start are ordered by end.
+        let mut h = H::default();
+        h.add(&["a/1"], Outcome::Ok, 0, 10);
+        h.read("a", true, &["a/1"], 20, 40);
+        h.lookup("annotation", true, &["a/1"], &[], 30, 35);
+        let v = h.check();
+        assert_eq!((v.lost, v.stale, v.ok), (0, 1, 1));
+
+        let mut h = H::default();
+        h.add(&["a/1"], Outcome::Ok, 0, 10);
+        h.lookup("annotation", false, &["a/1"], &[], 20, 30);
+        h.read("a", false, &["a/1"], 20, 25);
+        let v = h.check();
+        // The read (ends at 25) comes first: its sighting is followed by the lookup's miss, which
+        // nothing saw it after: not stale_eventual, and no stable run.
+        assert_eq!((v.valid, v.ok, v.stale_eventual), (Validity::Valid, 1, 0));
+        assert_eq!(v.stable_latency_ms, Quantiles::default());
+    }
+
+    #[test]
+    fn a_lookup_before_the_add_is_unexpected_and_a_failed_one_observes_nothing() {
+        let mut h = H::default();
+        let early = h.lookup("search", false, &["a/1"], &["a/1"], 0, 5);
+        h.add(&["a/1"], Outcome::Ok, 10, 20);
+        h.push(
+            Action::Lookup { via: "annotation".into(), strong: true, elements: vec!["a/1".into()], seen: vec![] },
+            Outcome::Fail,
+            30,
+            35,
+        );
+        h.lookup("annotation", true, &["a/1"], &["a/1"], 40, 45);
+        let v = h.check();
+        assert_eq!((v.valid, v.unexpected, v.ok, v.lookups), (Validity::Invalid, 1, 1, 2));
+        assert_eq!((v.unexpected_examples[0].reason.as_str(), v.unexpected_examples[0].read_op), ("seen_before_add", Some(early)));
+    }
+
+    #[test]
+    fn a_verdict_without_lookup_fields_still_parses() {
+        let mut h = H::default();
+        h.add(&["a/1"], Outcome::Ok, 0, 10);
+        h.read("a", true, &["a/1"], 20, 30);
+        let mut value = serde_json::to_value(h.check()).unwrap();
+        for field in ["lookups", "strong_lookups", "lookups_by_via", "looked_up"] {
+            value.as_object_mut().unwrap().remove(field);
+        }
+        let v: SetVerdict = serde_json::from_value(value).unwrap();
+        assert_eq!((v.ok, v.lookups, v.lookups_by_via.len()), (1, 0, 0));
+    }
+
+    #[test]
     fn examples_are_capped() {
         let mut h = H::default();
         let names: Vec<String> = (0..50).map(|i| format!("a/{i}")).collect();
@@ -774,8 +1118,8 @@ mod tests {
         assert_eq!(serde_json::from_str::<SetVerdict>(&text).unwrap(), v);
     }
 
-    /// 200k elements over 2,000 assets in 20k batches, 50k reads (a quarter strong); one element in
-    /// 10,000 is dropped from every read after the 30th of its asset.
+    /// 200k elements over 2,000 assets in 20k batches, 20k lookups, 50k reads (a quarter strong); one
+    /// element in 10,000 is dropped from every read after the 20th of its asset.
     #[test]
     fn two_hundred_thousand_elements_and_fifty_thousand_reads_are_quick() {
         let (assets, per_asset, reads_per_asset) = (2_000u64, 100u64, 25u64);
@@ -796,7 +1140,25 @@ mod tests {
                 error: None,
             });
         }
-        let after = ops.last().unwrap().end_ns;
+        // 20k lookups (every tenth element, half strong) that see their element, before the reads.
+        let lookups_at = ops.last().unwrap().end_ns;
+        for k in 0..(assets * per_asset / 10) {
+            let n = k * 10;
+            let element = name(n % assets, n / assets);
+            let start_ns = lookups_at + k * 10;
+            let action = Action::Lookup { via: "search".into(), strong: k % 2 == 0, elements: vec![element.clone()], seen: vec![element] };
+            ops.push(Op {
+                index: ops.len() as u64,
+                process: 10,
+                node: 0,
+                action,
+                outcome: Outcome::Ok,
+                start_ns,
+                end_ns: start_ns + 5,
+                error: None,
+            });
+        }
+        let after = lookups_at + 1_000_000_000;
         let mut expected_lost = 0;
         for r in 0..reads_per_asset {
             for asset in 0..assets {
@@ -822,7 +1184,9 @@ mod tests {
             }
         }
         let v = check(&ops, &SetOptions::default());
-        assert_eq!((v.attempted, v.reads), (200_000, 50_000));
+        // Lookups of acknowledged elements (a batch in 97 is indeterminate).
+        assert_eq!((0..20_000u64).filter(|k| k % 97 != 0).count(), 19_793);
+        assert_eq!((v.attempted, v.reads, v.lookups, v.strong_lookups, v.looked_up), (200_000, 50_000, 20_000, 10_000, 19_793));
         assert_eq!(v.lost, expected_lost);
         assert!(expected_lost > 0);
         assert_eq!(v.valid, Validity::Invalid);
