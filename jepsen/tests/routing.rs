@@ -72,6 +72,21 @@ fn minority_writes_fail_fast_and_retryably_and_strong_reads_see_every_acknowledg
         }
     }
     assert_eq!(refused, 4);
+    // A strong search there cannot confirm any shard: a retryable 503 naming the shards, never a
+    // 200 that would pass off missing shards as missing results. An eventual one answers.
+    let search = json!({"clauses": [{"type": "label", "track": "character", "label": "Phoebe"}], "consistency": "strong"});
+    let started = Instant::now();
+    match http.post_json(&cluster.node(3).url("/v1/search"), &search) {
+        Ok(reply) => panic!("a strong search on the cut-off node answered 200: {reply}"),
+        Err(e) => {
+            assert_eq!(e.status(), Some(503), "{e}");
+            assert!(e.is_retryable() && e.to_string().contains("could not confirm 4 of its 4 shards"), "{e}");
+        }
+    }
+    assert!(started.elapsed() <= BOUNDED_WAIT, "the strong search took {:?}", started.elapsed());
+    let eventual = json!({"clauses": [{"type": "label", "track": "character", "label": "Phoebe"}]});
+    let reply = http.post_json(&cluster.node(3).url("/v1/search"), &eventual).expect("an eventual search on the cut-off node");
+    assert_eq!(reply["shards"]["failed"], 0, "its own replicas answer: {reply}");
     // The majority keeps accepting writes meanwhile.
     let body = annotation("majority", "m", 0, "Chandler");
     http.send("POST", &cluster.node(1).url("/v1/annotations"), "application/x-ndjson", body.as_bytes())

@@ -319,6 +319,21 @@ pub async fn run_plan(
     let skipped = shard_count - needed.len();
     let ok = gathered.answered + skipped;
     let counts = ShardCounts { total: shard_count, ok, failed: shard_count - ok, skipped };
+    // An eventual search answers with the shards it reached (`shards.failed` says how many it
+    // lacks); a strong one promises every acknowledged write, which a missing shard breaks.
+    if strong && counts.failed > 0 {
+        let code = if tokio::time::Instant::now() >= deadline { ErrorCode::Timeout } else { ErrorCode::Unavailable };
+        return Err(ApiError::new(
+            code,
+            format!(
+                "a strong search could not confirm {} of its {} shards (no leader reachable, or no quorum, before the request \
+                 timeout); retry, or search with consistency \"eventual\" for what the reachable replicas hold",
+                counts.failed,
+                needed.len()
+            ),
+        )
+        .with_retry_after(1));
+    }
     Ok(search::merge(gathered.assets, gathered.totals, &plan, counts, started.elapsed().as_millis() as u64))
 }
 
