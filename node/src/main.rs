@@ -250,6 +250,8 @@ enum Command {
         #[arg(long)]
         json_out: Option<PathBuf>,
         #[command(flatten)]
+        load: bench::LoadArgs,
+        #[command(flatten)]
         config: ConfigArgs,
     },
 }
@@ -759,7 +761,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Bench { hours, seed, work_dir, clients, queries, json_out, config } => {
+        Command::Bench { hours, seed, work_dir, clients, queries, json_out, load, config } => {
+            let load = load.load_options()?;
             let config = load_config(&config, vec![])?;
             init_logging("warn", false);
             let report = bench::run_bench(bench::BenchOptions {
@@ -769,6 +772,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 clients: clients.max(1),
                 queries_per_kind: queries.max(1),
                 config,
+                load,
             })?;
             bench::print_report(&report);
             if let Some(path) = json_out {

@@ -1,11 +1,14 @@
 //! `rushes bench`: ingest a generated corpus over HTTP on loopback, measure acknowledged
-//! throughput, time until searchable, query latency per query type, peak memory and disk.
+//! throughput, time until searchable, query latency per query type, peak memory and disk; then,
+//! with `--query-clients N`, the same query kinds again from N concurrent clients (and suggest
+//! at typing speed) while `--ingest-clients M` keep posting new annotations (the loaded phase).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -15,7 +18,7 @@ use serde::Serialize;
 
 use crate::cli::demo::{ensure_sample, sample_dir, wait_caught_up, DemoError, LOAD_BATCH_LINES};
 use crate::node::Node;
-use rushes_client::Client;
+use rushes_client::{Client, ClientError};
 use rushes_sample::{EpisodeTruth, GenConfig};
 
 pub struct BenchOptions {
@@ -25,6 +28,8 @@ pub struct BenchOptions {
     pub clients: usize,
     pub queries_per_kind: usize,
     pub config: Config,
+    /// The loaded phase after the idle measurements (`None`: idle numbers only).
+    pub load: Option<LoadOptions>,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +60,9 @@ pub struct BenchReport {
     pub disk_bytes: u64,
     pub disk_bytes_per_annotation: f64,
     pub machine: String,
+    /// Queries from concurrent clients while ingest continues (`--query-clients`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadReport>,
 }
 
 pub(crate) fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
@@ -109,12 +117,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         // Assets first (through HTTP, like a client).
         let client = Client::new(&base).with_token(Some(token.clone()));
         for line in BufReader::new(std::fs::File::open(sample.join("assets.ndjson"))?).lines() {
-            let mut value: serde_json::Value = serde_json::from_str(&line?)?;
-            let asset_id = value["asset_id"].as_str().ok_or("asset line without asset_id")?.to_string();
-            if let Some(o) = value.as_object_mut() {
-                o.remove("asset_id");
-            }
-            let body = serde_json::to_vec(&value)?;
+            let (asset_id, body) = prefixed_asset_line(&line?, "")?;
             let client = client.clone();
             tokio::task::spawn_blocking(move || client.send("PUT", &format!("/v1/assets/{asset_id}"), "application/json", &body)).await??;
         }
@@ -197,7 +200,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                     moments += reply["moments"].as_array().map_or(0, Vec::len);
                 }
-                Ok(latency_row("suggest (per keystroke)", latencies, moments))
+                Ok(latency_row(SUGGEST_KIND, latencies, moments))
             })
             .await??,
         );
@@ -231,6 +234,30 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             .await??;
             rows.push(row);
         }
+
+        // The loaded phase: the same kinds from concurrent clients while new annotations arrive.
+        let idle_peak_rss_bytes = crate::peak_rss_bytes().unwrap_or(0);
+        let mut load_report = None;
+        if let Some(load) = options.load {
+            // Asset records for the new assets first, so filters by series or season see them.
+            let client = Client::new(&base).with_token(Some(token.clone()));
+            let assets_path = sample.join("assets.ndjson");
+            tokio::task::spawn_blocking(move || put_asset_records(&client, &assets_path, LOAD_ID_PREFIX)).await??;
+            let phase = LoadPhase {
+                base: base.clone(),
+                token: token.clone(),
+                annotations_path: sample.join("annotations.ndjson"),
+                assets_path: sample.join("assets.ndjson"),
+                options: load,
+                queries: query_mix(&season, &truths, options.queries_per_kind, options.seed),
+                prefixes: suggest_prefixes(&season, &truths, options.queries_per_kind, options.seed),
+            };
+            let mut report = tokio::task::spawn_blocking(move || run_load_phase(&phase)).await??;
+            // Indexed before the report, like the idle ingest (bounded; not part of the phase).
+            report.searchable_after_s = wait_caught_up(&node, Duration::from_secs(600)).await?.as_secs_f64();
+            report.peak_rss_bytes = crate::peak_rss_bytes().unwrap_or(0);
+            load_report = Some(report);
+        }
         let shards = node.shards().len() as u32;
         handle.stop(true).await;
         let _ = server_task.await;
@@ -248,10 +275,14 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             queries: rows,
             ann_recall_at_10: recall,
             ann_recall_queries: recall_queries,
-            peak_rss_bytes: crate::peak_rss_bytes().unwrap_or(0),
+            // With a loaded phase, the peak of the idle measurements (the phase reports its own).
+            peak_rss_bytes: if load_report.is_some() { idle_peak_rss_bytes } else { crate::peak_rss_bytes().unwrap_or(0) },
             disk_bytes,
-            disk_bytes_per_annotation: disk_bytes as f64 / annotations.max(1) as f64,
+            // The disk holds the loaded phase's annotations too.
+            disk_bytes_per_annotation: disk_bytes as f64
+                / (annotations + load_report.as_ref().map_or(0, |l| l.ingest_annotations)).max(1) as f64,
             machine: machine_description(),
+            load: load_report,
         })
     })?;
     let _ = std::fs::remove_dir_all(options.work_dir.join(format!("bench-node-{}", std::process::id())));
@@ -298,6 +329,484 @@ pub fn ann_recall_at_10(node: &Node, space: &str, queries: &[Vec<f32>]) -> Resul
         total += found as f64 / truth.len() as f64;
     }
     Ok((total / queries.len().max(1) as f64, queries.len()))
+}
+
+/// Prefix of the annotation and asset ids the loaded phase's first pass over the sample posts:
+/// new assets, never in conflict with the sample's ids (pass k > 1 uses [`load_prefix`]).
+const LOAD_ID_PREFIX: &str = "load-";
+
+/// Ids prefix of pass `pass` (from 1) of the loaded phase over the sample: every pass posts new
+/// assets, so ingest continues for the whole phase whatever the sample's size.
+fn load_prefix(pass: u64) -> String {
+    if pass <= 1 {
+        LOAD_ID_PREFIX.to_string()
+    } else {
+        format!("load{pass}-")
+    }
+}
+/// Most clients of one kind in the loaded phase (each is a thread).
+pub const MAX_LOAD_CLIENTS: usize = 256;
+/// Longest loaded phase.
+pub const MAX_LOAD_SECONDS: u64 = 3600;
+/// Time between keystrokes of a typing client (an editor typing a name).
+const KEYSTROKE_INTERVAL: Duration = Duration::from_millis(120);
+/// Search clients per typing client (at least one typing client).
+const SEARCH_CLIENTS_PER_TYPIST: usize = 4;
+/// Attempts per ingest batch on back-pressure, as in the idle ingest.
+const LOAD_POST_ATTEMPTS: u32 = 20;
+const SUGGEST_KIND: &str = "suggest (per keystroke)";
+
+/// `rushes bench` flags of the loaded phase.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LoadArgs {
+    /// After the idle measurements, a loaded phase: this many search clients, each sending the
+    /// query kinds in turn (one request at a time), plus one client typing suggest prefixes
+    /// (a keystroke every 120 ms) per 4 of them, while ingest continues. 0: no loaded phase.
+    #[arg(long, default_value_t = 0)]
+    pub query_clients: usize,
+    /// Clients posting new annotations during the loaded phase (the sample again, under new
+    /// asset and annotation ids) [default: 2].
+    #[arg(long)]
+    pub ingest_clients: Option<usize>,
+    /// Longest loaded phase, in seconds; it ends sooner once the ingest clients have posted the
+    /// whole sample [default: 60].
+    #[arg(long)]
+    pub load_seconds: Option<u64>,
+}
+
+/// The loaded phase, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub query_clients: usize,
+    pub ingest_clients: usize,
+    pub seconds: u64,
+}
+
+impl LoadArgs {
+    /// `None` without `--query-clients`; an error naming the flag when one is out of range.
+    pub fn load_options(&self) -> Result<Option<LoadOptions>, String> {
+        if self.query_clients == 0 {
+            if self.ingest_clients.is_some() {
+                return Err("--ingest-clients applies to the loaded phase: give --query-clients too (1..=256)".into());
+            }
+            if self.load_seconds.is_some() {
+                return Err("--load-seconds applies to the loaded phase: give --query-clients too (1..=256)".into());
+            }
+            return Ok(None);
+        }
+        if self.query_clients > MAX_LOAD_CLIENTS {
+            return Err(format!("--query-clients must be 0..={MAX_LOAD_CLIENTS}, not {}", self.query_clients));
+        }
+        let ingest_clients = self.ingest_clients.unwrap_or(2);
+        if ingest_clients > MAX_LOAD_CLIENTS {
+            return Err(format!("--ingest-clients must be 0..={MAX_LOAD_CLIENTS}, not {ingest_clients}"));
+        }
+        let seconds = self.load_seconds.unwrap_or(60);
+        if seconds == 0 || seconds > MAX_LOAD_SECONDS {
+            return Err(format!("--load-seconds must be 1..={MAX_LOAD_SECONDS}, not {seconds}"));
+        }
+        Ok(Some(LoadOptions { query_clients: self.query_clients, ingest_clients, seconds }))
+    }
+}
+
+/// One query kind in the loaded phase.
+#[derive(Debug, Serialize)]
+pub struct LoadedRow {
+    pub kind: String,
+    /// Requests sent during the phase, failed ones included.
+    pub requests: usize,
+    /// Successful replies per second of the phase.
+    pub qps: f64,
+    /// Latencies of successful replies only.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    /// Replies with a status other than 2xx.
+    pub errors: usize,
+    /// Requests without a usable reply (connection failed, timed out, unreadable).
+    pub failures: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoadReport {
+    pub query_clients: usize,
+    /// Clients sending one suggest request per keystroke, [`KEYSTROKE_INTERVAL`] apart.
+    pub typing_clients: usize,
+    pub ingest_clients: usize,
+    /// The phase: until the ingest clients stopped, at most `--load-seconds`.
+    pub seconds: f64,
+    pub max_seconds: u64,
+    /// Annotations acknowledged (durable) during the phase, under new ids.
+    pub ingest_annotations: u64,
+    /// From the start of the phase until the last ingest reply.
+    pub ingest_seconds: f64,
+    pub ingest_annotations_per_s: f64,
+    /// Batches that still failed after the retries of `post_ndjson_retrying`.
+    pub ingest_failed_batches: u64,
+    /// "--load-seconds" or "no ingest clients".
+    pub ingest_stopped_by: String,
+    /// Passes over the sample the ingest clients began (each under new ids).
+    pub ingest_passes: u64,
+    /// Until every shard had indexed what the phase acknowledged (not part of the phase).
+    pub searchable_after_s: f64,
+    /// Successful searches per second over all kinds but suggest.
+    pub search_qps: f64,
+    pub queries: Vec<LoadedRow>,
+    pub first_error: Option<String>,
+    /// Peak RSS at the end of the phase (the process's high-water mark).
+    pub peak_rss_bytes: u64,
+}
+
+struct LoadPhase {
+    base: String,
+    token: String,
+    annotations_path: PathBuf,
+    assets_path: PathBuf,
+    options: LoadOptions,
+    queries: Vec<(&'static str, Vec<SearchRequest>)>,
+    prefixes: Vec<String>,
+}
+
+/// Latencies of the successful replies of one kind, and its failed requests.
+#[derive(Debug, Default)]
+struct Tally {
+    latencies_ms: Vec<f64>,
+    errors: usize,
+    failures: usize,
+}
+
+impl Tally {
+    fn record(&mut self, sent: Instant, result: Result<(), ClientError>, first_error: &Mutex<Option<String>>) {
+        match result {
+            Ok(()) => self.latencies_ms.push(sent.elapsed().as_secs_f64() * 1000.0),
+            Err(error) => {
+                if matches!(error, ClientError::Status { .. }) {
+                    self.errors += 1;
+                } else {
+                    self.failures += 1;
+                }
+                note_error(first_error, error.to_string());
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies_ms.extend(other.latencies_ms);
+        self.errors += other.errors;
+        self.failures += other.failures;
+    }
+}
+
+fn note_error(first_error: &Mutex<Option<String>>, message: String) {
+    if let Ok(mut first) = first_error.lock() {
+        first.get_or_insert(message);
+    }
+}
+
+/// Sets the flag when dropped: the clients stop however the phase ends (a panic included).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Blocking (run it on a blocking thread): search clients, typing clients and ingest clients on
+/// threads of their own, all joined before it returns, on every path.
+fn run_load_phase(phase: &LoadPhase) -> Result<LoadReport, String> {
+    let options = phase.options;
+    let typists = typing_clients(options.query_clients);
+    let kinds = phase.queries.len();
+    let stop = AtomicBool::new(false);
+    let acknowledged = AtomicU64::new(0);
+    let failed_batches = AtomicU64::new(0);
+    let skipped_batches = AtomicU64::new(0);
+    let first_error = Mutex::new(None);
+    let new_client = || Client::new(&phase.base).with_token(Some(phase.token.clone()));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(options.seconds);
+    let stop_ref = &stop;
+    let running = move || !stop_ref.load(Ordering::Acquire) && Instant::now() < deadline;
+    std::thread::scope(|scope| -> Result<LoadReport, String> {
+        // However this body ends, the clients stop, so the scope's join ends.
+        let _stop_on_drop = StopOnDrop(&stop);
+        let searchers: Vec<_> = (0..options.query_clients)
+            .map(|me| {
+                let client = new_client();
+                let (queries, first_error) = (&phase.queries, &first_error);
+                scope.spawn(move || {
+                    let mut tallies: Vec<Tally> = (0..kinds).map(|_| Tally::default()).collect();
+                    // query_mix makes as many requests of every kind.
+                    let per_kind = queries.iter().map(|(_, requests)| requests.len()).min().unwrap_or(0);
+                    let mut turn = 0;
+                    while running() && per_kind > 0 {
+                        let (kind, index) = load_pick(me, turn, options.query_clients, kinds, per_kind);
+                        let request = &queries[kind].1[index];
+                        let sent = Instant::now();
+                        let result = client.search(request).map(drop);
+                        tallies[kind].record(sent, result, first_error);
+                        turn += 1;
+                    }
+                    tallies
+                })
+            })
+            .collect();
+        let typing: Vec<_> = (0..typists)
+            .map(|me| {
+                let client = new_client();
+                let (prefixes, first_error) = (&phase.prefixes, &first_error);
+                scope.spawn(move || {
+                    let mut tally = Tally::default();
+                    if prefixes.is_empty() {
+                        return tally;
+                    }
+                    let mut at = typing_start(prefixes, me, typists);
+                    let mut next_keystroke = Instant::now();
+                    loop {
+                        // Editors type: the pause is not measured, only the request. A reply
+                        // slower than a keystroke delays the next one (one request at a time).
+                        std::thread::sleep(next_keystroke.saturating_duration_since(Instant::now()));
+                        if !running() {
+                            break;
+                        }
+                        let sent = Instant::now();
+                        let result = client.get_json(&format!("/v1/suggest?q={}", url_encode(&prefixes[at]))).map(drop);
+                        tally.record(sent, result, first_error);
+                        next_keystroke = sent + KEYSTROKE_INTERVAL;
+                        at = (at + 1) % prefixes.len();
+                    }
+                    tally
+                })
+            })
+            .collect();
+
+        let mut phase_error: Option<String> = None;
+        let mut passes = 0;
+        if options.ingest_clients > 0 {
+            let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Vec<u8>>(options.ingest_clients * 2);
+            let (path, assets_path, records_client) = (&phase.annotations_path, &phase.assets_path, new_client());
+            let reader = scope.spawn(move || -> Result<u64, String> {
+                // Pass 1's asset records were stored before the phase; later passes store theirs
+                // as a client would, before their annotations.
+                let mut pass = 1;
+                loop {
+                    if pass > 1 {
+                        put_asset_records(&records_client, assets_path, &load_prefix(pass))?;
+                    }
+                    if !read_prefixed_batches(path, &load_prefix(pass), deadline, &batch_tx)? {
+                        return Ok(pass);
+                    }
+                    pass += 1;
+                }
+            });
+            let posters: Vec<_> = (0..options.ingest_clients)
+                .map(|_| {
+                    let (batches, client) = (batch_rx.clone(), new_client());
+                    let (acknowledged, failed_batches, skipped_batches, first_error) =
+                        (&acknowledged, &failed_batches, &skipped_batches, &first_error);
+                    scope.spawn(move || {
+                        for body in batches {
+                            // Batches still queued at the deadline are dropped, not sent.
+                            if Instant::now() >= deadline {
+                                skipped_batches.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            match client.post_ndjson_retrying(&body, LOAD_POST_ATTEMPTS) {
+                                Ok(reply) => {
+                                    acknowledged.fetch_add(reply.accepted as u64, Ordering::Relaxed);
+                                }
+                                Err(error) => {
+                                    failed_batches.fetch_add(1, Ordering::Relaxed);
+                                    note_error(first_error, format!("ingest: {error}"));
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            // Only the posters hold the receiving end: if they all end, the reader's send fails.
+            drop(batch_rx);
+            match reader.join() {
+                Ok(Ok(began)) => passes = began,
+                Ok(Err(error)) => phase_error = Some(format!("loaded phase: reading the annotations: {error}")),
+                Err(_) => phase_error = Some("loaded phase: the annotation reader panicked".into()),
+            }
+            for poster in posters {
+                if poster.join().is_err() {
+                    phase_error.get_or_insert_with(|| "loaded phase: an ingest client panicked".into());
+                }
+            }
+        } else {
+            // No ingest: concurrent queries alone, for --load-seconds.
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        }
+        let ingest_elapsed = started.elapsed();
+        stop.store(true, Ordering::Release);
+        let seconds = ingest_elapsed.min(Duration::from_secs(options.seconds)).as_secs_f64();
+
+        let mut tallies: Vec<Tally> = (0..kinds).map(|_| Tally::default()).collect();
+        for searcher in searchers {
+            match searcher.join() {
+                Ok(mine) => tallies.iter_mut().zip(mine).for_each(|(all, mine)| all.merge(mine)),
+                Err(_) => {
+                    phase_error.get_or_insert_with(|| "loaded phase: a search client panicked".into());
+                }
+            }
+        }
+        let mut suggest = Tally::default();
+        for typist in typing {
+            match typist.join() {
+                Ok(mine) => suggest.merge(mine),
+                Err(_) => {
+                    phase_error.get_or_insert_with(|| "loaded phase: a typing client panicked".into());
+                }
+            }
+        }
+        if let Some(error) = phase_error {
+            return Err(error);
+        }
+
+        let mut rows = vec![loaded_row(SUGGEST_KIND, suggest, seconds)];
+        rows.extend(phase.queries.iter().zip(tallies).map(|((kind, _), tally)| loaded_row(kind, tally, seconds)));
+        let ingest_annotations = acknowledged.load(Ordering::Relaxed);
+        let ingest_seconds = if options.ingest_clients > 0 { ingest_elapsed.as_secs_f64() } else { 0.0 };
+        Ok(LoadReport {
+            query_clients: options.query_clients,
+            typing_clients: typists,
+            ingest_clients: options.ingest_clients,
+            seconds,
+            max_seconds: options.seconds,
+            ingest_annotations,
+            ingest_seconds,
+            ingest_annotations_per_s: if ingest_seconds > 0.0 { ingest_annotations as f64 / ingest_seconds } else { 0.0 },
+            ingest_failed_batches: failed_batches.load(Ordering::Relaxed),
+            ingest_stopped_by: if options.ingest_clients == 0 { "no ingest clients" } else { "--load-seconds" }.to_string(),
+            ingest_passes: passes,
+            searchable_after_s: 0.0,
+            search_qps: rows.iter().filter(|r| r.kind != SUGGEST_KIND).map(|r| r.qps).sum(),
+            queries: rows,
+            first_error: first_error.lock().ok().and_then(|mut e| e.take()),
+            peak_rss_bytes: 0,
+        })
+    })
+}
+
+/// Typing clients for `search_clients`: one per [`SEARCH_CLIENTS_PER_TYPIST`], at least one.
+fn typing_clients(search_clients: usize) -> usize {
+    if search_clients == 0 {
+        0
+    } else {
+        search_clients.div_ceil(SEARCH_CLIENTS_PER_TYPIST)
+    }
+}
+
+/// Where typing client `me` of `typists` starts in the keystroke prefixes: its share of them,
+/// moved on to the first keystroke of a word.
+fn typing_start(prefixes: &[String], me: usize, typists: usize) -> usize {
+    let from = me * prefixes.len() / typists.max(1);
+    (from..prefixes.len()).find(|&i| prefixes[i].chars().count() == 1).unwrap_or(0)
+}
+
+/// The query search client `me` of `clients` sends on its `turn`: the kinds in turn from an
+/// offset of its own, and within a kind, the requests in turn, spread over the clients.
+fn load_pick(me: usize, turn: usize, clients: usize, kinds: usize, per_kind: usize) -> (usize, usize) {
+    let kind = (me + turn) % kinds.max(1);
+    let request = ((turn / kinds.max(1)) * clients + me) % per_kind.max(1);
+    (kind, request)
+}
+
+fn loaded_row(kind: &str, mut tally: Tally, seconds: f64) -> LoadedRow {
+    tally.latencies_ms.sort_by(f64::total_cmp);
+    let ok = tally.latencies_ms.len();
+    LoadedRow {
+        kind: kind.to_string(),
+        requests: ok + tally.errors + tally.failures,
+        qps: if seconds > 0.0 { ok as f64 / seconds } else { 0.0 },
+        p50_ms: percentile(&tally.latencies_ms, 50.0),
+        p99_ms: percentile(&tally.latencies_ms, 99.0),
+        mean_ms: tally.latencies_ms.iter().sum::<f64>() / ok.max(1) as f64,
+        errors: tally.errors,
+        failures: tally.failures,
+    }
+}
+
+/// Sends the sample's annotations in batches of [`LOAD_BATCH_LINES`], each line under new ids,
+/// until the file ends (`Ok(true)`), the deadline passes or the posters are gone (`Ok(false)`).
+fn read_prefixed_batches(
+    path: &Path,
+    prefix: &str,
+    deadline: Instant,
+    batches: &crossbeam_channel::Sender<Vec<u8>>,
+) -> Result<bool, String> {
+    let mut reader = BufReader::new(std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    let mut line = String::new();
+    loop {
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        let mut batch = Vec::with_capacity(LOAD_BATCH_LINES * 300);
+        let mut lines = 0;
+        let mut end_of_file = false;
+        while lines < LOAD_BATCH_LINES {
+            line.clear();
+            if reader.read_line(&mut line).map_err(|e| format!("{}: {e}", path.display()))? == 0 {
+                end_of_file = true;
+                break;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            batch.extend_from_slice(prefixed_annotation_line(&line, prefix)?.as_bytes());
+            batch.push(b'\n');
+            lines += 1;
+        }
+        if lines > 0 && batches.send(batch).is_err() {
+            return Ok(false);
+        }
+        if end_of_file {
+            return Ok(true);
+        }
+    }
+}
+
+/// An NDJSON annotation line with `prefix` before its `id` and `asset_id`: a new annotation of
+/// a new asset. The other fields keep their exact text (the keys come out sorted).
+fn prefixed_annotation_line(line: &str, prefix: &str) -> Result<String, String> {
+    let mut fields: BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_str(line.trim()).map_err(|e| format!("annotation line: {e}"))?;
+    for key in ["id", "asset_id"] {
+        let value = fields.get(key).ok_or_else(|| format!("annotation line without {key}"))?;
+        let text: String = serde_json::from_str(value.get()).map_err(|_| format!("annotation line whose {key} is not a string"))?;
+        let prefixed = serde_json::value::to_raw_value(&format!("{prefix}{text}")).map_err(|e| e.to_string())?;
+        fields.insert(key.to_string(), prefixed);
+    }
+    serde_json::to_string(&fields).map_err(|e| e.to_string())
+}
+
+/// An assets.ndjson line as `PUT /v1/assets/{asset_id}` takes it: `prefix` + its asset id, and
+/// the record without the id.
+fn prefixed_asset_line(line: &str, prefix: &str) -> Result<(String, Vec<u8>), String> {
+    let mut value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("asset line: {e}"))?;
+    let asset_id = match value.as_object_mut().and_then(|o| o.remove("asset_id")) {
+        Some(serde_json::Value::String(id)) => format!("{prefix}{id}"),
+        _ => return Err("asset line without asset_id".into()),
+    };
+    Ok((asset_id, serde_json::to_vec(&value).map_err(|e| e.to_string())?))
+}
+
+/// PUTs every asset record of an assets.ndjson file under `prefix` + its id (blocking).
+fn put_asset_records(client: &Client, path: &Path, prefix: &str) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (asset_id, body) = prefixed_asset_line(&line, prefix)?;
+        client.send("PUT", &format!("/v1/assets/{asset_id}"), "application/json", &body).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Keystroke prefixes of cast names and dialogue words ("J", "Jo", "Joe", ..., "we were o").
@@ -503,6 +1012,56 @@ pub fn print_report(report: &BenchReport) {
             row.kind, row.queries, row.p50_ms, row.p99_ms, row.mean_ms, row.mean_assets
         );
     }
+    if let Some(load) = &report.load {
+        print_load_report(report, load);
+    }
+}
+
+/// The loaded phase, each kind next to its idle latencies.
+fn print_load_report(report: &BenchReport, load: &LoadReport) {
+    println!(
+        "\n### Under load: {} search clients, {} typing (a keystroke every {} ms), {} ingest clients, {:.1} s (at most {} s)",
+        load.query_clients,
+        load.typing_clients,
+        KEYSTROKE_INTERVAL.as_millis(),
+        load.ingest_clients,
+        load.seconds,
+        load.max_seconds
+    );
+    println!("\n| metric | value |\n|---|---|");
+    if load.ingest_clients == 0 {
+        println!("| ingest under load | none (--ingest-clients 0) |");
+    } else {
+        println!(
+            "| ingest under load (acknowledged, durable) | {:.0} annotations/s ({} in {:.1} s, {} pass(es) over the sample under new \
+             ids, until {}; {} batches failed) |",
+            load.ingest_annotations_per_s,
+            load.ingest_annotations,
+            load.ingest_seconds,
+            load.ingest_passes,
+            load.ingest_stopped_by,
+            load.ingest_failed_batches
+        );
+        println!("| searchable after the phase | {:.1} s |", load.searchable_after_s);
+    }
+    println!("| searches under load (all kinds but suggest) | {:.1} QPS |", load.search_qps);
+    println!("| peak RSS at the end of the phase | {:.0} MiB |", load.peak_rss_bytes as f64 / 1048576.0);
+    if load.ingest_annotations > 0 {
+        println!("| disk above includes the phase's annotations | {} more |", load.ingest_annotations);
+    }
+    println!("\n| query | idle p50 / p99 ms | loaded n | loaded QPS | loaded p50 / p99 ms | errors |\n|---|---|---|---|---|---|");
+    for row in &load.queries {
+        let idle = report
+            .queries
+            .iter()
+            .find(|idle| idle.kind == row.kind)
+            .map_or_else(|| "-".to_string(), |idle| format!("{:.1} / {:.1}", idle.p50_ms, idle.p99_ms));
+        let errors = if row.failures == 0 { row.errors.to_string() } else { format!("{} (+{} without reply)", row.errors, row.failures) };
+        println!("| {} | {} | {} | {:.1} | {:.1} / {:.1} | {} |", row.kind, idle, row.requests, row.qps, row.p50_ms, row.p99_ms, errors);
+    }
+    if let Some(error) = &load.first_error {
+        println!("\nfirst error under load: {error}");
+    }
 }
 
 /// A scene vector clause with the server's defaults for everything else.
@@ -517,5 +1076,131 @@ pub fn vector_clause(vector: Vec<f64>, k: usize) -> Clause {
         ef: None,
         metric: None,
         weight: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_annotation_line_gets_new_ids_and_keeps_every_other_field_exactly() {
+        let line = r#"{"id":"s01e01-000007","asset_id":"s01e01","model":"faces","model_version":"1","track":"character","start_ms":0,"end_ms":1200,"confidence":0.9,"label":"Joey \"J\"","vector_space":"scene","vector":[0.1,-2.5e-7,1.0]}"#;
+        let rewritten = prefixed_annotation_line(&format!("{line}\n"), "load-").unwrap();
+        let value: serde_json::Value = serde_json::from_str(&rewritten).unwrap();
+        let original: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["id"], "load-s01e01-000007");
+        assert_eq!(value["asset_id"], "load-s01e01");
+        for (key, field) in original.as_object().unwrap() {
+            if key != "id" && key != "asset_id" {
+                assert_eq!(&value[key], field, "{key}");
+            }
+        }
+        // The vector's text is carried over as written (no float round trip).
+        assert!(rewritten.contains(r#""vector":[0.1,-2.5e-7,1.0]"#), "{rewritten}");
+        assert!(!rewritten.contains('\n'));
+        // What the node parses: a valid annotation under the new ids.
+        let annotation: rushes_protocol::Annotation = serde_json::from_str(&rewritten).unwrap();
+        assert_eq!(annotation.asset_id, "load-s01e01");
+    }
+
+    #[test]
+    fn annotation_lines_without_string_ids_are_refused() {
+        assert!(prefixed_annotation_line(r#"{"asset_id":"a"}"#, "load-").unwrap_err().contains("without id"));
+        assert!(prefixed_annotation_line(r#"{"id":"x","asset_id":7}"#, "load-").unwrap_err().contains("asset_id is not a string"));
+        assert!(prefixed_annotation_line("not json", "load-").is_err());
+    }
+
+    #[test]
+    fn an_asset_line_becomes_a_prefixed_id_and_the_record_without_it() {
+        let (id, body) = prefixed_asset_line(r#"{"asset_id":"s01e02","title":"Two","series":"central-perk","season":1}"#, "load-").unwrap();
+        assert_eq!(id, "load-s01e02");
+        let record: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(record, serde_json::json!({"title": "Two", "series": "central-perk", "season": 1}));
+        // The idle ingest uses no prefix.
+        assert_eq!(prefixed_asset_line(r#"{"asset_id":"s01e02"}"#, "").unwrap().0, "s01e02");
+        assert!(prefixed_asset_line(r#"{"title":"Two"}"#, "load-").is_err());
+    }
+
+    #[test]
+    fn load_flags_are_validated_with_the_flag_named() {
+        let args = |query_clients, ingest_clients, load_seconds| LoadArgs { query_clients, ingest_clients, load_seconds };
+        assert_eq!(args(0, None, None).load_options(), Ok(None));
+        assert_eq!(args(4, None, None).load_options(), Ok(Some(LoadOptions { query_clients: 4, ingest_clients: 2, seconds: 60 })));
+        assert_eq!(args(4, Some(0), Some(20)).load_options(), Ok(Some(LoadOptions { query_clients: 4, ingest_clients: 0, seconds: 20 })));
+        assert!(args(257, None, None).load_options().unwrap_err().contains("--query-clients"));
+        assert!(args(4, Some(1000), None).load_options().unwrap_err().contains("--ingest-clients"));
+        assert!(args(4, None, Some(0)).load_options().unwrap_err().contains("--load-seconds"));
+        assert!(args(4, None, Some(3601)).load_options().unwrap_err().contains("--load-seconds"));
+        assert!(args(0, Some(2), None).load_options().unwrap_err().contains("--ingest-clients"));
+        assert!(args(0, None, Some(20)).load_options().unwrap_err().contains("--load-seconds"));
+    }
+
+    #[test]
+    fn one_typing_client_per_four_search_clients_at_least_one() {
+        assert_eq!(typing_clients(0), 0);
+        assert_eq!(typing_clients(1), 1);
+        assert_eq!(typing_clients(4), 1);
+        assert_eq!(typing_clients(5), 2);
+        assert_eq!(typing_clients(256), 64);
+    }
+
+    #[test]
+    fn typing_clients_start_on_a_first_keystroke_of_their_share() {
+        let prefixes: Vec<String> = ["J", "Jo", "Joe", "M", "Mo", "R", "Ro", "Ros"].iter().map(|p| p.to_string()).collect();
+        assert_eq!(typing_start(&prefixes, 0, 2), 0);
+        assert_eq!(typing_start(&prefixes, 1, 2), 5);
+        assert_eq!(typing_start(&prefixes, 2, 3), 5);
+        // Past the last word's start: from the beginning.
+        let tail: Vec<String> = ["J", "Jo", "Joe"].iter().map(|p| p.to_string()).collect();
+        assert_eq!(typing_start(&tail, 1, 2), 0);
+        assert_eq!(typing_start(&[], 0, 1), 0);
+    }
+
+    #[test]
+    fn search_clients_take_the_kinds_in_turn_from_their_own_offset_and_different_requests() {
+        let (clients, kinds, per_kind) = (3, 10, 200);
+        for me in 0..clients {
+            let first_cycle: Vec<usize> = (0..kinds).map(|turn| load_pick(me, turn, clients, kinds, per_kind).0).collect();
+            let mut sorted = first_cycle.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..kinds).collect::<Vec<_>>(), "every kind once per cycle");
+            assert_eq!(first_cycle[0], me, "a start offset of its own");
+        }
+        // Within a kind, no two clients send the same request until the requests run out.
+        let mut seen = std::collections::HashSet::new();
+        for me in 0..clients {
+            for turn in 0..kinds * 20 {
+                let (kind, request) = load_pick(me, turn, clients, kinds, per_kind);
+                if kind == 0 {
+                    assert!(seen.insert(request), "client {me} turn {turn} repeats request {request}");
+                }
+            }
+        }
+        assert!(load_pick(2, 1_000_000, clients, kinds, per_kind).1 < per_kind);
+    }
+
+    #[test]
+    fn loaded_rows_keep_failed_requests_out_of_the_latencies() {
+        let tally = Tally { latencies_ms: vec![30.0, 10.0, 20.0], errors: 2, failures: 1 };
+        let row = loaded_row("label", tally, 2.0);
+        assert_eq!(row.requests, 6);
+        assert_eq!(row.qps, 1.5);
+        assert_eq!(row.p50_ms, 20.0);
+        assert_eq!(row.p99_ms, 30.0);
+        assert_eq!((row.errors, row.failures), (2, 1));
+        assert_eq!(loaded_row("label", Tally::default(), 0.0).qps, 0.0);
+    }
+
+    #[test]
+    fn a_tally_counts_non_2xx_replies_apart_from_requests_without_reply() {
+        let first_error = Mutex::new(None);
+        let mut tally = Tally::default();
+        tally.record(Instant::now(), Ok(()), &first_error);
+        let status = ClientError::Status { url: "u".into(), status: 503, body: "busy".into(), retry_after_s: None };
+        tally.record(Instant::now(), Err(status), &first_error);
+        tally.record(Instant::now(), Err(ClientError::Transport { url: "u".into(), message: "refused".into() }), &first_error);
+        assert_eq!((tally.latencies_ms.len(), tally.errors, tally.failures), (1, 1, 1));
+        assert!(first_error.lock().unwrap().as_deref().unwrap().starts_with("503"));
     }
 }
