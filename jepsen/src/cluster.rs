@@ -26,6 +26,8 @@ pub struct ClusterOptions {
     pub commit_interval_ms: u64,
     /// Appended verbatim to every node's config file (more sections, e.g. `[raft]`).
     pub extra_toml: String,
+    /// Top-level keys written before every section of the config file (e.g. `vector_spaces = []`).
+    pub root_toml: String,
     /// More keys of the `[cluster]` section (e.g. `max_frame_bytes = 16777216`).
     pub cluster_toml: String,
     /// `RUST_LOG` of the nodes.
@@ -53,6 +55,7 @@ impl ClusterOptions {
             cluster_id: "jepsen".to_string(),
             commit_interval_ms: 200,
             extra_toml: String::new(),
+            root_toml: String::new(),
             cluster_toml: String::new(),
             rust_log: "warn".to_string(),
             start_timeout: Duration::from_secs(60),
@@ -132,6 +135,9 @@ pub fn node_config_toml(
 ) -> String {
     let listen = &members.iter().find(|(member, _, _)| *member == id).expect("node is a member").1;
     let mut text = String::new();
+    if !options.root_toml.is_empty() {
+        let _ = writeln!(text, "{}\n", options.root_toml);
+    }
     let _ = writeln!(
         text,
         "[node]\nid = {id}\ndata_dir = {}\nlisten = {}\n",

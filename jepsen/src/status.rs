@@ -76,9 +76,17 @@ pub struct ReplicaStatus {
     /// Snapshots the replica installed since its process started (local replicas only).
     #[serde(default)]
     pub snapshots_installed: Option<u64>,
-    /// Snapshot chunks the replica fetched since its process started (local replicas only).
+    /// Snapshot chunks the replica fetched since its process started (local replicas only),
+    /// counted as each chunk arrives: it moves while a fetch is in progress.
     #[serde(default)]
     pub snapshot_chunks_fetched: Option<u64>,
+    /// Raw store bytes those chunks carried.
+    #[serde(default)]
+    pub snapshot_bytes_fetched: Option<u64>,
+    /// Milliseconds spent in snapshot fetches, added when a fetch ends (staged or failed): a
+    /// fetch whose chunks moved this counter did not is still running.
+    #[serde(default)]
+    pub snapshot_fetch_ms: Option<u64>,
     /// Hash of the shard's raw store; only for local replicas and only with `?digest=true`.
     #[serde(default)]
     pub raw_digest: Option<String>,
