@@ -37,6 +37,23 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (for documents and tests that must name them all).
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidField,
+        ErrorCode::TooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::Conflict,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Overloaded,
+        ErrorCode::Unavailable,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+    ];
+
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::InvalidJson => 400,
@@ -184,21 +201,7 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_documented_snake_case() {
-        for code in [
-            ErrorCode::InvalidJson,
-            ErrorCode::InvalidField,
-            ErrorCode::TooLarge,
-            ErrorCode::UnsupportedMediaType,
-            ErrorCode::Conflict,
-            ErrorCode::NotFound,
-            ErrorCode::MethodNotAllowed,
-            ErrorCode::Overloaded,
-            ErrorCode::Unavailable,
-            ErrorCode::Timeout,
-            ErrorCode::Internal,
-            ErrorCode::Unauthenticated,
-            ErrorCode::Forbidden,
-        ] {
+        for code in ErrorCode::ALL {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }

@@ -282,7 +282,7 @@ fn complete_error_responses(document: &mut Value) {
                 if content.pointer("/schema/$ref").and_then(Value::as_str) != Some(ERROR_BODY_REF) {
                     continue;
                 }
-                let examples: serde_json::Map<String, Value> = ALL_ERROR_CODES
+                let examples: serde_json::Map<String, Value> = ErrorCode::ALL
                     .iter()
                     .filter(|code| code.http_status() == status)
                     .map(|code| (code.as_str().to_string(), json!({"value": error_example(*code)})))
@@ -294,23 +294,6 @@ fn complete_error_responses(document: &mut Value) {
         }
     }
 }
-
-/// Every error code, in the order of [`ErrorCode`].
-pub const ALL_ERROR_CODES: [ErrorCode; 13] = [
-    ErrorCode::InvalidJson,
-    ErrorCode::InvalidField,
-    ErrorCode::TooLarge,
-    ErrorCode::UnsupportedMediaType,
-    ErrorCode::Conflict,
-    ErrorCode::NotFound,
-    ErrorCode::MethodNotAllowed,
-    ErrorCode::Overloaded,
-    ErrorCode::Unavailable,
-    ErrorCode::Timeout,
-    ErrorCode::Internal,
-    ErrorCode::Unauthenticated,
-    ErrorCode::Forbidden,
-];
 
 /// A reply with `code`, worded as the server words it.
 fn error_example(code: ErrorCode) -> Value {
