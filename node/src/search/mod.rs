@@ -630,6 +630,9 @@ pub fn exact_similarity(metric: VectorMetric, a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
+/// At most this many allowed assets: a vector leaf scans their vectors exactly first.
+const FEW_ASSETS: usize = 16;
+
 /// (asset id, annotation id, similarity, start_ms, end_ms) of one vector hit.
 type VectorHit = (String, String, f64, u64, u64);
 
@@ -682,6 +685,15 @@ fn nearest_vectors(shard: &Shard, leaf: &Leaf, plan: &Plan, allowed: Option<&Has
     let filters = &plan.filters;
     if *exact || *metric != index.spec.metric {
         return Ok(exact_vector_search(shard, space, vector, *metric, *k, allowed, filters, None)?.unwrap_or_default());
+    }
+    // A filter to a few assets: their vectors scanned exactly cost what those assets hold,
+    // where HNSW with a predicate visits (and looks up) a large part of the shard's graph.
+    if allowed.is_some_and(|a| a.len() <= FEW_ASSETS) {
+        if let Some(hits) =
+            exact_vector_search(shard, space, vector, *metric, *k, allowed, filters, Some(plan.exact_vector_max_candidates))?
+        {
+            return Ok(hits);
+        }
     }
     let store = &shard.store;
     let (from_ms, to_ms) = (filters.from_ms, filters.to_ms);
