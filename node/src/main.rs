@@ -249,6 +249,10 @@ enum Command {
         /// Also write the report as JSON here.
         #[arg(long)]
         json_out: Option<PathBuf>,
+        /// Keep the node's data dir (WORK_DIR/bench-node-<hours>h-seed<seed>); a later run with
+        /// the same hours and seed then measures queries on it without ingesting again.
+        #[arg(long)]
+        keep_data: bool,
         #[command(flatten)]
         load: bench::LoadArgs,
         #[command(flatten)]
@@ -761,7 +765,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Bench { hours, seed, work_dir, clients, queries, json_out, load, config } => {
+        Command::Bench { hours, seed, work_dir, clients, queries, json_out, keep_data, load, config } => {
             let load = load.load_options()?;
             let config = load_config(&config, vec![])?;
             init_logging("warn", false);
@@ -773,6 +777,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 queries_per_kind: queries.max(1),
                 config,
                 load,
+                keep_data,
             })?;
             bench::print_report(&report);
             if let Some(path) = json_out {

@@ -30,6 +30,9 @@ pub struct BenchOptions {
     pub config: Config,
     /// The loaded phase after the idle measurements (`None`: idle numbers only).
     pub load: Option<LoadOptions>,
+    /// Keep the node's data dir (named after hours and seed) and, when a later run finds it
+    /// complete, measure queries on it without ingesting again.
+    pub keep_data: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,6 +43,13 @@ pub struct LatencyRow {
     pub p99_ms: f64,
     pub mean_ms: f64,
     pub mean_assets: f64,
+    /// The slowest requests of the kind sent once more right after the measurement
+    /// (first ms, repeat ms): a fast repeat points at a cold cache or a stall, a slow one at
+    /// the query's own cost.
+    pub slowest_repeated_ms: Vec<(f64, f64)>,
+    /// When the kind ran, as CLOCK_MONOTONIC seconds (what `perf record -k mono` stamps), so a
+    /// profile of the whole run can be cut per kind (`perf report --time START,END`).
+    pub monotonic_window_s: (f64, f64),
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +60,8 @@ pub struct BenchReport {
     pub ingest_seconds: f64,
     pub ingest_annotations_per_s: f64,
     pub searchable_after_last_ack_s: f64,
+    /// The data dir was kept by an earlier run (`--keep-data`): the ingest figures are that run's.
+    pub reused_data: bool,
     /// Wait after that until the node used under 10% of a core for 3 s (merges, suggest warming done).
     pub settled_before_queries_s: f64,
     pub queries: Vec<LatencyRow>,
@@ -91,8 +103,29 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
     let gen_config = GenConfig { hours: options.hours, seed: options.seed, ..GenConfig::default() };
     let sample = sample_dir(&options.work_dir, &gen_config);
     ensure_sample(&sample, &gen_config, false)?;
-    let node_dir = options.work_dir.join(format!("bench-node-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&node_dir);
+    let node_dir = if options.keep_data {
+        options.work_dir.join(format!("bench-node-{}h-seed{}", gen_config.hours, gen_config.seed))
+    } else {
+        options.work_dir.join(format!("bench-node-{}", std::process::id()))
+    };
+    // A kept data dir is reused only if the run that made it finished its ingest (the record);
+    // anything else is a half-made one and starts again.
+    let ingest_record_path = node_dir.join(INGEST_RECORD_FILE);
+    let earlier_ingest: Option<IngestRecord> = if options.keep_data {
+        std::fs::read(&ingest_record_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    } else {
+        None
+    };
+    if earlier_ingest.is_none() {
+        let _ = std::fs::remove_dir_all(&node_dir);
+    }
+    if options.load.is_some() {
+        // The loaded phase adds annotations under new ids: the dir will no longer hold just the sample.
+        let _ = std::fs::remove_file(&ingest_record_path);
+    }
+    let keep_data = options.keep_data;
+    let reused_data = earlier_ingest.is_some();
+    let kept_dir = node_dir.clone();
     // Hybrid queries embed their semantic words with the season's offline embedder.
     let mut config = crate::cli::demo::with_demo_embedder(options.config, options.seed)?;
     config.node.data_dir = node_dir.clone();
@@ -114,61 +147,75 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);
 
-        // Assets first (through HTTP, like a client).
-        let client = Client::new(&base).with_token(Some(token.clone()));
-        for line in BufReader::new(std::fs::File::open(sample.join("assets.ndjson"))?).lines() {
-            let (asset_id, body) = prefixed_asset_line(&line?, "")?;
-            let client = client.clone();
-            tokio::task::spawn_blocking(move || client.send("PUT", &format!("/v1/assets/{asset_id}"), "application/json", &body)).await??;
-        }
-
-        // Ingest: client threads posting NDJSON batches over loopback.
-        let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Vec<u8>>(options.clients * 2);
-        let acknowledged = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
-        let mut workers = Vec::new();
-        for _ in 0..options.clients {
-            let rx = batch_rx.clone();
-            let client = Client::new(&base).with_token(Some(token.clone()));
-            let acknowledged = acknowledged.clone();
-            workers.push(std::thread::spawn(move || -> Result<(), String> {
-                for body in rx {
-                    let reply = client.post_ndjson_retrying(&body, 20).map_err(|e| e.to_string())?;
-                    acknowledged.fetch_add(reply.accepted as u64, Ordering::Relaxed);
-                }
-                Ok(())
-            }));
-        }
-        let annotations_path = sample.join("annotations.ndjson");
-        let reader_thread = std::thread::spawn(move || -> Result<u64, String> {
-            let mut reader = BufReader::new(std::fs::File::open(annotations_path).map_err(|e| e.to_string())?);
-            let mut lines_total = 0;
-            loop {
-                let mut chunk = Vec::with_capacity(LOAD_BATCH_LINES * 300);
-                let mut lines = 0;
-                while lines < LOAD_BATCH_LINES {
-                    if reader.read_until(b'\n', &mut chunk).map_err(|e| e.to_string())? == 0 {
-                        break;
-                    }
-                    lines += 1;
-                }
-                if lines == 0 {
-                    return Ok(lines_total);
-                }
-                lines_total += lines as u64;
-                batch_tx.send(chunk).map_err(|e| e.to_string())?;
+        let (annotations, ingest_time, searchable) = match earlier_ingest {
+            Some(record) => {
+                wait_caught_up(&node, Duration::from_secs(3600)).await?;
+                (
+                    record.annotations,
+                    Duration::from_secs_f64(record.ingest_seconds),
+                    Duration::from_secs_f64(record.searchable_after_last_ack_s),
+                )
             }
-        });
-        let lines_total = tokio::task::spawn_blocking(move || reader_thread.join()).await?.map_err(|_| "reader panicked")??;
-        for worker in workers {
-            tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| "ingest worker panicked")??;
-        }
-        let ingest_time = started.elapsed();
-        let annotations = acknowledged.load(Ordering::Relaxed);
-        if annotations != lines_total {
-            return Err(format!("acknowledged {annotations} of {lines_total} annotations").into());
-        }
-        let searchable = wait_caught_up(&node, Duration::from_secs(3600)).await?;
+            None => {
+                // Assets first (through HTTP, like a client).
+                let client = Client::new(&base).with_token(Some(token.clone()));
+                for line in BufReader::new(std::fs::File::open(sample.join("assets.ndjson"))?).lines() {
+                    let (asset_id, body) = prefixed_asset_line(&line?, "")?;
+                    let client = client.clone();
+                    tokio::task::spawn_blocking(move || client.send("PUT", &format!("/v1/assets/{asset_id}"), "application/json", &body))
+                        .await??;
+                }
+
+                // Ingest: client threads posting NDJSON batches over loopback.
+                let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Vec<u8>>(options.clients * 2);
+                let acknowledged = Arc::new(AtomicU64::new(0));
+                let started = Instant::now();
+                let mut workers = Vec::new();
+                for _ in 0..options.clients {
+                    let rx = batch_rx.clone();
+                    let client = Client::new(&base).with_token(Some(token.clone()));
+                    let acknowledged = acknowledged.clone();
+                    workers.push(std::thread::spawn(move || -> Result<(), String> {
+                        for body in rx {
+                            let reply = client.post_ndjson_retrying(&body, 20).map_err(|e| e.to_string())?;
+                            acknowledged.fetch_add(reply.accepted as u64, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    }));
+                }
+                let annotations_path = sample.join("annotations.ndjson");
+                let reader_thread = std::thread::spawn(move || -> Result<u64, String> {
+                    let mut reader = BufReader::new(std::fs::File::open(annotations_path).map_err(|e| e.to_string())?);
+                    let mut lines_total = 0;
+                    loop {
+                        let mut chunk = Vec::with_capacity(LOAD_BATCH_LINES * 300);
+                        let mut lines = 0;
+                        while lines < LOAD_BATCH_LINES {
+                            if reader.read_until(b'\n', &mut chunk).map_err(|e| e.to_string())? == 0 {
+                                break;
+                            }
+                            lines += 1;
+                        }
+                        if lines == 0 {
+                            return Ok(lines_total);
+                        }
+                        lines_total += lines as u64;
+                        batch_tx.send(chunk).map_err(|e| e.to_string())?;
+                    }
+                });
+                let lines_total = tokio::task::spawn_blocking(move || reader_thread.join()).await?.map_err(|_| "reader panicked")??;
+                for worker in workers {
+                    tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| "ingest worker panicked")??;
+                }
+                let ingest_time = started.elapsed();
+                let annotations = acknowledged.load(Ordering::Relaxed);
+                if annotations != lines_total {
+                    return Err(format!("acknowledged {annotations} of {lines_total} annotations").into());
+                }
+                let searchable = wait_caught_up(&node, Duration::from_secs(3600)).await?;
+                (annotations, ingest_time, searchable)
+            }
+        };
         // Suggest is measured on a settled corpus: label moments are computed ahead once the
         // data stops changing (Node::warm_suggest_moments); wait for that, bounded.
         let warm_deadline = Instant::now() + Duration::from_secs(300);
@@ -192,15 +239,19 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         let client = Client::new(&base).with_token(Some(token.clone()));
         rows.push(
             tokio::task::spawn_blocking(move || -> Result<LatencyRow, String> {
+                let started_s = monotonic_s();
                 let mut latencies = Vec::with_capacity(prefixes.len());
                 let mut moments = 0usize;
+                let suggest = |prefix: &String| client.get_json(&format!("/v1/suggest?q={}", url_encode(prefix)));
                 for prefix in &prefixes {
                     let t = Instant::now();
-                    let reply = client.get_json(&format!("/v1/suggest?q={}", url_encode(prefix))).map_err(|e| e.to_string())?;
+                    let reply = suggest(prefix).map_err(|e| e.to_string())?;
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                     moments += reply["moments"].as_array().map_or(0, Vec::len);
                 }
-                Ok(latency_row(SUGGEST_KIND, latencies, moments))
+                let window = (started_s, monotonic_s());
+                let slowest = repeat_slowest(&latencies, |i| suggest(&prefixes[i]).map(|_| ())).map_err(|e| e.to_string())?;
+                Ok(latency_row(SUGGEST_KIND, latencies, moments).with_diagnostics(slowest, window))
             })
             .await??,
         );
@@ -221,6 +272,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
         for (kind, requests) in queries {
             let client = Client::new(&base).with_token(Some(token.clone()));
             let row = tokio::task::spawn_blocking(move || -> Result<LatencyRow, String> {
+                let started_s = monotonic_s();
                 let mut latencies = Vec::with_capacity(requests.len());
                 let mut assets = 0usize;
                 for request in &requests {
@@ -229,7 +281,9 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                     assets += response.assets.len();
                 }
-                Ok(latency_row(kind, latencies, assets))
+                let window = (started_s, monotonic_s());
+                let slowest = repeat_slowest(&latencies, |i| client.search(&requests[i]).map(|_| ())).map_err(|e| e.to_string())?;
+                Ok(latency_row(kind, latencies, assets).with_diagnostics(slowest, window))
             })
             .await??;
             rows.push(row);
@@ -271,6 +325,7 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             ingest_seconds: ingest_time.as_secs_f64(),
             ingest_annotations_per_s: annotations as f64 / ingest_time.as_secs_f64(),
             searchable_after_last_ack_s: searchable.as_secs_f64(),
+            reused_data,
             settled_before_queries_s: settled.as_secs_f64(),
             queries: rows,
             ann_recall_at_10: recall,
@@ -285,8 +340,62 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
             load: load_report,
         })
     })?;
-    let _ = std::fs::remove_dir_all(options.work_dir.join(format!("bench-node-{}", std::process::id())));
+    if keep_data {
+        if report.load.is_none() {
+            let record = IngestRecord {
+                annotations: report.annotations,
+                ingest_seconds: report.ingest_seconds,
+                searchable_after_last_ack_s: report.searchable_after_last_ack_s,
+            };
+            std::fs::write(&ingest_record_path, serde_json::to_vec(&record).map_err(|e| e.to_string())?)?;
+        }
+        eprintln!("data kept in {}", kept_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&kept_dir);
+    }
     Ok(report)
+}
+
+/// Written into a kept data dir once its ingest is complete (`--keep-data`).
+const INGEST_RECORD_FILE: &str = "bench-ingest.json";
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct IngestRecord {
+    annotations: u64,
+    ingest_seconds: f64,
+    searchable_after_last_ack_s: f64,
+}
+
+/// Requests of a kind repeated after its measurement: its slowest few.
+const SLOWEST_REPEATED: usize = 3;
+
+/// Sends the slowest [`SLOWEST_REPEATED`] requests again (by index), returning (first, repeat) ms.
+fn repeat_slowest<E>(latencies: &[f64], mut send: impl FnMut(usize) -> Result<(), E>) -> Result<Vec<(f64, f64)>, E> {
+    let mut order: Vec<usize> = (0..latencies.len()).collect();
+    order.sort_by(|&a, &b| latencies[b].total_cmp(&latencies[a]));
+    let mut repeated = Vec::new();
+    for i in order.into_iter().take(SLOWEST_REPEATED) {
+        let t = Instant::now();
+        send(i)?;
+        repeated.push((latencies[i], t.elapsed().as_secs_f64() * 1000.0));
+    }
+    Ok(repeated)
+}
+
+/// CLOCK_MONOTONIC in seconds, the clock `perf record -k mono` stamps samples with.
+fn monotonic_s() -> f64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
+impl LatencyRow {
+    fn with_diagnostics(mut self, slowest_repeated_ms: Vec<(f64, f64)>, monotonic_window_s: (f64, f64)) -> LatencyRow {
+        self.slowest_repeated_ms = slowest_repeated_ms;
+        self.monotonic_window_s = monotonic_window_s;
+        self
+    }
 }
 
 pub(crate) fn latency_row(kind: &str, mut latencies: Vec<f64>, assets: usize) -> LatencyRow {
@@ -298,6 +407,8 @@ pub(crate) fn latency_row(kind: &str, mut latencies: Vec<f64>, assets: usize) ->
         p99_ms: percentile(&latencies, 99.0),
         mean_ms: latencies.iter().sum::<f64>() / latencies.len().max(1) as f64,
         mean_assets: assets as f64 / latencies.len().max(1) as f64,
+        slowest_repeated_ms: Vec::new(),
+        monotonic_window_s: (0.0, 0.0),
     }
 }
 
@@ -999,18 +1110,33 @@ pub fn print_report(report: &BenchReport) {
     println!("## Rushes bench: {} hours, {} annotations, {} shards", report.hours, report.annotations, report.shards);
     println!("machine: {}\n", report.machine);
     println!("| metric | value |\n|---|---|");
-    println!("| ingest (acknowledged, durable) | {:.0} annotations/s ({:.1} s) |", report.ingest_annotations_per_s, report.ingest_seconds);
+    let reused = if report.reused_data { ", by the run that made the kept data dir" } else { "" };
+    println!(
+        "| ingest (acknowledged, durable) | {:.0} annotations/s ({:.1} s{reused}) |",
+        report.ingest_annotations_per_s, report.ingest_seconds
+    );
     println!("| searchable after last ack | {:.1} s |", report.searchable_after_last_ack_s);
     println!("| settled (CPU < 10% of a core for 3 s) before queries | {:.1} s later |", report.settled_before_queries_s);
     println!("| ANN recall@10 vs exact | {:.3} ({} queries) |", report.ann_recall_at_10, report.ann_recall_queries);
     println!("| peak RSS | {:.0} MiB |", report.peak_rss_bytes as f64 / 1048576.0);
     println!("| disk | {:.0} MiB ({:.0} bytes/annotation) |", report.disk_bytes as f64 / 1048576.0, report.disk_bytes_per_annotation);
-    println!("\n| query | n | p50 ms | p99 ms | mean ms | assets/query |\n|---|---|---|---|---|---|");
+    println!("\n| query | n | p50 ms | p99 ms | mean ms | assets/query | slowest 3, then sent again, ms |\n|---|---|---|---|---|---|---|");
     for row in &report.queries {
+        let slowest: Vec<String> = row.slowest_repeated_ms.iter().map(|(first, again)| format!("{first:.0} → {again:.0}")).collect();
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            row.kind, row.queries, row.p50_ms, row.p99_ms, row.mean_ms, row.mean_assets
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            row.kind,
+            row.queries,
+            row.p50_ms,
+            row.p99_ms,
+            row.mean_ms,
+            row.mean_assets,
+            slowest.join(", ")
         );
+    }
+    eprintln!("CLOCK_MONOTONIC window per kind (for perf report --time):");
+    for row in &report.queries {
+        eprintln!("  {:.3},{:.3}  {}", row.monotonic_window_s.0, row.monotonic_window_s.1, row.kind);
     }
     if let Some(load) = &report.load {
         print_load_report(report, load);
