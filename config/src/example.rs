@@ -303,6 +303,14 @@ impl Config {
             SEARCH_EXACT_VECTOR_MAX_CANDIDATES,
         );
         example.integer("suggest_limit", search.suggest_limit, "Most suggestions returned for a query prefix.", SEARCH_SUGGEST_LIMIT);
+        example.integer(
+            "label_cache_bytes_per_document",
+            search.label_cache_bytes_per_document,
+            "Memory each shard may keep for label hits (the seconds a label matches, reused by later queries), per\n\
+             # document in the shard, and at least 64 MiB a shard. 256 holds some forty frequent labels (about\n\
+             # 460 MiB a shard at 2,000 hours over 4 shards); 0 leaves only the 64 MiB.",
+            SEARCH_LABEL_CACHE_BYTES_PER_DOCUMENT,
+        );
 
         let limits = &defaults.limits;
         example.section("[limits]", "Bounds on requests and queues. Byte limits count UTF-8 bytes.");

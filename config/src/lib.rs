@@ -486,6 +486,9 @@ pub struct SearchConfig {
     pub exact_vector_max_candidates: usize,
     /// Most suggestions returned for a query prefix.
     pub suggest_limit: usize,
+    /// Memory for each shard's cache of label hits, per document in the shard (at least
+    /// 64 MiB a shard): grows with the data so a season's frequent labels stay cached.
+    pub label_cache_bytes_per_document: usize,
 }
 
 impl Default for SearchConfig {
@@ -496,6 +499,7 @@ impl Default for SearchConfig {
             rank_window: 1000,
             exact_vector_max_candidates: 20_000,
             suggest_limit: 8,
+            label_cache_bytes_per_document: 256,
         }
     }
 }

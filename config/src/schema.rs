@@ -123,6 +123,7 @@ const SEARCH: &[Field] = &[
     Field::optional("rank_window", Kind::Integer),
     Field::optional("exact_vector_max_candidates", Kind::Integer),
     Field::optional("suggest_limit", Kind::Integer),
+    Field::optional("label_cache_bytes_per_document", Kind::Integer),
 ];
 
 const LIMITS: &[Field] = &[

@@ -93,6 +93,7 @@ pub(crate) mod ranges {
     pub const SEARCH_RANK_WINDOW: IntegerRange = IntegerRange::new(1, 100_000);
     pub const SEARCH_EXACT_VECTOR_MAX_CANDIDATES: IntegerRange = IntegerRange::new(0, 10_000_000);
     pub const SEARCH_SUGGEST_LIMIT: IntegerRange = IntegerRange::new(1, 50);
+    pub const SEARCH_LABEL_CACHE_BYTES_PER_DOCUMENT: IntegerRange = IntegerRange::new(0, 4096);
 
     pub const LIMITS_MAX_BODY_BYTES: IntegerRange = IntegerRange::bytes(KIB, GIB);
     pub const LIMITS_MAX_BATCH_ITEMS: IntegerRange = IntegerRange::new(1, 1_000_000);
@@ -587,6 +588,7 @@ impl Config {
         check_range("search.rank_window", search.rank_window, SEARCH_RANK_WINDOW)?;
         check_range("search.exact_vector_max_candidates", search.exact_vector_max_candidates, SEARCH_EXACT_VECTOR_MAX_CANDIDATES)?;
         check_range("search.suggest_limit", search.suggest_limit, SEARCH_SUGGEST_LIMIT)?;
+        check_range("search.label_cache_bytes_per_document", search.label_cache_bytes_per_document, SEARCH_LABEL_CACHE_BYTES_PER_DOCUMENT)?;
         Ok(())
     }
 

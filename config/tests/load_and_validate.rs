@@ -76,7 +76,8 @@ fn defaults_validate_and_load_without_sources() {
             rank_constant: 60,
             rank_window: 1000,
             exact_vector_max_candidates: 20_000,
-            suggest_limit: 8
+            suggest_limit: 8,
+            label_cache_bytes_per_document: 256,
         }
     );
 }
@@ -204,6 +205,7 @@ fn every_range_violation_names_its_key_and_range() {
         ("search.rank_window", Some("0"), Some("100001"), "1..=100000"),
         ("search.exact_vector_max_candidates", None, Some("10000001"), "0..=10000000"),
         ("search.suggest_limit", Some("0"), Some("51"), "1..=50"),
+        ("search.label_cache_bytes_per_document", None, Some("4097"), "0..=4096"),
         ("limits.max_body_bytes", Some("1023"), Some("1073741825"), "1024..=1073741824 (1 KiB..=1 GiB)"),
         ("limits.max_batch_items", Some("0"), Some("1000001"), "1..=1000000"),
         ("limits.max_id_bytes", Some("0"), Some("4097"), "1..=4096"),
@@ -521,8 +523,14 @@ fn to_toml_string_round_trips_through_load() {
         max_text_bytes: 512,
         cache_entries: 0,
     };
-    config.search =
-        SearchConfig { fusion: FusionMethod::Rrf, rank_constant: 20, rank_window: 50, exact_vector_max_candidates: 0, suggest_limit: 50 };
+    config.search = SearchConfig {
+        fusion: FusionMethod::Rrf,
+        rank_constant: 20,
+        rank_window: 50,
+        exact_vector_max_candidates: 0,
+        suggest_limit: 50,
+        label_cache_bytes_per_document: 0,
+    };
     config.validate().expect("valid");
 
     for original in [Config::default(), config] {
@@ -546,6 +554,7 @@ fn embedder_and_search_keys_come_from_every_source() {
         ("RUSHES_SEARCH_RANK_WINDOW", "200"),
         ("RUSHES_SEARCH_EXACT_VECTOR_MAX_CANDIDATES", "0"),
         ("RUSHES_SEARCH_SUGGEST_LIMIT", "12"),
+        ("RUSHES_SEARCH_LABEL_CACHE_BYTES_PER_DOCUMENT", "64"),
     ])
     .expect("loads");
     assert_eq!(
@@ -563,7 +572,14 @@ fn embedder_and_search_keys_come_from_every_source() {
     );
     assert_eq!(
         config.search,
-        SearchConfig { fusion: FusionMethod::Rrf, rank_constant: 10, rank_window: 200, exact_vector_max_candidates: 0, suggest_limit: 12 }
+        SearchConfig {
+            fusion: FusionMethod::Rrf,
+            rank_constant: 10,
+            rank_window: 200,
+            exact_vector_max_candidates: 0,
+            suggest_limit: 12,
+            label_cache_bytes_per_document: 64,
+        }
     );
 
     let demo = load_file("[embedder]\nurl = \"demo\"\n[search]\nfusion = \"weighted\"\nsuggest_limit = 3\n").expect("loads");
@@ -654,7 +670,7 @@ fn search_fusion_names_the_allowed_methods() {
     assert!(text.starts_with("search.rank_constant = \"60\" is not allowed: expected a non-negative integer"), "{text}");
     let text = error_text(load_file("[search]\nrank_kontant = 60\n"));
     assert!(
-        text.ends_with("allowed keys in [search] are fusion, rank_constant, rank_window, exact_vector_max_candidates, suggest_limit"),
+        text.ends_with("allowed keys in [search] are fusion, rank_constant, rank_window, exact_vector_max_candidates, suggest_limit, label_cache_bytes_per_document"),
         "{text}"
     );
     let text = error_text(load_env(&[("RUSHES_EMBEDDER_TIMEOUT", "5")]));

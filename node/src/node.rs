@@ -68,6 +68,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
         fusion_batch_entries_max: config.fusion.batch_entries_max as u64,
         commit_interval_ms: config.index.commit_interval_ms,
         writer_heap_bytes: config.index.writer_heap_bytes,
+        label_cache_bytes_per_document: config.search.label_cache_bytes_per_document,
         min_free_disk_bytes: config.limits.min_free_disk_bytes,
         vector_spaces: config
             .vector_spaces

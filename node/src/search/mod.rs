@@ -37,8 +37,8 @@ pub use crate::query::plan::*;
 use crate::query::understand::edit_distance_within;
 use crate::shard::Shard;
 use crate::storage::index::{
-    collect_seconds_in, label_decile_term_text, label_term_text, stem_language, stem_tokens, text_analyzer, tokens_with, vector_key,
-    vector_target, IndexError, VectorMetric,
+    best_term_hits, collect_seconds_in, keep_best_of_each_key, label_decile_term_text, label_term_text, stem_language, stem_tokens,
+    text_analyzer, tokens_with, vector_key, vector_target, Fields, IndexError, VectorMetric,
 };
 use crate::storage::store::StoreError;
 
@@ -83,13 +83,7 @@ fn hit_second(key: u64) -> u64 {
 /// Sorts hits by key and keeps the best score of each key.
 fn sorted_unique(mut hits: Vec<(u64, f32)>) -> Vec<(u64, f32)> {
     hits.sort_unstable_by_key(|h| h.0);
-    hits.dedup_by(|later, kept| {
-        let same = later.0 == kept.0;
-        if same {
-            kept.1 = kept.1.max(later.1);
-        }
-        same
-    });
+    keep_best_of_each_key(&mut hits);
     hits
 }
 
@@ -123,26 +117,33 @@ pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> 
             Leaf::Vector { .. } => vector_leaf_hits(shard, leaf, plan, allowed.as_ref(), from_bucket, to_bucket)?,
             _ => {
                 let searcher = shard.index.reader.searcher();
-                let generation = searcher.generation().generation_id();
-                // Unfiltered labels repeat across queries: see `LeafHitsCache`.
+                // Unfiltered labels repeat across queries (see `LeafHitsCache`): keyed by
+                // what decides their hits, whatever the clause's weight or origin.
                 let cache_key = match leaf {
-                    Leaf::Label { .. } if allowed.is_none() && !has_time_range => serde_json::to_string(leaf).ok(),
+                    Leaf::Label { track, label, min_confidence, .. } if allowed.is_none() && !has_time_range => {
+                        Some(format!("{track:?}\u{0}{label}\u{0}{min_confidence}"))
+                    }
                     _ => None,
                 };
-                match cache_key.as_deref().and_then(|key| shard.index.leaf_hits.get(generation, key)) {
-                    Some(hits) => LeafHits { hits, vector_hits: HashMap::new() },
-                    None => {
+                match (cache_key, leaf) {
+                    // Segment by segment, so hits of unchanged segments outlive commits.
+                    (Some(key), Leaf::Label { track, label, min_confidence, .. }) => {
+                        let fields = shard.index.fields;
+                        let terms = label_terms(&fields, track.as_deref(), label, *min_confidence);
+                        let hits = shard
+                            .index
+                            .leaf_hits
+                            .hits_by_segment(&searcher, &key, |_, reader| best_term_hits(reader, fields.labels, &terms, hit_key))?;
+                        LeafHits { hits, vector_hits: HashMap::new() }
+                    }
+                    _ => {
                         let query = text_query(shard, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket);
                         let hits = collect_seconds_in(&shard.index, &searcher, query.as_ref())?
                             .into_iter()
                             .filter(|(_, _, score)| score.is_finite() && *score > 0.0)
                             .map(|(asset, second, score)| (hit_key(asset, second), score))
                             .collect();
-                        let hits = Arc::new(sorted_unique(hits));
-                        if let Some(key) = cache_key {
-                            shard.index.leaf_hits.insert(generation, key, hits.clone());
-                        }
-                        LeafHits { hits, vector_hits: HashMap::new() }
+                        LeafHits { hits: Arc::new(sorted_unique(hits)), vector_hits: HashMap::new() }
                     }
                 }
             }
@@ -274,7 +275,7 @@ pub fn shard_candidates(shard: &Shard, plan: &Plan, hits: ShardHits, stats: &Glo
         fused.push(scores);
     }
     let options = curation_options(plan, bucket_ms, None);
-    let combined = evaluate(&plan.root, &fused, &options);
+    let combined = evaluate_owned(&plan.root, fused, &options);
     let mut ranked: Vec<(f64, String, Vec<RawClip>)> = Vec::new();
     let mut seconds_of: HashMap<String, Vec<ScoredSecond>> = HashMap::new();
     let mut total_assets = 0;
@@ -320,11 +321,49 @@ fn curation_options(plan: &Plan, bucket_ms: u64, asset_duration_ms: Option<u64>)
 }
 
 /// Combines the fused leaf scores along the plan's tree, per second.
-fn evaluate(node: &PlanNode, leaves: &[Vec<(u64, f32)>], options: &CurationOptions) -> Vec<(u64, f32)> {
+/// [`evaluate`] taking the leaves' lists: a leaf the tree names once is moved, not copied (at
+/// 2,000 hours a label's list is some 360,000 seconds per shard).
+fn evaluate_owned(node: &PlanNode, leaves: Vec<Vec<(u64, f32)>>, options: &CurationOptions) -> Vec<(u64, f32)> {
+    let mut uses = vec![0usize; leaves.len()];
+    count_leaf_uses(node, &mut uses);
+    let mut leaves: Vec<LeafList> = leaves
+        .into_iter()
+        .zip(uses)
+        .map(|(list, uses)| if uses == 1 { LeafList::Once(Some(list)) } else { LeafList::Shared(list) })
+        .collect();
+    evaluate(node, &mut leaves, options)
+}
+
+/// One leaf's list during [`evaluate`]: moved out at its only use, or copied at each of several.
+enum LeafList {
+    Once(Option<Vec<(u64, f32)>>),
+    Shared(Vec<(u64, f32)>),
+}
+
+fn count_leaf_uses(node: &PlanNode, uses: &mut [usize]) {
     match node {
-        PlanNode::Leaf { leaf } => leaves.get(*leaf).cloned().unwrap_or_default(),
+        PlanNode::Leaf { leaf } => {
+            if let Some(count) = uses.get_mut(*leaf) {
+                *count += 1;
+            }
+        }
+        PlanNode::While { nodes } | PlanNode::Any { nodes } => nodes.iter().for_each(|n| count_leaf_uses(n, uses)),
+        PlanNode::Sequence { first, then, .. } => {
+            count_leaf_uses(first, uses);
+            count_leaf_uses(then, uses);
+        }
+    }
+}
+
+fn evaluate(node: &PlanNode, leaves: &mut [LeafList], options: &CurationOptions) -> Vec<(u64, f32)> {
+    match node {
+        PlanNode::Leaf { leaf } => match leaves.get_mut(*leaf) {
+            Some(LeafList::Once(list)) => list.take().unwrap_or_default(),
+            Some(LeafList::Shared(list)) => list.clone(),
+            None => Vec::new(),
+        },
         PlanNode::While { nodes } => {
-            let mut lists: Vec<Vec<(u64, f32)>> = nodes.iter().map(|n| evaluate(n, leaves, options)).collect();
+            let mut lists: Vec<Vec<(u64, f32)>> = nodes.iter().map(|n| evaluate(n, &mut *leaves, options)).collect();
             lists.sort_by_key(|l| l.len());
             let mut lists = lists.into_iter();
             let Some(mut out) = lists.next() else { return vec![] };
@@ -345,8 +384,12 @@ fn evaluate(node: &PlanNode, leaves: &[Vec<(u64, f32)>], options: &CurationOptio
             out
         }
         PlanNode::Any { nodes } => {
-            let mut all: Vec<(u64, f32)> = nodes.iter().flat_map(|n| evaluate(n, leaves, options)).collect();
-            all.sort_unstable_by_key(|h| h.0);
+            let mut all: Vec<(u64, f32)> = Vec::new();
+            for n in nodes {
+                all.extend(evaluate(n, leaves, options));
+            }
+            // Each part is sorted by key: the stable sort merges those runs, O(n log parts).
+            all.sort_by_key(|h| h.0);
             let mut out: Vec<(u64, f32)> = Vec::with_capacity(all.len());
             for (key, score) in all {
                 match out.last_mut() {
@@ -528,6 +571,27 @@ fn phrase_query(field: tantivy::schema::Field, words: &[String], slop: u32) -> B
     Box::new(phrase)
 }
 
+/// The terms of a label leaf and the score each gives a second (its confidence): exact
+/// percents up to the next decile, then one term per decile; a second scores its best term.
+fn label_terms(fields: &Fields, track: Option<&str>, label: &str, min_confidence: f64) -> Vec<(Term, f32)> {
+    let lowest_percent = (min_confidence * 100.0 - 1e-9).ceil().clamp(0.0, 100.0) as u64;
+    let first_decile = lowest_percent.div_ceil(10);
+    let mut terms = Vec::new();
+    for percent in lowest_percent..(first_decile * 10).min(101) {
+        let term = Term::from_field_text(fields.labels, &label_term_text(track, label, percent));
+        terms.push((term, (percent as f32 / 100.0).max(0.01)));
+    }
+    for decile in first_decile..=9 {
+        let term = Term::from_field_text(fields.labels, &label_decile_term_text(track, label, decile));
+        terms.push((term, (decile as f32 * 10.0 + 5.0) / 100.0));
+    }
+    if lowest_percent == 100 {
+        // 100 % lives in decile 9 together with 90..99: only the exact term.
+        terms.truncate(1);
+    }
+    terms
+}
+
 fn text_query(
     shard: &Shard,
     leaf: &Leaf,
@@ -539,25 +603,12 @@ fn text_query(
     let fields = shard.index.fields;
     let main: Box<dyn Query> = match leaf {
         Leaf::Label { track, label, min_confidence, .. } => {
-            // Score = confidence: exact percents up to the next decile, then one term per decile.
-            let lowest_percent = (min_confidence * 100.0 - 1e-9).ceil().clamp(0.0, 100.0) as u64;
-            let first_decile = lowest_percent.div_ceil(10);
-            let mut alternatives: Vec<Box<dyn Query>> = Vec::new();
-            for percent in lowest_percent..(first_decile * 10).min(101) {
-                let term = Term::from_field_text(fields.labels, &label_term_text(track.as_deref(), label, percent));
-                let score = percent as f32 / 100.0;
-                alternatives
-                    .push(Box::new(ConstScoreQuery::new(Box::new(TermQuery::new(term, IndexRecordOption::Basic)), score.max(0.01))));
-            }
-            for decile in first_decile..=9 {
-                let term = Term::from_field_text(fields.labels, &label_decile_term_text(track.as_deref(), label, decile));
-                let score = (decile as f32 * 10.0 + 5.0) / 100.0;
-                alternatives.push(Box::new(ConstScoreQuery::new(Box::new(TermQuery::new(term, IndexRecordOption::Basic)), score)));
-            }
-            if lowest_percent == 100 {
-                // 100 % lives in decile 9 together with 90..99: only the exact term.
-                alternatives.truncate(1);
-            }
+            let alternatives: Vec<Box<dyn Query>> = label_terms(&fields, track.as_deref(), label, *min_confidence)
+                .into_iter()
+                .map(|(term, score)| -> Box<dyn Query> {
+                    Box::new(ConstScoreQuery::new(Box::new(TermQuery::new(term, IndexRecordOption::Basic)), score))
+                })
+                .collect();
             Box::new(DisjunctionMaxQuery::new(alternatives))
         }
         Leaf::Words { words, fuzziness, operator, stems, minimum_should_match, .. } => {
@@ -709,8 +760,14 @@ fn nearest_vectors(shard: &Shard, leaf: &Leaf, plan: &Plan, allowed: Option<&Has
     };
     // HNSW explores max(ef, count) candidates: asking for more results widens the search.
     let count = ef.map_or(*k, |ef| ef.max(*k));
-    let mut found =
-        if restricted { index.search(vector, count, false, Some(&predicate))? } else { index.search(vector, count, false, None)? };
+    let mut found = match (restricted, min_similarity, ef) {
+        (true, _, _) => index.search(vector, count, false, Some(&predicate))?,
+        // Asked for a sizeable part of the index, HNSW measures more distances than the index
+        // holds vectors: a scan is cheaper, and exact.
+        (false, _, _) if count.saturating_mul(SCAN_WHEN_COUNT_TIMES) >= index.len() => index.search(vector, count, true, None)?,
+        (false, Some(floor), None) => floored_search(*k, *floor, |d| index.similarity(d), |n| index.search(vector, n, false, None))?,
+        (false, _, _) => index.search(vector, count, false, None)?,
+    };
     found.truncate(*k);
     if restricted && found.len() < *k.min(&index.len()) {
         if let Some(hits) =
@@ -733,6 +790,43 @@ fn nearest_vectors(shard: &Shard, leaf: &Leaf, plan: &Plan, allowed: Option<&Has
     Ok(hits)
 }
 
+/// An unrestricted vector search whose count times this reaches the index's size scans it
+/// instead of searching HNSW: HNSW measures about connectivity (16) x 2 distances per candidate
+/// it keeps, so beyond n / 32 candidates it measures more than a scan of all n. At 2,000 hours
+/// a free-text leaf (up to 10,000 of some 32,000 scenes per shard) spent a fifth of the query in
+/// HNSW; the semantic leaf's scan costs a fraction of that.
+const SCAN_WHEN_COUNT_TIMES: usize = 32;
+
+/// First count of a floored, unrestricted ANN search. Free-text leaves ask for up to
+/// `max_vector_k` (10,000) hits above a floor most vectors miss, and HNSW's cost grows with
+/// the count: start where a typical query's above-floor hits fit, widen only if they may not.
+const FLOORED_FIRST_COUNT: usize = 256;
+/// Each wider floored search asks for this many times the previous count.
+const FLOORED_GROWTH: usize = 4;
+
+/// `search(count)` (nearest first, as distances) with counts growing up to `k` while a full
+/// answer's least similar hit still reaches `floor`; returns the last answer. That is what one
+/// search with the final count gives, so as approximate as the ANN search itself: a narrower
+/// search ending below the floor may miss an above-floor vector a wider one would find.
+fn floored_search<E>(
+    k: usize,
+    floor: f64,
+    similarity: impl Fn(f32) -> f64,
+    mut search: impl FnMut(usize) -> Result<Vec<(u64, f32)>, E>,
+) -> Result<Vec<(u64, f32)>, E> {
+    let mut count = k.min(FLOORED_FIRST_COUNT);
+    loop {
+        let found = search(count)?;
+        // Fewer than asked: the index holds no more.
+        let wider =
+            count < k && found.len() >= count && found.last().is_some_and(|&(_, distance)| reaches_similarity(similarity(distance), floor));
+        if !wider {
+            return Ok(found);
+        }
+        count = count.saturating_mul(FLOORED_GROWTH).min(k);
+    }
+}
+
 fn vector_leaf_hits(
     shard: &Shard,
     leaf: &Leaf,
@@ -742,7 +836,9 @@ fn vector_leaf_hits(
     to_bucket: u64,
 ) -> Result<LeafHits, SearchError> {
     let Leaf::Vector { min_similarity, .. } = leaf else { return Ok(LeafHits::default()) };
-    let mut second_hits: Vec<(u64, f32)> = Vec::new();
+    // (ordinal, first, last, score): a few thousand, where their seconds are ~a million.
+    let mut intervals: Vec<(u64, u64, u64, f32)> = Vec::new();
+    let mut expanded = 0usize;
     let mut vector_hits: HashMap<String, HashMap<String, f64>> = HashMap::new();
     for (asset_id, annotation_id, similarity, start_ms, end_ms) in nearest_vectors(shard, leaf, plan, allowed)? {
         if min_similarity.is_some_and(|min| similarity < min) {
@@ -751,16 +847,46 @@ fn vector_leaf_hits(
         let Some(ordinal) = shard.store.asset_ordinal(&asset_id)? else { continue };
         let first = (start_ms / shard.bucket_ms).max(from_bucket);
         let last = (end_ms.saturating_sub(1) / shard.bucket_ms).min(to_bucket.saturating_sub(1));
-        if first > last || second_hits.len() + (last - first + 1) as usize > VECTOR_HITS_MAX {
+        if first > last || expanded + (last - first + 1) as usize > VECTOR_HITS_MAX {
             continue;
         }
         // Raw scores must be positive hits; shift l2 (negative) similarities by nothing here:
         // normalization and ranks only compare them.
         let score = similarity as f32;
-        second_hits.extend((first..=last).map(|second| (hit_key(ordinal, second), score)));
+        expanded += (last - first + 1) as usize;
+        intervals.push((ordinal, first, last, score));
         vector_hits.entry(asset_id).or_default().insert(annotation_id, similarity);
     }
-    Ok(LeafHits { hits: Arc::new(sorted_unique(second_hits)), vector_hits })
+    Ok(LeafHits { hits: Arc::new(expand_intervals(intervals)), vector_hits })
+}
+
+/// `sorted_unique` of every (hit key of each second in first..=last, score), without sorting
+/// the seconds: intervals sort by start, each run of overlapping ones fills one buffer.
+fn expand_intervals(mut intervals: Vec<(u64, u64, u64, f32)>) -> Vec<(u64, f32)> {
+    intervals.sort_unstable_by_key(|&(ordinal, first, _, _)| (ordinal, first));
+    let mut out: Vec<(u64, f32)> = Vec::new();
+    let mut run: Vec<f32> = Vec::new();
+    let mut i = 0;
+    while i < intervals.len() {
+        let (ordinal, start, mut end, _) = intervals[i];
+        let mut j = i + 1;
+        while j < intervals.len() && intervals[j].0 == ordinal && intervals[j].1 <= end {
+            end = end.max(intervals[j].2);
+            j += 1;
+        }
+        // Every second of start..=end is covered; NaN only seeds the max as sorted_unique's
+        // fold would (f32::max ignores NaN).
+        run.clear();
+        run.resize((end - start + 1) as usize, f32::NAN);
+        for &(_, first, last, score) in &intervals[i..j] {
+            for slot in &mut run[(first - start) as usize..=(last - start) as usize] {
+                *slot = slot.max(score);
+            }
+        }
+        out.extend(run.iter().enumerate().map(|(offset, &score)| (hit_key(ordinal, start + offset as u64), score)));
+        i = j;
+    }
+    out
 }
 
 /// Second scores are stored as f32, annotation similarities as f64: compare both at f32
@@ -1015,11 +1141,16 @@ mod tests {
         let b = vec![(hit_key(1, 15), 1.0), (hit_key(2, 1), 1.0)];
         let c = vec![(hit_key(1, 11), 1.0), (hit_key(2, 9), 1.0)];
         let leaves = vec![a, b, c];
-        let both = evaluate(&PlanNode::While { nodes: vec![PlanNode::Leaf { leaf: 0 }, PlanNode::Leaf { leaf: 2 }] }, &leaves, &options);
+        let both = evaluate_owned(
+            &PlanNode::While { nodes: vec![PlanNode::Leaf { leaf: 0 }, PlanNode::Leaf { leaf: 2 }] },
+            leaves.clone(),
+            &options,
+        );
         assert_eq!(both, vec![(hit_key(1, 11), 2.0)]);
         let sequence =
             PlanNode::Sequence { first: Box::new(PlanNode::Leaf { leaf: 0 }), then: Box::new(PlanNode::Leaf { leaf: 1 }), within_ms: 5000 };
-        let seconds: Vec<(u64, u64)> = evaluate(&sequence, &leaves, &options).iter().map(|&(k, _)| (hit_asset(k), hit_second(k))).collect();
+        let seconds: Vec<(u64, u64)> =
+            evaluate_owned(&sequence, leaves.clone(), &options).iter().map(|&(k, _)| (hit_asset(k), hit_second(k))).collect();
         // Asset 1: A at 10-11, B at 15 (4 s later) → 10..=15. Asset 2: B before A → nothing.
         assert_eq!(seconds, (10..=15).map(|s| (1, s)).collect::<Vec<_>>());
     }
@@ -1046,5 +1177,126 @@ mod tests {
         let words: Vec<&str> = ranges.iter().map(|[a, b]| &text[*a..*b]).collect();
         assert_eq!(words, vec!["running", "Rachel"]);
         assert!(crate::storage::index::STEM_LANGUAGES.len() >= 7);
+    }
+
+    #[test]
+    fn interval_expansion_equals_sorting_every_second() {
+        use rand::{Rng, SeedableRng};
+        let bits = |hits: Vec<(u64, f32)>| hits.into_iter().map(|(key, score)| (key, score.to_bits())).collect::<Vec<_>>();
+        let per_second = |intervals: &[(u64, u64, u64, f32)]| {
+            let seconds = intervals.iter().flat_map(|&(o, first, last, s)| (first..=last).map(move |sec| (hit_key(o, sec), s)));
+            sorted_unique(seconds.collect())
+        };
+        // Nested (a higher one inside a lower one and the reverse), adjacent, equal scores.
+        let fixed =
+            vec![(2, 10, 20, 0.5), (2, 12, 14, 0.9), (2, 21, 22, 0.5), (2, 15, 30, 0.2), (1, 5, 5, 0.3), (1, 0, 9, 0.3), (7, 1, 1, 0.1)];
+        let expected: Vec<(u64, f32)> = (0..=9)
+            .map(|s| (hit_key(1, s), 0.3))
+            .chain((10..=11).map(|s| (hit_key(2, s), 0.5)))
+            .chain((12..=14).map(|s| (hit_key(2, s), 0.9)))
+            .chain((15..=22).map(|s| (hit_key(2, s), 0.5)))
+            .chain((23..=30).map(|s| (hit_key(2, s), 0.2)))
+            .chain([(hit_key(7, 1), 0.1)])
+            .collect();
+        assert_eq!(bits(expand_intervals(fixed.clone())), bits(expected.clone()));
+        assert_eq!(bits(per_second(&fixed)), bits(expected));
+        assert!(expand_intervals(vec![]).is_empty());
+
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1e5);
+        for round in 0..500 {
+            let mut intervals: Vec<(u64, u64, u64, f32)> = Vec::new();
+            for _ in 0..rng.gen_range(0..40) {
+                let ordinal = rng.gen_range(0..5u64);
+                let first = rng.gen_range(0..200u64);
+                let last = first + rng.gen_range(0..40u64);
+                // Few distinct scores (negative ones as l2 gives): many ties.
+                let score = rng.gen_range(-2..6) as f32 / 4.0;
+                intervals.push((ordinal, first, last, score));
+                if rng.gen_bool(0.3) {
+                    let inner = rng.gen_range(first..=last);
+                    intervals.push((ordinal, inner, rng.gen_range(inner..=last), rng.gen_range(-2..6) as f32 / 4.0));
+                }
+                if rng.gen_bool(0.3) {
+                    intervals.push((ordinal, last + 1, last + 1 + rng.gen_range(0..10u64), score));
+                }
+            }
+            assert_eq!(bits(expand_intervals(intervals.clone())), bits(per_second(&intervals)), "round {round}: {intervals:?}");
+        }
+    }
+
+    #[test]
+    fn floored_search_widens_only_while_the_floor_is_reached() {
+        // Nearest first, similarity = 1 - distance, from 1.0 down by 1/5000 a rank.
+        let run = |k: usize, floor: f64, size: usize| {
+            let mut counts = vec![];
+            let found = floored_search(
+                k,
+                floor,
+                |d| 1.0 - f64::from(d),
+                |n| {
+                    counts.push(n);
+                    Ok::<_, ()>((0..n.min(size)).map(|i| (i as u64, i as f32 / 5000.0)).collect())
+                },
+            );
+            (found.map(|f| f.len()), counts)
+        };
+        // 501 above 0.9: the first 256 all reach it, 1,024 end below.
+        assert_eq!(run(10_000, 0.9, 5000), (Ok(1024), vec![256, 1024]));
+        // All above the floor: widen up to k, never past it.
+        assert_eq!(run(10_000, 0.0, 5000), (Ok(5000), vec![256, 1024, 4096, 10_000]));
+        assert_eq!(run(2000, 0.0, 5000), (Ok(2000), vec![256, 1024, 2000]));
+        // Fewer than asked: the index holds no more.
+        assert_eq!(run(10_000, 0.0, 300), (Ok(300), vec![256, 1024]));
+        // k below the first count: one search, as without a floor.
+        assert_eq!(run(100, 0.0, 5000), (Ok(100), vec![100]));
+        assert_eq!(run(10_000, 0.99, 5000), (Ok(256), vec![256]));
+        let failed = floored_search(10, 0.5, |d| f64::from(d), |_| Err::<Vec<(u64, f32)>, _>("down"));
+        assert_eq!(failed, Err("down"));
+    }
+
+    #[test]
+    fn floored_search_on_an_index_finds_what_one_search_of_k_finds() {
+        use crate::storage::index::{VectorIndex, VectorQuantization, VectorSpaceSpec};
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spec = VectorSpaceSpec {
+            name: "scene".into(),
+            dimensions: 8,
+            metric: VectorMetric::Cosine,
+            quantization: VectorQuantization::F32,
+            connectivity: 16,
+            expansion_add: 64,
+            expansion_search: 32,
+        };
+        let index = VectorIndex::open(dir.path(), spec).expect("open");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut random_vector = || -> Vec<f32> { (0..8).map(|_| rng.gen_range(-1.0f32..1.0)).collect() };
+        for key in 0..3000u64 {
+            index.add(key, &random_vector()).expect("add");
+        }
+        let k = 2000;
+        for round in 0..5 {
+            let query = random_vector();
+            let single = index.search(&query, k, false, None).expect("search");
+            let above =
+                |hits: &[(u64, f32)], floor: f64| hits.iter().copied().filter(|&(_, d)| index.similarity(d) >= floor).collect::<Vec<_>>();
+            // Above-floor hits fewer than the first count, past it, and past 4x it.
+            for (rank, searches) in [(50, vec![256]), (600, vec![256, 1024]), (1500, vec![256, 1024, 2000])] {
+                let floor = index.similarity(single[rank].1);
+                let mut counts = vec![];
+                let deepened = floored_search(
+                    k,
+                    floor,
+                    |d| index.similarity(d),
+                    |n| {
+                        counts.push(n);
+                        index.search(&query, n, false, None)
+                    },
+                )
+                .expect("floored search");
+                assert_eq!(above(&deepened, floor), above(&single, floor), "round {round}, floor at rank {rank}");
+                assert_eq!(counts, searches, "round {round}, floor at rank {rank}");
+            }
+        }
     }
 }

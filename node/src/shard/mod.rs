@@ -96,6 +96,8 @@ pub struct ShardOptions {
     pub fusion_batch_entries_max: u64,
     pub commit_interval_ms: u64,
     pub writer_heap_bytes: usize,
+    /// `search.label_cache_bytes_per_document`.
+    pub label_cache_bytes_per_document: usize,
     pub vector_spaces: Vec<VectorSpaceSpec>,
     /// `limits.min_free_disk_bytes`: below it the replica takes no writes ([`DiskGuard`]).
     pub min_free_disk_bytes: u64,
@@ -332,6 +334,7 @@ impl Shard {
         let log = SledLogStore::open(&store.db, &voters)?;
         snapshot::mark_stored_snapshot_current(&log)?;
         let index = Arc::new(ShardIndex::open(&dir.join("index"), &options.vector_spaces, options.writer_heap_bytes)?);
+        index.leaf_hits.set_bytes_per_document(options.label_cache_bytes_per_document);
         let progress = Arc::new(Progress::default());
         let applied = store.watermark(Watermark::Applied)?;
         let fused = store.watermark(Watermark::Fused)?.min(applied);

@@ -818,80 +818,262 @@ pub fn collect_seconds_in(index: &ShardIndex, searcher: &Searcher, query: &dyn Q
     Ok(searcher.search_with_statistics_provider(query, &SecondsCollector, &statistics)?)
 }
 
-/// Most bytes of cached leaf hits per shard (every label of a 500-hour season's shard, about
-/// 50 MB, nearly fits); one result may take at most a quarter of it.
-pub const LEAF_HITS_CACHE_BYTES_MAX: usize = 64 << 20;
+/// Every second of one segment holding one of `terms` (all in `field`), scored by the best
+/// term it holds, as (hit key, score) sorted by key. What a disjunction of constant-score term
+/// queries gives, without a scorer per term merged doc by doc: each posting list is walked
+/// once into a score per document. A cold label at 2,000 hours spent most of its time in
+/// that union.
+pub fn best_term_hits(
+    reader: &SegmentReader,
+    field: Field,
+    terms: &[(Term, f32)],
+    key: impl Fn(u64, u64) -> u64,
+) -> Result<Vec<(u64, f32)>, IndexError> {
+    let inverted = reader.inverted_index(field)?;
+    let mut best: Vec<f32> = Vec::new();
+    for (term, score) in terms {
+        let postings = inverted.read_postings(term, tantivy::schema::IndexRecordOption::Basic).map_err(tantivy::TantivyError::from)?;
+        let Some(mut postings) = postings else { continue };
+        if best.is_empty() {
+            best = vec![0.0; reader.max_doc() as usize];
+        }
+        let mut doc = postings.doc();
+        while doc != TERMINATED {
+            if let Some(slot) = best.get_mut(doc as usize) {
+                *slot = slot.max(*score);
+            }
+            doc = postings.advance();
+        }
+    }
+    if best.is_empty() {
+        return Ok(Vec::new());
+    }
+    let alive = reader.alive_bitset();
+    let asset = reader.fast_fields().u64("asset_ordinal")?;
+    let second = reader.fast_fields().u64("second")?;
+    let mut hits: Vec<(u64, f32)> = Vec::new();
+    for (doc, &score) in best.iter().enumerate() {
+        let doc = doc as DocId;
+        if !(score.is_finite() && score > 0.0) || alive.is_some_and(|alive| !alive.is_alive(doc)) {
+            continue;
+        }
+        if let (Some(asset), Some(second)) = (asset.first(doc), second.first(doc)) {
+            hits.push((key(asset, second), score));
+        }
+    }
+    hits.sort_unstable_by_key(|h| h.0);
+    keep_best_of_each_key(&mut hits);
+    Ok(hits)
+}
 
-/// Sorted hits of unfiltered label leaves for one searcher generation. A cast member's label
-/// matches about a fifth of all seconds and the same few names come back in most queries
-/// (names, name + place, name + meaning, and every keystroke of suggest): collecting and
-/// sorting those seconds was most of a label query's time at 500 hours. Any commit starts a
-/// new generation, which empties the cache, so a cached result is always the live one.
-#[derive(Default)]
+/// Fewest bytes of cached leaf hits per shard, whatever its size.
+pub const LEAF_HITS_CACHE_MIN_BYTES: usize = 64 << 20;
+
+/// Where cached hits belong: one label leaf merged over a searcher generation's segments, or
+/// one segment's own hits, which outlive commits until that segment is merged away or gains
+/// deletes. Deletes in a segment only ever grow, so their count names the set.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum CachedHits {
+    Merged { generation: u64, leaf: String },
+    Segment { segment: tantivy::index::SegmentId, deleted_docs: u32, leaf: String },
+}
+
+impl CachedHits {
+    fn leaf(&self) -> &str {
+        match self {
+            CachedHits::Merged { leaf, .. } | CachedHits::Segment { leaf, .. } => leaf,
+        }
+    }
+}
+
+/// Sorted hits of unfiltered label leaves. A cast member's label matches about a fifth of all
+/// seconds and the same few names come back in most queries (names, name + place, name +
+/// meaning, and every keystroke of suggest): collecting and sorting those seconds was most of
+/// a label query's time. Two layers: the merged hits of the current searcher generation (a
+/// commit starts a new one and drops them), and each segment's hits, kept across commits, so
+/// after a commit only new segments are searched and the sorted runs merged. The budget grows
+/// with the shard's documents (`search.label_cache_bytes_per_document`): a fixed one held every
+/// label of a 500-hour season but thrashed at 2,000 hours.
 pub struct LeafHitsCache {
     inner: Mutex<LeafHitsCacheInner>,
+    bytes_per_document: std::sync::atomic::AtomicUsize,
+}
+
+/// `search.label_cache_bytes_per_document` by default: 256, room for about eight labels that
+/// each match every second (16 bytes a hit) twice over, once per segment and once merged. A
+/// cast member's label matches about a fifth of a shard's seconds, so it holds some forty.
+fn default_label_cache_bytes_per_document() -> usize {
+    rushes_config::SearchConfig::default().label_cache_bytes_per_document
+}
+
+impl Default for LeafHitsCache {
+    fn default() -> Self {
+        LeafHitsCache { inner: Mutex::default(), bytes_per_document: default_label_cache_bytes_per_document().into() }
+    }
 }
 
 #[derive(Default)]
 struct LeafHitsCacheInner {
+    /// The newest searcher generation seen: merged hits of older ones are never served.
     generation: u64,
     /// key → (hits, last use on the `uses` clock).
-    entries: HashMap<String, (Arc<Vec<(u64, f32)>>, u64)>,
+    entries: HashMap<CachedHits, (Arc<Vec<(u64, f32)>>, u64)>,
     bytes: usize,
     uses: u64,
 }
 
-fn cached_bytes(key: &str, hits: &[(u64, f32)]) -> usize {
-    std::mem::size_of_val(hits) + key.len()
+fn cached_bytes(key: &CachedHits, hits: &[(u64, f32)]) -> usize {
+    std::mem::size_of_val(hits) + key.leaf().len() + std::mem::size_of::<CachedHits>()
 }
 
-impl LeafHitsCache {
-    pub fn get(&self, generation: u64, key: &str) -> Option<Arc<Vec<(u64, f32)>>> {
-        let mut inner = self.inner.lock();
-        if inner.generation != generation {
-            return None;
-        }
-        inner.uses += 1;
-        let now = inner.uses;
-        let (hits, last_use) = inner.entries.get_mut(key)?;
+impl LeafHitsCacheInner {
+    fn get(&mut self, key: &CachedHits) -> Option<Arc<Vec<(u64, f32)>>> {
+        self.uses += 1;
+        let now = self.uses;
+        let (hits, last_use) = self.entries.get_mut(key)?;
         *last_use = now;
         Some(hits.clone())
     }
 
-    pub fn insert(&self, generation: u64, key: String, hits: Arc<Vec<(u64, f32)>>) {
+    fn remove(&mut self, key: &CachedHits) {
+        if let Some((old, _)) = self.entries.remove(key) {
+            self.bytes -= cached_bytes(key, &old);
+        }
+    }
+
+    fn insert(&mut self, key: CachedHits, hits: Arc<Vec<(u64, f32)>>, budget: usize) {
         let bytes = cached_bytes(&key, &hits);
-        if bytes > LEAF_HITS_CACHE_BYTES_MAX / 4 {
+        if bytes > budget / 4 {
             return;
         }
-        let mut inner = self.inner.lock();
-        if generation != inner.generation {
-            if generation < inner.generation {
-                // A search on an older searcher finished after a newer one cached: drop it.
-                return;
-            }
-            *inner = LeafHitsCacheInner { generation, ..Default::default() };
-        }
-        if let Some((previous, _)) = inner.entries.remove(&key) {
-            inner.bytes -= cached_bytes(&key, &previous);
-        }
-        if inner.bytes + bytes > LEAF_HITS_CACHE_BYTES_MAX {
-            // Least recently used first, until the new result fits.
-            let mut by_age: Vec<(u64, String)> = inner.entries.iter().map(|(key, (_, last_use))| (*last_use, key.clone())).collect();
+        self.remove(&key);
+        if self.bytes + bytes > budget {
+            // Least recently used first, until the new hits fit.
+            let mut by_age: Vec<(u64, CachedHits)> = self.entries.iter().map(|(key, (_, last_use))| (*last_use, key.clone())).collect();
             by_age.sort_unstable();
             for (_, old_key) in by_age {
-                if inner.bytes + bytes <= LEAF_HITS_CACHE_BYTES_MAX {
+                if self.bytes + bytes <= budget {
                     break;
                 }
-                if let Some((old, _)) = inner.entries.remove(&old_key) {
-                    inner.bytes -= cached_bytes(&old_key, &old);
-                }
+                self.remove(&old_key);
             }
         }
-        inner.uses += 1;
-        let now = inner.uses;
-        inner.entries.insert(key, (hits, now));
-        inner.bytes += bytes;
+        self.uses += 1;
+        let now = self.uses;
+        self.entries.insert(key, (hits, now));
+        self.bytes += bytes;
     }
+
+    /// A newer generation: merged hits of older ones are dropped, segments stay.
+    fn observe(&mut self, generation: u64) -> bool {
+        if generation < self.generation {
+            return false;
+        }
+        if generation > self.generation {
+            self.generation = generation;
+            let stale: Vec<CachedHits> = self.entries.keys().filter(|k| matches!(k, CachedHits::Merged { .. })).cloned().collect();
+            for key in stale {
+                self.remove(&key);
+            }
+        }
+        true
+    }
+}
+
+impl LeafHitsCache {
+    /// Sets `search.label_cache_bytes_per_document`.
+    pub fn set_bytes_per_document(&self, bytes: usize) {
+        self.bytes_per_document.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn budget(&self, documents: u64) -> usize {
+        let per_document = self.bytes_per_document.load(std::sync::atomic::Ordering::Relaxed);
+        LEAF_HITS_CACHE_MIN_BYTES.max(usize::try_from(documents).unwrap_or(usize::MAX).saturating_mul(per_document))
+    }
+
+    /// The merged hits of `leaf` for the searcher generation `generation`, if cached.
+    pub fn get(&self, generation: u64, leaf: &str) -> Option<Arc<Vec<(u64, f32)>>> {
+        let mut inner = self.inner.lock();
+        if inner.generation != generation {
+            return None;
+        }
+        inner.get(&CachedHits::Merged { generation, leaf: leaf.to_string() })
+    }
+
+    /// Caches the merged hits of `leaf` on a searcher of `documents` documents; a result from
+    /// a searcher older than one already seen is dropped.
+    pub fn insert(&self, generation: u64, leaf: String, hits: Arc<Vec<(u64, f32)>>, documents: u64) {
+        let budget = self.budget(documents);
+        let mut inner = self.inner.lock();
+        if inner.observe(generation) {
+            inner.insert(CachedHits::Merged { generation, leaf }, hits, budget);
+        }
+    }
+
+    /// The merged hits of `leaf` on `searcher`: cached, or merged from each segment's hits,
+    /// which come from the cache or from `collect(segment_ord, reader)` (hits sorted by key,
+    /// one per key). Only for leaves whose scores are constants (labels score their
+    /// confidence): a BM25 score depends on the whole corpus, so a segment's hits would not.
+    pub fn hits_by_segment(
+        &self,
+        searcher: &Searcher,
+        leaf: &str,
+        mut collect: impl FnMut(u32, &SegmentReader) -> Result<Vec<(u64, f32)>, IndexError>,
+    ) -> Result<Arc<Vec<(u64, f32)>>, IndexError> {
+        let generation = searcher.generation().generation_id();
+        if let Some(hits) = self.get(generation, leaf) {
+            return Ok(hits);
+        }
+        let documents = searcher.num_docs();
+        let budget = self.budget(documents);
+        let mut runs: Vec<Arc<Vec<(u64, f32)>>> = Vec::with_capacity(searcher.segment_readers().len());
+        for (ord, reader) in searcher.segment_readers().iter().enumerate() {
+            let key = CachedHits::Segment { segment: reader.segment_id(), deleted_docs: reader.num_deleted_docs(), leaf: leaf.to_string() };
+            let cached = self.inner.lock().get(&key);
+            let run = match cached {
+                Some(run) => run,
+                None => {
+                    let run = Arc::new(collect(ord as u32, reader)?);
+                    self.inner.lock().insert(key, run.clone(), budget);
+                    run
+                }
+            };
+            if !run.is_empty() {
+                runs.push(run);
+            }
+        }
+        let merged = match runs.len() {
+            0 => Arc::new(Vec::new()),
+            1 => runs.pop().unwrap_or_default(),
+            _ => Arc::new(merge_sorted_runs(&runs)),
+        };
+        self.insert(generation, leaf.to_string(), merged.clone(), documents);
+        Ok(merged)
+    }
+}
+
+/// One list sorted by key from runs each sorted by key, the best score of a key kept (a
+/// second lives in one segment, but a deleted copy in another is already filtered out).
+/// The stable sort finds the runs and merges them: O(n log runs), not a full sort.
+fn merge_sorted_runs(runs: &[Arc<Vec<(u64, f32)>>]) -> Vec<(u64, f32)> {
+    let mut all: Vec<(u64, f32)> = Vec::with_capacity(runs.iter().map(|r| r.len()).sum());
+    for run in runs {
+        all.extend_from_slice(run);
+    }
+    all.sort_by_key(|h| h.0);
+    keep_best_of_each_key(&mut all);
+    all
+}
+
+/// In hits sorted by key, keeps one hit per key with the best of its scores.
+pub fn keep_best_of_each_key(hits: &mut Vec<(u64, f32)>) {
+    hits.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 = kept.1.max(later.1);
+        }
+        same
+    });
 }
 
 /// BM25 statistics cached for one searcher generation.
@@ -1000,30 +1182,125 @@ mod tests {
     #[test]
     fn leaf_hits_cache_serves_one_generation_and_stays_bounded() {
         let cache = LeafHitsCache::default();
+        let budget = LEAF_HITS_CACHE_MIN_BYTES;
         let hits = Arc::new(vec![(1u64, 0.5f32), (2, 0.25)]);
-        cache.insert(7, "joey".into(), hits.clone());
+        cache.insert(7, "joey".into(), hits.clone(), 100);
         assert_eq!(cache.get(7, "joey"), Some(hits.clone()));
         assert_eq!(cache.get(8, "joey"), None, "another searcher generation never sees it");
-        cache.insert(8, "ross".into(), hits.clone());
-        assert_eq!(cache.get(7, "joey"), None, "a newer generation empties the cache");
-        cache.insert(7, "joey".into(), hits.clone());
+        cache.insert(8, "ross".into(), hits.clone(), 100);
+        assert_eq!(cache.get(7, "joey"), None, "a newer generation drops the older one's hits");
+        cache.insert(7, "joey".into(), hits.clone(), 100);
         assert_eq!(cache.get(8, "joey"), None, "a late result from an older searcher is dropped");
         // A result larger than a quarter of the budget is not kept.
-        let huge = Arc::new(vec![(0u64, 1.0f32); LEAF_HITS_CACHE_BYTES_MAX / 16 / 4 + 1]);
-        cache.insert(8, "chandler".into(), huge);
+        let huge = Arc::new(vec![(0u64, 1.0f32); budget / 16 / 4 + 1]);
+        cache.insert(8, "chandler".into(), huge, 100);
         assert_eq!(cache.get(8, "chandler"), None);
         // Filling past the budget evicts the least recently used, never growing past it.
-        let quarter = Arc::new(vec![(0u64, 1.0f32); LEAF_HITS_CACHE_BYTES_MAX / 16 / 4 - 64]);
+        let quarter = Arc::new(vec![(0u64, 1.0f32); budget / 16 / 4 - 64]);
         for name in ["a", "b", "c", "d"] {
-            cache.insert(8, name.into(), quarter.clone());
+            cache.insert(8, name.into(), quarter.clone(), 100);
         }
         assert!(cache.get(8, "a").is_some(), "touch a: b is now the oldest");
-        cache.insert(8, "e".into(), quarter.clone());
-        assert!(cache.inner.lock().bytes <= LEAF_HITS_CACHE_BYTES_MAX);
+        cache.insert(8, "e".into(), quarter.clone(), 100);
+        assert!(cache.inner.lock().bytes <= budget);
         assert!(cache.get(8, "b").is_none(), "the least recently used went");
         for name in ["a", "c", "d", "e"] {
             assert!(cache.get(8, name).is_some(), "{name} stays");
         }
+        // The budget grows with the shard's documents: the same four fit beside a fifth there.
+        let documents = (2 * budget / default_label_cache_bytes_per_document()) as u64;
+        cache.insert(9, "a".into(), quarter.clone(), documents);
+        for name in ["b", "c", "d", "e", "f"] {
+            cache.insert(9, name.into(), quarter.clone(), documents);
+        }
+        for name in ["a", "b", "c", "d", "e", "f"] {
+            assert!(cache.get(9, name).is_some(), "{name} fits in a budget sized by documents");
+        }
+        assert!(cache.inner.lock().bytes <= 2 * budget);
+    }
+
+    #[test]
+    fn merging_sorted_runs_keeps_one_best_score_per_key_in_order() {
+        let runs = vec![Arc::new(vec![(1u64, 0.5f32), (4, 0.1), (9, 0.3)]), Arc::new(vec![(2, 0.2), (4, 0.7)]), Arc::new(vec![(0, 1.0)])];
+        assert_eq!(merge_sorted_runs(&runs), vec![(0, 1.0), (1, 0.5), (2, 0.2), (4, 0.7), (9, 0.3)]);
+    }
+
+    /// A label's hits searched segment by segment: they equal the disjunction of constant-score
+    /// term queries a whole search runs (best term per second); after a commit that adds a
+    /// segment only that segment is searched; deletes are seen.
+    #[test]
+    fn label_hits_by_segment_survive_commits_and_equal_a_whole_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = ShardIndex::open(dir.path(), &[], 15_000_000).unwrap();
+        let fields = index.fields;
+        let add = |asset: u64, second: u64, labels: &[(&str, u64)]| {
+            let mut doc = TantivyDocument::new();
+            doc.add_text(fields.key, bucket_key_text(&format!("a{asset}"), second));
+            doc.add_u64(fields.asset_ordinal, asset);
+            doc.add_u64(fields.second, second);
+            for (label, percent) in labels {
+                doc.add_text(fields.labels, label_term_text(None, label, *percent));
+            }
+            index.writer.lock().add_document(doc).unwrap();
+        };
+        let commit = || {
+            index.writer.lock().commit().unwrap();
+            index.reader.reload().unwrap();
+        };
+        let terms: Vec<(Term, f32)> = [(90, 0.9f32), (70, 0.7)]
+            .iter()
+            .map(|&(p, s)| (Term::from_field_text(fields.labels, &label_term_text(None, "joey", p)), s))
+            .collect();
+        let key = |asset: u64, second: u64| (asset << 32) | second;
+        let collected = std::cell::Cell::new(0);
+        let by_segment = |searcher: &Searcher| {
+            index
+                .leaf_hits
+                .hits_by_segment(searcher, "joey", |_, reader| {
+                    collected.set(collected.get() + 1);
+                    best_term_hits(reader, fields.labels, &terms, key)
+                })
+                .unwrap()
+        };
+        let whole = |searcher: &Searcher| {
+            let alternatives: Vec<Box<dyn Query>> = terms
+                .iter()
+                .map(|(term, score)| -> Box<dyn Query> {
+                    let term_query = tantivy::query::TermQuery::new(term.clone(), tantivy::schema::IndexRecordOption::Basic);
+                    Box::new(tantivy::query::ConstScoreQuery::new(Box::new(term_query), *score))
+                })
+                .collect();
+            let query = tantivy::query::DisjunctionMaxQuery::new(alternatives);
+            let mut hits: Vec<(u64, f32)> =
+                collect_seconds_in(&index, searcher, &query).unwrap().into_iter().map(|(a, s, score)| (key(a, s), score)).collect();
+            hits.sort_by_key(|h| h.0);
+            hits
+        };
+        add(2, 5, &[("joey", 90)]);
+        add(2, 1, &[("joey", 70), ("joey", 90)]);
+        add(2, 3, &[("joey", 70)]);
+        add(2, 4, &[("ross", 90)]);
+        commit();
+        let searcher = index.reader.searcher();
+        assert_eq!(*by_segment(&searcher), whole(&searcher));
+        assert_eq!(*by_segment(&searcher), vec![(key(2, 1), 0.9), (key(2, 3), 0.7), (key(2, 5), 0.9)]);
+        assert_eq!(collected.get(), 1, "the same generation is served merged");
+
+        add(1, 7, &[("joey", 90)]);
+        commit();
+        let searcher = index.reader.searcher();
+        assert_eq!(searcher.segment_readers().len(), 2);
+        assert_eq!(*by_segment(&searcher), whole(&searcher));
+        assert_eq!(collected.get(), 2, "only the new segment is searched after a commit");
+        assert_eq!(by_segment(&searcher).len(), 4);
+
+        index.writer.lock().delete_term(Term::from_field_text(fields.key, &bucket_key_text("a2", 3)));
+        commit();
+        let searcher = index.reader.searcher();
+        let hits = by_segment(&searcher);
+        assert_eq!(*hits, whole(&searcher));
+        assert!(!hits.iter().any(|h| h.0 == key(2, 3)), "a deleted second is gone: its segment was searched again");
+        assert_eq!(hits.len(), 3);
     }
 
     fn spec(dimensions: usize) -> VectorSpaceSpec {
