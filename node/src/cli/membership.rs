@@ -10,6 +10,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rushes_client::Client;
 use serde_json::{json, Value};
 
+use crate::meta::orchestrator::MAP_NOT_YET_HERE;
+
 /// How often progress is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -97,9 +99,21 @@ pub fn wait_for_moves(client: &Client, timeout: Duration) -> Result<(), Membersh
 }
 
 fn post(client: &Client, path: &str, body: &Value) -> Result<Value, MembershipCliError> {
-    let reply = client.send("POST", path, "application/json", body.to_string().as_bytes())?;
+    let started = Instant::now();
+    let reply = loop {
+        match client.send("POST", path, "application/json", body.to_string().as_bytes()) {
+            Ok(reply) => break reply,
+            // Sent just after the cluster started, before the first map reached that node:
+            // nothing was changed, so sending it again is safe.
+            Err(e) if e.to_string().contains(MAP_NOT_YET_HERE) && started.elapsed() < MAP_WAIT => std::thread::sleep(POLL_INTERVAL),
+            Err(e) => return Err(e.into()),
+        }
+    };
     serde_json::from_str(&reply).map_err(|e| MembershipCliError::Refused(format!("unreadable reply from {path}: {e}")))
 }
+
+/// How long a membership command waits for the first cluster map to reach the node it talks to.
+const MAP_WAIT: Duration = Duration::from_secs(30);
 
 fn is_member(client: &Client, id: u64) -> Result<bool, MembershipCliError> {
     let map = client.get_json("/v1/admin/cluster/map")?;

@@ -638,8 +638,15 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The current map from the metadata leader's point of view (this node's copy if it leads,
 /// else its own, which may be a moment behind).
 pub fn current_map(node: &Node) -> Result<Arc<ClusterMap>, ApiError> {
-    node.meta().and_then(|m| m.current()).ok_or_else(not_clustered)
+    let meta = node.meta().ok_or_else(not_clustered)?;
+    // Right after a cluster starts, the metadata group may not have applied the first map
+    // here yet: the node is a member, and a retry shortly will find the map.
+    meta.current().ok_or_else(|| ApiError::unavailable(format!("{MAP_NOT_YET_HERE} {}; retry shortly", node.node_id())))
 }
+
+/// Start of the 503 a membership command gets before the first cluster map reached the node
+/// it was sent to (`rushes cluster` retries on it: nothing was changed).
+pub const MAP_NOT_YET_HERE: &str = "the cluster map has not reached node";
 
 /// `rushes cluster add-node`: a new member (it then follows the metadata group first).
 pub async fn add_node(node: &Arc<Node>, member: Member) -> Result<Arc<ClusterMap>, ApiError> {
