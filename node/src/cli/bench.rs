@@ -183,6 +183,9 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
                         Ok(())
                     }));
                 }
+                // Only the workers hold the receiver: if they all fail, the reader's send fails
+                // instead of blocking forever on a full channel.
+                drop(batch_rx);
                 let annotations_path = sample.join("annotations.ndjson");
                 let reader_thread = std::thread::spawn(move || -> Result<u64, String> {
                     let mut reader = BufReader::new(std::fs::File::open(annotations_path).map_err(|e| e.to_string())?);
@@ -203,10 +206,13 @@ pub fn run_bench(options: BenchOptions) -> Result<BenchReport, DemoError> {
                         batch_tx.send(chunk).map_err(|e| e.to_string())?;
                     }
                 });
-                let lines_total = tokio::task::spawn_blocking(move || reader_thread.join()).await?.map_err(|_| "reader panicked")??;
+                let read = tokio::task::spawn_blocking(move || reader_thread.join()).await?.map_err(|_| "reader panicked")?;
+                // A worker's error says why ingest stopped; the reader's ("sending on a
+                // disconnected channel") only that it did.
                 for worker in workers {
                     tokio::task::spawn_blocking(move || worker.join()).await?.map_err(|_| "ingest worker panicked")??;
                 }
+                let lines_total = read?;
                 let ingest_time = started.elapsed();
                 let annotations = acknowledged.load(Ordering::Relaxed);
                 if annotations != lines_total {
