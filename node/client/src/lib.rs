@@ -150,7 +150,8 @@ impl Client {
         serde_json::from_str(&text).map_err(|e| ClientError::Decode { url, message: e.to_string() })
     }
 
-    /// Posts with retries on 429/503 and transport errors (safe: ids are idempotent).
+    /// Posts with retries on 429/503 and transport errors (safe: ids are idempotent), waiting
+    /// between attempts at least what the server's Retry-After asks (at most 30 s).
     pub fn post_ndjson_retrying(&self, body: &[u8], attempts: u32) -> Result<IngestReply, ClientError> {
         let mut attempt = 0;
         loop {
@@ -158,7 +159,11 @@ impl Client {
                 Err(e) if e.is_retryable() && attempt + 1 < attempts => {
                     attempt += 1;
                     let backoff_ms = 50u64 << attempt.min(6);
-                    std::thread::sleep(Duration::from_millis(backoff_ms));
+                    let asked_ms = match &e {
+                        ClientError::Status { retry_after_s: Some(seconds), .. } => seconds.saturating_mul(1_000).min(30_000),
+                        _ => 0,
+                    };
+                    std::thread::sleep(Duration::from_millis(backoff_ms.max(asked_ms)));
                 }
                 other => return other,
             }
@@ -185,4 +190,72 @@ pub fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::time::Instant;
+
+    /// Answers each request on loopback with the next of `replies` (status, extra headers,
+    /// body), and records when each request arrived.
+    fn serve(replies: Vec<(u16, &'static str, &'static str)>) -> (String, std::thread::JoinHandle<Vec<Instant>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let server = std::thread::spawn(move || {
+            let mut arrivals = Vec::new();
+            let mut replies = replies.into_iter();
+            'connections: for stream in listener.incoming() {
+                let mut stream = stream.expect("accept");
+                let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+                loop {
+                    let mut content_length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).expect("read request") == 0 {
+                            continue 'connections;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                content_length = value.trim().parse().expect("content length");
+                            }
+                        }
+                    }
+                    let mut body = vec![0; content_length];
+                    reader.read_exact(&mut body).expect("read body");
+                    arrivals.push(Instant::now());
+                    let Some((status, headers, body)) = replies.next() else { break 'connections };
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+                        body.len()
+                    );
+                    stream.write_all(response.as_bytes()).expect("write response");
+                    if replies.len() == 0 {
+                        break 'connections;
+                    }
+                }
+            }
+            arrivals
+        });
+        (base, server)
+    }
+
+    #[test]
+    fn retries_wait_at_least_what_retry_after_asks() {
+        let (base, server) = serve(vec![
+            (503, "Retry-After: 1\r\n", r#"{"error":{"code":"unavailable","message":"busy"}}"#),
+            (200, "", r#"{"accepted":1,"created":1,"duplicates":0,"took_ms":1}"#),
+        ]);
+        let reply = Client::new(&base).post_ndjson_retrying(b"{}\n", 3).expect("accepted on the second attempt");
+        assert_eq!(reply.accepted, 1);
+        let arrivals = server.join().expect("server");
+        assert_eq!(arrivals.len(), 2);
+        // The client's own backoff before a second attempt is 100 ms.
+        assert!(arrivals[1] - arrivals[0] >= Duration::from_secs(1), "waited {:?}", arrivals[1] - arrivals[0]);
+    }
 }
