@@ -103,6 +103,10 @@ struct SledInner {
     hard_state: Mutex<HardState>,
     conf_state: Mutex<ConfState>,
     snapshot_wanted: AtomicBool,
+    /// Entries appended since open and their encoded bytes (the log's last entry at open
+    /// counts as one), for [`SledLogStore::mean_entry_bytes`].
+    appended_entries: AtomicU64,
+    appended_bytes: AtomicU64,
 }
 
 impl SledLogStore {
@@ -133,9 +137,16 @@ impl SledLogStore {
             Some((key, _)) => decode_index(&key)?.max(snapshot_meta.index + 1),
             None => snapshot_meta.index + 1,
         };
-        let last_index = match log.last()? {
-            Some((key, _)) => decode_index(&key)?.max(snapshot_meta.index),
+        let last = log.last()?;
+        let last_index = match &last {
+            Some((key, _)) => decode_index(key)?.max(snapshot_meta.index),
             None => snapshot_meta.index,
+        };
+        // The last entry stands for the log written before this open, so byte limits apply
+        // from the start, without reading the whole log back.
+        let (appended_entries, appended_bytes) = match &last {
+            Some((_, value)) => (1, value.len() as u64),
+            None => (0, 0),
         };
         Ok(SledLogStore {
             inner: Arc::new(SledInner {
@@ -148,12 +159,22 @@ impl SledLogStore {
                 hard_state: Mutex::new(hard_state),
                 conf_state: Mutex::new(conf_state),
                 snapshot_wanted: AtomicBool::new(false),
+                appended_entries: AtomicU64::new(appended_entries),
+                appended_bytes: AtomicU64::new(appended_bytes),
             }),
         })
     }
 
     pub fn conf_state(&self) -> ConfState {
         self.inner.conf_state.lock().clone()
+    }
+
+    /// Mean encoded size of the log's last entry at open and of the entries appended since,
+    /// if there are any: how compaction turns a byte budget into a number of entries without
+    /// reading the log back.
+    pub fn mean_entry_bytes(&self) -> Option<u64> {
+        let entries = self.inner.appended_entries.load(Ordering::Relaxed);
+        (entries > 0).then(|| self.inner.appended_bytes.load(Ordering::Relaxed).div_ceil(entries))
     }
 
     /// Reads one entry's data (for replaying committed entries into derived stages).
@@ -354,10 +375,15 @@ impl RaftLogStore for SledLogStore {
         for index in (new_last + 1)..=old_last {
             batch.remove(&index.to_be_bytes());
         }
+        let mut bytes = 0;
         for entry in entries {
-            batch.insert(&entry.index.to_be_bytes(), entry.write_to_bytes().map_err(|e| corrupt("entry", e))?);
+            let encoded = entry.write_to_bytes().map_err(|e| corrupt("entry", e))?;
+            bytes += encoded.len() as u64;
+            batch.insert(&entry.index.to_be_bytes(), encoded);
         }
         self.inner.log.apply_batch(batch)?;
+        self.inner.appended_entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.inner.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
         if first.index < self.first_log_index() {
             self.inner.first_index.store(first.index, Ordering::Release);
         }
@@ -659,6 +685,31 @@ mod tests {
         assert_eq!(reopened.hard_state(), hs);
         assert_eq!(reopened.term(3).unwrap(), 1);
         assert_eq!(reopened.conf_state().voters, vec![1]);
+    }
+
+    #[test]
+    fn mean_entry_bytes_counts_the_last_entry_at_open_and_what_was_appended_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = SledLogStore::open(&db, &[1]).unwrap();
+        assert_eq!(store.mean_entry_bytes(), None, "nothing appended yet");
+        let mut small = entry(1, 1);
+        small.data = vec![0; 100].into();
+        let mut large = entry(2, 1);
+        large.data = vec![0; 10_000].into();
+        let expected = (small.write_to_bytes().unwrap().len() + large.write_to_bytes().unwrap().len()).div_ceil(2) as u64;
+        store.append(&[small, large]).unwrap();
+        assert_eq!(store.mean_entry_bytes(), Some(expected));
+        assert!((5_050..5_100).contains(&expected), "the encoding adds only a few bytes per entry: {expected}");
+        let large_bytes = store.entry(2).unwrap().unwrap().write_to_bytes().unwrap().len() as u64;
+        drop(store);
+        let reopened = SledLogStore::open(&db, &[1]).unwrap();
+        assert_eq!(reopened.mean_entry_bytes(), Some(large_bytes), "the last entry stands for the log before the open");
+        let mut small = entry(3, 1);
+        small.data = vec![0; 100].into();
+        let small_bytes = small.write_to_bytes().unwrap().len() as u64;
+        reopened.append(&[small]).unwrap();
+        assert_eq!(reopened.mean_entry_bytes(), Some((large_bytes + small_bytes).div_ceil(2)));
     }
 
     fn snapshot_at(index: u64, term: u64, voters: &[u64], data: &[u8]) -> Snapshot {

@@ -429,6 +429,18 @@ impl Config {
             RAFT_SNAPSHOT_LOG_ENTRIES,
         );
         example.integer(
+            "log_retain_bytes",
+            raft.log_retain_bytes,
+            "Also at most this many bytes of consumed entries are kept (measured by the mean size of the entries appended since start).",
+            RAFT_LOG_RETAIN_BYTES,
+        );
+        example.integer(
+            "snapshot_log_bytes",
+            raft.snapshot_log_bytes,
+            "Bytes of entries beyond the retained ones that also trigger compaction.",
+            RAFT_SNAPSHOT_LOG_BYTES,
+        );
+        example.integer(
             "compaction_interval_ms",
             raft.compaction_interval_ms,
             "How often a shard considers compacting its log.",

@@ -688,6 +688,12 @@ pub struct RaftConfig {
     /// behind replicas fetch it in chunks) once this many entries beyond the retained ones
     /// have accumulated.
     pub snapshot_log_entries: u64,
+    /// Also at most this many bytes of consumed entries stay in the log: an entry is one client
+    /// batch's part for the shard, so a count alone lets a shard of large batches keep
+    /// gigabytes of log that the raw store already holds.
+    pub log_retain_bytes: u64,
+    /// Also compact once this many bytes of entries beyond the retained ones have accumulated.
+    pub snapshot_log_bytes: u64,
     /// How often each shard considers compacting its log.
     pub compaction_interval_ms: u64,
     /// Raw store bytes per chunk this node serves to a replica fetching a snapshot (the
@@ -710,6 +716,8 @@ impl Default for RaftConfig {
             group_commit_max_requests: 256,
             log_retain_entries: 1_000,
             snapshot_log_entries: 20_000,
+            log_retain_bytes: 64 * MIB as u64,
+            snapshot_log_bytes: 512 * MIB as u64,
             compaction_interval_ms: 10_000,
             snapshot_chunk_bytes: 4 * MIB as u64,
             snapshot_transfer_bytes_per_s: 64 * MIB as u64,

@@ -161,6 +161,8 @@ const RAFT: &[Field] = &[
     Field::optional("group_commit_max_requests", Kind::Integer),
     Field::optional("log_retain_entries", Kind::Integer),
     Field::optional("snapshot_log_entries", Kind::Integer),
+    Field::optional("log_retain_bytes", Kind::Integer),
+    Field::optional("snapshot_log_bytes", Kind::Integer),
     Field::optional("compaction_interval_ms", Kind::Integer),
     Field::optional("snapshot_chunk_bytes", Kind::Integer),
     Field::optional("snapshot_transfer_bytes_per_s", Kind::Integer),

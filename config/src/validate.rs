@@ -131,6 +131,8 @@ pub(crate) mod ranges {
     pub const RAFT_GROUP_COMMIT_MAX_REQUESTS: IntegerRange = IntegerRange::new(1, 100_000);
     pub const RAFT_LOG_RETAIN_ENTRIES: IntegerRange = IntegerRange::new(1, 10_000_000);
     pub const RAFT_SNAPSHOT_LOG_ENTRIES: IntegerRange = IntegerRange::new(1, 10_000_000);
+    pub const RAFT_LOG_RETAIN_BYTES: IntegerRange = IntegerRange::bytes(KIB, 1 << 40);
+    pub const RAFT_SNAPSHOT_LOG_BYTES: IntegerRange = IntegerRange::bytes(KIB, 1 << 40);
     pub const RAFT_COMPACTION_INTERVAL_MS: IntegerRange = IntegerRange::new(10, 3_600_000);
     /// 0 (never), or at least a minute (each purge scans the model-version markers).
     pub const RETENTION_PURGE_SUPERSEDED_INTERVAL_MS: IntegerRange = IntegerRange::new(0, 365 * 24 * 3_600_000);
@@ -665,6 +667,8 @@ impl Config {
         check_range("raft.group_commit_max_requests", raft.group_commit_max_requests, RAFT_GROUP_COMMIT_MAX_REQUESTS)?;
         check_range("raft.log_retain_entries", raft.log_retain_entries, RAFT_LOG_RETAIN_ENTRIES)?;
         check_range("raft.snapshot_log_entries", raft.snapshot_log_entries, RAFT_SNAPSHOT_LOG_ENTRIES)?;
+        check_range("raft.log_retain_bytes", raft.log_retain_bytes, RAFT_LOG_RETAIN_BYTES)?;
+        check_range("raft.snapshot_log_bytes", raft.snapshot_log_bytes, RAFT_SNAPSHOT_LOG_BYTES)?;
         check_range("raft.compaction_interval_ms", raft.compaction_interval_ms, RAFT_COMPACTION_INTERVAL_MS)?;
         check_range("raft.snapshot_chunk_bytes", raft.snapshot_chunk_bytes, RAFT_SNAPSHOT_CHUNK_BYTES)?;
         check_range("raft.snapshot_transfer_bytes_per_s", raft.snapshot_transfer_bytes_per_s, RAFT_SNAPSHOT_TRANSFER_BYTES_PER_S)?;

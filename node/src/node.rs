@@ -63,6 +63,8 @@ pub fn shard_options(config: &Config) -> ShardOptions {
         group_commit_max_requests: config.raft.group_commit_max_requests,
         log_retain_entries: config.raft.log_retain_entries,
         snapshot_log_entries: config.raft.snapshot_log_entries,
+        log_retain_bytes: config.raft.log_retain_bytes,
+        snapshot_log_bytes: config.raft.snapshot_log_bytes,
         compaction_interval_ms: config.raft.compaction_interval_ms,
         bucket_ms: config.fusion.bucket_ms,
         fusion_batch_entries_max: config.fusion.batch_entries_max as u64,

@@ -91,6 +91,8 @@ pub struct ShardOptions {
     pub group_commit_max_requests: usize,
     pub log_retain_entries: u64,
     pub snapshot_log_entries: u64,
+    pub log_retain_bytes: u64,
+    pub snapshot_log_bytes: u64,
     pub compaction_interval_ms: u64,
     pub bucket_ms: u64,
     pub fusion_batch_entries_max: u64,
@@ -278,6 +280,7 @@ pub struct Shard {
     /// A snapshot fetch is running (one at a time; messages meanwhile are dropped).
     fetching_snapshot: AtomicBool,
     faults: Arc<FaultHooks>,
+    compaction: Compaction,
 }
 
 /// Clears [`Shard::fetching_snapshot`] when a fetch ends, however it ends.
@@ -445,6 +448,13 @@ impl Shard {
             }),
             fusion_stats,
         );
+        let compaction = Compaction {
+            interval: Duration::from_millis(options.compaction_interval_ms),
+            retain_entries: options.log_retain_entries,
+            snapshot_entries: options.snapshot_log_entries,
+            retain_bytes: options.log_retain_bytes,
+            snapshot_bytes: options.snapshot_log_bytes,
+        };
         let raft_capacity = options.proposal_queue_depth + RAFT_PEER_MESSAGES_MAX + READ_INDEX_WAITERS_MAX;
         let raft_stats = ActorStats::new(&metrics, ActorKind::Raft, Some(id), thread_name(ActorKind::Raft), raft_capacity);
         let raft_actor = RaftActor {
@@ -467,11 +477,7 @@ impl Shard {
             group_commit_max_requests: options.group_commit_max_requests.max(1),
             single_voter: voters == [options.node_id],
             staging: staging.clone(),
-            compaction: Compaction {
-                interval: Duration::from_millis(options.compaction_interval_ms),
-                retain_entries: options.log_retain_entries,
-                snapshot_entries: options.snapshot_log_entries,
-            },
+            compaction,
             waiters: HashMap::new(),
             reads: HashMap::new(),
             next_request_id: 1,
@@ -487,6 +493,7 @@ impl Shard {
             raft_stats,
         );
         Ok(Arc::new(Shard {
+            compaction,
             id,
             voters,
             store,
@@ -690,6 +697,19 @@ impl Shard {
         let (done, confirmed) = std::sync::mpsc::sync_channel(1);
         self.indexer.send_control(index_actor::Shutdown { done });
         wait("index", confirmed);
+        // The index actor's last commit made what it consumed durable: a shard with no other
+        // replica drops the log entries before the retained ones now, so a stopped data dir
+        // holds no more log than the budget, however long ago the periodic compaction ran. (A
+        // replicated shard compacts by snapshots, which need its running group.)
+        let durable = self
+            .progress
+            .fused
+            .load(Ordering::Acquire)
+            .min(self.index.durable_watermark())
+            .min(self.progress.applied.load(Ordering::Acquire));
+        if let Err(e) = raft_actor::compact_alone(&self.log, &self.compaction, durable, false) {
+            tracing::warn!(shard = self.id, error = %e, "could not compact the log at shutdown");
+        }
         for arbiter in self.arbiters.lock().drain(..) {
             arbiter.stop();
             let _ = arbiter.join();

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message as ActixMessage};
 use parking_lot::Mutex;
 use raft::eraftpb::{Message, MessageType};
-use rushes_cluster::log_store::{RaftLogStore, SledLogStore};
+use rushes_cluster::log_store::{LogStoreError, RaftLogStore, SledLogStore};
 use rushes_cluster::{NodeId, RaftDriver, ShardId};
 
 use super::fusion_actor::{FusionActor, Wake};
@@ -105,6 +105,24 @@ pub struct Compaction {
     pub retain_entries: u64,
     /// Entries beyond the retained ones before a replicated shard compacts.
     pub snapshot_entries: u64,
+    /// The same two limits in bytes; whichever of count and bytes is reached first applies.
+    pub retain_bytes: u64,
+    pub snapshot_bytes: u64,
+}
+
+impl Compaction {
+    /// The entry counts to retain and to compact beyond, given the mean size of an entry: an
+    /// entry is one client batch's part for the shard, from a few hundred bytes to megabytes,
+    /// so the byte limits bound the log's disk where the counts alone would not. At least one
+    /// entry of each, so compaction always makes progress.
+    pub fn entry_limits(&self, mean_entry_bytes: Option<u64>) -> (u64, u64) {
+        match mean_entry_bytes.filter(|&bytes| bytes > 0) {
+            Some(bytes) => {
+                (self.retain_entries.min(self.retain_bytes / bytes).max(1), self.snapshot_entries.min(self.snapshot_bytes / bytes).max(1))
+            }
+            None => (self.retain_entries, self.snapshot_entries),
+        }
+    }
 }
 
 pub struct RaftActor {
@@ -500,19 +518,14 @@ impl RaftActor {
             tracing::info!(shard = self.shard, index = durable, "saved a snapshot a follower needed");
             return Ok(());
         }
-        let conf_state = self.driver.conf_state();
-        let alone = conf_state.voters.len() == 1 && conf_state.learners.is_empty() && conf_state.voters_outgoing.is_empty();
-        if alone {
-            let keep_from = durable.saturating_sub(self.compaction.retain_entries) + 1;
-            if keep_from > self.driver.store().first_log_index() + self.compaction.retain_entries {
-                self.driver.store().compact(keep_from)?;
-            }
+        let (retain_entries, snapshot_entries) = self.compaction.entry_limits(self.driver.store().mean_entry_bytes());
+        if compact_alone(self.driver.store(), &self.compaction, durable, true)? {
             return Ok(());
         }
         // Nor above what active followers have: a slow one catches up from the log.
         let durable = durable.min(self.driver.slowest_active_follower_match().unwrap_or(u64::MAX));
-        let up_to = durable.saturating_sub(self.compaction.retain_entries);
-        if up_to < self.driver.store().first_log_index() + self.compaction.snapshot_entries {
+        let up_to = durable.saturating_sub(retain_entries);
+        if up_to < self.driver.store().first_log_index() + snapshot_entries {
             return Ok(());
         }
         // The snapshot names the raw store rather than copying it: a replica that needs it
@@ -524,6 +537,25 @@ impl RaftActor {
         tracing::info!(shard = self.shard, index = up_to, "log compacted into a snapshot");
         Ok(())
     }
+}
+
+/// Compacts the log of a shard with no other replica (no snapshot: nobody fetches one) down to
+/// the retained entries before `durable`, what every local stage has durably consumed; with
+/// `hysteresis`, only once as many entries again have accumulated, so a busy shard compacts in
+/// steps rather than on every call. Returns false, and does nothing, for a replicated shard.
+pub fn compact_alone(log: &SledLogStore, compaction: &Compaction, durable: u64, hysteresis: bool) -> Result<bool, LogStoreError> {
+    let conf_state = log.conf_state();
+    let alone = conf_state.voters.len() == 1 && conf_state.learners.is_empty() && conf_state.voters_outgoing.is_empty();
+    if !alone {
+        return Ok(false);
+    }
+    let (retain_entries, _) = compaction.entry_limits(log.mean_entry_bytes());
+    let keep_from = durable.saturating_sub(retain_entries) + 1;
+    let step = if hysteresis { retain_entries } else { 0 };
+    if keep_from > log.first_log_index() + step {
+        log.compact(keep_from)?;
+    }
+    Ok(true)
 }
 
 /// What became of a message raft-rs must hear about.
@@ -548,4 +580,68 @@ fn deliver(outbox: &dyn RaftOutbox, shard: ShardId, messages: Vec<Message>) -> V
         }
     }
     reports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compaction() -> Compaction {
+        Compaction {
+            interval: Duration::from_secs(10),
+            retain_entries: 1_000,
+            snapshot_entries: 20_000,
+            retain_bytes: 64 << 20,
+            snapshot_bytes: 512 << 20,
+        }
+    }
+
+    #[test]
+    fn large_entries_are_limited_by_bytes_and_small_ones_by_count() {
+        let limits = compaction();
+        // Batches of 240 KiB (a client posting 1,000 annotations): 1,000 entries would be 234
+        // MiB of log; the byte limits keep 64 MiB and compact beyond 512 MiB.
+        assert_eq!(limits.entry_limits(Some(240 << 10)), (273, 2_184));
+        // Small entries: the counts apply.
+        assert_eq!(limits.entry_limits(Some(500)), (1_000, 20_000));
+        // Nothing appended since start: the counts apply.
+        assert_eq!(limits.entry_limits(None), (1_000, 20_000));
+        assert_eq!(limits.entry_limits(Some(0)), (1_000, 20_000));
+        // Entries larger than the budgets: still one each, so compaction makes progress.
+        assert_eq!(limits.entry_limits(Some(1 << 30)), (1, 1));
+    }
+
+    fn entry(index: u64, bytes: usize) -> raft::eraftpb::Entry {
+        let mut entry = raft::eraftpb::Entry::default();
+        entry.index = index;
+        entry.term = 1;
+        entry.data = vec![7; bytes].into();
+        entry
+    }
+
+    #[test]
+    fn a_lone_shard_compacts_to_its_budget_in_steps_or_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let log = SledLogStore::open(&db, &[1]).unwrap();
+        log.append(&(1..=100).map(|i| entry(i, 1_000)).collect::<Vec<_>>()).unwrap();
+        let limits = Compaction { retain_bytes: 10_000, ..compaction() };
+        let (retain, _) = limits.entry_limits(log.mean_entry_bytes());
+        assert_eq!(retain, 9, "entries of ~1 KB");
+        assert!(compact_alone(&log, &limits, 100, true).unwrap());
+        assert_eq!(log.first_log_index(), 92, "the 9 last consumed entries stay");
+        log.append(&(101..=105).map(|i| entry(i, 1_000)).collect::<Vec<_>>()).unwrap();
+        compact_alone(&log, &limits, 105, true).unwrap();
+        assert_eq!(log.first_log_index(), 92, "in steps: fewer than 9 new entries wait");
+        compact_alone(&log, &limits, 105, false).unwrap();
+        assert_eq!(log.first_log_index(), 97, "at once (a clean stop)");
+        compact_alone(&log, &limits, 50, false).unwrap();
+        assert_eq!(log.first_log_index(), 97, "nothing past what was durably consumed");
+
+        let mut replicated = raft::eraftpb::ConfState::default();
+        replicated.set_voters(vec![1, 2, 3]);
+        log.set_conf_state(&replicated).unwrap();
+        assert!(!compact_alone(&log, &limits, 105, false).unwrap(), "a replicated shard compacts by snapshots");
+        assert_eq!(log.first_log_index(), 97);
+    }
 }
