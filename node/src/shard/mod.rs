@@ -697,10 +697,15 @@ impl Shard {
         let (done, confirmed) = std::sync::mpsc::sync_channel(1);
         self.indexer.send_control(index_actor::Shutdown { done });
         wait("index", confirmed);
-        // The index actor's last commit made what it consumed durable: a shard with no other
-        // replica drops the log entries before the retained ones now, so a stopped data dir
-        // holds no more log than the budget, however long ago the periodic compaction ran. (A
-        // replicated shard compacts by snapshots, which need its running group.)
+        for arbiter in self.arbiters.lock().drain(..) {
+            arbiter.stop();
+            let _ = arbiter.join();
+        }
+        // The actors' threads are gone, so nothing appends meanwhile, and the index actor's
+        // last commit made what it consumed durable: a shard with no other replica drops the
+        // log entries before the retained ones now, so a stopped data dir holds no more log
+        // than the budget, however long ago the periodic compaction ran. (A replicated shard
+        // compacts by snapshots, which need its running group.)
         let durable = self
             .progress
             .fused
@@ -709,10 +714,6 @@ impl Shard {
             .min(self.progress.applied.load(Ordering::Acquire));
         if let Err(e) = raft_actor::compact_alone(&self.log, &self.compaction, durable, false) {
             tracing::warn!(shard = self.id, error = %e, "could not compact the log at shutdown");
-        }
-        for arbiter in self.arbiters.lock().drain(..) {
-            arbiter.stop();
-            let _ = arbiter.join();
         }
     }
 }
