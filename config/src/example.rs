@@ -431,7 +431,7 @@ impl Config {
         example.integer(
             "log_retain_bytes",
             raft.log_retain_bytes,
-            "Also at most this many bytes of consumed entries are kept (measured by the mean size of the entries appended since start).",
+            "Also at most this many bytes of consumed entries are kept (counted by the mean size of the log's last entry at start and of those appended since).",
             RAFT_LOG_RETAIN_BYTES,
         );
         example.integer(

@@ -518,10 +518,10 @@ impl RaftActor {
             tracing::info!(shard = self.shard, index = durable, "saved a snapshot a follower needed");
             return Ok(());
         }
-        let (retain_entries, snapshot_entries) = self.compaction.entry_limits(self.driver.store().mean_entry_bytes());
         if compact_alone(self.driver.store(), &self.compaction, durable, true)? {
             return Ok(());
         }
+        let (retain_entries, snapshot_entries) = self.compaction.entry_limits(self.driver.store().mean_entry_bytes());
         // Nor above what active followers have: a slow one catches up from the log.
         let durable = durable.min(self.driver.slowest_active_follower_match().unwrap_or(u64::MAX));
         let up_to = durable.saturating_sub(retain_entries);
