@@ -21,8 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use rushes_protocol::codec;
-use rushes_protocol::model::{BucketEntryRef, BucketRef, BUCKET_FORMAT};
+use rushes_protocol::model::{BucketEntryRef, BucketRef};
 pub use rushes_protocol::peer::{GlobalStats, LeafStats, LeafSummary, RankedAssets};
 use rushes_protocol::{AssetGroup, AssetHits, BoolOperator, Clip, Filters, FusionMethod, GroupBy, Match, SearchResponse, ShardCounts};
 use tantivy::query::{
@@ -36,6 +35,7 @@ use crate::query::curate::{self, CurationOptions, RawClip, ScoredSecond};
 pub use crate::query::plan::*;
 use crate::query::understand::edit_distance_within;
 use crate::shard::Shard;
+use crate::storage::blocks::{block_of, BucketBlockRef};
 use crate::storage::index::{
     best_term_hits, collect_seconds_in, keep_best_of_each_key, label_decile_term_text, label_term_text, stem_language, stem_tokens,
     text_analyzer, tokens_with, vector_key, vector_target, Fields, IndexError, VectorMetric,
@@ -474,8 +474,8 @@ pub fn finish_assets(
 fn shots_around(shard: &Shard, asset_id: &str, clip: &RawClip) -> Result<Vec<(u64, u64)>, SearchError> {
     let mut shots = Vec::new();
     for second in [clip.first_second, clip.last_second] {
-        let Some(bytes) = shard.store.bucket_bytes(asset_id, second)? else { continue };
-        let bucket: BucketRef = codec::decode_borrowed(BUCKET_FORMAT, &bytes).map_err(StoreError::from)?;
+        let Some(bytes) = shard.store.bucket_block_bytes(asset_id, second)? else { continue };
+        let Some(bucket) = BucketBlockRef::decode(&bytes).map_err(StoreError::from)?.bucket(second) else { continue };
         for entry in bucket.entries.iter().filter(|e| e.track == "shot") {
             if let Some(shot) = shard.store.annotation(asset_id, entry.annotation_id)? {
                 shots.push((shot.start_ms, shot.end_ms));
@@ -982,38 +982,47 @@ fn clip_evidence(
     // read evenly spaced buckets (first and last included), then everything only if a leaf
     // is still without evidence.
     let stride = ((end - first) / EVIDENCE_BUCKETS_SAMPLED).max(1);
-    let mut sampled = Vec::new();
-    let mut second = first;
-    while second < end {
-        if let Some(bytes) = shard.store.bucket_bytes(asset_id, second)? {
-            sampled.push(bytes);
-        }
-        second += stride;
-    }
+    let mut seconds: Vec<u64> = (first..end).step_by(stride as usize).collect();
     if stride > 1 {
-        if let Some(bytes) = shard.store.bucket_bytes(asset_id, end - 1)? {
-            sampled.push(bytes);
+        seconds.push(end - 1);
+    }
+    // Sampled seconds share blocks: read each block once.
+    let mut blocks: BTreeMap<u64, sled::IVec> = BTreeMap::new();
+    for &second in &seconds {
+        if let std::collections::btree_map::Entry::Vacant(slot) = blocks.entry(block_of(second)) {
+            if let Some(bytes) = shard.store.bucket_block_bytes(asset_id, second)? {
+                slot.insert(bytes);
+            }
         }
     }
+    let decoded = decode_blocks(blocks.iter().map(|(number, bytes)| (*number, bytes)))?;
+    let sampled: Vec<BucketRef> =
+        seconds.iter().filter_map(|&second| decoded.get(&block_of(second)).and_then(|block| block.bucket(second))).collect();
     let matches = evidence_from(asset_id, &sampled, plan, candidates)?;
     let covered: HashSet<usize> = matches.iter().map(|m| m.clause).collect();
     let complete = matches.len() >= MAX_MATCHES_PER_CLIP || (0..plan.leaves.len()).all(|i| covered.contains(&i));
     if stride == 1 || complete || !matches!(plan.root, PlanNode::While { .. }) && !covered.is_empty() {
         return Ok(matches);
     }
-    evidence_from(asset_id, &shard.store.bucket_range_bytes(asset_id, first, end)?, plan, candidates)
+    let all = shard.store.bucket_block_range_bytes(asset_id, first, end)?;
+    let decoded = decode_blocks(all.iter().map(|(number, bytes)| (*number, bytes)))?;
+    let every: Vec<BucketRef> = decoded.iter().flat_map(|(number, block)| block.buckets(*number, first, end)).map(|(_, b)| b).collect();
+    evidence_from(asset_id, &every, plan, candidates)
 }
 
-/// Matches of encoded buckets against the plan's leaves; strings are borrowed from the
-/// buckets and copied only for the annotations that match.
-fn evidence_from(asset_id: &str, buckets: &[sled::IVec], plan: &Plan, candidates: &ShardCandidates) -> Result<Vec<Match>, SearchError> {
-    let decoded: Vec<BucketRef> =
-        buckets.iter().map(|bytes| codec::decode_borrowed(BUCKET_FORMAT, bytes)).collect::<Result<_, _>>().map_err(StoreError::from)?;
+/// Blocks decoded without copying their strings, by block number.
+fn decode_blocks<'a>(blocks: impl Iterator<Item = (u64, &'a sled::IVec)>) -> Result<BTreeMap<u64, BucketBlockRef<'a>>, SearchError> {
+    blocks.map(|(number, bytes)| Ok((number, BucketBlockRef::decode(bytes).map_err(StoreError::from)?))).collect()
+}
+
+/// Matches of buckets against the plan's leaves; strings are borrowed from the stored blocks
+/// and copied only for the annotations that match.
+fn evidence_from(asset_id: &str, decoded: &[BucketRef], plan: &Plan, candidates: &ShardCandidates) -> Result<Vec<Match>, SearchError> {
     // An annotation repeats in every bucket it covers: match it against the leaves once.
     let mut seen: HashSet<&str> = HashSet::new();
     let mut matches = Vec::new();
     let empty = LeafHits::default();
-    for bucket in &decoded {
+    for bucket in decoded {
         for entry in &bucket.entries {
             if !seen.insert(entry.annotation_id) {
                 continue;

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rushes_cluster::ShardId;
-use rushes_protocol::codec;
-use rushes_protocol::model::{normalize_label, BucketRef, BUCKET_FORMAT};
+use rushes_protocol::model::{normalize_label, BucketRef};
 use rushes_protocol::ApiError;
 use tantivy::postings::SegmentPostings;
 use tantivy::schema::IndexRecordOption;
@@ -22,6 +21,7 @@ use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, RawTokenizer, TextAnaly
 use tantivy::{DocSet, Searcher, Term, TERMINATED};
 
 use crate::shard::Shard;
+use crate::storage::blocks::BucketBlockRef;
 use crate::storage::index::{label_decile_term_text, text_analyzer, tokens_with};
 
 /// Terms read from one segment's dictionary per keystroke, at most.
@@ -219,8 +219,8 @@ fn count_in_buckets(shard: &Shard, seconds: &[(u64, u64)], mut count: impl FnMut
     for &(ordinal, second) in seconds {
         let Some(asset) = shard.store.asset_of_ordinal(ordinal) else { continue };
         // A bucket rewritten or gone since it was indexed only leaves a gap in the sample.
-        let Ok(Some(bytes)) = shard.store.bucket_bytes(&asset, second) else { continue };
-        let Ok(bucket) = codec::decode_borrowed::<BucketRef>(BUCKET_FORMAT, &bytes) else { continue };
+        let Ok(Some(bytes)) = shard.store.bucket_block_bytes(&asset, second) else { continue };
+        let Some(bucket) = BucketBlockRef::decode(&bytes).ok().and_then(|block| block.bucket(second)) else { continue };
         count(&bucket, &mut counts);
     }
     counts

@@ -8,8 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use rushes_protocol::model::{compare_model_versions, Bucket, BucketEntry, ShardCommand, StoredAnnotation};
+use rushes_protocol::model::{compare_model_versions, ShardCommand, StoredAnnotation};
 
+use crate::storage::blocks::{block_of, BlockEntry, BucketBlock};
 use crate::storage::store::{ShardStore, StoreError};
 
 /// Which buckets of an asset need recomputing.
@@ -35,13 +36,7 @@ pub fn bucket_span(start_ms: u64, end_ms: u64, bucket_ms: u64) -> (u64, u64) {
     (start_ms / bucket_ms, (end_ms - 1) / bucket_ms)
 }
 
-/// Fraction of bucket `bucket` covered by `[start_ms, end_ms)`, in [0, 1].
-pub fn coverage(start_ms: u64, end_ms: u64, bucket: u64, bucket_ms: u64) -> f64 {
-    let bucket_start = bucket * bucket_ms;
-    let bucket_end = bucket_start + bucket_ms;
-    let overlap = end_ms.min(bucket_end).saturating_sub(start_ms.max(bucket_start));
-    overlap as f64 / bucket_ms as f64
-}
+pub use crate::storage::blocks::coverage;
 
 /// The version of each model that fusion uses on this asset.
 pub fn active_versions(annotations: &[StoredAnnotation]) -> HashMap<&str, &str> {
@@ -53,47 +48,6 @@ pub fn active_versions(annotations: &[StoredAnnotation]) -> HashMap<&str, &str> 
         }
     }
     active
-}
-
-/// Computes the buckets in `affected` from all annotations of one asset. Every affected bucket
-/// is in the result; an empty one means "delete".
-pub fn fuse_asset(annotations: &[StoredAnnotation], affected: &AffectedBuckets, bucket_ms: u64) -> BTreeMap<u64, Bucket> {
-    let active = active_versions(annotations);
-    let mut buckets: BTreeMap<u64, Bucket> = match affected {
-        AffectedBuckets::All => BTreeMap::new(),
-        AffectedBuckets::Some(set) => set.iter().map(|&b| (b, Bucket::default())).collect(),
-    };
-    for a in annotations {
-        if active.get(a.model.as_str()) != Some(&a.model_version.as_str()) {
-            continue;
-        }
-        let (first, last) = bucket_span(a.start_ms, a.end_ms, bucket_ms);
-        let visit = |bucket: u64, buckets: &mut BTreeMap<u64, Bucket>| {
-            let share = coverage(a.start_ms, a.end_ms, bucket, bucket_ms);
-            if share <= 0.0 {
-                return;
-            }
-            buckets.entry(bucket).or_default().entries.push(BucketEntry {
-                annotation_id: a.id.clone(),
-                track: a.track.clone(),
-                model: a.model.clone(),
-                label: a.label.clone(),
-                text: a.text.clone(),
-                language: a.language.clone(),
-                vector_space: a.vector_space.clone(),
-                confidence: a.confidence,
-                coverage: share,
-            });
-        };
-        match affected {
-            AffectedBuckets::All => (first..=last).for_each(|b| visit(b, &mut buckets)),
-            AffectedBuckets::Some(set) => set.range(first..=last).for_each(|&b| visit(b, &mut buckets)),
-        }
-    }
-    for bucket in buckets.values_mut() {
-        bucket.entries.sort_by(|x, y| (&x.track, &x.annotation_id).cmp(&(&y.track, &y.annotation_id)));
-    }
-    buckets
 }
 
 /// The buckets that a committed command can change, per asset. Fusion and indexing both derive
@@ -129,7 +83,7 @@ pub fn affected_by_command(
                         // The next line's first second indexes this line with it (a bridge):
                         // the first bucket after this line that holds dialogue.
                         for second in last.saturating_add(1)..=last.saturating_add(crate::storage::index::BRIDGE_WINDOW_BUCKETS) {
-                            if store.bucket(&a.asset_id, second)?.is_some_and(|b| b.entries.iter().any(|e| e.text.is_some())) {
+                            if store.bucket_holds(&a.asset_id, second, |e| e.text.is_some())? {
                                 seconds.insert(second);
                                 break;
                             }
@@ -164,24 +118,58 @@ pub fn affected_by_command(
     Ok(())
 }
 
-/// Recomputes and writes the affected buckets of one asset. With `All`, buckets that no longer
-/// hold anything are deleted too.
-pub fn refuse_asset(store: &ShardStore, asset_id: &str, affected: &AffectedBuckets, bucket_ms: u64) -> Result<usize, StoreError> {
-    let annotations = store.asset_annotations(asset_id)?;
-    let mut buckets = fuse_asset(&annotations, affected, bucket_ms);
-    if matches!(affected, AffectedBuckets::All) {
-        for second in store.bucket_seconds(asset_id)? {
-            buckets.entry(second).or_default();
+/// The blocks (see [`crate::storage::blocks`]) holding the affected buckets, computed whole from
+/// all annotations of one asset. A bucket holds every annotation of the asset's active model
+/// versions that covers part of it, with the share it covers, sorted by (track, annotation
+/// id). With `All`, every block an active annotation touches; an empty block means "delete".
+pub fn fuse_blocks(annotations: &[StoredAnnotation], affected: &AffectedBuckets, bucket_ms: u64) -> BTreeMap<u64, BucketBlock> {
+    let active = active_versions(annotations);
+    let mut entries: BTreeMap<u64, Vec<BlockEntry>> = match affected {
+        AffectedBuckets::All => BTreeMap::new(),
+        AffectedBuckets::Some(set) => set.iter().map(|&b| (block_of(b), Vec::new())).collect(),
+    };
+    for a in annotations {
+        if active.get(a.model.as_str()) != Some(&a.model_version.as_str()) {
+            continue;
+        }
+        let (first, last) = bucket_span(a.start_ms, a.end_ms, bucket_ms);
+        let (first_block, last_block) = (block_of(first), block_of(last));
+        match affected {
+            AffectedBuckets::All => {
+                for block in first_block..=last_block {
+                    entries.entry(block).or_default().push(BlockEntry::of(a));
+                }
+            }
+            AffectedBuckets::Some(_) => {
+                for (_, held) in entries.range_mut(first_block..=last_block) {
+                    held.push(BlockEntry::of(a));
+                }
+            }
         }
     }
-    store.write_buckets(asset_id, &buckets)?;
-    Ok(buckets.len())
+    entries.into_iter().map(|(block, held)| (block, BucketBlock::new(block, bucket_ms, held))).collect()
+}
+
+/// Recomputes and writes the blocks holding the affected buckets of one asset. With `All`,
+/// blocks that no longer hold anything are deleted too. Returns the buckets the written blocks
+/// hold.
+pub fn refuse_asset(store: &ShardStore, asset_id: &str, affected: &AffectedBuckets, bucket_ms: u64) -> Result<usize, StoreError> {
+    let annotations = store.asset_annotations(asset_id)?;
+    let mut blocks = fuse_blocks(&annotations, affected, bucket_ms);
+    if matches!(affected, AffectedBuckets::All) {
+        for block in store.bucket_blocks_of(asset_id)? {
+            blocks.entry(block).or_default();
+        }
+    }
+    store.write_bucket_blocks(asset_id, &blocks)?;
+    Ok(blocks.values().map(|b| b.buckets_held as usize).sum())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use rushes_protocol::model::{Bucket, BucketEntry};
 
     fn annotation(id: &str, model: &str, version: &str, start_ms: u64, end_ms: u64, label: &str, confidence: f64) -> StoredAnnotation {
         StoredAnnotation {
@@ -198,6 +186,19 @@ mod tests {
             language: None,
             vector_space: None,
         }
+    }
+
+    /// The buckets the blocks hold, read back as the store reads them.
+    fn fuse_asset(annotations: &[StoredAnnotation], affected: &AffectedBuckets, bucket_ms: u64) -> BTreeMap<u64, Bucket> {
+        let mut out = BTreeMap::new();
+        for (number, block) in fuse_blocks(annotations, affected, bucket_ms) {
+            let bytes = block.encode().unwrap();
+            let decoded = crate::storage::blocks::BucketBlockRef::decode(&bytes).unwrap();
+            for (second, bucket) in decoded.buckets(number, 0, u64::MAX) {
+                out.insert(second, crate::storage::blocks::owned_bucket(&bucket));
+            }
+        }
+        out
     }
 
     #[test]
@@ -246,13 +247,13 @@ mod tests {
     }
 
     #[test]
-    fn partial_recompute_returns_empty_for_cleared_buckets() {
+    fn partial_recompute_returns_empty_for_cleared_blocks() {
         let annotations = vec![annotation("a", "faces", "1", 0, 1000, "Joey", 0.9)];
-        let affected = AffectedBuckets::Some([0, 5].into_iter().collect());
-        let buckets = fuse_asset(&annotations, &affected, 1000);
-        assert_eq!(buckets.len(), 2);
-        assert!(buckets[&5].entries.is_empty());
-        assert_eq!(buckets[&0].entries.len(), 1);
+        let affected = AffectedBuckets::Some([0, 5, 40].into_iter().collect());
+        let blocks = fuse_blocks(&annotations, &affected, 1000);
+        assert_eq!(blocks.keys().copied().collect::<Vec<_>>(), [0, 2], "buckets 0 and 5 share block 0");
+        assert!(blocks[&2].entries.is_empty());
+        assert_eq!((blocks[&0].entries.len(), blocks[&0].buckets_held), (1, 1));
     }
 
     fn arbitrary_annotation() -> impl Strategy<Value = StoredAnnotation> {

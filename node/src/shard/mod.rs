@@ -334,6 +334,7 @@ impl Shard {
         std::fs::create_dir_all(&dir)?;
         let disk = Arc::new(DiskGuard::new(&dir, options.min_free_disk_bytes));
         let store = Arc::new(ShardStore::open(&dir.join("store"))?);
+        migrate_legacy_buckets(&store, id, options.bucket_ms)?;
         let log = SledLogStore::open(&store.db, &voters)?;
         snapshot::mark_stored_snapshot_current(&log)?;
         let index = Arc::new(ShardIndex::open(&dir.join("index"), &options.vector_spaces, options.writer_heap_bytes)?);
@@ -721,6 +722,28 @@ impl Shard {
 /// Where a proposal's outcome arrives.
 pub type ProposalReceiver = tokio::sync::oneshot::Receiver<Result<ApplyOutcome, ShardError>>;
 
+/// Buckets stored one per key by versions before blocks are fused again into blocks, before the
+/// actors start. Fusion is a pure function of the stored annotations, so the blocks hold what
+/// the old buckets held (and what fusion would add for entries applied but not yet fused,
+/// which it then recomputes identically); the index's documents stay true. An interrupted
+/// migration runs again whole at the next start.
+fn migrate_legacy_buckets(store: &ShardStore, id: ShardId, bucket_ms: u64) -> Result<(), ShardError> {
+    let assets = store.assets_with_legacy_buckets()?;
+    if assets.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    tracing::info!(shard = id, assets = assets.len(), "storing buckets by block (new storage format): fusing every asset again");
+    for asset_id in &assets {
+        refuse_asset(store, asset_id, &AffectedBuckets::All, bucket_ms)?;
+    }
+    store.flush()?;
+    store.drop_legacy_buckets()?;
+    store.flush()?;
+    tracing::info!(shard = id, assets = assets.len(), seconds = started.elapsed().as_secs_f64(), "buckets stored by block");
+    Ok(())
+}
+
 /// Recreates buckets and indexes of a closed shard from its raw store (`rushes rebuild`).
 pub fn rebuild_shard(data_dir: &Path, id: ShardId, options: &ShardOptions) -> Result<(usize, usize), ShardError> {
     let dir = shard_dir(data_dir, id);
@@ -887,6 +910,37 @@ mod tests {
         assert!(index.last_error.as_deref().is_some_and(|e| e.contains("injected fault")), "{index:?}");
         assert_eq!(actor(&shard, ActorKind::Raft).restarts, 0);
         assert!(shard.progress.failure().is_none(), "a derived stage's failure does not fail the shard");
+        shard.shutdown();
+    }
+
+    /// A store written by a version that kept one bucket per key opens with its buckets stored
+    /// by block: the same buckets, the same count, the old tree emptied, the index untouched,
+    /// and fusion going on from there.
+    #[test]
+    fn buckets_stored_one_per_key_are_migrated_to_blocks_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = open_shard(dir.path(), |options| options.commit_interval_ms = 50);
+        commit(&shard, &ingest_command("ep1", 0, 40));
+        commit(&shard, &ingest_command("ep2", 5, 3));
+        wait_until("fused and indexed", WAIT, || shard.index.num_docs() == 86);
+        let before: Vec<_> = ["ep1", "ep2"].iter().map(|a| shard.store.bucket_range(a, 0, u64::MAX).expect("buckets")).collect();
+        shard.shutdown();
+        drop(shard);
+        {
+            let store = ShardStore::open(&shard_dir(dir.path(), 0).join("store")).expect("store");
+            store.store_buckets_as_legacy().expect("legacy buckets");
+            assert_eq!(store.assets_with_legacy_buckets().expect("legacy"), ["ep1", "ep2"]);
+            assert_eq!(store.bucket("ep1", 3).expect("read"), None, "no block is left");
+            store.flush().expect("flush");
+        }
+        let shard = open_shard(dir.path(), |options| options.commit_interval_ms = 50);
+        let after: Vec<_> = ["ep1", "ep2"].iter().map(|a| shard.store.bucket_range(a, 0, u64::MAX).expect("buckets")).collect();
+        assert_eq!(after, before);
+        assert_eq!(shard.store.bucket_count(), 86);
+        assert!(shard.store.assets_with_legacy_buckets().expect("legacy").is_empty());
+        assert_eq!(shard.index.num_docs(), 86, "the index is not rebuilt");
+        commit(&shard, &ingest_command("ep1", 40, 10));
+        wait_until("the next batch is fused and indexed", WAIT, || shard.index.num_docs() == 106 && shard.store.bucket_count() == 106);
         shard.shutdown();
     }
 

@@ -33,6 +33,7 @@ use tantivy::{
     DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader, TantivyDocument, Term, TERMINATED,
 };
 
+use crate::storage::blocks::{block_buckets, block_of, owned_bucket, BucketBlockRef};
 use crate::storage::store::{ShardStore, StoreError};
 
 pub const TEXT_ANALYZER: &str = "rushes_text";
@@ -726,13 +727,19 @@ impl<'a> BucketCache<'a> {
         BucketCache { store, asset_id, loaded: HashMap::new() }
     }
 
+    /// A miss reads the second's whole block: its neighbours are usually wanted next.
     fn get(&mut self, second: u64) -> Result<Option<Bucket>, StoreError> {
         if let Some(found) = self.loaded.get(&second) {
             return Ok(found.clone());
         }
-        let bucket = self.store.bucket(self.asset_id, second)?;
-        self.loaded.insert(second, bucket.clone());
-        Ok(bucket)
+        let block = block_of(second);
+        let (first, end) = block_buckets(block);
+        let bytes = self.store.bucket_block_bytes(self.asset_id, second)?;
+        let decoded = bytes.as_ref().map(|bytes| BucketBlockRef::decode(bytes)).transpose()?;
+        for t in first..end {
+            self.loaded.insert(t, decoded.as_ref().and_then(|d| d.bucket(t)).map(|b| owned_bucket(&b)));
+        }
+        Ok(self.loaded.get(&second).cloned().flatten())
     }
 }
 

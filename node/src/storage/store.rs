@@ -11,11 +11,13 @@ use std::path::Path;
 use parking_lot::RwLock;
 use rushes_protocol::codec;
 use rushes_protocol::model::{
-    normalize_label, same_raw_content, Bucket, IngestItem, StoredAnnotation, StoredAsset, ASSET_FORMAT, BUCKET_FORMAT,
+    normalize_label, same_raw_content, Bucket, BucketEntryRef, IngestItem, StoredAnnotation, StoredAsset, ASSET_FORMAT,
     STORED_ANNOTATION_FORMAT,
 };
 pub use rushes_protocol::peer::{ApplyOutcome, RawChunk};
 use sled::Transactional;
+
+use super::blocks::{block_of, owned_bucket, BucketBlock, BucketBlockRef};
 
 const VECTOR_FORMAT: u8 = 1;
 
@@ -169,6 +171,11 @@ impl<'a> EntryRecord<'a> {
 /// Legacy records converted per batch by [`ShardStore::migrate_legacy_records`].
 const MIGRATION_BATCH_ANNOTATIONS: usize = 2_000;
 
+/// The shard's bucket count in the `bucket_blocks` tree; no asset key starts with 0x00.
+const BUCKET_COUNT_KEY: &[u8] = b"\x00bucket_count";
+/// The tree of buckets one per key, written by versions before blocks.
+const LEGACY_BUCKETS_TREE: &str = "buckets";
+
 /// Number of raw annotations, kept in the same batch as the annotations themselves.
 const RAW_COUNT_KEY: &[u8] = b"#raw_count";
 /// Present once the label counts (`l` records) describe every entry: stores of earlier
@@ -202,7 +209,11 @@ pub struct ShardStore {
     assets: sled::Tree,
     asset_ordinals: sled::Tree,
     ordinal_assets: sled::Tree,
-    buckets: sled::Tree,
+    /// Fused buckets by block (`asset 0x00 block` → [`BucketBlock`]), and the shard's bucket
+    /// count under [`BUCKET_COUNT_KEY`].
+    bucket_blocks: sled::Tree,
+    /// Buckets one per key, as versions before blocks stored them; empty once migrated.
+    legacy_buckets: sled::Tree,
     state: sled::Tree,
     vocab: sled::Tree,
     pub vector_keys: sled::Tree,
@@ -241,7 +252,8 @@ impl ShardStore {
             assets: db.open_tree("assets")?,
             asset_ordinals: db.open_tree("asset_ordinals")?,
             ordinal_assets: db.open_tree("ordinal_assets")?,
-            buckets: db.open_tree("buckets")?,
+            bucket_blocks: db.open_tree("bucket_blocks")?,
+            legacy_buckets: db.open_tree(LEGACY_BUCKETS_TREE)?,
             state: db.open_tree("state")?,
             vocab: db.open_tree("vocab")?,
             vector_keys: db.open_tree("vector_keys")?,
@@ -732,27 +744,37 @@ impl ShardStore {
         Ok(self.records.scan_prefix(record_key(RecordKind::ModelVersion, &prefix)).take(2).count() > 1)
     }
 
+    /// Bucket `second` of an asset, as fusion defines it.
     pub fn bucket(&self, asset_id: &str, second: u64) -> Result<Option<Bucket>, StoreError> {
-        match self.buckets.get(bucket_key(asset_id, second))? {
-            Some(bytes) => Ok(Some(codec::decode(BUCKET_FORMAT, &bytes)?)),
-            None => Ok(None),
-        }
+        let Some(bytes) = self.bucket_block_bytes(asset_id, second)? else { return Ok(None) };
+        Ok(BucketBlockRef::decode(&bytes)?.bucket(second).map(|b| owned_bucket(&b)))
     }
 
-    /// The encoded bucket, for zero-copy decoding with `BucketRef` on the query path.
-    pub fn bucket_bytes(&self, asset_id: &str, second: u64) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.buckets.get(bucket_key(asset_id, second))?)
+    /// Whether bucket `second` of an asset holds an entry for which `test` is true.
+    pub fn bucket_holds(&self, asset_id: &str, second: u64, test: impl Fn(&BucketEntryRef) -> bool) -> Result<bool, StoreError> {
+        let Some(bytes) = self.bucket_block_bytes(asset_id, second)? else { return Ok(false) };
+        Ok(BucketBlockRef::decode(&bytes)?.bucket(second).is_some_and(|b| b.entries.iter().any(test)))
     }
 
-    /// Encoded buckets of an asset in `[from_bucket, to_bucket)`.
-    pub fn bucket_range_bytes(&self, asset_id: &str, from_bucket: u64, to_bucket: u64) -> Result<Vec<sled::IVec>, StoreError> {
+    /// The encoded block holding bucket `second`, for zero-copy decoding with
+    /// [`BucketBlockRef`] on the query path.
+    pub fn bucket_block_bytes(&self, asset_id: &str, second: u64) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.bucket_blocks.get(bucket_key(asset_id, block_of(second)))?)
+    }
+
+    /// Encoded blocks of an asset holding any bucket in `[from_bucket, to_bucket)`, with their
+    /// block numbers.
+    pub fn bucket_block_range_bytes(&self, asset_id: &str, from_bucket: u64, to_bucket: u64) -> Result<Vec<(u64, sled::IVec)>, StoreError> {
         if from_bucket >= to_bucket {
             return Ok(vec![]);
         }
         let mut out = Vec::new();
+        let last_block = block_of(to_bucket - 1);
         let _consistent = self.buckets_lock.read();
-        for item in self.buckets.range(bucket_key(asset_id, from_bucket)..bucket_key(asset_id, to_bucket)) {
-            out.push(item?.1);
+        let range = bucket_key(asset_id, block_of(from_bucket))..=bucket_key(asset_id, last_block);
+        for item in self.bucket_blocks.range(range) {
+            let (key, value) = item?;
+            out.push((split_bucket_key(&key)?.1, value));
         }
         Ok(out)
     }
@@ -760,52 +782,100 @@ impl ShardStore {
     /// Buckets of an asset in `[from_bucket, to_bucket)`.
     pub fn bucket_range(&self, asset_id: &str, from_bucket: u64, to_bucket: u64) -> Result<Vec<(u64, Bucket)>, StoreError> {
         let mut out = Vec::new();
-        if from_bucket >= to_bucket {
-            return Ok(out);
-        }
-        let _consistent = self.buckets_lock.read();
-        for item in self.buckets.range(bucket_key(asset_id, from_bucket)..bucket_key(asset_id, to_bucket)) {
-            let (key, value) = item?;
-            let (_, second) = split_bucket_key(&key)?;
-            out.push((second, codec::decode(BUCKET_FORMAT, &value)?));
+        for (block, bytes) in self.bucket_block_range_bytes(asset_id, from_bucket, to_bucket)? {
+            let decoded = BucketBlockRef::decode(&bytes)?;
+            out.extend(decoded.buckets(block, from_bucket, to_bucket).iter().map(|(second, b)| (*second, owned_bucket(b))));
         }
         Ok(out)
     }
 
-    /// Writes fused buckets of one asset; an empty bucket is removed.
-    pub fn write_buckets(&self, asset_id: &str, buckets: &BTreeMap<u64, Bucket>) -> Result<(), StoreError> {
+    /// Writes fused blocks of one asset; an empty block is removed. The shard's bucket count
+    /// changes in the same batch.
+    pub fn write_bucket_blocks(&self, asset_id: &str, blocks: &BTreeMap<u64, BucketBlock>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for (second, bucket) in buckets {
-            let key = bucket_key(asset_id, *second);
-            if bucket.entries.is_empty() {
+        let _exclusive = self.buckets_lock.write();
+        let mut count = self.bucket_count() as i64;
+        for (number, block) in blocks {
+            let key = bucket_key(asset_id, *number);
+            if let Some(old) = self.bucket_blocks.get(&key)? {
+                // An unreadable block is replaced, not kept: fusion must not stop on it.
+                count -= BucketBlockRef::decode(&old).map_or(0, |b| i64::from(b.buckets_held));
+            }
+            if block.entries.is_empty() {
                 batch.remove(key);
             } else {
-                batch.insert(key, codec::encode(BUCKET_FORMAT, bucket)?);
+                count += i64::from(block.buckets_held);
+                batch.insert(key, block.encode()?);
             }
         }
-        let _exclusive = self.buckets_lock.write();
-        self.buckets.apply_batch(batch)?;
+        batch.insert(BUCKET_COUNT_KEY, &(count.max(0) as u64).to_be_bytes());
+        self.bucket_blocks.apply_batch(batch)?;
         Ok(())
     }
 
-    /// Seconds of an asset that currently hold a bucket.
-    pub fn bucket_seconds(&self, asset_id: &str) -> Result<Vec<u64>, StoreError> {
+    /// Numbers of the blocks an asset currently has.
+    pub fn bucket_blocks_of(&self, asset_id: &str) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
-        for key in self.buckets.scan_prefix(asset_prefix(asset_id)).keys() {
+        for key in self.bucket_blocks.scan_prefix(asset_prefix(asset_id)).keys() {
             out.push(split_bucket_key(&key?)?.1);
         }
         Ok(out)
     }
 
+    /// Buckets holding at least one entry, over the shard.
     pub fn bucket_count(&self) -> usize {
-        self.buckets.len()
+        match self.bucket_blocks.get(BUCKET_COUNT_KEY) {
+            Ok(Some(bytes)) => be_u64(&bytes).unwrap_or(0) as usize,
+            _ => 0,
+        }
+    }
+
+    /// Assets whose buckets are still stored one per key, as versions before blocks wrote them
+    /// (the tree `buckets`); [`ShardStore::drop_legacy_buckets`] ends that once they are fused
+    /// again into blocks.
+    pub fn assets_with_legacy_buckets(&self) -> Result<Vec<String>, StoreError> {
+        let mut out: Vec<String> = Vec::new();
+        for key in self.legacy_buckets.iter().keys() {
+            let (asset, _) = split_bucket_key(&key?)?;
+            if out.last() != Some(&asset) {
+                out.push(asset);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores the buckets one per key as versions before blocks did, and no block: a store of
+    /// such a version, for the migration's tests.
+    #[cfg(test)]
+    pub(crate) fn store_buckets_as_legacy(&self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for item in self.bucket_blocks.iter() {
+            let (key, value) = item?;
+            if key.as_ref() == BUCKET_COUNT_KEY {
+                continue;
+            }
+            let (asset, block) = split_bucket_key(&key)?;
+            for (second, bucket) in BucketBlockRef::decode(&value)?.buckets(block, 0, u64::MAX) {
+                let encoded = codec::encode(rushes_protocol::model::BUCKET_FORMAT, &owned_bucket(&bucket))?;
+                batch.insert(bucket_key(&asset, second), encoded);
+            }
+        }
+        self.legacy_buckets.apply_batch(batch)?;
+        self.bucket_blocks.clear()?;
+        Ok(())
+    }
+
+    pub fn drop_legacy_buckets(&self) -> Result<(), StoreError> {
+        self.legacy_buckets.clear()?;
+        Ok(())
     }
 
     /// Drops all derived state (buckets, vector key map, watermarks of derived stages).
     pub fn clear_derived(&self) -> Result<(), StoreError> {
         {
             let _exclusive = self.buckets_lock.write();
-            self.buckets.clear()?;
+            self.bucket_blocks.clear()?;
+            self.legacy_buckets.clear()?;
         }
         self.vector_keys.clear()?;
         self.set_watermark(Watermark::Fused, 0)?;
@@ -1144,6 +1214,7 @@ fn decode_vector(bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::blocks::{block_buckets, BlockEntry, BLOCK_BUCKETS};
 
     pub(crate) fn item(id: &str, asset: &str, start_ms: u64, end_ms: u64, label: &str) -> IngestItem {
         let annotation = StoredAnnotation {
@@ -1213,7 +1284,7 @@ mod tests {
         // The replica had applied a prefix and derived state of its own; the snapshot replaces
         // the raw part.
         replica.apply_ingest(&first).unwrap();
-        replica.write_buckets("e1", &BTreeMap::new()).unwrap();
+        replica.write_bucket_blocks("e1", &BTreeMap::new()).unwrap();
         assert_ne!(replica.raw_digest().unwrap(), source.raw_digest().unwrap());
         let (chunks, generation) = stage_from(&source, &replica, 64, |_| {});
         assert!(chunks > 3, "small chunks: {chunks}");
@@ -1457,45 +1528,54 @@ mod tests {
     /// from the same write (a model version replacing another rewrote all of them at once).
     #[test]
     fn a_bucket_range_read_sees_one_fused_write_whole() {
-        use rushes_protocol::model::{Bucket, BucketEntry};
         use std::collections::BTreeSet;
         let dir = tempfile::tempdir().unwrap();
         let store = ShardStore::open(dir.path()).unwrap();
-        let version = |v: u64| -> BTreeMap<u64, Bucket> {
-            (0..400u64)
-                .map(|second| {
-                    let entry = BucketEntry {
-                        annotation_id: format!("m{v}-{second}"),
-                        track: "character".into(),
-                        model: "faces".into(),
-                        label: Some(format!("Version {v}")),
-                        text: None,
-                        language: None,
-                        vector_space: None,
-                        confidence: 1.0,
-                        coverage: 1.0,
-                    };
-                    (second, Bucket { entries: vec![entry] })
+        let version = |v: u64| -> BTreeMap<u64, BucketBlock> {
+            (0..400u64 / BLOCK_BUCKETS)
+                .map(|block| {
+                    let (first, end) = block_buckets(block);
+                    let entries =
+                        (first..end).map(|second| block_entry(&format!("m{v}-{second}"), &format!("Version {v}"), second)).collect();
+                    (block, BucketBlock::new(block, 1000, entries))
                 })
                 .collect()
         };
-        store.write_buckets("ver-0", &version(0)).unwrap();
+        store.write_bucket_blocks("ver-0", &version(0)).unwrap();
         let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 for v in 1..=300 {
-                    store.write_buckets("ver-0", &version(v)).unwrap();
+                    store.write_bucket_blocks("ver-0", &version(v)).unwrap();
                 }
                 done.store(true, std::sync::atomic::Ordering::Release);
             });
             let mut reads = 0;
             while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
-                let labels: BTreeSet<Option<String>> =
-                    store.bucket_range("ver-0", 0, u64::MAX).unwrap().into_iter().map(|(_, b)| b.entries[0].label.clone()).collect();
+                let buckets = store.bucket_range("ver-0", 0, u64::MAX).unwrap();
+                assert_eq!(buckets.len(), 400);
+                let labels: BTreeSet<Option<String>> = buckets.into_iter().map(|(_, b)| b.entries[0].label.clone()).collect();
                 assert_eq!(labels.len(), 1, "read {reads} mixed fused writes: {labels:?}");
                 reads += 1;
             }
         });
+        assert_eq!(store.bucket_count(), 400, "rewrites leave the count as it was");
+    }
+
+    /// An entry covering exactly bucket `second` at 1,000 ms.
+    fn block_entry(id: &str, label: &str, second: u64) -> BlockEntry {
+        BlockEntry {
+            annotation_id: id.into(),
+            track: "object".into(),
+            model: "m".into(),
+            label: Some(label.into()),
+            text: None,
+            language: None,
+            vector_space: None,
+            confidence: 1.0,
+            start_ms: second * 1000,
+            end_ms: second * 1000 + 1000,
+        }
     }
 
     /// A shard that holds asset records but never an annotation: a replica installing its
@@ -1528,30 +1608,29 @@ mod tests {
     fn bucket_keys_round_trip_and_ranges_stay_within_asset() {
         let dir = tempfile::tempdir().unwrap();
         let store = ShardStore::open(dir.path()).unwrap();
-        let mut buckets = BTreeMap::new();
-        for second in [0u64, 1, 255, 256, 70_000] {
-            buckets.insert(second, Bucket { entries: vec![] });
+        let seconds = [0u64, 1, 255, 256, 70_000];
+        let mut blocks: BTreeMap<u64, Vec<BlockEntry>> = BTreeMap::new();
+        for second in seconds {
+            blocks.entry(block_of(second)).or_default().push(block_entry(&format!("x{second}"), "cup", second));
         }
-        let full = Bucket {
-            entries: vec![rushes_protocol::model::BucketEntry {
-                annotation_id: "x".into(),
-                track: "object".into(),
-                model: "m".into(),
-                label: Some("cup".into()),
-                text: None,
-                language: None,
-                vector_space: None,
-                confidence: 1.0,
-                coverage: 1.0,
-            }],
-        };
-        for second in [0u64, 1, 255, 256, 70_000] {
-            buckets.insert(second, full.clone());
-        }
-        store.write_buckets("a", &buckets).unwrap();
-        store.write_buckets("ab", &buckets).unwrap();
-        assert_eq!(store.bucket_seconds("a").unwrap(), vec![0, 1, 255, 256, 70_000]);
+        let blocks: BTreeMap<u64, BucketBlock> = blocks.into_iter().map(|(n, e)| (n, BucketBlock::new(n, 1000, e))).collect();
+        store.write_bucket_blocks("a", &blocks).unwrap();
+        store.write_bucket_blocks("ab", &blocks).unwrap();
+        assert_eq!(store.bucket_blocks_of("a").unwrap(), vec![0, 15, 16, 4375]);
+        let held: Vec<u64> = store.bucket_range("a", 0, u64::MAX).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(held, seconds);
         assert_eq!(store.bucket_range("a", 1, 257).unwrap().len(), 3);
+        assert_eq!(store.bucket("a", 256).unwrap().unwrap().entries[0].annotation_id, "x256");
+        assert_eq!(store.bucket("a", 257).unwrap(), None);
+        assert_eq!(store.bucket_count(), 10);
+        // Block 0 loses bucket 1, block 4375 is emptied: the count follows.
+        let fewer = BTreeMap::from([(0, BucketBlock::new(0, 1000, vec![block_entry("x0", "cup", 0)])), (4375, BucketBlock::default())]);
+        store.write_bucket_blocks("a", &fewer).unwrap();
+        assert_eq!(store.bucket_blocks_of("a").unwrap(), vec![0, 15, 16]);
+        assert_eq!(store.bucket_count(), 8);
+        assert_eq!(store.bucket_range("ab", 0, u64::MAX).unwrap().len(), 5, "the other asset is untouched");
+        store.clear_derived().unwrap();
+        assert_eq!((store.bucket_count(), store.bucket_range("ab", 0, u64::MAX).unwrap().len()), (0, 0));
         assert_eq!(split_bucket_key(&bucket_key("s01e01", 42)).unwrap(), ("s01e01".to_string(), 42));
     }
 }
