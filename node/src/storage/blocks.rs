@@ -1,19 +1,19 @@
 //! Fused buckets as stored: one sled value per block of [`BLOCK_BUCKETS`] consecutive buckets
 //! of an asset, holding each annotation that covers any of them once, with its interval.
 //!
-//! Why blocks: an annotation covers seven one-second buckets on average, and a bucket per key
+//! Why blocks: an annotation covers 6.5 one-second buckets on average, and a bucket per key
 //! held a copy of every entry covering it, so fused buckets were the largest part of a shard's
-//! store (463 of about 1,260 live bytes per annotation at 500 h, docs/benchmarks.md). A block
-//! holds each annotation about 1.4 times instead, and the per-bucket view (entries and their
-//! coverage) is computed from the intervals exactly as fusion computes it, so readers see the
-//! same [`Bucket`]s as before.
+//! store (466 live bytes per annotation at 2,000 h, docs/benchmarks.md "Buckets by block"). A
+//! block holds each annotation about 1.4 times instead, and the per-bucket view (entries and
+//! their coverage) is computed from the intervals exactly as fusion computes it, so readers see
+//! the same [`Bucket`]s as before.
 
 use rushes_protocol::codec::{self, CodecError};
 use rushes_protocol::model::{Bucket, BucketEntry, BucketEntryRef, BucketRef, StoredAnnotation};
 use serde::{Deserialize, Serialize};
 
-/// Buckets per block. Larger blocks store an annotation fewer times (`(16 + 6) / 16` copies
-/// for a seven-bucket annotation) but make a one-bucket read decode more entries.
+/// Buckets per block. Larger blocks store an annotation fewer times (`(16 + 5.5) / 16` copies
+/// for a 6.5-bucket annotation) but make a one-bucket read decode more entries.
 pub const BLOCK_BUCKETS: u64 = 16;
 
 /// Format of a block's value (`[format][bincode]`).
