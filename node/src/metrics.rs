@@ -85,7 +85,10 @@ impl Metrics {
                     .buckets(phase_buckets()),
                 &["phase"]
             )),
-            buckets_written: register!(IntCounter::new("fusion_buckets_written_total", "Buckets recomputed by fusion")),
+            buckets_written: register!(IntCounter::new(
+                "fusion_buckets_written_total",
+                "Non-empty buckets in the blocks fusion recomputed and wrote"
+            )),
             peer_refused: register!(IntCounterVec::new(
                 Opts::new("peer_refused_total", "Messages and requests refused from peers, by reason"),
                 &["reason"]

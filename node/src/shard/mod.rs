@@ -334,7 +334,7 @@ impl Shard {
         std::fs::create_dir_all(&dir)?;
         let disk = Arc::new(DiskGuard::new(&dir, options.min_free_disk_bytes));
         let store = Arc::new(ShardStore::open(&dir.join("store"))?);
-        migrate_legacy_buckets(&store, id, options.bucket_ms)?;
+        migrate_legacy_buckets(&store, &disk, id, options.bucket_ms)?;
         let log = SledLogStore::open(&store.db, &voters)?;
         snapshot::mark_stored_snapshot_current(&log)?;
         let index = Arc::new(ShardIndex::open(&dir.join("index"), &options.vector_spaces, options.writer_heap_bytes)?);
@@ -727,10 +727,19 @@ pub type ProposalReceiver = tokio::sync::oneshot::Receiver<Result<ApplyOutcome, 
 /// the old buckets held (and what fusion would add for entries applied but not yet fused,
 /// which it then recomputes identically); the index's documents stay true. An interrupted
 /// migration runs again whole at the next start.
-fn migrate_legacy_buckets(store: &ShardStore, id: ShardId, bucket_ms: u64) -> Result<(), ShardError> {
+fn migrate_legacy_buckets(store: &ShardStore, disk: &DiskGuard, id: ShardId, bucket_ms: u64) -> Result<(), ShardError> {
     let assets = store.assets_with_legacy_buckets()?;
     if assets.is_empty() {
         return Ok(());
+    }
+    // The blocks are written while the old buckets still take their space.
+    if !disk.has_room() {
+        return Err(ShardError::DiskFull {
+            shard: id,
+            path: disk.path().display().to_string(),
+            free_bytes: disk.free_bytes().unwrap_or(0),
+            min_free_bytes: disk.min_free_bytes(),
+        });
     }
     let started = Instant::now();
     tracing::info!(shard = id, assets = assets.len(), "storing buckets by block (new storage format): fusing every asset again");
@@ -924,6 +933,10 @@ mod tests {
         commit(&shard, &ingest_command("ep2", 5, 3));
         wait_until("fused and indexed", WAIT, || shard.index.num_docs() == 86);
         let before: Vec<_> = ["ep1", "ep2"].iter().map(|a| shard.store.bucket_range(a, 0, u64::MAX).expect("buckets")).collect();
+        let segments = |shard: &Shard| -> Vec<_> {
+            shard.index.reader.searcher().segment_readers().iter().map(|segment| segment.segment_id()).collect()
+        };
+        let segments_before = segments(&shard);
         shard.shutdown();
         drop(shard);
         {
@@ -938,7 +951,7 @@ mod tests {
         assert_eq!(after, before);
         assert_eq!(shard.store.bucket_count(), 86);
         assert!(shard.store.assets_with_legacy_buckets().expect("legacy").is_empty());
-        assert_eq!(shard.index.num_docs(), 86, "the index is not rebuilt");
+        assert_eq!(segments(&shard), segments_before, "the index is not rebuilt");
         commit(&shard, &ingest_command("ep1", 40, 10));
         wait_until("the next batch is fused and indexed", WAIT, || shard.index.num_docs() == 106 && shard.store.bucket_count() == 106);
         shard.shutdown();

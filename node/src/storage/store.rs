@@ -266,6 +266,7 @@ impl ShardStore {
             db,
         };
         store.migrate_legacy_records()?;
+        store.recount_buckets_if_missing()?;
         if store.records.get(LABEL_COUNTS_KEY)?.is_none() {
             store.rebuild_label_counts()?;
         }
@@ -792,24 +793,53 @@ impl ShardStore {
     /// Writes fused blocks of one asset; an empty block is removed. The shard's bucket count
     /// changes in the same batch.
     pub fn write_bucket_blocks(&self, asset_id: &str, blocks: &BTreeMap<u64, BucketBlock>) -> Result<(), StoreError> {
+        // Encoded before the lock, which range reads wait for.
+        let mut encoded = Vec::with_capacity(blocks.len());
+        for (number, block) in blocks {
+            let value = if block.entries.is_empty() { None } else { Some(block.encode()?) };
+            encoded.push((bucket_key(asset_id, *number), block.buckets_held, value));
+        }
         let mut batch = sled::Batch::default();
         let _exclusive = self.buckets_lock.write();
-        let mut count = self.bucket_count() as i64;
-        for (number, block) in blocks {
-            let key = bucket_key(asset_id, *number);
+        let mut count = self.stored_bucket_count()? as i64;
+        for (key, buckets_held, value) in encoded {
             if let Some(old) = self.bucket_blocks.get(&key)? {
                 // An unreadable block is replaced, not kept: fusion must not stop on it.
                 count -= BucketBlockRef::decode(&old).map_or(0, |b| i64::from(b.buckets_held));
             }
-            if block.entries.is_empty() {
-                batch.remove(key);
-            } else {
-                count += i64::from(block.buckets_held);
-                batch.insert(key, block.encode()?);
+            match value {
+                None => batch.remove(key),
+                Some(value) => {
+                    count += i64::from(buckets_held);
+                    batch.insert(key, value);
+                }
             }
         }
         batch.insert(BUCKET_COUNT_KEY, &(count.max(0) as u64).to_be_bytes());
         self.bucket_blocks.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn stored_bucket_count(&self) -> Result<u64, StoreError> {
+        match self.bucket_blocks.get(BUCKET_COUNT_KEY)? {
+            Some(bytes) => be_u64(&bytes),
+            None => Ok(0),
+        }
+    }
+
+    /// Counts the buckets the blocks hold again, when the count is missing but blocks exist: a
+    /// crash while `clear_derived` emptied the tree (sled removes keys in order, the count,
+    /// which sorts first, first).
+    fn recount_buckets_if_missing(&self) -> Result<(), StoreError> {
+        if self.bucket_blocks.get(BUCKET_COUNT_KEY)?.is_some() || self.bucket_blocks.is_empty() {
+            return Ok(());
+        }
+        let _exclusive = self.buckets_lock.write();
+        let mut count = 0u64;
+        for value in self.bucket_blocks.iter().values() {
+            count += BucketBlockRef::decode(&value?).map_or(0, |b| u64::from(b.buckets_held));
+        }
+        self.bucket_blocks.insert(BUCKET_COUNT_KEY, &count.to_be_bytes())?;
         Ok(())
     }
 
@@ -822,12 +852,9 @@ impl ShardStore {
         Ok(out)
     }
 
-    /// Buckets holding at least one entry, over the shard.
+    /// Buckets holding at least one entry, over the shard (0 if the count cannot be read).
     pub fn bucket_count(&self) -> usize {
-        match self.bucket_blocks.get(BUCKET_COUNT_KEY) {
-            Ok(Some(bytes)) => be_u64(&bytes).unwrap_or(0) as usize,
-            _ => 0,
-        }
+        self.stored_bucket_count().unwrap_or(0) as usize
     }
 
     /// Assets whose buckets are still stored one per key, as versions before blocks wrote them
@@ -1602,6 +1629,27 @@ mod tests {
         assert_eq!(one.all_assets(), two.all_assets());
         assert_eq!(one.asset_ordinal("asset-0").unwrap(), Some(1), "first appearance first");
         assert_eq!(one.raw_digest().unwrap(), two.raw_digest().unwrap());
+    }
+
+    #[test]
+    fn a_bucket_count_lost_mid_clear_is_counted_again_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = ShardStore::open(dir.path()).unwrap();
+            let entries = (0..40).map(|second| block_entry(&format!("x{second}"), "cup", second)).collect::<Vec<_>>();
+            let blocks = (0..3).map(|n| (n, BucketBlock::new(n, 1000, entries.clone()))).collect();
+            store.write_bucket_blocks("a", &blocks).unwrap();
+            assert_eq!(store.bucket_count(), 40);
+            // `clear` removes keys in order: a crash after the count, before the blocks.
+            store.bucket_blocks.remove(BUCKET_COUNT_KEY).unwrap();
+            assert_eq!(store.bucket_count(), 0);
+            store.flush().unwrap();
+        }
+        let store = ShardStore::open(dir.path()).unwrap();
+        assert_eq!(store.bucket_count(), 40);
+        store.clear_derived().unwrap();
+        drop(store);
+        assert_eq!(ShardStore::open(dir.path()).unwrap().bucket_count(), 0, "an empty tree needs no count");
     }
 
     #[test]
