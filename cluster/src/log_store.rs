@@ -109,6 +109,22 @@ struct SledInner {
     appended_bytes: AtomicU64,
 }
 
+/// Opens the sled database `config` names, waiting up to `wait` for this process to release
+/// it. sled takes an exclusive file lock, and a `Db` dropped a moment ago may still hold it
+/// until its background write threads finish; a reopen in the same process (a shard store
+/// opened again, a test restarting a store) waits for that instead of failing on the lock.
+pub fn open_sled_when_released(config: &sled::Config, wait: std::time::Duration) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(error)) if error.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledLogStore {
     /// Opens the log in `db`. A brand-new log is bootstrapped with `initial_voters`.
     pub fn open(db: &sled::Db, initial_voters: &[u64]) -> Result<Self, LogStoreError> {
@@ -785,7 +801,7 @@ mod tests {
         reopened.sync().unwrap();
         drop(reopened);
         drop(db);
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_sled_when_released(&sled::Config::new().path(dir.path()), std::time::Duration::from_secs(10)).unwrap();
         let reopened = SledLogStore::open(&db, &[1, 2, 3]).unwrap();
         assert_eq!((reopened.first_index().unwrap(), reopened.last_index().unwrap()), (11, 11));
         assert_eq!(reopened.term(10).unwrap(), 2);

@@ -53,7 +53,8 @@ fn single_voter_restart_after_compaction_restores_snapshot_and_replays_log() {
         db.flush().unwrap();
     }
     // Reopen the same database with an empty state machine (applied = 0).
-    let db = sled::open(dir.path()).unwrap();
+    let db = rushes_cluster::log_store::open_sled_when_released(&sled::Config::new().path(dir.path()), std::time::Duration::from_secs(10))
+        .unwrap();
     let store = SledLogStore::open(&db, &[1]).unwrap();
     assert!(store.first_log_index() > 1);
     assert!(

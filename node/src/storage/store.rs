@@ -171,6 +171,10 @@ impl<'a> EntryRecord<'a> {
 /// Legacy records converted per batch by [`ShardStore::migrate_legacy_records`].
 const MIGRATION_BATCH_ANNOTATIONS: usize = 2_000;
 
+/// How long opening a store waits for this process's earlier handle on it to let go of sled's
+/// file lock (its background writes finish after the handle is dropped).
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The shard's bucket count in the `bucket_blocks` tree; no asset key starts with 0x00.
 const BUCKET_COUNT_KEY: &[u8] = b"\x00bucket_count";
 /// The tree of buckets one per key, written by versions before blocks.
@@ -242,7 +246,8 @@ pub struct ShardStore {
 
 impl ShardStore {
     pub fn open(path: &Path) -> Result<ShardStore, StoreError> {
-        let db = sled::Config::new().path(path).cache_capacity(256 * 1024 * 1024).mode(sled::Mode::HighThroughput).open()?;
+        let config = sled::Config::new().path(path).cache_capacity(256 * 1024 * 1024).mode(sled::Mode::HighThroughput);
+        let db = rushes_cluster::log_store::open_sled_when_released(&config, REOPEN_WAIT)?;
         Self::from_db(db)
     }
 
