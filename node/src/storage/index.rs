@@ -1083,10 +1083,16 @@ pub fn keep_best_of_each_key(hits: &mut Vec<(u64, f32)>) {
     });
 }
 
-/// BM25 statistics cached for one searcher generation.
+/// BM25 statistics cached for one searcher generation, and each segment's live token count
+/// across generations.
 #[derive(Default)]
 pub struct StatisticsCache {
     inner: Mutex<(u64, HashMap<Term, u64>, HashMap<Field, u64>)>,
+    /// Live tokens of a field in one segment, keyed by the segment's id and its count of
+    /// deleted documents (deletes only grow, so the count names the live set). A commit only
+    /// adds segments: summing over a 2,000-hour shard's 1.8 million documents again after each
+    /// one cost ~10 ms a shard on the first text query of every generation.
+    segment_tokens: Mutex<HashMap<(tantivy::index::SegmentId, u32, Field), u64>>,
 }
 
 /// Most terms whose live document frequency is cached per generation.
@@ -1140,15 +1146,29 @@ impl Bm25StatisticsProvider for LiveStatistics<'_> {
             |inner| &mut inner.2,
             || {
                 let mut total = 0u64;
+                let mut kept = HashSet::new();
                 for segment in self.searcher.segment_readers() {
+                    let key = (segment.segment_id(), segment.num_deleted_docs(), field);
+                    kept.insert(key);
+                    if let Some(tokens) = self.cache.segment_tokens.lock().get(&key) {
+                        total += tokens;
+                        continue;
+                    }
+                    // The sum of field norms (not the exact token total tantivy stores), the
+                    // same on every replica whatever its segments.
                     let norms = segment.get_fieldnorms_reader(field)?;
                     let alive = segment.alive_bitset();
+                    let mut tokens = 0u64;
                     for doc in 0..segment.max_doc() {
                         if alive.is_none_or(|a| a.is_alive(doc)) {
-                            total += u64::from(norms.fieldnorm(doc));
+                            tokens += u64::from(norms.fieldnorm(doc));
                         }
                     }
+                    self.cache.segment_tokens.lock().insert(key, tokens);
+                    total += tokens;
                 }
+                // Merged-away segments and older delete counts of this field go.
+                self.cache.segment_tokens.lock().retain(|key, _| key.2 != field || kept.contains(key));
                 Ok(total)
             },
         )
@@ -1166,8 +1186,13 @@ impl Bm25StatisticsProvider for LiveStatistics<'_> {
                 let mut total = 0u64;
                 for segment in self.searcher.segment_readers() {
                     let inverted = segment.inverted_index(term.field())?;
-                    let Some(mut postings) = inverted.read_postings(term, IndexRecordOption::Basic)? else { continue };
                     let alive = segment.alive_bitset();
+                    if alive.is_none() || segment.num_deleted_docs() == 0 {
+                        // Every posting is live: the term dictionary's count is the walk's.
+                        total += inverted.get_term_info(term)?.map_or(0, |info| u64::from(info.doc_freq));
+                        continue;
+                    }
+                    let Some(mut postings) = inverted.read_postings(term, IndexRecordOption::Basic)? else { continue };
                     let mut doc = postings.doc();
                     while doc != TERMINATED {
                         if alive.is_none_or(|a| a.is_alive(doc)) {
@@ -1308,6 +1333,67 @@ mod tests {
         assert_eq!(*hits, whole(&searcher));
         assert!(!hits.iter().any(|h| h.0 == key(2, 3)), "a deleted second is gone: its segment was searched again");
         assert_eq!(hits.len(), 3);
+    }
+
+    /// BM25's statistics count live documents only, whatever the segments and deletes: after
+    /// each commit they equal a count over the live documents, a segment's token total is
+    /// reused across commits until it gains deletes or is merged away.
+    #[test]
+    fn live_statistics_equal_a_count_of_live_documents_across_commits_deletes_and_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = ShardIndex::open(dir.path(), &[], 15_000_000).unwrap();
+        let fields = index.fields;
+        let lines = ["we were on a break", "a break from us", "the break room", "joey never shares food"];
+        let mut live: Vec<(String, &str)> = Vec::new();
+        let add = |n: usize, live: &mut Vec<(String, &str)>| {
+            let key = bucket_key_text("a1", n as u64);
+            let line = lines[n % lines.len()];
+            let mut doc = TantivyDocument::new();
+            doc.add_text(fields.key, &key);
+            doc.add_u64(fields.asset_ordinal, 1);
+            doc.add_u64(fields.second, n as u64);
+            doc.add_text(fields.dialogue, line);
+            index.writer.lock().add_document(doc).unwrap();
+            live.push((key, line));
+        };
+        let commit = || {
+            index.writer.lock().commit().unwrap();
+            index.reader.reload().unwrap();
+        };
+        let check = |live: &[(String, &str)], round: &str| {
+            let searcher = index.reader.searcher();
+            let statistics = LiveStatistics { searcher: &searcher, cache: &index.statistics };
+            // Each line's words are distinct and short, so a field norm is the word count.
+            let tokens: u64 = live.iter().map(|(_, line)| line.split(' ').count() as u64).sum();
+            assert_eq!(statistics.total_num_tokens(fields.dialogue).unwrap(), tokens, "{round}");
+            assert_eq!(statistics.total_num_docs().unwrap(), live.len() as u64, "{round}");
+            let with_break = live.iter().filter(|(_, line)| line.contains("break")).count() as u64;
+            let term = Term::from_field_text(fields.dialogue, "break");
+            assert_eq!(statistics.doc_freq(&term).unwrap(), with_break, "{round}");
+            let segments = searcher.segment_readers().len();
+            assert_eq!(index.statistics.segment_tokens.lock().len(), segments, "{round}: one token total per live segment");
+        };
+        for n in 0..8 {
+            add(n, &mut live);
+        }
+        commit();
+        check(&live, "one segment");
+        for n in 8..12 {
+            add(n, &mut live);
+        }
+        commit();
+        check(&live, "two segments");
+        for gone in [bucket_key_text("a1", 2), bucket_key_text("a1", 9)] {
+            index.writer.lock().delete_term(Term::from_field_text(fields.key, &gone));
+            live.retain(|(key, _)| *key != gone);
+        }
+        commit();
+        check(&live, "deletes in both segments");
+        let ids: Vec<_> = index.reader.searcher().segment_readers().iter().map(|r| r.segment_id()).collect();
+        index.writer.lock().merge(&ids).wait().unwrap();
+        commit();
+        assert_eq!(index.reader.searcher().segment_readers().len(), 1);
+        check(&live, "merged");
     }
 
     fn spec(dimensions: usize) -> VectorSpaceSpec {
