@@ -764,7 +764,10 @@ fn nearest_vectors(shard: &Shard, leaf: &Leaf, plan: &Plan, allowed: Option<&Has
         (true, _, _) => index.search(vector, count, false, Some(&predicate))?,
         // Asked for a sizeable part of the index, HNSW measures more distances than the index
         // holds vectors: a scan is cheaper, and exact.
-        (false, _, _) if count.saturating_mul(SCAN_WHEN_COUNT_TIMES) >= index.len() => index.search(vector, count, true, None)?,
+        (false, _, _) if count.saturating_mul(SCAN_WHEN_COUNT_TIMES) >= index.len() => match index.scan(vector, count, *min_similarity) {
+            Some(found) => found,
+            None => index.search(vector, count, true, None)?,
+        },
         (false, Some(floor), None) => floored_search(*k, *floor, |d| index.similarity(d), |n| index.search(vector, n, false, None))?,
         (false, _, _) => index.search(vector, count, false, None)?,
     };

@@ -355,6 +355,12 @@ impl Shard {
                 );
             }
         }
+        // Vectors loaded from disk get their flat copy from the keys the store maps (a superset
+        // of the indexed ones: the key map is written before the vectors file is saved).
+        for space in &index.vectors {
+            let keys = store.vector_keys.iter().keys().filter_map(Result::ok);
+            space.fill_flat(keys.filter_map(|key| <[u8; 8]>::try_from(key.as_ref()).ok().map(u64::from_be_bytes)));
+        }
         let indexed = index.committed_watermark().min(fused);
         progress.applied.store(applied, Ordering::Release);
         progress.fused.store(fused, Ordering::Release);

@@ -34,6 +34,7 @@ use tantivy::{
 };
 
 use crate::storage::blocks::{block_buckets, block_of, owned_bucket, BucketBlockRef};
+use crate::storage::flat_vectors::FlatVectors;
 use crate::storage::store::{ShardStore, StoreError};
 
 pub const TEXT_ANALYZER: &str = "rushes_text";
@@ -268,6 +269,16 @@ pub struct VectorIndex {
     /// Permits for concurrent searches (a bounded channel holding one token per slot).
     slot_acquire: crossbeam_channel::Receiver<()>,
     slot_release: crossbeam_channel::Sender<()>,
+    /// The same vectors in one flat array, for scans of a large share of the space. Locked
+    /// after `index`, and changed only under `index`'s write lock.
+    flat: RwLock<FlatCopy>,
+}
+
+struct FlatCopy {
+    vectors: FlatVectors,
+    /// Whether it holds exactly the index's vectors: true for a new index and after
+    /// [`VectorIndex::fill_flat`] found them all; a scan is used only then.
+    complete: bool,
 }
 
 /// Concurrent searches per vector index; more wait for a permit (bounded by a deadline).
@@ -333,7 +344,9 @@ impl VectorIndex {
         for _ in 0..VECTOR_SEARCH_SLOTS {
             let _ = slot_release.try_send(());
         }
+        let flat = FlatCopy { vectors: FlatVectors::new(spec.dimensions, spec.metric), complete: index.size() == 0 };
         Ok(VectorIndex {
+            flat: RwLock::new(flat),
             spec,
             index: RwLock::new(index),
             path,
@@ -371,7 +384,23 @@ impl VectorIndex {
         }
         index.add(key, vector).map_err(|e| Self::vector_error(&self.spec, e))?;
         *self.dirty.lock() = true;
+        let mut flat = self.flat.write();
+        if flat.complete {
+            match Self::stored_vector(&index, &self.spec, key) {
+                Some(stored) => flat.vectors.insert(key, &stored),
+                None => flat.complete = false,
+            }
+        }
         Ok(())
+    }
+
+    /// `key`'s vector as the index holds it (after its quantization).
+    fn stored_vector(index: &usearch::Index, spec: &VectorSpaceSpec, key: u64) -> Option<Vec<f32>> {
+        let mut stored = vec![0.0f32; spec.dimensions];
+        match index.get(key, &mut stored) {
+            Ok(found) if found >= 1 => Some(stored),
+            _ => None,
+        }
     }
 
     pub fn remove(&self, key: u64) -> Result<(), IndexError> {
@@ -379,8 +408,57 @@ impl VectorIndex {
         if index.contains(key) {
             index.remove(key).map_err(|e| Self::vector_error(&self.spec, e))?;
             *self.dirty.lock() = true;
+            self.flat.write().vectors.remove(key);
         }
         Ok(())
+    }
+
+    /// Fills the flat copy of an index loaded from disk with the vectors of `keys` (a superset
+    /// of the index's keys: the store's key map), and uses it once it holds every vector.
+    pub fn fill_flat(&self, keys: impl IntoIterator<Item = u64>) {
+        let index = self.index.write();
+        let mut flat = self.flat.write();
+        if flat.complete {
+            return;
+        }
+        for key in keys {
+            if flat.vectors.contains(key) || !index.contains(key) {
+                continue;
+            }
+            if let Some(stored) = Self::stored_vector(&index, &self.spec, key) {
+                flat.vectors.insert(key, &stored);
+            }
+        }
+        flat.complete = flat.vectors.len() == index.size();
+        if !flat.complete {
+            tracing::warn!(
+                space = %self.spec.name,
+                found = flat.vectors.len(),
+                indexed = index.size(),
+                "the store's key map lacks some indexed vectors: large vector searches use usearch's exact search"
+            );
+        }
+    }
+
+    /// The `k` nearest vectors at similarity `min_similarity` or more, exactly, from the flat
+    /// copy (`None` while it is incomplete): what `search(query, k, true, None)` gives, without
+    /// keeping a sorted buffer of k, and without the vectors below the floor.
+    pub fn scan(&self, query: &[f32], k: usize, min_similarity: Option<f64>) -> Option<Vec<(u64, f32)>> {
+        let flat = self.flat.read();
+        if !flat.complete {
+            return None;
+        }
+        // similarity = 1 - distance (cosine, inner product) or -distance (l2); at f32, as the
+        // caller compares.
+        let max_distance = match (min_similarity, self.spec.metric) {
+            (None, _) => f32::INFINITY,
+            (Some(floor), VectorMetric::Cosine | VectorMetric::InnerProduct) => 1.0 - floor as f32,
+            (Some(floor), VectorMetric::L2) => -(floor as f32),
+        };
+        // Rounding of 1 - floor must not drop a vector exactly at the floor: the caller
+        // applies the floor itself.
+        let max_distance = max_distance + max_distance.abs() * f32::EPSILON * 4.0 + f32::EPSILON;
+        Some(flat.vectors.nearest(query, k, max_distance))
     }
 
     /// Nearest keys with their distance (metric-specific; smaller is closer).
@@ -688,6 +766,9 @@ impl ShardIndex {
             index.reset().map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
             index.reserve_capacity_and_threads(1024, VECTOR_SEARCH_SLOTS).map_err(|e| VectorIndex::vector_error(&space.spec, e))?;
             *space.dirty.lock() = true;
+            let mut flat = space.flat.write();
+            flat.vectors.clear();
+            flat.complete = true;
         }
         Ok(())
     }
@@ -1440,5 +1521,53 @@ mod tests {
                 });
             }
         });
+    }
+
+    /// Keys and distances as usearch's exact search ranks them, to compare a scan with.
+    fn keys_and_rounded(found: &[(u64, f32)]) -> Vec<(u64, i64)> {
+        found.iter().map(|&(key, distance)| (key, (distance * 1e4).round() as i64)).collect()
+    }
+
+    #[test]
+    fn a_scan_finds_what_the_exact_search_finds_before_and_after_a_reopen_and_never_from_an_incomplete_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        // Distinct vectors, so no two keys tie.
+        let vector_of = |key: u64| -> Vec<f32> {
+            (0..8u64).map(|i| ((key * 8 + i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect()
+        };
+        let query: Vec<f32> = (0..8).map(|i| (i as f32) - 3.5).collect();
+        let index = VectorIndex::open(dir.path(), spec(8)).unwrap();
+        for key in 0..300u64 {
+            index.add(key, &vector_of(key)).unwrap();
+        }
+        for key in (0..300u64).step_by(7) {
+            index.remove(key).unwrap();
+        }
+        let exact = index.search(&query, 40, true, None).unwrap();
+        let scanned = index.scan(&query, 40, None).expect("a new index's copy is complete");
+        assert_eq!(keys_and_rounded(&scanned), keys_and_rounded(&exact));
+        // A floor keeps exactly the vectors at or above it (similarity = 1 - distance).
+        let floor = 1.0 - f64::from(exact[25].1);
+        let floored = index.scan(&query, 40, Some(floor)).unwrap();
+        assert!(floored.iter().all(|&(_, d)| index.similarity(d) as f32 >= floor as f32 - 1e-6), "{floored:?}");
+        assert!(floored.len() >= 26 && floored.len() <= 40, "{} kept above the floor", floored.len());
+        index.save(1).unwrap();
+        drop(index);
+
+        let reopened = VectorIndex::open(dir.path(), spec(8)).unwrap();
+        assert_eq!(reopened.scan(&query, 40, None), None, "loaded from disk, the copy is empty until filled");
+        // The store's key map may name keys the index never held (another space's, a removed one).
+        reopened.fill_flat((0..300u64).filter(|key| key % 3 != 0));
+        assert_eq!(reopened.scan(&query, 40, None), None, "a third of the keys is missing: still not used");
+        reopened.fill_flat(0..1000u64);
+        let scanned = reopened.scan(&query, 40, None).expect("filled");
+        assert_eq!(keys_and_rounded(&scanned), keys_and_rounded(&exact));
+        // Later changes reach the copy.
+        reopened.add(1000, &query).unwrap();
+        reopened.remove(1).unwrap();
+        let scanned = reopened.scan(&query, 300, None).unwrap();
+        assert_eq!(scanned.first().map(|h| h.0), Some(1000), "the query itself is nearest");
+        assert!(scanned.iter().all(|h| h.0 != 1 && h.0 % 7 != 0), "removed keys are gone");
+        assert_eq!(scanned.len(), reopened.len());
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod blocks;
 pub mod disk_guard;
+pub mod flat_vectors;
 pub mod identity;
 pub mod index;
 pub mod store;
