@@ -25,8 +25,8 @@ use rushes_protocol::model::{BucketEntryRef, BucketRef};
 pub use rushes_protocol::peer::{GlobalStats, LeafStats, LeafSummary, RankedAssets};
 use rushes_protocol::{AssetGroup, AssetHits, BoolOperator, Clip, Filters, FusionMethod, GroupBy, Match, SearchResponse, ShardCounts};
 use tantivy::query::{
-    BooleanQuery, BoostQuery, ConstScoreQuery, DisjunctionMaxQuery, FuzzyTermQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery,
-    TermSetQuery,
+    BooleanQuery, BoostQuery, ConstScoreQuery, DisjunctionMaxQuery, EnableScoring, FuzzyTermQuery, Occur, PhraseQuery, Query, RangeQuery,
+    TermQuery, TermSetQuery,
 };
 use tantivy::schema::IndexRecordOption;
 use tantivy::Term;
@@ -37,8 +37,8 @@ use crate::query::understand::edit_distance_within;
 use crate::shard::Shard;
 use crate::storage::blocks::{block_of, BucketBlockRef};
 use crate::storage::index::{
-    best_term_hits, collect_seconds_in, keep_best_of_each_key, label_decile_term_text, label_term_text, stem_language, stem_tokens,
-    text_analyzer, tokens_with, vector_key, vector_target, Fields, IndexError, VectorMetric,
+    best_term_hits, collect_seconds_in, every_word_hits, keep_best_of_each_key, label_decile_term_text, label_term_text, stem_language,
+    stem_tokens, text_analyzer, tokens_with, vector_key, vector_target, Fields, IndexError, LiveStatistics, VectorMetric,
 };
 use crate::storage::store::StoreError;
 
@@ -135,6 +135,10 @@ pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> 
                             .leaf_hits
                             .hits_by_segment(&searcher, &key, |_, reader| best_term_hits(reader, fields.labels, &terms, hit_key))?;
                         LeafHits { hits, vector_hits: HashMap::new() }
+                    }
+                    (None, Leaf::Words { operator: BoolOperator::And, .. }) => {
+                        let hits = all_words_hits(shard, &searcher, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket)?;
+                        LeafHits { hits: Arc::new(hits), vector_hits: HashMap::new() }
                     }
                     _ => {
                         let query = text_query(shard, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket);
@@ -548,6 +552,11 @@ fn allowed_assets(shard: &Shard, filters: &Filters) -> Result<Option<HashSet<u64
 
 /// One word of a dialogue clause: the word, its stems, and words within `edits`.
 fn word_query(shard: &Shard, word: &str, stems: &[(usize, &str)], edits: u32) -> Box<dyn Query> {
+    Box::new(DisjunctionMaxQuery::new(word_alternatives(shard, word, stems, edits)))
+}
+
+/// What [`word_query`] takes the best of.
+fn word_alternatives(shard: &Shard, word: &str, stems: &[(usize, &str)], edits: u32) -> Vec<Box<dyn Query>> {
     let fields = shard.index.fields;
     let mut alternatives: Vec<Box<dyn Query>> =
         vec![Box::new(TermQuery::new(Term::from_field_text(fields.dialogue, word), IndexRecordOption::WithFreqs))];
@@ -559,7 +568,37 @@ fn word_query(shard: &Shard, word: &str, stems: &[(usize, &str)], edits: u32) ->
         let fuzzy = FuzzyTermQuery::new(Term::from_field_text(fields.dialogue, word), edits.min(2) as u8, true);
         alternatives.push(Box::new(BoostQuery::new(Box::new(fuzzy), FUZZY_BOOST)));
     }
-    Box::new(DisjunctionMaxQuery::new(alternatives))
+    alternatives
+}
+
+/// The seconds of an `and` words leaf, scored as its [`text_query`] scores them (see
+/// [`every_word_hits`]), sorted by key.
+fn all_words_hits(
+    shard: &Shard,
+    searcher: &tantivy::Searcher,
+    leaf: &Leaf,
+    allowed: Option<&HashSet<u64>>,
+    has_time_range: bool,
+    from_bucket: u64,
+    to_bucket: u64,
+) -> Result<Vec<(u64, f32)>, SearchError> {
+    let Leaf::Words { words, fuzziness, stems, .. } = leaf else { return Ok(Vec::new()) };
+    let statistics = LiveStatistics { searcher, cache: &shard.index.statistics };
+    let scoring = EnableScoring::enabled_from_statistics_provider(&statistics, searcher);
+    let mut weights = Vec::with_capacity(words.len());
+    for (i, word) in words.iter().enumerate() {
+        let word_stems: Vec<(usize, &str)> = stems.iter().map(|(p, s)| (*p, s[i].as_str())).collect();
+        let alternatives = word_alternatives(shard, word, &word_stems, fuzziness.get(i).copied().unwrap_or(0));
+        weights.push(alternatives.iter().map(|query| query.weight(scoring)).collect::<tantivy::Result<Vec<_>>>()?);
+    }
+    let keep = |asset: u64, second: u64| {
+        allowed.is_none_or(|a| a.contains(&asset)) && (!has_time_range || (from_bucket..to_bucket).contains(&second))
+    };
+    let mut hits = Vec::new();
+    for reader in searcher.segment_readers() {
+        hits.extend(every_word_hits(reader, &weights, keep, hit_key)?);
+    }
+    Ok(sorted_unique(hits))
 }
 
 fn phrase_query(field: tantivy::schema::Field, words: &[String], slop: u32) -> Box<dyn Query> {
