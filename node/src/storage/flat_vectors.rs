@@ -129,40 +129,33 @@ fn inverse_norm(vector: &[f32]) -> f32 {
     }
 }
 
-/// Eight independent sums, so the compiler keeps them in vector registers.
+/// The sum of `term` over both slices' elements, in eight independent sums, so the compiler
+/// keeps them in vector registers.
 #[inline(always)]
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+fn sum_of_terms(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     let mut sums = [0.0f32; 8];
     let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
     let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
     for (x, y) in a_chunks.zip(b_chunks) {
         for lane in 0..8 {
-            sums[lane] += x[lane] * y[lane];
+            sums[lane] += term(x[lane], y[lane]);
         }
     }
     let mut total: f32 = sums.iter().sum();
     for (x, y) in a_rest.iter().zip(b_rest) {
-        total += x * y;
+        total += term(*x, *y);
     }
     total
 }
 
 #[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    sum_of_terms(a, b, |x, y| x * y)
+}
+
+#[inline(always)]
 fn squared_distance_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut sums = [0.0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..8 {
-            let d = x[lane] - y[lane];
-            sums[lane] += d * d;
-        }
-    }
-    let mut total: f32 = sums.iter().sum();
-    for (x, y) in a_rest.iter().zip(b_rest) {
-        total += (x - y) * (x - y);
-    }
-    total
+    sum_of_terms(a, b, |x, y| (x - y) * (x - y))
 }
 
 // The build targets baseline x86-64 (SSE2); where the CPU has AVX2 the same loops compiled
