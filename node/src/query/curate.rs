@@ -74,6 +74,49 @@ pub fn build_clips(seconds: &[ScoredSecond], options: &CurationOptions) -> Vec<R
     runs(&seconds, bucket, options.gap_ms).iter().map(|run| run.clip(bucket)).collect()
 }
 
+/// The seconds of a [`best_clip_score`] pass did not ascend strictly: only [`build_clips`],
+/// which repairs the list, can score them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAscending;
+
+/// The best score among the clips [`build_clips`] would make of `seconds` (`None`: no second
+/// matches), in one pass and without allocating: a shard ranks every asset it matched by its
+/// best clip but builds clips only for the few it keeps. The arithmetic is `build_clips`'s, so
+/// the scores are equal to the bit.
+pub fn best_clip_score(seconds: impl IntoIterator<Item = ScoredSecond>, options: &CurationOptions) -> Result<Option<f64>, NotAscending> {
+    let bucket = bucket_ms(options);
+    let mut best: Option<f64> = None;
+    let mut current: Option<Run> = None;
+    let mut previous: Option<u64> = None;
+    for s in seconds {
+        if previous.is_some_and(|p| s.second <= p) {
+            return Err(NotAscending);
+        }
+        previous = Some(s.second);
+        // `normalized` drops non-matches from an ascending list; they neither join nor split a run.
+        if !is_match(&s) {
+            continue;
+        }
+        if let Some(run) = current.as_mut() {
+            let silence_ms = (s.second - run.last - 1).saturating_mul(bucket);
+            if silence_ms <= options.gap_ms {
+                run.end += 1;
+                run.last = s.second;
+                run.sum += f64::from(s.score);
+                continue;
+            }
+            let score = run.score();
+            best = Some(best.map_or(score, |b: f64| b.max(score)));
+        }
+        current = Some(Run { start: 0, end: 1, first: s.second, last: s.second, sum: f64::from(s.score) });
+    }
+    if let Some(run) = current {
+        let score = run.score();
+        best = Some(best.map_or(score, |b: f64| b.max(score)));
+    }
+    Ok(best)
+}
+
 /// Shots: sorted, possibly overlapping (start_ms, end_ms) intervals. Extend each clip's start back to the start of the shot
 /// that contains it and its end forward to the end of the shot containing end_ms-1; a clip edge with no containing shot is
 /// left alone. Never snap across more than `SNAP_MAX_EXTENSION_MS` on either side (then leave that edge unsnapped).
@@ -287,12 +330,16 @@ impl Run {
         bucket_end_ms(self.last, bucket)
     }
 
-    fn clip(&self, bucket: u64) -> RawClip {
+    fn score(&self) -> f64 {
         let length_buckets = (self.last - self.first).saturating_add(1) as f64;
+        self.mean() * (1.0 + LENGTH_BONUS * length_buckets.ln())
+    }
+
+    fn clip(&self, bucket: u64) -> RawClip {
         RawClip {
             start_ms: self.start_ms(bucket),
             end_ms: self.end_ms(bucket),
-            score: self.mean() * (1.0 + LENGTH_BONUS * length_buckets.ln()),
+            score: self.score(),
             first_second: self.first,
             last_second: self.last,
         }
@@ -1062,6 +1109,37 @@ mod tests {
                 covered.extend(seconds.iter().filter(|s| (c.first_second..=c.last_second).contains(&s.second)).map(|s| s.second));
             }
             prop_assert_eq!(covered, seconds.iter().map(|s| s.second).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn best_clip_score_is_the_best_built_clip(
+            seconds in arbitrary_seconds(200),
+            // Some seconds that match nothing (0, negative, NaN), as fused lists may hold.
+            misses in prop::collection::vec((0usize..60, prop::sample::select(vec![0.0f32, -1.0, f32::NAN])), 0..6),
+            gap_ms in 0u64..5000,
+            bucket_ms in prop::sample::select(vec![0u64, 250, 1000, 2000]),
+        ) {
+            let mut seconds = seconds;
+            for (at, score) in misses {
+                if let Some(s) = seconds.get_mut(at) {
+                    s.score = score;
+                }
+            }
+            let options = CurationOptions { gap_ms, bucket_ms, ..options() };
+            let built = build_clips(&seconds, &options).iter().map(|c| c.score).fold(None, |best: Option<f64>, score| {
+                Some(best.map_or(score, |b| b.max(score)))
+            });
+            let streamed = best_clip_score(seconds.iter().copied(), &options);
+            prop_assert_eq!(streamed.map(|best| best.map(f64::to_bits)), Ok(built.map(f64::to_bits)));
+            // A list that does not ascend strictly is left to `build_clips`, which repairs it.
+            if seconds.len() >= 2 {
+                let mut swapped = seconds.clone();
+                swapped.swap(0, 1);
+                prop_assert_eq!(best_clip_score(swapped, &options), Err(NotAscending));
+                let mut repeated = seconds.clone();
+                repeated[1].second = repeated[0].second;
+                prop_assert_eq!(best_clip_score(repeated, &options), Err(NotAscending));
+            }
         }
 
         #[test]

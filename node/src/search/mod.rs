@@ -280,34 +280,49 @@ pub fn shard_candidates(shard: &Shard, plan: &Plan, hits: ShardHits, stats: &Glo
     }
     let options = curation_options(plan, bucket_ms, None);
     let combined = evaluate_owned(&plan.root, fused, &options);
-    let mut ranked: Vec<(f64, String, Vec<RawClip>)> = Vec::new();
-    let mut seconds_of: HashMap<String, Vec<ScoredSecond>> = HashMap::new();
+    let to_seconds = |run: &[(u64, f32)]| -> Vec<ScoredSecond> {
+        run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score }).collect()
+    };
+    // Every matched asset is ranked by its best clip in one pass over its seconds; clips are
+    // built only for the `limit` kept (at 2,000 hours a common label matches some 360,000
+    // seconds of a shard, over hundreds of assets).
+    let mut ranked_runs: Vec<(f64, String, std::ops::Range<usize>)> = Vec::new();
     let mut total_assets = 0;
+    let mut run_start = 0;
     for run in combined.chunk_by(|a, b| hit_asset(a.0) == hit_asset(b.0)) {
+        let range = run_start..run_start + run.len();
+        run_start = range.end;
         let Some(asset_id) = shard.store.asset_of_ordinal(hit_asset(run[0].0)) else { continue };
-        let seconds: Vec<ScoredSecond> = run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score }).collect();
+        let seconds = run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score });
+        let best = match curate::best_clip_score(seconds, &options) {
+            Ok(best) => best,
+            Err(curate::NotAscending) => curate::build_clips(&to_seconds(run), &options).iter().map(|c| c.score).reduce(f64::max),
+        };
+        // The best clip decides whether any clip reaches `min_score`.
+        let Some(score) = best.filter(|best| plan.min_score.is_none_or(|min| *best >= min)) else { continue };
+        total_assets += 1;
+        if plan.cursor.as_ref().is_some_and(|c| !c.is_before(score, &asset_id)) {
+            continue;
+        }
+        ranked_runs.push((score, asset_id, range));
+    }
+    let remaining_assets = ranked_runs.len();
+    ranked_runs.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    ranked_runs.truncate(plan.limit);
+    let mut ranked: Vec<(f64, String, Vec<RawClip>)> = Vec::with_capacity(ranked_runs.len());
+    let mut seconds_of: HashMap<String, Vec<ScoredSecond>> = HashMap::with_capacity(ranked_runs.len());
+    for (score, asset_id, range) in ranked_runs {
+        let seconds = to_seconds(&combined[range]);
         let mut clips = curate::build_clips(&seconds, &options);
         if let Some(min) = plan.min_score {
             clips.retain(|c| c.score >= min);
         }
-        if clips.is_empty() {
-            continue;
-        }
         clips.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.start_ms.cmp(&b.start_ms)));
-        total_assets += 1;
-        let score = clips[0].score;
-        if plan.cursor.as_ref().is_some_and(|c| !c.is_before(score, &asset_id)) {
-            continue;
-        }
         // Snapping can merge neighbours into one clip: keep spares for overlap suppression.
         clips.truncate(plan.per_asset * 3);
         seconds_of.insert(asset_id.clone(), seconds);
         ranked.push((score, asset_id, clips));
     }
-    let remaining_assets = ranked.len();
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    ranked.truncate(plan.limit);
-    seconds_of.retain(|id, _| ranked.iter().any(|r| &r.1 == id));
     let min_similarity = stats.leaves.iter().map(|s| s.min_similarity).collect();
     Ok(ShardCandidates { ranked, total_assets, remaining_assets, seconds: seconds_of, leaf_hits, min_similarity })
 }
@@ -631,6 +646,8 @@ fn label_terms(fields: &Fields, track: Option<&str>, label: &str, min_confidence
     terms
 }
 
+/// A text leaf as one tantivy query. `shard_hits` sends `and` words leaves to [`all_words_hits`]
+/// instead, which scores them as the `Must` form built here would.
 fn text_query(
     shard: &Shard,
     leaf: &Leaf,
