@@ -80,9 +80,11 @@ fn hit_second(key: u64) -> u64 {
     key & 0xffff_ffff
 }
 
-/// Sorts hits by key and keeps the best score of each key.
+/// Sorts hits by key and keeps the best score of each key. Hits come per segment in document
+/// order, and documents were added asset by asset in time order: the stable sort merges those
+/// ascending runs instead of sorting from scratch.
 fn sorted_unique(mut hits: Vec<(u64, f32)>) -> Vec<(u64, f32)> {
-    hits.sort_unstable_by_key(|h| h.0);
+    hits.sort_by_key(|h| h.0);
     keep_best_of_each_key(&mut hits);
     hits
 }

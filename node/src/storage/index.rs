@@ -949,7 +949,9 @@ pub fn best_term_hits(
             hits.push((key(asset, second), score));
         }
     }
-    hits.sort_unstable_by_key(|h| h.0);
+    // Documents were added asset by asset in time order, so keys come in long ascending runs,
+    // which the stable sort merges.
+    hits.sort_by_key(|h| h.0);
     keep_best_of_each_key(&mut hits);
     Ok(hits)
 }
@@ -981,7 +983,8 @@ pub fn every_word_hits(
     order.sort_by_key(|&w| cost(&scorers[w]));
     let Some(&first) = order.first() else { return Ok(Vec::new()) };
     // The cheapest word's documents with its best alternative's score.
-    let mut found: Vec<(DocId, f32)> = Vec::new();
+    let expected = usize::try_from(cost(&scorers[first])).unwrap_or(usize::MAX).min(reader.max_doc() as usize);
+    let mut found: Vec<(DocId, f32)> = Vec::with_capacity(expected);
     for scorer in &mut scorers[first] {
         let mut doc = scorer.doc();
         while doc != TERMINATED {
@@ -989,8 +992,12 @@ pub fn every_word_hits(
             doc = scorer.advance();
         }
     }
-    found.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
-    found.dedup_by_key(|hit| hit.0);
+    if scorers[first].len() > 1 {
+        // One ascending run per alternative: the stable sort merges runs (n log runs) where
+        // the unstable one sorted from scratch (a tenth of a fuzzy query at 2,000 hours).
+        found.sort_by_key(|hit| hit.0);
+        keep_best_of_each_key(&mut found);
+    }
     found.retain(|hit| hit.1 > 0.0);
     // Each further word adds its best alternative's score to the documents it holds, and drops
     // the others: 12 bytes a candidate, whatever the number of words.
@@ -1243,7 +1250,7 @@ fn merge_sorted_runs(runs: &[Arc<Vec<(u64, f32)>>]) -> Vec<(u64, f32)> {
 }
 
 /// In hits sorted by key, keeps one hit per key with the best of its scores.
-pub fn keep_best_of_each_key(hits: &mut Vec<(u64, f32)>) {
+pub fn keep_best_of_each_key<K: PartialEq>(hits: &mut Vec<(K, f32)>) {
     hits.dedup_by(|later, kept| {
         let same = later.0 == kept.0;
         if same {
