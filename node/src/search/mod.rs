@@ -165,9 +165,14 @@ pub fn summarize(hits: &ShardHits, plan: &Plan) -> Vec<LeafSummary> {
         .zip(&plan.leaves)
         .map(|(leaf_hits, leaf)| {
             let mut summary = LeafSummary::default();
-            for &(_, score) in leaf_hits.hits.iter() {
-                summary.min = Some(summary.min.map_or(score, |m| m.min(score)));
-                summary.max = Some(summary.max.map_or(score, |m| m.max(score)));
+            if !leaf_hits.hits.is_empty() {
+                // One branch-free pass: a cast member's list is some 360,000 seconds a shard.
+                let (min, max) = leaf_hits
+                    .hits
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(min, max), &(_, score)| (min.min(score), max.max(score)));
+                summary.min = Some(min);
+                summary.max = Some(max);
             }
             if plan.fusion.method == FusionMethod::Rrf {
                 summary.top = top_descending(leaf_hits.hits.iter().map(|h| h.1).collect(), plan.fusion.rank_window);
@@ -241,49 +246,48 @@ pub struct ShardCandidates {
 
 pub fn shard_candidates(shard: &Shard, plan: &Plan, hits: ShardHits, stats: &GlobalStats) -> Result<ShardCandidates, SearchError> {
     let bucket_ms = shard.bucket_ms;
-    let mut fused: Vec<Vec<(u64, f32)>> = Vec::with_capacity(plan.leaves.len());
     let mut leaf_hits = hits.leaves;
-    for (i, leaf) in plan.leaves.iter().enumerate() {
-        let stat = stats.leaves.get(i).cloned().unwrap_or_default();
-        let weight = leaf.weight() as f32;
-        let raw = &mut leaf_hits[i];
+    let leaf_stats: Vec<LeafStats> = (0..plan.leaves.len()).map(|i| stats.leaves.get(i).cloned().unwrap_or_default()).collect();
+    for (raw, stat) in leaf_hits.iter_mut().zip(&leaf_stats) {
         if let Some(floor) = stat.min_similarity {
             Arc::make_mut(&mut raw.hits).retain(|h| reaches_similarity(f64::from(h.1), floor));
             for annotations in raw.vector_hits.values_mut() {
                 annotations.retain(|_, s| reaches_similarity(*s, floor));
             }
         }
-        let scores = raw
-            .hits
-            .iter()
-            .map(|&(key, score)| {
-                let fused = match plan.fusion.method {
-                    FusionMethod::Weighted => {
-                        let normalized = if stat.max > stat.min {
-                            NORMALIZED_FLOOR + (1.0 - NORMALIZED_FLOOR) * ((score - stat.min) / (stat.max - stat.min)).clamp(0.0, 1.0)
-                        } else {
-                            1.0
-                        };
-                        normalized * weight
-                    }
-                    FusionMethod::Rrf => {
-                        let rank = stat.top.partition_point(|&t| t > score) + 1;
-                        if rank > plan.fusion.rank_window {
-                            0.0
-                        } else {
-                            weight / (plan.fusion.rank_constant as f32 + rank as f32)
-                        }
-                    }
-                };
-                (key, fused)
-            })
-            .collect();
-        fused.push(scores);
     }
     let options = curation_options(plan, bucket_ms, None);
-    let combined = evaluate_owned(&plan.root, fused, &options);
+    // A plan of one leaf (a name, a phrase) ranks that leaf's hits as they are, each score
+    // fused as it is read: at 2,000 hours a cast member's list is some 360,000 seconds a
+    // shard, and a fused copy of it cost a write and a read of all of them. Any other plan
+    // fuses every leaf's list and combines them along its tree.
+    let single_leaf = match &plan.root {
+        PlanNode::Leaf { leaf } if *leaf < leaf_hits.len() => Some(*leaf),
+        _ => None,
+    };
+    let combined: Vec<(u64, f32)>;
+    let (source, fuse): (&[(u64, f32)], Option<(&LeafStats, f32)>) = match single_leaf {
+        Some(i) => (leaf_hits[i].hits.as_slice(), Some((&leaf_stats[i], plan.leaves[i].weight() as f32))),
+        None => {
+            let fused = leaf_hits
+                .iter()
+                .zip(&leaf_stats)
+                .zip(&plan.leaves)
+                .map(|((raw, stat), leaf)| {
+                    let weight = leaf.weight() as f32;
+                    raw.hits.iter().map(|&(key, score)| (key, fused_score(plan, stat, weight, score))).collect()
+                })
+                .collect();
+            combined = evaluate_owned(&plan.root, fused, &options);
+            (combined.as_slice(), None)
+        }
+    };
+    let score_of = |raw: f32| match fuse {
+        Some((stat, weight)) => fused_score(plan, stat, weight, raw),
+        None => raw,
+    };
     let to_seconds = |run: &[(u64, f32)]| -> Vec<ScoredSecond> {
-        run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score }).collect()
+        run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score: score_of(score) }).collect()
     };
     // Every matched asset is ranked by its best clip in one pass over its seconds; clips are
     // built only for the `limit` kept (at 2,000 hours a common label matches some 360,000
@@ -291,11 +295,11 @@ pub fn shard_candidates(shard: &Shard, plan: &Plan, hits: ShardHits, stats: &Glo
     let mut ranked_runs: Vec<(f64, String, std::ops::Range<usize>)> = Vec::new();
     let mut total_assets = 0;
     let mut run_start = 0;
-    for run in combined.chunk_by(|a, b| hit_asset(a.0) == hit_asset(b.0)) {
+    for run in source.chunk_by(|a, b| hit_asset(a.0) == hit_asset(b.0)) {
         let range = run_start..run_start + run.len();
         run_start = range.end;
         let Some(asset_id) = shard.store.asset_of_ordinal(hit_asset(run[0].0)) else { continue };
-        let seconds = run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score });
+        let seconds = run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score: score_of(score) });
         let best = match curate::best_clip_score(seconds, &options) {
             Ok(best) => best,
             Err(curate::NotAscending) => curate::build_clips(&to_seconds(run), &options).iter().map(|c| c.score).reduce(f64::max),
@@ -314,7 +318,7 @@ pub fn shard_candidates(shard: &Shard, plan: &Plan, hits: ShardHits, stats: &Glo
     let mut ranked: Vec<(f64, String, Vec<RawClip>)> = Vec::with_capacity(ranked_runs.len());
     let mut seconds_of: HashMap<String, Vec<ScoredSecond>> = HashMap::with_capacity(ranked_runs.len());
     for (score, asset_id, range) in ranked_runs {
-        let seconds = to_seconds(&combined[range]);
+        let seconds = to_seconds(&source[range]);
         let mut clips = curate::build_clips(&seconds, &options);
         if let Some(min) = plan.min_score {
             clips.retain(|c| c.score >= min);
@@ -327,6 +331,30 @@ pub fn shard_candidates(shard: &Shard, plan: &Plan, hits: ShardHits, stats: &Glo
     }
     let min_similarity = stats.leaves.iter().map(|s| s.min_similarity).collect();
     Ok(ShardCandidates { ranked, total_assets, remaining_assets, seconds: seconds_of, leaf_hits, min_similarity })
+}
+
+/// A leaf's raw score as the fusion method weighs it: min-max normalized into
+/// [`NORMALIZED_FLOOR`, 1] times the weight, or the weight over the rank constant plus its
+/// global rank (0 past the rank window).
+fn fused_score(plan: &Plan, stat: &LeafStats, weight: f32, score: f32) -> f32 {
+    match plan.fusion.method {
+        FusionMethod::Weighted => {
+            let normalized = if stat.max > stat.min {
+                NORMALIZED_FLOOR + (1.0 - NORMALIZED_FLOOR) * ((score - stat.min) / (stat.max - stat.min)).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
+            normalized * weight
+        }
+        FusionMethod::Rrf => {
+            let rank = stat.top.partition_point(|&t| t > score) + 1;
+            if rank > plan.fusion.rank_window {
+                0.0
+            } else {
+                weight / (plan.fusion.rank_constant as f32 + rank as f32)
+            }
+        }
+    }
 }
 
 fn curation_options(plan: &Plan, bucket_ms: u64, asset_duration_ms: Option<u64>) -> CurationOptions {
