@@ -828,6 +828,30 @@ fn pagination_and_grouping() {
             h.check_eq(&format!("{what}: group count"), groups.len(), expected_groups);
         }
     }
+
+    // A shard keeps a label's ranking with its cached hits: the same search again answers the
+    // same, `min_score` still counts only the assets that reach it, and new data is ranked.
+    let top = |reply: &Value| -> Vec<(String, f64)> {
+        reply["assets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| (a["asset_id"].as_str().unwrap_or("?").to_string(), a["score"].as_f64().unwrap_or(f64::NAN)))
+            .collect()
+    };
+    let first = h.search("label again", request(None));
+    h.check_eq("the same search again: the same first page", top(&first), pages[0].clone());
+    let median = all[all.len() / 2].1;
+    let reaching = all.iter().filter(|(_, score)| *score >= median).count();
+    let floored = h.search("label with min_score", json!({"clauses": [label_clause("Phoebe")], "limit": 30, "min_score": median}));
+    h.check_eq("min_score: total_assets counts the assets reaching it", floored["total_assets"].clone(), json!(reaching));
+    h.check_eq("min_score: the assets reaching it", top(&floored), all[..reaching].to_vec());
+    h.put_asset("page-30", json!({"title": "Episode 31", "series": "alpha", "season": 1, "episode": 31, "duration_ms": 60000}));
+    h.ingest(&[label_annotation("page-30-phoebe", "page-30", "character", "Phoebe", 1000, 30000, 0.995)]);
+    h.searchable();
+    let after = h.search("label after new data", request(None));
+    h.check_eq("new data: total_assets", after["total_assets"].clone(), json!(31));
+    h.check_eq("new data: the new best asset first", top(&after).first().map(|(id, _)| id.clone()), Some("page-30".to_string()));
     h.finish();
 }
 

@@ -97,6 +97,101 @@ pub struct LeafHits {
     hits: Arc<Vec<(u64, f32)>>,
     /// Vector leaves: asset id → annotation id → similarity.
     vector_hits: HashMap<String, HashMap<String, f64>>,
+    /// A cached label leaf: its key in `LeafHitsCache`, under which the shard keeps what it
+    /// derives from these hits ([`LeafRankings`]).
+    cached_as: Option<String>,
+    /// (min, max) of the raw scores, when already known.
+    score_range: Option<(f32, f32)>,
+}
+
+/// Most label leaves a shard keeps rankings for, and rankings per leaf (one per normalization
+/// and curation seen: a name searched alone and as suggest's moments share one).
+const RANKED_LEAVES_MAX: usize = 256;
+const RANKINGS_PER_LEAF_MAX: usize = 4;
+
+/// Every asset a plan of one leaf matched on a shard, by its best clip, best first (ties by
+/// asset id): (score, asset id, the asset's range in the leaf's hits).
+type AssetRanking = Vec<(f64, String, std::ops::Range<usize>)>;
+
+/// What decides a ranking of cached hits besides the hits: the weighted fusion's normalization
+/// (compared as bits, so only the very same normalization matches) and the curation options.
+#[derive(Clone, Copy, PartialEq)]
+struct RankingKey {
+    min_bits: u32,
+    max_bits: u32,
+    weight_bits: u32,
+    options: CurationOptions,
+}
+
+/// What a shard derived from the merged hits of its cached label leaves, kept while the cache
+/// serves those same hits (the same allocation: a new searcher generation merges new ones):
+/// their score range, and their assets ranked by best clip under each normalization seen.
+/// At 2,000 hours a cast member's label matches some 360,000 seconds a shard over about a
+/// thousand assets; the pass over them and an asset id lookup per asset were most of a label
+/// query, and the same names come back all day (the suggest warm-up searches each label as
+/// soon as the data settles).
+#[derive(Default)]
+pub struct LeafRankings {
+    leaves: parking_lot::Mutex<HashMap<String, DerivedFromHits>>,
+}
+
+struct DerivedFromHits {
+    /// Weak: a `Weak` keeps its allocation, so no later list can share the address.
+    hits: std::sync::Weak<Vec<(u64, f32)>>,
+    score_range: Option<(f32, f32)>,
+    rankings: Vec<(RankingKey, Arc<AssetRanking>)>,
+}
+
+impl LeafRankings {
+    /// Runs `f` on what is derived from `hits` under `leaf` (emptied if it was derived from
+    /// other hits).
+    fn with<R>(&self, leaf: &str, hits: &Arc<Vec<(u64, f32)>>, f: impl FnOnce(&mut DerivedFromHits) -> R) -> R {
+        let mut leaves = self.leaves.lock();
+        if leaves.len() >= RANKED_LEAVES_MAX && !leaves.contains_key(leaf) {
+            leaves.retain(|_, derived| derived.hits.strong_count() > 0);
+            if leaves.len() >= RANKED_LEAVES_MAX {
+                leaves.clear();
+            }
+        }
+        let fresh = || DerivedFromHits { hits: Arc::downgrade(hits), score_range: None, rankings: Vec::new() };
+        let derived = leaves.entry(leaf.to_string()).or_insert_with(fresh);
+        if !std::ptr::eq(derived.hits.as_ptr(), Arc::as_ptr(hits)) {
+            *derived = fresh();
+        }
+        f(derived)
+    }
+
+    /// (min, max) of the hits' scores (`None` when there are none).
+    fn score_range(&self, leaf: &str, hits: &Arc<Vec<(u64, f32)>>) -> Option<(f32, f32)> {
+        if let Some(range) = self.with(leaf, hits, |derived| derived.score_range) {
+            return Some(range);
+        }
+        let range = score_range(hits)?;
+        self.with(leaf, hits, |derived| derived.score_range = Some(range));
+        Some(range)
+    }
+
+    fn ranking(&self, leaf: &str, hits: &Arc<Vec<(u64, f32)>>, key: &RankingKey) -> Option<Arc<AssetRanking>> {
+        self.with(leaf, hits, |derived| derived.rankings.iter().find(|(k, _)| k == key).map(|(_, ranking)| ranking.clone()))
+    }
+
+    fn keep_ranking(&self, leaf: &str, hits: &Arc<Vec<(u64, f32)>>, key: RankingKey, ranking: Arc<AssetRanking>) {
+        self.with(leaf, hits, |derived| {
+            if derived.rankings.len() >= RANKINGS_PER_LEAF_MAX {
+                derived.rankings.remove(0);
+            }
+            derived.rankings.retain(|(k, _)| *k != key);
+            derived.rankings.push((key, ranking));
+        })
+    }
+}
+
+/// (min, max) of the scores in one branch-free pass (`None` for no hits).
+fn score_range(hits: &[(u64, f32)]) -> Option<(f32, f32)> {
+    if hits.is_empty() {
+        return None;
+    }
+    Some(hits.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(min, max), &(_, score)| (min.min(score), max.max(score))))
 }
 
 /// Phase one of a shard: every leaf's hits.
@@ -136,11 +231,12 @@ pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> 
                             .index
                             .leaf_hits
                             .hits_by_segment(&searcher, &key, |_, reader| best_term_hits(reader, fields.labels, &terms, hit_key))?;
-                        LeafHits { hits, vector_hits: HashMap::new() }
+                        let score_range = shard.leaf_rankings.score_range(&key, &hits);
+                        LeafHits { hits, vector_hits: HashMap::new(), cached_as: Some(key), score_range }
                     }
                     (None, Leaf::Words { operator: BoolOperator::And, .. }) => {
                         let hits = all_words_hits(shard, &searcher, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket)?;
-                        LeafHits { hits: Arc::new(hits), vector_hits: HashMap::new() }
+                        LeafHits { hits: Arc::new(hits), ..Default::default() }
                     }
                     _ => {
                         let query = text_query(shard, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket);
@@ -149,7 +245,7 @@ pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> 
                             .filter(|(_, _, score)| score.is_finite() && *score > 0.0)
                             .map(|(asset, second, score)| (hit_key(asset, second), score))
                             .collect();
-                        LeafHits { hits: Arc::new(sorted_unique(hits)), vector_hits: HashMap::new() }
+                        LeafHits { hits: Arc::new(sorted_unique(hits)), ..Default::default() }
                     }
                 }
             }
@@ -165,12 +261,8 @@ pub fn summarize(hits: &ShardHits, plan: &Plan) -> Vec<LeafSummary> {
         .zip(&plan.leaves)
         .map(|(leaf_hits, leaf)| {
             let mut summary = LeafSummary::default();
-            if !leaf_hits.hits.is_empty() {
-                // One branch-free pass: a cast member's list is some 360,000 seconds a shard.
-                let (min, max) = leaf_hits
-                    .hits
-                    .iter()
-                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(min, max), &(_, score)| (min.min(score), max.max(score)));
+            // A cast member's list is some 360,000 seconds a shard: its range is kept with it.
+            if let Some((min, max)) = leaf_hits.score_range.or_else(|| score_range(&leaf_hits.hits)) {
                 summary.min = Some(min);
                 summary.max = Some(max);
             }
@@ -291,34 +383,55 @@ pub fn shard_candidates(shard: &Shard, plan: &Plan, hits: ShardHits, stats: &Glo
     };
     // Every matched asset is ranked by its best clip in one pass over its seconds; clips are
     // built only for the `limit` kept (at 2,000 hours a common label matches some 360,000
-    // seconds of a shard, over hundreds of assets).
-    let mut ranked_runs: Vec<(f64, String, std::ops::Range<usize>)> = Vec::new();
-    let mut total_assets = 0;
-    let mut run_start = 0;
-    for run in source.chunk_by(|a, b| hit_asset(a.0) == hit_asset(b.0)) {
-        let range = run_start..run_start + run.len();
-        run_start = range.end;
-        let Some(asset_id) = shard.store.asset_of_ordinal(hit_asset(run[0].0)) else { continue };
-        let seconds = run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score: score_of(score) });
-        let best = match curate::best_clip_score(seconds, &options) {
-            Ok(best) => best,
-            Err(curate::NotAscending) => curate::build_clips(&to_seconds(run), &options).iter().map(|c| c.score).reduce(f64::max),
-        };
-        // The best clip decides whether any clip reaches `min_score`.
-        let Some(score) = best.filter(|best| plan.min_score.is_none_or(|min| *best >= min)) else { continue };
-        total_assets += 1;
-        if plan.cursor.as_ref().is_some_and(|c| !c.is_before(score, &asset_id)) {
-            continue;
+    // seconds of a shard, over hundreds of assets). A cached label's ranking is kept with its
+    // hits, per normalization and curation (`LeafRankings`).
+    let rank_all = || -> AssetRanking {
+        let mut ranking = Vec::new();
+        let mut run_start = 0;
+        for run in source.chunk_by(|a, b| hit_asset(a.0) == hit_asset(b.0)) {
+            let range = run_start..run_start + run.len();
+            run_start = range.end;
+            let Some(asset_id) = shard.store.asset_of_ordinal(hit_asset(run[0].0)) else { continue };
+            let seconds = run.iter().map(|&(key, score)| ScoredSecond { second: hit_second(key), score: score_of(score) });
+            let best = match curate::best_clip_score(seconds, &options) {
+                Ok(best) => best,
+                Err(curate::NotAscending) => curate::build_clips(&to_seconds(run), &options).iter().map(|c| c.score).reduce(f64::max),
+            };
+            if let Some(score) = best {
+                ranking.push((score, asset_id, range));
+            }
         }
-        ranked_runs.push((score, asset_id, range));
-    }
-    let remaining_assets = ranked_runs.len();
-    ranked_runs.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    ranked_runs.truncate(plan.limit);
-    let mut ranked: Vec<(f64, String, Vec<RawClip>)> = Vec::with_capacity(ranked_runs.len());
-    let mut seconds_of: HashMap<String, Vec<ScoredSecond>> = HashMap::with_capacity(ranked_runs.len());
-    for (score, asset_id, range) in ranked_runs {
-        let seconds = to_seconds(&source[range]);
+        ranking.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        ranking
+    };
+    let kept_ranking = match (single_leaf, fuse) {
+        (Some(i), Some((stat, weight))) if plan.fusion.method == FusionMethod::Weighted => leaf_hits[i].cached_as.as_deref().map(|leaf| {
+            let key = RankingKey { min_bits: stat.min.to_bits(), max_bits: stat.max.to_bits(), weight_bits: weight.to_bits(), options };
+            (leaf, &leaf_hits[i].hits, key)
+        }),
+        _ => None,
+    };
+    let ranking: Arc<AssetRanking> = match kept_ranking {
+        Some((leaf, hits, key)) => match shard.leaf_rankings.ranking(leaf, hits, &key) {
+            Some(ranking) => ranking,
+            None => {
+                let ranking = Arc::new(rank_all());
+                shard.leaf_rankings.keep_ranking(leaf, hits, key, ranking.clone());
+                ranking
+            }
+        },
+        None => Arc::new(rank_all()),
+    };
+    // The best clip decides whether any clip reaches `min_score`.
+    let reaching = ranking.iter().filter(|(score, _, _)| plan.min_score.is_none_or(|min| *score >= min));
+    let total_assets = reaching.clone().count();
+    let after_cursor = reaching.filter(|(score, asset_id, _)| plan.cursor.as_ref().is_none_or(|c| c.is_before(*score, asset_id)));
+    let remaining_assets = after_cursor.clone().count();
+    let mut ranked: Vec<(f64, String, Vec<RawClip>)> = Vec::with_capacity(plan.limit.min(remaining_assets));
+    let mut seconds_of: HashMap<String, Vec<ScoredSecond>> = HashMap::with_capacity(plan.limit.min(remaining_assets));
+    for (score, asset_id, range) in after_cursor.take(plan.limit) {
+        let (score, asset_id) = (*score, asset_id.clone());
+        let seconds = to_seconds(&source[range.clone()]);
         let mut clips = curate::build_clips(&seconds, &options);
         if let Some(min) = plan.min_score {
             clips.retain(|c| c.score >= min);
@@ -946,7 +1059,7 @@ fn vector_leaf_hits(
         intervals.push((ordinal, first, last, score));
         vector_hits.entry(asset_id).or_default().insert(annotation_id, similarity);
     }
-    Ok(LeafHits { hits: Arc::new(expand_intervals(intervals)), vector_hits })
+    Ok(LeafHits { hits: Arc::new(expand_intervals(intervals)), vector_hits, ..Default::default() })
 }
 
 /// `sorted_unique` of every (hit key of each second in first..=last, score), without sorting
@@ -1203,6 +1316,43 @@ mod tests {
         };
         // Ties on score go to the smaller asset id: a1 before b1.
         assert_eq!((names(0), names(1), names(2)), (vec!["a1"], vec![], vec!["b1", "b2"]));
+    }
+
+    #[test]
+    fn leaf_rankings_serve_only_the_hits_they_were_derived_from() {
+        let rankings = LeafRankings::default();
+        let hits = Arc::new(vec![(hit_key(1, 0), 0.6f32), (hit_key(1, 1), 0.9), (hit_key(2, 5), 0.7)]);
+        let key = RankingKey {
+            min_bits: 0.6f32.to_bits(),
+            max_bits: 0.9f32.to_bits(),
+            weight_bits: 1f32.to_bits(),
+            options: CurationOptions::default(),
+        };
+        let ranking = Arc::new(vec![(0.9, "a".to_string(), 0..2), (0.7, "b".to_string(), 2..3)]);
+        assert_eq!(rankings.score_range("joey", &hits), Some((0.6, 0.9)));
+        assert!(rankings.ranking("joey", &hits, &key).is_none());
+        rankings.keep_ranking("joey", &hits, key, ranking.clone());
+        assert!(rankings.ranking("joey", &hits, &key).is_some_and(|r| Arc::ptr_eq(&r, &ranking)));
+        // Another normalization, another leaf, or equal hits in another list: not served.
+        let other_key = RankingKey { max_bits: 1f32.to_bits(), ..key };
+        assert!(rankings.ranking("joey", &hits, &other_key).is_none());
+        assert!(rankings.ranking("rachel", &hits, &key).is_none());
+        let equal_copy = Arc::new(hits.as_ref().clone());
+        assert!(rankings.ranking("joey", &equal_copy, &key).is_none());
+        // Asking with the new list dropped what was derived from the old one.
+        assert!(rankings.ranking("joey", &hits, &key).is_none());
+        rankings.keep_ranking("joey", &hits, key, ranking.clone());
+        // Bounded: rankings per leaf, and leaves.
+        for i in 0..10u32 {
+            rankings.keep_ranking("joey", &hits, RankingKey { weight_bits: i, ..key }, ranking.clone());
+        }
+        assert_eq!(rankings.leaves.lock()["joey"].rankings.len(), RANKINGS_PER_LEAF_MAX);
+        let lists: Vec<Arc<Vec<(u64, f32)>>> = (0..RANKED_LEAVES_MAX + 10).map(|_| hits.clone()).collect();
+        for (i, list) in lists.iter().enumerate() {
+            rankings.keep_ranking(&format!("leaf {i}"), list, key, ranking.clone());
+        }
+        assert!(rankings.leaves.lock().len() <= RANKED_LEAVES_MAX);
+        assert_eq!(rankings.score_range("empty", &Arc::new(Vec::new())), None);
     }
 
     #[test]

@@ -258,6 +258,8 @@ pub struct Shard {
     pub voters: Vec<NodeId>,
     pub store: Arc<ShardStore>,
     pub index: Arc<ShardIndex>,
+    /// Rankings derived from the index's cached label hits (see `LeafRankings`).
+    pub leaf_rankings: crate::search::LeafRankings,
     pub log: SledLogStore,
     pub progress: Arc<Progress>,
     /// The free-space floor of this replica's directory.
@@ -501,6 +503,7 @@ impl Shard {
         );
         Ok(Arc::new(Shard {
             compaction,
+            leaf_rankings: crate::search::LeafRankings::default(),
             id,
             voters,
             store,
