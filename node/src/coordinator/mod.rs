@@ -44,6 +44,11 @@ const SUGGEST_MOMENTS_CACHE_ENTRIES: usize = 1024;
 /// asks for `limits.max_vector_k` (every matching scene, for whole clips); five preview moments
 /// need only the nearest, and 10,000 neighbours cost most of a keystroke's 30 ms at 500 hours.
 const SUGGEST_SEMANTIC_K: usize = 200;
+/// Best seconds a shard keeps of each words or phrase leaf of a suggestion's moments search.
+/// Every second of a common word ("we were o" completes to "we were on") was collected,
+/// sorted, fused and cut into clips to show five of them; the 2,000 best seconds of a shard
+/// hold its best clips, and a keystroke costs what they do.
+const SUGGEST_TEXT_HITS_MAX: usize = 2_000;
 /// Labels whose suggest moments are computed ahead of keystrokes after the data changes.
 pub const SUGGEST_WARM_LABELS_MAX: usize = 256;
 /// How often the coordinator checks whether the data settled (then warms suggest's cache).
@@ -267,6 +272,7 @@ async fn moments_of(
     let request = SearchRequest { q: Some(query), per_asset: Some(1), limit: Some(5), ..Default::default() };
     let mut plan = planner.plan(request).await?;
     plan.cap_semantic_k(SUGGEST_SEMANTIC_K);
+    plan.text_hits_max = Some(SUGGEST_TEXT_HITS_MAX);
     Ok(run_plan(view, plan, false, started, permit).await?.assets)
 }
 

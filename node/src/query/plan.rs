@@ -193,6 +193,11 @@ pub struct Plan {
     pub cursor: Option<Cursor>,
     /// Filtered vector searches that leave at most this many vectors run exactly.
     pub exact_vector_max_candidates: usize,
+    /// Words and phrase leaves keep only their best this many seconds a shard (suggest's
+    /// moments: five preview assets need the best seconds, not every second of a common word).
+    /// A node of an earlier version ignores it and keeps them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_hits_max: Option<usize>,
     /// What `q` became, step by step.
     #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub understanding: Option<Understood>,
@@ -805,6 +810,7 @@ pub fn plan(request: &SearchRequest, context: &PlanContext) -> Result<Plan, ApiE
         group_by: request.group_by.unwrap_or_default(),
         cursor,
         exact_vector_max_candidates: context.defaults.exact_vector_max_candidates,
+        text_hits_max: None,
         understanding,
         warnings: builder.warnings,
     })

@@ -38,7 +38,7 @@ use crate::shard::Shard;
 use crate::storage::blocks::{block_of, BucketBlockRef};
 use crate::storage::index::{
     best_term_hits, collect_seconds_in, every_word_hits, keep_best_of_each_key, label_decile_term_text, label_term_text, stem_language,
-    stem_tokens, text_analyzer, tokens_with, vector_key, vector_target, Fields, IndexError, LiveStatistics, VectorMetric,
+    stem_tokens, text_analyzer, tokens_with, top_seconds_in, vector_key, vector_target, Fields, IndexError, LiveStatistics, VectorMetric,
 };
 use crate::storage::store::StoreError;
 
@@ -240,7 +240,13 @@ pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> 
                     }
                     _ => {
                         let query = text_query(shard, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket);
-                        let hits = collect_seconds_in(&shard.index, &searcher, query.as_ref())?
+                        let seconds = match (plan.text_hits_max, leaf) {
+                            (Some(limit), Leaf::Words { .. } | Leaf::Phrase { .. }) => {
+                                top_seconds_in(&shard.index, &searcher, query.as_ref(), limit)?
+                            }
+                            _ => collect_seconds_in(&shard.index, &searcher, query.as_ref())?,
+                        };
+                        let hits = seconds
                             .into_iter()
                             .filter(|(_, _, score)| score.is_finite() && *score > 0.0)
                             .map(|(asset, second, score)| (hit_key(asset, second), score))

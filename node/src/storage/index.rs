@@ -23,7 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use rushes_protocol::codec;
 use rushes_protocol::model::{normalize_label, Bucket};
 use serde::{Deserialize, Serialize};
-use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::columnar::Column;
 use tantivy::query::Bm25StatisticsProvider;
 use tantivy::query::Query;
@@ -906,6 +906,38 @@ pub fn collect_seconds_in(index: &ShardIndex, searcher: &Searcher, query: &dyn Q
     Ok(searcher.search_with_statistics_provider(query, &SecondsCollector, &statistics)?)
 }
 
+/// The `limit` best-scoring (asset ordinal, second, score) of a query over `searcher`, with
+/// [`LiveStatistics`] as in [`collect_seconds_in`]: tantivy keeps a heap of the best and skips
+/// what cannot enter it (block-max WAND for a disjunction of plain terms), and only the kept
+/// documents' asset and second are read.
+pub fn top_seconds_in(
+    index: &ShardIndex,
+    searcher: &Searcher,
+    query: &dyn Query,
+    limit: usize,
+) -> Result<Vec<(u64, u64, f32)>, IndexError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let statistics = LiveStatistics { searcher, cache: &index.statistics };
+    let top = searcher.search_with_statistics_provider(query, &TopDocs::with_limit(limit).order_by_score(), &statistics)?;
+    let mut columns: HashMap<u32, (Column<u64>, Column<u64>)> = HashMap::new();
+    let mut hits = Vec::with_capacity(top.len());
+    for (score, address) in top {
+        let (asset, second) = match columns.entry(address.segment_ord) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let fast = searcher.segment_reader(address.segment_ord).fast_fields();
+                entry.insert((fast.u64("asset_ordinal")?, fast.u64("second")?))
+            }
+        };
+        if let (Some(asset), Some(second)) = (asset.first(address.doc_id), second.first(address.doc_id)) {
+            hits.push((asset, second, score));
+        }
+    }
+    Ok(hits)
+}
+
 /// Every second of one segment holding one of `terms` (all in `field`), scored by the best
 /// term it holds, as (hit key, score) sorted by key. What a disjunction of constant-score term
 /// queries gives, without a scorer per term merged doc by doc: each posting list is walked
@@ -1617,6 +1649,70 @@ mod tests {
                 });
             }
         });
+    }
+
+    /// The best seconds of a query are the best of all its seconds, with their scores, across
+    /// segments and without deleted documents, for plain terms (block-max WAND) and others.
+    #[test]
+    fn top_seconds_are_the_best_of_all_seconds() {
+        use tantivy::query::{BooleanQuery, DisjunctionMaxQuery, Occur, TermQuery};
+        let dir = tempfile::tempdir().unwrap();
+        let index = ShardIndex::open(dir.path(), &[], 15_000_000).unwrap();
+        let fields = index.fields;
+        let words = ["we", "were", "on", "a", "break", "beach", "never", "them"];
+        for round in 0..4u64 {
+            for i in 0..300u64 {
+                // Lines of varied length and word counts, so BM25 scores spread.
+                let line: Vec<&str> = (0..1 + (i * 7 + round) % 9).map(|j| words[((i * 13 + j * j + round) % 8) as usize]).collect();
+                let (asset, second) = (round % 3, round * 1000 + i);
+                let mut doc = TantivyDocument::new();
+                doc.add_text(fields.key, bucket_key_text(&format!("a{asset}"), second));
+                doc.add_u64(fields.asset_ordinal, asset);
+                doc.add_u64(fields.second, second);
+                doc.add_text(fields.dialogue, line.join(" "));
+                index.writer.lock().add_document(doc).unwrap();
+            }
+            if round == 2 {
+                for second in [2000, 2001, 2002, 2003] {
+                    index.writer.lock().delete_term(Term::from_field_text(fields.key, &bucket_key_text("a2", second)));
+                }
+            }
+            index.writer.lock().commit().unwrap();
+        }
+        index.reader.reload().unwrap();
+        let searcher = index.reader.searcher();
+        assert!(searcher.segment_readers().len() >= 2, "the test wants several segments");
+        let term = |word: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(Term::from_field_text(fields.dialogue, word), IndexRecordOption::WithFreqs))
+        };
+        let queries: Vec<Box<dyn Query>> = vec![
+            Box::new(BooleanQuery::new(vec![(Occur::Should, term("break")), (Occur::Should, term("beach")), (Occur::Should, term("we"))])),
+            Box::new(DisjunctionMaxQuery::new(vec![term("never"), term("them")])),
+            term("on"),
+        ];
+        for query in &queries {
+            let mut all = collect_seconds_in(&index, &searcher, query.as_ref()).unwrap();
+            assert!(all.len() > 100, "{} seconds", all.len());
+            assert!(all.iter().all(|&(asset, second, _)| !(asset == 2 && (2000..2004).contains(&second))), "deleted seconds searched");
+            all.sort_by(|a, b| b.2.total_cmp(&a.2));
+            for limit in [0, 1, 10, 57, all.len(), all.len() + 5] {
+                let mut top = top_seconds_in(&index, &searcher, query.as_ref(), limit).unwrap();
+                top.sort_by(|a, b| b.2.total_cmp(&a.2));
+                assert_eq!(top.len(), limit.min(all.len()));
+                // The same scores, up to the order the pruning scorer sums terms in; ties at the
+                // cut may pick different seconds of equal score.
+                let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * a.abs().max(1.0);
+                for (kept, best) in top.iter().zip(&all) {
+                    assert!(close(kept.2, best.2), "limit {limit}: {kept:?} where the whole search's next best is {best:?}");
+                }
+                for hit in &top {
+                    assert!(
+                        all.iter().any(|h| (h.0, h.1) == (hit.0, hit.1) && close(h.2, hit.2)),
+                        "{hit:?} is not a hit of the whole search"
+                    );
+                }
+            }
+        }
     }
 
     /// Seconds holding every word, each word's best alternative scored: the same seconds and
