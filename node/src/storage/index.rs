@@ -916,6 +916,9 @@ pub fn top_seconds_in(
     query: &dyn Query,
     limit: usize,
 ) -> Result<Vec<(u64, u64, f32)>, IndexError> {
+    // No more hits than documents: the collector reserves room for `limit` up front, and the
+    // limit may come from a peer's plan.
+    let limit = limit.min(usize::try_from(searcher.num_docs()).unwrap_or(usize::MAX));
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -1695,7 +1698,7 @@ mod tests {
             assert!(all.len() > 100, "{} seconds", all.len());
             assert!(all.iter().all(|&(asset, second, _)| !(asset == 2 && (2000..2004).contains(&second))), "deleted seconds searched");
             all.sort_by(|a, b| b.2.total_cmp(&a.2));
-            for limit in [0, 1, 10, 57, all.len(), all.len() + 5] {
+            for limit in [0, 1, 10, 57, all.len(), all.len() + 5, usize::MAX] {
                 let mut top = top_seconds_in(&index, &searcher, query.as_ref(), limit).unwrap();
                 top.sort_by(|a, b| b.2.total_cmp(&a.2));
                 assert_eq!(top.len(), limit.min(all.len()));
