@@ -115,7 +115,8 @@ impl Coordinator {
     /// each vocabulary label (at most [`SUGGEST_WARM_LABELS_MAX`]) into suggest's cache, so a
     /// keystroke that completes to a name costs a cache lookup. Labels are searched as suggest
     /// completes to them: spelled as the models wrote them ("Joey"). Yields to real traffic: a
-    /// label whose search finds no free slot is skipped.
+    /// label whose search finds no free slot is skipped. First, the local replicas sum their
+    /// dialogue fields' tokens for BM25, which a first words search would otherwise pay.
     fn warm_suggest_moments(&mut self, ctx: &mut Context<Self>) {
         let version = self.view.data_version();
         let settled = self.warm_last_seen == Some(version);
@@ -127,6 +128,15 @@ impl Coordinator {
         let labels: std::collections::BTreeSet<String> = self.planner.vocabulary().into_keys().take(SUGGEST_WARM_LABELS_MAX).collect();
         let (view, planner, slots) = (self.view.clone(), self.planner.clone(), self.slots.clone());
         let work = async move {
+            let shards = view.shards();
+            let _ = tokio::task::spawn_blocking(move || {
+                for shard in shards {
+                    if let Err(e) = shard.index.warm_text_statistics() {
+                        tracing::warn!(shard = shard.id, "warming the text statistics failed: {e}");
+                    }
+                }
+            })
+            .await;
             let mut moments = Vec::new();
             let mut spelled: Vec<String> = planner.label_displays(labels).await.into_values().collect();
             spelled.sort();

@@ -560,6 +560,20 @@ pub struct ShardIndex {
 }
 
 impl ShardIndex {
+    /// Sums what BM25 needs of every dialogue field over the current searcher, per segment
+    /// (kept until the segment merges away or gains deletes), so that the first dialogue
+    /// search after a restart or a large ingest does not sum some 1.8 million field norms a
+    /// shard itself (a cold keystroke's moments at 2,000 hours).
+    pub fn warm_text_statistics(&self) -> Result<(), IndexError> {
+        let searcher = self.reader.searcher();
+        let statistics = LiveStatistics { searcher: &searcher, cache: &self.statistics };
+        let fields = &self.fields;
+        for field in [fields.dialogue, fields.dialogue_bridge, fields.dialogue_before].into_iter().chain(fields.dialogue_stemmed) {
+            statistics.total_num_tokens(field)?;
+        }
+        Ok(())
+    }
+
     pub fn open(dir: &Path, spaces: &[VectorSpaceSpec], writer_heap_bytes: usize) -> Result<ShardIndex, IndexError> {
         let text_dir = dir.join("tantivy");
         let vector_dir = dir.join("vectors");
