@@ -706,6 +706,46 @@ fn sequences_co_occurrence_explain_and_suggest() {
         moments,
         vec!["joey-s1".to_string(), "joey-s2".to_string(), "joey-s3".to_string()],
     );
+
+    // A typed line's moments are where all its words are said; a search for the same words
+    // also takes seconds with half of them.
+    h.ingest(&[
+        line_annotation("said-all", "line-all", "Purple monkeys dance tonight", "en", 1000, 4000),
+        line_annotation("said-half-1", "line-half-1", "Purple monkeys sleep", "en", 1000, 4000),
+        line_annotation("said-half-2", "line-half-2", "Monkeys dance badly", "en", 1000, 4000),
+    ]);
+    h.searchable();
+    let moments_of = |typed: &str| {
+        let (status, reply) = h.get(&format!("/v1/suggest?q={}", typed.replace(' ', "%20")));
+        let first = reply["completions"].as_array().and_then(|c| c.first()).map(|c| c["query"].clone());
+        let mut moments = ids(&json!({"assets": reply["moments"].clone()}));
+        moments.sort();
+        (status, first, moments)
+    };
+    let mut searched = ids(&h.search("purple monkeys dance", json!({"q": "purple monkeys dance"})));
+    searched.sort();
+    h.check_eq(
+        "purple monkeys dance: a search takes half the words",
+        searched,
+        ["line-all", "line-half-1", "line-half-2"].map(String::from).to_vec(),
+    );
+    h.check_eq(
+        "suggest purple monkeys da: moments where every word is said",
+        moments_of("purple monkeys da"),
+        (200, Some(json!("purple monkeys dance")), vec!["line-all".to_string()]),
+    );
+    // A typo in a finished word keeps its edits (it is not in the dictionary).
+    h.check_eq(
+        "suggest purpel monkeys da: the misspelled word still matches",
+        moments_of("purpel monkeys da"),
+        (200, Some(json!("purpel monkeys dance")), vec!["line-all".to_string()]),
+    );
+    // Never said together: the moments are the search's (half the words).
+    h.check_eq(
+        "suggest purple sleep bad: moments of half the words",
+        moments_of("purple sleep bad"),
+        (200, Some(json!("purple sleep badly")), vec!["line-half-1".to_string()]),
+    );
     h.finish();
 }
 

@@ -283,7 +283,30 @@ async fn moments_of(
     let mut plan = planner.plan(request).await?;
     plan.cap_semantic_k(SUGGEST_SEMANTIC_K);
     plan.text_hits_max = Some(SUGGEST_TEXT_HITS_MAX);
+    // First where every typed word is said: the best of those are the moments, found
+    // best-first. Only when the words are never said together does the query run as a
+    // search would run it (half of the words, their stems and neighbours).
+    let mut preview = plan.clone();
+    let words_checker = planner.clone();
+    let (preview, narrowed) = tokio::task::spawn_blocking(move || {
+        let narrowed = preview.require_every_word(|word| words_checker.is_dialogue_word(word));
+        (preview, narrowed)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("narrowing the suggestion's words failed: {e}")))?;
+    if narrowed.is_empty() {
+        return Ok(run_plan(view, plan, false, started, permit).await?.assets);
+    }
+    let assets = run_plan(view, preview, false, started, permit.clone()).await?.assets;
+    if said_in(&assets, &narrowed) {
+        return Ok(assets);
+    }
     Ok(run_plan(view, plan, false, started, permit).await?.assets)
+}
+
+/// Whether any clip of `assets` matched one of the `leaves` (the plan's leaf indexes).
+fn said_in(assets: &[AssetHits], leaves: &[usize]) -> bool {
+    assets.iter().flat_map(|asset| &asset.clips).flat_map(|clip| &clip.matches).any(|m| leaves.contains(&m.clause))
 }
 
 /// Runs a compiled plan over every shard it needs (with an `asset_ids` filter, only the

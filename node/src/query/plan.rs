@@ -826,11 +826,65 @@ impl Plan {
             }
         }
     }
+
+    /// Narrows the free words of `q` for a preview of the best moments: a second must hold
+    /// every word (rather than half of them), a word the dictionary holds (`known`) matches
+    /// only itself (no stems, no neighbours within edits), and an unknown one keeps its edits.
+    /// Such a leaf is a conjunction of plain terms, which the index answers best-first while
+    /// skipping blocks that cannot reach the best seconds (block-max WAND); half the words,
+    /// each the best of itself, its stems and its neighbours, score every second holding any
+    /// of them. Returns the narrowed leaves.
+    pub fn require_every_word(&mut self, known: impl Fn(&str) -> bool) -> Vec<usize> {
+        let mut narrowed = Vec::new();
+        for (index, leaf) in self.leaves.iter_mut().enumerate() {
+            if let Leaf::Words { words, fuzziness, operator, minimum_should_match, languages, stems, source: ClauseSource::Query, .. } =
+                leaf
+            {
+                *operator = BoolOperator::And;
+                *minimum_should_match = words.len();
+                for (word, edits) in words.iter().zip(fuzziness.iter_mut()) {
+                    if known(word) {
+                        *edits = 0;
+                    }
+                }
+                // Without languages, a peer derives no stems either (stems do not travel).
+                languages.clear();
+                stems.clear();
+                narrowed.push(index);
+            }
+        }
+        narrowed
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_preview_requires_every_free_word_and_keeps_edits_only_for_unknown_ones() {
+        let mut plan = plan_json(serde_json::json!({
+            "q": "purple monkeys dancing",
+            "clauses": [{"type": "dialogue", "text": "we were on a break"}]
+        }))
+        .unwrap();
+        let free = plan.leaves.iter().position(|l| matches!(l, Leaf::Words { source: ClauseSource::Query, .. })).unwrap();
+        let sent = plan.leaves.iter().position(|l| matches!(l, Leaf::Words { source: ClauseSource::Clauses, .. })).unwrap();
+        let sent_before = plan.leaves[sent].clone();
+        let Leaf::Words { fuzziness, operator, minimum_should_match, stems, .. } = &plan.leaves[free] else { unreachable!() };
+        assert_eq!((fuzziness.as_slice(), *operator, *minimum_should_match), ([2, 2, 2].as_slice(), BoolOperator::Or, 2));
+        assert!(!stems.is_empty(), "the free words have stems to drop");
+
+        let narrowed = plan.require_every_word(|word| word == "purple" || word == "monkeys");
+        assert_eq!(narrowed, vec![free]);
+        let Leaf::Words { fuzziness, operator, minimum_should_match, stems, languages, .. } = &plan.leaves[free] else { unreachable!() };
+        assert_eq!((fuzziness.as_slice(), *operator, *minimum_should_match), ([0, 0, 2].as_slice(), BoolOperator::And, 3));
+        assert!(stems.is_empty() && languages.is_empty(), "stems, which a peer derives from the languages, are dropped");
+        assert_eq!(plan.leaves[sent], sent_before, "a dialogue clause the client sent is left as sent");
+        // Across the wire, the narrowed leaf stays narrowed.
+        let back = Plan::from_wire(&plan.to_wire().unwrap()).unwrap();
+        assert_eq!(back.leaves[free], plan.leaves[free]);
+    }
 
     #[test]
     fn capping_semantic_k_leaves_client_vectors_alone() {

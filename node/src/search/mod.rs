@@ -234,7 +234,8 @@ pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> 
                         let score_range = shard.leaf_rankings.score_range(&key, &hits);
                         LeafHits { hits, vector_hits: HashMap::new(), cached_as: Some(key), score_range }
                     }
-                    (None, Leaf::Words { operator: BoolOperator::And, .. }) => {
+                    // A bounded search (a preview) takes the best seconds instead, below.
+                    (None, Leaf::Words { operator: BoolOperator::And, .. }) if plan.text_hits_max.is_none() => {
                         let hits = all_words_hits(shard, &searcher, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket)?;
                         LeafHits { hits: Arc::new(hits), ..Default::default() }
                     }
@@ -716,7 +717,13 @@ fn allowed_assets(shard: &Shard, filters: &Filters) -> Result<Option<HashSet<u64
 
 /// One word of a dialogue clause: the word, its stems, and words within `edits`.
 fn word_query(shard: &Shard, word: &str, stems: &[(usize, &str)], edits: u32) -> Box<dyn Query> {
-    Box::new(DisjunctionMaxQuery::new(word_alternatives(shard, word, stems, edits)))
+    let mut alternatives = word_alternatives(shard, word, stems, edits);
+    // The word alone scores as the best of one (exactly: the max plus nothing), and a plain
+    // term lets tantivy skip blocks when only the best seconds are wanted.
+    match alternatives.len() {
+        1 => alternatives.remove(0),
+        _ => Box::new(DisjunctionMaxQuery::new(alternatives)),
+    }
 }
 
 /// What [`word_query`] takes the best of.
@@ -828,6 +835,10 @@ fn text_query(
                 .collect();
             if occur == Occur::Should && *minimum_should_match > 1 {
                 Box::new(BooleanQuery::with_minimum_required_clauses(parts, *minimum_should_match))
+            } else if parts.len() == 1 {
+                // One word scores as itself (a sum of one), and a bare term query is pruned
+                // block by block when only the best seconds are wanted.
+                parts.into_iter().map(|(_, query)| query).next().unwrap_or_else(|| Box::new(tantivy::query::EmptyQuery))
             } else {
                 Box::new(BooleanQuery::new(parts))
             }

@@ -1706,6 +1706,8 @@ mod tests {
             Box::new(BooleanQuery::new(vec![(Occur::Should, term("break")), (Occur::Should, term("beach")), (Occur::Should, term("we"))])),
             Box::new(DisjunctionMaxQuery::new(vec![term("never"), term("them")])),
             term("on"),
+            // Plain terms, all required: tantivy's block-max intersection.
+            Box::new(BooleanQuery::new(vec![(Occur::Must, term("we")), (Occur::Must, term("were"))])),
         ];
         for query in &queries {
             let mut all = collect_seconds_in(&index, &searcher, query.as_ref()).unwrap();
