@@ -368,16 +368,12 @@ pub fn shard_candidates(shard: &Shard, plan: &Plan, hits: ShardHits, stats: &Glo
     let (source, fuse): (&[(u64, f32)], Option<(&LeafStats, f32)>) = match single_leaf {
         Some(i) => (leaf_hits[i].hits.as_slice(), Some((&leaf_stats[i], plan.leaves[i].weight() as f32))),
         None => {
-            let fused = leaf_hits
-                .iter()
-                .zip(&leaf_stats)
-                .zip(&plan.leaves)
-                .map(|((raw, stat), leaf)| {
-                    let weight = leaf.weight() as f32;
-                    raw.hits.iter().map(|&(key, score)| (key, fused_score(plan, stat, weight, score))).collect()
-                })
-                .collect();
-            combined = evaluate_owned(&plan.root, fused, &options);
+            let lists: Vec<&[(u64, f32)]> = leaf_hits.iter().zip(&plan.leaves).map(|(raw, _)| raw.hits.as_slice()).collect();
+            let fuse = |leaf: usize, score: f32| match (leaf_stats.get(leaf), plan.leaves.get(leaf)) {
+                (Some(stat), Some(planned)) => fused_score(plan, stat, planned.weight() as f32, score),
+                _ => score,
+            };
+            combined = evaluate(&plan.root, &lists, &fuse, &options);
             (combined.as_slice(), None)
         }
     };
@@ -489,54 +485,37 @@ fn curation_options(plan: &Plan, bucket_ms: u64, asset_duration_ms: Option<u64>)
     }
 }
 
-/// Combines the fused leaf scores along the plan's tree, per second.
-/// [`evaluate`] taking the leaves' lists: a leaf the tree names once is moved, not copied (at
-/// 2,000 hours a label's list is some 360,000 seconds per shard).
-fn evaluate_owned(node: &PlanNode, leaves: Vec<Vec<(u64, f32)>>, options: &CurationOptions) -> Vec<(u64, f32)> {
-    let mut uses = vec![0usize; leaves.len()];
-    count_leaf_uses(node, &mut uses);
-    let mut leaves: Vec<LeafList> = leaves
-        .into_iter()
-        .zip(uses)
-        .map(|(list, uses)| if uses == 1 { LeafList::Once(Some(list)) } else { LeafList::Shared(list) })
-        .collect();
-    evaluate(node, &mut leaves, options)
-}
-
-/// One leaf's list during [`evaluate`]: moved out at its only use, or copied at each of several.
-enum LeafList {
-    Once(Option<Vec<(u64, f32)>>),
-    Shared(Vec<(u64, f32)>),
-}
-
-fn count_leaf_uses(node: &PlanNode, uses: &mut [usize]) {
+/// Combines the leaves' hits along the plan tree, each leaf's scores fused (`fuse(leaf, raw)`)
+/// as they are read. A leaf's list is copied only where a combination needs a list of its
+/// own; an intersection reads its leaves in place and fuses only the seconds every part
+/// holds: at 2,000 hours "Joey in the kitchen" intersects two lists of some 360,000 seconds a
+/// shard, and fused copies of both cost twice what the intersection does.
+fn evaluate(node: &PlanNode, leaves: &[&[(u64, f32)]], fuse: &dyn Fn(usize, f32) -> f32, options: &CurationOptions) -> Vec<(u64, f32)> {
+    let fused = |leaf: usize| leaves.get(leaf).into_iter().flat_map(|list| list.iter()).map(move |&(key, score)| (key, fuse(leaf, score)));
     match node {
-        PlanNode::Leaf { leaf } => {
-            if let Some(count) = uses.get_mut(*leaf) {
-                *count += 1;
-            }
-        }
-        PlanNode::While { nodes } | PlanNode::Any { nodes } => nodes.iter().for_each(|n| count_leaf_uses(n, uses)),
-        PlanNode::Sequence { first, then, .. } => {
-            count_leaf_uses(first, uses);
-            count_leaf_uses(then, uses);
-        }
-    }
-}
-
-fn evaluate(node: &PlanNode, leaves: &mut [LeafList], options: &CurationOptions) -> Vec<(u64, f32)> {
-    match node {
-        PlanNode::Leaf { leaf } => match leaves.get_mut(*leaf) {
-            Some(LeafList::Once(list)) => list.take().unwrap_or_default(),
-            Some(LeafList::Shared(list)) => list.clone(),
-            None => Vec::new(),
-        },
+        PlanNode::Leaf { leaf } => fused(*leaf).collect(),
         PlanNode::While { nodes } => {
-            let mut lists: Vec<Vec<(u64, f32)>> = nodes.iter().map(|n| evaluate(n, &mut *leaves, options)).collect();
-            lists.sort_by_key(|l| l.len());
-            let mut lists = lists.into_iter();
-            let Some(mut out) = lists.next() else { return vec![] };
-            for list in lists {
+            let mut parts: Vec<Part> = nodes
+                .iter()
+                .map(|n| match n {
+                    PlanNode::Leaf { leaf } => Part::InPlace(*leaf, leaves.get(*leaf).copied().unwrap_or(&[])),
+                    other => Part::Combined(evaluate(other, leaves, fuse, options)),
+                })
+                .collect();
+            // Smallest first (stable: equal sizes keep the plan's order, so sums add up in
+            // the same order whatever the parts are).
+            parts.sort_by_key(Part::len);
+            let mut parts = parts.into_iter();
+            let mut out = match parts.next() {
+                None => return vec![],
+                Some(Part::Combined(list)) => list,
+                Some(Part::InPlace(leaf, _)) => fused(leaf).collect(),
+            };
+            for part in parts {
+                let (list, leaf) = match &part {
+                    Part::InPlace(leaf, list) => (*list, Some(*leaf)),
+                    Part::Combined(list) => (list.as_slice(), None),
+                };
                 // Two-pointer intersection of sorted keys, summing scores.
                 let mut kept = Vec::with_capacity(out.len());
                 let mut j = 0;
@@ -545,7 +524,11 @@ fn evaluate(node: &PlanNode, leaves: &mut [LeafList], options: &CurationOptions)
                         j += 1;
                     }
                     if j < list.len() && list[j].0 == key {
-                        kept.push((key, score + list[j].1));
+                        let other = match leaf {
+                            Some(leaf) => fuse(leaf, list[j].1),
+                            None => list[j].1,
+                        };
+                        kept.push((key, score + other));
                     }
                 }
                 out = kept;
@@ -555,7 +538,10 @@ fn evaluate(node: &PlanNode, leaves: &mut [LeafList], options: &CurationOptions)
         PlanNode::Any { nodes } => {
             let mut all: Vec<(u64, f32)> = Vec::new();
             for n in nodes {
-                all.extend(evaluate(n, leaves, options));
+                match n {
+                    PlanNode::Leaf { leaf } => all.extend(fused(*leaf)),
+                    other => all.extend(evaluate(other, leaves, fuse, options)),
+                }
             }
             // Each part is sorted by key: the stable sort merges those runs, O(n log parts).
             all.sort_by_key(|h| h.0);
@@ -569,8 +555,8 @@ fn evaluate(node: &PlanNode, leaves: &mut [LeafList], options: &CurationOptions)
             out
         }
         PlanNode::Sequence { first, then, within_ms } => {
-            let a = evaluate(first, leaves, options);
-            let b = evaluate(then, leaves, options);
+            let a = evaluate(first, leaves, fuse, options);
+            let b = evaluate(then, leaves, fuse, options);
             let mut out = Vec::new();
             let mut b_runs = b.chunk_by(|x, y| hit_asset(x.0) == hit_asset(y.0)).peekable();
             for a_run in a.chunk_by(|x, y| hit_asset(x.0) == hit_asset(y.0)) {
@@ -586,6 +572,22 @@ fn evaluate(node: &PlanNode, leaves: &mut [LeafList], options: &CurationOptions)
                 out.extend(seconds.into_iter().map(|s| (hit_key(asset, s.second), s.score)));
             }
             out
+        }
+    }
+}
+
+/// One part of an intersection: a leaf's list, read in place and fused as read, or what a
+/// combination below it gave (fused already).
+enum Part<'a> {
+    InPlace(usize, &'a [(u64, f32)]),
+    Combined(Vec<(u64, f32)>),
+}
+
+impl Part<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Part::InPlace(_, list) => list.len(),
+            Part::Combined(list) => list.len(),
         }
     }
 }
@@ -1400,22 +1402,64 @@ mod tests {
     }
 
     #[test]
+    fn fusing_as_read_equals_fusing_first() {
+        use rand::{Rng, SeedableRng};
+        let options = CurationOptions { bucket_ms: 1000, ..Default::default() };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let leaf = |leaf: usize| PlanNode::Leaf { leaf };
+        let trees = [
+            PlanNode::While { nodes: vec![leaf(0), leaf(1)] },
+            PlanNode::While { nodes: vec![leaf(2), leaf(0), leaf(1)] },
+            PlanNode::While { nodes: vec![PlanNode::Any { nodes: vec![leaf(0), leaf(2)] }, leaf(1), leaf(0)] },
+            PlanNode::Any { nodes: vec![leaf(0), PlanNode::While { nodes: vec![leaf(1), leaf(2)] }, leaf(1)] },
+            PlanNode::Sequence {
+                first: Box::new(PlanNode::While { nodes: vec![leaf(0), leaf(1)] }),
+                then: Box::new(leaf(2)),
+                within_ms: 5000,
+            },
+            // A leaf the hits do not have.
+            PlanNode::While { nodes: vec![leaf(0), leaf(3)] },
+        ];
+        for round in 0..50 {
+            let lists: Vec<Vec<(u64, f32)>> = (0..3)
+                .map(|_| {
+                    let mut keys: Vec<u64> =
+                        (0..rng.gen_range(0..300)).map(|_| hit_key(rng.gen_range(0..4), rng.gen_range(0..120))).collect();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    keys.into_iter().map(|k| (k, rng.gen_range(0.01f32..9.0))).collect()
+                })
+                .collect();
+            let weights = [0.3f32, 1.7, 0.9];
+            let fuse = |leaf: usize, score: f32| (score - 0.01) / 8.99 * weights[leaf] + 0.1;
+            let fused_first: Vec<Vec<(u64, f32)>> =
+                lists.iter().enumerate().map(|(i, list)| list.iter().map(|&(k, s)| (k, fuse(i, s))).collect()).collect();
+            let raw: Vec<&[(u64, f32)]> = lists.iter().map(Vec::as_slice).collect();
+            let fused: Vec<&[(u64, f32)]> = fused_first.iter().map(Vec::as_slice).collect();
+            for tree in &trees {
+                let as_read = evaluate(tree, &raw, &fuse, &options);
+                let first = evaluate(tree, &fused, &|_, score| score, &options);
+                let bits = |list: &[(u64, f32)]| list.iter().map(|&(k, s)| (k, s.to_bits())).collect::<Vec<_>>();
+                assert_eq!(bits(&as_read), bits(&first), "round {round}: {tree:?}");
+            }
+        }
+    }
+
+    #[test]
     fn sequences_and_co_occurrence_combine_per_asset() {
         let options = CurationOptions { bucket_ms: 1000, ..Default::default() };
         let a = vec![(hit_key(1, 10), 1.0), (hit_key(1, 11), 1.0), (hit_key(2, 5), 1.0)];
         let b = vec![(hit_key(1, 15), 1.0), (hit_key(2, 1), 1.0)];
         let c = vec![(hit_key(1, 11), 1.0), (hit_key(2, 9), 1.0)];
-        let leaves = vec![a, b, c];
-        let both = evaluate_owned(
-            &PlanNode::While { nodes: vec![PlanNode::Leaf { leaf: 0 }, PlanNode::Leaf { leaf: 2 }] },
-            leaves.clone(),
-            &options,
-        );
+        let leaves: Vec<&[(u64, f32)]> = vec![&a, &b, &c];
+        let unfused = |_: usize, score: f32| score;
+        let both =
+            evaluate(&PlanNode::While { nodes: vec![PlanNode::Leaf { leaf: 0 }, PlanNode::Leaf { leaf: 2 }] }, &leaves, &unfused, &options);
         assert_eq!(both, vec![(hit_key(1, 11), 2.0)]);
         let sequence =
             PlanNode::Sequence { first: Box::new(PlanNode::Leaf { leaf: 0 }), then: Box::new(PlanNode::Leaf { leaf: 1 }), within_ms: 5000 };
         let seconds: Vec<(u64, u64)> =
-            evaluate_owned(&sequence, leaves.clone(), &options).iter().map(|&(k, _)| (hit_asset(k), hit_second(k))).collect();
+            evaluate(&sequence, &leaves, &unfused, &options).iter().map(|&(k, _)| (hit_asset(k), hit_second(k))).collect();
         // Asset 1: A at 10-11, B at 15 (4 s later) → 10..=15. Asset 2: B before A → nothing.
         assert_eq!(seconds, (10..=15).map(|s| (1, s)).collect::<Vec<_>>());
     }
