@@ -731,16 +731,16 @@ fn measure_rebalance(
     }
     let started = Instant::now();
     let reply = first.send("POST", "/v1/admin/cluster/rebalance", "application/json", b"{}")?;
-    let moves = serde_json::from_str::<serde_json::Value>(&reply)?["queued_moves"].as_u64().unwrap_or(0);
-    println!("rebalance: {moves} moves onto node {n}");
-    crate::cli::membership::wait_for_moves(&first, Duration::from_secs(3600)).map_err(|e| e.to_string())?;
+    let queued = crate::cli::membership::Queued::of_reply(&serde_json::from_str::<serde_json::Value>(&reply)?);
+    println!("rebalance: {} moves onto node {n}", queued.moves);
+    crate::cli::membership::wait_for_moves(&first, queued, Duration::from_secs(3600)).map_err(|e| e.to_string())?;
     let finished = Instant::now();
     let during = load.window(started, finished);
     let before = load.window(baseline_started, started);
     load.stop();
     let status = new_client.get_json("/v1/cluster")?;
     Ok(RebalanceReport {
-        moves,
+        moves: queued.moves,
         rebalance_seconds: finished.duration_since(started).as_secs_f64(),
         add_node_seconds,
         snapshot_bytes_fetched: local_sum(&status, "snapshot_bytes_fetched"),

@@ -57,10 +57,36 @@ fn moves_of(status: &Value) -> (Vec<MoveView>, usize) {
     (moves, queued)
 }
 
-/// Waits until no move is queued or in flight, drawing a bar per moving replica (on a
-/// terminal) and printing a line as each finishes.
-pub fn wait_for_moves(client: &Client, timeout: Duration) -> Result<(), MembershipCliError> {
+/// What an admin request queued: the cluster map epoch its reply named (the map holding the
+/// queued moves) and how many moves it queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    pub epoch: Option<u64>,
+    pub moves: u64,
+}
+
+impl Queued {
+    pub fn of_reply(reply: &Value) -> Queued {
+        Queued { epoch: reply["epoch"].as_u64(), moves: reply["queued_moves"].as_u64().unwrap_or(0) }
+    }
+}
+
+/// Whether the node's `/v1/cluster` shows a map at least as new as `epoch`. A request sent
+/// to a node that is not the metadata leader is forwarded and answered with the leader's new
+/// map, which that node may not have applied yet: until it has, it shows no move at all.
+fn map_reached(status: &Value, epoch: Option<u64>) -> bool {
+    match epoch {
+        None => true,
+        Some(wanted) => status["membership"]["epoch"].as_u64().is_some_and(|seen| seen >= wanted),
+    }
+}
+
+/// Waits until the node follows the map `queued` names, then until no move is queued or in
+/// flight, drawing a bar per moving replica (on a terminal) and printing a line as each
+/// finishes (and one for moves that finished between two polls).
+pub fn wait_for_moves(client: &Client, queued: Queued, timeout: Duration) -> Result<(), MembershipCliError> {
     let started = Instant::now();
+    let mut reported = 0u64;
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template("{prefix:<36} [{bar:30}] {pos}/{len} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -68,7 +94,18 @@ pub fn wait_for_moves(client: &Client, timeout: Duration) -> Result<(), Membersh
     let mut shown: BTreeMap<u64, (ProgressBar, String, Instant)> = BTreeMap::new();
     loop {
         let status = client.get_json("/v1/cluster")?;
-        let (moves, queued) = moves_of(&status);
+        if !map_reached(&status, queued.epoch) {
+            if started.elapsed() > timeout {
+                let seen = &status["membership"]["epoch"];
+                return Err(MembershipCliError::Timeout {
+                    waited_s: started.elapsed().as_secs(),
+                    moves: format!("this node still follows cluster map epoch {seen}, not yet {:?}", queued.epoch),
+                });
+            }
+            std::thread::sleep(POLL_INTERVAL);
+            continue;
+        }
+        let (moves, waiting) = moves_of(&status);
         for m in &moves {
             let (bar, ..) = shown.entry(m.id).or_insert_with(|| {
                 let bar = bars.add(ProgressBar::new(1).with_style(style.clone()).with_prefix(m.label.clone()));
@@ -85,14 +122,19 @@ pub fn wait_for_moves(client: &Client, timeout: Duration) -> Result<(), Membersh
             if let Some((bar, label, since)) = shown.remove(&id) {
                 bar.finish_and_clear();
                 println!("{label}: done in {:.1} s", since.elapsed().as_secs_f64());
+                reported += 1;
             }
         }
-        if moves.is_empty() && queued == 0 {
+        if moves.is_empty() && waiting == 0 {
+            let unseen = queued.moves.saturating_sub(reported);
+            if unseen > 0 {
+                println!("{unseen} more moves (finished between two polls): done in {:.1} s", started.elapsed().as_secs_f64());
+            }
             return Ok(());
         }
         if started.elapsed() > timeout {
             let moves = moves.iter().map(|m| format!("{} ({})", m.label, m.phase)).collect::<Vec<_>>().join(", ");
-            return Err(MembershipCliError::Timeout { waited_s: started.elapsed().as_secs(), moves: format!("{moves}; {queued} queued") });
+            return Err(MembershipCliError::Timeout { waited_s: started.elapsed().as_secs(), moves: format!("{moves}; {waiting} queued") });
         }
         std::thread::sleep(POLL_INTERVAL);
     }
@@ -164,7 +206,7 @@ pub fn add_node(
 pub fn remove_node(client: &Client, id: u64, timeout: Duration) -> Result<(), MembershipCliError> {
     let reply = post(client, &format!("/v1/admin/cluster/nodes/{id}/drain"), &json!({}))?;
     println!("node {id} is draining: {} replicas to move", reply["queued_moves"]);
-    wait_for_moves(client, timeout)?;
+    wait_for_moves(client, Queued::of_reply(&reply), timeout)?;
     forget(client, id, timeout)
 }
 
@@ -196,15 +238,15 @@ pub fn replace_node(client: &Client, old: u64, new: u64, addrs: Option<(&str, &s
     }
     let reply = post(client, &format!("/v1/admin/cluster/nodes/{old}/replace"), &json!({ "with": new }))?;
     println!("node {old} is being replaced by node {new}: {} replicas to move", reply["queued_moves"]);
-    wait_for_moves(client, timeout)?;
+    wait_for_moves(client, Queued::of_reply(&reply), timeout)?;
     forget(client, old, timeout)
 }
 
 pub fn move_replica(client: &Client, shard: u32, from: u64, to: u64, wait: Option<Duration>) -> Result<(), MembershipCliError> {
-    post(client, "/v1/admin/cluster/moves", &json!({ "shard": shard, "from": from, "to": to }))?;
+    let reply = post(client, "/v1/admin/cluster/moves", &json!({ "shard": shard, "from": from, "to": to }))?;
     println!("shard {shard}: moving its replica from node {from} to node {to}");
     match wait {
-        Some(timeout) => wait_for_moves(client, timeout),
+        Some(timeout) => wait_for_moves(client, Queued::of_reply(&reply), timeout),
         None => Ok(()),
     }
 }
@@ -217,7 +259,7 @@ pub fn rebalance(client: &Client, max_concurrent_moves: Option<usize>, wait: Opt
     let reply = post(client, "/v1/admin/cluster/rebalance", &body)?;
     println!("rebalance: {} moves queued", reply["queued_moves"]);
     match wait {
-        Some(timeout) => wait_for_moves(client, timeout),
+        Some(timeout) => wait_for_moves(client, Queued::of_reply(&reply), timeout),
         None => Ok(()),
     }
 }
@@ -228,4 +270,25 @@ pub fn cancel_moves(client: &Client) -> Result<(), MembershipCliError> {
     let reply = post(client, "/v1/admin/cluster/moves/cancel", &json!({}))?;
     println!("moves cancelled; {} past their promotion finish on their own", reply["moves_in_flight"]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that has not applied the map a forwarded request was answered with shows no
+    /// move: waiting must not end there.
+    #[test]
+    fn moves_are_waited_for_only_on_a_map_holding_them() {
+        let status = |epoch: Value| json!({ "membership": { "epoch": epoch, "moves": [], "queued_moves": [] } });
+        let reply = json!({ "epoch": 12, "queued_moves": 1 });
+        let queued = Queued::of_reply(&reply);
+        assert_eq!(queued, Queued { epoch: Some(12), moves: 1 });
+        assert!(!map_reached(&status(json!(11)), queued.epoch), "a stale map shows no move yet");
+        assert!(!map_reached(&status(Value::Null), queued.epoch), "a node without a map has not reached it");
+        assert!(map_reached(&status(json!(12)), queued.epoch));
+        assert!(map_reached(&status(json!(13)), queued.epoch));
+        // A reply without an epoch (an older node) waits as before.
+        assert!(map_reached(&status(json!(1)), Queued::of_reply(&json!({})).epoch));
+    }
 }
