@@ -37,8 +37,9 @@ use crate::query::understand::edit_distance_within;
 use crate::shard::Shard;
 use crate::storage::blocks::{block_of, BucketBlockRef};
 use crate::storage::index::{
-    best_term_hits, collect_seconds_in, every_word_hits, keep_best_of_each_key, label_decile_term_text, label_term_text, stem_language,
-    stem_tokens, text_analyzer, tokens_with, top_seconds_in, vector_key, vector_target, Fields, IndexError, LiveStatistics, VectorMetric,
+    best_term_hits, collect_lines_in, collect_seconds_in, every_word_hits, keep_best_of_each_key, label_decile_term_text, label_term_text,
+    stem_language, stem_tokens, text_analyzer, tokens_with, top_seconds_in, vector_key, vector_target, Fields, IndexError, LiveStatistics,
+    VectorMetric,
 };
 use crate::storage::store::StoreError;
 
@@ -239,12 +240,15 @@ pub fn shard_hits(shard: &Shard, plan: &Plan) -> Result<ShardHits, SearchError> 
                         let hits = all_words_hits(shard, &searcher, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket)?;
                         LeafHits { hits: Arc::new(hits), ..Default::default() }
                     }
+                    (None, Leaf::Phrase { .. }) => {
+                        let range = has_time_range.then_some((from_bucket, to_bucket));
+                        let hits = phrase_hits(shard, &searcher, leaf, allowed.as_ref(), range, plan.text_hits_max)?;
+                        LeafHits { hits: Arc::new(hits), ..Default::default() }
+                    }
                     _ => {
                         let query = text_query(shard, leaf, allowed.as_ref(), has_time_range, from_bucket, to_bucket);
                         let seconds = match (plan.text_hits_max, leaf) {
-                            (Some(limit), Leaf::Words { .. } | Leaf::Phrase { .. }) => {
-                                top_seconds_in(&shard.index, &searcher, query.as_ref(), limit)?
-                            }
+                            (Some(limit), Leaf::Words { .. }) => top_seconds_in(&shard.index, &searcher, query.as_ref(), limit)?,
                             _ => collect_seconds_in(&shard.index, &searcher, query.as_ref())?,
                         };
                         let hits = seconds
@@ -769,7 +773,8 @@ fn all_words_hits(
     };
     let mut hits = Vec::new();
     for reader in searcher.segment_readers() {
-        hits.extend(every_word_hits(reader, &weights, keep, hit_key)?);
+        let columns = shard.index.columns.of(reader)?;
+        hits.extend(every_word_hits(reader, &columns, &weights, keep, hit_key)?);
     }
     Ok(sorted_unique(hits))
 }
@@ -804,8 +809,9 @@ fn label_terms(fields: &Fields, track: Option<&str>, label: &str, min_confidence
     terms
 }
 
-/// A text leaf as one tantivy query. `shard_hits` sends `and` words leaves to [`all_words_hits`]
-/// instead, which scores them as the `Must` form built here would.
+/// A label or words leaf as one tantivy query (phrases: [`phrase_hits`]). `shard_hits` sends
+/// `and` words leaves to [`all_words_hits`] instead, which scores them as the `Must` form built
+/// here would.
 fn text_query(
     shard: &Shard,
     leaf: &Leaf,
@@ -845,39 +851,81 @@ fn text_query(
                 Box::new(BooleanQuery::new(parts))
             }
         }
-        Leaf::Phrase { words, slop, stems, .. } => {
-            let mut alternatives: Vec<Box<dyn Query>> = vec![phrase_query(fields.dialogue, words, *slop)];
-            for (position, stemmed) in stems {
-                alternatives.push(Box::new(BoostQuery::new(phrase_query(fields.dialogue_stemmed[*position], stemmed, *slop), STEM_BOOST)));
-            }
-            if words.len() > 1 {
-                // Only phrases that cross the line break: a phrase inside the previous line
-                // already matches that line's own seconds.
-                let crossing = BooleanQuery::new(vec![
-                    (Occur::Must, phrase_query(fields.dialogue_bridge, words, *slop)),
-                    (Occur::MustNot, phrase_query(fields.dialogue_before, words, *slop)),
-                ]);
-                alternatives.push(Box::new(BoostQuery::new(Box::new(crossing), BRIDGE_BOOST)));
-            }
-            Box::new(DisjunctionMaxQuery::new(alternatives))
-        }
-        Leaf::Vector { .. } => Box::new(tantivy::query::EmptyQuery),
+        Leaf::Phrase { .. } | Leaf::Vector { .. } => Box::new(tantivy::query::EmptyQuery),
     };
+    let range = has_time_range.then_some((from_bucket, to_bucket));
+    filtered(&fields, main, allowed, range)
+}
+
+/// `query` on the allowed assets' documents only, and on seconds in `[from, to)` (buckets).
+fn filtered(fields: &Fields, query: Box<dyn Query>, allowed: Option<&HashSet<u64>>, range: Option<(u64, u64)>) -> Box<dyn Query> {
     let mut filters: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     if let Some(allowed) = allowed {
         let terms = allowed.iter().map(|&o| Term::from_field_u64(fields.asset_ordinal, o));
         filters.push((Occur::Must, Box::new(BoostQuery::new(Box::new(TermSetQuery::new(terms)), 0.0))));
     }
-    if has_time_range {
+    if let Some((from_bucket, to_bucket)) = range {
         let upper = if to_bucket == u64::MAX { Bound::Unbounded } else { Bound::Excluded(Term::from_field_u64(fields.second, to_bucket)) };
         let range = RangeQuery::new(Bound::Included(Term::from_field_u64(fields.second, from_bucket)), upper);
         filters.push((Occur::Must, Box::new(BoostQuery::new(Box::new(range), 0.0))));
     }
     if filters.is_empty() {
-        return main;
+        return query;
     }
-    filters.insert(0, (Occur::Must, main));
+    filters.insert(0, (Occur::Must, query));
     Box::new(BooleanQuery::new(filters))
+}
+
+/// A phrase leaf's (hit key, score), sorted by key: each line that says it (exactly, or
+/// stemmed for less) scores once and gives that score to every second it covers, and a phrase
+/// running across a line break scores the first second of the later line (for a little less).
+/// Lines are matched where they start, so a time range filters their seconds, not the match.
+/// With `limit`, the `limit` best seconds of the best lines and crossings.
+///
+/// Positions are checked once per line: a line indexed at every second it covers had them
+/// checked at each, the most of a phrase query at 2,000 hours.
+fn phrase_hits(
+    shard: &Shard,
+    searcher: &tantivy::Searcher,
+    leaf: &Leaf,
+    allowed: Option<&HashSet<u64>>,
+    range: Option<(u64, u64)>,
+    limit: Option<usize>,
+) -> Result<Vec<(u64, f32)>, SearchError> {
+    let Leaf::Phrase { words, slop, stems, .. } = leaf else { return Ok(Vec::new()) };
+    let fields = shard.index.fields;
+    let mut alternatives: Vec<Box<dyn Query>> = vec![phrase_query(fields.dialogue_line, words, *slop)];
+    for (position, stemmed) in stems {
+        alternatives.push(Box::new(BoostQuery::new(phrase_query(fields.dialogue_line_stemmed[*position], stemmed, *slop), STEM_BOOST)));
+    }
+    let lines = filtered(&fields, Box::new(DisjunctionMaxQuery::new(alternatives)), allowed, None);
+    let mut hits = Vec::new();
+    for (asset, first, last, score) in collect_lines_in(&shard.index, searcher, lines.as_ref(), limit)? {
+        let (from, to) = range.map_or((first, last), |(from, to)| (first.max(from), last.min(to.saturating_sub(1))));
+        hits.extend((from..=to).map(|second| (hit_key(asset, second), score)));
+    }
+    if words.len() > 1 {
+        // Only phrases that cross the line break: a phrase inside the previous line already
+        // matches that line's own seconds.
+        let crossing = BooleanQuery::new(vec![
+            (Occur::Must, phrase_query(fields.dialogue_bridge, words, *slop)),
+            (Occur::MustNot, phrase_query(fields.dialogue_before, words, *slop)),
+        ]);
+        let crossing = filtered(&fields, Box::new(BoostQuery::new(Box::new(crossing), BRIDGE_BOOST)), allowed, range);
+        let seconds = match limit {
+            Some(limit) => top_seconds_in(&shard.index, searcher, crossing.as_ref(), limit)?,
+            None => collect_seconds_in(&shard.index, searcher, crossing.as_ref())?,
+        };
+        hits.extend(seconds.into_iter().map(|(asset, second, score)| (hit_key(asset, second), score)));
+    }
+    hits.retain(|(_, score)| score.is_finite() && *score > 0.0);
+    let mut hits = sorted_unique(hits);
+    if let Some(limit) = limit.filter(|&limit| hits.len() > limit) {
+        hits.select_nth_unstable_by(limit - 1, |a, b| b.1.total_cmp(&a.1));
+        hits.truncate(limit);
+        hits.sort_unstable_by_key(|hit| hit.0);
+    }
+    Ok(hits)
 }
 
 /// Similarity in "bigger is better" form, as usearch's distance would give: cosine and inner
@@ -1312,6 +1360,7 @@ pub fn annotation_vector_key(asset_id: &str, annotation_id: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::plan::{plan, PlanContext, SearchDefaults, SearchLimits};
 
     #[test]
     fn coordinator_keeps_the_global_best_assets_only() {
@@ -1607,5 +1656,119 @@ mod tests {
                 assert_eq!(counts, searches, "round {round}, floor at rank {rank}");
             }
         }
+    }
+
+    /// A phrase is matched once per line, where the line starts, and spreads over every second
+    /// the line covers, whatever other lines overlap them; a stemmed form finds the same lines
+    /// for less; a time range cuts the seconds, not the line; a phrase across a line break
+    /// matches the later line's first second; a bounded search keeps the best seconds; and
+    /// seconds re-indexed by a later batch leave the line's seconds as they were.
+    #[test]
+    fn a_phrase_matches_every_second_of_the_lines_that_say_it() {
+        use rushes_client::wait::wait_until;
+        use rushes_protocol::model::{IngestItem, ShardCommand, StoredAnnotation};
+        use rushes_protocol::validate::{parse_batch, BodyFormat};
+        use std::time::Duration;
+
+        let config = rushes_config::Config::default();
+        let ingest = |shard: &Shard, lines: &[String]| {
+            let body = lines.join("\n");
+            let items = parse_batch(body.as_bytes(), BodyFormat::Ndjson, &crate::node::ingest_limits(&config))
+                .expect("valid batch")
+                .into_iter()
+                .map(|item| {
+                    let (annotation, vector) = StoredAnnotation::from_validated(item.annotation);
+                    IngestItem { raw_json: item.raw_json, annotation, vector }
+                })
+                .collect();
+            let receiver = shard.propose(&ShardCommand::Ingest { items }).expect("proposal accepted");
+            receiver.blocking_recv().expect("the Raft actor answers").expect("applied");
+        };
+        let line = |id: &str, start_ms: u64, end_ms: u64, text: &str| {
+            serde_json::json!({"id": id, "asset_id": "ep1", "model": "asr", "model_version": "1", "track": "dialogue",
+                "start_ms": start_ms, "end_ms": end_ms, "text": text, "language": "en", "confidence": 0.9})
+            .to_string()
+        };
+        let face = |id: &str, start_ms: u64, end_ms: u64| {
+            serde_json::json!({"id": id, "asset_id": "ep1", "model": "faces", "model_version": "1", "track": "character",
+                "start_ms": start_ms, "end_ms": end_ms, "label": "Joey", "confidence": 0.9})
+            .to_string()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = crate::node::shard_options(&config);
+        options.commit_interval_ms = 50;
+        let shard = Shard::open(dir.path(), 0, &options, Arc::new(crate::metrics::Metrics::new()), None).expect("open shard");
+        wait_until("the single voter leads", Duration::from_secs(30), || shard.is_leader());
+        ingest(
+            &shard,
+            &[
+                // Seconds 2..=6, overlapped at 5 and 6 by a line that does not say it.
+                line("d1", 2_000, 6_400, "We were on a break!"),
+                line("d2", 5_500, 8_000, "A break from work."),
+                line("d3", 20_000, 21_000, "On a break."),
+                line("d4", 30_000, 32_000, "Break on a beach."),
+                // Across a line break: "... on a" / "break".
+                line("d5", 40_000, 41_000, "Was that on a"),
+                line("d6", 41_000, 42_000, "break?"),
+            ],
+        );
+        // Seconds 2-7, 20, 30-31, 40, 41.
+        wait_until("fused and indexed", Duration::from_secs(30), || shard.index.num_docs() == 11);
+        let plan_of = |json: serde_json::Value| {
+            let limits = SearchLimits {
+                max_clauses: 16,
+                max_per_asset: 50,
+                max_limit: 100,
+                max_query_bytes: 4096,
+                max_vector_k: 1000,
+                vector_spaces: vec![],
+            };
+            let request: rushes_protocol::SearchRequest = serde_json::from_value(json).expect("request");
+            let (vocabulary, series) = (BTreeMap::new(), Vec::new());
+            let context = PlanContext {
+                vocabulary: &vocabulary,
+                series: &series,
+                limits: &limits,
+                defaults: SearchDefaults::default(),
+                embedder: None,
+                known_word: &|_| false,
+            };
+            plan(&request, &context).expect("plan")
+        };
+        let phrase = |text: &str| plan_of(serde_json::json!({"clauses": [{"type": "phrase", "text": text}]}));
+        let hits = |plan: &Plan| -> Vec<(u64, f32)> {
+            let found = shard_hits(&shard, plan).expect("hits");
+            found.leaves[0].hits.iter().map(|&(key, score)| (hit_second(key), score)).collect()
+        };
+        let seconds = |hits: &[(u64, f32)]| hits.iter().map(|h| h.0).collect::<Vec<_>>();
+
+        let exact = hits(&phrase("on a break"));
+        assert_eq!(seconds(&exact), vec![2, 3, 4, 5, 6, 20, 41]);
+        let score_at = |hits: &[(u64, f32)], second: u64| hits.iter().find(|h| h.0 == second).map(|h| h.1).expect("a hit there");
+        for second in 3..=6 {
+            assert_eq!(score_at(&exact, second), score_at(&exact, 2), "every second of a line scores as the line");
+        }
+
+        // Bridges are not stemmed.
+        let stemmed = hits(&phrase("on a breaks"));
+        assert_eq!(seconds(&stemmed), vec![2, 3, 4, 5, 6, 20]);
+        assert!(score_at(&stemmed, 20) < score_at(&exact, 20), "a stemmed match counts less");
+
+        let mut in_range = phrase("on a break");
+        in_range.filters.from_ms = Some(3_500);
+        in_range.filters.to_ms = Some(6_000);
+        assert_eq!(seconds(&hits(&in_range)), vec![3, 4, 5], "a line starting before the range still has its seconds in it");
+
+        let mut bounded = phrase("on a break");
+        bounded.text_hits_max = Some(2);
+        assert_eq!(hits(&bounded).len(), 2);
+        assert!(hits(&phrase("a beach break")).is_empty(), "words said out of order are no phrase");
+
+        // Seconds in the middle and at the start of the line are written again.
+        ingest(&shard, &[face("f1", 3_000, 4_000), face("f2", 2_000, 2_500)]);
+        let faces = plan_of(serde_json::json!({"clauses": [{"type": "label", "label": "Joey"}]}));
+        wait_until("the faces are indexed", Duration::from_secs(30), || seconds(&hits(&faces)) == [2, 3]);
+        assert_eq!(hits(&phrase("on a break")), exact);
+        shard.shutdown();
     }
 }

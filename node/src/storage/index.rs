@@ -5,10 +5,13 @@
 //! `track\x1flabel\x1fpercent` (and `*\x1flabel\x1fpercent` for any track), where `percent` is the
 //! annotation's confidence in hundredths, plus one `~decile` term per label, so `min_confidence`
 //! is a small term set and the score can follow confidence.
-//! Dialogue text goes through a lower-casing, ASCII-folding analyzer with positions for phrases
-//! (`dialogue`), through the stemmer of the annotation's language (`dialogue_<lang>`), and, at
-//! the first second of a line, together with the line before it (`dialogue_bridge`, and the line
-//! before alone in `dialogue_before`), so a phrase can run across two lines.
+//! Dialogue text goes through a lower-casing, ASCII-folding analyzer (`dialogue`) and through the
+//! stemmer of the annotation's language (`dialogue_<lang>`) at every second the line covers,
+//! with frequencies for words. Phrases need positions: those are indexed once per line, at its
+//! first second (`dialogue_line`, `dialogue_line_<lang>`, and `line_end_second`, the last second
+//! of the longest line starting there, so a match spreads over the seconds the line covers), and
+//! there again together with the line before it (`dialogue_bridge`, and the line before alone in
+//! `dialogue_before`), so a phrase can run across two lines.
 //!
 //! usearch: one vector per annotation (not per second: a scene annotation covers tens of
 //! seconds, so this is ~30x fewer vectors); a hit maps back to the seconds it covers.
@@ -40,7 +43,7 @@ use crate::storage::store::{ShardStore, StoreError};
 pub const TEXT_ANALYZER: &str = "rushes_text";
 /// Version of the index layout (schema, terms, vector keys). Bump it when documents change:
 /// nodes then rebuild their indexes from the bucket store at start.
-pub const INDEX_FORMAT_VERSION: u32 = 4;
+pub const INDEX_FORMAT_VERSION: u32 = 5;
 /// A line starting within this many buckets after the previous one ends continues it: a
 /// phrase may run across the two.
 pub const BRIDGE_WINDOW_BUCKETS: u64 = 10;
@@ -159,13 +162,23 @@ pub struct Fields {
     pub dialogue_before: Field,
     /// One stemmed field per entry of [`STEM_LANGUAGES`], same order.
     pub dialogue_stemmed: [Field; STEM_LANGUAGES.len()],
+    /// The lines that start at this second, with positions (phrases): once per line, where
+    /// `dialogue` repeats a line at every second it covers.
+    pub dialogue_line: Field,
+    /// Stemmed lines starting at this second, as `dialogue_stemmed`.
+    pub dialogue_line_stemmed: [Field; STEM_LANGUAGES.len()],
+    /// Where `dialogue_line` is set: the last second of the longest line starting here.
+    pub line_end_second: Field,
 }
 
 fn build_schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
-    let text = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer(TEXT_ANALYZER).set_index_option(IndexRecordOption::WithFreqsAndPositions),
-    );
+    let indexing = |tokenizer: &str, option: IndexRecordOption| {
+        TextOptions::default().set_indexing_options(TextFieldIndexing::default().set_tokenizer(tokenizer).set_index_option(option))
+    };
+    // Words at every second need frequencies only; positions (phrases) are indexed once a line.
+    let words = indexing(TEXT_ANALYZER, IndexRecordOption::WithFreqs);
+    let phrases = indexing(TEXT_ANALYZER, IndexRecordOption::WithFreqsAndPositions);
     let fields = Fields {
         key: builder.add_text_field("key", STRING),
         asset_ordinal: builder.add_u64_field("asset_ordinal", INDEXED | FAST),
@@ -175,21 +188,26 @@ fn build_schema() -> (Schema, Fields) {
         episode: builder.add_u64_field("episode", INDEXED | FAST),
         labels: builder.add_text_field("labels", STRING),
         tracks: builder.add_text_field("tracks", STRING),
-        dialogue: builder.add_text_field("dialogue", text.clone()),
-        dialogue_bridge: builder.add_text_field("dialogue_bridge", text.clone()),
-        dialogue_before: builder.add_text_field("dialogue_before", text),
+        dialogue: builder.add_text_field("dialogue", words),
+        dialogue_bridge: builder.add_text_field("dialogue_bridge", phrases.clone()),
+        dialogue_before: builder.add_text_field("dialogue_before", phrases.clone()),
         dialogue_stemmed: std::array::from_fn(|i| {
             let (code, _) = STEM_LANGUAGES[i];
-            let options = TextOptions::default().set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer(&stem_analyzer_name(code))
-                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-            );
-            builder.add_text_field(&format!("dialogue_{code}"), options)
+            builder.add_text_field(&format!("dialogue_{code}"), indexing(&stem_analyzer_name(code), IndexRecordOption::WithFreqs))
         }),
+        dialogue_line: builder.add_text_field("dialogue_line", phrases),
+        dialogue_line_stemmed: std::array::from_fn(|i| {
+            let (code, _) = STEM_LANGUAGES[i];
+            let options = indexing(&stem_analyzer_name(code), IndexRecordOption::WithFreqsAndPositions);
+            builder.add_text_field(&format!("dialogue_line_{code}"), options)
+        }),
+        line_end_second: builder.add_u64_field(LINE_END_SECOND, FAST),
     };
     (builder.build(), fields)
 }
+
+/// The fast field of [`Fields::line_end_second`].
+const LINE_END_SECOND: &str = "line_end_second";
 
 pub fn text_analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(SimpleTokenizer::default())
@@ -551,6 +569,7 @@ pub struct ShardIndex {
     pub vectors: Vec<VectorIndex>,
     pub statistics: StatisticsCache,
     pub leaf_hits: LeafHitsCache,
+    pub columns: ColumnsCache,
     /// Watermark of the last Tantivy commit (what queries see).
     committed_watermark: Mutex<u64>,
     format_path: PathBuf,
@@ -568,7 +587,9 @@ impl ShardIndex {
         let searcher = self.reader.searcher();
         let statistics = LiveStatistics { searcher: &searcher, cache: &self.statistics };
         let fields = &self.fields;
-        for field in [fields.dialogue, fields.dialogue_bridge, fields.dialogue_before].into_iter().chain(fields.dialogue_stemmed) {
+        let phrase_fields =
+            [fields.dialogue_bridge, fields.dialogue_before, fields.dialogue_line].into_iter().chain(fields.dialogue_line_stemmed);
+        for field in [fields.dialogue].into_iter().chain(fields.dialogue_stemmed).chain(phrase_fields) {
             statistics.total_num_tokens(field)?;
         }
         Ok(())
@@ -610,6 +631,7 @@ impl ShardIndex {
             vectors,
             statistics: StatisticsCache::default(),
             leaf_hits: LeafHitsCache::default(),
+            columns: ColumnsCache::default(),
             committed_watermark: Mutex::new(committed_watermark),
             format_path,
             needs_full_reindex: !current,
@@ -675,12 +697,15 @@ impl ShardIndex {
         Ok(written)
     }
 
+    /// The document of one bucket. `bucket_at` reads the asset's other buckets: the lines
+    /// starting here are found by looking back one second, their ends by looking ahead, and
+    /// the line before one by looking back (bridges).
     fn document(
         &self,
         context: &DocContext,
         second: u64,
         bucket: &Bucket,
-        previous: &mut dyn FnMut(u64) -> Option<Bucket>,
+        bucket_at: &mut dyn FnMut(u64) -> Option<Bucket>,
     ) -> TantivyDocument {
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
@@ -701,6 +726,9 @@ impl ShardIndex {
         let mut stemmed: Vec<String> = vec![String::new(); STEM_LANGUAGES.len()];
         let mut bridge: Vec<String> = Vec::new();
         let mut before: Vec<String> = Vec::new();
+        let mut line_end: Option<u64> = None;
+        // Read once, at the first line of the bucket (most buckets hold none).
+        let mut previous_bucket: Option<Option<Bucket>> = None;
         for entry in &bucket.entries {
             if seen_tracks.insert(entry.track.as_str()) {
                 doc.add_text(f.tracks, &entry.track);
@@ -718,17 +746,29 @@ impl ShardIndex {
                     dialogue.push_str(" \n ");
                 }
                 dialogue.push_str(text);
-                if let Some(position) = entry.language.as_deref().and_then(stem_language) {
+                let stem_position = entry.language.as_deref().and_then(stem_language);
+                if let Some(position) = stem_position {
                     let stemmed = &mut stemmed[position];
                     if !stemmed.is_empty() {
                         stemmed.push_str(" \n ");
                     }
                     stemmed.push_str(text);
                 }
-                let starts_here = previous(second.wrapping_sub(1))
-                    .is_none_or(|before| !before.entries.iter().any(|e| e.annotation_id == entry.annotation_id));
-                if second > 0 && starts_here {
-                    if let Some(line_before) = line_before(second, &entry.annotation_id, previous) {
+                let previous = previous_bucket.get_or_insert_with(|| second.checked_sub(1).and_then(|s| bucket_at(s)));
+                let starts_here = previous.as_ref().is_none_or(|p| !p.entries.iter().any(|e| e.annotation_id == entry.annotation_id));
+                if !starts_here {
+                    continue;
+                }
+                // Each line its own value: tantivy leaves a gap between values, so an exact
+                // phrase does not run from one line into another that starts at the same second.
+                doc.add_text(f.dialogue_line, text);
+                if let Some(position) = stem_position {
+                    doc.add_text(f.dialogue_line_stemmed[position], text);
+                }
+                let end = last_second_of(second, &entry.annotation_id, bucket_at);
+                line_end = Some(line_end.map_or(end, |e| e.max(end)));
+                if second > 0 {
+                    if let Some(line_before) = line_before(second, &entry.annotation_id, bucket_at) {
                         // Punctuation is dropped by the tokenizer: the two lines read as one.
                         bridge.push(format!("{line_before} {text}"));
                         before.push(line_before);
@@ -743,6 +783,9 @@ impl ShardIndex {
             if !text.is_empty() {
                 doc.add_text(f.dialogue_stemmed[position], text);
             }
+        }
+        if let Some(end) = line_end {
+            doc.add_u64(f.line_end_second, end);
         }
         // Bridges are separate values; positions restart in a way that no phrase spans two.
         if !bridge.is_empty() {
@@ -767,6 +810,7 @@ impl ShardIndex {
             }
         }
         self.reader.reload()?;
+        self.columns.keep_only(&self.reader.searcher());
         *self.committed_watermark.lock() = watermark;
         Ok(())
     }
@@ -792,6 +836,19 @@ impl ShardIndex {
     }
 }
 
+/// The last second of the line `annotation_id` that covers `first` (lines cover consecutive
+/// seconds).
+fn last_second_of(first: u64, annotation_id: &str, bucket_at: &mut dyn FnMut(u64) -> Option<Bucket>) -> u64 {
+    let mut last = first;
+    while let Some(next) = last.checked_add(1) {
+        if !bucket_at(next).is_some_and(|bucket| bucket.entries.iter().any(|e| e.annotation_id == annotation_id)) {
+            break;
+        }
+        last = next;
+    }
+    last
+}
+
 /// The text of the line that ends closest before `second` (within [`BRIDGE_WINDOW_BUCKETS`]),
 /// other than `annotation_id`.
 fn line_before(second: u64, annotation_id: &str, previous: &mut dyn FnMut(u64) -> Option<Bucket>) -> Option<String> {
@@ -810,7 +867,7 @@ fn line_before(second: u64, annotation_id: &str, previous: &mut dyn FnMut(u64) -
 }
 
 /// Buckets of one asset read once per reindex call (a document also looks at the buckets
-/// before it, for bridges).
+/// around it, for its lines' ends and bridges).
 struct BucketCache<'a> {
     store: &'a ShardStore,
     asset_id: &'a str,
@@ -868,25 +925,78 @@ pub fn vector_target(store: &ShardStore, key: u64) -> Result<Option<VectorTarget
     }
 }
 
+/// The fast fields queries read of one segment. Opening a column decodes its block index
+/// (a tenth of a phrase query at 2,000 hours, done per query); a segment's columns never
+/// change, so each is opened once and kept while the segment is searched.
+pub struct SegmentColumns {
+    pub asset: Column<u64>,
+    pub second: Column<u64>,
+    /// `None` in a segment without lines.
+    pub line_end: Option<Column<u64>>,
+}
+
+impl SegmentColumns {
+    /// (asset ordinal, first second, last second, score) of a matching line document.
+    fn line(&self, doc: DocId, score: Score) -> Option<(u64, u64, u64, f32)> {
+        let (asset, second) = (self.asset.first(doc)?, self.second.first(doc)?);
+        // A line always has its end; a document without one is its own second only.
+        let end = self.line_end.as_ref().and_then(|end| end.first(doc)).unwrap_or(second).max(second);
+        Some((asset, second, end, score))
+    }
+}
+
+/// Most segments whose columns are kept (a shard searches a few dozen).
+const SEGMENT_COLUMNS_MAX: usize = 1024;
+
+/// [`SegmentColumns`] by segment, pruned to the searched segments at every commit.
+#[derive(Default)]
+pub struct ColumnsCache {
+    segments: Mutex<HashMap<tantivy::index::SegmentId, Arc<SegmentColumns>>>,
+}
+
+impl ColumnsCache {
+    pub fn of(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SegmentColumns>> {
+        let id = segment.segment_id();
+        if let Some(columns) = self.segments.lock().get(&id) {
+            return Ok(columns.clone());
+        }
+        let fast = segment.fast_fields();
+        let columns = Arc::new(SegmentColumns {
+            asset: fast.u64("asset_ordinal")?,
+            second: fast.u64("second")?,
+            line_end: fast.column_opt::<u64>(LINE_END_SECOND)?,
+        });
+        let mut segments = self.segments.lock();
+        if segments.len() >= SEGMENT_COLUMNS_MAX {
+            segments.clear();
+        }
+        segments.insert(id, columns.clone());
+        Ok(columns)
+    }
+
+    /// Drops the columns of segments `searcher` no longer holds (merged away).
+    fn keep_only(&self, searcher: &Searcher) {
+        let searched: HashSet<_> = searcher.segment_readers().iter().map(|segment| segment.segment_id()).collect();
+        self.segments.lock().retain(|id, _| searched.contains(id));
+    }
+}
+
 /// Collects every matching (asset ordinal, second, score).
-pub struct SecondsCollector;
+pub struct SecondsCollector<'a> {
+    pub columns: &'a ColumnsCache,
+}
 
 pub struct SecondsSegmentCollector {
-    asset: Column<u64>,
-    second: Column<u64>,
+    columns: Arc<SegmentColumns>,
     hits: Vec<(u64, u64, f32)>,
 }
 
-impl Collector for SecondsCollector {
+impl Collector for SecondsCollector<'_> {
     type Fruit = Vec<(u64, u64, f32)>;
     type Child = SecondsSegmentCollector;
 
     fn for_segment(&self, _segment_local_id: u32, segment: &SegmentReader) -> tantivy::Result<SecondsSegmentCollector> {
-        Ok(SecondsSegmentCollector {
-            asset: segment.fast_fields().u64("asset_ordinal")?,
-            second: segment.fast_fields().u64("second")?,
-            hits: Vec::new(),
-        })
+        Ok(SecondsSegmentCollector { columns: self.columns.of(segment)?, hits: Vec::new() })
     }
 
     fn requires_scoring(&self) -> bool {
@@ -902,7 +1012,7 @@ impl SegmentCollector for SecondsSegmentCollector {
     type Fruit = Vec<(u64, u64, f32)>;
 
     fn collect(&mut self, doc: DocId, score: Score) {
-        if let (Some(asset), Some(second)) = (self.asset.first(doc), self.second.first(doc)) {
+        if let (Some(asset), Some(second)) = (self.columns.asset.first(doc), self.columns.second.first(doc)) {
             self.hits.push((asset, second, score));
         }
     }
@@ -917,7 +1027,7 @@ impl SegmentCollector for SecondsSegmentCollector {
 /// only on the live documents.
 pub fn collect_seconds_in(index: &ShardIndex, searcher: &Searcher, query: &dyn Query) -> Result<Vec<(u64, u64, f32)>, IndexError> {
     let statistics = LiveStatistics { searcher, cache: &index.statistics };
-    Ok(searcher.search_with_statistics_provider(query, &SecondsCollector, &statistics)?)
+    Ok(searcher.search_with_statistics_provider(query, &SecondsCollector { columns: &index.columns }, &statistics)?)
 }
 
 /// The `limit` best-scoring (asset ordinal, second, score) of a query over `searcher`, with
@@ -938,17 +1048,10 @@ pub fn top_seconds_in(
     }
     let statistics = LiveStatistics { searcher, cache: &index.statistics };
     let top = searcher.search_with_statistics_provider(query, &TopDocs::with_limit(limit).order_by_score(), &statistics)?;
-    let mut columns: HashMap<u32, (Column<u64>, Column<u64>)> = HashMap::new();
     let mut hits = Vec::with_capacity(top.len());
     for (score, address) in top {
-        let (asset, second) = match columns.entry(address.segment_ord) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                let fast = searcher.segment_reader(address.segment_ord).fast_fields();
-                entry.insert((fast.u64("asset_ordinal")?, fast.u64("second")?))
-            }
-        };
-        if let (Some(asset), Some(second)) = (asset.first(address.doc_id), second.first(address.doc_id)) {
+        let columns = index.columns.of(searcher.segment_reader(address.segment_ord))?;
+        if let (Some(asset), Some(second)) = (columns.asset.first(address.doc_id), columns.second.first(address.doc_id)) {
             hits.push((asset, second, score));
         }
     }
@@ -1018,6 +1121,7 @@ pub fn best_term_hits(
 /// the documents still in the running.
 pub fn every_word_hits(
     reader: &SegmentReader,
+    columns: &SegmentColumns,
     words: &[Vec<Box<dyn tantivy::query::Weight>>],
     keep: impl Fn(u64, u64) -> bool,
     key: impl Fn(u64, u64) -> u64,
@@ -1081,8 +1185,7 @@ pub fn every_word_hits(
         found.truncate(kept);
     }
     let alive = reader.alive_bitset();
-    let asset = reader.fast_fields().u64("asset_ordinal")?;
-    let second = reader.fast_fields().u64("second")?;
+    let (asset, second) = (&columns.asset, &columns.second);
     let mut hits = Vec::with_capacity(found.len());
     for (doc, score) in found {
         if alive.is_some_and(|alive| !alive.is_alive(doc)) {
@@ -1097,6 +1200,70 @@ pub fn every_word_hits(
         }
     }
     Ok(hits)
+}
+
+/// Lines matching a query on the line fields (`dialogue_line`, `dialogue_line_<lang>`), as
+/// (asset ordinal, first second, last second, score): every match, or with `limit` the best
+/// `limit` lines (tantivy's heap, as [`top_seconds_in`]). BM25 uses [`LiveStatistics`].
+pub fn collect_lines_in(
+    index: &ShardIndex,
+    searcher: &Searcher,
+    query: &dyn Query,
+    limit: Option<usize>,
+) -> Result<Vec<(u64, u64, u64, f32)>, IndexError> {
+    let statistics = LiveStatistics { searcher, cache: &index.statistics };
+    let Some(limit) = limit else {
+        return Ok(searcher.search_with_statistics_provider(query, &LinesCollector { columns: &index.columns }, &statistics)?);
+    };
+    let limit = limit.min(usize::try_from(searcher.num_docs()).unwrap_or(usize::MAX));
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let top = searcher.search_with_statistics_provider(query, &TopDocs::with_limit(limit).order_by_score(), &statistics)?;
+    let mut lines = Vec::with_capacity(top.len());
+    for (score, address) in top {
+        lines.extend(index.columns.of(searcher.segment_reader(address.segment_ord))?.line(address.doc_id, score));
+    }
+    Ok(lines)
+}
+
+/// Collects every matching line (see [`collect_lines_in`]).
+struct LinesCollector<'a> {
+    columns: &'a ColumnsCache,
+}
+
+struct LinesSegmentCollector {
+    columns: Arc<SegmentColumns>,
+    lines: Vec<(u64, u64, u64, f32)>,
+}
+
+impl Collector for LinesCollector<'_> {
+    type Fruit = Vec<(u64, u64, u64, f32)>;
+    type Child = LinesSegmentCollector;
+
+    fn for_segment(&self, _segment_local_id: u32, segment: &SegmentReader) -> tantivy::Result<LinesSegmentCollector> {
+        Ok(LinesSegmentCollector { columns: self.columns.of(segment)?, lines: Vec::new() })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        true
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<(u64, u64, u64, f32)>>) -> tantivy::Result<Vec<(u64, u64, u64, f32)>> {
+        Ok(fruits.concat())
+    }
+}
+
+impl SegmentCollector for LinesSegmentCollector {
+    type Fruit = Vec<(u64, u64, u64, f32)>;
+
+    fn collect(&mut self, doc: DocId, score: Score) {
+        self.lines.extend(self.columns.line(doc, score));
+    }
+
+    fn harvest(self) -> Vec<(u64, u64, u64, f32)> {
+        self.lines
+    }
 }
 
 /// Fewest bytes of cached leaf hits per shard, whatever its size.
@@ -1670,6 +1837,36 @@ mod tests {
 
     /// The best seconds of a query are the best of all its seconds, with their scores, across
     /// segments and without deleted documents, for plain terms (block-max WAND) and others.
+    /// A segment's columns are opened once and shared, read the segment's values, and are let
+    /// go once a commit leaves the segment out of the searcher (merged or emptied away).
+    #[test]
+    fn segment_columns_are_opened_once_and_dropped_with_their_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = ShardIndex::open(dir.path(), &[], 15_000_000).unwrap();
+        let fields = index.fields;
+        for second in 0..3u64 {
+            let mut doc = TantivyDocument::new();
+            doc.add_text(fields.key, bucket_key_text("a7", second));
+            doc.add_u64(fields.asset_ordinal, 7);
+            doc.add_u64(fields.second, second);
+            if second == 1 {
+                doc.add_u64(fields.line_end_second, 9);
+            }
+            index.writer.lock().add_document(doc).unwrap();
+        }
+        index.commit(1, false).unwrap();
+        let searcher = index.reader.searcher();
+        let segment = &searcher.segment_readers()[0];
+        let columns = index.columns.of(segment).unwrap();
+        assert!(Arc::ptr_eq(&columns, &index.columns.of(segment).unwrap()), "opened once");
+        let lines: Vec<_> = (0..3).filter_map(|doc| columns.line(doc, 1.0)).collect();
+        assert_eq!(lines, vec![(7, 0, 0, 1.0), (7, 1, 9, 1.0), (7, 2, 2, 1.0)]);
+        index.writer.lock().delete_term(Term::from_field_u64(fields.asset_ordinal, 7));
+        index.commit(2, false).unwrap();
+        assert!(index.reader.searcher().segment_readers().is_empty());
+        assert!(index.columns.segments.lock().is_empty(), "a segment no longer searched lets its columns go");
+    }
+
     #[test]
     fn top_seconds_are_the_best_of_all_seconds() {
         use tantivy::query::{BooleanQuery, DisjunctionMaxQuery, Occur, TermQuery};
@@ -1792,7 +1989,8 @@ mod tests {
                 words.iter().map(|&(word, edits)| alternatives(word, edits).iter().map(|q| q.weight(scoring).unwrap()).collect()).collect();
             let mut mine: Vec<(u64, f32)> = Vec::new();
             for reader in searcher.segment_readers() {
-                mine.extend(every_word_hits(reader, &weights, |asset, _| keep_asset.is_none_or(|k| k == asset), key).unwrap());
+                let columns = index.columns.of(reader).unwrap();
+                mine.extend(every_word_hits(reader, &columns, &weights, |asset, _| keep_asset.is_none_or(|k| k == asset), key).unwrap());
             }
             mine.sort_by_key(|h| h.0);
             let clauses: Vec<(Occur, Box<dyn Query>)> = words
