@@ -460,37 +460,16 @@ async fn phase<'a, T>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use parking_lot::Mutex;
     use rushes_protocol::peer::GlobalStats;
 
     use super::client::PhaseFuture;
     use super::*;
-    use crate::query::plan::{plan, PlanContext, SearchDefaults, SearchLimits};
+    use crate::query::plan::plan_of_json;
 
     /// A plan with one label leaf and `limit` assets per page.
     fn label_plan(limit: usize) -> Plan {
-        let limits = SearchLimits {
-            max_clauses: 16,
-            max_per_asset: 50,
-            max_limit: 100,
-            max_query_bytes: 4096,
-            max_vector_k: 1000,
-            vector_spaces: vec![],
-        };
-        let request: SearchRequest =
-            serde_json::from_value(serde_json::json!({"clauses": [{"type": "label", "label": "Joey"}], "limit": limit})).expect("request");
-        let (vocabulary, series) = (BTreeMap::new(), Vec::new());
-        let context = PlanContext {
-            vocabulary: &vocabulary,
-            series: &series,
-            limits: &limits,
-            defaults: SearchDefaults::default(),
-            embedder: None,
-            known_word: &|_| false,
-        };
-        plan(&request, &context).expect("plan")
+        plan_of_json(serde_json::json!({"clauses": [{"type": "label", "label": "Joey"}], "limit": limit}))
     }
 
     /// What the coordinator asked of a fake shard.

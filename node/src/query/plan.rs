@@ -857,6 +857,31 @@ impl Plan {
     }
 }
 
+/// The plan of a JSON request under generous limits, no vocabulary and no embedder (tests of
+/// other modules).
+#[cfg(test)]
+pub(crate) fn plan_of_json(json: serde_json::Value) -> Plan {
+    let limits = SearchLimits {
+        max_clauses: 16,
+        max_per_asset: 50,
+        max_limit: 100,
+        max_query_bytes: 4096,
+        max_vector_k: 1000,
+        vector_spaces: vec![],
+    };
+    let request: SearchRequest = serde_json::from_value(json).expect("request");
+    let (vocabulary, series) = (BTreeMap::new(), Vec::new());
+    let context = PlanContext {
+        vocabulary: &vocabulary,
+        series: &series,
+        limits: &limits,
+        defaults: SearchDefaults::default(),
+        embedder: None,
+        known_word: &|_| false,
+    };
+    plan(&request, &context).expect("plan")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

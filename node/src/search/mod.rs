@@ -1360,7 +1360,6 @@ pub fn annotation_vector_key(asset_id: &str, annotation_id: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::plan::{plan, PlanContext, SearchDefaults, SearchLimits};
 
     #[test]
     fn coordinator_keeps_the_global_best_assets_only() {
@@ -1665,23 +1664,14 @@ mod tests {
     /// seconds re-indexed by a later batch leave the line's seconds as they were.
     #[test]
     fn a_phrase_matches_every_second_of_the_lines_that_say_it() {
+        use crate::query::plan::plan_of_json;
+        use crate::shard::ingest_command_of;
         use rushes_client::wait::wait_until;
-        use rushes_protocol::model::{IngestItem, ShardCommand, StoredAnnotation};
-        use rushes_protocol::validate::{parse_batch, BodyFormat};
         use std::time::Duration;
 
         let config = rushes_config::Config::default();
         let ingest = |shard: &Shard, lines: &[String]| {
-            let body = lines.join("\n");
-            let items = parse_batch(body.as_bytes(), BodyFormat::Ndjson, &crate::node::ingest_limits(&config))
-                .expect("valid batch")
-                .into_iter()
-                .map(|item| {
-                    let (annotation, vector) = StoredAnnotation::from_validated(item.annotation);
-                    IngestItem { raw_json: item.raw_json, annotation, vector }
-                })
-                .collect();
-            let receiver = shard.propose(&ShardCommand::Ingest { items }).expect("proposal accepted");
+            let receiver = shard.propose(&ingest_command_of(&lines.join("\n"))).expect("proposal accepted");
             receiver.blocking_recv().expect("the Raft actor answers").expect("applied");
         };
         let line = |id: &str, start_ms: u64, end_ms: u64, text: &str| {
@@ -1714,28 +1704,7 @@ mod tests {
         );
         // Seconds 2-7, 20, 30-31, 40, 41.
         wait_until("fused and indexed", Duration::from_secs(30), || shard.index.num_docs() == 11);
-        let plan_of = |json: serde_json::Value| {
-            let limits = SearchLimits {
-                max_clauses: 16,
-                max_per_asset: 50,
-                max_limit: 100,
-                max_query_bytes: 4096,
-                max_vector_k: 1000,
-                vector_spaces: vec![],
-            };
-            let request: rushes_protocol::SearchRequest = serde_json::from_value(json).expect("request");
-            let (vocabulary, series) = (BTreeMap::new(), Vec::new());
-            let context = PlanContext {
-                vocabulary: &vocabulary,
-                series: &series,
-                limits: &limits,
-                defaults: SearchDefaults::default(),
-                embedder: None,
-                known_word: &|_| false,
-            };
-            plan(&request, &context).expect("plan")
-        };
-        let phrase = |text: &str| plan_of(serde_json::json!({"clauses": [{"type": "phrase", "text": text}]}));
+        let phrase = |text: &str| plan_of_json(serde_json::json!({"clauses": [{"type": "phrase", "text": text}]}));
         let hits = |plan: &Plan| -> Vec<(u64, f32)> {
             let found = shard_hits(&shard, plan).expect("hits");
             found.leaves[0].hits.iter().map(|&(key, score)| (hit_second(key), score)).collect()
@@ -1766,7 +1735,7 @@ mod tests {
 
         // Seconds in the middle and at the start of the line are written again.
         ingest(&shard, &[face("f1", 3_000, 4_000), face("f2", 2_000, 2_500)]);
-        let faces = plan_of(serde_json::json!({"clauses": [{"type": "label", "label": "Joey"}]}));
+        let faces = plan_of_json(serde_json::json!({"clauses": [{"type": "label", "label": "Joey"}]}));
         wait_until("the faces are indexed", Duration::from_secs(30), || seconds(&hits(&faces)) == [2, 3]);
         assert_eq!(hits(&phrase("on a break")), exact);
         shard.shutdown();

@@ -786,12 +786,28 @@ pub fn rebuild_shard(data_dir: &Path, id: ShardId, options: &ShardOptions) -> Re
     Ok((assets, docs))
 }
 
+/// The ingest command of NDJSON annotation lines, validated as the HTTP ingest does (tests of
+/// other modules).
+#[cfg(test)]
+pub(crate) fn ingest_command_of(ndjson: &str) -> ShardCommand {
+    use rushes_protocol::model::{IngestItem, StoredAnnotation};
+    use rushes_protocol::validate::{parse_batch, BodyFormat};
+    let limits = crate::node::ingest_limits(&rushes_config::Config::default());
+    let items = parse_batch(ndjson.as_bytes(), BodyFormat::Ndjson, &limits)
+        .expect("valid batch")
+        .into_iter()
+        .map(|item| {
+            let (annotation, vector) = StoredAnnotation::from_validated(item.annotation);
+            IngestItem { raw_json: item.raw_json, annotation, vector }
+        })
+        .collect();
+    ShardCommand::Ingest { items }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rushes_client::wait::wait_until;
-    use rushes_protocol::model::{IngestItem, StoredAnnotation};
-    use rushes_protocol::validate::{parse_batch, BodyFormat};
     use rushes_protocol::ErrorCode;
 
     const WAIT: Duration = Duration::from_secs(30);
@@ -816,16 +832,7 @@ mod tests {
                 )
             })
             .collect();
-        let limits = crate::node::ingest_limits(&rushes_config::Config::default());
-        let items = parse_batch(lines.as_bytes(), BodyFormat::Ndjson, &limits)
-            .expect("valid batch")
-            .into_iter()
-            .map(|item| {
-                let (annotation, vector) = StoredAnnotation::from_validated(item.annotation);
-                IngestItem { raw_json: item.raw_json, annotation, vector }
-            })
-            .collect();
-        ShardCommand::Ingest { items }
+        ingest_command_of(&lines)
     }
 
     fn commit(shard: &Shard, command: &ShardCommand) -> ApplyOutcome {
